@@ -1,0 +1,19 @@
+"""Exceptions raised by the science core.
+
+Every error caused by the user's input is a :class:`InputError` whose message is one line that
+names the problem and the fix, so that the CLI and the napari widgets can show it as it is.
+"""
+
+from __future__ import annotations
+
+
+class InputError(ValueError):
+    """Bad input: the message is one line naming the problem and how to fix it."""
+
+
+class MemoryEstimateError(InputError):
+    """A mapping would not fit in the memory available; the message gives the estimate."""
+
+
+class MappingCancelled(RuntimeError):
+    """The mapping was stopped by its cancel flag before it finished."""

@@ -1,0 +1,265 @@
+"""Command line: ``napari-spatial-impute map | evaluate | demo``.
+
+Runs the same API as a notebook. Errors from bad input print one line and exit with status 2;
+nothing is written on failure (outputs are written through a temporary file and a rename).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ._errors import InputError, MappingCancelled
+
+PROG = "napari-spatial-impute"
+
+
+def _add_mapping_options(p: argparse.ArgumentParser, epochs_default: int = 1000) -> None:
+    p.add_argument("--reference", "-r", required=True, help="reference .h5ad (single cells, all genes)")
+    p.add_argument("--spatial", "-s", required=True, help="spatial .h5ad with obsm['spatial']")
+    p.add_argument("--cluster-key", help="reference obs column with clusters (projected onto space)")
+    p.add_argument("--mode", choices=["cells", "clusters", "constrained"], default="cells")
+    p.add_argument("--density", default="uniform", choices=["uniform", "rna_count_based", "none"],
+                   help="density prior over spatial cells (default: uniform)")
+    p.add_argument("--epochs", type=int, default=epochs_default)
+    p.add_argument("--learning-rate", type=float, default=0.1)
+    p.add_argument("--lambda-g1", type=float, default=1.0)
+    p.add_argument("--lambda-g2", type=float, default=0.0)
+    p.add_argument("--lambda-d", type=float, default=None, help="density weight (default 1 with a prior)")
+    p.add_argument("--lambda-r", type=float, default=0.0, help="entropy weight")
+    p.add_argument("--transform", choices=["none", "normalize_log1p"], default="none",
+                   help="value transform before mapping (default: values as given, like tangram-sc)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Map a single-cell reference onto spatial cells (Tangram objective), impute "
+        "every reference gene in space and project reference clusters.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    m = sub.add_parser("map", help="learn the mapping and write the imputed spatial data")
+    _add_mapping_options(m)
+    m.add_argument("--out", "-o", required=True, help="output .h5ad")
+    m.add_argument("--genes", default="overlap",
+                   help="training genes: overlap (default), markers, or a file of gene names")
+    m.add_argument("--n-markers", type=int, default=100, help="markers per cluster with --genes markers")
+    m.add_argument("--impute", default=None,
+                   help="impute only these genes (file of names or comma-separated); default all")
+    m.add_argument("--projection", choices=["probabilistic", "argmax"], default="probabilistic")
+    m.add_argument("--fov-key", default=None, help="spatial obs column with the field of view")
+
+    e = sub.add_parser("evaluate", help="k-fold leave-genes-out cross-validation")
+    _add_mapping_options(e, epochs_default=1000)
+    e.add_argument("--folds", type=int, default=10)
+    e.add_argument("--out", "-o", required=True, help="output .csv (one row per held-out gene)")
+
+    d = sub.add_parser("demo", help="map the bundled MERFISH hypothalamus pair (offline)")
+    d.add_argument("--out", "-o", default=None, help="output .h5ad (default: a temporary folder)")
+    d.add_argument("--epochs", type=int, default=500)
+    d.add_argument("--folds", type=int, default=10, help="folds of the cross-validation summary (0: skip)")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--device", default="cpu")
+    d.add_argument("--view", action="store_true", help="open napari with the result and the plugin")
+    return parser
+
+
+class _Progress:
+    """A tqdm bar on a terminal (epochs, score); silent when stderr is not a terminal."""
+
+    def __init__(self, total: int, desc: str) -> None:
+        self.bar = None
+        if sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc=desc, unit="epoch", leave=False, dynamic_ncols=True)
+
+    def __call__(self, info: Any) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+            if info.epoch % 10 == 0 or info.epoch == info.n_epochs:
+                self.bar.set_postfix(score=f"{info.score:.3f}")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _mapping_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "cluster_key": args.cluster_key,
+        "mode": args.mode,
+        "density": args.density,
+        "epochs": args.epochs,
+        "learning_rate": args.learning_rate,
+        "lambda_g1": args.lambda_g1,
+        "lambda_g2": args.lambda_g2,
+        "lambda_d": args.lambda_d,
+        "lambda_r": args.lambda_r,
+        "transform": args.transform,
+        "seed": args.seed,
+        "device": args.device,
+    }
+
+
+def _check_out(path: str, suffix: str) -> Path:
+    out = Path(path)
+    if out.suffix.lower() != suffix:
+        raise InputError(f"output {path!r} must end in {suffix}.")
+    parent = out.parent if str(out.parent) else Path(".")
+    if not parent.is_dir():
+        raise InputError(f"output folder {str(parent)!r} does not exist; create it first.")
+    if not os.access(parent, os.W_OK):
+        raise InputError(f"output folder {str(parent)!r} is not writable; choose another --out.")
+    return out
+
+
+def _gene_arg(value: str | None) -> str | list[str] | None:
+    from .genes import read_gene_list
+
+    if value is None or value in ("overlap", "markers"):
+        return value
+    if os.path.exists(value):
+        return read_gene_list(value)
+    if "," in value:
+        return [g for g in value.split(",") if g]
+    raise InputError(f"gene list {value!r} is neither 'overlap', 'markers' nor an existing file.")
+
+
+def cmd_map(args: argparse.Namespace) -> int:
+    from .io import find_fov_key, read_h5ad, write_h5ad_atomic
+    from .mapping import map_cells_to_space
+
+    out = _check_out(args.out, ".h5ad")
+    reference = read_h5ad(args.reference, "reference")
+    spatial = read_h5ad(args.spatial, "spatial")
+    fov = find_fov_key(spatial, args.fov_key)
+    genes = _gene_arg(args.genes)
+    impute = _gene_arg(args.impute) if args.impute else None
+    bar = _Progress(args.epochs, "mapping")
+    try:
+        result = map_cells_to_space(
+            reference, spatial, genes=genes, n_markers=args.n_markers, callback=bar, **_mapping_kwargs(args)
+        )
+    finally:
+        bar.close()
+    adata = result.to_anndata(genes=impute if isinstance(impute, list) else None, method=args.projection)
+    adata.uns["spatial_impute"]["fov_key"] = fov or ""
+    write_h5ad_atomic(adata, out)
+    print(result.genes.summary())
+    print(f"training score {result.training_score:.3f} after {args.epochs} epochs "
+          f"({result.timings['train_s']:.1f} s training, {result.timings['total_s']:.1f} s in all)")
+    n_clusters = adata.obsm["cluster_probabilities"].shape[1] if "cluster_probabilities" in adata.obsm else 0
+    print(f"wrote {adata.n_obs} spatial cells x {adata.n_vars} imputed genes"
+          + (f" and {n_clusters} cluster probabilities" if n_clusters else "") + f" to {out}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .evaluate import cross_validate, summarize_cv
+    from .io import read_h5ad
+
+    out = _check_out(args.out, ".csv")
+    reference = read_h5ad(args.reference, "reference")
+    spatial = read_h5ad(args.spatial, "spatial")
+    bar = _Progress(args.folds * args.epochs, "cross-validation")
+
+    def progress(fold: int, n: int, info: Any) -> None:
+        if info is not None:
+            bar(info)
+
+    try:
+        df = cross_validate(reference, spatial, folds=args.folds, progress=progress, **_mapping_kwargs(args))
+    finally:
+        bar.close()
+    _write_csv_atomic(df, out)
+    s = summarize_cv(df)
+    print(f"{s['n_genes']} held-out genes in {args.folds} folds: median pearson {s['median_pearson']:.3f}, "
+          f"mean {s['mean_pearson']:.3f} ({s['n_nan']} NaN)")
+    print(f"wrote {out}")
+    return 0
+
+
+def _write_csv_atomic(df: Any, out: Path) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent if str(out.parent) else ".")
+    os.close(fd)
+    try:
+        df.to_csv(tmp, index=False)
+        os.replace(tmp, out)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .datasets import load_merfish_hypothalamus
+    from .evaluate import cross_validate, summarize_cv
+    from .io import write_h5ad_atomic
+    from .mapping import map_cells_to_space
+
+    if args.out is None:
+        folder = Path(tempfile.gettempdir()) / "napari-spatial-impute-demo"
+        folder.mkdir(parents=True, exist_ok=True)
+        out = folder / "merfish_hypothalamus_imputed.h5ad"
+    else:
+        out = _check_out(args.out, ".h5ad")
+    reference, spatial = load_merfish_hypothalamus()
+    print(f"bundled MERFISH hypothalamus pair (Moffitt et al. 2018): reference {reference.n_obs} cells, "
+          f"spatial {spatial.n_obs} cells, {spatial.n_vars} genes")
+    bar = _Progress(args.epochs, "mapping")
+    try:
+        result = map_cells_to_space(
+            reference, spatial, cluster_key="cell_type", epochs=args.epochs, seed=args.seed,
+            device=args.device, callback=bar,
+        )
+    finally:
+        bar.close()
+    adata = result.to_anndata()
+    write_h5ad_atomic(adata, out)
+    print(f"imputed {adata.n_vars} genes at {adata.n_obs} cells; training score "
+          f"{result.training_score:.3f} ({result.timings['train_s']:.1f} s)")
+    top = adata.obs["cell_type_predicted"].value_counts().head(3)
+    print("most common projected cell types: " + ", ".join(f"{k} ({v})" for k, v in top.items()))
+    if args.folds:
+        cv = cross_validate(reference, spatial, folds=args.folds, seed=args.seed, epochs=args.epochs,
+                            device=args.device)
+        s = summarize_cv(cv)
+        print(f"{args.folds}-fold leave-genes-out CV: median pearson {s['median_pearson']:.3f}, "
+              f"mean {s['mean_pearson']:.3f}")
+    print(f"wrote {out}")
+    if args.view:
+        from .viewer import open_result_in_napari
+
+        open_result_in_napari(out, reference=reference)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``napari-spatial-impute`` command."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    handlers = {"map": cmd_map, "evaluate": cmd_evaluate, "demo": cmd_demo}
+    try:
+        return handlers[args.command](args)
+    except InputError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    except (MappingCancelled, KeyboardInterrupt):
+        print(f"{PROG}: cancelled; nothing written", file=sys.stderr)
+        return 130
+    except MemoryError:
+        print(f"{PROG}: error: ran out of memory; use --mode clusters or fewer cells", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,287 @@
+"""The Tangram objective, defined once.
+
+Two evaluations of the same equation live here:
+
+* :func:`tangram_loss`, a direct torch transcription (autograd-differentiable) of the seed's
+  objective with tangram-sc's weights. It is the reference that parity tests compare against.
+* :class:`DenseObjective`, the exact same value with a hand-derived gradient, evaluated in row
+  blocks so that no autograd graph and no extra full-size temporaries are kept. The engine uses it.
+
+With ``P = softmax(M)`` row-wise (reference units x spatial cells), ``Ĝ = Pᵀ S`` and
+``m = wᵀ P`` (``w = 1/n`` in cells mode, the cluster fractions in clusters mode)::
+
+    L = λ_d KL(d ‖ m) − λ_g1 mean_k cos(Ĝ[:, k], G[:, k]) − λ_g2 mean_j cos(Ĝ[j], G[j])
+        − λ_r Σ P log P   (+ constrained mode's count and filter terms)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch.nn.functional import cosine_similarity, softmax
+
+TERMS = ("total_loss", "main_loss", "vg_reg", "kl_reg", "entropy_reg")
+
+
+@dataclass(frozen=True)
+class Weights:
+    """Weights of the objective's terms (tangram-sc's names)."""
+
+    lambda_g1: float = 1.0
+    lambda_g2: float = 0.0
+    lambda_d: float = 0.0
+    lambda_r: float = 0.0
+    lambda_count: float = 1.0
+    lambda_f_reg: float = 1.0
+
+
+def tangram_loss(
+    M: torch.Tensor,
+    S: torch.Tensor,
+    G: torch.Tensor,
+    weights: Weights,
+    d: torch.Tensor | None = None,
+    d_source: torch.Tensor | None = None,
+    F: torch.Tensor | None = None,
+    target_count: float | None = None,
+) -> dict[str, torch.Tensor]:
+    """Evaluate the objective with autograd, term by term.
+
+    Parameters
+    ----------
+    M
+        Mapping logits, reference units x spatial cells.
+    S, G
+        Reference and spatial expression of the training genes.
+    weights
+        Term weights.
+    d
+        Target density over spatial cells (sums to 1); ``None`` disables the density term.
+    d_source
+        Density of the reference units (clusters mode); ``None`` means ``1/n`` each.
+    F
+        Filter logits of constrained mode (one per reference cell), or ``None``.
+    target_count
+        Number of cells constrained mode keeps.
+
+    Returns
+    -------
+    The terms of :data:`TERMS` (``main_loss`` is the mean gene-wise cosine similarity, the
+    training score), plus ``count_reg`` and ``f_reg`` in constrained mode.
+    """
+    P = softmax(M, dim=1)
+    out: dict[str, torch.Tensor] = {}
+    if F is not None:
+        Fp = torch.sigmoid(F)
+        P_used = P * Fp[:, None]
+        S_used = S * Fp[:, None]
+        m = P_used.sum(0) / Fp.sum()
+    else:
+        P_used, S_used = P, S
+        m = d_source @ P if d_source is not None else P.sum(0) / P.shape[0]
+    G_pred = P_used.t() @ S_used if F is None else P.t() @ S_used
+    gv = cosine_similarity(G_pred, G, dim=0).mean()
+    vg = cosine_similarity(G_pred, G, dim=1).mean()
+    ent = (torch.log(P) * P).sum()
+    total = -weights.lambda_g1 * gv - weights.lambda_g2 * vg - weights.lambda_r * ent
+    if d is not None:
+        kl = torch.nn.functional.kl_div(torch.log(m), d, reduction="sum")
+        total = total + weights.lambda_d * kl
+    else:
+        kl = torch.tensor(float("nan"))
+    if F is not None:
+        count = torch.abs(torch.sigmoid(F).sum() - float(target_count or G.shape[0]))
+        f_reg = (torch.sigmoid(F) - torch.sigmoid(F) ** 2).sum()
+        total = total + weights.lambda_count * count + weights.lambda_f_reg * f_reg
+        out["count_reg"] = count
+        out["f_reg"] = f_reg
+    out.update(total_loss=total, main_loss=gv, vg_reg=vg, kl_reg=kl, entropy_reg=ent)
+    return out
+
+
+def _cos_and_grad(
+    x: torch.Tensor, y: torch.Tensor, dim: int, eps: float = 1e-8
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cosine similarity along ``dim`` and its gradient with respect to ``x``."""
+    dot = (x * y).sum(dim)
+    nx = x.norm(dim=dim)
+    ny = y.norm(dim=dim)
+    denom = torch.clamp(nx * ny, min=eps)
+    cos = dot / denom
+    if dim == 0:
+        grad = y / denom[None, :] - x * (cos / torch.clamp(nx * nx, min=eps * eps))[None, :]
+    else:
+        grad = y / denom[:, None] - x * (cos / torch.clamp(nx * nx, min=eps * eps))[:, None]
+    return cos, grad
+
+
+class DenseObjective:
+    """Exact objective and gradient of the cells and clusters modes, without autograd.
+
+    The work is done in blocks of rows of ``M``: a first pass accumulates ``Ĝ`` and ``m``, a
+    second pass forms the gradient of each block and hands it to ``update`` (the optimiser), so
+    the full-size memory is ``M`` plus whatever the optimiser keeps.
+
+    Parameters
+    ----------
+    S, G
+        Reference and spatial training matrices (float32 tensors on the same device).
+    weights
+        Term weights.
+    d
+        Target density or ``None``.
+    d_source
+        Reference unit densities (clusters mode) or ``None`` for ``1/n``.
+    block_rows
+        Rows of ``M`` per block; ``None`` chooses about one million elements per block.
+    """
+
+    def __init__(
+        self,
+        S: torch.Tensor,
+        G: torch.Tensor,
+        weights: Weights,
+        d: torch.Tensor | None = None,
+        d_source: torch.Tensor | None = None,
+        block_rows: int | None = None,
+    ) -> None:
+        self.S = S
+        self.G = G
+        self.weights = weights
+        self.d = d if weights.lambda_d != 0 else None
+        self.d_report = d
+        n = S.shape[0]
+        if d_source is None:
+            self.w = torch.full((n,), 1.0 / n, dtype=S.dtype, device=S.device)
+        else:
+            self.w = d_source
+        s = G.shape[0]
+        self.block_rows = block_rows or max(1, min(n, (1 << 20) // max(s, 1)))
+
+    def _blocks(self, n: int) -> range:
+        return range(0, n, self.block_rows)
+
+    def forward(
+        self, M: torch.Tensor, want_entropy: bool | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """Return ``Ĝ``, ``m`` and ``Σ P log P``.
+
+        The entropy is computed only when its weight is not 0 or ``want_entropy`` is true;
+        otherwise it is NaN (tangram-sc always computes it; it costs a log per element).
+        """
+        n = M.shape[0]
+        G_pred = torch.zeros_like(self.G)
+        m = torch.zeros(self.G.shape[0], dtype=M.dtype, device=M.device)
+        want_ent = self.weights.lambda_r != 0 if want_entropy is None else want_entropy
+        ent = 0.0 if want_ent else float("nan")
+        for a in self._blocks(n):
+            b = min(n, a + self.block_rows)
+            P = softmax(M[a:b], dim=1)
+            G_pred.addmm_(P.t(), self.S[a:b])
+            m.add_(self.w[a:b] @ P)
+            if want_ent:
+                ent += float(torch.special.xlogy(P, P).sum())
+        return G_pred, m, ent
+
+    def terms(self, M: torch.Tensor) -> dict[str, float]:
+        """The objective's terms at ``M`` as floats (no gradient)."""
+        with torch.no_grad():
+            G_pred, m, ent = self.forward(M, want_entropy=True)
+            return self._assemble(G_pred, m, ent)[0]
+
+    def _assemble(
+        self, G_pred: torch.Tensor, m: torch.Tensor, ent: float
+    ) -> tuple[dict[str, float], torch.Tensor, torch.Tensor | None]:
+        w = self.weights
+        gv, d_gv = _cos_and_grad(G_pred, self.G, dim=0)
+        k = self.G.shape[1]
+        grad_Gp = d_gv.mul_(-w.lambda_g1 / k)
+        vg_value = float("nan")
+        if w.lambda_g2 != 0:
+            vg, d_vg = _cos_and_grad(G_pred, self.G, dim=1)
+            grad_Gp.add_(d_vg, alpha=-w.lambda_g2 / self.G.shape[0])
+            vg_value = float(vg.mean())
+        else:
+            vg_value = float(cosine_similarity(G_pred, self.G, dim=1).mean())
+        total = -w.lambda_g1 * float(gv.mean()) - w.lambda_g2 * vg_value
+        if w.lambda_r != 0:
+            total -= w.lambda_r * ent
+        kl_value = float("nan")
+        grad_m = None
+        if self.d_report is not None:
+            m_safe = torch.clamp(m, min=torch.finfo(m.dtype).tiny)
+            kl = float(torch.nn.functional.kl_div(torch.log(m_safe), self.d_report, reduction="sum"))
+            kl_value = kl
+            if self.d is not None:
+                total += w.lambda_d * kl
+                grad_m = -w.lambda_d * self.d / m_safe
+        values = {
+            "total_loss": total,
+            "main_loss": float(gv.mean()),
+            "vg_reg": vg_value,
+            "kl_reg": kl_value,
+            "entropy_reg": ent,
+        }
+        return values, grad_Gp, grad_m
+
+    def value_and_update(self, M: torch.Tensor, update) -> dict[str, float]:  # noqa: ANN001
+        """Evaluate the terms at ``M``, then call ``update(rows, grad_block)`` for each block.
+
+        ``update`` receives a slice of row indices and the gradient of those rows; it may modify
+        ``M[rows]`` in place, since each block's gradient depends only on the block itself and on
+        the totals of the forward pass, which are complete before the first call.
+        """
+        with torch.no_grad():
+            G_pred, m, ent = self.forward(M)
+            values, grad_Gp, grad_m = self._assemble(G_pred, m, ent)
+            n = M.shape[0]
+            lam_r = self.weights.lambda_r
+            A_t = grad_Gp.t().contiguous()
+            for a in self._blocks(n):
+                b = min(n, a + self.block_rows)
+                P = softmax(M[a:b], dim=1)
+                dP = self.S[a:b] @ A_t
+                if grad_m is not None:
+                    dP.addr_(self.w[a:b], grad_m)
+                if lam_r != 0:
+                    dP.sub_(torch.log(torch.clamp(P, min=torch.finfo(P.dtype).tiny)), alpha=lam_r)
+                # softmax backward: P * (dP - <P, dP>)
+                inner = (P * dP).sum(1, keepdim=True)
+                dP.sub_(inner).mul_(P)
+                update(slice(a, b), dP)
+        return values
+
+
+class BlockAdam:
+    """Adam (torch's default formulation) applied block by block, in place.
+
+    Matches ``torch.optim.Adam(lr, betas=(0.9, 0.999), eps=1e-8)`` step for step.
+    """
+
+    def __init__(self, param: torch.Tensor, lr: float, betas=(0.9, 0.999), eps: float = 1e-8):  # noqa: ANN001
+        self.param = param
+        self.lr = lr
+        self.b1, self.b2 = betas
+        self.eps = eps
+        self.exp_avg = torch.zeros_like(param)
+        self.exp_avg_sq = torch.zeros_like(param)
+        self.step_count = 0
+        self._bc1 = 1.0
+        self._bc2_sqrt = 1.0
+
+    def begin_step(self) -> None:
+        """Advance the step counter; call once per epoch before the block updates."""
+        self.step_count += 1
+        self._bc1 = 1 - self.b1**self.step_count
+        self._bc2_sqrt = (1 - self.b2**self.step_count) ** 0.5
+
+    def __call__(self, rows: slice, grad: torch.Tensor) -> None:
+        m1 = self.exp_avg[rows]
+        m2 = self.exp_avg_sq[rows]
+        m1.lerp_(grad, 1 - self.b1)
+        m2.mul_(self.b2).addcmul_(grad, grad, value=1 - self.b2)
+        denom = grad  # reuse the gradient buffer
+        torch.sqrt(m2, out=denom)
+        denom.div_(self._bc2_sqrt).add_(self.eps)
+        self.param[rows].addcdiv_(m1, denom, value=-self.lr / self._bc1)

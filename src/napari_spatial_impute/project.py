@@ -1,0 +1,193 @@
+"""Projection of a learned mapping: imputed genes, cluster probabilities, mapped cells."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from ._errors import InputError
+from .preprocess import cluster_profiles
+
+if TYPE_CHECKING:
+    from .mapping import MappingResult
+
+METHODS: tuple[str, ...] = ("probabilistic", "argmax")
+GENE_CHUNK = 2048
+
+
+def resolve_reference_genes(result: MappingResult, genes: Sequence[str] | None) -> list[str]:
+    """Reference names of ``genes`` (matched case-insensitively); all reference genes for ``None``."""
+    names = list(map(str, result.reference.var_names))
+    if genes is None:
+        return names
+    if isinstance(genes, str):
+        genes = [genes]
+    by_lower = {g.lower(): g for g in names}
+    out, missing = [], []
+    for g in genes:
+        hit = by_lower.get(str(g).lower())
+        (out if hit is not None else missing).append(hit if hit is not None else str(g))
+    if missing:
+        raise InputError(
+            f"{len(missing)} requested genes are not in the reference (e.g. {missing[:3]}); "
+            "only reference genes can be imputed."
+        )
+    return out
+
+
+def _unit_matrix(result: MappingResult, idx: np.ndarray, mean: bool = False) -> np.ndarray | sp.spmatrix:
+    """Values of the mapped units for gene columns ``idx`` (units x genes)."""
+    vals = result.reference_values
+    if result.mode == "clusters":
+        labels = pd.Categorical(
+            result.reference.obs[result.cluster_key].astype(str), categories=result.unit_names
+        )
+        sub = ad.AnnData(X=vals.X[:, idx])
+        profiles, _ = cluster_profiles(sub, labels, scale=not mean)
+        return profiles
+    X = vals.X[:, idx]
+    if result.filter_probabilities is not None and not mean:
+        X = sp.csr_matrix(sp.diags(result.filter_probabilities) @ X) if sp.issparse(X) else X * result.filter_probabilities[:, None]
+    return X
+
+
+def mapped_units(result: MappingResult) -> tuple[np.ndarray, np.ndarray]:
+    """Deterministic mapping ``i*(j) = argmax_i M_ij`` for each spatial cell.
+
+    Returns
+    -------
+    ``(index, share)``: the unit index per spatial cell and that unit's share of the spatial
+    cell's mapped mass (``M_i*j / Σ_i M_ij``).
+    """
+    P = result.probabilities
+    idx = np.asarray(P.argmax(axis=0)).ravel()
+    col = P.sum(axis=0)
+    top = P[idx, np.arange(P.shape[1])]
+    share = np.divide(top, col, out=np.zeros_like(top), where=col > 0)
+    return idx, share.astype(np.float32)
+
+
+def project_genes(
+    result: MappingResult, genes: Sequence[str] | None = None, method: str = "probabilistic"
+) -> ad.AnnData:
+    """Impute reference genes at every spatial cell.
+
+    Parameters
+    ----------
+    result
+        A learned mapping.
+    genes
+        Reference genes to impute (any case); ``None`` imputes all of them.
+    method
+        ``"probabilistic"``: ``Mᵀ S`` (the expected expression under the mapping, tangram-sc's
+        ``project_genes``); ``"argmax"``: the profile of the reference cell (or cluster mean)
+        that maps with the highest probability to each spatial cell.
+
+    Returns
+    -------
+    AnnData spatial cells x genes (float32), with the spatial ``obs``/``obsm`` and
+    ``var["is_training"]``.
+    """
+    if method not in METHODS:
+        raise InputError(f"projection method {method!r} is not known; use one of {', '.join(METHODS)}.")
+    names = resolve_reference_genes(result, genes)
+    col_idx = result.reference.var_names.get_indexer(names)
+    n_sp = result.probabilities.shape[1]
+    out = np.empty((n_sp, len(names)), dtype=np.float32)
+    P = result.probabilities
+    if method == "argmax":
+        unit_idx, _ = mapped_units(result)
+    for a in range(0, len(names), GENE_CHUNK):
+        idx = col_idx[a : a + GENE_CHUNK]
+        if method == "probabilistic":
+            U = _unit_matrix(result, idx)
+            block = (U.T @ P).T if sp.issparse(U) else P.T @ np.asarray(U, dtype=np.float32)
+        else:
+            U = _unit_matrix(result, idx, mean=True)
+            rows = U[unit_idx]
+            block = rows.toarray() if sp.issparse(rows) else rows
+        out[:, a : a + len(idx)] = np.asarray(block, dtype=np.float32)
+    var = result.reference.var.iloc[col_idx].copy()
+    var["is_training"] = np.isin(names, result.genes.training_reference)
+    return ad.AnnData(
+        X=out,
+        obs=result.spatial.obs.copy(),
+        var=var,
+        obsm={"spatial": np.asarray(result.spatial.obsm["spatial"])},
+    )
+
+
+def project_cell_annotations(result: MappingResult, key: str | None = None) -> pd.DataFrame:
+    """Probability of each reference category at each spatial cell (rows sum to 1).
+
+    In cells mode the probability of category ``c`` at spatial cell ``j`` is
+    ``Σ_{i in c} M_ij / Σ_i M_ij`` (the share of mapped cells of that category). In clusters
+    mode it is ``f_c M_cj / Σ_c' f_c' M_c'j`` with ``f`` the cluster fractions, i.e. the
+    expected number of cells of each cluster there.
+
+    Parameters
+    ----------
+    result
+        A learned mapping.
+    key
+        Reference obs column to project (default: the mapping's cluster key).
+
+    Returns
+    -------
+    DataFrame spatial cells x categories, float32.
+    """
+    key = key or result.cluster_key
+    if not key:
+        raise InputError("no annotation to project; pass a reference obs column (--cluster-key).")
+    if key not in result.reference.obs.columns:
+        raise InputError(
+            f"annotation {key!r} is not in the reference obs; columns there are: "
+            f"{', '.join(map(str, result.reference.obs.columns)) or '(none)'}."
+        )
+    P = result.probabilities
+    if result.mode == "clusters":
+        if key != result.cluster_key:
+            raise InputError(
+                f"clusters mode mapped {result.cluster_key!r}; project that key or map in cells mode."
+            )
+        mass = P * result.unit_weights[:, None]
+        cats = list(result.unit_names)
+        counts = mass.T
+    else:
+        labels = pd.Categorical(result.reference.obs[key].astype(str))
+        labels = labels.remove_unused_categories()
+        cats = list(map(str, labels.categories))
+        onehot = sp.csr_matrix(
+            (np.ones(len(labels), dtype=np.float32), (np.arange(len(labels)), labels.codes)),
+            shape=(len(labels), len(cats)),
+        )
+        w = P if result.filter_probabilities is None else P * result.filter_probabilities[:, None]
+        counts = np.asarray((onehot.T @ w).T)
+    total = counts.sum(axis=1, keepdims=True)
+    probs = np.divide(counts, total, out=np.full_like(counts, 1.0 / len(cats)), where=total > 0)
+    return pd.DataFrame(probs.astype(np.float32), index=result.spatial.obs_names.copy(), columns=cats)
+
+
+def top_mapped_units(result: MappingResult, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` units with the largest mapping probability to each spatial cell.
+
+    Returns
+    -------
+    ``(index, share)`` arrays of shape ``(n_spatial, k)``: unit indices (best first) and their
+    share of the spatial cell's mapped mass.
+    """
+    P = result.probabilities
+    k = max(1, min(k, P.shape[0]))
+    part = np.argpartition(-P, kth=k - 1, axis=0)[:k]  # k x n_sp
+    vals = np.take_along_axis(P, part, axis=0)
+    order = np.argsort(-vals, axis=0)
+    part = np.take_along_axis(part, order, axis=0)
+    vals = np.take_along_axis(vals, order, axis=0)
+    col = P.sum(axis=0)
+    share = np.divide(vals, col[None, :], out=np.zeros_like(vals), where=col[None, :] > 0)
+    return part.T.astype(np.int32), share.T.astype(np.float32)

@@ -1,0 +1,130 @@
+"""The mapping result as one AnnData that round-trips through ``.h5ad``.
+
+Layout of a result (spatial cells x reference genes):
+
+* ``X``: imputed values (float32), all reference genes unless a subset was asked for.
+* ``obs``: the spatial ``obs`` as given, plus ``<key>_predicted`` (most likely cluster,
+  categorical), ``mapped_unit`` (argmax reference cell or cluster) and ``mapped_share``.
+* ``obsm``: the spatial ``obsm`` as given (``spatial`` included), plus ``cluster_probabilities``
+  (DataFrame, one float32 column per category, rows sum to 1), ``measured`` (the spatial values
+  as given, spatial gene names), ``mapping_top_index`` / ``mapping_top_share`` (the best
+  reference units per spatial cell).
+* ``var``: the reference ``var``, plus ``is_training``, ``is_shared``, ``measured_name``,
+  ``train_score``, ``sparsity_sc``, ``sparsity_sp``, ``sparsity_diff`` and ``dropped_reason``.
+* ``uns["spatial_impute"]``: parameters, per-epoch history, training score, units, timings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from . import __version__
+from .project import mapped_units, project_cell_annotations, project_genes, top_mapped_units
+
+if TYPE_CHECKING:
+    from .mapping import MappingResult
+
+UNS_KEY = "spatial_impute"
+
+
+def result_to_anndata(
+    result: MappingResult,
+    genes: Sequence[str] | None = None,
+    method: str = "probabilistic",
+    top_k: int = 10,
+) -> ad.AnnData:
+    """Assemble the spatial result AnnData (see the module docstring for its layout).
+
+    Parameters
+    ----------
+    result
+        A learned mapping.
+    genes
+        Reference genes to impute; ``None`` imputes all of them.
+    method
+        ``"probabilistic"`` or ``"argmax"`` projection for ``X``; the other is not stored.
+    top_k
+        Best reference units kept per spatial cell in ``obsm``.
+    """
+    imputed = project_genes(result, genes=genes, method=method)
+    spatial = result.spatial
+    out = ad.AnnData(
+        X=imputed.X,
+        obs=spatial.obs.copy(),
+        var=imputed.var.copy(),
+    )
+    for k, v in spatial.obsm.items():
+        out.obsm[k] = v.copy() if hasattr(v, "copy") else v
+    measured = spatial.X.toarray() if sp.issparse(spatial.X) else np.asarray(spatial.X)
+    out.obsm["measured"] = pd.DataFrame(
+        measured.astype(np.float32), index=spatial.obs_names.copy(), columns=list(map(str, spatial.var_names))
+    )
+
+    plan = result.genes
+    names = list(map(str, out.var_names))
+    sp_name = dict(zip(plan.shared_reference, plan.shared_spatial, strict=True))
+    out.var["is_shared"] = [g in sp_name for g in names]
+    out.var["measured_name"] = [sp_name.get(g, "") for g in names]
+    tdf = result.train_genes_df
+    for col in ("train_score", "sparsity_sc", "sparsity_sp", "sparsity_diff"):
+        out.var[col] = tdf[col].reindex(names).to_numpy(dtype=np.float64)
+    out.var["dropped_reason"] = [plan.dropped.get(g, "") for g in names]
+
+    key = result.cluster_key
+    if key:
+        probs = project_cell_annotations(result, key)
+        out.obsm["cluster_probabilities"] = probs
+        best = probs.to_numpy().argmax(axis=1)
+        out.obs[f"{key}_predicted"] = pd.Categorical.from_codes(best, categories=list(probs.columns))
+        out.obs[f"{key}_predicted_probability"] = probs.to_numpy().max(axis=1).astype(np.float32)
+    unit_idx, share = mapped_units(result)
+    units = np.asarray(result.unit_names, dtype=object)
+    out.obs["mapped_unit"] = pd.Categorical(units[unit_idx])
+    out.obs["mapped_share"] = share
+    top_i, top_s = top_mapped_units(result, top_k)
+    out.obsm["mapping_top_index"] = top_i
+    out.obsm["mapping_top_share"] = top_s
+
+    info: dict[str, Any] = {
+        "version": __version__,
+        "params": dict(result.params),
+        "history": {k: np.asarray(v, dtype=np.float64) for k, v in result.history.items()},
+        "training_score": result.training_score,
+        "training_genes": np.asarray(plan.training_reference, dtype=object),
+        "shared_genes": np.asarray(plan.shared_reference, dtype=object),
+        "dropped_genes": np.asarray(list(plan.dropped), dtype=object),
+        "dropped_reasons": np.asarray(list(plan.dropped.values()), dtype=object),
+        "units": np.asarray(result.unit_names, dtype=object),
+        "unit_kind": "cluster" if result.mode == "clusters" else "reference cell",
+        "projection": method,
+        "timings": {k: float(v) for k, v in result.timings.items()},
+    }
+    if key:
+        info["cluster_key"] = key
+        info["cluster_categories"] = np.asarray(list(out.obsm["cluster_probabilities"].columns), dtype=object)
+    out.uns[UNS_KEY] = info
+    return out
+
+
+def is_result(adata: ad.AnnData) -> bool:
+    """Whether ``adata`` is a result written by this package."""
+    return UNS_KEY in adata.uns
+
+
+def history_frame(adata: ad.AnnData) -> pd.DataFrame:
+    """Per-epoch objective terms of a result AnnData as a DataFrame."""
+    hist = adata.uns[UNS_KEY]["history"]
+    return pd.DataFrame({k: np.asarray(v, dtype=np.float64) for k, v in hist.items()})
+
+
+def training_genes_frame(adata: ad.AnnData) -> pd.DataFrame:
+    """tangram-sc's ``train_genes_df`` from a result AnnData, best score first."""
+    cols = ["train_score", "sparsity_sc", "sparsity_sp", "sparsity_diff"]
+    df = adata.var.loc[adata.var["is_training"].astype(bool), cols].copy()
+    return df.sort_values("train_score", ascending=False)
