@@ -1,0 +1,537 @@
+"""Layer data for exploring a mapping result in napari (pure functions, no Qt, no viewer).
+
+Everything here takes a result AnnData (see :mod:`napari_spatial_impute.result`) and returns plain
+numpy/pandas data plus the keyword arguments of ``viewer.add_points``, so the widgets stay thin
+and the logic is testable without a display.
+
+Conventions shared with the rest of the plugin:
+
+* Points coordinates are napari ``(row, col) = (y, x)``: ``obsm["spatial"][:, [1, 0]]``.
+* Layer names: ``"<gene> imputed · FOV <id>"``, ``"<gene> measured · FOV <id>"``,
+  ``"<cluster> probability · FOV <id>"``, ``"most likely <cluster_key> · FOV <id>"``.
+* ``layer.metadata`` holds ``nsi_role`` (``"imputed"``, ``"measured"``, ``"probability"``,
+  ``"predicted"``, or ``"reference"`` for the core plugin's reference UMAP layer),
+  ``nsi_fov`` (FOV id), ``nsi_value`` (gene or cluster) and ``nsi_rows`` (int64 row of each point
+  in the result AnnData).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from ._errors import InputError
+from .io import fov_labels
+
+ValueKind = Literal["imputed", "measured", "probability"]
+VALUE_KINDS: tuple[str, ...] = ("imputed", "measured", "probability")
+ROLE_KEY = "nsi_role"
+FOV_KEY = "nsi_fov"
+VALUE_KEY = "nsi_value"
+ROWS_KEY = "nsi_rows"
+REFERENCE_ROLE = "reference"
+PREDICTED_ROLE = "predicted"
+HIGHLIGHT_ROLE = "link_highlight"
+#: Colormap of each value kind (the measured values share the imputed genes' scheme).
+COLORMAPS: dict[str, str] = {"imputed": "viridis", "measured": "viridis", "probability": "magma"}
+#: Percentiles of the robust contrast limits (the seed's ``perc=0.02``).
+PERCENTILES: tuple[float, float] = (2.0, 98.0)
+#: Categorical colours (matplotlib's tab20, then tab20b) for the most-likely-cluster layer.
+_TAB20 = (
+    "#1f77b4 #aec7e8 #ff7f0e #ffbb78 #2ca02c #98df8a #d62728 #ff9896 #9467bd #c5b0d5 "
+    "#8c564b #c49c94 #e377c2 #f7b6d2 #7f7f7f #c7c7c7 #bcbd22 #dbdb8d #17becf #9edae5 "
+    "#393b79 #5254a3 #6b6ecf #9c9ede #637939 #8ca252 #b5cf6b #cedb9c #8c6d31 #bd9e39 "
+    "#e7ba52 #e7cb94 #843c39 #ad494a #d6616b #e7969c #7b4173 #a55194 #ce6dbd #de9ed6"
+).split()
+
+
+@dataclass
+class PointsSpec:
+    """One Points layer to add: ``viewer.add_points(spec.data, name=spec.name, **spec.kwargs)``.
+
+    Attributes
+    ----------
+    name
+        Layer name.
+    data
+        ``(n, 2)`` float64 coordinates ``(y, x)``.
+    features
+        One row per point; the colour column plus hover columns.
+    color_column
+        Column of ``features`` that colours the points.
+    kwargs
+        The other ``add_points`` keywords (colormap or colour cycle, contrast limits, size,
+        border, metadata).
+    """
+
+    name: str
+    data: np.ndarray
+    features: pd.DataFrame
+    color_column: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def add_kwargs(self) -> dict[str, Any]:
+        """All keywords of ``viewer.add_points`` except the data."""
+        return {
+            "name": self.name,
+            "features": self.features,
+            "face_color": self.color_column,
+            **self.kwargs,
+        }
+
+
+# ---------------------------------------------------------------------------------------------
+# names, FOVs, coordinates
+
+
+def layer_name(value: str, kind: str, fov: str) -> str:
+    """``"<value> <kind> · FOV <fov>"``, e.g. ``"Gad1 imputed · FOV 0"``."""
+    return f"{value} {kind} · FOV {fov}"
+
+
+def predicted_layer_name(cluster_key: str, fov: str) -> str:
+    """Name of the most-likely-cluster layer of one FOV."""
+    return f"most likely {cluster_key} · FOV {fov}"
+
+
+def result_fov_key(result: ad.AnnData, fov_key: str | None = None) -> str | None:
+    """The FOV column to use: ``fov_key`` if it is in ``result.obs``, else the one stored in uns."""
+    if fov_key and fov_key in result.obs.columns:
+        return fov_key
+    stored = result.uns.get("spatial_impute", {}).get("fov_key")
+    if stored and stored in result.obs.columns:
+        return str(stored)
+    return None
+
+
+def fov_rows(result: ad.AnnData, fov_key: str | None) -> dict[str, np.ndarray]:
+    """Rows of ``result`` in each FOV (natural order of FOV ids; one FOV ``"0"`` without a key)."""
+    labels = fov_labels(result, result_fov_key(result, fov_key))
+    codes = np.asarray(labels.codes)
+    order = np.argsort(codes, kind="stable")
+    bounds = np.searchsorted(codes[order], np.arange(len(labels.categories) + 1))
+    return {
+        str(cat): order[bounds[i] : bounds[i + 1]].astype(np.int64)
+        for i, cat in enumerate(labels.categories)
+        if bounds[i + 1] > bounds[i]
+    }
+
+
+def coords_yx(adata: ad.AnnData, rows: np.ndarray | None = None) -> np.ndarray:
+    """napari ``(y, x)`` coordinates of ``obsm["spatial"]`` (first two columns), as float64."""
+    xy = np.asarray(adata.obsm["spatial"])
+    if isinstance(adata.obsm["spatial"], pd.DataFrame):
+        xy = adata.obsm["spatial"].to_numpy()
+    xy = np.asarray(xy, dtype=np.float64)
+    if rows is not None:
+        xy = xy[rows]
+    return np.ascontiguousarray(xy[:, [1, 0]])
+
+
+def fov_bounds(result: ad.AnnData, fov_key: str | None, fov: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(center, size)`` of one FOV's bounding box in ``(y, x)``."""
+    rows = fov_rows(result, fov_key).get(str(fov))
+    if rows is None:
+        raise InputError(
+            f"FOV {fov!r} is not in the result; FOVs are {list(fov_rows(result, fov_key))}."
+        )
+    yx = coords_yx(result, rows)
+    lo, hi = yx.min(0), yx.max(0)
+    return (lo + hi) / 2.0, hi - lo
+
+
+def camera_for_box(
+    center: np.ndarray, size: np.ndarray, canvas_size: tuple[int, int], margin: float = 0.05
+) -> float:
+    """Camera zoom (screen pixels per data unit) that fits a box of ``size`` in ``canvas_size``."""
+    h, w = (float(max(s, 1e-9)) * (1.0 + 2 * margin) for s in size)
+    ch, cw = canvas_size
+    return float(max(min(ch / h, cw / w), 1e-6))
+
+
+# ---------------------------------------------------------------------------------------------
+# values and contrast
+
+
+def gene_names(result: ad.AnnData) -> list[str]:
+    """All imputed (reference) genes of a result."""
+    return list(map(str, result.var_names))
+
+
+def shared_genes(result: ad.AnnData) -> list[str]:
+    """Reference names of the genes that were also measured in space."""
+    return [str(g) for g in result.var_names[result.var["is_shared"].astype(bool).to_numpy()]]
+
+
+def cluster_names(result: ad.AnnData) -> list[str]:
+    """Cluster columns of ``obsm["cluster_probabilities"]`` (empty without a cluster key)."""
+    probs = result.obsm.get("cluster_probabilities")
+    return [] if probs is None else list(map(str, probs.columns))
+
+
+def cluster_key(result: ad.AnnData) -> str | None:
+    """The reference cluster column the result was mapped with, or ``None``."""
+    key = result.uns.get("spatial_impute", {}).get("cluster_key")
+    return str(key) if key else None
+
+
+def resolve_gene(result: ad.AnnData, gene: str) -> str:
+    """Reference spelling of ``gene`` (case-insensitive); raises :class:`InputError` if absent."""
+    if gene in result.var_names:
+        return str(gene)
+    lower = {g.lower(): g for g in map(str, result.var_names)}
+    hit = lower.get(str(gene).lower())
+    if hit is None:
+        raise InputError(
+            f"gene {gene!r} is not among the {result.n_vars} imputed genes; pick one from the list."
+        )
+    return hit
+
+
+def values(result: ad.AnnData, kind: str, name: str, rows: np.ndarray | None = None) -> np.ndarray:
+    """Values of one gene or cluster at the result's cells, as float32.
+
+    Parameters
+    ----------
+    result
+        Result AnnData.
+    kind
+        ``"imputed"`` (column of ``X``), ``"measured"`` (``obsm["measured"]``, for shared genes)
+        or ``"probability"`` (``obsm["cluster_probabilities"]``).
+    name
+        Gene (reference name, any case) or cluster.
+    rows
+        Cells to return (all when ``None``).
+    """
+    if kind == "imputed":
+        j = result.var_names.get_loc(resolve_gene(result, name))
+        col = result.X[:, j]
+        col = col.toarray().ravel() if sp.issparse(col) else np.asarray(col).ravel()
+    elif kind == "measured":
+        gene = resolve_gene(result, name)
+        measured_name = (
+            str(result.var.loc[gene, "measured_name"]) if "measured_name" in result.var else ""
+        )
+        if not measured_name or "measured" not in result.obsm:
+            raise InputError(f"gene {gene!r} was not measured in space; only imputed values exist.")
+        col = result.obsm["measured"][measured_name].to_numpy()
+    elif kind == "probability":
+        probs = result.obsm.get("cluster_probabilities")
+        if probs is None or str(name) not in probs.columns:
+            raise InputError(
+                f"cluster {name!r} has no probabilities; clusters are {cluster_names(result)}."
+            )
+        col = probs[str(name)].to_numpy()
+    else:
+        raise InputError(f"value kind {kind!r} is not known; use one of {', '.join(VALUE_KINDS)}.")
+    col = np.asarray(col, dtype=np.float32)
+    return col if rows is None else col[rows]
+
+
+def robust_limits(
+    vals: np.ndarray, percentiles: tuple[float, float] = PERCENTILES
+) -> tuple[float, float]:
+    """Contrast limits from percentiles of the finite values, always with ``hi > lo``."""
+    v = np.asarray(vals, dtype=np.float64).ravel()
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        return 0.0, 1.0
+    if v.size > 1_000_000:  # a regular subsample keeps this fast and deterministic
+        v = v[np.linspace(0, v.size - 1, 1_000_000).astype(np.int64)]
+    lo, hi = (float(x) for x in np.percentile(v, percentiles))
+    if not hi > lo:
+        lo, hi = float(v.min()), float(v.max())
+    if not hi > lo:
+        hi = lo + (abs(lo) * 1e-3 or 1.0)
+    return lo, hi
+
+
+def shared_limits(result: ad.AnnData, kind: str, name: str) -> tuple[float, float]:
+    """Robust limits of one gene/cluster over all cells, so every FOV shares one colour scale."""
+    if kind == "probability":
+        return 0.0, max(robust_limits(values(result, kind, name))[1], 1e-3)
+    return robust_limits(values(result, kind, name))
+
+
+# ---------------------------------------------------------------------------------------------
+# hover text
+
+
+def top_genes_text(
+    result: ad.AnnData, rows: np.ndarray, n: int = 3, chunk: int = 4096
+) -> np.ndarray:
+    """``"Gad1 3.2, Slc32a1 2.9, ..."``: each cell's ``n`` highest imputed genes, as strings."""
+    rows = np.asarray(rows, dtype=np.int64)
+    names = np.asarray(gene_names(result), dtype=object)
+    n = min(n, len(names))
+    out = np.empty(len(rows), dtype=object)
+    for s in range(0, len(rows), chunk):
+        block = result.X[rows[s : s + chunk]]
+        block = block.toarray() if sp.issparse(block) else np.asarray(block)
+        top = (
+            np.argpartition(-block, n - 1, axis=1)[:, :n]
+            if n < block.shape[1]
+            else np.tile(np.arange(n), (len(block), 1))
+        )
+        vals = np.take_along_axis(block, top, axis=1)
+        order = np.argsort(-vals, axis=1)
+        top, vals = np.take_along_axis(top, order, 1), np.take_along_axis(vals, order, 1)
+        out[s : s + len(block)] = [
+            ", ".join(f"{g} {v:.3g}" for g, v in zip(names[t], vv, strict=True))
+            for t, vv in zip(top, vals, strict=True)
+        ]
+    return out
+
+
+def top_clusters_text(result: ad.AnnData, rows: np.ndarray, n: int = 2) -> np.ndarray | None:
+    """``"Astrocyte 0.71, OD Mature 0.12"`` for each cell, or ``None`` without cluster probabilities."""
+    probs = result.obsm.get("cluster_probabilities")
+    if probs is None:
+        return None
+    p = probs.to_numpy(dtype=np.float32)[np.asarray(rows, dtype=np.int64)]
+    names = np.asarray(list(map(str, probs.columns)), dtype=object)
+    n = min(n, len(names))
+    top = np.argsort(-p, axis=1)[:, :n]
+    vals = np.take_along_axis(p, top, axis=1)
+    return np.asarray(
+        [
+            ", ".join(f"{c} {v:.2f}" for c, v in zip(names[t], vv, strict=True))
+            for t, vv in zip(top, vals, strict=True)
+        ],
+        dtype=object,
+    )
+
+
+def hover_features(result: ad.AnnData, rows: np.ndarray, n_genes: int = 3) -> pd.DataFrame:
+    """Features every exploration layer carries: cell name, top imputed genes, top clusters.
+
+    napari prints a hovered point's features in the status bar, so these give the hover text.
+    """
+    rows = np.asarray(rows, dtype=np.int64)
+    df = pd.DataFrame({"cell": np.asarray(result.obs_names[rows], dtype=object)})
+    df["top imputed"] = top_genes_text(result, rows, n_genes)
+    clusters = top_clusters_text(result, rows)
+    if clusters is not None:
+        df["top clusters"] = clusters
+    return df
+
+
+def cell_summary(result: ad.AnnData, row: int, genes: Sequence[str] = (), n_genes: int = 5) -> str:
+    """Multi-line description of one cell: chosen genes, top imputed genes, top clusters."""
+    lines = [f"cell {result.obs_names[row]}"]
+    for g in genes:
+        try:
+            lines.append(f"{g} imputed: {values(result, 'imputed', g, np.array([row]))[0]:.3g}")
+        except InputError:
+            continue
+    lines.append("top imputed: " + top_genes_text(result, np.array([row]), n_genes)[0])
+    clusters = top_clusters_text(result, np.array([row]), 3)
+    if clusters is not None:
+        lines.append("clusters: " + clusters[0])
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# layer specs
+
+
+def _points_kwargs(n_points: int, size: float | None) -> dict[str, Any]:
+    return {
+        "size": size if size is not None else 10.0,
+        "border_width": 0.0,
+        "border_color": "transparent",
+        # large layers: skip per-point borders and keep rendering cheap
+        "blending": "translucent_no_depth" if n_points > 50_000 else "translucent",
+    }
+
+
+def default_point_size(result: ad.AnnData) -> float:
+    """A point size from the typical nearest-neighbour spacing (a tenth of the box side / sqrt n)."""
+    yx = coords_yx(result)
+    span = np.ptp(yx, axis=0)
+    area = float(max(span[0], 1e-9) * max(span[1], 1e-9))
+    return float(max(np.sqrt(area / max(result.n_obs, 1)) * 0.8, 1e-6))
+
+
+def value_layer_specs(
+    result: ad.AnnData,
+    kind: str,
+    name: str,
+    fovs: Iterable[str] | None = None,
+    fov_key: str | None = None,
+    size: float | None = None,
+    hover: bool = True,
+) -> list[PointsSpec]:
+    """Colour-mapped Points layers of one gene or cluster, one per FOV, with shared limits.
+
+    Parameters
+    ----------
+    result
+        Result AnnData.
+    kind
+        ``"imputed"``, ``"measured"`` or ``"probability"``.
+    name
+        Gene or cluster.
+    fovs
+        FOV ids to build (all when ``None``).
+    fov_key
+        FOV column of ``result.obs`` (``None``: the stored one, or one FOV).
+    size
+        Point size in data units (default from the cell spacing).
+    hover
+        Add the hover columns (cell, top imputed genes, top clusters) to ``features``.
+    """
+    if kind in ("imputed", "measured"):
+        name = resolve_gene(result, name)
+    all_vals = values(result, kind, name)
+    limits = shared_limits(result, kind, name)
+    by_fov = fov_rows(result, fov_key)
+    chosen = list(by_fov) if fovs is None else [str(f) for f in fovs]
+    missing = [f for f in chosen if f not in by_fov]
+    if missing:
+        raise InputError(f"FOV {missing[0]!r} is not in the result; FOVs are {list(by_fov)}.")
+    size = default_point_size(result) if size is None else size
+    specs = []
+    for fov in chosen:
+        rows = by_fov[fov]
+        feats = pd.DataFrame({name: all_vals[rows]})
+        if hover:
+            feats = pd.concat([feats, hover_features(result, rows)], axis=1)
+        kw = _points_kwargs(len(rows), size)
+        kw.update(
+            face_colormap=COLORMAPS[kind],
+            face_contrast_limits=limits,
+            metadata={ROLE_KEY: kind, FOV_KEY: fov, VALUE_KEY: name, ROWS_KEY: rows},
+        )
+        specs.append(
+            PointsSpec(layer_name(name, kind, fov), coords_yx(result, rows), feats, name, kw)
+        )
+    return specs
+
+
+def cluster_colors(
+    categories: Sequence[str], uns_colors: Sequence[str] | None = None
+) -> dict[str, str]:
+    """A stable colour per category (the reference's ``uns['<key>_colors']`` when it fits)."""
+    cats = list(map(str, categories))
+    if uns_colors is not None and len(uns_colors) >= len(cats):
+        return dict(zip(cats, map(str, uns_colors), strict=False))
+    return {c: _TAB20[i % len(_TAB20)] for i, c in enumerate(cats)}
+
+
+def predicted_layer_specs(
+    result: ad.AnnData,
+    fovs: Iterable[str] | None = None,
+    fov_key: str | None = None,
+    size: float | None = None,
+    colors: dict[str, str] | None = None,
+) -> list[PointsSpec]:
+    """Most-likely-cluster Points layers (categorical colour cycle), one per FOV."""
+    key = cluster_key(result)
+    col = f"{key}_predicted" if key else None
+    if col is None or col not in result.obs.columns:
+        raise InputError(
+            "the result has no most likely cluster; map with a cluster key to get one."
+        )
+    pred = result.obs[col]
+    cats = (
+        list(map(str, pred.cat.categories))
+        if isinstance(pred.dtype, pd.CategoricalDtype)
+        else sorted(map(str, pred.unique()))
+    )
+    labels = pd.Categorical(pred.astype(str), categories=cats)
+    cycle = colors or cluster_colors(cats)
+    prob_col = f"{key}_predicted_probability"
+    by_fov = fov_rows(result, fov_key)
+    chosen = list(by_fov) if fovs is None else [str(f) for f in fovs]
+    size = default_point_size(result) if size is None else size
+    specs = []
+    for fov in chosen:
+        rows = by_fov[fov]
+        feats = pd.DataFrame({key: labels[rows]})
+        if prob_col in result.obs:
+            feats["probability"] = result.obs[prob_col].to_numpy(dtype=np.float32)[rows]
+        feats = pd.concat([feats, hover_features(result, rows)], axis=1)
+        kw = _points_kwargs(len(rows), size)
+        kw.update(
+            face_color_cycle=cycle,
+            metadata={ROLE_KEY: PREDICTED_ROLE, FOV_KEY: fov, VALUE_KEY: key, ROWS_KEY: rows},
+        )
+        specs.append(
+            PointsSpec(predicted_layer_name(key, fov), coords_yx(result, rows), feats, key, kw)
+        )
+    return specs
+
+
+# ---------------------------------------------------------------------------------------------
+# linking spatial cells <-> reference cells
+
+
+def unit_reference_rows(result: ad.AnnData, reference: ad.AnnData) -> list[np.ndarray]:
+    """Reference rows of each mapped unit (one cell in cells mode; the cluster's cells in clusters mode)."""
+    info = result.uns.get("spatial_impute", {})
+    units = [str(u) for u in info.get("units", [])]
+    if info.get("unit_kind") == "cluster":
+        key = info.get("cluster_key")
+        labels = reference.obs[key].astype(str).to_numpy()
+        return [np.flatnonzero(labels == u) for u in units]
+    index = reference.obs_names.get_indexer(units)
+    return [np.array([i], dtype=np.int64) if i >= 0 else np.empty(0, dtype=np.int64) for i in index]
+
+
+def reference_weights(
+    result: ad.AnnData, reference: ad.AnnData, spatial_rows: Sequence[int], min_share: float = 0.0
+) -> pd.Series:
+    """Reference cells that the given spatial cells map to, with their summed mapped share.
+
+    Uses the ``mapping_top_index`` / ``mapping_top_share`` of the result (the best units of each
+    spatial cell). Returns a Series indexed by reference row, largest share first.
+    """
+    rows = np.asarray(list(spatial_rows), dtype=np.int64)
+    if rows.size == 0 or "mapping_top_index" not in result.obsm:
+        return pd.Series(dtype=np.float64)
+    idx = np.asarray(result.obsm["mapping_top_index"])[rows].ravel()
+    share = np.asarray(result.obsm["mapping_top_share"], dtype=np.float64)[rows].ravel()
+    keep = share > min_share
+    idx, share = idx[keep], share[keep]
+    unit_rows = unit_reference_rows(result, reference)
+    ref_rows, ref_share = [], []
+    for u, s in zip(idx, share, strict=True):
+        r = unit_rows[int(u)]
+        if r.size:
+            ref_rows.append(r)
+            ref_share.append(np.full(r.size, s / r.size))
+    if not ref_rows:
+        return pd.Series(dtype=np.float64)
+    s = pd.Series(np.concatenate(ref_share), index=np.concatenate(ref_rows)).groupby(level=0).sum()
+    return s.sort_values(ascending=False)
+
+
+def spatial_rows_for_reference(
+    result: ad.AnnData, reference: ad.AnnData, reference_rows: Sequence[int]
+) -> np.ndarray:
+    """Spatial cells whose best mapped unit is one of (or contains) the given reference cells."""
+    wanted = np.zeros(reference.n_obs, dtype=bool)
+    wanted[np.asarray(list(reference_rows), dtype=np.int64)] = True
+    unit_rows = unit_reference_rows(result, reference)
+    unit_hit = np.array([bool(wanted[r].any()) if r.size else False for r in unit_rows])
+    if "mapping_top_index" not in result.obsm or not unit_hit.any():
+        return np.empty(0, dtype=np.int64)
+    best = np.asarray(result.obsm["mapping_top_index"])[:, 0]
+    return np.flatnonzero(unit_hit[best]).astype(np.int64)
+
+
+def dominant_cluster(
+    reference: ad.AnnData, key: str | None, reference_rows: Sequence[int]
+) -> str | None:
+    """The most frequent cluster among the given reference cells (``None`` when unknown)."""
+    rows = np.asarray(list(reference_rows), dtype=np.int64)
+    if key is None or key not in reference.obs or rows.size == 0:
+        return None
+    return str(reference.obs[key].astype(str).iloc[rows].value_counts().index[0])
