@@ -1,0 +1,266 @@
+"""Explore widget: imputed genes, measured genes, cluster probabilities per FOV, FOV navigator."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import (
+    QAbstractItemView,
+    QCheckBox,
+    QComboBox,
+    QCompleter,
+    QDoubleSpinBox,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QListWidget,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from .._model import get_model
+from ..explore import (
+    FOV_KEY,
+    VALUE_KEY,
+    cluster_names,
+    default_point_size,
+    fov_rows,
+    gene_names,
+    shared_genes,
+)
+from .layer_ops import (
+    find_layers,
+    jump_to_fov,
+    notify_error,
+    open_cluster,
+    open_gene,
+    open_predicted,
+)
+
+
+class ExploreWidget(QWidget):
+    """Choose genes, clusters and FOVs of the current mapping result and show them as layers.
+
+    Parameters
+    ----------
+    napari_viewer
+        The viewer (napari passes it in).
+    """
+
+    def __init__(self, napari_viewer: Any) -> None:
+        super().__init__()
+        self.viewer = napari_viewer
+        self.model = get_model(napari_viewer)
+        self._last_gene: str | None = None
+        self._last_cluster: str | None = None
+
+        self.info = QLabel("No mapping result yet: run a mapping or open a result file.")
+        self.info.setWordWrap(True)
+
+        self.gene_edit = QLineEdit()
+        self.gene_edit.setPlaceholderText("type a gene (any imputed gene)")
+        self.completer = QCompleter([])
+        self.completer.setCaseSensitivity(Qt.CaseSensitivity.CaseInsensitive)
+        self.completer.setFilterMode(Qt.MatchFlag.MatchContains)
+        self.gene_edit.setCompleter(self.completer)
+        self.gene_edit.returnPressed.connect(self.show_gene)
+        self.gene_button = QPushButton("Show gene")
+        self.gene_button.clicked.connect(self.show_gene)
+        self.measured_check = QCheckBox("measured beside imputed (shared genes)")
+        self.measured_check.setChecked(True)
+        self.recolor_check = QCheckBox("recolour the shown layers instead of adding new ones")
+        self.recolor_check.setChecked(True)
+
+        self.cluster_combo = QComboBox()
+        self.cluster_button = QPushButton("Show probability")
+        self.cluster_button.clicked.connect(self.show_cluster)
+        self.predicted_button = QPushButton("Most likely cluster")
+        self.predicted_button.clicked.connect(self.show_predicted)
+
+        self.fov_list = QListWidget()
+        self.fov_list.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
+        self.fov_list.setMaximumHeight(90)
+        self.fov_list.setToolTip("FOVs to show; none selected means all")
+        self.size_spin = QDoubleSpinBox()
+        self.size_spin.setDecimals(3)
+        self.size_spin.setRange(0.001, 1e6)
+        self.size_spin.setToolTip("point size in data units")
+
+        self.nav_combo = QComboBox()
+        self.nav_button = QPushButton("Go to FOV")
+        self.nav_button.clicked.connect(self.go_to_fov)
+
+        form = QFormLayout()
+        row = QHBoxLayout()
+        row.addWidget(self.gene_edit, 1)
+        row.addWidget(self.gene_button)
+        form.addRow("Gene", row)
+        form.addRow("", self.measured_check)
+        form.addRow("", self.recolor_check)
+        row = QHBoxLayout()
+        row.addWidget(self.cluster_combo, 1)
+        row.addWidget(self.cluster_button)
+        form.addRow("Cluster", row)
+        form.addRow("", self.predicted_button)
+        form.addRow("FOVs", self.fov_list)
+        form.addRow("Point size", self.size_spin)
+        row = QHBoxLayout()
+        row.addWidget(self.nav_combo, 1)
+        row.addWidget(self.nav_button)
+        form.addRow("Navigate", row)
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.info)
+        layout.addLayout(form)
+        layout.addWidget(self.status)
+        layout.addStretch(1)
+
+        self.model.result_changed.connect(self._on_result)
+        self.model.keys_changed.connect(self._refresh_fovs)
+        self._on_result(self.model.result)
+
+    # ------------------------------------------------------------------ state
+    def _on_result(self, result: Any = None) -> None:
+        result = self.model.result
+        enabled = result is not None
+        for w in (
+            self.gene_edit,
+            self.gene_button,
+            self.cluster_combo,
+            self.cluster_button,
+            self.predicted_button,
+            self.nav_button,
+            self.fov_list,
+            self.size_spin,
+        ):
+            w.setEnabled(enabled)
+        self.cluster_combo.clear()
+        if result is None:
+            self.completer.model().setStringList([])  # type: ignore[attr-defined]
+            self.info.setText("No mapping result yet: run a mapping or open a result file.")
+            self._refresh_fovs()
+            return
+        genes = gene_names(result)
+        self.completer.model().setStringList(genes)  # type: ignore[attr-defined]
+        clusters = cluster_names(result)
+        self.cluster_combo.addItems(clusters)
+        self.cluster_button.setEnabled(bool(clusters))
+        self.predicted_button.setEnabled(bool(clusters))
+        self.size_spin.setValue(default_point_size(result))
+        self.info.setText(
+            f"{result.n_obs} spatial cells, {len(genes)} imputed genes "
+            f"({len(shared_genes(result))} measured), {len(clusters)} clusters."
+        )
+        self._refresh_fovs()
+
+    def _refresh_fovs(self) -> None:
+        self.fov_list.clear()
+        self.nav_combo.clear()
+        if self.model.result is None:
+            return
+        fovs = list(fov_rows(self.model.result, self.model.fov_key))
+        self.fov_list.addItems(fovs)
+        self.nav_combo.addItems(fovs)
+
+    def selected_fovs(self) -> list[str] | None:
+        """FOVs chosen in the list (``None`` = all)."""
+        chosen = [item.text() for item in self.fov_list.selectedItems()]
+        return chosen or None
+
+    def _targets(self, role: str, last: str | None) -> list:
+        """Layers to recolour: selected layers of ``role``, else those of the last shown value."""
+        if not self.recolor_check.isChecked():
+            return []
+        selected = [
+            layer
+            for layer in self.viewer.layers.selection
+            if layer.metadata.get("nsi_role") == role
+        ]
+        if selected:
+            return selected
+        return find_layers(self.viewer, role, value=last) if last else []
+
+    # ------------------------------------------------------------------ actions
+    def show_gene(self, gene: str | None = None) -> list:
+        """Show ``gene`` (default: the typed one) in the chosen FOVs; returns the layers."""
+        result = self.model.result
+        gene = gene if isinstance(gene, str) else self.gene_edit.text().strip()
+        if result is None or not gene:
+            return []
+        try:
+            layers = open_gene(
+                self.viewer,
+                result,
+                gene,
+                self.selected_fovs(),
+                self.model.fov_key,
+                measured=self.measured_check.isChecked(),
+                recolor_layers=self._targets("imputed", self._last_gene),
+                size=self.size_spin.value(),
+            )
+        except Exception as exc:  # shown to the user, never half-added
+            notify_error(exc)
+            return []
+        self._last_gene = layers[0].metadata[VALUE_KEY] if layers else gene
+        self.status.setText(f"{self._last_gene}: {len(layers)} layers")
+        return layers
+
+    def show_cluster(self, cluster: str | None = None) -> list:
+        """Show the probability of ``cluster`` (default: the chosen one) in the chosen FOVs."""
+        result = self.model.result
+        cluster = cluster if isinstance(cluster, str) else self.cluster_combo.currentText()
+        if result is None or not cluster:
+            return []
+        try:
+            layers = open_cluster(
+                self.viewer,
+                result,
+                cluster,
+                self.selected_fovs(),
+                self.model.fov_key,
+                recolor_layers=self._targets("probability", self._last_cluster),
+                size=self.size_spin.value(),
+            )
+        except Exception as exc:
+            notify_error(exc)
+            return []
+        self._last_cluster = cluster
+        self.status.setText(f"{cluster} probability: {len(layers)} layers")
+        return layers
+
+    def show_predicted(self) -> list:
+        """Show the most likely cluster of each cell in the chosen FOVs."""
+        if self.model.result is None:
+            return []
+        try:
+            layers = open_predicted(
+                self.viewer,
+                self.model.result,
+                self.selected_fovs(),
+                self.model.fov_key,
+                self.size_spin.value(),
+            )
+        except Exception as exc:
+            notify_error(exc)
+            return []
+        self.status.setText(f"most likely cluster: {len(layers)} layers")
+        return layers
+
+    def go_to_fov(self, fov: str | None = None) -> None:
+        """Center and zoom the camera on one FOV (default: the navigator's)."""
+        fov = fov if isinstance(fov, str) else self.nav_combo.currentText()
+        if self.model.result is None or not fov:
+            return
+        try:
+            jump_to_fov(self.viewer, self.model.result, fov, self.model.fov_key)
+        except Exception as exc:
+            notify_error(exc)
+            return
+        self.status.setText(f"FOV {fov}")
+
+
+__all__ = ["ExploreWidget", "FOV_KEY"]

@@ -1,0 +1,222 @@
+"""Adding, finding and recolouring the exploration layers of a viewer (shared by the widgets).
+
+Only public napari API: ``napari.layers.Points``, ``viewer.layers``, ``layer.metadata``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+from napari.layers import Layer, Points
+from napari.utils.notifications import show_error
+
+from ..explore import (
+    FOV_KEY,
+    ROLE_KEY,
+    VALUE_KEY,
+    PointsSpec,
+    fov_bounds,
+    predicted_layer_specs,
+    shared_genes,
+    value_layer_specs,
+)
+
+
+def find_layers(
+    viewer: Any, role: str | None = None, fov: str | None = None, value: str | None = None
+) -> list[Layer]:
+    """Layers whose metadata match the given role, FOV and value (``None`` matches anything)."""
+    out = []
+    for layer in viewer.layers:
+        md = layer.metadata
+        if role is not None and md.get(ROLE_KEY) != role:
+            continue
+        if fov is not None and str(md.get(FOV_KEY)) != str(fov):
+            continue
+        if value is not None and md.get(VALUE_KEY) != value:
+            continue
+        out.append(layer)
+    return out
+
+
+def _make_layer(spec: PointsSpec) -> Points:
+    layer = Points(spec.data, **spec.add_kwargs())
+    if "face_colormap" in spec.kwargs:
+        layer.face_colorbar.visible = True
+    return layer
+
+
+def recolor(layer: Points, spec: PointsSpec) -> None:
+    """Give an existing layer the values, colouring, name and metadata of ``spec`` (same points)."""
+    if len(layer.data) != len(spec.data):
+        raise ValueError(
+            f"layer {layer.name!r} has {len(layer.data)} points, the new values {len(spec.data)}."
+        )
+    old = layer.features
+    if spec.color_column not in old.columns:  # keep the current colour column while switching
+        bridge = spec.features.copy()
+        for col in old.columns.difference(bridge.columns):
+            bridge[col] = old[col].to_numpy()
+        layer.features = bridge
+    else:
+        layer.features = spec.features
+    layer.face_color = spec.color_column
+    layer.features = spec.features
+    if "face_colormap" in spec.kwargs:
+        layer.face_colormap = spec.kwargs["face_colormap"]
+        layer.face_contrast_limits = spec.kwargs["face_contrast_limits"]
+        layer.face_colorbar.visible = True
+    layer.metadata = dict(spec.kwargs.get("metadata", {}))
+    layer.name = spec.name
+
+
+def apply_specs(
+    viewer: Any, specs: Sequence[PointsSpec], replace: Sequence[Layer | None] | None = None
+) -> list[Points]:
+    """Add the layers of ``specs`` (or recolour the matching ``replace`` layers), all or nothing.
+
+    A layer already named like a spec is recoloured instead of duplicated. New layers are all
+    built before any is added; if adding fails, the ones already added are removed again.
+    """
+    replace = list(replace) if replace is not None else [None] * len(specs)
+    names = {layer.name: layer for layer in viewer.layers}
+    targets: list[Points | None] = []
+    for spec, old in zip(specs, replace, strict=True):
+        same = names.get(spec.name)
+        target = same if isinstance(same, Points) else old
+        if target is not None and len(target.data) != len(spec.data):
+            target = None
+        targets.append(target)
+    new_layers = {
+        i: _make_layer(s) for i, (s, t) in enumerate(zip(specs, targets, strict=True)) if t is None
+    }
+    added: list[Points] = []
+    try:
+        for layer in new_layers.values():
+            viewer.layers.append(layer)
+            added.append(layer)
+    except Exception:
+        for layer in added:
+            if layer in viewer.layers:
+                viewer.layers.remove(layer)
+        raise
+    out = []
+    for i, (spec, target) in enumerate(zip(specs, targets, strict=True)):
+        if target is None:
+            out.append(new_layers[i])
+        else:
+            recolor(target, spec)
+            out.append(target)
+    return out
+
+
+def open_gene(
+    viewer: Any,
+    result: Any,
+    gene: str,
+    fovs: Iterable[str] | None = None,
+    fov_key: str | None = None,
+    *,
+    measured: bool = True,
+    recolor_layers: Sequence[Layer] = (),
+    size: float | None = None,
+) -> list[Points]:
+    """Show one gene: its imputed layer per FOV and, for shared genes, the measured one beside it.
+
+    ``recolor_layers`` are existing imputed layers (any gene) to recolour instead of adding new
+    ones, matched by FOV; measured layers of those layers' old gene are recoloured too, or removed
+    when the new gene was not measured.
+    """
+    fovs = None if fovs is None else [str(f) for f in fovs]
+    specs = value_layer_specs(result, "imputed", gene, fovs, fov_key, size=size)
+    gene = specs[0].kwargs["metadata"][VALUE_KEY] if specs else gene
+    by_fov = {str(layer.metadata.get(FOV_KEY)): layer for layer in recolor_layers}
+    replace: list[Layer | None] = [by_fov.get(s.kwargs["metadata"][FOV_KEY]) for s in specs]
+    is_shared = gene in shared_genes(result)
+    m_specs, m_replace, stale = [], [], []
+    for spec, old in zip(specs, replace, strict=True):
+        fov = spec.kwargs["metadata"][FOV_KEY]
+        old_meas = (
+            find_layers(viewer, "measured", fov, old.metadata.get(VALUE_KEY))
+            if old is not None
+            else []
+        )
+        if measured and is_shared:
+            m_specs.extend(value_layer_specs(result, "measured", gene, [fov], fov_key, size=size))
+            m_replace.append(old_meas[0] if old_meas else None)
+        else:
+            stale.extend(old_meas)
+    layers = apply_specs(viewer, specs + m_specs, replace + m_replace)
+    for layer in stale:
+        if layer in viewer.layers and layer not in layers:
+            viewer.layers.remove(layer)
+    return layers
+
+
+def open_cluster(
+    viewer: Any,
+    result: Any,
+    cluster: str,
+    fovs: Iterable[str] | None = None,
+    fov_key: str | None = None,
+    *,
+    recolor_layers: Sequence[Layer] = (),
+    size: float | None = None,
+) -> list[Points]:
+    """Show one cluster's probability per FOV (recolouring ``recolor_layers`` matched by FOV)."""
+    specs = value_layer_specs(result, "probability", cluster, fovs, fov_key, size=size)
+    by_fov = {str(layer.metadata.get(FOV_KEY)): layer for layer in recolor_layers}
+    return apply_specs(viewer, specs, [by_fov.get(s.kwargs["metadata"][FOV_KEY]) for s in specs])
+
+
+def open_predicted(
+    viewer: Any,
+    result: Any,
+    fovs: Iterable[str] | None = None,
+    fov_key: str | None = None,
+    size: float | None = None,
+) -> list[Points]:
+    """Show the most likely cluster per FOV (categorical colours)."""
+    specs = predicted_layer_specs(result, fovs, fov_key, size=size)
+    existing = [layer for layer in viewer.layers if layer.name in {s.name for s in specs}]
+    for layer in existing:  # categorical colouring cannot be switched in place: rebuild
+        viewer.layers.remove(layer)
+    return apply_specs(viewer, specs)
+
+
+def jump_to_fov(viewer: Any, result: Any, fov: str, fov_key: str | None = None) -> None:
+    """Center the camera on one FOV and zoom to its bounding box."""
+    layers = [
+        layer
+        for layer in viewer.layers
+        if str(layer.metadata.get(FOV_KEY)) == str(fov) and layer.visible
+    ]
+    if layers:
+        viewer.fit_to_view(layers=layers)
+        return
+    center, size = fov_bounds(result, fov_key, fov)
+    camera = viewer.scene.camera
+    camera.center = (float(center[0]), float(center[1]))
+    canvas = getattr(getattr(viewer, "canvas", None), "size", None) or (600, 800)
+    from ..explore import camera_for_box
+
+    camera.zoom = camera_for_box(center, size, tuple(canvas))
+
+
+def notify_error(exc: BaseException) -> None:
+    """Show an exception as a napari error notification with its first line only."""
+    msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    show_error(msg)
+
+
+def as_rows(layer: Layer, indices: Iterable[int]) -> np.ndarray:
+    """Result rows of the given point indices of an exploration layer."""
+    from ..explore import ROWS_KEY
+
+    rows = layer.metadata.get(ROWS_KEY)
+    idx = np.fromiter((int(i) for i in indices), dtype=np.int64)
+    if rows is None:
+        return idx
+    return np.asarray(rows, dtype=np.int64)[idx]

@@ -1,0 +1,41 @@
+"""Shared test data of the exploration widgets: a MERFISH result with two fake FOVs."""
+
+from __future__ import annotations
+
+import functools
+import warnings
+
+import anndata as ad
+import numpy as np
+
+from napari_spatial_impute import load_merfish_hypothalamus, map_cells_to_space
+
+
+@functools.lru_cache(maxsize=1)
+def _pair_and_result() -> tuple[ad.AnnData, ad.AnnData, ad.AnnData]:
+    ref, spa = load_merfish_hypothalamus()
+    x = spa.obsm["spatial"][:, 0]
+    spa.obs["fov"] = np.where(x < np.median(x), "1", "2")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = map_cells_to_space(ref, spa, cluster_key="cell_type", epochs=30).to_anndata()
+    return ref, spa, res
+
+
+def merfish_with_fovs() -> tuple[ad.AnnData, ad.AnnData, ad.AnnData]:
+    """(reference, spatial with obs ``fov`` "1"/"2" split at the median x, result) copies."""
+    ref, spa, res = _pair_and_result()
+    return ref.copy(), spa.copy(), res.copy()
+
+
+def load_into(viewer, with_cv: bool = False):
+    """Put the reference, spatial data, keys and result into the viewer's model."""
+    from napari_spatial_impute._model import get_model
+
+    ref, spa, res = merfish_with_fovs()
+    model = get_model(viewer)
+    model.set_reference(ref)
+    model.set_spatial(spa)
+    model.set_keys(cluster_key="cell_type", fov_key="fov")
+    model.set_result(res)
+    return model

@@ -1,0 +1,172 @@
+"""Explore widget on the MERFISH pair with two FOVs."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+from _explore_data import load_into
+
+from napari_spatial_impute._qt.explore_widget import ExploreWidget
+from napari_spatial_impute.explore import robust_limits, values
+
+
+@pytest.fixture
+def widget(make_napari_viewer_proxy, qtbot):
+    viewer = make_napari_viewer_proxy()
+    model = load_into(viewer)
+    w = ExploreWidget(viewer)
+    qtbot.addWidget(w)
+    return viewer, model, w
+
+
+def test_lists_filled_from_model(widget):
+    viewer, model, w = widget
+    assert w.fov_list.count() == 2
+    assert w.cluster_combo.count() == len(model.result.obsm["cluster_probabilities"].columns)
+    assert w.completer.model().rowCount() == model.result.n_vars
+    assert w.gene_button.isEnabled()
+
+
+def test_gene_layers_per_fov_with_shared_limits(widget):
+    viewer, model, w = widget
+    w.gene_edit.setText("gad1")  # any case
+    layers = w.show_gene()
+    names = sorted(layer.name for layer in viewer.layers)
+    assert names == sorted(
+        [
+            "Gad1 imputed · FOV 1",
+            "Gad1 imputed · FOV 2",
+            "Gad1 measured · FOV 1",
+            "Gad1 measured · FOV 2",
+        ]
+    )
+    imputed = [lay for lay in layers if lay.metadata["nsi_role"] == "imputed"]
+    measured = [lay for lay in layers if lay.metadata["nsi_role"] == "measured"]
+    assert len(imputed) == 2 and len(measured) == 2
+    assert imputed[0].face_contrast_limits == imputed[1].face_contrast_limits
+    assert measured[0].face_contrast_limits == measured[1].face_contrast_limits
+    lo, hi = robust_limits(values(model.result, "imputed", "Gad1"))
+    assert np.allclose(imputed[0].face_contrast_limits, (lo, hi))
+    for layer in layers:
+        assert layer.face_color_mode == "colormap"
+        assert layer.face_colorbar.visible
+        assert "Gad1" in layer.features.columns
+        assert layer.features["Gad1"].dtype == np.float32
+        assert {"cell", "top imputed", "top clusters"} <= set(layer.features.columns)
+    n = sum(len(layer.data) for layer in imputed)
+    assert n == model.result.n_obs
+    # the values are those of the cells at those positions
+    rows = imputed[0].metadata["nsi_rows"]
+    assert np.allclose(imputed[0].features["Gad1"], values(model.result, "imputed", "Gad1")[rows])
+    assert np.allclose(imputed[0].data[:, ::-1], model.result.obsm["spatial"][rows])
+
+
+def test_regene_recolours_instead_of_adding(widget):
+    viewer, model, w = widget
+    first = w.show_gene("Gad1")
+    ids = {id(layer) for layer in first}
+    second = w.show_gene("Slc17a6")
+    assert len(viewer.layers) == 4
+    assert {id(layer) for layer in second} == ids
+    assert sorted(layer.name for layer in viewer.layers)[0].startswith("Slc17a6")
+    imputed = [lay for lay in second if lay.metadata["nsi_role"] == "imputed"]
+    assert all("Slc17a6" in lay.features.columns for lay in imputed)
+    assert "Gad1" not in imputed[0].features.columns
+
+
+def test_recolour_to_unmeasured_removes_measured(widget):
+    viewer, model, w = widget
+    # the bundled reference holds only panel genes: pretend one was not measured
+    model.result.var.loc["Slc17a6", "is_shared"] = False
+    model.result.var.loc["Slc17a6", "measured_name"] = ""
+    w.show_gene("Gad1")
+    assert len(viewer.layers) == 4
+    w.show_gene("Slc17a6")
+    assert sorted(lay.name for lay in viewer.layers) == [
+        "Slc17a6 imputed · FOV 1",
+        "Slc17a6 imputed · FOV 2",
+    ]
+
+
+def test_add_new_layers_when_recolour_off(widget):
+    viewer, model, w = widget
+    w.recolor_check.setChecked(False)
+    w.measured_check.setChecked(False)
+    w.show_gene("Gad1")
+    w.show_gene("Slc17a6")
+    assert len(viewer.layers) == 4
+    w.show_gene("Slc17a6")  # same names: recoloured, not duplicated
+    assert len(viewer.layers) == 4
+
+
+def test_one_fov_cluster_and_predicted(widget):
+    viewer, model, w = widget
+    w.fov_list.item(1).setSelected(True)
+    cluster = w.cluster_combo.itemText(0)
+    layers = w.show_cluster(cluster)
+    assert [layer.name for layer in layers] == [f"{cluster} probability · FOV 2"]
+    lo, hi = layers[0].face_contrast_limits
+    assert lo == 0.0 and 0 < hi <= 1.0
+    pred = w.show_predicted()
+    assert pred[0].name == "most likely cell_type · FOV 2"
+    assert pred[0].face_color_mode == "cycle"
+    assert str(pred[0].features["cell_type"].dtype) == "category"
+    # a second cluster recolours the probability layer
+    other = w.cluster_combo.itemText(1)
+    again = w.show_cluster(other)
+    assert again[0] is layers[0] and again[0].name == f"{other} probability · FOV 2"
+
+
+def test_unknown_gene_is_notified_not_added(widget, monkeypatch):
+    viewer, model, w = widget
+    seen = []
+    monkeypatch.setattr("napari_spatial_impute._qt.layer_ops.show_error", seen.append)
+    assert w.show_gene("NotAGene") == []
+    assert len(viewer.layers) == 0
+    assert seen and "NotAGene" in seen[0] and "\n" not in seen[0]
+
+
+def test_navigator_centres_camera(widget):
+    viewer, model, w = widget
+    w.show_gene("Gad1")
+    w.go_to_fov("2")
+    rows = viewer.layers["Gad1 imputed · FOV 2"].data
+    center = viewer.scene.camera.center[-2:]
+    mid = (rows.min(0) + rows.max(0)) / 2
+    assert np.allclose(center, mid, atol=1e-6 + 1e-3 * np.ptp(rows))
+    # without layers the camera still moves to the FOV's box
+    viewer.layers.clear()
+    w.go_to_fov("1")
+    assert np.isfinite(viewer.scene.camera.zoom)
+
+
+def test_no_result_disables(make_napari_viewer_proxy, qtbot):
+    viewer = make_napari_viewer_proxy()
+    w = ExploreWidget(viewer)
+    qtbot.addWidget(w)
+    assert not w.gene_button.isEnabled()
+    assert w.show_gene("Gad1") == []
+
+
+@pytest.mark.skipif(
+    os.environ.get("QT_QPA_PLATFORM") == "offscreen", reason="needs a real (Xvfb) display"
+)
+def test_rendered_points_are_colour_mapped(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer(show=True)
+    load_into(viewer)
+    w = ExploreWidget(viewer)
+    qtbot.addWidget(w)
+    w.measured_check.setChecked(False)
+    w.show_gene("Gad1")
+    viewer.reset_view()
+    shot = viewer.screenshot(canvas_only=True, flash=False)
+    rgb = shot[..., :3].astype(int)
+    coloured = (np.abs(rgb - rgb.mean(-1, keepdims=True)).max(-1) > 30).sum()
+    assert coloured > 500, "no colour-mapped points rendered"
+    # several distinct colours (a colormap, not one flat colour)
+    assert (
+        len(np.unique(rgb[(np.abs(rgb - rgb.mean(-1, keepdims=True)).max(-1) > 30)] // 32, axis=0))
+        > 3
+    )
