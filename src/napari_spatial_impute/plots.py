@@ -1,0 +1,177 @@
+"""Matplotlib diagnostics of a result (no Qt, no pyplot: they draw into a given ``Figure``).
+
+* :func:`plot_training_scores`: tangram-sc's ``plot_training_scores`` (score histogram; score vs
+  sparsity in the reference, in space, and vs the sparsity difference), one dot per training
+  gene, plus the training score per epoch.
+* :func:`plot_cell_type_validation`: the seed's per-cell-type check of marker genes, measured
+  vs predicted expression level (each min-max normalised over cell types).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from .result import history_frame, training_genes_frame
+
+MEASURED_COLOR = "#1f77b4"
+PREDICTED_COLOR = "#ff7f0e"
+
+
+def plot_training_scores(
+    fig: Figure, result: ad.AnnData, bins: int = 20, alpha: float = 0.5
+) -> list:
+    """Draw the training-score panels; every scatter is pickable (``artist.genes`` names its dots).
+
+    Returns
+    -------
+    The scatter artists (one per sparsity panel).
+    """
+    fig.clear()
+    df = training_genes_frame(result)
+    axes = (
+        fig.subplots(1, 5)
+        if fig.get_figwidth() > 2 * fig.get_figheight()
+        else fig.subplots(2, 3).ravel()
+    )
+    score = df["train_score"].to_numpy(dtype=np.float64)
+    ax = axes[0]
+    ax.hist(
+        score[np.isfinite(score)], bins=bins, alpha=alpha, color=MEASURED_COLOR, edgecolor="white"
+    )
+    ax.set_title("training scores")
+    ax.set_xlabel("score")
+    ax.set_ylabel("genes")
+    scatters = []
+    for ax, col, title in zip(
+        axes[1:4],
+        ("sparsity_sc", "sparsity_sp", "sparsity_diff"),
+        (
+            "score vs sparsity (reference)",
+            "score vs sparsity (spatial)",
+            "score vs sparsity difference",
+        ),
+        strict=True,
+    ):
+        sc = ax.scatter(df[col], score, s=12, alpha=alpha, color=MEASURED_COLOR, picker=5)
+        sc.genes = list(map(str, df.index))  # type: ignore[attr-defined]
+        ax.set_title(title)
+        ax.set_xlabel(col.replace("_", " "))
+        ax.set_ylabel("score")
+        scatters.append(sc)
+    ax = axes[4]
+    hist = (
+        history_frame(result)
+        if "history" in result.uns.get("spatial_impute", {})
+        else pd.DataFrame()
+    )
+    if "main_loss" in hist:
+        ax.plot(np.arange(1, len(hist) + 1), hist["main_loss"], color=MEASURED_COLOR)
+        ax.set_title(f"training score per epoch ({hist['main_loss'].iloc[-1]:.3f})")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("score")
+    else:
+        ax.set_axis_off()
+    for extra in axes[5:]:
+        extra.set_axis_off()
+    fig.tight_layout()
+    return scatters
+
+
+def plot_cell_type_validation(fig: Figure, table: pd.DataFrame, max_types: int = 30) -> None:
+    """Draw one panel per marker: measured and predicted level per cell type (the seed's plot).
+
+    Parameters
+    ----------
+    fig
+        Figure to draw into (cleared first).
+    table
+        :func:`~napari_spatial_impute.validate_cell_types` output.
+    max_types
+        Cell types shown (the most frequent ones).
+    """
+    fig.clear()
+    genes = list(dict.fromkeys(table["gene"]))
+    if not genes:
+        ax = fig.subplots()
+        ax.text(0.5, 0.5, "no marker genes", ha="center", va="center")
+        ax.set_axis_off()
+        return
+    counts = table.drop_duplicates("cell_type").set_index("cell_type")["n_cells"]
+    types = list(counts.sort_values(ascending=False).index[:max_types])
+    axes = np.atleast_1d(fig.subplots(1, len(genes), sharey=True))
+    x = np.arange(len(types))
+    width = 0.4
+    for ax, gene in zip(axes, genes, strict=True):
+        sub = table[table["gene"] == gene].set_index("cell_type").reindex(types)
+        ax.bar(
+            x - width / 2, sub["measured"].fillna(0), width, color=MEASURED_COLOR, label="measured"
+        )
+        ax.bar(
+            x + width / 2,
+            sub["predicted"].fillna(0),
+            width,
+            color=PREDICTED_COLOR,
+            label="predicted",
+        )
+        ax.set_title(gene)
+        ax.set_xticks(x)
+        ax.set_xticklabels(types, rotation=90, fontsize=7)
+        ax.set_ylim(0, 1.05)
+    axes[0].set_ylabel("expression level (0-1)")
+    axes[-1].legend(fontsize=7, loc="upper right")
+    fig.tight_layout()
+
+
+def default_markers(result: ad.AnnData, n: int = 6, cell_type_key: str | None = None) -> list[str]:
+    """One measured marker for each of the ``n`` most frequent predicted clusters.
+
+    The marker of a cluster is the shared gene whose measured mean in that cluster is highest
+    relative to its mean over all cells (ties and repeats skipped).
+    """
+    info = result.uns.get("spatial_impute", {})
+    key = cell_type_key or (f"{info['cluster_key']}_predicted" if info.get("cluster_key") else None)
+    if key is None or key not in result.obs or "measured" not in result.obsm:
+        return []
+    shared = result.var_names[result.var["is_shared"].astype(bool).to_numpy()]
+    names = result.var.loc[shared, "measured_name"].astype(str).to_numpy()
+    meas = result.obsm["measured"][list(names)].to_numpy(dtype=np.float64)
+    overall = meas.mean(0) + 1e-9
+    types = result.obs[key].astype(str)
+    chosen: list[str] = []
+    for ct in types.value_counts().index:
+        if len(chosen) >= n:
+            break
+        ratio = meas[(types == ct).to_numpy()].mean(0) / overall
+        for j in np.argsort(-ratio):
+            gene = str(shared[j])
+            if gene not in chosen:
+                chosen.append(gene)
+                break
+    return chosen
+
+
+def cv_summary_text(table: pd.DataFrame) -> str:
+    """``"median Pearson 0.31 over 134 genes (2 NaN)"`` for a cross-validation table."""
+    p = pd.to_numeric(table["pearson"], errors="coerce").to_numpy(dtype=np.float64)
+    finite = p[np.isfinite(p)]
+    med = float(np.median(finite)) if finite.size else float("nan")
+    nan = int(np.isnan(p).sum())
+    return f"median Pearson {med:.3f} over {len(p)} held-out genes" + (
+        f" ({nan} NaN)" if nan else ""
+    )
+
+
+def marker_list(text: str, available: Sequence[str]) -> list[str]:
+    """Marker genes parsed from comma/space separated text, matched case-insensitively."""
+    lower = {g.lower(): g for g in map(str, available)}
+    out = []
+    for token in text.replace(",", " ").split():
+        hit = lower.get(token.lower())
+        if hit and hit not in out:
+            out.append(hit)
+    return out

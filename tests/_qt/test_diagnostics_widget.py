@@ -1,0 +1,96 @@
+"""Diagnostics widget: score panels, cell-type validation, CV table and gene clicks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from _explore_data import cv_table, load_into
+from qtpy.QtCore import Qt
+
+from napari_spatial_impute._qt.diagnostics_widget import DiagnosticsWidget
+
+
+@pytest.fixture
+def widget(make_napari_viewer_proxy, qtbot):
+    viewer = make_napari_viewer_proxy()
+    model = load_into(viewer)
+    w = DiagnosticsWidget(viewer)
+    qtbot.addWidget(w)
+    return viewer, model, w
+
+
+def test_training_panels(widget):
+    viewer, model, w = widget
+    axes = [ax for ax in w.train_fig.axes if ax.axison]
+    assert len(axes) == 5
+    titles = [ax.get_title() for ax in axes]
+    assert titles[0] == "training scores"
+    assert "reference" in titles[1] and "spatial" in titles[2] and "difference" in titles[3]
+    n_train = int(model.result.var["is_training"].sum())
+    assert sum(p.get_height() for p in axes[0].patches) == n_train
+    for ax in axes[1:4]:
+        assert len(ax.collections[0].get_offsets()) == n_train
+    assert len(axes[4].lines[0].get_xdata()) == 30  # one point per epoch
+    assert "training score" in w.train_info.text()
+
+
+def test_cell_type_validation(widget):
+    viewer, model, w = widget
+    markers = [g.strip() for g in w.markers_edit.text().split(",") if g.strip()]
+    assert 1 <= len(markers) <= 6
+    assert len(w.val_fig.axes) == len(markers)
+    w.markers_edit.setText("gad1, Slc17a6")
+    table = w.update_validation()
+    assert sorted(table["gene"].unique()) == ["Gad1", "Slc17a6"]
+    assert len(w.val_fig.axes) == 2
+    assert table[["measured", "predicted"]].stack().between(0, 1).all()
+    bars = w.val_fig.axes[0].patches
+    assert len(bars) == 2 * table["cell_type"].nunique()
+
+
+def test_no_cv_then_cv_table_sortable_and_clickable(widget, qtbot):
+    viewer, model, w = widget
+    assert w.cv_table.rowCount() == 0
+    cv = cv_table()
+    model.set_cv_table(cv)
+    assert w.cv_table.rowCount() == len(cv)
+    assert "median Pearson" in w.cv_info.text()
+    header = [w.cv_table.horizontalHeaderItem(j).text() for j in range(w.cv_table.columnCount())]
+    pc = header.index("pearson")
+    shown = [float(w.cv_table.item(i, pc).text()) for i in range(w.cv_table.rowCount())]
+    finite = [v for v in shown if np.isfinite(v)]
+    assert finite == sorted(finite, reverse=True)
+    w.cv_table.sortItems(pc, Qt.SortOrder.AscendingOrder)
+    shown = [float(w.cv_table.item(i, pc).text()) for i in range(w.cv_table.rowCount())]
+    finite = [v for v in shown if np.isfinite(v)]
+    assert finite == sorted(finite)
+    gene = w.cv_table.item(0, header.index("gene")).text()
+    w._on_cv_clicked(0, 0)
+    names = sorted(layer.name for layer in viewer.layers)
+    assert f"{gene} imputed · FOV 1" in names and f"{gene} imputed · FOV 2" in names
+    # the next click recolours the same layers
+    gene2 = w.cv_table.item(1, header.index("gene")).text()
+    w._on_cv_clicked(1, 0)
+    assert len(viewer.layers) == len(names)
+    assert f"{gene2} imputed · FOV 1" in [layer.name for layer in viewer.layers]
+
+
+def test_pick_on_score_panel_opens_gene(widget):
+    viewer, model, w = widget
+    scatter = w.train_fig.axes[1].collections[0]
+
+    class Event:
+        artist = scatter
+        ind = np.array([0])
+
+    w._on_pick(Event())
+    gene = scatter.genes[0]
+    assert f"{gene} imputed · FOV 1" in [layer.name for layer in viewer.layers]
+
+
+def test_empty_model(make_napari_viewer_proxy, qtbot):
+    viewer = make_napari_viewer_proxy()
+    w = DiagnosticsWidget(viewer)
+    qtbot.addWidget(w)
+    assert "No mapping result" in w.train_info.text()
+    assert w.open_gene("Gad1") == []
