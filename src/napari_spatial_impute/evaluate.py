@@ -190,9 +190,13 @@ def validate_cell_types(
     from .result import UNS_KEY
 
     if isinstance(result, MappingResult):
-        res_ad = result.to_anndata(
-            genes=markers if markers is not None else None
-        )
+        wanted = None
+        if markers is not None:
+            ref_lower = {g.lower() for g in result.genes.shared_reference}
+            wanted = [m for m in markers if m.lower() in ref_lower]
+            if not wanted:
+                raise InputError("none of the marker genes was measured in space; give shared genes.")
+        res_ad = result.to_anndata(genes=wanted)
         reference = result.reference
         ckey = result.cluster_key
     else:

@@ -120,7 +120,7 @@ def marker_genes(
         )
     sub = reference[:, list(genes)] if genes is not None else reference
     work = ad.AnnData(X=sub.X.copy(), obs=pd.DataFrame(index=sub.obs_names), var=pd.DataFrame(index=sub.var_names))
-    work.obs["group"] = reference.obs[cluster_key].astype(str).astype("category").to_numpy()
+    work.obs["group"] = pd.Categorical(reference.obs[cluster_key].astype(str).to_numpy())
     counts = work.obs["group"].value_counts()
     keep = counts[counts >= 2].index
     if len(keep) < 2:

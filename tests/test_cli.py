@@ -1,0 +1,153 @@
+"""The command line: map, evaluate, demo, and clean failures on bad input."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+
+from napari_spatial_impute.cli import main
+
+
+def _run(args, capsys):
+    code = main(args)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_map_real_pair_writes_all_genes_and_probabilities(shared_data, tmp_path, capsys):
+    d = shared_data / "merfish_hypothalamus"
+    out = tmp_path / "o.h5ad"
+    code, stdout, err = _run(
+        ["map", "--reference", str(d / "reference.h5ad"), "--spatial", str(d / "spatial.h5ad"),
+         "--out", str(out), "--cluster-key", "cell_type", "--epochs", "50"], capsys)
+    assert code == 0, err
+    assert "wrote 750 spatial cells x 134 imputed genes and 14 cluster probabilities" in stdout
+    res = ad.read_h5ad(out)
+    assert res.shape == (750, 134)
+    assert res.obsm["cluster_probabilities"].shape == (750, 14)
+    np.testing.assert_allclose(res.obsm["cluster_probabilities"].sum(1), 1.0, rtol=1e-5)
+    assert err == ""  # quiet when not on a terminal
+
+
+def test_map_options(merfish_pair, tmp_path, capsys):
+    ref, spa = merfish_pair
+    r, s = tmp_path / "r.h5ad", tmp_path / "s.h5ad"
+    ref.write_h5ad(r)
+    spa.write_h5ad(s)
+    genes = tmp_path / "genes.txt"
+    genes.write_text("gad1\nSLC17A6\nMbp\n")
+    out = tmp_path / "o.h5ad"
+    code, stdout, err = _run(
+        ["map", "-r", str(r), "-s", str(s), "-o", str(out), "--cluster-key", "cell_type",
+         "--mode", "clusters", "--genes", str(genes), "--density", "rna_count_based",
+         "--epochs", "20", "--impute", "Gad1,Ermn", "--projection", "argmax"], capsys)
+    assert code == 0, err
+    res = ad.read_h5ad(out)
+    assert list(res.var_names) == ["Gad1", "Ermn"]
+    assert res.uns["spatial_impute"]["params"]["mode"] == "clusters"
+    assert list(res.uns["spatial_impute"]["training_genes"]) == ["Gad1", "Slc17a6"]
+
+
+def test_evaluate_writes_cv_table(merfish_pair, tmp_path, capsys):
+    ref, spa = merfish_pair
+    r, s = tmp_path / "r.h5ad", tmp_path / "s.h5ad"
+    ref.write_h5ad(r)
+    spa.write_h5ad(s)
+    out = tmp_path / "cv.csv"
+    code, stdout, err = _run(["evaluate", "-r", str(r), "-s", str(s), "--folds", "3", "--seed", "0",
+                              "--epochs", "30", "--out", str(out)], capsys)
+    assert code == 0, err
+    df = pd.read_csv(out)
+    assert "pearson" in df.columns and len(df) == 134
+    assert "median pearson" in stdout and "mean" in stdout
+
+
+def _bad_inputs(tmp_path, ref, spa):
+    cases = {}
+    s = spa.copy()
+    del s.obsm["spatial"]
+    cases["missing_spatial"] = (ref, s, "obsm['spatial']")
+    s = spa.copy()
+    s.var_names = [f"ENSMUSG{i:011d}" for i in range(s.n_vars)]
+    cases["no_shared"] = (ref, s, "no shared genes")
+    s = spa.copy()
+    X = s.X.toarray()
+    X[0, 0] = np.nan
+    s.X = sp.csr_matrix(X)
+    cases["nan"] = (ref, s, "NaN or infinite")
+    r = ref.copy()
+    X = r.X.toarray()
+    X[0, 0] = -3
+    r.X = sp.csr_matrix(X)
+    cases["negative"] = (r, spa, "negative values")
+    s = spa.copy()
+    s.obs_names = ["c"] * s.n_obs
+    cases["dup_cells"] = (ref, s, "duplicated cell names")
+    s = spa[:0].copy()
+    cases["empty"] = (ref, s, "empty")
+    return cases
+
+
+@pytest.mark.parametrize("case", ["missing_spatial", "no_shared", "nan", "negative", "dup_cells", "empty"])
+def test_bad_input_one_line_exit_2_nothing_written(merfish_pair, tmp_path, capsys, case):
+    ref, spa = merfish_pair
+    r_ad, s_ad, expected = _bad_inputs(tmp_path, ref, spa)[case]
+    r, s = tmp_path / "r.h5ad", tmp_path / "s.h5ad"
+    r_ad.write_h5ad(r)
+    s_ad.write_h5ad(s)
+    out = tmp_path / "o.h5ad"
+    code, stdout, err = _run(["map", "-r", str(r), "-s", str(s), "-o", str(out), "--epochs", "2"], capsys)
+    assert code == 2
+    assert expected in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert not out.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.h5ad", "s.h5ad"]
+
+
+def test_unknown_cluster_key_lists_columns(merfish_pair, tmp_path, capsys):
+    ref, spa = merfish_pair
+    r, s = tmp_path / "r.h5ad", tmp_path / "s.h5ad"
+    ref.write_h5ad(r)
+    spa.write_h5ad(s)
+    code, _, err = _run(["map", "-r", str(r), "-s", str(s), "-o", str(tmp_path / "o.h5ad"),
+                         "--cluster-key", "celltype", "--epochs", "2"], capsys)
+    assert code == 2 and "cell_type, nUMI_full_transcriptome" in err
+
+
+def test_unreadable_file_and_memory(merfish_pair, tmp_path, capsys, monkeypatch):
+    bad = tmp_path / "bad.h5ad"
+    bad.write_text("hello")
+    code, _, err = _run(["map", "-r", str(bad), "-s", str(bad), "-o", str(tmp_path / "o.h5ad")], capsys)
+    assert code == 2 and "cannot read reference file" in err
+
+    from napari_spatial_impute import resources
+
+    ref, spa = merfish_pair
+    r, s = tmp_path / "r.h5ad", tmp_path / "s.h5ad"
+    ref.write_h5ad(r)
+    spa.write_h5ad(s)
+    monkeypatch.setattr(resources, "available_bytes", lambda device: 10 * 1024**2)
+    code, _, err = _run(["map", "-r", str(r), "-s", str(s), "-o", str(tmp_path / "o.h5ad")], capsys)
+    assert code == 2 and "needs about" in err and "GiB" in err
+    assert not (tmp_path / "o.h5ad").exists()
+
+
+def test_demo_runs_offline_without_shared_data(tmp_path):
+    out = tmp_path / "demo.h5ad"
+    env = {"NSI_DATA_DIR": str(tmp_path / "absent"), "PATH": "/usr/bin:/bin"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "napari_spatial_impute.cli", "demo", "--epochs", "40", "--folds", "3",
+         "--out", str(out)],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "imputed 134 genes at 750 cells" in proc.stdout
+    assert "3-fold leave-genes-out CV: median pearson" in proc.stdout
+    assert f"wrote {out}" in proc.stdout
+    assert ad.read_h5ad(out).shape == (750, 134)

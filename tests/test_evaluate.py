@@ -1,0 +1,81 @@
+"""Cross-validation (no leak of held-out genes) and per-cell-type validation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import napari_spatial_impute as nsi
+from napari_spatial_impute import InputError, evaluate
+from napari_spatial_impute.evaluate import gene_folds, pearson_per_gene
+
+
+def test_gene_folds_partition_and_seed():
+    genes = [f"g{i}" for i in range(23)]
+    folds = gene_folds(genes, 5, seed=0)
+    assert sorted(sum(folds, [])) == sorted(genes)
+    assert [len(f) for f in folds] == [5, 5, 5, 4, 4]
+    assert gene_folds(genes, 5, seed=0) == folds
+    assert gene_folds(genes, 5, seed=1) != folds
+    with pytest.raises(InputError, match="fewer folds"):
+        gene_folds(genes[:3], 5)
+
+
+def test_pearson_per_gene():
+    rng = np.random.default_rng(0)
+    a = rng.random((50, 3))
+    b = a.copy()
+    b[:, 1] = -a[:, 1]
+    b[:, 2] = 1.0  # constant -> NaN
+    r = pearson_per_gene(a, b)
+    assert r[0] == pytest.approx(1.0) and r[1] == pytest.approx(-1.0) and np.isnan(r[2])
+
+
+def test_cross_validation_never_trains_on_held_out_genes(synthetic, monkeypatch):
+    ref, spa = synthetic
+    calls = []
+    real = evaluate.map_cells_to_space
+
+    def spy(reference, spatial, *, genes, **kw):
+        calls.append(list(genes))
+        return real(reference, spatial, genes=genes, **kw)
+
+    monkeypatch.setattr(evaluate, "map_cells_to_space", spy)
+    df = nsi.cross_validate(ref, spa, folds=4, seed=0, epochs=30)
+    assert len(calls) == 4
+    for f, train in enumerate(calls):
+        held = set(df.loc[df["fold"] == f, "gene"])
+        assert held and not (held & set(train))
+        assert len(held) + len(train) == spa.n_vars
+    assert sorted(df["gene"]) == sorted(ref.var_names[: spa.n_vars])
+    assert {"gene", "fold", "pearson", "cosine", "spearman"} <= set(df.columns)
+
+
+def test_cross_validation_beats_chance_on_synthetic(synthetic):
+    ref, spa = synthetic
+    df = nsi.cross_validate(ref, spa, folds=3, seed=0, epochs=200)
+    assert np.nanmedian(df["pearson"]) > 0.3
+
+
+def test_cross_validation_on_real_pair(merfish_pair):
+    ref, spa = merfish_pair
+    df = nsi.cross_validate(ref, spa, folds=5, seed=0, epochs=100)
+    s = nsi.summarize_cv(df)
+    assert s["n_genes"] == 134
+    assert 0.05 < s["median_pearson"] < 0.9
+
+
+def test_validate_cell_types(merfish):
+    ref, spa = merfish
+    r = nsi.map_cells_to_space(ref, spa, cluster_key="cell_type", epochs=100)
+    df = nsi.validate_cell_types(r, markers=["Gad1", "Slc17a6", "Mbp", "Cbln2", "NotAGene"])
+    assert set(df["gene"]) == {"Gad1", "Slc17a6", "Cbln2"}
+    vals = df[["measured", "predicted"]].to_numpy()
+    assert np.nanmin(vals) >= 0 and np.nanmax(vals) <= 1
+    # measured and predicted cell-type profiles of these markers agree
+    for _, g in df.groupby("gene"):
+        assert np.corrcoef(g["measured"], g["predicted"])[0, 1] > 0.5
+    df2 = nsi.validate_cell_types(r.to_anndata())
+    assert len(df2) > 0
+    with pytest.raises(InputError, match="cell type column"):
+        nsi.validate_cell_types(r, markers=["Gad1"], cell_type_key="nope")

@@ -1,0 +1,160 @@
+"""Reading and validation: every bad input gets a one-line message naming the fix."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+
+from napari_spatial_impute import InputError
+from napari_spatial_impute.io import (
+    describe_values,
+    find_fov_key,
+    fov_labels,
+    read_h5ad,
+    validate_adata,
+    write_h5ad_atomic,
+)
+
+
+def _one_line(exc: pytest.ExceptionInfo) -> str:
+    msg = str(exc.value)
+    assert "\n" not in msg and len(msg) < 400
+    return msg
+
+
+def test_missing_spatial_coordinates(synthetic):
+    _, spa = synthetic
+    del spa.obsm["spatial"]
+    with pytest.raises(InputError) as e:
+        validate_adata(spa, "spatial", require_spatial=True)
+    assert "obsm['spatial']" in _one_line(e)
+
+
+def test_spatial_hint_names_xy_columns(synthetic):
+    _, spa = synthetic
+    del spa.obsm["spatial"]
+    spa.obs["x"] = 1.0
+    spa.obs["y"] = 2.0
+    with pytest.raises(InputError, match=r"obs has \['x', 'y'\]"):
+        validate_adata(spa, "spatial", require_spatial=True)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_nan_or_inf(synthetic, bad):
+    ref, _ = synthetic
+    X = ref.X.toarray()
+    X[0, 0] = bad
+    ref.X = X
+    with pytest.raises(InputError) as e:
+        validate_adata(ref, "reference")
+    assert "NaN or infinite" in _one_line(e)
+
+
+def test_negative_values(synthetic):
+    ref, _ = synthetic
+    X = ref.X.toarray()
+    X[1, 2] = -1
+    ref.X = sp.csr_matrix(X)
+    with pytest.raises(InputError, match="1 negative values"):
+        validate_adata(ref, "reference")
+
+
+def test_duplicated_cell_names(synthetic):
+    ref, _ = synthetic
+    ref.obs_names = ["same"] * ref.n_obs
+    with pytest.raises(InputError, match="duplicated cell names.*obs_names_make_unique"):
+        validate_adata(ref, "reference")
+
+
+def test_duplicated_gene_names(synthetic):
+    ref, _ = synthetic
+    names = list(ref.var_names)
+    names[1] = names[0]
+    ref.var_names = names
+    with pytest.raises(InputError, match="duplicated gene names"):
+        validate_adata(ref, "reference")
+
+
+def test_gene_names_differing_only_in_case(synthetic):
+    ref, _ = synthetic
+    names = list(ref.var_names)
+    names[1] = names[0].upper()
+    ref.var_names = names
+    with pytest.raises(InputError, match="differ only in case"):
+        validate_adata(ref, "reference")
+
+
+def test_empty_data(synthetic):
+    ref, _ = synthetic
+    with pytest.raises(InputError, match="empty"):
+        validate_adata(ref[:0].copy(), "reference")
+
+
+def test_wrong_dtype(synthetic):
+    ref, _ = synthetic
+    ref.X = ref.X.toarray().astype(str)
+    with pytest.raises(InputError, match="not numbers"):
+        validate_adata(ref, "reference")
+
+
+def test_csr_array_accepted(synthetic):
+    ref, spa = synthetic
+    ref.X = sp.csr_array(ref.X)
+    validate_adata(ref, "reference")
+
+
+def test_unreadable_file(tmp_path):
+    bad = tmp_path / "broken.h5ad"
+    bad.write_bytes(b"not an hdf5 file")
+    with pytest.raises(InputError) as e:
+        read_h5ad(bad, "spatial")
+    assert "cannot read spatial file" in _one_line(e)
+    with pytest.raises(InputError, match="does not exist"):
+        read_h5ad(tmp_path / "nope.h5ad", "reference")
+
+
+def test_fov_detection(synthetic):
+    _, spa = synthetic
+    assert find_fov_key(spa) == "fov"
+    spa.obs = spa.obs.rename(columns={"fov": "Field_Of_View"})
+    assert find_fov_key(spa) == "Field_Of_View"
+    spa.obs = spa.obs.drop(columns=["Field_Of_View"])
+    assert find_fov_key(spa) is None
+    labels = fov_labels(spa, None)
+    assert list(labels.categories) == ["0"] and len(labels) == spa.n_obs
+    with pytest.raises(InputError, match="columns there are"):
+        find_fov_key(spa, "nope")
+
+
+def test_fov_labels_sort_naturally():
+    import anndata as ad
+
+    a = ad.AnnData(obs=pd.DataFrame({"fov": ["10", "2", "1", "2"]}, index=list("abcd")))
+    assert list(fov_labels(a, "fov").categories) == ["1", "2", "10"]
+
+
+def test_describe_values():
+    assert describe_values(np.array([[0, 1, 5]], dtype=np.float32)) == "raw counts"
+    assert describe_values(np.log1p(np.array([[0.0, 1.5, 5.2]]))) == "log-transformed"
+    assert describe_values(np.array([[0.0, 100.5, 52.1]])) == "non-integer (normalised)"
+
+
+def test_atomic_write_leaves_no_half_file(synthetic, tmp_path, monkeypatch):
+    ref, _ = synthetic
+    target = tmp_path / "out.h5ad"
+    write_h5ad_atomic(ref, target)
+    assert target.exists()
+    before = target.read_bytes()
+
+    def boom(self, path, *a, **k):
+        with open(path, "wb") as fh:
+            fh.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(type(ref), "write_h5ad", boom)
+    with pytest.raises(OSError):
+        write_h5ad_atomic(ref, target)
+    assert target.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["out.h5ad"]

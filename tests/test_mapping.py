@@ -1,0 +1,141 @@
+"""The mapping engine: reproducibility, modes, densities, callbacks, cancel, devices, memory."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+import napari_spatial_impute as nsi
+from napari_spatial_impute import InputError, MappingCancelled, MemoryEstimateError, resources
+
+
+def test_seeded_runs_are_reproducible(synthetic):
+    ref, spa = synthetic
+    a = nsi.map_cells_to_space(ref, spa, epochs=30, seed=3)
+    b = nsi.map_cells_to_space(ref, spa, epochs=30, seed=3)
+    c = nsi.map_cells_to_space(ref, spa, epochs=30, seed=4)
+    np.testing.assert_array_equal(a.probabilities, b.probabilities)
+    assert not np.allclose(a.probabilities, c.probabilities)
+
+
+def test_training_improves_score_and_keeps_history(synthetic):
+    ref, spa = synthetic
+    r = nsi.map_cells_to_space(ref, spa, epochs=200, seed=0)
+    h = r.history["main_loss"]
+    assert len(h) == 200
+    assert h[-1] > h[0] + 0.05
+    assert r.probabilities.shape == (ref.n_obs, spa.n_obs)
+    np.testing.assert_allclose(r.probabilities.sum(1), 1.0, rtol=1e-5)
+    assert set(r.train_genes_df.columns) == {"train_score", "sparsity_sc", "sparsity_sp", "sparsity_diff"}
+    assert r.training_score == pytest.approx(r.train_genes_df["train_score"].mean())
+    # density prior by default: uniform, and the KL term is recorded and small at the end
+    assert r.params["density"] == "uniform"
+    assert r.history["kl_reg"][-1] < r.history["kl_reg"][0]
+
+
+def test_callback_and_cancel(synthetic):
+    ref, spa = synthetic
+    seen = []
+    nsi.map_cells_to_space(ref, spa, epochs=7, callback=seen.append)
+    assert [i.epoch for i in seen] == list(range(1, 8))
+    assert all(np.isfinite(i.score) for i in seen)
+
+    flag = threading.Event()
+
+    def stop_at_3(info):
+        if info.epoch == 3:
+            flag.set()
+
+    with pytest.raises(MappingCancelled, match="after 3 of 50"):
+        nsi.map_cells_to_space(ref, spa, epochs=50, callback=stop_at_3, cancel=flag)
+    with pytest.raises(MappingCancelled):
+        nsi.map_cells_to_space(ref, spa, epochs=5, cancel=lambda: True)
+
+
+@pytest.mark.parametrize("density", ["uniform", "rna_count_based", "none"])
+def test_density_priors(synthetic, density):
+    ref, spa = synthetic
+    r = nsi.map_cells_to_space(ref, spa, epochs=40, density=density)
+    assert r.params["density"] == density
+    assert np.isnan(r.history["kl_reg"]).all() == (density == "none")
+
+
+def test_custom_density_vector(synthetic):
+    ref, spa = synthetic
+    vec = np.linspace(1, 2, spa.n_obs)
+    r = nsi.map_cells_to_space(ref, spa, epochs=300, density=vec)
+    assert r.params["density"] == "custom"
+    m = r.probabilities.sum(0) / ref.n_obs
+    # the learned density follows the prior: cells with more weight get more mass
+    assert np.corrcoef(m, vec)[0, 1] > 0.5
+    with pytest.raises(InputError, match="one per spatial cell"):
+        nsi.map_cells_to_space(ref, spa, epochs=1, density=vec[:-1])
+
+
+def test_clusters_mode(synthetic):
+    ref, spa = synthetic
+    r = nsi.map_cells_to_space(ref, spa, mode="clusters", cluster_key="cell_type", epochs=200)
+    assert r.probabilities.shape == (3, spa.n_obs)
+    assert r.unit_names == ["T0", "T1", "T2"]
+    np.testing.assert_allclose(r.unit_weights.sum(), 1.0, rtol=1e-6)
+    with pytest.raises(InputError, match="needs a cluster key"):
+        nsi.map_cells_to_space(ref, spa, mode="clusters", epochs=1)
+
+
+def test_constrained_mode_runs(synthetic):
+    ref, spa = synthetic
+    r = nsi.map_cells_to_space(ref, spa, mode="constrained", target_count=30, epochs=50)
+    assert r.filter_probabilities is not None and r.filter_probabilities.shape == (ref.n_obs,)
+    assert len(r.history["count_reg"]) == 50
+
+
+def test_bad_arguments_are_one_line_errors(synthetic):
+    ref, spa = synthetic
+    with pytest.raises(InputError, match="mode 'nope'"):
+        nsi.map_cells_to_space(ref, spa, mode="nope", epochs=1)
+    with pytest.raises(InputError, match="columns there are: cell_type"):
+        nsi.map_cells_to_space(ref, spa, cluster_key="celltype", epochs=1)
+    with pytest.raises(InputError, match="density 'weird'"):
+        nsi.map_cells_to_space(ref, spa, density="weird", epochs=1)
+    with pytest.raises(InputError, match="lambda_g1 cannot be 0"):
+        nsi.map_cells_to_space(ref, spa, lambda_g1=0, epochs=1)
+
+
+def test_cuda_request_without_gpu(synthetic):
+    ref, spa = synthetic
+    if torch.cuda.is_available():
+        r = nsi.map_cells_to_space(ref, spa, epochs=20, device="cuda")
+        cpu = nsi.map_cells_to_space(ref, spa, epochs=20, device="cpu")
+        assert abs(r.training_score - cpu.training_score) < 1e-3
+    else:
+        with pytest.raises(InputError, match="no CUDA GPU"):
+            nsi.map_cells_to_space(ref, spa, epochs=1, device="cuda")
+        r = nsi.map_cells_to_space(ref, spa, epochs=1, device="auto")
+        assert r.params["device"] == "cpu"
+
+
+def test_memory_refused_before_allocation(synthetic, monkeypatch):
+    ref, spa = synthetic
+    monkeypatch.setattr(resources, "available_bytes", lambda device: 1024)
+    with pytest.raises(MemoryEstimateError) as e:
+        nsi.map_cells_to_space(ref, spa, epochs=1)
+    msg = str(e.value)
+    assert "needs about" in msg and "--mode clusters" in msg and "\n" not in msg
+
+
+def test_estimate_at_seed_scale_is_plausible():
+    est = resources.estimate_dense_mapping(9448, 40864, 132)
+    # logits + two Adam moments + final probabilities: 4 x 1.44 GiB
+    assert 5.5 < est.total_bytes / resources.GIB < 6.5
+
+
+def test_transform_normalize_log1p(synthetic):
+    ref, spa = synthetic
+    r = nsi.map_cells_to_space(ref, spa, epochs=20, transform="normalize_log1p")
+    assert r.params["transform"] == "normalize_log1p"
+    assert r.reference_values.X.max() < np.log1p(ref.X.max() * 100)
+    with pytest.raises(InputError, match="transform 'log'"):
+        nsi.map_cells_to_space(ref, spa, epochs=1, transform="log")
