@@ -473,56 +473,66 @@ def predicted_layer_specs(
 # linking spatial cells <-> reference cells
 
 
-def unit_reference_rows(result: ad.AnnData, reference: ad.AnnData) -> list[np.ndarray]:
-    """Reference rows of each mapped unit (one cell in cells mode; the cluster's cells in clusters mode)."""
+def unit_matrix(result: ad.AnnData, reference: ad.AnnData) -> sp.csr_matrix:
+    """Sparse ``units x reference cells`` membership, rows summing to 1.
+
+    A unit is one reference cell in cells mode and a cluster (its cells, equally weighted) in
+    clusters mode. Build it once per result and pass it to the linking functions.
+    """
     info = result.uns.get("spatial_impute", {})
     units = [str(u) for u in info.get("units", [])]
     if info.get("unit_kind") == "cluster":
-        key = info.get("cluster_key")
-        labels = reference.obs[key].astype(str).to_numpy()
-        return [np.flatnonzero(labels == u) for u in units]
-    index = reference.obs_names.get_indexer(units)
-    return [np.array([i], dtype=np.int64) if i >= 0 else np.empty(0, dtype=np.int64) for i in index]
+        labels = reference.obs[info.get("cluster_key")].astype(str).to_numpy()
+        codes = pd.Categorical(labels, categories=units).codes
+        ok = codes >= 0
+        cols = np.flatnonzero(ok)
+        rows = codes[ok].astype(np.int64)
+    else:
+        index = reference.obs_names.get_indexer(units)
+        rows = np.flatnonzero(index >= 0)
+        cols = index[rows]
+    m = sp.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(len(units), reference.n_obs))
+    size = np.asarray(m.sum(1)).ravel()
+    inv = np.divide(1.0, size, out=np.zeros_like(size), where=size > 0)
+    return sp.csr_matrix(sp.diags(inv) @ m)
 
 
 def reference_weights(
-    result: ad.AnnData, reference: ad.AnnData, spatial_rows: Sequence[int], min_share: float = 0.0
+    result: ad.AnnData,
+    reference: ad.AnnData,
+    spatial_rows: Sequence[int],
+    units: sp.csr_matrix | None = None,
 ) -> pd.Series:
     """Reference cells that the given spatial cells map to, with their summed mapped share.
 
-    Uses the ``mapping_top_index`` / ``mapping_top_share`` of the result (the best units of each
+    Uses the result's ``mapping_top_index`` / ``mapping_top_share`` (the best units of each
     spatial cell). Returns a Series indexed by reference row, largest share first.
     """
     rows = np.asarray(list(spatial_rows), dtype=np.int64)
     if rows.size == 0 or "mapping_top_index" not in result.obsm:
         return pd.Series(dtype=np.float64)
+    units = unit_matrix(result, reference) if units is None else units
     idx = np.asarray(result.obsm["mapping_top_index"])[rows].ravel()
     share = np.asarray(result.obsm["mapping_top_share"], dtype=np.float64)[rows].ravel()
-    keep = share > min_share
-    idx, share = idx[keep], share[keep]
-    unit_rows = unit_reference_rows(result, reference)
-    ref_rows, ref_share = [], []
-    for u, s in zip(idx, share, strict=True):
-        r = unit_rows[int(u)]
-        if r.size:
-            ref_rows.append(r)
-            ref_share.append(np.full(r.size, s / r.size))
-    if not ref_rows:
-        return pd.Series(dtype=np.float64)
-    s = pd.Series(np.concatenate(ref_share), index=np.concatenate(ref_rows)).groupby(level=0).sum()
-    return s.sort_values(ascending=False)
+    per_unit = np.bincount(idx, weights=share, minlength=units.shape[0])
+    per_ref = np.asarray(units.T @ per_unit).ravel()
+    hit = np.flatnonzero(per_ref > 0)
+    return pd.Series(per_ref[hit], index=hit).sort_values(ascending=False)
 
 
 def spatial_rows_for_reference(
-    result: ad.AnnData, reference: ad.AnnData, reference_rows: Sequence[int]
+    result: ad.AnnData,
+    reference: ad.AnnData,
+    reference_rows: Sequence[int],
+    units: sp.csr_matrix | None = None,
 ) -> np.ndarray:
     """Spatial cells whose best mapped unit is one of (or contains) the given reference cells."""
-    wanted = np.zeros(reference.n_obs, dtype=bool)
-    wanted[np.asarray(list(reference_rows), dtype=np.int64)] = True
-    unit_rows = unit_reference_rows(result, reference)
-    unit_hit = np.array([bool(wanted[r].any()) if r.size else False for r in unit_rows])
-    if "mapping_top_index" not in result.obsm or not unit_hit.any():
+    if "mapping_top_index" not in result.obsm:
         return np.empty(0, dtype=np.int64)
+    units = unit_matrix(result, reference) if units is None else units
+    wanted = np.zeros(reference.n_obs)
+    wanted[np.asarray(list(reference_rows), dtype=np.int64)] = 1.0
+    unit_hit = np.asarray(units @ wanted).ravel() > 0
     best = np.asarray(result.obsm["mapping_top_index"])[:, 0]
     return np.flatnonzero(unit_hit[best]).astype(np.int64)
 

@@ -54,3 +54,33 @@ def _cv_table():
 def cv_table():
     """A real 3-fold cross-validation table of the MERFISH pair (10 epochs per fold)."""
     return _cv_table().copy()
+
+
+def add_reference_layer(viewer, reference, shuffled: bool = False):
+    """A reference Points layer like the core plugin's (``metadata["nsi_role"] == "reference"``).
+
+    Coordinates are the first two principal components of log counts (a stand-in for a UMAP).
+    With ``shuffled`` the points are in another order, given by ``metadata["nsi_rows"]``.
+    """
+    import scipy.sparse as sps
+
+    X = reference.X.toarray() if sps.issparse(reference.X) else np.asarray(reference.X)
+    X = np.log1p(X)
+    X = X - X.mean(0)
+    u, s, _ = np.linalg.svd(X, full_matrices=False)
+    pcs = u[:, :2] * s[:2]
+    order = (
+        np.random.default_rng(0).permutation(reference.n_obs)
+        if shuffled
+        else np.arange(reference.n_obs)
+    )
+    md = {"nsi_role": "reference"}
+    if shuffled:
+        md["nsi_rows"] = order
+    return viewer.add_points(
+        pcs[order][:, ::-1] * 10,
+        name="reference UMAP",
+        size=1.0,
+        metadata=md,
+        translate=(500.0, -300.0),
+    )

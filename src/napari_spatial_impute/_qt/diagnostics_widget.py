@@ -33,6 +33,7 @@ from ..plots import (
     plot_training_scores,
 )
 from .layer_ops import find_layers, notify_error, open_gene
+from .linking import get_link_controller
 
 CV_COLUMNS = ("gene", "fold", "pearson", "cosine", "spearman", "sparsity_sp", "n_training_genes")
 
@@ -79,6 +80,7 @@ class DiagnosticsWidget(QWidget):
         self.viewer = napari_viewer
         self.model = get_model(napari_viewer)
         self._opened_gene: str | None = None
+        get_link_controller(napari_viewer)
         self.tabs = QTabWidget()
 
         self.train_fig, self.train_canvas = _canvas(12, 5)

@@ -39,6 +39,7 @@ from .layer_ops import (
     open_gene,
     open_predicted,
 )
+from .linking import get_link_controller
 
 
 class ExploreWidget(QWidget):
@@ -73,6 +74,10 @@ class ExploreWidget(QWidget):
         self.measured_check.setChecked(True)
         self.recolor_check = QCheckBox("recolour the shown layers instead of adding new ones")
         self.recolor_check.setChecked(True)
+        self.links = get_link_controller(napari_viewer)
+        self.link_check = QCheckBox("link selections (spatial cells <-> reference cells)")
+        self.link_check.setChecked(self.links.enabled)
+        self.link_check.toggled.connect(self._set_linking)
 
         self.cluster_combo = QComboBox()
         self.cluster_button = QPushButton("Show probability")
@@ -107,6 +112,7 @@ class ExploreWidget(QWidget):
         form.addRow("", self.predicted_button)
         form.addRow("FOVs", self.fov_list)
         form.addRow("Point size", self.size_spin)
+        form.addRow("", self.link_check)
         row = QHBoxLayout()
         row.addWidget(self.nav_combo, 1)
         row.addWidget(self.nav_button)
@@ -165,6 +171,9 @@ class ExploreWidget(QWidget):
         fovs = list(fov_rows(self.model.result, self.model.fov_key))
         self.fov_list.addItems(fovs)
         self.nav_combo.addItems(fovs)
+
+    def _set_linking(self, on: bool) -> None:
+        self.links.enabled = bool(on)
 
     def selected_fovs(self) -> list[str] | None:
         """FOVs chosen in the list (``None`` = all)."""

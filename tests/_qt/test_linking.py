@@ -1,0 +1,127 @@
+"""Linked selections between spatial layers and the reference layer."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from _explore_data import add_reference_layer, load_into
+
+from napari_spatial_impute._qt.explore_widget import ExploreWidget
+from napari_spatial_impute._qt.linking import (
+    REFERENCE_HIGHLIGHT,
+    SPATIAL_HIGHLIGHT,
+    get_link_controller,
+)
+from napari_spatial_impute.explore import reference_weights, spatial_rows_for_reference, unit_matrix
+
+
+@pytest.fixture
+def setup(make_napari_viewer_proxy, qtbot):
+    viewer = make_napari_viewer_proxy()
+    model = load_into(viewer)
+    w = ExploreWidget(viewer)
+    qtbot.addWidget(w)
+    return viewer, model, w
+
+
+@pytest.mark.parametrize("shuffled", [False, True])
+def test_spatial_selection_highlights_reference_cells(setup, qtbot, shuffled):
+    viewer, model, w = setup
+    ref_layer = add_reference_layer(viewer, model.reference, shuffled=shuffled)
+    layer = w.show_gene("Gad1")[0]
+    ctl = get_link_controller(viewer)
+    viewer.layers.selection.active = layer  # the user selects in this layer
+    layer.selected_data = {0, 1, 2}
+    qtbot.waitUntil(
+        lambda: REFERENCE_HIGHLIGHT in [lay.name for lay in viewer.layers], timeout=2000
+    )
+    hl = viewer.layers[REFERENCE_HIGHLIGHT]
+    rows = layer.metadata["nsi_rows"][[0, 1, 2]]
+    expected = reference_weights(model.result, model.reference, rows)
+    assert len(hl.data) == len(expected) > 0
+    assert set(hl.features["cell"]) == set(model.reference.obs_names[expected.index])
+    # the highlight sits on the reference points (same transform, same positions)
+    assert np.allclose(hl.translate, ref_layer.translate)
+    pos = {tuple(p) for p in np.round(ref_layer.data, 6)}
+    assert all(tuple(p) in pos for p in np.round(hl.data, 6))
+    # the top-share reference cell is drawn where the reference layer draws it
+    top = expected.index[0]
+    point = np.flatnonzero(ref_layer.metadata["nsi_rows"] == top)[0] if shuffled else top
+    i = list(hl.features["cell"]).index(model.reference.obs_names[top])
+    assert np.allclose(hl.data[i], ref_layer.data[point])
+    # the user's layer stays active
+    assert viewer.layers.selection.active.name == layer.name
+    # clearing the selection empties the highlight
+    layer.selected_data = set()
+    ctl.flush()
+    qtbot.wait(100)
+    assert len(viewer.layers[REFERENCE_HIGHLIGHT].data) == 0
+
+
+def test_reference_selection_shows_cluster_probability(setup, qtbot):
+    viewer, model, w = setup
+    ref_layer = add_reference_layer(viewer, model.reference)
+    labels = model.reference.obs["cell_type"].astype(str).to_numpy()
+    cluster = labels[0]
+    chosen = np.flatnonzero(labels == cluster)[:20]
+    ref_layer.selected_data = set(chosen.tolist())
+    ctl = get_link_controller(viewer)
+    ctl.flush()
+    names = [lay.name for lay in viewer.layers]
+    assert f"{cluster} probability · FOV 1" in names and f"{cluster} probability · FOV 2" in names
+    hl = viewer.layers[SPATIAL_HIGHLIGHT]
+    rows = spatial_rows_for_reference(model.result, model.reference, chosen)
+    assert len(hl.data) == len(rows)
+    assert set(hl.features["cell"]) == set(model.result.obs_names[rows])
+    # another cluster recolours the same probability layers
+    other = next(c for c in np.unique(labels) if c != cluster)
+    n_layers = len(viewer.layers)
+    ref_layer.selected_data = set(np.flatnonzero(labels == other)[:5].tolist())
+    ctl.flush()
+    assert len(viewer.layers) == n_layers
+    assert f"{other} probability · FOV 1" in [lay.name for lay in viewer.layers]
+
+
+def test_linking_can_be_switched_off(setup, qtbot):
+    viewer, model, w = setup
+    add_reference_layer(viewer, model.reference)
+    layer = w.show_gene("Gad1")[0]
+    w.link_check.setChecked(False)
+    layer.selected_data = {0}
+    qtbot.wait(150)
+    assert REFERENCE_HIGHLIGHT not in [lay.name for lay in viewer.layers]
+    w.link_check.setChecked(True)
+
+
+def test_no_reference_layer_is_harmless(setup, qtbot):
+    viewer, model, w = setup
+    layer = w.show_gene("Gad1")[0]
+    layer.selected_data = {0, 1}
+    get_link_controller(viewer).flush()
+    assert REFERENCE_HIGHLIGHT not in [lay.name for lay in viewer.layers]
+
+
+def test_hover_status_shows_top_genes_and_clusters(setup):
+    viewer, model, w = setup
+    layer = w.show_gene("Gad1")[0]
+    pos = layer.data[0]
+    status = layer.get_status(tuple(pos), world=True)
+    text = status["coordinates"]
+    hovered = layer.get_value(tuple(pos), world=True)  # overlapping points: the top one
+    row = layer.metadata["nsi_rows"][hovered]
+    assert model.result.obs_names[row] in text
+    assert "top imputed" in text and "top clusters" in text
+
+
+def test_clusters_mode_units(setup):
+    viewer, model, w = setup
+    from napari_spatial_impute import map_cells_to_space
+
+    res = map_cells_to_space(
+        model.reference, model.spatial, cluster_key="cell_type", mode="clusters", epochs=10
+    ).to_anndata()
+    units = unit_matrix(res, model.reference)
+    assert units.shape == (len(res.uns["spatial_impute"]["units"]), model.reference.n_obs)
+    assert np.allclose(np.asarray(units.sum(1)).ravel(), 1.0)
+    w_ = reference_weights(res, model.reference, [0, 1], units)
+    assert np.isclose(w_.sum(), res.obsm["mapping_top_share"][[0, 1]].sum())
