@@ -255,3 +255,22 @@ def rows_by_label(ids: np.ndarray) -> dict[int, int]:
         if i > 0 and int(i) not in out:
             out[int(i)] = row
     return out
+
+
+def guess_fov(filename: str | Path, fovs: Sequence[str]) -> str | None:
+    """The FOV a file belongs to from the last number in its name (``CellLabels_F002.tif`` -> 2)."""
+    numbers = re.findall(r"\d+", Path(filename).stem)
+    if not numbers:
+        return None
+    last = int(numbers[-1])
+    for f in fovs:
+        if str(f) == numbers[-1]:
+            return str(f)
+        try:
+            if int(float(str(f))) == last:
+                return str(f)
+        except ValueError:
+            m = _TRAILING_INT.search(str(f))
+            if m and int(m.group(1)) == last:
+                return str(f)
+    return None
