@@ -1,0 +1,230 @@
+"""Pure exploration helpers: layer specs, shared limits, hover text, linking maps, label images."""
+
+from __future__ import annotations
+
+import functools
+import warnings
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+from matplotlib.figure import Figure
+
+from napari_spatial_impute import InputError, load_merfish_hypothalamus, map_cells_to_space, plots
+from napari_spatial_impute import explore as ex
+from napari_spatial_impute import image_link as il
+
+
+@functools.lru_cache(maxsize=1)
+def _data():
+    ref, spa = load_merfish_hypothalamus()
+    x = spa.obsm["spatial"][:, 0]
+    spa.obs["fov"] = pd.Categorical(
+        np.where(x < np.quantile(x, 0.3), "10", np.where(x < np.quantile(x, 0.7), "2", "1"))
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = map_cells_to_space(ref, spa, cluster_key="cell_type", epochs=20).to_anndata()
+    return ref, res
+
+
+@pytest.fixture
+def data():
+    ref, res = _data()
+    return ref.copy(), res.copy()
+
+
+def test_fov_rows_natural_order_and_partition(data):
+    ref, res = data
+    rows = ex.fov_rows(res, "fov")
+    assert list(rows) == ["1", "2", "10"]
+    allrows = np.sort(np.concatenate(list(rows.values())))
+    assert np.array_equal(allrows, np.arange(res.n_obs))
+    assert list(ex.fov_rows(res, None)) == ["0"]
+
+
+def test_robust_limits():
+    v = np.r_[np.zeros(10), np.linspace(0, 1, 100), 1000.0]
+    lo, hi = ex.robust_limits(v)
+    assert lo == 0.0 and hi < 2.0  # the outlier does not stretch the scale
+    assert ex.robust_limits(np.full(5, 3.0)) == (3.0, pytest.approx(3.003))
+    assert ex.robust_limits(np.array([np.nan])) == (0.0, 1.0)
+    assert ex.robust_limits(np.zeros(4))[1] > 0
+
+
+def test_value_specs_share_limits_across_fovs(data):
+    ref, res = data
+    specs = ex.value_layer_specs(res, "imputed", "GAD1", fov_key="fov")
+    assert [s.name for s in specs] == [f"Gad1 imputed · FOV {f}" for f in ("1", "2", "10")]
+    limits = {s.kwargs["face_contrast_limits"] for s in specs}
+    assert len(limits) == 1
+    assert limits.pop() == ex.robust_limits(ex.values(res, "imputed", "Gad1"))
+    for s in specs:
+        kw = s.add_kwargs()
+        assert kw["face_color"] == "Gad1" and kw["face_colormap"] == "viridis"
+        assert s.features["Gad1"].dtype == np.float32
+        rows = s.kwargs["metadata"]["nsi_rows"]
+        assert np.array_equal(s.data, res.obsm["spatial"][rows][:, ::-1])
+    meas = ex.value_layer_specs(res, "measured", "Gad1", ["2"], "fov")
+    assert meas[0].name == "Gad1 measured · FOV 2"
+    assert np.allclose(
+        meas[0].features["Gad1"],
+        res.obsm["measured"]["Gad1"].to_numpy()[meas[0].kwargs["metadata"]["nsi_rows"]],
+    )
+    cl = ex.cluster_names(res)[0]
+    prob = ex.value_layer_specs(res, "probability", cl, ["1"], "fov")
+    assert prob[0].name == f"{cl} probability · FOV 1"
+    assert prob[0].kwargs["face_contrast_limits"][0] == 0.0
+
+
+def test_errors_are_one_line(data):
+    ref, res = data
+    for call in (
+        lambda: ex.values(res, "imputed", "nope"),
+        lambda: ex.values(res, "probability", "nope"),
+        lambda: ex.values(res, "other", "Gad1"),
+        lambda: ex.value_layer_specs(res, "imputed", "Gad1", ["99"], "fov"),
+    ):
+        with pytest.raises(InputError) as err:
+            call()
+        assert "\n" not in str(err.value)
+
+
+def test_predicted_specs_categorical(data):
+    ref, res = data
+    specs = ex.predicted_layer_specs(res, fov_key="fov")
+    s = specs[0]
+    assert s.name == "most likely cell_type · FOV 1"
+    assert isinstance(s.features["cell_type"].dtype, pd.CategoricalDtype)
+    cycle = s.kwargs["face_color_cycle"]
+    assert set(cycle) == set(res.obs["cell_type_predicted"].cat.categories)
+    assert len(set(cycle.values())) == len(cycle)
+
+
+def test_hover_text(data):
+    ref, res = data
+    df = ex.hover_features(res, np.array([0, 1]))
+    row0 = np.asarray(res.X[0]).ravel()
+    top = res.var_names[np.argmax(row0)]
+    assert df.loc[0, "top imputed"].startswith(f"{top} ")
+    probs = res.obsm["cluster_probabilities"]
+    assert df.loc[0, "top clusters"].startswith(str(probs.columns[np.argmax(probs.iloc[0])]))
+    text = ex.cell_summary(res, 0, ["Gad1"])
+    assert res.obs_names[0] in text and "Gad1 imputed" in text
+
+
+def test_linking_maps(data):
+    ref, res = data
+    units = ex.unit_matrix(res, ref)
+    assert units.shape == (ref.n_obs, ref.n_obs)
+    w = ex.reference_weights(res, ref, [3], units)
+    top = res.obsm["mapping_top_index"][3]
+    assert set(w.index) == set(top)
+    assert np.isclose(w.sum(), res.obsm["mapping_top_share"][3].sum())
+    assert w.index[0] == top[0]
+    back = ex.spatial_rows_for_reference(res, ref, [top[0]], units)
+    assert 3 in back
+    assert ex.reference_weights(res, ref, [], units).empty
+    labels = ref.obs["cell_type"].astype(str)
+    assert ex.dominant_cluster(ref, "cell_type", [0, 0, 1]) == labels.iloc[0]
+
+
+def test_fov_bounds_and_zoom(data):
+    ref, res = data
+    center, size = ex.fov_bounds(res, "fov", "2")
+    rows = ex.fov_rows(res, "fov")["2"]
+    yx = ex.coords_yx(res, rows)
+    assert np.allclose(center, (yx.min(0) + yx.max(0)) / 2)
+    zoom = ex.camera_for_box(center, size, (600, 800))
+    assert zoom * size.max() <= 800
+
+
+def test_label_image_functions(tmp_path):
+    labels = np.zeros((40, 50), dtype=np.int32)
+    labels[5:10, 5:10] = 3
+    labels[20:30, 30:40] = 7
+    cent = il.label_centroids(labels)
+    assert list(cent.index) == [3, 7]
+    assert np.allclose(cent.loc[7], (24.5, 34.5))
+    # cells at scale 2, offset (100, -50), y flipped
+    truth = il.Alignment((-2.0, 2.0), (100.0, -50.0))
+    yx = truth.to_world(cent.to_numpy())
+    fit = il.fit_alignment(labels, yx, np.array([3, 7, -1])[:2], min_cells=2)
+    assert np.allclose(fit.scale, truth.scale) and np.allclose(fit.translate, truth.translate)
+    assert fit.rms < 1e-9
+    assert il.label_at(labels, fit, truth.to_world(np.array([25.0, 35.0]))) == 7
+    assert il.label_at(labels, fit, (1e6, 1e6)) == 0
+    with pytest.raises(InputError):
+        il.fit_alignment(labels, yx[:1], np.array([3]))
+    img = il.paint_labels(labels, np.array([7, 3, 99, -1]), np.array([1.5, 2.5, 9.0, 9.0]))
+    assert img.dtype == np.float32
+    assert (
+        np.all(img[labels == 7] == 1.5)
+        and np.all(img[labels == 3] == 2.5)
+        and np.isnan(img[labels == 0]).all()
+    )
+    assert il.rows_by_label(np.array([5, -1, 5, 2])) == {5: 0, 2: 3}
+    ids = il.label_ids_from_names(["fov2_c113", "cell_7", "x"])
+    assert ids.tolist() == [113, 7, -1]
+    obs = pd.DataFrame({"label": [4, 5, np.nan]})
+    assert il.label_ids_from_names(["a", "b", "c"], obs).tolist() == [4, 5, -1]
+    assert il.guess_fov("CellLabels_F002.tif", ["2", "3"]) == "2"
+    assert il.guess_fov("slice3.tif", ["slice1", "slice3"]) == "slice3"
+    assert il.guess_fov("labels.tif", ["1"]) is None
+    off = il.alignment_from_offset(10.0, 20.0, 40, flip_y=True)
+    assert np.allclose(off.to_world(np.array([[40.0, 0.0]])), [[20.0, 10.0]])
+    # files
+    import scipy.sparse as sps
+    import tifffile
+
+    sps.save_npz(tmp_path / "l.coo.npz", sps.coo_matrix(labels))
+    assert np.array_equal(il.load_label_image(tmp_path / "l.coo.npz"), labels)
+    tifffile.imwrite(tmp_path / "l.tif", labels.astype(np.float32))
+    assert il.load_label_image(tmp_path / "l.tif").dtype.kind == "i"
+    tifffile.imwrite(tmp_path / "bad.tif", np.full((4, 4), 0.5, dtype=np.float32))
+    with pytest.raises(InputError):
+        il.load_label_image(tmp_path / "bad.tif")
+    with pytest.raises(InputError):
+        il.load_label_image(tmp_path / "missing.tif")
+    (tmp_path / "pos.csv").write_text("fov,x_global_px,y_global_px\n2,1.5,-3\n")
+    pos = il.read_fov_positions(tmp_path / "pos.csv")
+    assert pos.loc["2", "x"] == 1.5 and pos.loc["2", "y"] == -3
+
+
+def test_plots_draw(data):
+    ref, res = data
+    fig = Figure(figsize=(12, 4))
+    scatters = plots.plot_training_scores(fig, res)
+    assert len(scatters) == 3 and len(scatters[0].genes) == int(res.var["is_training"].sum())
+    from napari_spatial_impute import validate_cell_types
+
+    markers = plots.default_markers(res, n=4)
+    assert 1 <= len(markers) <= 4 and len(set(markers)) == len(markers)
+    table = validate_cell_types(res, markers=markers)
+    fig2 = Figure()
+    plots.plot_cell_type_validation(fig2, table)
+    assert len(fig2.axes) == len(markers)
+    assert plots.marker_list("gad1, SLC17A6 nope", res.var_names) == ["Gad1", "Slc17a6"]
+    cv = pd.DataFrame({"gene": ["a", "b", "c"], "pearson": [0.1, np.nan, 0.3]})
+    assert plots.cv_summary_text(cv) == "median Pearson 0.200 over 3 held-out genes (1 NaN)"
+
+
+def test_large_layer_spec_is_fast():
+    """200,000 cells: building one FOV's layer data (with hover text) stays interactive."""
+    import time
+
+    rng = np.random.default_rng(0)
+    n, g = 200_000, 50
+    res = ad.AnnData(X=rng.random((n, g), dtype=np.float32))
+    res.var_names = [f"G{i}" for i in range(g)]
+    res.var["is_shared"] = False
+    res.var["measured_name"] = ""
+    res.obsm["spatial"] = rng.random((n, 2)) * 1000
+    res.obsm["cluster_probabilities"] = pd.DataFrame(
+        rng.dirichlet(np.ones(5), n).astype(np.float32), columns=list("ABCDE"), index=res.obs_names
+    )
+    t = time.perf_counter()
+    specs = ex.value_layer_specs(res, "imputed", "G3")
+    assert time.perf_counter() - t < 20
+    assert len(specs[0].data) == n
