@@ -17,6 +17,8 @@ Conventions shared with the rest of the plugin:
 
 from __future__ import annotations
 
+import hashlib
+import weakref
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -49,6 +51,9 @@ _TAB20 = (
     "#393b79 #5254a3 #6b6ecf #9c9ede #637939 #8ca252 #b5cf6b #cedb9c #8c6d31 #bd9e39 "
     "#e7ba52 #e7cb94 #843c39 #ad494a #d6616b #e7969c #7b4173 #a55194 #ce6dbd #de9ed6"
 ).split()
+
+
+_HOVER_CACHE: dict[tuple[int, int, bytes], tuple[weakref.ref, pd.DataFrame]] = {}
 
 
 @dataclass
@@ -312,14 +317,23 @@ def hover_features(result: ad.AnnData, rows: np.ndarray, n_genes: int = 3) -> pd
     """Features every exploration layer carries: cell name, top imputed genes, top clusters.
 
     napari prints a hovered point's features in the status bar, so these give the hover text.
+    The table is cached per result and set of rows (recolouring a layer does not rebuild it);
+    a result changed in place after its first display keeps its old hover text.
     """
     rows = np.asarray(rows, dtype=np.int64)
+    key = (id(result), n_genes, hashlib.blake2b(rows.tobytes(), digest_size=16).digest())
+    hit = _HOVER_CACHE.get(key)
+    if hit is not None and hit[0]() is result:
+        return hit[1].copy()
     df = pd.DataFrame({"cell": np.asarray(result.obs_names[rows], dtype=object)})
     df["top imputed"] = top_genes_text(result, rows, n_genes)
     clusters = top_clusters_text(result, rows)
     if clusters is not None:
         df["top clusters"] = clusters
-    return df
+    for k in [k for k, (ref, _) in _HOVER_CACHE.items() if ref() is None or len(_HOVER_CACHE) > 32]:
+        _HOVER_CACHE.pop(k, None)
+    _HOVER_CACHE[key] = (weakref.ref(result), df)
+    return df.copy()
 
 
 def cell_summary(result: ad.AnnData, row: int, genes: Sequence[str] = (), n_genes: int = 5) -> str:
