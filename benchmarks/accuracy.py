@@ -1,0 +1,337 @@
+"""Imputation accuracy: leave-genes-out cross-validation, this project vs tangram-sc vs kNN.
+
+Protocol (fixed; see benchmarks/README.md):
+
+* each data set is normalised once, before any split: total counts over its own genes scaled
+  to the median total, then ``log1p``;
+* genes are matched case-insensitively; the shared genes are split into ``--folds`` groups by
+  :func:`napari_spatial_impute.evaluate.gene_folds` (seeded permutation, ``--seed``);
+* for each fold every method trains on the other shared genes only (held-out genes never reach
+  training) and predicts the held-out genes at every spatial cell;
+* score per held-out gene: Pearson r between predicted and measured log-normalised values over
+  all spatial cells; a gene a method cannot predict (e.g. dropped by tangram-sc) or with a
+  constant prediction/measurement is NaN and counted;
+* for cell-split pairs the argmax of the projected cluster probabilities is compared with the
+  known labels.
+
+Methods, on the same folds in one run: ``ours`` (``map_cells_to_space`` with default settings,
+``transform="none"`` because the data are already normalised; one method per engine when the
+function has an ``engine`` keyword), ``tangram`` (tangram-sc 1.0.4: ``pp_adatas`` +
+``map_cells_to_space(mode="cells", num_epochs, density_prior="uniform")`` + ``project_genes``)
+and ``knn`` (mean of the k nearest reference cells by cosine distance on the training genes).
+
+Usage::
+
+    python benchmarks/accuracy.py --datasets merfish_hypothalamus starmap_mpfc osmfish_sscortex \
+        --folds 10 --epochs 1000 --seed 0
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import common  # noqa: E402
+from common import Pair, dense, log  # noqa: E402
+
+# --------------------------------------------------------------------------------------------
+# methods: each returns (pred [n_sp x held], mapping P [n_ref x n_sp] or None, ref-label votes)
+
+
+def run_ours(pair: Pair, train: list[str], held: list[str], epochs: int, seed: int, engine: str | None):
+    from napari_spatial_impute import map_cells_to_space
+
+    kw: dict[str, Any] = {}
+    if engine is not None:
+        kw["engine"] = engine
+    res = map_cells_to_space(
+        pair.reference, pair.spatial, genes=train, epochs=epochs, seed=seed, transform="none", **kw
+    )
+    used = {g.lower() for g in res.genes.training_reference}
+    assert not (used & {g.lower() for g in held}), "held-out gene reached training (ours)"
+    pred = np.asarray(res.project_genes(held).X, dtype=np.float64)
+    return pred, res.probabilities, None
+
+
+def run_tangram(pair: Pair, train: list[str], held: list[str], epochs: int, seed: int):
+    import anndata as ad
+    import scipy.sparse as sp
+    import tangram as tg
+
+    common.quiet_tangram()
+    ref = ad.AnnData(
+        X=sp.csr_matrix(pair.reference.X, dtype=np.float32),
+        obs=pd.DataFrame(index=pair.reference.obs_names.copy()),
+        var=pd.DataFrame(index=pair.reference.var_names.copy()),
+    )
+    spa = ad.AnnData(
+        X=sp.csr_matrix(pair.spatial.X, dtype=np.float32),
+        obs=pd.DataFrame(index=pair.spatial.obs_names.copy()),
+        var=pd.DataFrame(index=pair.spatial.var_names.copy()),
+    )
+    tg.pp_adatas(ref, spa, genes=list(train))
+    held_l = {g.lower() for g in held}
+    assert not (set(ref.uns["training_genes"]) & held_l), "held-out gene reached training (tangram)"
+    adm = tg.map_cells_to_space(
+        ref,
+        spa,
+        mode="cells",
+        num_epochs=epochs,
+        density_prior="uniform",
+        device="cpu",
+        # tangram-sc skips seeding when random_state is 0 (``if self.random_state:``)
+        random_state=seed + 1,
+        verbose=False,
+    )
+    ge = tg.project_genes(adm, ref)
+    cols = ge.var_names
+    pred = np.full((spa.n_obs, len(held)), np.nan)
+    X = ge.X.toarray() if sp.issparse(ge.X) else np.asarray(ge.X)
+    for i, g in enumerate(held):
+        j = cols.get_indexer([g.lower()])[0]
+        if j >= 0:
+            pred[:, i] = X[:, j]
+    return pred, np.asarray(adm.X, dtype=np.float32), None
+
+
+def run_knn(pair: Pair, train_ref: list[str], train_sp: list[str], held: list[str], k: int):
+    from sklearn.neighbors import NearestNeighbors
+
+    A = dense(pair.reference, train_ref)
+    B = dense(pair.spatial, train_sp)
+    nn = NearestNeighbors(n_neighbors=min(k, A.shape[0]), metric="cosine", algorithm="brute")
+    nn.fit(A)
+    _, idx = nn.kneighbors(B)
+    H = dense(pair.reference, held).astype(np.float64)
+    pred = H[idx].mean(axis=1)
+    return pred, None, idx
+
+
+def annotation_accuracy(pair: Pair, P: np.ndarray | None, knn_idx: np.ndarray | None) -> dict[str, float]:
+    """Argmax of projected cluster probabilities vs known labels of the spatial cells."""
+    ref_lab = pair.reference.obs[pair.ref_label].astype(str).to_numpy()
+    true = pair.spatial.obs[pair.sp_label].astype(str).to_numpy()
+    cats = np.unique(ref_lab)
+    codes = np.searchsorted(cats, ref_lab)
+    if P is not None:
+        onehot = np.zeros((len(ref_lab), len(cats)), dtype=np.float32)
+        onehot[np.arange(len(ref_lab)), codes] = 1.0
+        scores = P.T @ onehot
+    else:
+        scores = np.zeros((knn_idx.shape[0], len(cats)))
+        for j in range(knn_idx.shape[1]):
+            scores[np.arange(knn_idx.shape[0]), codes[knn_idx[:, j]]] += 1
+    pred = cats[np.argmax(scores, axis=1)]
+    ok = pred == true
+    known = np.isin(true, cats)
+    return {
+        "accuracy": float(ok.mean()),
+        "accuracy_known_labels": float(ok[known].mean()) if known.any() else float("nan"),
+        "frac_known_labels": float(known.mean()),
+    }
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def subsample(pair: Pair, max_cells: int | None, seed: int) -> Pair:
+    if not max_cells:
+        return pair
+    rng = np.random.default_rng(seed)
+    r = pair.reference
+    s = pair.spatial
+    if r.n_obs > max_cells:
+        r = r[np.sort(rng.choice(r.n_obs, max_cells, replace=False))].copy()
+    if s.n_obs > max_cells:
+        s = s[np.sort(rng.choice(s.n_obs, max_cells, replace=False))].copy()
+    return Pair(pair.name, r, s, pair.ref_label, pair.sp_label, pair.split + f" (subsampled to {max_cells})")
+
+
+def method_list(methods: list[str], engines: list[str] | None) -> list[tuple[str, str | None]]:
+    """``[(label, engine)]``: one ``ours`` entry per engine when there is an engine keyword."""
+    out: list[tuple[str, str | None]] = []
+    avail = common.engine_names()
+    for m in methods:
+        if m == "ours":
+            if avail is None:
+                out.append(("ours", None))
+            else:
+                for e in engines or avail:
+                    out.append((f"ours[{e}]", e))
+        elif m == "tangram":
+            if common.tangram_available():
+                out.append(("tangram", None))
+            else:
+                log("tangram-sc is not installed: skipping it")
+        else:
+            out.append((m, None))
+    return out
+
+
+def evaluate_dataset(pair: Pair, args: argparse.Namespace) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    from napari_spatial_impute.evaluate import gene_folds, pearson_per_gene
+
+    pairs = common.shared_genes(pair.reference, pair.spatial)
+    ref_to_sp = dict(pairs)
+    genes = [r for r, _ in pairs]
+    groups = gene_folds(genes, args.folds, args.seed)
+    methods = method_list(args.methods, args.engines)
+    gene_rows, fold_rows = [], []
+    for f, held in enumerate(groups):
+        held_set = set(held)
+        train = [g for g in genes if g not in held_set]
+        train_sp = [ref_to_sp[g] for g in train]
+        measured = dense(pair.spatial, [ref_to_sp[g] for g in held]).astype(np.float64)
+        # interleave: rotate the method order each fold so no method always runs first
+        order = methods[f % len(methods):] + methods[: f % len(methods)]
+        for label, engine in order:
+            load = common.loadavg()
+            t0 = time.perf_counter()
+            knn_idx = None
+            if label.startswith("ours"):
+                pred, P, _ = run_ours(pair, train, held, args.epochs, args.seed, engine)
+            elif label == "tangram":
+                pred, P, _ = run_tangram(pair, train, held, args.epochs, args.seed)
+            elif label == "knn":
+                pred, P, knn_idx = run_knn(pair, train, train_sp, held, args.k)
+            else:
+                raise ValueError(f"unknown method {label}")
+            dt = time.perf_counter() - t0
+            r = pearson_per_gene(np.nan_to_num(pred, nan=0.0), measured)
+            r[np.isnan(pred).all(axis=0)] = np.nan
+            for g, v in zip(held, r, strict=True):
+                gene_rows.append({"dataset": pair.name, "method": label, "fold": f, "gene": g, "pearson": v})
+            row = {
+                "dataset": pair.name,
+                "method": label,
+                "fold": f,
+                "n_train": len(train),
+                "n_held": len(held),
+                "time_s": dt,
+                "loadavg_1m": load,
+            }
+            if pair.ref_label is not None and (P is not None or knn_idx is not None):
+                row.update(annotation_accuracy(pair, P, knn_idx))
+            fold_rows.append(row)
+            log(f"{pair.name} fold {f + 1}/{len(groups)} {label}: median r {np.nanmedian(r) if np.isfinite(r).any() else float('nan'):.3f}, {dt:.1f} s, load {load}")
+    genes_df = pd.DataFrame(gene_rows)
+    folds_df = pd.DataFrame(fold_rows)
+    summary = []
+    for label, _ in methods:
+        g = genes_df[genes_df["method"] == label]["pearson"].to_numpy(dtype=np.float64)
+        fr = folds_df[folds_df["method"] == label]
+        row = {
+            "dataset": pair.name,
+            "method": label,
+            "n_ref": pair.reference.n_obs,
+            "n_sp": pair.spatial.n_obs,
+            "n_genes": len(genes),
+            "folds": args.folds,
+            "epochs": args.epochs if label != "knn" else 0,
+            "median_r": float(np.nanmedian(g)) if np.isfinite(g).any() else float("nan"),
+            "mean_r": float(np.nanmean(g)) if np.isfinite(g).any() else float("nan"),
+            "n_nan": int(np.isnan(g).sum()),
+            "time_total_s": float(fr["time_s"].sum()),
+            "time_per_fold_median_s": float(fr["time_s"].median()),
+            "loadavg_mean": float(fr["loadavg_1m"].mean()),
+        }
+        if "accuracy" in fr.columns and fr["accuracy"].notna().any():
+            row["annot_acc"] = float(fr["accuracy"].mean())
+            row["annot_acc_known"] = float(fr["accuracy_known_labels"].mean())
+            row["frac_known_labels"] = float(fr["frac_known_labels"].mean())
+        summary.append(row)
+    return genes_df, folds_df, pd.DataFrame(summary)
+
+
+def scatter(genes_df: pd.DataFrame, name: str, out: Path, ours_label: str = "ours") -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    w = genes_df.pivot_table(index="gene", columns="method", values="pearson", dropna=False)
+    if ours_label not in w.columns or "tangram" not in w.columns:
+        return
+    x, y = w["tangram"].to_numpy(), w[ours_label].to_numpy()
+    ok = np.isfinite(x) & np.isfinite(y)
+    fig, ax = plt.subplots(figsize=(4.4, 4.2), dpi=120)
+    ax.scatter(x[ok], y[ok], s=12, alpha=0.7, color="#1f77b4", edgecolor="none")
+    lo = float(np.nanmin([np.nanmin(x[ok]), np.nanmin(y[ok]), 0.0])) if ok.any() else 0.0
+    hi = float(np.nanmax([np.nanmax(x[ok]), np.nanmax(y[ok]), 0.1])) if ok.any() else 1.0
+    ax.plot([lo, hi], [lo, hi], color="0.5", lw=0.8, ls="--")
+    ax.set_xlabel(f"tangram-sc 1.0.4 (median {np.nanmedian(x):.3f})")
+    ax.set_ylabel(f"{ours_label} (median {np.nanmedian(y):.3f})")
+    n_nan_t, n_nan_o = int((~np.isfinite(x)).sum()), int((~np.isfinite(y)).sum())
+    ax.set_title(f"{name}: held-out gene Pearson r\n{ok.sum()} genes plotted; NaN: tangram {n_nan_t}, ours {n_nan_o}", fontsize=9)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out)
+    plt.close(fig)
+
+
+def rebuild_summary(out_dir: Path) -> pd.DataFrame:
+    """Concatenate every per-data-set summary in ``out_dir`` into ``accuracy_summary.csv``."""
+    parts = [pd.read_csv(p) for p in sorted(out_dir.glob("accuracy_*_summary.csv"))]
+    if not parts:
+        return pd.DataFrame()
+    df = pd.concat(parts, ignore_index=True)
+    common.write_csv(df, out_dir / "accuracy_summary.csv")
+    return df
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--datasets", nargs="+", default=list(common.DATASETS), choices=list(common.DATASETS))
+    p.add_argument("--folds", type=int, default=10)
+    p.add_argument("--epochs", type=int, default=1000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--methods", nargs="+", default=["ours", "tangram", "knn"])
+    p.add_argument("--engines", nargs="*", default=None, help="engines of ours (default: all)")
+    p.add_argument("--k", type=int, default=10, help="neighbours of the kNN baseline")
+    p.add_argument("--max-cells", type=int, default=None, help="subsample each side (smoke tests)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--out-dir", type=Path, default=common.BENCH_OUT, help="tables (CSV/JSON)")
+    p.add_argument("--image-dir", type=Path, default=common.IMAGES, help="plots (PNG)")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> pd.DataFrame:
+    args = parse_args(argv)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    info = common.machine_info()
+    info["args"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    log(f"machine: {info['cpu']}, {info['logical_cpus']} CPUs, load {info['loadavg_at_start']}")
+    splits = {}
+    for name in args.datasets:
+        pair = subsample(common.load_pair(name), args.max_cells, args.seed)
+        splits[name] = {"split": pair.split, "n_ref": pair.reference.n_obs, "n_sp": pair.spatial.n_obs}
+        log(f"{name}: reference {pair.reference.shape}, spatial {pair.spatial.shape}; {pair.split}")
+        t0 = time.perf_counter()
+        genes_df, folds_df, summary = evaluate_dataset(pair, args)
+        common.write_csv(genes_df, args.out_dir / f"accuracy_{name}_per_gene.csv")
+        common.write_csv(folds_df, args.out_dir / f"accuracy_{name}_folds.csv")
+        common.write_csv(summary, args.out_dir / f"accuracy_{name}_summary.csv")
+        ours = next((m for m in summary["method"] if m.startswith("ours")), "ours")
+        scatter(genes_df, name, args.image_dir / f"bench_accuracy_{name}.png", ours)
+        splits[name]["wall_s"] = time.perf_counter() - t0
+        print(summary.to_string(index=False), flush=True)
+    info["datasets"] = splits
+    info["loadavg_at_end"] = [round(x, 2) for x in __import__("os").getloadavg()]
+    tag = "_".join(args.datasets) if set(args.datasets) != set(common.DATASETS) else "all"
+    common.write_json(info, args.out_dir / f"accuracy_meta_{tag}.json")
+    return rebuild_summary(args.out_dir)
+
+
+if __name__ == "__main__":
+    main()
