@@ -1,0 +1,57 @@
+"""napari reader: an AnnData ``.h5ad`` file becomes Points layers (one per FOV).
+
+Spatial data (``obsm['spatial']``) and mapping results open in tissue coordinates, napari axis
+order ``(y, x)`` / ``(z, y, x)``; a result is coloured by its predicted cluster and keeps its
+imputed genes in ``layer.metadata['spatial_impute']['adata']``. A reference with
+``obsm['X_umap']`` opens at its UMAP. Anything else returns ``None`` so napari can try other
+readers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from .layers import LayerData, adata_layers
+
+ReaderFunction = Callable[[Any], list[LayerData]]
+
+
+def _looks_like_anndata(path: Path) -> bool:
+    """Whether ``path`` is an HDF5 file with AnnData's ``obs``/``var`` groups (cheap check)."""
+    try:
+        import h5py
+
+        with h5py.File(path, "r") as f:
+            if not ("obs" in f and "var" in f):
+                return False
+            obsm = f.get("obsm")
+            keys = set(obsm.keys()) if obsm is not None else set()
+            return bool(keys & {"spatial", "X_umap"})
+    except Exception:
+        return False
+
+
+def napari_get_reader(path: str | list[str]) -> ReaderFunction | None:
+    """Return :func:`read_h5ad_layers` when ``path`` is an AnnData file this plugin can show."""
+    paths = [path] if isinstance(path, str | Path) else list(path)
+    if not paths:
+        return None
+    for p in paths:
+        pp = Path(p)
+        if pp.suffix.lower() != ".h5ad" or not pp.is_file() or not _looks_like_anndata(pp):
+            return None
+    return read_h5ad_layers
+
+
+def read_h5ad_layers(path: str | list[str]) -> list[LayerData]:
+    """Read one or more ``.h5ad`` files into layer-data tuples."""
+    from .io import read_h5ad
+
+    paths = [path] if isinstance(path, str | Path) else list(path)
+    out: list[LayerData] = []
+    for p in paths:
+        adata = read_h5ad(p)
+        out.extend(adata_layers(adata, name=Path(p).stem))
+    return out
