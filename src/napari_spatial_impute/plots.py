@@ -71,7 +71,7 @@ def plot_training_scores(
     )
     if "main_loss" in hist:
         ax.plot(np.arange(1, len(hist) + 1), hist["main_loss"], color=MEASURED_COLOR)
-        ax.set_title(f"training score per epoch ({hist['main_loss'].iloc[-1]:.3f})")
+        ax.set_title(f"score per epoch (last {hist['main_loss'].iloc[-1]:.3f})")
         ax.set_xlabel("epoch")
         ax.set_ylabel("score")
     else:

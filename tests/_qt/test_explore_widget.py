@@ -51,7 +51,8 @@ def test_gene_layers_per_fov_with_shared_limits(widget):
     assert np.allclose(imputed[0].face_contrast_limits, (lo, hi))
     for layer in layers:
         assert layer.face_color_mode == "colormap"
-        assert layer.face_colorbar.visible
+        # the FOVs share the limits, so one colour bar per value type: on the first FOV's layer
+        assert layer.face_colorbar.visible == (layer.metadata["nsi_fov"] == "1")
         assert "Gad1" in layer.features.columns
         assert layer.features["Gad1"].dtype == np.float32
         assert {"cell", "top imputed", "top clusters"} <= set(layer.features.columns)
@@ -140,6 +141,14 @@ def test_navigator_centres_camera(widget):
     viewer.layers.clear()
     w.go_to_fov("1")
     assert np.isfinite(viewer.scene.camera.zoom)
+
+
+def test_grid_toggle(widget):
+    viewer, model, w = widget
+    w.grid_check.setChecked(True)
+    assert viewer.grid.enabled
+    w.grid_check.setChecked(False)
+    assert not viewer.grid.enabled
 
 
 def test_no_result_disables(make_napari_viewer_proxy, qtbot):

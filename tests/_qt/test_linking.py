@@ -38,8 +38,12 @@ def test_spatial_selection_highlights_reference_cells(setup, qtbot, shuffled):
     hl = viewer.layers[REFERENCE_HIGHLIGHT]
     rows = layer.metadata["nsi_rows"][[0, 1, 2]]
     expected = reference_weights(model.result, model.reference, rows)
-    assert len(hl.data) == len(expected) > 0
-    assert set(hl.features["cell"]) == set(model.reference.obs_names[expected.index])
+    shown = expected.iloc[: ctl.max_reference_cells]
+    assert len(hl.data) == len(shown) > 0
+    assert set(hl.features["cell"]) == set(model.reference.obs_names[shown.index])
+    # rings grow with the mapped share
+    sizes = np.asarray(hl.size)
+    assert sizes[np.argmax(hl.features["mapped share"])] == sizes.max()
     # the highlight sits on the reference points (same transform, same positions)
     assert np.allclose(hl.translate, ref_layer.translate)
     pos = {tuple(p) for p in np.round(ref_layer.data, 6)}

@@ -39,7 +39,7 @@ CV_COLUMNS = ("gene", "fold", "pearson", "cosine", "spearman", "sparsity_sp", "n
 
 
 class _NumberItem(QTableWidgetItem):
-    """A table cell that sorts by its number (NaN last)."""
+    """A table cell that sorts by its number (NaN below every number)."""
 
     def __init__(self, value: float) -> None:
         text = (
@@ -48,7 +48,9 @@ class _NumberItem(QTableWidgetItem):
             else (f"{value:.4g}" if not float(value).is_integer() else f"{int(value)}")
         )
         super().__init__(text)
-        self.value = float(value) if np.isfinite(value) else float("inf")
+        self.value = (
+            float(value) if np.isfinite(value) else float("-inf")
+        )  # NaN last when descending
 
     def __lt__(self, other: QTableWidgetItem) -> bool:
         if isinstance(other, _NumberItem):

@@ -74,6 +74,9 @@ class ExploreWidget(QWidget):
         self.measured_check.setChecked(True)
         self.recolor_check = QCheckBox("recolour the shown layers instead of adding new ones")
         self.recolor_check.setChecked(True)
+        self.grid_check = QCheckBox("side by side (one grid cell per layer)")
+        self.grid_check.setChecked(bool(napari_viewer.grid.enabled))
+        self.grid_check.toggled.connect(self._set_grid)
         self.links = get_link_controller(napari_viewer)
         self.link_check = QCheckBox("link selections (spatial cells <-> reference cells)")
         self.link_check.setChecked(self.links.enabled)
@@ -113,6 +116,7 @@ class ExploreWidget(QWidget):
         form.addRow("FOVs", self.fov_list)
         form.addRow("Point size", self.size_spin)
         form.addRow("", self.link_check)
+        form.addRow("", self.grid_check)
         row = QHBoxLayout()
         row.addWidget(self.nav_combo, 1)
         row.addWidget(self.nav_button)
@@ -171,6 +175,9 @@ class ExploreWidget(QWidget):
         fovs = list(fov_rows(self.model.result, self.model.fov_key))
         self.fov_list.addItems(fovs)
         self.nav_combo.addItems(fovs)
+
+    def _set_grid(self, on: bool) -> None:
+        self.viewer.grid.enabled = bool(on)
 
     def _set_linking(self, on: bool) -> None:
         self.links.enabled = bool(on)

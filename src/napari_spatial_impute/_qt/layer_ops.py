@@ -41,14 +41,26 @@ def find_layers(
     return out
 
 
-def _make_layer(spec: PointsSpec) -> Points:
+def _make_layer(spec: PointsSpec, colorbar: bool = True) -> Points:
     layer = Points(spec.data, **spec.add_kwargs())
     if "face_colormap" in spec.kwargs:
-        layer.face_colorbar.visible = True
+        layer.face_colorbar.visible = colorbar
     return layer
 
 
-def recolor(layer: Points, spec: PointsSpec) -> None:
+def _first_of_each_value(specs: Sequence[PointsSpec]) -> list[bool]:
+    """One colour bar per value and kind: the FOVs share its limits, so the first layer shows it."""
+    seen: set[tuple[Any, Any]] = set()
+    out = []
+    for s in specs:
+        md = s.kwargs.get("metadata", {})
+        key = (md.get(ROLE_KEY), md.get(VALUE_KEY))
+        out.append(key not in seen)
+        seen.add(key)
+    return out
+
+
+def recolor(layer: Points, spec: PointsSpec, colorbar: bool = True) -> None:
     """Give an existing layer the values, colouring, name and metadata of ``spec`` (same points)."""
     if len(layer.data) != len(spec.data):
         raise ValueError(
@@ -67,7 +79,7 @@ def recolor(layer: Points, spec: PointsSpec) -> None:
     if "face_colormap" in spec.kwargs:
         layer.face_colormap = spec.kwargs["face_colormap"]
         layer.face_contrast_limits = spec.kwargs["face_contrast_limits"]
-        layer.face_colorbar.visible = True
+        layer.face_colorbar.visible = colorbar
     layer.metadata = dict(spec.kwargs.get("metadata", {}))
     layer.name = spec.name
 
@@ -89,8 +101,11 @@ def apply_specs(
         if target is not None and len(target.data) != len(spec.data):
             target = None
         targets.append(target)
+    bars = _first_of_each_value(specs)
     new_layers = {
-        i: _make_layer(s) for i, (s, t) in enumerate(zip(specs, targets, strict=True)) if t is None
+        i: _make_layer(s, bars[i])
+        for i, (s, t) in enumerate(zip(specs, targets, strict=True))
+        if t is None
     }
     added: list[Points] = []
     try:
@@ -107,7 +122,7 @@ def apply_specs(
         if target is None:
             out.append(new_layers[i])
         else:
-            recolor(target, spec)
+            recolor(target, spec, bars[i])
             out.append(target)
     return out
 

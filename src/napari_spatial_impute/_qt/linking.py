@@ -30,6 +30,7 @@ from ..explore import (
     ROWS_KEY,
     cluster_key,
     coords_yx,
+    default_point_size,
     dominant_cluster,
     reference_weights,
     spatial_rows_for_reference,
@@ -71,6 +72,8 @@ class LinkController(QObject):
         self.viewer = viewer
         self.model = get_model(viewer)
         self.enabled = True
+        #: Reference cells highlighted at most (those with the largest mapped shares).
+        self.max_reference_cells = 50
         self._units: Any = None
         self._units_key: tuple[int, int] | None = None
         self._pending: weakref.ref | None = None
@@ -136,7 +139,12 @@ class LinkController(QObject):
 
     # ------------------------------------------------------------------ highlights
     def _highlight(
-        self, name: str, data: np.ndarray, like: Layer | None, size: float, features: pd.DataFrame
+        self,
+        name: str,
+        data: np.ndarray,
+        like: Layer | None,
+        size: float | np.ndarray,
+        features: pd.DataFrame,
     ) -> Points:
         existing = next((lay for lay in self.viewer.layers if lay.name == name), None)
         transform = {"scale": like.scale, "translate": like.translate} if like is not None else {}
@@ -170,7 +178,8 @@ class LinkController(QObject):
 
         Returns
         -------
-        Mapped share per reference row (largest first).
+        Mapped share per reference row (largest first; the first ``max_reference_cells`` are
+        highlighted).
         """
         result, reference = self.model.result, self.model.reference
         ref_layer = self.reference_layer()
@@ -178,14 +187,15 @@ class LinkController(QObject):
             return pd.Series(dtype=np.float64)
         rows = as_rows(layer, layer.selected_data)
         weights = reference_weights(result, reference, rows, self._unit_matrix())
-        points = _points_of_reference_rows(ref_layer, weights.index.to_numpy(dtype=np.int64))
+        top = weights.iloc[: self.max_reference_cells]
+        points = _points_of_reference_rows(ref_layer, top.index.to_numpy(dtype=np.int64))
         shown = _reference_rows_of_points(ref_layer, points)
-        size = float(np.mean(ref_layer.size)) * 1.8 if len(ref_layer.size) else 1.0
+        share = top.reindex(shown).to_numpy(dtype=np.float32)
+        base = float(np.mean(ref_layer.size)) if len(ref_layer.size) else 1.0
+        # the ring grows with the mapped share, so the strongest partners stand out
+        size = base * (1.5 + 2.0 * share / share.max()) if len(share) else base
         feats = pd.DataFrame(
-            {
-                "cell": np.asarray(reference.obs_names[shown], dtype=object),
-                "mapped share": weights.reindex(shown).to_numpy(dtype=np.float32),
-            }
+            {"cell": np.asarray(reference.obs_names[shown], dtype=object), "mapped share": share}
         )
         self._highlight(
             REFERENCE_HIGHLIGHT, np.asarray(ref_layer.data)[points], ref_layer, size, feats
@@ -223,9 +233,12 @@ class LinkController(QObject):
             lay for lay in self.viewer.layers if lay.metadata.get(FOV_KEY) is not None
         ]
         like = spatial_layers[0] if spatial_layers else None
-        size = (
-            float(np.mean(like.size)) * 1.8 if isinstance(like, Points) and len(like.size) else 1.0
+        base = (
+            float(np.mean(like.size))
+            if isinstance(like, Points) and len(like.size)
+            else default_point_size(result)
         )
+        size = base * 1.8
         feats = pd.DataFrame({"cell": np.asarray(result.obs_names[rows], dtype=object)})
         self._highlight(
             SPATIAL_HIGHLIGHT,
