@@ -1,0 +1,128 @@
+"""Smoke tests of the benchmark scripts: tiny sizes, seconds, no timing asserts.
+
+They check that each script's ``main`` runs end to end with minimal arguments and writes its
+tables (into a temporary folder, never into docs/). tangram-sc is optional: without it the
+scripts run the other methods only.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _load(name: str):
+    sys.path.insert(0, str(BENCH))
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    assert spec.loader is not None
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _has(mod: str) -> bool:
+    return importlib.util.find_spec(mod) is not None
+
+
+HAS_TANGRAM = _has("tangram")
+
+
+def test_simulator_is_seeded_and_sparse():
+    common = _load("common")
+    a_ref, a_sp = common.simulate_pair(50, 80, 20, seed=3)
+    b_ref, b_sp = common.simulate_pair(50, 80, 20, seed=3)
+    assert (a_ref.X != b_ref.X).nnz == 0 and (a_sp.X != b_sp.X).nnz == 0
+    assert a_sp.obsm["spatial"].shape == (80, 2)
+    assert 0.3 < common.sparsity(a_sp) < 0.98
+
+
+def test_normalize_log1p_matches_protocol():
+    import numpy as np
+    import scipy.sparse as sp
+
+    common = _load("common")
+    ref, _ = common.simulate_pair(30, 10, 12, seed=0)
+    out = common.normalize_log1p(ref)
+    assert isinstance(out.X, sp.csr_matrix)
+    totals = np.asarray(ref.X.sum(1)).ravel()
+    back = np.expm1(out.X.toarray()).sum(1)
+    target = np.median(totals[totals > 0])
+    assert np.allclose(back[totals > 0], target, rtol=1e-4)
+
+
+def test_accuracy_main_tiny(tmp_path, merfish_pair, monkeypatch):
+    acc = _load("accuracy")
+    common = sys.modules["common"]
+    ref, spa = merfish_pair
+
+    def fake_load(name, root=None):  # the bundled pair; no shared folder needed
+        return common.Pair(name, common.normalize_log1p(ref), common.normalize_log1p(spa), None, None, "bundled")
+
+    monkeypatch.setattr(common, "load_pair", fake_load)
+    methods = ["ours", "knn"] + (["tangram"] if HAS_TANGRAM else [])
+    df = acc.main([
+        "--datasets", "merfish_hypothalamus", "--folds", "2", "--epochs", "3", "--max-cells", "120",
+        "--methods", *methods, "--out-dir", str(tmp_path), "--image-dir", str(tmp_path),
+    ])
+    assert set(df["method"]).issuperset({"knn"})
+    assert any(m.startswith("ours") for m in df["method"])
+    per_gene = pd.read_csv(tmp_path / "accuracy_merfish_hypothalamus_per_gene.csv")
+    assert per_gene["gene"].nunique() > 100
+    if HAS_TANGRAM:
+        assert (tmp_path / "bench_accuracy_merfish_hypothalamus.png").exists()
+
+
+def test_accuracy_annotations_on_cell_split(tmp_path, monkeypatch):
+    acc = _load("accuracy")
+    common = sys.modules["common"]
+    ref, spa = common.simulate_pair(120, 90, 24, seed=1)
+    monkeypatch.setattr(
+        common, "load_pair",
+        lambda name, root=None: common.Pair(name, common.normalize_log1p(ref), common.normalize_log1p(spa),
+                                            "cell_type", "cell_type", "simulated"),
+    )
+    df = acc.main([
+        "--datasets", "starmap_mpfc", "--folds", "2", "--epochs", "3", "--methods", "ours", "knn",
+        "--out-dir", str(tmp_path), "--image-dir", str(tmp_path),
+    ])
+    assert df["annot_acc"].between(0, 1).all()
+
+
+def test_speed_main_tiny(tmp_path):
+    speed = _load("speed")
+    methods = ["ours"] + (["tangram"] if HAS_TANGRAM else [])
+    args = ["--sizes", "40x60x12:3", "--repeats", "1", "--methods", *methods, "--threads", "1",
+            "--parity-size", "30x40x10", "--parity-epochs", "3", "--tag", "smoke",
+            "--out-dir", str(tmp_path), "--image-dir", str(tmp_path)]
+    if not HAS_TANGRAM:
+        args.append("--no-parity")
+    summary = speed.main(args)
+    assert (summary["status"] == "measured").all()
+    assert (tmp_path / "bench_speed_scaling_smoke.png").exists()
+    meta = json.loads((tmp_path / "speed_meta_smoke.json").read_text())
+    if HAS_TANGRAM:
+        par = meta["parity"]
+        assert par["at_M0"]["total_loss"]["abs_diff"] < 1e-4
+
+
+@pytest.mark.skipif(not (_has("napari") and _has("qtpy")), reason="napari/Qt not installed")
+@pytest.mark.skipif(
+    os.environ.get("QT_QPA_PLATFORM") != "offscreen" and not os.environ.get("DISPLAY") and shutil.which("Xvfb") is None,
+    reason="no display",
+)
+def test_gui_responsiveness_tiny(tmp_path, qapp):
+    gui = _load("gui_responsiveness")
+    info = gui.main(["--n-ref", "40", "--n-sp", "200", "--n-genes", "12", "--epochs", "3", "--repeats", "1",
+                     "--genes", "1", "--out-dir", str(tmp_path)])
+    phases = {p["phase"] for p in info["phases"]}
+    assert any(p.startswith("mapping") for p in phases)
+    assert any(p.startswith("adding result layers") for p in phases)
