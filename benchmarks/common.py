@@ -159,7 +159,8 @@ def loadavg() -> float:
 def engine_names() -> list[str] | None:
     """Values of ``map_cells_to_space``'s ``engine`` keyword if it has one, else ``None``.
 
-    The values are read from the annotation (``Literal[...]``) when possible.
+    The values are read from the annotation (``Literal[...]``) when possible; ``"auto"`` is left
+    out because it only picks one of the concrete engines by size.
     """
     import typing
 
@@ -178,7 +179,9 @@ def engine_names() -> list[str] | None:
     values = [v for v in typing.get_args(ann) if isinstance(v, str)]
     if not values and isinstance(p.default, str):
         values = [p.default]
-    return values or None
+    # "auto" only dispatches to one of the others by size; benchmark the concrete engines
+    concrete = [v for v in values if v != "auto"]
+    return concrete or values or None
 
 
 # --------------------------------------------------------------------------------------------
