@@ -173,6 +173,11 @@ class LinkController(QObject):
             self.viewer.layers.selection.active = active
         return layer
 
+    def _clear(self, name: str) -> None:
+        for lay in self.viewer.layers:
+            if lay.name == name and isinstance(lay, Points) and len(lay.data):
+                lay.data = np.empty((0, lay.data.shape[1]))
+
     def link_from_spatial(self, layer: Points) -> pd.Series:
         """Highlight on the reference layer the reference cells that ``layer``'s selection maps to.
 
@@ -185,6 +190,7 @@ class LinkController(QObject):
         ref_layer = self.reference_layer()
         if result is None or reference is None or ref_layer is None:
             return pd.Series(dtype=np.float64)
+        self._clear(SPATIAL_HIGHLIGHT)  # one direction at a time
         rows = as_rows(layer, layer.selected_data)
         weights = reference_weights(result, reference, rows, self._unit_matrix())
         top = weights.iloc[: self.max_reference_cells]
@@ -212,6 +218,7 @@ class LinkController(QObject):
         result, reference = self.model.result, self.model.reference
         if result is None or reference is None:
             return None
+        self._clear(REFERENCE_HIGHLIGHT)
         idx = np.fromiter((int(i) for i in layer.selected_data), dtype=np.int64)
         ref_rows = _reference_rows_of_points(layer, idx)
         key = cluster_key(result) or self.model.cluster_key
