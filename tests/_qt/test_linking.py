@@ -129,3 +129,21 @@ def test_clusters_mode_units(setup):
     assert np.allclose(np.asarray(units.sum(1)).ravel(), 1.0)
     w_ = reference_weights(res, model.reference, [0, 1], units)
     assert np.isclose(w_.sum(), res.obsm["mapping_top_share"][[0, 1]].sum())
+
+
+def test_core_layers_take_part(setup, qtbot):
+    """The core plugin's layers (``layers.py``): reference UMAP and plain spatial layers link too."""
+    viewer, model, w = setup
+    from napari_spatial_impute.layers import reference_layer, spatial_layers
+
+    ref = model.reference.copy()
+    ref.obsm["X_umap"] = np.random.default_rng(0).random((ref.n_obs, 2)) * 10
+    data, kwargs, _ = reference_layer(ref, cluster_key="cell_type")
+    viewer.add_points(data, **kwargs)
+    data, kwargs, _ = spatial_layers(model.spatial, fov_key="fov", role="spatial")[0]
+    layer = viewer.add_points(data, **kwargs)
+    layer.selected_data = {0, 1}
+    get_link_controller(viewer).flush()
+    hl = viewer.layers[REFERENCE_HIGHLIGHT]
+    rows = layer.metadata["nsi_rows"][[0, 1]]
+    assert len(hl.data) == min(len(reference_weights(model.result, model.reference, rows)), 50)

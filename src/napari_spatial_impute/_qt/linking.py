@@ -38,7 +38,7 @@ from ..explore import (
 )
 from .layer_ops import as_rows, find_layers, notify_error, open_cluster
 
-SPATIAL_ROLES = ("imputed", "measured", "probability", "predicted")
+SPATIAL_ROLES = ("imputed", "measured", "probability", "predicted", "spatial")
 REFERENCE_HIGHLIGHT = "linked reference cells"
 SPATIAL_HIGHLIGHT = "linked spatial cells"
 HIGHLIGHT_COLOR = "#ff2d2d"
@@ -192,6 +192,7 @@ class LinkController(QObject):
             return pd.Series(dtype=np.float64)
         self._clear(SPATIAL_HIGHLIGHT)  # one direction at a time
         rows = as_rows(layer, layer.selected_data)
+        rows = rows[rows < result.n_obs]  # a plain spatial layer of other data: ignore extra rows
         weights = reference_weights(result, reference, rows, self._unit_matrix())
         top = weights.iloc[: self.max_reference_cells]
         points = _points_of_reference_rows(ref_layer, top.index.to_numpy(dtype=np.int64))
