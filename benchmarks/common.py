@@ -482,3 +482,16 @@ def write_csv(df: pd.DataFrame, path: Path) -> None:
 
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def md_table(df: pd.DataFrame, floatfmt: str = ".3g") -> str:
+    """A GitHub markdown table (no tabulate dependency)."""
+    def fmt(v: Any) -> str:
+        if isinstance(v, float):
+            return "" if np.isnan(v) else format(v, floatfmt)
+        return str(v)
+
+    lines = ["| " + " | ".join(map(str, df.columns)) + " |", "|" + "---|" * len(df.columns)]
+    for row in df.itertuples(index=False):
+        lines.append("| " + " | ".join(fmt(v) for v in row) + " |")
+    return "\n".join(lines)
