@@ -12,6 +12,10 @@ Conventions
   AnnData (``"adata"``), the ``"role"`` (``"spatial"``, ``"result"`` or ``"reference"``),
   ``"coords"`` (the obsm key the points come from), ``"fov_key"`` and ``"fov"``. Other widgets
   read imputed genes from that AnnData; the writer saves it back with nothing lost.
+* The exploration keys of :mod:`napari_spatial_impute.explore` are set too (``nsi_role`` =
+  ``"spatial"``, ``"predicted"`` or ``"reference"``, ``nsi_fov``, ``nsi_value``, ``nsi_rows``),
+  so result and reference layers take part in linked selections. A result's layers are named
+  like the Explore widget's most-likely-cluster layers (``"most likely <key> · FOV <id>"``).
 """
 
 from __future__ import annotations
@@ -24,6 +28,15 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
+from .explore import (
+    FOV_KEY,
+    PREDICTED_ROLE,
+    REFERENCE_ROLE,
+    ROLE_KEY,
+    ROWS_KEY,
+    VALUE_KEY,
+    predicted_layer_name,
+)
 from .io import find_fov_key, fov_labels
 from .result import UNS_KEY
 
@@ -217,7 +230,7 @@ def spatial_layers(
     *,
     fov_key: str | None = None,
     color_by: str | None = None,
-    name: str = "spatial",
+    name: str | None = None,
     role: str | None = None,
     size: float | None = None,
 ) -> list[LayerData]:
@@ -232,17 +245,21 @@ def spatial_layers(
     color_by
         obs column to colour by; for a result the predicted cluster is the default.
     name
-        Layer name (``"<name> [<fov>]"`` when there are several FOVs).
+        Layer name (``"<name> [<fov>]"`` when there are several FOVs); ``None`` gives
+        ``"spatial"``, or for a result with clusters ``"most likely <key> · FOV <id>"``.
     role
         ``"spatial"`` or ``"result"``; guessed from ``adata`` when ``None``.
     size
         Point diameter in data units; ``None`` uses the median nearest-neighbour distance.
     """
     role = role or role_of(adata)
+    if fov_key is None and role == "result":
+        stored = adata.uns.get(UNS_KEY, {}).get("fov_key")
+        fov_key = str(stored) if stored and stored in adata.obs.columns else None
     fov_key = find_fov_key(adata, fov_key)
-    if color_by is None and role == "result":
-        key = result_cluster_key(adata)
-        color_by = f"{key}_predicted" if key else None
+    key = result_cluster_key(adata) if role == "result" else None
+    if color_by is None and key:
+        color_by = f"{key}_predicted"
     if color_by is not None and color_by not in adata.obs.columns:
         raise ValueError(f"colour column {color_by!r} is not in obs.")
     coords = to_napari(adata.obsm["spatial"])
@@ -257,8 +274,13 @@ def spatial_layers(
         if idx.size == 0:
             continue
         f = feats.iloc[idx].reset_index(drop=True)
+        if name is None and key:
+            lname = predicted_layer_name(key, str(fov))
+        else:
+            base = name or "spatial"
+            lname = base if len(labels.categories) == 1 else f"{base} [{fov}]"
         kwargs: dict[str, Any] = {
-            "name": name if len(labels.categories) == 1 else f"{name} [{fov}]",
+            "name": lname,
             "features": f,
             "size": size,
             "border_width": 0,
@@ -270,7 +292,11 @@ def spatial_layers(
                     "fov_key": fov_key,
                     "fov": str(fov),
                     "color_by": color_by,
-                }
+                },
+                ROLE_KEY: PREDICTED_ROLE if key else role,
+                FOV_KEY: str(fov),
+                VALUE_KEY: key or color_by,
+                ROWS_KEY: idx.astype(np.int64),
             },
         }
         kwargs.update(color_kwargs(f, color_by, pal))
@@ -323,7 +349,10 @@ def reference_layer(
                 "fov": None,
                 "color_by": cluster_key,
                 "cluster_key": cluster_key,
-            }
+            },
+            ROLE_KEY: REFERENCE_ROLE,
+            VALUE_KEY: cluster_key,
+            ROWS_KEY: np.arange(adata.n_obs, dtype=np.int64),
         },
     }
     kwargs.update(color_kwargs(feats, cluster_key, _palette(adata, cluster_key)))
@@ -385,7 +414,9 @@ def adata_layers(adata: ad.AnnData, *, name: str = "data", cluster_key: str | No
     A reference without ``obsm['X_umap']`` gives no layers (computing one is too slow here).
     """
     role = role_of(adata)
-    if role in ("spatial", "result"):
+    if role == "result":
+        return spatial_layers(adata, name=None if result_cluster_key(adata) else name, role=role)
+    if role == "spatial":
         return spatial_layers(adata, name=name, role=role)
     if "X_umap" in adata.obsm:
         return [reference_layer(adata, cluster_key=cluster_key or guess_cluster_key(adata), name=name)]

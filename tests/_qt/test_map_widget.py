@@ -1,0 +1,143 @@
+"""Map widget: real mappings of the bundled MERFISH pair in a napari thread worker."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from napari_spatial_impute._qt._sync import viewer_model
+from napari_spatial_impute._qt.map_widget import MapWidget
+from napari_spatial_impute.layers import META_KEY, plugin_meta
+
+
+@pytest.fixture
+def widget(make_napari_viewer_proxy, qtbot, merfish):
+    viewer = make_napari_viewer_proxy()
+    ref, spa = merfish
+    spa.obs["fov"] = pd.Categorical(np.where(spa.obsm["spatial"][:, 0] < np.median(spa.obsm["spatial"][:, 0]), "left", "right"))
+    model = viewer_model(viewer)
+    model.set_reference(ref)
+    model.set_spatial(spa)
+    model.set_keys(cluster_key="cell_type", fov_key="fov")
+    w = MapWidget(viewer)
+    qtbot.addWidget(w)
+    return viewer, w, model
+
+
+def test_map_adds_predicted_layers_per_fov(widget, qtbot):
+    viewer, w, model = widget
+    w.epochs.setValue(20)
+    assert w.run_button.isEnabled()
+    epochs_seen = []
+    worker = w.run()
+    worker.yielded.connect(lambda info: epochs_seen.append(info.epoch))
+    with qtbot.waitSignal(worker.finished, timeout=120_000):
+        pass
+    qtbot.waitUntil(lambda: w.worker is None, timeout=5000)
+    assert epochs_seen[-1] == 20
+    assert w.progress.value() == 20
+    assert len(w.plot.values) == 20 and np.all(np.isfinite(w.plot.values))
+    result = model.result
+    assert result is not None and result.n_obs == 750 and result.n_vars == 134
+    assert result.uns["spatial_impute"]["params"]["epochs"] == 20
+    assert result.uns["spatial_impute"]["fov_key"] == "fov"
+    names = sorted(layer.name for layer in viewer.layers)
+    assert names == ["most likely cell_type · FOV left", "most likely cell_type · FOV right"]
+    total = 0
+    for layer in viewer.layers:
+        feats = layer.features
+        assert isinstance(feats["cell_type_predicted"].dtype, pd.CategoricalDtype)
+        assert layer.face_color_mode == "cycle"
+        assert plugin_meta(layer)["adata"] is result
+        # each point sits where its cell is (napari order y, x)
+        rows = result.obs_names.get_indexer(feats["obs_name"].astype(str))
+        np.testing.assert_allclose(layer.data, result.obsm["spatial"][rows][:, ::-1])
+        total += len(layer.data)
+    assert total == 750
+    assert "training score" in w.status.text()
+    assert w.run_button.isEnabled() and not w.cancel_button.isEnabled()
+
+
+def test_cancel_leaves_no_layers(widget, qtbot):
+    viewer, w, model = widget
+    w.epochs.setValue(100_000)
+    worker = w.run()
+    with qtbot.waitSignal(worker.yielded, timeout=60_000):
+        pass
+    w.cancel()
+    with qtbot.waitSignal(worker.finished, timeout=30_000):
+        pass
+    qtbot.wait(200)
+    assert len(viewer.layers) == 0
+    assert model.result is None
+    assert w.progress.value() < 100_000
+    assert "Cancelled" in w.status.text()
+    assert w.run_button.isEnabled()
+
+
+def test_engine_error_is_reported_and_adds_nothing(widget, qtbot):
+    viewer, w, model = widget
+    model.set_keys(cluster_key=None, fov_key="fov")
+    w.mode.setCurrentText("clusters")  # needs a cluster key: the engine refuses
+    w.epochs.setValue(5)
+    errors, returned = [], []
+    worker = w.run()
+    worker.errored.connect(errors.append)
+    worker.returned.connect(returned.append)
+    with qtbot.waitSignal(worker.finished, timeout=60_000):
+        pass
+    assert not errors, "bad input is reported, not raised as a crash"
+    assert returned and "cluster key" in returned[0].message
+    assert w.status.text().startswith("Error: clusters mode needs a cluster key")
+    from napari.utils.notifications import notification_manager
+
+    assert any("clusters mode needs a cluster key" in str(n.message) for n in notification_manager.records)
+    assert len(viewer.layers) == 0 and model.result is None
+
+
+def test_gene_list_and_parameters(widget):
+    _, w, _ = widget
+    w.genes.setCurrentText("list")
+    w.gene_list.setText("Gad1, Slc17a6 Sst")
+    w.mode.setCurrentText("clusters")
+    p = w.parameters()
+    assert p["genes"] == ["Gad1", "Slc17a6", "Sst"]
+    assert p["mode"] == "clusters" and p["cluster_key"] == "cell_type"
+    assert w.gene_list.isEnabled() and not w.n_markers.isEnabled()
+
+
+def test_run_disabled_without_data(make_napari_viewer_proxy, qtbot):
+    viewer = make_napari_viewer_proxy()
+    w = MapWidget(viewer)
+    qtbot.addWidget(w)
+    assert not w.run_button.isEnabled()
+    assert w.run() is None
+    assert "Load" in w.data_label.text()
+
+
+@pytest.mark.skipif(os.environ.get("QT_QPA_PLATFORM") == "offscreen", reason="needs a real (Xvfb) display to render")
+def test_result_layers_are_drawn(make_napari_viewer, qtbot, merfish):
+    viewer = make_napari_viewer(show=True)
+    ref, spa = merfish
+    model = viewer_model(viewer)
+    model.set_reference(ref)
+    model.set_spatial(spa)
+    model.set_keys(cluster_key="cell_type", fov_key=None)
+    w = MapWidget(viewer)
+    qtbot.addWidget(w)
+    w.epochs.setValue(20)
+    worker = w.run()
+    with qtbot.waitSignal(worker.finished, timeout=120_000):
+        pass
+    assert len(viewer.layers) == 1 and META_KEY in viewer.layers[0].metadata
+    viewer.reset_view()
+    img = viewer.screenshot(canvas_only=True, flash=False)
+    bg = img[0, 0, :3].astype(int)
+    drawn = np.abs(img[..., :3].astype(int) - bg).sum(axis=-1) > 30
+    assert drawn.mean() > 0.01, "no points were drawn"
+    # several category colours are visible (a categorical colour cycle, not one colour)
+    colours = {tuple(c) for c in img[drawn][:, :3] // 32}
+    assert len(colours) >= 4
