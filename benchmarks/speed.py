@@ -262,10 +262,13 @@ def parity(n_ref: int, n_sp: int, n_genes: int, epochs: int, seed: int) -> dict[
 # driver
 
 
-def parse_size(s: str, default_epochs: int) -> tuple[int, int, int, int]:
-    dims, _, ep = s.partition(":")
+def parse_size(s: str, default_epochs: int, default_repeats: int) -> tuple[int, int, int, int, int]:
+    """``N_REFxN_SPxN_GENES[:EPOCHS[:REPEATS]]``."""
+    dims, *rest = s.split(":")
     n_ref, n_sp, n_genes = (int(x) for x in dims.lower().split("x"))
-    return n_ref, n_sp, n_genes, int(ep) if ep else default_epochs
+    ep = int(rest[0]) if rest and rest[0] else default_epochs
+    rep = int(rest[1]) if len(rest) > 1 and rest[1] else default_repeats
+    return n_ref, n_sp, n_genes, ep, rep
 
 
 def mem_available() -> int:
@@ -305,9 +308,9 @@ def time_to_reach(run: dict[str, Any], target: float) -> tuple[float, int]:
     return float(run["setup_s"] + ends[e]), e + 1
 
 
-def run_size(spec: tuple[int, int, int, int], args: argparse.Namespace, methods: list[tuple[str, str | None]],
+def run_size(spec: tuple[int, int, int, int, int], args: argparse.Namespace, methods: list[tuple[str, str | None]],
              tmp: Path) -> list[dict[str, Any]]:
-    n_ref, n_sp, n_genes, epochs = spec
+    n_ref, n_sp, n_genes, epochs, repeats = spec
     label = f"{n_ref}x{n_sp}x{n_genes}"
     avail = mem_available()
     est = {"ours": ours_estimate(n_ref, n_sp, n_genes), "tangram": tangram_estimate(n_ref, n_sp, n_genes)}
@@ -333,7 +336,7 @@ def run_size(spec: tuple[int, int, int, int], args: argparse.Namespace, methods:
             rows.append({"size": label, "method": m, "epochs": epochs, "repeat": -1, "status": "not run",
                          "reason": f"estimated {est['tangram'] / GIB:.0f} GiB > {avail / GIB:.0f} GiB available",
                          "est_peak_gib": est["tangram"] / GIB})
-    for r in range(args.repeats):
+    for r in range(repeats):
         order = methods if r % 2 == 0 else methods[::-1]
         for m, engine in order:
             if not runnable[m]:
@@ -346,7 +349,7 @@ def run_size(spec: tuple[int, int, int, int], args: argparse.Namespace, methods:
             if args.threads:
                 cmd += ["--threads", str(args.threads)]
             load = common.loadavg()
-            log(f"{label} repeat {r + 1}/{args.repeats} {m}: start (load {load})")
+            log(f"{label} repeat {r + 1}/{repeats} {m}: start (load {load})")
             res = common.run_measured(cmd, timeout=args.timeout)
             res.update({"size": label, "method": m, "epochs": epochs, "repeat": r, "loadavg_1m": load,
                         "loadavg_1m_after": common.loadavg(), "zeros_ref": spars[0], "zeros_sp": spars[1],
@@ -517,7 +520,7 @@ def plot(summary: pd.DataFrame, out: Path) -> None:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--sizes", nargs="+", default=["2000x6000x130:1000", "9448x40864x132:15", "20000x200000x300:10"],
-                   help="N_REFxN_SPxN_GENES[:EPOCHS]")
+                   help="N_REFxN_SPxN_GENES[:EPOCHS[:REPEATS]]")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--epochs", type=int, default=1000, help="epochs for sizes that do not name theirs")
     p.add_argument("--seed", type=int, default=0)
@@ -568,7 +571,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="nsi_speed_") as tmp:
         for s in args.sizes:
-            rows += run_size(parse_size(s, args.epochs), args, methods, Path(tmp))
+            rows += run_size(parse_size(s, args.epochs, args.repeats), args, methods, Path(tmp))
             raw = pd.DataFrame([{k: v for k, v in r.items() if k not in ("epoch_end_s", "score_history")} for r in rows])
             common.write_csv(raw, args.out_dir / f"speed_runs{tag}.csv")
             common.write_json(rows, args.out_dir / f"speed_runs{tag}.json")
