@@ -94,3 +94,51 @@ def test_empty_model(make_napari_viewer_proxy, qtbot):
     qtbot.addWidget(w)
     assert "No mapping result" in w.train_info.text()
     assert w.open_gene("Gad1") == []
+
+
+def test_run_cross_validation_in_worker(widget, qtbot):
+    viewer, model, w = widget
+    w.folds_spin.setValue(2)
+    w.cv_epochs_spin.setValue(5)
+    worker = w.run_cv()
+    assert not w.cv_run_button.isEnabled()
+    with qtbot.waitSignal(worker.finished, timeout=60_000):
+        pass
+    qtbot.waitUntil(lambda: model.cv_table is not None, timeout=5000)
+    assert set(model.cv_table["fold"]) == {0, 1}
+    assert len(model.cv_table) == int(model.result.var["is_shared"].sum())
+    assert w.cv_table.rowCount() == len(model.cv_table)
+    assert w.cv_run_button.isEnabled() and not w.cv_progress.isVisible()
+
+
+def test_stop_cross_validation(widget, qtbot):
+    viewer, model, w = widget
+    w.folds_spin.setValue(3)
+    w.cv_epochs_spin.setValue(5000)
+    worker = w.run_cv()
+    with qtbot.waitSignal(worker.finished, timeout=60_000):
+        w.stop_cv()
+    assert model.cv_table is None
+    assert w.cv_run_button.isEnabled()
+
+
+def test_open_cv_csv(widget, tmp_path, monkeypatch):
+    viewer, model, w = widget
+    cv = cv_table()
+    cv.to_csv(tmp_path / "cv.csv", index=False)
+    table = w.open_cv_table(str(tmp_path / "cv.csv"))
+    assert len(table) == len(cv) and w.cv_table.rowCount() == len(cv)
+    seen = []
+    monkeypatch.setattr("napari_spatial_impute._qt.diagnostics_widget.notify_error", seen.append)
+    (tmp_path / "bad.csv").write_text("a,b\n1,2\n")
+    assert w.open_cv_table(str(tmp_path / "bad.csv")) is None
+    assert seen and ("gene" in str(seen[0]) or "pearson" in str(seen[0]))
+
+
+def test_cv_kwargs_from_result_params(widget):
+    from napari_spatial_impute._qt._cv_worker import cv_kwargs
+
+    viewer, model, w = widget
+    kw = cv_kwargs(model.result.uns["spatial_impute"]["params"], 7)
+    assert kw["epochs"] == 7 and kw["cluster_key"] == "cell_type"
+    assert "genes" not in kw and "n_markers" not in kw

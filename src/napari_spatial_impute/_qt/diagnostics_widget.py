@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import numpy as np
@@ -11,10 +12,13 @@ from matplotlib.figure import Figure
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
     QAbstractItemView,
+    QFileDialog,
     QHBoxLayout,
     QLabel,
     QLineEdit,
+    QProgressBar,
     QPushButton,
+    QSpinBox,
     QTableWidget,
     QTableWidgetItem,
     QTabWidget,
@@ -32,6 +36,7 @@ from ..plots import (
     plot_cell_type_validation,
     plot_training_scores,
 )
+from ._cv_worker import cv_kwargs, iter_cross_validation
 from .layer_ops import find_layers, notify_error, open_gene
 from .linking import get_link_controller
 
@@ -118,8 +123,38 @@ class DiagnosticsWidget(QWidget):
         self.cv_table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.cv_table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.cv_table.cellClicked.connect(self._on_cv_clicked)
+        self.folds_spin = QSpinBox()
+        self.folds_spin.setRange(2, 100)
+        self.folds_spin.setValue(5)
+        self.cv_epochs_spin = QSpinBox()
+        self.cv_epochs_spin.setRange(1, 100_000)
+        self.cv_epochs_spin.setValue(300)
+        self.cv_run_button = QPushButton("Run cross-validation")
+        self.cv_run_button.setToolTip("leave-genes-out CV with the result's mapping settings")
+        self.cv_run_button.clicked.connect(self.run_cv)
+        self.cv_stop_button = QPushButton("Stop")
+        self.cv_stop_button.setEnabled(False)
+        self.cv_stop_button.clicked.connect(self.stop_cv)
+        self.cv_open_button = QPushButton("Open .csv...")
+        self.cv_open_button.setToolTip("a table written by `napari-spatial-impute evaluate`")
+        self.cv_open_button.clicked.connect(self._browse_cv)
+        self.cv_progress = QProgressBar()
+        self.cv_progress.setVisible(False)
+        self._cv_worker: Any = None
+        self._cv_cancel = threading.Event()
         page = QWidget()
         lay = QVBoxLayout(page)
+        row = QHBoxLayout()
+        row.addWidget(QLabel("folds"))
+        row.addWidget(self.folds_spin)
+        row.addWidget(QLabel("epochs"))
+        row.addWidget(self.cv_epochs_spin)
+        row.addWidget(self.cv_run_button)
+        row.addWidget(self.cv_stop_button)
+        row.addWidget(self.cv_open_button)
+        row.addStretch(1)
+        lay.addLayout(row)
+        lay.addWidget(self.cv_progress)
         lay.addWidget(self.cv_info)
         lay.addWidget(self.cv_table, 1)
         self.tabs.addTab(page, "Cross-validation")
@@ -175,7 +210,7 @@ class DiagnosticsWidget(QWidget):
         self.cv_table.setSortingEnabled(False)
         self.cv_table.setRowCount(0)
         if table is None or len(table) == 0:
-            self.cv_info.setText("No cross-validation was run (Map widget: cross-validate).")
+            self.cv_info.setText("No cross-validation yet: run one here or open a table (.csv).")
             return
         cols = [c for c in CV_COLUMNS if c in table.columns]
         self.cv_table.setColumnCount(len(cols))
@@ -195,6 +230,88 @@ class DiagnosticsWidget(QWidget):
         )
         self.cv_table.resizeColumnsToContents()
         self.cv_info.setText(cv_summary_text(table) + "; click a gene to show it.")
+
+    # ------------------------------------------------------------------ running a CV
+    def open_cv_table(self, path: str) -> pd.DataFrame | None:
+        """Read a cross-validation table (.csv with ``gene`` and ``pearson``) into the model."""
+        try:
+            table = pd.read_csv(path)
+            missing = {"gene", "pearson"} - set(table.columns)
+            if missing:
+                raise ValueError(
+                    f"{path} has no column {sorted(missing)[0]!r}; give a table written by "
+                    "`napari-spatial-impute evaluate`."
+                )
+        except Exception as exc:
+            notify_error(exc)
+            return None
+        self.model.set_cv_table(table)
+        return table
+
+    def _browse_cv(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Cross-validation table", "", "CSV (*.csv)")
+        if path:
+            self.open_cv_table(path)
+
+    def run_cv(self) -> Any:
+        """Start a leave-genes-out cross-validation in a worker thread (result's settings)."""
+        from napari.qt.threading import thread_worker
+
+        ref, spa, result = self.model.reference, self.model.spatial, self.model.result
+        if ref is None or spa is None:
+            notify_error(
+                ValueError(
+                    "cross-validation needs the reference and the spatial data; load both first."
+                )
+            )
+            return None
+        params = (
+            dict(result.uns.get("spatial_impute", {}).get("params", {}))
+            if result is not None
+            else {}
+        )
+        if self.model.cluster_key and "cluster_key" not in params:
+            params["cluster_key"] = self.model.cluster_key
+        kwargs = cv_kwargs(params, self.cv_epochs_spin.value())
+        folds = self.folds_spin.value()
+        self._cv_cancel = threading.Event()
+        worker = thread_worker(
+            iter_cross_validation, progress={"total": folds, "desc": "cross-validation"}
+        )(ref, spa, self._cv_cancel, folds, **kwargs)
+        worker.yielded.connect(self._on_cv_progress)
+        worker.returned.connect(self._on_cv_done)
+        worker.errored.connect(notify_error)
+        worker.finished.connect(self._on_cv_finished)
+        self.cv_progress.setRange(0, folds)
+        self.cv_progress.setValue(0)
+        self.cv_progress.setVisible(True)
+        self.cv_run_button.setEnabled(False)
+        self.cv_stop_button.setEnabled(True)
+        self.cv_info.setText(f"cross-validating {folds} folds...")
+        self._cv_worker = worker
+        worker.start()
+        return worker
+
+    def stop_cv(self) -> None:
+        """Stop a running cross-validation after its current epoch."""
+        self._cv_cancel.set()
+        if self._cv_worker is not None:
+            self._cv_worker.quit()
+
+    def _on_cv_progress(self, step: tuple[int, int]) -> None:
+        self.cv_progress.setValue(int(step[0]))
+
+    def _on_cv_done(self, table: pd.DataFrame | None) -> None:
+        if table is not None:
+            self.model.set_cv_table(table)
+        else:
+            self.cv_info.setText("cross-validation stopped.")
+
+    def _on_cv_finished(self) -> None:
+        self.cv_progress.setVisible(False)
+        self.cv_run_button.setEnabled(True)
+        self.cv_stop_button.setEnabled(False)
+        self._cv_worker = None
 
     # ------------------------------------------------------------------ gene clicks
     def open_gene(self, gene: str) -> list:
