@@ -233,6 +233,7 @@ def spatial_layers(
     name: str | None = None,
     role: str | None = None,
     size: float | None = None,
+    detect_fov: bool = True,
 ) -> list[LayerData]:
     """One Points layer-data tuple per FOV of a spatial (or result) AnnData.
 
@@ -251,12 +252,14 @@ def spatial_layers(
         ``"spatial"`` or ``"result"``; guessed from ``adata`` when ``None``.
     size
         Point diameter in data units; ``None`` uses the median nearest-neighbour distance.
+    detect_fov
+        With ``fov_key=None``, look for a usual FOV column; ``False`` makes all cells one FOV.
     """
     role = role or role_of(adata)
     if fov_key is None and role == "result":
         stored = adata.uns.get(UNS_KEY, {}).get("fov_key")
         fov_key = str(stored) if stored and stored in adata.obs.columns else None
-    fov_key = find_fov_key(adata, fov_key)
+    fov_key = find_fov_key(adata, fov_key) if (fov_key is not None or detect_fov) else None
     key = result_cluster_key(adata) if role == "result" else None
     if color_by is None and key:
         color_by = f"{key}_predicted"

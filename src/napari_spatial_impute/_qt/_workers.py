@@ -109,4 +109,4 @@ def result_layers(result: MappingResult, fov_key: str | None = None) -> tuple[ad
     adata = result.to_anndata()
     if fov_key:
         adata.uns["spatial_impute"]["fov_key"] = fov_key
-    return adata, spatial_layers(adata, fov_key=fov_key, role="result", name=None if result_cluster_key(adata) else "mapped cells")
+    return adata, spatial_layers(adata, fov_key=fov_key, detect_fov=False, role="result", name=None if result_cluster_key(adata) else "mapped cells")

@@ -11,6 +11,7 @@ from typing import Any
 import anndata as ad
 from napari.layers import Points
 from napari.qt.threading import thread_worker
+from napari.utils.notifications import show_error
 from qtpy.QtWidgets import (
     QComboBox,
     QFileDialog,
@@ -23,6 +24,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from .._errors import InputError
 from ..io import find_fov_key, fov_labels, read_h5ad, validate_adata
 from ..layers import (
     bounds_of,
@@ -34,6 +36,7 @@ from ..layers import (
     spatial_layers,
 )
 from ._sync import connect_model
+from ._workers import Failed
 
 NONE = "(none)"
 FROM_FILE = "(file below)"
@@ -173,13 +176,16 @@ class LoadWidget(QWidget):
             self.status.setText("Choose a reference and/or a spatial .h5ad file (or a layer).")
             return None
 
-        def read() -> tuple[ad.AnnData | None, ad.AnnData | None, bool, bool]:
-            r = read_h5ad(ref, "reference") if isinstance(ref, str) else ref
-            s = read_h5ad(spa, "spatial") if isinstance(spa, str) else spa
-            if r is not None:
-                validate_adata(r, "reference")
-            if s is not None:
-                validate_adata(s, "spatial", require_spatial=True)
+        def read() -> tuple[ad.AnnData | None, ad.AnnData | None, bool, bool] | Failed:
+            try:
+                r = read_h5ad(ref, "reference") if isinstance(ref, str) else ref
+                s = read_h5ad(spa, "spatial") if isinstance(spa, str) else spa
+                if r is not None:
+                    validate_adata(r, "reference")
+                if s is not None:
+                    validate_adata(s, "spatial", require_spatial=True)
+            except InputError as exc:
+                return Failed(str(exc).splitlines()[0])
             return r, s, isinstance(ref, str), isinstance(spa, str)
 
         self.worker = thread_worker(read, start_thread=False)()
@@ -191,7 +197,11 @@ class LoadWidget(QWidget):
         self.worker.start()
         return self.worker
 
-    def _on_loaded(self, value: tuple[ad.AnnData | None, ad.AnnData | None, bool, bool]) -> None:
+    def _on_loaded(self, value: tuple[ad.AnnData | None, ad.AnnData | None, bool, bool] | Failed) -> None:
+        if isinstance(value, Failed):
+            self.status.setText(f"Error: {value.message}")
+            show_error(value.message)
+            return
         ref, spa, ref_new, spa_new = value
         if ref is not None:
             self.model.set_reference(ref)
@@ -235,7 +245,7 @@ class LoadWidget(QWidget):
         spa = self.model.spatial
         if spa is None:
             return []
-        data = spatial_layers(spa, fov_key=self.model.fov_key, color_by=self._key(self.color_combo.currentText()), name="spatial", role="spatial")
+        data = spatial_layers(spa, fov_key=self.model.fov_key, color_by=self._key(self.color_combo.currentText()), name="spatial", role="spatial", detect_fov=False)
         new = [Points(d, **kw) for d, kw, _ in data]
         for old in self.spatial_layers:
             if old in self.viewer.layers:

@@ -1,0 +1,141 @@
+"""Load widget: files and plugin layers into the model, per-FOV layers, reference UMAP beside."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from napari_spatial_impute._qt._sync import viewer_model
+from napari_spatial_impute._qt.load_widget import FROM_FILE, NONE, LoadWidget, data_summary
+from napari_spatial_impute.datasets import bundled_paths
+from napari_spatial_impute.layers import plugin_meta
+
+
+def _wait(qtbot, worker, timeout=180_000):
+    if worker is not None and worker.is_running:
+        with qtbot.waitSignal(worker.finished, timeout=timeout):
+            pass
+
+
+def _world_bounds(layer):
+    d = np.asarray(layer.data)[:, -2:] * np.asarray(layer.scale)[-2:] + np.asarray(layer.translate)[-2:]
+    return d.min(axis=0), d.max(axis=0)
+
+
+@pytest.fixture
+def viewer_widget(make_napari_viewer_proxy, qtbot):
+    viewer = make_napari_viewer_proxy()
+    w = LoadWidget(viewer)
+    qtbot.addWidget(w)
+    return viewer, w
+
+
+def test_load_bundled_pair(viewer_widget, qtbot):
+    viewer, w = viewer_widget
+    ref_path, sp_path = bundled_paths()
+    w.reference_row.path.setText(str(ref_path))
+    w.spatial_row.path.setText(str(sp_path))
+    worker = w.load()
+    _wait(qtbot, worker)
+    qtbot.waitUntil(lambda: w.umap_worker is not None, timeout=10_000)
+    _wait(qtbot, w.umap_worker)
+    qtbot.waitUntil(lambda: w.reference_points is not None, timeout=10_000)
+
+    model = viewer_model(viewer)
+    assert model.reference.n_obs == 1308 and model.spatial.n_obs == 750
+    assert model.cluster_key == "cell_type" and model.fov_key is None
+    assert w.cluster_combo.currentText() == "cell_type"
+    assert w.fov_combo.currentText() == NONE
+    text = w.summary.text()
+    assert "1,308 cells x 134 genes, 14 clusters" in text
+    assert "750 cells x 134 genes, 1 FOV" in text and "Shared genes: 134" in text
+
+    assert [layer.name for layer in viewer.layers] == ["spatial", "reference UMAP"]
+    tissue, umap = viewer.layers
+    assert len(tissue.data) == 750 and len(umap.data) == 1308
+    assert "X_umap" in model.reference.obsm
+    # the reference is coloured by cluster and sits right of the tissue, same height scale
+    assert umap.face_color_mode == "cycle"
+    assert len(np.unique(umap.face_color, axis=0)) == 14
+    (t_lo, t_hi), (u_lo, u_hi) = _world_bounds(tissue), _world_bounds(umap)
+    assert u_lo[1] > t_hi[1], "UMAP is to the right of the tissue"
+    assert np.isclose(u_hi[0] - u_lo[0], t_hi[0] - t_lo[0], rtol=0.05)
+    assert plugin_meta(umap)["adata"] is model.reference
+
+    # changing the cluster key recolours the same layer (no new layer)
+    w.cluster_combo.setCurrentText(NONE)
+    assert model.cluster_key is None and len(viewer.layers) == 2
+    assert len(np.unique(umap.face_color, axis=0)) == 1
+    w.cluster_combo.setCurrentText("cell_type")
+    assert len(np.unique(umap.face_color, axis=0)) == 14
+
+
+def test_fov_layers_and_recolouring(viewer_widget, qtbot, merfish):
+    viewer, w = viewer_widget
+    _, spa = merfish
+    x = spa.obsm["spatial"][:, 0]
+    spa.obs["fov"] = pd.Categorical(np.digitize(x, np.quantile(x, [0.25, 0.5, 0.75])).astype(str))
+    spa.obs["area"] = np.linspace(1, 2, spa.n_obs).astype(np.float32)
+    model = viewer_model(viewer)
+    model.set_spatial(spa)
+    w._on_loaded((None, spa, False, True))
+    assert model.fov_key == "fov" and w.fov_combo.currentText() == "fov"
+    assert sorted(layer.name for layer in viewer.layers) == [f"spatial [{i}]" for i in range(4)]
+    assert sum(len(layer.data) for layer in viewer.layers) == 750
+    assert "4 FOVs" in w.summary.text()
+    first = list(viewer.layers)
+    w.color_combo.setCurrentText("area")
+    assert list(viewer.layers) == first, "recolouring keeps the layers"
+    assert all(layer.face_color_mode == "colormap" for layer in viewer.layers)
+    w.color_combo.setCurrentText("fov")
+    assert all(layer.face_color_mode == "cycle" for layer in viewer.layers)
+    colours = {tuple(np.round(layer.face_color[0], 3)) for layer in viewer.layers}
+    assert len(colours) == 4, "each FOV has its own category colour"
+    w.fov_combo.setCurrentText(NONE)
+    assert [layer.name for layer in viewer.layers] == ["spatial"]
+    assert model.fov_key is None
+
+
+def test_data_from_plugin_layers(viewer_widget, qtbot):
+    viewer, w = viewer_widget
+    from napari_spatial_impute._reader import read_h5ad_layers  # noqa: F401  (reader import works)
+    from napari_spatial_impute.datasets import load_merfish_hypothalamus
+    from napari_spatial_impute.layers import spatial_layers
+
+    _, spa = load_merfish_hypothalamus()
+    for data, kw, _ in spatial_layers(spa, name="opened"):
+        viewer.add_points(data, **kw)
+    model = viewer_model(viewer)
+    assert model.spatial is spa, "a plugin layer added to the viewer fills the model"
+    choices = [w.spatial_row.layer_combo.itemText(i) for i in range(w.spatial_row.layer_combo.count())]
+    assert choices == [FROM_FILE, "opened"]
+    w.spatial_row.layer_combo.setCurrentText("opened")
+    worker = w.load()
+    _wait(qtbot, worker)
+    qtbot.waitUntil(lambda: "Loaded" in w.status.text(), timeout=10_000)
+    assert len(viewer.layers) == 1, "data taken from a layer is not added twice"
+    assert "750 cells" in w.summary.text()
+
+
+def test_bad_file_is_reported(viewer_widget, qtbot, tmp_path):
+    viewer, w = viewer_widget
+    bad = tmp_path / "bad.h5ad"
+    bad.write_text("not hdf5")
+    w.spatial_row.path.setText(str(bad))
+    errors = []
+    worker = w.load()
+    worker.errored.connect(errors.append)
+    _wait(qtbot, worker)
+    qtbot.waitUntil(lambda: w.status.text().startswith("Error"), timeout=10_000)
+    assert not errors, "a bad file is the user's to fix: a notification, not a crash"
+    assert "cannot read spatial file" in w.status.text()
+    assert len(viewer.layers) == 0 and viewer_model(viewer).spatial is None
+
+
+def test_summary_text(merfish):
+    ref, spa = merfish
+    spa.var_names = [g.upper() for g in spa.var_names]
+    text = data_summary(ref, spa, "cell_type", None)
+    assert "Shared genes: 134" in text, "gene names match case-insensitively"
+    assert data_summary(None, None, None, None) == "Nothing loaded yet."
