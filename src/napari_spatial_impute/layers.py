@@ -519,15 +519,21 @@ def _plugin_points_to_anndata(src: ad.AnnData, pts: Sequence[tuple[Any, Mapping[
     out.obsm[coord_key] = xy.astype(old.dtype, copy=False) if old.shape[1] == xy.shape[1] else xy
     feats = pd.concat(frames, ignore_index=True).iloc[order].reset_index(drop=True)
     for col in feats.columns:
-        new = feats[col].to_numpy()
-        if col in out.obs.columns:
-            cur = out.obs[col]
-            if _same_values(cur.to_numpy(), new):
-                continue
-        out.obs[col] = new if not isinstance(feats[col].dtype, pd.CategoricalDtype) else pd.Categorical(
-            feats[col].astype(object).to_numpy(), categories=feats[col].cat.categories
-        )
+        new = _writable(feats[col])
+        if col in out.obs.columns and _same_values(out.obs[col].to_numpy(), new.to_numpy()):
+            continue
+        out.obs[col] = new.to_numpy() if not isinstance(new.dtype, pd.CategoricalDtype) else pd.Categorical(new)
     return out
+
+
+def _writable(values: pd.Series) -> pd.Series:
+    """A column h5ad can store: mixed objects (e.g. a column only some layers have) become text categories."""
+    if values.dtype != object:
+        return values
+    inferred = values.infer_objects()
+    if inferred.dtype != object:
+        return inferred
+    return pd.Series(pd.Categorical(values.where(values.isna(), values.astype(str))), index=values.index)
 
 
 def _same_values(a: np.ndarray, b: np.ndarray) -> bool:

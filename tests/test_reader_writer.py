@@ -1,0 +1,133 @@
+"""Reader, writer and sample data of the napari plugin (no viewer needed)."""
+
+from __future__ import annotations
+
+import anndata as ad
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+
+from napari_spatial_impute import map_cells_to_space
+from napari_spatial_impute._reader import napari_get_reader
+from napari_spatial_impute._sample_data import merfish_mapping, merfish_pair
+from napari_spatial_impute._writer import write_points_h5ad
+from napari_spatial_impute.layers import META_KEY, source_adata
+
+
+@pytest.fixture(scope="module")
+def result_file(tmp_path_factory, merfish_pair):
+    ref, spa = merfish_pair
+    res = map_cells_to_space(ref.copy(), spa.copy(), cluster_key="cell_type", epochs=20).to_anndata()
+    x = res.obsm["spatial"][:, 0]
+    res.obs["fov"] = pd.Categorical(np.where(x < np.median(x), "1", "2"))
+    path = tmp_path_factory.mktemp("res") / "result.h5ad"
+    res.write_h5ad(path)
+    return path
+
+
+def _assert_same(a: ad.AnnData, b: ad.AnnData) -> None:
+    assert list(a.obs_names) == list(b.obs_names) and list(a.var_names) == list(b.var_names)
+    np.testing.assert_array_equal(np.asarray(a.X), np.asarray(b.X))
+    pd.testing.assert_frame_equal(a.obs, b.obs)
+    pd.testing.assert_frame_equal(a.var, b.var)
+    assert set(a.obsm) == set(b.obsm)
+    for k in a.obsm:
+        va, vb = a.obsm[k], b.obsm[k]
+        if isinstance(va, pd.DataFrame):
+            pd.testing.assert_frame_equal(va, vb)
+        else:
+            np.testing.assert_array_equal(va, vb)
+    ia, ib = a.uns["spatial_impute"], b.uns["spatial_impute"]
+    assert ia["params"] == ib["params"]
+    for k, v in ia["history"].items():
+        np.testing.assert_array_equal(v, ib["history"][k])
+
+
+def test_reader_opens_result_per_fov(result_file):
+    reader = napari_get_reader(str(result_file))
+    assert callable(reader)
+    layers = reader(str(result_file))
+    assert [kw["name"] for _, kw, _ in layers] == ["most likely cell_type · FOV 1", "most likely cell_type · FOV 2"]
+    adata = source_adata(layers[0][1]["metadata"])
+    assert adata.n_vars == 134 and "cluster_probabilities" in adata.obsm, "imputed genes come with the layers"
+    assert all(isinstance(kw["features"]["cell_type_predicted"].dtype, pd.CategoricalDtype) for _, kw, _ in layers)
+    assert sum(len(d) for d, _, _ in layers) == 750
+
+
+def test_read_write_read_round_trip(result_file, tmp_path):
+    first = napari_get_reader(str(result_file))(str(result_file))
+    out = write_points_h5ad(str(tmp_path / "again"), first)
+    assert out == [str(tmp_path / "again.h5ad")]
+    second = napari_get_reader(out[0])(out[0])
+    _assert_same(ad.read_h5ad(result_file), ad.read_h5ad(out[0]))
+    for (d1, k1, _), (d2, k2, _) in zip(first, second, strict=True):
+        np.testing.assert_array_equal(d1, d2)
+        pd.testing.assert_frame_equal(k1["features"], k2["features"])
+        assert k1["name"] == k2["name"]
+
+
+def test_writer_saves_moved_points_and_new_features(result_file, tmp_path):
+    layers = napari_get_reader(str(result_file))(str(result_file))
+    data, kw, t = layers[1]
+    data = data + np.array([1.0, 0.0])  # move FOV 2 down by 1 (y)
+    kw = dict(kw, features=kw["features"].assign(checked=True))
+    out = write_points_h5ad(str(tmp_path / "edited.h5ad"), [layers[0], (data, kw, t)])[0]
+    back = ad.read_h5ad(out)
+    orig = ad.read_h5ad(result_file)
+    in2 = (orig.obs["fov"] == "2").to_numpy()
+    np.testing.assert_allclose(back.obsm["spatial"][in2, 1], orig.obsm["spatial"][in2, 1] + 1.0)
+    np.testing.assert_array_equal(back.obsm["spatial"][~in2], orig.obsm["spatial"][~in2])
+    checked = back.obs["checked"].astype(object)
+    assert (checked[in2] == "True").all(), "a column only one layer has is saved as text"
+    assert checked[~in2].isna().all(), "with missing values for the other layers' cells"
+    np.testing.assert_array_equal(back.X, orig.X)
+
+
+def test_reader_rejects_what_it_cannot_show(tmp_path, merfish_pair):
+    assert napari_get_reader(str(tmp_path / "x.tif")) is None
+    junk = tmp_path / "junk.h5ad"
+    junk.write_bytes(b"not an hdf5 file")
+    assert napari_get_reader(str(junk)) is None
+    plain = tmp_path / "plain.h5ad"
+    with h5py.File(plain, "w") as f:
+        f.create_dataset("values", data=np.arange(3))
+    assert napari_get_reader(str(plain)) is None
+    ref, _ = merfish_pair
+    no_coords = tmp_path / "ref.h5ad"
+    ref.write_h5ad(no_coords)  # no obsm['spatial'] nor X_umap: nothing to draw
+    assert napari_get_reader(str(no_coords)) is None
+    assert napari_get_reader([str(junk), str(no_coords)]) is None
+
+
+def test_reader_opens_reference_with_umap(tmp_path, merfish_pair):
+    ref, _ = merfish_pair
+    ref = ref.copy()
+    ref.obsm["X_umap"] = np.random.default_rng(0).normal(size=(ref.n_obs, 2)).astype(np.float32)
+    path = tmp_path / "ref.h5ad"
+    ref.write_h5ad(path)
+    (data, kw, _), = napari_get_reader(str(path))(str(path))
+    assert data.shape == (1308, 2) and kw["face_color"] == "cell_type"
+    assert kw["metadata"][META_KEY]["role"] == "reference"
+
+
+def test_shared_data_with_fovs(shared_data):
+    path = shared_data / "merfish_mop" / "spatial.h5ad"
+    if not path.exists():
+        pytest.skip("merfish_mop is not in the shared data folder")
+    layers = napari_get_reader(str(path))(str(path))
+    assert len(layers) == 4, "one layer per slice"
+    adata = source_adata(layers[0][1]["metadata"])
+    assert sum(len(d) for d, _, _ in layers) == adata.n_obs
+
+
+def test_sample_data_returns_layers():
+    pair = merfish_pair()
+    assert [kw["name"] for _, kw, _ in pair] == ["MERFISH spatial", "MERFISH reference UMAP"]
+    assert len(pair[0][0]) == 750 and len(pair[1][0]) == 1308
+    mapping = merfish_mapping()
+    assert len(mapping) == 1
+    data, kw, kind = mapping[0]
+    assert kind == "points" and len(data) == 750
+    res = source_adata(kw["metadata"])
+    assert res.n_vars == 134 and res.uns["spatial_impute"]["training_score"] > 0.5
