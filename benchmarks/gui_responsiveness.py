@@ -53,11 +53,21 @@ class Heartbeat:
         from qtpy.QtCore import QTimer
 
         self.interval = interval_ms / 1000
-        self.phase = "setup"
+        self._phase = "setup"
+        self.switches: list[tuple[float, str]] = [(time.perf_counter(), "setup")]
         self.ticks: list[tuple[float, str]] = []
         self.timer = QTimer()
         self.timer.setInterval(interval_ms)
         self.timer.timeout.connect(self._tick)
+
+    @property
+    def phase(self) -> str:
+        return self._phase
+
+    @phase.setter
+    def phase(self, value: str) -> None:
+        self._phase = value
+        self.switches.append((time.perf_counter(), value))
 
     def _tick(self) -> None:
         self.ticks.append((time.perf_counter(), self.phase))
@@ -69,13 +79,28 @@ class Heartbeat:
         self.timer.stop()
 
     def stalls(self) -> pd.DataFrame:
-        """One row per gap: the phase of the tick that ended it and the stall in ms."""
+        """One row per gap between heartbeats: the stall in ms and the phase it overlaps most.
+
+        A handler that blocks the main thread (e.g. adding layers) starts and ends inside one
+        gap, so attributing a gap by its overlap with the phase intervals puts it where it belongs.
+        """
         if len(self.ticks) < 2:
             return pd.DataFrame(columns=["phase", "stall_ms"])
         t = np.array([x for x, _ in self.ticks])
-        ph = [p for _, p in self.ticks][1:]
+        sw_t = np.array([x for x, _ in self.switches] + [np.inf])
+        sw_p = [p for _, p in self.switches]
+        phases = []
+        for a, b in zip(t[:-1], t[1:], strict=True):
+            i0 = max(int(np.searchsorted(sw_t, a, side="right")) - 1, 0)
+            i1 = max(int(np.searchsorted(sw_t, b, side="right")) - 1, 0)
+            best, best_len = sw_p[i0], -1.0
+            for i in range(i0, i1 + 1):
+                ov = min(b, sw_t[i + 1]) - max(a, sw_t[i])
+                if ov > best_len:
+                    best, best_len = sw_p[i], ov
+            phases.append(best)
         gap = np.diff(t) - self.interval
-        return pd.DataFrame({"phase": ph, "stall_ms": np.maximum(gap, 0.0) * 1000})
+        return pd.DataFrame({"phase": phases, "stall_ms": np.maximum(gap, 0.0) * 1000})
 
 
 def _process_until(app: Any, cond, timeout: float) -> None:  # noqa: ANN001
@@ -101,6 +126,59 @@ def map_widget_api() -> str | None:
     except Exception:
         return None
     return "napari_spatial_impute._qt.map_widget"
+
+
+def run_once_widget(viewer: Any, app: Any, widget: Any, args: argparse.Namespace, hb: Heartbeat,
+                    genes: list[str]) -> dict[str, Any]:
+    """Press the Map widget's run (``MapWidget.run``) and wait; time its result handler."""
+    from napari_spatial_impute._qt.layer_ops import open_gene
+
+    state: dict[str, Any] = {"done": False, "epochs_seen": 0, "error": None}
+    original = type(widget)._on_returned
+    steps: dict[str, float] = {}
+
+    def on_returned(value: Any) -> None:  # the widget's own handler, bracketed by phase marks
+        hb.phase = f"layers#{args._repeat}"
+        t = time.perf_counter()
+        original(widget, value)
+        steps["MapWidget._on_returned (result into model, cluster layers added)"] = time.perf_counter() - t
+        hb.phase = f"mapping#{args._repeat}"  # until the worker's finished signal
+
+    widget._on_returned = on_returned  # connected by run() from the instance attribute
+    widget.epochs.setValue(args.epochs)
+    hb.phase = f"mapping#{args._repeat}"
+    t0 = time.perf_counter()
+    worker = widget.run()
+    if worker is None:
+        raise RuntimeError("the Map widget did not start (no data in the model?)")
+    _KEEP.append(worker)
+    worker.yielded.connect(lambda *_: state.__setitem__("epochs_seen", state["epochs_seen"] + 1))
+    worker.errored.connect(lambda e: state.__setitem__("error", repr(e)))
+    worker.finished.connect(lambda: state.__setitem__("done", True))
+    _process_until(app, lambda: state["done"], args.timeout)
+    t_map = time.perf_counter() - t0
+    if state["error"]:
+        raise RuntimeError(state["error"])
+    hb.phase = "idle_after"
+    _spin(app, 0.5)
+    adata = widget.model.result
+    hb.phase = f"layers#{args._repeat}"
+    t1 = time.perf_counter()
+    for g in genes:  # what the Explore widget does when a gene is chosen
+        t = time.perf_counter()
+        open_gene(viewer, adata, g)
+        steps[f"open_gene({g}) (imputed + measured layers)"] = time.perf_counter() - t
+        t = time.perf_counter()
+        app.processEvents()
+        steps[f"open_gene({g}): next events/draw"] = time.perf_counter() - t
+    _spin(app, 0.5)
+    t_layers = time.perf_counter() - t1 + steps.get(
+        "MapWidget._on_returned (result into model, cluster layers added)", 0.0)
+    hb.phase = "idle_end"
+    _spin(app, 0.3)
+    hb.phase = "idle"
+    return {"map_s": t_map, "layers_s": t_layers, "epochs_seen": state["epochs_seen"],
+            "layer_steps_s": steps}
 
 
 def run_once(viewer: Any, app: Any, ref: Any, spa: Any, args: argparse.Namespace, hb: Heartbeat,
@@ -204,6 +282,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--interval-ms", type=int, default=10)
     p.add_argument("--genes", type=int, default=2, help="imputed gene layers to add")
     p.add_argument("--timeout", type=float, default=1800)
+    p.add_argument("--no-widget", action="store_true", help="drive a thread_worker even if the Map widget exists")
     p.add_argument("--tag", default="")
     p.add_argument("--out-dir", type=Path, default=common.BENCH_OUT)
     return p.parse_args(argv)
@@ -218,19 +297,37 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     info["args"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     info["qt_platform"] = os.environ.get("QT_QPA_PLATFORM", "(default)")
     info["display"] = os.environ.get("DISPLAY", "")
-    widget = map_widget_api()
-    info["driver"] = (
-        "own thread_worker around map_cells_to_space (a worker thread runs the mapping and streams "
-        "per-epoch info to the main thread; layers added with _qt.layer_ops.open_predicted/open_gene)"
-    )
-    info["map_widget_module"] = widget or "absent when this ran"
+    widget_mod = map_widget_api()
+    use_widget = widget_mod is not None and not args.no_widget
     ref, spa = common.simulate_pair(args.n_ref, args.n_sp, args.n_genes, seed=0)
     genes = list(ref.var_names[: args.genes])
     viewer = napari.Viewer(show=True)
     app = QApplication.instance()
-    from napari_spatial_impute.explore import coords_yx  # noqa: F401  (same import path as widgets)
-
     viewer.add_points(np.asarray(spa.obsm["spatial"])[:, ::-1], size=4, name="spatial cells")
+    widget = None
+    if use_widget:
+        from napari_spatial_impute._model import get_model
+        from napari_spatial_impute._qt.map_widget import MapWidget
+
+        widget = MapWidget(viewer)
+        viewer.window.add_dock_widget(widget, name="Map", area="right")
+        model = get_model(viewer)
+        model.set_reference(ref)
+        model.set_spatial(spa)
+        model.set_keys(cluster_key="cell_type")
+        app.processEvents()
+        info["driver"] = (
+            "the plugin's Map widget (MapWidget docked in the shown viewer; run() as the Map button "
+            "does; its worker streams epochs to the progress bar and score plot; its result handler "
+            "adds the most-likely-cluster layer), then _qt.layer_ops.open_gene per gene as the "
+            "Explore widget does"
+        )
+    else:
+        info["driver"] = (
+            "own thread_worker around map_cells_to_space (a worker thread runs the mapping and streams "
+            "per-epoch info to the main thread; layers added with _qt.layer_ops.open_predicted/open_gene)"
+        )
+    info["map_widget_module"] = widget_mod or "absent when this ran"
     hb = Heartbeat(args.interval_ms)
     hb.start()
     _spin(app, 0.5)
@@ -241,7 +338,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         load = common.loadavg()
         args._repeat = r
         log(f"repeat {r + 1}/{args.repeats}: mapping {args.n_ref}x{args.n_sp}x{args.n_genes}, {args.epochs} epochs (load {load})")
-        out = run_once(viewer, app, ref, spa, args, hb, genes)
+        if widget is not None:
+            out = run_once_widget(viewer, app, widget, args, hb, genes)
+        else:
+            out = run_once(viewer, app, ref, spa, args, hb, genes)
         out["repeat"] = r
         out["loadavg_1m"] = load
         runs.append(out)
