@@ -11,19 +11,28 @@ from typing import Any, Literal
 import anndata as ad
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 import torch
 
 from ._errors import InputError, MappingCancelled
+from .candidates import candidate_pairs, merge_pairs
 from .genes import GenePlan, plan_genes
 from .io import validate_adata, validate_spatial_coordinates
 from .objective import TERMS, BlockAdam, DenseObjective, Weights, tangram_loss
 from .preprocess import Transform, apply_transform, check_transform, cluster_profiles, dense_columns
-from .resources import check_fits, estimate_dense_mapping, resolve_device
+from .resources import check_fits, estimate_dense_mapping, estimate_lean_mapping, resolve_device
+from .sparse_objective import CandidateObjective
 
 Mode = Literal["cells", "clusters", "constrained"]
+Engine = Literal["exact", "lean", "auto"]
+ENGINES: tuple[str, ...] = ("exact", "lean", "auto")
+#: Dense mappings above this many entries use the lean engine when ``engine="auto"``.
+AUTO_LEAN_ENTRIES = 50_000_000
 MODES: tuple[str, ...] = ("cells", "clusters", "constrained")
 DENSITIES: tuple[str, ...] = ("uniform", "rna_count_based", "none")
 CancelFlag = threading.Event | Callable[[], bool] | None
+#: A pair added by the lean engine starts this far (in log-probability) below its row's total.
+NEW_PAIR_LOGIT_OFFSET = 8.0
 #: Mappings with fewer elements than this run single-threaded on the CPU.
 SMALL_PROBLEM = 1 << 24
 
@@ -91,6 +100,15 @@ class TangramMapper:
     num_threads
         CPU threads per epoch; ``None`` uses one thread for small mappings and torch's
         setting otherwise.
+    pairs
+        ``(rows, cols)`` candidate pairs for the lean engine (see
+        :func:`~napari_spatial_impute.candidates.candidate_pairs`); ``None`` maps densely.
+    refresh_every
+        Lean engine: every this many epochs, add for each spatial cell the
+        ``refresh_candidates`` pairs whose mass would lower the loss most and drop pairs whose
+        probability fell below ``prune_below`` (0 disables refreshing).
+    refresh_candidates, prune_below
+        See ``refresh_every``.
     """
 
     def __init__(
@@ -108,6 +126,10 @@ class TangramMapper:
         target_count: int | None = None,
         constrained: bool = False,
         num_threads: int | None = None,
+        pairs: tuple[torch.Tensor, torch.Tensor] | None = None,
+        refresh_every: int = 25,
+        refresh_candidates: int = 10,
+        prune_below: float = 1e-5,
     ) -> None:
         self.device = torch.device(device)
         self.num_threads = num_threads
@@ -125,6 +147,22 @@ class TangramMapper:
         n, s = self.S.shape[0], self.G.shape[0]
         gen = torch.Generator(device="cpu")
         gen.manual_seed(0 if seed is None else int(seed))
+        self.pairs = pairs
+        self.refresh_every = refresh_every
+        self.refresh_candidates = refresh_candidates
+        self.prune_below = prune_below
+        self.history: dict[str, list[float]] = {k: [] for k in TERMS}
+        self.epochs_done = 0
+        self.F: torch.Tensor | None = None
+        if pairs is not None:
+            if constrained:
+                raise InputError("the lean engine does not support constrained mode; use engine='exact'.")
+            rows, cols = (p.to(self.device) for p in pairs)
+            self.M = torch.randn((rows.shape[0],), generator=gen, dtype=dt).to(self.device)
+            w = None if self.d_source is None else self.d_source
+            self.objective = CandidateObjective(self.S, self.G, weights, rows, cols, d=self.d, w=w)
+            self._adam = BlockAdam(self.M, lr=learning_rate)
+            return
         if init is not None:
             init = np.asarray(init, dtype=np.float32)
             if init.shape != (n, s):
@@ -133,9 +171,6 @@ class TangramMapper:
         else:
             M = torch.randn((n, s), generator=gen, dtype=dt).to(self.device)
         self.M = M
-        self.F: torch.Tensor | None = None
-        self.history: dict[str, list[float]] = {k: [] for k in TERMS}
-        self.epochs_done = 0
         if constrained:
             self.F = torch.randn((n,), generator=gen, dtype=dt).to(self.device)
             self.M.requires_grad_(True)
@@ -143,7 +178,9 @@ class TangramMapper:
             self._torch_opt = torch.optim.Adam([self.M, self.F], lr=learning_rate)
             self.history.update(count_reg=[], f_reg=[])
         else:
-            self.objective = DenseObjective(self.S, self.G, weights, d=self.d, d_source=self.d_source)
+            self.objective = DenseObjective(
+                self.S, self.G, weights, d=self.d, d_source=self.d_source, workers=self.workers()
+            )
             self._adam = BlockAdam(self.M, lr=learning_rate)
 
     def step(self) -> dict[str, float]:
@@ -156,6 +193,12 @@ class TangramMapper:
             terms_t["total_loss"].backward()
             self._torch_opt.step()
             values = {k: float(v.detach()) for k, v in terms_t.items()}
+        elif self.pairs is not None:
+            values, grad = self.objective.value_and_grad(self.M)
+            self._adam.begin_step()
+            self._adam(slice(None), grad)
+            if self.refresh_every and (self.epochs_done + 1) % self.refresh_every == 0:
+                self._refresh_pairs()
         else:
             self._adam.begin_step()
             values = self.objective.value_and_update(self.M, self._adam)
@@ -164,13 +207,61 @@ class TangramMapper:
         self.epochs_done += 1
         return values
 
-    def threads(self) -> int:
-        """CPU threads used per epoch.
+    def _refresh_pairs(self) -> None:
+        """Lean engine: add the most promising pairs, drop negligible ones (working set)."""
+        obj = self.objective
+        new_rows, new_cols = obj.propose(self.refresh_candidates)
+        with torch.no_grad():
+            L = self.M
+            P = obj.probabilities(L)
+            n = obj.n
+            rowmax = torch.full((n,), -torch.inf, dtype=P.dtype, device=P.device)
+            rowmax.scatter_reduce_(0, obj.rows, P, reduce="amax", include_self=True)
+            keep = (P >= self.prune_below) | (P >= rowmax[obj.rows])
+            rows, cols = obj.rows[keep], obj.cols[keep]
+            L_keep = L[keep]
+            m1, m2 = self._adam.exp_avg[keep], self._adam.exp_avg_sq[keep]
+            lmax = torch.full((n,), -torch.inf, dtype=L.dtype, device=L.device)
+            lmax.scatter_reduce_(0, rows, L_keep, reduce="amax", include_self=True)
+            lse = lmax + torch.log(
+                torch.zeros(n, dtype=L.dtype, device=L.device).index_add_(0, rows, torch.exp(L_keep - lmax[rows]))
+            )
+            rows2, cols2, pos = merge_pairs(rows, cols, new_rows, new_cols, n)
+            L2 = lse[rows2] - NEW_PAIR_LOGIT_OFFSET
+            L2[pos] = L_keep
+            a1 = torch.zeros_like(L2)
+            a2 = torch.zeros_like(L2)
+            a1[pos] = m1
+            a2[pos] = m2
+        self.M = L2
+        self._adam.param, self._adam.exp_avg, self._adam.exp_avg_sq = L2, a1, a2
+        self.objective = CandidateObjective(self.S, self.G, self.weights, rows2, cols2, d=self.d, w=obj.w)
+        self.pairs = (rows2, cols2)
 
-        Small mappings run on one thread: torch's parallel regions cost more than they save
-        there, and far more when another process keeps a core busy (measured: 10x slower on
-        the bundled 1,308 x 750 pair with 2 threads on a loaded 2-core machine).
+    def workers(self) -> int:
+        """Worker threads of the exact engine on the CPU (each runs single-threaded kernels).
+
+        Small mappings use one: thread hand-offs cost more than they save there.
         """
+        if self.device.type != "cpu":
+            return 1
+        if self.num_threads is not None:
+            return max(1, self.num_threads)
+        if self.S.shape[0] * self.G.shape[0] < SMALL_PROBLEM:
+            return 1
+        return max(1, torch.get_num_threads())
+
+    def threads(self) -> int:
+        """torch's intra-op threads during an epoch.
+
+        Always one on the CPU for the exact engine, which parallelises over row shards itself
+        (see :class:`~napari_spatial_impute.objective.DenseObjective`): torch's own parallel
+        regions were 5-10x slower on a 2-core machine with another busy process (measured on
+        the bundled pair and on 4,000 x 20,000 simulated cells). The lean and constrained
+        engines use torch's setting for large problems.
+        """
+        if self.pairs is None and not self.constrained:
+            return 1
         if self.num_threads is not None:
             return self.num_threads
         if self.M.numel() < SMALL_PROBLEM:
@@ -196,9 +287,18 @@ class TangramMapper:
                     torch.set_num_threads(before)
             yield EpochInfo(e + 1, n_epochs, values)
 
-    def probabilities(self) -> np.ndarray:
-        """Row-stochastic mapping matrix (units x spatial cells) as float32 numpy."""
+    def probabilities(self) -> np.ndarray | sp.csr_matrix:
+        """Row-stochastic mapping matrix (units x spatial cells), float32.
+
+        Dense numpy for the exact engine, a scipy CSR matrix for the lean engine.
+        """
         with torch.no_grad():
+            if self.pairs is not None:
+                obj = self.objective
+                vals = obj.probabilities(self.M).cpu().numpy()
+                return sp.csr_matrix(
+                    (vals, (obj.rows.cpu().numpy(), obj.cols.cpu().numpy())), shape=(obj.n, obj.s)
+                )
             P = torch.softmax(self.M.detach(), dim=1)
             return P.cpu().numpy()
 
@@ -211,6 +311,8 @@ class TangramMapper:
 
     def objective_terms(self) -> dict[str, float]:
         """The objective's terms at the current mapping, without updating it."""
+        if self.pairs is not None:
+            return self.objective.value_and_grad(self.M, want_entropy=True)[0]
         if self.constrained:
             with torch.no_grad():
                 t = tangram_loss(self.M, self.S, self.G, self.weights, d=self.d, F=self.F, target_count=self.target_count)
@@ -279,7 +381,8 @@ class MappingResult:
     Attributes
     ----------
     probabilities
-        Row-stochastic mapping, reference units (cells or clusters) x spatial cells, float32.
+        Row-stochastic mapping, reference units (cells or clusters) x spatial cells, float32:
+        dense numpy (exact engine) or scipy CSR (lean engine).
     mode
         ``"cells"``, ``"clusters"`` or ``"constrained"``.
     reference
@@ -309,7 +412,7 @@ class MappingResult:
         Constrained mode's per-cell filter, else ``None``.
     """
 
-    probabilities: np.ndarray
+    probabilities: np.ndarray | sp.csr_matrix
     mode: str
     reference: ad.AnnData
     spatial: ad.AnnData
@@ -374,6 +477,9 @@ def map_cells_to_space(
     cancel: CancelFlag = None,
     init: np.ndarray | None = None,
     check_memory: bool = True,
+    engine: Engine = "exact",
+    candidates: int = 50,
+    reverse_candidates: int = 5,
 ) -> MappingResult:
     """Map reference cells (or clusters) onto spatial cells with the Tangram objective.
 
@@ -420,6 +526,15 @@ def map_cells_to_space(
         Initial logits (for parity checks and restarts).
     check_memory
         Refuse, before allocating, a mapping that would not fit in memory.
+    engine
+        ``"exact"``: the dense objective over all reference x spatial pairs (tangram-sc's
+        equation, hand-derived gradient). ``"lean"``: the same objective restricted to candidate
+        pairs (each spatial cell's ``candidates`` most similar reference cells and each reference
+        cell's ``reverse_candidates`` most similar spatial cells); memory and time grow linearly
+        with the cells. ``"auto"``: lean in cells mode when the reference has more cells than
+        ``candidates`` and the dense mapping has over 50 million entries, else exact.
+    candidates, reverse_candidates
+        Candidate pairs of the lean engine.
 
     Returns
     -------
@@ -430,6 +545,10 @@ def map_cells_to_space(
         raise InputError(f"mode {mode!r} is not known; use one of {', '.join(MODES)}.")
     if epochs < 0:
         raise InputError(f"epochs must be 0 or more, got {epochs}.")
+    if engine not in ENGINES:
+        raise InputError(f"engine {engine!r} is not known; use one of {', '.join(ENGINES)}.")
+    if candidates < 1 or reverse_candidates < 0:
+        raise InputError("candidates must be 1 or more and reverse_candidates 0 or more.")
     if learning_rate <= 0:
         raise InputError(f"learning rate must be positive, got {learning_rate}.")
     if lambda_g1 == 0:
@@ -486,11 +605,25 @@ def map_cells_to_space(
         raise InputError("lambda_d > 0 needs a density prior; use density='uniform' or 'rna_count_based'.")
 
     n_units = S.shape[0]
+    if engine == "auto":
+        lean = mode == "cells" and n_units > candidates and n_units * spatial.n_obs > AUTO_LEAN_ENTRIES
+    else:
+        lean = engine == "lean" and n_units > candidates
+    if engine == "lean" and mode == "constrained":
+        raise InputError("the lean engine does not support constrained mode; use engine='exact'.")
     if check_memory:
-        check_fits(estimate_dense_mapping(n_units, spatial.n_obs, S.shape[1]), dev, mode)
+        est = (
+            estimate_lean_mapping(n_units, spatial.n_obs, S.shape[1], candidates, reverse_candidates)
+            if lean
+            else estimate_dense_mapping(n_units, spatial.n_obs, S.shape[1])
+        )
+        check_fits(est, dev, mode)
 
     weights = Weights(lambda_g1, lambda_g2, float(lambda_d), lambda_r, lambda_count, lambda_f_reg)
     t_setup = time.perf_counter()
+    pairs = None
+    if lean:
+        pairs = candidate_pairs(torch.from_numpy(S), torch.from_numpy(G), candidates, reverse_candidates)
     mapper = TangramMapper(
         S,
         G,
@@ -503,6 +636,7 @@ def map_cells_to_space(
         init=init,
         target_count=target_count if target_count is not None else spatial.n_obs,
         constrained=mode == "constrained",
+        pairs=pairs,
     )
     t_train = time.perf_counter()
     for info in mapper.iterate(epochs, cancel=cancel):
@@ -511,10 +645,10 @@ def map_cells_to_space(
     t_done = time.perf_counter()
     P = mapper.probabilities()
 
-    pred = P.T @ S
+    pred = np.asarray(P.T @ S)
     if mode == "constrained":
         F = mapper.filter_probabilities()
-        pred = P.T @ (S * F[:, None])
+        pred = np.asarray(P.T @ (S * F[:, None]))
     scores = cosine_per_gene(pred, G)
     sp_sc = gene_sparsity(S if mode != "clusters" else dense_columns(ref_vals, plan.training_reference))
     sp_sp = gene_sparsity(G)
@@ -544,6 +678,10 @@ def map_cells_to_space(
         "transform": transform,
         "seed": -1 if seed is None else int(seed),
         "device": str(dev),
+        "engine": "lean" if lean else "exact",
+        "candidates": candidates if lean else 0,
+        "reverse_candidates": reverse_candidates if lean else 0,
+        "n_pairs": int(pairs[0].shape[0]) if lean else int(n_units) * int(spatial.n_obs),
         "reference_values": _describe(reference),
         "spatial_values": _describe(spatial),
     }

@@ -65,9 +65,15 @@ def mapped_units(result: MappingResult) -> tuple[np.ndarray, np.ndarray]:
     cell's mapped mass (``M_i*j / Σ_i M_ij``).
     """
     P = result.probabilities
-    idx = np.asarray(P.argmax(axis=0)).ravel()
-    col = P.sum(axis=0)
-    top = P[idx, np.arange(P.shape[1])]
+    if sp.issparse(P):
+        Pc = sp.csc_matrix(P)
+        idx = np.asarray(Pc.argmax(axis=0)).ravel()
+        top = Pc.max(axis=0).toarray().ravel()
+    else:
+        idx = np.asarray(P.argmax(axis=0)).ravel()
+        top = P[idx, np.arange(P.shape[1])]
+    col = np.asarray(P.sum(axis=0), dtype=np.float32).ravel()
+    top = np.asarray(top, dtype=np.float32)
     share = np.divide(top, col, out=np.zeros_like(top), where=col > 0)
     return idx, share.astype(np.float32)
 
@@ -106,7 +112,11 @@ def project_genes(
         idx = col_idx[a : a + GENE_CHUNK]
         if method == "probabilistic":
             U = _unit_matrix(result, idx)
-            block = (U.T @ P).T if sp.issparse(U) else P.T @ np.asarray(U, dtype=np.float32)
+            if sp.issparse(P):
+                block = P.T @ U
+                block = block.toarray() if sp.issparse(block) else block
+            else:
+                block = (U.T @ P).T if sp.issparse(U) else P.T @ np.asarray(U, dtype=np.float32)
         else:
             U = _unit_matrix(result, idx, mean=True)
             rows = U[unit_idx]
@@ -155,9 +165,9 @@ def project_cell_annotations(result: MappingResult, key: str | None = None) -> p
             raise InputError(
                 f"clusters mode mapped {result.cluster_key!r}; project that key or map in cells mode."
             )
-        mass = P * result.unit_weights[:, None]
+        mass = sp.diags(result.unit_weights) @ P if sp.issparse(P) else P * result.unit_weights[:, None]
         cats = list(result.unit_names)
-        counts = mass.T
+        counts = mass.toarray().T if sp.issparse(mass) else mass.T
     else:
         labels = pd.Categorical(result.reference.obs[key].astype(str))
         labels = labels.remove_unused_categories()
@@ -167,7 +177,8 @@ def project_cell_annotations(result: MappingResult, key: str | None = None) -> p
             shape=(len(labels), len(cats)),
         )
         w = P if result.filter_probabilities is None else P * result.filter_probabilities[:, None]
-        counts = np.asarray((onehot.T @ w).T)
+        counts = onehot.T @ w
+        counts = np.asarray(counts.toarray() if sp.issparse(counts) else counts).T
     total = counts.sum(axis=1, keepdims=True)
     probs = np.divide(counts, total, out=np.full_like(counts, 1.0 / len(cats)), where=total > 0)
     return pd.DataFrame(probs.astype(np.float32), index=result.spatial.obs_names.copy(), columns=cats)
@@ -183,6 +194,8 @@ def top_mapped_units(result: MappingResult, k: int = 10) -> tuple[np.ndarray, np
     """
     P = result.probabilities
     k = max(1, min(k, P.shape[0]))
+    if sp.issparse(P):
+        return _top_sparse(sp.csr_matrix(P.T), k)
     part = np.argpartition(-P, kth=k - 1, axis=0)[:k]  # k x n_sp
     vals = np.take_along_axis(P, part, axis=0)
     order = np.argsort(-vals, axis=0)
@@ -191,3 +204,23 @@ def top_mapped_units(result: MappingResult, k: int = 10) -> tuple[np.ndarray, np
     col = P.sum(axis=0)
     share = np.divide(vals, col[None, :], out=np.zeros_like(vals), where=col[None, :] > 0)
     return part.T.astype(np.int32), share.T.astype(np.float32)
+
+
+def _top_sparse(PT: sp.csr_matrix, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top ``k`` entries of each row of a CSR matrix (spatial x units), padded with -1 / 0."""
+    n_rows = PT.shape[0]
+    lengths = np.diff(PT.indptr)
+    width = max(int(lengths.max(initial=0)), k)
+    vals = np.full((n_rows, width), -1.0, dtype=np.float32)
+    cols = np.full((n_rows, width), -1, dtype=np.int64)
+    row_of = np.repeat(np.arange(n_rows), lengths)
+    pos = np.arange(PT.nnz) - np.repeat(PT.indptr[:-1], lengths)
+    vals[row_of, pos] = PT.data
+    cols[row_of, pos] = PT.indices
+    order = np.argsort(-vals, axis=1)[:, :k]
+    top_v = np.take_along_axis(vals, order, axis=1)
+    top_i = np.take_along_axis(cols, order, axis=1)
+    tot = np.asarray(PT.sum(axis=1), dtype=np.float32).ravel()
+    share = np.divide(top_v, tot[:, None], out=np.zeros_like(top_v), where=(tot[:, None] > 0) & (top_v > 0))
+    top_i[top_v < 0] = -1
+    return top_i.astype(np.int32), share.astype(np.float32)

@@ -89,6 +89,22 @@ def estimate_dense_mapping(
     return MemoryEstimate(n_sources, n_spatial, n_genes, n_output_genes, mapping, working, output)
 
 
+def estimate_lean_mapping(
+    n_sources: int, n_spatial: int, n_genes: int, k: int, r: int, n_output_genes: int = 0
+) -> MemoryEstimate:
+    """Estimate the memory of the lean (candidate pairs) engine.
+
+    Per pair: logits, two Adam moments, probabilities, gradient and temporaries (float32) plus
+    two int64 indices; per spatial cell and gene: ``G``, ``Ĝ`` and the gradient; the chunked
+    candidate search; and the imputed output.
+    """
+    pairs = n_spatial * min(k, n_sources) + n_sources * min(r, n_spatial)
+    mapping = pairs * (4 * 8 + 8 * 4)
+    working = 4 * (n_sources + 4 * n_spatial) * n_genes + 4 * (1 << 25) * 3 + 64 * 1024**2
+    output = 4 * n_spatial * n_output_genes
+    return MemoryEstimate(n_sources, n_spatial, n_genes, n_output_genes, mapping, working, output)
+
+
 def check_fits(estimate: MemoryEstimate, device: torch.device, mode: str, headroom: float = 0.9) -> None:
     """Refuse, with a one-line message, a mapping that would not fit in memory."""
     avail = available_bytes(device)

@@ -1,0 +1,94 @@
+"""The lean engine: candidate pairs, gradient on pairs, working-set refresh, sparse results."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+
+import napari_spatial_impute as nsi
+from napari_spatial_impute import InputError
+from napari_spatial_impute.candidates import candidate_pairs, merge_pairs
+from napari_spatial_impute.objective import Weights, tangram_loss
+from napari_spatial_impute.sparse_objective import CandidateObjective
+
+
+def test_candidate_pairs_cover_every_cell_and_are_sorted():
+    torch.manual_seed(0)
+    S, G = torch.rand(40, 6), torch.rand(30, 6)
+    rows, cols = candidate_pairs(S, G, k=5, r=2, chunk=7)
+    key = cols * 40 + rows
+    assert torch.all(key[1:] > key[:-1])  # unique, sorted by spatial then reference
+    assert set(rows.tolist()) == set(range(40))  # reverse candidates: every reference cell
+    assert torch.all(torch.bincount(cols, minlength=30) >= 5)
+    # the chosen candidates of spatial cell 0 are its most similar reference cells
+    from napari_spatial_impute.candidates import _normalised
+
+    sim = _normalised(G)[0] @ _normalised(S).t()
+    best = set(torch.topk(sim, 5).indices.tolist())
+    assert best <= set(rows[cols == 0].tolist())
+
+
+def test_merge_pairs_keeps_old_positions():
+    rows, cols = torch.tensor([1, 0, 2]), torch.tensor([0, 1, 1])
+    r2, c2, pos = merge_pairs(rows, cols, torch.tensor([0, 1]), torch.tensor([0, 1]), n=3)
+    assert list(zip(r2.tolist(), c2.tolist(), strict=True)) == [(0, 0), (1, 0), (0, 1), (1, 1), (2, 1)]
+    assert [(r2[p].item(), c2[p].item()) for p in pos] == [(1, 0), (0, 1), (2, 1)]
+
+
+@pytest.mark.parametrize("weights", [Weights(), Weights(lambda_d=1.0, lambda_g2=0.5)])
+def test_pair_gradient_matches_autograd(weights):
+    torch.manual_seed(1)
+    n, s, g = 30, 25, 8
+    S, G = torch.rand(n, g) * 3, torch.rand(s, g) * 3
+    rows, cols = candidate_pairs(S, G, k=6, r=2)
+    d = torch.rand(s)
+    d = d / d.sum()
+    L = torch.randn(len(rows))
+    values, grad = CandidateObjective(S, G, weights, rows, cols, d=d).value_and_grad(L)
+    Lr = L.clone().requires_grad_(True)
+    M = torch.full((n, s), -torch.inf).index_put((rows, cols), Lr)
+    ref = tangram_loss(M, S, G, weights, d=d)
+    ref["total_loss"].backward()
+    assert values["total_loss"] == pytest.approx(float(ref["total_loss"].detach()), rel=1e-5)
+    torch.testing.assert_close(grad, Lr.grad, rtol=1e-4, atol=1e-7)
+
+
+def test_lean_with_all_pairs_equals_exact(synthetic):
+    ref, spa = synthetic
+    exact = nsi.map_cells_to_space(ref, spa, epochs=80, engine="exact")
+    lean = nsi.map_cells_to_space(ref, spa, epochs=80, engine="lean", candidates=ref.n_obs - 1,
+                                  reverse_candidates=spa.n_obs)
+    assert lean.params["engine"] == "lean" and sp.issparse(lean.probabilities)
+    assert lean.params["n_pairs"] == ref.n_obs * spa.n_obs  # all pairs to start with
+    assert abs(lean.training_score - exact.training_score) < 0.01
+
+
+def test_lean_refresh_reaches_exact_score_on_real_pair(merfish_pair):
+    ref, spa = merfish_pair
+    exact = nsi.map_cells_to_space(ref, spa, epochs=300, engine="exact")
+    lean = nsi.map_cells_to_space(ref, spa, epochs=300, engine="lean", candidates=20)
+    assert lean.probabilities.nnz < 0.2 * ref.n_obs * spa.n_obs
+    assert lean.training_score > exact.training_score - 0.01
+    np.testing.assert_allclose(np.asarray(lean.probabilities.sum(1)).ravel(), 1.0, rtol=1e-4)
+
+
+def test_lean_results_project_like_dense(merfish_pair, tmp_path):
+    ref, spa = merfish_pair
+    r = nsi.map_cells_to_space(ref, spa, cluster_key="cell_type", epochs=60, engine="lean", candidates=20)
+    out = r.to_anndata()
+    P = r.probabilities.toarray()
+    np.testing.assert_allclose(out.X, P.T @ ref.X.toarray(), rtol=1e-4, atol=1e-5)
+    probs = out.obsm["cluster_probabilities"]
+    np.testing.assert_allclose(probs.sum(1), 1.0, rtol=1e-5)
+    np.testing.assert_array_equal(out.obsm["mapping_top_index"][:, 0], P.argmax(0))
+    nsi.write_h5ad_atomic(out, tmp_path / "lean.h5ad")
+
+
+def test_lean_rejects_constrained(synthetic):
+    ref, spa = synthetic
+    with pytest.raises(InputError, match="lean engine does not support constrained"):
+        nsi.map_cells_to_space(ref, spa, mode="constrained", engine="lean", epochs=1)
+    with pytest.raises(InputError, match="engine 'fast'"):
+        nsi.map_cells_to_space(ref, spa, engine="fast", epochs=1)
