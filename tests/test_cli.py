@@ -151,3 +151,18 @@ def test_demo_runs_offline_without_shared_data(tmp_path):
     assert "3-fold leave-genes-out CV: median pearson" in proc.stdout
     assert f"wrote {out}" in proc.stdout
     assert ad.read_h5ad(out).shape == (750, 134)
+
+
+def test_map_lean_engine(merfish_pair, tmp_path, capsys):
+    ref, spa = merfish_pair
+    r, s = tmp_path / "r.h5ad", tmp_path / "s.h5ad"
+    ref.write_h5ad(r)
+    spa.write_h5ad(s)
+    out = tmp_path / "o.h5ad"
+    code, stdout, err = _run(["map", "-r", str(r), "-s", str(s), "-o", str(out), "--engine", "lean",
+                              "--candidates", "20", "--epochs", "30", "--cluster-key", "cell_type"], capsys)
+    assert code == 0, err
+    assert "lean engine" in stdout
+    res = ad.read_h5ad(out)
+    assert res.uns["spatial_impute"]["params"]["engine"] == "lean"
+    assert res.shape == (750, 134)

@@ -139,3 +139,23 @@ def test_transform_normalize_log1p(synthetic):
     assert r.reference_values.X.max() < np.log1p(ref.X.max() * 100)
     with pytest.raises(InputError, match="transform 'log'"):
         nsi.map_cells_to_space(ref, spa, epochs=1, transform="log")
+
+
+def test_early_stopping_with_tol(synthetic):
+    ref, spa = synthetic
+    r = nsi.map_cells_to_space(ref, spa, epochs=2000, tol=1e-4, patience=20)
+    assert r.params["epochs_done"] < 2000
+    h = r.history["main_loss"]
+    assert len(h) == r.params["epochs_done"]
+    assert h[-1] - h[-21] < 1e-4
+
+
+def test_auto_engine_picks_by_size(synthetic, monkeypatch):
+    from napari_spatial_impute import mapping
+
+    ref, spa = synthetic
+    assert nsi.map_cells_to_space(ref, spa, epochs=2).params["engine"] == "exact"
+    monkeypatch.setattr(mapping, "AUTO_LEAN_ENTRIES", 100)
+    r = nsi.map_cells_to_space(ref, spa, epochs=2, candidates=10)
+    assert r.params["engine"] == "lean"
+    assert nsi.map_cells_to_space(ref, spa, epochs=2, mode="clusters", cluster_key="cell_type").params["engine"] == "exact"

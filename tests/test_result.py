@@ -71,3 +71,18 @@ def test_dropped_gene_still_imputed(synthetic):
     assert not out.var.loc["Gene2", "is_training"]
     assert out.var.loc["Gene2", "dropped_reason"] == "no counts in spatial data"
     assert list(out.uns[UNS_KEY]["dropped_genes"]) == ["Gene2"]
+
+
+def test_chunked_write_equals_in_memory(merfish, tmp_path):
+    from napari_spatial_impute.result import write_result
+
+    ref, spa = merfish
+    r = nsi.map_cells_to_space(ref, spa, cluster_key="cell_type", epochs=20)
+    a = write_result(r, tmp_path / "mem.h5ad")
+    b = write_result(r, tmp_path / "chunked.h5ad", chunk_genes=7)
+    assert a.X is not None and b.X is None  # the chunked path never held the whole matrix
+    back_a, back_b = ad.read_h5ad(tmp_path / "mem.h5ad"), ad.read_h5ad(tmp_path / "chunked.h5ad")
+    np.testing.assert_array_equal(back_a.X, back_b.X)
+    pd.testing.assert_frame_equal(back_a.var, back_b.var)
+    pd.testing.assert_frame_equal(back_a.obsm["cluster_probabilities"], back_b.obsm["cluster_probabilities"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["chunked.h5ad", "mem.h5ad"]

@@ -36,6 +36,12 @@ def _add_mapping_options(p: argparse.ArgumentParser, epochs_default: int = 1000)
                    help="value transform before mapping (default: values as given, like tangram-sc)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
+    p.add_argument("--engine", choices=["auto", "exact", "lean"], default="auto",
+                   help="exact: dense objective; lean: candidate pairs, linear memory; "
+                   "auto (default): lean above 50 million reference x spatial pairs")
+    p.add_argument("--candidates", type=int, default=50, help="lean engine: reference candidates per spatial cell")
+    p.add_argument("--tol", type=float, default=None,
+                   help="stop when the score gains less than this over 50 epochs")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -107,6 +113,9 @@ def _mapping_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         "transform": args.transform,
         "seed": args.seed,
         "device": args.device,
+        "engine": args.engine,
+        "candidates": args.candidates,
+        "tol": args.tol,
     }
 
 
@@ -151,11 +160,15 @@ def cmd_map(args: argparse.Namespace) -> int:
         )
     finally:
         bar.close()
-    adata = result.to_anndata(genes=impute if isinstance(impute, list) else None, method=args.projection)
-    adata.uns["spatial_impute"]["fov_key"] = fov or ""
-    write_h5ad_atomic(adata, out)
+    from .result import write_result
+
+    adata = write_result(
+        result, out, genes=impute if isinstance(impute, list) else None, method=args.projection,
+        extra_uns={"fov_key": fov or ""},
+    )
     print(result.genes.summary())
-    print(f"training score {result.training_score:.3f} after {args.epochs} epochs "
+    print(f"training score {result.training_score:.3f} after {result.params['epochs_done']} epochs, "
+          f"{result.params['engine']} engine "
           f"({result.timings['train_s']:.1f} s training, {result.timings['total_s']:.1f} s in all)")
     n_clusters = adata.obsm["cluster_probabilities"].shape[1] if "cluster_probabilities" in adata.obsm else 0
     print(f"wrote {adata.n_obs} spatial cells x {adata.n_vars} imputed genes"

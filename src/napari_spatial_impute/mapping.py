@@ -477,9 +477,11 @@ def map_cells_to_space(
     cancel: CancelFlag = None,
     init: np.ndarray | None = None,
     check_memory: bool = True,
-    engine: Engine = "exact",
+    engine: Engine = "auto",
     candidates: int = 50,
     reverse_candidates: int = 5,
+    tol: float | None = None,
+    patience: int = 50,
 ) -> MappingResult:
     """Map reference cells (or clusters) onto spatial cells with the Tangram objective.
 
@@ -535,6 +537,11 @@ def map_cells_to_space(
         ``candidates`` and the dense mapping has over 50 million entries, else exact.
     candidates, reverse_candidates
         Candidate pairs of the lean engine.
+    tol
+        Stop early when the training score gained less than ``tol`` over the last ``patience``
+        epochs (``None``: always run ``epochs``). The run's ``params`` record the epochs done.
+    patience
+        Window of ``tol``.
 
     Returns
     -------
@@ -639,9 +646,13 @@ def map_cells_to_space(
         pairs=pairs,
     )
     t_train = time.perf_counter()
+    scores: list[float] = []
     for info in mapper.iterate(epochs, cancel=cancel):
         if callback is not None:
             callback(info)
+        scores.append(info.score)
+        if tol is not None and len(scores) > patience and scores[-1] - scores[-1 - patience] < tol:
+            break
     t_done = time.perf_counter()
     P = mapper.probabilities()
 
@@ -668,6 +679,8 @@ def map_cells_to_space(
         "n_markers": n_markers,
         "density": d_name,
         "epochs": epochs,
+        "epochs_done": mapper.epochs_done,
+        "tol": -1.0 if tol is None else float(tol),
         "learning_rate": learning_rate,
         "lambda_g1": lambda_g1,
         "lambda_g2": lambda_g2,

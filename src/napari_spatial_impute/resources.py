@@ -111,7 +111,7 @@ def check_fits(estimate: MemoryEstimate, device: torch.device, mode: str, headro
     if estimate.total_bytes > headroom * avail:
         where = "GPU memory" if device.type == "cuda" else "RAM"
         options = (
-            "use --mode clusters, subsample the reference cells, or map one FOV at a time"
+            "use the lean engine (--engine lean), --mode clusters, fewer reference cells, or one FOV at a time"
             if mode == "cells"
             else "subsample the spatial cells or map one FOV at a time"
         )

@@ -16,7 +16,10 @@ Layout of a result (spatial cells x reference genes):
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anndata as ad
@@ -25,7 +28,13 @@ import pandas as pd
 import scipy.sparse as sp
 
 from . import __version__
-from .project import mapped_units, project_cell_annotations, project_genes, top_mapped_units
+from .project import (
+    mapped_units,
+    project_cell_annotations,
+    project_genes,
+    resolve_reference_genes,
+    top_mapped_units,
+)
 
 if TYPE_CHECKING:
     from .mapping import MappingResult
@@ -38,6 +47,7 @@ def result_to_anndata(
     genes: Sequence[str] | None = None,
     method: str = "probabilistic",
     top_k: int = 10,
+    impute: bool = True,
 ) -> ad.AnnData:
     """Assemble the spatial result AnnData (see the module docstring for its layout).
 
@@ -51,14 +61,19 @@ def result_to_anndata(
         ``"probabilistic"`` or ``"argmax"`` projection for ``X``; the other is not stored.
     top_k
         Best reference units kept per spatial cell in ``obsm``.
+    impute
+        ``False`` leaves ``X`` empty (``None``) for :func:`write_result` to fill in chunks.
     """
-    imputed = project_genes(result, genes=genes, method=method)
     spatial = result.spatial
-    out = ad.AnnData(
-        X=imputed.X,
-        obs=spatial.obs.copy(),
-        var=imputed.var.copy(),
-    )
+    if impute:
+        imputed = project_genes(result, genes=genes, method=method)
+        X, var = imputed.X, imputed.var.copy()
+    else:
+        names = resolve_reference_genes(result, genes)
+        X = None
+        var = result.reference.var.loc[names].copy()
+        var["is_training"] = np.isin(names, result.genes.training_reference)
+    out = ad.AnnData(X=X, obs=spatial.obs.copy(), var=var)
     for k, v in spatial.obsm.items():
         out.obsm[k] = v.copy() if hasattr(v, "copy") else v
     measured = spatial.X.toarray() if sp.issparse(spatial.X) else np.asarray(spatial.X)
@@ -128,3 +143,67 @@ def training_genes_frame(adata: ad.AnnData) -> pd.DataFrame:
     cols = ["train_score", "sparsity_sc", "sparsity_sp", "sparsity_diff"]
     df = adata.var.loc[adata.var["is_training"].astype(bool), cols].copy()
     return df.sort_values("train_score", ascending=False)
+
+
+#: Imputed outputs larger than this are written gene chunk by gene chunk.
+CHUNKED_WRITE_BYTES = 1 << 30
+
+
+def write_result(
+    result: MappingResult,
+    path: str | os.PathLike[str],
+    genes: Sequence[str] | None = None,
+    method: str = "probabilistic",
+    chunk_genes: int | None = None,
+    extra_uns: dict[str, Any] | None = None,
+) -> ad.AnnData:
+    """Write the result to ``.h5ad`` atomically, imputing in gene chunks when it is large.
+
+    A dense spatial cells x all-genes matrix is never held in memory when it is larger than
+    :data:`CHUNKED_WRITE_BYTES` (or when ``chunk_genes`` is given): ``X`` is created on disk
+    and filled ``chunk_genes`` genes at a time. The file is an ordinary AnnData file.
+
+    Returns
+    -------
+    The result AnnData (with ``X = None`` when it was written in chunks).
+    """
+    import h5py
+
+    from .io import write_h5ad_atomic
+
+    names = resolve_reference_genes(result, genes)
+    n_obs = result.spatial.n_obs
+    size = 4 * n_obs * len(names)
+    if chunk_genes is None and size <= CHUNKED_WRITE_BYTES:
+        adata = result_to_anndata(result, genes=names, method=method)
+        if extra_uns:
+            adata.uns[UNS_KEY].update(extra_uns)
+        write_h5ad_atomic(adata, path)
+        return adata
+    step = chunk_genes or max(1, CHUNKED_WRITE_BYTES // (16 * max(n_obs, 1)))
+    adata = result_to_anndata(result, genes=names, method=method, impute=False)
+    if extra_uns:
+        adata.uns[UNS_KEY].update(extra_uns)
+    target = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    try:
+        adata.write_h5ad(tmp)
+        with h5py.File(tmp, "r+") as f:
+            if "X" in f:
+                del f["X"]
+            dset = f.create_dataset(
+                "X", shape=(n_obs, len(names)), dtype="float32",
+                chunks=(min(n_obs, 4096), min(len(names), 64)),
+            )
+            dset.attrs["encoding-type"] = "array"
+            dset.attrs["encoding-version"] = "0.2.0"
+            for a in range(0, len(names), step):
+                block = project_genes(result, genes=names[a : a + step], method=method).X
+                dset[:, a : a + block.shape[1]] = block
+        os.replace(tmp, target)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return adata
