@@ -144,7 +144,7 @@ def _gene_arg(value: str | None) -> str | list[str] | None:
 
 
 def cmd_map(args: argparse.Namespace) -> int:
-    from .io import find_fov_key, read_h5ad, write_h5ad_atomic
+    from .io import find_fov_key, read_h5ad
     from .mapping import map_cells_to_space
 
     out = _check_out(args.out, ".h5ad")
