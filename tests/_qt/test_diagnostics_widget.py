@@ -142,3 +142,16 @@ def test_cv_kwargs_from_result_params(widget):
     kw = cv_kwargs(model.result.uns["spatial_impute"]["params"], 7)
     assert kw["epochs"] == 7 and kw["cluster_key"] == "cell_type"
     assert "genes" not in kw and "n_markers" not in kw
+
+
+def test_cv_error_is_notified(widget, qtbot, monkeypatch):
+    viewer, model, w = widget
+    seen = []
+    monkeypatch.setattr("napari_spatial_impute._qt.diagnostics_widget.notify_error", seen.append)
+    spa = model.spatial.copy()
+    del spa.obsm["spatial"]  # the engine refuses spatial data without coordinates
+    model.set_spatial(spa)
+    w.run_cv()
+    qtbot.waitUntil(lambda: bool(seen) and w.cv_run_button.isEnabled(), timeout=20_000)
+    assert "obsm['spatial']" in str(seen[0]) and "\n" not in str(seen[0])
+    assert model.cv_table is None

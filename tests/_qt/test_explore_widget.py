@@ -179,3 +179,19 @@ def test_rendered_points_are_colour_mapped(make_napari_viewer, qtbot):
         len(np.unique(rgb[(np.abs(rgb - rgb.mean(-1, keepdims=True)).max(-1) > 30)] // 32, axis=0))
         > 3
     )
+
+
+def test_large_fovs_build_in_a_worker(widget, qtbot, monkeypatch):
+    viewer, model, w = widget
+    monkeypatch.setattr("napari_spatial_impute._qt.explore_widget.ASYNC_CELLS", 10)
+    assert w.show_gene("Gad1") == []  # returns at once, the layers come later
+    assert not w.gene_button.isEnabled()
+    qtbot.waitUntil(lambda: len(viewer.layers) == 4 and w.gene_button.isEnabled(), timeout=20_000)
+    assert w.status.text() == "Gad1: 4 layers"
+    # an error in the worker is a notification and adds nothing
+    seen = []
+    monkeypatch.setattr("napari_spatial_impute._qt.explore_widget.notify_error", seen.append)
+    w.show_gene("NotAGene")
+    qtbot.waitUntil(lambda: bool(seen) and w.gene_button.isEnabled(), timeout=20_000)
+    assert "NotAGene" in str(seen[0])
+    assert len(viewer.layers) == 4

@@ -276,11 +276,15 @@ class DiagnosticsWidget(QWidget):
         folds = self.folds_spin.value()
         self._cv_cancel = threading.Event()
         worker = thread_worker(
-            iter_cross_validation, progress={"total": folds, "desc": "cross-validation"}
+            iter_cross_validation,
+            progress={"total": folds, "desc": "cross-validation"},
+            connect={
+                "yielded": self._on_cv_progress,
+                "returned": self._on_cv_done,
+                "errored": lambda exc: notify_error(exc),
+            },
+            start_thread=False,
         )(ref, spa, self._cv_cancel, folds, **kwargs)
-        worker.yielded.connect(self._on_cv_progress)
-        worker.returned.connect(self._on_cv_done)
-        worker.errored.connect(notify_error)
         worker.finished.connect(self._on_cv_finished)
         self.cv_progress.setRange(0, folds)
         self.cv_progress.setValue(0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from qtpy.QtCore import Qt
@@ -29,17 +30,23 @@ from ..explore import (
     default_point_size,
     fov_rows,
     gene_names,
+    predicted_layer_specs,
     shared_genes,
+    value_layer_specs,
 )
 from .layer_ops import (
     find_layers,
+    gene_specs,
     jump_to_fov,
     notify_error,
-    open_cluster,
-    open_gene,
-    open_predicted,
+    place_cluster,
+    place_gene,
+    place_predicted,
 )
 from .linking import get_link_controller
+
+#: Above this many cells (in the chosen FOVs) layer data is built in a worker thread.
+ASYNC_CELLS = 100_000
 
 
 class ExploreWidget(QWidget):
@@ -57,6 +64,7 @@ class ExploreWidget(QWidget):
         self.model = get_model(napari_viewer)
         self._last_gene: str | None = None
         self._last_cluster: str | None = None
+        self.worker: Any = None
 
         self.info = QLabel("No mapping result yet: run a mapping or open a result file.")
         self.info.setWordWrap(True)
@@ -201,29 +209,79 @@ class ExploreWidget(QWidget):
         return find_layers(self.viewer, role, value=last) if last else []
 
     # ------------------------------------------------------------------ actions
+    def _n_cells(self) -> int:
+        by_fov = fov_rows(self.model.result, self.model.fov_key)
+        chosen = self.selected_fovs() or list(by_fov)
+        return int(sum(len(by_fov.get(f, ())) for f in chosen))
+
+    def _dispatch(
+        self, build: Callable[[], Any], place: Callable[[Any], list], done: Callable[[list], None]
+    ) -> list:
+        """Build layer data, then add it. Above :data:`ASYNC_CELLS` cells the building runs in a
+        worker thread (the widget stays responsive; the layers appear when it returns) and an
+        empty list is returned; errors become notifications and add nothing.
+        """
+
+        def finish(data: Any) -> list:
+            try:
+                layers = place(data)
+            except Exception as exc:
+                notify_error(exc)
+                return []
+            done(layers)
+            return layers
+
+        if self._n_cells() <= ASYNC_CELLS:
+            try:
+                data = build()
+            except Exception as exc:  # shown to the user, never half-added
+                notify_error(exc)
+                return []
+            return finish(data)
+        from napari.qt.threading import create_worker
+
+        worker = create_worker(
+            build,
+            _progress={"desc": "building layers"},
+            _connect={"errored": lambda exc: notify_error(exc), "returned": finish},
+            _start_thread=False,
+        )
+        worker.finished.connect(lambda: self._set_busy(False))
+        self._set_busy(True)
+        self.worker = worker
+        worker.start()
+        return []
+
+    def _set_busy(self, busy: bool) -> None:
+        for w in (self.gene_button, self.cluster_button, self.predicted_button):
+            w.setEnabled(not busy)
+        if busy:
+            self.status.setText("building layers...")
+
     def show_gene(self, gene: str | None = None) -> list:
         """Show ``gene`` (default: the typed one) in the chosen FOVs; returns the layers."""
         result = self.model.result
         gene = gene if isinstance(gene, str) else self.gene_edit.text().strip()
         if result is None or not gene:
             return []
-        try:
-            layers = open_gene(
-                self.viewer,
-                result,
-                gene,
-                self.selected_fovs(),
-                self.model.fov_key,
-                measured=self.measured_check.isChecked(),
-                recolor_layers=self._targets("imputed", self._last_gene),
-                size=self.size_spin.value(),
-            )
-        except Exception as exc:  # shown to the user, never half-added
-            notify_error(exc)
-            return []
-        self._last_gene = layers[0].metadata[VALUE_KEY] if layers else gene
-        self.status.setText(f"{self._last_gene}: {len(layers)} layers")
-        return layers
+        fovs, fov_key, measured = (
+            self.selected_fovs(),
+            self.model.fov_key,
+            self.measured_check.isChecked(),
+        )
+        size = self.size_spin.value()
+
+        def build() -> Any:
+            return gene_specs(result, gene, fovs, fov_key, measured=measured, size=size)
+
+        def place(specs: Any) -> list:
+            return place_gene(self.viewer, *specs, self._targets("imputed", self._last_gene))
+
+        def done(layers: list) -> None:
+            self._last_gene = layers[0].metadata[VALUE_KEY] if layers else gene
+            self.status.setText(f"{self._last_gene}: {len(layers)} layers")
+
+        return self._dispatch(build, place, done)
 
     def show_cluster(self, cluster: str | None = None) -> list:
         """Show the probability of ``cluster`` (default: the chosen one) in the chosen FOVs."""
@@ -231,40 +289,39 @@ class ExploreWidget(QWidget):
         cluster = cluster if isinstance(cluster, str) else self.cluster_combo.currentText()
         if result is None or not cluster:
             return []
-        try:
-            layers = open_cluster(
-                self.viewer,
-                result,
-                cluster,
-                self.selected_fovs(),
-                self.model.fov_key,
-                recolor_layers=self._targets("probability", self._last_cluster),
-                size=self.size_spin.value(),
+        fovs, fov_key, size = self.selected_fovs(), self.model.fov_key, self.size_spin.value()
+
+        def build() -> Any:
+            return value_layer_specs(result, "probability", cluster, fovs, fov_key, size=size)
+
+        def place(specs: Any) -> list:
+            return place_cluster(
+                self.viewer, specs, self._targets("probability", self._last_cluster)
             )
-        except Exception as exc:
-            notify_error(exc)
-            return []
-        self._last_cluster = cluster
-        self.status.setText(f"{cluster} probability: {len(layers)} layers")
-        return layers
+
+        def done(layers: list) -> None:
+            self._last_cluster = cluster
+            self.status.setText(f"{cluster} probability: {len(layers)} layers")
+
+        return self._dispatch(build, place, done)
 
     def show_predicted(self) -> list:
         """Show the most likely cluster of each cell in the chosen FOVs."""
-        if self.model.result is None:
+        result = self.model.result
+        if result is None:
             return []
-        try:
-            layers = open_predicted(
-                self.viewer,
-                self.model.result,
-                self.selected_fovs(),
-                self.model.fov_key,
-                self.size_spin.value(),
-            )
-        except Exception as exc:
-            notify_error(exc)
-            return []
-        self.status.setText(f"most likely cluster: {len(layers)} layers")
-        return layers
+        fovs, fov_key, size = self.selected_fovs(), self.model.fov_key, self.size_spin.value()
+
+        def build() -> Any:
+            return predicted_layer_specs(result, fovs, fov_key, size=size)
+
+        def place(specs: Any) -> list:
+            return place_predicted(self.viewer, specs)
+
+        def done(layers: list) -> None:
+            self.status.setText(f"most likely cluster: {len(layers)} layers")
+
+        return self._dispatch(build, place, done)
 
     def go_to_fov(self, fov: str | None = None) -> None:
         """Center and zoom the camera on one FOV (default: the navigator's)."""

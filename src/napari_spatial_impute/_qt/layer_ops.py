@@ -127,6 +127,60 @@ def apply_specs(
     return out
 
 
+def gene_specs(
+    result: Any,
+    gene: str,
+    fovs: Iterable[str] | None = None,
+    fov_key: str | None = None,
+    *,
+    measured: bool = True,
+    size: float | None = None,
+) -> tuple[list[PointsSpec], list[PointsSpec]]:
+    """Layer data of one gene (no viewer; safe in a worker thread): imputed and measured specs.
+
+    The measured specs are empty for a gene that was not measured in space, or without
+    ``measured``.
+    """
+    fovs = None if fovs is None else [str(f) for f in fovs]
+    specs = value_layer_specs(result, "imputed", gene, fovs, fov_key, size=size)
+    gene = specs[0].kwargs["metadata"][VALUE_KEY] if specs else gene
+    m_specs: list[PointsSpec] = []
+    if measured and gene in shared_genes(result):
+        shown = [s.kwargs["metadata"][FOV_KEY] for s in specs]
+        m_specs = value_layer_specs(result, "measured", gene, shown, fov_key, size=size)
+    return specs, m_specs
+
+
+def place_gene(
+    viewer: Any,
+    specs: Sequence[PointsSpec],
+    m_specs: Sequence[PointsSpec],
+    recolor_layers: Sequence[Layer] = (),
+) -> list[Points]:
+    """Add or recolour a gene's layers (see :func:`open_gene`); main thread only."""
+    by_fov = {str(layer.metadata.get(FOV_KEY)): layer for layer in recolor_layers}
+    replace: list[Layer | None] = [by_fov.get(s.kwargs["metadata"][FOV_KEY]) for s in specs]
+    m_by_fov = {s.kwargs["metadata"][FOV_KEY]: s for s in m_specs}
+    m_list, m_replace, stale = [], [], []
+    for spec, old in zip(specs, replace, strict=True):
+        fov = spec.kwargs["metadata"][FOV_KEY]
+        old_meas = (
+            find_layers(viewer, "measured", fov, old.metadata.get(VALUE_KEY))
+            if old is not None
+            else []
+        )
+        if fov in m_by_fov:
+            m_list.append(m_by_fov[fov])
+            m_replace.append(old_meas[0] if old_meas else None)
+        else:
+            stale.extend(old_meas)
+    layers = apply_specs(viewer, list(specs) + m_list, replace + m_replace)
+    for layer in stale:
+        if layer in viewer.layers and layer not in layers:
+            viewer.layers.remove(layer)
+    return layers
+
+
 def open_gene(
     viewer: Any,
     result: Any,
@@ -144,30 +198,16 @@ def open_gene(
     ones, matched by FOV; measured layers of those layers' old gene are recoloured too, or removed
     when the new gene was not measured.
     """
-    fovs = None if fovs is None else [str(f) for f in fovs]
-    specs = value_layer_specs(result, "imputed", gene, fovs, fov_key, size=size)
-    gene = specs[0].kwargs["metadata"][VALUE_KEY] if specs else gene
+    specs, m_specs = gene_specs(result, gene, fovs, fov_key, measured=measured, size=size)
+    return place_gene(viewer, specs, m_specs, recolor_layers)
+
+
+def place_cluster(
+    viewer: Any, specs: Sequence[PointsSpec], recolor_layers: Sequence[Layer] = ()
+) -> list[Points]:
+    """Add or recolour probability layers, matching ``recolor_layers`` by FOV; main thread only."""
     by_fov = {str(layer.metadata.get(FOV_KEY)): layer for layer in recolor_layers}
-    replace: list[Layer | None] = [by_fov.get(s.kwargs["metadata"][FOV_KEY]) for s in specs]
-    is_shared = gene in shared_genes(result)
-    m_specs, m_replace, stale = [], [], []
-    for spec, old in zip(specs, replace, strict=True):
-        fov = spec.kwargs["metadata"][FOV_KEY]
-        old_meas = (
-            find_layers(viewer, "measured", fov, old.metadata.get(VALUE_KEY))
-            if old is not None
-            else []
-        )
-        if measured and is_shared:
-            m_specs.extend(value_layer_specs(result, "measured", gene, [fov], fov_key, size=size))
-            m_replace.append(old_meas[0] if old_meas else None)
-        else:
-            stale.extend(old_meas)
-    layers = apply_specs(viewer, specs + m_specs, replace + m_replace)
-    for layer in stale:
-        if layer in viewer.layers and layer not in layers:
-            viewer.layers.remove(layer)
-    return layers
+    return apply_specs(viewer, specs, [by_fov.get(s.kwargs["metadata"][FOV_KEY]) for s in specs])
 
 
 def open_cluster(
@@ -182,8 +222,15 @@ def open_cluster(
 ) -> list[Points]:
     """Show one cluster's probability per FOV (recolouring ``recolor_layers`` matched by FOV)."""
     specs = value_layer_specs(result, "probability", cluster, fovs, fov_key, size=size)
-    by_fov = {str(layer.metadata.get(FOV_KEY)): layer for layer in recolor_layers}
-    return apply_specs(viewer, specs, [by_fov.get(s.kwargs["metadata"][FOV_KEY]) for s in specs])
+    return place_cluster(viewer, specs, recolor_layers)
+
+
+def place_predicted(viewer: Any, specs: Sequence[PointsSpec]) -> list[Points]:
+    """Add most-likely-cluster layers, rebuilding those of the same name; main thread only."""
+    names = {s.name for s in specs}
+    for layer in [layer for layer in viewer.layers if layer.name in names]:
+        viewer.layers.remove(layer)  # categorical colouring cannot be switched in place
+    return apply_specs(viewer, specs)
 
 
 def open_predicted(
@@ -194,11 +241,7 @@ def open_predicted(
     size: float | None = None,
 ) -> list[Points]:
     """Show the most likely cluster per FOV (categorical colours)."""
-    specs = predicted_layer_specs(result, fovs, fov_key, size=size)
-    existing = [layer for layer in viewer.layers if layer.name in {s.name for s in specs}]
-    for layer in existing:  # categorical colouring cannot be switched in place: rebuild
-        viewer.layers.remove(layer)
-    return apply_specs(viewer, specs)
+    return place_predicted(viewer, predicted_layer_specs(result, fovs, fov_key, size=size))
 
 
 def jump_to_fov(viewer: Any, result: Any, fov: str, fov_key: str | None = None) -> None:
