@@ -178,3 +178,42 @@ def test_cosmx_offsets_and_fit_agree():
     off = alignment_from_offset(pos.loc["3", "x"], pos.loc["3", "y"], 3648, flip_y=True)
     corners = np.array([[0, 0], [600, 600]])
     assert np.allclose(off.to_world(corners), fit.to_world(corners), atol=15)
+
+
+@pytest.mark.skipif(
+    not (DATA / "cosmx_lung" / "CellLabels_F002.tif").exists(), reason="cosmx_lung data not present"
+)
+def test_cosmx_two_fovs_before_mapping(make_napari_viewer_proxy, qtbot):
+    """Label images align with the spatial data alone (no result yet), one per FOV."""
+    import anndata as ad
+
+    spa = ad.read_h5ad(DATA / "cosmx_lung" / "spatial.h5ad")
+    viewer = make_napari_viewer_proxy()
+    model = get_model(viewer)
+    model.set_spatial(spa)
+    model.set_keys(fov_key="fov")
+    w = ImageWidget(viewer)
+    qtbot.addWidget(w)
+    assert [w.fov_combo.itemText(i) for i in range(w.fov_combo.count())] == ["2", "3"]
+    assert not w.paint_button.isEnabled()
+    layers = [w.open_labels(DATA / "cosmx_lung" / f"CellLabels_F00{f}.tif") for f in (2, 3)]
+    assert [lay.metadata["nsi_fov"] for lay in layers] == ["2", "3"]
+    for lay, f in zip(layers, ("2", "3"), strict=True):
+        assert lay.scale[0] < 0 < lay.scale[1]  # y flipped
+        m = (spa.obs["fov"].astype(str) == f).to_numpy()
+        yx = coords_yx(spa)[m]
+        ids = [int(n.split("_c")[1]) for n in spa.obs_names[m]]
+        hits = [lay.get_value(tuple(p), world=True) for p in yx]
+        assert (
+            np.mean(np.asarray(hits) == np.asarray(ids)) > 0.8
+        )  # most centroids on their own cell
+    # the FOV offsets file places FOV 3 where the fit does (flip by the full 3648-px FOV height)
+    w.labels_combo.setCurrentText(layers[1].name)
+    fitted = (tuple(layers[1].scale), tuple(layers[1].translate))
+    w.mode_combo.setCurrentText("FOV offsets file")
+    w.positions_edit.setText(str(DATA / "cosmx_lung" / "Lung12_fov_positions_file.csv"))
+    w.flip_check.setChecked(True)
+    w.height_spin.setValue(3648)
+    w.align()
+    assert np.allclose(layers[1].translate, fitted[1], atol=15)
+    assert np.allclose(layers[1].scale, fitted[0], atol=0.01)

@@ -159,19 +159,28 @@ class ImageWidget(QWidget):
         self.viewer.layers.events.inserted.connect(self._refresh_labels)
         self.viewer.layers.events.removed.connect(self._refresh_labels)
         self.model.result_changed.connect(self._on_result)
+        self.model.spatial_changed.connect(self._on_result)
         self.model.keys_changed.connect(self._on_result)
         self._on_result()
         self._refresh_labels()
 
     # ------------------------------------------------------------------ state
+    def cells(self) -> Any:
+        """The cells to align with: the result, or the spatial data before any mapping."""
+        return self.model.result if self.model.result is not None else self.model.spatial
+
     def _on_result(self, *_: Any) -> None:
-        result = self.model.result
+        cells = self.cells()
+        current = self.fov_combo.currentText()
         self.fov_combo.clear()
-        if result is not None:
-            self.fov_combo.addItems(list(fov_rows(result, self.model.fov_key)))
+        if cells is not None:
+            fovs = list(fov_rows(cells, self.model.fov_key))
+            self.fov_combo.addItems(fovs)
+            if current in fovs:
+                self.fov_combo.setCurrentText(current)
         self._on_kind(self.kind_combo.currentText())
-        for w in (self.align_button, self.paint_button):
-            w.setEnabled(result is not None)
+        self.align_button.setEnabled(cells is not None)
+        self.paint_button.setEnabled(self.model.result is not None)
 
     def _on_kind(self, kind: str) -> None:
         result = self.model.result
@@ -206,10 +215,10 @@ class ImageWidget(QWidget):
         return found[0] if found else None
 
     def _fov_cells(self, fov: str) -> tuple[np.ndarray, np.ndarray]:
-        """Result rows of one FOV and their label ids."""
-        result = self.model.result
-        rows = fov_rows(result, self.model.fov_key).get(str(fov), np.empty(0, dtype=np.int64))
-        ids = label_ids_from_names(result.obs_names[rows], result.obs.iloc[rows])
+        """Rows of one FOV's cells (in the result, else the spatial data) and their label ids."""
+        cells = self.cells()
+        rows = fov_rows(cells, self.model.fov_key).get(str(fov), np.empty(0, dtype=np.int64))
+        ids = label_ids_from_names(cells.obs_names[rows], cells.obs.iloc[rows])
         return rows, ids
 
     # ------------------------------------------------------------------ actions
@@ -239,7 +248,7 @@ class ImageWidget(QWidget):
         self.labels_combo.setCurrentText(layer.name)
         if fov in fovs:
             self.fov_combo.setCurrentText(fov)
-        if self.model.result is not None:
+        if self.cells() is not None:
             self.align()
         return layer
 
@@ -256,16 +265,14 @@ class ImageWidget(QWidget):
     def align(self) -> Alignment | None:
         """Compute the alignment of the chosen mode, show it in the boxes and apply it to the layer."""
         layer = self.labels_layer()
-        if layer is None or self.model.result is None:
+        if layer is None or self.cells() is None:
             return None
         fov = str(layer.metadata.get(FOV_KEY, self.fov_combo.currentText()))
         mode = self.mode_combo.currentText()
         try:
             if mode == "fit to cell ids":
                 rows, ids = self._fov_cells(fov)
-                align = fit_alignment(
-                    np.asarray(layer.data), coords_yx(self.model.result, rows), ids
-                )
+                align = fit_alignment(np.asarray(layer.data), coords_yx(self.cells(), rows), ids)
                 self.align_info.setText(
                     f"fitted on the cells of FOV {fov}: rms {align.rms:.2f} (points units)"
                 )
@@ -349,6 +356,9 @@ class ImageWidget(QWidget):
         return None if row is None else int(rows[row])
 
     def _on_click(self, layer: Labels, event: Any) -> None:
+        if self.model.result is None:
+            self.cell_info.setPlainText("no mapping result yet: map first to see imputed values")
+            return
         row = self.cell_at(layer, event.position)
         if row is None:
             self.cell_info.setPlainText("no mapped cell here")
