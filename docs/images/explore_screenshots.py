@@ -191,6 +191,34 @@ def main() -> None:
         save(viewer2, "image_iss_ca1_zoom.png")
         del painted
 
+    # 7. CosMx: two FOVs, label images aligned to the spatial data (before any mapping)
+    if data is not None and (data / "cosmx_lung" / "CellLabels_F002.tif").exists():
+        from napari_spatial_impute.explore import coords_yx
+
+        cspa = ad.read_h5ad(data / "cosmx_lung" / "spatial.h5ad")
+        viewer3 = napari.Viewer(show=True, title="napari-spatial-impute: CosMx")
+        viewer3.window.resize(1500, 900)
+        m3 = get_model(viewer3)
+        m3.set_spatial(cspa)
+        m3.set_keys(fov_key="fov")
+        img3 = ImageWidget(viewer3)
+        viewer3.window.add_dock_widget(img3, name="Label images", area="right")
+        for f in (2, 3):
+            lab = img3.open_labels(data / "cosmx_lung" / f"CellLabels_F00{f}.tif")
+            lab.opacity = 0.6
+        counts = np.asarray(cspa.X.sum(1)).ravel()
+        viewer3.add_points(
+            coords_yx(cspa),
+            name="CosMx cells (total counts)",
+            features={"total counts": counts.astype(np.float32)},
+            face_color="total counts",
+            face_colormap="viridis",
+            size=25,
+            border_color="white",
+            border_width=0.15,
+        )
+        save(viewer3, "image_cosmx_two_fovs.png", reset=True)
+
 
 if __name__ == "__main__":
     main()
