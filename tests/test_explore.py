@@ -41,6 +41,8 @@ def test_fov_rows_natural_order_and_partition(data):
     assert list(rows) == ["1", "2", "10"]
     allrows = np.sort(np.concatenate(list(rows.values())))
     assert np.array_equal(allrows, np.arange(res.n_obs))
+    assert list(ex.fov_rows(res, None)) == ["1", "2", "10"]  # a usual FOV column is found
+    del res.obs["fov"]
     assert list(ex.fov_rows(res, None)) == ["0"]
 
 

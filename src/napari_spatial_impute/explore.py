@@ -29,7 +29,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from ._errors import InputError
-from .io import fov_labels
+from .io import find_fov_key, fov_labels
 
 ValueKind = Literal["imputed", "measured", "probability"]
 VALUE_KINDS: tuple[str, ...] = ("imputed", "measured", "probability")
@@ -106,13 +106,14 @@ def predicted_layer_name(cluster_key: str, fov: str) -> str:
 
 
 def result_fov_key(result: ad.AnnData, fov_key: str | None = None) -> str | None:
-    """The FOV column to use: ``fov_key`` if it is in ``result.obs``, else the one stored in uns."""
+    """The FOV column to use: ``fov_key`` if it is in ``result.obs``, else the one stored in uns,
+    else a column with a usual FOV name (:func:`~napari_spatial_impute.io.find_fov_key`)."""
     if fov_key and fov_key in result.obs.columns:
         return fov_key
     stored = result.uns.get("spatial_impute", {}).get("fov_key")
     if stored and stored in result.obs.columns:
         return str(stored)
-    return None
+    return find_fov_key(result)  # the usual names (fov, slice, ...), as the reader does
 
 
 def fov_rows(result: ad.AnnData, fov_key: str | None) -> dict[str, np.ndarray]:
