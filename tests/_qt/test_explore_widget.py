@@ -195,3 +195,13 @@ def test_large_fovs_build_in_a_worker(widget, qtbot, monkeypatch):
     qtbot.waitUntil(lambda: bool(seen) and w.gene_button.isEnabled(), timeout=20_000)
     assert "NotAGene" in str(seen[0])
     assert len(viewer.layers) == 4
+
+
+@pytest.mark.parametrize("display_name", ["Explore", "Diagnostics", "Label images"])
+def test_widgets_open_from_the_plugin_menu(make_napari_viewer, qtbot, display_name):
+    viewer = make_napari_viewer()
+    load_into(viewer)
+    _, widget = viewer.window.add_plugin_dock_widget("napari-spatial-impute", display_name)
+    assert widget.model.result is not None
+    if display_name == "Explore":
+        assert widget.show_gene("Gad1")
