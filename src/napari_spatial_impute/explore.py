@@ -37,6 +37,8 @@ ROLE_KEY = "nsi_role"
 FOV_KEY = "nsi_fov"
 VALUE_KEY = "nsi_value"
 ROWS_KEY = "nsi_rows"
+#: Set on the layers the exploration widgets made (they follow a new result).
+EXPLORE_KEY = "nsi_explore"
 REFERENCE_ROLE = "reference"
 PREDICTED_ROLE = "predicted"
 HIGHLIGHT_ROLE = "link_highlight"
@@ -422,7 +424,13 @@ def value_layer_specs(
         kw.update(
             face_colormap=COLORMAPS[kind],
             face_contrast_limits=limits,
-            metadata={ROLE_KEY: kind, FOV_KEY: fov, VALUE_KEY: name, ROWS_KEY: rows},
+            metadata={
+                ROLE_KEY: kind,
+                FOV_KEY: fov,
+                VALUE_KEY: name,
+                ROWS_KEY: rows,
+                EXPLORE_KEY: True,
+            },
         )
         specs.append(
             PointsSpec(layer_name(name, kind, fov), coords_yx(result, rows), feats, name, kw)
@@ -476,7 +484,13 @@ def predicted_layer_specs(
         kw = _points_kwargs(len(rows), size)
         kw.update(
             face_color_cycle=cycle,
-            metadata={ROLE_KEY: PREDICTED_ROLE, FOV_KEY: fov, VALUE_KEY: key, ROWS_KEY: rows},
+            metadata={
+                ROLE_KEY: PREDICTED_ROLE,
+                FOV_KEY: fov,
+                VALUE_KEY: key,
+                ROWS_KEY: rows,
+                EXPLORE_KEY: True,
+            },
         )
         specs.append(
             PointsSpec(predicted_layer_name(key, fov), coords_yx(result, rows), feats, key, kw)

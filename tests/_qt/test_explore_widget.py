@@ -205,3 +205,31 @@ def test_widgets_open_from_the_plugin_menu(make_napari_viewer, qtbot, display_na
     assert widget.model.result is not None
     if display_name == "Explore":
         assert widget.show_gene("Gad1")
+
+
+def test_layers_follow_a_new_result(widget):
+    viewer, model, w = widget
+    from napari_spatial_impute import map_cells_to_space
+
+    gene_layers = w.show_gene("Gad1")
+    prob = w.show_cluster(w.cluster_combo.itemText(0))
+    pred = w.show_predicted()
+    n = len(viewer.layers)
+    new = map_cells_to_space(
+        model.reference, model.spatial, cluster_key="cell_type", epochs=3
+    ).to_anndata()
+    model.set_result(new)
+    assert len(viewer.layers) == n
+    layer = gene_layers[0]
+    rows = layer.metadata["nsi_rows"]
+    assert np.allclose(layer.features["Gad1"], values(new, "imputed", "Gad1")[rows])
+    assert np.allclose(layer.face_contrast_limits, robust_limits(values(new, "imputed", "Gad1")))
+    cl = prob[0].metadata["nsi_value"]
+    assert np.allclose(
+        prob[0].features[cl], values(new, "probability", cl)[prob[0].metadata["nsi_rows"]]
+    )
+    assert list(pred[0].features["cell_type"]) == list(
+        new.obs["cell_type_predicted"].astype(str)[pred[0].metadata["nsi_rows"]]
+    )
+    model.set_result(None)
+    assert len(viewer.layers) == 0

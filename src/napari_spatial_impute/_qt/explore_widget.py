@@ -42,6 +42,7 @@ from .layer_ops import (
     place_cluster,
     place_gene,
     place_predicted,
+    refresh_layers,
 )
 from .linking import get_link_controller
 
@@ -144,6 +145,10 @@ class ExploreWidget(QWidget):
     # ------------------------------------------------------------------ state
     def _on_result(self, result: Any = None) -> None:
         result = self.model.result
+        try:  # layers shown before follow the new result
+            refresh_layers(self.viewer, result, self.model.fov_key)
+        except Exception as exc:
+            notify_error(exc)
         enabled = result is not None
         for w in (
             self.gene_edit,

@@ -13,7 +13,9 @@ from napari.layers import Layer, Points
 from napari.utils.notifications import show_error
 
 from ..explore import (
+    EXPLORE_KEY,
     FOV_KEY,
+    PREDICTED_ROLE,
     ROLE_KEY,
     VALUE_KEY,
     PointsSpec,
@@ -242,6 +244,50 @@ def open_predicted(
 ) -> list[Points]:
     """Show the most likely cluster per FOV (categorical colours)."""
     return place_predicted(viewer, predicted_layer_specs(result, fovs, fov_key, size=size))
+
+
+def refresh_layers(viewer: Any, result: Any, fov_key: str | None = None) -> list[Points]:
+    """Give the exploration layers the values of a new result (same genes, clusters and FOVs).
+
+    Layers whose gene, cluster or FOV the new result lacks, or whose FOV changed size, are
+    removed; ``result=None`` removes them all. Returns the layers kept.
+    """
+    ours = [
+        lay for lay in viewer.layers if lay.metadata.get(EXPLORE_KEY) and isinstance(lay, Points)
+    ]
+    kept: list[Points] = []
+    for layer in ours:
+        md = layer.metadata
+        try:
+            if result is None:
+                raise ValueError("no result")
+            if md.get(ROLE_KEY) == PREDICTED_ROLE:
+                specs = predicted_layer_specs(
+                    result, [md[FOV_KEY]], fov_key, size=float(np.mean(layer.size))
+                )
+                if len(specs[0].data) != len(layer.data):
+                    raise ValueError("FOV changed")
+                layer.data = specs[0].data
+                layer.features = specs[0].features
+                layer.metadata = dict(specs[0].kwargs["metadata"])
+            else:
+                spec = value_layer_specs(
+                    result,
+                    md[ROLE_KEY],
+                    md[VALUE_KEY],
+                    [md[FOV_KEY]],
+                    fov_key,
+                    size=float(np.mean(layer.size)),
+                )[0]
+                if len(spec.data) != len(layer.data):
+                    raise ValueError("FOV changed")
+                layer.data = spec.data
+                recolor(layer, spec, bool(getattr(layer.face_colorbar, "visible", True)))
+            kept.append(layer)
+        except Exception:
+            if layer in viewer.layers:
+                viewer.layers.remove(layer)
+    return kept
 
 
 def jump_to_fov(viewer: Any, result: Any, fov: str, fov_key: str | None = None) -> None:
