@@ -155,3 +155,30 @@ def test_cv_error_is_notified(widget, qtbot, monkeypatch):
     qtbot.waitUntil(lambda: bool(seen) and w.cv_run_button.isEnabled(), timeout=20_000)
     assert "obsm['spatial']" in str(seen[0]) and "\n" not in str(seen[0])
     assert model.cv_table is None
+
+
+def test_result_without_clusters(make_napari_viewer_proxy, qtbot, monkeypatch):
+    from _explore_data import merfish_with_fovs
+
+    from napari_spatial_impute import map_cells_to_space
+    from napari_spatial_impute._model import get_model
+
+    ref, spa, _ = merfish_with_fovs()
+    res = map_cells_to_space(ref, spa, epochs=5).to_anndata()
+    viewer = make_napari_viewer_proxy()
+    seen = []
+    monkeypatch.setattr("napari_spatial_impute._qt.diagnostics_widget.notify_error", seen.append)
+    w = DiagnosticsWidget(viewer)
+    qtbot.addWidget(w)
+    get_model(viewer).set_result(res)
+    assert not seen
+    assert "no cell types" in w.val_fig.axes[0].texts[0].get_text()
+    assert len([ax for ax in w.train_fig.axes if ax.axison]) == 5
+    # the Explore widget works too, without cluster controls or cluster hover text
+    from napari_spatial_impute._qt.explore_widget import ExploreWidget
+
+    ex = ExploreWidget(viewer)
+    qtbot.addWidget(ex)
+    assert not ex.cluster_button.isEnabled() and not ex.predicted_button.isEnabled()
+    layers = ex.show_gene("Gad1")
+    assert layers and "top clusters" not in layers[0].features.columns

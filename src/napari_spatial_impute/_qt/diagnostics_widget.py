@@ -28,7 +28,7 @@ from qtpy.QtWidgets import (
 
 from .._model import get_model
 from ..evaluate import validate_cell_types
-from ..explore import shared_genes
+from ..explore import cluster_key, shared_genes
 from ..plots import (
     cv_summary_text,
     default_markers,
@@ -194,6 +194,13 @@ class DiagnosticsWidget(QWidget):
         """Redraw the per-cell-type validation for the markers in the text box."""
         result = self.model.result
         if result is None:
+            return None
+        if cluster_key(result) is None:  # nothing to validate against: say so, no error pop-up
+            self.val_fig.clear()
+            ax = self.val_fig.subplots()
+            ax.text(0.5, 0.5, "no cell types: map with a cluster key", ha="center", va="center")
+            ax.set_axis_off()
+            self.val_canvas.draw_idle()
             return None
         markers = marker_list(self.markers_edit.text(), shared_genes(result)) or None
         try:
