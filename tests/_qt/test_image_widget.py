@@ -217,3 +217,24 @@ def test_cosmx_two_fovs_before_mapping(make_napari_viewer_proxy, qtbot):
     w.align()
     assert np.allclose(layers[1].translate, fitted[1], atol=15)
     assert np.allclose(layers[1].scale, fitted[0], atol=0.01)
+
+
+@pytest.mark.skipif(
+    __import__("os").environ.get("QT_QPA_PLATFORM") == "offscreen",
+    reason="needs a real (Xvfb) display",
+)
+def test_painted_image_renders(make_napari_viewer, qtbot, tmp_path):
+    viewer = make_napari_viewer(show=True)
+    model = load_into(viewer)
+    labels, rows = _synthetic_labels(model.result, "2")
+    path = tmp_path / "labels_fov2.tif"
+    tifffile.imwrite(path, labels)
+    w = ImageWidget(viewer)
+    qtbot.addWidget(w)
+    layer = w.open_labels(path)
+    layer.visible = False
+    w.paint("Gad1", "imputed")
+    viewer.reset_view()
+    shot = viewer.screenshot(canvas_only=True, flash=False)[..., :3].astype(int)
+    coloured = np.abs(shot - shot.mean(-1, keepdims=True)).max(-1) > 30
+    assert coloured.sum() > 500  # viridis-coloured cells, not a blank canvas
