@@ -24,7 +24,6 @@ from qtpy.QtWidgets import (
 
 from .._model import get_model
 from ..explore import (
-    FOV_KEY,
     VALUE_KEY,
     cluster_names,
     default_point_size,
@@ -341,4 +340,4 @@ class ExploreWidget(QWidget):
         self.status.setText(f"FOV {fov}")
 
 
-__all__ = ["ExploreWidget", "FOV_KEY"]
+__all__ = ["ExploreWidget"]
