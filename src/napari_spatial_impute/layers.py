@@ -47,6 +47,11 @@ CELL_COLUMN = "obs_name"
 
 LayerData = tuple[Any, dict[str, Any], str]
 
+#: Drawing options of every plugin Points layer. Without a border colour the antialiased rim of
+#: points only a pixel or two wide is napari's grey border, which washes colours out when zoomed
+#: out; a minimum on-screen size keeps the face visible.
+POINT_STYLE: dict[str, Any] = {"border_width": 0, "border_color": "transparent", "canvas_size_limits": (4, 10000)}
+
 ROLES = ("spatial", "result", "reference")
 
 
@@ -286,7 +291,7 @@ def spatial_layers(
             "name": lname,
             "features": f,
             "size": size,
-            "border_width": 0,
+            **POINT_STYLE,
             "metadata": {
                 META_KEY: {
                     "adata": adata,
@@ -339,8 +344,8 @@ def reference_layer(
     kwargs: dict[str, Any] = {
         "name": name,
         "features": feats,
-        "size": point_size(data),
-        "border_width": 0,
+        "size": 2.0 * point_size(data),  # clusters are dense in a UMAP: bigger than the spacing
+        **POINT_STYLE,
         "scale": scale,
         "translate": translate,
         "metadata": {

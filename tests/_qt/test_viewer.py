@@ -1,0 +1,29 @@
+"""viewer.open_result_in_napari: result layers, reference UMAP, docked plugin widgets."""
+
+from __future__ import annotations
+
+import napari
+import numpy as np
+
+from napari_spatial_impute import map_cells_to_space
+from napari_spatial_impute._qt._sync import viewer_model
+from napari_spatial_impute.viewer import DOCKED, open_result_in_napari
+
+
+def test_open_result_docks_widgets(make_napari_viewer, monkeypatch, tmp_path, merfish):
+    ref, spa = merfish
+    res = map_cells_to_space(ref, spa, cluster_key="cell_type", epochs=10).to_anndata()
+    path = tmp_path / "result.h5ad"
+    res.write_h5ad(path)
+    viewer = make_napari_viewer()
+    monkeypatch.setattr(napari, "Viewer", lambda **_: viewer)
+    ref.obsm["X_umap"] = np.random.default_rng(0).normal(size=(ref.n_obs, 2)).astype(np.float32)
+    out = open_result_in_napari(path, reference=ref, run=False)
+    assert out is viewer
+    assert [layer.name for layer in viewer.layers] == ["most likely cell_type · FOV 0", "reference UMAP"]
+    model = viewer_model(viewer)
+    assert model.result is not None and model.result.n_vars == 134
+    assert model.reference is ref and model.cluster_key == "cell_type"
+    docked = set(viewer.window.dock_widgets)
+    for name in DOCKED:
+        assert any(name in title for title in docked), (name, docked)
