@@ -12,11 +12,11 @@ import warnings
 from pathlib import Path
 
 import anndata as ad
+import napari
 import numpy as np
 import scanpy as sc
 from qtpy.QtWidgets import QApplication
 
-import napari
 from napari_spatial_impute import cross_validate, load_merfish_hypothalamus, map_cells_to_space
 from napari_spatial_impute._model import get_model
 from napari_spatial_impute._qt.diagnostics_widget import DiagnosticsWidget
@@ -116,7 +116,9 @@ def main() -> None:
     layer = explore.show_gene("Gad1")[0]
     yx = layer.data
     full = np.asarray(spa.obsm["spatial"])[:, ::-1]
-    ref_layer = reference_umap(viewer, ref, offset=np.array([full[:, 0].min(), full[:, 1].max() + 200]))
+    ref_layer = reference_umap(
+        viewer, ref, offset=np.array([full[:, 0].min(), full[:, 1].max() + 200])
+    )
     viewer.layers.selection.active = layer
     layer.mode = "select"
     center = np.median(yx, 0)
@@ -139,7 +141,9 @@ def main() -> None:
     diag = DiagnosticsWidget(viewer)
     diag.resize(1300, 560)
     diag.show()
-    for i, name in enumerate(["diagnostics_training.png", "diagnostics_validation.png", "diagnostics_cv.png"]):
+    for i, name in enumerate(
+        ["diagnostics_training.png", "diagnostics_validation.png", "diagnostics_cv.png"]
+    ):
         diag.tabs.setCurrentIndex(i)
         settle(viewer, 10)
         diag.grab().save(str(OUT / name))
