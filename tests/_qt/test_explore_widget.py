@@ -233,3 +233,17 @@ def test_layers_follow_a_new_result(widget):
     )
     model.set_result(None)
     assert len(viewer.layers) == 0
+
+
+def test_tooltip_toggle(widget):
+    from napari.settings import get_settings
+
+    viewer, model, w = widget
+    before = get_settings().appearance.layer_tooltip_visibility
+    try:
+        w.tooltip_check.setChecked(True)
+        assert get_settings().appearance.layer_tooltip_visibility
+        w.tooltip_check.setChecked(False)
+        assert not get_settings().appearance.layer_tooltip_visibility
+    finally:
+        get_settings().appearance.layer_tooltip_visibility = before

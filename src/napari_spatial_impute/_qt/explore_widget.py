@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from napari.settings import get_settings
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
     QAbstractItemView,
@@ -85,6 +86,13 @@ class ExploreWidget(QWidget):
         self.grid_check = QCheckBox("side by side (one grid cell per layer)")
         self.grid_check.setChecked(bool(napari_viewer.grid.enabled))
         self.grid_check.toggled.connect(self._set_grid)
+        self.tooltip_check = QCheckBox("hover tooltips (napari setting: layer tooltips)")
+        self.tooltip_check.setToolTip(
+            "the hovered cell's features (values, top imputed genes, top clusters) also appear "
+            "beside the cursor; they are always in the status bar"
+        )
+        self.tooltip_check.setChecked(bool(get_settings().appearance.layer_tooltip_visibility))
+        self.tooltip_check.toggled.connect(self._set_tooltips)
         self.links = get_link_controller(napari_viewer)
         self.link_check = QCheckBox("link selections (spatial cells <-> reference cells)")
         self.link_check.setChecked(self.links.enabled)
@@ -125,6 +133,7 @@ class ExploreWidget(QWidget):
         form.addRow("Point size", self.size_spin)
         form.addRow("", self.link_check)
         form.addRow("", self.grid_check)
+        form.addRow("", self.tooltip_check)
         row = QHBoxLayout()
         row.addWidget(self.nav_combo, 1)
         row.addWidget(self.nav_button)
@@ -187,6 +196,9 @@ class ExploreWidget(QWidget):
         fovs = list(fov_rows(self.model.result, self.model.fov_key))
         self.fov_list.addItems(fovs)
         self.nav_combo.addItems(fovs)
+
+    def _set_tooltips(self, on: bool) -> None:
+        get_settings().appearance.layer_tooltip_visibility = bool(on)
 
     def _set_grid(self, on: bool) -> None:
         self.viewer.grid.enabled = bool(on)
