@@ -182,3 +182,16 @@ def test_recolour_200k_points_in_place_is_fast():
     elapsed = time.perf_counter() - t0
     assert len(np.unique(layer.face_color, axis=0)) == 8
     assert elapsed < 20, f"recolouring 200k points took {elapsed:.1f} s"
+
+
+def test_cluster_colours_match_between_tissue_and_umap(merfish):
+    from napari_spatial_impute import map_cells_to_space
+
+    ref, spa = merfish
+    res = map_cells_to_space(ref, spa, cluster_key="cell_type", epochs=5).to_anndata()
+    ref.obsm["X_umap"] = np.zeros((ref.n_obs, 2), dtype=np.float32)
+    (_, tissue, _), = spatial_layers(res)
+    _, umap, _ = reference_layer(ref, cluster_key="cell_type")
+    shared = set(tissue["face_color_cycle"]) & set(umap["face_color_cycle"])
+    assert len(shared) == 14
+    assert all(tissue["face_color_cycle"][c] == umap["face_color_cycle"][c] for c in shared)

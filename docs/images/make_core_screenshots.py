@@ -59,6 +59,17 @@ def main() -> int:
     viewer.reset_view()
     save(viewer, "map_widget.png")
 
+    # a long run, caught half-way, then cancelled: nothing is added
+    n_layers = len(viewer.layers)
+    mapw.epochs.setValue(3000)
+    mapw.run()
+    wait(lambda: mapw.progress.value() >= 400)
+    save(viewer, "map_widget_running.png")
+    mapw.cancel()
+    wait(lambda: mapw.worker is None)
+    assert len(viewer.layers) == n_layers, "cancel added a layer"
+    print("cancelled:", mapw.status.text())
+
     data = shared_data_dir()
     mop = data / "merfish_mop" / "spatial.h5ad" if data else None
     if mop is not None and mop.exists():

@@ -47,8 +47,10 @@ def napari_get_reader(path: str | list[str]) -> ReaderFunction | None:
 
 def read_h5ad_layers(path: str | list[str]) -> list[LayerData]:
     """Read one or more ``.h5ad`` files into layer-data tuples."""
+    from ._qt._sync import hook_current_viewer
     from .io import read_h5ad
 
+    hook_current_viewer()
     paths = [path] if isinstance(path, str | Path) else list(path)
     out: list[LayerData] = []
     for p in paths:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ._qt._sync import hook_current_viewer
 from .layers import LayerData, bounds_of, ensure_umap, reference_layer, spatial_layers
 
 #: Epochs of the sample mapping (about a second on a laptop CPU).
@@ -15,6 +16,7 @@ def merfish_pair() -> list[LayerData]:
     """
     from .datasets import load_merfish_hypothalamus
 
+    hook_current_viewer()
     reference, spatial = load_merfish_hypothalamus()
     layers = spatial_layers(spatial, name="MERFISH spatial", role="spatial")
     ensure_umap(reference)
@@ -32,6 +34,7 @@ def merfish_mapping() -> list[LayerData]:
     from .datasets import load_merfish_hypothalamus
     from .mapping import map_cells_to_space
 
+    hook_current_viewer()
     reference, spatial = load_merfish_hypothalamus()
     result = map_cells_to_space(reference, spatial, cluster_key="cell_type", epochs=SAMPLE_EPOCHS, seed=0)
-    return spatial_layers(result.to_anndata(), name="MERFISH mapping", role="result")
+    return spatial_layers(result.to_anndata(), role="result")

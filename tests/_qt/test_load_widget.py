@@ -19,7 +19,10 @@ def _wait(qtbot, worker, timeout=180_000):
 
 
 def _world_bounds(layer):
-    d = np.asarray(layer.data)[:, -2:] * np.asarray(layer.scale)[-2:] + np.asarray(layer.translate)[-2:]
+    d = (
+        np.asarray(layer.data)[:, -2:] * np.asarray(layer.scale)[-2:]
+        + np.asarray(layer.translate)[-2:]
+    )
     return d.min(axis=0), d.max(axis=0)
 
 
@@ -108,7 +111,9 @@ def test_data_from_plugin_layers(viewer_widget, qtbot):
         viewer.add_points(data, **kw)
     model = viewer_model(viewer)
     assert model.spatial is spa, "a plugin layer added to the viewer fills the model"
-    choices = [w.spatial_row.layer_combo.itemText(i) for i in range(w.spatial_row.layer_combo.count())]
+    choices = [
+        w.spatial_row.layer_combo.itemText(i) for i in range(w.spatial_row.layer_combo.count())
+    ]
     assert choices == [FROM_FILE, "opened"]
     w.spatial_row.layer_combo.setCurrentText("opened")
     worker = w.load()

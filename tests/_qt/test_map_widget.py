@@ -17,7 +17,9 @@ from napari_spatial_impute.layers import META_KEY, plugin_meta
 def widget(make_napari_viewer_proxy, qtbot, merfish):
     viewer = make_napari_viewer_proxy()
     ref, spa = merfish
-    spa.obs["fov"] = pd.Categorical(np.where(spa.obsm["spatial"][:, 0] < np.median(spa.obsm["spatial"][:, 0]), "left", "right"))
+    spa.obs["fov"] = pd.Categorical(
+        np.where(spa.obsm["spatial"][:, 0] < np.median(spa.obsm["spatial"][:, 0]), "left", "right")
+    )
     model = viewer_model(viewer)
     model.set_reference(ref)
     model.set_spatial(spa)
@@ -94,7 +96,9 @@ def test_engine_error_is_reported_and_adds_nothing(widget, qtbot):
     assert w.status.text().startswith("Error: clusters mode needs a cluster key")
     from napari.utils.notifications import notification_manager
 
-    assert any("clusters mode needs a cluster key" in str(n.message) for n in notification_manager.records)
+    assert any(
+        "clusters mode needs a cluster key" in str(n.message) for n in notification_manager.records
+    )
     assert len(viewer.layers) == 0 and model.result is None
 
 
@@ -118,7 +122,9 @@ def test_run_disabled_without_data(make_napari_viewer_proxy, qtbot):
     assert "Load" in w.data_label.text()
 
 
-@pytest.mark.skipif(os.environ.get("QT_QPA_PLATFORM") == "offscreen", reason="needs a real (Xvfb) display to render")
+@pytest.mark.skipif(
+    os.environ.get("QT_QPA_PLATFORM") == "offscreen", reason="needs a real (Xvfb) display to render"
+)
 def test_result_layers_are_drawn(make_napari_viewer, qtbot, merfish):
     viewer = make_napari_viewer(show=True)
     ref, spa = merfish

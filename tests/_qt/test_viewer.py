@@ -27,3 +27,28 @@ def test_open_result_docks_widgets(make_napari_viewer, monkeypatch, tmp_path, me
     docked = set(viewer.window.dock_widgets)
     for name in DOCKED:
         assert any(name in title for title in docked), (name, docked)
+
+
+def test_open_sample_fills_the_model(make_napari_viewer_proxy):
+    viewer = make_napari_viewer_proxy()
+    viewer.open_sample("napari-spatial-impute", "merfish_mapping")
+    assert [layer.name for layer in viewer.layers] == ["most likely cell_type · FOV 0"]
+    model = viewer_model(viewer)
+    assert model.result is not None and model.result.n_vars == 134
+    assert model.cluster_key == "cell_type"
+
+
+def test_dropped_result_file_opens_with_plugin(make_napari_viewer_proxy, tmp_path, merfish):
+    ref, spa = merfish
+    res = map_cells_to_space(ref, spa, cluster_key="cell_type", epochs=5).to_anndata()
+    path = tmp_path / "r.h5ad"
+    res.write_h5ad(path)
+    viewer = make_napari_viewer_proxy()
+    layers = viewer.open(str(path), plugin="napari-spatial-impute")
+    assert len(layers) == 1 and viewer_model(viewer).result is not None
+    out = tmp_path / "saved.h5ad"
+    viewer.layers.save(str(out), plugin="napari-spatial-impute")
+    import anndata as ad
+
+    back = ad.read_h5ad(out)
+    np.testing.assert_array_equal(back.X, res.X)

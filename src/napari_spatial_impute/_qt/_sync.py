@@ -63,3 +63,20 @@ def connect_model(viewer: Any) -> SpatialImputeModel:
 
         viewer.layers.events.inserted.connect(_on_inserted)
     return model
+
+
+def hook_current_viewer() -> None:
+    """Connect the model of napari's current viewer, if any, so layers about to be added are adopted.
+
+    The reader and the sample-data commands call this: napari adds their layers to the current
+    viewer after they return, and the model then learns their data sets even before any of the
+    plugin's widgets is opened. Does nothing without a viewer (e.g. in scripts).
+    """
+    try:
+        import napari
+
+        viewer = napari.current_viewer()
+    except Exception:
+        return
+    if viewer is not None:
+        connect_model(viewer)
