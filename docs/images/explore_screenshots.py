@@ -107,6 +107,14 @@ def main() -> None:
     viewer.layers.clear()
     explore.show_gene("Slc17a6")
     explore.go_to_fov("2")
+    # hover a cell: its features (value, top imputed genes, top clusters) in the status bar
+    for lay in viewer.layers:
+        lay.visible = "imputed" in lay.name
+    target = viewer.layers["Slc17a6 imputed · FOV 2"]
+    viewer.layers.selection.active = target
+    viewer.mouse_over_canvas = True
+    viewer.cursor.position = tuple(target.data[len(target.data) // 2])
+    viewer.update_status_from_cursor()
     save(viewer, "explore_fov_navigator.png")
 
     # 4. linking: select spatial cells, see their reference cells on the UMAP
