@@ -333,7 +333,7 @@ def hover_features(result: ad.AnnData, rows: np.ndarray, n_genes: int = 3) -> pd
     clusters = top_clusters_text(result, rows)
     if clusters is not None:
         df["top clusters"] = clusters
-    for k in [k for k, (ref, _) in _HOVER_CACHE.items() if ref() is None or len(_HOVER_CACHE) > 32]:
+    for k in [k for k, (ref, _) in _HOVER_CACHE.items() if ref() is None or len(_HOVER_CACHE) > 8]:
         _HOVER_CACHE.pop(k, None)
     _HOVER_CACHE[key] = (weakref.ref(result), df)
     return df.copy()
