@@ -147,3 +147,34 @@ def test_result_layers_are_drawn(make_napari_viewer, qtbot, merfish):
     # several category colours are visible (a categorical colour cycle, not one colour)
     colours = {tuple(c) for c in img[drawn][:, :3] // 32}
     assert len(colours) >= 4
+
+
+def test_iter_mapping_generator(merfish):
+    import threading
+
+    from napari_spatial_impute import InputError
+    from napari_spatial_impute._qt._workers import Failed, guarded, iter_mapping
+
+    ref, spa = merfish
+    gen = iter_mapping(ref, spa, threading.Event(), lambda r: r.params["epochs"], epochs=7, cluster_key="cell_type")
+    epochs = []
+    with pytest.raises(StopIteration) as stop:
+        while True:
+            epochs.append(next(gen).epoch)
+    assert epochs == list(range(1, 8)) and stop.value.value == 7
+
+    cancel = threading.Event()
+    gen = iter_mapping(ref, spa, cancel, epochs=10_000)
+    next(gen)
+    cancel.set()
+    with pytest.raises(StopIteration) as stop:
+        for _ in range(10_000):
+            next(gen)
+    assert stop.value.value is None, "a cancelled run returns nothing"
+
+    with pytest.raises(InputError):
+        list(iter_mapping(ref, spa, threading.Event(), mode="clusters", epochs=3))
+    gen = guarded(iter_mapping(ref, spa, threading.Event(), mode="clusters", epochs=3))
+    with pytest.raises(StopIteration) as stop:
+        next(gen)
+    assert isinstance(stop.value.value, Failed) and "cluster key" in stop.value.value.message

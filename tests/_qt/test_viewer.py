@@ -52,3 +52,18 @@ def test_dropped_result_file_opens_with_plugin(make_napari_viewer_proxy, tmp_pat
 
     back = ad.read_h5ad(out)
     np.testing.assert_array_equal(back.X, res.X)
+
+
+def test_docked_widgets_share_one_model(make_napari_viewer, qtbot, merfish):
+    """napari gives each dock widget its own viewer proxy; they must still share one model."""
+    import gc
+
+    viewer = make_napari_viewer()
+    _, load = viewer.window.add_plugin_dock_widget("napari-spatial-impute", "Load data")
+    gc.collect()
+    _, mapw = viewer.window.add_plugin_dock_widget("napari-spatial-impute", "Map cells to space")
+    assert not mapw.run_button.isEnabled()
+    ref, spa = merfish
+    load._on_loaded((ref, spa, False, False))
+    assert mapw.run_button.isEnabled(), "the Map widget sees what the Load widget loaded"
+    assert "1,308 reference cells -> 750 spatial cells" in mapw.data_label.text()

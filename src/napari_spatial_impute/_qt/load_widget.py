@@ -151,7 +151,7 @@ class LoadWidget(QWidget):
         return out
 
     def _refresh_layer_choices(self, *_: Any) -> None:
-        for row, roles in ((self.reference_row, ("reference",)), (self.spatial_row, ("spatial", "result"))):
+        for row, roles in ((self.reference_row, ("reference",)), (self.spatial_row, ("spatial",))):
             current = row.layer_combo.currentText()
             row.layer_combo.blockSignals(True)
             row.layer_combo.clear()
@@ -171,7 +171,7 @@ class LoadWidget(QWidget):
     def load(self) -> Any:
         """Read the chosen files in a worker, then store and show them; returns the worker."""
         ref = self._chosen(self.reference_row, ("reference",))
-        spa = self._chosen(self.spatial_row, ("spatial", "result"))
+        spa = self._chosen(self.spatial_row, ("spatial",))
         if ref is None and spa is None:
             self.status.setText("Choose a reference and/or a spatial .h5ad file (or a layer).")
             return None
