@@ -77,10 +77,10 @@ def test_lean_refresh_reaches_exact_score_on_real_pair(merfish_pair):
 def test_lean_results_project_like_dense(merfish_pair, tmp_path):
     ref, spa = merfish_pair
     r = nsi.map_cells_to_space(ref, spa, cluster_key="cell_type", epochs=60, engine="lean", candidates=20)
-    out = r.to_anndata()
+    out = r.to_anndata(method="probabilistic")
     P = r.probabilities.toarray()
     np.testing.assert_allclose(out.X, P.T @ ref.X.toarray(), rtol=1e-4, atol=1e-5)
-    probs = out.obsm["cluster_probabilities"]
+    probs = out.obsm["cluster_probabilities_tangram"]
     np.testing.assert_allclose(probs.sum(1), 1.0, rtol=1e-5)
     np.testing.assert_array_equal(out.obsm["mapping_top_index"][:, 0], P.argmax(0))
     nsi.write_h5ad_atomic(out, tmp_path / "lean.h5ad")

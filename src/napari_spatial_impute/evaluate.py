@@ -60,6 +60,7 @@ def cross_validate(
     seed: int = 0,
     genes: Sequence[str] | None = None,
     progress: Callable[[int, int, EpochInfo | None], None] | None = None,
+    method: str = "auto",
     **map_kwargs: Any,
 ) -> pd.DataFrame:
     """Leave-genes-out cross-validation of the imputation.
@@ -80,6 +81,8 @@ def cross_validate(
         Genes to cross-validate (reference or spatial names, any case); default all shared.
     progress
         Called as ``progress(fold, n_folds, epoch_info)`` during training.
+    method
+        Projection of the held-out genes (see :func:`~napari_spatial_impute.project_genes`).
     **map_kwargs
         Passed to :func:`~napari_spatial_impute.map_cells_to_space` (mode, epochs, ...);
         ``genes`` there is not allowed.
@@ -119,7 +122,7 @@ def cross_validate(
 
         result = map_cells_to_space(reference, spatial, genes=train, callback=cb, **map_kwargs)
         assert not (set(result.genes.training_reference) & held_set), "held-out gene used in training"
-        pred = result.project_genes(held).X
+        pred = result.project_genes(held, method=method).X
         measured = dense_columns(sp_vals, [ref_to_sp[g] for g in held])
         pear = pearson_per_gene(pred, measured)
         cos = cosine_columns(pred, measured)

@@ -16,7 +16,19 @@ from .preprocess import cluster_profiles
 if TYPE_CHECKING:
     from .mapping import MappingResult
 
-METHODS: tuple[str, ...] = ("probabilistic", "argmax")
+METHODS: tuple[str, ...] = ("auto", "neighbours", "probabilistic", "argmax")
+SOURCES: tuple[str, ...] = ("auto", "neighbours", "tangram")
+
+
+def resolve_method(result: MappingResult, method: str) -> str:
+    """``"auto"`` means the neighbourhood ensemble when it was computed, else the Tangram map."""
+    if method not in METHODS:
+        raise InputError(f"projection method {method!r} is not known; use one of {', '.join(METHODS)}.")
+    if method == "auto":
+        return "neighbours" if result.neighbours is not None else "probabilistic"
+    if method == "neighbours" and result.neighbours is None:
+        raise InputError("this mapping has no neighbourhood ensemble; map with neighbours=True.")
+    return method
 GENE_CHUNK = 2048
 
 
@@ -79,7 +91,7 @@ def mapped_units(result: MappingResult) -> tuple[np.ndarray, np.ndarray]:
 
 
 def project_genes(
-    result: MappingResult, genes: Sequence[str] | None = None, method: str = "probabilistic"
+    result: MappingResult, genes: Sequence[str] | None = None, method: str = "auto"
 ) -> ad.AnnData:
     """Impute reference genes at every spatial cell.
 
@@ -90,17 +102,19 @@ def project_genes(
     genes
         Reference genes to impute (any case); ``None`` imputes all of them.
     method
-        ``"probabilistic"``: ``Mᵀ S`` (the expected expression under the mapping, tangram-sc's
-        ``project_genes``); ``"argmax"``: the profile of the reference cell (or cluster mean)
-        that maps with the highest probability to each spatial cell.
+        ``"neighbours"``: ``W S``, the neighbourhood ensemble's weighted mean of similar reference
+        cells (see :mod:`napari_spatial_impute.neighbours`; the most accurate);
+        ``"probabilistic"``: ``Mᵀ S`` (the expected expression under the Tangram map,
+        tangram-sc's ``project_genes``); ``"argmax"``: the profile of the reference cell (or
+        cluster mean) that maps with the highest probability to each spatial cell; ``"auto"``:
+        ``"neighbours"`` when available, else ``"probabilistic"``.
 
     Returns
     -------
     AnnData spatial cells x genes (float32), with the spatial ``obs``/``obsm`` and
     ``var["is_training"]``.
     """
-    if method not in METHODS:
-        raise InputError(f"projection method {method!r} is not known; use one of {', '.join(METHODS)}.")
+    method = resolve_method(result, method)
     names = resolve_reference_genes(result, genes)
     col_idx = result.reference.var_names.get_indexer(names)
     n_sp = result.probabilities.shape[1]
@@ -110,7 +124,10 @@ def project_genes(
         unit_idx, _ = mapped_units(result)
     for a in range(0, len(names), GENE_CHUNK):
         idx = col_idx[a : a + GENE_CHUNK]
-        if method == "probabilistic":
+        if method == "neighbours":
+            block = result.neighbours @ result.reference_values.X[:, idx]
+            block = block.toarray() if sp.issparse(block) else block
+        elif method == "probabilistic":
             U = _unit_matrix(result, idx)
             if sp.issparse(P):
                 block = P.T @ U
@@ -132,7 +149,9 @@ def project_genes(
     )
 
 
-def project_cell_annotations(result: MappingResult, key: str | None = None) -> pd.DataFrame:
+def project_cell_annotations(
+    result: MappingResult, key: str | None = None, source: str = "auto"
+) -> pd.DataFrame:
     """Probability of each reference category at each spatial cell (rows sum to 1).
 
     In cells mode the probability of category ``c`` at spatial cell ``j`` is
@@ -146,6 +165,10 @@ def project_cell_annotations(result: MappingResult, key: str | None = None) -> p
         A learned mapping.
     key
         Reference obs column to project (default: the mapping's cluster key).
+    source
+        ``"neighbours"``: the share of each category among the ensemble's weights of the
+        spatial cell (more accurate on the cell-split benchmarks); ``"tangram"``: from the
+        Tangram map as described above; ``"auto"``: neighbours when available.
 
     Returns
     -------
@@ -158,6 +181,24 @@ def project_cell_annotations(result: MappingResult, key: str | None = None) -> p
         raise InputError(
             f"annotation {key!r} is not in the reference obs; columns there are: "
             f"{', '.join(map(str, result.reference.obs.columns)) or '(none)'}."
+        )
+    if source not in SOURCES:
+        raise InputError(f"annotation source {source!r} is not known; use one of {', '.join(SOURCES)}.")
+    if source == "auto":
+        source = "neighbours" if result.neighbours is not None else "tangram"
+    if source == "neighbours":
+        if result.neighbours is None:
+            raise InputError("this mapping has no neighbourhood ensemble; use source='tangram'.")
+        labels = pd.Categorical(result.reference.obs[key].astype(str)).remove_unused_categories()
+        onehot = sp.csr_matrix(
+            (np.ones(len(labels), dtype=np.float32), (np.arange(len(labels)), labels.codes)),
+            shape=(len(labels), len(labels.categories)),
+        )
+        counts = (result.neighbours @ onehot).toarray()
+        total = counts.sum(axis=1, keepdims=True)
+        probs = np.divide(counts, total, out=np.full_like(counts, 1.0 / counts.shape[1]), where=total > 0)
+        return pd.DataFrame(
+            probs.astype(np.float32), index=result.spatial.obs_names.copy(), columns=list(map(str, labels.categories))
         )
     P = result.probabilities
     if result.mode == "clusters":

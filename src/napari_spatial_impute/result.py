@@ -32,6 +32,7 @@ from .project import (
     mapped_units,
     project_cell_annotations,
     project_genes,
+    resolve_method,
     resolve_reference_genes,
     top_mapped_units,
 )
@@ -45,7 +46,7 @@ UNS_KEY = "spatial_impute"
 def result_to_anndata(
     result: MappingResult,
     genes: Sequence[str] | None = None,
-    method: str = "probabilistic",
+    method: str = "auto",
     top_k: int = 10,
     impute: bool = True,
 ) -> ad.AnnData:
@@ -58,12 +59,13 @@ def result_to_anndata(
     genes
         Reference genes to impute; ``None`` imputes all of them.
     method
-        ``"probabilistic"`` or ``"argmax"`` projection for ``X``; the other is not stored.
+        Projection for ``X`` (see :func:`~napari_spatial_impute.project.project_genes`).
     top_k
         Best reference units kept per spatial cell in ``obsm``.
     impute
         ``False`` leaves ``X`` empty (``None``) for :func:`write_result` to fill in chunks.
     """
+    method = resolve_method(result, method)
     spatial = result.spatial
     if impute:
         imputed = project_genes(result, genes=genes, method=method)
@@ -95,6 +97,8 @@ def result_to_anndata(
     if key:
         probs = project_cell_annotations(result, key)
         out.obsm["cluster_probabilities"] = probs
+        if result.neighbours is not None:
+            out.obsm["cluster_probabilities_tangram"] = project_cell_annotations(result, key, source="tangram")
         best = probs.to_numpy().argmax(axis=1)
         out.obs[f"{key}_predicted"] = pd.Categorical.from_codes(best, categories=list(probs.columns))
         out.obs[f"{key}_predicted_probability"] = probs.to_numpy().max(axis=1).astype(np.float32)
@@ -153,7 +157,7 @@ def write_result(
     result: MappingResult,
     path: str | os.PathLike[str],
     genes: Sequence[str] | None = None,
-    method: str = "probabilistic",
+    method: str = "auto",
     chunk_genes: int | None = None,
     extra_uns: dict[str, Any] | None = None,
 ) -> ad.AnnData:
@@ -172,6 +176,7 @@ def write_result(
     from .io import write_h5ad_atomic
 
     names = resolve_reference_genes(result, genes)
+    method = resolve_method(result, method)
     n_obs = result.spatial.n_obs
     size = 4 * n_obs * len(names)
     if chunk_genes is None and size <= CHUNKED_WRITE_BYTES:
