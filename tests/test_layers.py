@@ -195,3 +195,13 @@ def test_cluster_colours_match_between_tissue_and_umap(merfish):
     shared = set(tissue["face_color_cycle"]) & set(umap["face_color_cycle"])
     assert len(shared) == 14
     assert all(tissue["face_color_cycle"][c] == umap["face_color_cycle"][c] for c in shared)
+
+
+def test_saving_part_of_the_cells_keeps_categories(merfish):
+    _, spa = merfish
+    spa.obs["kind"] = pd.Categorical(["rare"] + ["common"] * (spa.n_obs - 1), categories=["common", "rare", "unused"])
+    (data, kw, t), = _tuples(spatial_layers(spa))
+    kw["features"] = kw["features"].iloc[1:].reset_index(drop=True)  # delete the only 'rare' cell
+    back = layers_to_anndata([(data[1:], kw, t)])
+    assert list(back.obs["kind"].cat.categories) == ["common", "rare", "unused"]
+    assert back.n_obs == spa.n_obs - 1

@@ -518,7 +518,11 @@ def _plugin_points_to_anndata(src: ad.AnnData, pts: Sequence[tuple[Any, Mapping[
     if len(np.unique(pos)) != len(pos):
         raise ValueError("some cells are in several of the selected layers; select each FOV once.")
     order = np.argsort(pos, kind="stable")
-    out = src[np.sort(pos)].copy()
+    keep = np.sort(pos)
+    out = src.copy() if np.array_equal(keep, np.arange(src.n_obs)) else src[keep].copy()
+    for col in src.obs.columns:  # subsetting drops unused categories: keep the source's
+        if isinstance(src.obs[col].dtype, pd.CategoricalDtype):
+            out.obs[col] = out.obs[col].cat.set_categories(src.obs[col].cat.categories)
     xy = np.concatenate(coords, axis=0)[order]
     old = np.asarray(out.obsm[coord_key])
     out.obsm[coord_key] = xy.astype(old.dtype, copy=False) if old.shape[1] == xy.shape[1] else xy
