@@ -121,7 +121,8 @@ def test_shared_data_with_fovs(shared_data):
     assert sum(len(d) for d, _, _ in layers) == adata.n_obs
 
 
-def test_sample_data_returns_layers():
+def test_sample_data_returns_layers(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     pair = merfish_pair()
     assert [kw["name"] for _, kw, _ in pair] == ["MERFISH spatial", "MERFISH reference UMAP"]
     assert len(pair[0][0]) == 750 and len(pair[1][0]) == 1308
@@ -131,3 +132,19 @@ def test_sample_data_returns_layers():
     assert kind == "points" and len(data) == 750
     res = source_adata(kw["metadata"])
     assert res.n_vars == 134 and res.uns["spatial_impute"]["training_score"] > 0.5
+
+
+def test_sample_umap_is_cached(tmp_path, monkeypatch, merfish_pair):
+    from napari_spatial_impute import _sample_data
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    ref = merfish_pair[0].copy()
+    calls = []
+    real = _sample_data.ensure_umap
+    monkeypatch.setattr(_sample_data, "ensure_umap", lambda a: calls.append(1) or real(a))
+    first = _sample_data.cached_umap(ref)
+    again = merfish_pair[0].copy()
+    second = _sample_data.cached_umap(again)
+    assert len(calls) == 1, "the second call reads the cache"
+    np.testing.assert_array_equal(first, second)
+    assert list((tmp_path / "napari-spatial-impute").glob("umap-1308-*.npy"))
