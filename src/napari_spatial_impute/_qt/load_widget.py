@@ -27,6 +27,7 @@ from qtpy.QtWidgets import (
 from .._errors import InputError
 from ..io import find_fov_key, fov_labels, read_h5ad, validate_adata
 from ..layers import (
+    beside_transform,
     bounds_of,
     ensure_umap,
     guess_cluster_key,
@@ -101,8 +102,6 @@ class LoadWidget(QWidget):
         self.model = connect_model(napari_viewer)
         self.worker: Any = None
         self.umap_worker: Any = None
-        self.spatial_layers: list[Points] = []
-        self.reference_points: Points | None = None
 
         self.reference_row = _FileRow("reference")
         self.spatial_row = _FileRow("spatial")
@@ -240,6 +239,27 @@ class LoadWidget(QWidget):
         return None if not text or text == NONE else text
 
     # ------------------------------------------------------------------ layers
+    def _layers_of(self, adata: ad.AnnData | None, role: str) -> list[Points]:
+        if adata is None:
+            return []
+        out = []
+        for layer in self.viewer.layers:
+            meta = plugin_meta(layer)
+            if meta is not None and meta["adata"] is adata and meta.get("role") == role:
+                out.append(layer)
+        return out
+
+    @property
+    def spatial_layers(self) -> list[Points]:
+        """The viewer's layers of the current spatial data (made here or opened from a file)."""
+        return self._layers_of(self.model.spatial, "spatial")
+
+    @property
+    def reference_points(self) -> Points | None:
+        """The viewer's layer of the current reference, if any."""
+        found = self._layers_of(self.model.reference, "reference")
+        return found[0] if found else None
+
     def show_spatial(self) -> list[Points]:
         """(Re)build the spatial layers, one per FOV, coloured by the chosen column."""
         spa = self.model.spatial
@@ -248,11 +268,10 @@ class LoadWidget(QWidget):
         data = spatial_layers(spa, fov_key=self.model.fov_key, color_by=self._key(self.color_combo.currentText()), name="spatial", role="spatial", detect_fov=False)
         new = [Points(d, **kw) for d, kw, _ in data]
         for old in self.spatial_layers:
-            if old in self.viewer.layers:
-                self.viewer.layers.remove(old)
-        self.spatial_layers = [self.viewer.add_layer(layer) for layer in new]
+            self.viewer.layers.remove(old)
+        added = [self.viewer.add_layer(layer) for layer in new]
         self._place_reference()
-        return self.spatial_layers
+        return added
 
     def show_reference(self) -> Any:
         """Add the reference at its UMAP (computed in a worker when missing); returns the worker."""
@@ -272,17 +291,15 @@ class LoadWidget(QWidget):
         bounds = bounds_of([layer.data for layer in self.spatial_layers]) if self.spatial_layers else None
         data, kw, _ = reference_layer(ref, cluster_key=self.model.cluster_key, beside=bounds)
         layer = Points(data, **kw)
-        if self.reference_points is not None and self.reference_points in self.viewer.layers:
-            self.viewer.layers.remove(self.reference_points)
-        self.reference_points = self.viewer.add_layer(layer)
+        for old in self._layers_of(ref, "reference"):
+            self.viewer.layers.remove(old)
+        self.viewer.add_layer(layer)
         self.status.setText("Loaded.")
 
     def _place_reference(self) -> None:
         layer = self.reference_points
-        if layer is None or layer not in self.viewer.layers or not self.spatial_layers:
+        if layer is None or not self.spatial_layers:
             return
-        from ..layers import beside_transform
-
         scale, translate = beside_transform(layer.data, bounds_of([s.data for s in self.spatial_layers]))
         layer.scale, layer.translate = scale, translate
 
@@ -291,7 +308,7 @@ class LoadWidget(QWidget):
         key = self._key(text)
         self.model.set_keys(cluster_key=key, fov_key=self.model.fov_key)
         layer = self.reference_points
-        if layer is not None and layer in self.viewer.layers:
+        if layer is not None:
             recolor(layer, key or "")
         self._update_summary()
 
@@ -304,5 +321,4 @@ class LoadWidget(QWidget):
     def _color_changed(self, text: str) -> None:
         key = self._key(text)
         for layer in self.spatial_layers:
-            if layer in self.viewer.layers:
-                recolor(layer, key or "")
+            recolor(layer, key or "")
