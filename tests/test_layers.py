@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from napari_spatial_impute._writer import layers_to_anndata
 from napari_spatial_impute.explore import PREDICTED_ROLE, ROLE_KEY, ROWS_KEY
 from napari_spatial_impute.layers import (
     CELL_COLUMN,
@@ -18,7 +19,6 @@ from napari_spatial_impute.layers import (
     color_kwargs,
     features_frame,
     from_napari,
-    layers_to_anndata,
     point_size,
     recolor,
     reference_layer,
