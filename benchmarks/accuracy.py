@@ -47,18 +47,40 @@ from common import Pair, dense, log  # noqa: E402
 
 
 def run_ours(pair: Pair, train: list[str], held: list[str], epochs: int, seed: int, engine: str | None):
+    """This project's defaults. Returns ``(pred, P, None, extra)``.
+
+    ``pred`` is the default projection (``project_genes(held)``); when the default is not the
+    Tangram map's ``Mᵀ S`` (e.g. the neighbourhood ensemble), ``extra`` also holds the map's own
+    projection (``method="probabilistic"``) under the suffix ``" map"``, and the default
+    annotation scores (``cluster_probabilities()``) for cell-split pairs.
+    """
+    import inspect
+
     from napari_spatial_impute import map_cells_to_space
 
     kw: dict[str, Any] = {}
     if engine is not None:
         kw["engine"] = engine
+    if pair.ref_label is not None:
+        kw["cluster_key"] = pair.ref_label
     res = map_cells_to_space(
         pair.reference, pair.spatial, genes=train, epochs=epochs, seed=seed, transform="none", **kw
     )
     used = {g.lower() for g in res.genes.training_reference}
     assert not (used & {g.lower() for g in held}), "held-out gene reached training (ours)"
     pred = np.asarray(res.project_genes(held).X, dtype=np.float64)
-    return pred, res.probabilities, None
+    P = res.probabilities
+    P = P.toarray() if hasattr(P, "toarray") else np.asarray(P)
+    extra: dict[str, Any] = {}
+    params = inspect.signature(res.project_genes).parameters
+    default = params["method"].default if "method" in params else "probabilistic"
+    if default != "probabilistic":
+        extra["pred_map"] = np.asarray(res.project_genes(held, method="probabilistic").X, dtype=np.float64)
+        extra["default_projection"] = f"{default} (neighbourhood ensemble when available)"
+        if pair.ref_label is not None:
+            cp = res.cluster_probabilities()
+            extra["annot_scores"] = (cp.to_numpy(), np.asarray(cp.columns.astype(str)))
+    return pred, P, None, extra
 
 
 def run_tangram(pair: Pair, train: list[str], held: list[str], epochs: int, seed: int):
@@ -100,6 +122,18 @@ def run_tangram(pair: Pair, train: list[str], held: list[str], epochs: int, seed
         if j >= 0:
             pred[:, i] = X[:, j]
     return pred, np.asarray(adm.X, dtype=np.float32), None
+
+
+def annotation_from_scores(pair: Pair, scores: np.ndarray, cats: np.ndarray) -> dict[str, float]:
+    true = pair.spatial.obs[pair.sp_label].astype(str).to_numpy()
+    pred = cats[np.argmax(scores, axis=1)]
+    ok = pred == true
+    known = np.isin(true, pair.reference.obs[pair.ref_label].astype(str).unique())
+    return {
+        "accuracy": float(ok.mean()),
+        "accuracy_known_labels": float(ok[known].mean()) if known.any() else float("nan"),
+        "frac_known_labels": float(known.mean()),
+    }
 
 
 def run_knn(pair: Pair, train_ref: list[str], train_sp: list[str], held: list[str], k: int):
@@ -196,8 +230,9 @@ def evaluate_dataset(pair: Pair, args: argparse.Namespace) -> tuple[pd.DataFrame
             load = common.loadavg()
             t0 = time.perf_counter()
             knn_idx = None
+            extra: dict[str, Any] = {}
             if label.startswith("ours"):
-                pred, P, _ = run_ours(pair, train, held, args.epochs, args.seed, engine)
+                pred, P, _, extra = run_ours(pair, train, held, args.epochs, args.seed, engine)
             elif label == "tangram":
                 pred, P, _ = run_tangram(pair, train, held, args.epochs, args.seed)
             elif label == "knn":
@@ -218,14 +253,31 @@ def evaluate_dataset(pair: Pair, args: argparse.Namespace) -> tuple[pd.DataFrame
                 "time_s": dt,
                 "loadavg_1m": load,
             }
-            if pair.ref_label is not None and (P is not None or knn_idx is not None):
+            outputs = [(label, pred, row)]
+            if "pred_map" in extra:
+                # the same mapping's Tangram projection (Mᵀ S) and map-based annotations
+                row_map = dict(row, method=f"{label} map")
+                outputs.append((f"{label} map", extra["pred_map"], row_map))
+                row["projection"] = extra["default_projection"]
+                row_map["projection"] = "probabilistic (Mᵀ S)"
+                if pair.ref_label is not None:
+                    row_map.update(annotation_accuracy(pair, P, None))
+                    if "annot_scores" in extra:
+                        row.update(annotation_from_scores(pair, *extra["annot_scores"]))
+            elif pair.ref_label is not None and (P is not None or knn_idx is not None):
                 row.update(annotation_accuracy(pair, P, knn_idx))
-            fold_rows.append(row)
+            for lab, pr, rw in outputs:
+                rr = r if lab == label else pearson_per_gene(np.nan_to_num(pr, nan=0.0), measured)
+                if lab != label:
+                    rr[np.isnan(pr).all(axis=0)] = np.nan
+                    for g, v in zip(held, rr, strict=True):
+                        gene_rows.append({"dataset": pair.name, "method": lab, "fold": f, "gene": g, "pearson": v})
+                fold_rows.append(rw)
             log(f"{pair.name} fold {f + 1}/{len(groups)} {label}: median r {np.nanmedian(r) if np.isfinite(r).any() else float('nan'):.3f}, {dt:.1f} s, load {load}")
     genes_df = pd.DataFrame(gene_rows)
     folds_df = pd.DataFrame(fold_rows)
     summary = []
-    for label, _ in methods:
+    for label in pd.unique(folds_df["method"]):
         g = genes_df[genes_df["method"] == label]["pearson"].to_numpy(dtype=np.float64)
         fr = folds_df[folds_df["method"] == label]
         row = {
@@ -236,6 +288,8 @@ def evaluate_dataset(pair: Pair, args: argparse.Namespace) -> tuple[pd.DataFrame
             "n_genes": len(genes),
             "folds": args.folds,
             "epochs": args.epochs if label != "knn" else 0,
+            "projection": (fr["projection"].iloc[0] if "projection" in fr and fr["projection"].notna().any()
+                           else ("Mᵀ S" if label != "knn" else "mean of k nearest")),
             "median_r": float(np.nanmedian(g)) if np.isfinite(g).any() else float("nan"),
             "mean_r": float(np.nanmean(g)) if np.isfinite(g).any() else float("nan"),
             "n_nan": int(np.isnan(g).sum()),
@@ -264,7 +318,7 @@ def scatter(genes_df: pd.DataFrame, name: str, out: Path) -> None:
         return
     x = w["tangram"].to_numpy()
     fig, ax = plt.subplots(figsize=(4.6, 4.4), dpi=120)
-    colors = ["#1f77b4", "#ff7f0e", "#2ca02c"]
+    colors = ["#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd"]
     lo, hi = 0.0, 0.1
     nan_txt = [f"tangram {int((~np.isfinite(x)).sum())}"]
     for c, m in zip(colors, ours, strict=False):

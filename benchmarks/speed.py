@@ -90,9 +90,22 @@ def _worker(argv: list[str]) -> None:
     else:
         out.update(_run_ours(ref, spa, a.epochs, a.seed, a.engine))
     out["import_s"] = t_imp - t_proc
+    out["package_source_sha1"] = _package_hash()
     out["load_s"] = t_load - t_imp
     out["peak_rss_bytes"] = common.peak_rss_bytes()
     print(json.dumps(out), flush=True)
+
+
+def _package_hash() -> str:
+    """SHA-1 of the imported napari_spatial_impute sources (detects edits between runs)."""
+    import hashlib
+
+    import napari_spatial_impute
+
+    h = hashlib.sha1()
+    for f in sorted(Path(napari_spatial_impute.__file__).parent.rglob("*.py")):
+        h.update(f.read_bytes())
+    return h.hexdigest()[:12]
 
 
 def _run_ours(ref, spa, epochs: int, seed: int, engine: str | None) -> dict[str, Any]:
