@@ -32,10 +32,10 @@ def save(viewer, name: str) -> None:
     for _ in range(20):
         QApplication.processEvents()
         time.sleep(0.02)
-    from skimage.io import imsave
+    from matplotlib.image import imsave
 
     img = viewer.screenshot(canvas_only=False, flash=False)
-    imsave(OUT / name, img, check_contrast=False)
+    imsave(OUT / name, img)
     print("wrote", OUT / name, img.shape)
 
 
