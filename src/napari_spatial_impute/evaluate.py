@@ -90,7 +90,9 @@ def cross_validate(
     Returns
     -------
     One row per held-out gene: ``gene``, ``fold``, ``pearson``, ``cosine``, ``spearman``,
-    ``n_training_genes``, ``sparsity_sp``.
+    ``n_training_genes``, ``sparsity_sp`` and, with the neighbourhood projection and its
+    calibration, ``coverage_90``/``coverage_67`` (fraction of cells whose measured value lies in
+    the interval), ``width_90``/``width_67`` (mean interval width) and ``predicted_pearson``.
     """
     if "genes" in map_kwargs:
         raise InputError("cross_validate chooses training genes itself; do not pass genes= to map.")
@@ -124,6 +126,18 @@ def cross_validate(
         assert not (set(result.genes.training_reference) & held_set), "held-out gene used in training"
         pred = result.project_genes(held, method=method).X
         measured = dense_columns(sp_vals, [ref_to_sp[g] for g in held])
+        extra: dict[str, np.ndarray] = {}
+        cal = result.calibration
+        from .project import resolve_method
+
+        if cal is not None and resolve_method(result, method) == "neighbours":
+            from .uncertainty import intervals, level_name, reliability
+
+            for lv, hw in intervals(result, cal, held).items():
+                inside = np.abs(measured - pred) <= hw
+                extra[f"coverage_{level_name(lv)}"] = inside.mean(axis=0)
+                extra[f"width_{level_name(lv)}"] = 2 * hw.mean(axis=0)
+            extra["predicted_pearson"] = reliability(result, cal, held).to_numpy()
         pear = pearson_per_gene(pred, measured)
         cos = cosine_columns(pred, measured)
         spear = pearson_per_gene(
@@ -140,6 +154,7 @@ def cross_validate(
                     "spearman": spear[i],
                     "n_training_genes": len(result.genes.training_reference),
                     "sparsity_sp": sparsity[i],
+                    **{k: float(v[i]) for k, v in extra.items()},
                 }
             )
         if progress is not None:
@@ -150,12 +165,23 @@ def cross_validate(
 def summarize_cv(df: pd.DataFrame) -> dict[str, float]:
     """Median and mean Pearson of a cross-validation table, and how many genes were NaN."""
     p = df["pearson"].to_numpy(dtype=np.float64)
-    return {
+    out: dict[str, float] = {
         "median_pearson": float(np.nanmedian(p)) if np.isfinite(p).any() else float("nan"),
         "mean_pearson": float(np.nanmean(p)) if np.isfinite(p).any() else float("nan"),
         "n_genes": int(len(p)),
         "n_nan": int(np.isnan(p).sum()),
     }
+    for col in df.columns:
+        if col.startswith(("coverage_", "width_")):
+            out[f"mean_{col}"] = float(np.nanmean(df[col].to_numpy(dtype=np.float64)))
+    if "predicted_pearson" in df.columns:
+        from scipy.stats import spearmanr
+
+        ok = np.isfinite(p) & np.isfinite(df["predicted_pearson"].to_numpy(dtype=np.float64))
+        out["reliability_spearman"] = (
+            float(spearmanr(df["predicted_pearson"][ok], p[ok]).statistic) if ok.sum() > 2 else float("nan")
+        )
+    return out
 
 
 def validate_cell_types(

@@ -414,6 +414,9 @@ class MappingResult:
     neighbours
         The neighbourhood ensemble's weights (spatial cells x reference cells, rows sum to 1),
         or ``None`` when it was not computed.
+    calibration
+        Prediction-interval and reliability calibration
+        (:class:`~napari_spatial_impute.uncertainty.Calibration`) or ``None``.
     """
 
     probabilities: np.ndarray | sp.csr_matrix
@@ -432,6 +435,7 @@ class MappingResult:
     filter_probabilities: np.ndarray | None = None
     neighbours: sp.csr_matrix | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    calibration: Any = None
 
     @property
     def training_score(self) -> float:
@@ -488,6 +492,7 @@ def map_cells_to_space(
     tol: float | None = None,
     patience: int = 50,
     neighbours: bool = True,
+    uncertainty: bool = True,
 ) -> MappingResult:
     """Map reference cells (or clusters) onto spatial cells with the Tangram objective.
 
@@ -553,6 +558,9 @@ def map_cells_to_space(
         the training genes; it is then the default for imputed genes and cluster probabilities
         (more accurate than the Tangram map on every benchmark pair), while the Tangram map
         stays available (``method="probabilistic"``/``"argmax"``, ``source="tangram"``).
+    uncertainty
+        With ``neighbours``: calibrate prediction intervals and per-gene reliability on the
+        training genes (:mod:`napari_spatial_impute.uncertainty`).
 
     Returns
     -------
@@ -715,7 +723,7 @@ def map_cells_to_space(
         "reference_values": _describe(reference),
         "spatial_values": _describe(spatial),
     }
-    return MappingResult(
+    result = MappingResult(
         probabilities=P,
         mode=mode,
         reference=reference,
@@ -739,6 +747,14 @@ def map_cells_to_space(
             "total_s": time.perf_counter() - t0,
         },
     )
+    if W is not None and uncertainty:
+        from .uncertainty import calibrate
+
+        t_cal = time.perf_counter()
+        result.calibration = calibrate(result, seed=0 if seed is None else int(seed))
+        result.timings["calibration_s"] = time.perf_counter() - t_cal
+        result.timings["total_s"] = time.perf_counter() - t0
+    return result
 
 
 def _describe(adata: ad.AnnData) -> str:

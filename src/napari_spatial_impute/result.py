@@ -92,6 +92,15 @@ def result_to_anndata(
     for col in ("train_score", "sparsity_sc", "sparsity_sp", "sparsity_diff"):
         out.var[col] = tdf[col].reindex(names).to_numpy(dtype=np.float64)
     out.var["dropped_reason"] = [plan.dropped.get(g, "") for g in names]
+    cal = result.calibration if method == "neighbours" else None
+    if cal is not None:
+        from .uncertainty import intervals, level_name, reliability
+
+        out.var["predicted_pearson"] = reliability(result, cal, names).to_numpy(dtype=np.float64)
+        out.obs["uncertainty_group"] = pd.Categorical.from_codes(cal.groups, categories=cal.group_names)
+        if impute:
+            for lv, hw in intervals(result, cal, names).items():
+                out.layers[f"interval_{level_name(lv)}_halfwidth"] = hw
 
     key = result.cluster_key
     if key:
@@ -124,6 +133,17 @@ def result_to_anndata(
         "projection": method,
         "timings": {k: float(v) for k, v in result.timings.items()},
     }
+    if cal is not None:
+        info["uncertainty"] = {
+            "levels": np.asarray(cal.levels, dtype=np.float64),
+            "group_names": np.asarray(cal.group_names, dtype=object),
+            "quantiles": np.asarray(cal.quantiles, dtype=np.float64),
+            "offset": float(cal.offset),
+            "reliability_coef": np.asarray(cal.coef, dtype=np.float64),
+            "calibration_genes": np.asarray(cal.calibration_genes, dtype=object),
+            "inner_pearson": np.asarray(cal.inner_pearson, dtype=np.float64),
+            "method": "conformal (Mondrian by cell group) on inner k-fold over training genes",
+        }
     if key:
         info["cluster_key"] = key
         info["cluster_categories"] = np.asarray(list(out.obsm["cluster_probabilities"].columns), dtype=object)
@@ -203,9 +223,27 @@ def write_result(
             )
             dset.attrs["encoding-type"] = "array"
             dset.attrs["encoding-version"] = "0.2.0"
+            cal = result.calibration if method == "neighbours" else None
+            layer_sets = {}
+            if cal is not None:
+                from .uncertainty import intervals, level_name
+
+                grp = f.require_group("layers")
+                grp.attrs.setdefault("encoding-type", "dict")
+                grp.attrs.setdefault("encoding-version", "0.1.0")
+                for lv in cal.levels:
+                    name = f"interval_{level_name(lv)}_halfwidth"
+                    ds = grp.create_dataset(name, shape=dset.shape, dtype="float32", chunks=dset.chunks)
+                    ds.attrs["encoding-type"] = "array"
+                    ds.attrs["encoding-version"] = "0.2.0"
+                    layer_sets[lv] = ds
             for a in range(0, len(names), step):
-                block = project_genes(result, genes=names[a : a + step], method=method).X
+                chunk_names = names[a : a + step]
+                block = project_genes(result, genes=chunk_names, method=method).X
                 dset[:, a : a + block.shape[1]] = block
+                if cal is not None:
+                    for lv, hw in intervals(result, cal, chunk_names).items():
+                        layer_sets[lv][:, a : a + hw.shape[1]] = hw
         os.replace(tmp, target)
     except BaseException:
         if os.path.exists(tmp):
