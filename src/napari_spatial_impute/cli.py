@@ -60,13 +60,17 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--n-markers", type=int, default=100, help="markers per cluster with --genes markers")
     m.add_argument("--impute", default=None,
                    help="impute only these genes (file of names or comma-separated); default all")
-    m.add_argument("--projection", choices=["probabilistic", "argmax"], default="probabilistic")
+    m.add_argument("--projection", choices=["auto", "neighbours", "probabilistic", "argmax"], default="auto",
+                   help="imputation: neighbours (default via auto: neighbourhood ensemble, most accurate), "
+                   "probabilistic (Tangram M^T S) or argmax (best-mapped reference cell)")
     m.add_argument("--fov-key", default=None, help="spatial obs column with the field of view")
 
     e = sub.add_parser("evaluate", help="k-fold leave-genes-out cross-validation")
     _add_mapping_options(e, epochs_default=1000)
     e.add_argument("--folds", type=int, default=10)
     e.add_argument("--out", "-o", required=True, help="output .csv (one row per held-out gene)")
+    e.add_argument("--projection", choices=["auto", "neighbours", "probabilistic", "argmax"], default="auto",
+                   help="how held-out genes are imputed (default: the neighbourhood ensemble)")
 
     d = sub.add_parser("demo", help="map the bundled MERFISH hypothalamus pair (offline)")
     d.add_argument("--out", "-o", default=None, help="output .h5ad (default: a temporary folder)")
@@ -190,13 +194,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             bar(info)
 
     try:
-        df = cross_validate(reference, spatial, folds=args.folds, progress=progress, **_mapping_kwargs(args))
+        df = cross_validate(reference, spatial, folds=args.folds, progress=progress, method=args.projection,
+                            **_mapping_kwargs(args))
     finally:
         bar.close()
     _write_csv_atomic(df, out)
     s = summarize_cv(df)
     print(f"{s['n_genes']} held-out genes in {args.folds} folds: median pearson {s['median_pearson']:.3f}, "
           f"mean {s['mean_pearson']:.3f} ({s['n_nan']} NaN)")
+    if "mean_coverage_90" in s:
+        print(f"prediction intervals on held-out genes: 90% covers {100 * s['mean_coverage_90']:.1f}%, "
+              f"67% covers {100 * s['mean_coverage_67']:.1f}%; reliability ranking Spearman "
+              f"{s.get('reliability_spearman', float('nan')):.2f}")
     print(f"wrote {out}")
     return 0
 
@@ -247,7 +256,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
                             device=args.device)
         s = summarize_cv(cv)
         print(f"{args.folds}-fold leave-genes-out CV: median pearson {s['median_pearson']:.3f}, "
-              f"mean {s['mean_pearson']:.3f}")
+              f"mean {s['mean_pearson']:.3f}; 90% intervals cover {100 * s.get('mean_coverage_90', float('nan')):.1f}%")
     print(f"wrote {out}")
     if args.view:
         from .viewer import open_result_in_napari
