@@ -76,7 +76,12 @@ _MODELS: weakref.WeakKeyDictionary[Any, SpatialImputeModel] = weakref.WeakKeyDic
 
 
 def get_model(viewer: Any) -> SpatialImputeModel:
-    """The model shared by all the plugin's widgets of ``viewer`` (created on first use)."""
+    """The model shared by all the plugin's widgets of ``viewer`` (created on first use).
+
+    napari hands each docked widget its own proxy of the viewer; the model is keyed by the
+    viewer behind the proxy (``__wrapped__``), so every widget of one viewer shares one model.
+    """
+    viewer = getattr(viewer, "__wrapped__", viewer)
     model = _MODELS.get(viewer)
     if model is None:
         model = SpatialImputeModel()

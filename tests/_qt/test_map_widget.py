@@ -111,6 +111,9 @@ def test_gene_list_and_parameters(widget):
     assert p["genes"] == ["Gad1", "Slc17a6", "Sst"]
     assert p["mode"] == "clusters" and p["cluster_key"] == "cell_type"
     assert w.gene_list.isEnabled() and not w.n_markers.isEnabled()
+    assert p["engine"] == "auto"  # the fast path by size, by default
+    w.engine.setCurrentText("lean")
+    assert w.parameters()["engine"] == "lean"
 
 
 def test_run_disabled_without_data(make_napari_viewer_proxy, qtbot):

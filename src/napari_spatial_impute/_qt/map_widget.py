@@ -23,7 +23,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ..mapping import DENSITIES, MODES, EpochInfo
+from ..mapping import DENSITIES, ENGINES, MODES, EpochInfo
 from ._score_plot import ScorePlot
 from ._sync import connect_model
 from ._workers import Failed, guarded, iter_mapping, result_layers
@@ -67,6 +67,10 @@ class MapWidget(QWidget):
         self.density = QComboBox()
         self.density.addItems(list(DENSITIES))
         self.density.setToolTip("prior on how many cells each spatial spot holds; uniform for single-cell data")
+        self.engine = QComboBox()
+        self.engine.addItems(list(ENGINES))
+        self.engine.setToolTip("auto (default): exact dense map for small data, the lean engine (candidate "
+                               "pairs, linear memory) above 50 million reference x spatial pairs")
         self.genes = QComboBox()
         self.genes.addItems(["overlap", "markers", "list"])
         self.genes.currentTextChanged.connect(self._genes_changed)
@@ -104,6 +108,7 @@ class MapWidget(QWidget):
         form = QFormLayout()
         form.addRow("Mode", self.mode)
         form.addRow("Density prior", self.density)
+        form.addRow("Engine", self.engine)
         form.addRow("Training genes", self.genes)
         form.addRow("Markers / cluster", self.n_markers)
         form.addRow("Gene list", self.gene_list)
@@ -158,6 +163,7 @@ class MapWidget(QWidget):
             "genes": genes,
             "n_markers": self.n_markers.value(),
             "density": self.density.currentText(),
+            "engine": self.engine.currentText(),
             "epochs": self.epochs.value(),
             "learning_rate": self.learning_rate.value(),
             "transform": self.transform.currentText(),
