@@ -418,6 +418,12 @@ def value_layer_specs(
     for fov in chosen:
         rows = by_fov[fov]
         feats = pd.DataFrame({name: all_vals[rows]})
+        if hover and kind == "imputed":
+            from .explore_uncertainty import hover_interval
+
+            extra = hover_interval(result, name, rows)
+            if extra is not None:  # the hovered gene's interval: "90% interval ±: 2.77"
+                feats[extra[0]] = extra[1]
         if hover:
             feats = pd.concat([feats, hover_features(result, rows)], axis=1)
         kw = _points_kwargs(len(rows), size)

@@ -1,4 +1,5 @@
-"""Diagnostics widget: training-score panels, per-cell-type validation, cross-validation table."""
+"""Diagnostics widget: training-score panels, per-cell-type validation, cross-validation table,
+per-gene reliability and interval calibration."""
 
 from __future__ import annotations
 
@@ -39,28 +40,23 @@ from ..plots import (
 from ._cv_worker import cv_kwargs, iter_cross_validation
 from .layer_ops import find_layers, notify_error, open_gene
 from .linking import get_link_controller
+from .reliability_panel import ReliabilityPanel
+from .table_items import NumberItem
 
-CV_COLUMNS = ("gene", "fold", "pearson", "cosine", "spearman", "sparsity_sp", "n_training_genes")
-
-
-class _NumberItem(QTableWidgetItem):
-    """A table cell that sorts by its number (NaN below every number)."""
-
-    def __init__(self, value: float) -> None:
-        text = (
-            "nan"
-            if not np.isfinite(value)
-            else (f"{value:.4g}" if not float(value).is_integer() else f"{int(value)}")
-        )
-        super().__init__(text)
-        self.value = (
-            float(value) if np.isfinite(value) else float("-inf")
-        )  # NaN last when descending
-
-    def __lt__(self, other: QTableWidgetItem) -> bool:
-        if isinstance(other, _NumberItem):
-            return self.value < other.value
-        return super().__lt__(other)
+CV_COLUMNS = (
+    "gene",
+    "fold",
+    "pearson",
+    "predicted_pearson",
+    "coverage_90",
+    "coverage_67",
+    "width_90",
+    "width_67",
+    "cosine",
+    "spearman",
+    "sparsity_sp",
+    "n_training_genes",
+)
 
 
 def _canvas(width: float, height: float) -> tuple[Figure, FigureCanvasQTAgg]:
@@ -159,6 +155,10 @@ class DiagnosticsWidget(QWidget):
         lay.addWidget(self.cv_table, 1)
         self.tabs.addTab(page, "Cross-validation")
 
+        self.reliability = ReliabilityPanel()
+        self.reliability.gene_clicked.connect(self.open_gene)
+        self.tabs.addTab(self.reliability, "Reliability")
+
         layout = QVBoxLayout(self)
         layout.addWidget(self.tabs)
         self.model.result_changed.connect(self._on_result)
@@ -171,6 +171,10 @@ class DiagnosticsWidget(QWidget):
         result = self.model.result
         self.train_fig.clear()
         self.val_fig.clear()
+        try:
+            self.reliability.set_result(result)
+        except Exception as exc:
+            notify_error(exc)
         if result is None:
             self.train_info.setText("No mapping result yet.")
             self.train_canvas.draw_idle()
@@ -226,7 +230,7 @@ class DiagnosticsWidget(QWidget):
         for i, rec in enumerate(table[cols].itertuples(index=False)):
             for j, v in enumerate(rec):
                 if isinstance(v, (int, float, np.integer, np.floating)):
-                    item: QTableWidgetItem = _NumberItem(float(v))
+                    item: QTableWidgetItem = NumberItem(float(v))
                 else:
                     item = QTableWidgetItem(str(v))
                 item.setFlags(item.flags() & ~Qt.ItemFlag.ItemIsEditable)

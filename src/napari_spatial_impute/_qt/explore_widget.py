@@ -1,4 +1,5 @@
-"""Explore widget: imputed genes, measured genes, cluster probabilities per FOV, FOV navigator."""
+"""Explore widget: imputed and measured genes, their prediction intervals, cluster probabilities
+per FOV, FOV navigator."""
 
 from __future__ import annotations
 
@@ -45,6 +46,7 @@ from .layer_ops import (
     refresh_layers,
 )
 from .linking import get_link_controller
+from .uncertainty_controls import UncertaintyControls
 
 #: Above this many cells (in the chosen FOVs) layer data is built in a worker thread.
 ASYNC_CELLS = 100_000
@@ -113,6 +115,8 @@ class ExploreWidget(QWidget):
         self.size_spin.setRange(0.001, 1e6)
         self.size_spin.setToolTip("point size in data units")
 
+        self.uncertainty = UncertaintyControls(napari_viewer, self.model)
+
         self.nav_combo = QComboBox()
         self.nav_button = QPushButton("Go to FOV")
         self.nav_button.clicked.connect(self.go_to_fov)
@@ -124,6 +128,7 @@ class ExploreWidget(QWidget):
         form.addRow("Gene", row)
         form.addRow("", self.measured_check)
         form.addRow("", self.recolor_check)
+        form.addRow(self.uncertainty)
         row = QHBoxLayout()
         row.addWidget(self.cluster_combo, 1)
         row.addWidget(self.cluster_button)
@@ -157,6 +162,7 @@ class ExploreWidget(QWidget):
             refresh_layers(self.viewer, result, self.model.fov_key)
         except Exception as exc:
             notify_error(exc)
+        self.uncertainty.set_result(result)  # offered only with intervals; masks re-applied
         enabled = result is not None
         for w in (
             self.gene_edit,
@@ -285,17 +291,23 @@ class ExploreWidget(QWidget):
             self.model.fov_key,
             self.measured_check.isChecked(),
         )
-        size = self.size_spin.value()
+        size, level = self.size_spin.value(), self.uncertainty.interval_level()
 
         def build() -> Any:
-            return gene_specs(result, gene, fovs, fov_key, measured=measured, size=size)
+            return gene_specs(
+                result, gene, fovs, fov_key, measured=measured, size=size, interval=level
+            )
 
         def place(specs: Any) -> list:
-            return place_gene(self.viewer, *specs, self._targets("imputed", self._last_gene))
+            imputed, measured_specs, interval_specs = specs
+            targets = self._targets("imputed", self._last_gene)
+            # unticked: interval layers of a recoloured gene go, like its measured ones
+            return place_gene(self.viewer, imputed, measured_specs, targets, interval_specs or [])
 
         def done(layers: list) -> None:
             self._last_gene = layers[0].metadata[VALUE_KEY] if layers else gene
             self.status.setText(f"{self._last_gene}: {len(layers)} layers")
+            self.uncertainty.gene_shown(self._last_gene)
 
         return self._dispatch(build, place, done)
 

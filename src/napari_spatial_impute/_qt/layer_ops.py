@@ -24,6 +24,12 @@ from ..explore import (
     shared_genes,
     value_layer_specs,
 )
+from ..explore_uncertainty import (
+    INTERVAL_ROLE,
+    LEVEL_KEY,
+    interval_layer_specs,
+    interval_levels,
+)
 
 
 def find_layers(
@@ -69,13 +75,11 @@ def recolor(layer: Points, spec: PointsSpec, colorbar: bool = True) -> None:
             f"layer {layer.name!r} has {len(layer.data)} points, the new values {len(spec.data)}."
         )
     old = layer.features
-    if spec.color_column not in old.columns:  # keep the current colour column while switching
-        bridge = spec.features.copy()
-        for col in old.columns.difference(bridge.columns):
-            bridge[col] = old[col].to_numpy()
-        layer.features = bridge
-    else:
-        layer.features = spec.features
+    # keep the current colour column (the old value, or a mask's) while switching
+    bridge = spec.features.copy()
+    for col in old.columns.difference(bridge.columns):
+        bridge[col] = old[col].to_numpy()
+    layer.features = bridge
     layer.face_color = spec.color_column
     layer.features = spec.features
     if "face_colormap" in spec.kwargs:
@@ -84,6 +88,8 @@ def recolor(layer: Points, spec: PointsSpec, colorbar: bool = True) -> None:
         layer.face_colorbar.visible = colorbar
     layer.metadata = dict(spec.kwargs.get("metadata", {}))
     layer.name = spec.name
+    if not np.all(layer.shown):  # a mask hid cells of the old values
+        layer.shown = np.ones(len(layer.data), dtype=bool)
 
 
 def apply_specs(
@@ -137,20 +143,59 @@ def gene_specs(
     *,
     measured: bool = True,
     size: float | None = None,
-) -> tuple[list[PointsSpec], list[PointsSpec]]:
-    """Layer data of one gene (no viewer; safe in a worker thread): imputed and measured specs.
+    interval: str | None = None,
+) -> tuple[list[PointsSpec], list[PointsSpec], list[PointsSpec] | None]:
+    """Layer data of one gene (no viewer; safe in a worker thread).
 
-    The measured specs are empty for a gene that was not measured in space, or without
-    ``measured``.
+    Returns
+    -------
+    The imputed specs; the measured specs (empty for a gene that was not measured in space, or
+    without ``measured``); the interval-width specs at level ``interval`` (``"90"``, ``"67"``),
+    empty when the result has no intervals, ``None`` when ``interval`` is ``None`` (then the
+    interval layers already shown are left alone).
     """
     fovs = None if fovs is None else [str(f) for f in fovs]
     specs = value_layer_specs(result, "imputed", gene, fovs, fov_key, size=size)
     gene = specs[0].kwargs["metadata"][VALUE_KEY] if specs else gene
+    shown = [s.kwargs["metadata"][FOV_KEY] for s in specs]
     m_specs: list[PointsSpec] = []
     if measured and gene in shared_genes(result):
-        shown = [s.kwargs["metadata"][FOV_KEY] for s in specs]
         m_specs = value_layer_specs(result, "measured", gene, shown, fov_key, size=size)
-    return specs, m_specs
+    i_specs: list[PointsSpec] | None = None
+    if interval is not None:
+        i_specs = []
+        if str(interval) in interval_levels(result):
+            i_specs = interval_layer_specs(result, gene, interval, shown, fov_key, size=size)
+    return specs, m_specs, i_specs
+
+
+def _companions(
+    viewer: Any,
+    specs: Sequence[PointsSpec],
+    replace: Sequence[Layer | None],
+    role: str,
+    companion_specs: Sequence[PointsSpec],
+) -> tuple[list[PointsSpec], list[Layer | None], list[Layer]]:
+    """Pair the measured or interval specs with the same-FOV layers of the replaced genes.
+
+    Returns the specs to apply, the layers they recolour (or ``None``) and the old companion
+    layers that have no new spec (to remove).
+    """
+    by_fov = {s.kwargs["metadata"][FOV_KEY]: s for s in companion_specs}
+    todo: list[PointsSpec] = []
+    todo_replace: list[Layer | None] = []
+    stale: list[Layer] = []
+    for spec, old in zip(specs, replace, strict=True):
+        fov = spec.kwargs["metadata"][FOV_KEY]
+        old_layers = (
+            find_layers(viewer, role, fov, old.metadata.get(VALUE_KEY)) if old is not None else []
+        )
+        if fov in by_fov:
+            todo.append(by_fov[fov])
+            todo_replace.append(old_layers[0] if old_layers else None)
+        else:
+            stale.extend(old_layers)
+    return todo, todo_replace, stale
 
 
 def place_gene(
@@ -158,25 +203,25 @@ def place_gene(
     specs: Sequence[PointsSpec],
     m_specs: Sequence[PointsSpec],
     recolor_layers: Sequence[Layer] = (),
+    i_specs: Sequence[PointsSpec] | None = None,
 ) -> list[Points]:
-    """Add or recolour a gene's layers (see :func:`open_gene`); main thread only."""
+    """Add or recolour a gene's layers (see :func:`open_gene`); main thread only.
+
+    Measured (and, when ``i_specs`` is not ``None``, interval-width) layers of the recoloured
+    layers' old gene are recoloured too, or removed when the new gene has none.
+    """
     by_fov = {str(layer.metadata.get(FOV_KEY)): layer for layer in recolor_layers}
     replace: list[Layer | None] = [by_fov.get(s.kwargs["metadata"][FOV_KEY]) for s in specs]
-    m_by_fov = {s.kwargs["metadata"][FOV_KEY]: s for s in m_specs}
-    m_list, m_replace, stale = [], [], []
-    for spec, old in zip(specs, replace, strict=True):
-        fov = spec.kwargs["metadata"][FOV_KEY]
-        old_meas = (
-            find_layers(viewer, "measured", fov, old.metadata.get(VALUE_KEY))
-            if old is not None
-            else []
-        )
-        if fov in m_by_fov:
-            m_list.append(m_by_fov[fov])
-            m_replace.append(old_meas[0] if old_meas else None)
-        else:
-            stale.extend(old_meas)
-    layers = apply_specs(viewer, list(specs) + m_list, replace + m_replace)
+    all_specs, all_replace, stale = list(specs), list(replace), []
+    companions = [("measured", m_specs)]
+    if i_specs is not None:
+        companions.append((INTERVAL_ROLE, i_specs))
+    for role, comp in companions:
+        todo, todo_replace, old = _companions(viewer, specs, replace, role, comp)
+        all_specs += todo
+        all_replace += todo_replace
+        stale += old
+    layers = apply_specs(viewer, all_specs, all_replace)
     for layer in stale:
         if layer in viewer.layers and layer not in layers:
             viewer.layers.remove(layer)
@@ -193,15 +238,19 @@ def open_gene(
     measured: bool = True,
     recolor_layers: Sequence[Layer] = (),
     size: float | None = None,
+    interval: str | None = None,
 ) -> list[Points]:
     """Show one gene: its imputed layer per FOV and, for shared genes, the measured one beside it.
 
     ``recolor_layers`` are existing imputed layers (any gene) to recolour instead of adding new
     ones, matched by FOV; measured layers of those layers' old gene are recoloured too, or removed
-    when the new gene was not measured.
+    when the new gene was not measured. With ``interval`` (a level such as ``"90"``) the
+    interval-width layers are shown (and recoloured) the same way.
     """
-    specs, m_specs = gene_specs(result, gene, fovs, fov_key, measured=measured, size=size)
-    return place_gene(viewer, specs, m_specs, recolor_layers)
+    specs, m_specs, i_specs = gene_specs(
+        result, gene, fovs, fov_key, measured=measured, size=size, interval=interval
+    )
+    return place_gene(viewer, specs, m_specs, recolor_layers, i_specs)
 
 
 def place_cluster(
@@ -246,11 +295,22 @@ def open_predicted(
     return place_predicted(viewer, predicted_layer_specs(result, fovs, fov_key, size=size))
 
 
+def _fresh_spec(result: Any, md: dict, fov_key: str | None, size: float) -> PointsSpec:
+    """The spec of an exploration layer (known by its metadata) built from ``result``."""
+    role, fov = md.get(ROLE_KEY), [md[FOV_KEY]]
+    if role == PREDICTED_ROLE:
+        return predicted_layer_specs(result, fov, fov_key, size=size)[0]
+    if role == INTERVAL_ROLE:
+        level = md.get(LEVEL_KEY, "90")
+        return interval_layer_specs(result, md[VALUE_KEY], level, fov, fov_key, size=size)[0]
+    return value_layer_specs(result, role, md[VALUE_KEY], fov, fov_key, size=size)[0]
+
+
 def refresh_layers(viewer: Any, result: Any, fov_key: str | None = None) -> list[Points]:
     """Give the exploration layers the values of a new result (same genes, clusters and FOVs).
 
-    Layers whose gene, cluster or FOV the new result lacks, or whose FOV changed size, are
-    removed; ``result=None`` removes them all. Returns the layers kept.
+    Layers whose gene, cluster, interval level or FOV the new result lacks, or whose FOV changed
+    size, are removed; ``result=None`` removes them all. Returns the layers kept.
     """
     ours = [
         lay for lay in viewer.layers if lay.metadata.get(EXPLORE_KEY) and isinstance(lay, Points)
@@ -261,27 +321,14 @@ def refresh_layers(viewer: Any, result: Any, fov_key: str | None = None) -> list
         try:
             if result is None:
                 raise ValueError("no result")
-            if md.get(ROLE_KEY) == PREDICTED_ROLE:
-                specs = predicted_layer_specs(
-                    result, [md[FOV_KEY]], fov_key, size=float(np.mean(layer.size))
-                )
-                if len(specs[0].data) != len(layer.data):
-                    raise ValueError("FOV changed")
-                layer.data = specs[0].data
-                layer.features = specs[0].features
-                layer.metadata = dict(specs[0].kwargs["metadata"])
+            spec = _fresh_spec(result, md, fov_key, float(np.mean(layer.size)))
+            if len(spec.data) != len(layer.data):
+                raise ValueError("FOV changed")
+            layer.data = spec.data
+            if md.get(ROLE_KEY) == PREDICTED_ROLE:  # categorical: same colour column, new values
+                layer.features = spec.features
+                layer.metadata = dict(spec.kwargs["metadata"])
             else:
-                spec = value_layer_specs(
-                    result,
-                    md[ROLE_KEY],
-                    md[VALUE_KEY],
-                    [md[FOV_KEY]],
-                    fov_key,
-                    size=float(np.mean(layer.size)),
-                )[0]
-                if len(spec.data) != len(layer.data):
-                    raise ValueError("FOV changed")
-                layer.data = spec.data
                 recolor(layer, spec, bool(getattr(layer.face_colorbar, "visible", True)))
             kept.append(layer)
         except Exception:

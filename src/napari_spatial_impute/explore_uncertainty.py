@@ -1,0 +1,287 @@
+"""Prediction intervals and per-gene reliability of a result, as layer data (no Qt, no viewer).
+
+A result mapped with the neighbourhood ensemble carries (see :mod:`napari_spatial_impute.result`):
+
+* ``layers["interval_<level>_halfwidth"]``: the imputed value's prediction interval is
+  ``X ± halfwidth`` at nominal coverage ``<level>`` % (90 and 67 by default);
+* ``var["predicted_pearson"]``: the predicted held-out Pearson of every imputed gene;
+* ``uns["spatial_impute"]["uncertainty"]``: levels, per-group quantiles, calibration genes.
+
+Older results (or results projected with the Tangram map) lack them: every function here then
+reports "nothing" (empty list, ``None``) instead of failing, so the widgets can hide their
+controls.
+
+Interval layers are named ``"<gene> <level>% interval width · FOV <id>"``; their value is the
+full width ``2 x halfwidth`` and their ``metadata`` holds ``nsi_role = "interval"`` and
+``nsi_level`` (e.g. ``"90"``) beside the usual keys of :mod:`napari_spatial_impute.explore`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+
+from ._errors import InputError
+from .explore import (
+    EXPLORE_KEY,
+    FOV_KEY,
+    ROLE_KEY,
+    ROWS_KEY,
+    VALUE_KEY,
+    PointsSpec,
+    _points_kwargs,
+    coords_yx,
+    default_point_size,
+    fov_rows,
+    hover_features,
+    resolve_gene,
+    robust_limits,
+)
+
+INTERVAL_ROLE = "interval"
+LEVEL_KEY = "nsi_level"
+INTERVAL_COLORMAP = "plasma"
+#: Colour of the cells greyed out for a wide interval (NaN colour of the imputed colormap).
+GREY = (0.55, 0.55, 0.55, 0.55)
+_LAYER_RE = re.compile(r"^interval_(\d+)_halfwidth$")
+
+
+def interval_levels(result: ad.AnnData | None) -> list[str]:
+    """Levels (``"90"``, ``"67"``, ...) with an interval layer in ``result``, widest first."""
+    if result is None:
+        return []
+    found = [m.group(1) for k in result.layers.keys() if (m := _LAYER_RE.match(str(k)))]
+    return sorted(found, key=int, reverse=True)
+
+
+def has_reliability(result: ad.AnnData | None) -> bool:
+    """Whether ``result`` has a per-gene predicted Pearson."""
+    return result is not None and "predicted_pearson" in result.var.columns
+
+
+def interval_layer_name(gene: str, level: str, fov: str) -> str:
+    """``"Gad1 90% interval width · FOV 1"``."""
+    return f"{gene} {level}% interval width · FOV {fov}"
+
+
+def _level(result: ad.AnnData, level: str | int | float) -> str:
+    name = str(int(round(float(level) * 100))) if float(level) < 1 else str(int(float(level)))
+    if name not in interval_levels(result):
+        have = interval_levels(result)
+        raise InputError(
+            f"the result has no {name}% intervals"
+            + (f"; levels are {', '.join(have)}." if have else " (map again to get them).")
+        )
+    return name
+
+
+def halfwidths(
+    result: ad.AnnData, gene: str, level: str | int | float = "90", rows: np.ndarray | None = None
+) -> np.ndarray:
+    """Half-width of one gene's interval at each cell (float32), ``rows`` only when given."""
+    name = _level(result, level)
+    j = result.var_names.get_loc(resolve_gene(result, gene))
+    col = np.asarray(result.layers[f"interval_{name}_halfwidth"][:, j]).ravel()
+    col = col.astype(np.float32, copy=False)
+    return col if rows is None else col[np.asarray(rows, dtype=np.int64)]
+
+
+def interval_widths(
+    result: ad.AnnData, gene: str, level: str | int | float = "90", rows: np.ndarray | None = None
+) -> np.ndarray:
+    """Full width ``2 x halfwidth`` of one gene's interval at each cell (float32)."""
+    return (2.0 * halfwidths(result, gene, level, rows)).astype(np.float32)
+
+
+def wide_mask(widths: np.ndarray, threshold: float) -> np.ndarray:
+    """Cells whose interval is wider than ``threshold`` (NaN widths count as wide)."""
+    w = np.asarray(widths, dtype=np.float64)
+    return ~(w <= float(threshold))
+
+
+def masked_values(vals: np.ndarray, widths: np.ndarray, threshold: float) -> np.ndarray:
+    """``vals`` with NaN where the interval is wider than ``threshold`` (NaN colours grey)."""
+    out = np.asarray(vals, dtype=np.float32).copy()
+    out[wide_mask(widths, threshold)] = np.nan
+    return out
+
+
+def interval_layer_specs(
+    result: ad.AnnData,
+    gene: str,
+    level: str | int | float = "90",
+    fovs: Iterable[str] | None = None,
+    fov_key: str | None = None,
+    size: float | None = None,
+    hover: bool = True,
+) -> list[PointsSpec]:
+    """Interval-width Points layers of one gene, one per FOV, sharing one colour range.
+
+    Parameters
+    ----------
+    result
+        Result AnnData with interval layers.
+    gene
+        Imputed gene (any case).
+    level
+        Nominal coverage: ``"90"``, ``90`` or ``0.9``.
+    fovs
+        FOV ids (all when ``None``).
+    fov_key
+        FOV column of ``result.obs``.
+    size
+        Point size in data units (default from the cell spacing).
+    hover
+        Add the hover columns of the other exploration layers.
+    """
+    gene = resolve_gene(result, gene)
+    level = _level(result, level)
+    widths = interval_widths(result, gene, level)
+    limits = robust_limits(widths)
+    by_fov = fov_rows(result, fov_key)
+    chosen = list(by_fov) if fovs is None else [str(f) for f in fovs]
+    missing = [f for f in chosen if f not in by_fov]
+    if missing:
+        raise InputError(f"FOV {missing[0]!r} is not in the result; FOVs are {list(by_fov)}.")
+    size = default_point_size(result) if size is None else size
+    column = f"{gene} {level}% interval width"
+    specs = []
+    for fov in chosen:
+        rows = by_fov[fov]
+        feats = pd.DataFrame({column: widths[rows]})
+        if hover:
+            feats = pd.concat([feats, hover_features(result, rows)], axis=1)
+        kw = _points_kwargs(len(rows), size)
+        kw.update(
+            face_colormap=INTERVAL_COLORMAP,
+            face_contrast_limits=limits,
+            metadata={
+                ROLE_KEY: INTERVAL_ROLE,
+                LEVEL_KEY: level,
+                FOV_KEY: fov,
+                VALUE_KEY: gene,
+                ROWS_KEY: rows,
+                EXPLORE_KEY: True,
+            },
+        )
+        specs.append(
+            PointsSpec(
+                interval_layer_name(gene, level, fov), coords_yx(result, rows), feats, column, kw
+            )
+        )
+    return specs
+
+
+def hover_interval(result: ad.AnnData, gene: str, rows: np.ndarray) -> tuple[str, np.ndarray] | None:
+    """``("90% interval ±", half-widths)`` for an imputed layer's hover text, ``None`` without."""
+    levels = interval_levels(result)
+    if not levels:
+        return None
+    return f"{levels[0]}% interval ±", halfwidths(result, gene, levels[0], rows)
+
+
+# ---------------------------------------------------------------------------------------------
+# per-gene reliability and calibration summary
+
+RELIABILITY_COLUMNS: tuple[str, ...] = ("gene", "predicted_pearson", "is_training", "train_score")
+
+
+def reliability_table(result: ad.AnnData) -> pd.DataFrame:
+    """One row per imputed gene: predicted Pearson, training gene or not, training score.
+
+    Sorted by predicted Pearson, most reliable first (ties by gene name). Empty (with the columns)
+    when the result has no reliability estimates.
+    """
+    if not has_reliability(result):
+        return pd.DataFrame(columns=list(RELIABILITY_COLUMNS))
+    var = result.var
+    df = pd.DataFrame(
+        {
+            "gene": np.asarray(result.var_names, dtype=object).astype(str),
+            "predicted_pearson": var["predicted_pearson"].to_numpy(dtype=np.float64),
+            "is_training": (
+                var["is_training"].astype(bool).to_numpy()
+                if "is_training" in var
+                else np.zeros(result.n_vars, dtype=bool)
+            ),
+            "train_score": (
+                var["train_score"].to_numpy(dtype=np.float64)
+                if "train_score" in var
+                else np.full(result.n_vars, np.nan)
+            ),
+        }
+    )
+    df = df.sort_values(["predicted_pearson", "gene"], ascending=[False, True], na_position="last")
+    return df.reset_index(drop=True)
+
+
+def mean_widths(result: ad.AnnData) -> dict[str, float]:
+    """Mean interval width (``2 x halfwidth``, over all cells and genes) of each level."""
+    out = {}
+    for lv in interval_levels(result):
+        hw = np.asarray(result.layers[f"interval_{lv}_halfwidth"], dtype=np.float64)
+        out[lv] = float(2.0 * np.nanmean(hw)) if hw.size else float("nan")
+    return out
+
+
+def calibration_text(result: ad.AnnData | None) -> str:
+    """A few lines on how the intervals were calibrated and how wide they are."""
+    if result is None:
+        return "No mapping result yet."
+    levels = interval_levels(result)
+    if not levels and not has_reliability(result):
+        return (
+            "This result has no prediction intervals or reliability estimates (mapped with an "
+            "older version or projected with the Tangram map); map again to get them."
+        )
+    info = result.uns.get("spatial_impute", {}).get("uncertainty", {})
+    lines = []
+    n_cal = len(info.get("calibration_genes", []))
+    groups = list(info.get("group_names", []))
+    if levels:
+        lines.append(
+            f"Conformal prediction intervals, calibrated on {n_cal} training genes held out in "
+            f"turn, quantiles per cell group ({len(groups)} groups)."
+            if n_cal
+            else "Conformal prediction intervals."
+        )
+        widths = mean_widths(result)
+        lines.append(
+            "Mean interval width: "
+            + ", ".join(f"{lv}%: {widths[lv]:.3g}" for lv in levels)
+            + " (imputed value ± half of it)."
+        )
+    if has_reliability(result):
+        p = result.var["predicted_pearson"].to_numpy(dtype=np.float64)
+        p = p[np.isfinite(p)]
+        if p.size:
+            lines.append(
+                f"Predicted held-out Pearson: median {np.median(p):.3f} "
+                f"(range {p.min():.3f} to {p.max():.3f}) over {p.size} genes."
+            )
+    return "\n".join(lines)
+
+
+__all__ = [
+    "GREY",
+    "INTERVAL_COLORMAP",
+    "INTERVAL_ROLE",
+    "LEVEL_KEY",
+    "RELIABILITY_COLUMNS",
+    "calibration_text",
+    "has_reliability",
+    "halfwidths",
+    "hover_interval",
+    "interval_layer_name",
+    "interval_layer_specs",
+    "interval_levels",
+    "interval_widths",
+    "masked_values",
+    "mean_widths",
+    "reliability_table",
+    "wide_mask",
+]
