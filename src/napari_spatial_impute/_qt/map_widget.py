@@ -69,6 +69,7 @@ class MapWidget(QWidget):
         self.density.setToolTip("prior on how many cells each spatial spot holds; uniform for single-cell data")
         self.engine = QComboBox()
         self.engine.addItems(list(ENGINES))
+        self.engine.setCurrentText("auto")
         self.engine.setToolTip("auto (default): exact dense map for small data, the lean engine (candidate "
                                "pairs, linear memory) above 50 million reference x spatial pairs")
         self.genes = QComboBox()
