@@ -230,3 +230,99 @@ def test_large_layer_spec_is_fast():
     specs = ex.value_layer_specs(res, "imputed", "G3")
     assert time.perf_counter() - t < 20
     assert len(specs[0].data) == n
+
+
+# ---------------------------------------------------------------------------------------------
+# prediction intervals and per-gene reliability
+
+
+def test_interval_specs_names_values_and_shared_limits(data):
+    from napari_spatial_impute import explore_uncertainty as eu
+
+    ref, res = data
+    assert eu.interval_levels(res) == ["90", "67"]
+    j = res.var_names.get_loc("Gad1")
+    for level in ("90", 90, 0.9):  # any spelling of the level
+        w = eu.interval_widths(res, "gad1", level)
+        assert np.allclose(w, 2 * res.layers["interval_90_halfwidth"][:, j])
+    specs = eu.interval_layer_specs(res, "gad1", "67", fov_key="fov")
+    assert [s.name for s in specs] == [f"Gad1 67% interval width · FOV {f}" for f in ("1", "2", "10")]
+    all_w = 2 * np.asarray(res.layers["interval_67_halfwidth"][:, j], dtype=np.float64)
+    for s in specs:
+        md = s.kwargs["metadata"]
+        assert md["nsi_role"] == "interval" and md["nsi_level"] == "67" and md["nsi_value"] == "Gad1"
+        assert np.allclose(s.features[s.color_column], all_w[md["nsi_rows"]])
+        assert s.kwargs["face_contrast_limits"] == ex.robust_limits(all_w)
+    # wider nominal coverage, wider intervals (same cells, same gene)
+    assert (eu.interval_widths(res, "Gad1", "90") >= eu.interval_widths(res, "Gad1", "67")).all()
+    with pytest.raises(InputError, match="no 50% intervals; levels are 90, 67"):
+        eu.interval_layer_specs(res, "Gad1", "50")
+
+
+def test_imputed_hover_has_interval_only_with_intervals(data):
+    from napari_spatial_impute import explore_uncertainty as eu
+
+    ref, res = data
+    spec = ex.value_layer_specs(res, "imputed", "Gad1", ["1"], "fov")[0]
+    rows = spec.kwargs["metadata"]["nsi_rows"]
+    assert np.allclose(spec.features["90% interval ±"], eu.halfwidths(res, "Gad1", "90", rows))
+    for k in list(res.layers.keys()):
+        del res.layers[k]
+    spec = ex.value_layer_specs(res, "imputed", "Gad1", ["1"], "fov")[0]
+    assert "90% interval ±" not in spec.features.columns
+    assert eu.interval_levels(res) == []
+    with pytest.raises(InputError, match="no 90% intervals"):
+        eu.interval_widths(res, "Gad1")
+
+
+def test_wide_mask_and_masked_values():
+    from napari_spatial_impute import explore_uncertainty as eu
+
+    widths = np.array([0.5, 1.0, 1.5, np.nan, 3.0])
+    vals = np.array([1.0, 2.0, 3.0, 4.0, 5.0])
+    assert eu.wide_mask(widths, 1.0).tolist() == [False, False, True, True, True]
+    out = eu.masked_values(vals, widths, 1.0)
+    assert out[:2].tolist() == [1.0, 2.0] and np.isnan(out[2:]).all()
+    assert not np.isnan(vals).any()  # the input is left alone
+
+
+def test_reliability_table_and_calibration_text(data):
+    from napari_spatial_impute import explore_uncertainty as eu
+
+    ref, res = data
+    table = eu.reliability_table(res)
+    assert list(table.columns) == list(eu.RELIABILITY_COLUMNS)
+    assert sorted(table["gene"]) == sorted(map(str, res.var_names))
+    p = table["predicted_pearson"].to_numpy()
+    assert (np.diff(p) <= 0).all()
+    g = table.loc[0, "gene"]
+    assert p[0] == res.var.loc[g, "predicted_pearson"]
+    assert table.loc[0, "is_training"] == bool(res.var.loc[g, "is_training"])
+    text = eu.calibration_text(res)
+    widths = eu.mean_widths(res)
+    assert widths["90"] > widths["67"] > 0
+    assert f"90%: {widths['90']:.3g}" in text and f"median {np.median(p):.3f}" in text
+    old = res.copy()
+    old.var = old.var.drop(columns=["predicted_pearson"])
+    for k in list(old.layers.keys()):
+        del old.layers[k]
+    assert eu.reliability_table(old).empty
+    assert "no prediction intervals" in eu.calibration_text(old)
+
+
+def test_cv_summary_with_uncertainty_columns():
+    cv = pd.DataFrame(
+        {
+            "gene": list("abcd"),
+            "pearson": [0.1, 0.2, 0.3, 0.4],
+            "predicted_pearson": [0.4, 0.3, 0.2, 0.1],
+            "coverage_90": [0.9, 0.8, 1.0, 0.9],
+            "coverage_67": [0.6, 0.7, 0.7, 0.6],
+            "width_90": [1.0, 2.0, 3.0, 4.0],
+        }
+    )
+    text = plots.cv_summary_text(cv)
+    assert text == (
+        "median Pearson 0.250 over 4 held-out genes; interval coverage 90%: 0.90, 67%: 0.65; "
+        "reliability Spearman -1.00"
+    )
