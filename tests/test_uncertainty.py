@@ -82,3 +82,15 @@ def test_coverage_near_nominal_on_real_pair(merfish_pair):
 def test_reliability_for_every_gene(result):
     rel = reliability(result, result.calibration)
     assert len(rel) == result.reference.n_vars and np.all(np.abs(rel) <= 1)
+
+
+def test_calibration_on_a_cell_subset(synthetic, monkeypatch):
+    from napari_spatial_impute import uncertainty
+
+    ref, spa = synthetic
+    monkeypatch.setattr(uncertainty, "MAX_CALIBRATION_CELLS", 15)
+    r = nsi.map_cells_to_space(ref, spa, epochs=5)
+    cal = r.calibration
+    assert cal.groups.shape == (spa.n_obs,)  # groups for every cell
+    hw = intervals(r, cal, ["Gene0"])[0.9]
+    assert hw.shape == (spa.n_obs, 1) and np.all(np.isfinite(hw))

@@ -37,6 +37,8 @@ if TYPE_CHECKING:
 
 #: Nominal coverages of the intervals stored by default (90 % and 67 %).
 LEVELS: tuple[float, ...] = (0.9, 0.67)
+#: Calibration uses at most this many spatial cells (a seeded random subset above it).
+MAX_CALIBRATION_CELLS = 20_000
 FEATURES: tuple[str, ...] = ("log_mean", "detection", "log_var", "log_spread", "log_pred_sd")
 
 
@@ -156,7 +158,7 @@ def calibrate(
     inner_folds
         Folds over training genes.
     seed
-        Seed of the gene folds.
+        Seed of the gene folds (and of the cell subset above :data:`MAX_CALIBRATION_CELLS`).
     """
     from .evaluate import gene_folds, pearson_per_gene
 
@@ -165,6 +167,12 @@ def calibrate(
     raw = result.params.get("transform", "none") == "none" and result.params.get("reference_values") == "raw counts"
     S_all = dense_columns(result.reference_values, train)
     G_all = dense_columns(result.spatial_values, [sp_name[g] for g in train])
+    groups, names = _cell_groups(result, seed=seed)
+    if G_all.shape[0] > MAX_CALIBRATION_CELLS:
+        keep = np.sort(np.random.default_rng(seed).choice(G_all.shape[0], MAX_CALIBRATION_CELLS, replace=False))
+        G_all, cal_groups = G_all[keep], groups[keep]
+    else:
+        cal_groups = groups
     folds = gene_folds(train, min(inner_folds, len(train)), seed) if len(train) >= 2 else [train]
     pos = {g: i for i, g in enumerate(train)}
     preds = np.zeros_like(G_all)
@@ -177,16 +185,14 @@ def calibrate(
         preds[:, h], spreads[:, h] = p, s_
     offset = float(np.median(spreads)) or float(np.mean(spreads)) or 1e-6
     scores = np.abs(G_all - preds) / (spreads + offset)
-    groups, names = _cell_groups(result, seed=seed)
     q = np.zeros((len(names), len(levels)))
     pooled = [_conformal_quantile(scores.ravel(), lv) for lv in levels]
     for gi in range(len(names)):
-        mask = groups == gi
+        mask = cal_groups == gi
         for li, lv in enumerate(levels):
             q[gi, li] = _conformal_quantile(scores[mask].ravel(), lv) if mask.sum() >= 10 else pooled[li]
     inner_r = pearson_per_gene(preds, G_all)
-    W_full = result.neighbours
-    feats = gene_features(W_full, S_all, offset)
+    feats = gene_features(result.neighbours, S_all, offset)
     ok = np.isfinite(inner_r)
     A = np.column_stack([np.ones(ok.sum()), feats[ok]])
     coef, *_ = np.linalg.lstsq(A, inner_r[ok], rcond=None) if ok.sum() > A.shape[1] else (
