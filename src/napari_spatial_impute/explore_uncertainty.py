@@ -176,7 +176,9 @@ def interval_layer_specs(
     return specs
 
 
-def hover_interval(result: ad.AnnData, gene: str, rows: np.ndarray) -> tuple[str, np.ndarray] | None:
+def hover_interval(
+    result: ad.AnnData, gene: str, rows: np.ndarray
+) -> tuple[str, np.ndarray] | None:
     """``("90% interval ±", half-widths)`` for an imputed layer's hover text, ``None`` without."""
     levels = interval_levels(result)
     if not levels:

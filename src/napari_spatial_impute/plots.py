@@ -5,6 +5,8 @@
   gene, plus the training score per epoch.
 * :func:`plot_cell_type_validation`: the seed's per-cell-type check of marker genes, measured
   vs predicted expression level (each min-max normalised over cell types).
+* :func:`plot_reliability`: per-gene predicted Pearson, and how well it ranks the genes
+  (against a cross-validation's held-out Pearson, or the calibration's inner one).
 """
 
 from __future__ import annotations
@@ -125,6 +127,81 @@ def plot_cell_type_validation(fig: Figure, table: pd.DataFrame, max_types: int =
     axes[0].set_ylabel("expression level (0-1)")
     axes[-1].legend(fontsize=7, loc="upper right")
     fig.tight_layout()
+
+
+def _reliability_pairs(
+    result: ad.AnnData, cv: pd.DataFrame | None
+) -> tuple[list[str], np.ndarray, np.ndarray, str]:
+    """(genes, predicted, observed, observed label) for the reliability scatter."""
+    if cv is not None and {"predicted_pearson", "pearson", "gene"} <= set(cv.columns):
+        return (
+            list(map(str, cv["gene"])),
+            cv["predicted_pearson"].to_numpy(dtype=np.float64),
+            pd.to_numeric(cv["pearson"], errors="coerce").to_numpy(dtype=np.float64),
+            "held-out Pearson (cross-validation)",
+        )
+    info = result.uns.get("spatial_impute", {}).get("uncertainty", {})
+    cal = [str(g) for g in info.get("calibration_genes", [])]
+    inner_r = np.asarray(info.get("inner_pearson", []), dtype=np.float64)
+    inner = dict(zip(cal, inner_r, strict=False))
+    genes = [g for g in cal if g in result.var_names and g in inner]
+    pred = result.var.loc[genes, "predicted_pearson"].to_numpy(dtype=np.float64)
+    return genes, pred, np.array([inner[g] for g in genes]), "inner-fold Pearson (calibration)"
+
+
+def plot_reliability(fig: Figure, result: ad.AnnData, cv: pd.DataFrame | None = None) -> list:
+    """Draw the predicted Pearson of every gene and how it compares with an observed Pearson.
+
+    Left: histogram of the predicted held-out Pearson, training and other genes stacked. Right:
+    predicted against observed Pearson per gene: the held-out Pearson of ``cv`` when it has a
+    ``predicted_pearson`` column, else the calibration's inner-fold Pearson of the training
+    genes; the title gives their Spearman correlation. The scatter is pickable
+    (``artist.genes``).
+
+    Returns
+    -------
+    The scatter artists.
+    """
+    from scipy.stats import spearmanr
+
+    fig.clear()
+    if "predicted_pearson" not in result.var.columns:
+        ax = fig.subplots()
+        ax.text(0.5, 0.5, "no reliability estimates: map again", ha="center", va="center")
+        ax.set_axis_off()
+        return []
+    ax1, ax2 = fig.subplots(1, 2)
+    p = result.var["predicted_pearson"].to_numpy(dtype=np.float64)
+    train = (
+        result.var["is_training"].astype(bool).to_numpy()
+        if "is_training" in result.var
+        else np.zeros(len(p), dtype=bool)
+    )
+    bins = np.linspace(min(-0.1, np.nanmin(p)), max(1.0, np.nanmax(p)), 23)
+    ax1.hist(
+        [p[train], p[~train]],
+        bins=bins,
+        stacked=True,
+        color=[MEASURED_COLOR, PREDICTED_COLOR],
+        label=["training genes", "other genes"],
+        edgecolor="white",
+    )
+    ax1.set_xlabel("predicted held-out Pearson")
+    ax1.set_ylabel("genes")
+    ax1.set_title("per-gene reliability")
+    ax1.legend(fontsize=8)
+    genes, pred, obs, label = _reliability_pairs(result, cv)
+    ok = np.isfinite(pred) & np.isfinite(obs)
+    sc = ax2.scatter(pred[ok], obs[ok], s=14, alpha=0.6, color=MEASURED_COLOR, picker=5)
+    sc.genes = [g for g, k in zip(genes, ok, strict=True) if k]  # type: ignore[attr-defined]
+    lo = float(min(np.nanmin(pred[ok], initial=0), np.nanmin(obs[ok], initial=0), 0))
+    ax2.plot([lo, 1], [lo, 1], color="0.6", lw=1, ls="--")
+    rho = float(spearmanr(pred[ok], obs[ok]).statistic) if ok.sum() > 2 else float("nan")
+    ax2.set_title(f"predicted vs observed (Spearman {rho:.2f}, {int(ok.sum())} genes)")
+    ax2.set_xlabel("predicted Pearson")
+    ax2.set_ylabel(label)
+    fig.tight_layout()
+    return [sc]
 
 
 def default_markers(result: ad.AnnData, n: int = 6, cell_type_key: str | None = None) -> list[str]:

@@ -288,3 +288,32 @@ def test_cv_table_uncertainty_columns_and_summary(diagnostics):
     header = [w.cv_table.horizontalHeaderItem(j).text() for j in range(w.cv_table.columnCount())]
     assert header == ["gene", "fold", "pearson"]
     assert "coverage" not in w.cv_info.text() and "Spearman" not in w.cv_info.text()
+
+
+def test_reliability_plot_calibration_then_cv_and_pick(diagnostics):
+    viewer, model, w = diagnostics
+    res = model.result
+    axes = w.reliability.fig.axes
+    assert len(axes) == 2
+    assert sum(p.get_height() for p in axes[0].patches) == res.n_vars  # stacked histogram
+    scatter = axes[1].collections[0]
+    info = res.uns["spatial_impute"]["uncertainty"]
+    assert len(scatter.get_offsets()) == np.isfinite(info["inner_pearson"]).sum()
+    assert "calibration" in axes[1].get_ylabel()
+    cv = cv_table()
+    model.set_cv_table(cv)
+    axes = w.reliability.fig.axes
+    scatter = axes[1].collections[0]
+    ok = np.isfinite(cv["pearson"]) & np.isfinite(cv["predicted_pearson"])
+    assert np.allclose(
+        scatter.get_offsets(), cv.loc[ok, ["predicted_pearson", "pearson"]].to_numpy()
+    )
+    assert "cross-validation" in axes[1].get_ylabel()
+
+    class Pick:
+        artist = scatter
+        ind = np.array([0])
+
+    w.reliability._on_pick(Pick())
+    gene = scatter.genes[0]
+    assert f"{gene} imputed · FOV 1" in [layer.name for layer in viewer.layers]

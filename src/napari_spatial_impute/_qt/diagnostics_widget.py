@@ -172,7 +172,7 @@ class DiagnosticsWidget(QWidget):
         self.train_fig.clear()
         self.val_fig.clear()
         try:
-            self.reliability.set_result(result)
+            self.reliability.set_result(result, self.model.cv_table)
         except Exception as exc:
             notify_error(exc)
         if result is None:
@@ -218,6 +218,10 @@ class DiagnosticsWidget(QWidget):
 
     def _on_cv(self, *_: Any) -> None:
         table = self.model.cv_table
+        try:  # the reliability plot compares with the held-out Pearson when it can
+            self.reliability.draw(self.model.result, table)
+        except Exception as exc:
+            notify_error(exc)
         self.cv_table.setSortingEnabled(False)
         self.cv_table.setRowCount(0)
         if table is None or len(table) == 0:

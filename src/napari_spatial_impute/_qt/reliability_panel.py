@@ -1,10 +1,12 @@
-"""Reliability page of the Diagnostics widget: calibration summary and per-gene reliability table."""
+"""Reliability page of the Diagnostics widget: interval calibration, per-gene reliability."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import numpy as np
+from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+from matplotlib.figure import Figure
 from qtpy.QtCore import Qt, Signal
 from qtpy.QtWidgets import (
     QAbstractItemView,
@@ -21,15 +23,18 @@ from ..explore_uncertainty import (
     has_reliability,
     reliability_table,
 )
+from ..plots import plot_reliability
 from .table_items import NumberItem
 
 
 class ReliabilityPanel(QWidget):
     """How sure the imputation is: interval calibration and each gene's predicted Pearson.
 
-    The table lists every imputed gene with its predicted held-out Pearson, whether it was a
-    training gene and its training score; it sorts by any column (most reliable first at the
-    start), and clicking a row emits :attr:`gene_clicked` with the gene.
+    The plot shows the predicted held-out Pearson of the genes and compares it with an observed
+    one (a cross-validation's, when its table has ``predicted_pearson``). The table lists every
+    imputed gene with its predicted Pearson, whether it was a training gene and its training
+    score; it sorts by any column (most reliable first at the start). Clicking a row or a dot
+    emits :attr:`gene_clicked` with the gene.
     """
 
     gene_clicked = Signal(str)
@@ -44,19 +49,33 @@ class ReliabilityPanel(QWidget):
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.table.cellClicked.connect(self._on_clicked)
+        self.fig = Figure(figsize=(10, 3.2), dpi=90)
+        self.canvas = FigureCanvasQTAgg(self.fig)
+        self.canvas.setMinimumHeight(200)
+        self.canvas.mpl_connect("pick_event", self._on_pick)
         layout = QVBoxLayout(self)
         layout.addWidget(self.summary)
+        layout.addWidget(self.canvas, 1)
         layout.addWidget(self.table, 1)
 
-    def set_result(self, result: Any) -> None:
-        """Fill the summary and the table from a result AnnData (or clear them)."""
+    def draw(self, result: Any, cv: Any = None) -> None:
+        """Redraw the plot (``cv``: a cross-validation table, or ``None``)."""
+        self.fig.clear()
+        if result is not None and has_reliability(result):
+            plot_reliability(self.fig, result, cv)
+        self.canvas.draw_idle()
+
+    def set_result(self, result: Any, cv: Any = None) -> None:
+        """Fill the summary, plot and table from a result AnnData (or clear them)."""
         self.table.setSortingEnabled(False)
         self.table.setRowCount(0)
         self.summary.setText(calibration_text(result))
-        if result is None or not has_reliability(result):
-            self.table.setVisible(False)
+        usable = result is not None and has_reliability(result)
+        self.table.setVisible(usable)
+        self.canvas.setVisible(usable)
+        if not usable:
             return
-        self.table.setVisible(True)
+        self.draw(result, cv)
         df = reliability_table(result)
         self.table.setRowCount(len(df))
         for i, rec in enumerate(df.itertuples(index=False)):
@@ -84,6 +103,11 @@ class ReliabilityPanel(QWidget):
         """Texts of one column in the shown (sorted) order."""
         j = list(RELIABILITY_COLUMNS).index(name)
         return [self.table.item(i, j).text() for i in range(self.table.rowCount())]
+
+    def _on_pick(self, event: Any) -> None:
+        genes = getattr(event.artist, "genes", None)
+        if genes is not None and len(event.ind):
+            self.gene_clicked.emit(str(genes[int(event.ind[0])]))
 
     def _on_clicked(self, row: int, _col: int) -> None:
         item = self.table.item(row, 0)
