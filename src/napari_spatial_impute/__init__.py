@@ -18,10 +18,11 @@ __version__ = "0.1.0"
 
 from ._errors import InputError, MappingCancelled, MemoryEstimateError
 from .datasets import load_merfish_hypothalamus
+from .engine import EpochInfo, TangramMapper
 from .evaluate import cross_validate, summarize_cv, validate_cell_types
 from .genes import GenePlan, plan_genes
 from .io import find_fov_key, read_h5ad, validate_adata, write_h5ad_atomic
-from .mapping import EpochInfo, MappingResult, TangramMapper, map_cells_to_space
+from .mapping import MappingResult, map_cells_to_space
 from .project import project_cell_annotations, project_genes
 from .result import result_to_anndata
 
