@@ -28,6 +28,7 @@ def test_map_real_pair_writes_all_genes_and_probabilities(shared_data, tmp_path,
          "--out", str(out), "--cluster-key", "cell_type", "--epochs", "50"], capsys)
     assert code == 0, err
     assert "wrote 750 spatial cells x 134 imputed genes and 14 cluster probabilities" in stdout
+    assert "reference raw counts, spatial raw counts; transform applied: none" in stdout
     res = ad.read_h5ad(out)
     assert res.shape == (750, 134)
     assert res.obsm["cluster_probabilities"].shape == (750, 14)

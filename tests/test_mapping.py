@@ -159,3 +159,17 @@ def test_auto_engine_picks_by_size(synthetic, monkeypatch):
     r = nsi.map_cells_to_space(ref, spa, epochs=2, candidates=10)
     assert r.params["engine"] == "lean"
     assert nsi.map_cells_to_space(ref, spa, epochs=2, mode="clusters", cluster_key="cell_type").params["engine"] == "exact"
+
+
+def test_csr_array_and_dense_inputs_give_the_same_map(synthetic):
+    import scipy.sparse as sp
+
+    ref, spa = synthetic
+    a = nsi.map_cells_to_space(ref, spa, epochs=20, seed=1)
+    ref2, spa2 = ref.copy(), spa.copy()
+    ref2.X = sp.csr_array(ref.X)
+    spa2.X = spa.X.toarray()
+    b = nsi.map_cells_to_space(ref2, spa2, epochs=20, seed=1)
+    np.testing.assert_allclose(a.probabilities, b.probabilities, rtol=1e-5, atol=1e-8)
+    np.testing.assert_allclose(a.project_genes().X, b.project_genes().X, rtol=1e-4, atol=1e-6)
+    assert a.params["reference_values"] == "raw counts"

@@ -171,6 +171,8 @@ def cmd_map(args: argparse.Namespace) -> int:
         extra_uns={"fov_key": fov or ""},
     )
     print(result.genes.summary())
+    print(f"values: reference {result.params['reference_values']}, spatial {result.params['spatial_values']}; "
+          f"transform applied: {result.params['transform']}")
     print(f"training score {result.training_score:.3f} after {result.params['epochs_done']} epochs, "
           f"{result.params['engine']} engine "
           f"({result.timings['train_s']:.1f} s training, {result.timings['total_s']:.1f} s in all)")
