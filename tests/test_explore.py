@@ -114,6 +114,8 @@ def test_hover_text(data):
     assert df.loc[0, "top clusters"].startswith(str(probs.columns[np.argmax(probs.iloc[0])]))
     text = ex.cell_summary(res, 0, ["Gad1"])
     assert res.obs_names[0] in text and "Gad1 imputed" in text
+    hw = res.layers["interval_90_halfwidth"][0, res.var_names.get_loc("Gad1")]
+    assert f"(90% interval ± {hw:.3g})" in text
 
 
 def test_linking_maps(data):

@@ -10,7 +10,8 @@ Conventions shared with the rest of the plugin:
 * Layer names: ``"<gene> imputed · FOV <id>"``, ``"<gene> measured · FOV <id>"``,
   ``"<cluster> probability · FOV <id>"``, ``"most likely <cluster_key> · FOV <id>"``.
 * ``layer.metadata`` holds ``nsi_role`` (``"imputed"``, ``"measured"``, ``"probability"``,
-  ``"predicted"``, or ``"reference"`` for the core plugin's reference UMAP layer),
+  ``"predicted"``, ``"interval"`` (see :mod:`napari_spatial_impute.explore_uncertainty`), or
+  ``"reference"`` for the core plugin's reference UMAP layer),
   ``nsi_fov`` (FOV id), ``nsi_value`` (gene or cluster) and ``nsi_rows`` (int64 row of each point
   in the result AnnData).
 """
@@ -341,12 +342,18 @@ def hover_features(result: ad.AnnData, rows: np.ndarray, n_genes: int = 3) -> pd
 
 def cell_summary(result: ad.AnnData, row: int, genes: Sequence[str] = (), n_genes: int = 5) -> str:
     """Multi-line description of one cell: chosen genes, top imputed genes, top clusters."""
+    from .explore_uncertainty import hover_interval
+
     lines = [f"cell {result.obs_names[row]}"]
     for g in genes:
         try:
-            lines.append(f"{g} imputed: {values(result, 'imputed', g, np.array([row]))[0]:.3g}")
+            line = f"{g} imputed: {values(result, 'imputed', g, np.array([row]))[0]:.3g}"
+            interval = hover_interval(result, resolve_gene(result, g), np.array([row]))
         except InputError:
             continue
+        if interval is not None:  # "(90% interval ± 17.2)"
+            line += f" ({interval[0]} {interval[1][0]:.3g})"
+        lines.append(line)
     lines.append("top imputed: " + top_genes_text(result, np.array([row]), n_genes)[0])
     clusters = top_clusters_text(result, np.array([row]), 3)
     if clusters is not None:
