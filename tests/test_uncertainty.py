@@ -62,7 +62,7 @@ def test_coverage_columns_are_fractions_of_cells_inside(synthetic, monkeypatch):
         pred = r.project_genes(held).X
         measured = spa[:, [g.lower() for g in held]].X.toarray()
         hw = intervals(r, r.calibration, held)[0.9]
-        expected = (np.abs(measured - pred) <= hw).mean(0)
+        expected = (np.abs(measured / r.calibration.scale - pred) <= hw).mean(0)
         np.testing.assert_allclose(df.loc[df["fold"] == f, "coverage_90"], expected)
     s = nsi.summarize_cv(df)
     assert 0 <= s["mean_coverage_67"] <= s["mean_coverage_90"] <= 1
@@ -94,3 +94,12 @@ def test_calibration_on_a_cell_subset(synthetic, monkeypatch):
     assert cal.groups.shape == (spa.n_obs,)  # groups for every cell
     hw = intervals(r, cal, ["Gene0"])[0.9]
     assert hw.shape == (spa.n_obs, 1) and np.all(np.isfinite(hw))
+
+
+def test_platform_scale():
+    from napari_spatial_impute.uncertainty import platform_scale
+
+    rng = np.random.default_rng(0)
+    pred = rng.random((50, 6)) + 0.1
+    assert platform_scale(pred * 8.0, pred) == pytest.approx(8.0)
+    assert platform_scale(np.zeros((3, 2)), np.ones((3, 2))) == 1.0

@@ -134,7 +134,7 @@ def cross_validate(
             from .uncertainty import intervals, level_name, reliability
 
             for lv, hw in intervals(result, cal, held).items():
-                inside = np.abs(measured - pred) <= hw
+                inside = np.abs(measured / cal.scale - pred) <= hw
                 extra[f"coverage_{level_name(lv)}"] = inside.mean(axis=0)
                 extra[f"width_{level_name(lv)}"] = 2 * hw.mean(axis=0)
             extra["predicted_pearson"] = reliability(result, cal, held).to_numpy()

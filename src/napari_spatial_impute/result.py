@@ -139,6 +139,7 @@ def result_to_anndata(
             "group_names": np.asarray(cal.group_names, dtype=object),
             "quantiles": np.asarray(cal.quantiles, dtype=np.float64),
             "offset": float(cal.offset),
+            "platform_scale": float(cal.scale),
             "reliability_coef": np.asarray(cal.coef, dtype=np.float64),
             "calibration_genes": np.asarray(cal.calibration_genes, dtype=object),
             "inner_pearson": np.asarray(cal.inner_pearson, dtype=np.float64),

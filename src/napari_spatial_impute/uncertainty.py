@@ -5,8 +5,9 @@ training genes only, an inner k-fold over genes imputes each training gene witho
 as a new gene would be imputed. For every cell and gene the *spread* of the neighbourhood
 ensemble is known, ``σ = sqrt(W S² - (W S)²)`` (the weighted standard deviation of the matched
 reference cells), for measured and unmeasured genes alike. The conformity score of a
-cross-validated value is ``|measured - predicted| / (σ + c)`` (``c``: the median spread, so that
-genes with no spread still get an interval), and its quantiles are taken separately per group of
+cross-validated value is ``|measured / k - predicted| / (σ + c)`` (``k``: the platform factor
+between measured and imputed units, see :func:`platform_scale`; ``c``: the median spread, so
+that genes with no spread still get an interval), and its quantiles are taken separately per group of
 cells (Mondrian conformal prediction; groups are the most likely cluster, or spatial k-means
 blocks without clusters). A new gene's interval at a cell is ``predicted ± q(group) (σ + c)``.
 
@@ -64,6 +65,10 @@ class Calibration:
         Training genes used (reference names).
     inner_pearson
         Cross-validated Pearson of each calibration gene.
+    scale
+        Platform factor ``c``: measured spatial values are about ``c`` times the imputed
+        (reference-unit) values; intervals cover ``measured / c``, i.e. the measured value in
+        the imputed value's units.
     """
 
     groups: np.ndarray
@@ -74,6 +79,7 @@ class Calibration:
     coef: np.ndarray
     calibration_genes: list[str]
     inner_pearson: np.ndarray
+    scale: float = 1.0
 
 
 def _spread(W: sp.csr_matrix, X: np.ndarray | sp.spmatrix) -> tuple[np.ndarray, np.ndarray]:
@@ -117,6 +123,20 @@ def _conformal_quantile(scores: np.ndarray, level: float) -> float:
         return float("inf")
     rank = min(n, int(np.ceil((n + 1) * level)))
     return float(np.partition(scores, rank - 1)[rank - 1])
+
+
+def platform_scale(measured: np.ndarray, predicted: np.ndarray) -> float:
+    """Median over genes of mean measured / mean predicted (1 when it cannot be estimated).
+
+    Imputed values are in the reference's units; a targeted assay measures each gene on its own
+    scale (raw MERFISH counts are about 8 times the scRNA-seq counts of the bundled pair).
+    """
+    pm = predicted.mean(axis=0)
+    mm = measured.mean(axis=0)
+    ok = (pm > 0) & (mm > 0)
+    if not ok.any():
+        return 1.0
+    return float(np.median(mm[ok] / pm[ok]))
 
 
 def gene_features(W: sp.csr_matrix, ref_values: np.ndarray | sp.spmatrix, offset: float) -> np.ndarray:
@@ -184,7 +204,8 @@ def calibrate(
         p, s_ = _spread(W, S_all[:, h])
         preds[:, h], spreads[:, h] = p, s_
     offset = float(np.median(spreads)) or float(np.mean(spreads)) or 1e-6
-    scores = np.abs(G_all - preds) / (spreads + offset)
+    scale = platform_scale(G_all, preds)
+    scores = np.abs(G_all / scale - preds) / (spreads + offset)
     q = np.zeros((len(names), len(levels)))
     pooled = [_conformal_quantile(scores.ravel(), lv) for lv in levels]
     for gi in range(len(names)):
@@ -198,7 +219,7 @@ def calibrate(
     coef, *_ = np.linalg.lstsq(A, inner_r[ok], rcond=None) if ok.sum() > A.shape[1] else (
         np.r_[np.nanmean(inner_r) if ok.any() else 0.0, np.zeros(feats.shape[1])],
     )
-    return Calibration(groups, names, q, tuple(levels), offset, np.asarray(coef), train, inner_r)
+    return Calibration(groups, names, q, tuple(levels), offset, np.asarray(coef), train, inner_r, scale)
 
 
 def intervals(
