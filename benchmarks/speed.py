@@ -306,6 +306,9 @@ def floor_seconds(n_ref: int, n_sp: int, n_genes: int, gflops: float) -> float:
     return 2 * 2 * n_ref * n_sp * n_genes / (gflops * 1e9)
 
 
+SCORE_TOL = 1e-3  # "reached tangram-sc's final score" means within this much of it
+
+
 def time_to_reach(run: dict[str, Any], target: float) -> tuple[float, int]:
     """Seconds from the start of the map call, and epochs, until the score reaches ``target``.
 
@@ -314,7 +317,7 @@ def time_to_reach(run: dict[str, Any], target: float) -> tuple[float, int]:
     """
     h = np.asarray(run.get("score_history", []), dtype=float)
     ends = np.asarray(run.get("epoch_end_s", []), dtype=float)
-    hit = np.nonzero(h >= target)[0]
+    hit = np.nonzero(h >= target - SCORE_TOL)[0]
     if not len(hit) or not np.isfinite(target):
         return float("nan"), -1
     e = int(hit[0])
@@ -375,25 +378,26 @@ def run_size(spec: tuple[int, int, int, int, int], args: argparse.Namespace, met
             else:
                 log(f"  {m}: {res.get('error')}")
             rows.append(res)
-    # time to reach tangram-sc's final score, per round
-    by_round: dict[int, dict[str, dict[str, Any]]] = {}
+    add_time_to_score(rows)
+    return rows
+
+
+def add_time_to_score(rows: list[dict[str, Any]]) -> None:
+    """Per size and round: seconds (from the start of the map call) until each method's score
+    is within ``SCORE_TOL`` of tangram-sc's final training score of the same round."""
+    by_round: dict[tuple[str, int], dict[str, dict[str, Any]]] = {}
     for row in rows:
         if row.get("status") == "ok":
-            by_round.setdefault(row["repeat"], {})[row["method"]] = row
+            by_round.setdefault((row["size"], row["repeat"]), {})[row["method"]] = row
     for rnd in by_round.values():
         tg = rnd.get("tangram")
         if tg is None:
             continue
         for m, row in rnd.items():
-            if m == "tangram":
-                continue
             sec, ep = time_to_reach(row, tg["final_score"])
             row["target_tangram_final_score"] = tg["final_score"]
             row["time_to_tangram_score_s"] = sec
             row["epochs_to_tangram_score"] = ep
-            tg_sec, _ = time_to_reach(tg, tg["final_score"])
-            tg["time_to_tangram_score_s"] = tg["setup_s"] + tg["train_s"]
-    return rows
 
 
 def summarize(rows: list[dict[str, Any]], gflops: float) -> pd.DataFrame:
@@ -478,7 +482,7 @@ def add_ratios(summary: pd.DataFrame) -> pd.DataFrame:
             for col in ("wall_s", "setup_s", "epoch_ms", "epoch_mean_ms", "peak_gib", "extrapolated_1000_epochs_s"):
                 summary.loc[i, f"tangram_over_ours_{col}"] = t[col] / r[col]
             if "t_to_tg_score_s" in r and np.isfinite(r["t_to_tg_score_s"]):
-                summary.loc[i, "tangram_over_ours_time_to_score"] = (t["setup_s"] + t["train_s"]) / r["t_to_tg_score_s"]
+                summary.loc[i, "tangram_over_ours_time_to_score"] = t["t_to_tg_score_s"] / r["t_to_tg_score_s"]
     return summary
 
 
@@ -489,9 +493,13 @@ def plot(summary: pd.DataFrame, out: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(9.5, 3.9), dpi=120)
+    palette = ["#1f77b4", "#2ca02c", "#9467bd", "#8c564b"]
     colors = {"tangram": "#d62728"}
+    for method in summary["method"].unique():
+        if method not in colors:
+            colors[method] = palette[(len(colors) - 1) % len(palette)]
     for method, g in summary.groupby("method", sort=False):
-        c = colors.get(method, "#1f77b4")
+        c = colors[method]
         g = g.sort_values("n_sp")
         meas = g[g["status"] == "measured"]
         est = g[g["status"] != "measured"]
@@ -509,7 +517,7 @@ def plot(summary: pd.DataFrame, out: Path) -> None:
                              label=f"{method} (extrapolated)")
     fl = summary.drop_duplicates("size").sort_values("n_sp")
     axes[0].plot(fl["n_sp"], fl["floor_epoch_ms"] / 1000, color="0.4", ls="--", marker="x",
-                 label="floor: 2 matmuls / measured GFLOP/s")
+                 label="floor of the dense objective: 2 matmuls / measured GFLOP/s")
     axes[1].axhline(common._ram_gib(), color="0.4", ls=":", label="RAM of this machine")
     for ax in axes:
         ax.set_xscale("log")
@@ -545,6 +553,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="torch threads in every run (default: torch's)")
     p.add_argument("--timeout", type=float, default=None, help="seconds per worker run")
     p.add_argument("--tag", default="", help="suffix of the output files")
+    p.add_argument("--resummarize", action="store_true",
+                   help="recompute the summary and plot from speed_runs.json (no new runs)")
     p.add_argument("--out-dir", type=Path, default=common.BENCH_OUT)
     p.add_argument("--image-dir", type=Path, default=common.IMAGES)
     return p.parse_args(argv)
@@ -573,8 +583,24 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
                 methods.append(("tangram", None))
             else:
                 log("tangram-sc is not installed: skipping it")
+    if args.resummarize:
+        rows = json.loads((args.out_dir / f"speed_runs{tag}.json").read_text())
+        meta_path = args.out_dir / f"speed_meta{tag}.json"
+        meta = json.loads(meta_path.read_text())
+        gflops = meta["matmul_gflops_float32"]
+        add_time_to_score(rows)
+        common.write_json(rows, args.out_dir / f"speed_runs{tag}.json")
+        raw = pd.DataFrame([{k: v for k, v in r.items() if k not in ("epoch_end_s", "score_history")} for r in rows])
+        common.write_csv(raw, args.out_dir / f"speed_runs{tag}.csv")
+        summary = add_ratios(extrapolate(summarize(rows, gflops), gflops))
+        common.write_csv(summary, args.out_dir / f"speed_summary{tag}.csv")
+        plot(summary, args.image_dir / f"bench_speed_scaling{tag}.png")
+        meta["score_tolerance"] = SCORE_TOL
+        common.write_json(meta, meta_path)
+        return summary
     gflops = common.matmul_gflops()
     info["matmul_gflops_float32"] = gflops
+    info["score_tolerance"] = SCORE_TOL
     log(f"float32 matmul: {gflops:.1f} GFLOP/s; load {common.loadavg()}")
     if not args.no_parity and common.tangram_available():
         nr, ns, ng = (int(x) for x in args.parity_size.split("x"))
