@@ -317,26 +317,35 @@ def scatter(genes_df: pd.DataFrame, name: str, out: Path) -> None:
     if not ours or "tangram" not in w.columns:
         return
     x = w["tangram"].to_numpy()
-    fig, ax = plt.subplots(figsize=(4.6, 4.4), dpi=120)
+    # series identical across engines (e.g. an engine-independent default projection) are drawn once
+    merged: list[tuple[str, np.ndarray]] = []
+    for m in ours:
+        y = w[m].to_numpy()
+        for i, (lab, y0) in enumerate(merged):
+            if np.allclose(y, y0, equal_nan=True, atol=1e-9):
+                merged[i] = (f"{lab} = {m}", y0)
+                break
+        else:
+            merged.append((m, y))
+    fig, ax = plt.subplots(figsize=(5.0, 4.6), dpi=120)
     colors = ["#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd"]
     lo, hi = 0.0, 0.1
     nan_txt = [f"tangram {int((~np.isfinite(x)).sum())}"]
-    for c, m in zip(colors, ours, strict=False):
-        y = w[m].to_numpy()
+    for c, (m, y) in zip(colors, merged, strict=False):
         ok = np.isfinite(x) & np.isfinite(y)
         ax.scatter(x[ok], y[ok], s=12, alpha=0.65, color=c, edgecolor="none",
-                   label=f"{m}: median {np.nanmedian(y):.3f}")
+                   label=f"{m}{'' if m.endswith(' map') else ' (default projection)'}: median {np.nanmedian(y):.3f}")
         if ok.any():
             lo = min(lo, float(np.min(x[ok])), float(np.min(y[ok])))
             hi = max(hi, float(np.max(x[ok])), float(np.max(y[ok])))
-        nan_txt.append(f"{m} {int((~np.isfinite(y)).sum())}")
+        nan_txt.append(f"ours {int((~np.isfinite(y)).sum())}")
     ax.plot([lo, hi], [lo, hi], color="0.5", lw=0.8, ls="--")
     ax.set_xlabel(f"tangram-sc 1.0.4 (median {np.nanmedian(x):.3f})")
     ax.set_ylabel("this project")
     ax.legend(fontsize=7, loc="upper left")
     ep = genes_df.attrs.get("epochs", "")
     ax.set_title(f"{name}: held-out gene Pearson r{f' ({ep} epochs)' if ep else ''}\n"
-                 f"{len(w)} genes; NaN: {', '.join(nan_txt)}", fontsize=8)
+                 f"{len(w)} genes; NaN genes: {', '.join(dict.fromkeys(nan_txt))}", fontsize=8)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out)
