@@ -285,9 +285,9 @@ def parse_size(s: str, default_epochs: int, default_repeats: int) -> tuple[int, 
 
 
 def mem_available() -> int:
-    from napari_spatial_impute.resources import available_bytes
-
     import torch
+
+    from napari_spatial_impute.resources import available_bytes
 
     return available_bytes(torch.device("cpu"))
 
@@ -347,7 +347,7 @@ def run_size(spec: tuple[int, int, int, int, int], args: argparse.Namespace, met
         log(f"{label}: simulated in {time.perf_counter() - t:.1f} s; zeros ref {spars[0]:.2f}, sp {spars[1]:.2f}")
     else:
         spars = (float("nan"), float("nan"))
-    for m, engine in methods:
+    for m, _engine in methods:
         if not runnable[m]:
             rows.append({"size": label, "method": m, "epochs": epochs, "repeat": -1, "status": "not run",
                          "reason": f"estimated {est['tangram'] / GIB:.0f} GiB > {avail / GIB:.0f} GiB available",
@@ -393,7 +393,7 @@ def add_time_to_score(rows: list[dict[str, Any]]) -> None:
         tg = rnd.get("tangram")
         if tg is None:
             continue
-        for m, row in rnd.items():
+        for row in rnd.values():
             sec, ep = time_to_reach(row, tg["final_score"])
             row["target_tangram_final_score"] = tg["final_score"]
             row["time_to_tangram_score_s"] = sec
@@ -417,7 +417,7 @@ def summarize(rows: list[dict[str, Any]], gflops: float) -> pd.DataFrame:
             continue
         rec["status"] = "measured"
 
-        def med(col: str, scale: float = 1.0) -> tuple[float, float, float]:
+        def med(col: str, scale: float = 1.0, ok: pd.DataFrame = ok) -> tuple[float, float, float]:
             v = ok[col].to_numpy(dtype=float) * scale if col in ok else np.array([np.nan])
             return float(np.median(v)), float(np.min(v)), float(np.max(v))
 
@@ -470,7 +470,7 @@ def extrapolate(summary: pd.DataFrame, gflops: float) -> pd.DataFrame:
 def add_ratios(summary: pd.DataFrame) -> pd.DataFrame:
     """Tangram-sc / ours ratios per size (the headline)."""
     summary = summary.copy()
-    for size, g in summary.groupby("size", sort=False):
+    for _size, g in summary.groupby("size", sort=False):
         tg = g[(g["method"] == "tangram") & (g["status"] == "measured")]
         if tg.empty:
             continue
