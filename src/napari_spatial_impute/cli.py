@@ -213,15 +213,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _write_csv_atomic(df: Any, out: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent if str(out.parent) else ".")
-    os.close(fd)
-    try:
+    from .io import atomic_output
+
+    with atomic_output(out) as tmp:
         df.to_csv(tmp, index=False)
-        os.replace(tmp, out)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 import tempfile
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
 
@@ -259,6 +260,27 @@ def validate_spatial_coordinates(adata: ad.AnnData, role: str = "spatial") -> np
     return coords.astype(np.float64, copy=False)
 
 
+@contextmanager
+def atomic_output(path: str | os.PathLike[str]) -> Iterator[str]:
+    """Yield a temporary path beside ``path``; rename it to ``path`` only if the block succeeds.
+
+    A failure (or an interrupt) removes the temporary file, so ``path`` is never half-written.
+    """
+    target = Path(path)
+    folder = target.parent if str(target.parent) else Path(".")
+    if not folder.exists():
+        raise InputError(f"output folder {str(folder)!r} does not exist; create it first.")
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
+    os.close(fd)
+    try:
+        yield tmp
+        os.replace(tmp, target)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
 def write_h5ad_atomic(adata: ad.AnnData, path: str | os.PathLike[str]) -> Path:
     """Write ``adata`` to ``path`` through a temporary file and a rename.
 
@@ -268,19 +290,7 @@ def write_h5ad_atomic(adata: ad.AnnData, path: str | os.PathLike[str]) -> Path:
     -------
     The path written.
     """
-    target = Path(path)
-    folder = target.parent if str(target.parent) else Path(".")
-    if not folder.exists():
-        raise InputError(f"output folder {str(folder)!r} does not exist; create it first.")
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
-    os.close(fd)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            adata.write_h5ad(tmp)
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return target
+    with atomic_output(path) as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        adata.write_h5ad(tmp)
+    return Path(path)

@@ -17,9 +17,7 @@ Layout of a result (spatial cells x reference genes):
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anndata as ad
@@ -194,7 +192,7 @@ def write_result(
     """
     import h5py
 
-    from .io import write_h5ad_atomic
+    from .io import atomic_output, write_h5ad_atomic
 
     names = resolve_reference_genes(result, genes)
     method = resolve_method(result, method)
@@ -210,10 +208,7 @@ def write_result(
     adata = result_to_anndata(result, genes=names, method=method, impute=False)
     if extra_uns:
         adata.uns[UNS_KEY].update(extra_uns)
-    target = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    try:
+    with atomic_output(path) as tmp:
         adata.write_h5ad(tmp)
         with h5py.File(tmp, "r+") as f:
             if "X" in f:
@@ -245,9 +240,4 @@ def write_result(
                 if cal is not None:
                     for lv, hw in intervals(result, cal, chunk_names).items():
                         layer_sets[lv][:, a : a + hw.shape[1]] = hw
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
     return adata
