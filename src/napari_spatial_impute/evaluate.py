@@ -14,6 +14,8 @@ from .genes import match_genes, plan_genes
 from .io import validate_adata
 from .mapping import EpochInfo, MappingResult, map_cells_to_space
 from .preprocess import apply_transform, check_transform, dense_columns
+from .project import resolve_method
+from .uncertainty import intervals, level_name, reliability
 
 
 def pearson_per_gene(pred: np.ndarray, measured: np.ndarray) -> np.ndarray:
@@ -128,11 +130,7 @@ def cross_validate(
         measured = dense_columns(sp_vals, [ref_to_sp[g] for g in held])
         extra: dict[str, np.ndarray] = {}
         cal = result.calibration
-        from .project import resolve_method
-
         if cal is not None and resolve_method(result, method) == "neighbours":
-            from .uncertainty import intervals, level_name, reliability
-
             for lv, hw in intervals(result, cal, held).items():
                 inside = np.abs(measured / cal.scale - pred) <= hw
                 extra[f"coverage_{level_name(lv)}"] = inside.mean(axis=0)

@@ -385,10 +385,11 @@ def map_cells_to_space(
             break
     t_done = time.perf_counter()
     P = mapper.probabilities()
+    S_cells = S if mode != "clusters" else dense_columns(ref_vals, plan.training_reference)
+    ref_kind = describe_values(reference.X)
     W = None
     if neighbours:
-        raw = transform == "none" and describe_values(reference.X) == "raw counts"
-        S_cells = S if mode != "clusters" else dense_columns(ref_vals, plan.training_reference)
+        raw = transform == "none" and ref_kind == "raw counts"
         W = neighbour_weights(similarity_values(S_cells, raw), similarity_values(G, raw))
     t_neigh = time.perf_counter()
 
@@ -397,7 +398,7 @@ def map_cells_to_space(
         F = mapper.filter_probabilities()
         pred = np.asarray(P.T @ (S * F[:, None]))
     scores = cosine_per_gene(pred, G)
-    sp_sc = gene_sparsity(S if mode != "clusters" else dense_columns(ref_vals, plan.training_reference))
+    sp_sc = gene_sparsity(S_cells)
     sp_sp = gene_sparsity(G)
     train_df = pd.DataFrame(
         {
@@ -431,8 +432,8 @@ def map_cells_to_space(
         "candidates": candidates if lean else 0,
         "reverse_candidates": reverse_candidates if lean else 0,
         "n_pairs": int(pairs[0].shape[0]) if lean else int(n_units) * int(spatial.n_obs),
-        "reference_values": _describe(reference),
-        "spatial_values": _describe(spatial),
+        "reference_values": ref_kind,
+        "spatial_values": describe_values(spatial.X),
     }
     result = MappingResult(
         probabilities=P,
@@ -466,7 +467,3 @@ def map_cells_to_space(
         result.timings["calibration_s"] = time.perf_counter() - t_cal
         result.timings["total_s"] = time.perf_counter() - t0
     return result
-
-
-def _describe(adata: ad.AnnData) -> str:
-    return describe_values(adata.X)
