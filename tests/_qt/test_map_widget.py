@@ -86,11 +86,13 @@ def test_engine_error_is_reported_and_adds_nothing(widget, qtbot):
     w.mode.setCurrentText("clusters")  # needs a cluster key: the engine refuses
     w.epochs.setValue(5)
     errors, returned = [], []
-    worker = w.run()
-    worker.errored.connect(errors.append)
-    worker.returned.connect(returned.append)
-    with qtbot.waitSignal(worker.finished, timeout=60_000):
-        pass
+    # record through the widget's own handlers: they are connected before the worker starts,
+    # whereas connecting to the worker after run() races a fast engine error
+    on_returned, on_error = w._on_returned, w._on_error
+    w._on_returned = lambda value: (returned.append(value), on_returned(value))
+    w._on_error = lambda exc: (errors.append(exc), on_error(exc))
+    assert w.run() is not None
+    qtbot.waitUntil(lambda: w.worker is None, timeout=60_000)  # set by the widget's finished handler
     assert not errors, "bad input is reported, not raised as a crash"
     assert returned and "cluster key" in returned[0].message
     assert w.status.text().startswith("Error: clusters mode needs a cluster key")
