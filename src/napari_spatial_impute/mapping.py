@@ -14,6 +14,7 @@ import scipy.sparse as sp
 import torch
 
 from ._errors import InputError
+from ._malloc import reusing_freed_memory
 from .candidates import candidate_pairs
 from .engine import CancelFlag, EpochInfo, TangramMapper
 from .genes import GenePlan, plan_genes
@@ -172,6 +173,7 @@ class MappingResult:
         return result_to_anndata(self, genes=genes, **kwargs)
 
 
+@reusing_freed_memory
 def map_cells_to_space(
     reference: ad.AnnData,
     spatial: ad.AnnData,
