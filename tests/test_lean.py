@@ -55,6 +55,41 @@ def test_pair_gradient_matches_autograd(weights):
     torch.testing.assert_close(grad, Lr.grad, rtol=1e-4, atol=1e-7)
 
 
+@pytest.mark.parametrize("weights", [Weights(), Weights(lambda_d=1.0)])
+def test_propose_returns_the_most_negative_rates(weights):
+    """Proposals equal a brute-force ranking of dL/dP_ij - <P_i, dL/dP_i> from autograd."""
+    torch.manual_seed(2)
+    n, s, g = 40, 30, 7
+    S, G = torch.rand(n, g) * 3, torch.rand(s, g) * 3
+    rows, cols = candidate_pairs(S, G, k=5, r=1)
+    d = torch.rand(s)
+    d = d / d.sum()
+    obj = CandidateObjective(S, G, weights, rows, cols, d=d)
+    L = torch.randn(len(rows))
+    obj.value_and_grad(L)
+    new_rows, new_cols = obj.propose(3, chunk=7)
+    # brute force: the loss as a function of a dense P (zeros off the pairs)
+    P = torch.zeros(n, s)
+    P[rows, cols] = obj.probabilities(L)
+    P.requires_grad_(True)
+    G_pred = P.t() @ S
+    loss = -weights.lambda_g1 * torch.nn.functional.cosine_similarity(G_pred, G, dim=0).mean()
+    if weights.lambda_d:
+        m = P.sum(0) / n
+        loss = loss + weights.lambda_d * torch.nn.functional.kl_div(torch.log(m.clamp_min(1e-30)), d, reduction="sum")
+    loss.backward()
+    dLdP = P.grad
+    inner = (P.detach() * dLdP).sum(1)
+    rate = (dLdP - inner[:, None]).t()  # spatial x reference
+    for j in range(s):
+        got = set(new_rows[new_cols == j].tolist())
+        best = torch.sort(rate[j]).values
+        # the proposed rows have the 3 smallest rates (ties at float precision aside)
+        assert len(got) == 3
+        assert rate[j, list(got)].max() <= best[2] + 1e-6
+    assert torch.equal(new_cols, torch.arange(s).repeat_interleave(3))
+
+
 def test_lean_with_all_pairs_equals_exact(synthetic):
     ref, spa = synthetic
     exact = nsi.map_cells_to_space(ref, spa, epochs=80, engine="exact")
