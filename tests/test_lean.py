@@ -37,15 +37,19 @@ def test_merge_pairs_keeps_old_positions():
     assert [(r2[p].item(), c2[p].item()) for p in pos] == [(1, 0), (0, 1), (2, 1)]
 
 
+def _small_pairs(seed: int, n: int, s: int, g: int, k: int, r: int):
+    """Seeded small data, candidate pairs, a density and random pair logits."""
+    torch.manual_seed(seed)
+    S, G = torch.rand(n, g) * 3, torch.rand(s, g) * 3
+    rows, cols = candidate_pairs(S, G, k=k, r=r)
+    d = torch.rand(s)
+    return S, G, rows, cols, d / d.sum(), torch.randn(len(rows))
+
+
 @pytest.mark.parametrize("weights", [Weights(), Weights(lambda_d=1.0, lambda_g2=0.5)])
 def test_pair_gradient_matches_autograd(weights):
-    torch.manual_seed(1)
-    n, s, g = 30, 25, 8
-    S, G = torch.rand(n, g) * 3, torch.rand(s, g) * 3
-    rows, cols = candidate_pairs(S, G, k=6, r=2)
-    d = torch.rand(s)
-    d = d / d.sum()
-    L = torch.randn(len(rows))
+    n, s = 30, 25
+    S, G, rows, cols, d, L = _small_pairs(1, n, s, 8, k=6, r=2)
     values, grad = CandidateObjective(S, G, weights, rows, cols, d=d).value_and_grad(L)
     Lr = L.clone().requires_grad_(True)
     M = torch.full((n, s), -torch.inf).index_put((rows, cols), Lr)
@@ -58,14 +62,9 @@ def test_pair_gradient_matches_autograd(weights):
 @pytest.mark.parametrize("weights", [Weights(), Weights(lambda_d=1.0)])
 def test_propose_returns_the_most_negative_rates(weights):
     """Proposals equal a brute-force ranking of dL/dP_ij - <P_i, dL/dP_i> from autograd."""
-    torch.manual_seed(2)
-    n, s, g = 40, 30, 7
-    S, G = torch.rand(n, g) * 3, torch.rand(s, g) * 3
-    rows, cols = candidate_pairs(S, G, k=5, r=1)
-    d = torch.rand(s)
-    d = d / d.sum()
+    n, s = 40, 30
+    S, G, rows, cols, d, L = _small_pairs(2, n, s, 7, k=5, r=1)
     obj = CandidateObjective(S, G, weights, rows, cols, d=d)
-    L = torch.randn(len(rows))
     obj.value_and_grad(L)
     new_rows, new_cols = obj.propose(3, chunk=7)
     # brute force: the loss as a function of a dense P (zeros off the pairs)
