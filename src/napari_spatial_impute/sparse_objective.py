@@ -13,7 +13,7 @@ import warnings
 
 import torch
 
-from .objective import Weights, _cos_and_grad
+from .objective import SimilarityTerms, Weights
 
 
 class CandidateObjective:
@@ -47,6 +47,7 @@ class CandidateObjective:
         self.G = G
         self.St = S.t().contiguous()
         self.weights = weights
+        self._similarity = SimilarityTerms(G, weights)
         self.rows = rows
         self.cols = cols
         self.n, self.s = S.shape[0], G.shape[0]
@@ -83,15 +84,8 @@ class CandidateObjective:
         with torch.no_grad():
             P = self.probabilities(L)
             G_pred, m = self.forward(P)
-            gv, d_gv = _cos_and_grad(G_pred, self.G, dim=0)
-            A = d_gv.mul_(-w.lambda_g1 / self.G.shape[1])
-            if w.lambda_g2 != 0:
-                vg_t, d_vg = _cos_and_grad(G_pred, self.G, dim=1)
-                A.add_(d_vg, alpha=-w.lambda_g2 / self.s)
-                vg = float(vg_t.mean())
-            else:
-                vg = float(torch.nn.functional.cosine_similarity(G_pred, self.G, dim=1).mean())
-            total = -w.lambda_g1 * float(gv.mean()) - w.lambda_g2 * vg
+            gv, vg, A = self._similarity(G_pred)
+            total = -w.lambda_g1 * gv - w.lambda_g2 * vg
             need_ent = want_entropy or w.lambda_r != 0
             ent = float(torch.special.xlogy(P, P).sum()) if need_ent else float("nan")
             if w.lambda_r != 0:
@@ -115,7 +109,7 @@ class CandidateObjective:
             inner = torch.zeros(self.n, dtype=P.dtype, device=P.device).index_add_(0, self.rows, P * dP)
             self._last = (A, grad_m, inner)
             grad = dP.sub_(inner[self.rows]).mul_(P)
-        values = {"total_loss": total, "main_loss": float(gv.mean()), "vg_reg": vg, "kl_reg": kl, "entropy_reg": ent}
+        values = {"total_loss": total, "main_loss": gv, "vg_reg": vg, "kl_reg": kl, "entropy_reg": ent}
         return values, grad
 
     def propose(self, k_add: int, chunk: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
