@@ -207,6 +207,11 @@ class TangramMapper:
         self.epochs_done += 1
         return values
 
+    def release_optimizer(self) -> None:
+        """Drop Adam's moments (two mapping-sized arrays) once training is over."""
+        if getattr(self, "_adam", None) is not None:
+            self._adam = None
+
     def _refresh_pairs(self) -> None:
         """Lean engine: add the most promising pairs, drop negligible ones (working set)."""
         obj = self.objective
