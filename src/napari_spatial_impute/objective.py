@@ -317,7 +317,7 @@ class DenseObjective:
         the totals of the forward pass, which are complete before the first call. A
         :class:`BlockAdam` on the CPU is instead handed the probabilities and their gradient and
         applies the softmax backward and its step in one fused pass
-        (:func:`~napari_spatial_impute._kernels.softmax_grad_adam`).
+        (:func:`~napari_spatial_impute._kernels._softmax_grad_adam`).
         """
         with torch.no_grad():
             G_pred, m, ent = self.forward(M)
@@ -388,7 +388,7 @@ class BlockAdam:
         """Whether :meth:`softmax_step` can run: CPU float32 C-ordered 2-D state, numba usable."""
         return (
             FUSED_KERNELS
-            and _kernels.AVAILABLE
+            and _kernels.available()
             and param is self.param
             and param.device.type == "cpu"
             and param.dtype == torch.float32
@@ -412,7 +412,7 @@ class BlockAdam:
         f32 = np.float32
         has_m = grad_m is not None
         gm = grad_m if has_m else w_rows[:1]
-        _kernels.softmax_grad_adam(
+        _kernels.softmax_grad_adam()(
             P.numpy(),
             dP.numpy(),
             self.param[rows].numpy(),
