@@ -24,6 +24,15 @@ import napari_spatial_impute as nsi  # noqa: E402
 from napari_spatial_impute.result import write_result  # noqa: E402
 
 
+def _rss_gib() -> float:
+    """Current resident memory of this process (Linux; NaN elsewhere)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * 4096 / 1024**3
+    except OSError:
+        return float("nan")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--n-ref", type=int, default=20000)
@@ -43,11 +52,13 @@ def main(argv: list[str] | None = None) -> int:
     def cb(info: nsi.EpochInfo) -> None:
         hist.append((info.epoch, info.score, time.time() - t1))
         if info.epoch % 25 == 0:
-            print(info.epoch, round(info.score, 4), round(time.time() - t1, 1), flush=True)
+            print(info.epoch, round(info.score, 4), round(time.time() - t1, 1), f"rss {_rss_gib():.2f} GiB",
+                  flush=True)
 
     r = nsi.map_cells_to_space(ref, spa, epochs=args.epochs, engine="auto", tol=args.tol, patience=25,
                                callback=cb, cluster_key="cell_type")
     t2 = time.time()
+    print(f"rss after mapping {_rss_gib():.2f} GiB", flush=True)
     print("mapped", r.params["engine"], r.params["epochs_done"], round(r.training_score, 4), r.timings, flush=True)
     write_result(r, args.out, genes=["Gene0000", "Gene0001", "Gene0002"])
     t3 = time.time()

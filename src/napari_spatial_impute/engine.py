@@ -11,6 +11,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from . import _malloc
 from ._errors import InputError, MappingCancelled
 from .candidates import merge_pairs
 from .objective import TERMS, BlockAdam, DenseObjective, Weights, tangram_loss
@@ -198,6 +199,7 @@ class TangramMapper:
             if self.refresh_every and self.epochs_done + 1 == self._next_refresh:
                 t = time.perf_counter()
                 self._refresh_pairs()
+                _malloc.trim()  # the pair arrays changed size: free blocks of the old sizes
                 self.refresh_seconds.append(time.perf_counter() - t)
                 self._refresh_interval *= self.refresh_growth
                 self._next_refresh += max(1, round(self._refresh_interval))

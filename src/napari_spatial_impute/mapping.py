@@ -360,8 +360,10 @@ def map_cells_to_space(
 
     weights = Weights(lambda_g1, lambda_g2, float(lambda_d), lambda_r, lambda_count, lambda_f_reg)
     t_setup = time.perf_counter()
-    # the lean engine's per-epoch temporaries are large and short-lived (see _malloc); the exact
-    # engine's are small, and keeping its freed blocks only raised its peak (8.3 vs 7.7 GiB here)
+    # the lean engine's per-epoch temporaries are large, short-lived and the same sizes every epoch
+    # between refreshes (see _malloc); the exact engine's are small, and keeping its freed blocks
+    # only raised its peak (8.3 vs 7.7 GiB here). Post-processing allocates blocks of changing
+    # sizes: keeping them exhausted 24 GB at 20,000 x 200,000, so it runs with glibc's defaults.
     with reuse_freed_memory() if lean else nullcontext():
         pairs = None
         if lean:
@@ -396,8 +398,7 @@ def map_cells_to_space(
     W = None
     if neighbours:
         raw = transform == "none" and ref_kind == "raw counts"
-        with reuse_freed_memory():
-            W = neighbour_weights(similarity_values(S_cells, raw), similarity_values(G, raw))
+        W = neighbour_weights(similarity_values(S_cells, raw), similarity_values(G, raw))
     t_neigh = time.perf_counter()
 
     pred = np.asarray(P.T @ S)
@@ -470,8 +471,7 @@ def map_cells_to_space(
         from .uncertainty import calibrate
 
         t_cal = time.perf_counter()
-        with reuse_freed_memory():
-            result.calibration = calibrate(result, seed=0 if seed is None else int(seed))
+        result.calibration = calibrate(result, seed=0 if seed is None else int(seed))
         result.timings["calibration_s"] = time.perf_counter() - t_cal
         result.timings["total_s"] = time.perf_counter() - t0
     return result
