@@ -39,6 +39,10 @@ with _malloc.reuse_freed_memory() as active:
     big = [torch.ones(16 << 20) for _ in range(6)]
     del big
     out["kept_inside"] = rss() - base
+    _malloc.trim()
+    out["kept_after_trim"] = rss() - base
+    big = [torch.ones(16 << 20) for _ in range(6)]
+    del big
 out["depth_after"] = _malloc._depth
 out["kept_after"] = rss() - base
 print(json.dumps(out))
@@ -58,6 +62,7 @@ def test_reuse_freed_memory_avoids_page_faults_and_restores():
     assert out["inside"] < 2 * pages
     # freed memory stays in the process inside the block and is handed back on exit
     assert out["kept_inside"] > 300 << 20
+    assert out["kept_after_trim"] < 100 << 20  # trim() hands it back while the block is active
     assert out["kept_after"] < 100 << 20
 
 
