@@ -34,7 +34,8 @@ with _malloc.reuse_freed_memory() as active:
     with _malloc.reuse_freed_memory():  # re-entrant
         pass
     out["depth_inside"] = _malloc._depth
-    out["inside"] = faults()
+    faults(4)  # the heap grows to its working size (how often varies with the address layout)
+    out["inside"] = faults(12)
     base = rss()
     big = [torch.ones(16 << 20) for _ in range(6)]
     del big
@@ -56,10 +57,10 @@ def test_reuse_freed_memory_avoids_page_faults_and_restores():
                                     check=True).stdout)
     assert out["active"] and out["depth_inside"] == 1 and out["depth_after"] == 0
     pages = (64 << 20) // 4096
-    # six fresh 64 MiB mappings fault about 6 x 16k pages; inside, the heap grows about once
-    # and the other five reuse it
+    # six fresh 64 MiB mappings fault about 6 x 16k pages; inside, once the heap has grown, the
+    # next twelve reuse it
     assert out["outside"] > 4 * pages
-    assert out["inside"] < 2 * pages
+    assert out["inside"] < 4 * pages  # vs 12 x 16k pages without reuse
     # freed memory stays in the process inside the block and is handed back on exit
     assert out["kept_inside"] > 300 << 20
     assert out["kept_after_trim"] < 100 << 20  # trim() hands it back while the block is active
