@@ -141,11 +141,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--timeout", type=float, default=None)
     p.add_argument("--tag", default="")
     p.add_argument("--out-dir", type=Path, default=common.BENCH_OUT)
+    p.add_argument("--reuse", type=Path, default=None,
+                   help="an earlier target_score JSON: take its tangram and replay runs, run ours again")
     a = p.parse_args(argv)
     n_ref, n_sp, n_genes = (int(x) for x in a.size.lower().split("x"))
     info = common.machine_info()
     info["args"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items()}
     runs: dict[str, dict[str, Any]] = {}
+    if a.reuse is not None:
+        earlier = json.loads(a.reuse.read_text())
+        runs = {k: earlier["runs"][k] for k in ("tangram", "replay")}
+        info["reused_from"] = {"file": str(a.reuse), "git_commit": earlier.get("git_commit")}
     with tempfile.TemporaryDirectory(prefix="nsi_target_") as tmp:
         data = Path(tmp)
         ref, spa = common.simulate_pair(n_ref, n_sp, n_genes, seed=a.seed)
@@ -163,6 +169,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         "--epochs", str(a.epochs), "--seed", str(a.seed)]),
         ]
         for name, cmd in plan:
+            if name in runs:
+                continue
             log(f"{name}: start (load {common.loadavg()})")
             runs[name] = _measure(cmd, a.timeout)
             r = runs[name]
