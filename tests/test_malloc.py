@@ -65,12 +65,3 @@ def test_reuse_freed_memory_avoids_page_faults_and_restores():
     assert out["kept_inside"] > 300 << 20
     assert out["kept_after_trim"] < 100 << 20  # trim() hands it back while the block is active
     assert out["kept_after"] < 100 << 20
-
-
-def test_decorator_keeps_signature_and_result():
-    @_malloc.reusing_freed_memory
-    def f(a: int, b: int = 2) -> int:
-        """Doc."""
-        return a + b
-
-    assert f(1) == 3 and f.__doc__ == "Doc." and f.__name__ == "f"

@@ -21,12 +21,11 @@ mapping started from the plugin's worker thread runs as before.
 from __future__ import annotations
 
 import ctypes
-import functools
 import platform
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from typing import Any
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
@@ -37,7 +36,6 @@ _NO_TRIM = 2**31 - 1  # mallopt takes an int
 _lock = threading.Lock()
 _depth = 0
 _libc: Any = None
-_F = TypeVar("_F", bound=Callable[..., Any])
 
 
 def _glibc() -> Any:
@@ -92,14 +90,3 @@ def trim() -> None:
     lib = _glibc()
     if lib:
         lib.malloc_trim(0)
-
-
-def reusing_freed_memory(fn: _F) -> _F:
-    """Decorator form of :func:`reuse_freed_memory`."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        with reuse_freed_memory():
-            return fn(*args, **kwargs)
-
-    return wrapper  # type: ignore[return-value]

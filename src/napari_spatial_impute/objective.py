@@ -332,17 +332,18 @@ class DenseObjective:
                     b = min(hi, a + self.block_rows)
                     P = softmax(M[a:b], dim=1)
                     dP = self.S[a:b] @ A_t
-                    if fused and lam_r == 0:
-                        update.softmax_step(slice(a, b), P, dP, self.w[a:b], grad_m)
-                        continue
-                    if grad_m is not None:
-                        dP.addr_(self.w[a:b], grad_m)
-                    if lam_r != 0:
+                    gm = grad_m
+                    if lam_r != 0:  # the entropy term needs log P: add everything here
+                        if gm is not None:
+                            dP.addr_(self.w[a:b], gm)
+                            gm = None
                         dP.sub_(torch.log(torch.clamp(P, min=torch.finfo(P.dtype).tiny)), alpha=lam_r)
-                    # softmax backward: P * (dP - <P, dP>)
                     if fused:
-                        update.softmax_step(slice(a, b), P, dP, self.w[a:b], None)
+                        update.softmax_step(slice(a, b), P, dP, self.w[a:b], gm)
                         continue
+                    if gm is not None:
+                        dP.addr_(self.w[a:b], gm)
+                    # softmax backward: P * (dP - <P, dP>)
                     inner = (P * dP).sum(1, keepdim=True)
                     dP.sub_(inner).mul_(P)
                     update(slice(a, b), dP)
