@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import weakref
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -414,7 +414,68 @@ def value_layer_specs(
     if kind in ("imputed", "measured"):
         name = resolve_gene(result, name)
     all_vals = values(result, kind, name)
-    limits = shared_limits(result, kind, name)
+
+    def features(rows: np.ndarray) -> pd.DataFrame:
+        feats = pd.DataFrame({name: all_vals[rows]})
+        if hover and kind == "imputed":
+            from .explore_uncertainty import hover_interval
+
+            extra = hover_interval(result, name, rows)
+            if extra is not None:  # the hovered gene's interval: "90% interval ±: 2.77"
+                feats[extra[0]] = extra[1]
+        return feats
+
+    return fov_points_specs(
+        result,
+        name,
+        features,
+        fovs=fovs,
+        fov_key=fov_key,
+        size=size,
+        hover=hover,
+        style={"face_colormap": COLORMAPS[kind], "face_contrast_limits": shared_limits(result, kind, name)},
+        metadata={ROLE_KEY: kind, VALUE_KEY: name},
+        layer_name_of=lambda fov: layer_name(name, kind, fov),
+    )
+
+
+def fov_points_specs(
+    result: ad.AnnData,
+    column: str,
+    features: Callable[[np.ndarray], pd.DataFrame],
+    *,
+    fovs: Iterable[str] | None,
+    fov_key: str | None,
+    size: float | None,
+    hover: bool,
+    style: dict[str, Any],
+    metadata: dict[str, Any],
+    layer_name_of: Callable[[str], str],
+) -> list[PointsSpec]:
+    """One Points layer spec per FOV, the loop every exploration layer kind shares.
+
+    Parameters
+    ----------
+    result
+        Result AnnData.
+    column
+        Feature column that colours the points.
+    features
+        The layer's own feature columns for the given rows of ``result``.
+    fovs, fov_key
+        FOV ids to build (all when ``None``; an unknown one is an :class:`InputError`) and the
+        FOV column of ``result.obs``.
+    size
+        Point size in data units (default from the cell spacing).
+    hover
+        Append the hover columns (cell, top imputed genes, top clusters).
+    style
+        Extra Points keyword arguments (colour map and limits, or a colour cycle).
+    metadata
+        Layer metadata; the FOV, its rows and the exploration flag are added.
+    layer_name_of
+        Layer name for a FOV id.
+    """
     by_fov = fov_rows(result, fov_key)
     chosen = list(by_fov) if fovs is None else [str(f) for f in fovs]
     missing = [f for f in chosen if f not in by_fov]
@@ -424,30 +485,12 @@ def value_layer_specs(
     specs = []
     for fov in chosen:
         rows = by_fov[fov]
-        feats = pd.DataFrame({name: all_vals[rows]})
-        if hover and kind == "imputed":
-            from .explore_uncertainty import hover_interval
-
-            extra = hover_interval(result, name, rows)
-            if extra is not None:  # the hovered gene's interval: "90% interval ±: 2.77"
-                feats[extra[0]] = extra[1]
+        feats = features(rows)
         if hover:
             feats = pd.concat([feats, hover_features(result, rows)], axis=1)
         kw = _points_kwargs(len(rows), size)
-        kw.update(
-            face_colormap=COLORMAPS[kind],
-            face_contrast_limits=limits,
-            metadata={
-                ROLE_KEY: kind,
-                FOV_KEY: fov,
-                VALUE_KEY: name,
-                ROWS_KEY: rows,
-                EXPLORE_KEY: True,
-            },
-        )
-        specs.append(
-            PointsSpec(layer_name(name, kind, fov), coords_yx(result, rows), feats, name, kw)
-        )
+        kw.update(style, metadata={**metadata, FOV_KEY: fov, ROWS_KEY: rows, EXPLORE_KEY: True})
+        specs.append(PointsSpec(layer_name_of(fov), coords_yx(result, rows), feats, column, kw))
     return specs
 
 
@@ -482,33 +525,26 @@ def predicted_layer_specs(
         else sorted(map(str, pred.unique()))
     )
     labels = pd.Categorical(pred.astype(str), categories=cats)
-    cycle = colors or cluster_colors(cats)
     prob_col = f"{key}_predicted_probability"
-    by_fov = fov_rows(result, fov_key)
-    chosen = list(by_fov) if fovs is None else [str(f) for f in fovs]
-    size = default_point_size(result) if size is None else size
-    specs = []
-    for fov in chosen:
-        rows = by_fov[fov]
+
+    def features(rows: np.ndarray) -> pd.DataFrame:
         feats = pd.DataFrame({key: labels[rows]})
         if prob_col in result.obs:
             feats["probability"] = result.obs[prob_col].to_numpy(dtype=np.float32)[rows]
-        feats = pd.concat([feats, hover_features(result, rows)], axis=1)
-        kw = _points_kwargs(len(rows), size)
-        kw.update(
-            face_color_cycle=cycle,
-            metadata={
-                ROLE_KEY: PREDICTED_ROLE,
-                FOV_KEY: fov,
-                VALUE_KEY: key,
-                ROWS_KEY: rows,
-                EXPLORE_KEY: True,
-            },
-        )
-        specs.append(
-            PointsSpec(predicted_layer_name(key, fov), coords_yx(result, rows), feats, key, kw)
-        )
-    return specs
+        return feats
+
+    return fov_points_specs(
+        result,
+        key,
+        features,
+        fovs=fovs,
+        fov_key=fov_key,
+        size=size,
+        hover=True,
+        style={"face_color_cycle": colors or cluster_colors(cats)},
+        metadata={ROLE_KEY: PREDICTED_ROLE, VALUE_KEY: key},
+        layer_name_of=lambda fov: predicted_layer_name(key, fov),
+    )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -27,17 +27,10 @@ import pandas as pd
 
 from ._errors import InputError
 from .explore import (
-    EXPLORE_KEY,
-    FOV_KEY,
     ROLE_KEY,
-    ROWS_KEY,
     VALUE_KEY,
     PointsSpec,
-    _points_kwargs,
-    coords_yx,
-    default_point_size,
-    fov_rows,
-    hover_features,
+    fov_points_specs,
     resolve_gene,
     robust_limits,
 )
@@ -141,39 +134,19 @@ def interval_layer_specs(
     gene = resolve_gene(result, gene)
     level = _level(result, level)
     widths = interval_widths(result, gene, level)
-    limits = robust_limits(widths)
-    by_fov = fov_rows(result, fov_key)
-    chosen = list(by_fov) if fovs is None else [str(f) for f in fovs]
-    missing = [f for f in chosen if f not in by_fov]
-    if missing:
-        raise InputError(f"FOV {missing[0]!r} is not in the result; FOVs are {list(by_fov)}.")
-    size = default_point_size(result) if size is None else size
     column = f"{gene} {level}% interval width"
-    specs = []
-    for fov in chosen:
-        rows = by_fov[fov]
-        feats = pd.DataFrame({column: widths[rows]})
-        if hover:
-            feats = pd.concat([feats, hover_features(result, rows)], axis=1)
-        kw = _points_kwargs(len(rows), size)
-        kw.update(
-            face_colormap=INTERVAL_COLORMAP,
-            face_contrast_limits=limits,
-            metadata={
-                ROLE_KEY: INTERVAL_ROLE,
-                LEVEL_KEY: level,
-                FOV_KEY: fov,
-                VALUE_KEY: gene,
-                ROWS_KEY: rows,
-                EXPLORE_KEY: True,
-            },
-        )
-        specs.append(
-            PointsSpec(
-                interval_layer_name(gene, level, fov), coords_yx(result, rows), feats, column, kw
-            )
-        )
-    return specs
+    return fov_points_specs(
+        result,
+        column,
+        lambda rows: pd.DataFrame({column: widths[rows]}),
+        fovs=fovs,
+        fov_key=fov_key,
+        size=size,
+        hover=hover,
+        style={"face_colormap": INTERVAL_COLORMAP, "face_contrast_limits": robust_limits(widths)},
+        metadata={ROLE_KEY: INTERVAL_ROLE, LEVEL_KEY: level, VALUE_KEY: gene},
+        layer_name_of=lambda fov: interval_layer_name(gene, level, fov),
+    )
 
 
 def hover_interval(
