@@ -51,8 +51,12 @@ def _unit_rows(X: torch.Tensor) -> torch.Tensor:
 
 
 def _zscore(X: torch.Tensor) -> torch.Tensor:
-    sd = X.std(dim=0, keepdim=True)
-    sd[sd == 0] = 1.0
+    """Each column centred and scaled to unit standard deviation (constant columns: centred only).
+
+    Needs at least two rows (one row has no standard deviation; see :func:`neighbour_weights`).
+    """
+    sd = X.std(dim=0, keepdim=True) if X.shape[0] > 1 else torch.ones_like(X[:1])
+    sd = torch.where(torch.isfinite(sd) & (sd > 0), sd, torch.ones_like(sd))
     return (X - X.mean(dim=0, keepdim=True)) / sd
 
 
@@ -92,16 +96,28 @@ def neighbour_weights(
     Returns
     -------
     CSR matrix spatial cells x reference cells, float32, rows summing to 1.
+
+    Notes
+    -----
+    The z-scored and PCA spaces standardise each gene within each data set, which a set of one
+    cell cannot do (it would be all zeros); with a single reference or spatial cell those members
+    compare the values as given (the ``"raw"`` space) instead.
     """
     n, s = S.shape[0], G.shape[0]
+    if n == 0 or s == 0:
+        raise ValueError(f"neighbour_weights needs cells on both sides, got {n} reference and {s} spatial.")
     St = torch.as_tensor(np.asarray(S, dtype=np.float32))
     Gt = torch.as_tensor(np.asarray(G, dtype=np.float32))
-    spaces = {m.space for m in members}
+    if min(n, s) < 2:
+        members = tuple(m._replace(space="raw") for m in members)
+    # spaces in the members' order: a set's order follows Python's string hash randomisation,
+    # and the order of the blocks below sets the order of the float sums in sum_duplicates
+    spaces = list(dict.fromkeys(m.space for m in members))
     ref_space: dict[str, torch.Tensor] = {}
     sp_space: dict[str, torch.Tensor] = {}
     if "raw" in spaces:
         ref_space["raw"], sp_space["raw"] = _unit_rows(St), Gt
-    if spaces & {"z", "pca"}:
+    if "z" in spaces or "pca" in spaces:
         Sz, Gz = _zscore(St), _zscore(Gt)
         if "z" in spaces:
             ref_space["z"], sp_space["z"] = _unit_rows(Sz), Gz
