@@ -16,20 +16,66 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from ._errors import InputError, MappingCancelled, MemoryEstimateError
-from .datasets import load_merfish_hypothalamus
-from .engine import EpochInfo, TangramMapper
-from .evaluate import cross_validate, summarize_cv, validate_cell_types
-from .genes import GenePlan, plan_genes
-from .io import find_fov_key, read_h5ad, validate_adata, write_h5ad_atomic
-from .mapping import MappingResult, map_cells_to_space
-from .project import project_cell_annotations, project_genes
-from .result import result_to_anndata
+from typing import TYPE_CHECKING, Any
+
+# Public names, imported on first use: napari's plugin discovery and the CLI's start-up (where a
+# Ctrl-C must give one line, not a traceback) import this package without paying for torch.
+_EXPORTS: dict[str, str] = {
+    "InputError": "._errors",
+    "InputWarning": "._errors",
+    "MappingCancelled": "._errors",
+    "MemoryEstimateError": "._errors",
+    "load_merfish_hypothalamus": ".datasets",
+    "EpochInfo": ".engine",
+    "TangramMapper": ".engine",
+    "cross_validate": ".evaluate",
+    "summarize_cv": ".evaluate",
+    "validate_cell_types": ".evaluate",
+    "GenePlan": ".genes",
+    "plan_genes": ".genes",
+    "find_fov_key": ".io",
+    "read_h5ad": ".io",
+    "validate_adata": ".io",
+    "write_h5ad_atomic": ".io",
+    "MappingResult": ".mapping",
+    "map_cells_to_space": ".mapping",
+    "project_cell_annotations": ".project",
+    "project_genes": ".project",
+    "result_to_anndata": ".result",
+}
+
+if TYPE_CHECKING:
+    from ._errors import InputError, InputWarning, MappingCancelled, MemoryEstimateError
+    from .datasets import load_merfish_hypothalamus
+    from .engine import EpochInfo, TangramMapper
+    from .evaluate import cross_validate, summarize_cv, validate_cell_types
+    from .genes import GenePlan, plan_genes
+    from .io import find_fov_key, read_h5ad, validate_adata, write_h5ad_atomic
+    from .mapping import MappingResult, map_cells_to_space
+    from .project import project_cell_annotations, project_genes
+    from .result import result_to_anndata
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from importlib import import_module
+
+    value = getattr(import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
+
 
 __all__ = [
     "EpochInfo",
     "GenePlan",
     "InputError",
+    "InputWarning",
     "MappingCancelled",
     "MappingResult",
     "MemoryEstimateError",

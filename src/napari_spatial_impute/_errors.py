@@ -17,3 +17,11 @@ class MemoryEstimateError(InputError):
 
 class MappingCancelled(RuntimeError):
     """The mapping was stopped by its cancel flag before it finished."""
+
+
+class InputWarning(UserWarning):
+    """Input that maps but whose result would mislead (one line naming the problem and the fix)."""
+
+
+class CommittedInterrupt(KeyboardInterrupt):
+    """An interrupt that arrived while an output was renamed into place: the output is complete."""

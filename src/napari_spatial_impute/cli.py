@@ -10,11 +10,12 @@ import argparse
 import os
 import sys
 import tempfile
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ._errors import InputError, MappingCancelled
+from ._errors import CommittedInterrupt, InputError, InputWarning, MappingCancelled
 
 PROG = "napari-spatial-impute"
 
@@ -123,16 +124,35 @@ def _mapping_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def _check_out(path: str, suffix: str) -> Path:
+def _check_out(path: str, suffix: str, inputs: Sequence[str | None] = ()) -> Path:
+    """Refuse, before any work, an output that cannot be written or would replace an input."""
     out = Path(path)
     if out.suffix.lower() != suffix:
         raise InputError(f"output {path!r} must end in {suffix}.")
+    if out.is_dir():
+        raise InputError(f"output {path!r} is an existing folder; give a file name for --out.")
     parent = out.parent if str(out.parent) else Path(".")
     if not parent.is_dir():
         raise InputError(f"output folder {str(parent)!r} does not exist; create it first.")
     if not os.access(parent, os.W_OK):
         raise InputError(f"output folder {str(parent)!r} is not writable; choose another --out.")
+    for given in inputs:
+        if given and _same_file(out, Path(given)):
+            raise InputError(
+                f"output {path!r} is the input file {given!r}; writing it would replace your data: "
+                "choose another --out."
+            )
     return out
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether two paths name one file (also through symlinks, hard links or other spellings)."""
+    try:
+        if a.exists() and b.exists():
+            return os.path.samefile(a, b)
+    except OSError:
+        pass
+    return os.path.realpath(a) == os.path.realpath(b)
 
 
 def _gene_arg(value: str | None) -> str | list[str] | None:
@@ -151,7 +171,7 @@ def cmd_map(args: argparse.Namespace) -> int:
     from .io import find_fov_key, read_h5ad
     from .mapping import map_cells_to_space
 
-    out = _check_out(args.out, ".h5ad")
+    out = _check_out(args.out, ".h5ad", [args.reference, args.spatial, args.genes, args.impute])
     reference = read_h5ad(args.reference, "reference")
     spatial = read_h5ad(args.spatial, "spatial")
     fov = find_fov_key(spatial, args.fov_key)
@@ -186,7 +206,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluate import cross_validate, summarize_cv
     from .io import read_h5ad
 
-    out = _check_out(args.out, ".csv")
+    out = _check_out(args.out, ".csv", [args.reference, args.spatial])
     reference = read_h5ad(args.reference, "reference")
     spatial = read_h5ad(args.spatial, "spatial")
     bar = _Progress(args.folds * args.epochs, "cross-validation")
@@ -262,16 +282,32 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _show_input_warning(message: Any, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+    if issubclass(category, InputWarning):
+        print(f"{PROG}: warning: {message}", file=sys.stderr)
+    else:
+        _default_showwarning(message, category, *args, **kwargs)
+
+
+_default_showwarning = warnings.showwarning
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``napari-spatial-impute`` command."""
-    parser = _parser()
-    args = parser.parse_args(argv)
-    handlers = {"map": cmd_map, "evaluate": cmd_evaluate, "demo": cmd_demo}
     try:
-        return handlers[args.command](args)
+        parser = _parser()
+        args = parser.parse_args(argv)
+        handlers = {"map": cmd_map, "evaluate": cmd_evaluate, "demo": cmd_demo}
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_input_warning
+            warnings.simplefilter("always", InputWarning)
+            return handlers[args.command](args)
     except InputError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
+    except CommittedInterrupt as exc:
+        print(f"{PROG}: cancelled; {exc}", file=sys.stderr)
+        return 130
     except (MappingCancelled, KeyboardInterrupt):
         print(f"{PROG}: cancelled; nothing written", file=sys.stderr)
         return 130

@@ -244,6 +244,10 @@ def read_gene_list(path: str) -> list[str]:
             text = fh.read()
     except OSError as exc:
         raise InputError(f"cannot read gene list {path!r} ({exc.strerror}); check the path.") from None
+    except UnicodeDecodeError:
+        raise InputError(
+            f"gene list {path!r} is not a UTF-8 text file; give a text file with one gene name per line."
+        ) from None
     names = []
     for line in text.splitlines():
         line = line.split("#", 1)[0]

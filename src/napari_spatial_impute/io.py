@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import glob
 import os
+import signal
 import tempfile
+import threading
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -15,7 +18,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from ._errors import InputError
+from ._errors import CommittedInterrupt, InputError
 
 #: Column names tried, in order, when looking for the field of view of each spatial cell.
 FOV_CANDIDATES: tuple[str, ...] = (
@@ -31,6 +34,10 @@ FOV_CANDIDATES: tuple[str, ...] = (
     "library_id",
     "sample",
 )
+
+#: Largest expression value accepted: squares summed over thousands of genes must stay finite in
+#: float32 (max 3.4e38), and no real count or normalised value comes near it.
+MAX_VALUE = 1e15
 
 ValueKind = Literal["raw counts", "non-integer (normalised)", "log-transformed"]
 
@@ -196,6 +203,11 @@ def validate_adata(
             f"the {role} data has gene names that differ only in case (e.g. {dup}); genes are "
             "matched case-insensitively, so rename or merge them."
         )
+    if adata.isbacked:
+        raise InputError(
+            f"the {role} data is opened in backed mode (read_h5ad(..., backed='r')), which is not "
+            "supported; read it into memory (adata = adata.to_memory())."
+        )
     X = adata.X
     if X is None:
         raise InputError(f"the {role} data has no expression matrix X; put the values in adata.X.")
@@ -219,6 +231,11 @@ def validate_adata(
             f"the {role} X has {n_bad} NaN or infinite values; "
             "replace them (e.g. with 0 for undetected) before mapping."
         )
+    if values.size and float(np.max(values)) > MAX_VALUE:
+        raise InputError(
+            f"the {role} X has values up to {float(np.max(values)):.3g}, too large for float32 "
+            f"arithmetic (limit {MAX_VALUE:.0e}); give raw counts or normalised values."
+        )
     if values.size and values.min() < 0:
         n_neg = int(np.count_nonzero(values < 0))
         raise InputError(
@@ -227,6 +244,62 @@ def validate_adata(
         )
     if require_spatial:
         validate_spatial_coordinates(adata, role)
+
+
+def input_warnings(
+    reference: ad.AnnData, spatial: ad.AnnData, cluster_key: str | None = None
+) -> list[str]:
+    """Problems that do not stop a mapping but make its result meaningless, one line each.
+
+    * the spatial data is the reference itself (same cells and the same values of the shared
+      genes): the training score is then near 1 and says nothing;
+    * the cluster key is a per-cell measurement (numeric with fractional values, or nearly one
+      value per cell) rather than cluster labels.
+
+    The CLI prints these as warnings and the Map widget shows them before the run.
+    """
+    found: list[str] = []
+    if _same_cells(reference, spatial):
+        found.append(
+            "the spatial data holds the reference's own cells and values; the mapping will score "
+            "near 1 and mean nothing: give the spatial assay's file as the spatial data."
+        )
+    if cluster_key is not None and cluster_key in reference.obs.columns:
+        col = reference.obs[cluster_key]
+        n_unique = int(col.nunique(dropna=True))
+        numeric = pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col)
+        fractional = numeric and bool(
+            np.any(np.abs(np.asarray(col.dropna(), dtype=np.float64) % 1) > 0)
+        )
+        per_cell = n_unique > 20 and n_unique > 0.5 * reference.n_obs
+        if fractional or per_cell or (numeric and n_unique > 200):
+            found.append(
+                f"cluster key {cluster_key!r} has {n_unique:,} distinct values for "
+                f"{reference.n_obs:,} reference cells"
+                + (" (numeric)" if numeric else "")
+                + "; it looks like a per-cell measurement, not clusters: give a column of "
+                "cell-type labels."
+            )
+    return found
+
+
+def _same_cells(reference: ad.AnnData, spatial: ad.AnnData) -> bool:
+    """Whether ``spatial`` holds the reference's own cells with the same values (a mix-up)."""
+    if reference is spatial:
+        return True
+    shared_cells = spatial.obs_names.intersection(reference.obs_names)
+    if len(shared_cells) < max(1, 0.5 * spatial.n_obs):
+        return False
+    ref_genes = {str(g).lower(): g for g in reference.var_names}
+    pairs = [(ref_genes[str(g).lower()], g) for g in spatial.var_names if str(g).lower() in ref_genes]
+    if not pairs:
+        return False
+    cells = shared_cells[:500]
+    ref_rows = reference[cells, [a for a, _ in pairs]].X
+    sp_rows = spatial[cells, [b for _, b in pairs]].X
+    a = ref_rows.toarray() if sp.issparse(ref_rows) else np.asarray(ref_rows)
+    b = sp_rows.toarray() if sp.issparse(sp_rows) else np.asarray(sp_rows)
+    return bool(np.allclose(a.astype(np.float64), b.astype(np.float64)))
 
 
 def validate_spatial_coordinates(adata: ad.AnnData, role: str = "spatial") -> np.ndarray:
@@ -260,25 +333,123 @@ def validate_spatial_coordinates(adata: ad.AnnData, role: str = "spatial") -> np
     return coords.astype(np.float64, copy=False)
 
 
+def _current_umask() -> int:
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_stale_temps(folder: Path, name: str) -> list[Path]:
+    """Remove temporary files of earlier runs for ``name`` whose process is gone (killed runs)."""
+    removed = []
+    for tmp in folder.glob(f".{glob.escape(name)}.*.tmp"):
+        parts = tmp.name[len(name) + 2 : -len(".tmp")].split(".")
+        pid = int(parts[0]) if parts and parts[0].isdigit() else None
+        if pid is None or pid == os.getpid() or _pid_alive(pid):
+            continue
+        try:
+            tmp.unlink()
+            removed.append(tmp)
+        except OSError:
+            pass
+    return removed
+
+
+class _SignalGuard:
+    """While an output is written, SIGINT and SIGTERM cancel the write even if a library swallows them.
+
+    The handler records the signal and raises (``KeyboardInterrupt`` or ``SystemExit(128 + n)``);
+    a library that catches that exception (h5py reports "Exception ignored" and goes on) cannot hide
+    it, since :meth:`check` raises it again before the rename. During the rename itself signals are
+    only recorded and raised after it (:class:`CommittedInterrupt`): the output is then complete.
+    Only the main thread can own signal handlers; elsewhere the guard does nothing.
+    """
+
+    SIGNALS = ("SIGINT", "SIGTERM")
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self.deferring = False
+        self._old: dict[int, object] = {}
+
+    def _handler(self, signum: int, frame: object) -> None:
+        self.received = signum
+        if not self.deferring:
+            self._raise(signum)
+
+    @staticmethod
+    def _raise(signum: int) -> None:
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        raise SystemExit(128 + signum)
+
+    def __enter__(self) -> _SignalGuard:
+        if threading.current_thread() is threading.main_thread():
+            for name in self.SIGNALS:
+                num = getattr(signal, name, None)
+                if num is not None:
+                    self._old[num] = signal.signal(num, self._handler)
+        return self
+
+    def check(self) -> None:
+        """Raise the interrupt a library swallowed during the write."""
+        if self.received is not None:
+            self._raise(self.received)
+
+    def __exit__(self, *exc: object) -> None:
+        for num, old in self._old.items():
+            signal.signal(num, old)  # type: ignore[arg-type]
+
+
 @contextmanager
 def atomic_output(path: str | os.PathLike[str]) -> Iterator[str]:
     """Yield a temporary path beside ``path``; rename it to ``path`` only if the block succeeds.
 
-    A failure (or an interrupt) removes the temporary file, so ``path`` is never half-written.
+    A failure, Ctrl-C or SIGTERM removes the temporary file and leaves an earlier ``path`` as it
+    was, even when the writing library swallows the interrupt. The temporary file's name holds the
+    process id (``.<name>.<pid>.<random>.tmp``); those of earlier runs that were killed (SIGKILL,
+    power loss) are removed the next time the same output is written. The output gets the
+    permissions of a newly created file under the user's umask.
     """
     target = Path(path)
     folder = target.parent if str(target.parent) else Path(".")
     if not folder.exists():
         raise InputError(f"output folder {str(folder)!r} does not exist; create it first.")
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
-    os.close(fd)
-    try:
-        yield tmp
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    if target.is_dir():
+        raise InputError(f"output {str(target)!r} is a folder; give a file name.")
+    _remove_stale_temps(folder, target.name)
+    with _SignalGuard() as guard:
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp", dir=folder)
+        os.close(fd)
+        try:
+            yield tmp
+            guard.check()
+            os.chmod(tmp, 0o666 & ~_current_umask())
+            guard.deferring = True
+            os.replace(tmp, target)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+    if guard.deferring and guard.received is not None:
+        raise CommittedInterrupt(f"interrupted after {str(target)!r} was written")
 
 
 def write_h5ad_atomic(adata: ad.AnnData, path: str | os.PathLike[str]) -> Path:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import math
+import numbers
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -14,12 +17,12 @@ import pandas as pd
 import scipy.sparse as sp
 import torch
 
-from ._errors import InputError
+from ._errors import InputError, InputWarning
 from ._malloc import reuse_freed_memory
 from .candidates import candidate_pairs
 from .engine import CancelFlag, EpochInfo, TangramMapper
 from .genes import GenePlan, plan_genes
-from .io import describe_values, validate_adata, validate_spatial_coordinates
+from .io import describe_values, input_warnings, validate_adata, validate_spatial_coordinates
 from .neighbours import neighbour_weights, similarity_values
 from .objective import Weights
 from .preprocess import Transform, apply_transform, check_transform, cluster_profiles, dense_columns
@@ -59,7 +62,7 @@ def density_prior(
             return np.full(n, 1.0 / n, dtype=np.float32), "uniform"
         if density == "rna_count_based":
             X = spatial_values.X if isinstance(spatial_values, ad.AnnData) else spatial_values
-            totals = np.asarray(X.sum(axis=1)).ravel().astype(np.float64)
+            totals = np.asarray(X.sum(axis=1, dtype=np.float64)).ravel()
             if totals.sum() <= 0:
                 raise InputError("rna_count_based density needs counts; the spatial data sums to 0.")
             return (totals / totals.sum()).astype(np.float32), "rna_count_based"
@@ -172,6 +175,52 @@ class MappingResult:
         from .result import result_to_anndata
 
         return result_to_anndata(self, genes=genes, **kwargs)
+
+
+#: Largest seed accepted (numpy and torch both take seeds in 0 .. 2**32 - 1).
+MAX_SEED = 2**32 - 1
+
+
+def _check_settings(
+    *,
+    learning_rate: float,
+    lambda_g1: float,
+    lambda_g2: float,
+    lambda_d: float | None,
+    lambda_r: float,
+    lambda_count: float,
+    lambda_f_reg: float,
+    tol: float | None,
+    seed: int | None,
+    n_markers: int,
+    patience: int,
+    target_count: int | None,
+) -> None:
+    """Refuse settings that would crash or silently corrupt a run, one line each."""
+    if not (math.isfinite(learning_rate) and learning_rate > 0):
+        raise InputError(f"learning rate must be a positive number, got {learning_rate}; the default is 0.1.")
+    weights = {
+        "lambda_g1": lambda_g1, "lambda_g2": lambda_g2, "lambda_d": lambda_d, "lambda_r": lambda_r,
+        "lambda_count": lambda_count, "lambda_f_reg": lambda_f_reg,
+    }
+    for name, value in weights.items():
+        if value is not None and not (math.isfinite(value) and value >= 0):
+            raise InputError(
+                f"{name} must be a finite number of 0 or more, got {value}; "
+                "the weights of the objective cannot be negative."
+            )
+    if lambda_g1 == 0:
+        raise InputError("lambda_g1 cannot be 0: the gene-wise similarity is the objective.")
+    if tol is not None and not (math.isfinite(tol) and tol >= 0):
+        raise InputError(f"tol must be a finite number of 0 or more, got {tol}; leave it unset to run every epoch.")
+    if seed is not None and not (isinstance(seed, numbers.Integral) and 0 <= int(seed) <= MAX_SEED):
+        raise InputError(f"seed must be a whole number from 0 to {MAX_SEED}, got {seed!r}.")
+    if n_markers < 1:
+        raise InputError(f"n_markers must be 1 or more, got {n_markers}; the default is 100 per cluster.")
+    if patience < 1:
+        raise InputError(f"patience must be 1 or more, got {patience}.")
+    if target_count is not None and target_count < 1:
+        raise InputError(f"target_count must be 1 or more, got {target_count}.")
 
 
 def map_cells_to_space(
@@ -288,10 +337,16 @@ def map_cells_to_space(
         raise InputError(f"engine {engine!r} is not known; use one of {', '.join(ENGINES)}.")
     if candidates < 1 or reverse_candidates < 0:
         raise InputError("candidates must be 1 or more and reverse_candidates 0 or more.")
-    if learning_rate <= 0:
-        raise InputError(f"learning rate must be positive, got {learning_rate}.")
-    if lambda_g1 == 0:
-        raise InputError("lambda_g1 cannot be 0: the gene-wise similarity is the objective.")
+    _check_settings(
+        learning_rate=learning_rate, lambda_g1=lambda_g1, lambda_g2=lambda_g2, lambda_d=lambda_d,
+        lambda_r=lambda_r, lambda_count=lambda_count, lambda_f_reg=lambda_f_reg, tol=tol,
+        seed=seed, n_markers=n_markers, patience=patience, target_count=target_count,
+    )
+    if engine == "lean" and mode == "clusters":
+        raise InputError(
+            "the lean engine maps single cells; clusters mode maps a few cluster profiles with the "
+            "exact engine: use engine='exact' or 'auto' (--engine exact)."
+        )
     transform = check_transform(transform)
     validate_adata(reference, "reference")
     validate_adata(spatial, "spatial", require_spatial=True)
@@ -303,6 +358,8 @@ def map_cells_to_space(
         )
     if mode == "clusters" and cluster_key is None:
         raise InputError("clusters mode needs a cluster key; pass cluster_key (--cluster-key).")
+    for message in input_warnings(reference, spatial, cluster_key):
+        warnings.warn(message, InputWarning, stacklevel=2)
     dev = resolve_device(device)
     plan = plan_genes(reference, spatial, genes=genes, cluster_key=cluster_key, n_markers=n_markers)
 
@@ -348,6 +405,13 @@ def map_cells_to_space(
         lean = mode == "cells" and n_units > candidates and n_units * spatial.n_obs > AUTO_LEAN_ENTRIES
     else:
         lean = engine == "lean" and n_units > candidates
+    engine_note = ""
+    if engine == "lean" and not lean:
+        engine_note = (
+            f"the exact engine ran: with {n_units} reference cells and {candidates} candidates per "
+            "spatial cell the lean engine would keep every pair"
+        )
+        warnings.warn(engine_note, InputWarning, stacklevel=2)
     if engine == "lean" and mode == "constrained":
         raise InputError("the lean engine does not support constrained mode; use engine='exact'.")
     if check_memory:
@@ -437,6 +501,7 @@ def map_cells_to_space(
         "seed": -1 if seed is None else int(seed),
         "device": str(dev),
         "engine": "lean" if lean else "exact",
+        "engine_note": engine_note,
         "candidates": candidates if lean else 0,
         "reverse_candidates": reverse_candidates if lean else 0,
         "n_pairs": int(pairs[0].shape[0]) if lean else int(n_units) * int(spatial.n_obs),
