@@ -331,3 +331,16 @@ def test_ctrl_c_while_importing_is_one_line(pair_files, tmp_path):
     assert proc.returncode == 130, proc.stderr
     assert proc.stderr == "napari-spatial-impute: cancelled; nothing written\n"
     assert not out.exists()
+
+
+def test_unknown_impute_gene_refused_before_mapping(pair_files, tmp_path, capsys, monkeypatch):
+    from napari_spatial_impute import mapping
+
+    def must_not_run(*a, **k):
+        raise AssertionError("the mapping ran before the --impute genes were checked")
+
+    monkeypatch.setattr(mapping, "map_cells_to_space", must_not_run)
+    r, s = pair_files
+    code, _, err = _run(["map", "-r", r, "-s", s, "-o", tmp_path / "o.h5ad", "--impute", "nope,Gad1"], capsys)
+    assert code == 2 and "requested genes are not in the reference (e.g. ['nope'])" in err
+    _one_line(err)

@@ -177,6 +177,10 @@ def cmd_map(args: argparse.Namespace) -> int:
     fov = find_fov_key(spatial, args.fov_key)
     genes = _gene_arg(args.genes)
     impute = _gene_arg(args.impute) if args.impute else None
+    if isinstance(impute, list):
+        from .genes import resolve_gene_names
+
+        resolve_gene_names(reference.var_names, impute)  # refuse unknown genes before the mapping
     bar = _Progress(args.epochs, "mapping")
     try:
         result = map_cells_to_space(

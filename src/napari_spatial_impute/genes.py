@@ -255,3 +255,20 @@ def read_gene_list(path: str) -> list[str]:
     if not names:
         raise InputError(f"gene list {path!r} holds no gene names; put one name per line.")
     return names
+
+
+def resolve_gene_names(names: Sequence[str], genes: Sequence[str] | str) -> list[str]:
+    """The names in ``names`` of ``genes`` (matched case-insensitively), refusing unknown ones."""
+    if isinstance(genes, str):
+        genes = [genes]
+    by_lower = {str(g).lower(): str(g) for g in names}
+    out, missing = [], []
+    for g in genes:
+        hit = by_lower.get(str(g).lower())
+        (out if hit is not None else missing).append(hit if hit is not None else str(g))
+    if missing:
+        raise InputError(
+            f"{len(missing)} requested genes are not in the reference (e.g. {missing[:3]}); "
+            "only reference genes can be imputed."
+        )
+    return out
