@@ -116,10 +116,38 @@ def test_stop_cross_validation(widget, qtbot):
     w.folds_spin.setValue(3)
     w.cv_epochs_spin.setValue(5000)
     worker = w.run_cv()
+    with qtbot.waitSignal(worker.yielded, timeout=60_000):
+        pass
+    assert "fold 1 of 3" in w.cv_info.text()
     with qtbot.waitSignal(worker.finished, timeout=60_000):
         w.stop_cv()
     assert model.cv_table is None
     assert w.cv_run_button.isEnabled()
+    # issue 10: the status said "cross-validating 3 folds..." for ever
+    qtbot.waitUntil(lambda: "stopped" in w.cv_info.text(), timeout=5000)
+    assert "cross-validating" not in w.cv_info.text()
+
+
+def test_cv_progress_is_throttled(widget, qtbot):
+    """Issue 10: one GUI update per epoch nested napari's progress bar; updates are now sent at
+    most every ~75 ms, and the last one (all folds done) always arrives."""
+    import time
+
+    viewer, model, w = widget
+    w.folds_spin.setValue(2)
+    w.cv_epochs_spin.setValue(1500)
+    steps = []
+    on_progress = w._on_cv_progress
+    w._on_cv_progress = lambda step: (steps.append(step), on_progress(step))
+    t0 = time.perf_counter()
+    worker = w.run_cv()
+    with qtbot.waitSignal(worker.finished, timeout=300_000):
+        pass
+    elapsed = time.perf_counter() - t0
+    qtbot.waitUntil(lambda: model.cv_table is not None, timeout=5000)
+    assert steps[-1].done == steps[-1].total == 3000
+    assert len(steps) <= elapsed / 0.05 + 2
+    assert [s.done for s in steps] == sorted(s.done for s in steps)
 
 
 def test_open_cv_csv(widget, tmp_path, monkeypatch):
@@ -142,6 +170,8 @@ def test_cv_kwargs_from_result_params(widget):
     kw = cv_kwargs(model.result.uns["spatial_impute"]["params"], 7)
     assert kw["epochs"] == 7 and kw["cluster_key"] == "cell_type"
     assert "genes" not in kw and "n_markers" not in kw
+    assert "tol" not in kw, "an unset tol is stored as -1, which the engine refuses"
+    assert cv_kwargs({"tol": 0.001}, 7)["tol"] == 0.001
 
 
 def test_cv_error_is_notified(widget, qtbot, monkeypatch):

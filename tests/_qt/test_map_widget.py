@@ -35,7 +35,7 @@ def test_map_adds_predicted_layers_per_fov(widget, qtbot):
     assert w.run_button.isEnabled()
     epochs_seen = []
     worker = w.run()
-    worker.yielded.connect(lambda info: epochs_seen.append(info.epoch))
+    worker.yielded.connect(lambda batch: epochs_seen.extend(info.epoch for info in batch))
     with qtbot.waitSignal(worker.finished, timeout=120_000):
         pass
     qtbot.waitUntil(lambda: w.worker is None, timeout=5000)
@@ -161,11 +161,15 @@ def test_iter_mapping_generator(merfish):
     from napari_spatial_impute._qt._workers import Failed, guarded, iter_mapping
 
     ref, spa = merfish
-    gen = iter_mapping(ref, spa, threading.Event(), lambda r: r.params["epochs"], epochs=7, cluster_key="cell_type")
+    gen = iter_mapping(
+        ref, spa, threading.Event(), lambda r: r.params["epochs"], interval=0, epochs=7, cluster_key="cell_type"
+    )
     epochs = []
     with pytest.raises(StopIteration) as stop:
         while True:
-            epochs.append(next(gen).epoch)
+            batch = next(gen)
+            assert len(batch) == 1, "interval=0 yields each epoch on its own"
+            epochs.append(batch[0].epoch)
     assert epochs == list(range(1, 8)) and stop.value.value == 7
 
     cancel = threading.Event()
@@ -183,3 +187,103 @@ def test_iter_mapping_generator(merfish):
     with pytest.raises(StopIteration) as stop:
         next(gen)
     assert isinstance(stop.value.value, Failed) and "cluster key" in stop.value.value.message
+
+
+# ---------------------------------------------------------------------------- issue 10: throttling
+def test_throttled_sends_every_item_once_in_few_batches():
+    import queue
+    import threading
+    import time
+
+    from napari_spatial_impute._qt._workers import throttled
+
+    done = object()
+    q: queue.Queue = queue.Queue()
+
+    def produce():
+        for i in range(5000):  # far faster than the interval
+            q.put(i)
+            if i % 500 == 0:
+                time.sleep(0.01)
+        q.put(done)
+
+    threading.Thread(target=produce, daemon=True).start()
+    t0 = time.monotonic()
+    batches = list(throttled(q, done, interval=0.05))
+    elapsed = time.monotonic() - t0
+    flat = [i for b in batches for i in b]
+    assert flat == list(range(5000)), "every item exactly once, in order (the last one too)"
+    assert batches[0] == [0], "the first item is sent at once"
+    assert len(batches) <= elapsed / 0.05 + 2
+
+    # a slow producer's items still come one by one
+    q = queue.Queue()
+    for i in range(3):
+        q.put(i)
+    q.put(done)
+    assert list(throttled(q, done, interval=0)) == [[0], [1], [2]]
+
+
+def _stall_meter():
+    """A QTimer ticking every 10 ms that records ``(time, gap since the previous tick)``."""
+    import time
+
+    from qtpy.QtCore import QTimer
+
+    ticks: list[tuple[float, float]] = []
+    last = [time.perf_counter()]
+
+    def tick():
+        now = time.perf_counter()
+        ticks.append((now, now - last[0]))
+        last[0] = now
+
+    timer = QTimer()
+    timer.setInterval(10)
+    timer.timeout.connect(tick)
+    return timer, ticks
+
+
+@pytest.mark.skipif(
+    os.environ.get("QT_QPA_PLATFORM") == "offscreen", reason="needs a real (Xvfb) display"
+)
+def test_fast_clusters_run_keeps_the_window_responsive(make_napari_viewer, qtbot, merfish):
+    """Issue 10 (2): 2,000 fast clusters-mode epochs in a shown viewer. The result layers arrive,
+    and the event loop never stalls over 100 ms while the mapping runs (one progress update per
+    epoch nested napari's progress-bar event processing until RecursionErrors lost the result)."""
+    import time
+
+    viewer = make_napari_viewer(show=True)
+    ref, spa = merfish
+    model = viewer_model(viewer)
+    model.set_reference(ref)
+    model.set_spatial(spa)
+    model.set_keys(cluster_key="cell_type", fov_key=None)
+    w = MapWidget(viewer)
+    viewer.window.add_dock_widget(w, name="Map")
+    w.mode.setCurrentText("clusters")
+    w.epochs.setValue(2000)
+    batches, returned_at = [], []
+    on_epoch, on_returned = w._on_epoch, w._on_returned
+    w._on_epoch = lambda batch: (batches.append(len(batch)), on_epoch(batch))
+    w._on_returned = lambda value: (returned_at.append(time.perf_counter()), on_returned(value))
+    timer, ticks = _stall_meter()
+    qtbot.wait(50)
+    timer.start()
+    t0 = time.perf_counter()
+    assert w.run() is not None
+    qtbot.waitUntil(lambda: w.worker is None, timeout=300_000)
+    timer.stop()
+
+    assert returned_at, "the result reached the widget"
+    assert [layer.name for layer in viewer.layers] == ["most likely cell_type · FOV 0"]
+    assert model.result is not None and model.result.uns["spatial_impute"]["params"]["epochs"] == 2000
+    assert "training score" in w.status.text()
+    assert w.progress.value() == 2000 and len(w.plot.values) == 2000
+    assert sum(batches) == 2000
+    assert len(batches) <= (returned_at[0] - t0) / 0.05 + 2, "updates at most every ~50-100 ms"
+    # stalls while the mapping ran: the part of each gap between ticks before the result
+    # arrived (adding the layers afterwards is napari's own work, and happens once)
+    stalls = [min(end, returned_at[0]) - (end - gap) for end, gap in ticks if end - gap < returned_at[0]]
+    assert len(stalls) > 20
+    assert max(stalls) < 0.1, f"the event loop stalled {max(stalls) * 1000:.0f} ms"

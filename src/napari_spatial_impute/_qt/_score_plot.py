@@ -1,7 +1,8 @@
-"""A small live line plot of the training score (QPainter; cheap to redraw every epoch)."""
+"""A small live line plot of the training score (QPainter; at most two points per pixel column)."""
 
 from __future__ import annotations
 
+import numpy as np
 from qtpy.QtCore import QPointF, QRectF, Qt
 from qtpy.QtGui import QColor, QPainter, QPaintEvent, QPen, QPolygonF
 from qtpy.QtWidgets import QSizePolicy, QWidget
@@ -26,8 +27,31 @@ class ScorePlot(QWidget):
 
     def add(self, value: float) -> None:
         """Append one epoch's score."""
-        self.values.append(float(value))
+        self.extend([value])
+
+    def extend(self, values: list[float]) -> None:
+        """Append the scores of several epochs and schedule one repaint."""
+        self.values.extend(float(v) for v in values)
         self.update()
+
+    def _line(self, box: QRectF, lo: float, hi: float) -> QPolygonF:
+        """The polyline of the finite scores, thinned to about two points per pixel column."""
+        v = np.asarray(self.values, dtype=np.float64)
+        x = np.arange(len(v), dtype=np.float64)
+        keep = np.isfinite(v)
+        v, x = v[keep], x[keep]
+        n = max(self.n_epochs - 1, len(self.values) - 1, 1)
+        n_px = max(int(box.width()), 1)
+        if len(v) > 2 * n_px:  # min and max of each pixel column keep the line's envelope
+            col = (x * n_px / n).astype(np.int64)
+            starts = np.flatnonzero(np.r_[True, col[1:] != col[:-1]])
+            lo_i = np.minimum.reduceat(v, starts)
+            hi_i = np.maximum.reduceat(v, starts)
+            x = np.repeat(x[starts], 2)
+            v = np.column_stack([lo_i, hi_i]).ravel()
+        px = box.left() + box.width() * x / n
+        py = box.bottom() - box.height() * (v - lo) / (hi - lo)
+        return QPolygonF([QPointF(a, b) for a, b in zip(px.tolist(), py.tolist(), strict=True)])
 
     def paintEvent(self, event: QPaintEvent) -> None:  # noqa: N802 (Qt name)
         """Draw the frame, the line and the labels."""
@@ -41,8 +65,9 @@ class ScorePlot(QWidget):
         font.setPointSizeF(max(font.pointSizeF() * 0.8, 6))
         p.setFont(font)
         p.setPen(fg)
-        vals = [v for v in self.values if v == v]
-        lo, hi = (min(vals), max(vals)) if vals else (0.0, 1.0)
+        vals = np.asarray(self.values, dtype=np.float64)
+        vals = vals[np.isfinite(vals)]
+        lo, hi = (float(vals.min()), float(vals.max())) if vals.size else (0.0, 1.0)
         if hi - lo < 1e-6:
             lo, hi = lo - 0.05, hi + 0.05
         p.drawText(QRectF(0, box.top() - 6, 32, 14), Qt.AlignmentFlag.AlignRight, f"{hi:.2f}")
@@ -50,16 +75,8 @@ class ScorePlot(QWidget):
         p.drawText(QRectF(box.left(), box.bottom() + 1, box.width(), 14), Qt.AlignmentFlag.AlignLeft, "epoch 1")
         p.drawText(QRectF(box.left(), box.bottom() + 1, box.width(), 14), Qt.AlignmentFlag.AlignRight, f"{self.n_epochs}")
         if self.values:
-            n = max(self.n_epochs - 1, 1)
-            pts = QPolygonF(
-                [
-                    QPointF(box.left() + box.width() * i / n, box.bottom() - box.height() * (v - lo) / (hi - lo))
-                    for i, v in enumerate(self.values)
-                    if v == v
-                ]
-            )
             p.setPen(QPen(QColor("#3fa9f5"), 1.6))
-            p.drawPolyline(pts)
+            p.drawPolyline(self._line(box, lo, hi))
             p.setPen(fg)
             p.drawText(
                 box.adjusted(4, 2, -4, -2),

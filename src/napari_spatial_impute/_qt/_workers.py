@@ -1,14 +1,22 @@
-"""Generators that GUI workers run: a mapping that yields each epoch (no Qt here).
+"""Generators that GUI workers run: a mapping that yields its epochs in batches (no Qt here).
 
 :func:`iter_mapping` drives :func:`~napari_spatial_impute.map_cells_to_space` in a helper thread
 and turns its per-epoch callback into ``yield``, so that a ``napari.qt.threading.thread_worker``
 can report progress and be cancelled between epochs.
+
+Epochs can be much faster than the GUI can draw them (a clusters-mode mapping runs thousands of
+epochs a second). Every ``yield`` becomes a queued signal and a progress-bar update on the main
+thread, and napari's progress bar processes events inside its update, so one yield per epoch
+nests those updates until Python's recursion limit, freezes the window and loses the result.
+:func:`throttled` therefore groups the epochs: a list is yielded at most every
+:data:`UPDATE_INTERVAL` seconds, and the last epoch always comes in a final list.
 """
 
 from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +27,8 @@ from .._errors import InputError, MappingCancelled
 from ..mapping import EpochInfo, MappingResult, map_cells_to_space
 
 _DONE = object()
+#: Seconds between two progress updates sent to the GUI (the last epoch is always sent).
+UPDATE_INTERVAL = 0.075
 
 
 @dataclass(frozen=True)
@@ -40,14 +50,45 @@ def guarded(gen: Generator[Any, None, Any]) -> Generator[Any, None, Any]:
         return Failed(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
 
 
+def throttled(
+    events: queue.Queue[Any], done: object, interval: float = UPDATE_INTERVAL
+) -> Generator[list[Any], None, None]:
+    """The items put on ``events`` until ``done``, as lists yielded at most every ``interval`` s.
+
+    The first item is yielded at once; later ones are gathered until ``interval`` seconds have
+    passed since the previous yield (a slow producer's items still come one by one, as soon as
+    the interval allows). Whatever is left when ``done`` arrives is yielded last, so the final
+    item is never dropped. ``interval=0`` yields every item on its own.
+    """
+    batch: list[Any] = []
+    last = -float("inf")
+    while True:
+        timeout = None if not batch else max(0.0, last + interval - time.monotonic())
+        try:
+            item = events.get(timeout=timeout)
+        except queue.Empty:  # the interval passed with items waiting: send them
+            item = None
+        else:
+            if item is done:
+                break
+            batch.append(item)
+        if batch and time.monotonic() - last >= interval:
+            yield batch
+            batch = []
+            last = time.monotonic()
+    if batch:
+        yield batch
+
+
 def iter_mapping(
     reference: ad.AnnData,
     spatial: ad.AnnData,
     cancel: threading.Event,
     finish: Callable[[MappingResult], Any] | None = None,
+    interval: float = UPDATE_INTERVAL,
     **kwargs: Any,
-) -> Generator[EpochInfo, None, Any]:
-    """Run a mapping, yielding an :class:`~napari_spatial_impute.EpochInfo` after each epoch.
+) -> Generator[list[EpochInfo], None, Any]:
+    """Run a mapping, yielding lists of :class:`~napari_spatial_impute.EpochInfo` as it trains.
 
     Parameters
     ----------
@@ -58,6 +99,9 @@ def iter_mapping(
     finish
         Called with the :class:`~napari_spatial_impute.MappingResult` in the same (worker) thread;
         its value is returned. Use it for slow follow-up work such as assembling the result AnnData.
+    interval
+        Seconds between two yields (see :func:`throttled`); every epoch is in exactly one list,
+        in order, and the last epoch is always yielded. ``0`` yields each epoch in its own list.
     **kwargs
         Passed to :func:`~napari_spatial_impute.map_cells_to_space` (``mode``, ``epochs``, ...).
 
@@ -84,8 +128,7 @@ def iter_mapping(
     thread = threading.Thread(target=run, name="spatial-impute-mapping", daemon=True)
     thread.start()
     try:
-        while (item := events.get()) is not _DONE:
-            yield item
+        yield from throttled(events, _DONE, interval)
     finally:
         if thread.is_alive():  # the generator was closed early: stop the engine too
             cancel.set()

@@ -37,7 +37,7 @@ from ..plots import (
     plot_cell_type_validation,
     plot_training_scores,
 )
-from ._cv_worker import cv_kwargs, iter_cross_validation
+from ._cv_worker import CVProgress, cv_kwargs, iter_cross_validation
 from .layer_ops import find_layers, notify_error, open_gene
 from .linking import get_link_controller
 from .reliability_panel import ReliabilityPanel
@@ -137,6 +137,7 @@ class DiagnosticsWidget(QWidget):
         self.cv_progress = QProgressBar()
         self.cv_progress.setVisible(False)
         self._cv_worker: Any = None
+        self._cv_pbar: Any = None
         self._cv_cancel = threading.Event()
         page = QWidget()
         lay = QVBoxLayout(page)
@@ -271,6 +272,7 @@ class DiagnosticsWidget(QWidget):
     def run_cv(self) -> Any:
         """Start a leave-genes-out cross-validation in a worker thread (result's settings)."""
         from napari.qt.threading import thread_worker
+        from napari.utils import progress
 
         ref, spa, result = self.model.reference, self.model.spatial, self.model.result
         if ref is None or spa is None:
@@ -290,18 +292,21 @@ class DiagnosticsWidget(QWidget):
         kwargs = cv_kwargs(params, self.cv_epochs_spin.value())
         folds = self.folds_spin.value()
         self._cv_cancel = threading.Event()
+        # no ``progress=``: napari would advance its bar once per yield; the bar below follows
+        # the (throttled) epochs of all folds instead
         worker = thread_worker(
             iter_cross_validation,
-            progress={"total": folds, "desc": "cross-validation"},
             connect={
                 "yielded": self._on_cv_progress,
                 "returned": self._on_cv_done,
-                "errored": lambda exc: notify_error(exc),
+                "errored": self._on_cv_error,
             },
             start_thread=False,
         )(ref, spa, self._cv_cancel, folds, **kwargs)
         worker.finished.connect(self._on_cv_finished)
-        self.cv_progress.setRange(0, folds)
+        total = max(folds * int(kwargs.get("epochs", 1) or 1), 1)
+        self._cv_pbar = progress(total=total, desc="cross-validation")
+        self.cv_progress.setRange(0, total)
         self.cv_progress.setValue(0)
         self.cv_progress.setVisible(True)
         self.cv_run_button.setEnabled(False)
@@ -316,21 +321,43 @@ class DiagnosticsWidget(QWidget):
         self._cv_cancel.set()
         if self._cv_worker is not None:
             self._cv_worker.quit()
+            self.cv_stop_button.setEnabled(False)
+            self.cv_info.setText("stopping the cross-validation...")
 
-    def _on_cv_progress(self, step: tuple[int, int]) -> None:
-        self.cv_progress.setValue(int(step[0]))
+    def _on_cv_progress(self, step: CVProgress) -> None:
+        if self._cv_cancel.is_set():
+            return
+        self.cv_progress.setRange(0, step.total)
+        self.cv_progress.setValue(min(step.done, step.total))
+        running = min(step.fold + 1, step.folds) if step.epoch else step.fold
+        self.cv_info.setText(
+            f"cross-validating {step.folds} folds: fold {running} of {step.folds}"
+            + (f", epoch {step.epoch} / {step.epochs}" if step.epoch else " done")
+        )
+        pbar = self._cv_pbar
+        if pbar is not None and step.done > pbar.n:
+            pbar.update(min(step.done, step.total) - pbar.n)  # processes events: do it last
 
     def _on_cv_done(self, table: pd.DataFrame | None) -> None:
-        if table is not None:
+        if table is not None and not self._cv_cancel.is_set():
             self.model.set_cv_table(table)
-        else:
-            self.cv_info.setText("cross-validation stopped.")
+
+    def _on_cv_error(self, exc: BaseException) -> None:
+        self.cv_info.setText(f"cross-validation failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
+        notify_error(exc)
 
     def _on_cv_finished(self) -> None:
+        worker = self._cv_worker
+        stopped = self._cv_cancel.is_set() or bool(getattr(worker, "abort_requested", False))
+        pbar, self._cv_pbar = self._cv_pbar, None
+        if pbar is not None:
+            pbar.close()
         self.cv_progress.setVisible(False)
         self.cv_run_button.setEnabled(True)
         self.cv_stop_button.setEnabled(False)
         self._cv_worker = None
+        if stopped:
+            self.cv_info.setText("cross-validation stopped; no table was stored.")
 
     # ------------------------------------------------------------------ gene clicks
     def open_gene(self, gene: str) -> list:
