@@ -287,3 +287,127 @@ def test_fast_clusters_run_keeps_the_window_responsive(make_napari_viewer, qtbot
     stalls = [min(end, returned_at[0]) - (end - gap) for end, gap in ticks if end - gap < returned_at[0]]
     assert len(stalls) > 20
     assert max(stalls) < 0.1, f"the event loop stalled {max(stalls) * 1000:.0f} ms"
+
+
+def test_failing_layers_do_not_lose_the_result(widget, qtbot, monkeypatch):
+    """Issue 10: a finished mapping was dropped without a word when adding its layers failed."""
+    from napari.utils.notifications import notification_manager
+
+    viewer, w, model = widget
+
+    def broken(*args, **kwargs):
+        raise RecursionError("maximum recursion depth exceeded")
+
+    monkeypatch.setattr("napari_spatial_impute._qt.map_widget.Points", broken)
+    w.epochs.setValue(5)
+    w.run()
+    qtbot.waitUntil(lambda: w.worker is None, timeout=120_000)
+    assert w.status.text().startswith("Error: the mapping finished but its layers could not be added")
+    assert "result is kept" in w.status.text()
+    assert model.result is not None and model.result.n_obs == 750
+    assert any("could not be added" in str(n.message) for n in notification_manager.records)
+
+
+def test_rerun_replaces_its_own_layers_only(widget, qtbot):
+    """Layers are found by metadata: a second run replaces the first run's layers (not by name),
+    and a result layer this widget did not make (e.g. opened from a file) is left alone."""
+    from napari_spatial_impute.layers import spatial_layers
+
+    viewer, w, model = widget
+    w.epochs.setValue(5)
+    w.run()
+    qtbot.waitUntil(lambda: w.worker is None, timeout=120_000)
+    first = list(viewer.layers)
+    assert len(first) == 2
+    first[0].name = "renamed by the user"
+    opened = model.result.copy()
+    data, kw, _ = spatial_layers(opened, name="opened")[0]
+    viewer.add_points(data, **kw)
+    w.run()
+    qtbot.waitUntil(lambda: w.worker is None, timeout=120_000)
+    assert all(layer not in viewer.layers for layer in first)
+    assert sum(plugin_meta(layer)["adata"] is opened for layer in viewer.layers) == 1
+    assert sum(plugin_meta(layer)["adata"] is model.result for layer in viewer.layers) == 2
+    assert "Replaced 2 layers of the previous run" in w.status.text()
+
+
+def _start_long_run(qtbot, w):
+    w.epochs.setValue(100_000)
+    worker = w.run()
+    with qtbot.waitSignal(worker.yielded, timeout=60_000):
+        pass
+    return worker, w._run.cancel
+
+
+@pytest.mark.parametrize("how", ["dock close button", "close", "delete"])
+def test_closing_the_widget_cancels_its_run(make_napari_viewer, qtbot, merfish, how):
+    """Issue 10: closing the Map widget during a run left the run going, with no way to stop it."""
+    from napari.utils.notifications import notification_manager
+
+    viewer = make_napari_viewer()
+    ref, spa = merfish
+    model = viewer_model(viewer)
+    model.set_reference(ref)
+    model.set_spatial(spa)
+    model.set_keys(cluster_key="cell_type", fov_key=None)
+    w = MapWidget(viewer)
+    if how == "dock close button":
+        viewer.window.add_dock_widget(w, name="Map")
+    worker, cancel = _start_long_run(qtbot, w)
+    if how == "dock close button":
+        viewer.window.remove_dock_widget(w)  # what the dock's close button does
+    elif how == "close":
+        w.close()
+    else:
+        w.deleteLater()
+        qtbot.wait(50)
+    qtbot.waitUntil(lambda: not worker.is_running, timeout=30_000)
+    assert cancel.is_set()
+    qtbot.wait(100)
+    assert len(viewer.layers) == 0 and model.result is None
+    assert any("Map widget was closed" in str(n.message) for n in notification_manager.records)
+
+
+def test_hiding_the_dock_keeps_the_run(make_napari_viewer, qtbot, merfish):
+    viewer = make_napari_viewer()
+    ref, spa = merfish
+    model = viewer_model(viewer)
+    model.set_reference(ref)
+    model.set_spatial(spa)
+    w = MapWidget(viewer)
+    dock = viewer.window.add_dock_widget(w, name="Map")
+    worker, cancel = _start_long_run(qtbot, w)
+    dock.hide()
+    qtbot.wait(200)
+    assert not cancel.is_set() and worker.is_running
+    w.cancel()
+    qtbot.waitUntil(lambda: not worker.is_running, timeout=30_000)
+
+
+def test_input_warnings_are_shown(widget, qtbot):
+    """Issue 10 (6): problems that do not stop a mapping are shown in the widget and as napari
+    warnings when the run starts."""
+    from napari.utils.notifications import NotificationSeverity, notification_manager
+
+    viewer, w, model = widget
+    assert not w.warnings_label.isVisibleTo(w) and w.warnings_label.text() == ""
+    ref = model.reference
+    ref.obs["n_counts"] = np.asarray(ref.X.sum(axis=1)).ravel() + 0.5  # a per-cell number
+    model.set_keys(cluster_key="n_counts", fov_key="fov")
+    assert w.warnings_label.isVisibleTo(w)
+    assert "cluster key 'n_counts'" in w.warnings_label.text()
+    spatial_is_reference = ref.copy()
+    spatial_is_reference.obsm["spatial"] = np.random.default_rng(0).random((ref.n_obs, 2))
+    model.set_spatial(spatial_is_reference)
+    assert "reference's own cells" in w.warnings_label.text()
+    n_before = len(notification_manager.records)
+    worker = w.run()
+    with qtbot.waitSignal(worker.finished, timeout=120_000):
+        w.cancel()
+    new = notification_manager.records[n_before:]
+    warned = [str(n.message) for n in new if n.severity == NotificationSeverity.WARNING]
+    assert any("reference's own cells" in m for m in warned)
+    assert any("cluster key 'n_counts'" in m for m in warned)
+    model.set_keys(cluster_key="cell_type", fov_key="fov")
+    model.set_spatial(None)
+    assert not w.warnings_label.isVisibleTo(w)
