@@ -81,6 +81,30 @@ def test_one_cell_sets_give_finite_row_stochastic_weights():
     assert int(neighbour_weights(many, one).toarray().argmax()) == 0
 
 
+
+def test_zscore_of_a_constant_column_is_zero():
+    """A constant 7.7 column's float32 mean is not exactly 7.7: the residue over its own tiny
+    standard deviation gave z-scores of about +-1 instead of 0."""
+    from napari_spatial_impute.neighbours import _zscore
+
+    X = torch.tensor([[7.7, 1.0], [7.7, 2.0], [7.7, 3.0], [7.7, 5.0], [7.7, 0.0], [7.7, 1.0], [7.7, 2.0]])
+    Z = _zscore(X)
+    assert torch.equal(Z[:, 0], torch.zeros(7))
+    torch.testing.assert_close(Z[:, 1].std(), torch.tensor(1.0))
+    assert torch.equal(_zscore(X[:1]), torch.zeros(1, 2))
+
+
+def test_a_set_of_identical_cells_falls_back_to_the_values_as_given():
+    """Identical spatial cells have no within-set variation: the z and PCA members compared
+    rounding noise (or nothing) and matched arbitrary reference cells."""
+    rng = np.random.default_rng(5)
+    S = (rng.gamma(1.0, 1.0, (40, 8)) + 0.1).astype(np.float32)
+    G = np.repeat(S[3:4] * 7.7, 7, axis=0)  # seven copies of reference cell 3, scaled
+    W = neighbour_weights(S, G).toarray()
+    np.testing.assert_array_equal(W.argmax(1), 3)
+    as_given = neighbour_weights(S, G, members=tuple(m._replace(space="raw") for m in MEMBERS))
+    np.testing.assert_array_equal(W, as_given.toarray())
+
 @pytest.mark.parametrize("n_ref, n_sp", [(None, 1), (None, 2), (None, 3), (1, None), (2, None), (3, None), (1, 1)])
 @pytest.mark.parametrize("mode", ["cells", "clusters"])
 def test_tiny_slices_of_the_bundled_pair_give_finite_outputs(merfish_pair, n_ref, n_sp, mode):

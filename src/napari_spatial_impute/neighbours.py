@@ -51,13 +51,17 @@ def _unit_rows(X: torch.Tensor) -> torch.Tensor:
 
 
 def _zscore(X: torch.Tensor) -> torch.Tensor:
-    """Each column centred and scaled to unit standard deviation (constant columns: centred only).
+    """Each column centred and scaled to unit standard deviation.
 
-    Needs at least two rows (one row has no standard deviation; see :func:`neighbour_weights`).
+    A column with one value (every column of a one-row set) is all zeros: its float32 mean is not
+    always that value exactly, and the rounding residue divided by its own tiny standard
+    deviation gave z-scores of about ±1 (noise that looked like signal).
     """
     sd = X.std(dim=0, keepdim=True) if X.shape[0] > 1 else torch.ones_like(X[:1])
     sd = torch.where(torch.isfinite(sd) & (sd > 0), sd, torch.ones_like(sd))
-    return (X - X.mean(dim=0, keepdim=True)) / sd
+    Z = (X - X.mean(dim=0, keepdim=True)) / sd
+    Z[:, X.amax(dim=0) == X.amin(dim=0)] = 0.0
+    return Z
 
 
 def similarity_values(X: np.ndarray, raw_counts: bool) -> np.ndarray:
@@ -99,17 +103,21 @@ def neighbour_weights(
 
     Notes
     -----
-    The z-scored and PCA spaces standardise each gene within each data set, which a set of one
-    cell cannot do (it would be all zeros); with a single reference or spatial cell those members
-    compare the values as given (the ``"raw"`` space) instead.
+    The z-scored and PCA spaces standardise each gene within each data set. When no gene varies
+    within one of the sets (a set of one cell, or of identical cells) its z-scores are all zero and
+    say nothing about which cells are alike; those members then compare the values as given (the
+    ``"raw"`` space) instead.
     """
     n, s = S.shape[0], G.shape[0]
     if n == 0 or s == 0:
         raise ValueError(f"neighbour_weights needs cells on both sides, got {n} reference and {s} spatial.")
     St = torch.as_tensor(np.asarray(S, dtype=np.float32))
     Gt = torch.as_tensor(np.asarray(G, dtype=np.float32))
-    if min(n, s) < 2:
-        members = tuple(m._replace(space="raw") for m in members)
+    Sz = Gz = None
+    if any(m.space in ("z", "pca") for m in members):
+        Sz, Gz = _zscore(St), _zscore(Gt)
+        if not (bool(Sz.any()) and bool(Gz.any())):
+            members = tuple(m._replace(space="raw") if m.space in ("z", "pca") else m for m in members)
     # spaces in the members' order: a set's order follows Python's string hash randomisation,
     # and the order of the blocks below sets the order of the float sums in sum_duplicates
     spaces = list(dict.fromkeys(m.space for m in members))
@@ -117,8 +125,7 @@ def neighbour_weights(
     sp_space: dict[str, torch.Tensor] = {}
     if "raw" in spaces:
         ref_space["raw"], sp_space["raw"] = _unit_rows(St), Gt
-    if "z" in spaces or "pca" in spaces:
-        Sz, Gz = _zscore(St), _zscore(Gt)
+    if Sz is not None and Gz is not None:
         if "z" in spaces:
             ref_space["z"], sp_space["z"] = _unit_rows(Sz), Gz
         if "pca" in spaces:
