@@ -103,3 +103,17 @@ def test_platform_scale():
     pred = rng.random((50, 6)) + 0.1
     assert platform_scale(pred * 8.0, pred) == pytest.approx(8.0)
     assert platform_scale(np.zeros((3, 2)), np.ones((3, 2))) == 1.0
+
+
+@pytest.mark.parametrize("n_sp", [1, 2])
+def test_no_reliability_model_from_fewer_than_three_cells(merfish_pair, n_sp):
+    """Over two cells every cross-validated Pearson is +-1 whatever the prediction (and NaN over
+    one): the reliability model then has no evidence and predicts 0 for every gene."""
+    ref, spa = merfish_pair
+    r = nsi.map_cells_to_space(ref, spa[:n_sp].copy(), cluster_key="cell_type", epochs=5, seed=0)
+    cal = r.calibration
+    assert np.all(np.isnan(cal.inner_pearson))
+    rel = reliability(r, cal)
+    np.testing.assert_array_equal(rel.to_numpy(), 0.0)
+    hw = intervals(r, cal, ["Gad1", "Slc17a6"])
+    assert all(np.all(np.isfinite(h)) and np.all(h > 0) for h in hw.values())

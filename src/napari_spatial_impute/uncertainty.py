@@ -41,6 +41,10 @@ LEVELS: tuple[float, ...] = (0.9, 0.67)
 #: Calibration uses at most this many spatial cells (a seeded random subset above it).
 MAX_CALIBRATION_CELLS = 20_000
 FEATURES: tuple[str, ...] = ("log_mean", "detection", "log_var", "log_spread", "log_pred_sd")
+#: The reliability model needs cross-validated Pearsons over at least this many spatial cells
+#: (over two cells every Pearson is +-1 whatever the prediction); with fewer, every gene's
+#: predicted Pearson is 0 (no evidence either way).
+MIN_RELIABILITY_CELLS = 3
 
 
 @dataclass
@@ -213,6 +217,8 @@ def calibrate(
         for li, lv in enumerate(levels):
             q[gi, li] = _conformal_quantile(scores[mask].ravel(), lv) if mask.sum() >= 10 else pooled[li]
     inner_r = pearson_per_gene(preds, G_all)
+    if G_all.shape[0] < MIN_RELIABILITY_CELLS:
+        inner_r = np.full_like(inner_r, np.nan)
     feats = gene_features(result.neighbours, S_all, offset)
     ok = np.isfinite(inner_r)
     A = np.column_stack([np.ones(ok.sum()), feats[ok]])
