@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .layers import LayerData, adata_layers
+from .layers import META_KEY, LayerData, adata_layers, source_of
 
 ReaderFunction = Callable[[Any], list[LayerData]]
 
@@ -55,5 +55,8 @@ def read_h5ad_layers(path: str | list[str]) -> list[LayerData]:
     out: list[LayerData] = []
     for p in paths:
         adata = read_h5ad(p)
-        out.extend(adata_layers(adata, name=Path(p).stem))
+        layers = adata_layers(adata, name=Path(p).stem)
+        for _, kwargs, _ in layers:
+            kwargs["metadata"][META_KEY].update(source=source_of(p), origin="reader")
+        out.extend(layers)
     return out

@@ -10,8 +10,11 @@ Conventions
   points tied to their cells when points are deleted.
 * ``layer.metadata[META_KEY]`` is a dict (see :func:`plugin_meta`) holding the whole source
   AnnData (``"adata"``), the ``"role"`` (``"spatial"``, ``"result"`` or ``"reference"``),
-  ``"coords"`` (the obsm key the points come from), ``"fov_key"`` and ``"fov"``. Other widgets
-  read imputed genes from that AnnData; the writer saves it back with nothing lost.
+  ``"coords"`` (the obsm key the points come from), ``"fov_key"`` and ``"fov"``; the reader and
+  the widgets add ``"source"`` (the file, :func:`source_of`) and ``"origin"`` (what made the
+  layer). Other widgets read imputed genes from that AnnData; the writer saves it back with
+  nothing lost. The plugin finds its layers by this metadata, never by their names (napari
+  renames a layer whose name is taken, and the user may rename any layer).
 * The exploration keys of :mod:`napari_spatial_impute.explore` are set too (``nsi_role`` =
   ``"spatial"``, ``"predicted"`` or ``"reference"``, ``nsi_fov``, ``nsi_value``, ``nsi_rows``),
   so result and reference layers take part in linked selections. A result's layers are named
@@ -193,6 +196,19 @@ def plugin_meta(layer_or_metadata: Any) -> dict[str, Any] | None:
     if isinstance(meta, dict) and isinstance(meta.get("adata"), ad.AnnData):
         return meta
     return None
+
+
+def source_of(path: Any) -> str | None:
+    """The file a data set was read from, as stored in layer metadata (``"source"``): the
+    resolved path of a ``str``/``Path``, else ``None`` (data that did not come from a file)."""
+    from pathlib import Path
+
+    if not isinstance(path, str | Path) or not str(path):
+        return None
+    try:
+        return str(Path(path).expanduser().resolve())
+    except OSError:
+        return str(path)
 
 
 def source_adata(layer_or_metadata: Any) -> ad.AnnData | None:

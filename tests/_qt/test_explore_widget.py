@@ -247,3 +247,60 @@ def test_tooltip_toggle(widget):
         assert not get_settings().appearance.layer_tooltip_visibility
     finally:
         get_settings().appearance.layer_tooltip_visibility = before
+
+
+def test_second_result_keeps_the_first_results_layers(widget, tmp_path):
+    """Issue 10 (8): opening a second result silently removed the first result's gene layers.
+    Those the new result cannot show (here: it lacks the gene) are kept unchanged, detached from
+    the new result, renamed, and a warning says so."""
+    from napari.utils.notifications import NotificationSeverity, notification_manager
+
+    from napari_spatial_impute._qt._sync import connect_model
+    from napari_spatial_impute.explore import ROWS_KEY
+
+    viewer, model, w = widget
+    connect_model(viewer)  # as the plugin's reader does: opened results reach the model
+    first = model.result
+    gad1 = w.show_gene("Gad1")
+    sst = w.show_gene("Sp9")  # recolours the Gad1 layers: keep references to both
+    assert sst == gad1 and len(viewer.layers) == 4  # imputed + measured, 2 FOVs
+    before = {layer.name: layer.features.copy() for layer in viewer.layers}
+    second = first[:, [g for g in first.var_names if g != "Sp9"]].copy()
+    path = tmp_path / "second.h5ad"
+    second.write_h5ad(path)
+    n_notes = len(notification_manager.records)
+    opened = viewer.open(str(path), plugin="napari-spatial-impute")
+    assert model.result is not first and "Sp9" not in model.result.var_names
+    kept = [layer for layer in viewer.layers if layer not in opened]
+    assert len(kept) == 4, "the first result's gene layers are still there"
+    for layer in kept:
+        assert layer.name.endswith(" (previous result)")
+        old_name = layer.name.removesuffix(" (previous result)")
+        assert layer.features.equals(before[old_name]), "with the first result's values"
+        assert layer.metadata["nsi_role"] == "previous result" and ROWS_KEY not in layer.metadata
+        assert layer.metadata["nsi_previous"]["nsi_value"] == "Sp9"
+    notes = notification_manager.records[n_notes:]
+    assert any(
+        n.severity == NotificationSeverity.WARNING and "4 layers of the previous result kept" in str(n.message)
+        for n in notes
+    )
+    # the kept layers are not recoloured by later genes or results
+    w.show_gene("Gad1")
+    assert all(layer in viewer.layers and layer.name.endswith("(previous result)") for layer in kept)
+    model.set_result(first)
+    assert all(layer.features.equals(before[layer.name.removesuffix(" (previous result)")]) for layer in kept)
+
+
+def test_renamed_layers_are_still_recoloured(widget):
+    """Layers are matched by metadata: a layer the user renamed (or napari renamed with
+    "[1]") is still the one recoloured, and no duplicate appears."""
+    viewer, model, w = widget
+    w.recolor_check.setChecked(False)
+    layers = w.show_gene("Gad1")
+    layers[0].name = "my Gad1"
+    again = w.show_gene("Gad1")
+    assert again[0] is layers[0] and len(viewer.layers) == 4
+    pred = w.show_predicted()
+    pred[0].name = "renamed"
+    again = w.show_predicted()
+    assert len(viewer.layers) == 6 and "renamed" not in [layer.name for layer in viewer.layers]

@@ -99,10 +99,12 @@ def test_paint_values_onto_labels(widget):
     for i in (0, 5, 17):
         assert np.allclose(img[lab == i + 1], vals[i])
     assert np.isnan(img[lab == 0]).all()
-    # painting again replaces the layer instead of stacking
+    # painting again replaces the layer instead of stacking, found by metadata: also when
+    # the user (or napari's "[1]" renaming) changed its name
     n = len(viewer.layers)
+    painted.name = "renamed by the user"
     w.paint("Gad1", "imputed")
-    assert len(viewer.layers) == n
+    assert len(viewer.layers) == n and painted not in viewer.layers
     cluster = model.result.obsm["cluster_probabilities"].columns[0]
     prob = w.paint(cluster, "probability")
     assert prob.contrast_limits[0] == 0.0

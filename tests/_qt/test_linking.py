@@ -55,11 +55,16 @@ def test_spatial_selection_highlights_reference_cells(setup, qtbot, shuffled):
     assert np.allclose(hl.data[i], ref_layer.data[point])
     # the user's layer stays active
     assert viewer.layers.selection.active.name == layer.name
-    # clearing the selection empties the highlight
+    # clearing the selection empties the highlight, found by metadata even when renamed
+    hl.name = "renamed highlight"
     layer.selected_data = set()
     ctl.flush()
     qtbot.wait(100)
-    assert len(viewer.layers[REFERENCE_HIGHLIGHT].data) == 0
+    assert len(hl.data) == 0 and hl in viewer.layers
+    layer.selected_data = {0, 1}
+    ctl.flush()
+    qtbot.wait(100)
+    assert len(hl.data) > 0 and REFERENCE_HIGHLIGHT not in [lay.name for lay in viewer.layers]
 
 
 def test_reference_selection_shows_cluster_probability(setup, qtbot):

@@ -142,3 +142,68 @@ def test_summary_text(merfish):
     text = data_summary(ref, spa, "cell_type", None)
     assert "Shared genes: 134" in text, "gene names match case-insensitively"
     assert data_summary(None, None, None, None) == "Nothing loaded yet."
+
+
+def _write_pair(tmp_path, merfish):
+    ref, spa = merfish
+    ref.obsm["X_umap"] = np.random.default_rng(0).random((ref.n_obs, 2)).astype(np.float32)
+    x = spa.obsm["spatial"][:, 0]
+    spa.obs["slice"] = pd.Categorical(np.where(x < np.median(x), "slice1", "slice2"))
+    paths = tmp_path / "ref.h5ad", tmp_path / "sp.h5ad"
+    ref.write_h5ad(paths[0])
+    spa.write_h5ad(paths[1])
+    return paths
+
+
+def _load(qtbot, w):
+    worker = w.load()
+    _wait(qtbot, worker)
+    qtbot.waitUntil(lambda: w.status.text() == "Loaded.", timeout=60_000)
+    _wait(qtbot, w.umap_worker)
+    qtbot.waitUntil(lambda: w.reference_points is not None, timeout=60_000)
+
+
+def test_load_again_replaces_its_layers(viewer_widget, qtbot, tmp_path, merfish):
+    """Issue 10 (8): pressing Load again duplicated every layer (``spatial [slice1] [1]``,
+    ``reference UMAP [1]``); layers are now replaced, found by metadata, not by name."""
+    from napari_spatial_impute._reader import read_h5ad_layers
+
+    viewer, w = viewer_widget
+    ref_path, sp_path = _write_pair(tmp_path, merfish)
+    w.reference_row.path.setText(str(ref_path))
+    w.spatial_row.path.setText(str(sp_path))
+    _load(qtbot, w)
+    names = ["spatial [slice1]", "spatial [slice2]", "reference UMAP"]
+    assert [layer.name for layer in viewer.layers] == names
+    first = list(viewer.layers)
+    model = viewer_model(viewer)
+
+    _load(qtbot, w)
+    assert [layer.name for layer in viewer.layers] == names
+    assert all(layer not in first for layer in viewer.layers)
+    held = [plugin_meta(layer)["adata"] for layer in viewer.layers]
+    assert held[0] is model.spatial and held[1] is model.spatial and held[2] is model.reference
+
+    # renamed by the user, or opened again with File > Open (napari then renames the copies
+    # "spatial [slice1] [1]"...): the next Load still replaces them, as they hold that file
+    viewer.layers[0].name = "my tissue"
+    for data, kw, _ in read_h5ad_layers(str(sp_path)):
+        viewer.add_points(data, **kw)
+    assert len(viewer.layers) == 5
+    choices = [w.spatial_row.layer_combo.itemText(i) for i in range(w.spatial_row.layer_combo.count())]
+    assert choices == [FROM_FILE, "my tissue (+1 more layer)", "sp [slice1] (+1 more layer)"]
+    _load(qtbot, w)
+    assert [layer.name for layer in viewer.layers] == names
+
+
+def test_layer_choice_survives_renaming(viewer_widget, qtbot):
+    viewer, w = viewer_widget
+    from napari_spatial_impute.datasets import load_merfish_hypothalamus
+    from napari_spatial_impute.layers import spatial_layers
+
+    _, spa = load_merfish_hypothalamus()
+    for data, kw, _ in spatial_layers(spa, name="opened"):
+        viewer.add_points(data, **kw)
+    w.spatial_row.layer_combo.setCurrentIndex(1)
+    viewer.layers[0].name = "renamed"
+    assert w._chosen(w.spatial_row) is spa, "the data is found by identity, not by the old name"

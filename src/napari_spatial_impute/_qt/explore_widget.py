@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from napari.settings import get_settings
+from napari.utils.notifications import show_warning
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
     QAbstractItemView,
@@ -36,6 +37,7 @@ from ..explore import (
     value_layer_specs,
 )
 from .layer_ops import (
+    PREVIOUS_SUFFIX,
     find_layers,
     gene_specs,
     jump_to_fov,
@@ -158,10 +160,19 @@ class ExploreWidget(QWidget):
     # ------------------------------------------------------------------ state
     def _on_result(self, result: Any = None) -> None:
         result = self.model.result
-        try:  # layers shown before follow the new result
-            refresh_layers(self.viewer, result, self.model.fov_key)
+        detached: list = []
+        try:  # layers shown before follow the new result, or stay as they were (and say so)
+            _, detached = refresh_layers(self.viewer, result, self.model.fov_key)
         except Exception as exc:
             notify_error(exc)
+        if detached:
+            n = len(detached)
+            show_warning(
+                f"{n} layer{'s' if n != 1 else ''} of the previous result kept unchanged "
+                f"(the new result lacks {'their' if n != 1 else 'its'} gene, cluster or FOV cells); "
+                f"{'they are' if n != 1 else 'it is'} named '...{PREVIOUS_SUFFIX}': "
+                "close them when done comparing."
+            )
         self.uncertainty.set_result(result)  # offered only with intervals; masks re-applied
         enabled = result is not None
         for w in (
@@ -344,7 +355,7 @@ class ExploreWidget(QWidget):
             return predicted_layer_specs(result, fovs, fov_key, size=size)
 
         def place(specs: Any) -> list:
-            return place_predicted(self.viewer, specs)
+            return place_predicted(self.viewer, specs, result)
 
         def done(layers: list) -> None:
             self.status.setText(f"most likely cluster: {len(layers)} layers")

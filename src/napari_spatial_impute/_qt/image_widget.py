@@ -303,7 +303,7 @@ class ImageWidget(QWidget):
         for painted in self.viewer.layers:
             if (
                 painted.metadata.get(ROLE_KEY) == PAINT_ROLE
-                and painted.metadata.get("nsi_labels") == layer.name
+                and painted.metadata.get("nsi_labels_id") == layer.unique_id
             ):
                 painted.scale, painted.translate = align.scale, align.translate
         return align
@@ -326,8 +326,20 @@ class ImageWidget(QWidget):
             notify_error(exc)
             return None
         name = f"{value} {kind} · labels FOV {fov}"
-        md = {ROLE_KEY: PAINT_ROLE, FOV_KEY: fov, "nsi_value": value, "nsi_labels": layer.name}
-        existing = [lay for lay in self.viewer.layers if lay.name == name]
+        md = {
+            ROLE_KEY: PAINT_ROLE,
+            FOV_KEY: fov,
+            "nsi_value": value,
+            "nsi_kind": kind,
+            "nsi_labels": layer.name,
+            "nsi_labels_id": layer.unique_id,
+        }
+        same = (PAINT_ROLE, fov, value, kind, layer.unique_id)
+        existing = [  # found by metadata: napari or the user may have renamed it
+            lay
+            for lay in self.viewer.layers
+            if tuple(lay.metadata.get(k) for k in (ROLE_KEY, FOV_KEY, "nsi_value", "nsi_kind", "nsi_labels_id")) == same
+        ]
         for old in existing:
             self.viewer.layers.remove(old)
         painted = Image(

@@ -17,6 +17,7 @@ from ..explore import (
     FOV_KEY,
     PREDICTED_ROLE,
     ROLE_KEY,
+    ROWS_KEY,
     VALUE_KEY,
     PointsSpec,
     fov_bounds,
@@ -47,6 +48,18 @@ def find_layers(
             continue
         out.append(layer)
     return out
+
+
+def layer_identity(metadata: Any) -> tuple[Any, ...] | None:
+    """What an exploration layer shows, from its metadata: ``(role, value, FOV, interval level)``.
+
+    ``None`` for any other layer. Layers are matched by this, never by name: napari renames a
+    layer whose name is taken (``"... [1]"``) and the user may rename any layer.
+    """
+    md = metadata if isinstance(metadata, dict) else getattr(metadata, "metadata", {})
+    if not md.get(EXPLORE_KEY):
+        return None
+    return (md.get(ROLE_KEY), str(md.get(VALUE_KEY)), str(md.get(FOV_KEY)), md.get(LEVEL_KEY))
 
 
 def _make_layer(spec: PointsSpec, colorbar: bool = True) -> Points:
@@ -97,14 +110,17 @@ def apply_specs(
 ) -> list[Points]:
     """Add the layers of ``specs`` (or recolour the matching ``replace`` layers), all or nothing.
 
-    A layer already named like a spec is recoloured instead of duplicated. New layers are all
-    built before any is added; if adding fails, the ones already added are removed again.
+    A layer already showing what a spec shows (same :func:`layer_identity`) is recoloured
+    instead of duplicated. New layers are all built before any is added; if adding fails, the
+    ones already added are removed again.
     """
     replace = list(replace) if replace is not None else [None] * len(specs)
-    names = {layer.name: layer for layer in viewer.layers}
+    shown = {
+        key: layer for layer in viewer.layers if (key := layer_identity(layer.metadata)) is not None
+    }
     targets: list[Points | None] = []
     for spec, old in zip(specs, replace, strict=True):
-        same = names.get(spec.name)
+        same = shown.get(layer_identity(spec.kwargs.get("metadata", {})))
         target = same if isinstance(same, Points) else old
         if target is not None and len(target.data) != len(spec.data):
             target = None
@@ -276,11 +292,28 @@ def open_cluster(
     return place_cluster(viewer, specs, recolor_layers)
 
 
-def place_predicted(viewer: Any, specs: Sequence[PointsSpec]) -> list[Points]:
-    """Add most-likely-cluster layers, rebuilding those of the same name; main thread only."""
-    names = {s.name for s in specs}
-    for layer in [layer for layer in viewer.layers if layer.name in names]:
-        viewer.layers.remove(layer)  # categorical colouring cannot be switched in place
+def place_predicted(viewer: Any, specs: Sequence[PointsSpec], result: Any = None) -> list[Points]:
+    """Add most-likely-cluster layers, rebuilding those of the same FOVs; main thread only.
+
+    Rebuilt are the exploration layers of the same FOV and cluster key and, when ``result`` is
+    given, the result's own most-likely layers (the Map widget's or the reader's), matched by
+    metadata. Categorical colouring cannot be switched in place, hence the rebuilding.
+    """
+    from ..layers import plugin_meta
+
+    wanted = {
+        (s.kwargs["metadata"].get(VALUE_KEY), str(s.kwargs["metadata"].get(FOV_KEY))) for s in specs
+    }
+    old = []
+    for layer in viewer.layers:
+        md = layer.metadata
+        if md.get(ROLE_KEY) != PREDICTED_ROLE or (md.get(VALUE_KEY), str(md.get(FOV_KEY))) not in wanted:
+            continue
+        meta = plugin_meta(layer)
+        if md.get(EXPLORE_KEY) or (result is not None and meta is not None and meta["adata"] is result):
+            old.append(layer)
+    for layer in old:
+        viewer.layers.remove(layer)
     return apply_specs(viewer, specs)
 
 
@@ -292,7 +325,7 @@ def open_predicted(
     size: float | None = None,
 ) -> list[Points]:
     """Show the most likely cluster per FOV (categorical colours)."""
-    return place_predicted(viewer, predicted_layer_specs(result, fovs, fov_key, size=size))
+    return place_predicted(viewer, predicted_layer_specs(result, fovs, fov_key, size=size), result)
 
 
 def _fresh_spec(result: Any, md: dict, fov_key: str | None, size: float) -> PointsSpec:
@@ -306,35 +339,69 @@ def _fresh_spec(result: Any, md: dict, fov_key: str | None, size: float) -> Poin
     return value_layer_specs(result, role, md[VALUE_KEY], fov, fov_key, size=size)[0]
 
 
-def refresh_layers(viewer: Any, result: Any, fov_key: str | None = None) -> list[Points]:
+#: ``nsi_role`` of an exploration layer kept, unchanged, from a previous result.
+PREVIOUS_ROLE = "previous result"
+#: Suffix of the name of such a layer.
+PREVIOUS_SUFFIX = " (previous result)"
+
+
+def detach_layer(layer: Layer) -> None:
+    """Keep ``layer`` as it is, but no longer as a layer of the current result.
+
+    Its exploration keys go (it is not recoloured, linked or hovered with the new result's rows
+    any more), what it showed stays in ``metadata['nsi_previous']`` and its name says so.
+    """
+    md = dict(layer.metadata)
+    shown = {k: md.pop(k, None) for k in (ROLE_KEY, VALUE_KEY, FOV_KEY, LEVEL_KEY)}
+    for key in (EXPLORE_KEY, ROWS_KEY):
+        md.pop(key, None)
+    md[ROLE_KEY] = PREVIOUS_ROLE
+    md["nsi_previous"] = shown
+    layer.metadata = md
+    if not layer.name.endswith(PREVIOUS_SUFFIX):
+        layer.name = f"{layer.name}{PREVIOUS_SUFFIX}"
+
+
+def refresh_layers(
+    viewer: Any, result: Any, fov_key: str | None = None
+) -> tuple[list[Points], list[Points]]:
     """Give the exploration layers the values of a new result (same genes, clusters and FOVs).
 
     Layers whose gene, cluster, interval level or FOV the new result lacks, or whose FOV changed
-    size, are removed; ``result=None`` removes them all. Returns the layers kept.
+    size, are kept unchanged with the previous result's values, detached from the exploration
+    (:func:`detach_layer`): nothing the user opened disappears. ``result=None`` (the result was
+    cleared) removes them all.
+
+    Returns
+    -------
+    The layers that now show the new result, and those kept from the previous one.
     """
     ours = [
         lay for lay in viewer.layers if lay.metadata.get(EXPLORE_KEY) and isinstance(lay, Points)
     ]
     kept: list[Points] = []
+    detached: list[Points] = []
     for layer in ours:
         md = layer.metadata
+        if result is None:
+            viewer.layers.remove(layer)
+            continue
         try:
-            if result is None:
-                raise ValueError("no result")
             spec = _fresh_spec(result, md, fov_key, float(np.mean(layer.size)))
             if len(spec.data) != len(layer.data):
                 raise ValueError("FOV changed")
-            layer.data = spec.data
-            if md.get(ROLE_KEY) == PREDICTED_ROLE:  # categorical: same colour column, new values
-                layer.features = spec.features
-                layer.metadata = dict(spec.kwargs["metadata"])
-            else:
-                recolor(layer, spec, bool(getattr(layer.face_colorbar, "visible", True)))
-            kept.append(layer)
         except Exception:
-            if layer in viewer.layers:
-                viewer.layers.remove(layer)
-    return kept
+            detach_layer(layer)
+            detached.append(layer)
+            continue
+        layer.data = spec.data
+        if md.get(ROLE_KEY) == PREDICTED_ROLE:  # categorical: same colour column, new values
+            layer.features = spec.features
+            layer.metadata = dict(spec.kwargs["metadata"])
+        else:
+            recolor(layer, spec, bool(getattr(layer.face_colorbar, "visible", True)))
+        kept.append(layer)
+    return kept, detached
 
 
 def jump_to_fov(viewer: Any, result: Any, fov: str, fov_key: str | None = None) -> None:
@@ -364,8 +431,6 @@ def notify_error(exc: BaseException) -> None:
 
 def as_rows(layer: Layer, indices: Iterable[int]) -> np.ndarray:
     """Result rows of the given point indices of an exploration layer."""
-    from ..explore import ROWS_KEY
-
     rows = layer.metadata.get(ROWS_KEY)
     idx = np.fromiter((int(i) for i in indices), dtype=np.int64)
     if rows is None:

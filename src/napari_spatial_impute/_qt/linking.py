@@ -42,6 +42,9 @@ SPATIAL_ROLES = ("imputed", "measured", "probability", "predicted", "spatial")
 REFERENCE_HIGHLIGHT = "linked reference cells"
 SPATIAL_HIGHLIGHT = "linked spatial cells"
 HIGHLIGHT_COLOR = "#ff2d2d"
+#: Metadata key naming which highlight a layer is (:data:`REFERENCE_HIGHLIGHT` or
+#: :data:`SPATIAL_HIGHLIGHT`).
+HIGHLIGHT_KEY = "nsi_highlight"
 
 
 def _reference_rows_of_points(layer: Layer, indices: np.ndarray) -> np.ndarray:
@@ -146,7 +149,7 @@ class LinkController(QObject):
         size: float | np.ndarray,
         features: pd.DataFrame,
     ) -> Points:
-        existing = next((lay for lay in self.viewer.layers if lay.name == name), None)
+        existing = next(iter(self._highlights(name)), None)
         transform = {"scale": like.scale, "translate": like.translate} if like is not None else {}
         if isinstance(existing, Points):
             existing.data = data
@@ -164,7 +167,7 @@ class LinkController(QObject):
             border_color=HIGHLIGHT_COLOR,
             border_width=0.25,
             border_width_is_relative=True,
-            metadata={ROLE_KEY: HIGHLIGHT_ROLE},
+            metadata={ROLE_KEY: HIGHLIGHT_ROLE, HIGHLIGHT_KEY: name},
             **transform,
         )
         active = self.viewer.layers.selection.active
@@ -173,9 +176,19 @@ class LinkController(QObject):
             self.viewer.layers.selection.active = active
         return layer
 
+    def _highlights(self, name: str) -> list[Points]:
+        """The highlight layers of one direction, found by metadata (the user may rename them)."""
+        return [
+            lay
+            for lay in self.viewer.layers
+            if isinstance(lay, Points)
+            and lay.metadata.get(ROLE_KEY) == HIGHLIGHT_ROLE
+            and lay.metadata.get(HIGHLIGHT_KEY, lay.name) == name
+        ]
+
     def _clear(self, name: str) -> None:
-        for lay in self.viewer.layers:
-            if lay.name == name and isinstance(lay, Points) and len(lay.data):
+        for lay in self._highlights(name):
+            if len(lay.data):
                 lay.data = np.empty((0, lay.data.shape[1]))
 
     def link_from_spatial(self, layer: Points) -> pd.Series:

@@ -27,6 +27,7 @@ from qtpy.QtWidgets import (
 from .._errors import InputError
 from ..io import find_fov_key, fov_labels, read_h5ad, validate_adata
 from ..layers import (
+    META_KEY,
     beside_transform,
     bounds_of,
     ensure_umap,
@@ -34,6 +35,7 @@ from ..layers import (
     plugin_meta,
     recolor,
     reference_layer,
+    source_of,
     spatial_layers,
 )
 from ._sync import connect_model
@@ -41,6 +43,8 @@ from ._workers import Failed
 
 NONE = "(none)"
 FROM_FILE = "(file below)"
+#: ``metadata['spatial_impute']['origin']`` of the layers this widget adds.
+ORIGIN = "load widget"
 
 
 def data_summary(reference: ad.AnnData | None, spatial: ad.AnnData | None, cluster_key: str | None, fov_key: str | None) -> str:
@@ -65,6 +69,8 @@ class _FileRow(QWidget):
     def __init__(self, role: str) -> None:
         super().__init__()
         self.role = role
+        #: The data set of each ``layer_combo`` entry (``None`` for :data:`FROM_FILE`).
+        self.choices: list[ad.AnnData | None] = [None]
         self.layer_combo = QComboBox()
         self.layer_combo.setToolTip(f"take the {role} data from a layer opened by this plugin")
         self.path = QLineEdit()
@@ -102,6 +108,8 @@ class LoadWidget(QWidget):
         self.model = connect_model(napari_viewer)
         self.worker: Any = None
         self.umap_worker: Any = None
+        #: The file each role's data was last loaded from here (layer metadata ``source``).
+        self._sources: dict[str, str | None] = {}
 
         self.reference_row = _FileRow("reference")
         self.spatial_row = _FileRow("spatial")
@@ -141,41 +149,57 @@ class LoadWidget(QWidget):
             self._fill_keys()
 
     # ------------------------------------------------------------------ inputs
-    def _plugin_layers(self, roles: tuple[str, ...]) -> dict[str, ad.AnnData]:
-        out: dict[str, ad.AnnData] = {}
+    def _plugin_data(self, roles: tuple[str, ...]) -> list[tuple[str, ad.AnnData]]:
+        """One ``(label, data)`` per data set of the plugin layers of ``roles`` (by metadata).
+
+        The label is the name of the data set's first layer, with the number of its other layers;
+        the data is found by identity, so renaming a layer changes nothing.
+        """
+        found: dict[int, list[Any]] = {}
         for layer in self.viewer.layers:
             meta = plugin_meta(layer)
             if meta is not None and meta.get("role") in roles:
-                out.setdefault(layer.name, meta["adata"])
-        return out
+                entry = found.setdefault(id(meta["adata"]), [layer.name, meta["adata"], 0])
+                entry[2] += 1
+        return [
+            (name if n == 1 else f"{name} (+{n - 1} more layer{'s' if n > 2 else ''})", adata)
+            for name, adata, n in found.values()
+        ]
 
     def _refresh_layer_choices(self, *_: Any) -> None:
         for row, roles in ((self.reference_row, ("reference",)), (self.spatial_row, ("spatial",))):
-            current = row.layer_combo.currentText()
+            index = row.layer_combo.currentIndex()
+            current = row.choices[index] if 0 <= index < len(row.choices) else None
+            items = self._plugin_data(roles)
             row.layer_combo.blockSignals(True)
             row.layer_combo.clear()
-            row.layer_combo.addItems([FROM_FILE, *self._plugin_layers(roles)])
-            if current and row.layer_combo.findText(current) >= 0:
-                row.layer_combo.setCurrentText(current)
+            row.layer_combo.addItems([FROM_FILE, *(label for label, _ in items)])
+            row.choices = [None, *(adata for _, adata in items)]
+            same = [i for i, a in enumerate(row.choices) if a is not None and a is current]
+            row.layer_combo.setCurrentIndex(same[0] if same else 0)
             row.layer_combo.blockSignals(False)
 
-    def _chosen(self, row: _FileRow, roles: tuple[str, ...]) -> ad.AnnData | str | None:
-        name = row.layer_combo.currentText()
-        if name and name != FROM_FILE:
-            return self._plugin_layers(roles).get(name)
+    def _chosen(self, row: _FileRow) -> ad.AnnData | str | None:
+        index = row.layer_combo.currentIndex()
+        if 0 < index < len(row.choices):
+            return row.choices[index]
         text = row.path.text().strip()
         return text or None
 
     # ------------------------------------------------------------------ loading
     def load(self) -> Any:
-        """Read the chosen files in a worker, then store and show them; returns the worker."""
-        ref = self._chosen(self.reference_row, ("reference",))
-        spa = self._chosen(self.spatial_row, ("spatial",))
+        """Read the chosen files in a worker, then store and show them; returns the worker.
+
+        Loading a file again replaces the layers shown for it before (and this widget's layers
+        of the data it replaces); it never adds a second copy.
+        """
+        ref = self._chosen(self.reference_row)
+        spa = self._chosen(self.spatial_row)
         if ref is None and spa is None:
             self.status.setText("Choose a reference and/or a spatial .h5ad file (or a layer).")
             return None
 
-        def read() -> tuple[ad.AnnData | None, ad.AnnData | None, bool, bool] | Failed:
+        def read() -> tuple[ad.AnnData | None, ad.AnnData | None, str | None, str | None] | Failed:
             try:
                 r = read_h5ad(ref, "reference") if isinstance(ref, str) else ref
                 s = read_h5ad(spa, "spatial") if isinstance(spa, str) else spa
@@ -185,7 +209,7 @@ class LoadWidget(QWidget):
                     validate_adata(s, "spatial", require_spatial=True)
             except InputError as exc:
                 return Failed(str(exc).splitlines()[0])
-            return r, s, isinstance(ref, str), isinstance(spa, str)
+            return r, s, source_of(ref), source_of(spa)
 
         self.worker = thread_worker(read, start_thread=False)()
         self.worker.returned.connect(self._on_loaded)
@@ -196,12 +220,13 @@ class LoadWidget(QWidget):
         self.worker.start()
         return self.worker
 
-    def _on_loaded(self, value: tuple[ad.AnnData | None, ad.AnnData | None, bool, bool] | Failed) -> None:
+    def _on_loaded(self, value: tuple[ad.AnnData | None, ad.AnnData | None, Any, Any] | Failed) -> None:
+        """Store what was read; show the data read from files (``value[2:]``: their sources)."""
         if isinstance(value, Failed):
             self.status.setText(f"Error: {value.message}")
             show_error(value.message)
             return
-        ref, spa, ref_new, spa_new = value
+        ref, spa, ref_src, spa_src = value
         if ref is not None:
             self.model.set_reference(ref)
         if spa is not None:
@@ -210,9 +235,11 @@ class LoadWidget(QWidget):
         fk = find_fov_key(spa) if spa is not None else self.model.fov_key
         self.model.set_keys(cluster_key=ck, fov_key=fk)
         self._fill_keys()
-        if spa is not None and spa_new:
+        if spa is not None and spa_src:
+            self._sources["spatial"] = spa_src if isinstance(spa_src, str) else None
             self.show_spatial()
-        if ref is not None and ref_new:
+        if ref is not None and ref_src:
+            self._sources["reference"] = ref_src if isinstance(ref_src, str) else None
             self.show_reference()
         self.status.setText("Loaded.")
 
@@ -249,6 +276,29 @@ class LoadWidget(QWidget):
                 out.append(layer)
         return out
 
+    def _replaced(self, adata: ad.AnnData, role: str) -> list[Points]:
+        """Layers that new layers of ``adata`` replace: those of the same data or the same file,
+        and this widget's earlier layers of that role (all found by metadata, never by name)."""
+        source = self._sources.get(role)
+        out = []
+        for layer in self.viewer.layers:
+            meta = plugin_meta(layer)
+            if meta is None or meta.get("role") != role:
+                continue
+            if (
+                meta["adata"] is adata
+                or meta.get("origin") == ORIGIN
+                or (source is not None and meta.get("source") == source)
+            ):
+                out.append(layer)
+        return out
+
+    def _mark(self, kwargs: dict[str, Any], role: str) -> dict[str, Any]:
+        meta = kwargs["metadata"][META_KEY]
+        meta["origin"] = ORIGIN
+        meta["source"] = self._sources.get(role)
+        return kwargs
+
     @property
     def spatial_layers(self) -> list[Points]:
         """The viewer's layers of the current spatial data (made here or opened from a file)."""
@@ -266,8 +316,8 @@ class LoadWidget(QWidget):
         if spa is None:
             return []
         data = spatial_layers(spa, fov_key=self.model.fov_key, color_by=self._key(self.color_combo.currentText()), name="spatial", role="spatial", detect_fov=False)
-        new = [Points(d, **kw) for d, kw, _ in data]
-        for old in self.spatial_layers:
+        new = [Points(d, **self._mark(kw, "spatial")) for d, kw, _ in data]
+        for old in self._replaced(spa, "spatial"):
             self.viewer.layers.remove(old)
         added = [self.viewer.add_layer(layer) for layer in new]
         self._place_reference()
@@ -290,8 +340,8 @@ class LoadWidget(QWidget):
             return
         bounds = bounds_of([layer.data for layer in self.spatial_layers]) if self.spatial_layers else None
         data, kw, _ = reference_layer(ref, cluster_key=self.model.cluster_key, beside=bounds)
-        layer = Points(data, **kw)
-        for old in self._layers_of(ref, "reference"):
+        layer = Points(data, **self._mark(kw, "reference"))
+        for old in self._replaced(ref, "reference"):
             self.viewer.layers.remove(old)
         self.viewer.add_layer(layer)
         self.status.setText("Loaded.")
