@@ -45,8 +45,17 @@ def napari_get_reader(path: str | list[str]) -> ReaderFunction | None:
     return read_h5ad_layers
 
 
-def read_h5ad_layers(path: str | list[str]) -> list[LayerData]:
-    """Read one or more ``.h5ad`` files into layer-data tuples."""
+def read_h5ad_layers(path: str | list[str]) -> list[Any]:
+    """Read one or more ``.h5ad`` files into layer-data tuples.
+
+    A file the plugin cannot show (bad input, e.g. cells with NaN coordinates) is reported as
+    one napari error notification naming the problem and the fix, not as a traceback, and
+    adds no layers; the other files are still read. When no file gives layers the result is
+    napari's "nothing to add" value ``[(None,)]``.
+    """
+    from napari.utils.notifications import show_error
+
+    from ._errors import InputError
     from ._qt._sync import hook_current_viewer
     from .io import read_h5ad
 
@@ -54,9 +63,14 @@ def read_h5ad_layers(path: str | list[str]) -> list[LayerData]:
     paths = [path] if isinstance(path, str | Path) else list(path)
     out: list[LayerData] = []
     for p in paths:
-        adata = read_h5ad(p)
-        layers = adata_layers(adata, name=Path(p).stem)
+        try:
+            adata = read_h5ad(p)
+            layers = adata_layers(adata, name=Path(p).stem)
+        except InputError as exc:
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            show_error(f"{Path(p).name}: {first}")
+            continue
         for _, kwargs, _ in layers:
             kwargs["metadata"][META_KEY].update(source=source_of(p), origin="reader")
         out.extend(layers)
-    return out
+    return out if out else [(None,)]

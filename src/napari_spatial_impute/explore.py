@@ -132,12 +132,42 @@ def fov_rows(result: ad.AnnData, fov_key: str | None) -> dict[str, np.ndarray]:
     }
 
 
+def checked_coords(adata: ad.AnnData, key: str = "spatial", what: str | None = None) -> np.ndarray:
+    """``adata.obsm[key]`` as a float64 array, or an :class:`InputError` naming the bad cells.
+
+    NaN or infinite coordinates would otherwise fail deep inside scipy's KD-tree or napari with
+    a bare ``ValueError``; the message says how many cells, which ones, and how to drop them.
+    """
+    what = what or ("UMAP" if key == "X_umap" else "data")
+    raw = adata.obsm[key]
+    raw = raw.to_numpy() if isinstance(raw, pd.DataFrame) else np.asarray(raw)
+    try:
+        xy = np.asarray(raw, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise InputError(
+            f"obsm[{key!r}] holds {raw.dtype} values, not numbers; store numeric cell coordinates."
+        ) from None
+    if xy.ndim != 2 or xy.shape[0] != adata.n_obs or xy.shape[1] < 2:
+        raise InputError(
+            f"obsm[{key!r}] has shape {xy.shape}; it must be (n_cells, 2) or (n_cells, 3)."
+        )
+    bad = ~np.isfinite(xy).all(axis=1)
+    if bad.any():
+        names = ", ".join(repr(str(n)) for n in adata.obs_names[bad][:3])
+        raise InputError(
+            f"{int(bad.sum()):,} of {adata.n_obs:,} cells of the {what} have NaN or infinite "
+            f"coordinates in obsm[{key!r}] (first: {names}); drop or fix those cells, e.g. "
+            f"adata = adata[np.isfinite(adata.obsm[{key!r}]).all(axis=1)].copy()."
+        )
+    return xy
+
+
 def coords_yx(adata: ad.AnnData, rows: np.ndarray | None = None) -> np.ndarray:
-    """napari ``(y, x)`` coordinates of ``obsm["spatial"]`` (first two columns), as float64."""
-    xy = np.asarray(adata.obsm["spatial"])
-    if isinstance(adata.obsm["spatial"], pd.DataFrame):
-        xy = adata.obsm["spatial"].to_numpy()
-    xy = np.asarray(xy, dtype=np.float64)
+    """napari ``(y, x)`` coordinates of ``obsm["spatial"]`` (first two columns), as float64.
+
+    Raises :class:`InputError` for NaN or infinite coordinates (see :func:`checked_coords`).
+    """
+    xy = checked_coords(adata)
     if rows is not None:
         xy = xy[rows]
     return np.ascontiguousarray(xy[:, [1, 0]])
@@ -376,8 +406,19 @@ def _points_kwargs(n_points: int, size: float | None) -> dict[str, Any]:
 
 
 def default_point_size(result: ad.AnnData) -> float:
-    """A point size from the typical nearest-neighbour spacing (a tenth of the box side / sqrt n)."""
-    yx = coords_yx(result)
+    """A point size from the typical nearest-neighbour spacing (a tenth of the box side / sqrt n).
+
+    Cells without finite coordinates are left out (building their layers reports them).
+    """
+    raw = result.obsm["spatial"]
+    raw = raw.to_numpy() if isinstance(raw, pd.DataFrame) else np.asarray(raw)
+    try:
+        yx = np.asarray(raw, dtype=np.float64)[:, [1, 0]]
+    except (TypeError, ValueError, IndexError):
+        return 1.0
+    yx = yx[np.isfinite(yx).all(axis=1)]
+    if len(yx) == 0:
+        return 1.0
     span = np.ptp(yx, axis=0)
     area = float(max(span[0], 1e-9) * max(span[1], 1e-9))
     return float(max(np.sqrt(area / max(result.n_obs, 1)) * 0.8, 1e-6))

@@ -38,6 +38,7 @@ from .explore import (
     ROLE_KEY,
     ROWS_KEY,
     VALUE_KEY,
+    checked_coords,
     predicted_layer_name,
 )
 from .io import find_fov_key, fov_labels
@@ -75,6 +76,7 @@ def point_size(data: np.ndarray) -> float:
     from scipy.spatial import cKDTree
 
     pts = np.asarray(data, dtype=np.float64)[:, -2:]
+    pts = pts[np.isfinite(pts).all(axis=1)]  # callers report non-finite cells themselves
     if len(pts) < 2:
         return 1.0
     sample = pts if len(pts) <= 20_000 else pts[np.linspace(0, len(pts) - 1, 20_000).astype(int)]
@@ -286,7 +288,7 @@ def spatial_layers(
         color_by = f"{key}_predicted"
     if color_by is not None and color_by not in adata.obs.columns:
         raise ValueError(f"colour column {color_by!r} is not in obs.")
-    coords = to_napari(adata.obsm["spatial"])
+    coords = to_napari(checked_coords(adata, "spatial", "spatial data" if role == "spatial" else role))
     feats = features_frame(adata.obs)
     pal = _palette(adata, color_by)
     if size is None:
@@ -354,7 +356,7 @@ def reference_layer(
     """
     if umap_key not in adata.obsm:
         raise ValueError(f"the reference has no obsm[{umap_key!r}]; compute it with ensure_umap().")
-    data = to_napari(np.asarray(adata.obsm[umap_key])[:, :2])
+    data = to_napari(checked_coords(adata, umap_key, "reference")[:, :2])
     feats = features_frame(adata.obs)
     scale, translate = (np.ones(2), np.zeros(2)) if beside is None else beside_transform(data, beside)
     kwargs: dict[str, Any] = {

@@ -235,13 +235,23 @@ class LoadWidget(QWidget):
         fk = find_fov_key(spa) if spa is not None else self.model.fov_key
         self.model.set_keys(cluster_key=ck, fov_key=fk)
         self._fill_keys()
+        self.status.setText("Loaded.")
         if spa is not None and spa_src:
             self._sources["spatial"] = spa_src if isinstance(spa_src, str) else None
-            self.show_spatial()
+            self._reported(self.show_spatial)
         if ref is not None and ref_src:
             self._sources["reference"] = ref_src if isinstance(ref_src, str) else None
             self.show_reference()
-        self.status.setText("Loaded.")
+
+    def _reported(self, build: Any) -> Any:
+        """Run ``build`` (main thread); bad input becomes one notification and status line."""
+        try:
+            return build()
+        except InputError as exc:
+            msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            self.status.setText(f"Error: {msg}")
+            show_error(msg)
+            return None
 
     def _fill_keys(self) -> None:
         ref, spa = self.model.reference, self.model.spatial
@@ -328,9 +338,10 @@ class LoadWidget(QWidget):
         ref = self.model.reference
         if ref is None:
             return None
-        self.status.setText("Computing the reference UMAP..." if "X_umap" not in ref.obsm else "")
+        if "X_umap" not in ref.obsm:
+            self.status.setText("Computing the reference UMAP...")
         self.umap_worker = thread_worker(ensure_umap, start_thread=False)(ref)
-        self.umap_worker.returned.connect(lambda _: self._add_reference(ref))
+        self.umap_worker.returned.connect(lambda _: self._reported(lambda: self._add_reference(ref)))
         self.umap_worker.errored.connect(lambda exc: self.status.setText(f"UMAP failed: {str(exc).splitlines()[0]}"))
         self.umap_worker.start()
         return self.umap_worker
@@ -344,7 +355,8 @@ class LoadWidget(QWidget):
         for old in self._replaced(ref, "reference"):
             self.viewer.layers.remove(old)
         self.viewer.add_layer(layer)
-        self.status.setText("Loaded.")
+        if not self.status.text().startswith("Error"):
+            self.status.setText("Loaded.")
 
     def _place_reference(self) -> None:
         layer = self.reference_points
