@@ -57,11 +57,15 @@ if TYPE_CHECKING:
 
 
 def __getattr__(name: str) -> Any:
+    from importlib import import_module
+    from importlib.util import find_spec
+
     module = _EXPORTS.get(name)
     if module is None:
+        # submodules (``nsi.datasets``, ``nsi.io``) as the eager imports used to bind them
+        if not name.startswith("__") and find_spec(f"{__name__}.{name}") is not None:
+            return import_module(f".{name}", __name__)
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    from importlib import import_module
-
     value = getattr(import_module(module, __name__), name)
     globals()[name] = value
     return value
