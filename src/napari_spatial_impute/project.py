@@ -11,6 +11,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from ._errors import InputError
+from .genes import resolve_gene_names
 from .preprocess import cluster_profiles
 
 if TYPE_CHECKING:
@@ -35,21 +36,7 @@ GENE_CHUNK = 2048
 def resolve_reference_genes(result: MappingResult, genes: Sequence[str] | None) -> list[str]:
     """Reference names of ``genes`` (matched case-insensitively); all reference genes for ``None``."""
     names = list(map(str, result.reference.var_names))
-    if genes is None:
-        return names
-    if isinstance(genes, str):
-        genes = [genes]
-    by_lower = {g.lower(): g for g in names}
-    out, missing = [], []
-    for g in genes:
-        hit = by_lower.get(str(g).lower())
-        (out if hit is not None else missing).append(hit if hit is not None else str(g))
-    if missing:
-        raise InputError(
-            f"{len(missing)} requested genes are not in the reference (e.g. {missing[:3]}); "
-            "only reference genes can be imputed."
-        )
-    return out
+    return names if genes is None else resolve_gene_names(names, genes)
 
 
 def _unit_matrix(result: MappingResult, idx: np.ndarray, mean: bool = False) -> np.ndarray | sp.spmatrix:
