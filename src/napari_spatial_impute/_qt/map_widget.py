@@ -7,6 +7,12 @@ from functools import partial
 from typing import Any
 
 import anndata as ad
+
+# The worker builds the result's layer data with matplotlib's colour maps. Their first import
+# runs a module body of huge literal lists that holds the GIL for about 0.2 s, which froze the
+# window at the end of the first run; importing them here does it once, when napari loads the
+# widget.
+import matplotlib.cm  # noqa: F401
 from napari.layers import Points
 from napari.qt.threading import thread_worker
 from napari.utils import progress
@@ -273,6 +279,7 @@ class MapWidget(QWidget):
         worker.returned.connect(self._on_returned)
         worker.errored.connect(self._on_error)
         worker.finished.connect(self._on_finished)
+        worker.aborted.connect(cancel.set)  # napari's status-bar cancel quits the worker: stop the engine too
         state.worker = worker
         state.pbar = progress(total=max(n, 1), desc="Mapping cells to space")
         self.progress.setRange(0, max(n, 1))
