@@ -344,3 +344,17 @@ def test_unknown_impute_gene_refused_before_mapping(pair_files, tmp_path, capsys
     code, _, err = _run(["map", "-r", r, "-s", s, "-o", tmp_path / "o.h5ad", "--impute", "nope,Gad1"], capsys)
     assert code == 2 and "requested genes are not in the reference (e.g. ['nope'])" in err
     _one_line(err)
+
+
+def test_cluster_level_reference_is_not_warned(shared_data):
+    """One text label per row is a cluster-level reference (iss_ca1's 71 class profiles), not a mix-up."""
+    import napari_spatial_impute as nsi
+    from napari_spatial_impute.io import input_warnings
+
+    profiles = nsi.read_h5ad(shared_data / "iss_ca1" / "reference_class_profiles.h5ad", "reference")
+    spatial = nsi.read_h5ad(shared_data / "iss_ca1" / "spatial.h5ad", "spatial")
+    key = next(c for c in profiles.obs.columns if profiles.obs[c].nunique() == profiles.n_obs)
+    assert input_warnings(profiles, spatial, key) == []
+    numeric = profiles.copy()
+    numeric.obs["row"] = np.arange(numeric.n_obs)
+    assert "per-cell measurement" in input_warnings(numeric, spatial, "row")[0]

@@ -50,7 +50,7 @@ def test_spatial_layers_one_per_fov_with_features(merfish):
     spa.obs["fov"] = np.where(np.arange(spa.n_obs) % 3 == 0, "b", "a")  # text, not categorical
     spa.obs["count"] = np.arange(spa.n_obs, dtype=np.float32)
     out = spatial_layers(spa, color_by="fov", name="sp")
-    assert [kw["name"] for _, kw, _ in out] == ["sp [a]", "sp [b]"]
+    assert [kw["name"] for _, kw, _ in out] == ["sp · FOV a", "sp · FOV b"]
     assert sum(len(d) for d, _, _ in out) == spa.n_obs
     for data, kw, kind in out:
         assert kind == "points"

@@ -271,7 +271,8 @@ def input_warnings(
         fractional = numeric and bool(
             np.any(np.abs(np.asarray(col.dropna(), dtype=np.float64) % 1) > 0)
         )
-        per_cell = n_unique > 20 and n_unique > 0.5 * reference.n_obs
+        # text labels, one per row, are a cluster-level reference (one profile per class)
+        per_cell = numeric and n_unique > 20 and n_unique > 0.5 * reference.n_obs
         if fractional or per_cell or (numeric and n_unique > 200):
             found.append(
                 f"cluster key {cluster_key!r} has {n_unique:,} distinct values for "

@@ -304,7 +304,7 @@ def spatial_layers(
             lname = predicted_layer_name(key, str(fov))
         else:
             base = name or "spatial"
-            lname = base if len(labels.categories) == 1 else f"{base} [{fov}]"
+            lname = base if len(labels.categories) == 1 else f"{base} · FOV {fov}"
         kwargs: dict[str, Any] = {
             "name": lname,
             "features": f,

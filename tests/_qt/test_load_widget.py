@@ -82,7 +82,7 @@ def test_fov_layers_and_recolouring(viewer_widget, qtbot, merfish):
     model.set_spatial(spa)
     w._on_loaded((None, spa, False, True))
     assert model.fov_key == "fov" and w.fov_combo.currentText() == "fov"
-    assert sorted(layer.name for layer in viewer.layers) == [f"spatial [{i}]" for i in range(4)]
+    assert sorted(layer.name for layer in viewer.layers) == [f"spatial · FOV {i}" for i in range(4)]
     assert sum(len(layer.data) for layer in viewer.layers) == 750
     assert "4 FOVs" in w.summary.text()
     first = list(viewer.layers)
@@ -173,7 +173,7 @@ def test_load_again_replaces_its_layers(viewer_widget, qtbot, tmp_path, merfish)
     w.reference_row.path.setText(str(ref_path))
     w.spatial_row.path.setText(str(sp_path))
     _load(qtbot, w)
-    names = ["spatial [slice1]", "spatial [slice2]", "reference UMAP"]
+    names = ["spatial · FOV slice1", "spatial · FOV slice2", "reference UMAP"]
     assert [layer.name for layer in viewer.layers] == names
     first = list(viewer.layers)
     model = viewer_model(viewer)
@@ -191,7 +191,7 @@ def test_load_again_replaces_its_layers(viewer_widget, qtbot, tmp_path, merfish)
         viewer.add_points(data, **kw)
     assert len(viewer.layers) == 5
     choices = [w.spatial_row.layer_combo.itemText(i) for i in range(w.spatial_row.layer_combo.count())]
-    assert choices == [FROM_FILE, "my tissue (+1 more layer)", "sp [slice1] (+1 more layer)"]
+    assert choices == [FROM_FILE, "my tissue (+1 more layer)", "sp · FOV slice1 (+1 more layer)"]
     _load(qtbot, w)
     assert [layer.name for layer in viewer.layers] == names
 
