@@ -358,3 +358,11 @@ def test_cluster_level_reference_is_not_warned(shared_data):
     numeric = profiles.copy()
     numeric.obs["row"] = np.arange(numeric.n_obs)
     assert "per-cell measurement" in input_warnings(numeric, spatial, "row")[0]
+
+
+def test_a_gene_asked_for_twice_is_imputed_once(pair_files, tmp_path, capsys):
+    r, s = pair_files
+    out = tmp_path / "o.h5ad"
+    code, _, err = _run(["map", "-r", r, "-s", s, "-o", out, "--epochs", "2", "--impute", "Gad1,Rnd3,GAD1"], capsys)
+    assert code == 0, err
+    assert list(ad.read_h5ad(out).var_names) == ["Gad1", "Rnd3"]

@@ -258,7 +258,7 @@ def read_gene_list(path: str) -> list[str]:
 
 
 def resolve_gene_names(names: Sequence[str], genes: Sequence[str] | str) -> list[str]:
-    """The names in ``names`` of ``genes`` (matched case-insensitively), refusing unknown ones."""
+    """The names in ``names`` of ``genes`` (matched case-insensitively, each once), refusing unknown ones."""
     if isinstance(genes, str):
         genes = [genes]
     by_lower = {str(g).lower(): str(g) for g in names}
@@ -271,4 +271,4 @@ def resolve_gene_names(names: Sequence[str], genes: Sequence[str] | str) -> list
             f"{len(missing)} requested genes are not in the reference (e.g. {missing[:3]}); "
             "only reference genes can be imputed."
         )
-    return out
+    return list(dict.fromkeys(out))  # a gene asked for twice (any case) is imputed once
