@@ -5,7 +5,7 @@ Protocol (fixed; see benchmarks/README.md):
 * each data set is normalised once, before any split: total counts over its own genes scaled
   to the median total, then ``log1p``;
 * genes are matched case-insensitively; the shared genes are split into ``--folds`` groups by
-  :func:`napari_spatial_impute.evaluate.gene_folds` (seeded permutation, ``--seed``);
+  :func:`napari_spatial_impute.core.evaluate.gene_folds` (seeded permutation, ``--seed``);
 * for each fold every method trains on the other shared genes only (held-out genes never reach
   training) and predicts the held-out genes at every spatial cell;
 * score per held-out gene: Pearson r between predicted and measured log-normalised values over
@@ -211,7 +211,7 @@ def method_list(methods: list[str], engines: list[str] | None) -> list[tuple[str
 
 
 def evaluate_dataset(pair: Pair, args: argparse.Namespace) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    from napari_spatial_impute.evaluate import gene_folds, pearson_per_gene
+    from napari_spatial_impute.core.metrics import gene_folds, pearson_per_gene
 
     pairs = common.shared_genes(pair.reference, pair.spatial)
     ref_to_sp = dict(pairs)

@@ -55,7 +55,7 @@ def quiet_tangram() -> None:
 
 def data_dir() -> Path | None:
     """The shared real-data folder (``$NSI_DATA_DIR``, ``../shared/data`` beside the checkout)."""
-    from napari_spatial_impute.datasets import shared_data_dir
+    from napari_spatial_impute.io.datasets import shared_data_dir
 
     d = shared_data_dir()
     if d is None and Path("/work/shared/data/README.md").exists():
@@ -209,7 +209,7 @@ def normalize_log1p(adata: ad.AnnData) -> ad.AnnData:
 
 def shared_genes(reference: ad.AnnData, spatial: ad.AnnData) -> list[tuple[str, str]]:
     """``(reference_name, spatial_name)`` pairs matched case-insensitively, in reference order."""
-    from napari_spatial_impute.genes import match_genes
+    from napari_spatial_impute.core.genes import match_genes
 
     return match_genes(reference.var_names, spatial.var_names)
 

@@ -127,13 +127,13 @@ def map_widget_api() -> str | None:
         from napari_spatial_impute._qt import map_widget  # noqa: F401
     except Exception:
         return None
-    return "napari_spatial_impute._qt.map_widget"
+    return "napari_spatial_impute.plugin.widgets.map_widget"
 
 
 def run_once_widget(viewer: Any, app: Any, widget: Any, args: argparse.Namespace, hb: Heartbeat,
                     genes: list[str]) -> dict[str, Any]:
     """Press the Map widget's run (``MapWidget.run``) and wait; time its result handler."""
-    from napari_spatial_impute._qt.layer_ops import open_gene
+    from napari_spatial_impute.plugin.widgets.layer_ops import open_gene
 
     state: dict[str, Any] = {"done": False, "epochs_seen": 0, "error": None}
     original = type(widget)._on_returned
@@ -188,8 +188,8 @@ def run_once(viewer: Any, app: Any, ref: Any, spa: Any, args: argparse.Namespace
     from napari.qt.threading import thread_worker
 
     from napari_spatial_impute import map_cells_to_space
-    from napari_spatial_impute._model import get_model
-    from napari_spatial_impute._qt.layer_ops import open_gene, open_predicted
+    from napari_spatial_impute.plugin.model import get_model
+    from napari_spatial_impute.plugin.widgets.layer_ops import open_gene, open_predicted
 
     state: dict[str, Any] = {"done": False, "epochs_seen": 0, "error": None}
 
@@ -308,8 +308,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     viewer.add_points(np.asarray(spa.obsm["spatial"])[:, ::-1], size=4, name="spatial cells")
     widget = None
     if use_widget:
-        from napari_spatial_impute._model import get_model
-        from napari_spatial_impute._qt.map_widget import MapWidget
+        from napari_spatial_impute.plugin.model import get_model
+        from napari_spatial_impute.plugin.widgets.map_widget import MapWidget
 
         widget = MapWidget(viewer)
         viewer.window.add_dock_widget(widget, name="Map", area="right")

@@ -28,8 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
 import napari_spatial_impute as nsi  # noqa: E402
-from napari_spatial_impute.evaluate import gene_folds, pearson_per_gene  # noqa: E402
-from napari_spatial_impute.neighbours import MEMBERS, Member, neighbour_weights  # noqa: E402
+from napari_spatial_impute.core.evaluate import pearson_per_gene  # noqa: E402
+from napari_spatial_impute.core.metrics import gene_folds
+from napari_spatial_impute.core.neighbours import MEMBERS, Member, neighbour_weights  # noqa: E402
 
 
 def _members_only(*members: Member):

@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import simulate_pair  # noqa: E402
 
 import napari_spatial_impute as nsi  # noqa: E402
-from napari_spatial_impute.result import write_result  # noqa: E402
+from napari_spatial_impute.core.export import write_result  # noqa: E402
 
 
 def _rss_gib() -> float:

@@ -199,8 +199,8 @@ def parity(n_ref: int, n_sp: int, n_genes: int, epochs: int, seed: int) -> dict[
     import torch
     from tangram import mapping_optimizer as mo
 
-    from napari_spatial_impute.mapping import TangramMapper
-    from napari_spatial_impute.objective import DenseObjective, Weights
+    from napari_spatial_impute.core.engine.objective import DenseObjective, Weights
+    from napari_spatial_impute.core.mapping import TangramMapper
 
     common.quiet_tangram()
     ref, spa = common.simulate_pair(n_ref, n_sp, n_genes, seed=seed)
@@ -287,13 +287,13 @@ def parse_size(s: str, default_epochs: int, default_repeats: int) -> tuple[int, 
 def mem_available() -> int:
     import torch
 
-    from napari_spatial_impute.resources import available_bytes
+    from napari_spatial_impute.core.engine.resources import available_bytes
 
     return available_bytes(torch.device("cpu"))
 
 
 def ours_estimate(n_ref: int, n_sp: int, n_genes: int) -> int:
-    from napari_spatial_impute.resources import estimate_dense_mapping
+    from napari_spatial_impute.core.engine.resources import estimate_dense_mapping
 
     return int(estimate_dense_mapping(n_ref, n_sp, n_genes).total_bytes)
 

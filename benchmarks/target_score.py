@@ -58,8 +58,8 @@ def _replay(argv: list[str]) -> None:
     import torch
     from tangram import mapping_optimizer as mo
 
-    from napari_spatial_impute.engine import TangramMapper
-    from napari_spatial_impute.objective import Weights
+    from napari_spatial_impute.core.engine.mapper import TangramMapper
+    from napari_spatial_impute.core.engine.objective import Weights
 
     ref = ad.read_h5ad(a.data / "reference.h5ad")
     spa = ad.read_h5ad(a.data / "spatial.h5ad")

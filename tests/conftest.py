@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from napari_spatial_impute.datasets import load_merfish_hypothalamus, shared_data_dir
+from napari_spatial_impute.io.datasets import load_merfish_hypothalamus, shared_data_dir
 
 
 @pytest.fixture(scope="session")

@@ -127,8 +127,7 @@ def test_unreadable_file_and_memory(merfish_pair, tmp_path, capsys, monkeypatch)
     code, _, err = _run(["map", "-r", str(bad), "-s", str(bad), "-o", str(tmp_path / "o.h5ad")], capsys)
     assert code == 2 and "cannot read reference file" in err
 
-    from napari_spatial_impute import resources
-
+    from napari_spatial_impute.core.engine import resources
     ref, spa = merfish_pair
     r, s = tmp_path / "r.h5ad", tmp_path / "s.h5ad"
     ref.write_h5ad(r)

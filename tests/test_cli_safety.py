@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from napari_spatial_impute.cli import main
-from napari_spatial_impute.io import atomic_output, write_h5ad_atomic
+from napari_spatial_impute.io.files import atomic_output, write_h5ad_atomic
 
 
 @pytest.fixture(scope="module")
@@ -334,8 +334,7 @@ def test_ctrl_c_while_importing_is_one_line(pair_files, tmp_path):
 
 
 def test_unknown_impute_gene_refused_before_mapping(pair_files, tmp_path, capsys, monkeypatch):
-    from napari_spatial_impute import mapping
-
+    from napari_spatial_impute.core import mapping
     def must_not_run(*a, **k):
         raise AssertionError("the mapping ran before the --impute genes were checked")
 
@@ -349,7 +348,7 @@ def test_unknown_impute_gene_refused_before_mapping(pair_files, tmp_path, capsys
 def test_cluster_level_reference_is_not_warned(shared_data):
     """One text label per row is a cluster-level reference (iss_ca1's 71 class profiles), not a mix-up."""
     import napari_spatial_impute as nsi
-    from napari_spatial_impute.io import input_warnings
+    from napari_spatial_impute.io.files import input_warnings
 
     profiles = nsi.read_h5ad(shared_data / "iss_ca1" / "reference_class_profiles.h5ad", "reference")
     spatial = nsi.read_h5ad(shared_data / "iss_ca1" / "spatial.h5ad", "spatial")

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 import napari_spatial_impute as nsi
-from napari_spatial_impute import InputError, evaluate
-from napari_spatial_impute.evaluate import gene_folds, pearson_per_gene
+from napari_spatial_impute import InputError
+from napari_spatial_impute.core import evaluate
+from napari_spatial_impute.core.metrics import gene_folds, pearson_per_gene
 
 
 def test_gene_folds_partition_and_seed():

@@ -11,9 +11,11 @@ import pandas as pd
 import pytest
 from matplotlib.figure import Figure
 
-from napari_spatial_impute import InputError, load_merfish_hypothalamus, map_cells_to_space, plots
-from napari_spatial_impute import explore as ex
-from napari_spatial_impute import image_link as il
+from napari_spatial_impute import InputError, load_merfish_hypothalamus, map_cells_to_space
+from napari_spatial_impute.io import schema
+from napari_spatial_impute.viz import explore as ex
+from napari_spatial_impute.viz import image_link as il
+from napari_spatial_impute.viz import plots
 
 
 @functools.lru_cache(maxsize=1)
@@ -239,10 +241,10 @@ def test_large_layer_spec_is_fast():
 
 
 def test_interval_specs_names_values_and_shared_limits(data):
-    from napari_spatial_impute import explore_uncertainty as eu
+    from napari_spatial_impute.viz import intervals as eu
 
     ref, res = data
-    assert eu.interval_levels(res) == ["90", "67"]
+    assert schema.interval_levels(res) == ["90", "67"]
     j = res.var_names.get_loc("Gad1")
     for level in ("90", 90, 0.9):  # any spelling of the level
         w = eu.interval_widths(res, "gad1", level)
@@ -262,23 +264,23 @@ def test_interval_specs_names_values_and_shared_limits(data):
 
 
 def test_imputed_hover_has_interval_only_with_intervals(data):
-    from napari_spatial_impute import explore_uncertainty as eu
+    from napari_spatial_impute.viz import intervals as eu
 
     ref, res = data
     spec = ex.value_layer_specs(res, "imputed", "Gad1", ["1"], "fov")[0]
     rows = spec.kwargs["metadata"]["nsi_rows"]
-    assert np.allclose(spec.features["90% interval ±"], eu.halfwidths(res, "Gad1", "90", rows))
+    assert np.allclose(spec.features["90% interval ±"], schema.halfwidths(res, "Gad1", "90", rows))
     for k in list(res.layers.keys()):
         del res.layers[k]
     spec = ex.value_layer_specs(res, "imputed", "Gad1", ["1"], "fov")[0]
     assert "90% interval ±" not in spec.features.columns
-    assert eu.interval_levels(res) == []
+    assert schema.interval_levels(res) == []
     with pytest.raises(InputError, match="no 90% intervals"):
         eu.interval_widths(res, "Gad1")
 
 
 def test_wide_mask_and_masked_values():
-    from napari_spatial_impute import explore_uncertainty as eu
+    from napari_spatial_impute.viz import intervals as eu
 
     widths = np.array([0.5, 1.0, 1.5, np.nan, 3.0])
     vals = np.array([1.0, 2.0, 3.0, 4.0, 5.0])
@@ -289,7 +291,7 @@ def test_wide_mask_and_masked_values():
 
 
 def test_reliability_table_and_calibration_text(data):
-    from napari_spatial_impute import explore_uncertainty as eu
+    from napari_spatial_impute.viz import intervals as eu
 
     ref, res = data
     table = eu.reliability_table(res)

@@ -7,7 +7,7 @@ import pytest
 import scipy.sparse as sp
 
 from napari_spatial_impute import InputError, plan_genes
-from napari_spatial_impute.genes import match_genes, read_gene_list
+from napari_spatial_impute.core.genes import match_genes, read_gene_list
 
 
 def test_case_insensitive_matching_keeps_user_names(synthetic):

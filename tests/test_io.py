@@ -8,7 +8,7 @@ import pytest
 import scipy.sparse as sp
 
 from napari_spatial_impute import InputError
-from napari_spatial_impute.io import (
+from napari_spatial_impute.io.files import (
     describe_values,
     find_fov_key,
     fov_labels,

@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from napari_spatial_impute._writer import layers_to_anndata
-from napari_spatial_impute.explore import PREDICTED_ROLE, ROLE_KEY, ROWS_KEY
-from napari_spatial_impute.layers import (
+from napari_spatial_impute.plugin.writer import layers_to_anndata
+from napari_spatial_impute.viz.explore import PREDICTED_ROLE, ROLE_KEY, ROWS_KEY
+from napari_spatial_impute.viz.layers import (
     CELL_COLUMN,
     META_KEY,
     beside_transform,

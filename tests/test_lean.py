@@ -9,9 +9,9 @@ import torch
 
 import napari_spatial_impute as nsi
 from napari_spatial_impute import InputError
-from napari_spatial_impute.candidates import candidate_pairs, merge_pairs
-from napari_spatial_impute.objective import Weights, tangram_loss
-from napari_spatial_impute.sparse_objective import CandidateObjective
+from napari_spatial_impute.core.engine.candidates import candidate_pairs, merge_pairs
+from napari_spatial_impute.core.engine.lean import CandidateObjective
+from napari_spatial_impute.core.engine.objective import Weights, tangram_loss
 
 
 def test_candidate_pairs_cover_every_cell_and_are_sorted():
@@ -23,7 +23,7 @@ def test_candidate_pairs_cover_every_cell_and_are_sorted():
     assert set(rows.tolist()) == set(range(40))  # reverse candidates: every reference cell
     assert torch.all(torch.bincount(cols, minlength=30) >= 5)
     # the chosen candidates of spatial cell 0 are its most similar reference cells
-    from napari_spatial_impute.candidates import _normalised
+    from napari_spatial_impute.core.engine.candidates import _normalised
 
     sim = _normalised(G)[0] @ _normalised(S).t()
     best = set(torch.topk(sim, 5).indices.tolist())

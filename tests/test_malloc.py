@@ -8,13 +8,12 @@ import sys
 
 import pytest
 
-from napari_spatial_impute import _malloc
+from napari_spatial_impute.core.engine import memory as _malloc
 
 # Run in a fresh interpreter: the heap of a long test session is in an arbitrary state.
 _PROBE = """
 import json, resource, torch
-from napari_spatial_impute import _malloc
-
+from napari_spatial_impute.core.engine import memory as _malloc
 def faults(n=6):
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     for _ in range(n):

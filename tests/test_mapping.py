@@ -9,7 +9,8 @@ import pytest
 import torch
 
 import napari_spatial_impute as nsi
-from napari_spatial_impute import InputError, MappingCancelled, MemoryEstimateError, resources
+from napari_spatial_impute import InputError, MappingCancelled, MemoryEstimateError
+from napari_spatial_impute.core.engine import resources
 
 
 def test_seeded_runs_are_reproducible(synthetic):
@@ -151,8 +152,7 @@ def test_early_stopping_with_tol(synthetic):
 
 
 def test_auto_engine_picks_by_size(synthetic, monkeypatch):
-    from napari_spatial_impute import mapping
-
+    from napari_spatial_impute.core import mapping
     ref, spa = synthetic
     assert nsi.map_cells_to_space(ref, spa, epochs=2).params["engine"] == "exact"
     monkeypatch.setattr(mapping, "AUTO_LEAN_ENTRIES", 100)

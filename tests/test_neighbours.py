@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import napari_spatial_impute as nsi
-from napari_spatial_impute.neighbours import (
+from napari_spatial_impute.core.neighbours import (
     MEMBERS,
     Member,
     effective_k,
@@ -55,7 +55,7 @@ def test_similarity_values_log_normalise_raw_counts():
 
 def test_neighbours_beat_tangram_on_held_out_genes(merfish_pair):
     """Log-normalised data, 5 folds over genes: the default beats the Tangram projection."""
-    from napari_spatial_impute.preprocess import apply_transform
+    from napari_spatial_impute.core.preprocess import apply_transform
 
     ref, spa = merfish_pair
     ref = ref.copy()
@@ -85,7 +85,7 @@ def test_one_cell_sets_give_finite_row_stochastic_weights():
 def test_zscore_of_a_constant_column_is_zero():
     """A constant 7.7 column's float32 mean is not exactly 7.7: the residue over its own tiny
     standard deviation gave z-scores of about +-1 instead of 0."""
-    from napari_spatial_impute.neighbours import _zscore
+    from napari_spatial_impute.core.neighbours import _zscore
 
     X = torch.tensor([[7.7, 1.0], [7.7, 2.0], [7.7, 3.0], [7.7, 5.0], [7.7, 0.0], [7.7, 1.0], [7.7, 2.0]])
     Z = _zscore(X)
@@ -129,7 +129,7 @@ import sys
 import anndata as ad
 import numpy as np
 from napari_spatial_impute.cli import main
-from napari_spatial_impute.datasets import bundled_paths
+from napari_spatial_impute.io.datasets import bundled_paths
 
 ref, spa = bundled_paths()
 main(["map", "-r", str(ref), "-s", str(spa), "--cluster-key", "cell_type", "--epochs", "5",

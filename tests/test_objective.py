@@ -6,7 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from napari_spatial_impute.objective import BlockAdam, DenseObjective, Weights, tangram_loss
+from napari_spatial_impute.core.engine.objective import (
+    BlockAdam,
+    DenseObjective,
+    Weights,
+    tangram_loss,
+)
 
 
 def _data(n=30, s=25, g=8, seed=0):
@@ -85,7 +90,8 @@ def test_block_adam_matches_torch_adam():
 @pytest.mark.parametrize("clusters", [False, True])
 def test_fused_kernel_matches_torch_path(monkeypatch, weights, clusters):
     """The numba softmax-backward + Adam kernel and the torch operations take the same steps."""
-    from napari_spatial_impute import _kernels, objective
+    from napari_spatial_impute.core.engine import kernels as _kernels
+    from napari_spatial_impute.core.engine import objective
 
     if not _kernels.available():
         pytest.skip("numba is not importable here; the engine uses its torch path")

@@ -18,8 +18,8 @@ def test_import_does_not_load_torch():
 def test_public_names_and_submodules_resolve():
     for name in nsi.__all__:
         assert getattr(nsi, name) is not None, name
-    assert nsi.map_cells_to_space.__module__ == "napari_spatial_impute.mapping"
-    assert nsi.datasets.load_merfish_hypothalamus is nsi.load_merfish_hypothalamus
+    assert nsi.map_cells_to_space.__module__ == "napari_spatial_impute.core.mapping"
+    assert nsi.io.datasets.load_merfish_hypothalamus is nsi.load_merfish_hypothalamus
     assert set(nsi.__all__) <= set(dir(nsi))
     try:
         nsi.not_a_name  # noqa: B018

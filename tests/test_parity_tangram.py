@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import napari_spatial_impute as nsi
-from napari_spatial_impute.objective import DenseObjective, Weights
+from napari_spatial_impute.core.engine.objective import DenseObjective, Weights
 
 tg = pytest.importorskip("tangram", reason="tangram-sc is a dev/bench extra: pip install -e '.[dev]'")
 logging.getLogger().setLevel(logging.WARNING)

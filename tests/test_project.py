@@ -7,7 +7,7 @@ import pytest
 
 import napari_spatial_impute as nsi
 from napari_spatial_impute import InputError
-from napari_spatial_impute.project import mapped_units, top_mapped_units
+from napari_spatial_impute.core.project import mapped_units, top_mapped_units
 
 
 @pytest.fixture

@@ -42,7 +42,7 @@ from hypothesis import strategies as st
 
 import napari_spatial_impute as nsi
 from napari_spatial_impute import InputError
-from napari_spatial_impute.neighbours import neighbour_weights
+from napari_spatial_impute.core.neighbours import neighbour_weights
 
 _COMMON = dict(
     deadline=None,
@@ -259,7 +259,7 @@ def test_chunked_write_matches_the_result_in_memory(data, chunk, mode):
     """write_result gene chunk by gene chunk gives the in-memory result's values and intervals."""
     import tempfile
 
-    from napari_spatial_impute.result import write_result
+    from napari_spatial_impute.core.export import write_result
 
     ref, spa, _ = data
     got = _map_or_input_error(ref, spa, mode=mode, cluster_key="cell_type", epochs=3, seed=0, engine="exact")

@@ -9,10 +9,10 @@ import pandas as pd
 import pytest
 
 from napari_spatial_impute import map_cells_to_space
-from napari_spatial_impute._reader import napari_get_reader
-from napari_spatial_impute._sample_data import merfish_mapping, merfish_pair
-from napari_spatial_impute._writer import write_points_h5ad
-from napari_spatial_impute.layers import META_KEY, source_adata
+from napari_spatial_impute.plugin.reader import napari_get_reader
+from napari_spatial_impute.plugin.samples import merfish_mapping, merfish_pair
+from napari_spatial_impute.plugin.writer import write_points_h5ad
+from napari_spatial_impute.viz.layers import META_KEY, source_adata
 
 
 @pytest.fixture(scope="module")
@@ -135,8 +135,7 @@ def test_sample_data_returns_layers(tmp_path, monkeypatch):
 
 
 def test_sample_umap_is_cached(tmp_path, monkeypatch, merfish_pair):
-    from napari_spatial_impute import _sample_data
-
+    from napari_spatial_impute.plugin import samples as _sample_data
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     ref = merfish_pair[0].copy()
     calls = []

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 import napari_spatial_impute as nsi
-from napari_spatial_impute.result import UNS_KEY, history_frame, training_genes_frame
+from napari_spatial_impute.io.schema import UNS_KEY, history_frame, training_genes_frame
 
 
 def test_result_layout_and_round_trip(merfish, tmp_path):
@@ -74,7 +74,7 @@ def test_dropped_gene_still_imputed(synthetic):
 
 
 def test_chunked_write_equals_in_memory(merfish, tmp_path):
-    from napari_spatial_impute.result import write_result
+    from napari_spatial_impute.core.export import write_result
 
     ref, spa = merfish
     r = nsi.map_cells_to_space(ref, spa, cluster_key="cell_type", epochs=20)

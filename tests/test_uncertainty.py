@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 import napari_spatial_impute as nsi
-from napari_spatial_impute import evaluate
-from napari_spatial_impute.uncertainty import _conformal_quantile, intervals, reliability
+from napari_spatial_impute.core import evaluate
+from napari_spatial_impute.core.uncertainty import _conformal_quantile, intervals, reliability
 
 
 @pytest.fixture
@@ -85,8 +85,7 @@ def test_reliability_for_every_gene(result):
 
 
 def test_calibration_on_a_cell_subset(synthetic, monkeypatch):
-    from napari_spatial_impute import uncertainty
-
+    from napari_spatial_impute.core import uncertainty
     ref, spa = synthetic
     monkeypatch.setattr(uncertainty, "MAX_CALIBRATION_CELLS", 15)
     r = nsi.map_cells_to_space(ref, spa, epochs=5)
@@ -97,7 +96,7 @@ def test_calibration_on_a_cell_subset(synthetic, monkeypatch):
 
 
 def test_platform_scale():
-    from napari_spatial_impute.uncertainty import platform_scale
+    from napari_spatial_impute.core.uncertainty import platform_scale
 
     rng = np.random.default_rng(0)
     pred = rng.random((50, 6)) + 0.1

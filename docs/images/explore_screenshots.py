@@ -18,13 +18,13 @@ import scanpy as sc
 from qtpy.QtWidgets import QApplication
 
 from napari_spatial_impute import cross_validate, load_merfish_hypothalamus, map_cells_to_space
-from napari_spatial_impute._model import get_model
-from napari_spatial_impute._qt.diagnostics_widget import DiagnosticsWidget
-from napari_spatial_impute._qt.explore_widget import ExploreWidget
-from napari_spatial_impute._qt.image_widget import ImageWidget
-from napari_spatial_impute._qt.linking import get_link_controller
-from napari_spatial_impute.datasets import shared_data_dir
-from napari_spatial_impute.explore import cluster_colors
+from napari_spatial_impute.io.datasets import shared_data_dir
+from napari_spatial_impute.plugin.model import get_model
+from napari_spatial_impute.plugin.widgets.diagnostics_widget import DiagnosticsWidget
+from napari_spatial_impute.plugin.widgets.explore_widget import ExploreWidget
+from napari_spatial_impute.plugin.widgets.image_widget import ImageWidget
+from napari_spatial_impute.plugin.widgets.linking import get_link_controller
+from napari_spatial_impute.viz.explore import cluster_colors
 
 OUT = Path(__file__).resolve().parent
 warnings.simplefilter("ignore")
@@ -205,7 +205,7 @@ def main() -> None:
 
     # 7. CosMx: two FOVs, label images aligned to the spatial data (before any mapping)
     if data is not None and (data / "cosmx_lung" / "CellLabels_F002.tif").exists():
-        from napari_spatial_impute.explore import coords_yx
+        from napari_spatial_impute.viz.explore import coords_yx
 
         cspa = ad.read_h5ad(data / "cosmx_lung" / "spatial.h5ad")
         viewer3 = napari.Viewer(show=True, title="napari-spatial-impute: CosMx")

@@ -12,7 +12,7 @@ from pathlib import Path
 import napari
 from qtpy.QtWidgets import QApplication
 
-from napari_spatial_impute.datasets import bundled_paths, shared_data_dir
+from napari_spatial_impute.io.datasets import bundled_paths, shared_data_dir
 
 OUT = Path(__file__).resolve().parent
 

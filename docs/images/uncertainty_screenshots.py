@@ -20,9 +20,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from explore_screenshots import OUT, merfish, save, settle  # noqa: E402
 
 from napari_spatial_impute import cross_validate  # noqa: E402
-from napari_spatial_impute._model import get_model  # noqa: E402
-from napari_spatial_impute._qt.diagnostics_widget import DiagnosticsWidget  # noqa: E402
-from napari_spatial_impute._qt.explore_widget import ExploreWidget  # noqa: E402
+from napari_spatial_impute.plugin.model import get_model  # noqa: E402
+from napari_spatial_impute.plugin.widgets.diagnostics_widget import DiagnosticsWidget  # noqa: E402
+from napari_spatial_impute.plugin.widgets.explore_widget import ExploreWidget  # noqa: E402
 
 warnings.simplefilter("ignore")
 

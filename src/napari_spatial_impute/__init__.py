@@ -14,9 +14,9 @@ The science core is plain Python/torch (no Qt)::
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
 from typing import TYPE_CHECKING, Any
+
+from napari_spatial_impute._version import __version__
 
 # Public names, imported on first use: napari's plugin discovery and the CLI's start-up (where a
 # Ctrl-C must give one line, not a traceback) import this package without paying for torch.
@@ -25,35 +25,50 @@ _EXPORTS: dict[str, str] = {
     "InputWarning": "._errors",
     "MappingCancelled": "._errors",
     "MemoryEstimateError": "._errors",
-    "load_merfish_hypothalamus": ".datasets",
-    "EpochInfo": ".engine",
-    "TangramMapper": ".engine",
-    "cross_validate": ".evaluate",
-    "summarize_cv": ".evaluate",
-    "validate_cell_types": ".evaluate",
-    "GenePlan": ".genes",
-    "plan_genes": ".genes",
-    "find_fov_key": ".io",
-    "read_h5ad": ".io",
-    "validate_adata": ".io",
-    "write_h5ad_atomic": ".io",
-    "MappingResult": ".mapping",
-    "map_cells_to_space": ".mapping",
-    "project_cell_annotations": ".project",
-    "project_genes": ".project",
-    "result_to_anndata": ".result",
+    "load_merfish_hypothalamus": ".io.datasets",
+    "EpochInfo": ".core.engine.mapper",
+    "TangramMapper": ".core.engine.mapper",
+    "cross_validate": ".core.evaluate",
+    "summarize_cv": ".core.evaluate",
+    "validate_cell_types": ".core.evaluate",
+    "GenePlan": ".core.genes",
+    "plan_genes": ".core.genes",
+    "find_fov_key": ".io.files",
+    "read_h5ad": ".io.files",
+    "validate_adata": ".io.files",
+    "write_h5ad_atomic": ".io.files",
+    "MappingResult": ".core.result",
+    "map_cells_to_space": ".core.mapping",
+    "project_cell_annotations": ".core.project",
+    "project_genes": ".core.project",
+    "result_to_anndata": ".core.export",
 }
 
 if TYPE_CHECKING:
-    from ._errors import InputError, InputWarning, MappingCancelled, MemoryEstimateError
-    from .datasets import load_merfish_hypothalamus
-    from .engine import EpochInfo, TangramMapper
-    from .evaluate import cross_validate, summarize_cv, validate_cell_types
-    from .genes import GenePlan, plan_genes
-    from .io import find_fov_key, read_h5ad, validate_adata, write_h5ad_atomic
-    from .mapping import MappingResult, map_cells_to_space
-    from .project import project_cell_annotations, project_genes
-    from .result import result_to_anndata
+    from napari_spatial_impute._errors import (
+        InputError,
+        InputWarning,
+        MappingCancelled,
+        MemoryEstimateError,
+    )
+    from napari_spatial_impute.core.engine.mapper import EpochInfo, TangramMapper
+    from napari_spatial_impute.core.evaluate import (
+        cross_validate,
+        summarize_cv,
+        validate_cell_types,
+    )
+    from napari_spatial_impute.core.export import result_to_anndata
+    from napari_spatial_impute.core.genes import GenePlan, plan_genes
+    from napari_spatial_impute.core.mapping import map_cells_to_space
+    from napari_spatial_impute.core.project import project_cell_annotations, project_genes
+    from napari_spatial_impute.core.result import MappingResult
+    from napari_spatial_impute.io.datasets import load_merfish_hypothalamus
+    from napari_spatial_impute.io.files import (
+        find_fov_key,
+        read_h5ad,
+        validate_adata,
+        write_h5ad_atomic,
+    )
 
 
 def __getattr__(name: str) -> Any:

@@ -15,7 +15,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ._errors import CommittedInterrupt, InputError, InputWarning, MappingCancelled
+from napari_spatial_impute._errors import (
+    CommittedInterrupt,
+    InputError,
+    InputWarning,
+    MappingCancelled,
+)
 
 PROG = "napari-spatial-impute"
 
@@ -156,7 +161,7 @@ def _same_file(a: Path, b: Path) -> bool:
 
 
 def _gene_arg(value: str | None) -> str | list[str] | None:
-    from .genes import read_gene_list
+    from napari_spatial_impute.core.genes import read_gene_list
 
     if value is None or value in ("overlap", "markers"):
         return value
@@ -168,8 +173,8 @@ def _gene_arg(value: str | None) -> str | list[str] | None:
 
 
 def cmd_map(args: argparse.Namespace) -> int:
-    from .io import find_fov_key, read_h5ad
-    from .mapping import map_cells_to_space
+    from napari_spatial_impute.core.mapping import map_cells_to_space
+    from napari_spatial_impute.io.files import find_fov_key, read_h5ad
 
     out = _check_out(args.out, ".h5ad", [args.reference, args.spatial, args.genes, args.impute])
     reference = read_h5ad(args.reference, "reference")
@@ -178,7 +183,7 @@ def cmd_map(args: argparse.Namespace) -> int:
     genes = _gene_arg(args.genes)
     impute = _gene_arg(args.impute) if args.impute else None
     if isinstance(impute, list):
-        from .genes import resolve_gene_names
+        from napari_spatial_impute.core.genes import resolve_gene_names
 
         resolve_gene_names(reference.var_names, impute)  # refuse unknown genes before the mapping
     bar = _Progress(args.epochs, "mapping")
@@ -188,7 +193,7 @@ def cmd_map(args: argparse.Namespace) -> int:
         )
     finally:
         bar.close()
-    from .result import write_result
+    from napari_spatial_impute.core.export import write_result
 
     adata = write_result(
         result, out, genes=impute if isinstance(impute, list) else None, method=args.projection,
@@ -207,8 +212,8 @@ def cmd_map(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .evaluate import cross_validate, summarize_cv
-    from .io import read_h5ad
+    from napari_spatial_impute.core.evaluate import cross_validate, summarize_cv
+    from napari_spatial_impute.io.files import read_h5ad
 
     out = _check_out(args.out, ".csv", [args.reference, args.spatial])
     reference = read_h5ad(args.reference, "reference")
@@ -237,17 +242,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _write_csv_atomic(df: Any, out: Path) -> None:
-    from .io import atomic_output
+    from napari_spatial_impute.io.files import atomic_output
 
     with atomic_output(out) as tmp:
         df.to_csv(tmp, index=False)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .datasets import load_merfish_hypothalamus
-    from .evaluate import cross_validate, summarize_cv
-    from .io import write_h5ad_atomic
-    from .mapping import map_cells_to_space
+    from napari_spatial_impute.core.evaluate import cross_validate, summarize_cv
+    from napari_spatial_impute.core.mapping import map_cells_to_space
+    from napari_spatial_impute.io.datasets import load_merfish_hypothalamus
+    from napari_spatial_impute.io.files import write_h5ad_atomic
 
     if args.out is None:
         folder = Path(tempfile.gettempdir()) / "napari-spatial-impute-demo"
@@ -280,7 +285,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
               f"mean {s['mean_pearson']:.3f}; 90% intervals cover {100 * s.get('mean_coverage_90', float('nan')):.1f}%")
     print(f"wrote {out}")
     if args.view:
-        from .viewer import open_result_in_napari
+        from napari_spatial_impute.plugin.viewer import open_result_in_napari
 
         open_result_in_napari(out, reference=reference)
     return 0

@@ -30,7 +30,7 @@ def merfish_with_fovs() -> tuple[ad.AnnData, ad.AnnData, ad.AnnData]:
 
 def load_into(viewer, with_cv: bool = False):
     """Put the reference, spatial data, keys and result into the viewer's model."""
-    from napari_spatial_impute._model import get_model
+    from napari_spatial_impute.plugin.model import get_model
 
     ref, spa, res = merfish_with_fovs()
     model = get_model(viewer)

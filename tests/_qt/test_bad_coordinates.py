@@ -7,7 +7,7 @@ import pytest
 from napari.utils.notifications import NotificationSeverity, notification_manager
 
 from napari_spatial_impute import InputError
-from napari_spatial_impute._qt._sync import viewer_model
+from napari_spatial_impute.plugin.sync import viewer_model
 
 
 def _new_errors(n_before):
@@ -25,8 +25,8 @@ def _with_nan(adata, key="spatial", rows=(3, 10)):
 
 
 def test_layer_builders_name_the_cells_and_the_fix(merfish):
-    from napari_spatial_impute.explore import coords_yx, default_point_size
-    from napari_spatial_impute.layers import reference_layer, spatial_layers
+    from napari_spatial_impute.viz.explore import coords_yx, default_point_size
+    from napari_spatial_impute.viz.layers import reference_layer, spatial_layers
 
     ref, spa = merfish
     _with_nan(spa)
@@ -46,7 +46,7 @@ def test_layer_builders_name_the_cells_and_the_fix(merfish):
 
 
 def test_reader_reports_nan_coordinates_without_a_traceback(make_napari_viewer_proxy, tmp_path, merfish):
-    from napari_spatial_impute._reader import read_h5ad_layers
+    from napari_spatial_impute.plugin.reader import read_h5ad_layers
 
     ref, spa = merfish
     good = tmp_path / "good.h5ad"
@@ -68,7 +68,7 @@ def test_reader_reports_nan_coordinates_without_a_traceback(make_napari_viewer_p
 def test_explore_reports_nan_coordinates(make_napari_viewer_proxy, qtbot):
     from _explore_data import load_into
 
-    from napari_spatial_impute._qt.explore_widget import ExploreWidget
+    from napari_spatial_impute.plugin.widgets.explore_widget import ExploreWidget
 
     viewer = make_napari_viewer_proxy()
     model = load_into(viewer)
@@ -85,7 +85,7 @@ def test_explore_reports_nan_coordinates(make_napari_viewer_proxy, qtbot):
 
 
 def test_load_widget_reports_nan_umap(make_napari_viewer_proxy, qtbot, tmp_path, merfish):
-    from napari_spatial_impute._qt.load_widget import LoadWidget
+    from napari_spatial_impute.plugin.widgets.load_widget import LoadWidget
 
     viewer = make_napari_viewer_proxy()
     w = LoadWidget(viewer)

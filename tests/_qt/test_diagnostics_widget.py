@@ -7,7 +7,7 @@ import pytest
 from _explore_data import cv_table, load_into
 from qtpy.QtCore import Qt
 
-from napari_spatial_impute._qt.diagnostics_widget import DiagnosticsWidget
+from napari_spatial_impute.plugin.widgets.diagnostics_widget import DiagnosticsWidget
 
 
 @pytest.fixture
@@ -157,14 +157,14 @@ def test_open_cv_csv(widget, tmp_path, monkeypatch):
     table = w.open_cv_table(str(tmp_path / "cv.csv"))
     assert len(table) == len(cv) and w.cv_table.rowCount() == len(cv)
     seen = []
-    monkeypatch.setattr("napari_spatial_impute._qt.diagnostics_widget.notify_error", seen.append)
+    monkeypatch.setattr("napari_spatial_impute.plugin.widgets.diagnostics_widget.notify_error", seen.append)
     (tmp_path / "bad.csv").write_text("a,b\n1,2\n")
     assert w.open_cv_table(str(tmp_path / "bad.csv")) is None
     assert seen and ("gene" in str(seen[0]) or "pearson" in str(seen[0]))
 
 
 def test_cv_kwargs_from_result_params(widget):
-    from napari_spatial_impute._qt._cv_worker import cv_kwargs
+    from napari_spatial_impute.plugin.cv_worker import cv_kwargs
 
     viewer, model, w = widget
     kw = cv_kwargs(model.result.uns["spatial_impute"]["params"], 7)
@@ -177,7 +177,7 @@ def test_cv_kwargs_from_result_params(widget):
 def test_cv_error_is_notified(widget, qtbot, monkeypatch):
     viewer, model, w = widget
     seen = []
-    monkeypatch.setattr("napari_spatial_impute._qt.diagnostics_widget.notify_error", seen.append)
+    monkeypatch.setattr("napari_spatial_impute.plugin.widgets.diagnostics_widget.notify_error", seen.append)
     spa = model.spatial.copy()
     del spa.obsm["spatial"]  # the engine refuses spatial data without coordinates
     model.set_spatial(spa)
@@ -191,13 +191,13 @@ def test_result_without_clusters(make_napari_viewer_proxy, qtbot, monkeypatch):
     from _explore_data import merfish_with_fovs
 
     from napari_spatial_impute import map_cells_to_space
-    from napari_spatial_impute._model import get_model
+    from napari_spatial_impute.plugin.model import get_model
 
     ref, spa, _ = merfish_with_fovs()
     res = map_cells_to_space(ref, spa, epochs=5).to_anndata()
     viewer = make_napari_viewer_proxy()
     seen = []
-    monkeypatch.setattr("napari_spatial_impute._qt.diagnostics_widget.notify_error", seen.append)
+    monkeypatch.setattr("napari_spatial_impute.plugin.widgets.diagnostics_widget.notify_error", seen.append)
     w = DiagnosticsWidget(viewer)
     qtbot.addWidget(w)
     get_model(viewer).set_result(res)
@@ -205,7 +205,7 @@ def test_result_without_clusters(make_napari_viewer_proxy, qtbot, monkeypatch):
     assert "no cell types" in w.val_fig.axes[0].texts[0].get_text()
     assert len([ax for ax in w.train_fig.axes if ax.axison]) == 5
     # the Explore widget works too, without cluster controls or cluster hover text
-    from napari_spatial_impute._qt.explore_widget import ExploreWidget
+    from napari_spatial_impute.plugin.widgets.explore_widget import ExploreWidget
 
     ex = ExploreWidget(viewer)
     qtbot.addWidget(ex)

@@ -8,11 +8,11 @@ from _explore_data import cv_table, load_into
 from napari.utils.colormaps import ensure_colormap
 from qtpy.QtCore import Qt
 
-from napari_spatial_impute._qt.diagnostics_widget import DiagnosticsWidget
-from napari_spatial_impute._qt.explore_widget import ExploreWidget
-from napari_spatial_impute._qt.uncertainty_controls import MASK_KEY, WIDE_COLUMN
-from napari_spatial_impute.explore import robust_limits, values
-from napari_spatial_impute.explore_uncertainty import GREY
+from napari_spatial_impute.plugin.widgets.diagnostics_widget import DiagnosticsWidget
+from napari_spatial_impute.plugin.widgets.explore_widget import ExploreWidget
+from napari_spatial_impute.plugin.widgets.uncertainty_controls import MASK_KEY, WIDE_COLUMN
+from napari_spatial_impute.viz.explore import robust_limits, values
+from napari_spatial_impute.viz.intervals import GREY
 
 
 def strip_uncertainty(result):

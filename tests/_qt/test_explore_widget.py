@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from _explore_data import load_into
 
-from napari_spatial_impute._qt.explore_widget import ExploreWidget
-from napari_spatial_impute.explore import robust_limits, values
+from napari_spatial_impute.plugin.widgets.explore_widget import ExploreWidget
+from napari_spatial_impute.viz.explore import robust_limits, values
 
 
 @pytest.fixture
@@ -123,7 +123,7 @@ def test_one_fov_cluster_and_predicted(widget):
 def test_unknown_gene_is_notified_not_added(widget, monkeypatch):
     viewer, model, w = widget
     seen = []
-    monkeypatch.setattr("napari_spatial_impute._qt.layer_ops.show_error", seen.append)
+    monkeypatch.setattr("napari_spatial_impute.plugin.widgets.layer_ops.show_error", seen.append)
     assert w.show_gene("NotAGene") == []
     assert len(viewer.layers) == 0
     assert seen and "NotAGene" in seen[0] and "\n" not in seen[0]
@@ -183,14 +183,14 @@ def test_rendered_points_are_colour_mapped(make_napari_viewer, qtbot):
 
 def test_large_fovs_build_in_a_worker(widget, qtbot, monkeypatch):
     viewer, model, w = widget
-    monkeypatch.setattr("napari_spatial_impute._qt.explore_widget.ASYNC_CELLS", 10)
+    monkeypatch.setattr("napari_spatial_impute.plugin.widgets.explore_widget.ASYNC_CELLS", 10)
     assert w.show_gene("Gad1") == []  # returns at once, the layers come later
     assert not w.gene_button.isEnabled()
     qtbot.waitUntil(lambda: len(viewer.layers) == 4 and w.gene_button.isEnabled(), timeout=20_000)
     assert w.status.text() == "Gad1: 4 layers"
     # an error in the worker is a notification and adds nothing
     seen = []
-    monkeypatch.setattr("napari_spatial_impute._qt.explore_widget.notify_error", seen.append)
+    monkeypatch.setattr("napari_spatial_impute.plugin.widgets.explore_widget.notify_error", seen.append)
     w.show_gene("NotAGene")
     qtbot.waitUntil(lambda: bool(seen) and w.gene_button.isEnabled(), timeout=20_000)
     assert "NotAGene" in str(seen[0])
@@ -255,8 +255,8 @@ def test_second_result_keeps_the_first_results_layers(widget, tmp_path):
     the new result, renamed, and a warning says so."""
     from napari.utils.notifications import NotificationSeverity, notification_manager
 
-    from napari_spatial_impute._qt._sync import connect_model
-    from napari_spatial_impute.explore import ROWS_KEY
+    from napari_spatial_impute.plugin.sync import connect_model
+    from napari_spatial_impute.viz.explore import ROWS_KEY
 
     viewer, model, w = widget
     connect_model(viewer)  # as the plugin's reader does: opened results reach the model

@@ -10,10 +10,10 @@ import pytest
 import tifffile
 from _explore_data import load_into
 
-from napari_spatial_impute._model import get_model
-from napari_spatial_impute._qt.image_widget import ImageWidget
-from napari_spatial_impute.datasets import shared_data_dir
-from napari_spatial_impute.explore import coords_yx, fov_rows, values
+from napari_spatial_impute.io.datasets import shared_data_dir
+from napari_spatial_impute.plugin.model import get_model
+from napari_spatial_impute.plugin.widgets.image_widget import ImageWidget
+from napari_spatial_impute.viz.explore import coords_yx, fov_rows, values
 
 DATA = shared_data_dir() or Path("/nonexistent-shared-data")
 
@@ -114,7 +114,7 @@ def test_bad_file_is_notified(widget, tmp_path, monkeypatch):
     viewer, model, w, path, rows = widget
     seen = []
     monkeypatch.setattr(
-        "napari_spatial_impute._qt.image_widget.notify_error", lambda e: seen.append(str(e))
+        "napari_spatial_impute.plugin.widgets.image_widget.notify_error", lambda e: seen.append(str(e))
     )
     bad = tmp_path / "x.tif"
     bad.write_text("not an image")
@@ -161,7 +161,7 @@ def test_iss_ca1_real_label_image(make_napari_viewer_proxy, qtbot):
 def test_cosmx_offsets_and_fit_agree():
     import anndata as ad
 
-    from napari_spatial_impute.image_link import (
+    from napari_spatial_impute.viz.image_link import (
         alignment_from_offset,
         fit_alignment,
         label_ids_from_names,

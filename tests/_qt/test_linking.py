@@ -6,13 +6,17 @@ import numpy as np
 import pytest
 from _explore_data import add_reference_layer, load_into
 
-from napari_spatial_impute._qt.explore_widget import ExploreWidget
-from napari_spatial_impute._qt.linking import (
+from napari_spatial_impute.plugin.widgets.explore_widget import ExploreWidget
+from napari_spatial_impute.plugin.widgets.linking import (
     REFERENCE_HIGHLIGHT,
     SPATIAL_HIGHLIGHT,
     get_link_controller,
 )
-from napari_spatial_impute.explore import reference_weights, spatial_rows_for_reference, unit_matrix
+from napari_spatial_impute.viz.explore import (
+    reference_weights,
+    spatial_rows_for_reference,
+    unit_matrix,
+)
 
 
 @pytest.fixture
@@ -139,7 +143,7 @@ def test_clusters_mode_units(setup):
 def test_core_layers_take_part(setup, qtbot):
     """The core plugin's layers (``layers.py``): reference UMAP and plain spatial layers link too."""
     viewer, model, w = setup
-    from napari_spatial_impute.layers import reference_layer, spatial_layers
+    from napari_spatial_impute.viz.layers import reference_layer, spatial_layers
 
     ref = model.reference.copy()
     ref.obsm["X_umap"] = np.random.default_rng(0).random((ref.n_obs, 2)) * 10

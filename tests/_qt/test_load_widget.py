@@ -6,10 +6,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from napari_spatial_impute._qt._sync import viewer_model
-from napari_spatial_impute._qt.load_widget import FROM_FILE, NONE, LoadWidget, data_summary
-from napari_spatial_impute.datasets import bundled_paths
-from napari_spatial_impute.layers import plugin_meta
+from napari_spatial_impute.io.datasets import bundled_paths
+from napari_spatial_impute.plugin.sync import viewer_model
+from napari_spatial_impute.plugin.widgets.load_widget import (
+    FROM_FILE,
+    NONE,
+    LoadWidget,
+    data_summary,
+)
+from napari_spatial_impute.viz.layers import plugin_meta
 
 
 def _wait(qtbot, worker, timeout=180_000):
@@ -100,9 +105,9 @@ def test_fov_layers_and_recolouring(viewer_widget, qtbot, merfish):
 
 def test_data_from_plugin_layers(viewer_widget, qtbot):
     viewer, w = viewer_widget
-    from napari_spatial_impute._reader import read_h5ad_layers  # noqa: F401  (reader import works)
-    from napari_spatial_impute.datasets import load_merfish_hypothalamus
-    from napari_spatial_impute.layers import spatial_layers
+    from napari_spatial_impute.io.datasets import load_merfish_hypothalamus
+    from napari_spatial_impute.plugin.reader import read_h5ad_layers  # noqa: F401  (reader import works)
+    from napari_spatial_impute.viz.layers import spatial_layers
 
     _, spa = load_merfish_hypothalamus()
     for data, kw, _ in spatial_layers(spa, name="opened"):
@@ -166,7 +171,7 @@ def _load(qtbot, w):
 def test_load_again_replaces_its_layers(viewer_widget, qtbot, tmp_path, merfish):
     """Issue 10 (8): pressing Load again duplicated every layer (``spatial [slice1] [1]``,
     ``reference UMAP [1]``); layers are now replaced, found by metadata, not by name."""
-    from napari_spatial_impute._reader import read_h5ad_layers
+    from napari_spatial_impute.plugin.reader import read_h5ad_layers
 
     viewer, w = viewer_widget
     ref_path, sp_path = _write_pair(tmp_path, merfish)
@@ -198,8 +203,8 @@ def test_load_again_replaces_its_layers(viewer_widget, qtbot, tmp_path, merfish)
 
 def test_layer_choice_survives_renaming(viewer_widget, qtbot):
     viewer, w = viewer_widget
-    from napari_spatial_impute.datasets import load_merfish_hypothalamus
-    from napari_spatial_impute.layers import spatial_layers
+    from napari_spatial_impute.io.datasets import load_merfish_hypothalamus
+    from napari_spatial_impute.viz.layers import spatial_layers
 
     _, spa = load_merfish_hypothalamus()
     for data, kw, _ in spatial_layers(spa, name="opened"):

@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from napari_spatial_impute._qt._sync import viewer_model
-from napari_spatial_impute._qt.map_widget import MapWidget
-from napari_spatial_impute.layers import META_KEY, plugin_meta
+from napari_spatial_impute.plugin.sync import viewer_model
+from napari_spatial_impute.plugin.widgets.map_widget import MapWidget
+from napari_spatial_impute.viz.layers import META_KEY, plugin_meta
 
 
 @pytest.fixture
@@ -158,7 +158,7 @@ def test_iter_mapping_generator(merfish):
     import threading
 
     from napari_spatial_impute import InputError
-    from napari_spatial_impute._qt._workers import Failed, guarded, iter_mapping
+    from napari_spatial_impute.plugin.workers import Failed, guarded, iter_mapping
 
     ref, spa = merfish
     gen = iter_mapping(
@@ -195,7 +195,7 @@ def test_throttled_sends_every_item_once_in_few_batches():
     import threading
     import time
 
-    from napari_spatial_impute._qt._workers import throttled
+    from napari_spatial_impute.plugin.workers import throttled
 
     done = object()
     q: queue.Queue = queue.Queue()
@@ -303,7 +303,7 @@ def test_failing_layers_do_not_lose_the_result(widget, qtbot, monkeypatch):
     def broken(*args, **kwargs):
         raise RecursionError("maximum recursion depth exceeded")
 
-    monkeypatch.setattr("napari_spatial_impute._qt.map_widget.Points", broken)
+    monkeypatch.setattr("napari_spatial_impute.plugin.widgets.map_widget.Points", broken)
     w.epochs.setValue(5)
     w.run()
     qtbot.waitUntil(lambda: w.worker is None, timeout=120_000)
@@ -316,7 +316,7 @@ def test_failing_layers_do_not_lose_the_result(widget, qtbot, monkeypatch):
 def test_rerun_replaces_its_own_layers_only(widget, qtbot):
     """Layers are found by metadata: a second run replaces the first run's layers (not by name),
     and a result layer this widget did not make (e.g. opened from a file) is left alone."""
-    from napari_spatial_impute.layers import spatial_layers
+    from napari_spatial_impute.viz.layers import spatial_layers
 
     viewer, w, model = widget
     w.epochs.setValue(5)

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_spatial_impute._qt._sync import viewer_model
-from napari_spatial_impute._qt.diagnostics_widget import DiagnosticsWidget
-from napari_spatial_impute._qt.explore_widget import ExploreWidget
+from napari_spatial_impute.plugin.sync import viewer_model
+from napari_spatial_impute.plugin.widgets.diagnostics_widget import DiagnosticsWidget
+from napari_spatial_impute.plugin.widgets.explore_widget import ExploreWidget
 
 OLD = Path(__file__).parents[1] / "data" / "result_v0.1.0.h5ad"
 

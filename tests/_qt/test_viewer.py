@@ -6,8 +6,8 @@ import napari
 import numpy as np
 
 from napari_spatial_impute import map_cells_to_space
-from napari_spatial_impute._qt._sync import viewer_model
-from napari_spatial_impute.viewer import DOCKED, open_result_in_napari
+from napari_spatial_impute.plugin.sync import viewer_model
+from napari_spatial_impute.plugin.viewer import DOCKED, open_result_in_napari
 
 
 def test_open_result_docks_widgets(make_napari_viewer, monkeypatch, tmp_path, merfish):

@@ -1,0 +1,1 @@
+"""The Tangram objective, its exact and lean engines, kernels and memory estimates."""

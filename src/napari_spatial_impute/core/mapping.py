@@ -1,0 +1,458 @@
+"""Learning the mapping between reference cells (or clusters) and spatial cells."""
+
+from __future__ import annotations
+
+import math
+import numbers
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from typing import Any, Literal
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import torch
+
+from napari_spatial_impute._errors import InputError, InputWarning
+from napari_spatial_impute.core.engine.candidates import candidate_pairs
+from napari_spatial_impute.core.engine.mapper import CancelFlag, EpochInfo, TangramMapper
+from napari_spatial_impute.core.engine.memory import reuse_freed_memory
+from napari_spatial_impute.core.engine.objective import Weights
+from napari_spatial_impute.core.engine.resources import (
+    check_fits,
+    estimate_dense_mapping,
+    estimate_lean_mapping,
+    resolve_device,
+)
+from napari_spatial_impute.core.genes import plan_genes
+from napari_spatial_impute.core.metrics import cosine_per_gene, gene_sparsity
+from napari_spatial_impute.core.neighbours import neighbour_weights, similarity_values
+from napari_spatial_impute.core.preprocess import (
+    Transform,
+    apply_transform,
+    check_transform,
+    cluster_profiles,
+    dense_columns,
+)
+from napari_spatial_impute.core.result import MappingResult
+from napari_spatial_impute.io.files import (
+    describe_values,
+    input_warnings,
+    validate_adata,
+    validate_spatial_coordinates,
+)
+
+Mode = Literal["cells", "clusters", "constrained"]
+Engine = Literal["exact", "lean", "auto"]
+ENGINES: tuple[str, ...] = ("exact", "lean", "auto")
+#: Dense mappings above this many entries use the lean engine when ``engine="auto"``.
+AUTO_LEAN_ENTRIES = 50_000_000
+MODES: tuple[str, ...] = ("cells", "clusters", "constrained")
+DENSITIES: tuple[str, ...] = ("uniform", "rna_count_based", "none")
+
+
+def density_prior(
+    spatial_values: ad.AnnData | np.ndarray, density: str | np.ndarray | Sequence[float] | None
+) -> tuple[np.ndarray | None, str]:
+    """Target density over spatial cells.
+
+    Parameters
+    ----------
+    spatial_values
+        Spatial data (for ``rna_count_based``: each cell's total over all its genes).
+    density
+        ``"uniform"``, ``"rna_count_based"``, ``"none"``/``None`` (no density term) or a vector
+        of non-negative weights, one per spatial cell (normalised to sum to 1).
+
+    Returns
+    -------
+    ``(d, name)``.
+    """
+    n = spatial_values.shape[0]
+    if density is None or (isinstance(density, str) and density == "none"):
+        return None, "none"
+    if isinstance(density, str):
+        if density == "uniform":
+            return np.full(n, 1.0 / n, dtype=np.float32), "uniform"
+        if density == "rna_count_based":
+            X = spatial_values.X if isinstance(spatial_values, ad.AnnData) else spatial_values
+            totals = np.asarray(X.sum(axis=1, dtype=np.float64)).ravel()
+            if totals.sum() <= 0:
+                raise InputError("rna_count_based density needs counts; the spatial data sums to 0.")
+            return (totals / totals.sum()).astype(np.float32), "rna_count_based"
+        raise InputError(
+            f"density {density!r} is not known; use 'uniform', 'rna_count_based', 'none' or a vector."
+        )
+    vec = np.asarray(density, dtype=np.float64).ravel()
+    if vec.shape[0] != n:
+        raise InputError(f"density vector has {vec.shape[0]} values; expected one per spatial cell ({n}).")
+    if not np.all(np.isfinite(vec)) or (vec < 0).any() or vec.sum() <= 0:
+        raise InputError("density vector must be finite, non-negative and not all zero.")
+    return (vec / vec.sum()).astype(np.float32), "custom"
+
+
+#: Largest seed accepted (numpy and torch both take seeds in 0 .. 2**32 - 1).
+MAX_SEED = 2**32 - 1
+
+
+def _check_settings(
+    *,
+    learning_rate: float,
+    lambda_g1: float,
+    lambda_g2: float,
+    lambda_d: float | None,
+    lambda_r: float,
+    lambda_count: float,
+    lambda_f_reg: float,
+    tol: float | None,
+    seed: int | None,
+    n_markers: int,
+    patience: int,
+    target_count: int | None,
+) -> None:
+    """Refuse settings that would crash or silently corrupt a run, one line each."""
+    if not (math.isfinite(learning_rate) and learning_rate > 0):
+        raise InputError(f"learning rate must be a positive number, got {learning_rate}; the default is 0.1.")
+    weights = {
+        "lambda_g1": lambda_g1, "lambda_g2": lambda_g2, "lambda_d": lambda_d, "lambda_r": lambda_r,
+        "lambda_count": lambda_count, "lambda_f_reg": lambda_f_reg,
+    }
+    for name, value in weights.items():
+        if value is not None and not (math.isfinite(value) and value >= 0):
+            raise InputError(
+                f"{name} must be a finite number of 0 or more, got {value}; "
+                "the weights of the objective cannot be negative."
+            )
+    if lambda_g1 == 0:
+        raise InputError("lambda_g1 cannot be 0: the gene-wise similarity is the objective.")
+    if tol is not None and not (math.isfinite(tol) and tol >= 0):
+        raise InputError(f"tol must be a finite number of 0 or more, got {tol}; leave it unset to run every epoch.")
+    if seed is not None and not (isinstance(seed, numbers.Integral) and 0 <= int(seed) <= MAX_SEED):
+        raise InputError(f"seed must be a whole number from 0 to {MAX_SEED}, got {seed!r}.")
+    if n_markers < 1:
+        raise InputError(f"n_markers must be 1 or more, got {n_markers}; the default is 100 per cluster.")
+    if patience < 1:
+        raise InputError(f"patience must be 1 or more, got {patience}.")
+    if target_count is not None and target_count < 1:
+        raise InputError(f"target_count must be 1 or more, got {target_count}.")
+
+
+def map_cells_to_space(
+    reference: ad.AnnData,
+    spatial: ad.AnnData,
+    *,
+    mode: Mode = "cells",
+    cluster_key: str | None = None,
+    genes: str | Sequence[str] = "overlap",
+    n_markers: int = 100,
+    density: str | np.ndarray | None = "uniform",
+    epochs: int = 1000,
+    learning_rate: float = 0.1,
+    lambda_g1: float = 1.0,
+    lambda_g2: float = 0.0,
+    lambda_d: float | None = None,
+    lambda_r: float = 0.0,
+    lambda_count: float = 1.0,
+    lambda_f_reg: float = 1.0,
+    target_count: int | None = None,
+    transform: Transform = "none",
+    seed: int | None = 0,
+    device: str = "cpu",
+    callback: Callable[[EpochInfo], None] | None = None,
+    cancel: CancelFlag = None,
+    init: np.ndarray | None = None,
+    check_memory: bool = True,
+    engine: Engine = "auto",
+    candidates: int = 50,
+    reverse_candidates: int = 5,
+    tol: float | None = None,
+    patience: int = 50,
+    neighbours: bool = True,
+    uncertainty: bool = True,
+) -> MappingResult:
+    """Map reference cells (or clusters) onto spatial cells with the Tangram objective.
+
+    Parameters
+    ----------
+    reference
+        Dissociated single-cell data (all genes), cells x genes.
+    spatial
+        Spatial data with ``obsm["spatial"]``, cells x panel genes.
+    mode
+        ``"cells"`` maps every reference cell; ``"clusters"`` maps cluster profiles (needs
+        ``cluster_key``; faster, more robust across specimens); ``"constrained"`` also learns
+        tangram-sc's cell filter.
+    cluster_key
+        Reference obs column with cluster labels (projected onto space when given).
+    genes
+        Training genes: ``"overlap"``, ``"markers"`` or a list of names (any case).
+    n_markers
+        Marker genes per cluster when ``genes="markers"``.
+    density
+        Density prior over spatial cells: ``"uniform"`` (default, single-cell resolution data),
+        ``"rna_count_based"``, ``"none"`` or a vector.
+    epochs
+        Training epochs.
+    learning_rate
+        Adam's step size.
+    lambda_g1, lambda_g2, lambda_d, lambda_r, lambda_count, lambda_f_reg
+        Weights of tangram-sc's terms. ``lambda_d`` defaults to 1 when a density prior is used.
+    target_count
+        Cells kept by constrained mode (default: the number of spatial cells).
+    transform
+        ``"none"`` keeps values as given (tangram-sc); ``"normalize_log1p"`` normalises each set
+        to its median total count and applies ``log1p`` before mapping and projection.
+    seed
+        Seed of the initial mapping; the same seed gives the same result on the same device.
+    device
+        ``"cpu"`` (default), ``"cuda"`` or ``"auto"``.
+    callback
+        Called after each epoch with an :class:`EpochInfo`.
+    cancel
+        A ``threading.Event`` or a callable; when it is set the run stops with
+        :class:`~napari_spatial_impute.MappingCancelled` within one epoch.
+    init
+        Initial logits (for parity checks and restarts).
+    check_memory
+        Refuse, before allocating, a mapping that would not fit in memory.
+    engine
+        ``"exact"``: the dense objective over all reference x spatial pairs (tangram-sc's
+        equation, hand-derived gradient). ``"lean"``: the same objective restricted to candidate
+        pairs (each spatial cell's ``candidates`` most similar reference cells and each reference
+        cell's ``reverse_candidates`` most similar spatial cells); memory and time grow linearly
+        with the cells. ``"auto"``: lean in cells mode when the reference has more cells than
+        ``candidates`` and the dense mapping has over 50 million entries, else exact.
+    candidates, reverse_candidates
+        Candidate pairs of the lean engine.
+    tol
+        Stop early when the training score gained less than ``tol`` over the last ``patience``
+        epochs (``None``: always run ``epochs``). The run's ``params`` record the epochs done.
+    patience
+        Window of ``tol``.
+    neighbours
+        Also compute the neighbourhood ensemble (:mod:`napari_spatial_impute.core.neighbours`) from
+        the training genes; it is then the default for imputed genes and cluster probabilities
+        (more accurate than the Tangram map on every benchmark pair), while the Tangram map
+        stays available (``method="probabilistic"``/``"argmax"``, ``source="tangram"``).
+    uncertainty
+        With ``neighbours``: calibrate prediction intervals and per-gene reliability on the
+        training genes (:mod:`napari_spatial_impute.core.uncertainty`).
+
+    Returns
+    -------
+    A :class:`MappingResult`.
+    """
+    t0 = time.perf_counter()
+    if mode not in MODES:
+        raise InputError(f"mode {mode!r} is not known; use one of {', '.join(MODES)}.")
+    if epochs < 0:
+        raise InputError(f"epochs must be 0 or more, got {epochs}.")
+    if engine not in ENGINES:
+        raise InputError(f"engine {engine!r} is not known; use one of {', '.join(ENGINES)}.")
+    if candidates < 1 or reverse_candidates < 0:
+        raise InputError("candidates must be 1 or more and reverse_candidates 0 or more.")
+    _check_settings(
+        learning_rate=learning_rate, lambda_g1=lambda_g1, lambda_g2=lambda_g2, lambda_d=lambda_d,
+        lambda_r=lambda_r, lambda_count=lambda_count, lambda_f_reg=lambda_f_reg, tol=tol,
+        seed=seed, n_markers=n_markers, patience=patience, target_count=target_count,
+    )
+    if engine == "lean" and mode == "clusters":
+        raise InputError(
+            "the lean engine maps single cells; clusters mode maps a few cluster profiles with the "
+            "exact engine: use engine='exact' or 'auto' (--engine exact)."
+        )
+    transform = check_transform(transform)
+    validate_adata(reference, "reference")
+    validate_adata(spatial, "spatial", require_spatial=True)
+    validate_spatial_coordinates(spatial)
+    if cluster_key is not None and cluster_key not in reference.obs.columns:
+        raise InputError(
+            f"cluster key {cluster_key!r} is not in the reference obs; columns there are: "
+            f"{', '.join(map(str, reference.obs.columns)) or '(none)'}."
+        )
+    if mode == "clusters" and cluster_key is None:
+        raise InputError("clusters mode needs a cluster key; pass cluster_key (--cluster-key).")
+    for message in input_warnings(reference, spatial, cluster_key):
+        warnings.warn(message, InputWarning, stacklevel=2)
+    dev = resolve_device(device)
+    plan = plan_genes(reference, spatial, genes=genes, cluster_key=cluster_key, n_markers=n_markers)
+
+    ref_vals = apply_transform(reference, transform)
+    sp_vals = apply_transform(spatial, transform)
+
+    labels = None
+    if cluster_key is not None:
+        col = reference.obs[cluster_key]
+        if col.isna().any():
+            raise InputError(
+                f"cluster key {cluster_key!r} has {int(col.isna().sum())} missing labels; "
+                "fill them (e.g. 'unknown') or drop those cells."
+            )
+        labels = pd.Categorical(col.astype(str))
+        labels = labels.remove_unused_categories()
+
+    if mode == "clusters":
+        assert labels is not None
+        profiles, fractions = cluster_profiles(ref_vals, labels, scale=True)
+        units = list(map(str, labels.categories))
+        col_idx = ref_vals.var_names.get_indexer(plan.training_reference)
+        S = np.ascontiguousarray(profiles[:, col_idx], dtype=np.float32)
+        d_source: np.ndarray | None = fractions
+        unit_weights = fractions
+    else:
+        S = dense_columns(ref_vals, plan.training_reference)
+        units = list(map(str, reference.obs_names))
+        d_source = None
+        unit_weights = np.full(reference.n_obs, 1.0 / reference.n_obs, dtype=np.float32)
+    G = dense_columns(sp_vals, plan.training_spatial)
+
+    d, d_name = density_prior(spatial, density)
+    if mode in ("clusters", "constrained") and d is None:
+        d, d_name = density_prior(spatial, "uniform")
+    if lambda_d is None:
+        lambda_d = 1.0 if d is not None else 0.0
+    if lambda_d > 0 and d is None:
+        raise InputError("lambda_d > 0 needs a density prior; use density='uniform' or 'rna_count_based'.")
+
+    n_units = S.shape[0]
+    if engine == "auto":
+        lean = mode == "cells" and n_units > candidates and n_units * spatial.n_obs > AUTO_LEAN_ENTRIES
+    else:
+        lean = engine == "lean" and n_units > candidates
+    engine_note = ""
+    if engine == "lean" and not lean:
+        engine_note = (
+            f"the exact engine ran: with {n_units} reference cells and {candidates} candidates per "
+            "spatial cell the lean engine would keep every pair"
+        )
+        warnings.warn(engine_note, InputWarning, stacklevel=2)
+    if engine == "lean" and mode == "constrained":
+        raise InputError("the lean engine does not support constrained mode; use engine='exact'.")
+    if check_memory:
+        est = (
+            estimate_lean_mapping(n_units, spatial.n_obs, S.shape[1], candidates, reverse_candidates)
+            if lean
+            else estimate_dense_mapping(n_units, spatial.n_obs, S.shape[1])
+        )
+        check_fits(est, dev, mode)
+
+    weights = Weights(lambda_g1, lambda_g2, float(lambda_d), lambda_r, lambda_count, lambda_f_reg)
+    t_setup = time.perf_counter()
+    # the lean engine's per-epoch temporaries are large, short-lived and the same sizes every epoch
+    # between refreshes (see _malloc); the exact engine's are small, and keeping its freed blocks
+    # only raised its peak (8.3 vs 7.7 GiB here). Post-processing allocates blocks of changing
+    # sizes: keeping them exhausted 24 GB at 20,000 x 200,000, so it runs with glibc's defaults.
+    with reuse_freed_memory() if lean else nullcontext():
+        pairs = None
+        if lean:
+            pairs = candidate_pairs(torch.from_numpy(S), torch.from_numpy(G), candidates, reverse_candidates)
+        mapper = TangramMapper(
+            S,
+            G,
+            weights,
+            d=d,
+            d_source=d_source,
+            learning_rate=learning_rate,
+            seed=seed,
+            device=dev,
+            init=init,
+            target_count=target_count if target_count is not None else spatial.n_obs,
+            constrained=mode == "constrained",
+            pairs=pairs,
+        )
+        t_train = time.perf_counter()
+        scores: list[float] = []
+        for info in mapper.iterate(epochs, cancel=cancel):
+            if callback is not None:
+                callback(info)
+            scores.append(info.score)
+            if tol is not None and len(scores) > patience and scores[-1] - scores[-1 - patience] < tol:
+                break
+    t_done = time.perf_counter()
+    mapper.release_optimizer()
+    P = mapper.probabilities()
+    S_cells = S if mode != "clusters" else dense_columns(ref_vals, plan.training_reference)
+    ref_kind = describe_values(reference.X)
+    W = None
+    if neighbours:
+        raw = transform == "none" and ref_kind == "raw counts"
+        W = neighbour_weights(similarity_values(S_cells, raw), similarity_values(G, raw))
+    t_neigh = time.perf_counter()
+
+    pred = np.asarray(P.T @ S)
+    if mode == "constrained":
+        F = mapper.filter_probabilities()
+        pred = np.asarray(P.T @ (S * F[:, None]))
+    scores = cosine_per_gene(pred, G)
+    sp_sc = gene_sparsity(S_cells)
+    sp_sp = gene_sparsity(G)
+    train_df = pd.DataFrame(
+        {
+            "train_score": scores.astype(np.float64),
+            "sparsity_sc": sp_sc,
+            "sparsity_sp": sp_sp,
+            "sparsity_diff": sp_sp - sp_sc,
+        },
+        index=pd.Index(plan.training_reference, name="gene"),
+    )
+    params: dict[str, Any] = {
+        "mode": mode,
+        "cluster_key": cluster_key or "",
+        "genes": genes if isinstance(genes, str) else "list",
+        "n_markers": n_markers,
+        "density": d_name,
+        "epochs": epochs,
+        "epochs_done": mapper.epochs_done,
+        "tol": -1.0 if tol is None else float(tol),
+        "learning_rate": learning_rate,
+        "lambda_g1": lambda_g1,
+        "lambda_g2": lambda_g2,
+        "lambda_d": float(lambda_d),
+        "lambda_r": lambda_r,
+        "lambda_count": lambda_count,
+        "lambda_f_reg": lambda_f_reg,
+        "transform": transform,
+        "seed": -1 if seed is None else int(seed),
+        "device": str(dev),
+        "engine": "lean" if lean else "exact",
+        "engine_note": engine_note,
+        "candidates": candidates if lean else 0,
+        "reverse_candidates": reverse_candidates if lean else 0,
+        "n_pairs": int(pairs[0].shape[0]) if lean else int(n_units) * int(spatial.n_obs),
+        "reference_values": ref_kind,
+        "spatial_values": describe_values(spatial.X),
+    }
+    result = MappingResult(
+        probabilities=P,
+        mode=mode,
+        reference=reference,
+        spatial=spatial,
+        reference_values=ref_vals,
+        spatial_values=sp_vals,
+        unit_names=units,
+        unit_weights=np.asarray(unit_weights, dtype=np.float32),
+        genes=plan,
+        train_genes_df=train_df,
+        history={k: np.asarray(v, dtype=np.float64) for k, v in mapper.history.items()},
+        params=params,
+        cluster_key=cluster_key,
+        filter_probabilities=mapper.filter_probabilities(),
+        neighbours=W,
+        timings={
+            "validate_and_prepare_s": t_setup - t0,
+            "setup_s": t_train - t_setup,
+            "train_s": t_done - t_train,
+            "neighbours_s": t_neigh - t_done,
+            "total_s": time.perf_counter() - t0,
+        },
+    )
+    if W is not None and uncertainty:
+        from napari_spatial_impute.core.uncertainty import calibrate
+
+        t_cal = time.perf_counter()
+        result.calibration = calibrate(result, seed=0 if seed is None else int(seed))
+        result.timings["calibration_s"] = time.perf_counter() - t_cal
+        result.timings["total_s"] = time.perf_counter() - t0
+    return result

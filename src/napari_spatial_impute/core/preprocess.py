@@ -1,0 +1,85 @@
+"""Value transforms and dense training matrices."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from napari_spatial_impute._errors import InputError
+
+Transform = Literal["none", "normalize_log1p"]
+TRANSFORMS: tuple[str, ...] = ("none", "normalize_log1p")
+
+
+def check_transform(transform: str) -> Transform:
+    """Validate a transform name."""
+    if transform not in TRANSFORMS:
+        raise InputError(f"transform {transform!r} is not known; use one of {', '.join(TRANSFORMS)}.")
+    return transform  # type: ignore[return-value]
+
+
+def apply_transform(adata: ad.AnnData, transform: Transform) -> ad.AnnData:
+    """Return a copy of ``adata`` (X only, float32 CSR or dense) with ``transform`` applied.
+
+    ``"none"`` keeps values as given (tangram-sc's behaviour). ``"normalize_log1p"`` scales each
+    cell to the median total count of the data set over its own genes, then takes ``log1p``.
+    """
+    X = adata.X
+    X = X.astype(np.float32) if sp.issparse(X) else np.asarray(X, dtype=np.float32)
+    if sp.issparse(X):
+        X = sp.csr_matrix(X)
+    if transform == "normalize_log1p":
+        totals = np.asarray(X.sum(axis=1)).ravel().astype(np.float64)
+        positive = totals[totals > 0]
+        target = float(np.median(positive)) if positive.size else 1.0
+        scale = np.divide(target, totals, out=np.zeros_like(totals), where=totals > 0)
+        if sp.issparse(X):
+            X = sp.csr_matrix(sp.diags(scale.astype(np.float32)) @ X)
+            X.data = np.log1p(X.data)
+        else:
+            X = np.log1p(X * scale[:, None].astype(np.float32))
+    out = ad.AnnData(X=X, obs=pd.DataFrame(index=adata.obs_names), var=pd.DataFrame(index=adata.var_names))
+    return out
+
+
+def dense_columns(adata: ad.AnnData, genes: Sequence[str]) -> np.ndarray:
+    """Dense float32 ``(n_obs, len(genes))`` copy of the named columns of ``X``."""
+    idx = adata.var_names.get_indexer(list(genes))
+    if (idx < 0).any():
+        missing = [g for g, i in zip(genes, idx, strict=True) if i < 0][:3]
+        raise InputError(f"genes {missing} are not in the data; check the gene names.")
+    X = adata.X[:, idx]
+    if sp.issparse(X):
+        X = X.toarray()
+    return np.ascontiguousarray(X, dtype=np.float32)
+
+
+def cluster_profiles(
+    adata: ad.AnnData, labels: pd.Categorical, scale: bool = True
+) -> tuple[np.ndarray | sp.csr_matrix, np.ndarray]:
+    """Sum (``scale``) or mean expression per cluster and each cluster's fraction of cells.
+
+    Returns
+    -------
+    ``(profiles, fractions)`` with one row per category of ``labels`` (categories with no
+    cells are not allowed).
+    """
+    codes = np.asarray(labels.codes)
+    k = len(labels.categories)
+    indicator = sp.csr_matrix(
+        (np.ones(len(codes), dtype=np.float32), (codes, np.arange(len(codes)))), shape=(k, len(codes))
+    )
+    counts = np.asarray(indicator.sum(axis=1)).ravel()
+    X = adata.X
+    profiles = indicator @ X
+    if sp.issparse(profiles):
+        profiles = profiles.toarray()
+    profiles = np.asarray(profiles, dtype=np.float32)
+    if not scale:
+        profiles = profiles / counts[:, None].astype(np.float32)
+    return profiles, (counts / counts.sum()).astype(np.float32)

@@ -1,0 +1,254 @@
+"""Projection of a learned mapping: imputed genes, cluster probabilities, mapped cells."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from napari_spatial_impute._errors import InputError
+from napari_spatial_impute.core.genes import resolve_gene_names
+from napari_spatial_impute.core.preprocess import cluster_profiles
+
+if TYPE_CHECKING:
+    from napari_spatial_impute.core.result import MappingResult
+
+METHODS: tuple[str, ...] = ("auto", "neighbours", "probabilistic", "argmax")
+SOURCES: tuple[str, ...] = ("auto", "neighbours", "tangram")
+
+
+def resolve_method(result: MappingResult, method: str) -> str:
+    """``"auto"`` means the neighbourhood ensemble when it was computed, else the Tangram map."""
+    if method not in METHODS:
+        raise InputError(f"projection method {method!r} is not known; use one of {', '.join(METHODS)}.")
+    if method == "auto":
+        return "neighbours" if result.neighbours is not None else "probabilistic"
+    if method == "neighbours" and result.neighbours is None:
+        raise InputError("this mapping has no neighbourhood ensemble; map with neighbours=True.")
+    return method
+GENE_CHUNK = 2048
+
+
+def resolve_reference_genes(result: MappingResult, genes: Sequence[str] | None) -> list[str]:
+    """Reference names of ``genes`` (matched case-insensitively); all reference genes for ``None``."""
+    names = list(map(str, result.reference.var_names))
+    return names if genes is None else resolve_gene_names(names, genes)
+
+
+def _unit_matrix(result: MappingResult, idx: np.ndarray, mean: bool = False) -> np.ndarray | sp.spmatrix:
+    """Values of the mapped units for gene columns ``idx`` (units x genes)."""
+    vals = result.reference_values
+    if result.mode == "clusters":
+        labels = pd.Categorical(
+            result.reference.obs[result.cluster_key].astype(str), categories=result.unit_names
+        )
+        sub = ad.AnnData(X=vals.X[:, idx])
+        profiles, _ = cluster_profiles(sub, labels, scale=not mean)
+        return profiles
+    X = vals.X[:, idx]
+    if result.filter_probabilities is not None and not mean:
+        X = sp.csr_matrix(sp.diags(result.filter_probabilities) @ X) if sp.issparse(X) else X * result.filter_probabilities[:, None]
+    return X
+
+
+def mapped_units(result: MappingResult) -> tuple[np.ndarray, np.ndarray]:
+    """Deterministic mapping ``i*(j) = argmax_i M_ij`` for each spatial cell.
+
+    Returns
+    -------
+    ``(index, share)``: the unit index per spatial cell and that unit's share of the spatial
+    cell's mapped mass (``M_i*j / Σ_i M_ij``).
+    """
+    P = result.probabilities
+    if sp.issparse(P):
+        Pc = sp.csc_matrix(P)
+        idx = np.asarray(Pc.argmax(axis=0)).ravel()
+        top = Pc.max(axis=0).toarray().ravel()
+    else:
+        idx = np.asarray(P.argmax(axis=0)).ravel()
+        top = P[idx, np.arange(P.shape[1])]
+    col = np.asarray(P.sum(axis=0), dtype=np.float32).ravel()
+    top = np.asarray(top, dtype=np.float32)
+    share = np.divide(top, col, out=np.zeros_like(top), where=col > 0)
+    return idx, share.astype(np.float32)
+
+
+def project_genes(
+    result: MappingResult, genes: Sequence[str] | None = None, method: str = "auto"
+) -> ad.AnnData:
+    """Impute reference genes at every spatial cell.
+
+    Parameters
+    ----------
+    result
+        A learned mapping.
+    genes
+        Reference genes to impute (any case); ``None`` imputes all of them.
+    method
+        ``"neighbours"``: ``W S``, the neighbourhood ensemble's weighted mean of similar reference
+        cells (see :mod:`napari_spatial_impute.core.neighbours`; the most accurate);
+        ``"probabilistic"``: ``Mᵀ S`` (the expected expression under the Tangram map,
+        tangram-sc's ``project_genes``); ``"argmax"``: the profile of the reference cell (or
+        cluster mean) that maps with the highest probability to each spatial cell; ``"auto"``:
+        ``"neighbours"`` when available, else ``"probabilistic"``.
+
+    Returns
+    -------
+    AnnData spatial cells x genes (float32), with the spatial ``obs``/``obsm`` and
+    ``var["is_training"]``.
+    """
+    method = resolve_method(result, method)
+    names = resolve_reference_genes(result, genes)
+    col_idx = result.reference.var_names.get_indexer(names)
+    n_sp = result.probabilities.shape[1]
+    out = np.empty((n_sp, len(names)), dtype=np.float32)
+    P = result.probabilities
+    if method == "argmax":
+        unit_idx, _ = mapped_units(result)
+    for a in range(0, len(names), GENE_CHUNK):
+        idx = col_idx[a : a + GENE_CHUNK]
+        if method == "neighbours":
+            block = result.neighbours @ result.reference_values.X[:, idx]
+            block = block.toarray() if sp.issparse(block) else block
+        elif method == "probabilistic":
+            U = _unit_matrix(result, idx)
+            if sp.issparse(P):
+                block = P.T @ U
+                block = block.toarray() if sp.issparse(block) else block
+            else:
+                block = (U.T @ P).T if sp.issparse(U) else P.T @ np.asarray(U, dtype=np.float32)
+        else:
+            U = _unit_matrix(result, idx, mean=True)
+            rows = U[unit_idx]
+            block = rows.toarray() if sp.issparse(rows) else rows
+        out[:, a : a + len(idx)] = np.asarray(block, dtype=np.float32)
+    var = result.reference.var.iloc[col_idx].copy()
+    var["is_training"] = np.isin(names, result.genes.training_reference)
+    return ad.AnnData(
+        X=out,
+        obs=result.spatial.obs.copy(),
+        var=var,
+        obsm={"spatial": np.asarray(result.spatial.obsm["spatial"])},
+    )
+
+
+def project_cell_annotations(
+    result: MappingResult, key: str | None = None, source: str = "auto"
+) -> pd.DataFrame:
+    """Probability of each reference category at each spatial cell (rows sum to 1).
+
+    In cells mode the probability of category ``c`` at spatial cell ``j`` is
+    ``Σ_{i in c} M_ij / Σ_i M_ij`` (the share of mapped cells of that category). In clusters
+    mode it is ``f_c M_cj / Σ_c' f_c' M_c'j`` with ``f`` the cluster fractions, i.e. the
+    expected number of cells of each cluster there.
+
+    Parameters
+    ----------
+    result
+        A learned mapping.
+    key
+        Reference obs column to project (default: the mapping's cluster key).
+    source
+        ``"neighbours"``: the share of each category among the ensemble's weights of the
+        spatial cell (more accurate on the cell-split benchmarks); ``"tangram"``: from the
+        Tangram map as described above; ``"auto"``: neighbours when available.
+
+    Returns
+    -------
+    DataFrame spatial cells x categories, float32.
+    """
+    key = key or result.cluster_key
+    if not key:
+        raise InputError("no annotation to project; pass a reference obs column (--cluster-key).")
+    if key not in result.reference.obs.columns:
+        raise InputError(
+            f"annotation {key!r} is not in the reference obs; columns there are: "
+            f"{', '.join(map(str, result.reference.obs.columns)) or '(none)'}."
+        )
+    if source not in SOURCES:
+        raise InputError(f"annotation source {source!r} is not known; use one of {', '.join(SOURCES)}.")
+    if source == "auto":
+        source = "neighbours" if result.neighbours is not None else "tangram"
+    if source == "neighbours":
+        if result.neighbours is None:
+            raise InputError("this mapping has no neighbourhood ensemble; use source='tangram'.")
+        labels = pd.Categorical(result.reference.obs[key].astype(str)).remove_unused_categories()
+        onehot = sp.csr_matrix(
+            (np.ones(len(labels), dtype=np.float32), (np.arange(len(labels)), labels.codes)),
+            shape=(len(labels), len(labels.categories)),
+        )
+        counts = (result.neighbours @ onehot).toarray()
+        total = counts.sum(axis=1, keepdims=True)
+        probs = np.divide(counts, total, out=np.full_like(counts, 1.0 / counts.shape[1]), where=total > 0)
+        return pd.DataFrame(
+            probs.astype(np.float32), index=result.spatial.obs_names.copy(), columns=list(map(str, labels.categories))
+        )
+    P = result.probabilities
+    if result.mode == "clusters":
+        if key != result.cluster_key:
+            raise InputError(
+                f"clusters mode mapped {result.cluster_key!r}; project that key or map in cells mode."
+            )
+        mass = sp.diags(result.unit_weights) @ P if sp.issparse(P) else P * result.unit_weights[:, None]
+        cats = list(result.unit_names)
+        counts = mass.toarray().T if sp.issparse(mass) else mass.T
+    else:
+        labels = pd.Categorical(result.reference.obs[key].astype(str))
+        labels = labels.remove_unused_categories()
+        cats = list(map(str, labels.categories))
+        onehot = sp.csr_matrix(
+            (np.ones(len(labels), dtype=np.float32), (np.arange(len(labels)), labels.codes)),
+            shape=(len(labels), len(cats)),
+        )
+        w = P if result.filter_probabilities is None else P * result.filter_probabilities[:, None]
+        counts = onehot.T @ w
+        counts = np.asarray(counts.toarray() if sp.issparse(counts) else counts).T
+    total = counts.sum(axis=1, keepdims=True)
+    probs = np.divide(counts, total, out=np.full_like(counts, 1.0 / len(cats)), where=total > 0)
+    return pd.DataFrame(probs.astype(np.float32), index=result.spatial.obs_names.copy(), columns=cats)
+
+
+def top_mapped_units(result: MappingResult, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` units with the largest mapping probability to each spatial cell.
+
+    Returns
+    -------
+    ``(index, share)`` arrays of shape ``(n_spatial, k)``: unit indices (best first) and their
+    share of the spatial cell's mapped mass.
+    """
+    P = result.probabilities
+    k = max(1, min(k, P.shape[0]))
+    if sp.issparse(P):
+        return _top_sparse(sp.csr_matrix(P.T), k)
+    part = np.argpartition(-P, kth=k - 1, axis=0)[:k]  # k x n_sp
+    vals = np.take_along_axis(P, part, axis=0)
+    order = np.argsort(-vals, axis=0)
+    part = np.take_along_axis(part, order, axis=0)
+    vals = np.take_along_axis(vals, order, axis=0)
+    col = P.sum(axis=0)
+    share = np.divide(vals, col[None, :], out=np.zeros_like(vals), where=col[None, :] > 0)
+    return part.T.astype(np.int32), share.T.astype(np.float32)
+
+
+def _top_sparse(PT: sp.csr_matrix, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top ``k`` entries of each row of a CSR matrix (spatial x units), padded with -1 / 0."""
+    n_rows = PT.shape[0]
+    lengths = np.diff(PT.indptr)
+    width = max(int(lengths.max(initial=0)), k)
+    vals = np.full((n_rows, width), -1.0, dtype=np.float32)
+    cols = np.full((n_rows, width), -1, dtype=np.int64)
+    row_of = np.repeat(np.arange(n_rows), lengths)
+    pos = np.arange(PT.nnz) - np.repeat(PT.indptr[:-1], lengths)
+    vals[row_of, pos] = PT.data
+    cols[row_of, pos] = PT.indices
+    order = np.argsort(-vals, axis=1)[:, :k]
+    top_v = np.take_along_axis(vals, order, axis=1)
+    top_i = np.take_along_axis(cols, order, axis=1)
+    tot = np.asarray(PT.sum(axis=1), dtype=np.float32).ravel()
+    share = np.divide(top_v, tot[:, None], out=np.zeros_like(top_v), where=(tot[:, None] > 0) & (top_v > 0))
+    top_i[top_v < 0] = -1
+    return top_i.astype(np.int32), share.astype(np.float32)

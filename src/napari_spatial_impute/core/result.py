@@ -1,0 +1,96 @@
+"""A learned mapping: :class:`MappingResult`, what projection, export and calibration work on."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from napari_spatial_impute.core.export import result_to_anndata
+from napari_spatial_impute.core.genes import GenePlan
+from napari_spatial_impute.core.project import project_cell_annotations, project_genes
+
+
+@dataclass
+class MappingResult:
+    """A learned mapping with what is needed to project genes and annotations.
+
+    Attributes
+    ----------
+    probabilities
+        Row-stochastic mapping, reference units (cells or clusters) x spatial cells, float32:
+        dense numpy (exact engine) or scipy CSR (lean engine).
+    mode
+        ``"cells"``, ``"clusters"`` or ``"constrained"``.
+    reference
+        The reference AnnData as given (all genes).
+    spatial
+        The spatial AnnData as given.
+    reference_values
+        The reference after ``transform`` (X only), used for projection.
+    spatial_values
+        The spatial data after ``transform`` (X only).
+    unit_names
+        Names of the mapped units: reference cell names, or cluster names in clusters mode.
+    unit_weights
+        Each unit's share of cells (``1/n`` per cell, or cluster fractions).
+    genes
+        The gene plan (shared, training and dropped genes).
+    train_genes_df
+        Per training gene: ``train_score`` (cosine), ``sparsity_sc``, ``sparsity_sp``,
+        ``sparsity_diff`` (tangram-sc's columns), indexed by reference gene name.
+    history
+        Objective terms per epoch.
+    params
+        Settings of the run (all plain values).
+    cluster_key
+        Reference obs column of the clusters, if any.
+    filter_probabilities
+        Constrained mode's per-cell filter, else ``None``.
+    neighbours
+        The neighbourhood ensemble's weights (spatial cells x reference cells, rows sum to 1),
+        or ``None`` when it was not computed.
+    calibration
+        Prediction-interval and reliability calibration
+        (:class:`~napari_spatial_impute.core.uncertainty.Calibration`) or ``None``.
+    """
+
+    probabilities: np.ndarray | sp.csr_matrix
+    mode: str
+    reference: ad.AnnData
+    spatial: ad.AnnData
+    reference_values: ad.AnnData
+    spatial_values: ad.AnnData
+    unit_names: list[str]
+    unit_weights: np.ndarray
+    genes: GenePlan
+    train_genes_df: pd.DataFrame
+    history: dict[str, np.ndarray]
+    params: dict[str, Any]
+    cluster_key: str | None = None
+    filter_probabilities: np.ndarray | None = None
+    neighbours: sp.csr_matrix | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    calibration: Any = None
+
+    @property
+    def training_score(self) -> float:
+        """Mean cosine similarity of the training genes at the final mapping."""
+        return float(np.nanmean(self.train_genes_df["train_score"].to_numpy()))
+
+    def project_genes(self, genes: Sequence[str] | None = None, method: str = "auto") -> ad.AnnData:
+        """Impute genes in space; see :func:`napari_spatial_impute.core.project.project_genes`."""
+        return project_genes(self, genes=genes, method=method)
+
+    def cluster_probabilities(self, key: str | None = None, source: str = "auto") -> pd.DataFrame:
+        """Cluster probabilities per spatial cell; see :func:`~napari_spatial_impute.core.project.project_cell_annotations`."""
+        return project_cell_annotations(self, key, source=source)
+
+    def to_anndata(self, genes: Sequence[str] | None = None, **kwargs: Any) -> ad.AnnData:
+        """The spatial result as AnnData; see :func:`napari_spatial_impute.core.export.result_to_anndata`."""
+        return result_to_anndata(self, genes=genes, **kwargs)

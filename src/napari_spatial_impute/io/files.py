@@ -1,0 +1,468 @@
+"""Reading, validating and atomically writing AnnData files."""
+
+from __future__ import annotations
+
+import glob
+import os
+import signal
+import tempfile
+import threading
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Literal
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from napari_spatial_impute._errors import CommittedInterrupt, InputError
+
+#: Column names tried, in order, when looking for the field of view of each spatial cell.
+FOV_CANDIDATES: tuple[str, ...] = (
+    "fov",
+    "FOV",
+    "field_of_view",
+    "fov_id",
+    "FOV_ID",
+    "fov_name",
+    "slice",
+    "slice_id",
+    "section",
+    "library_id",
+    "sample",
+)
+
+#: Largest expression value accepted: squares summed over thousands of genes must stay finite in
+#: float32 (max 3.4e38), and no real count or normalised value comes near it.
+MAX_VALUE = 1e15
+
+ValueKind = Literal["raw counts", "non-integer (normalised)", "log-transformed"]
+
+
+def read_h5ad(path: str | os.PathLike[str], role: str = "data") -> ad.AnnData:
+    """Read an ``.h5ad`` file and fail with a one-line message when it cannot be read.
+
+    Parameters
+    ----------
+    path
+        File to read.
+    role
+        What the file is for (``"reference"``, ``"spatial"``), used in error messages.
+
+    Returns
+    -------
+    The AnnData object, fully loaded in memory.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"{role} file {str(p)!r} does not exist; check the path.")
+    if p.is_dir():
+        raise InputError(f"{role} path {str(p)!r} is a folder; give the .h5ad file inside it.")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            adata = ad.read_h5ad(p)
+    except Exception as exc:  # h5py/anndata raise many types for a broken file
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise InputError(
+            f"cannot read {role} file {str(p)!r} as .h5ad ({first}); "
+            "give an AnnData file written by anndata or scanpy (adata.write_h5ad)."
+        ) from None
+    return adata
+
+
+def find_fov_key(adata: ad.AnnData, fov_key: str | None = None) -> str | None:
+    """Find the column of ``adata.obs`` that holds the field of view of each cell.
+
+    Parameters
+    ----------
+    adata
+        Spatial data.
+    fov_key
+        A column named by the user; it must exist. ``None`` searches :data:`FOV_CANDIDATES`.
+
+    Returns
+    -------
+    The column name, or ``None`` when there is none (all cells are then one FOV).
+    """
+    if fov_key is not None:
+        if fov_key not in adata.obs.columns:
+            raise InputError(
+                f"FOV column {fov_key!r} is not in the spatial obs; columns there are: "
+                f"{_list_columns(adata.obs)}."
+            )
+        return fov_key
+    for name in FOV_CANDIDATES:
+        if name in adata.obs.columns:
+            return name
+    lower = {c.lower(): c for c in adata.obs.columns}
+    for name in FOV_CANDIDATES:
+        if name.lower() in lower:
+            return lower[name.lower()]
+    return None
+
+
+def fov_labels(adata: ad.AnnData, fov_key: str | None) -> pd.Categorical:
+    """FOV of each cell as a pandas Categorical (one category ``"0"`` when there is no column)."""
+    if fov_key is None:
+        return pd.Categorical(np.full(adata.n_obs, "0"), categories=["0"])
+    values = adata.obs[fov_key]
+    if isinstance(values.dtype, pd.CategoricalDtype):
+        cat = values.astype(str).astype("category").cat
+        return pd.Categorical(values.astype(str), categories=_natural_sort(cat.categories))
+    strings = values.astype(str)
+    return pd.Categorical(strings, categories=_natural_sort(pd.unique(strings)))
+
+
+def _natural_sort(values: Sequence[str]) -> list[str]:
+    def key(v: str) -> tuple[int, float, str]:
+        try:
+            return (0, float(v), v)
+        except ValueError:
+            return (1, 0.0, v)
+
+    return sorted((str(v) for v in values), key=key)
+
+
+def _list_columns(df: pd.DataFrame, limit: int = 20) -> str:
+    cols = [str(c) for c in df.columns]
+    if not cols:
+        return "(none)"
+    shown = ", ".join(cols[:limit])
+    return shown + (f", ... ({len(cols)} in all)" if len(cols) > limit else "")
+
+
+def _x_values(X: object) -> np.ndarray:
+    if sp.issparse(X):
+        return np.asarray(X.data)  # type: ignore[union-attr]
+    return np.asarray(X)
+
+
+def describe_values(X: object) -> ValueKind:
+    """Say whether a matrix holds raw counts, log-transformed or other non-integer values."""
+    values = _x_values(X)
+    if values.size == 0:
+        return "raw counts"
+    sample = values.ravel()
+    if sample.size > 200_000:
+        sample = sample[np.linspace(0, sample.size - 1, 200_000).astype(np.int64)]
+    if np.all(np.abs(sample - np.round(sample)) < 1e-6):
+        return "raw counts"
+    if float(np.max(sample)) < 30.0:
+        return "log-transformed"
+    return "non-integer (normalised)"
+
+
+def validate_adata(
+    adata: ad.AnnData,
+    role: str,
+    *,
+    require_spatial: bool = False,
+) -> None:
+    """Check an AnnData for the problems that would corrupt a mapping.
+
+    Raises :class:`InputError` with a one-line message naming the problem and the fix for: empty
+    data, duplicated cell or gene names, a non-numeric ``X``, NaN or infinite values, negative
+    values and, when ``require_spatial``, missing or malformed ``obsm["spatial"]``.
+
+    Parameters
+    ----------
+    adata
+        Data to check; it is not modified.
+    role
+        ``"reference"`` or ``"spatial"``, used in the messages.
+    require_spatial
+        Whether ``obsm["spatial"]`` must hold 2D or 3D coordinates.
+    """
+    if not isinstance(adata, ad.AnnData):
+        raise InputError(f"the {role} data must be an AnnData object, got {type(adata).__name__}.")
+    if adata.n_obs == 0 or adata.n_vars == 0:
+        raise InputError(
+            f"the {role} data is empty ({adata.n_obs} cells x {adata.n_vars} genes); "
+            "give a file with at least one cell and one gene."
+        )
+    if not adata.obs_names.is_unique:
+        dup = adata.obs_names[adata.obs_names.duplicated()].unique()[:3].tolist()
+        raise InputError(
+            f"the {role} data has duplicated cell names (e.g. {dup}); "
+            "make them unique with adata.obs_names_make_unique()."
+        )
+    if not adata.var_names.is_unique:
+        dup = adata.var_names[adata.var_names.duplicated()].unique()[:3].tolist()
+        raise InputError(
+            f"the {role} data has duplicated gene names (e.g. {dup}); "
+            "make them unique with adata.var_names_make_unique() or sum the duplicates."
+        )
+    lower = pd.Index(adata.var_names.str.lower())
+    if not lower.is_unique:
+        dup = adata.var_names[lower.duplicated(keep=False)][:4].tolist()
+        raise InputError(
+            f"the {role} data has gene names that differ only in case (e.g. {dup}); genes are "
+            "matched case-insensitively, so rename or merge them."
+        )
+    if adata.isbacked:
+        raise InputError(
+            f"the {role} data is opened in backed mode (read_h5ad(..., backed='r')), which is not "
+            "supported; read it into memory (adata = adata.to_memory())."
+        )
+    X = adata.X
+    if X is None:
+        raise InputError(f"the {role} data has no expression matrix X; put the values in adata.X.")
+    if not (sp.issparse(X) or isinstance(X, np.ndarray)):
+        try:
+            X = np.asarray(X)
+        except Exception:
+            raise InputError(
+                f"the {role} X has unsupported type {type(adata.X).__name__}; "
+                "use a numpy array or a scipy CSR matrix."
+            ) from None
+    values = _x_values(X)
+    if values.dtype.kind not in "biuf":
+        raise InputError(
+            f"the {role} X has dtype {values.dtype}, not numbers; "
+            "store expression values as float32 (adata.X = adata.X.astype('float32'))."
+        )
+    if values.dtype.kind == "f" and not np.all(np.isfinite(values)):
+        n_bad = int(np.count_nonzero(~np.isfinite(values)))
+        raise InputError(
+            f"the {role} X has {n_bad} NaN or infinite values; "
+            "replace them (e.g. with 0 for undetected) before mapping."
+        )
+    if values.size and float(np.max(values)) > MAX_VALUE:
+        raise InputError(
+            f"the {role} X has values up to {float(np.max(values)):.3g}, too large for float32 "
+            f"arithmetic (limit {MAX_VALUE:.0e}); give raw counts or normalised values."
+        )
+    if values.size and values.min() < 0:
+        n_neg = int(np.count_nonzero(values < 0))
+        raise InputError(
+            f"the {role} X has {n_neg} negative values; the mapping needs non-negative "
+            "expression: give raw counts or normalised (not scaled/centred) values."
+        )
+    if require_spatial:
+        validate_spatial_coordinates(adata, role)
+
+
+def input_warnings(
+    reference: ad.AnnData, spatial: ad.AnnData, cluster_key: str | None = None
+) -> list[str]:
+    """Problems that do not stop a mapping but make its result meaningless, one line each.
+
+    * the spatial data is the reference itself (same cells and the same values of the shared
+      genes): the training score is then near 1 and says nothing;
+    * the cluster key is a per-cell measurement (numeric with fractional values, or nearly one
+      value per cell) rather than cluster labels.
+
+    The CLI prints these as warnings and the Map widget shows them before the run.
+    """
+    found: list[str] = []
+    if _same_cells(reference, spatial):
+        found.append(
+            "the spatial data holds the reference's own cells and values; the mapping will score "
+            "near 1 and mean nothing: give the spatial assay's file as the spatial data."
+        )
+    if cluster_key is not None and cluster_key in reference.obs.columns:
+        col = reference.obs[cluster_key]
+        n_unique = int(col.nunique(dropna=True))
+        numeric = pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col)
+        fractional = numeric and bool(
+            np.any(np.abs(np.asarray(col.dropna(), dtype=np.float64) % 1) > 0)
+        )
+        # text labels, one per row, are a cluster-level reference (one profile per class)
+        per_cell = numeric and n_unique > 20 and n_unique > 0.5 * reference.n_obs
+        if fractional or per_cell or (numeric and n_unique > 200):
+            found.append(
+                f"cluster key {cluster_key!r} has {n_unique:,} distinct values for "
+                f"{reference.n_obs:,} reference cells"
+                + (" (numeric)" if numeric else "")
+                + "; it looks like a per-cell measurement, not clusters: give a column of "
+                "cell-type labels."
+            )
+    return found
+
+
+def _same_cells(reference: ad.AnnData, spatial: ad.AnnData) -> bool:
+    """Whether ``spatial`` holds the reference's own cells with the same values (a mix-up)."""
+    if reference is spatial:
+        return True
+    shared_cells = spatial.obs_names.intersection(reference.obs_names)
+    if len(shared_cells) < max(1, 0.5 * spatial.n_obs):
+        return False
+    ref_genes = {str(g).lower(): g for g in reference.var_names}
+    pairs = [(ref_genes[str(g).lower()], g) for g in spatial.var_names if str(g).lower() in ref_genes]
+    if not pairs:
+        return False
+    cells = shared_cells[:500]
+    ref_rows = reference[cells, [a for a, _ in pairs]].X
+    sp_rows = spatial[cells, [b for _, b in pairs]].X
+    a = ref_rows.toarray() if sp.issparse(ref_rows) else np.asarray(ref_rows)
+    b = sp_rows.toarray() if sp.issparse(sp_rows) else np.asarray(sp_rows)
+    return bool(np.allclose(a.astype(np.float64), b.astype(np.float64)))
+
+
+def validate_spatial_coordinates(adata: ad.AnnData, role: str = "spatial") -> np.ndarray:
+    """Check ``obsm["spatial"]`` and return it as a float64 ``(n_cells, 2 or 3)`` array."""
+    if "spatial" not in adata.obsm:
+        hint = ""
+        xy = [c for c in adata.obs.columns if str(c).lower() in ("x", "y", "z")]
+        if xy:
+            hint = f" (obs has {xy}: adata.obsm['spatial'] = adata.obs[{xy}].to_numpy())"
+        raise InputError(
+            f"the {role} data has no coordinates in obsm['spatial']; add an (n_cells, 2) or "
+            f"(n_cells, 3) array of cell positions{hint}."
+        )
+    coords = adata.obsm["spatial"]
+    if isinstance(coords, pd.DataFrame):
+        coords = coords.to_numpy()
+    coords = np.asarray(coords)
+    if coords.ndim != 2 or coords.shape[0] != adata.n_obs or coords.shape[1] not in (2, 3):
+        raise InputError(
+            f"the {role} obsm['spatial'] has shape {coords.shape}; it must be (n_cells, 2) or "
+            f"(n_cells, 3) with n_cells = {adata.n_obs}."
+        )
+    if coords.dtype.kind not in "biuf":
+        raise InputError(
+            f"the {role} obsm['spatial'] has dtype {coords.dtype}; store numeric coordinates."
+        )
+    if not np.all(np.isfinite(coords)):
+        raise InputError(
+            f"the {role} obsm['spatial'] has NaN or infinite coordinates; drop or fix those cells."
+        )
+    return coords.astype(np.float64, copy=False)
+
+
+def _current_umask() -> int:
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_stale_temps(folder: Path, name: str) -> list[Path]:
+    """Remove temporary files of earlier runs for ``name`` whose process is gone (killed runs)."""
+    removed = []
+    for tmp in folder.glob(f".{glob.escape(name)}.*.tmp"):
+        parts = tmp.name[len(name) + 2 : -len(".tmp")].split(".")
+        pid = int(parts[0]) if parts and parts[0].isdigit() else None
+        if pid is None or pid == os.getpid() or _pid_alive(pid):
+            continue
+        try:
+            tmp.unlink()
+            removed.append(tmp)
+        except OSError:
+            pass
+    return removed
+
+
+class _SignalGuard:
+    """While an output is written, SIGINT and SIGTERM cancel the write even if a library swallows them.
+
+    The handler records the signal and raises (``KeyboardInterrupt`` or ``SystemExit(128 + n)``);
+    a library that catches that exception (h5py reports "Exception ignored" and goes on) cannot hide
+    it, since :meth:`check` raises it again before the rename. During the rename itself signals are
+    only recorded and raised after it (:class:`CommittedInterrupt`): the output is then complete.
+    Only the main thread can own signal handlers; elsewhere the guard does nothing.
+    """
+
+    SIGNALS = ("SIGINT", "SIGTERM")
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self.deferring = False
+        self._old: dict[int, object] = {}
+
+    def _handler(self, signum: int, frame: object) -> None:
+        self.received = signum
+        if not self.deferring:
+            self._raise(signum)
+
+    @staticmethod
+    def _raise(signum: int) -> None:
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        raise SystemExit(128 + signum)
+
+    def __enter__(self) -> _SignalGuard:
+        if threading.current_thread() is threading.main_thread():
+            for name in self.SIGNALS:
+                num = getattr(signal, name, None)
+                if num is not None:
+                    self._old[num] = signal.signal(num, self._handler)
+        return self
+
+    def check(self) -> None:
+        """Raise the interrupt a library swallowed during the write."""
+        if self.received is not None:
+            self._raise(self.received)
+
+    def __exit__(self, *exc: object) -> None:
+        for num, old in self._old.items():
+            signal.signal(num, old)  # type: ignore[arg-type]
+
+
+@contextmanager
+def atomic_output(path: str | os.PathLike[str]) -> Iterator[str]:
+    """Yield a temporary path beside ``path``; rename it to ``path`` only if the block succeeds.
+
+    A failure, Ctrl-C or SIGTERM removes the temporary file and leaves an earlier ``path`` as it
+    was, even when the writing library swallows the interrupt. The temporary file's name holds the
+    process id (``.<name>.<pid>.<random>.tmp``); those of earlier runs that were killed (SIGKILL,
+    power loss) are removed the next time the same output is written. The output gets the
+    permissions of a newly created file under the user's umask.
+    """
+    target = Path(path)
+    folder = target.parent if str(target.parent) else Path(".")
+    if not folder.exists():
+        raise InputError(f"output folder {str(folder)!r} does not exist; create it first.")
+    if target.is_dir():
+        raise InputError(f"output {str(target)!r} is a folder; give a file name.")
+    _remove_stale_temps(folder, target.name)
+    with _SignalGuard() as guard:
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp", dir=folder)
+        os.close(fd)
+        try:
+            yield tmp
+            guard.check()
+            os.chmod(tmp, 0o666 & ~_current_umask())
+            guard.deferring = True
+            os.replace(tmp, target)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+    if guard.deferring and guard.received is not None:
+        raise CommittedInterrupt(f"interrupted after {str(target)!r} was written")
+
+
+def write_h5ad_atomic(adata: ad.AnnData, path: str | os.PathLike[str]) -> Path:
+    """Write ``adata`` to ``path`` through a temporary file and a rename.
+
+    A failure never leaves a half-written file at ``path``.
+
+    Returns
+    -------
+    The path written.
+    """
+    with atomic_output(path) as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        adata.write_h5ad(tmp)
+    return Path(path)

@@ -1,0 +1,1 @@
+"""Everything napari.yaml points to: reader, writer, samples, the shared model, workers, widgets."""

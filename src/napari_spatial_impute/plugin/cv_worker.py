@@ -1,0 +1,117 @@
+"""A cross-validation that yields its progress, for a napari ``thread_worker`` (no Qt here).
+
+Its epochs can be far faster than the GUI can show them, so the progress is throttled like the
+mapping's (:func:`~napari_spatial_impute.plugin.workers.throttled`): at most one update every
+:data:`~napari_spatial_impute.plugin.workers.UPDATE_INTERVAL` seconds, the last one always sent.
+"""
+
+from __future__ import annotations
+
+import inspect
+import queue
+import threading
+from collections.abc import Generator
+from typing import Any, NamedTuple
+
+import anndata as ad
+import pandas as pd
+
+from napari_spatial_impute._errors import MappingCancelled
+from napari_spatial_impute.core.evaluate import cross_validate
+from napari_spatial_impute.core.mapping import map_cells_to_space
+from napari_spatial_impute.plugin.workers import UPDATE_INTERVAL, throttled
+
+_DONE = object()
+
+
+class CVProgress(NamedTuple):
+    """Where a cross-validation is: ``fold`` folds done (0-based running fold), ``epoch`` of it."""
+
+    fold: int
+    folds: int
+    epoch: int
+    epochs: int
+
+    @property
+    def done(self) -> int:
+        """Epochs done over all folds."""
+        return self.fold * self.epochs + self.epoch
+
+    @property
+    def total(self) -> int:
+        """Epochs of the whole cross-validation."""
+        return max(self.folds * self.epochs, 1)
+
+#: Mapping parameters of a result that a cross-validation reuses.
+_REUSED = tuple(
+    p
+    for p in inspect.signature(map_cells_to_space).parameters
+    if p not in ("reference", "spatial", "genes", "callback", "cancel", "init")
+)
+
+
+def cv_kwargs(params: dict[str, Any], epochs: int | None = None) -> dict[str, Any]:
+    """The mapping settings of a result's ``uns["spatial_impute"]["params"]`` for a CV run."""
+    out = {
+        k: v for k, v in params.items() if k in _REUSED and k not in ("n_markers", "target_count")
+    }
+    for k, v in list(out.items()):
+        if hasattr(v, "item"):
+            out[k] = v.item()
+    for k in ("candidates", "reverse_candidates"):  # stored as 0 when the engine had none
+        if k in out and not out[k]:
+            out.pop(k)
+    if "tol" in out and (out["tol"] is None or not out["tol"] >= 0):  # stored as -1 when unset
+        out.pop("tol")
+    if epochs is not None:
+        out["epochs"] = int(epochs)
+    return out
+
+
+def iter_cross_validation(
+    reference: ad.AnnData,
+    spatial: ad.AnnData,
+    cancel: threading.Event,
+    folds: int = 5,
+    interval: float = UPDATE_INTERVAL,
+    **kwargs: Any,
+) -> Generator[CVProgress, None, pd.DataFrame | None]:
+    """Run :func:`~napari_spatial_impute.cross_validate`, yielding its :class:`CVProgress`.
+
+    Only the latest progress is yielded, at most every ``interval`` seconds (the end of the last
+    fold always). Returns the table, or ``None`` when ``cancel`` was set.
+    """
+    events: queue.Queue[Any] = queue.Queue()
+    box: dict[str, Any] = {}
+    epochs = int(kwargs.get("epochs", 0) or 0)
+
+    def progress(fold: int, n: int, info: Any) -> None:
+        if info is None:  # fold ``fold`` (1-based count) finished
+            events.put(CVProgress(fold, n, 0, epochs))
+        else:
+            events.put(CVProgress(fold, n, int(info.epoch), int(info.n_epochs) or epochs))
+
+    def run() -> None:
+        try:
+            box["table"] = cross_validate(
+                reference, spatial, folds=folds, progress=progress, cancel=cancel, **kwargs
+            )
+        except BaseException as exc:
+            box["error"] = exc
+        finally:
+            events.put(_DONE)
+
+    thread = threading.Thread(target=run, name="spatial-impute-cv", daemon=True)
+    thread.start()
+    try:
+        for batch in throttled(events, _DONE, interval):
+            yield batch[-1]
+    finally:
+        if thread.is_alive():  # the generator was closed early: stop the folds too
+            cancel.set()
+        thread.join()
+    if isinstance(box.get("error"), MappingCancelled) or cancel.is_set():
+        return None
+    if "error" in box:
+        raise box["error"]
+    return box["table"]

@@ -1,0 +1,395 @@
+"""Diagnostics widget: training-score panels, per-cell-type validation, cross-validation table,
+per-gene reliability and interval calibration."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+from matplotlib.figure import Figure
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import (
+    QAbstractItemView,
+    QFileDialog,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QTableWidget,
+    QTableWidgetItem,
+    QTabWidget,
+    QVBoxLayout,
+    QWidget,
+)
+
+from napari_spatial_impute.core.evaluate import validate_cell_types
+from napari_spatial_impute.plugin.cv_worker import CVProgress, cv_kwargs, iter_cross_validation
+from napari_spatial_impute.plugin.model import get_model
+from napari_spatial_impute.plugin.widgets.layer_ops import find_layers, notify_error, open_gene
+from napari_spatial_impute.plugin.widgets.linking import get_link_controller
+from napari_spatial_impute.plugin.widgets.reliability_panel import ReliabilityPanel
+from napari_spatial_impute.plugin.widgets.table_items import NumberItem
+from napari_spatial_impute.viz.explore import cluster_key, shared_genes
+from napari_spatial_impute.viz.plots import (
+    cv_summary_text,
+    default_markers,
+    marker_list,
+    plot_cell_type_validation,
+    plot_training_scores,
+)
+
+CV_COLUMNS = (
+    "gene",
+    "fold",
+    "pearson",
+    "predicted_pearson",
+    "coverage_90",
+    "coverage_67",
+    "width_90",
+    "width_67",
+    "cosine",
+    "spearman",
+    "sparsity_sp",
+    "n_training_genes",
+)
+
+
+def _canvas(width: float, height: float) -> tuple[Figure, FigureCanvasQTAgg]:
+    fig = Figure(figsize=(width, height), dpi=90, layout=None)
+    canvas = FigureCanvasQTAgg(fig)
+    canvas.setMinimumHeight(int(height * 60))
+    return fig, canvas
+
+
+class DiagnosticsWidget(QWidget):
+    """How good is the mapping: training scores, marker levels per cell type, cross-validation.
+
+    Clicking a gene (a dot of the score panels or a row of the CV table) shows its imputed and
+    measured layers in every FOV, recolouring the layers that this widget opened before.
+
+    Parameters
+    ----------
+    napari_viewer
+        The viewer (napari passes it in).
+    """
+
+    def __init__(self, napari_viewer: Any) -> None:
+        super().__init__()
+        self.viewer = napari_viewer
+        self.model = get_model(napari_viewer)
+        self._opened_gene: str | None = None
+        get_link_controller(napari_viewer)
+        self.tabs = QTabWidget()
+
+        self.train_fig, self.train_canvas = _canvas(12, 5)
+        self.train_canvas.mpl_connect("pick_event", self._on_pick)
+        page = QWidget()
+        lay = QVBoxLayout(page)
+        self.train_info = QLabel("")
+        lay.addWidget(self.train_info)
+        lay.addWidget(self.train_canvas, 1)
+        self.tabs.addTab(page, "Training scores")
+
+        self.val_fig, self.val_canvas = _canvas(12, 4.5)
+        self.markers_edit = QLineEdit()
+        self.markers_edit.setPlaceholderText(
+            "marker genes (measured), comma separated; empty: one per cluster"
+        )
+        self.markers_edit.returnPressed.connect(self.update_validation)
+        self.markers_button = QPushButton("Update")
+        self.markers_button.clicked.connect(self.update_validation)
+        page = QWidget()
+        lay = QVBoxLayout(page)
+        row = QHBoxLayout()
+        row.addWidget(self.markers_edit, 1)
+        row.addWidget(self.markers_button)
+        lay.addLayout(row)
+        lay.addWidget(self.val_canvas, 1)
+        self.tabs.addTab(page, "Cell-type validation")
+
+        self.cv_info = QLabel("No cross-validation was run.")
+        self.cv_table = QTableWidget(0, len(CV_COLUMNS))
+        self.cv_table.setHorizontalHeaderLabels(list(CV_COLUMNS))
+        self.cv_table.setSortingEnabled(True)
+        self.cv_table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.cv_table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.cv_table.cellClicked.connect(self._on_cv_clicked)
+        self.folds_spin = QSpinBox()
+        self.folds_spin.setRange(2, 100)
+        self.folds_spin.setValue(5)
+        self.cv_epochs_spin = QSpinBox()
+        self.cv_epochs_spin.setRange(1, 100_000)
+        self.cv_epochs_spin.setValue(300)
+        self.cv_run_button = QPushButton("Run cross-validation")
+        self.cv_run_button.setToolTip("leave-genes-out CV with the result's mapping settings")
+        self.cv_run_button.clicked.connect(self.run_cv)
+        self.cv_stop_button = QPushButton("Stop")
+        self.cv_stop_button.setEnabled(False)
+        self.cv_stop_button.clicked.connect(self.stop_cv)
+        self.cv_open_button = QPushButton("Open .csv...")
+        self.cv_open_button.setToolTip("a table written by `napari-spatial-impute evaluate`")
+        self.cv_open_button.clicked.connect(self._browse_cv)
+        self.cv_progress = QProgressBar()
+        self.cv_progress.setVisible(False)
+        self._cv_worker: Any = None
+        self._cv_pbar: Any = None
+        self._cv_cancel = threading.Event()
+        page = QWidget()
+        lay = QVBoxLayout(page)
+        row = QHBoxLayout()
+        row.addWidget(QLabel("folds"))
+        row.addWidget(self.folds_spin)
+        row.addWidget(QLabel("epochs"))
+        row.addWidget(self.cv_epochs_spin)
+        row.addWidget(self.cv_run_button)
+        row.addWidget(self.cv_stop_button)
+        row.addWidget(self.cv_open_button)
+        row.addStretch(1)
+        lay.addLayout(row)
+        lay.addWidget(self.cv_progress)
+        lay.addWidget(self.cv_info)
+        lay.addWidget(self.cv_table, 1)
+        self.tabs.addTab(page, "Cross-validation")
+
+        self.reliability = ReliabilityPanel()
+        self.reliability.gene_clicked.connect(self.open_gene)
+        self.tabs.addTab(self.reliability, "Reliability")
+
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.tabs)
+        self.model.result_changed.connect(self._on_result)
+        self.model.cv_changed.connect(self._on_cv)
+        self._on_result()
+        self._on_cv()
+
+    # ------------------------------------------------------------------ updates
+    def _on_result(self, *_: Any) -> None:
+        result = self.model.result
+        self.train_fig.clear()
+        self.val_fig.clear()
+        try:
+            self.reliability.set_result(result, self.model.cv_table)
+        except Exception as exc:
+            notify_error(exc)
+        if result is None:
+            self.train_info.setText("No mapping result yet.")
+            self.train_canvas.draw_idle()
+            self.val_canvas.draw_idle()
+            return
+        try:
+            plot_training_scores(self.train_fig, result)
+            score = result.uns.get("spatial_impute", {}).get("training_score", float("nan"))
+            n_train = int(result.var["is_training"].astype(bool).sum())
+            self.train_info.setText(
+                f"training score {float(score):.3f} over {n_train} training genes; click a dot to show the gene."
+            )
+        except Exception as exc:
+            notify_error(exc)
+        self.train_canvas.draw_idle()
+        if not self.markers_edit.text().strip():
+            self.markers_edit.setText(", ".join(default_markers(result)))
+        self.update_validation()
+
+    def update_validation(self) -> pd.DataFrame | None:
+        """Redraw the per-cell-type validation for the markers in the text box."""
+        result = self.model.result
+        if result is None:
+            return None
+        if cluster_key(result) is None:  # nothing to validate against: say so, no error pop-up
+            self.val_fig.clear()
+            ax = self.val_fig.subplots()
+            ax.text(0.5, 0.5, "no cell types: map with a cluster key", ha="center", va="center")
+            ax.set_axis_off()
+            self.val_canvas.draw_idle()
+            return None
+        markers = marker_list(self.markers_edit.text(), shared_genes(result)) or None
+        try:
+            table = validate_cell_types(result, markers=markers)
+        except Exception as exc:
+            notify_error(exc)
+            return None
+        plot_cell_type_validation(self.val_fig, table)
+        self.val_canvas.draw_idle()
+        return table
+
+    def _on_cv(self, *_: Any) -> None:
+        table = self.model.cv_table
+        try:  # the reliability plot compares with the held-out Pearson when it can
+            self.reliability.draw(self.model.result, table)
+        except Exception as exc:
+            notify_error(exc)
+        self.cv_table.setSortingEnabled(False)
+        self.cv_table.setRowCount(0)
+        if table is None or len(table) == 0:
+            self.cv_info.setText("No cross-validation yet: run one here or open a table (.csv).")
+            return
+        cols = [c for c in CV_COLUMNS if c in table.columns]
+        self.cv_table.setColumnCount(len(cols))
+        self.cv_table.setHorizontalHeaderLabels(cols)
+        self.cv_table.setRowCount(len(table))
+        for i, rec in enumerate(table[cols].itertuples(index=False)):
+            for j, v in enumerate(rec):
+                if isinstance(v, (int, float, np.integer, np.floating)):
+                    item: QTableWidgetItem = NumberItem(float(v))
+                else:
+                    item = QTableWidgetItem(str(v))
+                item.setFlags(item.flags() & ~Qt.ItemFlag.ItemIsEditable)
+                self.cv_table.setItem(i, j, item)
+        self.cv_table.setSortingEnabled(True)
+        self.cv_table.sortItems(
+            cols.index("pearson") if "pearson" in cols else 0, Qt.SortOrder.DescendingOrder
+        )
+        self.cv_table.resizeColumnsToContents()
+        self.cv_info.setText(cv_summary_text(table) + "; click a gene to show it.")
+
+    # ------------------------------------------------------------------ running a CV
+    def open_cv_table(self, path: str) -> pd.DataFrame | None:
+        """Read a cross-validation table (.csv with ``gene`` and ``pearson``) into the model."""
+        try:
+            table = pd.read_csv(path)
+            missing = {"gene", "pearson"} - set(table.columns)
+            if missing:
+                raise ValueError(
+                    f"{path} has no column {sorted(missing)[0]!r}; give a table written by "
+                    "`napari-spatial-impute evaluate`."
+                )
+        except Exception as exc:
+            notify_error(exc)
+            return None
+        self.model.set_cv_table(table)
+        return table
+
+    def _browse_cv(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Cross-validation table", "", "CSV (*.csv)")
+        if path:
+            self.open_cv_table(path)
+
+    def run_cv(self) -> Any:
+        """Start a leave-genes-out cross-validation in a worker thread (result's settings)."""
+        from napari.qt.threading import thread_worker
+        from napari.utils import progress
+
+        ref, spa, result = self.model.reference, self.model.spatial, self.model.result
+        if ref is None or spa is None:
+            notify_error(
+                ValueError(
+                    "cross-validation needs the reference and the spatial data; load both first."
+                )
+            )
+            return None
+        params = (
+            dict(result.uns.get("spatial_impute", {}).get("params", {}))
+            if result is not None
+            else {}
+        )
+        if self.model.cluster_key and "cluster_key" not in params:
+            params["cluster_key"] = self.model.cluster_key
+        kwargs = cv_kwargs(params, self.cv_epochs_spin.value())
+        folds = self.folds_spin.value()
+        self._cv_cancel = threading.Event()
+        # no ``progress=``: napari would advance its bar once per yield; the bar below follows
+        # the (throttled) epochs of all folds instead
+        worker = thread_worker(
+            iter_cross_validation,
+            connect={
+                "yielded": self._on_cv_progress,
+                "returned": self._on_cv_done,
+                "errored": self._on_cv_error,
+            },
+            start_thread=False,
+        )(ref, spa, self._cv_cancel, folds, **kwargs)
+        worker.finished.connect(self._on_cv_finished)
+        total = max(folds * int(kwargs.get("epochs", 1) or 1), 1)
+        self._cv_pbar = progress(total=total, desc="cross-validation")
+        self.cv_progress.setRange(0, total)
+        self.cv_progress.setValue(0)
+        self.cv_progress.setVisible(True)
+        self.cv_run_button.setEnabled(False)
+        self.cv_stop_button.setEnabled(True)
+        self.cv_info.setText(f"cross-validating {folds} folds...")
+        self._cv_worker = worker
+        worker.start()
+        return worker
+
+    def stop_cv(self) -> None:
+        """Stop a running cross-validation after its current epoch."""
+        self._cv_cancel.set()
+        if self._cv_worker is not None:
+            self._cv_worker.quit()
+            self.cv_stop_button.setEnabled(False)
+            self.cv_info.setText("stopping the cross-validation...")
+
+    def _on_cv_progress(self, step: CVProgress) -> None:
+        if self._cv_cancel.is_set():
+            return
+        self.cv_progress.setRange(0, step.total)
+        self.cv_progress.setValue(min(step.done, step.total))
+        running = min(step.fold + 1, step.folds) if step.epoch else step.fold
+        self.cv_info.setText(
+            f"cross-validating {step.folds} folds: fold {running} of {step.folds}"
+            + (f", epoch {step.epoch} / {step.epochs}" if step.epoch else " done")
+        )
+        pbar = self._cv_pbar
+        if pbar is not None and step.done > pbar.n:
+            pbar.update(min(step.done, step.total) - pbar.n)  # processes events: do it last
+
+    def _on_cv_done(self, table: pd.DataFrame | None) -> None:
+        if table is not None and not self._cv_cancel.is_set():
+            self.model.set_cv_table(table)
+
+    def _on_cv_error(self, exc: BaseException) -> None:
+        self.cv_info.setText(f"cross-validation failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
+        notify_error(exc)
+
+    def _on_cv_finished(self) -> None:
+        worker = self._cv_worker
+        stopped = self._cv_cancel.is_set() or bool(getattr(worker, "abort_requested", False))
+        pbar, self._cv_pbar = self._cv_pbar, None
+        if pbar is not None:
+            pbar.close()
+        self.cv_progress.setVisible(False)
+        self.cv_run_button.setEnabled(True)
+        self.cv_stop_button.setEnabled(False)
+        self._cv_worker = None
+        if stopped:
+            self.cv_info.setText("cross-validation stopped; no table was stored.")
+
+    # ------------------------------------------------------------------ gene clicks
+    def open_gene(self, gene: str) -> list:
+        """Show a gene's layers in all FOVs (recolouring the ones this widget opened before)."""
+        result = self.model.result
+        if result is None:
+            return []
+        previous = (
+            find_layers(self.viewer, "imputed", value=self._opened_gene)
+            if self._opened_gene
+            else []
+        )
+        try:
+            layers = open_gene(
+                self.viewer, result, gene, None, self.model.fov_key, recolor_layers=previous
+            )
+        except Exception as exc:
+            notify_error(exc)
+            return []
+        self._opened_gene = layers[0].metadata.get("nsi_value", gene) if layers else gene
+        return layers
+
+    def _on_cv_clicked(self, row: int, _col: int) -> None:
+        header = [
+            self.cv_table.horizontalHeaderItem(j).text() for j in range(self.cv_table.columnCount())
+        ]
+        item = self.cv_table.item(row, header.index("gene"))
+        if item is not None:
+            self.open_gene(item.text())
+
+    def _on_pick(self, event: Any) -> None:
+        genes = getattr(event.artist, "genes", None)
+        if genes is None or not len(event.ind):
+            return
+        self.open_gene(genes[int(event.ind[0])])

@@ -1,0 +1,378 @@
+"""Explore widget: imputed and measured genes, their prediction intervals, cluster probabilities
+per FOV, FOV navigator."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from napari.settings import get_settings
+from napari.utils.notifications import show_warning
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import (
+    QAbstractItemView,
+    QCheckBox,
+    QComboBox,
+    QCompleter,
+    QDoubleSpinBox,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QListWidget,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from napari_spatial_impute.plugin.model import get_model
+from napari_spatial_impute.plugin.widgets.layer_ops import (
+    PREVIOUS_SUFFIX,
+    find_layers,
+    gene_specs,
+    jump_to_fov,
+    notify_error,
+    place_cluster,
+    place_gene,
+    place_predicted,
+    refresh_layers,
+)
+from napari_spatial_impute.plugin.widgets.linking import get_link_controller
+from napari_spatial_impute.plugin.widgets.uncertainty_controls import UncertaintyControls
+from napari_spatial_impute.viz.explore import (
+    VALUE_KEY,
+    cluster_names,
+    default_point_size,
+    fov_rows,
+    gene_names,
+    predicted_layer_specs,
+    shared_genes,
+    value_layer_specs,
+)
+
+#: Above this many cells (in the chosen FOVs) layer data is built in a worker thread.
+ASYNC_CELLS = 100_000
+
+
+class ExploreWidget(QWidget):
+    """Choose genes, clusters and FOVs of the current mapping result and show them as layers.
+
+    Parameters
+    ----------
+    napari_viewer
+        The viewer (napari passes it in).
+    """
+
+    def __init__(self, napari_viewer: Any) -> None:
+        super().__init__()
+        self.viewer = napari_viewer
+        self.model = get_model(napari_viewer)
+        self._last_gene: str | None = None
+        self._last_cluster: str | None = None
+        self.worker: Any = None
+
+        self.info = QLabel("No mapping result yet: run a mapping or open a result file.")
+        self.info.setWordWrap(True)
+
+        self.gene_edit = QLineEdit()
+        self.gene_edit.setPlaceholderText("type a gene (any imputed gene)")
+        self.completer = QCompleter([])
+        self.completer.setCaseSensitivity(Qt.CaseSensitivity.CaseInsensitive)
+        self.completer.setFilterMode(Qt.MatchFlag.MatchContains)
+        self.gene_edit.setCompleter(self.completer)
+        self.gene_edit.returnPressed.connect(self.show_gene)
+        self.gene_button = QPushButton("Show gene")
+        self.gene_button.clicked.connect(self.show_gene)
+        self.measured_check = QCheckBox("measured beside imputed (shared genes)")
+        self.measured_check.setChecked(True)
+        self.recolor_check = QCheckBox("recolour the shown layers instead of adding new ones")
+        self.recolor_check.setChecked(True)
+        self.grid_check = QCheckBox("side by side (one grid cell per layer)")
+        self.grid_check.setChecked(bool(napari_viewer.grid.enabled))
+        self.grid_check.toggled.connect(self._set_grid)
+        self.tooltip_check = QCheckBox("hover tooltips (napari setting: layer tooltips)")
+        self.tooltip_check.setToolTip(
+            "the hovered cell's features (values, top imputed genes, top clusters) also appear "
+            "beside the cursor; they are always in the status bar"
+        )
+        self.tooltip_check.setChecked(bool(get_settings().appearance.layer_tooltip_visibility))
+        self.tooltip_check.toggled.connect(self._set_tooltips)
+        self.links = get_link_controller(napari_viewer)
+        self.link_check = QCheckBox("link selections (spatial cells <-> reference cells)")
+        self.link_check.setChecked(self.links.enabled)
+        self.link_check.toggled.connect(self._set_linking)
+
+        self.cluster_combo = QComboBox()
+        self.cluster_button = QPushButton("Show probability")
+        self.cluster_button.clicked.connect(self.show_cluster)
+        self.predicted_button = QPushButton("Most likely cluster")
+        self.predicted_button.clicked.connect(self.show_predicted)
+
+        self.fov_list = QListWidget()
+        self.fov_list.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
+        self.fov_list.setMaximumHeight(90)
+        self.fov_list.setToolTip("FOVs to show; none selected means all")
+        self.size_spin = QDoubleSpinBox()
+        self.size_spin.setDecimals(3)
+        self.size_spin.setRange(0.001, 1e6)
+        self.size_spin.setToolTip("point size in data units")
+
+        self.uncertainty = UncertaintyControls(napari_viewer, self.model)
+
+        self.nav_combo = QComboBox()
+        self.nav_button = QPushButton("Go to FOV")
+        self.nav_button.clicked.connect(self.go_to_fov)
+
+        form = QFormLayout()
+        row = QHBoxLayout()
+        row.addWidget(self.gene_edit, 1)
+        row.addWidget(self.gene_button)
+        form.addRow("Gene", row)
+        form.addRow("", self.measured_check)
+        form.addRow("", self.recolor_check)
+        form.addRow(self.uncertainty)
+        row = QHBoxLayout()
+        row.addWidget(self.cluster_combo, 1)
+        row.addWidget(self.cluster_button)
+        form.addRow("Cluster", row)
+        form.addRow("", self.predicted_button)
+        form.addRow("FOVs", self.fov_list)
+        form.addRow("Point size", self.size_spin)
+        form.addRow("", self.link_check)
+        form.addRow("", self.grid_check)
+        form.addRow("", self.tooltip_check)
+        row = QHBoxLayout()
+        row.addWidget(self.nav_combo, 1)
+        row.addWidget(self.nav_button)
+        form.addRow("Navigate", row)
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.info)
+        layout.addLayout(form)
+        layout.addWidget(self.status)
+        layout.addStretch(1)
+
+        self.model.result_changed.connect(self._on_result)
+        self.model.keys_changed.connect(self._refresh_fovs)
+        self._on_result(self.model.result)
+
+    # ------------------------------------------------------------------ state
+    def _on_result(self, result: Any = None) -> None:
+        result = self.model.result
+        detached: list = []
+        try:  # layers shown before follow the new result, or stay as they were (and say so)
+            _, detached = refresh_layers(self.viewer, result, self.model.fov_key)
+        except Exception as exc:
+            notify_error(exc)
+        if detached:
+            n = len(detached)
+            show_warning(
+                f"{n} layer{'s' if n != 1 else ''} of the previous result kept unchanged "
+                f"(the new result lacks {'their' if n != 1 else 'its'} gene, cluster or FOV cells); "
+                f"{'they are' if n != 1 else 'it is'} named '...{PREVIOUS_SUFFIX}': "
+                "close them when done comparing."
+            )
+        self.uncertainty.set_result(result)  # offered only with intervals; masks re-applied
+        enabled = result is not None
+        for w in (
+            self.gene_edit,
+            self.gene_button,
+            self.cluster_combo,
+            self.cluster_button,
+            self.predicted_button,
+            self.nav_button,
+            self.fov_list,
+            self.size_spin,
+        ):
+            w.setEnabled(enabled)
+        self.cluster_combo.clear()
+        if result is None:
+            self.completer.model().setStringList([])  # type: ignore[attr-defined]
+            self.info.setText("No mapping result yet: run a mapping or open a result file.")
+            self._refresh_fovs()
+            return
+        genes = gene_names(result)
+        self.completer.model().setStringList(genes)  # type: ignore[attr-defined]
+        clusters = cluster_names(result)
+        self.cluster_combo.addItems(clusters)
+        self.cluster_button.setEnabled(bool(clusters))
+        self.predicted_button.setEnabled(bool(clusters))
+        self.size_spin.setValue(default_point_size(result))
+        self.info.setText(
+            f"{result.n_obs} spatial cells, {len(genes)} imputed genes "
+            f"({len(shared_genes(result))} measured), {len(clusters)} clusters."
+        )
+        self._refresh_fovs()
+
+    def _refresh_fovs(self) -> None:
+        self.fov_list.clear()
+        self.nav_combo.clear()
+        if self.model.result is None:
+            return
+        fovs = list(fov_rows(self.model.result, self.model.fov_key))
+        self.fov_list.addItems(fovs)
+        self.nav_combo.addItems(fovs)
+
+    def _set_tooltips(self, on: bool) -> None:
+        get_settings().appearance.layer_tooltip_visibility = bool(on)
+
+    def _set_grid(self, on: bool) -> None:
+        self.viewer.grid.enabled = bool(on)
+
+    def _set_linking(self, on: bool) -> None:
+        self.links.enabled = bool(on)
+
+    def selected_fovs(self) -> list[str] | None:
+        """FOVs chosen in the list (``None`` = all)."""
+        chosen = [item.text() for item in self.fov_list.selectedItems()]
+        return chosen or None
+
+    def _targets(self, role: str, last: str | None) -> list:
+        """Layers to recolour: selected layers of ``role``, else those of the last shown value."""
+        if not self.recolor_check.isChecked():
+            return []
+        selected = [
+            layer
+            for layer in self.viewer.layers.selection
+            if layer.metadata.get("nsi_role") == role
+        ]
+        if selected:
+            return selected
+        return find_layers(self.viewer, role, value=last) if last else []
+
+    # ------------------------------------------------------------------ actions
+    def _n_cells(self) -> int:
+        by_fov = fov_rows(self.model.result, self.model.fov_key)
+        chosen = self.selected_fovs() or list(by_fov)
+        return int(sum(len(by_fov.get(f, ())) for f in chosen))
+
+    def _dispatch(
+        self, build: Callable[[], Any], place: Callable[[Any], list], done: Callable[[list], None]
+    ) -> list:
+        """Build layer data, then add it. Above :data:`ASYNC_CELLS` cells the building runs in a
+        worker thread (the widget stays responsive; the layers appear when it returns) and an
+        empty list is returned; errors become notifications and add nothing.
+        """
+
+        def finish(data: Any) -> list:
+            try:
+                layers = place(data)
+            except Exception as exc:
+                notify_error(exc)
+                return []
+            done(layers)
+            return layers
+
+        if self._n_cells() <= ASYNC_CELLS:
+            try:
+                data = build()
+            except Exception as exc:  # shown to the user, never half-added
+                notify_error(exc)
+                return []
+            return finish(data)
+        from napari.qt.threading import create_worker
+
+        worker = create_worker(
+            build,
+            _progress={"desc": "building layers"},
+            _connect={"errored": lambda exc: notify_error(exc), "returned": finish},
+            _start_thread=False,
+        )
+        worker.finished.connect(lambda: self._set_busy(False))
+        self._set_busy(True)
+        self.worker = worker
+        worker.start()
+        return []
+
+    def _set_busy(self, busy: bool) -> None:
+        for w in (self.gene_button, self.cluster_button, self.predicted_button):
+            w.setEnabled(not busy)
+        if busy:
+            self.status.setText("building layers...")
+
+    def show_gene(self, gene: str | None = None) -> list:
+        """Show ``gene`` (default: the typed one) in the chosen FOVs; returns the layers."""
+        result = self.model.result
+        gene = gene if isinstance(gene, str) else self.gene_edit.text().strip()
+        if result is None or not gene:
+            return []
+        fovs, fov_key, measured = (
+            self.selected_fovs(),
+            self.model.fov_key,
+            self.measured_check.isChecked(),
+        )
+        size, level = self.size_spin.value(), self.uncertainty.interval_level()
+
+        def build() -> Any:
+            return gene_specs(
+                result, gene, fovs, fov_key, measured=measured, size=size, interval=level
+            )
+
+        def place(specs: Any) -> list:
+            imputed, measured_specs, interval_specs = specs
+            targets = self._targets("imputed", self._last_gene)
+            # unticked: interval layers of a recoloured gene go, like its measured ones
+            return place_gene(self.viewer, imputed, measured_specs, targets, interval_specs or [])
+
+        def done(layers: list) -> None:
+            self._last_gene = layers[0].metadata[VALUE_KEY] if layers else gene
+            self.status.setText(f"{self._last_gene}: {len(layers)} layers")
+            self.uncertainty.gene_shown(self._last_gene)
+
+        return self._dispatch(build, place, done)
+
+    def show_cluster(self, cluster: str | None = None) -> list:
+        """Show the probability of ``cluster`` (default: the chosen one) in the chosen FOVs."""
+        result = self.model.result
+        cluster = cluster if isinstance(cluster, str) else self.cluster_combo.currentText()
+        if result is None or not cluster:
+            return []
+        fovs, fov_key, size = self.selected_fovs(), self.model.fov_key, self.size_spin.value()
+
+        def build() -> Any:
+            return value_layer_specs(result, "probability", cluster, fovs, fov_key, size=size)
+
+        def place(specs: Any) -> list:
+            return place_cluster(
+                self.viewer, specs, self._targets("probability", self._last_cluster)
+            )
+
+        def done(layers: list) -> None:
+            self._last_cluster = cluster
+            self.status.setText(f"{cluster} probability: {len(layers)} layers")
+
+        return self._dispatch(build, place, done)
+
+    def show_predicted(self) -> list:
+        """Show the most likely cluster of each cell in the chosen FOVs."""
+        result = self.model.result
+        if result is None:
+            return []
+        fovs, fov_key, size = self.selected_fovs(), self.model.fov_key, self.size_spin.value()
+
+        def build() -> Any:
+            return predicted_layer_specs(result, fovs, fov_key, size=size)
+
+        def place(specs: Any) -> list:
+            return place_predicted(self.viewer, specs, result)
+
+        def done(layers: list) -> None:
+            self.status.setText(f"most likely cluster: {len(layers)} layers")
+
+        return self._dispatch(build, place, done)
+
+    def go_to_fov(self, fov: str | None = None) -> None:
+        """Center and zoom the camera on one FOV (default: the navigator's)."""
+        fov = fov if isinstance(fov, str) else self.nav_combo.currentText()
+        if self.model.result is None or not fov:
+            return
+        try:
+            jump_to_fov(self.viewer, self.model.result, fov, self.model.fov_key)
+        except Exception as exc:
+            notify_error(exc)
+            return
+        self.status.setText(f"FOV {fov}")
+
+
+__all__ = ["ExploreWidget"]

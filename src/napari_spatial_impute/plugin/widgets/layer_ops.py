@@ -1,0 +1,434 @@
+"""Adding, finding and recolouring the exploration layers of a viewer (shared by the widgets).
+
+Only public napari API: ``napari.layers.Points``, ``viewer.layers``, ``layer.metadata``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+from napari.layers import Layer, Points
+from napari.utils.notifications import show_error
+
+from napari_spatial_impute.io.schema import interval_levels
+from napari_spatial_impute.viz.explore import (
+    EXPLORE_KEY,
+    FOV_KEY,
+    PREDICTED_ROLE,
+    ROLE_KEY,
+    ROWS_KEY,
+    VALUE_KEY,
+    PointsSpec,
+    fov_bounds,
+    predicted_layer_specs,
+    shared_genes,
+    value_layer_specs,
+)
+from napari_spatial_impute.viz.intervals import INTERVAL_ROLE, LEVEL_KEY, interval_layer_specs
+
+
+def find_layers(
+    viewer: Any, role: str | None = None, fov: str | None = None, value: str | None = None
+) -> list[Layer]:
+    """Layers whose metadata match the given role, FOV and value (``None`` matches anything)."""
+    out = []
+    for layer in viewer.layers:
+        md = layer.metadata
+        if role is not None and md.get(ROLE_KEY) != role:
+            continue
+        if fov is not None and str(md.get(FOV_KEY)) != str(fov):
+            continue
+        if value is not None and md.get(VALUE_KEY) != value:
+            continue
+        out.append(layer)
+    return out
+
+
+def layer_identity(metadata: Any) -> tuple[Any, ...] | None:
+    """What an exploration layer shows, from its metadata: ``(role, value, FOV, interval level)``.
+
+    ``None`` for any other layer. Layers are matched by this, never by name: napari renames a
+    layer whose name is taken (``"... [1]"``) and the user may rename any layer.
+    """
+    md = metadata if isinstance(metadata, dict) else getattr(metadata, "metadata", {})
+    if not md.get(EXPLORE_KEY):
+        return None
+    return (md.get(ROLE_KEY), str(md.get(VALUE_KEY)), str(md.get(FOV_KEY)), md.get(LEVEL_KEY))
+
+
+def _make_layer(spec: PointsSpec, colorbar: bool = True) -> Points:
+    layer = Points(spec.data, **spec.add_kwargs())
+    if "face_colormap" in spec.kwargs:
+        layer.face_colorbar.visible = colorbar
+    return layer
+
+
+def _first_of_each_value(specs: Sequence[PointsSpec]) -> list[bool]:
+    """One colour bar per value and kind: the FOVs share its limits, so the first layer shows it."""
+    seen: set[tuple[Any, Any]] = set()
+    out = []
+    for s in specs:
+        md = s.kwargs.get("metadata", {})
+        key = (md.get(ROLE_KEY), md.get(VALUE_KEY))
+        out.append(key not in seen)
+        seen.add(key)
+    return out
+
+
+def recolor(layer: Points, spec: PointsSpec, colorbar: bool = True) -> None:
+    """Give an existing layer the values, colouring, name and metadata of ``spec`` (same points)."""
+    if len(layer.data) != len(spec.data):
+        raise ValueError(
+            f"layer {layer.name!r} has {len(layer.data)} points, the new values {len(spec.data)}."
+        )
+    old = layer.features
+    # keep the current colour column (the old value, or a mask's) while switching
+    bridge = spec.features.copy()
+    for col in old.columns.difference(bridge.columns):
+        bridge[col] = old[col].to_numpy()
+    layer.features = bridge
+    layer.face_color = spec.color_column
+    layer.features = spec.features
+    if "face_colormap" in spec.kwargs:
+        layer.face_colormap = spec.kwargs["face_colormap"]
+        layer.face_contrast_limits = spec.kwargs["face_contrast_limits"]
+        layer.face_colorbar.visible = colorbar
+    layer.metadata = dict(spec.kwargs.get("metadata", {}))
+    layer.name = spec.name
+    if not np.all(layer.shown):  # a mask hid cells of the old values
+        layer.shown = np.ones(len(layer.data), dtype=bool)
+
+
+def apply_specs(
+    viewer: Any, specs: Sequence[PointsSpec], replace: Sequence[Layer | None] | None = None
+) -> list[Points]:
+    """Add the layers of ``specs`` (or recolour the matching ``replace`` layers), all or nothing.
+
+    A layer already showing what a spec shows (same :func:`layer_identity`) is recoloured
+    instead of duplicated. New layers are all built before any is added; if adding fails, the
+    ones already added are removed again.
+    """
+    replace = list(replace) if replace is not None else [None] * len(specs)
+    shown = {
+        key: layer for layer in viewer.layers if (key := layer_identity(layer.metadata)) is not None
+    }
+    targets: list[Points | None] = []
+    for spec, old in zip(specs, replace, strict=True):
+        same = shown.get(layer_identity(spec.kwargs.get("metadata", {})))
+        target = same if isinstance(same, Points) else old
+        if target is not None and len(target.data) != len(spec.data):
+            target = None
+        targets.append(target)
+    bars = _first_of_each_value(specs)
+    new_layers = {
+        i: _make_layer(s, bars[i])
+        for i, (s, t) in enumerate(zip(specs, targets, strict=True))
+        if t is None
+    }
+    added: list[Points] = []
+    try:
+        for layer in new_layers.values():
+            viewer.layers.append(layer)
+            added.append(layer)
+    except Exception:
+        for layer in added:
+            if layer in viewer.layers:
+                viewer.layers.remove(layer)
+        raise
+    out = []
+    for i, (spec, target) in enumerate(zip(specs, targets, strict=True)):
+        if target is None:
+            out.append(new_layers[i])
+        else:
+            recolor(target, spec, bars[i])
+            out.append(target)
+    return out
+
+
+def gene_specs(
+    result: Any,
+    gene: str,
+    fovs: Iterable[str] | None = None,
+    fov_key: str | None = None,
+    *,
+    measured: bool = True,
+    size: float | None = None,
+    interval: str | None = None,
+) -> tuple[list[PointsSpec], list[PointsSpec], list[PointsSpec] | None]:
+    """Layer data of one gene (no viewer; safe in a worker thread).
+
+    Returns
+    -------
+    The imputed specs; the measured specs (empty for a gene that was not measured in space, or
+    without ``measured``); the interval-width specs at level ``interval`` (``"90"``, ``"67"``),
+    empty when the result has no intervals, ``None`` when ``interval`` is ``None`` (then the
+    interval layers already shown are left alone).
+    """
+    fovs = None if fovs is None else [str(f) for f in fovs]
+    specs = value_layer_specs(result, "imputed", gene, fovs, fov_key, size=size)
+    gene = specs[0].kwargs["metadata"][VALUE_KEY] if specs else gene
+    shown = [s.kwargs["metadata"][FOV_KEY] for s in specs]
+    m_specs: list[PointsSpec] = []
+    if measured and gene in shared_genes(result):
+        m_specs = value_layer_specs(result, "measured", gene, shown, fov_key, size=size)
+    i_specs: list[PointsSpec] | None = None
+    if interval is not None:
+        i_specs = []
+        if str(interval) in interval_levels(result):
+            i_specs = interval_layer_specs(result, gene, interval, shown, fov_key, size=size)
+    return specs, m_specs, i_specs
+
+
+def _companions(
+    viewer: Any,
+    specs: Sequence[PointsSpec],
+    replace: Sequence[Layer | None],
+    role: str,
+    companion_specs: Sequence[PointsSpec],
+) -> tuple[list[PointsSpec], list[Layer | None], list[Layer]]:
+    """Pair the measured or interval specs with the same-FOV layers of the replaced genes.
+
+    Returns the specs to apply, the layers they recolour (or ``None``) and the old companion
+    layers that have no new spec (to remove).
+    """
+    by_fov = {s.kwargs["metadata"][FOV_KEY]: s for s in companion_specs}
+    todo: list[PointsSpec] = []
+    todo_replace: list[Layer | None] = []
+    stale: list[Layer] = []
+    for spec, old in zip(specs, replace, strict=True):
+        fov = spec.kwargs["metadata"][FOV_KEY]
+        old_layers = (
+            find_layers(viewer, role, fov, old.metadata.get(VALUE_KEY)) if old is not None else []
+        )
+        if fov in by_fov:
+            todo.append(by_fov[fov])
+            todo_replace.append(old_layers[0] if old_layers else None)
+        else:
+            stale.extend(old_layers)
+    return todo, todo_replace, stale
+
+
+def place_gene(
+    viewer: Any,
+    specs: Sequence[PointsSpec],
+    m_specs: Sequence[PointsSpec],
+    recolor_layers: Sequence[Layer] = (),
+    i_specs: Sequence[PointsSpec] | None = None,
+) -> list[Points]:
+    """Add or recolour a gene's layers (see :func:`open_gene`); main thread only.
+
+    Measured (and, when ``i_specs`` is not ``None``, interval-width) layers of the recoloured
+    layers' old gene are recoloured too, or removed when the new gene has none.
+    """
+    by_fov = {str(layer.metadata.get(FOV_KEY)): layer for layer in recolor_layers}
+    replace: list[Layer | None] = [by_fov.get(s.kwargs["metadata"][FOV_KEY]) for s in specs]
+    all_specs, all_replace, stale = list(specs), list(replace), []
+    companions = [("measured", m_specs)]
+    if i_specs is not None:
+        companions.append((INTERVAL_ROLE, i_specs))
+    for role, comp in companions:
+        todo, todo_replace, old = _companions(viewer, specs, replace, role, comp)
+        all_specs += todo
+        all_replace += todo_replace
+        stale += old
+    layers = apply_specs(viewer, all_specs, all_replace)
+    for layer in stale:
+        if layer in viewer.layers and layer not in layers:
+            viewer.layers.remove(layer)
+    return layers
+
+
+def open_gene(
+    viewer: Any,
+    result: Any,
+    gene: str,
+    fovs: Iterable[str] | None = None,
+    fov_key: str | None = None,
+    *,
+    measured: bool = True,
+    recolor_layers: Sequence[Layer] = (),
+    size: float | None = None,
+    interval: str | None = None,
+) -> list[Points]:
+    """Show one gene: its imputed layer per FOV and, for shared genes, the measured one beside it.
+
+    ``recolor_layers`` are existing imputed layers (any gene) to recolour instead of adding new
+    ones, matched by FOV; measured layers of those layers' old gene are recoloured too, or removed
+    when the new gene was not measured. With ``interval`` (a level such as ``"90"``) the
+    interval-width layers are shown (and recoloured) the same way.
+    """
+    specs, m_specs, i_specs = gene_specs(
+        result, gene, fovs, fov_key, measured=measured, size=size, interval=interval
+    )
+    return place_gene(viewer, specs, m_specs, recolor_layers, i_specs)
+
+
+def place_cluster(
+    viewer: Any, specs: Sequence[PointsSpec], recolor_layers: Sequence[Layer] = ()
+) -> list[Points]:
+    """Add or recolour probability layers, matching ``recolor_layers`` by FOV; main thread only."""
+    by_fov = {str(layer.metadata.get(FOV_KEY)): layer for layer in recolor_layers}
+    return apply_specs(viewer, specs, [by_fov.get(s.kwargs["metadata"][FOV_KEY]) for s in specs])
+
+
+def open_cluster(
+    viewer: Any,
+    result: Any,
+    cluster: str,
+    fovs: Iterable[str] | None = None,
+    fov_key: str | None = None,
+    *,
+    recolor_layers: Sequence[Layer] = (),
+    size: float | None = None,
+) -> list[Points]:
+    """Show one cluster's probability per FOV (recolouring ``recolor_layers`` matched by FOV)."""
+    specs = value_layer_specs(result, "probability", cluster, fovs, fov_key, size=size)
+    return place_cluster(viewer, specs, recolor_layers)
+
+
+def place_predicted(viewer: Any, specs: Sequence[PointsSpec], result: Any = None) -> list[Points]:
+    """Add most-likely-cluster layers, rebuilding those of the same FOVs; main thread only.
+
+    Rebuilt are the exploration layers of the same FOV and cluster key and, when ``result`` is
+    given, the result's own most-likely layers (the Map widget's or the reader's), matched by
+    metadata. Categorical colouring cannot be switched in place, hence the rebuilding.
+    """
+    from napari_spatial_impute.viz.layers import plugin_meta
+
+    wanted = {
+        (s.kwargs["metadata"].get(VALUE_KEY), str(s.kwargs["metadata"].get(FOV_KEY))) for s in specs
+    }
+    old = []
+    for layer in viewer.layers:
+        md = layer.metadata
+        if md.get(ROLE_KEY) != PREDICTED_ROLE or (md.get(VALUE_KEY), str(md.get(FOV_KEY))) not in wanted:
+            continue
+        meta = plugin_meta(layer)
+        if md.get(EXPLORE_KEY) or (result is not None and meta is not None and meta["adata"] is result):
+            old.append(layer)
+    for layer in old:
+        viewer.layers.remove(layer)
+    return apply_specs(viewer, specs)
+
+
+def open_predicted(
+    viewer: Any,
+    result: Any,
+    fovs: Iterable[str] | None = None,
+    fov_key: str | None = None,
+    size: float | None = None,
+) -> list[Points]:
+    """Show the most likely cluster per FOV (categorical colours)."""
+    return place_predicted(viewer, predicted_layer_specs(result, fovs, fov_key, size=size), result)
+
+
+def _fresh_spec(result: Any, md: dict, fov_key: str | None, size: float) -> PointsSpec:
+    """The spec of an exploration layer (known by its metadata) built from ``result``."""
+    role, fov = md.get(ROLE_KEY), [md[FOV_KEY]]
+    if role == PREDICTED_ROLE:
+        return predicted_layer_specs(result, fov, fov_key, size=size)[0]
+    if role == INTERVAL_ROLE:
+        level = md.get(LEVEL_KEY, "90")
+        return interval_layer_specs(result, md[VALUE_KEY], level, fov, fov_key, size=size)[0]
+    return value_layer_specs(result, role, md[VALUE_KEY], fov, fov_key, size=size)[0]
+
+
+#: ``nsi_role`` of an exploration layer kept, unchanged, from a previous result.
+PREVIOUS_ROLE = "previous result"
+#: Suffix of the name of such a layer.
+PREVIOUS_SUFFIX = " (previous result)"
+
+
+def detach_layer(layer: Layer) -> None:
+    """Keep ``layer`` as it is, but no longer as a layer of the current result.
+
+    Its exploration keys go (it is not recoloured, linked or hovered with the new result's rows
+    any more), what it showed stays in ``metadata['nsi_previous']`` and its name says so.
+    """
+    md = dict(layer.metadata)
+    shown = {k: md.pop(k, None) for k in (ROLE_KEY, VALUE_KEY, FOV_KEY, LEVEL_KEY)}
+    for key in (EXPLORE_KEY, ROWS_KEY):
+        md.pop(key, None)
+    md[ROLE_KEY] = PREVIOUS_ROLE
+    md["nsi_previous"] = shown
+    layer.metadata = md
+    if not layer.name.endswith(PREVIOUS_SUFFIX):
+        layer.name = f"{layer.name}{PREVIOUS_SUFFIX}"
+
+
+def refresh_layers(
+    viewer: Any, result: Any, fov_key: str | None = None
+) -> tuple[list[Points], list[Points]]:
+    """Give the exploration layers the values of a new result (same genes, clusters and FOVs).
+
+    Layers whose gene, cluster, interval level or FOV the new result lacks, or whose FOV changed
+    size, are kept unchanged with the previous result's values, detached from the exploration
+    (:func:`detach_layer`): nothing the user opened disappears. ``result=None`` (the result was
+    cleared) removes them all.
+
+    Returns
+    -------
+    The layers that now show the new result, and those kept from the previous one.
+    """
+    ours = [
+        lay for lay in viewer.layers if lay.metadata.get(EXPLORE_KEY) and isinstance(lay, Points)
+    ]
+    kept: list[Points] = []
+    detached: list[Points] = []
+    for layer in ours:
+        md = layer.metadata
+        if result is None:
+            viewer.layers.remove(layer)
+            continue
+        try:
+            spec = _fresh_spec(result, md, fov_key, float(np.mean(layer.size)))
+            if len(spec.data) != len(layer.data):
+                raise ValueError("FOV changed")
+        except Exception:
+            detach_layer(layer)
+            detached.append(layer)
+            continue
+        layer.data = spec.data
+        if md.get(ROLE_KEY) == PREDICTED_ROLE:  # categorical: same colour column, new values
+            layer.features = spec.features
+            layer.metadata = dict(spec.kwargs["metadata"])
+        else:
+            recolor(layer, spec, bool(getattr(layer.face_colorbar, "visible", True)))
+        kept.append(layer)
+    return kept, detached
+
+
+def jump_to_fov(viewer: Any, result: Any, fov: str, fov_key: str | None = None) -> None:
+    """Center the camera on one FOV and zoom to its bounding box."""
+    layers = [
+        layer
+        for layer in viewer.layers
+        if str(layer.metadata.get(FOV_KEY)) == str(fov) and layer.visible
+    ]
+    if layers:
+        viewer.fit_to_view(layers=layers)
+        return
+    center, size = fov_bounds(result, fov_key, fov)
+    camera = viewer.scene.camera
+    camera.center = (float(center[0]), float(center[1]))
+    canvas = getattr(getattr(viewer, "canvas", None), "size", None) or (600, 800)
+    from napari_spatial_impute.viz.explore import camera_for_box
+
+    camera.zoom = camera_for_box(center, size, tuple(canvas))
+
+
+def notify_error(exc: BaseException) -> None:
+    """Show an exception as a napari error notification with its first line only."""
+    msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    show_error(msg)
+
+
+def as_rows(layer: Layer, indices: Iterable[int]) -> np.ndarray:
+    """Result rows of the given point indices of an exploration layer."""
+    rows = layer.metadata.get(ROWS_KEY)
+    idx = np.fromiter((int(i) for i in indices), dtype=np.int64)
+    if rows is None:
+        return idx
+    return np.asarray(rows, dtype=np.int64)[idx]

@@ -1,0 +1,386 @@
+"""Load widget: reference and spatial ``.h5ad`` files (or plugin layers) into the shared model.
+
+The spatial cells become one Points layer per FOV, coloured by a chosen obs column; the reference
+becomes a Points layer at its UMAP (computed in a worker when absent), placed right of the tissue.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anndata as ad
+from napari.layers import Points
+from napari.qt.threading import thread_worker
+from napari.utils.notifications import show_error
+from qtpy.QtWidgets import (
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from napari_spatial_impute._errors import InputError
+from napari_spatial_impute.io.files import find_fov_key, fov_labels, read_h5ad, validate_adata
+from napari_spatial_impute.plugin.sync import connect_model
+from napari_spatial_impute.plugin.workers import Failed
+from napari_spatial_impute.viz.layers import (
+    META_KEY,
+    beside_transform,
+    bounds_of,
+    ensure_umap,
+    guess_cluster_key,
+    plugin_meta,
+    recolor,
+    reference_layer,
+    source_of,
+    spatial_layers,
+)
+
+NONE = "(none)"
+FROM_FILE = "(file below)"
+#: ``metadata['spatial_impute']['origin']`` of the layers this widget adds.
+ORIGIN = "load widget"
+
+
+def data_summary(reference: ad.AnnData | None, spatial: ad.AnnData | None, cluster_key: str | None, fov_key: str | None) -> str:
+    """The counts shown by the widget: cells, genes, clusters, FOVs and shared genes."""
+    lines = []
+    if reference is not None:
+        n_cl = reference.obs[cluster_key].nunique() if cluster_key in reference.obs else 0
+        lines.append(f"Reference: {reference.n_obs:,} cells x {reference.n_vars:,} genes"
+                     + (f", {n_cl} clusters" if cluster_key else ""))
+    if spatial is not None:
+        n_fov = len(fov_labels(spatial, fov_key).categories)
+        lines.append(f"Spatial: {spatial.n_obs:,} cells x {spatial.n_vars:,} genes, {n_fov} FOV{'s' if n_fov != 1 else ''}")
+    if reference is not None and spatial is not None:
+        shared = set(map(str.lower, map(str, reference.var_names))) & set(map(str.lower, map(str, spatial.var_names)))
+        lines.append(f"Shared genes: {len(shared):,}")
+    return "\n".join(lines) or "Nothing loaded yet."
+
+
+class _FileRow(QWidget):
+    """A path line edit with a Browse button and a combo of plugin layers to take data from."""
+
+    def __init__(self, role: str) -> None:
+        super().__init__()
+        self.role = role
+        #: The data set of each ``layer_combo`` entry (``None`` for :data:`FROM_FILE`).
+        self.choices: list[ad.AnnData | None] = [None]
+        self.layer_combo = QComboBox()
+        self.layer_combo.setToolTip(f"take the {role} data from a layer opened by this plugin")
+        self.path = QLineEdit()
+        self.path.setPlaceholderText(f"{role} .h5ad")
+        browse = QPushButton("Browse...")
+        browse.clicked.connect(self._browse)
+        row = QHBoxLayout()
+        row.setContentsMargins(0, 0, 0, 0)
+        row.addWidget(self.path, 1)
+        row.addWidget(browse)
+        box = QVBoxLayout(self)
+        box.setContentsMargins(0, 0, 0, 0)
+        box.addWidget(self.layer_combo)
+        box.addLayout(row)
+
+    def _browse(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, f"Open {self.role} data", "", "AnnData (*.h5ad)")
+        if path:
+            self.path.setText(path)
+            self.layer_combo.setCurrentIndex(0)
+
+
+class LoadWidget(QWidget):
+    """Pick the reference and spatial data, the cluster and FOV columns; show them as layers.
+
+    Parameters
+    ----------
+    napari_viewer
+        The viewer (napari passes it in).
+    """
+
+    def __init__(self, napari_viewer: Any) -> None:
+        super().__init__()
+        self.viewer = napari_viewer
+        self.model = connect_model(napari_viewer)
+        self.worker: Any = None
+        self.umap_worker: Any = None
+        #: The file each role's data was last loaded from here (layer metadata ``source``).
+        self._sources: dict[str, str | None] = {}
+
+        self.reference_row = _FileRow("reference")
+        self.spatial_row = _FileRow("spatial")
+        self.load_button = QPushButton("Load")
+        self.load_button.clicked.connect(self.load)
+        self.cluster_combo = QComboBox()
+        self.cluster_combo.setToolTip("reference obs column with the cell types/clusters")
+        self.fov_combo = QComboBox()
+        self.fov_combo.setToolTip("spatial obs column with the field of view (one layer per FOV)")
+        self.color_combo = QComboBox()
+        self.color_combo.setToolTip("spatial obs column that colours the cells")
+        self.summary = QLabel("Nothing loaded yet.")
+        self.summary.setWordWrap(True)
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+
+        form = QFormLayout()
+        form.addRow("Reference", self.reference_row)
+        form.addRow("Spatial", self.spatial_row)
+        form.addRow("", self.load_button)
+        form.addRow("Cluster key", self.cluster_combo)
+        form.addRow("FOV key", self.fov_combo)
+        form.addRow("Colour cells by", self.color_combo)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addWidget(self.summary)
+        layout.addWidget(self.status)
+        layout.addStretch(1)
+
+        self.cluster_combo.currentTextChanged.connect(self._cluster_changed)
+        self.fov_combo.currentTextChanged.connect(self._fov_changed)
+        self.color_combo.currentTextChanged.connect(self._color_changed)
+        self.viewer.layers.events.inserted.connect(self._refresh_layer_choices)
+        self.viewer.layers.events.removed.connect(self._refresh_layer_choices)
+        self._refresh_layer_choices()
+        if self.model.reference is not None or self.model.spatial is not None:
+            self._fill_keys()
+
+    # ------------------------------------------------------------------ inputs
+    def _plugin_data(self, roles: tuple[str, ...]) -> list[tuple[str, ad.AnnData]]:
+        """One ``(label, data)`` per data set of the plugin layers of ``roles`` (by metadata).
+
+        The label is the name of the data set's first layer, with the number of its other layers;
+        the data is found by identity, so renaming a layer changes nothing.
+        """
+        found: dict[int, list[Any]] = {}
+        for layer in self.viewer.layers:
+            meta = plugin_meta(layer)
+            if meta is not None and meta.get("role") in roles:
+                entry = found.setdefault(id(meta["adata"]), [layer.name, meta["adata"], 0])
+                entry[2] += 1
+        return [
+            (name if n == 1 else f"{name} (+{n - 1} more layer{'s' if n > 2 else ''})", adata)
+            for name, adata, n in found.values()
+        ]
+
+    def _refresh_layer_choices(self, *_: Any) -> None:
+        for row, roles in ((self.reference_row, ("reference",)), (self.spatial_row, ("spatial",))):
+            index = row.layer_combo.currentIndex()
+            current = row.choices[index] if 0 <= index < len(row.choices) else None
+            items = self._plugin_data(roles)
+            row.layer_combo.blockSignals(True)
+            row.layer_combo.clear()
+            row.layer_combo.addItems([FROM_FILE, *(label for label, _ in items)])
+            row.choices = [None, *(adata for _, adata in items)]
+            same = [i for i, a in enumerate(row.choices) if a is not None and a is current]
+            row.layer_combo.setCurrentIndex(same[0] if same else 0)
+            row.layer_combo.blockSignals(False)
+
+    def _chosen(self, row: _FileRow) -> ad.AnnData | str | None:
+        index = row.layer_combo.currentIndex()
+        if 0 < index < len(row.choices):
+            return row.choices[index]
+        text = row.path.text().strip()
+        return text or None
+
+    # ------------------------------------------------------------------ loading
+    def load(self) -> Any:
+        """Read the chosen files in a worker, then store and show them; returns the worker.
+
+        Loading a file again replaces the layers shown for it before (and this widget's layers
+        of the data it replaces); it never adds a second copy.
+        """
+        ref = self._chosen(self.reference_row)
+        spa = self._chosen(self.spatial_row)
+        if ref is None and spa is None:
+            self.status.setText("Choose a reference and/or a spatial .h5ad file (or a layer).")
+            return None
+
+        def read() -> tuple[ad.AnnData | None, ad.AnnData | None, str | None, str | None] | Failed:
+            try:
+                r = read_h5ad(ref, "reference") if isinstance(ref, str) else ref
+                s = read_h5ad(spa, "spatial") if isinstance(spa, str) else spa
+                if r is not None:
+                    validate_adata(r, "reference")
+                if s is not None:
+                    validate_adata(s, "spatial", require_spatial=True)
+            except InputError as exc:
+                return Failed(str(exc).splitlines()[0])
+            return r, s, source_of(ref), source_of(spa)
+
+        self.worker = thread_worker(read, start_thread=False)()
+        self.worker.returned.connect(self._on_loaded)
+        self.worker.errored.connect(lambda exc: self.status.setText(f"Error: {str(exc).splitlines()[0]}"))
+        self.worker.finished.connect(lambda: self.load_button.setEnabled(True))
+        self.load_button.setEnabled(False)
+        self.status.setText("Reading...")
+        self.worker.start()
+        return self.worker
+
+    def _on_loaded(self, value: tuple[ad.AnnData | None, ad.AnnData | None, Any, Any] | Failed) -> None:
+        """Store what was read; show the data read from files (``value[2:]``: their sources)."""
+        if isinstance(value, Failed):
+            self.status.setText(f"Error: {value.message}")
+            show_error(value.message)
+            return
+        ref, spa, ref_src, spa_src = value
+        if ref is not None:
+            self.model.set_reference(ref)
+        if spa is not None:
+            self.model.set_spatial(spa)
+        ck = guess_cluster_key(ref) if ref is not None else self.model.cluster_key
+        fk = find_fov_key(spa) if spa is not None else self.model.fov_key
+        self.model.set_keys(cluster_key=ck, fov_key=fk)
+        self._fill_keys()
+        self.status.setText("Loaded.")
+        if spa is not None and spa_src:
+            self._sources["spatial"] = spa_src if isinstance(spa_src, str) else None
+            self._reported(self.show_spatial)
+        if ref is not None and ref_src:
+            self._sources["reference"] = ref_src if isinstance(ref_src, str) else None
+            self.show_reference()
+
+    def _reported(self, build: Any) -> Any:
+        """Run ``build`` (main thread); bad input becomes one notification and status line."""
+        try:
+            return build()
+        except InputError as exc:
+            msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            self.status.setText(f"Error: {msg}")
+            show_error(msg)
+            return None
+
+    def _fill_keys(self) -> None:
+        ref, spa = self.model.reference, self.model.spatial
+        for combo, adata, current in (
+            (self.cluster_combo, ref, self.model.cluster_key),
+            (self.fov_combo, spa, self.model.fov_key),
+            (self.color_combo, spa, self.color_combo.currentText()),
+        ):
+            combo.blockSignals(True)
+            combo.clear()
+            combo.addItems([NONE, *(map(str, adata.obs.columns) if adata is not None else [])])
+            combo.setCurrentText(current if current and combo.findText(current) >= 0 else NONE)
+            combo.blockSignals(False)
+        self._update_summary()
+
+    def _update_summary(self) -> None:
+        m = self.model
+        self.summary.setText(data_summary(m.reference, m.spatial, m.cluster_key, m.fov_key))
+
+    @staticmethod
+    def _key(text: str) -> str | None:
+        return None if not text or text == NONE else text
+
+    # ------------------------------------------------------------------ layers
+    def _layers_of(self, adata: ad.AnnData | None, role: str) -> list[Points]:
+        if adata is None:
+            return []
+        out = []
+        for layer in self.viewer.layers:
+            meta = plugin_meta(layer)
+            if meta is not None and meta["adata"] is adata and meta.get("role") == role:
+                out.append(layer)
+        return out
+
+    def _replaced(self, adata: ad.AnnData, role: str) -> list[Points]:
+        """Layers that new layers of ``adata`` replace: those of the same data or the same file,
+        and this widget's earlier layers of that role (all found by metadata, never by name)."""
+        source = self._sources.get(role)
+        out = []
+        for layer in self.viewer.layers:
+            meta = plugin_meta(layer)
+            if meta is None or meta.get("role") != role:
+                continue
+            if (
+                meta["adata"] is adata
+                or meta.get("origin") == ORIGIN
+                or (source is not None and meta.get("source") == source)
+            ):
+                out.append(layer)
+        return out
+
+    def _mark(self, kwargs: dict[str, Any], role: str) -> dict[str, Any]:
+        meta = kwargs["metadata"][META_KEY]
+        meta["origin"] = ORIGIN
+        meta["source"] = self._sources.get(role)
+        return kwargs
+
+    @property
+    def spatial_layers(self) -> list[Points]:
+        """The viewer's layers of the current spatial data (made here or opened from a file)."""
+        return self._layers_of(self.model.spatial, "spatial")
+
+    @property
+    def reference_points(self) -> Points | None:
+        """The viewer's layer of the current reference, if any."""
+        found = self._layers_of(self.model.reference, "reference")
+        return found[0] if found else None
+
+    def show_spatial(self) -> list[Points]:
+        """(Re)build the spatial layers, one per FOV, coloured by the chosen column."""
+        spa = self.model.spatial
+        if spa is None:
+            return []
+        data = spatial_layers(spa, fov_key=self.model.fov_key, color_by=self._key(self.color_combo.currentText()), name="spatial", role="spatial", detect_fov=False)
+        new = [Points(d, **self._mark(kw, "spatial")) for d, kw, _ in data]
+        for old in self._replaced(spa, "spatial"):
+            self.viewer.layers.remove(old)
+        added = [self.viewer.add_layer(layer) for layer in new]
+        self._place_reference()
+        return added
+
+    def show_reference(self) -> Any:
+        """Add the reference at its UMAP (computed in a worker when missing); returns the worker."""
+        ref = self.model.reference
+        if ref is None:
+            return None
+        if "X_umap" not in ref.obsm:
+            self.status.setText("Computing the reference UMAP...")
+        self.umap_worker = thread_worker(ensure_umap, start_thread=False)(ref)
+        self.umap_worker.returned.connect(lambda _: self._reported(lambda: self._add_reference(ref)))
+        self.umap_worker.errored.connect(lambda exc: self.status.setText(f"UMAP failed: {str(exc).splitlines()[0]}"))
+        self.umap_worker.start()
+        return self.umap_worker
+
+    def _add_reference(self, ref: ad.AnnData) -> None:
+        if ref is not self.model.reference:
+            return
+        bounds = bounds_of([layer.data for layer in self.spatial_layers]) if self.spatial_layers else None
+        data, kw, _ = reference_layer(ref, cluster_key=self.model.cluster_key, beside=bounds)
+        layer = Points(data, **self._mark(kw, "reference"))
+        for old in self._replaced(ref, "reference"):
+            self.viewer.layers.remove(old)
+        self.viewer.add_layer(layer)
+        if not self.status.text().startswith("Error"):
+            self.status.setText("Loaded.")
+
+    def _place_reference(self) -> None:
+        layer = self.reference_points
+        if layer is None or not self.spatial_layers:
+            return
+        scale, translate = beside_transform(layer.data, bounds_of([s.data for s in self.spatial_layers]))
+        layer.scale, layer.translate = scale, translate
+
+    # ------------------------------------------------------------------ key changes
+    def _cluster_changed(self, text: str) -> None:
+        key = self._key(text)
+        self.model.set_keys(cluster_key=key, fov_key=self.model.fov_key)
+        layer = self.reference_points
+        if layer is not None:
+            recolor(layer, key or "")
+        self._update_summary()
+
+    def _fov_changed(self, text: str) -> None:
+        self.model.set_keys(cluster_key=self.model.cluster_key, fov_key=self._key(text))
+        if self.spatial_layers:
+            self.show_spatial()
+        self._update_summary()
+
+    def _color_changed(self, text: str) -> None:
+        key = self._key(text)
+        for layer in self.spatial_layers:
+            recolor(layer, key or "")

@@ -1,0 +1,408 @@
+"""Map widget: choose the mapping settings, run it in a worker with live progress, cancel it."""
+
+from __future__ import annotations
+
+import threading
+from functools import partial
+from typing import Any
+
+import anndata as ad
+
+# The worker builds the result's layer data with matplotlib's colour maps. Their first import
+# runs a module body of huge literal lists that holds the GIL for about 0.2 s, which froze the
+# window at the end of the first run; importing them here does it once, when napari loads the
+# widget.
+import matplotlib.cm  # noqa: F401
+from napari.layers import Points
+from napari.qt.threading import thread_worker
+from napari.utils import progress
+from napari.utils.notifications import show_error, show_info, show_warning
+from qtpy.QtCore import QEvent
+from qtpy.QtGui import QCloseEvent
+from qtpy.QtWidgets import (
+    QComboBox,
+    QDoubleSpinBox,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from napari_spatial_impute.core.mapping import DENSITIES, ENGINES, MODES, EpochInfo
+from napari_spatial_impute.io.files import input_warnings
+from napari_spatial_impute.plugin.sync import connect_model
+from napari_spatial_impute.plugin.widgets.score_plot import ScorePlot
+from napari_spatial_impute.plugin.workers import Failed, guarded, iter_mapping, result_layers
+from napari_spatial_impute.viz.layers import META_KEY, plugin_meta
+
+#: ``metadata['spatial_impute']['origin']`` of the layers this widget adds (a new run replaces them).
+ORIGIN = "map widget"
+
+
+class _Run:
+    """The running mapping of one widget: what stopping it needs, without touching Qt objects.
+
+    The widget keeps one instance for its whole life; its ``destroyed`` signal calls
+    :meth:`abandon` (the widget's Qt half is gone by then, this object is not).
+    """
+
+    def __init__(self) -> None:
+        self.worker: Any = None
+        self.cancel = threading.Event()
+        self.pbar: Any = None
+        self.abandoned = False
+
+    def close_pbar(self) -> None:
+        pbar, self.pbar = self.pbar, None
+        if pbar is not None:
+            pbar.close()
+
+    def stop(self) -> None:
+        self.cancel.set()
+        if self.worker is not None:
+            self.worker.quit()
+
+    def abandon(self, *_: Any) -> None:
+        """The widget went away: stop the run and let its late signals do nothing."""
+        if self.worker is None:
+            return
+        self.abandoned = True
+        self.stop()
+        self.close_pbar()
+        show_info("mapping cancelled: the Map widget was closed.")
+
+
+def _devices() -> list[str]:
+    import torch
+
+    devices = ["cpu", "auto"]
+    if torch.cuda.is_available():
+        devices.append("cuda")
+    return devices
+
+
+class MapWidget(QWidget):
+    """Map reference cells onto the spatial cells of the shared model (Tangram objective).
+
+    The mapping runs in a napari thread worker; the progress bar and the score plot follow its
+    epochs, updated at most every 75 ms (the last epoch always shown). Cancel, or closing the
+    widget, stops it before the next epoch and adds nothing. On success the result AnnData goes
+    into the model and one most-likely-cluster layer per FOV is added, replacing the layers of
+    this widget's previous run. Input problems that do not stop a mapping (the reference given as
+    spatial data, a per-cell number as cluster key) are shown above the settings and as napari
+    warnings when the run starts.
+
+    Parameters
+    ----------
+    napari_viewer
+        The viewer (napari passes it in).
+    """
+
+    def __init__(self, napari_viewer: Any) -> None:
+        super().__init__()
+        self.viewer = napari_viewer
+        self.model = connect_model(napari_viewer)
+        self._run = _Run()
+        self._had_parent = False
+        # deleting the widget (or its dock with it) stops the run: the closure keeps no Qt object
+        self.destroyed.connect(self._run.abandon)
+
+        self.data_label = QLabel()
+        self.data_label.setWordWrap(True)
+        self.warnings_label = QLabel()
+        self.warnings_label.setWordWrap(True)
+        self.warnings_label.setStyleSheet("color: #e0a030;")
+        self.warnings_label.setVisible(False)
+        self.mode = QComboBox()
+        self.mode.addItems(list(MODES))
+        self.mode.setToolTip("cells: map every reference cell; clusters: map cluster profiles (faster); "
+                             "constrained: also learn which reference cells to keep")
+        self.density = QComboBox()
+        self.density.addItems(list(DENSITIES))
+        self.density.setToolTip("prior on how many cells each spatial spot holds; uniform for single-cell data")
+        self.engine = QComboBox()
+        self.engine.addItems(list(ENGINES))
+        self.engine.setCurrentText("auto")
+        self.engine.setToolTip("auto (default): exact dense map for small data, the lean engine (candidate "
+                               "pairs, linear memory) above 50 million reference x spatial pairs")
+        self.genes = QComboBox()
+        self.genes.addItems(["overlap", "markers", "list"])
+        self.genes.currentTextChanged.connect(self._genes_changed)
+        self.n_markers = QSpinBox()
+        self.n_markers.setRange(1, 10_000)
+        self.n_markers.setValue(100)
+        self.n_markers.setToolTip("marker genes per cluster (rank_genes_groups)")
+        self.gene_list = QLineEdit()
+        self.gene_list.setPlaceholderText("training genes, e.g. Gad1, Slc17a6, Sst")
+        self.epochs = QSpinBox()
+        self.epochs.setRange(0, 100_000)
+        self.epochs.setValue(500)
+        self.learning_rate = QDoubleSpinBox()
+        self.learning_rate.setDecimals(3)
+        self.learning_rate.setRange(0.001, 10.0)
+        self.learning_rate.setValue(0.1)
+        self.transform = QComboBox()
+        self.transform.addItems(["none", "normalize_log1p"])
+        self.device = QComboBox()
+        self.device.addItems(_devices())
+        self.seed = QSpinBox()
+        self.seed.setRange(0, 2**31 - 1)
+
+        self.run_button = QPushButton("Map")
+        self.run_button.clicked.connect(self.run)
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        self.cancel_button.clicked.connect(self.cancel)
+        self.progress = QProgressBar()
+        self.progress.setFormat("%v / %m epochs")
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+        self.plot = ScorePlot()
+
+        form = QFormLayout()
+        form.addRow("Mode", self.mode)
+        form.addRow("Density prior", self.density)
+        form.addRow("Engine", self.engine)
+        form.addRow("Training genes", self.genes)
+        form.addRow("Markers / cluster", self.n_markers)
+        form.addRow("Gene list", self.gene_list)
+        form.addRow("Epochs", self.epochs)
+        form.addRow("Learning rate", self.learning_rate)
+        form.addRow("Transform", self.transform)
+        form.addRow("Device", self.device)
+        form.addRow("Seed", self.seed)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.run_button)
+        buttons.addWidget(self.cancel_button)
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.data_label)
+        layout.addWidget(self.warnings_label)
+        layout.addLayout(form)
+        layout.addLayout(buttons)
+        layout.addWidget(self.progress)
+        layout.addWidget(self.plot)
+        layout.addWidget(self.status)
+        layout.addStretch(1)
+
+        self._genes_changed(self.genes.currentText())
+        for sig in (self.model.reference_changed, self.model.spatial_changed):
+            sig.connect(self._data_changed)
+        self.model.keys_changed.connect(self._data_changed)
+        self._data_changed()
+
+    # ------------------------------------------------------------------ settings
+    def _genes_changed(self, text: str) -> None:
+        self.n_markers.setEnabled(text == "markers")
+        self.gene_list.setEnabled(text == "list")
+
+    def _data_changed(self, *_: Any) -> None:
+        ref, spa, m = self.model.reference, self.model.spatial, self.model
+        if ref is None or spa is None:
+            missing = " and ".join(n for n, a in (("a reference", ref), ("spatial data", spa)) if a is None)
+            self.data_label.setText(f"Load {missing} first (Load data widget or File > Open).")
+        else:
+            self.data_label.setText(
+                f"{ref.n_obs:,} reference cells -> {spa.n_obs:,} spatial cells; "
+                f"clusters: {m.cluster_key or '(none)'}; FOV: {m.fov_key or '(one)'}"
+            )
+        self.run_button.setEnabled(ref is not None and spa is not None and self.worker is None)
+        self._update_warnings()
+
+    def parameters(self) -> dict[str, Any]:
+        """The keyword arguments of :func:`~napari_spatial_impute.map_cells_to_space` chosen here."""
+        genes: Any = self.genes.currentText()
+        if genes == "list":
+            genes = [g for g in self.gene_list.text().replace(",", " ").split() if g]
+        return {
+            "mode": self.mode.currentText(),
+            "cluster_key": self.model.cluster_key,
+            "genes": genes,
+            "n_markers": self.n_markers.value(),
+            "density": self.density.currentText(),
+            "engine": self.engine.currentText(),
+            "epochs": self.epochs.value(),
+            "learning_rate": self.learning_rate.value(),
+            "transform": self.transform.currentText(),
+            "device": self.device.currentText(),
+            "seed": self.seed.value(),
+        }
+
+    # ------------------------------------------------------------------ running
+    @property
+    def _cancel(self) -> threading.Event:
+        return self._run.cancel
+
+    def _update_warnings(self, *_: Any) -> list[str]:
+        """Show :func:`~napari_spatial_impute.io.files.input_warnings` of the current data; return them."""
+        ref, spa = self.model.reference, self.model.spatial
+        found: list[str] = []
+        if ref is not None and spa is not None:
+            try:
+                found = input_warnings(ref, spa, self.model.cluster_key)
+            except Exception as exc:  # a check must never stop the widget
+                found = [f"could not check the input: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"]
+        self.warnings_label.setText("\n".join(f"Warning: {w}" for w in found))
+        self.warnings_label.setVisible(bool(found))
+        return found
+
+    def run(self) -> Any:
+        """Start the mapping in a worker thread and return the worker (``None`` if not started).
+
+        Problems of the input that do not stop the mapping (see
+        :func:`~napari_spatial_impute.io.files.input_warnings`) are shown as napari warnings first.
+        """
+        ref, spa = self.model.reference, self.model.spatial
+        if self.worker is not None or ref is None or spa is None:
+            return None
+        for line in self._update_warnings():
+            show_warning(line)
+        params = self.parameters()
+        state = self._run
+        state.cancel = threading.Event()
+        state.abandoned = False
+        cancel = state.cancel
+        n = params["epochs"]
+        finish = partial(result_layers, fov_key=self.model.fov_key)
+
+        def mapping() -> Any:
+            return (yield from guarded(iter_mapping(ref, spa, cancel, finish, **params)))
+
+        # no ``progress=`` here: napari would advance its bar once per yield; the bar below is
+        # advanced by the epochs of each (throttled) batch instead
+        worker = thread_worker(mapping, start_thread=False)()
+        worker.yielded.connect(self._on_epoch)
+        worker.returned.connect(self._on_returned)
+        worker.errored.connect(self._on_error)
+        worker.finished.connect(self._on_finished)
+        worker.aborted.connect(cancel.set)  # napari's status-bar cancel quits the worker: stop the engine too
+        state.worker = worker
+        state.pbar = progress(total=max(n, 1), desc="Mapping cells to space")
+        self.progress.setRange(0, max(n, 1))
+        self.progress.setValue(0)
+        self.plot.reset(n)
+        self.status.setText("Preparing genes and data...")
+        self.run_button.setEnabled(False)
+        self.cancel_button.setEnabled(True)
+        worker.start()
+        return worker
+
+    @property
+    def worker(self) -> Any:
+        """The running worker, or ``None``."""
+        return self._run.worker
+
+    @worker.setter
+    def worker(self, value: Any) -> None:
+        self._run.worker = value
+
+    def cancel(self) -> None:
+        """Stop the running mapping before its next epoch; nothing is added."""
+        if self.worker is None:
+            return
+        self._run.stop()
+        self.cancel_button.setEnabled(False)
+        self.status.setText("Cancelling...")
+
+    # ------------------------------------------------------------------ closing
+    def closeEvent(self, event: QCloseEvent) -> None:  # noqa: N802 (Qt name)
+        """Closing the widget cancels its run."""
+        self._run.abandon()
+        super().closeEvent(event)
+
+    def event(self, event: QEvent) -> bool:
+        """Taking the widget out of its dock (napari's close button does) cancels its run."""
+        if event.type() == QEvent.Type.ParentChange:
+            parent = self.parent()
+            if parent is None and self._had_parent:
+                self._run.abandon()
+            self._had_parent = parent is not None
+        return super().event(event)
+
+    # ------------------------------------------------------------------ worker signals
+    def _on_epoch(self, batch: list[EpochInfo]) -> None:
+        if self._run.abandoned or not batch:
+            return
+        last = batch[-1]
+        self.plot.extend([info.score for info in batch])
+        self.progress.setValue(last.epoch)
+        self.status.setText(f"epoch {last.epoch} / {last.n_epochs} · score {last.score:.3f}")
+        pbar = self._run.pbar
+        if pbar is not None and last.epoch > pbar.n:
+            pbar.update(last.epoch - pbar.n)  # napari's bar processes events: do it last
+
+    def _on_returned(self, value: Any) -> None:
+        if self._run.abandoned or self._cancel.is_set():
+            return
+        if value is None:
+            msg = "the mapping stopped without a result."
+            self.status.setText(f"Error: {msg}")
+            show_error(msg)
+            return
+        if isinstance(value, Failed):
+            self.status.setText(f"Error: {value.message}")
+            show_error(value.message)
+            return
+        adata = value[0] if isinstance(value, tuple) and value else None
+        try:
+            replaced = self._add_result(*value)
+        except Exception as exc:  # never drop a finished result without a word
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            kept = ""
+            if isinstance(adata, ad.AnnData) and self.model.result is not adata:
+                try:
+                    self.model.set_result(adata)
+                    kept = " The result is kept (Explore, Diagnostics, File > Save)."
+                except Exception:
+                    kept = ""
+            msg = f"the mapping finished but its layers could not be added: {first}.{kept}"
+            self.status.setText(f"Error: {msg}")
+            show_error(msg)
+            return
+        score = adata.uns["spatial_impute"]["training_score"]
+        self.status.setText(
+            f"Done: {adata.n_vars:,} genes imputed at {adata.n_obs:,} cells; training score {score:.3f}."
+            + (f" Replaced {replaced} layer{'s' if replaced != 1 else ''} of the previous run." if replaced else "")
+        )
+        show_info(f"mapping finished: training score {score:.3f}")
+
+    def _add_result(self, adata: ad.AnnData, layer_data: list[Any]) -> int:
+        """Store the result and add its layers, replacing this widget's layers of earlier runs."""
+        layers = []
+        for data, kwargs, _ in layer_data:  # all built before any is added
+            kwargs["metadata"][META_KEY]["origin"] = ORIGIN
+            layers.append(Points(data, **kwargs))
+        old = [
+            layer
+            for layer in self.viewer.layers
+            if (meta := plugin_meta(layer)) is not None
+            and meta.get("role") == "result"
+            and meta.get("origin") == ORIGIN
+        ]
+        for layer in old:
+            self.viewer.layers.remove(layer)
+        self.model.set_result(adata)
+        for layer in layers:
+            self.viewer.add_layer(layer)
+        return len(old)
+
+    def _on_error(self, exc: BaseException) -> None:
+        if self._run.abandoned:
+            return
+        self.status.setText(f"Error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
+
+    def _on_finished(self) -> None:
+        state = self._run
+        state.close_pbar()
+        cancelled = state.cancel.is_set() or bool(getattr(state.worker, "abort_requested", False))
+        state.worker = None
+        if state.abandoned:
+            return
+        if cancelled:
+            self.status.setText("Cancelled; nothing was added.")
+        self.cancel_button.setEnabled(False)
+        self._data_changed()

@@ -1,0 +1,297 @@
+"""Uncertainty controls of the Explore widget: interval-width layers, greying out wide intervals.
+
+The mask is a change of the imputed layers themselves, never a new layer:
+
+* *grey out*: a column ``"<gene> (narrow interval)"`` (the values, NaN where the interval is wider
+  than the threshold) colours the layer, with the imputed colormap whose NaN colour is grey; the
+  colour range stays that of the gene;
+* *hide*: ``layer.shown`` is ``False`` for those cells.
+
+Both add a boolean ``"wide interval"`` feature (hover text) and record the mask in
+``layer.metadata["nsi_mask"]``. Recolouring a layer to another gene (or a new result) clears it;
+the widget then applies it again.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from napari.layers import Points
+from napari.utils.colormaps import Colormap, ensure_colormap
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+)
+
+from napari_spatial_impute.io.schema import interval_levels
+from napari_spatial_impute.plugin.widgets.layer_ops import find_layers, notify_error
+from napari_spatial_impute.viz.explore import COLORMAPS, ROLE_KEY, ROWS_KEY, VALUE_KEY
+from napari_spatial_impute.viz.intervals import GREY, interval_widths, masked_values, wide_mask
+
+MASK_KEY = "nsi_mask"
+WIDE_COLUMN = "wide interval"
+MASK_MODES: tuple[str, ...] = ("grey out", "hide")
+
+
+def masked_column(gene: str) -> str:
+    """Feature column that colours a greyed-out layer: ``"Gad1 (narrow interval)"``."""
+    return f"{gene} (narrow interval)"
+
+
+def grey_nan_colormap(name: str) -> Colormap:
+    """The colormap ``name`` with grey for NaN values (the cells greyed out)."""
+    base = ensure_colormap(name)
+    return Colormap(
+        colors=base.colors,
+        controls=base.controls,
+        interpolation=base.interpolation,
+        name=f"{base.name} (grey: wide interval)",
+        nan_color=GREY,
+    )
+
+
+def unmask_layer(layer: Points) -> None:
+    """Undo :func:`mask_layer` (values coloured again, every cell shown)."""
+    md = dict(layer.metadata)
+    if MASK_KEY not in md:
+        return
+    gene, state = md[VALUE_KEY], md[MASK_KEY]
+    limits = tuple(layer.face_contrast_limits)
+    feats = layer.features
+    if state.get("mode") == "grey out" and gene in feats.columns:
+        layer.face_color = gene
+        layer.face_colormap = state.get("colormap") or COLORMAPS["imputed"]
+        layer.face_contrast_limits = limits
+    drop = [c for c in (masked_column(gene), WIDE_COLUMN) if c in feats.columns]
+    if drop:
+        layer.features = feats.drop(columns=drop)
+    if not np.all(layer.shown):
+        layer.shown = np.ones(len(layer.data), dtype=bool)
+    md.pop(MASK_KEY)
+    layer.metadata = md
+
+
+def mask_layer(
+    layer: Points, result: Any, level: str, threshold: float, mode: str = "grey out"
+) -> np.ndarray:
+    """Grey out (or hide) the cells of an imputed layer whose interval is wider than ``threshold``.
+
+    Parameters
+    ----------
+    layer
+        An imputed exploration layer (``metadata`` with the gene and the result rows).
+    result
+        The result AnnData the layer shows.
+    level
+        Interval level (``"90"`` or ``"67"``).
+    threshold
+        Largest interval width (``2 x halfwidth``) kept.
+    mode
+        ``"grey out"`` or ``"hide"``.
+
+    Returns
+    -------
+    The boolean mask of the layer's points that were greyed out or hidden.
+    """
+    if mode not in MASK_MODES:
+        raise ValueError(f"mask mode {mode!r} is not known; use one of {MASK_MODES}.")
+    unmask_layer(layer)
+    md = layer.metadata
+    gene = md[VALUE_KEY]
+    rows = np.asarray(md.get(ROWS_KEY, np.arange(len(layer.data))), dtype=np.int64)
+    widths = interval_widths(result, gene, level, rows)
+    wide = wide_mask(widths, threshold)
+    feats = layer.features.copy()
+    feats[WIDE_COLUMN] = wide
+    limits = tuple(layer.face_contrast_limits)
+    colormap = str(layer.face_colormap.name)
+    if mode == "grey out":
+        feats[masked_column(gene)] = masked_values(feats[gene].to_numpy(), widths, threshold)
+        layer.features = feats
+        layer.face_colormap = grey_nan_colormap(colormap)
+        layer.face_color = masked_column(gene)
+        layer.face_contrast_limits = limits
+    else:
+        layer.features = feats
+        layer.shown = ~wide
+    layer.metadata = {
+        **md,
+        MASK_KEY: {
+            "level": str(level),
+            "threshold": float(threshold),
+            "mode": mode,
+            "colormap": colormap,
+        },
+    }
+    return wide
+
+
+class UncertaintyControls(QGroupBox):
+    """Interval-width layers beside the imputed ones, and greying out cells with wide intervals.
+
+    Shown only for results with interval layers. The threshold is an interval width in the
+    imputed values' units; showing another gene (or choosing another level) sets it to that
+    gene's median width, and the user can change it from there.
+
+    Parameters
+    ----------
+    viewer
+        The napari viewer.
+    model
+        The viewer's :class:`~napari_spatial_impute.plugin.model.SpatialImputeModel`.
+    """
+
+    def __init__(self, viewer: Any, model: Any) -> None:
+        super().__init__("Uncertainty (prediction intervals)")
+        self.viewer = viewer
+        self.model = model
+        self._gene: str | None = None
+        self.interval_check = QCheckBox("interval width beside imputed")
+        self.interval_check.setToolTip(
+            "a '<gene> 90% interval width · FOV <id>' layer per FOV: the imputed value's "
+            "prediction interval is value ± half this width"
+        )
+        self.level_combo = QComboBox()
+        self.level_combo.setToolTip("nominal coverage of the interval")
+        self.mask_check = QCheckBox("wide intervals:")
+        self.mask_check.setToolTip("cells of the imputed layers whose interval is wider")
+        self.mode_combo = QComboBox()
+        self.mode_combo.addItems(list(MASK_MODES))
+        self.threshold_spin = QDoubleSpinBox()
+        self.threshold_spin.setDecimals(3)
+        self.threshold_spin.setRange(0.0, 1e9)
+        self.threshold_spin.setToolTip("largest interval width kept (imputed values' units)")
+        self.note = QLabel("")
+        self.note.setWordWrap(True)
+
+        form = QFormLayout(self)
+        row = QHBoxLayout()
+        row.addWidget(self.interval_check, 1)
+        row.addWidget(QLabel("level %"))
+        row.addWidget(self.level_combo)
+        form.addRow(row)
+        row = QHBoxLayout()
+        row.addWidget(self.mask_check)
+        row.addWidget(self.mode_combo)
+        row.addWidget(QLabel("above width"))
+        row.addWidget(self.threshold_spin, 1)
+        form.addRow(row)
+        form.addRow(self.note)
+
+        self.mask_check.toggled.connect(self.apply)
+        self.mode_combo.currentTextChanged.connect(self.apply)
+        self.threshold_spin.valueChanged.connect(self.apply)
+        self.level_combo.currentTextChanged.connect(self._on_level)
+        self.set_result(model.result)
+
+    # ------------------------------------------------------------------ state
+    def level(self) -> str | None:
+        """The chosen level, ``None`` when the result has no intervals."""
+        text = self.level_combo.currentText()
+        return text or None
+
+    def interval_level(self) -> str | None:
+        """Level of the interval layers to show with a gene, ``None`` when unticked or absent."""
+        return self.level() if self.interval_check.isChecked() else None
+
+    def set_result(self, result: Any) -> None:
+        """Offer the controls when ``result`` has intervals, and apply the mask to its layers."""
+        levels = interval_levels(result)
+        current = self.level_combo.currentText()
+        self.level_combo.blockSignals(True)
+        self.level_combo.clear()
+        self.level_combo.addItems(levels)
+        if current in levels:
+            self.level_combo.setCurrentText(current)
+        self.level_combo.blockSignals(False)
+        self.setVisible(bool(levels))
+        self.setEnabled(bool(levels))
+        self.apply()
+
+    def _median_width(self, gene: str) -> float:
+        widths = interval_widths(self.model.result, gene, self.level())
+        finite = widths[np.isfinite(widths)]
+        return float(np.median(finite)) if finite.size else 0.0
+
+    def gene_shown(self, gene: str) -> None:
+        """After a gene was shown: default threshold for a new gene, then apply the mask."""
+        if self.model.result is None or self.level() is None:
+            return
+        if gene != self._gene:
+            self._gene = gene
+            self._set_threshold(self._median_width(gene))
+        self.apply()
+
+    def _on_level(self, *_: Any) -> None:
+        if self._gene is not None and self.model.result is not None and self.level():
+            try:
+                self._set_threshold(self._median_width(self._gene))
+            except Exception:  # the gene left with the result: keep the threshold
+                pass
+        self.apply()
+
+    def _set_threshold(self, value: float) -> None:
+        self.threshold_spin.blockSignals(True)
+        self.threshold_spin.setValue(float(f"{value:.3g}"))
+        self.threshold_spin.blockSignals(False)
+
+    # ------------------------------------------------------------------ mask
+    def apply(self, *_: Any) -> int:
+        """Mask (or unmask) every imputed exploration layer; returns the number of cells masked."""
+        layers = [
+            lay
+            for lay in find_layers(self.viewer, "imputed")
+            if isinstance(lay, Points) and lay.metadata.get(ROLE_KEY) == "imputed"
+        ]
+        result, level = self.model.result, self.level()
+        on = self.mask_check.isChecked() and result is not None and level is not None
+        n_wide = n_all = 0
+        try:
+            for layer in layers:
+                if on:
+                    wide = mask_layer(
+                        layer,
+                        result,
+                        level,
+                        self.threshold_spin.value(),
+                        self.mode_combo.currentText(),
+                    )
+                    n_wide += int(wide.sum())
+                    n_all += len(wide)
+                else:
+                    unmask_layer(layer)
+        except Exception as exc:
+            notify_error(exc)
+        if on and n_all:
+            verb = "greyed out" if self.mode_combo.currentText() == "grey out" else "hidden"
+            self.note.setText(
+                f"{n_wide} of {n_all} cells {verb}: {level}% interval wider than "
+                f"{self.threshold_spin.value():.3g}"
+            )
+        elif self._gene and result is not None and level is not None:
+            try:
+                med = self._median_width(self._gene)
+                self.note.setText(f"{self._gene}: median {level}% interval width {med:.3g}")
+            except Exception:
+                self.note.setText("")
+        else:
+            self.note.setText("")
+        return n_wide
+
+
+__all__ = [
+    "MASK_KEY",
+    "MASK_MODES",
+    "WIDE_COLUMN",
+    "UncertaintyControls",
+    "grey_nan_colormap",
+    "mask_layer",
+    "masked_column",
+    "unmask_layer",
+]

@@ -1,0 +1,156 @@
+"""Generators that GUI workers run: a mapping that yields its epochs in batches (no Qt here).
+
+:func:`iter_mapping` drives :func:`~napari_spatial_impute.map_cells_to_space` in a helper thread
+and turns its per-epoch callback into ``yield``, so that a ``napari.qt.threading.thread_worker``
+can report progress and be cancelled between epochs.
+
+Epochs can be much faster than the GUI can draw them (a clusters-mode mapping runs thousands of
+epochs a second). Every ``yield`` becomes a queued signal and a progress-bar update on the main
+thread, and napari's progress bar processes events inside its update, so one yield per epoch
+nests those updates until Python's recursion limit, freezes the window and loses the result.
+:func:`throttled` therefore groups the epochs: a list is yielded at most every
+:data:`UPDATE_INTERVAL` seconds, and the last epoch always comes in a final list.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
+from typing import Any
+
+import anndata as ad
+
+from napari_spatial_impute._errors import InputError, MappingCancelled
+from napari_spatial_impute.core.mapping import EpochInfo, map_cells_to_space
+from napari_spatial_impute.core.result import MappingResult
+
+_DONE = object()
+#: Seconds between two progress updates sent to the GUI (the last epoch is always sent).
+UPDATE_INTERVAL = 0.075
+
+
+@dataclass(frozen=True)
+class Failed:
+    """What a guarded worker returns instead of raising an :class:`InputError` (its message)."""
+
+    message: str
+
+
+def guarded(gen: Generator[Any, None, Any]) -> Generator[Any, None, Any]:
+    """Run ``gen``, returning :class:`Failed` for an :class:`InputError` instead of raising.
+
+    Bad input is the user's to fix, not a crash: the widget shows the one-line message as a
+    napari notification, and napari's traceback dialog is kept for real bugs.
+    """
+    try:
+        return (yield from gen)
+    except InputError as exc:
+        return Failed(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+
+
+def throttled(
+    events: queue.Queue[Any], done: object, interval: float = UPDATE_INTERVAL
+) -> Generator[list[Any], None, None]:
+    """The items put on ``events`` until ``done``, as lists yielded at most every ``interval`` s.
+
+    The first item is yielded at once; later ones are gathered until ``interval`` seconds have
+    passed since the previous yield (a slow producer's items still come one by one, as soon as
+    the interval allows). Whatever is left when ``done`` arrives is yielded last, so the final
+    item is never dropped. ``interval=0`` yields every item on its own.
+    """
+    batch: list[Any] = []
+    last = -float("inf")
+    while True:
+        timeout = None if not batch else max(0.0, last + interval - time.monotonic())
+        try:
+            item = events.get(timeout=timeout)
+        except queue.Empty:  # the interval passed with items waiting: send them
+            item = None
+        else:
+            if item is done:
+                break
+            batch.append(item)
+        if batch and time.monotonic() - last >= interval:
+            yield batch
+            batch = []
+            last = time.monotonic()
+    if batch:
+        yield batch
+
+
+def iter_mapping(
+    reference: ad.AnnData,
+    spatial: ad.AnnData,
+    cancel: threading.Event,
+    finish: Callable[[MappingResult], Any] | None = None,
+    interval: float = UPDATE_INTERVAL,
+    **kwargs: Any,
+) -> Generator[list[EpochInfo], None, Any]:
+    """Run a mapping, yielding lists of :class:`~napari_spatial_impute.EpochInfo` as it trains.
+
+    Parameters
+    ----------
+    reference, spatial
+        The data sets (see :func:`~napari_spatial_impute.map_cells_to_space`).
+    cancel
+        Set it to stop the mapping before its next epoch; the generator then returns ``None``.
+    finish
+        Called with the :class:`~napari_spatial_impute.MappingResult` in the same (worker) thread;
+        its value is returned. Use it for slow follow-up work such as assembling the result AnnData.
+    interval
+        Seconds between two yields (see :func:`throttled`); every epoch is in exactly one list,
+        in order, and the last epoch is always yielded. ``0`` yields each epoch in its own list.
+    **kwargs
+        Passed to :func:`~napari_spatial_impute.map_cells_to_space` (``mode``, ``epochs``, ...).
+
+    Returns
+    -------
+    ``finish(result)`` (or the result itself), or ``None`` when cancelled.
+
+    Raises
+    ------
+    InputError
+        The engine's one-line error for bad input or settings.
+    """
+    events: queue.Queue[Any] = queue.Queue()
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            box["result"] = map_cells_to_space(reference, spatial, callback=events.put, cancel=cancel, **kwargs)
+        except BaseException as exc:  # re-raised in the worker thread below
+            box["error"] = exc
+        finally:
+            events.put(_DONE)
+
+    thread = threading.Thread(target=run, name="spatial-impute-mapping", daemon=True)
+    thread.start()
+    try:
+        yield from throttled(events, _DONE, interval)
+    finally:
+        if thread.is_alive():  # the generator was closed early: stop the engine too
+            cancel.set()
+            thread.join()
+    if isinstance(box.get("error"), MappingCancelled) or cancel.is_set():
+        return None
+    if "error" in box:
+        raise box["error"]
+    result = box["result"]
+    return finish(result) if finish is not None else result
+
+
+def result_layers(result: MappingResult, fov_key: str | None = None) -> tuple[ad.AnnData, list[Any]]:
+    """The result AnnData of a mapping and its most-likely-cluster layer data, one per FOV.
+
+    Runs in the worker thread (projection of all genes can take a while); the layers are added on
+    the main thread. The FOV column is recorded in ``uns['spatial_impute']['fov_key']``.
+    """
+    from napari_spatial_impute.viz.layers import result_cluster_key, spatial_layers
+
+    adata = result.to_anndata()
+    if fov_key:
+        adata.uns["spatial_impute"]["fov_key"] = fov_key
+    return adata, spatial_layers(adata, fov_key=fov_key, detect_fov=False, role="result", name=None if result_cluster_key(adata) else "mapped cells")

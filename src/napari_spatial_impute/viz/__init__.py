@@ -1,0 +1,1 @@
+"""Napari layer data and matplotlib figures, without widgets or a viewer."""

@@ -1,0 +1,662 @@
+"""Layer data for exploring a mapping result in napari (pure functions, no Qt, no viewer).
+
+Everything here takes a result AnnData (see :mod:`napari_spatial_impute.core.export`) and returns plain
+numpy/pandas data plus the keyword arguments of ``viewer.add_points``, so the widgets stay thin
+and the logic is testable without a display.
+
+Conventions shared with the rest of the plugin:
+
+* Points coordinates are napari ``(row, col) = (y, x)``: ``obsm["spatial"][:, [1, 0]]``.
+* Layer names: ``"<gene> imputed · FOV <id>"``, ``"<gene> measured · FOV <id>"``,
+  ``"<cluster> probability · FOV <id>"``, ``"most likely <cluster_key> · FOV <id>"``.
+* ``layer.metadata`` holds ``nsi_role`` (``"imputed"``, ``"measured"``, ``"probability"``,
+  ``"predicted"``, ``"interval"`` (see :mod:`napari_spatial_impute.viz.intervals`), or
+  ``"reference"`` for the core plugin's reference UMAP layer),
+  ``nsi_fov`` (FOV id), ``nsi_value`` (gene or cluster) and ``nsi_rows`` (int64 row of each point
+  in the result AnnData).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import weakref
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from napari_spatial_impute._errors import InputError
+from napari_spatial_impute.io.files import find_fov_key, fov_labels
+from napari_spatial_impute.io.schema import halfwidths, interval_levels, resolve_gene
+
+ValueKind = Literal["imputed", "measured", "probability"]
+VALUE_KINDS: tuple[str, ...] = ("imputed", "measured", "probability")
+ROLE_KEY = "nsi_role"
+FOV_KEY = "nsi_fov"
+VALUE_KEY = "nsi_value"
+ROWS_KEY = "nsi_rows"
+#: Set on the layers the exploration widgets made (they follow a new result).
+EXPLORE_KEY = "nsi_explore"
+REFERENCE_ROLE = "reference"
+PREDICTED_ROLE = "predicted"
+HIGHLIGHT_ROLE = "link_highlight"
+#: Colormap of each value kind (the measured values share the imputed genes' scheme).
+COLORMAPS: dict[str, str] = {"imputed": "viridis", "measured": "viridis", "probability": "magma"}
+#: Percentiles of the robust contrast limits (the seed's ``perc=0.02``).
+PERCENTILES: tuple[float, float] = (2.0, 98.0)
+#: Categorical colours (matplotlib's tab20, then tab20b) for the most-likely-cluster layer.
+_TAB20 = (
+    "#1f77b4 #aec7e8 #ff7f0e #ffbb78 #2ca02c #98df8a #d62728 #ff9896 #9467bd #c5b0d5 "
+    "#8c564b #c49c94 #e377c2 #f7b6d2 #7f7f7f #c7c7c7 #bcbd22 #dbdb8d #17becf #9edae5 "
+    "#393b79 #5254a3 #6b6ecf #9c9ede #637939 #8ca252 #b5cf6b #cedb9c #8c6d31 #bd9e39 "
+    "#e7ba52 #e7cb94 #843c39 #ad494a #d6616b #e7969c #7b4173 #a55194 #ce6dbd #de9ed6"
+).split()
+
+
+_HOVER_CACHE: dict[tuple[int, int, bytes], tuple[weakref.ref, pd.DataFrame]] = {}
+
+
+@dataclass
+class PointsSpec:
+    """One Points layer to add: ``viewer.add_points(spec.data, name=spec.name, **spec.kwargs)``.
+
+    Attributes
+    ----------
+    name
+        Layer name.
+    data
+        ``(n, 2)`` float64 coordinates ``(y, x)``.
+    features
+        One row per point; the colour column plus hover columns.
+    color_column
+        Column of ``features`` that colours the points.
+    kwargs
+        The other ``add_points`` keywords (colormap or colour cycle, contrast limits, size,
+        border, metadata).
+    """
+
+    name: str
+    data: np.ndarray
+    features: pd.DataFrame
+    color_column: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def add_kwargs(self) -> dict[str, Any]:
+        """All keywords of ``viewer.add_points`` except the data."""
+        return {
+            "name": self.name,
+            "features": self.features,
+            "face_color": self.color_column,
+            **self.kwargs,
+        }
+
+
+# ---------------------------------------------------------------------------------------------
+# names, FOVs, coordinates
+
+
+def layer_name(value: str, kind: str, fov: str) -> str:
+    """``"<value> <kind> · FOV <fov>"``, e.g. ``"Gad1 imputed · FOV 0"``."""
+    return f"{value} {kind} · FOV {fov}"
+
+
+def predicted_layer_name(cluster_key: str, fov: str) -> str:
+    """Name of the most-likely-cluster layer of one FOV."""
+    return f"most likely {cluster_key} · FOV {fov}"
+
+
+def result_fov_key(result: ad.AnnData, fov_key: str | None = None) -> str | None:
+    """The FOV column to use: ``fov_key`` if it is in ``result.obs``, else the one stored in uns,
+    else a column with a usual FOV name (:func:`~napari_spatial_impute.io.files.find_fov_key`)."""
+    if fov_key and fov_key in result.obs.columns:
+        return fov_key
+    stored = result.uns.get("spatial_impute", {}).get("fov_key")
+    if stored and stored in result.obs.columns:
+        return str(stored)
+    return find_fov_key(result)  # the usual names (fov, slice, ...), as the reader does
+
+
+def fov_rows(result: ad.AnnData, fov_key: str | None) -> dict[str, np.ndarray]:
+    """Rows of ``result`` in each FOV (natural order of FOV ids; one FOV ``"0"`` without a key)."""
+    labels = fov_labels(result, result_fov_key(result, fov_key))
+    codes = np.asarray(labels.codes)
+    order = np.argsort(codes, kind="stable")
+    bounds = np.searchsorted(codes[order], np.arange(len(labels.categories) + 1))
+    return {
+        str(cat): order[bounds[i] : bounds[i + 1]].astype(np.int64)
+        for i, cat in enumerate(labels.categories)
+        if bounds[i + 1] > bounds[i]
+    }
+
+
+def checked_coords(adata: ad.AnnData, key: str = "spatial", what: str | None = None) -> np.ndarray:
+    """``adata.obsm[key]`` as a float64 array, or an :class:`InputError` naming the bad cells.
+
+    NaN or infinite coordinates would otherwise fail deep inside scipy's KD-tree or napari with
+    a bare ``ValueError``; the message says how many cells, which ones, and how to drop them.
+    """
+    what = what or ("UMAP" if key == "X_umap" else "data")
+    raw = adata.obsm[key]
+    raw = raw.to_numpy() if isinstance(raw, pd.DataFrame) else np.asarray(raw)
+    try:
+        xy = np.asarray(raw, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise InputError(
+            f"obsm[{key!r}] holds {raw.dtype} values, not numbers; store numeric cell coordinates."
+        ) from None
+    if xy.ndim != 2 or xy.shape[0] != adata.n_obs or xy.shape[1] < 2:
+        raise InputError(
+            f"obsm[{key!r}] has shape {xy.shape}; it must be (n_cells, 2) or (n_cells, 3)."
+        )
+    bad = ~np.isfinite(xy).all(axis=1)
+    if bad.any():
+        names = ", ".join(repr(str(n)) for n in adata.obs_names[bad][:3])
+        raise InputError(
+            f"{int(bad.sum()):,} of {adata.n_obs:,} cells of the {what} have NaN or infinite "
+            f"coordinates in obsm[{key!r}] (first: {names}); drop or fix those cells, e.g. "
+            f"adata = adata[np.isfinite(adata.obsm[{key!r}]).all(axis=1)].copy()."
+        )
+    return xy
+
+
+def coords_yx(adata: ad.AnnData, rows: np.ndarray | None = None) -> np.ndarray:
+    """napari ``(y, x)`` coordinates of ``obsm["spatial"]`` (first two columns), as float64.
+
+    Raises :class:`InputError` for NaN or infinite coordinates (see :func:`checked_coords`).
+    """
+    xy = checked_coords(adata)
+    if rows is not None:
+        xy = xy[rows]
+    return np.ascontiguousarray(xy[:, [1, 0]])
+
+
+def fov_bounds(result: ad.AnnData, fov_key: str | None, fov: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(center, size)`` of one FOV's bounding box in ``(y, x)``."""
+    rows = fov_rows(result, fov_key).get(str(fov))
+    if rows is None:
+        raise InputError(
+            f"FOV {fov!r} is not in the result; FOVs are {list(fov_rows(result, fov_key))}."
+        )
+    yx = coords_yx(result, rows)
+    lo, hi = yx.min(0), yx.max(0)
+    return (lo + hi) / 2.0, hi - lo
+
+
+def camera_for_box(
+    center: np.ndarray, size: np.ndarray, canvas_size: tuple[int, int], margin: float = 0.05
+) -> float:
+    """Camera zoom (screen pixels per data unit) that fits a box of ``size`` in ``canvas_size``."""
+    h, w = (float(max(s, 1e-9)) * (1.0 + 2 * margin) for s in size)
+    ch, cw = canvas_size
+    return float(max(min(ch / h, cw / w), 1e-6))
+
+
+# ---------------------------------------------------------------------------------------------
+# values and contrast
+
+
+def gene_names(result: ad.AnnData) -> list[str]:
+    """All imputed (reference) genes of a result."""
+    return list(map(str, result.var_names))
+
+
+def shared_genes(result: ad.AnnData) -> list[str]:
+    """Reference names of the genes that were also measured in space."""
+    return [str(g) for g in result.var_names[result.var["is_shared"].astype(bool).to_numpy()]]
+
+
+def cluster_names(result: ad.AnnData) -> list[str]:
+    """Cluster columns of ``obsm["cluster_probabilities"]`` (empty without a cluster key)."""
+    probs = result.obsm.get("cluster_probabilities")
+    return [] if probs is None else list(map(str, probs.columns))
+
+
+def cluster_key(result: ad.AnnData) -> str | None:
+    """The reference cluster column the result was mapped with, or ``None``."""
+    key = result.uns.get("spatial_impute", {}).get("cluster_key")
+    return str(key) if key else None
+
+
+def values(result: ad.AnnData, kind: str, name: str, rows: np.ndarray | None = None) -> np.ndarray:
+    """Values of one gene or cluster at the result's cells, as float32.
+
+    Parameters
+    ----------
+    result
+        Result AnnData.
+    kind
+        ``"imputed"`` (column of ``X``), ``"measured"`` (``obsm["measured"]``, for shared genes)
+        or ``"probability"`` (``obsm["cluster_probabilities"]``).
+    name
+        Gene (reference name, any case) or cluster.
+    rows
+        Cells to return (all when ``None``).
+    """
+    if kind == "imputed":
+        j = result.var_names.get_loc(resolve_gene(result, name))
+        col = result.X[:, j]
+        col = col.toarray().ravel() if sp.issparse(col) else np.asarray(col).ravel()
+    elif kind == "measured":
+        gene = resolve_gene(result, name)
+        measured_name = (
+            str(result.var.loc[gene, "measured_name"]) if "measured_name" in result.var else ""
+        )
+        if not measured_name or "measured" not in result.obsm:
+            raise InputError(f"gene {gene!r} was not measured in space; only imputed values exist.")
+        col = result.obsm["measured"][measured_name].to_numpy()
+    elif kind == "probability":
+        probs = result.obsm.get("cluster_probabilities")
+        if probs is None or str(name) not in probs.columns:
+            raise InputError(
+                f"cluster {name!r} has no probabilities; clusters are {cluster_names(result)}."
+            )
+        col = probs[str(name)].to_numpy()
+    else:
+        raise InputError(f"value kind {kind!r} is not known; use one of {', '.join(VALUE_KINDS)}.")
+    col = np.asarray(col, dtype=np.float32)
+    return col if rows is None else col[rows]
+
+
+def robust_limits(
+    vals: np.ndarray, percentiles: tuple[float, float] = PERCENTILES
+) -> tuple[float, float]:
+    """Contrast limits from percentiles of the finite values, always with ``hi > lo``."""
+    v = np.asarray(vals, dtype=np.float64).ravel()
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        return 0.0, 1.0
+    if v.size > 1_000_000:  # a regular subsample keeps this fast and deterministic
+        v = v[np.linspace(0, v.size - 1, 1_000_000).astype(np.int64)]
+    lo, hi = (float(x) for x in np.percentile(v, percentiles))
+    if not hi > lo:
+        lo, hi = float(v.min()), float(v.max())
+    if not hi > lo:
+        hi = lo + (abs(lo) * 1e-3 or 1.0)
+    return lo, hi
+
+
+def shared_limits(result: ad.AnnData, kind: str, name: str) -> tuple[float, float]:
+    """Robust limits of one gene/cluster over all cells, so every FOV shares one colour scale."""
+    if kind == "probability":
+        return 0.0, max(robust_limits(values(result, kind, name))[1], 1e-3)
+    return robust_limits(values(result, kind, name))
+
+
+# ---------------------------------------------------------------------------------------------
+# hover text
+
+
+def top_genes_text(
+    result: ad.AnnData, rows: np.ndarray, n: int = 3, chunk: int = 4096
+) -> np.ndarray:
+    """``"Gad1 3.2, Slc32a1 2.9, ..."``: each cell's ``n`` highest imputed genes, as strings."""
+    rows = np.asarray(rows, dtype=np.int64)
+    names = np.asarray(gene_names(result), dtype=object)
+    n = min(n, len(names))
+    out = np.empty(len(rows), dtype=object)
+    for s in range(0, len(rows), chunk):
+        block = result.X[rows[s : s + chunk]]
+        block = block.toarray() if sp.issparse(block) else np.asarray(block)
+        top = (
+            np.argpartition(-block, n - 1, axis=1)[:, :n]
+            if n < block.shape[1]
+            else np.tile(np.arange(n), (len(block), 1))
+        )
+        vals = np.take_along_axis(block, top, axis=1)
+        order = np.argsort(-vals, axis=1)
+        top, vals = np.take_along_axis(top, order, 1), np.take_along_axis(vals, order, 1)
+        out[s : s + len(block)] = [
+            ", ".join(f"{g} {v:.3g}" for g, v in zip(names[t], vv, strict=True))
+            for t, vv in zip(top, vals, strict=True)
+        ]
+    return out
+
+
+def top_clusters_text(result: ad.AnnData, rows: np.ndarray, n: int = 2) -> np.ndarray | None:
+    """``"Astrocyte 0.71, OD Mature 0.12"`` for each cell, or ``None`` without cluster probabilities."""
+    probs = result.obsm.get("cluster_probabilities")
+    if probs is None:
+        return None
+    p = probs.to_numpy(dtype=np.float32)[np.asarray(rows, dtype=np.int64)]
+    names = np.asarray(list(map(str, probs.columns)), dtype=object)
+    n = min(n, len(names))
+    top = np.argsort(-p, axis=1)[:, :n]
+    vals = np.take_along_axis(p, top, axis=1)
+    return np.asarray(
+        [
+            ", ".join(f"{c} {v:.2f}" for c, v in zip(names[t], vv, strict=True))
+            for t, vv in zip(top, vals, strict=True)
+        ],
+        dtype=object,
+    )
+
+
+def hover_features(result: ad.AnnData, rows: np.ndarray, n_genes: int = 3) -> pd.DataFrame:
+    """Features every exploration layer carries: cell name, top imputed genes, top clusters.
+
+    napari prints a hovered point's features in the status bar, so these give the hover text.
+    The table is cached per result and set of rows (recolouring a layer does not rebuild it);
+    a result changed in place after its first display keeps its old hover text.
+    """
+    rows = np.asarray(rows, dtype=np.int64)
+    key = (id(result), n_genes, hashlib.blake2b(rows.tobytes(), digest_size=16).digest())
+    hit = _HOVER_CACHE.get(key)
+    if hit is not None and hit[0]() is result:
+        return hit[1].copy()
+    df = pd.DataFrame({"cell": np.asarray(result.obs_names[rows], dtype=object)})
+    df["top imputed"] = top_genes_text(result, rows, n_genes)
+    clusters = top_clusters_text(result, rows)
+    if clusters is not None:
+        df["top clusters"] = clusters
+    for k in [k for k, (ref, _) in _HOVER_CACHE.items() if ref() is None or len(_HOVER_CACHE) > 8]:
+        _HOVER_CACHE.pop(k, None)
+    _HOVER_CACHE[key] = (weakref.ref(result), df)
+    return df.copy()
+
+
+def cell_summary(result: ad.AnnData, row: int, genes: Sequence[str] = (), n_genes: int = 5) -> str:
+    """Multi-line description of one cell: chosen genes, top imputed genes, top clusters."""
+
+    lines = [f"cell {result.obs_names[row]}"]
+    for g in genes:
+        try:
+            line = f"{g} imputed: {values(result, 'imputed', g, np.array([row]))[0]:.3g}"
+            interval = hover_interval(result, resolve_gene(result, g), np.array([row]))
+        except InputError:
+            continue
+        if interval is not None:  # "(90% interval ± 17.2)"
+            line += f" ({interval[0]} {interval[1][0]:.3g})"
+        lines.append(line)
+    lines.append("top imputed: " + top_genes_text(result, np.array([row]), n_genes)[0])
+    clusters = top_clusters_text(result, np.array([row]), 3)
+    if clusters is not None:
+        lines.append("clusters: " + clusters[0])
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# layer specs
+
+
+def _points_kwargs(n_points: int, size: float | None) -> dict[str, Any]:
+    return {
+        "size": size if size is not None else 10.0,
+        "border_width": 0.0,
+        "border_color": "transparent",
+        # large layers: skip per-point borders and keep rendering cheap
+        "blending": "translucent_no_depth" if n_points > 50_000 else "translucent",
+    }
+
+
+def default_point_size(result: ad.AnnData) -> float:
+    """A point size from the typical nearest-neighbour spacing (a tenth of the box side / sqrt n).
+
+    Cells without finite coordinates are left out (building their layers reports them).
+    """
+    raw = result.obsm["spatial"]
+    raw = raw.to_numpy() if isinstance(raw, pd.DataFrame) else np.asarray(raw)
+    try:
+        yx = np.asarray(raw, dtype=np.float64)[:, [1, 0]]
+    except (TypeError, ValueError, IndexError):
+        return 1.0
+    yx = yx[np.isfinite(yx).all(axis=1)]
+    if len(yx) == 0:
+        return 1.0
+    span = np.ptp(yx, axis=0)
+    area = float(max(span[0], 1e-9) * max(span[1], 1e-9))
+    return float(max(np.sqrt(area / max(result.n_obs, 1)) * 0.8, 1e-6))
+
+
+def value_layer_specs(
+    result: ad.AnnData,
+    kind: str,
+    name: str,
+    fovs: Iterable[str] | None = None,
+    fov_key: str | None = None,
+    size: float | None = None,
+    hover: bool = True,
+) -> list[PointsSpec]:
+    """Colour-mapped Points layers of one gene or cluster, one per FOV, with shared limits.
+
+    Parameters
+    ----------
+    result
+        Result AnnData.
+    kind
+        ``"imputed"``, ``"measured"`` or ``"probability"``.
+    name
+        Gene or cluster.
+    fovs
+        FOV ids to build (all when ``None``).
+    fov_key
+        FOV column of ``result.obs`` (``None``: the stored one, or one FOV).
+    size
+        Point size in data units (default from the cell spacing).
+    hover
+        Add the hover columns (cell, top imputed genes, top clusters) to ``features``.
+    """
+    if kind in ("imputed", "measured"):
+        name = resolve_gene(result, name)
+    all_vals = values(result, kind, name)
+
+    def features(rows: np.ndarray) -> pd.DataFrame:
+        feats = pd.DataFrame({name: all_vals[rows]})
+        if hover and kind == "imputed":
+
+            extra = hover_interval(result, name, rows)
+            if extra is not None:  # the hovered gene's interval: "90% interval ±: 2.77"
+                feats[extra[0]] = extra[1]
+        return feats
+
+    return fov_points_specs(
+        result,
+        name,
+        features,
+        fovs=fovs,
+        fov_key=fov_key,
+        size=size,
+        hover=hover,
+        style={"face_colormap": COLORMAPS[kind], "face_contrast_limits": shared_limits(result, kind, name)},
+        metadata={ROLE_KEY: kind, VALUE_KEY: name},
+        layer_name_of=lambda fov: layer_name(name, kind, fov),
+    )
+
+
+def fov_points_specs(
+    result: ad.AnnData,
+    column: str,
+    features: Callable[[np.ndarray], pd.DataFrame],
+    *,
+    fovs: Iterable[str] | None,
+    fov_key: str | None,
+    size: float | None,
+    hover: bool,
+    style: dict[str, Any],
+    metadata: dict[str, Any],
+    layer_name_of: Callable[[str], str],
+) -> list[PointsSpec]:
+    """One Points layer spec per FOV, the loop every exploration layer kind shares.
+
+    Parameters
+    ----------
+    result
+        Result AnnData.
+    column
+        Feature column that colours the points.
+    features
+        The layer's own feature columns for the given rows of ``result``.
+    fovs, fov_key
+        FOV ids to build (all when ``None``; an unknown one is an :class:`InputError`) and the
+        FOV column of ``result.obs``.
+    size
+        Point size in data units (default from the cell spacing).
+    hover
+        Append the hover columns (cell, top imputed genes, top clusters).
+    style
+        Extra Points keyword arguments (colour map and limits, or a colour cycle).
+    metadata
+        Layer metadata; the FOV, its rows and the exploration flag are added.
+    layer_name_of
+        Layer name for a FOV id.
+    """
+    by_fov = fov_rows(result, fov_key)
+    chosen = list(by_fov) if fovs is None else [str(f) for f in fovs]
+    missing = [f for f in chosen if f not in by_fov]
+    if missing:
+        raise InputError(f"FOV {missing[0]!r} is not in the result; FOVs are {list(by_fov)}.")
+    size = default_point_size(result) if size is None else size
+    specs = []
+    for fov in chosen:
+        rows = by_fov[fov]
+        feats = features(rows)
+        if hover:
+            feats = pd.concat([feats, hover_features(result, rows)], axis=1)
+        kw = _points_kwargs(len(rows), size)
+        kw.update(style, metadata={**metadata, FOV_KEY: fov, ROWS_KEY: rows, EXPLORE_KEY: True})
+        specs.append(PointsSpec(layer_name_of(fov), coords_yx(result, rows), feats, column, kw))
+    return specs
+
+
+def cluster_colors(
+    categories: Sequence[str], uns_colors: Sequence[str] | None = None
+) -> dict[str, str]:
+    """A stable colour per category (the reference's ``uns['<key>_colors']`` when it fits)."""
+    cats = list(map(str, categories))
+    if uns_colors is not None and len(uns_colors) >= len(cats):
+        return dict(zip(cats, map(str, uns_colors), strict=False))
+    return {c: _TAB20[i % len(_TAB20)] for i, c in enumerate(cats)}
+
+
+def predicted_layer_specs(
+    result: ad.AnnData,
+    fovs: Iterable[str] | None = None,
+    fov_key: str | None = None,
+    size: float | None = None,
+    colors: dict[str, str] | None = None,
+) -> list[PointsSpec]:
+    """Most-likely-cluster Points layers (categorical colour cycle), one per FOV."""
+    key = cluster_key(result)
+    col = f"{key}_predicted" if key else None
+    if col is None or col not in result.obs.columns:
+        raise InputError(
+            "the result has no most likely cluster; map with a cluster key to get one."
+        )
+    pred = result.obs[col]
+    cats = (
+        list(map(str, pred.cat.categories))
+        if isinstance(pred.dtype, pd.CategoricalDtype)
+        else sorted(map(str, pred.unique()))
+    )
+    labels = pd.Categorical(pred.astype(str), categories=cats)
+    prob_col = f"{key}_predicted_probability"
+
+    def features(rows: np.ndarray) -> pd.DataFrame:
+        feats = pd.DataFrame({key: labels[rows]})
+        if prob_col in result.obs:
+            feats["probability"] = result.obs[prob_col].to_numpy(dtype=np.float32)[rows]
+        return feats
+
+    return fov_points_specs(
+        result,
+        key,
+        features,
+        fovs=fovs,
+        fov_key=fov_key,
+        size=size,
+        hover=True,
+        style={"face_color_cycle": colors or cluster_colors(cats)},
+        metadata={ROLE_KEY: PREDICTED_ROLE, VALUE_KEY: key},
+        layer_name_of=lambda fov: predicted_layer_name(key, fov),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# linking spatial cells <-> reference cells
+
+
+def unit_matrix(result: ad.AnnData, reference: ad.AnnData) -> sp.csr_matrix:
+    """Sparse ``units x reference cells`` membership, rows summing to 1.
+
+    A unit is one reference cell in cells mode and a cluster (its cells, equally weighted) in
+    clusters mode. Build it once per result and pass it to the linking functions.
+    """
+    info = result.uns.get("spatial_impute", {})
+    units = [str(u) for u in info.get("units", [])]
+    if info.get("unit_kind") == "cluster":
+        labels = reference.obs[info.get("cluster_key")].astype(str).to_numpy()
+        codes = pd.Categorical(labels, categories=units).codes
+        ok = codes >= 0
+        cols = np.flatnonzero(ok)
+        rows = codes[ok].astype(np.int64)
+    else:
+        index = reference.obs_names.get_indexer(units)
+        rows = np.flatnonzero(index >= 0)
+        cols = index[rows]
+    m = sp.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(len(units), reference.n_obs))
+    size = np.asarray(m.sum(1)).ravel()
+    inv = np.divide(1.0, size, out=np.zeros_like(size), where=size > 0)
+    return sp.csr_matrix(sp.diags(inv) @ m)
+
+
+def reference_weights(
+    result: ad.AnnData,
+    reference: ad.AnnData,
+    spatial_rows: Sequence[int],
+    units: sp.csr_matrix | None = None,
+) -> pd.Series:
+    """Reference cells that the given spatial cells map to, with their summed mapped share.
+
+    Uses the result's ``mapping_top_index`` / ``mapping_top_share`` (the best units of each
+    spatial cell). Returns a Series indexed by reference row, largest share first.
+    """
+    rows = np.asarray(list(spatial_rows), dtype=np.int64)
+    if rows.size == 0 or "mapping_top_index" not in result.obsm:
+        return pd.Series(dtype=np.float64)
+    units = unit_matrix(result, reference) if units is None else units
+    idx = np.asarray(result.obsm["mapping_top_index"])[rows].ravel()
+    share = np.asarray(result.obsm["mapping_top_share"], dtype=np.float64)[rows].ravel()
+    per_unit = np.bincount(idx, weights=share, minlength=units.shape[0])
+    per_ref = np.asarray(units.T @ per_unit).ravel()
+    hit = np.flatnonzero(per_ref > 0)
+    return pd.Series(per_ref[hit], index=hit).sort_values(ascending=False)
+
+
+def spatial_rows_for_reference(
+    result: ad.AnnData,
+    reference: ad.AnnData,
+    reference_rows: Sequence[int],
+    units: sp.csr_matrix | None = None,
+) -> np.ndarray:
+    """Spatial cells whose best mapped unit is one of (or contains) the given reference cells."""
+    if "mapping_top_index" not in result.obsm:
+        return np.empty(0, dtype=np.int64)
+    units = unit_matrix(result, reference) if units is None else units
+    wanted = np.zeros(reference.n_obs)
+    wanted[np.asarray(list(reference_rows), dtype=np.int64)] = 1.0
+    unit_hit = np.asarray(units @ wanted).ravel() > 0
+    best = np.asarray(result.obsm["mapping_top_index"])[:, 0]
+    return np.flatnonzero(unit_hit[best]).astype(np.int64)
+
+
+def dominant_cluster(
+    reference: ad.AnnData, key: str | None, reference_rows: Sequence[int]
+) -> str | None:
+    """The most frequent cluster among the given reference cells (``None`` when unknown)."""
+    rows = np.asarray(list(reference_rows), dtype=np.int64)
+    if key is None or key not in reference.obs or rows.size == 0:
+        return None
+    return str(reference.obs[key].astype(str).iloc[rows].value_counts().index[0])
+
+
+def hover_interval(
+    result: ad.AnnData, gene: str, rows: np.ndarray
+) -> tuple[str, np.ndarray] | None:
+    """``("90% interval ±", half-widths)`` for an imputed layer's hover text, ``None`` without."""
+    levels = interval_levels(result)
+    if not levels:
+        return None
+    return f"{levels[0]}% interval ±", halfwidths(result, gene, levels[0], rows)

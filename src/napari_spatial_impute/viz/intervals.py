@@ -1,0 +1,215 @@
+"""Prediction intervals and per-gene reliability of a result, as layer data (no Qt, no viewer).
+
+A result mapped with the neighbourhood ensemble carries (see :mod:`napari_spatial_impute.core.export`):
+
+* ``layers["interval_<level>_halfwidth"]``: the imputed value's prediction interval is
+  ``X ± halfwidth`` at nominal coverage ``<level>`` % (90 and 67 by default);
+* ``var["predicted_pearson"]``: the predicted held-out Pearson of every imputed gene;
+* ``uns["spatial_impute"]["uncertainty"]``: levels, per-group quantiles, calibration genes.
+
+Older results (or results projected with the Tangram map) lack them: every function here then
+reports "nothing" (empty list, ``None``) instead of failing, so the widgets can hide their
+controls.
+
+Interval layers are named ``"<gene> <level>% interval width · FOV <id>"``; their value is the
+full width ``2 x halfwidth`` and their ``metadata`` holds ``nsi_role = "interval"`` and
+``nsi_level`` (e.g. ``"90"``) beside the usual keys of :mod:`napari_spatial_impute.viz.explore`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+
+from napari_spatial_impute.io.schema import (
+    halfwidths,
+    has_reliability,
+    interval_layer,
+    interval_level,
+    interval_levels,
+    resolve_gene,
+)
+from napari_spatial_impute.viz.explore import (
+    ROLE_KEY,
+    VALUE_KEY,
+    PointsSpec,
+    fov_points_specs,
+    robust_limits,
+)
+
+INTERVAL_ROLE = "interval"
+LEVEL_KEY = "nsi_level"
+INTERVAL_COLORMAP = "plasma"
+#: Colour of the cells greyed out for a wide interval (NaN colour of the imputed colormap).
+GREY = (0.55, 0.55, 0.55, 0.55)
+def interval_layer_name(gene: str, level: str, fov: str) -> str:
+    """``"Gad1 90% interval width · FOV 1"``."""
+    return f"{gene} {level}% interval width · FOV {fov}"
+
+
+def interval_widths(
+    result: ad.AnnData, gene: str, level: str | int | float = "90", rows: np.ndarray | None = None
+) -> np.ndarray:
+    """Full width ``2 x halfwidth`` of one gene's interval at each cell (float32)."""
+    return (2.0 * halfwidths(result, gene, level, rows)).astype(np.float32)
+
+
+def wide_mask(widths: np.ndarray, threshold: float) -> np.ndarray:
+    """Cells whose interval is wider than ``threshold`` (NaN widths count as wide)."""
+    w = np.asarray(widths, dtype=np.float64)
+    return ~(w <= float(threshold))
+
+
+def masked_values(vals: np.ndarray, widths: np.ndarray, threshold: float) -> np.ndarray:
+    """``vals`` with NaN where the interval is wider than ``threshold`` (NaN colours grey)."""
+    out = np.asarray(vals, dtype=np.float32).copy()
+    out[wide_mask(widths, threshold)] = np.nan
+    return out
+
+
+def interval_layer_specs(
+    result: ad.AnnData,
+    gene: str,
+    level: str | int | float = "90",
+    fovs: Iterable[str] | None = None,
+    fov_key: str | None = None,
+    size: float | None = None,
+    hover: bool = True,
+) -> list[PointsSpec]:
+    """Interval-width Points layers of one gene, one per FOV, sharing one colour range.
+
+    Parameters
+    ----------
+    result
+        Result AnnData with interval layers.
+    gene
+        Imputed gene (any case).
+    level
+        Nominal coverage: ``"90"``, ``90`` or ``0.9``.
+    fovs
+        FOV ids (all when ``None``).
+    fov_key
+        FOV column of ``result.obs``.
+    size
+        Point size in data units (default from the cell spacing).
+    hover
+        Add the hover columns of the other exploration layers.
+    """
+    gene = resolve_gene(result, gene)
+    level = interval_level(result, level)
+    widths = interval_widths(result, gene, level)
+    column = f"{gene} {level}% interval width"
+    return fov_points_specs(
+        result,
+        column,
+        lambda rows: pd.DataFrame({column: widths[rows]}),
+        fovs=fovs,
+        fov_key=fov_key,
+        size=size,
+        hover=hover,
+        style={"face_colormap": INTERVAL_COLORMAP, "face_contrast_limits": robust_limits(widths)},
+        metadata={ROLE_KEY: INTERVAL_ROLE, LEVEL_KEY: level, VALUE_KEY: gene},
+        layer_name_of=lambda fov: interval_layer_name(gene, level, fov),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# per-gene reliability and calibration summary
+
+RELIABILITY_COLUMNS: tuple[str, ...] = ("gene", "predicted_pearson", "is_training", "train_score")
+
+
+def reliability_table(result: ad.AnnData) -> pd.DataFrame:
+    """One row per imputed gene: predicted Pearson, training gene or not, training score.
+
+    Sorted by predicted Pearson, most reliable first (ties by gene name). Empty (with the columns)
+    when the result has no reliability estimates.
+    """
+    if not has_reliability(result):
+        return pd.DataFrame(columns=list(RELIABILITY_COLUMNS))
+    var = result.var
+    df = pd.DataFrame(
+        {
+            "gene": np.asarray(result.var_names, dtype=object).astype(str),
+            "predicted_pearson": var["predicted_pearson"].to_numpy(dtype=np.float64),
+            "is_training": (
+                var["is_training"].astype(bool).to_numpy()
+                if "is_training" in var
+                else np.zeros(result.n_vars, dtype=bool)
+            ),
+            "train_score": (
+                var["train_score"].to_numpy(dtype=np.float64)
+                if "train_score" in var
+                else np.full(result.n_vars, np.nan)
+            ),
+        }
+    )
+    df = df.sort_values(["predicted_pearson", "gene"], ascending=[False, True], na_position="last")
+    return df.reset_index(drop=True)
+
+
+def mean_widths(result: ad.AnnData) -> dict[str, float]:
+    """Mean interval width (``2 x halfwidth``, over all cells and genes) of each level."""
+    out = {}
+    for lv in interval_levels(result):
+        hw = np.asarray(result.layers[interval_layer(lv)], dtype=np.float64)
+        out[lv] = float(2.0 * np.nanmean(hw)) if hw.size else float("nan")
+    return out
+
+
+def calibration_text(result: ad.AnnData | None) -> str:
+    """A few lines on how the intervals were calibrated and how wide they are."""
+    if result is None:
+        return "No mapping result yet."
+    levels = interval_levels(result)
+    if not levels and not has_reliability(result):
+        return (
+            "This result has no prediction intervals or reliability estimates (mapped with an "
+            "older version or projected with the Tangram map); map again to get them."
+        )
+    info = result.uns.get("spatial_impute", {}).get("uncertainty", {})
+    lines = []
+    n_cal = len(info.get("calibration_genes", []))
+    groups = list(info.get("group_names", []))
+    if levels:
+        lines.append(
+            f"Conformal prediction intervals, calibrated on {n_cal} training genes held out in "
+            f"turn, quantiles per cell group ({len(groups)} groups)."
+            if n_cal
+            else "Conformal prediction intervals."
+        )
+        widths = mean_widths(result)
+        lines.append(
+            "Mean interval width: "
+            + ", ".join(f"{lv}%: {widths[lv]:.3g}" for lv in levels)
+            + " (imputed value ± half of it)."
+        )
+    if has_reliability(result):
+        p = result.var["predicted_pearson"].to_numpy(dtype=np.float64)
+        p = p[np.isfinite(p)]
+        if p.size:
+            lines.append(
+                f"Predicted held-out Pearson: median {np.median(p):.3f} "
+                f"(range {p.min():.3f} to {p.max():.3f}) over {p.size} genes."
+            )
+    return "\n".join(lines)
+
+
+__all__ = [
+    "GREY",
+    "INTERVAL_COLORMAP",
+    "INTERVAL_ROLE",
+    "LEVEL_KEY",
+    "RELIABILITY_COLUMNS",
+    "calibration_text",
+    "interval_layer_name",
+    "interval_layer_specs",
+    "interval_widths",
+    "masked_values",
+    "mean_widths",
+    "reliability_table",
+    "wide_mask",
+]

@@ -1,0 +1,274 @@
+"""Matplotlib diagnostics of a result (no Qt, no pyplot: they draw into a given ``Figure``).
+
+* :func:`plot_training_scores`: tangram-sc's ``plot_training_scores`` (score histogram; score vs
+  sparsity in the reference, in space, and vs the sparsity difference), one dot per training
+  gene, plus the training score per epoch.
+* :func:`plot_cell_type_validation`: the seed's per-cell-type check of marker genes, measured
+  vs predicted expression level (each min-max normalised over cell types).
+* :func:`plot_reliability`: per-gene predicted Pearson, and how well it ranks the genes
+  (against a cross-validation's held-out Pearson, or the calibration's inner one).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from napari_spatial_impute.io.schema import history_frame, training_genes_frame
+
+MEASURED_COLOR = "#1f77b4"
+PREDICTED_COLOR = "#ff7f0e"
+
+
+def plot_training_scores(
+    fig: Figure, result: ad.AnnData, bins: int = 20, alpha: float = 0.5
+) -> list:
+    """Draw the training-score panels; every scatter is pickable (``artist.genes`` names its dots).
+
+    Returns
+    -------
+    The scatter artists (one per sparsity panel).
+    """
+    fig.clear()
+    df = training_genes_frame(result)
+    axes = (
+        fig.subplots(1, 5)
+        if fig.get_figwidth() > 2 * fig.get_figheight()
+        else fig.subplots(2, 3).ravel()
+    )
+    score = df["train_score"].to_numpy(dtype=np.float64)
+    ax = axes[0]
+    ax.hist(
+        score[np.isfinite(score)], bins=bins, alpha=alpha, color=MEASURED_COLOR, edgecolor="white"
+    )
+    ax.set_title("training scores")
+    ax.set_xlabel("score")
+    ax.set_ylabel("genes")
+    scatters = []
+    for ax, col, title in zip(
+        axes[1:4],
+        ("sparsity_sc", "sparsity_sp", "sparsity_diff"),
+        (
+            "score vs sparsity (reference)",
+            "score vs sparsity (spatial)",
+            "score vs sparsity difference",
+        ),
+        strict=True,
+    ):
+        sc = ax.scatter(df[col], score, s=12, alpha=alpha, color=MEASURED_COLOR, picker=5)
+        sc.genes = list(map(str, df.index))  # type: ignore[attr-defined]
+        ax.set_title(title)
+        ax.set_xlabel(col.replace("_", " "))
+        ax.set_ylabel("score")
+        scatters.append(sc)
+    ax = axes[4]
+    hist = (
+        history_frame(result)
+        if "history" in result.uns.get("spatial_impute", {})
+        else pd.DataFrame()
+    )
+    if "main_loss" in hist:
+        ax.plot(np.arange(1, len(hist) + 1), hist["main_loss"], color=MEASURED_COLOR)
+        ax.set_title(f"score per epoch (last {hist['main_loss'].iloc[-1]:.3f})")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("score")
+    else:
+        ax.set_axis_off()
+    for extra in axes[5:]:
+        extra.set_axis_off()
+    fig.tight_layout()
+    return scatters
+
+
+def plot_cell_type_validation(fig: Figure, table: pd.DataFrame, max_types: int = 30) -> None:
+    """Draw one panel per marker: measured and predicted level per cell type (the seed's plot).
+
+    Parameters
+    ----------
+    fig
+        Figure to draw into (cleared first).
+    table
+        :func:`~napari_spatial_impute.validate_cell_types` output.
+    max_types
+        Cell types shown (the most frequent ones).
+    """
+    fig.clear()
+    genes = list(dict.fromkeys(table["gene"]))
+    if not genes:
+        ax = fig.subplots()
+        ax.text(0.5, 0.5, "no marker genes", ha="center", va="center")
+        ax.set_axis_off()
+        return
+    counts = table.drop_duplicates("cell_type").set_index("cell_type")["n_cells"]
+    types = list(counts.sort_values(ascending=False).index[:max_types])
+    axes = np.atleast_1d(fig.subplots(1, len(genes), sharey=True))
+    x = np.arange(len(types))
+    width = 0.4
+    for ax, gene in zip(axes, genes, strict=True):
+        sub = table[table["gene"] == gene].set_index("cell_type").reindex(types)
+        ax.bar(
+            x - width / 2, sub["measured"].fillna(0), width, color=MEASURED_COLOR, label="measured"
+        )
+        ax.bar(
+            x + width / 2,
+            sub["predicted"].fillna(0),
+            width,
+            color=PREDICTED_COLOR,
+            label="predicted",
+        )
+        ax.set_title(gene)
+        ax.set_xticks(x)
+        ax.set_xticklabels(types, rotation=90, fontsize=7)
+        ax.set_ylim(0, 1.05)
+    axes[0].set_ylabel("expression level (0-1)")
+    axes[-1].legend(fontsize=7, loc="upper right")
+    fig.tight_layout()
+
+
+def _reliability_pairs(
+    result: ad.AnnData, cv: pd.DataFrame | None
+) -> tuple[list[str], np.ndarray, np.ndarray, str]:
+    """(genes, predicted, observed, observed label) for the reliability scatter."""
+    if cv is not None and {"predicted_pearson", "pearson", "gene"} <= set(cv.columns):
+        return (
+            list(map(str, cv["gene"])),
+            cv["predicted_pearson"].to_numpy(dtype=np.float64),
+            pd.to_numeric(cv["pearson"], errors="coerce").to_numpy(dtype=np.float64),
+            "held-out Pearson (cross-validation)",
+        )
+    info = result.uns.get("spatial_impute", {}).get("uncertainty", {})
+    cal = [str(g) for g in info.get("calibration_genes", [])]
+    inner_r = np.asarray(info.get("inner_pearson", []), dtype=np.float64)
+    inner = dict(zip(cal, inner_r, strict=False))
+    genes = [g for g in cal if g in result.var_names and g in inner]
+    pred = result.var.loc[genes, "predicted_pearson"].to_numpy(dtype=np.float64)
+    return genes, pred, np.array([inner[g] for g in genes]), "inner-fold Pearson (calibration)"
+
+
+def plot_reliability(fig: Figure, result: ad.AnnData, cv: pd.DataFrame | None = None) -> list:
+    """Draw the predicted Pearson of every gene and how it compares with an observed Pearson.
+
+    Left: histogram of the predicted held-out Pearson, training and other genes stacked. Right:
+    predicted against observed Pearson per gene: the held-out Pearson of ``cv`` when it has a
+    ``predicted_pearson`` column, else the calibration's inner-fold Pearson of the training
+    genes; the title gives their Spearman correlation. The scatter is pickable
+    (``artist.genes``).
+
+    Returns
+    -------
+    The scatter artists.
+    """
+    from scipy.stats import spearmanr
+
+    fig.clear()
+    if "predicted_pearson" not in result.var.columns:
+        ax = fig.subplots()
+        ax.text(0.5, 0.5, "no reliability estimates: map again", ha="center", va="center")
+        ax.set_axis_off()
+        return []
+    ax1, ax2 = fig.subplots(1, 2)
+    p = result.var["predicted_pearson"].to_numpy(dtype=np.float64)
+    train = (
+        result.var["is_training"].astype(bool).to_numpy()
+        if "is_training" in result.var
+        else np.zeros(len(p), dtype=bool)
+    )
+    bins = np.linspace(min(-0.1, np.nanmin(p)), max(1.0, np.nanmax(p)), 23)
+    ax1.hist(
+        [p[train], p[~train]],
+        bins=bins,
+        stacked=True,
+        color=[MEASURED_COLOR, PREDICTED_COLOR],
+        label=["training genes", "other genes"],
+        edgecolor="white",
+    )
+    ax1.set_xlabel("predicted held-out Pearson")
+    ax1.set_ylabel("genes")
+    ax1.set_title("per-gene reliability")
+    ax1.legend(fontsize=8)
+    genes, pred, obs, label = _reliability_pairs(result, cv)
+    ok = np.isfinite(pred) & np.isfinite(obs)
+    sc = ax2.scatter(pred[ok], obs[ok], s=14, alpha=0.6, color=MEASURED_COLOR, picker=5)
+    sc.genes = [g for g, k in zip(genes, ok, strict=True) if k]  # type: ignore[attr-defined]
+    lo = float(min(np.nanmin(pred[ok], initial=0), np.nanmin(obs[ok], initial=0), 0))
+    ax2.plot([lo, 1], [lo, 1], color="0.6", lw=1, ls="--")
+    rho = float(spearmanr(pred[ok], obs[ok]).statistic) if ok.sum() > 2 else float("nan")
+    ax2.set_title(f"predicted vs observed (Spearman {rho:.2f}, {int(ok.sum())} genes)")
+    ax2.set_xlabel("predicted Pearson")
+    ax2.set_ylabel(label)
+    fig.tight_layout()
+    return [sc]
+
+
+def default_markers(result: ad.AnnData, n: int = 6, cell_type_key: str | None = None) -> list[str]:
+    """One measured marker for each of the ``n`` most frequent predicted clusters.
+
+    The marker of a cluster is the shared gene whose measured mean in that cluster is highest
+    relative to its mean over all cells (ties and repeats skipped).
+    """
+    info = result.uns.get("spatial_impute", {})
+    key = cell_type_key or (f"{info['cluster_key']}_predicted" if info.get("cluster_key") else None)
+    if key is None or key not in result.obs or "measured" not in result.obsm:
+        return []
+    shared = result.var_names[result.var["is_shared"].astype(bool).to_numpy()]
+    names = result.var.loc[shared, "measured_name"].astype(str).to_numpy()
+    meas = result.obsm["measured"][list(names)].to_numpy(dtype=np.float64)
+    overall = meas.mean(0) + 1e-9
+    types = result.obs[key].astype(str)
+    chosen: list[str] = []
+    for ct in types.value_counts().index:
+        if len(chosen) >= n:
+            break
+        ratio = meas[(types == ct).to_numpy()].mean(0) / overall
+        for j in np.argsort(-ratio):
+            gene = str(shared[j])
+            if gene not in chosen:
+                chosen.append(gene)
+                break
+    return chosen
+
+
+def cv_summary_text(table: pd.DataFrame) -> str:
+    """``"median Pearson 0.31 over 134 genes (2 NaN)"`` for a cross-validation table.
+
+    With the uncertainty columns of a newer table, the mean coverage of each interval level and
+    the Spearman correlation of predicted and held-out Pearson follow, e.g. ``"; 90% interval
+    coverage 0.89, 67%: 0.66; reliability Spearman 0.52"``.
+    """
+    from napari_spatial_impute.core.evaluate import summarize_cv
+
+    p = pd.to_numeric(table["pearson"], errors="coerce").to_numpy(dtype=np.float64)
+    finite = p[np.isfinite(p)]
+    med = float(np.median(finite)) if finite.size else float("nan")
+    nan = int(np.isnan(p).sum())
+    text = f"median Pearson {med:.3f} over {len(p)} held-out genes" + (
+        f" ({nan} NaN)" if nan else ""
+    )
+    if not any(c.startswith("coverage_") for c in table.columns) and (
+        "predicted_pearson" not in table.columns
+    ):
+        return text
+    summary = summarize_cv(table.assign(pearson=p))
+    prefix = "mean_coverage_"
+    cov = [(k[len(prefix) :], v) for k, v in summary.items() if k.startswith(prefix)]
+    cov.sort(key=lambda kv: -int(kv[0]) if kv[0].isdigit() else 0)
+    if cov:
+        text += "; interval coverage " + ", ".join(f"{lv}%: {v:.2f}" for lv, v in cov)
+    if "reliability_spearman" in summary:
+        text += f"; reliability Spearman {summary['reliability_spearman']:.2f}"
+    return text
+
+
+def marker_list(text: str, available: Sequence[str]) -> list[str]:
+    """Marker genes parsed from comma/space separated text, matched case-insensitively."""
+    lower = {g.lower(): g for g in map(str, available)}
+    out = []
+    for token in text.replace(",", " ").split():
+        hit = lower.get(token.lower())
+        if hit and hit not in out:
+            out.append(hit)
+    return out

@@ -1,0 +1,66 @@
+"""The public API is pinned: the names ``napari_spatial_impute`` exports and their signatures.
+
+A change here is a change for every notebook and script that uses the package: make it on
+purpose (and say so in the changelog), never as a side effect of moving code.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import napari_spatial_impute as nsi
+
+NAMES = [
+    "EpochInfo", "GenePlan", "InputError", "InputWarning", "MappingCancelled", "MappingResult",
+    "MemoryEstimateError", "TangramMapper", "__version__", "cross_validate", "find_fov_key",
+    "load_merfish_hypothalamus", "map_cells_to_space", "plan_genes", "project_cell_annotations",
+    "project_genes", "read_h5ad", "result_to_anndata", "summarize_cv", "validate_adata",
+    "validate_cell_types", "write_h5ad_atomic",
+]
+
+FUNCTIONS = {
+    "cross_validate": "reference, spatial, kw:folds=10, kw:seed=0, kw:genes=None, kw:progress=None, kw:method='auto', **map_kwargs",
+    "find_fov_key": "adata, fov_key=None",
+    "load_merfish_hypothalamus": "",
+    "map_cells_to_space": "reference, spatial, kw:mode='cells', kw:cluster_key=None, kw:genes='overlap', kw:n_markers=100, kw:density='uniform', kw:epochs=1000, kw:learning_rate=0.1, kw:lambda_g1=1.0, kw:lambda_g2=0.0, kw:lambda_d=None, kw:lambda_r=0.0, kw:lambda_count=1.0, kw:lambda_f_reg=1.0, kw:target_count=None, kw:transform='none', kw:seed=0, kw:device='cpu', kw:callback=None, kw:cancel=None, kw:init=None, kw:check_memory=True, kw:engine='auto', kw:candidates=50, kw:reverse_candidates=5, kw:tol=None, kw:patience=50, kw:neighbours=True, kw:uncertainty=True",
+    "plan_genes": "reference, spatial, genes='overlap', cluster_key=None, n_markers=100",
+    "project_cell_annotations": "result, key=None, source='auto'",
+    "project_genes": "result, genes=None, method='auto'",
+    "read_h5ad": "path, role='data'",
+    "result_to_anndata": "result, genes=None, method='auto', top_k=10, impute=True",
+    "summarize_cv": "df",
+    "validate_adata": "adata, role, kw:require_spatial=False",
+    "validate_cell_types": "result, spatial=None, markers=None, cell_type_key=None, n_markers=1",
+    "write_h5ad_atomic": "adata, path",
+}
+METHODS = {
+    "MappingResult.project_genes": "self, genes=None, method='auto'",
+    "MappingResult.cluster_probabilities": "self, key=None, source='auto'",
+    "MappingResult.to_anndata": "self, genes=None, **kwargs",
+}
+
+
+def _signature(func) -> str:
+    out = []
+    for p in inspect.signature(func).parameters.values():
+        default = "" if p.default is inspect.Parameter.empty else f"={p.default!r}"
+        prefix = {"VAR_KEYWORD": "**", "VAR_POSITIONAL": "*"}.get(p.kind.name, "")
+        keyword = "kw:" if p.kind.name == "KEYWORD_ONLY" else ""
+        out.append(f"{prefix}{keyword}{p.name}{default}")
+    return ", ".join(out)
+
+
+def test_exported_names():
+    assert sorted(nsi.__all__) == sorted(NAMES)
+
+
+def test_function_signatures():
+    assert {name: _signature(getattr(nsi, name)) for name in FUNCTIONS} == FUNCTIONS
+
+
+def test_result_methods():
+    got = {}
+    for key in METHODS:
+        cls, method = key.split(".")
+        got[key] = _signature(getattr(getattr(nsi, cls), method))
+    assert got == METHODS
