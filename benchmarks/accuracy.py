@@ -46,7 +46,9 @@ from common import Pair, dense, log  # noqa: E402
 # methods: each returns (pred [n_sp x held], mapping P [n_ref x n_sp] or None, ref-label votes)
 
 
-def run_ours(pair: Pair, train: list[str], held: list[str], epochs: int, seed: int, engine: str | None):
+def run_ours(
+    pair: Pair, train: list[str], held: list[str], epochs: int, seed: int, engine: str | None
+):
     """This project's defaults. Returns ``(pred, P, None, extra)``.
 
     ``pred`` is the default projection (``project_genes(held)``); when the default is not the
@@ -75,7 +77,9 @@ def run_ours(pair: Pair, train: list[str], held: list[str], epochs: int, seed: i
     params = inspect.signature(res.project_genes).parameters
     default = params["method"].default if "method" in params else "probabilistic"
     if default != "probabilistic":
-        extra["pred_map"] = np.asarray(res.project_genes(held, method="probabilistic").X, dtype=np.float64)
+        extra["pred_map"] = np.asarray(
+            res.project_genes(held, method="probabilistic").X, dtype=np.float64
+        )
         extra["default_projection"] = f"{default} (neighbourhood ensemble when available)"
         if pair.ref_label is not None:
             cp = res.cluster_probabilities()
@@ -149,7 +153,9 @@ def run_knn(pair: Pair, train_ref: list[str], train_sp: list[str], held: list[st
     return pred, None, idx
 
 
-def annotation_accuracy(pair: Pair, P: np.ndarray | None, knn_idx: np.ndarray | None) -> dict[str, float]:
+def annotation_accuracy(
+    pair: Pair, P: np.ndarray | None, knn_idx: np.ndarray | None
+) -> dict[str, float]:
     """Argmax of projected cluster probabilities vs known labels of the spatial cells."""
     ref_lab = pair.reference.obs[pair.ref_label].astype(str).to_numpy()
     true = pair.spatial.obs[pair.sp_label].astype(str).to_numpy()
@@ -186,7 +192,9 @@ def subsample(pair: Pair, max_cells: int | None, seed: int) -> Pair:
         r = r[np.sort(rng.choice(r.n_obs, max_cells, replace=False))].copy()
     if s.n_obs > max_cells:
         s = s[np.sort(rng.choice(s.n_obs, max_cells, replace=False))].copy()
-    return Pair(pair.name, r, s, pair.ref_label, pair.sp_label, pair.split + f" (subsampled to {max_cells})")
+    return Pair(
+        pair.name, r, s, pair.ref_label, pair.sp_label, pair.split + f" (subsampled to {max_cells})"
+    )
 
 
 def method_list(methods: list[str], engines: list[str] | None) -> list[tuple[str, str | None]]:
@@ -210,7 +218,9 @@ def method_list(methods: list[str], engines: list[str] | None) -> list[tuple[str
     return out
 
 
-def evaluate_dataset(pair: Pair, args: argparse.Namespace) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+def evaluate_dataset(
+    pair: Pair, args: argparse.Namespace
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     from napari_spatial_impute.core.metrics import gene_folds, pearson_per_gene
 
     pairs = common.shared_genes(pair.reference, pair.spatial)
@@ -225,7 +235,7 @@ def evaluate_dataset(pair: Pair, args: argparse.Namespace) -> tuple[pd.DataFrame
         train_sp = [ref_to_sp[g] for g in train]
         measured = dense(pair.spatial, [ref_to_sp[g] for g in held]).astype(np.float64)
         # interleave: rotate the method order each fold so no method always runs first
-        order = methods[f % len(methods):] + methods[: f % len(methods)]
+        order = methods[f % len(methods) :] + methods[: f % len(methods)]
         for label, engine in order:
             load = common.loadavg()
             t0 = time.perf_counter()
@@ -243,7 +253,9 @@ def evaluate_dataset(pair: Pair, args: argparse.Namespace) -> tuple[pd.DataFrame
             r = pearson_per_gene(np.nan_to_num(pred, nan=0.0), measured)
             r[np.isnan(pred).all(axis=0)] = np.nan
             for g, v in zip(held, r, strict=True):
-                gene_rows.append({"dataset": pair.name, "method": label, "fold": f, "gene": g, "pearson": v})
+                gene_rows.append(
+                    {"dataset": pair.name, "method": label, "fold": f, "gene": g, "pearson": v}
+                )
             row = {
                 "dataset": pair.name,
                 "method": label,
@@ -271,9 +283,19 @@ def evaluate_dataset(pair: Pair, args: argparse.Namespace) -> tuple[pd.DataFrame
                 if lab != label:
                     rr[np.isnan(pr).all(axis=0)] = np.nan
                     for g, v in zip(held, rr, strict=True):
-                        gene_rows.append({"dataset": pair.name, "method": lab, "fold": f, "gene": g, "pearson": v})
+                        gene_rows.append(
+                            {
+                                "dataset": pair.name,
+                                "method": lab,
+                                "fold": f,
+                                "gene": g,
+                                "pearson": v,
+                            }
+                        )
                 fold_rows.append(rw)
-            log(f"{pair.name} fold {f + 1}/{len(groups)} {label}: median r {np.nanmedian(r) if np.isfinite(r).any() else float('nan'):.3f}, {dt:.1f} s, load {load}")
+            log(
+                f"{pair.name} fold {f + 1}/{len(groups)} {label}: median r {np.nanmedian(r) if np.isfinite(r).any() else float('nan'):.3f}, {dt:.1f} s, load {load}"
+            )
     genes_df = pd.DataFrame(gene_rows)
     folds_df = pd.DataFrame(fold_rows)
     summary = []
@@ -288,8 +310,11 @@ def evaluate_dataset(pair: Pair, args: argparse.Namespace) -> tuple[pd.DataFrame
             "n_genes": len(genes),
             "folds": args.folds,
             "epochs": args.epochs if label != "knn" else 0,
-            "projection": (fr["projection"].iloc[0] if "projection" in fr and fr["projection"].notna().any()
-                           else ("Mᵀ S" if label != "knn" else "mean of k nearest")),
+            "projection": (
+                fr["projection"].iloc[0]
+                if "projection" in fr and fr["projection"].notna().any()
+                else ("Mᵀ S" if label != "knn" else "mean of k nearest")
+            ),
             "median_r": float(np.nanmedian(g)) if np.isfinite(g).any() else float("nan"),
             "mean_r": float(np.nanmean(g)) if np.isfinite(g).any() else float("nan"),
             "n_nan": int(np.isnan(g).sum()),
@@ -333,8 +358,15 @@ def scatter(genes_df: pd.DataFrame, name: str, out: Path) -> None:
     nan_txt = [f"tangram {int((~np.isfinite(x)).sum())}"]
     for c, (m, y) in zip(colors, merged, strict=False):
         ok = np.isfinite(x) & np.isfinite(y)
-        ax.scatter(x[ok], y[ok], s=12, alpha=0.65, color=c, edgecolor="none",
-                   label=f"{m}{'' if m.endswith(' map') else ' (default projection)'}: median {np.nanmedian(y):.3f}")
+        ax.scatter(
+            x[ok],
+            y[ok],
+            s=12,
+            alpha=0.65,
+            color=c,
+            edgecolor="none",
+            label=f"{m}{'' if m.endswith(' map') else ' (default projection)'}: median {np.nanmedian(y):.3f}",
+        )
         if ok.any():
             lo = min(lo, float(np.min(x[ok])), float(np.min(y[ok])))
             hi = max(hi, float(np.max(x[ok])), float(np.max(y[ok])))
@@ -344,8 +376,11 @@ def scatter(genes_df: pd.DataFrame, name: str, out: Path) -> None:
     ax.set_ylabel("this project")
     ax.legend(fontsize=7, loc="upper left")
     ep = genes_df.attrs.get("epochs", "")
-    ax.set_title(f"{name}: held-out gene Pearson r{f' ({ep} epochs)' if ep else ''}\n"
-                 f"{len(w)} genes; NaN genes: {', '.join(dict.fromkeys(nan_txt))}", fontsize=8)
+    ax.set_title(
+        f"{name}: held-out gene Pearson r{f' ({ep} epochs)' if ep else ''}\n"
+        f"{len(w)} genes; NaN genes: {', '.join(dict.fromkeys(nan_txt))}",
+        fontsize=8,
+    )
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out)
@@ -355,7 +390,7 @@ def scatter(genes_df: pd.DataFrame, name: str, out: Path) -> None:
 def replot(out_dir: Path, image_dir: Path) -> None:
     """Redraw every per-data-set scatter from the committed per-gene tables."""
     for p in sorted(out_dir.glob("accuracy_*_per_gene.csv")):
-        name = p.name[len("accuracy_"):-len("_per_gene.csv")]
+        name = p.name[len("accuracy_") : -len("_per_gene.csv")]
         df = pd.read_csv(p)
         summ = out_dir / f"accuracy_{name}_summary.csv"
         if summ.exists():
@@ -375,7 +410,9 @@ def rebuild_summary(out_dir: Path) -> pd.DataFrame:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--datasets", nargs="+", default=list(common.DATASETS), choices=list(common.DATASETS))
+    p.add_argument(
+        "--datasets", nargs="+", default=list(common.DATASETS), choices=list(common.DATASETS)
+    )
     p.add_argument("--folds", type=int, default=10)
     p.add_argument("--epochs", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
@@ -383,8 +420,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--engines", nargs="*", default=None, help="engines of ours (default: all)")
     p.add_argument("--k", type=int, default=10, help="neighbours of the kNN baseline")
     p.add_argument("--max-cells", type=int, default=None, help="subsample each side (smoke tests)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    p.add_argument("--replot", action="store_true", help="only redraw plots and the summary from the tables")
+    p.add_argument(
+        "--threads", type=int, default=None, help="torch threads (default: torch's choice)"
+    )
+    p.add_argument(
+        "--replot", action="store_true", help="only redraw plots and the summary from the tables"
+    )
     p.add_argument("--out-dir", type=Path, default=common.BENCH_OUT, help="tables (CSV/JSON)")
     p.add_argument("--image-dir", type=Path, default=common.IMAGES, help="plots (PNG)")
     return p.parse_args(argv)
@@ -405,7 +446,11 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     splits = {}
     for name in args.datasets:
         pair = subsample(common.load_pair(name), args.max_cells, args.seed)
-        splits[name] = {"split": pair.split, "n_ref": pair.reference.n_obs, "n_sp": pair.spatial.n_obs}
+        splits[name] = {
+            "split": pair.split,
+            "n_ref": pair.reference.n_obs,
+            "n_sp": pair.spatial.n_obs,
+        }
         log(f"{name}: reference {pair.reference.shape}, spatial {pair.spatial.shape}; {pair.split}")
         t0 = time.perf_counter()
         genes_df, folds_df, summary = evaluate_dataset(pair, args)

@@ -118,10 +118,16 @@ def source_state() -> dict[str, Any]:
         state["source"] = f"snapshot of commit {snap} (git archive), not the working tree"
         return state
     try:
-        out = subprocess.run(["git", "-C", str(pkg), "status", "--porcelain", "--", "."],
-                             capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            ["git", "-C", str(pkg), "status", "--porcelain", "--", "."],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         dirty = [ln[3:] for ln in out.stdout.splitlines()]
-        state["source"] = "working tree" + (f" with uncommitted changes: {', '.join(dirty)}" if dirty else " (clean)")
+        state["source"] = "working tree" + (
+            f" with uncommitted changes: {', '.join(dirty)}" if dirty else " (clean)"
+        )
     except Exception:
         state["source"] = "unknown"
     return state
@@ -195,11 +201,17 @@ def normalize_log1p(adata: ad.AnnData) -> ad.AnnData:
     ``csr_matrix`` (tangram-sc rejects ``csr_array``).
     """
     X = adata.X
-    X = sp.csr_matrix(X, dtype=np.float32) if sp.issparse(X) else sp.csr_matrix(np.asarray(X, np.float32))
+    X = (
+        sp.csr_matrix(X, dtype=np.float32)
+        if sp.issparse(X)
+        else sp.csr_matrix(np.asarray(X, np.float32))
+    )
     totals = np.asarray(X.sum(axis=1)).ravel().astype(np.float64)
     pos = totals[totals > 0]
     target = float(np.median(pos)) if pos.size else 1.0
-    scale = np.divide(target, totals, out=np.zeros_like(totals), where=totals > 0).astype(np.float32)
+    scale = np.divide(target, totals, out=np.zeros_like(totals), where=totals > 0).astype(
+        np.float32
+    )
     X = sp.csr_matrix(sp.diags(scale) @ X, dtype=np.float32)
     X.data = np.log1p(X.data)
     out = adata.copy()
@@ -280,7 +292,9 @@ def load_pair(name: str, root: Path | None = None) -> Pair:
         spa = a[(b == 2.0).to_numpy()].copy()
         ref.obs["cluster"] = ref.obs["cluster"].astype(str)
         spa.obs["cluster"] = spa.obs["cluster"].astype(str)
-        return Pair(name, ref, spa, "cluster", "cluster", "sections 0+1 reference, section 2 spatial")
+        return Pair(
+            name, ref, spa, "cluster", "cluster", "sections 0+1 reference, section 2 spatial"
+        )
     if name == "osmfish_sscortex":
         a = ad.read_h5ad(root / name / "spatial.h5ad")
         a = a[(a.obs["Valid"] == 1).to_numpy()].copy()
@@ -355,14 +369,18 @@ def simulate_pair(
     genes = [f"Gene{i:04d}" for i in range(n_genes)]
     ref = ad.AnnData(
         X=Xr,
-        obs=pd.DataFrame({"cell_type": pd.Categorical([f"type{t}" for t in ref_types])},
-                         index=[f"r{i}" for i in range(n_ref)]),
+        obs=pd.DataFrame(
+            {"cell_type": pd.Categorical([f"type{t}" for t in ref_types])},
+            index=[f"r{i}" for i in range(n_ref)],
+        ),
         var=pd.DataFrame(index=genes),
     )
     spa = ad.AnnData(
         X=Xs,
-        obs=pd.DataFrame({"cell_type": pd.Categorical([f"type{t}" for t in sp_types])},
-                         index=[f"s{i}" for i in range(n_sp)]),
+        obs=pd.DataFrame(
+            {"cell_type": pd.Categorical([f"type{t}" for t in sp_types])},
+            index=[f"s{i}" for i in range(n_sp)],
+        ),
         var=pd.DataFrame(index=genes),
     )
     spa.obsm["spatial"] = xy.astype(np.float32)
@@ -397,7 +415,9 @@ def peak_rss_bytes() -> int:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
-def run_measured(cmd: list[str], timeout: float | None = None, sample_s: float = 0.05) -> dict[str, Any]:
+def run_measured(
+    cmd: list[str], timeout: float | None = None, sample_s: float = 0.05
+) -> dict[str, Any]:
     """Run ``cmd`` in a fresh process; return wall time, peak RSS (psutil sampling of the
     process and its children) and the last JSON line it printed."""
     import psutil
@@ -432,7 +452,9 @@ def run_measured(cmd: list[str], timeout: float | None = None, sample_s: float =
             except json.JSONDecodeError:
                 continue
     if proc.returncode != 0 and not payload:
-        payload = {"error": err.strip().splitlines()[-1] if err.strip() else f"exit {proc.returncode}"}
+        payload = {
+            "error": err.strip().splitlines()[-1] if err.strip() else f"exit {proc.returncode}"
+        }
     payload["process_wall_s"] = wall
     payload["sampled_peak_rss_bytes"] = peak
     payload["returncode"] = proc.returncode
@@ -486,6 +508,7 @@ def log(msg: str) -> None:
 
 def md_table(df: pd.DataFrame, floatfmt: str = ".3g") -> str:
     """A GitHub markdown table (no tabulate dependency)."""
+
     def fmt(v: Any) -> str:
         if isinstance(v, float):
             return "" if np.isnan(v) else format(v, floatfmt)

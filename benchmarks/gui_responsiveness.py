@@ -99,7 +99,9 @@ class Heartbeat:
                     best, best_len = sw_p[i], ov
             phases.append(best)
         gap = np.diff(t) - self.interval
-        return pd.DataFrame({"phase": phases, "stall_ms": np.maximum(gap, 0.0) * 1000, "t_start": t[:-1]})
+        return pd.DataFrame(
+            {"phase": phases, "stall_ms": np.maximum(gap, 0.0) * 1000, "t_start": t[:-1]}
+        )
 
     def phase_start(self, phase: str) -> float:
         return next((x for x, p in self.switches if p == phase), float("nan"))
@@ -130,8 +132,9 @@ def map_widget_api() -> str | None:
     return "napari_spatial_impute.plugin.widgets.map_widget"
 
 
-def run_once_widget(viewer: Any, app: Any, widget: Any, args: argparse.Namespace, hb: Heartbeat,
-                    genes: list[str]) -> dict[str, Any]:
+def run_once_widget(
+    viewer: Any, app: Any, widget: Any, args: argparse.Namespace, hb: Heartbeat, genes: list[str]
+) -> dict[str, Any]:
     """Press the Map widget's run (``MapWidget.run``) and wait; time its result handler."""
     from napari_spatial_impute.plugin.widgets.layer_ops import open_gene
 
@@ -143,7 +146,9 @@ def run_once_widget(viewer: Any, app: Any, widget: Any, args: argparse.Namespace
         hb.phase = f"layers#{args._repeat}"
         t = time.perf_counter()
         original(widget, value)
-        steps["MapWidget._on_returned (result into model, cluster layers added)"] = time.perf_counter() - t
+        steps["MapWidget._on_returned (result into model, cluster layers added)"] = (
+            time.perf_counter() - t
+        )
         # stay in the layers phase: the canvas draws the new layer on the next events
 
     widget._on_returned = on_returned  # connected by run() from the instance attribute
@@ -174,17 +179,31 @@ def run_once_widget(viewer: Any, app: Any, widget: Any, args: argparse.Namespace
         app.processEvents()
         steps[f"open_gene({g}): next events/draw"] = time.perf_counter() - t
     _spin(app, 0.5)
-    t_layers = time.perf_counter() - t1 + steps.get(
-        "MapWidget._on_returned (result into model, cluster layers added)", 0.0)
+    t_layers = (
+        time.perf_counter()
+        - t1
+        + steps.get("MapWidget._on_returned (result into model, cluster layers added)", 0.0)
+    )
     hb.phase = "idle_end"
     _spin(app, 0.3)
     hb.phase = "idle"
-    return {"map_s": t_map, "layers_s": t_layers, "epochs_seen": state["epochs_seen"],
-            "layer_steps_s": steps}
+    return {
+        "map_s": t_map,
+        "layers_s": t_layers,
+        "epochs_seen": state["epochs_seen"],
+        "layer_steps_s": steps,
+    }
 
 
-def run_once(viewer: Any, app: Any, ref: Any, spa: Any, args: argparse.Namespace, hb: Heartbeat,
-             genes: list[str]) -> dict[str, Any]:
+def run_once(
+    viewer: Any,
+    app: Any,
+    ref: Any,
+    spa: Any,
+    args: argparse.Namespace,
+    hb: Heartbeat,
+    genes: list[str],
+) -> dict[str, Any]:
     from napari.qt.threading import thread_worker
 
     from napari_spatial_impute import map_cells_to_space
@@ -203,8 +222,9 @@ def run_once(viewer: Any, app: Any, ref: Any, spa: Any, args: argparse.Namespace
 
         def target() -> None:
             try:
-                box["res"] = map_cells_to_space(ref, spa, cluster_key="cell_type", epochs=args.epochs,
-                                                seed=0, callback=q.put)
+                box["res"] = map_cells_to_space(
+                    ref, spa, cluster_key="cell_type", epochs=args.epochs, seed=0, callback=q.put
+                )
             except BaseException as e:  # noqa: BLE001
                 box["err"] = e
             q.put(None)
@@ -269,9 +289,15 @@ def run_once(viewer: Any, app: Any, ref: Any, spa: Any, args: argparse.Namespace
     t_layers = time.perf_counter() - t1
     hb.phase = "idle_end"
     _spin(app, 0.3)
-    hb.phase = "idle"  # later repeats recolour / rebuild the same layers, as a re-run in the plugin does
-    return {"map_s": t_map, "layers_s": t_layers, "epochs_seen": state["epochs_seen"],
-            "layer_steps_s": steps}
+    hb.phase = (
+        "idle"  # later repeats recolour / rebuild the same layers, as a re-run in the plugin does
+    )
+    return {
+        "map_s": t_map,
+        "layers_s": t_layers,
+        "epochs_seen": state["epochs_seen"],
+        "layer_steps_s": steps,
+    }
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -284,7 +310,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--interval-ms", type=int, default=10)
     p.add_argument("--genes", type=int, default=2, help="imputed gene layers to add")
     p.add_argument("--timeout", type=float, default=1800)
-    p.add_argument("--no-widget", action="store_true", help="drive a thread_worker even if the Map widget exists")
+    p.add_argument(
+        "--no-widget",
+        action="store_true",
+        help="drive a thread_worker even if the Map widget exists",
+    )
     p.add_argument("--tag", default="")
     p.add_argument("--out-dir", type=Path, default=common.BENCH_OUT)
     return p.parse_args(argv)
@@ -339,7 +369,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for r in range(args.repeats):
         load = common.loadavg()
         args._repeat = r
-        log(f"repeat {r + 1}/{args.repeats}: mapping {args.n_ref}x{args.n_sp}x{args.n_genes}, {args.epochs} epochs (load {load})")
+        log(
+            f"repeat {r + 1}/{args.repeats}: mapping {args.n_ref}x{args.n_sp}x{args.n_genes}, {args.epochs} epochs (load {load})"
+        )
         if widget is not None:
             out = run_once_widget(viewer, app, widget, args, hb, genes)
         else:
@@ -347,25 +379,44 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         out["repeat"] = r
         out["loadavg_1m"] = load
         runs.append(out)
-        log(f"  map {out['map_s']:.1f} s, layers {out['layers_s']:.2f} s, epochs seen {out['epochs_seen']}")
+        log(
+            f"  map {out['map_s']:.1f} s, layers {out['layers_s']:.2f} s, epochs seen {out['epochs_seen']}"
+        )
     hb.stop()
     st = hb.stalls()
     table = []
     st["kind"] = st["phase"].str.split("#").str[0]
     st["rep"] = pd.to_numeric(st["phase"].str.split("#").str[1], errors="coerce")
-    groups = [("idle (viewer shown, nothing running)", st["kind"].isin(["idle", "idle_after", "idle_end"]))]
-    for kind, label in [("mapping", "mapping in a worker thread"), ("layers", "adding result layers")]:
+    groups = [
+        (
+            "idle (viewer shown, nothing running)",
+            st["kind"].isin(["idle", "idle_after", "idle_end"]),
+        )
+    ]
+    for kind, label in [
+        ("mapping", "mapping in a worker thread"),
+        ("layers", "adding result layers"),
+    ]:
         groups.append((f"{label}: all repeats", st["kind"] == kind))
         groups.append((f"{label}: first repeat (cold)", (st["kind"] == kind) & (st["rep"] == 0)))
         if args.repeats > 1:
-            groups.append((f"{label}: later repeats (warm)", (st["kind"] == kind) & (st["rep"] > 0)))
+            groups.append(
+                (f"{label}: later repeats (warm)", (st["kind"] == kind) & (st["rep"] > 0))
+            )
     for label, mask in groups:
         v = st.loc[mask, "stall_ms"].to_numpy()
         if not len(v):
             continue
-        table.append({"phase": label, "n_ticks": len(v), "max_stall_ms": float(v.max()),
-                      "p99_stall_ms": float(np.percentile(v, 99)), "p50_stall_ms": float(np.median(v)),
-                      "goal_max_below_100ms": bool(v.max() < 100)})
+        table.append(
+            {
+                "phase": label,
+                "n_ticks": len(v),
+                "max_stall_ms": float(v.max()),
+                "p99_stall_ms": float(np.percentile(v, 99)),
+                "p50_stall_ms": float(np.median(v)),
+                "goal_max_below_100ms": bool(v.max() < 100),
+            }
+        )
     # where the longest stalls of each run's phases happened (seconds after the phase began)
     for r, run in enumerate(runs):
         for kind in ("mapping", "layers"):

@@ -64,8 +64,11 @@ def idea_table(name: str, epochs: int, seed: int = 0) -> pd.DataFrame:
     }
     for k in tangram_ideas:
         scores[k] = np.full(len(rg), np.nan)
-    extra = ["Tangram column-normalised (M^T S / column mass)", "ensemble + Tangram (z-averaged)",
-             "ensemble, spatially smoothed over 5 nearest cells"]
+    extra = [
+        "Tangram column-normalised (M^T S / column mass)",
+        "ensemble + Tangram (z-averaged)",
+        "ensemble, spatially smoothed over 5 nearest cells",
+    ]
     for k in extra:
         scores[k] = np.full(len(rg), np.nan)
     from scipy.spatial import cKDTree
@@ -89,7 +92,9 @@ def idea_table(name: str, epochs: int, seed: int = 0) -> pd.DataFrame:
                 ens = pred
         for label, kw in tangram_ideas.items():
             kw = {"epochs": epochs, **kw}
-            res = nsi.map_cells_to_space(ref, spa, genes=[rg[i] for i in tr], seed=seed, neighbours=False, **kw)
+            res = nsi.map_cells_to_space(
+                ref, spa, genes=[rg[i] for i in tr], seed=seed, neighbours=False, **kw
+            )
             pred = np.asarray(res.project_genes([rg[i] for i in f], method="probabilistic").X)
             scores[label][f] = pearson_per_gene(pred, Sx[:, f])
             if label.startswith("Tangram map"):
@@ -100,10 +105,15 @@ def idea_table(name: str, epochs: int, seed: int = 0) -> pd.DataFrame:
     default = scores["neighbourhood ensemble (default: the five above averaged)"]
     rows = []
     for label, v in scores.items():
-        rows.append({
-            "dataset": name, "idea": label, "median_r": float(np.nanmedian(v)), "mean_r": float(np.nanmean(v)),
-            "gain_vs_default_median": float(np.nanmedian(v) - np.nanmedian(default)),
-        })
+        rows.append(
+            {
+                "dataset": name,
+                "idea": label,
+                "median_r": float(np.nanmedian(v)),
+                "mean_r": float(np.nanmean(v)),
+                "gain_vs_default_median": float(np.nanmedian(v) - np.nanmedian(default)),
+            }
+        )
     common.log(f"{name}: ideas done in {time.time() - t0:.0f} s")
     return pd.DataFrame(rows)
 
@@ -117,7 +127,11 @@ def uncertainty_row(name: str, epochs: int, seed: int = 0) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--datasets", nargs="+", default=["merfish_hypothalamus", "starmap_mpfc", "osmfish_sscortex"])
+    p.add_argument(
+        "--datasets",
+        nargs="+",
+        default=["merfish_hypothalamus", "starmap_mpfc", "osmfish_sscortex"],
+    )
     p.add_argument("--epochs", type=int, default=300)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=str(Path(__file__).resolve().parent.parent / "docs" / "bench"))

@@ -52,19 +52,41 @@ def main(argv: list[str] | None = None) -> int:
     def cb(info: nsi.EpochInfo) -> None:
         hist.append((info.epoch, info.score, time.time() - t1))
         if info.epoch % 25 == 0:
-            print(info.epoch, round(info.score, 4), round(time.time() - t1, 1), f"rss {_rss_gib():.2f} GiB",
-                  flush=True)
+            print(
+                info.epoch,
+                round(info.score, 4),
+                round(time.time() - t1, 1),
+                f"rss {_rss_gib():.2f} GiB",
+                flush=True,
+            )
 
-    r = nsi.map_cells_to_space(ref, spa, epochs=args.epochs, engine="auto", tol=args.tol, patience=25,
-                               callback=cb, cluster_key="cell_type")
+    r = nsi.map_cells_to_space(
+        ref,
+        spa,
+        epochs=args.epochs,
+        engine="auto",
+        tol=args.tol,
+        patience=25,
+        callback=cb,
+        cluster_key="cell_type",
+    )
     t2 = time.time()
     print(f"rss after mapping {_rss_gib():.2f} GiB", flush=True)
-    print("mapped", r.params["engine"], r.params["epochs_done"], round(r.training_score, 4), r.timings, flush=True)
+    print(
+        "mapped",
+        r.params["engine"],
+        r.params["epochs_done"],
+        round(r.training_score, 4),
+        r.timings,
+        flush=True,
+    )
     write_result(r, args.out, genes=["Gene0000", "Gene0001", "Gene0002"])
     t3 = time.time()
     print("wrote 3 genes", round(t3 - t2, 1), "total", round(t3 - t0, 1), flush=True)
     if args.json:
-        Path(args.json).write_text(json.dumps({"history": hist, "timings": r.timings, "total_s": t3 - t0}))
+        Path(args.json).write_text(
+            json.dumps({"history": hist, "timings": r.timings, "total_s": t3 - t0})
+        )
     return 0
 
 

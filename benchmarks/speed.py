@@ -115,8 +115,14 @@ def _run_ours(ref, spa, epochs: int, seed: int, engine: str | None) -> dict[str,
     kw: dict[str, Any] = {} if engine is None else {"engine": engine}
     t0 = time.perf_counter()
     res = map_cells_to_space(
-        ref, spa, epochs=epochs, seed=seed, density="uniform", transform="none",
-        callback=lambda info: stamps.append(time.perf_counter()), **kw,
+        ref,
+        spa,
+        epochs=epochs,
+        seed=seed,
+        density="uniform",
+        transform="none",
+        callback=lambda info: stamps.append(time.perf_counter()),
+        **kw,
     )
     t1 = time.perf_counter()
     tm = res.timings
@@ -163,8 +169,15 @@ def _run_tangram(ref, spa, epochs: int, seed: int) -> dict[str, Any]:
     tg.pp_adatas(ref, spa, genes=None)
     t_pp = time.perf_counter()
     adm = tg.map_cells_to_space(
-        ref, spa, mode="cells", num_epochs=epochs, density_prior="uniform", lambda_d=1,
-        device="cpu", random_state=seed + 1, verbose=False,
+        ref,
+        spa,
+        mode="cells",
+        num_epochs=epochs,
+        density_prior="uniform",
+        lambda_d=1,
+        device="cpu",
+        random_state=seed + 1,
+        verbose=False,
     )
     t1 = time.perf_counter()
     setup = marks["train_start"] - t0
@@ -183,7 +196,9 @@ def _run_tangram(ref, spa, epochs: int, seed: int) -> dict[str, Any]:
         "epoch_s_mean": train_s / max(epochs, 1),
         "epoch_end_s": ends.tolist(),
         "score_history": hist,
-        "final_score": float(np.nanmean(adm.uns["train_genes_df"]["train_score"].to_numpy(dtype=float))),
+        "final_score": float(
+            np.nanmean(adm.uns["train_genes_df"]["train_score"].to_numpy(dtype=float))
+        ),
         "n_ref": ref.n_obs,
         "n_sp": spa.n_obs,
         "n_genes": len(ref.uns["training_genes"]),
@@ -209,8 +224,17 @@ def parity(n_ref: int, n_sp: int, n_genes: int, epochs: int, seed: int) -> dict[
     keep = (S.sum(0) > 0) & (G.sum(0) > 0)
     S, G = np.ascontiguousarray(S[:, keep]), np.ascontiguousarray(G[:, keep])
     d = np.full(n_sp, 1.0 / n_sp, dtype=np.float32)
-    tm = mo.Mapper(S=S, G=G, d=d, lambda_d=1, lambda_g1=1, lambda_g2=0, lambda_r=0,
-                   device="cpu", random_state=seed + 1)
+    tm = mo.Mapper(
+        S=S,
+        G=G,
+        d=d,
+        lambda_d=1,
+        lambda_g1=1,
+        lambda_g2=0,
+        lambda_r=0,
+        device="cpu",
+        random_state=seed + 1,
+    )
     M0 = tm.M.detach().clone()
     # 1) value, terms and gradient at M0
     loss = tm._loss_fn(verbose=False)
@@ -259,7 +283,9 @@ def parity(n_ref: int, n_sp: int, n_genes: int, epochs: int, seed: int) -> dict[
     return {
         "size": f"{n_ref}x{n_sp}x{int(keep.sum())}",
         "epochs": epochs,
-        "at_M0": {k: {"tangram": a, "ours": b, "abs_diff": abs(a - b)} for k, (a, b) in at_m0.items()},
+        "at_M0": {
+            k: {"tangram": a, "ours": b, "abs_diff": abs(a - b)} for k, (a, b) in at_m0.items()
+        },
         "grad_max_abs_diff_rel_to_max": grad_rel,
         "per_epoch_total_loss_max_abs_diff": float(np.max(np.abs(tl_tg - tl_ours))),
         "per_epoch_main_loss_max_abs_diff": float(np.max(np.abs(ml_tg - ml_ours))),
@@ -298,7 +324,9 @@ def ours_estimate(n_ref: int, n_sp: int, n_genes: int) -> int:
     return int(estimate_dense_mapping(n_ref, n_sp, n_genes).total_bytes)
 
 
-def tangram_estimate(n_ref: int, n_sp: int, n_genes: int, per_element: float = TANGRAM_BYTES_PER_ELEMENT) -> int:
+def tangram_estimate(
+    n_ref: int, n_sp: int, n_genes: int, per_element: float = TANGRAM_BYTES_PER_ELEMENT
+) -> int:
     return int(per_element * n_ref * n_sp + 3 * 4 * (n_ref + n_sp) * n_genes + 0.6 * GIB)
 
 
@@ -324,12 +352,19 @@ def time_to_reach(run: dict[str, Any], target: float) -> tuple[float, int]:
     return float(run["setup_s"] + ends[e]), e + 1
 
 
-def run_size(spec: tuple[int, int, int, int, int], args: argparse.Namespace, methods: list[tuple[str, str | None]],
-             tmp: Path) -> list[dict[str, Any]]:
+def run_size(
+    spec: tuple[int, int, int, int, int],
+    args: argparse.Namespace,
+    methods: list[tuple[str, str | None]],
+    tmp: Path,
+) -> list[dict[str, Any]]:
     n_ref, n_sp, n_genes, epochs, repeats = spec
     label = f"{n_ref}x{n_sp}x{n_genes}"
     avail = mem_available()
-    est = {"ours": ours_estimate(n_ref, n_sp, n_genes), "tangram": tangram_estimate(n_ref, n_sp, n_genes)}
+    est = {
+        "ours": ours_estimate(n_ref, n_sp, n_genes),
+        "tangram": tangram_estimate(n_ref, n_sp, n_genes),
+    }
     runnable = {m: not (m == "tangram" and est["tangram"] > 0.85 * avail) for m, _ in methods}
     if not any(runnable.values()):
         pass
@@ -344,22 +379,42 @@ def run_size(spec: tuple[int, int, int, int, int], args: argparse.Namespace, met
         spa.write_h5ad(data / "spatial.h5ad")
         spars = (common.sparsity(ref), common.sparsity(spa))
         del ref, spa
-        log(f"{label}: simulated in {time.perf_counter() - t:.1f} s; zeros ref {spars[0]:.2f}, sp {spars[1]:.2f}")
+        log(
+            f"{label}: simulated in {time.perf_counter() - t:.1f} s; zeros ref {spars[0]:.2f}, sp {spars[1]:.2f}"
+        )
     else:
         spars = (float("nan"), float("nan"))
     for m, _engine in methods:
         if not runnable[m]:
-            rows.append({"size": label, "method": m, "epochs": epochs, "repeat": -1, "status": "not run",
-                         "reason": f"estimated {est['tangram'] / GIB:.0f} GiB > {avail / GIB:.0f} GiB available",
-                         "est_peak_gib": est["tangram"] / GIB})
+            rows.append(
+                {
+                    "size": label,
+                    "method": m,
+                    "epochs": epochs,
+                    "repeat": -1,
+                    "status": "not run",
+                    "reason": f"estimated {est['tangram'] / GIB:.0f} GiB > {avail / GIB:.0f} GiB available",
+                    "est_peak_gib": est["tangram"] / GIB,
+                }
+            )
     for r in range(repeats):
         order = methods if r % 2 == 0 else methods[::-1]
         for m, engine in order:
             if not runnable[m]:
                 continue
-            cmd = [sys.executable, str(Path(__file__).resolve()), "worker", "--method",
-                   "tangram" if m == "tangram" else "ours", "--data", str(data), "--epochs", str(epochs),
-                   "--seed", str(args.seed + r)]
+            cmd = [
+                sys.executable,
+                str(Path(__file__).resolve()),
+                "worker",
+                "--method",
+                "tangram" if m == "tangram" else "ours",
+                "--data",
+                str(data),
+                "--epochs",
+                str(epochs),
+                "--seed",
+                str(args.seed + r),
+            ]
             if engine is not None:
                 cmd += ["--engine", engine]
             if args.threads:
@@ -367,14 +422,26 @@ def run_size(spec: tuple[int, int, int, int, int], args: argparse.Namespace, met
             load = common.loadavg()
             log(f"{label} repeat {r + 1}/{repeats} {m}: start (load {load})")
             res = common.run_measured(cmd, timeout=args.timeout)
-            res.update({"size": label, "method": m, "epochs": epochs, "repeat": r, "loadavg_1m": load,
-                        "loadavg_1m_after": common.loadavg(), "zeros_ref": spars[0], "zeros_sp": spars[1],
-                        "est_peak_gib": est["tangram" if m == "tangram" else "ours"] / GIB})
+            res.update(
+                {
+                    "size": label,
+                    "method": m,
+                    "epochs": epochs,
+                    "repeat": r,
+                    "loadavg_1m": load,
+                    "loadavg_1m_after": common.loadavg(),
+                    "zeros_ref": spars[0],
+                    "zeros_sp": spars[1],
+                    "est_peak_gib": est["tangram" if m == "tangram" else "ours"] / GIB,
+                }
+            )
             res["status"] = "ok" if res.get("returncode") == 0 and "error" not in res else "failed"
             if res["status"] == "ok":
-                log(f"  {m}: wall {res['process_wall_s']:.1f} s, setup {res['setup_s']:.1f} s, "
+                log(
+                    f"  {m}: wall {res['process_wall_s']:.1f} s, setup {res['setup_s']:.1f} s, "
                     f"epoch {res['epoch_s_median'] * 1000:.1f} ms, peak {res['peak_rss_bytes'] / GIB:.2f} GiB, "
-                    f"score {res['final_score']:.4f}")
+                    f"score {res['final_score']:.4f}"
+                )
             else:
                 log(f"  {m}: {res.get('error')}")
             rows.append(res)
@@ -406,11 +473,20 @@ def summarize(rows: list[dict[str, Any]], gflops: float) -> pd.DataFrame:
     for (size, method), g in df.groupby(["size", "method"], sort=False):
         n_ref, n_sp, n_genes = (int(x) for x in size.split("x"))
         ok = g[g["status"] == "ok"]
-        rec: dict[str, Any] = {"size": size, "n_ref": n_ref, "n_sp": n_sp, "n_genes": n_genes, "method": method,
-                               "epochs": int(g["epochs"].iloc[0]), "runs": len(ok)}
+        rec: dict[str, Any] = {
+            "size": size,
+            "n_ref": n_ref,
+            "n_sp": n_sp,
+            "n_genes": n_genes,
+            "method": method,
+            "epochs": int(g["epochs"].iloc[0]),
+            "runs": len(ok),
+        }
         if len(ok) == 0:
             rec["status"] = g["status"].iloc[0]
-            notes = [str(v) for col in ("reason", "error") if col in g for v in g[col].dropna().unique()]
+            notes = [
+                str(v) for col in ("reason", "error") if col in g for v in g[col].dropna().unique()
+            ]
             rec["note"] = "; ".join(notes)
             rec["est_model_gib"] = float(g["est_peak_gib"].iloc[0])
             out.append(rec)
@@ -421,10 +497,16 @@ def summarize(rows: list[dict[str, Any]], gflops: float) -> pd.DataFrame:
             v = ok[col].to_numpy(dtype=float) * scale if col in ok else np.array([np.nan])
             return float(np.median(v)), float(np.min(v)), float(np.max(v))
 
-        for col, name, scale in [("process_wall_s", "wall_s", 1), ("setup_s", "setup_s", 1),
-                                 ("epoch_s_median", "epoch_ms", 1000), ("epoch_s_mean", "epoch_mean_ms", 1000),
-                                 ("train_s", "train_s", 1), ("peak_rss_bytes", "peak_gib", 1 / GIB),
-                                 ("final_score", "final_score", 1), ("time_to_tangram_score_s", "t_to_tg_score_s", 1)]:
+        for col, name, scale in [
+            ("process_wall_s", "wall_s", 1),
+            ("setup_s", "setup_s", 1),
+            ("epoch_s_median", "epoch_ms", 1000),
+            ("epoch_s_mean", "epoch_mean_ms", 1000),
+            ("train_s", "train_s", 1),
+            ("peak_rss_bytes", "peak_gib", 1 / GIB),
+            ("final_score", "final_score", 1),
+            ("time_to_tangram_score_s", "t_to_tg_score_s", 1),
+        ]:
             m_, lo, hi = med(col, scale)
             rec[name] = m_
             rec[name + "_min"] = lo
@@ -457,8 +539,12 @@ def extrapolate(summary: pd.DataFrame, gflops: float) -> pd.DataFrame:
             if mem_b is not None and mem_b[0] > 0:
                 rec["est_peak_gib"] = float((mem_b[0] * e + mem_b[1]) / GIB)
                 rec["est_epoch_ms"] = ms_per_work * r["n_ref"] * r["n_sp"] * r["n_genes"]
-                rec["est_basis"] = "linear fit of measured peaks vs n_ref*n_sp; epoch time scaled by n_ref*n_sp*n_genes"
-            rec["floor_epoch_ms"] = floor_seconds(r["n_ref"], r["n_sp"], r["n_genes"], gflops) * 1000
+                rec["est_basis"] = (
+                    "linear fit of measured peaks vs n_ref*n_sp; epoch time scaled by n_ref*n_sp*n_genes"
+                )
+            rec["floor_epoch_ms"] = (
+                floor_seconds(r["n_ref"], r["n_sp"], r["n_genes"], gflops) * 1000
+            )
             rows.append(rec)
     if not rows:
         return summary
@@ -479,10 +565,19 @@ def add_ratios(summary: pd.DataFrame) -> pd.DataFrame:
             r = summary.loc[i]
             if r["method"] == "tangram" or r["status"] != "measured":
                 continue
-            for col in ("wall_s", "setup_s", "epoch_ms", "epoch_mean_ms", "peak_gib", "extrapolated_1000_epochs_s"):
+            for col in (
+                "wall_s",
+                "setup_s",
+                "epoch_ms",
+                "epoch_mean_ms",
+                "peak_gib",
+                "extrapolated_1000_epochs_s",
+            ):
                 summary.loc[i, f"tangram_over_ours_{col}"] = t[col] / r[col]
             if "t_to_tg_score_s" in r and np.isfinite(r["t_to_tg_score_s"]):
-                summary.loc[i, "tangram_over_ours_time_to_score"] = t["t_to_tg_score_s"] / r["t_to_tg_score_s"]
+                summary.loc[i, "tangram_over_ours_time_to_score"] = (
+                    t["t_to_tg_score_s"] / r["t_to_tg_score_s"]
+                )
     return summary
 
 
@@ -504,20 +599,52 @@ def plot(summary: pd.DataFrame, out: Path) -> None:
         meas = g[g["status"] == "measured"]
         est = g[g["status"] != "measured"]
         if len(meas):
-            yerr = [meas["epoch_ms"] - meas["epoch_ms_min"], meas["epoch_ms_max"] - meas["epoch_ms"]]
-            axes[0].errorbar(meas["n_sp"], meas["epoch_ms"] / 1000, yerr=np.asarray(yerr) / 1000, marker="o",
-                             color=c, label=f"{method} (measured)", capsize=3)
-            axes[1].plot(meas["n_sp"], meas["peak_gib"], marker="o", color=c, label=f"{method} (measured)")
+            yerr = [
+                meas["epoch_ms"] - meas["epoch_ms_min"],
+                meas["epoch_ms_max"] - meas["epoch_ms"],
+            ]
+            axes[0].errorbar(
+                meas["n_sp"],
+                meas["epoch_ms"] / 1000,
+                yerr=np.asarray(yerr) / 1000,
+                marker="o",
+                color=c,
+                label=f"{method} (measured)",
+                capsize=3,
+            )
+            axes[1].plot(
+                meas["n_sp"], meas["peak_gib"], marker="o", color=c, label=f"{method} (measured)"
+            )
         if len(est) and "est_peak_gib" in est:
             ycol = est["est_peak_gib"].fillna(est.get("est_model_gib"))
-            axes[1].plot(est["n_sp"], ycol, marker="o", mfc="none", ls="none", color=c,
-                         label=f"{method} (estimate, not run)")
+            axes[1].plot(
+                est["n_sp"],
+                ycol,
+                marker="o",
+                mfc="none",
+                ls="none",
+                color=c,
+                label=f"{method} (estimate, not run)",
+            )
             if "est_epoch_ms" in est and est["est_epoch_ms"].notna().any():
-                axes[0].plot(est["n_sp"], est["est_epoch_ms"] / 1000, marker="o", mfc="none", ls="none", color=c,
-                             label=f"{method} (extrapolated)")
+                axes[0].plot(
+                    est["n_sp"],
+                    est["est_epoch_ms"] / 1000,
+                    marker="o",
+                    mfc="none",
+                    ls="none",
+                    color=c,
+                    label=f"{method} (extrapolated)",
+                )
     fl = summary.drop_duplicates("size").sort_values("n_sp")
-    axes[0].plot(fl["n_sp"], fl["floor_epoch_ms"] / 1000, color="0.4", ls="--", marker="x",
-                 label="floor of the dense objective: 2 matmuls / measured GFLOP/s")
+    axes[0].plot(
+        fl["n_sp"],
+        fl["floor_epoch_ms"] / 1000,
+        color="0.4",
+        ls="--",
+        marker="x",
+        label="floor of the dense objective: 2 matmuls / measured GFLOP/s",
+    )
     axes[1].axhline(common._ram_gib(), color="0.4", ls=":", label="RAM of this machine")
     for ax in axes:
         ax.set_xscale("log")
@@ -540,21 +667,32 @@ def plot(summary: pd.DataFrame, out: Path) -> None:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--sizes", nargs="+", default=["2000x6000x130:1000", "9448x40864x132:15", "20000x200000x300:10"],
-                   help="N_REFxN_SPxN_GENES[:EPOCHS[:REPEATS]]")
+    p.add_argument(
+        "--sizes",
+        nargs="+",
+        default=["2000x6000x130:1000", "9448x40864x132:15", "20000x200000x300:10"],
+        help="N_REFxN_SPxN_GENES[:EPOCHS[:REPEATS]]",
+    )
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--epochs", type=int, default=1000, help="epochs for sizes that do not name theirs")
+    p.add_argument(
+        "--epochs", type=int, default=1000, help="epochs for sizes that do not name theirs"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--methods", nargs="+", default=["ours", "tangram"])
     p.add_argument("--engines", nargs="*", default=None)
     p.add_argument("--parity-size", default="2000x6000x130")
     p.add_argument("--parity-epochs", type=int, default=50)
     p.add_argument("--no-parity", action="store_true")
-    p.add_argument("--threads", type=int, default=None, help="torch threads in every run (default: torch's)")
+    p.add_argument(
+        "--threads", type=int, default=None, help="torch threads in every run (default: torch's)"
+    )
     p.add_argument("--timeout", type=float, default=None, help="seconds per worker run")
     p.add_argument("--tag", default="", help="suffix of the output files")
-    p.add_argument("--resummarize", action="store_true",
-                   help="recompute the summary and plot from speed_runs.json (no new runs)")
+    p.add_argument(
+        "--resummarize",
+        action="store_true",
+        help="recompute the summary and plot from speed_runs.json (no new runs)",
+    )
     p.add_argument("--out-dir", type=Path, default=common.BENCH_OUT)
     p.add_argument("--image-dir", type=Path, default=common.IMAGES)
     return p.parse_args(argv)
@@ -577,7 +715,11 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     for m in args.methods:
         if m == "ours":
             avail = common.engine_names()
-            methods += [("ours", None)] if avail is None else [(f"ours[{e}]", e) for e in (args.engines or avail)]
+            methods += (
+                [("ours", None)]
+                if avail is None
+                else [(f"ours[{e}]", e) for e in (args.engines or avail)]
+            )
         elif m == "tangram":
             if common.tangram_available():
                 methods.append(("tangram", None))
@@ -590,7 +732,12 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
         gflops = meta["matmul_gflops_float32"]
         add_time_to_score(rows)
         common.write_json(rows, args.out_dir / f"speed_runs{tag}.json")
-        raw = pd.DataFrame([{k: v for k, v in r.items() if k not in ("epoch_end_s", "score_history")} for r in rows])
+        raw = pd.DataFrame(
+            [
+                {k: v for k, v in r.items() if k not in ("epoch_end_s", "score_history")}
+                for r in rows
+            ]
+        )
         common.write_csv(raw, args.out_dir / f"speed_runs{tag}.csv")
         summary = add_ratios(extrapolate(summarize(rows, gflops), gflops))
         common.write_csv(summary, args.out_dir / f"speed_summary{tag}.csv")
@@ -611,7 +758,12 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     with tempfile.TemporaryDirectory(prefix="nsi_speed_") as tmp:
         for s in args.sizes:
             rows += run_size(parse_size(s, args.epochs, args.repeats), args, methods, Path(tmp))
-            raw = pd.DataFrame([{k: v for k, v in r.items() if k not in ("epoch_end_s", "score_history")} for r in rows])
+            raw = pd.DataFrame(
+                [
+                    {k: v for k, v in r.items() if k not in ("epoch_end_s", "score_history")}
+                    for r in rows
+                ]
+            )
             common.write_csv(raw, args.out_dir / f"speed_runs{tag}.csv")
             common.write_json(rows, args.out_dir / f"speed_runs{tag}.json")
     summary = extrapolate(summarize(rows, gflops), gflops)

@@ -67,13 +67,23 @@ def _replay(argv: list[str]) -> None:
 
     def train(self, num_epochs, learning_rate=0.1, print_each=100):  # noqa: ANN001, ANN202, ARG001
         marks["train_start"] = time.perf_counter()
-        w = Weights(lambda_g1=self.lambda_g1, lambda_g2=self.lambda_g2, lambda_d=self.lambda_d,
-                    lambda_r=self.lambda_r)
+        w = Weights(
+            lambda_g1=self.lambda_g1,
+            lambda_g2=self.lambda_g2,
+            lambda_d=self.lambda_d,
+            lambda_r=self.lambda_r,
+        )
         d = None if self.d is None else self.d.detach().cpu().numpy()
         init = self.M.detach().cpu().numpy()
         self.M = None  # tangram-sc's copy is not needed any more
-        mapper = TangramMapper(self.S.cpu().numpy(), self.G.cpu().numpy(), w, d=d,
-                               learning_rate=learning_rate, init=init)
+        mapper = TangramMapper(
+            self.S.cpu().numpy(),
+            self.G.cpu().numpy(),
+            w,
+            d=d,
+            learning_rate=learning_rate,
+            init=init,
+        )
         del init
         ends = []
         for _ in mapper.iterate(num_epochs):
@@ -89,13 +99,24 @@ def _replay(argv: list[str]) -> None:
     mo.Mapper.train = train
     t0 = time.perf_counter()
     tg.pp_adatas(ref, spa, genes=None)
-    adm = tg.map_cells_to_space(ref, spa, mode="cells", num_epochs=a.epochs, density_prior="uniform",
-                                lambda_d=1, device="cpu", random_state=a.seed + 1, verbose=False)
+    adm = tg.map_cells_to_space(
+        ref,
+        spa,
+        mode="cells",
+        num_epochs=a.epochs,
+        density_prior="uniform",
+        lambda_d=1,
+        device="cpu",
+        random_state=a.seed + 1,
+        verbose=False,
+    )
     t1 = time.perf_counter()
     hist = [float(v) for v in adm.uns["training_history"]["main_loss"]]
     out = {
         "method": "replay",
-        "final_score_tangram_scorer": float(np.nanmean(adm.uns["train_genes_df"]["train_score"].to_numpy(float))),
+        "final_score_tangram_scorer": float(
+            np.nanmean(adm.uns["train_genes_df"]["train_score"].to_numpy(float))
+        ),
         "score_history": hist,
         "setup_s": marks["train_start"] - t0,
         "train_s": marks["train_end"] - marks["train_start"],
@@ -141,8 +162,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--timeout", type=float, default=None)
     p.add_argument("--tag", default="")
     p.add_argument("--out-dir", type=Path, default=common.BENCH_OUT)
-    p.add_argument("--reuse", type=Path, default=None,
-                   help="an earlier target_score JSON: take its tangram and replay runs, run ours again")
+    p.add_argument(
+        "--reuse",
+        type=Path,
+        default=None,
+        help="an earlier target_score JSON: take its tangram and replay runs, run ours again",
+    )
     a = p.parse_args(argv)
     n_ref, n_sp, n_genes = (int(x) for x in a.size.lower().split("x"))
     info = common.machine_info()
@@ -161,12 +186,52 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         log(f"simulated {a.size}")
         py = sys.executable
         plan = [
-            ("tangram", [py, str(SPEED), "worker", "--method", "tangram", "--data", str(data),
-                         "--epochs", str(a.tangram_epochs), "--seed", str(a.seed)]),
-            ("ours", [py, str(SPEED), "worker", "--method", "ours", "--data", str(data),
-                      "--epochs", str(a.epochs), "--seed", str(a.seed)]),
-            ("replay", [py, str(Path(__file__).resolve()), "replay", "--data", str(data),
-                        "--epochs", str(a.epochs), "--seed", str(a.seed)]),
+            (
+                "tangram",
+                [
+                    py,
+                    str(SPEED),
+                    "worker",
+                    "--method",
+                    "tangram",
+                    "--data",
+                    str(data),
+                    "--epochs",
+                    str(a.tangram_epochs),
+                    "--seed",
+                    str(a.seed),
+                ],
+            ),
+            (
+                "ours",
+                [
+                    py,
+                    str(SPEED),
+                    "worker",
+                    "--method",
+                    "ours",
+                    "--data",
+                    str(data),
+                    "--epochs",
+                    str(a.epochs),
+                    "--seed",
+                    str(a.seed),
+                ],
+            ),
+            (
+                "replay",
+                [
+                    py,
+                    str(Path(__file__).resolve()),
+                    "replay",
+                    "--data",
+                    str(data),
+                    "--epochs",
+                    str(a.epochs),
+                    "--seed",
+                    str(a.seed),
+                ],
+            ),
         ]
         for name, cmd in plan:
             if name in runs:
@@ -177,7 +242,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             if r.get("returncode") != 0 or "error" in r:
                 log(f"{name} failed: {r.get('error')}")
                 continue
-            log(f"{name}: wall {r['process_wall_s']:.0f} s, peak {r['peak_rss_bytes'] / GIB:.2f} GiB")
+            log(
+                f"{name}: wall {r['process_wall_s']:.0f} s, peak {r['peak_rss_bytes'] / GIB:.2f} GiB"
+            )
     tg, ours, rp = runs["tangram"], runs["ours"], runs["replay"]
     target = rp["final_score_tangram_scorer"]
     k = min(len(tg["score_history"]), len(rp["score_history"]))

@@ -46,7 +46,9 @@ def make_synthetic(
     """A small seeded reference/spatial pair with cell types that have distinct programs."""
     rng = np.random.default_rng(seed)
     n_all = n_genes + extra_ref_genes
-    programs = rng.gamma(1.0, 1.0, size=(n_types, n_all)) * (rng.random((n_types, n_all)) < 0.5) + 0.05
+    programs = (
+        rng.gamma(1.0, 1.0, size=(n_types, n_all)) * (rng.random((n_types, n_all)) < 0.5) + 0.05
+    )
     ref_types = rng.integers(0, n_types, n_ref)
     sp_types = rng.integers(0, n_types, n_sp)
     ref_X = rng.poisson(programs[ref_types] * 5).astype(np.float32)
@@ -54,15 +56,18 @@ def make_synthetic(
     genes = [f"Gene{i}" for i in range(n_all)]
     ref = ad.AnnData(
         X=sp.csr_matrix(ref_X) if sparse else ref_X,
-        obs=pd.DataFrame({"cell_type": pd.Categorical([f"T{t}" for t in ref_types])},
-                         index=[f"r{i}" for i in range(n_ref)]),
+        obs=pd.DataFrame(
+            {"cell_type": pd.Categorical([f"T{t}" for t in ref_types])},
+            index=[f"r{i}" for i in range(n_ref)],
+        ),
         var=pd.DataFrame(index=genes),
     )
     spa = ad.AnnData(
         X=sp.csr_matrix(sp_X) if sparse else sp_X,
-        obs=pd.DataFrame({"true_type": [f"T{t}" for t in sp_types],
-                          "fov": rng.integers(0, 2, n_sp).astype(str)},
-                         index=[f"s{i}" for i in range(n_sp)]),
+        obs=pd.DataFrame(
+            {"true_type": [f"T{t}" for t in sp_types], "fov": rng.integers(0, 2, n_sp).astype(str)},
+            index=[f"s{i}" for i in range(n_sp)],
+        ),
         var=pd.DataFrame(index=[g.lower() for g in genes[:n_genes]]),
     )
     spa.obsm["spatial"] = rng.random((n_sp, 2)) * 100

@@ -18,7 +18,18 @@ import napari_spatial_impute
 PKG = "napari_spatial_impute"
 ROOT = Path(napari_spatial_impute.__file__).parent
 LAYERS = {"_errors": 0, "_version": 0, "io": 1, "core": 2, "viz": 3, "plugin": 4}
-GUI_LIBRARIES = ("napari", "qtpy", "PyQt5", "PyQt6", "PySide2", "PySide6", "superqt", "magicgui", "matplotlib", "vispy")
+GUI_LIBRARIES = (
+    "napari",
+    "qtpy",
+    "PyQt5",
+    "PyQt6",
+    "PySide2",
+    "PySide6",
+    "superqt",
+    "magicgui",
+    "matplotlib",
+    "vispy",
+)
 
 
 def _module_name(path: Path) -> str:
@@ -90,7 +101,9 @@ def test_layers_point_one_way(module):
 
 def test_cli_uses_core_and_io_only():
     allowed_plugin = {f"{PKG}.plugin.viewer"}
-    wrong = sorted(m for m in GRAPH[f"{PKG}.cli"] if _layer(m) in (3, 4) and m not in allowed_plugin)
+    wrong = sorted(
+        m for m in GRAPH[f"{PKG}.cli"] if _layer(m) in (3, 4) and m not in allowed_plugin
+    )
     assert not wrong, f"cli imports {wrong}"
 
 

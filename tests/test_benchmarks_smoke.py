@@ -65,14 +65,30 @@ def test_accuracy_main_tiny(tmp_path, merfish_pair, monkeypatch):
     ref, spa = merfish_pair
 
     def fake_load(name, root=None):  # the bundled pair; no shared folder needed
-        return common.Pair(name, common.normalize_log1p(ref), common.normalize_log1p(spa), None, None, "bundled")
+        return common.Pair(
+            name, common.normalize_log1p(ref), common.normalize_log1p(spa), None, None, "bundled"
+        )
 
     monkeypatch.setattr(common, "load_pair", fake_load)
     methods = ["ours", "knn"] + (["tangram"] if HAS_TANGRAM else [])
-    df = acc.main([
-        "--datasets", "merfish_hypothalamus", "--folds", "2", "--epochs", "3", "--max-cells", "120",
-        "--methods", *methods, "--out-dir", str(tmp_path), "--image-dir", str(tmp_path),
-    ])
+    df = acc.main(
+        [
+            "--datasets",
+            "merfish_hypothalamus",
+            "--folds",
+            "2",
+            "--epochs",
+            "3",
+            "--max-cells",
+            "120",
+            "--methods",
+            *methods,
+            "--out-dir",
+            str(tmp_path),
+            "--image-dir",
+            str(tmp_path),
+        ]
+    )
     assert set(df["method"]).issuperset({"knn"})
     assert any(m.startswith("ours") for m in df["method"])
     per_gene = pd.read_csv(tmp_path / "accuracy_merfish_hypothalamus_per_gene.csv")
@@ -86,14 +102,34 @@ def test_accuracy_annotations_on_cell_split(tmp_path, monkeypatch):
     common = sys.modules["common"]
     ref, spa = common.simulate_pair(120, 90, 24, seed=1)
     monkeypatch.setattr(
-        common, "load_pair",
-        lambda name, root=None: common.Pair(name, common.normalize_log1p(ref), common.normalize_log1p(spa),
-                                            "cell_type", "cell_type", "simulated"),
+        common,
+        "load_pair",
+        lambda name, root=None: common.Pair(
+            name,
+            common.normalize_log1p(ref),
+            common.normalize_log1p(spa),
+            "cell_type",
+            "cell_type",
+            "simulated",
+        ),
     )
-    df = acc.main([
-        "--datasets", "starmap_mpfc", "--folds", "2", "--epochs", "3", "--methods", "ours", "knn",
-        "--out-dir", str(tmp_path), "--image-dir", str(tmp_path),
-    ])
+    df = acc.main(
+        [
+            "--datasets",
+            "starmap_mpfc",
+            "--folds",
+            "2",
+            "--epochs",
+            "3",
+            "--methods",
+            "ours",
+            "knn",
+            "--out-dir",
+            str(tmp_path),
+            "--image-dir",
+            str(tmp_path),
+        ]
+    )
     assert df["annot_acc"].between(0, 1).all()
 
 
@@ -101,9 +137,26 @@ def test_speed_main_tiny(tmp_path):
     speed = _load("speed")
     # one worker subprocess (ours, first engine) keeps this fast; tangram-sc is exercised by the
     # in-process parity check
-    args = ["--sizes", "40x60x12:3", "--repeats", "1", "--methods", "ours", "--threads", "1",
-            "--parity-size", "30x40x10", "--parity-epochs", "3", "--tag", "smoke",
-            "--out-dir", str(tmp_path), "--image-dir", str(tmp_path)]
+    args = [
+        "--sizes",
+        "40x60x12:3",
+        "--repeats",
+        "1",
+        "--methods",
+        "ours",
+        "--threads",
+        "1",
+        "--parity-size",
+        "30x40x10",
+        "--parity-epochs",
+        "3",
+        "--tag",
+        "smoke",
+        "--out-dir",
+        str(tmp_path),
+        "--image-dir",
+        str(tmp_path),
+    ]
     if not HAS_TANGRAM:
         args.append("--no-parity")
     engines = sys.modules["common"].engine_names()
@@ -120,13 +173,31 @@ def test_speed_main_tiny(tmp_path):
 
 @pytest.mark.skipif(not (_has("napari") and _has("qtpy")), reason="napari/Qt not installed")
 @pytest.mark.skipif(
-    os.environ.get("QT_QPA_PLATFORM") != "offscreen" and not os.environ.get("DISPLAY") and shutil.which("Xvfb") is None,
+    os.environ.get("QT_QPA_PLATFORM") != "offscreen"
+    and not os.environ.get("DISPLAY")
+    and shutil.which("Xvfb") is None,
     reason="no display",
 )
 def test_gui_responsiveness_tiny(tmp_path, qapp):
     gui = _load("gui_responsiveness")
-    info = gui.main(["--n-ref", "40", "--n-sp", "200", "--n-genes", "12", "--epochs", "3", "--repeats", "1",
-                     "--genes", "1", "--out-dir", str(tmp_path)])
+    info = gui.main(
+        [
+            "--n-ref",
+            "40",
+            "--n-sp",
+            "200",
+            "--n-genes",
+            "12",
+            "--epochs",
+            "3",
+            "--repeats",
+            "1",
+            "--genes",
+            "1",
+            "--out-dir",
+            str(tmp_path),
+        ]
+    )
     phases = {p["phase"] for p in info["phases"]}
     assert any(p.startswith("mapping") for p in phases)
     assert any(p.startswith("adding result layers") for p in phases)

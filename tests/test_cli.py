@@ -24,8 +24,21 @@ def test_map_real_pair_writes_all_genes_and_probabilities(shared_data, tmp_path,
     d = shared_data / "merfish_hypothalamus"
     out = tmp_path / "o.h5ad"
     code, stdout, err = _run(
-        ["map", "--reference", str(d / "reference.h5ad"), "--spatial", str(d / "spatial.h5ad"),
-         "--out", str(out), "--cluster-key", "cell_type", "--epochs", "50"], capsys)
+        [
+            "map",
+            "--reference",
+            str(d / "reference.h5ad"),
+            "--spatial",
+            str(d / "spatial.h5ad"),
+            "--out",
+            str(out),
+            "--cluster-key",
+            "cell_type",
+            "--epochs",
+            "50",
+        ],
+        capsys,
+    )
     assert code == 0, err
     assert "wrote 750 spatial cells x 134 imputed genes and 14 cluster probabilities" in stdout
     assert "reference raw counts, spatial raw counts; transform applied: none" in stdout
@@ -45,9 +58,31 @@ def test_map_options(merfish_pair, tmp_path, capsys):
     genes.write_text("gad1\nSLC17A6\nMbp\n")
     out = tmp_path / "o.h5ad"
     code, stdout, err = _run(
-        ["map", "-r", str(r), "-s", str(s), "-o", str(out), "--cluster-key", "cell_type",
-         "--mode", "clusters", "--genes", str(genes), "--density", "rna_count_based",
-         "--epochs", "20", "--impute", "Gad1,Ermn", "--projection", "argmax"], capsys)
+        [
+            "map",
+            "-r",
+            str(r),
+            "-s",
+            str(s),
+            "-o",
+            str(out),
+            "--cluster-key",
+            "cell_type",
+            "--mode",
+            "clusters",
+            "--genes",
+            str(genes),
+            "--density",
+            "rna_count_based",
+            "--epochs",
+            "20",
+            "--impute",
+            "Gad1,Ermn",
+            "--projection",
+            "argmax",
+        ],
+        capsys,
+    )
     assert code == 0, err
     res = ad.read_h5ad(out)
     assert list(res.var_names) == ["Gad1", "Ermn"]
@@ -61,8 +96,24 @@ def test_evaluate_writes_cv_table(merfish_pair, tmp_path, capsys):
     ref.write_h5ad(r)
     spa.write_h5ad(s)
     out = tmp_path / "cv.csv"
-    code, stdout, err = _run(["evaluate", "-r", str(r), "-s", str(s), "--folds", "3", "--seed", "0",
-                              "--epochs", "30", "--out", str(out)], capsys)
+    code, stdout, err = _run(
+        [
+            "evaluate",
+            "-r",
+            str(r),
+            "-s",
+            str(s),
+            "--folds",
+            "3",
+            "--seed",
+            "0",
+            "--epochs",
+            "30",
+            "--out",
+            str(out),
+        ],
+        capsys,
+    )
     assert code == 0, err
     df = pd.read_csv(out)
     assert "pearson" in df.columns and len(df) == 134
@@ -95,7 +146,9 @@ def _bad_inputs(tmp_path, ref, spa):
     return cases
 
 
-@pytest.mark.parametrize("case", ["missing_spatial", "no_shared", "nan", "negative", "dup_cells", "empty"])
+@pytest.mark.parametrize(
+    "case", ["missing_spatial", "no_shared", "nan", "negative", "dup_cells", "empty"]
+)
 def test_bad_input_one_line_exit_2_nothing_written(merfish_pair, tmp_path, capsys, case):
     ref, spa = merfish_pair
     r_ad, s_ad, expected = _bad_inputs(tmp_path, ref, spa)[case]
@@ -103,7 +156,9 @@ def test_bad_input_one_line_exit_2_nothing_written(merfish_pair, tmp_path, capsy
     r_ad.write_h5ad(r)
     s_ad.write_h5ad(s)
     out = tmp_path / "o.h5ad"
-    code, stdout, err = _run(["map", "-r", str(r), "-s", str(s), "-o", str(out), "--epochs", "2"], capsys)
+    code, stdout, err = _run(
+        ["map", "-r", str(r), "-s", str(s), "-o", str(out), "--epochs", "2"], capsys
+    )
     assert code == 2
     assert expected in err
     assert err.count("\n") == 1 and "Traceback" not in err
@@ -116,18 +171,35 @@ def test_unknown_cluster_key_lists_columns(merfish_pair, tmp_path, capsys):
     r, s = tmp_path / "r.h5ad", tmp_path / "s.h5ad"
     ref.write_h5ad(r)
     spa.write_h5ad(s)
-    code, _, err = _run(["map", "-r", str(r), "-s", str(s), "-o", str(tmp_path / "o.h5ad"),
-                         "--cluster-key", "celltype", "--epochs", "2"], capsys)
+    code, _, err = _run(
+        [
+            "map",
+            "-r",
+            str(r),
+            "-s",
+            str(s),
+            "-o",
+            str(tmp_path / "o.h5ad"),
+            "--cluster-key",
+            "celltype",
+            "--epochs",
+            "2",
+        ],
+        capsys,
+    )
     assert code == 2 and "cell_type, nUMI_full_transcriptome" in err
 
 
 def test_unreadable_file_and_memory(merfish_pair, tmp_path, capsys, monkeypatch):
     bad = tmp_path / "bad.h5ad"
     bad.write_text("hello")
-    code, _, err = _run(["map", "-r", str(bad), "-s", str(bad), "-o", str(tmp_path / "o.h5ad")], capsys)
+    code, _, err = _run(
+        ["map", "-r", str(bad), "-s", str(bad), "-o", str(tmp_path / "o.h5ad")], capsys
+    )
     assert code == 2 and "cannot read reference file" in err
 
     from napari_spatial_impute.core.engine import resources
+
     ref, spa = merfish_pair
     r, s = tmp_path / "r.h5ad", tmp_path / "s.h5ad"
     ref.write_h5ad(r)
@@ -142,9 +214,23 @@ def test_demo_runs_offline_without_shared_data(tmp_path):
     out = tmp_path / "demo.h5ad"
     env = {"NSI_DATA_DIR": str(tmp_path / "absent"), "PATH": "/usr/bin:/bin"}
     proc = subprocess.run(
-        [sys.executable, "-m", "napari_spatial_impute.cli", "demo", "--epochs", "40", "--folds", "3",
-         "--out", str(out)],
-        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "napari_spatial_impute.cli",
+            "demo",
+            "--epochs",
+            "40",
+            "--folds",
+            "3",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
     assert "imputed 134 genes at 750 cells" in proc.stdout
@@ -159,8 +245,26 @@ def test_map_lean_engine(merfish_pair, tmp_path, capsys):
     ref.write_h5ad(r)
     spa.write_h5ad(s)
     out = tmp_path / "o.h5ad"
-    code, stdout, err = _run(["map", "-r", str(r), "-s", str(s), "-o", str(out), "--engine", "lean",
-                              "--candidates", "20", "--epochs", "30", "--cluster-key", "cell_type"], capsys)
+    code, stdout, err = _run(
+        [
+            "map",
+            "-r",
+            str(r),
+            "-s",
+            str(s),
+            "-o",
+            str(out),
+            "--engine",
+            "lean",
+            "--candidates",
+            "20",
+            "--epochs",
+            "30",
+            "--cluster-key",
+            "cell_type",
+        ],
+        capsys,
+    )
     assert code == 0, err
     assert "lean engine" in stdout
     res = ad.read_h5ad(out)

@@ -103,8 +103,14 @@ def test_evaluate_output_equal_to_input_refused(tmp_path, capsys, pair_files):
         (["--seed", "-1"], "seed must be a whole number from 0 to"),
         (["--seed", str(2**40)], "seed must be a whole number from 0 to"),
         (["--tol", "nan"], "tol must be a finite number"),
-        (["--genes", "markers", "--cluster-key", "cell_type", "--n-markers", "0"], "n_markers must be 1 or more"),
-        (["--engine", "lean", "--mode", "clusters", "--cluster-key", "cell_type"], "lean engine maps single cells"),
+        (
+            ["--genes", "markers", "--cluster-key", "cell_type", "--n-markers", "0"],
+            "n_markers must be 1 or more",
+        ),
+        (
+            ["--engine", "lean", "--mode", "clusters", "--cluster-key", "cell_type"],
+            "lean engine maps single cells",
+        ),
     ],
 )
 def test_bad_settings_one_line_before_work(pair_files, tmp_path, capsys, args, expected):
@@ -121,7 +127,9 @@ def test_binary_gene_list_is_one_line(pair_files, tmp_path, capsys):
     r, s = pair_files
     genes = tmp_path / "genes.txt"
     genes.write_bytes(bytes(range(256)) * 4)
-    code, _, err = _run(["map", "-r", r, "-s", s, "-o", tmp_path / "o.h5ad", "--genes", genes], capsys)
+    code, _, err = _run(
+        ["map", "-r", r, "-s", s, "-o", tmp_path / "o.h5ad", "--genes", genes], capsys
+    )
     assert code == 2 and "not a UTF-8 text file" in err
     _one_line(err)
 
@@ -134,18 +142,49 @@ def test_huge_values_refused_and_float16_totals_do_not_overflow(merfish_pair, tm
     big = spa.copy()
     big.X = dense.astype(np.float64) * 1e20
     big.write_h5ad(tmp_path / "big.h5ad")
-    code, _, err = _run(["map", "-r", r, "-s", tmp_path / "big.h5ad", "-o", tmp_path / "o.h5ad",
-                         "--density", "rna_count_based"], capsys)
+    code, _, err = _run(
+        [
+            "map",
+            "-r",
+            r,
+            "-s",
+            tmp_path / "big.h5ad",
+            "-o",
+            tmp_path / "o.h5ad",
+            "--density",
+            "rna_count_based",
+        ],
+        capsys,
+    )
     assert code == 2 and "too large for float32" in err
     _one_line(err)
 
     half = spa.copy()
     half.X = np.minimum(dense * 300, 60000).astype(np.float16)
-    assert np.isfinite(half.X).all() and half.X.astype(np.float64).sum(1).max() > np.finfo(np.float16).max
+    assert (
+        np.isfinite(half.X).all()
+        and half.X.astype(np.float64).sum(1).max() > np.finfo(np.float16).max
+    )
     half.write_h5ad(tmp_path / "half.h5ad")
     out = tmp_path / "o16.h5ad"
-    code, _, err = _run(["map", "-r", r, "-s", tmp_path / "half.h5ad", "-o", out,
-                         "--density", "rna_count_based", "--epochs", "5", "--cluster-key", "cell_type"], capsys)
+    code, _, err = _run(
+        [
+            "map",
+            "-r",
+            r,
+            "-s",
+            tmp_path / "half.h5ad",
+            "-o",
+            out,
+            "--density",
+            "rna_count_based",
+            "--epochs",
+            "5",
+            "--cluster-key",
+            "cell_type",
+        ],
+        capsys,
+    )
     assert code == 0, err
     res = ad.read_h5ad(out)
     assert np.isfinite(res.X).all()
@@ -158,23 +197,57 @@ def test_backed_data_named(merfish_pair, tmp_path):
     ref, spa = merfish_pair
     ref.write_h5ad(tmp_path / "r.h5ad")
     backed = ad.read_h5ad(tmp_path / "r.h5ad", backed="r")
-    with pytest.raises(nsi.InputError, match=r"backed mode .* is not supported; read it into memory"):
+    with pytest.raises(
+        nsi.InputError, match=r"backed mode .* is not supported; read it into memory"
+    ):
         nsi.map_cells_to_space(backed, spa, epochs=1)
 
 
 def test_mix_ups_warned_in_cli(pair_files, tmp_path, capsys):
     r, s = pair_files
-    code, _, err = _run(["map", "-r", s, "-s", s, "-o", tmp_path / "o.h5ad", "--epochs", "2"], capsys)
+    code, _, err = _run(
+        ["map", "-r", s, "-s", s, "-o", tmp_path / "o.h5ad", "--epochs", "2"], capsys
+    )
     assert code == 0
     assert "warning: the spatial data holds the reference's own cells" in err
-    code, _, err = _run(["map", "-r", r, "-s", s, "-o", tmp_path / "o2.h5ad", "--epochs", "2",
-                         "--cluster-key", "nUMI_full_transcriptome"], capsys)
+    code, _, err = _run(
+        [
+            "map",
+            "-r",
+            r,
+            "-s",
+            s,
+            "-o",
+            tmp_path / "o2.h5ad",
+            "--epochs",
+            "2",
+            "--cluster-key",
+            "nUMI_full_transcriptome",
+        ],
+        capsys,
+    )
     assert code == 0
-    assert "warning: cluster key 'nUMI_full_transcriptome' has 1,216 distinct values for 1,308" in err
+    assert (
+        "warning: cluster key 'nUMI_full_transcriptome' has 1,216 distinct values for 1,308" in err
+    )
     assert err.count("\n") == 1
     # a real cluster column on a real pair: no warning
-    code, _, err = _run(["map", "-r", r, "-s", s, "-o", tmp_path / "o3.h5ad", "--epochs", "2",
-                         "--cluster-key", "cell_type"], capsys)
+    code, _, err = _run(
+        [
+            "map",
+            "-r",
+            r,
+            "-s",
+            s,
+            "-o",
+            tmp_path / "o3.h5ad",
+            "--epochs",
+            "2",
+            "--cluster-key",
+            "cell_type",
+        ],
+        capsys,
+    )
     assert code == 0 and err == ""
 
 
@@ -183,8 +256,9 @@ def test_lean_engine_on_tiny_reference_says_it_ran_exact(merfish_pair):
 
     ref, spa = merfish_pair
     with pytest.warns(nsi.InputWarning, match="the exact engine ran"):
-        res = nsi.map_cells_to_space(ref[:30].copy(), spa, engine="lean", candidates=50, epochs=2,
-                                     neighbours=False)
+        res = nsi.map_cells_to_space(
+            ref[:30].copy(), spa, engine="lean", candidates=50, epochs=2, neighbours=False
+        )
     assert res.params["engine"] == "exact" and "exact engine ran" in res.params["engine_note"]
 
 
@@ -243,8 +317,23 @@ def test_cli_interrupted_while_writing_keeps_earlier_output(pair_files, tmp_path
     driver = tmp_path / "driver.py"
     driver.write_text(_DRIVER)
     proc = subprocess.run(
-        [sys.executable, str(driver), how, "map", "-r", str(r), "-s", str(s), "-o", str(out), "--epochs", "2"],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            str(driver),
+            how,
+            "map",
+            "-r",
+            str(r),
+            "-s",
+            str(s),
+            "-o",
+            str(out),
+            "--epochs",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == code, proc.stderr
     assert "Traceback" not in proc.stderr
@@ -326,8 +415,12 @@ def test_ctrl_c_while_importing_is_one_line(pair_files, tmp_path):
         """
     )
     out = tmp_path / "o.h5ad"
-    proc = subprocess.run([sys.executable, "-c", script, "map", "-r", str(r), "-s", str(s), "-o", str(out)],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", script, "map", "-r", str(r), "-s", str(s), "-o", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 130, proc.stderr
     assert proc.stderr == "napari-spatial-impute: cancelled; nothing written\n"
     assert not out.exists()
@@ -335,12 +428,15 @@ def test_ctrl_c_while_importing_is_one_line(pair_files, tmp_path):
 
 def test_unknown_impute_gene_refused_before_mapping(pair_files, tmp_path, capsys, monkeypatch):
     from napari_spatial_impute.core import mapping
+
     def must_not_run(*a, **k):
         raise AssertionError("the mapping ran before the --impute genes were checked")
 
     monkeypatch.setattr(mapping, "map_cells_to_space", must_not_run)
     r, s = pair_files
-    code, _, err = _run(["map", "-r", r, "-s", s, "-o", tmp_path / "o.h5ad", "--impute", "nope,Gad1"], capsys)
+    code, _, err = _run(
+        ["map", "-r", r, "-s", s, "-o", tmp_path / "o.h5ad", "--impute", "nope,Gad1"], capsys
+    )
     assert code == 2 and "requested genes are not in the reference (e.g. ['nope'])" in err
     _one_line(err)
 
@@ -362,6 +458,8 @@ def test_cluster_level_reference_is_not_warned(shared_data):
 def test_a_gene_asked_for_twice_is_imputed_once(pair_files, tmp_path, capsys):
     r, s = pair_files
     out = tmp_path / "o.h5ad"
-    code, _, err = _run(["map", "-r", r, "-s", s, "-o", out, "--epochs", "2", "--impute", "Gad1,Rnd3,GAD1"], capsys)
+    code, _, err = _run(
+        ["map", "-r", r, "-s", s, "-o", out, "--epochs", "2", "--impute", "Gad1,Rnd3,GAD1"], capsys
+    )
     assert code == 0, err
     assert list(ad.read_h5ad(out).var_names) == ["Gad1", "Rnd3"]

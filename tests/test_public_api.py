@@ -11,11 +11,28 @@ import inspect
 import napari_spatial_impute as nsi
 
 NAMES = [
-    "EpochInfo", "GenePlan", "InputError", "InputWarning", "MappingCancelled", "MappingResult",
-    "MemoryEstimateError", "TangramMapper", "__version__", "cross_validate", "find_fov_key",
-    "load_merfish_hypothalamus", "map_cells_to_space", "plan_genes", "project_cell_annotations",
-    "project_genes", "read_h5ad", "result_to_anndata", "summarize_cv", "validate_adata",
-    "validate_cell_types", "write_h5ad_atomic",
+    "EpochInfo",
+    "GenePlan",
+    "InputError",
+    "InputWarning",
+    "MappingCancelled",
+    "MappingResult",
+    "MemoryEstimateError",
+    "TangramMapper",
+    "__version__",
+    "cross_validate",
+    "find_fov_key",
+    "load_merfish_hypothalamus",
+    "map_cells_to_space",
+    "plan_genes",
+    "project_cell_annotations",
+    "project_genes",
+    "read_h5ad",
+    "result_to_anndata",
+    "summarize_cv",
+    "validate_adata",
+    "validate_cell_types",
+    "write_h5ad_atomic",
 ]
 
 FUNCTIONS = {

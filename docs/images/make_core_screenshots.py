@@ -51,7 +51,9 @@ def main() -> int:
     viewer.reset_view()
     save(viewer, "load_widget.png")
 
-    _, mapw = viewer.window.add_plugin_dock_widget("napari-spatial-impute", "Map cells to space", tabify=True)
+    _, mapw = viewer.window.add_plugin_dock_widget(
+        "napari-spatial-impute", "Map cells to space", tabify=True
+    )
     mapw.epochs.setValue(300)
     mapw.run()
     wait(lambda: mapw.worker is None)

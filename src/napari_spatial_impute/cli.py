@@ -26,28 +26,55 @@ PROG = "napari-spatial-impute"
 
 
 def _add_mapping_options(p: argparse.ArgumentParser, epochs_default: int = 1000) -> None:
-    p.add_argument("--reference", "-r", required=True, help="reference .h5ad (single cells, all genes)")
+    p.add_argument(
+        "--reference", "-r", required=True, help="reference .h5ad (single cells, all genes)"
+    )
     p.add_argument("--spatial", "-s", required=True, help="spatial .h5ad with obsm['spatial']")
-    p.add_argument("--cluster-key", help="reference obs column with clusters (projected onto space)")
+    p.add_argument(
+        "--cluster-key", help="reference obs column with clusters (projected onto space)"
+    )
     p.add_argument("--mode", choices=["cells", "clusters", "constrained"], default="cells")
-    p.add_argument("--density", default="uniform", choices=["uniform", "rna_count_based", "none"],
-                   help="density prior over spatial cells (default: uniform)")
+    p.add_argument(
+        "--density",
+        default="uniform",
+        choices=["uniform", "rna_count_based", "none"],
+        help="density prior over spatial cells (default: uniform)",
+    )
     p.add_argument("--epochs", type=int, default=epochs_default)
     p.add_argument("--learning-rate", type=float, default=0.1)
     p.add_argument("--lambda-g1", type=float, default=1.0)
     p.add_argument("--lambda-g2", type=float, default=0.0)
-    p.add_argument("--lambda-d", type=float, default=None, help="density weight (default 1 with a prior)")
+    p.add_argument(
+        "--lambda-d", type=float, default=None, help="density weight (default 1 with a prior)"
+    )
     p.add_argument("--lambda-r", type=float, default=0.0, help="entropy weight")
-    p.add_argument("--transform", choices=["none", "normalize_log1p"], default="none",
-                   help="value transform before mapping (default: values as given, like tangram-sc)")
+    p.add_argument(
+        "--transform",
+        choices=["none", "normalize_log1p"],
+        default="none",
+        help="value transform before mapping (default: values as given, like tangram-sc)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
-    p.add_argument("--engine", choices=["auto", "exact", "lean"], default="auto",
-                   help="exact: dense objective; lean: candidate pairs, linear memory; "
-                   "auto (default): lean above 50 million reference x spatial pairs")
-    p.add_argument("--candidates", type=int, default=50, help="lean engine: reference candidates per spatial cell")
-    p.add_argument("--tol", type=float, default=None,
-                   help="stop when the score gains less than this over 50 epochs")
+    p.add_argument(
+        "--engine",
+        choices=["auto", "exact", "lean"],
+        default="auto",
+        help="exact: dense objective; lean: candidate pairs, linear memory; "
+        "auto (default): lean above 50 million reference x spatial pairs",
+    )
+    p.add_argument(
+        "--candidates",
+        type=int,
+        default=50,
+        help="lean engine: reference candidates per spatial cell",
+    )
+    p.add_argument(
+        "--tol",
+        type=float,
+        default=None,
+        help="stop when the score gains less than this over 50 epochs",
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -61,27 +88,45 @@ def _parser() -> argparse.ArgumentParser:
     m = sub.add_parser("map", help="learn the mapping and write the imputed spatial data")
     _add_mapping_options(m)
     m.add_argument("--out", "-o", required=True, help="output .h5ad")
-    m.add_argument("--genes", default="overlap",
-                   help="training genes: overlap (default), markers, or a file of gene names")
-    m.add_argument("--n-markers", type=int, default=100, help="markers per cluster with --genes markers")
-    m.add_argument("--impute", default=None,
-                   help="impute only these genes (file of names or comma-separated); default all")
-    m.add_argument("--projection", choices=["auto", "neighbours", "probabilistic", "argmax"], default="auto",
-                   help="imputation: neighbours (default via auto: neighbourhood ensemble, most accurate), "
-                   "probabilistic (Tangram M^T S) or argmax (best-mapped reference cell)")
+    m.add_argument(
+        "--genes",
+        default="overlap",
+        help="training genes: overlap (default), markers, or a file of gene names",
+    )
+    m.add_argument(
+        "--n-markers", type=int, default=100, help="markers per cluster with --genes markers"
+    )
+    m.add_argument(
+        "--impute",
+        default=None,
+        help="impute only these genes (file of names or comma-separated); default all",
+    )
+    m.add_argument(
+        "--projection",
+        choices=["auto", "neighbours", "probabilistic", "argmax"],
+        default="auto",
+        help="imputation: neighbours (default via auto: neighbourhood ensemble, most accurate), "
+        "probabilistic (Tangram M^T S) or argmax (best-mapped reference cell)",
+    )
     m.add_argument("--fov-key", default=None, help="spatial obs column with the field of view")
 
     e = sub.add_parser("evaluate", help="k-fold leave-genes-out cross-validation")
     _add_mapping_options(e, epochs_default=1000)
     e.add_argument("--folds", type=int, default=10)
     e.add_argument("--out", "-o", required=True, help="output .csv (one row per held-out gene)")
-    e.add_argument("--projection", choices=["auto", "neighbours", "probabilistic", "argmax"], default="auto",
-                   help="how held-out genes are imputed (default: the neighbourhood ensemble)")
+    e.add_argument(
+        "--projection",
+        choices=["auto", "neighbours", "probabilistic", "argmax"],
+        default="auto",
+        help="how held-out genes are imputed (default: the neighbourhood ensemble)",
+    )
 
     d = sub.add_parser("demo", help="map the bundled MERFISH hypothalamus pair (offline)")
     d.add_argument("--out", "-o", default=None, help="output .h5ad (default: a temporary folder)")
     d.add_argument("--epochs", type=int, default=500)
-    d.add_argument("--folds", type=int, default=10, help="folds of the cross-validation summary (0: skip)")
+    d.add_argument(
+        "--folds", type=int, default=10, help="folds of the cross-validation summary (0: skip)"
+    )
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--device", default="cpu")
     d.add_argument("--view", action="store_true", help="open napari with the result and the plugin")
@@ -189,25 +234,42 @@ def cmd_map(args: argparse.Namespace) -> int:
     bar = _Progress(args.epochs, "mapping")
     try:
         result = map_cells_to_space(
-            reference, spatial, genes=genes, n_markers=args.n_markers, callback=bar, **_mapping_kwargs(args)
+            reference,
+            spatial,
+            genes=genes,
+            n_markers=args.n_markers,
+            callback=bar,
+            **_mapping_kwargs(args),
         )
     finally:
         bar.close()
     from napari_spatial_impute.core.export import write_result
 
     adata = write_result(
-        result, out, genes=impute if isinstance(impute, list) else None, method=args.projection,
+        result,
+        out,
+        genes=impute if isinstance(impute, list) else None,
+        method=args.projection,
         extra_uns={"fov_key": fov or ""},
     )
     print(result.genes.summary())
-    print(f"values: reference {result.params['reference_values']}, spatial {result.params['spatial_values']}; "
-          f"transform applied: {result.params['transform']}")
-    print(f"training score {result.training_score:.3f} after {result.params['epochs_done']} epochs, "
-          f"{result.params['engine']} engine "
-          f"({result.timings['train_s']:.1f} s training, {result.timings['total_s']:.1f} s in all)")
-    n_clusters = adata.obsm["cluster_probabilities"].shape[1] if "cluster_probabilities" in adata.obsm else 0
-    print(f"wrote {adata.n_obs} spatial cells x {adata.n_vars} imputed genes"
-          + (f" and {n_clusters} cluster probabilities" if n_clusters else "") + f" to {out}")
+    print(
+        f"values: reference {result.params['reference_values']}, spatial {result.params['spatial_values']}; "
+        f"transform applied: {result.params['transform']}"
+    )
+    print(
+        f"training score {result.training_score:.3f} after {result.params['epochs_done']} epochs, "
+        f"{result.params['engine']} engine "
+        f"({result.timings['train_s']:.1f} s training, {result.timings['total_s']:.1f} s in all)"
+    )
+    n_clusters = (
+        adata.obsm["cluster_probabilities"].shape[1] if "cluster_probabilities" in adata.obsm else 0
+    )
+    print(
+        f"wrote {adata.n_obs} spatial cells x {adata.n_vars} imputed genes"
+        + (f" and {n_clusters} cluster probabilities" if n_clusters else "")
+        + f" to {out}"
+    )
     return 0
 
 
@@ -225,18 +287,28 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             bar(info)
 
     try:
-        df = cross_validate(reference, spatial, folds=args.folds, progress=progress, method=args.projection,
-                            **_mapping_kwargs(args))
+        df = cross_validate(
+            reference,
+            spatial,
+            folds=args.folds,
+            progress=progress,
+            method=args.projection,
+            **_mapping_kwargs(args),
+        )
     finally:
         bar.close()
     _write_csv_atomic(df, out)
     s = summarize_cv(df)
-    print(f"{s['n_genes']} held-out genes in {args.folds} folds: median pearson {s['median_pearson']:.3f}, "
-          f"mean {s['mean_pearson']:.3f} ({s['n_nan']} NaN)")
+    print(
+        f"{s['n_genes']} held-out genes in {args.folds} folds: median pearson {s['median_pearson']:.3f}, "
+        f"mean {s['mean_pearson']:.3f} ({s['n_nan']} NaN)"
+    )
     if "mean_coverage_90" in s:
-        print(f"prediction intervals on held-out genes: 90% covers {100 * s['mean_coverage_90']:.1f}%, "
-              f"67% covers {100 * s['mean_coverage_67']:.1f}%; reliability ranking Spearman "
-              f"{s.get('reliability_spearman', float('nan')):.2f}")
+        print(
+            f"prediction intervals on held-out genes: 90% covers {100 * s['mean_coverage_90']:.1f}%, "
+            f"67% covers {100 * s['mean_coverage_67']:.1f}%; reliability ranking Spearman "
+            f"{s.get('reliability_spearman', float('nan')):.2f}"
+        )
     print(f"wrote {out}")
     return 0
 
@@ -261,28 +333,45 @@ def cmd_demo(args: argparse.Namespace) -> int:
     else:
         out = _check_out(args.out, ".h5ad")
     reference, spatial = load_merfish_hypothalamus()
-    print(f"bundled MERFISH hypothalamus pair (Moffitt et al. 2018): reference {reference.n_obs} cells, "
-          f"spatial {spatial.n_obs} cells, {spatial.n_vars} genes")
+    print(
+        f"bundled MERFISH hypothalamus pair (Moffitt et al. 2018): reference {reference.n_obs} cells, "
+        f"spatial {spatial.n_obs} cells, {spatial.n_vars} genes"
+    )
     bar = _Progress(args.epochs, "mapping")
     try:
         result = map_cells_to_space(
-            reference, spatial, cluster_key="cell_type", epochs=args.epochs, seed=args.seed,
-            device=args.device, callback=bar,
+            reference,
+            spatial,
+            cluster_key="cell_type",
+            epochs=args.epochs,
+            seed=args.seed,
+            device=args.device,
+            callback=bar,
         )
     finally:
         bar.close()
     adata = result.to_anndata()
     write_h5ad_atomic(adata, out)
-    print(f"imputed {adata.n_vars} genes at {adata.n_obs} cells; training score "
-          f"{result.training_score:.3f} ({result.timings['train_s']:.1f} s)")
+    print(
+        f"imputed {adata.n_vars} genes at {adata.n_obs} cells; training score "
+        f"{result.training_score:.3f} ({result.timings['train_s']:.1f} s)"
+    )
     top = adata.obs["cell_type_predicted"].value_counts().head(3)
     print("most common projected cell types: " + ", ".join(f"{k} ({v})" for k, v in top.items()))
     if args.folds:
-        cv = cross_validate(reference, spatial, folds=args.folds, seed=args.seed, epochs=args.epochs,
-                            device=args.device)
+        cv = cross_validate(
+            reference,
+            spatial,
+            folds=args.folds,
+            seed=args.seed,
+            epochs=args.epochs,
+            device=args.device,
+        )
         s = summarize_cv(cv)
-        print(f"{args.folds}-fold leave-genes-out CV: median pearson {s['median_pearson']:.3f}, "
-              f"mean {s['mean_pearson']:.3f}; 90% intervals cover {100 * s.get('mean_coverage_90', float('nan')):.1f}%")
+        print(
+            f"{args.folds}-fold leave-genes-out CV: median pearson {s['median_pearson']:.3f}, "
+            f"mean {s['mean_pearson']:.3f}; 90% intervals cover {100 * s.get('mean_coverage_90', float('nan')):.1f}%"
+        )
     print(f"wrote {out}")
     if args.view:
         from napari_spatial_impute.plugin.viewer import open_result_in_napari
@@ -321,7 +410,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG}: cancelled; nothing written", file=sys.stderr)
         return 130
     except MemoryError:
-        print(f"{PROG}: error: ran out of memory; use --mode clusters or fewer cells", file=sys.stderr)
+        print(
+            f"{PROG}: error: ran out of memory; use --mode clusters or fewer cells", file=sys.stderr
+        )
         return 2
 
 

@@ -92,7 +92,9 @@ def cross_validate(
                 progress(_f, len(groups), info)
 
         result = map_cells_to_space(reference, spatial, genes=train, callback=cb, **map_kwargs)
-        assert not (set(result.genes.training_reference) & held_set), "held-out gene used in training"
+        assert not (set(result.genes.training_reference) & held_set), (
+            "held-out gene used in training"
+        )
         pred = result.project_genes(held, method=method).X
         measured = dense_columns(sp_vals, [ref_to_sp[g] for g in held])
         extra: dict[str, np.ndarray] = {}
@@ -144,7 +146,9 @@ def summarize_cv(df: pd.DataFrame) -> dict[str, float]:
 
         ok = np.isfinite(p) & np.isfinite(df["predicted_pearson"].to_numpy(dtype=np.float64))
         out["reliability_spearman"] = (
-            float(spearmanr(df["predicted_pearson"][ok], p[ok]).statistic) if ok.sum() > 2 else float("nan")
+            float(spearmanr(df["predicted_pearson"][ok], p[ok]).statistic)
+            if ok.sum() > 2
+            else float("nan")
         )
     return out
 
@@ -189,7 +193,9 @@ def validate_cell_types(
             ref_lower = {g.lower() for g in result.genes.shared_reference}
             wanted = [m for m in markers if m.lower() in ref_lower]
             if not wanted:
-                raise InputError("none of the marker genes was measured in space; give shared genes.")
+                raise InputError(
+                    "none of the marker genes was measured in space; give shared genes."
+                )
         res_ad = result.to_anndata(genes=wanted)
         reference = result.reference
         ckey = result.cluster_key

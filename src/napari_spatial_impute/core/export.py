@@ -39,6 +39,7 @@ from napari_spatial_impute.io.schema import UNS_KEY, interval_layer
 if TYPE_CHECKING:
     from napari_spatial_impute.core.result import MappingResult
 
+
 def result_to_anndata(
     result: MappingResult,
     genes: Sequence[str] | None = None,
@@ -76,7 +77,9 @@ def result_to_anndata(
         out.obsm[k] = v.copy() if hasattr(v, "copy") else v
     measured = spatial.X.toarray() if sp.issparse(spatial.X) else np.asarray(spatial.X)
     out.obsm["measured"] = pd.DataFrame(
-        measured.astype(np.float32), index=spatial.obs_names.copy(), columns=list(map(str, spatial.var_names))
+        measured.astype(np.float32),
+        index=spatial.obs_names.copy(),
+        columns=list(map(str, spatial.var_names)),
     )
 
     plan = result.genes
@@ -94,7 +97,9 @@ def result_to_anndata(
         from napari_spatial_impute.io.schema import level_name
 
         out.var["predicted_pearson"] = reliability(result, cal, names).to_numpy(dtype=np.float64)
-        out.obs["uncertainty_group"] = pd.Categorical.from_codes(cal.groups, categories=cal.group_names)
+        out.obs["uncertainty_group"] = pd.Categorical.from_codes(
+            cal.groups, categories=cal.group_names
+        )
         if impute:
             for lv, hw in intervals(result, cal, names).items():
                 out.layers[interval_layer(level_name(lv))] = hw
@@ -104,9 +109,13 @@ def result_to_anndata(
         probs = project_cell_annotations(result, key)
         out.obsm["cluster_probabilities"] = probs
         if result.neighbours is not None:
-            out.obsm["cluster_probabilities_tangram"] = project_cell_annotations(result, key, source="tangram")
+            out.obsm["cluster_probabilities_tangram"] = project_cell_annotations(
+                result, key, source="tangram"
+            )
         best = probs.to_numpy().argmax(axis=1)
-        out.obs[f"{key}_predicted"] = pd.Categorical.from_codes(best, categories=list(probs.columns))
+        out.obs[f"{key}_predicted"] = pd.Categorical.from_codes(
+            best, categories=list(probs.columns)
+        )
         out.obs[f"{key}_predicted_probability"] = probs.to_numpy().max(axis=1).astype(np.float32)
     unit_idx, share = mapped_units(result)
     units = np.asarray(result.unit_names, dtype=object)
@@ -144,7 +153,9 @@ def result_to_anndata(
         }
     if key:
         info["cluster_key"] = key
-        info["cluster_categories"] = np.asarray(list(out.obsm["cluster_probabilities"].columns), dtype=object)
+        info["cluster_categories"] = np.asarray(
+            list(out.obsm["cluster_probabilities"].columns), dtype=object
+        )
     out.uns[UNS_KEY] = info
     return out
 
@@ -195,7 +206,9 @@ def write_result(
             if "X" in f:
                 del f["X"]
             dset = f.create_dataset(
-                "X", shape=(n_obs, len(names)), dtype="float32",
+                "X",
+                shape=(n_obs, len(names)),
+                dtype="float32",
                 chunks=(min(n_obs, 4096), min(len(names), 64)),
             )
             dset.attrs["encoding-type"] = "array"
@@ -211,7 +224,9 @@ def write_result(
                 grp.attrs.setdefault("encoding-version", "0.1.0")
                 for lv in cal.levels:
                     name = interval_layer(level_name(lv))
-                    ds = grp.create_dataset(name, shape=dset.shape, dtype="float32", chunks=dset.chunks)
+                    ds = grp.create_dataset(
+                        name, shape=dset.shape, dtype="float32", chunks=dset.chunks
+                    )
                     ds.attrs["encoding-type"] = "array"
                     ds.attrs["encoding-version"] = "0.2.0"
                     layer_sets[lv] = ds

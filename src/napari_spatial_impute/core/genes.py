@@ -74,7 +74,9 @@ def _name_style(names: Sequence[str]) -> str:
     return f"{style}, e.g. {', '.join(sample[:3])}"
 
 
-def match_genes(reference_genes: Sequence[str], spatial_genes: Sequence[str]) -> list[tuple[str, str]]:
+def match_genes(
+    reference_genes: Sequence[str], spatial_genes: Sequence[str]
+) -> list[tuple[str, str]]:
     """Pair genes of two sets case-insensitively, in reference order.
 
     Returns
@@ -119,7 +121,9 @@ def marker_genes(
             f"{', '.join(map(str, reference.obs.columns)) or '(none)'}."
         )
     sub = reference[:, list(genes)] if genes is not None else reference
-    work = ad.AnnData(X=sub.X.copy(), obs=pd.DataFrame(index=sub.obs_names), var=pd.DataFrame(index=sub.var_names))
+    work = ad.AnnData(
+        X=sub.X.copy(), obs=pd.DataFrame(index=sub.obs_names), var=pd.DataFrame(index=sub.var_names)
+    )
     work.obs["group"] = pd.Categorical(reference.obs[cluster_key].astype(str).to_numpy())
     counts = work.obs["group"].value_counts()
     keep = counts[counts >= 2].index
@@ -243,7 +247,9 @@ def read_gene_list(path: str) -> list[str]:
         with open(path, encoding="utf-8") as fh:
             text = fh.read()
     except OSError as exc:
-        raise InputError(f"cannot read gene list {path!r} ({exc.strerror}); check the path.") from None
+        raise InputError(
+            f"cannot read gene list {path!r} ({exc.strerror}); check the path."
+        ) from None
     except UnicodeDecodeError:
         raise InputError(
             f"gene list {path!r} is not a UTF-8 text file; give a text file with one gene name per line."

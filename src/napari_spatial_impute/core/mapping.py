@@ -80,14 +80,18 @@ def density_prior(
             X = spatial_values.X if isinstance(spatial_values, ad.AnnData) else spatial_values
             totals = np.asarray(X.sum(axis=1, dtype=np.float64)).ravel()
             if totals.sum() <= 0:
-                raise InputError("rna_count_based density needs counts; the spatial data sums to 0.")
+                raise InputError(
+                    "rna_count_based density needs counts; the spatial data sums to 0."
+                )
             return (totals / totals.sum()).astype(np.float32), "rna_count_based"
         raise InputError(
             f"density {density!r} is not known; use 'uniform', 'rna_count_based', 'none' or a vector."
         )
     vec = np.asarray(density, dtype=np.float64).ravel()
     if vec.shape[0] != n:
-        raise InputError(f"density vector has {vec.shape[0]} values; expected one per spatial cell ({n}).")
+        raise InputError(
+            f"density vector has {vec.shape[0]} values; expected one per spatial cell ({n})."
+        )
     if not np.all(np.isfinite(vec)) or (vec < 0).any() or vec.sum() <= 0:
         raise InputError("density vector must be finite, non-negative and not all zero.")
     return (vec / vec.sum()).astype(np.float32), "custom"
@@ -114,10 +118,16 @@ def _check_settings(
 ) -> None:
     """Refuse settings that would crash or silently corrupt a run, one line each."""
     if not (math.isfinite(learning_rate) and learning_rate > 0):
-        raise InputError(f"learning rate must be a positive number, got {learning_rate}; the default is 0.1.")
+        raise InputError(
+            f"learning rate must be a positive number, got {learning_rate}; the default is 0.1."
+        )
     weights = {
-        "lambda_g1": lambda_g1, "lambda_g2": lambda_g2, "lambda_d": lambda_d, "lambda_r": lambda_r,
-        "lambda_count": lambda_count, "lambda_f_reg": lambda_f_reg,
+        "lambda_g1": lambda_g1,
+        "lambda_g2": lambda_g2,
+        "lambda_d": lambda_d,
+        "lambda_r": lambda_r,
+        "lambda_count": lambda_count,
+        "lambda_f_reg": lambda_f_reg,
     }
     for name, value in weights.items():
         if value is not None and not (math.isfinite(value) and value >= 0):
@@ -128,11 +138,15 @@ def _check_settings(
     if lambda_g1 == 0:
         raise InputError("lambda_g1 cannot be 0: the gene-wise similarity is the objective.")
     if tol is not None and not (math.isfinite(tol) and tol >= 0):
-        raise InputError(f"tol must be a finite number of 0 or more, got {tol}; leave it unset to run every epoch.")
+        raise InputError(
+            f"tol must be a finite number of 0 or more, got {tol}; leave it unset to run every epoch."
+        )
     if seed is not None and not (isinstance(seed, numbers.Integral) and 0 <= int(seed) <= MAX_SEED):
         raise InputError(f"seed must be a whole number from 0 to {MAX_SEED}, got {seed!r}.")
     if n_markers < 1:
-        raise InputError(f"n_markers must be 1 or more, got {n_markers}; the default is 100 per cluster.")
+        raise InputError(
+            f"n_markers must be 1 or more, got {n_markers}; the default is 100 per cluster."
+        )
     if patience < 1:
         raise InputError(f"patience must be 1 or more, got {patience}.")
     if target_count is not None and target_count < 1:
@@ -254,9 +268,18 @@ def map_cells_to_space(
     if candidates < 1 or reverse_candidates < 0:
         raise InputError("candidates must be 1 or more and reverse_candidates 0 or more.")
     _check_settings(
-        learning_rate=learning_rate, lambda_g1=lambda_g1, lambda_g2=lambda_g2, lambda_d=lambda_d,
-        lambda_r=lambda_r, lambda_count=lambda_count, lambda_f_reg=lambda_f_reg, tol=tol,
-        seed=seed, n_markers=n_markers, patience=patience, target_count=target_count,
+        learning_rate=learning_rate,
+        lambda_g1=lambda_g1,
+        lambda_g2=lambda_g2,
+        lambda_d=lambda_d,
+        lambda_r=lambda_r,
+        lambda_count=lambda_count,
+        lambda_f_reg=lambda_f_reg,
+        tol=tol,
+        seed=seed,
+        n_markers=n_markers,
+        patience=patience,
+        target_count=target_count,
     )
     if engine == "lean" and mode == "clusters":
         raise InputError(
@@ -314,11 +337,15 @@ def map_cells_to_space(
     if lambda_d is None:
         lambda_d = 1.0 if d is not None else 0.0
     if lambda_d > 0 and d is None:
-        raise InputError("lambda_d > 0 needs a density prior; use density='uniform' or 'rna_count_based'.")
+        raise InputError(
+            "lambda_d > 0 needs a density prior; use density='uniform' or 'rna_count_based'."
+        )
 
     n_units = S.shape[0]
     if engine == "auto":
-        lean = mode == "cells" and n_units > candidates and n_units * spatial.n_obs > AUTO_LEAN_ENTRIES
+        lean = (
+            mode == "cells" and n_units > candidates and n_units * spatial.n_obs > AUTO_LEAN_ENTRIES
+        )
     else:
         lean = engine == "lean" and n_units > candidates
     engine_note = ""
@@ -332,7 +359,9 @@ def map_cells_to_space(
         raise InputError("the lean engine does not support constrained mode; use engine='exact'.")
     if check_memory:
         est = (
-            estimate_lean_mapping(n_units, spatial.n_obs, S.shape[1], candidates, reverse_candidates)
+            estimate_lean_mapping(
+                n_units, spatial.n_obs, S.shape[1], candidates, reverse_candidates
+            )
             if lean
             else estimate_dense_mapping(n_units, spatial.n_obs, S.shape[1])
         )
@@ -347,7 +376,9 @@ def map_cells_to_space(
     with reuse_freed_memory() if lean else nullcontext():
         pairs = None
         if lean:
-            pairs = candidate_pairs(torch.from_numpy(S), torch.from_numpy(G), candidates, reverse_candidates)
+            pairs = candidate_pairs(
+                torch.from_numpy(S), torch.from_numpy(G), candidates, reverse_candidates
+            )
         mapper = TangramMapper(
             S,
             G,
@@ -368,7 +399,11 @@ def map_cells_to_space(
             if callback is not None:
                 callback(info)
             scores.append(info.score)
-            if tol is not None and len(scores) > patience and scores[-1] - scores[-1 - patience] < tol:
+            if (
+                tol is not None
+                and len(scores) > patience
+                and scores[-1] - scores[-1 - patience] < tol
+            ):
                 break
     t_done = time.perf_counter()
     mapper.release_optimizer()

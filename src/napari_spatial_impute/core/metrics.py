@@ -48,4 +48,3 @@ def gene_folds(genes: Sequence[str], folds: int, seed: int = 0) -> list[list[str
         )
     order = np.random.default_rng(seed).permutation(len(genes))
     return [[genes[i] for i in part] for part in np.array_split(order, folds)]
-

@@ -110,14 +110,18 @@ def neighbour_weights(
     """
     n, s = S.shape[0], G.shape[0]
     if n == 0 or s == 0:
-        raise ValueError(f"neighbour_weights needs cells on both sides, got {n} reference and {s} spatial.")
+        raise ValueError(
+            f"neighbour_weights needs cells on both sides, got {n} reference and {s} spatial."
+        )
     St = torch.as_tensor(np.asarray(S, dtype=np.float32))
     Gt = torch.as_tensor(np.asarray(G, dtype=np.float32))
     Sz = Gz = None
     if any(m.space in ("z", "pca") for m in members):
         Sz, Gz = _zscore(St), _zscore(Gt)
         if not (bool(Sz.any()) and bool(Gz.any())):
-            members = tuple(m._replace(space="raw") if m.space in ("z", "pca") else m for m in members)
+            members = tuple(
+                m._replace(space="raw") if m.space in ("z", "pca") else m for m in members
+            )
     # spaces in the members' order: a set's order follows Python's string hash randomisation,
     # and the order of the blocks below sets the order of the float sums in sum_duplicates
     spaces = list(dict.fromkeys(m.space for m in members))
@@ -153,7 +157,9 @@ def neighbour_weights(
                 cols.append(i.reshape(-1).numpy())
                 vals.append((w / len(members)).reshape(-1).numpy())
     W = sp.csr_matrix(
-        (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(s, n), dtype=np.float32
+        (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
+        shape=(s, n),
+        dtype=np.float32,
     )
     W.sum_duplicates()
     return W

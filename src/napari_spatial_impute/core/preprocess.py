@@ -19,7 +19,9 @@ TRANSFORMS: tuple[str, ...] = ("none", "normalize_log1p")
 def check_transform(transform: str) -> Transform:
     """Validate a transform name."""
     if transform not in TRANSFORMS:
-        raise InputError(f"transform {transform!r} is not known; use one of {', '.join(TRANSFORMS)}.")
+        raise InputError(
+            f"transform {transform!r} is not known; use one of {', '.join(TRANSFORMS)}."
+        )
     return transform  # type: ignore[return-value]
 
 
@@ -43,7 +45,9 @@ def apply_transform(adata: ad.AnnData, transform: Transform) -> ad.AnnData:
             X.data = np.log1p(X.data)
         else:
             X = np.log1p(X * scale[:, None].astype(np.float32))
-    out = ad.AnnData(X=X, obs=pd.DataFrame(index=adata.obs_names), var=pd.DataFrame(index=adata.var_names))
+    out = ad.AnnData(
+        X=X, obs=pd.DataFrame(index=adata.obs_names), var=pd.DataFrame(index=adata.var_names)
+    )
     return out
 
 
@@ -72,7 +76,8 @@ def cluster_profiles(
     codes = np.asarray(labels.codes)
     k = len(labels.categories)
     indicator = sp.csr_matrix(
-        (np.ones(len(codes), dtype=np.float32), (codes, np.arange(len(codes)))), shape=(k, len(codes))
+        (np.ones(len(codes), dtype=np.float32), (codes, np.arange(len(codes)))),
+        shape=(k, len(codes)),
     )
     counts = np.asarray(indicator.sum(axis=1)).ravel()
     X = adata.X

@@ -24,12 +24,16 @@ SOURCES: tuple[str, ...] = ("auto", "neighbours", "tangram")
 def resolve_method(result: MappingResult, method: str) -> str:
     """``"auto"`` means the neighbourhood ensemble when it was computed, else the Tangram map."""
     if method not in METHODS:
-        raise InputError(f"projection method {method!r} is not known; use one of {', '.join(METHODS)}.")
+        raise InputError(
+            f"projection method {method!r} is not known; use one of {', '.join(METHODS)}."
+        )
     if method == "auto":
         return "neighbours" if result.neighbours is not None else "probabilistic"
     if method == "neighbours" and result.neighbours is None:
         raise InputError("this mapping has no neighbourhood ensemble; map with neighbours=True.")
     return method
+
+
 GENE_CHUNK = 2048
 
 
@@ -39,7 +43,9 @@ def resolve_reference_genes(result: MappingResult, genes: Sequence[str] | None) 
     return names if genes is None else resolve_gene_names(names, genes)
 
 
-def _unit_matrix(result: MappingResult, idx: np.ndarray, mean: bool = False) -> np.ndarray | sp.spmatrix:
+def _unit_matrix(
+    result: MappingResult, idx: np.ndarray, mean: bool = False
+) -> np.ndarray | sp.spmatrix:
     """Values of the mapped units for gene columns ``idx`` (units x genes)."""
     vals = result.reference_values
     if result.mode == "clusters":
@@ -51,7 +57,11 @@ def _unit_matrix(result: MappingResult, idx: np.ndarray, mean: bool = False) -> 
         return profiles
     X = vals.X[:, idx]
     if result.filter_probabilities is not None and not mean:
-        X = sp.csr_matrix(sp.diags(result.filter_probabilities) @ X) if sp.issparse(X) else X * result.filter_probabilities[:, None]
+        X = (
+            sp.csr_matrix(sp.diags(result.filter_probabilities) @ X)
+            if sp.issparse(X)
+            else X * result.filter_probabilities[:, None]
+        )
     return X
 
 
@@ -170,7 +180,9 @@ def project_cell_annotations(
             f"{', '.join(map(str, result.reference.obs.columns)) or '(none)'}."
         )
     if source not in SOURCES:
-        raise InputError(f"annotation source {source!r} is not known; use one of {', '.join(SOURCES)}.")
+        raise InputError(
+            f"annotation source {source!r} is not known; use one of {', '.join(SOURCES)}."
+        )
     if source == "auto":
         source = "neighbours" if result.neighbours is not None else "tangram"
     if source == "neighbours":
@@ -183,9 +195,13 @@ def project_cell_annotations(
         )
         counts = (result.neighbours @ onehot).toarray()
         total = counts.sum(axis=1, keepdims=True)
-        probs = np.divide(counts, total, out=np.full_like(counts, 1.0 / counts.shape[1]), where=total > 0)
+        probs = np.divide(
+            counts, total, out=np.full_like(counts, 1.0 / counts.shape[1]), where=total > 0
+        )
         return pd.DataFrame(
-            probs.astype(np.float32), index=result.spatial.obs_names.copy(), columns=list(map(str, labels.categories))
+            probs.astype(np.float32),
+            index=result.spatial.obs_names.copy(),
+            columns=list(map(str, labels.categories)),
         )
     P = result.probabilities
     if result.mode == "clusters":
@@ -193,7 +209,11 @@ def project_cell_annotations(
             raise InputError(
                 f"clusters mode mapped {result.cluster_key!r}; project that key or map in cells mode."
             )
-        mass = sp.diags(result.unit_weights) @ P if sp.issparse(P) else P * result.unit_weights[:, None]
+        mass = (
+            sp.diags(result.unit_weights) @ P
+            if sp.issparse(P)
+            else P * result.unit_weights[:, None]
+        )
         cats = list(result.unit_names)
         counts = mass.toarray().T if sp.issparse(mass) else mass.T
     else:
@@ -209,7 +229,9 @@ def project_cell_annotations(
         counts = np.asarray(counts.toarray() if sp.issparse(counts) else counts).T
     total = counts.sum(axis=1, keepdims=True)
     probs = np.divide(counts, total, out=np.full_like(counts, 1.0 / len(cats)), where=total > 0)
-    return pd.DataFrame(probs.astype(np.float32), index=result.spatial.obs_names.copy(), columns=cats)
+    return pd.DataFrame(
+        probs.astype(np.float32), index=result.spatial.obs_names.copy(), columns=cats
+    )
 
 
 def top_mapped_units(result: MappingResult, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
@@ -249,6 +271,8 @@ def _top_sparse(PT: sp.csr_matrix, k: int) -> tuple[np.ndarray, np.ndarray]:
     top_v = np.take_along_axis(vals, order, axis=1)
     top_i = np.take_along_axis(cols, order, axis=1)
     tot = np.asarray(PT.sum(axis=1), dtype=np.float32).ravel()
-    share = np.divide(top_v, tot[:, None], out=np.zeros_like(top_v), where=(tot[:, None] > 0) & (top_v > 0))
+    share = np.divide(
+        top_v, tot[:, None], out=np.zeros_like(top_v), where=(tot[:, None] > 0) & (top_v > 0)
+    )
     top_i[top_v < 0] = -1
     return top_i.astype(np.int32), share.astype(np.float32)

@@ -94,7 +94,9 @@ def _spread(W: sp.csr_matrix, X: np.ndarray | sp.spmatrix) -> tuple[np.ndarray, 
     return mean, np.sqrt(np.clip(sq - mean * mean, 0, None))
 
 
-def _cell_groups(result: MappingResult, n_groups: int = 4, seed: int = 0) -> tuple[np.ndarray, list[str]]:
+def _cell_groups(
+    result: MappingResult, n_groups: int = 4, seed: int = 0
+) -> tuple[np.ndarray, list[str]]:
     key = result.cluster_key
     if key:
         from napari_spatial_impute.core.project import project_cell_annotations
@@ -143,7 +145,9 @@ def platform_scale(measured: np.ndarray, predicted: np.ndarray) -> float:
     return float(np.median(mm[ok] / pm[ok]))
 
 
-def gene_features(W: sp.csr_matrix, ref_values: np.ndarray | sp.spmatrix, offset: float) -> np.ndarray:
+def gene_features(
+    W: sp.csr_matrix, ref_values: np.ndarray | sp.spmatrix, offset: float
+) -> np.ndarray:
     """Per-gene features for the reliability model, one row per gene column of ``ref_values``."""
     X = ref_values
     mean = np.asarray(X.mean(axis=0)).ravel()
@@ -188,12 +192,17 @@ def calibrate(
 
     train = list(result.genes.training_reference)
     sp_name = dict(zip(result.genes.shared_reference, result.genes.shared_spatial, strict=True))
-    raw = result.params.get("transform", "none") == "none" and result.params.get("reference_values") == "raw counts"
+    raw = (
+        result.params.get("transform", "none") == "none"
+        and result.params.get("reference_values") == "raw counts"
+    )
     S_all = dense_columns(result.reference_values, train)
     G_all = dense_columns(result.spatial_values, [sp_name[g] for g in train])
     groups, names = _cell_groups(result, seed=seed)
     if G_all.shape[0] > MAX_CALIBRATION_CELLS:
-        keep = np.sort(np.random.default_rng(seed).choice(G_all.shape[0], MAX_CALIBRATION_CELLS, replace=False))
+        keep = np.sort(
+            np.random.default_rng(seed).choice(G_all.shape[0], MAX_CALIBRATION_CELLS, replace=False)
+        )
         G_all, cal_groups = G_all[keep], groups[keep]
     else:
         cal_groups = groups
@@ -204,7 +213,9 @@ def calibrate(
     for held in folds:
         h = [pos[g] for g in held]
         t = [i for i in range(len(train)) if i not in set(h)] or h
-        W = neighbour_weights(similarity_values(S_all[:, t], raw), similarity_values(G_all[:, t], raw))
+        W = neighbour_weights(
+            similarity_values(S_all[:, t], raw), similarity_values(G_all[:, t], raw)
+        )
         p, s_ = _spread(W, S_all[:, h])
         preds[:, h], spreads[:, h] = p, s_
     offset = float(np.median(spreads)) or float(np.mean(spreads)) or 1e-6
@@ -215,17 +226,23 @@ def calibrate(
     for gi in range(len(names)):
         mask = cal_groups == gi
         for li, lv in enumerate(levels):
-            q[gi, li] = _conformal_quantile(scores[mask].ravel(), lv) if mask.sum() >= 10 else pooled[li]
+            q[gi, li] = (
+                _conformal_quantile(scores[mask].ravel(), lv) if mask.sum() >= 10 else pooled[li]
+            )
     inner_r = pearson_per_gene(preds, G_all)
     if G_all.shape[0] < MIN_RELIABILITY_CELLS:
         inner_r = np.full_like(inner_r, np.nan)
     feats = gene_features(result.neighbours, S_all, offset)
     ok = np.isfinite(inner_r)
     A = np.column_stack([np.ones(ok.sum()), feats[ok]])
-    coef, *_ = np.linalg.lstsq(A, inner_r[ok], rcond=None) if ok.sum() > A.shape[1] else (
-        np.r_[np.nanmean(inner_r) if ok.any() else 0.0, np.zeros(feats.shape[1])],
+    coef, *_ = (
+        np.linalg.lstsq(A, inner_r[ok], rcond=None)
+        if ok.sum() > A.shape[1]
+        else (np.r_[np.nanmean(inner_r) if ok.any() else 0.0, np.zeros(feats.shape[1])],)
     )
-    return Calibration(groups, names, q, tuple(levels), offset, np.asarray(coef), train, inner_r, scale)
+    return Calibration(
+        groups, names, q, tuple(levels), offset, np.asarray(coef), train, inner_r, scale
+    )
 
 
 def intervals(
@@ -243,11 +260,15 @@ def intervals(
     scale = spread + calibration.offset
     out = {}
     for li, lv in enumerate(calibration.levels):
-        out[lv] = (scale * calibration.quantiles[calibration.groups, li][:, None]).astype(np.float32)
+        out[lv] = (scale * calibration.quantiles[calibration.groups, li][:, None]).astype(
+            np.float32
+        )
     return out
 
 
-def reliability(result: MappingResult, calibration: Calibration, genes: Sequence[str] | None = None) -> pd.Series:
+def reliability(
+    result: MappingResult, calibration: Calibration, genes: Sequence[str] | None = None
+) -> pd.Series:
     """Predicted held-out Pearson of each imputed gene (clipped to [-1, 1])."""
     from napari_spatial_impute.core.project import resolve_reference_genes
 
@@ -256,5 +277,3 @@ def reliability(result: MappingResult, calibration: Calibration, genes: Sequence
     feats = gene_features(result.neighbours, result.reference_values.X[:, idx], calibration.offset)
     pred = calibration.coef[0] + feats @ calibration.coef[1:]
     return pd.Series(np.clip(pred, -1, 1), index=names, name="predicted_pearson")
-
-

@@ -292,7 +292,9 @@ def _same_cells(reference: ad.AnnData, spatial: ad.AnnData) -> bool:
     if len(shared_cells) < max(1, 0.5 * spatial.n_obs):
         return False
     ref_genes = {str(g).lower(): g for g in reference.var_names}
-    pairs = [(ref_genes[str(g).lower()], g) for g in spatial.var_names if str(g).lower() in ref_genes]
+    pairs = [
+        (ref_genes[str(g).lower()], g) for g in spatial.var_names if str(g).lower() in ref_genes
+    ]
     if not pairs:
         return False
     cells = shared_cells[:500]
@@ -437,7 +439,9 @@ def atomic_output(path: str | os.PathLike[str]) -> Iterator[str]:
         raise InputError(f"output {str(target)!r} is a folder; give a file name.")
     _remove_stale_temps(folder, target.name)
     with _SignalGuard() as guard:
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp", dir=folder)
+        fd, tmp = tempfile.mkstemp(
+            prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp", dir=folder
+        )
         os.close(fd)
         try:
             yield tmp

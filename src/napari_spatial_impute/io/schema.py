@@ -97,4 +97,3 @@ def training_genes_frame(adata: ad.AnnData) -> pd.DataFrame:
     cols = ["train_score", "sparsity_sc", "sparsity_sp", "sparsity_diff"]
     df = adata.var.loc[adata.var["is_training"].astype(bool), cols].copy()
     return df.sort_values("train_score", ascending=False)
-

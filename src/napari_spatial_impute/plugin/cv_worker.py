@@ -42,6 +42,7 @@ class CVProgress(NamedTuple):
         """Epochs of the whole cross-validation."""
         return max(self.folds * self.epochs, 1)
 
+
 #: Mapping parameters of a result that a cross-validation reuses.
 _REUSED = tuple(
     p

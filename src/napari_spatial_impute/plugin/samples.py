@@ -63,7 +63,11 @@ def merfish_pair() -> list[LayerData]:
     layers = spatial_layers(spatial, name="MERFISH spatial", role="spatial")
     cached_umap(reference)
     bounds = bounds_of([d for d, _, _ in layers])
-    layers.append(reference_layer(reference, cluster_key="cell_type", beside=bounds, name="MERFISH reference UMAP"))
+    layers.append(
+        reference_layer(
+            reference, cluster_key="cell_type", beside=bounds, name="MERFISH reference UMAP"
+        )
+    )
     return layers
 
 
@@ -78,5 +82,7 @@ def merfish_mapping() -> list[LayerData]:
 
     hook_current_viewer()
     reference, spatial = load_merfish_hypothalamus()
-    result = map_cells_to_space(reference, spatial, cluster_key="cell_type", epochs=SAMPLE_EPOCHS, seed=0)
+    result = map_cells_to_space(
+        reference, spatial, cluster_key="cell_type", epochs=SAMPLE_EPOCHS, seed=0
+    )
     return spatial_layers(result.to_anndata(), role="result")

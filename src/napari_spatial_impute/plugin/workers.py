@@ -120,7 +120,9 @@ def iter_mapping(
 
     def run() -> None:
         try:
-            box["result"] = map_cells_to_space(reference, spatial, callback=events.put, cancel=cancel, **kwargs)
+            box["result"] = map_cells_to_space(
+                reference, spatial, callback=events.put, cancel=cancel, **kwargs
+            )
         except BaseException as exc:  # re-raised in the worker thread below
             box["error"] = exc
         finally:
@@ -142,7 +144,9 @@ def iter_mapping(
     return finish(result) if finish is not None else result
 
 
-def result_layers(result: MappingResult, fov_key: str | None = None) -> tuple[ad.AnnData, list[Any]]:
+def result_layers(
+    result: MappingResult, fov_key: str | None = None
+) -> tuple[ad.AnnData, list[Any]]:
     """The result AnnData of a mapping and its most-likely-cluster layer data, one per FOV.
 
     Runs in the worker thread (projection of all genes can take a while); the layers are added on
@@ -153,4 +157,10 @@ def result_layers(result: MappingResult, fov_key: str | None = None) -> tuple[ad
     adata = result.to_anndata()
     if fov_key:
         adata.uns["spatial_impute"]["fov_key"] = fov_key
-    return adata, spatial_layers(adata, fov_key=fov_key, detect_fov=False, role="result", name=None if result_cluster_key(adata) else "mapped cells")
+    return adata, spatial_layers(
+        adata,
+        fov_key=fov_key,
+        detect_fov=False,
+        role="result",
+        name=None if result_cluster_key(adata) else "mapped cells",
+    )

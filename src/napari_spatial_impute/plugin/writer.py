@@ -15,7 +15,9 @@ from napari_spatial_impute.io.files import write_h5ad_atomic
 from napari_spatial_impute.viz.layers import CELL_COLUMN, from_napari, plugin_meta, source_adata
 
 
-def write_points_h5ad(path: str, layer_data: Sequence[tuple[Any, dict[str, Any], str]]) -> list[str]:
+def write_points_h5ad(
+    path: str, layer_data: Sequence[tuple[Any, dict[str, Any], str]]
+) -> list[str]:
     """Write Points layers to ``path`` (``.h5ad`` appended when missing).
 
     FOV layers of one data set are concatenated back into their source AnnData (coordinates and
@@ -51,7 +53,9 @@ def layers_to_anndata(layer_data: Sequence[tuple[Any, Mapping[str, Any], str]]) 
     pts = [(d, m, t) for d, m, t in layer_data if t == "points"]
     if not pts:
         raise ValueError("nothing to save: select one or more Points layers.")
-    sources = {id(a): a for a in (source_adata(m.get("metadata", {})) for _, m, _ in pts) if a is not None}
+    sources = {
+        id(a): a for a in (source_adata(m.get("metadata", {})) for _, m, _ in pts) if a is not None
+    }
     plain = [p for p in pts if source_adata(p[1].get("metadata", {})) is None]
     if len(sources) > 1 or (sources and plain):
         raise ValueError(
@@ -67,9 +71,11 @@ def _plain_points_to_anndata(pts: Sequence[tuple[Any, Mapping[str, Any], str]]) 
     coords = np.concatenate([from_napari(d) for d, _, _ in pts], axis=0)
     feats = pd.concat(
         [
-            (m.get("features") if m.get("features") is not None else pd.DataFrame(index=range(len(d)))).assign(
-                layer=str(m.get("name", "points"))
-            )
+            (
+                m.get("features")
+                if m.get("features") is not None
+                else pd.DataFrame(index=range(len(d)))
+            ).assign(layer=str(m.get("name", "points")))
             for d, m, _ in pts
         ],
         ignore_index=True,
@@ -80,7 +86,9 @@ def _plain_points_to_anndata(pts: Sequence[tuple[Any, Mapping[str, Any], str]]) 
     return out
 
 
-def _plugin_points_to_anndata(src: ad.AnnData, pts: Sequence[tuple[Any, Mapping[str, Any], str]]) -> ad.AnnData:
+def _plugin_points_to_anndata(
+    src: ad.AnnData, pts: Sequence[tuple[Any, Mapping[str, Any], str]]
+) -> ad.AnnData:
     names: list[np.ndarray] = []
     coords: list[np.ndarray] = []
     frames: list[pd.DataFrame] = []
@@ -91,7 +99,9 @@ def _plugin_points_to_anndata(src: ad.AnnData, pts: Sequence[tuple[Any, Mapping[
         coord_key = pm.get("coords", "spatial")
         feats = meta.get("features")
         if feats is None or CELL_COLUMN not in feats.columns:
-            raise ValueError(f"layer {meta.get('name')!r} lost its {CELL_COLUMN!r} column; cannot match points to cells.")
+            raise ValueError(
+                f"layer {meta.get('name')!r} lost its {CELL_COLUMN!r} column; cannot match points to cells."
+            )
         keep = feats[CELL_COLUMN].notna().to_numpy()
         if not keep.all():
             warnings.warn(
@@ -122,7 +132,11 @@ def _plugin_points_to_anndata(src: ad.AnnData, pts: Sequence[tuple[Any, Mapping[
         new = _writable(feats[col])
         if col in out.obs.columns and _same_values(out.obs[col].to_numpy(), new.to_numpy()):
             continue
-        out.obs[col] = new.to_numpy() if not isinstance(new.dtype, pd.CategoricalDtype) else pd.Categorical(new)
+        out.obs[col] = (
+            new.to_numpy()
+            if not isinstance(new.dtype, pd.CategoricalDtype)
+            else pd.Categorical(new)
+        )
     return out
 
 
@@ -133,11 +147,18 @@ def _writable(values: pd.Series) -> pd.Series:
     inferred = values.infer_objects()
     if inferred.dtype != object:
         return inferred
-    return pd.Series(pd.Categorical(values.where(values.isna(), values.astype(str))), index=values.index)
+    return pd.Series(
+        pd.Categorical(values.where(values.isna(), values.astype(str))), index=values.index
+    )
 
 
 def _same_values(a: np.ndarray, b: np.ndarray) -> bool:
     try:
-        return bool(pd.Series(a).astype(object).reset_index(drop=True).equals(pd.Series(b).astype(object).reset_index(drop=True)))
+        return bool(
+            pd.Series(a)
+            .astype(object)
+            .reset_index(drop=True)
+            .equals(pd.Series(b).astype(object).reset_index(drop=True))
+        )
     except Exception:
         return False

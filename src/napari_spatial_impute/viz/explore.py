@@ -446,7 +446,6 @@ def value_layer_specs(
     def features(rows: np.ndarray) -> pd.DataFrame:
         feats = pd.DataFrame({name: all_vals[rows]})
         if hover and kind == "imputed":
-
             extra = hover_interval(result, name, rows)
             if extra is not None:  # the hovered gene's interval: "90% interval ±: 2.77"
                 feats[extra[0]] = extra[1]
@@ -460,7 +459,10 @@ def value_layer_specs(
         fov_key=fov_key,
         size=size,
         hover=hover,
-        style={"face_colormap": COLORMAPS[kind], "face_contrast_limits": shared_limits(result, kind, name)},
+        style={
+            "face_colormap": COLORMAPS[kind],
+            "face_contrast_limits": shared_limits(result, kind, name),
+        },
         metadata={ROLE_KEY: kind, VALUE_KEY: name},
         layer_name_of=lambda fov: layer_name(name, kind, fov),
     )

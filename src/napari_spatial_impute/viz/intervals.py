@@ -45,6 +45,8 @@ LEVEL_KEY = "nsi_level"
 INTERVAL_COLORMAP = "plasma"
 #: Colour of the cells greyed out for a wide interval (NaN colour of the imputed colormap).
 GREY = (0.55, 0.55, 0.55, 0.55)
+
+
 def interval_layer_name(gene: str, level: str, fov: str) -> str:
     """``"Gad1 90% interval width · FOV 1"``."""
     return f"{gene} {level}% interval width · FOV {fov}"

@@ -54,7 +54,11 @@ LayerData = tuple[Any, dict[str, Any], str]
 #: Drawing options of every plugin Points layer. Without a border colour the antialiased rim of
 #: points only a pixel or two wide is napari's grey border, which washes colours out when zoomed
 #: out; a minimum on-screen size keeps the face visible.
-POINT_STYLE: dict[str, Any] = {"border_width": 0, "border_color": "transparent", "canvas_size_limits": (4, 10000)}
+POINT_STYLE: dict[str, Any] = {
+    "border_width": 0,
+    "border_color": "transparent",
+    "canvas_size_limits": (4, 10000),
+}
 
 ROLES = ("spatial", "result", "reference")
 
@@ -105,10 +109,14 @@ def features_frame(obs: pd.DataFrame) -> pd.DataFrame:
 
 def is_categorical(values: pd.Series) -> bool:
     """Whether a feature column is coloured by a colour cycle (not a colormap)."""
-    return not (pd.api.types.is_numeric_dtype(values.dtype) and not pd.api.types.is_bool_dtype(values.dtype))
+    return not (
+        pd.api.types.is_numeric_dtype(values.dtype) and not pd.api.types.is_bool_dtype(values.dtype)
+    )
 
 
-def category_colors(categories: Sequence[Any], palette: Sequence[str] | None = None) -> dict[Any, str]:
+def category_colors(
+    categories: Sequence[Any], palette: Sequence[str] | None = None
+) -> dict[Any, str]:
     """A ``{category: '#rrggbb'}`` map (scanpy's ``uns['<key>_colors']`` when given, else tab20)."""
     from matplotlib import colormaps
     from matplotlib.colors import to_hex
@@ -141,7 +149,11 @@ def color_kwargs(
         return {"face_color": "#b0b0b0"}
     values = features[column]
     if is_categorical(values):
-        cats = values.cat.categories if isinstance(values.dtype, pd.CategoricalDtype) else pd.unique(values)
+        cats = (
+            values.cat.categories
+            if isinstance(values.dtype, pd.CategoricalDtype)
+            else pd.unique(values)
+        )
         return {"face_color": column, "face_color_cycle": category_colors(cats, palette)}
     return {
         "face_color": column,
@@ -164,7 +176,9 @@ def contrast_limits(values: np.ndarray) -> tuple[float, float]:
     return (lo, hi)
 
 
-def recolor(layer: Any, column: str, palette: Sequence[str] | None = None, colormap: str = "viridis") -> None:
+def recolor(
+    layer: Any, column: str, palette: Sequence[str] | None = None, colormap: str = "viridis"
+) -> None:
     """Colour an existing Points layer by one of its feature columns, in place.
 
     This changes ``face_color`` only (no new layer), so it stays fast for 200,000 points. To go
@@ -191,7 +205,11 @@ def recolor(layer: Any, column: str, palette: Sequence[str] | None = None, color
 # --------------------------------------------------------------------------- metadata
 def plugin_meta(layer_or_metadata: Any) -> dict[str, Any] | None:
     """The plugin's metadata dict of a layer (or of a ``metadata`` mapping), or ``None``."""
-    md = layer_or_metadata if isinstance(layer_or_metadata, Mapping) else getattr(layer_or_metadata, "metadata", None)
+    md = (
+        layer_or_metadata
+        if isinstance(layer_or_metadata, Mapping)
+        else getattr(layer_or_metadata, "metadata", None)
+    )
     if not isinstance(md, Mapping):
         return None
     meta = md.get(META_KEY)
@@ -288,7 +306,9 @@ def spatial_layers(
         color_by = f"{key}_predicted"
     if color_by is not None and color_by not in adata.obs.columns:
         raise ValueError(f"colour column {color_by!r} is not in obs.")
-    coords = to_napari(checked_coords(adata, "spatial", "spatial data" if role == "spatial" else role))
+    coords = to_napari(
+        checked_coords(adata, "spatial", "spatial data" if role == "spatial" else role)
+    )
     feats = features_frame(adata.obs)
     pal = _palette(adata, color_by)
     if size is None:
@@ -358,7 +378,9 @@ def reference_layer(
         raise ValueError(f"the reference has no obsm[{umap_key!r}]; compute it with ensure_umap().")
     data = to_napari(checked_coords(adata, umap_key, "reference")[:, :2])
     feats = features_frame(adata.obs)
-    scale, translate = (np.ones(2), np.zeros(2)) if beside is None else beside_transform(data, beside)
+    scale, translate = (
+        (np.ones(2), np.zeros(2)) if beside is None else beside_transform(data, beside)
+    )
     kwargs: dict[str, Any] = {
         "name": name,
         "features": feats,
@@ -434,7 +456,9 @@ def ensure_umap(adata: ad.AnnData, key: str = "X_umap", seed: int = 0) -> np.nda
     return adata.obsm[key]
 
 
-def adata_layers(adata: ad.AnnData, *, name: str = "data", cluster_key: str | None = None) -> list[LayerData]:
+def adata_layers(
+    adata: ad.AnnData, *, name: str = "data", cluster_key: str | None = None
+) -> list[LayerData]:
     """Layers for any plugin AnnData: spatial/result cells per FOV, or a reference at its UMAP.
 
     A reference without ``obsm['X_umap']`` gives no layers (computing one is too slow here).
@@ -445,16 +469,31 @@ def adata_layers(adata: ad.AnnData, *, name: str = "data", cluster_key: str | No
     if role == "spatial":
         return spatial_layers(adata, name=name, role=role)
     if "X_umap" in adata.obsm:
-        return [reference_layer(adata, cluster_key=cluster_key or guess_cluster_key(adata), name=name)]
+        return [
+            reference_layer(adata, cluster_key=cluster_key or guess_cluster_key(adata), name=name)
+        ]
     return []
 
 
 def guess_cluster_key(adata: ad.AnnData) -> str | None:
     """A likely cluster column: the first of common names, else the first categorical column."""
-    for name in ("cell_type", "celltype", "cell_types", "cluster", "clusters", "leiden", "louvain", "subclass", "class"):
+    for name in (
+        "cell_type",
+        "celltype",
+        "cell_types",
+        "cluster",
+        "clusters",
+        "leiden",
+        "louvain",
+        "subclass",
+        "class",
+    ):
         if name in adata.obs.columns:
             return name
     for col in adata.obs.columns:
-        if isinstance(adata.obs[col].dtype, pd.CategoricalDtype) and 1 < adata.obs[col].nunique() < 200:
+        if (
+            isinstance(adata.obs[col].dtype, pd.CategoricalDtype)
+            and 1 < adata.obs[col].nunique() < 200
+        ):
             return str(col)
     return None

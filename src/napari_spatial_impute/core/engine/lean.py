@@ -53,7 +53,11 @@ class CandidateObjective:
         self.n, self.s = S.shape[0], G.shape[0]
         self.d_report = d
         self.d = d if weights.lambda_d != 0 else None
-        self.w = w if w is not None else torch.full((self.n,), 1.0 / self.n, dtype=S.dtype, device=S.device)
+        self.w = (
+            w
+            if w is not None
+            else torch.full((self.n,), 1.0 / self.n, dtype=S.dtype, device=S.device)
+        )
         self.w_e = self.w[rows]
         counts = torch.bincount(cols, minlength=self.s)
         self.crow = torch.zeros(self.s + 1, dtype=torch.int64, device=S.device)
@@ -75,10 +79,14 @@ class CandidateObjective:
     def forward(self, P: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``Ĝ = Mᵀ S`` (spatial x genes) and the mapped density ``m``."""
         G_pred = self._csr(P) @ self.S
-        m = torch.zeros(self.s, dtype=P.dtype, device=P.device).index_add_(0, self.cols, self.w_e * P)
+        m = torch.zeros(self.s, dtype=P.dtype, device=P.device).index_add_(
+            0, self.cols, self.w_e * P
+        )
         return G_pred, m
 
-    def value_and_grad(self, L: torch.Tensor, want_entropy: bool = False) -> tuple[dict[str, float], torch.Tensor]:
+    def value_and_grad(
+        self, L: torch.Tensor, want_entropy: bool = False
+    ) -> tuple[dict[str, float], torch.Tensor]:
         """Terms at the pair logits ``L`` and the gradient of the total loss."""
         w = self.weights
         with torch.no_grad():
@@ -94,22 +102,34 @@ class CandidateObjective:
             grad_m = None
             if self.d_report is not None:
                 m_safe = m.clamp_min(torch.finfo(m.dtype).tiny)
-                kl = float(torch.nn.functional.kl_div(torch.log(m_safe), self.d_report, reduction="sum"))
+                kl = float(
+                    torch.nn.functional.kl_div(torch.log(m_safe), self.d_report, reduction="sum")
+                )
                 if self.d is not None:
                     total += w.lambda_d * kl
                     grad_m = -w.lambda_d * self.d / m_safe
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                dP = torch.sparse.sampled_addmm(self._csr(torch.zeros_like(P)), A, self.St, beta=0.0).values()
+                dP = torch.sparse.sampled_addmm(
+                    self._csr(torch.zeros_like(P)), A, self.St, beta=0.0
+                ).values()
             dP = dP.clone()
             if grad_m is not None:
                 dP.add_(self.w_e * grad_m[self.cols])
             if w.lambda_r != 0:
                 dP.sub_(torch.log(P.clamp_min(torch.finfo(P.dtype).tiny)), alpha=w.lambda_r)
-            inner = torch.zeros(self.n, dtype=P.dtype, device=P.device).index_add_(0, self.rows, P * dP)
+            inner = torch.zeros(self.n, dtype=P.dtype, device=P.device).index_add_(
+                0, self.rows, P * dP
+            )
             self._last = (A, grad_m, inner)
             grad = dP.sub_(inner[self.rows]).mul_(P)
-        values = {"total_loss": total, "main_loss": gv, "vg_reg": vg, "kl_reg": kl, "entropy_reg": ent}
+        values = {
+            "total_loss": total,
+            "main_loss": gv,
+            "vg_reg": vg,
+            "kl_reg": kl,
+            "entropy_reg": ent,
+        }
         return values, grad
 
     def propose(self, k_add: int, chunk: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -136,9 +136,15 @@ class TangramMapper:
         dt = torch.float32
         self.S = torch.as_tensor(np.asarray(S, dtype=np.float32), device=self.device)
         self.G = torch.as_tensor(np.asarray(G, dtype=np.float32), device=self.device)
-        self.d = None if d is None else torch.as_tensor(np.asarray(d, dtype=np.float32), device=self.device)
+        self.d = (
+            None
+            if d is None
+            else torch.as_tensor(np.asarray(d, dtype=np.float32), device=self.device)
+        )
         self.d_source = (
-            None if d_source is None else torch.as_tensor(np.asarray(d_source, dtype=np.float32), device=self.device)
+            None
+            if d_source is None
+            else torch.as_tensor(np.asarray(d_source, dtype=np.float32), device=self.device)
         )
         self.weights = weights
         self.learning_rate = learning_rate
@@ -156,7 +162,9 @@ class TangramMapper:
         self.F: torch.Tensor | None = None
         if pairs is not None:
             if constrained:
-                raise InputError("the lean engine does not support constrained mode; use engine='exact'.")
+                raise InputError(
+                    "the lean engine does not support constrained mode; use engine='exact'."
+                )
             rows, cols = (p.to(self.device) for p in pairs)
             self.M = torch.randn((rows.shape[0],), generator=gen, dtype=dt).to(self.device)
             w = None if self.d_source is None else self.d_source
@@ -187,7 +195,13 @@ class TangramMapper:
         """Run one epoch: evaluate the objective at the current mapping, then update it."""
         if self.constrained:
             terms_t = tangram_loss(
-                self.M, self.S, self.G, self.weights, d=self.d, F=self.F, target_count=self.target_count
+                self.M,
+                self.S,
+                self.G,
+                self.weights,
+                d=self.d,
+                F=self.F,
+                target_count=self.target_count,
             )
             self._torch_opt.zero_grad()
             terms_t["total_loss"].backward()
@@ -229,7 +243,9 @@ class TangramMapper:
             lmax = torch.full((n,), -torch.inf, dtype=L.dtype, device=L.device)
             lmax.scatter_reduce_(0, rows, L_keep, reduce="amax", include_self=True)
             lse = lmax + torch.log(
-                torch.zeros(n, dtype=L.dtype, device=L.device).index_add_(0, rows, torch.exp(L_keep - lmax[rows]))
+                torch.zeros(n, dtype=L.dtype, device=L.device).index_add_(
+                    0, rows, torch.exp(L_keep - lmax[rows])
+                )
             )
             rows2, cols2, pos = merge_pairs(rows, cols, new_rows, new_cols, n)
             L2 = lse[rows2] - NEW_PAIR_LOGIT_OFFSET
@@ -240,7 +256,9 @@ class TangramMapper:
             a2[pos] = m2
         self.M = L2
         self._adam.param, self._adam.exp_avg, self._adam.exp_avg_sq = L2, a1, a2
-        self.objective = CandidateObjective(self.S, self.G, self.weights, rows2, cols2, d=self.d, w=obj.w)
+        self.objective = CandidateObjective(
+            self.S, self.G, self.weights, rows2, cols2, d=self.d, w=obj.w
+        )
         self.pairs = (rows2, cols2)
 
     def workers(self) -> int:
@@ -320,6 +338,14 @@ class TangramMapper:
             return self.objective.value_and_grad(self.M, want_entropy=True)[0]
         if self.constrained:
             with torch.no_grad():
-                t = tangram_loss(self.M, self.S, self.G, self.weights, d=self.d, F=self.F, target_count=self.target_count)
+                t = tangram_loss(
+                    self.M,
+                    self.S,
+                    self.G,
+                    self.weights,
+                    d=self.d,
+                    F=self.F,
+                    target_count=self.target_count,
+                )
                 return {k: float(v) for k, v in t.items()}
         return self.objective.terms(self.M)

@@ -109,7 +109,9 @@ def tangram_loss(
     return out
 
 
-def _cos(x: torch.Tensor, y: torch.Tensor, dim: int, y_norm: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+def _cos(
+    x: torch.Tensor, y: torch.Tensor, dim: int, y_norm: torch.Tensor, eps: float = 1e-8
+) -> torch.Tensor:
     """Cosine similarity along ``dim`` given ``y``'s norms (no full-size temporaries)."""
     dot = torch.linalg.vecdot(x, y, dim=dim)
     return dot / torch.clamp(torch.linalg.vector_norm(x, dim=dim) * y_norm, min=eps)
@@ -162,7 +164,9 @@ class SimilarityTerms:
         k, s = self.G.shape[1], self.G.shape[0]
         gv, grad = _cos_and_grad(G_pred, self.G, 0, y_norm=self.col_norm, scale=-w.lambda_g1 / k)
         if w.lambda_g2 != 0:
-            vg, d_vg = _cos_and_grad(G_pred, self.G, 1, y_norm=self.row_norm, scale=-w.lambda_g2 / s)
+            vg, d_vg = _cos_and_grad(
+                G_pred, self.G, 1, y_norm=self.row_norm, scale=-w.lambda_g2 / s
+            )
             grad.add_(d_vg)
         else:
             vg = _cos(G_pred, self.G, 1, self.row_norm)
@@ -240,7 +244,9 @@ class DenseObjective:
         if self._pool is None:
             from concurrent.futures import ThreadPoolExecutor
 
-            self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="nsi-objective")
+            self._pool = ThreadPoolExecutor(
+                max_workers=self.workers, thread_name_prefix="nsi-objective"
+            )
         return list(self._pool.map(lambda ab: fn(*ab), shards))
 
     def forward(
@@ -295,7 +301,9 @@ class DenseObjective:
         grad_m = None
         if self.d_report is not None:
             m_safe = torch.clamp(m, min=torch.finfo(m.dtype).tiny)
-            kl = float(torch.nn.functional.kl_div(torch.log(m_safe), self.d_report, reduction="sum"))
+            kl = float(
+                torch.nn.functional.kl_div(torch.log(m_safe), self.d_report, reduction="sum")
+            )
             kl_value = kl
             if self.d is not None:
                 total += w.lambda_d * kl
@@ -337,7 +345,9 @@ class DenseObjective:
                         if gm is not None:
                             dP.addr_(self.w[a:b], gm)
                             gm = None
-                        dP.sub_(torch.log(torch.clamp(P, min=torch.finfo(P.dtype).tiny)), alpha=lam_r)
+                        dP.sub_(
+                            torch.log(torch.clamp(P, min=torch.finfo(P.dtype).tiny)), alpha=lam_r
+                        )
                     if fused:
                         update.softmax_step(slice(a, b), P, dP, self.w[a:b], gm)
                         continue

@@ -105,7 +105,9 @@ def estimate_lean_mapping(
     return MemoryEstimate(n_sources, n_spatial, n_genes, n_output_genes, mapping, working, output)
 
 
-def check_fits(estimate: MemoryEstimate, device: torch.device, mode: str, headroom: float = 0.9) -> None:
+def check_fits(
+    estimate: MemoryEstimate, device: torch.device, mode: str, headroom: float = 0.9
+) -> None:
     """Refuse, with a one-line message, a mapping that would not fit in memory."""
     avail = available_bytes(device)
     if estimate.total_bytes > headroom * avail:

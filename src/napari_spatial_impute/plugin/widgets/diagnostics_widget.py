@@ -343,7 +343,9 @@ class DiagnosticsWidget(QWidget):
             self.model.set_cv_table(table)
 
     def _on_cv_error(self, exc: BaseException) -> None:
-        self.cv_info.setText(f"cross-validation failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
+        self.cv_info.setText(
+            f"cross-validation failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+        )
         notify_error(exc)
 
     def _on_cv_finished(self) -> None:

@@ -338,7 +338,11 @@ class ImageWidget(QWidget):
         existing = [  # found by metadata: napari or the user may have renamed it
             lay
             for lay in self.viewer.layers
-            if tuple(lay.metadata.get(k) for k in (ROLE_KEY, FOV_KEY, "nsi_value", "nsi_kind", "nsi_labels_id")) == same
+            if tuple(
+                lay.metadata.get(k)
+                for k in (ROLE_KEY, FOV_KEY, "nsi_value", "nsi_kind", "nsi_labels_id")
+            )
+            == same
         ]
         for old in existing:
             self.viewer.layers.remove(old)

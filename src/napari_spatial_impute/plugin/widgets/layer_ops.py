@@ -303,10 +303,15 @@ def place_predicted(viewer: Any, specs: Sequence[PointsSpec], result: Any = None
     old = []
     for layer in viewer.layers:
         md = layer.metadata
-        if md.get(ROLE_KEY) != PREDICTED_ROLE or (md.get(VALUE_KEY), str(md.get(FOV_KEY))) not in wanted:
+        if (
+            md.get(ROLE_KEY) != PREDICTED_ROLE
+            or (md.get(VALUE_KEY), str(md.get(FOV_KEY))) not in wanted
+        ):
             continue
         meta = plugin_meta(layer)
-        if md.get(EXPLORE_KEY) or (result is not None and meta is not None and meta["adata"] is result):
+        if md.get(EXPLORE_KEY) or (
+            result is not None and meta is not None and meta["adata"] is result
+        ):
             old.append(layer)
     for layer in old:
         viewer.layers.remove(layer)

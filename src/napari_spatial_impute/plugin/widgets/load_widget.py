@@ -47,18 +47,29 @@ FROM_FILE = "(file below)"
 ORIGIN = "load widget"
 
 
-def data_summary(reference: ad.AnnData | None, spatial: ad.AnnData | None, cluster_key: str | None, fov_key: str | None) -> str:
+def data_summary(
+    reference: ad.AnnData | None,
+    spatial: ad.AnnData | None,
+    cluster_key: str | None,
+    fov_key: str | None,
+) -> str:
     """The counts shown by the widget: cells, genes, clusters, FOVs and shared genes."""
     lines = []
     if reference is not None:
         n_cl = reference.obs[cluster_key].nunique() if cluster_key in reference.obs else 0
-        lines.append(f"Reference: {reference.n_obs:,} cells x {reference.n_vars:,} genes"
-                     + (f", {n_cl} clusters" if cluster_key else ""))
+        lines.append(
+            f"Reference: {reference.n_obs:,} cells x {reference.n_vars:,} genes"
+            + (f", {n_cl} clusters" if cluster_key else "")
+        )
     if spatial is not None:
         n_fov = len(fov_labels(spatial, fov_key).categories)
-        lines.append(f"Spatial: {spatial.n_obs:,} cells x {spatial.n_vars:,} genes, {n_fov} FOV{'s' if n_fov != 1 else ''}")
+        lines.append(
+            f"Spatial: {spatial.n_obs:,} cells x {spatial.n_vars:,} genes, {n_fov} FOV{'s' if n_fov != 1 else ''}"
+        )
     if reference is not None and spatial is not None:
-        shared = set(map(str.lower, map(str, reference.var_names))) & set(map(str.lower, map(str, spatial.var_names)))
+        shared = set(map(str.lower, map(str, reference.var_names))) & set(
+            map(str.lower, map(str, spatial.var_names))
+        )
         lines.append(f"Shared genes: {len(shared):,}")
     return "\n".join(lines) or "Nothing loaded yet."
 
@@ -87,7 +98,9 @@ class _FileRow(QWidget):
         box.addLayout(row)
 
     def _browse(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, f"Open {self.role} data", "", "AnnData (*.h5ad)")
+        path, _ = QFileDialog.getOpenFileName(
+            self, f"Open {self.role} data", "", "AnnData (*.h5ad)"
+        )
         if path:
             self.path.setText(path)
             self.layer_combo.setCurrentIndex(0)
@@ -213,14 +226,18 @@ class LoadWidget(QWidget):
 
         self.worker = thread_worker(read, start_thread=False)()
         self.worker.returned.connect(self._on_loaded)
-        self.worker.errored.connect(lambda exc: self.status.setText(f"Error: {str(exc).splitlines()[0]}"))
+        self.worker.errored.connect(
+            lambda exc: self.status.setText(f"Error: {str(exc).splitlines()[0]}")
+        )
         self.worker.finished.connect(lambda: self.load_button.setEnabled(True))
         self.load_button.setEnabled(False)
         self.status.setText("Reading...")
         self.worker.start()
         return self.worker
 
-    def _on_loaded(self, value: tuple[ad.AnnData | None, ad.AnnData | None, Any, Any] | Failed) -> None:
+    def _on_loaded(
+        self, value: tuple[ad.AnnData | None, ad.AnnData | None, Any, Any] | Failed
+    ) -> None:
         """Store what was read; show the data read from files (``value[2:]``: their sources)."""
         if isinstance(value, Failed):
             self.status.setText(f"Error: {value.message}")
@@ -325,7 +342,14 @@ class LoadWidget(QWidget):
         spa = self.model.spatial
         if spa is None:
             return []
-        data = spatial_layers(spa, fov_key=self.model.fov_key, color_by=self._key(self.color_combo.currentText()), name="spatial", role="spatial", detect_fov=False)
+        data = spatial_layers(
+            spa,
+            fov_key=self.model.fov_key,
+            color_by=self._key(self.color_combo.currentText()),
+            name="spatial",
+            role="spatial",
+            detect_fov=False,
+        )
         new = [Points(d, **self._mark(kw, "spatial")) for d, kw, _ in data]
         for old in self._replaced(spa, "spatial"):
             self.viewer.layers.remove(old)
@@ -341,15 +365,23 @@ class LoadWidget(QWidget):
         if "X_umap" not in ref.obsm:
             self.status.setText("Computing the reference UMAP...")
         self.umap_worker = thread_worker(ensure_umap, start_thread=False)(ref)
-        self.umap_worker.returned.connect(lambda _: self._reported(lambda: self._add_reference(ref)))
-        self.umap_worker.errored.connect(lambda exc: self.status.setText(f"UMAP failed: {str(exc).splitlines()[0]}"))
+        self.umap_worker.returned.connect(
+            lambda _: self._reported(lambda: self._add_reference(ref))
+        )
+        self.umap_worker.errored.connect(
+            lambda exc: self.status.setText(f"UMAP failed: {str(exc).splitlines()[0]}")
+        )
         self.umap_worker.start()
         return self.umap_worker
 
     def _add_reference(self, ref: ad.AnnData) -> None:
         if ref is not self.model.reference:
             return
-        bounds = bounds_of([layer.data for layer in self.spatial_layers]) if self.spatial_layers else None
+        bounds = (
+            bounds_of([layer.data for layer in self.spatial_layers])
+            if self.spatial_layers
+            else None
+        )
         data, kw, _ = reference_layer(ref, cluster_key=self.model.cluster_key, beside=bounds)
         layer = Points(data, **self._mark(kw, "reference"))
         for old in self._replaced(ref, "reference"):
@@ -362,7 +394,9 @@ class LoadWidget(QWidget):
         layer = self.reference_points
         if layer is None or not self.spatial_layers:
             return
-        scale, translate = beside_transform(layer.data, bounds_of([s.data for s in self.spatial_layers]))
+        scale, translate = beside_transform(
+            layer.data, bounds_of([s.data for s in self.spatial_layers])
+        )
         layer.scale, layer.translate = scale, translate
 
     # ------------------------------------------------------------------ key changes

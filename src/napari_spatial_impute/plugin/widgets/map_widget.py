@@ -120,16 +120,22 @@ class MapWidget(QWidget):
         self.warnings_label.setVisible(False)
         self.mode = QComboBox()
         self.mode.addItems(list(MODES))
-        self.mode.setToolTip("cells: map every reference cell; clusters: map cluster profiles (faster); "
-                             "constrained: also learn which reference cells to keep")
+        self.mode.setToolTip(
+            "cells: map every reference cell; clusters: map cluster profiles (faster); "
+            "constrained: also learn which reference cells to keep"
+        )
         self.density = QComboBox()
         self.density.addItems(list(DENSITIES))
-        self.density.setToolTip("prior on how many cells each spatial spot holds; uniform for single-cell data")
+        self.density.setToolTip(
+            "prior on how many cells each spatial spot holds; uniform for single-cell data"
+        )
         self.engine = QComboBox()
         self.engine.addItems(list(ENGINES))
         self.engine.setCurrentText("auto")
-        self.engine.setToolTip("auto (default): exact dense map for small data, the lean engine (candidate "
-                               "pairs, linear memory) above 50 million reference x spatial pairs")
+        self.engine.setToolTip(
+            "auto (default): exact dense map for small data, the lean engine (candidate "
+            "pairs, linear memory) above 50 million reference x spatial pairs"
+        )
         self.genes = QComboBox()
         self.genes.addItems(["overlap", "markers", "list"])
         self.genes.currentTextChanged.connect(self._genes_changed)
@@ -203,7 +209,9 @@ class MapWidget(QWidget):
     def _data_changed(self, *_: Any) -> None:
         ref, spa, m = self.model.reference, self.model.spatial, self.model
         if ref is None or spa is None:
-            missing = " and ".join(n for n, a in (("a reference", ref), ("spatial data", spa)) if a is None)
+            missing = " and ".join(
+                n for n, a in (("a reference", ref), ("spatial data", spa)) if a is None
+            )
             self.data_label.setText(f"Load {missing} first (Load data widget or File > Open).")
         else:
             self.data_label.setText(
@@ -245,7 +253,9 @@ class MapWidget(QWidget):
             try:
                 found = input_warnings(ref, spa, self.model.cluster_key)
             except Exception as exc:  # a check must never stop the widget
-                found = [f"could not check the input: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"]
+                found = [
+                    f"could not check the input: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+                ]
         self.warnings_label.setText("\n".join(f"Warning: {w}" for w in found))
         self.warnings_label.setVisible(bool(found))
         return found
@@ -279,7 +289,9 @@ class MapWidget(QWidget):
         worker.returned.connect(self._on_returned)
         worker.errored.connect(self._on_error)
         worker.finished.connect(self._on_finished)
-        worker.aborted.connect(cancel.set)  # napari's status-bar cancel quits the worker: stop the engine too
+        worker.aborted.connect(
+            cancel.set
+        )  # napari's status-bar cancel quits the worker: stop the engine too
         state.worker = worker
         state.pbar = progress(total=max(n, 1), desc="Mapping cells to space")
         self.progress.setRange(0, max(n, 1))
@@ -366,7 +378,11 @@ class MapWidget(QWidget):
         score = adata.uns["spatial_impute"]["training_score"]
         self.status.setText(
             f"Done: {adata.n_vars:,} genes imputed at {adata.n_obs:,} cells; training score {score:.3f}."
-            + (f" Replaced {replaced} layer{'s' if replaced != 1 else ''} of the previous run." if replaced else "")
+            + (
+                f" Replaced {replaced} layer{'s' if replaced != 1 else ''} of the previous run."
+                if replaced
+                else ""
+            )
         )
         show_info(f"mapping finished: training score {score:.3f}")
 
@@ -393,7 +409,9 @@ class MapWidget(QWidget):
     def _on_error(self, exc: BaseException) -> None:
         if self._run.abandoned:
             return
-        self.status.setText(f"Error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
+        self.status.setText(
+            f"Error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+        )
 
     def _on_finished(self) -> None:
         state = self._run

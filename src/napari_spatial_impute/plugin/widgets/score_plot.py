@@ -72,8 +72,16 @@ class ScorePlot(QWidget):
             lo, hi = lo - 0.05, hi + 0.05
         p.drawText(QRectF(0, box.top() - 6, 32, 14), Qt.AlignmentFlag.AlignRight, f"{hi:.2f}")
         p.drawText(QRectF(0, box.bottom() - 8, 32, 14), Qt.AlignmentFlag.AlignRight, f"{lo:.2f}")
-        p.drawText(QRectF(box.left(), box.bottom() + 1, box.width(), 14), Qt.AlignmentFlag.AlignLeft, "epoch 1")
-        p.drawText(QRectF(box.left(), box.bottom() + 1, box.width(), 14), Qt.AlignmentFlag.AlignRight, f"{self.n_epochs}")
+        p.drawText(
+            QRectF(box.left(), box.bottom() + 1, box.width(), 14),
+            Qt.AlignmentFlag.AlignLeft,
+            "epoch 1",
+        )
+        p.drawText(
+            QRectF(box.left(), box.bottom() + 1, box.width(), 14),
+            Qt.AlignmentFlag.AlignRight,
+            f"{self.n_epochs}",
+        )
         if self.values:
             p.setPen(QPen(QColor("#3fa9f5"), 1.6))
             p.drawPolyline(self._line(box, lo, hi))

@@ -45,7 +45,9 @@ def test_layer_builders_name_the_cells_and_the_fix(merfish):
         reference_layer(ref)
 
 
-def test_reader_reports_nan_coordinates_without_a_traceback(make_napari_viewer_proxy, tmp_path, merfish):
+def test_reader_reports_nan_coordinates_without_a_traceback(
+    make_napari_viewer_proxy, tmp_path, merfish
+):
     from napari_spatial_impute.plugin.reader import read_h5ad_layers
 
     ref, spa = merfish

@@ -58,7 +58,18 @@ PROFILE = settings.get_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 CHEAP = settings(PROFILE, max_examples=PROFILE.max_examples * 2)
 HEAVY = settings(PROFILE, max_examples=max(1, PROFILE.max_examples // 2))
 
-DTYPES = ("int64", "int32", "int8", "uint64", "uint16", "uint8", "float16", "float32", "float64", "bool")
+DTYPES = (
+    "int64",
+    "int32",
+    "int8",
+    "uint64",
+    "uint16",
+    "uint8",
+    "float16",
+    "float32",
+    "float64",
+    "bool",
+)
 CONTAINERS = ("dense", "csr_matrix", "csc_matrix", "csr_array")
 
 
@@ -72,8 +83,17 @@ def _container(X: np.ndarray, kind: str):  # noqa: ANN202
     return sp.csr_array(X)
 
 
-def _values(rng: np.random.Generator, n: int, g: int, dtype: str, density: float, zero_rows: float,
-            zero_cols: float, integer: bool, scale: float) -> np.ndarray:
+def _values(
+    rng: np.random.Generator,
+    n: int,
+    g: int,
+    dtype: str,
+    density: float,
+    zero_rows: float,
+    zero_cols: float,
+    integer: bool,
+    scale: float,
+) -> np.ndarray:
     X = rng.gamma(0.7, 4.0, (n, g)) * (rng.random((n, g)) < density)
     if integer or np.dtype(dtype).kind in "iub":
         X = np.round(X)
@@ -98,7 +118,9 @@ def pairs(draw: st.DrawFn) -> tuple[ad.AnnData, ad.AnnData, dict]:
     n_shared = 0 if no_overlap else draw(st.integers(1, min(g_ref, g_sp)), label="n_shared")
     ref_genes = [f"Gene{i}" for i in range(g_ref)]
     order = draw(st.permutations(range(g_ref)), label="shared genes")
-    cases = draw(st.lists(st.sampled_from(["same", "lower", "upper"]), min_size=n_shared, max_size=n_shared))
+    cases = draw(
+        st.lists(st.sampled_from(["same", "lower", "upper"]), min_size=n_shared, max_size=n_shared)
+    )
     recase = {"same": str, "lower": str.lower, "upper": str.upper}
     sp_genes = [recase[c](ref_genes[i]) for c, i in zip(cases, order[:n_shared], strict=True)]
     sp_genes += [f"Probe{i}" for i in range(g_sp - n_shared)]
@@ -151,7 +173,8 @@ def pairs(draw: st.DrawFn) -> tuple[ad.AnnData, ad.AnnData, dict]:
         xy = np.zeros_like(xy)
     spa.obsm["spatial"] = (
         pd.DataFrame(xy, index=spa.obs_names, columns=list("xyz")[: desc["ndim"]])
-        if desc["coords"] == "frame" else xy
+        if desc["coords"] == "frame"
+        else xy
     )
     return ref, spa, desc
 
@@ -169,7 +192,9 @@ def _check_result(r: nsi.MappingResult, out: ad.AnnData, cluster_key: str | None
     assert np.all(np.isfinite(out.obs["mapped_share"].to_numpy()))
     assert np.all(np.isfinite(out.obsm["mapping_top_share"]))
     if cluster_key is not None:
-        keys = ["cluster_probabilities"] + (["cluster_probabilities_tangram"] if r.neighbours is not None else [])
+        keys = ["cluster_probabilities"] + (
+            ["cluster_probabilities_tangram"] if r.neighbours is not None else []
+        )
         for key in keys:
             probs = out.obsm[key].to_numpy()
             assert np.all(np.isfinite(probs)) and np.all(probs >= 0), key
@@ -189,7 +214,9 @@ def _map_or_input_error(ref, spa, method="auto", **kw):  # noqa: ANN001, ANN003,
 
 
 # the lean engine maps single cells: mapping.py refuses clusters mode with it (an InputError)
-@pytest.mark.parametrize("mode, engine", [("cells", "exact"), ("cells", "lean"), ("clusters", "exact")])
+@pytest.mark.parametrize(
+    "mode, engine", [("cells", "exact"), ("cells", "lean"), ("clusters", "exact")]
+)
 @PROFILE
 @given(
     data=pairs(),
@@ -208,9 +235,21 @@ def test_mapping_is_finite_or_refused(
     ref, spa, _ = data
     key = "cell_type" if (with_key or mode == "clusters") else None
     got = _map_or_input_error(
-        ref, spa, mode=mode, engine=engine, cluster_key=key, epochs=epochs, seed=0,
-        candidates=candidates, reverse_candidates=min(candidates, 2), transform=transform, density=density,
-        lambda_g2=lambdas[0], lambda_r=lambdas[1], method=method, neighbours=ensemble[0],
+        ref,
+        spa,
+        mode=mode,
+        engine=engine,
+        cluster_key=key,
+        epochs=epochs,
+        seed=0,
+        candidates=candidates,
+        reverse_candidates=min(candidates, 2),
+        transform=transform,
+        density=density,
+        lambda_g2=lambdas[0],
+        lambda_r=lambdas[1],
+        method=method,
+        neighbours=ensemble[0],
         uncertainty=ensemble[1],
     )
     if got is not None:
@@ -250,7 +289,9 @@ def test_container_does_not_change_the_result(data, container):
     if base is not None:
         np.testing.assert_allclose(base[1].X, other[1].X, rtol=1e-5, atol=1e-6)
         for name in ("interval_90_halfwidth", "interval_67_halfwidth"):
-            np.testing.assert_allclose(base[1].layers[name], other[1].layers[name], rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(
+                base[1].layers[name], other[1].layers[name], rtol=1e-5, atol=1e-6
+            )
 
 
 @HEAVY
@@ -262,7 +303,9 @@ def test_chunked_write_matches_the_result_in_memory(data, chunk, mode):
     from napari_spatial_impute.core.export import write_result
 
     ref, spa, _ = data
-    got = _map_or_input_error(ref, spa, mode=mode, cluster_key="cell_type", epochs=3, seed=0, engine="exact")
+    got = _map_or_input_error(
+        ref, spa, mode=mode, cluster_key="cell_type", epochs=3, seed=0, engine="exact"
+    )
     if got is None:
         return
     r, out = got
@@ -274,4 +317,6 @@ def test_chunked_write_matches_the_result_in_memory(data, chunk, mode):
     for name, layer in out.layers.items():
         np.testing.assert_array_equal(np.asarray(back.layers[name]), layer)
     np.testing.assert_array_equal(back.var["predicted_pearson"], out.var["predicted_pearson"])
-    np.testing.assert_array_equal(back.obsm["cluster_probabilities"], out.obsm["cluster_probabilities"])
+    np.testing.assert_array_equal(
+        back.obsm["cluster_probabilities"], out.obsm["cluster_probabilities"]
+    )

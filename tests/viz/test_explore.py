@@ -250,11 +250,15 @@ def test_interval_specs_names_values_and_shared_limits(data):
         w = eu.interval_widths(res, "gad1", level)
         assert np.allclose(w, 2 * res.layers["interval_90_halfwidth"][:, j])
     specs = eu.interval_layer_specs(res, "gad1", "67", fov_key="fov")
-    assert [s.name for s in specs] == [f"Gad1 67% interval width · FOV {f}" for f in ("1", "2", "10")]
+    assert [s.name for s in specs] == [
+        f"Gad1 67% interval width · FOV {f}" for f in ("1", "2", "10")
+    ]
     all_w = 2 * np.asarray(res.layers["interval_67_halfwidth"][:, j], dtype=np.float64)
     for s in specs:
         md = s.kwargs["metadata"]
-        assert md["nsi_role"] == "interval" and md["nsi_level"] == "67" and md["nsi_value"] == "Gad1"
+        assert (
+            md["nsi_role"] == "interval" and md["nsi_level"] == "67" and md["nsi_value"] == "Gad1"
+        )
         assert np.allclose(s.features[s.color_column], all_w[md["nsi_rows"]])
         assert s.kwargs["face_contrast_limits"] == ex.robust_limits(all_w)
     # wider nominal coverage, wider intervals (same cells, same gene)

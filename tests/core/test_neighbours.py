@@ -81,13 +81,14 @@ def test_one_cell_sets_give_finite_row_stochastic_weights():
     assert int(neighbour_weights(many, one).toarray().argmax()) == 0
 
 
-
 def test_zscore_of_a_constant_column_is_zero():
     """A constant 7.7 column's float32 mean is not exactly 7.7: the residue over its own tiny
     standard deviation gave z-scores of about +-1 instead of 0."""
     from napari_spatial_impute.core.neighbours import _zscore
 
-    X = torch.tensor([[7.7, 1.0], [7.7, 2.0], [7.7, 3.0], [7.7, 5.0], [7.7, 0.0], [7.7, 1.0], [7.7, 2.0]])
+    X = torch.tensor(
+        [[7.7, 1.0], [7.7, 2.0], [7.7, 3.0], [7.7, 5.0], [7.7, 0.0], [7.7, 1.0], [7.7, 2.0]]
+    )
     Z = _zscore(X)
     assert torch.equal(Z[:, 0], torch.zeros(7))
     torch.testing.assert_close(Z[:, 1].std(), torch.tensor(1.0))
@@ -105,7 +106,10 @@ def test_a_set_of_identical_cells_falls_back_to_the_values_as_given():
     as_given = neighbour_weights(S, G, members=tuple(m._replace(space="raw") for m in MEMBERS))
     np.testing.assert_array_equal(W, as_given.toarray())
 
-@pytest.mark.parametrize("n_ref, n_sp", [(None, 1), (None, 2), (None, 3), (1, None), (2, None), (3, None), (1, 1)])
+
+@pytest.mark.parametrize(
+    "n_ref, n_sp", [(None, 1), (None, 2), (None, 3), (1, None), (2, None), (3, None), (1, 1)]
+)
 @pytest.mark.parametrize("mode", ["cells", "clusters"])
 def test_tiny_slices_of_the_bundled_pair_give_finite_outputs(merfish_pair, n_ref, n_sp, mode):
     """Issue 10 (4): one spatial cell gave NaN genes/intervals/reliability, one reference cell a LinAlgError."""
@@ -138,7 +142,11 @@ main(["map", "-r", str(ref), "-s", str(spa), "--cluster-key", "cell_type", "--ep
 
 
 def _all_arrays(a) -> dict[str, np.ndarray]:  # noqa: ANN001
-    out = {"X": np.asarray(a.X), "obs_names": np.asarray(a.obs_names), "var_names": np.asarray(a.var_names)}
+    out = {
+        "X": np.asarray(a.X),
+        "obs_names": np.asarray(a.obs_names),
+        "var_names": np.asarray(a.var_names),
+    }
     out.update({f"layers/{k}": np.asarray(v) for k, v in a.layers.items()})
     for k, v in a.obsm.items():
         out[f"obsm/{k}"] = v.to_numpy() if hasattr(v, "to_numpy") else np.asarray(v)
@@ -168,7 +176,10 @@ def test_outputs_identical_across_hash_seeds(tmp_path):
         path = tmp_path / f"out_{h}.h5ad"
         env = {**os.environ, "PYTHONHASHSEED": h}
         proc = subprocess.run(
-            [sys.executable, "-c", _HASH_SEED_SCRIPT, str(path)], env=env, capture_output=True, text=True
+            [sys.executable, "-c", _HASH_SEED_SCRIPT, str(path)],
+            env=env,
+            capture_output=True,
+            text=True,
         )
         assert proc.returncode == 0, proc.stderr[-2000:]
         got[h] = _all_arrays(ad.read_h5ad(path))

@@ -195,7 +195,9 @@ def test_load_again_replaces_its_layers(viewer_widget, qtbot, tmp_path, merfish)
     for data, kw, _ in read_h5ad_layers(str(sp_path)):
         viewer.add_points(data, **kw)
     assert len(viewer.layers) == 5
-    choices = [w.spatial_row.layer_combo.itemText(i) for i in range(w.spatial_row.layer_combo.count())]
+    choices = [
+        w.spatial_row.layer_combo.itemText(i) for i in range(w.spatial_row.layer_combo.count())
+    ]
     assert choices == [FROM_FILE, "my tissue (+1 more layer)", "sp · FOV slice1 (+1 more layer)"]
     _load(qtbot, w)
     assert [layer.name for layer in viewer.layers] == names

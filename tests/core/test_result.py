@@ -13,7 +13,9 @@ from napari_spatial_impute.io.schema import UNS_KEY, history_frame, training_gen
 
 def test_result_layout_and_round_trip(merfish, tmp_path):
     ref, spa = merfish
-    spa.obs["fov"] = pd.Categorical(np.where(spa.obsm["spatial"][:, 0] > np.median(spa.obsm["spatial"][:, 0]), "1", "0"))
+    spa.obs["fov"] = pd.Categorical(
+        np.where(spa.obsm["spatial"][:, 0] > np.median(spa.obsm["spatial"][:, 0]), "1", "0")
+    )
     spa.obsm["extra"] = np.arange(spa.n_obs * 2, dtype=np.float64).reshape(-1, 2)
     r = nsi.map_cells_to_space(ref, spa, cluster_key="cell_type", epochs=50)
     out = r.to_anndata()
@@ -34,7 +36,9 @@ def test_result_layout_and_round_trip(merfish, tmp_path):
     np.testing.assert_array_equal(back.X, out.X)
     pd.testing.assert_frame_equal(back.obs, out.obs)
     pd.testing.assert_frame_equal(back.var, out.var)
-    pd.testing.assert_frame_equal(back.obsm["cluster_probabilities"], out.obsm["cluster_probabilities"])
+    pd.testing.assert_frame_equal(
+        back.obsm["cluster_probabilities"], out.obsm["cluster_probabilities"]
+    )
     pd.testing.assert_frame_equal(back.obsm["measured"], out.obsm["measured"])
     for key in ("spatial", "extra", "mapping_top_index", "mapping_top_share"):
         np.testing.assert_array_equal(back.obsm[key], out.obsm[key])
@@ -84,5 +88,7 @@ def test_chunked_write_equals_in_memory(merfish, tmp_path):
     back_a, back_b = ad.read_h5ad(tmp_path / "mem.h5ad"), ad.read_h5ad(tmp_path / "chunked.h5ad")
     np.testing.assert_array_equal(back_a.X, back_b.X)
     pd.testing.assert_frame_equal(back_a.var, back_b.var)
-    pd.testing.assert_frame_equal(back_a.obsm["cluster_probabilities"], back_b.obsm["cluster_probabilities"])
+    pd.testing.assert_frame_equal(
+        back_a.obsm["cluster_probabilities"], back_b.obsm["cluster_probabilities"]
+    )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["chunked.h5ad", "mem.h5ad"]

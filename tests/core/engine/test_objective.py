@@ -43,7 +43,9 @@ def test_gradient_matches_autograd(weights, clusters, block_rows):
     Mg = M.clone().requires_grad_(True)
     ref = tangram_loss(Mg, S, G, weights, d=d if weights.lambda_d else None, d_source=d_source)
     ref["total_loss"].backward()
-    obj = DenseObjective(S, G, weights, d=d if weights.lambda_d else None, d_source=d_source, block_rows=block_rows)
+    obj = DenseObjective(
+        S, G, weights, d=d if weights.lambda_d else None, d_source=d_source, block_rows=block_rows
+    )
     grads = torch.zeros_like(M)
 
     def collect(rows, g):

@@ -17,7 +17,9 @@ def test_npe2_validate_cli():
     exe = shutil.which("npe2") or str(Path(sys.executable).with_name("npe2"))
     if not Path(exe).exists():
         pytest.skip("npe2 command not installed")
-    proc = subprocess.run([exe, "validate", "napari-spatial-impute"], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [exe, "validate", "napari-spatial-impute"], capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "valid" in proc.stdout
 
@@ -28,7 +30,9 @@ def test_contributions_resolve():
     mf = pm.get_manifest("napari-spatial-impute")
     contrib = mf.contributions
     assert any("*.h5ad" in r.filename_patterns for r in contrib.readers)
-    assert any(".h5ad" in w.filename_extensions and "points+" in w.layer_types for w in contrib.writers)
+    assert any(
+        ".h5ad" in w.filename_extensions and "points+" in w.layer_types for w in contrib.writers
+    )
     assert {s.key for s in contrib.sample_data} >= {"merfish_pair", "merfish_mapping"}
     names = {w.display_name for w in contrib.widgets}
     assert {"Load data", "Map cells to space"} <= names

@@ -32,7 +32,9 @@ def test_intervals_monotone_in_level_and_stored(result):
     out = result.to_anndata()
     np.testing.assert_array_equal(out.layers["interval_90_halfwidth"], hw[0.9])
     assert "predicted_pearson" in out.var and out.obs["uncertainty_group"].dtype == "category"
-    assert set(out.uns["spatial_impute"]["uncertainty"]["calibration_genes"]) <= set(result.genes.training_reference)
+    assert set(out.uns["spatial_impute"]["uncertainty"]["calibration_genes"]) <= set(
+        result.genes.training_reference
+    )
 
 
 def test_calibration_is_reproducible(synthetic):
@@ -86,6 +88,7 @@ def test_reliability_for_every_gene(result):
 
 def test_calibration_on_a_cell_subset(synthetic, monkeypatch):
     from napari_spatial_impute.core import uncertainty
+
     ref, spa = synthetic
     monkeypatch.setattr(uncertainty, "MAX_CALIBRATION_CELLS", 15)
     r = nsi.map_cells_to_space(ref, spa, epochs=5)

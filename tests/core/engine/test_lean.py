@@ -33,7 +33,13 @@ def test_candidate_pairs_cover_every_cell_and_are_sorted():
 def test_merge_pairs_keeps_old_positions():
     rows, cols = torch.tensor([1, 0, 2]), torch.tensor([0, 1, 1])
     r2, c2, pos = merge_pairs(rows, cols, torch.tensor([0, 1]), torch.tensor([0, 1]), n=3)
-    assert list(zip(r2.tolist(), c2.tolist(), strict=True)) == [(0, 0), (1, 0), (0, 1), (1, 1), (2, 1)]
+    assert list(zip(r2.tolist(), c2.tolist(), strict=True)) == [
+        (0, 0),
+        (1, 0),
+        (0, 1),
+        (1, 1),
+        (2, 1),
+    ]
     assert [(r2[p].item(), c2[p].item()) for p in pos] == [(1, 0), (0, 1), (2, 1)]
 
 
@@ -75,7 +81,9 @@ def test_propose_returns_the_most_negative_rates(weights):
     loss = -weights.lambda_g1 * torch.nn.functional.cosine_similarity(G_pred, G, dim=0).mean()
     if weights.lambda_d:
         m = P.sum(0) / n
-        loss = loss + weights.lambda_d * torch.nn.functional.kl_div(torch.log(m.clamp_min(1e-30)), d, reduction="sum")
+        loss = loss + weights.lambda_d * torch.nn.functional.kl_div(
+            torch.log(m.clamp_min(1e-30)), d, reduction="sum"
+        )
     loss.backward()
     dLdP = P.grad
     inner = (P.detach() * dLdP).sum(1)
@@ -92,8 +100,9 @@ def test_propose_returns_the_most_negative_rates(weights):
 def test_lean_with_all_pairs_equals_exact(synthetic):
     ref, spa = synthetic
     exact = nsi.map_cells_to_space(ref, spa, epochs=80, engine="exact")
-    lean = nsi.map_cells_to_space(ref, spa, epochs=80, engine="lean", candidates=ref.n_obs - 1,
-                                  reverse_candidates=spa.n_obs)
+    lean = nsi.map_cells_to_space(
+        ref, spa, epochs=80, engine="lean", candidates=ref.n_obs - 1, reverse_candidates=spa.n_obs
+    )
     assert lean.params["engine"] == "lean" and sp.issparse(lean.probabilities)
     assert lean.params["n_pairs"] == ref.n_obs * spa.n_obs  # all pairs to start with
     assert abs(lean.training_score - exact.training_score) < 0.01
@@ -110,7 +119,9 @@ def test_lean_refresh_reaches_exact_score_on_real_pair(merfish_pair):
 
 def test_lean_results_project_like_dense(merfish_pair, tmp_path):
     ref, spa = merfish_pair
-    r = nsi.map_cells_to_space(ref, spa, cluster_key="cell_type", epochs=60, engine="lean", candidates=20)
+    r = nsi.map_cells_to_space(
+        ref, spa, cluster_key="cell_type", epochs=60, engine="lean", candidates=20
+    )
     out = r.to_anndata(method="probabilistic")
     P = r.probabilities.toarray()
     np.testing.assert_allclose(out.X, P.T @ ref.X.toarray(), rtol=1e-4, atol=1e-5)

@@ -52,8 +52,11 @@ print(json.dumps(out))
 def test_reuse_freed_memory_avoids_page_faults_and_restores():
     if not _malloc._glibc():
         pytest.skip("not glibc: the context manager does nothing here")
-    out = json.loads(subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, text=True,
-                                    check=True).stdout)
+    out = json.loads(
+        subprocess.run(
+            [sys.executable, "-c", _PROBE], capture_output=True, text=True, check=True
+        ).stdout
+    )
     assert out["active"] and out["depth_inside"] == 1 and out["depth_after"] == 0
     pages = (64 << 20) // 4096
     # six fresh 64 MiB mappings fault about 6 x 16k pages; inside, once the heap has grown, the

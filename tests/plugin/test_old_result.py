@@ -32,7 +32,9 @@ def test_old_result_opens_explores_and_diagnoses(make_napari_viewer_proxy, qtbot
     explore = ExploreWidget(viewer)
     qtbot.addWidget(explore)
     shown = explore.show_gene("sp9")
-    values = np.concatenate([layer.features["Sp9"].to_numpy() for layer in shown if "imputed" in layer.name])
+    values = np.concatenate(
+        [layer.features["Sp9"].to_numpy() for layer in shown if "imputed" in layer.name]
+    )
     assert values.shape == (750,) and np.isfinite(values).all()
     assert {"imputed", "measured"} <= {layer.metadata["nsi_role"] for layer in shown}
     assert len(explore.show_cluster()) == 2

@@ -69,7 +69,7 @@ def test_spatial_layers_one_per_fov_with_features(merfish):
 def test_3d_coordinates(merfish):
     _, spa = merfish
     spa.obsm["spatial"] = np.c_[spa.obsm["spatial"], np.arange(spa.n_obs) % 4]
-    (data, _, _), = spatial_layers(spa)
+    ((data, _, _),) = spatial_layers(spa)
     assert data.shape == (spa.n_obs, 3)
     np.testing.assert_array_equal(data[:, 0], np.arange(spa.n_obs) % 4)
 
@@ -79,7 +79,7 @@ def test_result_layers_colour_by_predicted(merfish):
 
     ref, spa = merfish
     res = map_cells_to_space(ref, spa, cluster_key="cell_type", epochs=5).to_anndata()
-    (data, kw, _), = spatial_layers(res)
+    ((data, kw, _),) = spatial_layers(res)
     assert kw["name"] == "most likely cell_type · FOV 0"
     assert kw["face_color"] == "cell_type_predicted"
     assert kw["metadata"][ROLE_KEY] == PREDICTED_ROLE
@@ -87,7 +87,9 @@ def test_result_layers_colour_by_predicted(merfish):
 
 
 def test_color_kwargs_numeric_and_missing():
-    f = pd.DataFrame({"v": np.r_[np.zeros(98), 50.0, 100.0].astype(np.float32), "c": pd.Categorical(["x"] * 100)})
+    f = pd.DataFrame(
+        {"v": np.r_[np.zeros(98), 50.0, 100.0].astype(np.float32), "c": pd.Categorical(["x"] * 100)}
+    )
     kw = color_kwargs(f, "v")
     assert kw["face_colormap"] == "viridis" and kw["face_contrast_limits"][1] < 100
     assert color_kwargs(f, None) == {"face_color": "#b0b0b0"}
@@ -146,7 +148,15 @@ def test_layers_to_anndata_rejects_mixed_sources(merfish):
 
 def test_plain_points_become_cells():
     feats = pd.DataFrame({"kind": ["a", "b", "a"]})
-    back = layers_to_anndata([(np.array([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]]), {"features": feats, "name": "p"}, "points")])
+    back = layers_to_anndata(
+        [
+            (
+                np.array([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]]),
+                {"features": feats, "name": "p"},
+                "points",
+            )
+        ]
+    )
     assert back.shape == (3, 0)
     np.testing.assert_array_equal(back.obsm["spatial"], [[2.0, 1.0], [4.0, 3.0], [6.0, 5.0]])
     assert list(back.obs["kind"]) == ["a", "b", "a"] and set(back.obs["layer"]) == {"p"}
@@ -167,12 +177,15 @@ def test_recolour_200k_points_in_place_is_fast():
     adata = ad.AnnData(
         X=np.zeros((n, 1), dtype=np.float32),
         obs=pd.DataFrame(
-            {"type": pd.Categorical(rng.choice(list("abcdefgh"), n)), "value": rng.random(n).astype(np.float32)},
+            {
+                "type": pd.Categorical(rng.choice(list("abcdefgh"), n)),
+                "value": rng.random(n).astype(np.float32),
+            },
             index=[f"c{i}" for i in range(n)],
         ),
     )
     adata.obsm["spatial"] = rng.random((n, 2)) * 5000
-    (data, kw, _), = spatial_layers(adata, color_by="type", size=3.0)
+    ((data, kw, _),) = spatial_layers(adata, color_by="type", size=3.0)
     layer = Points(data, **kw)
     t0 = time.perf_counter()
     recolor(layer, "value")
@@ -190,7 +203,7 @@ def test_cluster_colours_match_between_tissue_and_umap(merfish):
     ref, spa = merfish
     res = map_cells_to_space(ref, spa, cluster_key="cell_type", epochs=5).to_anndata()
     ref.obsm["X_umap"] = np.zeros((ref.n_obs, 2), dtype=np.float32)
-    (_, tissue, _), = spatial_layers(res)
+    ((_, tissue, _),) = spatial_layers(res)
     _, umap, _ = reference_layer(ref, cluster_key="cell_type")
     shared = set(tissue["face_color_cycle"]) & set(umap["face_color_cycle"])
     assert len(shared) == 14
@@ -199,8 +212,10 @@ def test_cluster_colours_match_between_tissue_and_umap(merfish):
 
 def test_saving_part_of_the_cells_keeps_categories(merfish):
     _, spa = merfish
-    spa.obs["kind"] = pd.Categorical(["rare"] + ["common"] * (spa.n_obs - 1), categories=["common", "rare", "unused"])
-    (data, kw, t), = _tuples(spatial_layers(spa))
+    spa.obs["kind"] = pd.Categorical(
+        ["rare"] + ["common"] * (spa.n_obs - 1), categories=["common", "rare", "unused"]
+    )
+    ((data, kw, t),) = _tuples(spatial_layers(spa))
     kw["features"] = kw["features"].iloc[1:].reset_index(drop=True)  # delete the only 'rare' cell
     back = layers_to_anndata([(data[1:], kw, t)])
     assert list(back.obs["kind"].cat.categories) == ["common", "rare", "unused"]

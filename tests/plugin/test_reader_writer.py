@@ -18,7 +18,9 @@ from napari_spatial_impute.viz.layers import META_KEY, source_adata
 @pytest.fixture(scope="module")
 def result_file(tmp_path_factory, merfish_pair):
     ref, spa = merfish_pair
-    res = map_cells_to_space(ref.copy(), spa.copy(), cluster_key="cell_type", epochs=20).to_anndata()
+    res = map_cells_to_space(
+        ref.copy(), spa.copy(), cluster_key="cell_type", epochs=20
+    ).to_anndata()
     x = res.obsm["spatial"][:, 0]
     res.obs["fov"] = pd.Categorical(np.where(x < np.median(x), "1", "2"))
     path = tmp_path_factory.mktemp("res") / "result.h5ad"
@@ -48,10 +50,18 @@ def test_reader_opens_result_per_fov(result_file):
     reader = napari_get_reader(str(result_file))
     assert callable(reader)
     layers = reader(str(result_file))
-    assert [kw["name"] for _, kw, _ in layers] == ["most likely cell_type · FOV 1", "most likely cell_type · FOV 2"]
+    assert [kw["name"] for _, kw, _ in layers] == [
+        "most likely cell_type · FOV 1",
+        "most likely cell_type · FOV 2",
+    ]
     adata = source_adata(layers[0][1]["metadata"])
-    assert adata.n_vars == 134 and "cluster_probabilities" in adata.obsm, "imputed genes come with the layers"
-    assert all(isinstance(kw["features"]["cell_type_predicted"].dtype, pd.CategoricalDtype) for _, kw, _ in layers)
+    assert adata.n_vars == 134 and "cluster_probabilities" in adata.obsm, (
+        "imputed genes come with the layers"
+    )
+    assert all(
+        isinstance(kw["features"]["cell_type_predicted"].dtype, pd.CategoricalDtype)
+        for _, kw, _ in layers
+    )
     assert sum(len(d) for d, _, _ in layers) == 750
 
 
@@ -106,7 +116,7 @@ def test_reader_opens_reference_with_umap(tmp_path, merfish_pair):
     ref.obsm["X_umap"] = np.random.default_rng(0).normal(size=(ref.n_obs, 2)).astype(np.float32)
     path = tmp_path / "ref.h5ad"
     ref.write_h5ad(path)
-    (data, kw, _), = napari_get_reader(str(path))(str(path))
+    ((data, kw, _),) = napari_get_reader(str(path))(str(path))
     assert data.shape == (1308, 2) and kw["face_color"] == "cell_type"
     assert kw["metadata"][META_KEY]["role"] == "reference"
 
@@ -136,6 +146,7 @@ def test_sample_data_returns_layers(tmp_path, monkeypatch):
 
 def test_sample_umap_is_cached(tmp_path, monkeypatch, merfish_pair):
     from napari_spatial_impute.plugin import samples as _sample_data
+
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     ref = merfish_pair[0].copy()
     calls = []

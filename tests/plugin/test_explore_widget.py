@@ -190,7 +190,9 @@ def test_large_fovs_build_in_a_worker(widget, qtbot, monkeypatch):
     assert w.status.text() == "Gad1: 4 layers"
     # an error in the worker is a notification and adds nothing
     seen = []
-    monkeypatch.setattr("napari_spatial_impute.plugin.widgets.explore_widget.notify_error", seen.append)
+    monkeypatch.setattr(
+        "napari_spatial_impute.plugin.widgets.explore_widget.notify_error", seen.append
+    )
     w.show_gene("NotAGene")
     qtbot.waitUntil(lambda: bool(seen) and w.gene_button.isEnabled(), timeout=20_000)
     assert "NotAGene" in str(seen[0])
@@ -281,14 +283,20 @@ def test_second_result_keeps_the_first_results_layers(widget, tmp_path):
         assert layer.metadata["nsi_previous"]["nsi_value"] == "Sp9"
     notes = notification_manager.records[n_notes:]
     assert any(
-        n.severity == NotificationSeverity.WARNING and "4 layers of the previous result kept" in str(n.message)
+        n.severity == NotificationSeverity.WARNING
+        and "4 layers of the previous result kept" in str(n.message)
         for n in notes
     )
     # the kept layers are not recoloured by later genes or results
     w.show_gene("Gad1")
-    assert all(layer in viewer.layers and layer.name.endswith("(previous result)") for layer in kept)
+    assert all(
+        layer in viewer.layers and layer.name.endswith("(previous result)") for layer in kept
+    )
     model.set_result(first)
-    assert all(layer.features.equals(before[layer.name.removesuffix(" (previous result)")]) for layer in kept)
+    assert all(
+        layer.features.equals(before[layer.name.removesuffix(" (previous result)")])
+        for layer in kept
+    )
 
 
 def test_renamed_layers_are_still_recoloured(widget):

@@ -20,7 +20,10 @@ def test_open_result_docks_widgets(make_napari_viewer, monkeypatch, tmp_path, me
     ref.obsm["X_umap"] = np.random.default_rng(0).normal(size=(ref.n_obs, 2)).astype(np.float32)
     out = open_result_in_napari(path, reference=ref, run=False)
     assert out is viewer
-    assert [layer.name for layer in viewer.layers] == ["most likely cell_type · FOV 0", "reference UMAP"]
+    assert [layer.name for layer in viewer.layers] == [
+        "most likely cell_type · FOV 0",
+        "reference UMAP",
+    ]
     model = viewer_model(viewer)
     assert model.result is not None and model.result.n_vars == 134
     assert model.reference is ref and model.cluster_key == "cell_type"

@@ -114,7 +114,8 @@ def test_bad_file_is_notified(widget, tmp_path, monkeypatch):
     viewer, model, w, path, rows = widget
     seen = []
     monkeypatch.setattr(
-        "napari_spatial_impute.plugin.widgets.image_widget.notify_error", lambda e: seen.append(str(e))
+        "napari_spatial_impute.plugin.widgets.image_widget.notify_error",
+        lambda e: seen.append(str(e)),
     )
     bad = tmp_path / "x.tif"
     bad.write_text("not an image")

@@ -92,7 +92,9 @@ def test_engine_error_is_reported_and_adds_nothing(widget, qtbot):
     w._on_returned = lambda value: (returned.append(value), on_returned(value))
     w._on_error = lambda exc: (errors.append(exc), on_error(exc))
     assert w.run() is not None
-    qtbot.waitUntil(lambda: w.worker is None, timeout=60_000)  # set by the widget's finished handler
+    qtbot.waitUntil(
+        lambda: w.worker is None, timeout=60_000
+    )  # set by the widget's finished handler
     assert not errors, "bad input is reported, not raised as a crash"
     assert returned and "cluster key" in returned[0].message
     assert w.status.text().startswith("Error: clusters mode needs a cluster key")
@@ -162,7 +164,13 @@ def test_iter_mapping_generator(merfish):
 
     ref, spa = merfish
     gen = iter_mapping(
-        ref, spa, threading.Event(), lambda r: r.params["epochs"], interval=0, epochs=7, cluster_key="cell_type"
+        ref,
+        spa,
+        threading.Event(),
+        lambda r: r.params["epochs"],
+        interval=0,
+        epochs=7,
+        cluster_key="cell_type",
     )
     epochs = []
     with pytest.raises(StopIteration) as stop:
@@ -278,7 +286,9 @@ def test_fast_clusters_run_keeps_the_window_responsive(make_napari_viewer, qtbot
 
     assert returned_at, "the result reached the widget"
     assert [layer.name for layer in viewer.layers] == ["most likely cell_type · FOV 0"]
-    assert model.result is not None and model.result.uns["spatial_impute"]["params"]["epochs"] == 2000
+    assert (
+        model.result is not None and model.result.uns["spatial_impute"]["params"]["epochs"] == 2000
+    )
     assert "training score" in w.status.text()
     assert w.progress.value() == 2000 and len(w.plot.values) == 2000
     assert sum(batches) == 2000
@@ -307,7 +317,9 @@ def test_failing_layers_do_not_lose_the_result(widget, qtbot, monkeypatch):
     w.epochs.setValue(5)
     w.run()
     qtbot.waitUntil(lambda: w.worker is None, timeout=120_000)
-    assert w.status.text().startswith("Error: the mapping finished but its layers could not be added")
+    assert w.status.text().startswith(
+        "Error: the mapping finished but its layers could not be added"
+    )
     assert "result is kept" in w.status.text()
     assert model.result is not None and model.result.n_obs == 750
     assert any("could not be added" in str(n.message) for n in notification_manager.records)

@@ -157,7 +157,9 @@ def test_open_cv_csv(widget, tmp_path, monkeypatch):
     table = w.open_cv_table(str(tmp_path / "cv.csv"))
     assert len(table) == len(cv) and w.cv_table.rowCount() == len(cv)
     seen = []
-    monkeypatch.setattr("napari_spatial_impute.plugin.widgets.diagnostics_widget.notify_error", seen.append)
+    monkeypatch.setattr(
+        "napari_spatial_impute.plugin.widgets.diagnostics_widget.notify_error", seen.append
+    )
     (tmp_path / "bad.csv").write_text("a,b\n1,2\n")
     assert w.open_cv_table(str(tmp_path / "bad.csv")) is None
     assert seen and ("gene" in str(seen[0]) or "pearson" in str(seen[0]))
@@ -177,7 +179,9 @@ def test_cv_kwargs_from_result_params(widget):
 def test_cv_error_is_notified(widget, qtbot, monkeypatch):
     viewer, model, w = widget
     seen = []
-    monkeypatch.setattr("napari_spatial_impute.plugin.widgets.diagnostics_widget.notify_error", seen.append)
+    monkeypatch.setattr(
+        "napari_spatial_impute.plugin.widgets.diagnostics_widget.notify_error", seen.append
+    )
     spa = model.spatial.copy()
     del spa.obsm["spatial"]  # the engine refuses spatial data without coordinates
     model.set_spatial(spa)
@@ -197,7 +201,9 @@ def test_result_without_clusters(make_napari_viewer_proxy, qtbot, monkeypatch):
     res = map_cells_to_space(ref, spa, epochs=5).to_anndata()
     viewer = make_napari_viewer_proxy()
     seen = []
-    monkeypatch.setattr("napari_spatial_impute.plugin.widgets.diagnostics_widget.notify_error", seen.append)
+    monkeypatch.setattr(
+        "napari_spatial_impute.plugin.widgets.diagnostics_widget.notify_error", seen.append
+    )
     w = DiagnosticsWidget(viewer)
     qtbot.addWidget(w)
     get_model(viewer).set_result(res)

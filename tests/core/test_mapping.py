@@ -30,7 +30,12 @@ def test_training_improves_score_and_keeps_history(synthetic):
     assert h[-1] > h[0] + 0.05
     assert r.probabilities.shape == (ref.n_obs, spa.n_obs)
     np.testing.assert_allclose(r.probabilities.sum(1), 1.0, rtol=1e-5)
-    assert set(r.train_genes_df.columns) == {"train_score", "sparsity_sc", "sparsity_sp", "sparsity_diff"}
+    assert set(r.train_genes_df.columns) == {
+        "train_score",
+        "sparsity_sc",
+        "sparsity_sp",
+        "sparsity_diff",
+    }
     assert r.training_score == pytest.approx(r.train_genes_df["train_score"].mean())
     # density prior by default: uniform, and the KL term is recorded and small at the end
     assert r.params["density"] == "uniform"
@@ -153,12 +158,18 @@ def test_early_stopping_with_tol(synthetic):
 
 def test_auto_engine_picks_by_size(synthetic, monkeypatch):
     from napari_spatial_impute.core import mapping
+
     ref, spa = synthetic
     assert nsi.map_cells_to_space(ref, spa, epochs=2).params["engine"] == "exact"
     monkeypatch.setattr(mapping, "AUTO_LEAN_ENTRIES", 100)
     r = nsi.map_cells_to_space(ref, spa, epochs=2, candidates=10)
     assert r.params["engine"] == "lean"
-    assert nsi.map_cells_to_space(ref, spa, epochs=2, mode="clusters", cluster_key="cell_type").params["engine"] == "exact"
+    assert (
+        nsi.map_cells_to_space(ref, spa, epochs=2, mode="clusters", cluster_key="cell_type").params[
+            "engine"
+        ]
+        == "exact"
+    )
 
 
 def test_csr_array_and_dense_inputs_give_the_same_map(synthetic):
