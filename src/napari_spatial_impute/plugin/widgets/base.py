@@ -1,0 +1,74 @@
+"""What the plugin's dock widgets share: the viewer, its shared model, their worker threads."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from qtpy.QtWidgets import QWidget
+
+from napari_spatial_impute.plugin.model import SpatialImputeModel
+from napari_spatial_impute.plugin.sync import connect_model
+
+
+class PluginWidget(QWidget):
+    """Base of the plugin's dock widgets.
+
+    Parameters
+    ----------
+    napari_viewer
+        The viewer (napari passes it in, usually as a public-API proxy).
+
+    Attributes
+    ----------
+    viewer
+        The viewer given.
+    model
+        The viewer's shared :class:`SpatialImputeModel`, connected to its layers: plugin layers
+        opened before or after the widget (reader, sample data) tell the model their data sets.
+    worker
+        The worker most recently started through :meth:`start_worker` (``None`` before).
+    """
+
+    def __init__(self, napari_viewer: Any, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.model: SpatialImputeModel = connect_model(napari_viewer)
+        self.worker: Any = None
+        self._running: list[Any] = []
+
+    # ------------------------------------------------------------------ workers
+    def start_worker(self, worker: Any, on_finished: Callable[[], None] | None = None) -> Any:
+        """Start ``worker`` (created with ``start_thread=False``), keeping it until it finishes.
+
+        ``on_finished`` runs on the main thread when it finishes, whether it returned, failed or
+        was quit. Returns the worker (tests wait on its ``finished`` signal).
+        """
+        self.worker = worker
+        self._running.append(worker)
+
+        def _done() -> None:
+            if worker in self._running:
+                self._running.remove(worker)
+            if on_finished is not None:
+                on_finished()
+
+        worker.finished.connect(_done)
+        worker.start()
+        return worker
+
+    @property
+    def busy(self) -> bool:
+        """Whether a worker started here is still running."""
+        return bool(self._running)
+
+    def quit_workers(self) -> None:
+        """Ask every running worker started here to stop (generators stop at their next yield)."""
+        for worker in list(self._running):
+            worker.quit()
+
+    # ------------------------------------------------------------------ viewer events
+    def on_layers_changed(self, callback: Callable[..., Any]) -> None:
+        """Call ``callback`` (with the napari event) whenever a layer is added or removed."""
+        self.viewer.layers.events.inserted.connect(callback)
+        self.viewer.layers.events.removed.connect(callback)
