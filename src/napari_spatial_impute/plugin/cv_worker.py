@@ -8,20 +8,16 @@ mapping's (:func:`~napari_spatial_impute.plugin.workers.throttled`): at most one
 from __future__ import annotations
 
 import inspect
-import queue
 import threading
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from typing import Any, NamedTuple
 
 import anndata as ad
 import pandas as pd
 
-from napari_spatial_impute._errors import MappingCancelled
 from napari_spatial_impute.core.evaluate import cross_validate
 from napari_spatial_impute.core.mapping import map_cells_to_space
-from napari_spatial_impute.plugin.workers import UPDATE_INTERVAL, throttled
-
-_DONE = object()
+from napari_spatial_impute.plugin.workers import UPDATE_INTERVAL, run_in_thread
 
 
 class CVProgress(NamedTuple):
@@ -82,37 +78,21 @@ def iter_cross_validation(
     Only the latest progress is yielded, at most every ``interval`` seconds (the end of the last
     fold always). Returns the table, or ``None`` when ``cancel`` was set.
     """
-    events: queue.Queue[Any] = queue.Queue()
-    box: dict[str, Any] = {}
     epochs = int(kwargs.get("epochs", 0) or 0)
 
-    def progress(fold: int, n: int, info: Any) -> None:
-        if info is None:  # fold ``fold`` (1-based count) finished
-            events.put(CVProgress(fold, n, 0, epochs))
-        else:
-            events.put(CVProgress(fold, n, int(info.epoch), int(info.n_epochs) or epochs))
+    def task(report: Callable[[Any], None]) -> pd.DataFrame:
+        def progress(fold: int, n: int, info: Any) -> None:
+            if info is None:  # fold ``fold`` (1-based count) finished
+                report(CVProgress(fold, n, 0, epochs))
+            else:
+                report(CVProgress(fold, n, int(info.epoch), int(info.n_epochs) or epochs))
 
-    def run() -> None:
-        try:
-            box["table"] = cross_validate(
-                reference, spatial, folds=folds, progress=progress, cancel=cancel, **kwargs
-            )
-        except BaseException as exc:
-            box["error"] = exc
-        finally:
-            events.put(_DONE)
+        return cross_validate(
+            reference, spatial, folds=folds, progress=progress, cancel=cancel, **kwargs
+        )
 
-    thread = threading.Thread(target=run, name="spatial-impute-cv", daemon=True)
-    thread.start()
-    try:
-        for batch in throttled(events, _DONE, interval):
-            yield batch[-1]
-    finally:
-        if thread.is_alive():  # the generator was closed early: stop the folds too
-            cancel.set()
-        thread.join()
-    if isinstance(box.get("error"), MappingCancelled) or cancel.is_set():
-        return None
-    if "error" in box:
-        raise box["error"]
-    return box["table"]
+    return (
+        yield from run_in_thread(
+            task, cancel, interval=interval, name="spatial-impute-cv", pick=lambda b: b[-1]
+        )
+    )

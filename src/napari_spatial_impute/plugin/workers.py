@@ -19,13 +19,15 @@ import threading
 import time
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import anndata as ad
 
 from napari_spatial_impute._errors import InputError, MappingCancelled
 from napari_spatial_impute.core.mapping import EpochInfo, map_cells_to_space
 from napari_spatial_impute.core.result import MappingResult
+
+T = TypeVar("T")
 
 _DONE = object()
 #: Seconds between two progress updates sent to the GUI (the last epoch is always sent).
@@ -81,6 +83,54 @@ def throttled(
         yield batch
 
 
+def run_in_thread(
+    task: Callable[[Callable[[Any], None]], T],
+    cancel: threading.Event,
+    *,
+    interval: float = UPDATE_INTERVAL,
+    name: str = "spatial-impute-task",
+    pick: Callable[[list[Any]], Any] = lambda batch: batch,
+) -> Generator[Any, None, T | None]:
+    """Run ``task(report)`` in a helper thread and turn its ``report(item)`` calls into yields.
+
+    The one adapter between the engine's callbacks and a napari ``thread_worker`` generator: the
+    reported items come out in batches at most every ``interval`` seconds (:func:`throttled`),
+    each batch passed through ``pick`` (``lambda batch: batch[-1]`` keeps only the latest).
+    Closing the generator early (the worker was quit, the widget closed) sets ``cancel`` and
+    waits for the task to stop.
+
+    Returns
+    -------
+    The task's value, or ``None`` when it was cancelled (:class:`MappingCancelled` or ``cancel``
+    set). Any other error of the task is raised in the worker thread.
+    """
+    events: queue.Queue[Any] = queue.Queue()
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            box["value"] = task(events.put)
+        except BaseException as exc:  # re-raised in the worker thread below
+            box["error"] = exc
+        finally:
+            events.put(_DONE)
+
+    thread = threading.Thread(target=run, name=name, daemon=True)
+    thread.start()
+    try:
+        for batch in throttled(events, _DONE, interval):
+            yield pick(batch)
+    finally:
+        if thread.is_alive():  # the generator was closed early: stop the task too
+            cancel.set()
+        thread.join()
+    if isinstance(box.get("error"), MappingCancelled) or cancel.is_set():
+        return None
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
 def iter_mapping(
     reference: ad.AnnData,
     spatial: ad.AnnData,
@@ -115,33 +165,17 @@ def iter_mapping(
     InputError
         The engine's one-line error for bad input or settings.
     """
-    events: queue.Queue[Any] = queue.Queue()
-    box: dict[str, Any] = {}
-
-    def run() -> None:
-        try:
-            box["result"] = map_cells_to_space(
-                reference, spatial, callback=events.put, cancel=cancel, **kwargs
-            )
-        except BaseException as exc:  # re-raised in the worker thread below
-            box["error"] = exc
-        finally:
-            events.put(_DONE)
-
-    thread = threading.Thread(target=run, name="spatial-impute-mapping", daemon=True)
-    thread.start()
-    try:
-        yield from throttled(events, _DONE, interval)
-    finally:
-        if thread.is_alive():  # the generator was closed early: stop the engine too
-            cancel.set()
-            thread.join()
-    if isinstance(box.get("error"), MappingCancelled) or cancel.is_set():
+    value = yield from run_in_thread(
+        lambda report: map_cells_to_space(
+            reference, spatial, callback=report, cancel=cancel, **kwargs
+        ),
+        cancel,
+        interval=interval,
+        name="spatial-impute-mapping",
+    )
+    if value is None:
         return None
-    if "error" in box:
-        raise box["error"]
-    result = box["result"]
-    return finish(result) if finish is not None else result
+    return finish(value) if finish is not None else value
 
 
 def result_layers(
