@@ -39,8 +39,8 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import common  # noqa: E402
-from common import Pair, dense, log  # noqa: E402
+import common
+from common import Pair, dense, log
 
 # --------------------------------------------------------------------------------------------
 # methods: each returns (pred [n_sp x held], mapping P [n_ref x n_sp] or None, ref-label votes)

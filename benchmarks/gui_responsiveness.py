@@ -39,8 +39,8 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import common  # noqa: E402
-from common import log  # noqa: E402
+import common
+from common import log
 
 _KEEP: list[Any] = []
 
@@ -107,7 +107,7 @@ class Heartbeat:
         return next((x for x, p in self.switches if p == phase), float("nan"))
 
 
-def _process_until(app: Any, cond, timeout: float) -> None:  # noqa: ANN001
+def _process_until(app: Any, cond, timeout: float) -> None:
     t0 = time.perf_counter()
     while not cond():
         app.processEvents()
@@ -225,7 +225,7 @@ def run_once(
                 box["res"] = map_cells_to_space(
                     ref, spa, cluster_key="cell_type", epochs=args.epochs, seed=0, callback=q.put
                 )
-            except BaseException as e:  # noqa: BLE001
+            except BaseException as e:
                 box["err"] = e
             q.put(None)
 
@@ -273,7 +273,7 @@ def run_once(
     t1 = time.perf_counter()
     steps: dict[str, float] = {}
 
-    def timed(name: str, fn, *a) -> None:  # noqa: ANN001
+    def timed(name: str, fn, *a) -> None:
         t = time.perf_counter()
         fn(*a)
         steps[name] = time.perf_counter() - t

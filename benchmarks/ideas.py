@@ -25,12 +25,12 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import common  # noqa: E402
+import common
 
-import napari_spatial_impute as nsi  # noqa: E402
-from napari_spatial_impute.core.evaluate import pearson_per_gene  # noqa: E402
+import napari_spatial_impute as nsi
+from napari_spatial_impute.core.evaluate import pearson_per_gene
 from napari_spatial_impute.core.metrics import gene_folds
-from napari_spatial_impute.core.neighbours import MEMBERS, Member, neighbour_weights  # noqa: E402
+from napari_spatial_impute.core.neighbours import MEMBERS, Member, neighbour_weights
 
 
 def _members_only(*members: Member):

@@ -18,10 +18,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import simulate_pair  # noqa: E402
+from common import simulate_pair
 
-import napari_spatial_impute as nsi  # noqa: E402
-from napari_spatial_impute.core.export import write_result  # noqa: E402
+import napari_spatial_impute as nsi
+from napari_spatial_impute.core.export import write_result
 
 
 def _rss_gib() -> float:

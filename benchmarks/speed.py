@@ -43,8 +43,8 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import common  # noqa: E402
-from common import log  # noqa: E402
+import common
+from common import log
 
 GIB = 1024**3
 # tangram-sc's resident memory per mapping element (n_ref x n_sp), used only to decide whether a
@@ -154,11 +154,11 @@ def _run_tangram(ref, spa, epochs: int, seed: int) -> dict[str, Any]:
     marks: dict[str, Any] = {"loss_calls": []}
     orig_loss, orig_train = mo.Mapper._loss_fn, mo.Mapper.train
 
-    def loss_fn(self, verbose=True):  # noqa: ANN001
+    def loss_fn(self, verbose=True):
         marks["loss_calls"].append(time.perf_counter())
         return orig_loss(self, verbose)
 
-    def train(self, *args, **kwargs):  # noqa: ANN001
+    def train(self, *args, **kwargs):
         marks["train_start"] = time.perf_counter()
         out = orig_train(self, *args, **kwargs)
         marks["train_end"] = time.perf_counter()
@@ -246,7 +246,7 @@ def parity(n_ref: int, n_sp: int, n_genes: int, epochs: int, seed: int) -> dict[
     terms = obj.terms(M0)
     g_ours = torch.empty_like(M0)
 
-    def grab(rows, grad):  # noqa: ANN001
+    def grab(rows, grad):
         g_ours[rows] = grad
 
     obj.value_and_update(M0.clone(), grab)
@@ -262,7 +262,7 @@ def parity(n_ref: int, n_sp: int, n_genes: int, epochs: int, seed: int) -> dict[
     rec: dict[str, list[float]] = {"total_loss": [], "main_loss": []}
     orig = tm._loss_fn
 
-    def recording_loss(verbose=True):  # noqa: ANN001  (full precision; the history keeps str())
+    def recording_loss(verbose=True):
         out = orig(verbose)
         rec["total_loss"].append(float(out[0]))
         rec["main_loss"].append(float(out[1]))

@@ -37,8 +37,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import common  # noqa: E402
-from common import log  # noqa: E402
+import common
+from common import log
 
 SPEED = Path(__file__).resolve().parent / "speed.py"
 GIB = 1024**3
@@ -65,7 +65,7 @@ def _replay(argv: list[str]) -> None:
     spa = ad.read_h5ad(a.data / "spatial.h5ad")
     marks: dict[str, Any] = {}
 
-    def train(self, num_epochs, learning_rate=0.1, print_each=100):  # noqa: ANN001, ANN202, ARG001
+    def train(self, num_epochs, learning_rate=0.1, print_each=100):
         marks["train_start"] = time.perf_counter()
         w = Weights(
             lambda_g1=self.lambda_g1,

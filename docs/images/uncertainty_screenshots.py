@@ -17,12 +17,12 @@ from pathlib import Path
 import napari
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from explore_screenshots import OUT, merfish, save, settle  # noqa: E402
+from explore_screenshots import OUT, merfish, save, settle
 
-from napari_spatial_impute import cross_validate  # noqa: E402
-from napari_spatial_impute.plugin.model import get_model  # noqa: E402
-from napari_spatial_impute.plugin.widgets.diagnostics_widget import DiagnosticsWidget  # noqa: E402
-from napari_spatial_impute.plugin.widgets.explore_widget import ExploreWidget  # noqa: E402
+from napari_spatial_impute import cross_validate
+from napari_spatial_impute.plugin.model import get_model
+from napari_spatial_impute.plugin.widgets.diagnostics_widget import DiagnosticsWidget
+from napari_spatial_impute.plugin.widgets.explore_widget import ExploreWidget
 
 warnings.simplefilter("ignore")
 

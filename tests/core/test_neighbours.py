@@ -141,7 +141,7 @@ main(["map", "-r", str(ref), "-s", str(spa), "--cluster-key", "cell_type", "--ep
 """
 
 
-def _all_arrays(a) -> dict[str, np.ndarray]:  # noqa: ANN001
+def _all_arrays(a) -> dict[str, np.ndarray]:
     out = {
         "X": np.asarray(a.X),
         "obs_names": np.asarray(a.obs_names),

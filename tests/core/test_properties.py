@@ -73,7 +73,7 @@ DTYPES = (
 CONTAINERS = ("dense", "csr_matrix", "csc_matrix", "csr_array")
 
 
-def _container(X: np.ndarray, kind: str):  # noqa: ANN202
+def _container(X: np.ndarray, kind: str):
     if kind == "dense" or X.dtype == np.float16:  # scipy.sparse has no float16
         return X
     if kind == "csr_matrix":
@@ -201,7 +201,7 @@ def _check_result(r: nsi.MappingResult, out: ad.AnnData, cluster_key: str | None
             np.testing.assert_allclose(probs.sum(1), 1.0, rtol=1e-5, err_msg=key)
 
 
-def _map_or_input_error(ref, spa, method="auto", **kw):  # noqa: ANN001, ANN003, ANN202
+def _map_or_input_error(ref, spa, method="auto", **kw):
     """``(result, result AnnData)``, or ``None`` when the input was refused with an InputError."""
     try:
         r = nsi.map_cells_to_space(ref, spa, **kw)

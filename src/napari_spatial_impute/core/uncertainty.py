@@ -40,7 +40,6 @@ if TYPE_CHECKING:
 LEVELS: tuple[float, ...] = (0.9, 0.67)
 #: Calibration uses at most this many spatial cells (a seeded random subset above it).
 MAX_CALIBRATION_CELLS = 20_000
-FEATURES: tuple[str, ...] = ("log_mean", "detection", "log_var", "log_spread", "log_pred_sd")
 #: The reliability model needs cross-validated Pearsons over at least this many spatial cells
 #: (over two cells every Pearson is +-1 whatever the prediction); with fewer, every gene's
 #: predicted Pearson is 0 (no evidence either way).
@@ -64,7 +63,8 @@ class Calibration:
     offset
         ``c`` added to the spread.
     coef
-        Linear model of held-out Pearson on :data:`FEATURES` (intercept first).
+        Linear model of held-out Pearson on the features of :func:`gene_features` (intercept
+        first): log mean, detection rate, log variance, log spread, log prediction sd.
     calibration_genes
         Training genes used (reference names).
     inner_pearson

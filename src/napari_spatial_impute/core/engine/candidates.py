@@ -10,7 +10,6 @@ linear in the number of cells.
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 
@@ -83,11 +82,6 @@ def candidate_pairs(
     key = torch.cat(cols) * n + torch.cat(rows)
     key = torch.unique(key)  # sorted: by spatial cell, then reference cell
     return key % n, key // n
-
-
-def count_uncovered(rows: torch.Tensor, n: int) -> int:
-    """Reference units without any candidate."""
-    return int(n - np.unique(rows.numpy()).size)
 
 
 def merge_pairs(

@@ -17,7 +17,7 @@ import functools
 import numpy as np
 
 
-def _softmax_grad_adam(  # noqa: PLR0913
+def _softmax_grad_adam(
     P: np.ndarray,
     dP: np.ndarray,
     M: np.ndarray,
@@ -73,7 +73,7 @@ def _softmax_grad_adam(  # noqa: PLR0913
 
 
 @functools.cache
-def softmax_grad_adam():  # noqa: ANN201
+def softmax_grad_adam():
     """The jitted kernel (compiled, or loaded from numba's cache, on first use), or ``None``
     where numba is missing or cannot compile it."""
     try:

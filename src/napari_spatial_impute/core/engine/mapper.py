@@ -331,21 +331,3 @@ class TangramMapper:
             return None
         with torch.no_grad():
             return torch.sigmoid(self.F.detach()).cpu().numpy()
-
-    def objective_terms(self) -> dict[str, float]:
-        """The objective's terms at the current mapping, without updating it."""
-        if self.pairs is not None:
-            return self.objective.value_and_grad(self.M, want_entropy=True)[0]
-        if self.constrained:
-            with torch.no_grad():
-                t = tangram_loss(
-                    self.M,
-                    self.S,
-                    self.G,
-                    self.weights,
-                    d=self.d,
-                    F=self.F,
-                    target_count=self.target_count,
-                )
-                return {k: float(v) for k, v in t.items()}
-        return self.objective.terms(self.M)

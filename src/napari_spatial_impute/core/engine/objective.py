@@ -238,7 +238,7 @@ class DenseObjective:
         edges = [blocks[(len(blocks) * i) // k] for i in range(k)] + [n]
         return [(edges[i], edges[i + 1]) for i in range(k) if edges[i] < edges[i + 1]]
 
-    def _run(self, fn, shards):  # noqa: ANN001, ANN202
+    def _run(self, fn, shards):
         if len(shards) == 1:
             return [fn(*shards[0])]
         if self._pool is None:
@@ -317,7 +317,7 @@ class DenseObjective:
         }
         return values, grad_Gp, grad_m
 
-    def value_and_update(self, M: torch.Tensor, update) -> dict[str, float]:  # noqa: ANN001
+    def value_and_update(self, M: torch.Tensor, update) -> dict[str, float]:
         """Evaluate the terms at ``M``, then call ``update(rows, grad_block)`` for each block.
 
         ``update`` receives a slice of row indices and the gradient of those rows; it may modify
@@ -368,7 +368,7 @@ class BlockAdam:
     Matches ``torch.optim.Adam(lr, betas=(0.9, 0.999), eps=1e-8)`` step for step.
     """
 
-    def __init__(self, param: torch.Tensor, lr: float, betas=(0.9, 0.999), eps: float = 1e-8):  # noqa: ANN001
+    def __init__(self, param: torch.Tensor, lr: float, betas=(0.9, 0.999), eps: float = 1e-8):
         self.param = param
         self.lr = lr
         self.b1, self.b2 = betas
