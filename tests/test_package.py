@@ -27,3 +27,14 @@ def test_public_names_and_submodules_resolve():
         assert "not_a_name" in str(exc)
     else:
         raise AssertionError("an unknown name resolved")
+
+
+def test_reader_and_writer_import_no_torch():
+    """napari imports the reader/writer module to open or save a file; torch waits for a mapping."""
+    code = (
+        "import sys, napari_spatial_impute.plugin.reader, napari_spatial_impute.plugin.writer; "
+        "print('torch' in sys.modules)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "False"
