@@ -25,56 +25,55 @@ from napari_spatial_impute._errors import (
 PROG = "napari-spatial-impute"
 
 
-def _add_mapping_options(p: argparse.ArgumentParser, epochs_default: int = 1000) -> None:
+#: What the command line adds to a setting's help (MappingSettings' help is for every front end).
+_CLI_NOTES = {
+    "genes": "; on the command line a file of gene names, or names separated by commas",
+}
+#: Settings that ``evaluate`` does not take: the cross-validation chooses the training genes.
+_NOT_EVALUATED = ("genes", "n_markers")
+
+
+def _add_mapping_options(
+    p: argparse.ArgumentParser, epochs_default: int = 1000, skip: Sequence[str] = ()
+) -> None:
+    """``--reference``, ``--spatial`` and one ``--kebab-case`` option per mapping setting.
+
+    The settings' options, types, choices, defaults and help all come from
+    :class:`~napari_spatial_impute.core.settings.MappingSettings`.
+    """
+    from napari_spatial_impute.core.settings import setting_specs
+
     p.add_argument(
         "--reference", "-r", required=True, help="reference .h5ad (single cells, all genes)"
     )
     p.add_argument("--spatial", "-s", required=True, help="spatial .h5ad with obsm['spatial']")
-    p.add_argument(
-        "--cluster-key", help="reference obs column with clusters (projected onto space)"
-    )
-    p.add_argument("--mode", choices=["cells", "clusters", "constrained"], default="cells")
-    p.add_argument(
-        "--density",
-        default="uniform",
-        choices=["uniform", "rna_count_based", "none"],
-        help="density prior over spatial cells (default: uniform)",
-    )
-    p.add_argument("--epochs", type=int, default=epochs_default)
-    p.add_argument("--learning-rate", type=float, default=0.1)
-    p.add_argument("--lambda-g1", type=float, default=1.0)
-    p.add_argument("--lambda-g2", type=float, default=0.0)
-    p.add_argument(
-        "--lambda-d", type=float, default=None, help="density weight (default 1 with a prior)"
-    )
-    p.add_argument("--lambda-r", type=float, default=0.0, help="entropy weight")
-    p.add_argument(
-        "--transform",
-        choices=["none", "normalize_log1p"],
-        default="none",
-        help="value transform before mapping (default: values as given, like tangram-sc)",
-    )
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
-    p.add_argument(
-        "--engine",
-        choices=["auto", "exact", "lean"],
-        default="auto",
-        help="exact: dense objective; lean: candidate pairs, linear memory; "
-        "auto (default): lean above 50 million reference x spatial pairs",
-    )
-    p.add_argument(
-        "--candidates",
-        type=int,
-        default=50,
-        help="lean engine: reference candidates per spatial cell",
-    )
-    p.add_argument(
-        "--tol",
-        type=float,
-        default=None,
-        help="stop when the score gains less than this over 50 epochs",
-    )
+    for spec in setting_specs():
+        if spec.name in skip:
+            continue
+        flag = "--" + spec.name.replace("_", "-")
+        default = epochs_default if spec.name == "epochs" else spec.default
+        help_text = spec.help + _CLI_NOTES.get(spec.name, "")
+        if spec.type is bool:  # --neighbours / --no-neighbours
+            p.add_argument(
+                flag,
+                dest=spec.name,
+                action=argparse.BooleanOptionalAction,
+                default=default,
+                help=help_text.replace("%", "%%") + " (default: %(default)s)",
+            )
+            continue
+        if default is not None:
+            help_text += " (default: %(default)s)"
+        elif spec.unset:
+            help_text += f" (default: {spec.unset})"
+        p.add_argument(
+            flag,
+            dest=spec.name,
+            type=spec.type,
+            default=default,
+            choices=None if spec.names_ok else spec.choices,
+            help=help_text.replace("%", "%%").replace("%%(default)s", "%(default)s"),
+        )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -88,14 +87,6 @@ def _parser() -> argparse.ArgumentParser:
     m = sub.add_parser("map", help="learn the mapping and write the imputed spatial data")
     _add_mapping_options(m)
     m.add_argument("--out", "-o", required=True, help="output .h5ad")
-    m.add_argument(
-        "--genes",
-        default="overlap",
-        help="training genes: overlap (default), markers, or a file of gene names",
-    )
-    m.add_argument(
-        "--n-markers", type=int, default=100, help="markers per cluster with --genes markers"
-    )
     m.add_argument(
         "--impute",
         default=None,
@@ -111,7 +102,7 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--fov-key", default=None, help="spatial obs column with the field of view")
 
     e = sub.add_parser("evaluate", help="k-fold leave-genes-out cross-validation")
-    _add_mapping_options(e, epochs_default=1000)
+    _add_mapping_options(e, epochs_default=1000, skip=_NOT_EVALUATED)
     e.add_argument("--folds", type=int, default=10)
     e.add_argument("--out", "-o", required=True, help="output .csv (one row per held-out gene)")
     e.add_argument(
@@ -155,23 +146,18 @@ class _Progress:
 
 
 def _mapping_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    return {
-        "cluster_key": args.cluster_key,
-        "mode": args.mode,
-        "density": args.density,
-        "epochs": args.epochs,
-        "learning_rate": args.learning_rate,
-        "lambda_g1": args.lambda_g1,
-        "lambda_g2": args.lambda_g2,
-        "lambda_d": args.lambda_d,
-        "lambda_r": args.lambda_r,
-        "transform": args.transform,
-        "seed": args.seed,
-        "device": args.device,
-        "engine": args.engine,
-        "candidates": args.candidates,
-        "tol": args.tol,
-    }
+    """The keyword arguments of ``map_cells_to_space`` given on the command line, checked.
+
+    Every setting the command has an option for (see :func:`_add_mapping_options`); ``--genes``
+    may name a file. Bad settings are refused here, before any data is read.
+    """
+    from napari_spatial_impute.core.settings import MappingSettings, setting_names
+
+    kwargs = {name: getattr(args, name) for name in setting_names() if hasattr(args, name)}
+    if "genes" in kwargs:
+        kwargs["genes"] = _gene_arg(kwargs["genes"])
+    MappingSettings(**kwargs).validate()
+    return kwargs
 
 
 def _check_out(path: str, suffix: str, inputs: Sequence[str | None] = ()) -> Path:
@@ -222,10 +208,10 @@ def cmd_map(args: argparse.Namespace) -> int:
     from napari_spatial_impute.io.files import find_fov_key, read_h5ad
 
     out = _check_out(args.out, ".h5ad", [args.reference, args.spatial, args.genes, args.impute])
+    kwargs = _mapping_kwargs(args)
     reference = read_h5ad(args.reference, "reference")
     spatial = read_h5ad(args.spatial, "spatial")
     fov = find_fov_key(spatial, args.fov_key)
-    genes = _gene_arg(args.genes)
     impute = _gene_arg(args.impute) if args.impute else None
     if isinstance(impute, list):
         from napari_spatial_impute.core.genes import resolve_gene_names
@@ -233,14 +219,7 @@ def cmd_map(args: argparse.Namespace) -> int:
         resolve_gene_names(reference.var_names, impute)  # refuse unknown genes before the mapping
     bar = _Progress(args.epochs, "mapping")
     try:
-        result = map_cells_to_space(
-            reference,
-            spatial,
-            genes=genes,
-            n_markers=args.n_markers,
-            callback=bar,
-            **_mapping_kwargs(args),
-        )
+        result = map_cells_to_space(reference, spatial, callback=bar, **kwargs)
     finally:
         bar.close()
     from napari_spatial_impute.core.export import write_result
@@ -278,6 +257,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from napari_spatial_impute.io.files import read_h5ad
 
     out = _check_out(args.out, ".csv", [args.reference, args.spatial])
+    kwargs = _mapping_kwargs(args)
     reference = read_h5ad(args.reference, "reference")
     spatial = read_h5ad(args.spatial, "spatial")
     bar = _Progress(args.folds * args.epochs, "cross-validation")
@@ -293,7 +273,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             folds=args.folds,
             progress=progress,
             method=args.projection,
-            **_mapping_kwargs(args),
+            **kwargs,
         )
     finally:
         bar.close()

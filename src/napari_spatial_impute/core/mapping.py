@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import math
-import numbers
+import dataclasses
 import time
 import warnings
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
-from typing import Any, Literal
+from typing import Any
 
 import anndata as ad
 import numpy as np
@@ -30,13 +29,22 @@ from napari_spatial_impute.core.genes import plan_genes
 from napari_spatial_impute.core.metrics import cosine_per_gene, gene_sparsity
 from napari_spatial_impute.core.neighbours import neighbour_weights, similarity_values
 from napari_spatial_impute.core.preprocess import (
-    Transform,
     apply_transform,
-    check_transform,
     cluster_profiles,
     dense_columns,
 )
 from napari_spatial_impute.core.result import MappingResult
+from napari_spatial_impute.core.settings import (  # noqa: F401 (MODES ... importable from here)
+    DENSITIES,
+    ENGINES,
+    MAX_SEED,
+    MODES,
+    RUN_RECORD_KEYS,
+    Engine,
+    MappingSettings,
+    Mode,
+    Transform,
+)
 from napari_spatial_impute.io.files import (
     describe_values,
     input_warnings,
@@ -44,13 +52,8 @@ from napari_spatial_impute.io.files import (
     validate_spatial_coordinates,
 )
 
-Mode = Literal["cells", "clusters", "constrained"]
-Engine = Literal["exact", "lean", "auto"]
-ENGINES: tuple[str, ...] = ("exact", "lean", "auto")
 #: Dense mappings above this many entries use the lean engine when ``engine="auto"``.
 AUTO_LEAN_ENTRIES = 50_000_000
-MODES: tuple[str, ...] = ("cells", "clusters", "constrained")
-DENSITIES: tuple[str, ...] = ("uniform", "rna_count_based", "none")
 
 
 def density_prior(
@@ -95,62 +98,6 @@ def density_prior(
     if not np.all(np.isfinite(vec)) or (vec < 0).any() or vec.sum() <= 0:
         raise InputError("density vector must be finite, non-negative and not all zero.")
     return (vec / vec.sum()).astype(np.float32), "custom"
-
-
-#: Largest seed accepted (numpy and torch both take seeds in 0 .. 2**32 - 1).
-MAX_SEED = 2**32 - 1
-
-
-def _check_settings(
-    *,
-    learning_rate: float,
-    lambda_g1: float,
-    lambda_g2: float,
-    lambda_d: float | None,
-    lambda_r: float,
-    lambda_count: float,
-    lambda_f_reg: float,
-    tol: float | None,
-    seed: int | None,
-    n_markers: int,
-    patience: int,
-    target_count: int | None,
-) -> None:
-    """Refuse settings that would crash or silently corrupt a run, one line each."""
-    if not (math.isfinite(learning_rate) and learning_rate > 0):
-        raise InputError(
-            f"learning rate must be a positive number, got {learning_rate}; the default is 0.1."
-        )
-    weights = {
-        "lambda_g1": lambda_g1,
-        "lambda_g2": lambda_g2,
-        "lambda_d": lambda_d,
-        "lambda_r": lambda_r,
-        "lambda_count": lambda_count,
-        "lambda_f_reg": lambda_f_reg,
-    }
-    for name, value in weights.items():
-        if value is not None and not (math.isfinite(value) and value >= 0):
-            raise InputError(
-                f"{name} must be a finite number of 0 or more, got {value}; "
-                "the weights of the objective cannot be negative."
-            )
-    if lambda_g1 == 0:
-        raise InputError("lambda_g1 cannot be 0: the gene-wise similarity is the objective.")
-    if tol is not None and not (math.isfinite(tol) and tol >= 0):
-        raise InputError(
-            f"tol must be a finite number of 0 or more, got {tol}; leave it unset to run every epoch."
-        )
-    if seed is not None and not (isinstance(seed, numbers.Integral) and 0 <= int(seed) <= MAX_SEED):
-        raise InputError(f"seed must be a whole number from 0 to {MAX_SEED}, got {seed!r}.")
-    if n_markers < 1:
-        raise InputError(
-            f"n_markers must be 1 or more, got {n_markers}; the default is 100 per cluster."
-        )
-    if patience < 1:
-        raise InputError(f"patience must be 1 or more, got {patience}.")
-    if target_count is not None and target_count < 1:
-        raise InputError(f"target_count must be 1 or more, got {target_count}.")
 
 
 def map_cells_to_space(
@@ -259,15 +206,13 @@ def map_cells_to_space(
     A :class:`MappingResult`.
     """
     t0 = time.perf_counter()
-    if mode not in MODES:
-        raise InputError(f"mode {mode!r} is not known; use one of {', '.join(MODES)}.")
-    if epochs < 0:
-        raise InputError(f"epochs must be 0 or more, got {epochs}.")
-    if engine not in ENGINES:
-        raise InputError(f"engine {engine!r} is not known; use one of {', '.join(ENGINES)}.")
-    if candidates < 1 or reverse_candidates < 0:
-        raise InputError("candidates must be 1 or more and reverse_candidates 0 or more.")
-    _check_settings(
+    settings = MappingSettings(
+        mode=mode,
+        cluster_key=cluster_key,
+        genes=genes,
+        n_markers=n_markers,
+        density=density,
+        epochs=epochs,
         learning_rate=learning_rate,
         lambda_g1=lambda_g1,
         lambda_g2=lambda_g2,
@@ -275,18 +220,18 @@ def map_cells_to_space(
         lambda_r=lambda_r,
         lambda_count=lambda_count,
         lambda_f_reg=lambda_f_reg,
-        tol=tol,
-        seed=seed,
-        n_markers=n_markers,
-        patience=patience,
         target_count=target_count,
-    )
-    if engine == "lean" and mode == "clusters":
-        raise InputError(
-            "the lean engine maps single cells; clusters mode maps a few cluster profiles with the "
-            "exact engine: use engine='exact' or 'auto' (--engine exact)."
-        )
-    transform = check_transform(transform)
+        transform=transform,
+        seed=seed,
+        device=device,
+        engine=engine,
+        candidates=candidates,
+        reverse_candidates=reverse_candidates,
+        tol=tol,
+        patience=patience,
+        neighbours=neighbours,
+        uncertainty=uncertainty,
+    ).validate()
     validate_adata(reference, "reference")
     validate_adata(spatial, "spatial", require_spatial=True)
     validate_spatial_coordinates(spatial)
@@ -432,33 +377,25 @@ def map_cells_to_space(
         },
         index=pd.Index(plan.training_reference, name="gene"),
     )
-    params: dict[str, Any] = {
-        "mode": mode,
-        "cluster_key": cluster_key or "",
-        "genes": genes if isinstance(genes, str) else "list",
-        "n_markers": n_markers,
-        "density": d_name,
-        "epochs": epochs,
+    # what ran: the settings with the resolved density, weight, device and engine
+    ran = dataclasses.replace(
+        settings,
+        density=d_name,
+        lambda_d=float(lambda_d),
+        device=str(dev),
+        engine="lean" if lean else "exact",
+        candidates=candidates if lean else 0,
+        reverse_candidates=reverse_candidates if lean else 0,
+    )
+    record: dict[str, Any] = {
         "epochs_done": mapper.epochs_done,
-        "tol": -1.0 if tol is None else float(tol),
-        "learning_rate": learning_rate,
-        "lambda_g1": lambda_g1,
-        "lambda_g2": lambda_g2,
-        "lambda_d": float(lambda_d),
-        "lambda_r": lambda_r,
-        "lambda_count": lambda_count,
-        "lambda_f_reg": lambda_f_reg,
-        "transform": transform,
-        "seed": -1 if seed is None else int(seed),
-        "device": str(dev),
-        "engine": "lean" if lean else "exact",
         "engine_note": engine_note,
-        "candidates": candidates if lean else 0,
-        "reverse_candidates": reverse_candidates if lean else 0,
         "n_pairs": int(pairs[0].shape[0]) if lean else int(n_units) * int(spatial.n_obs),
         "reference_values": ref_kind,
         "spatial_values": describe_values(spatial.X),
     }
+    assert tuple(record) == RUN_RECORD_KEYS
+    params: dict[str, Any] = {**ran.to_params(), **record}
     result = MappingResult(
         probabilities=P,
         mode=mode,

@@ -7,7 +7,6 @@ mapping's (:func:`~napari_spatial_impute.plugin.workers.throttled`): at most one
 
 from __future__ import annotations
 
-import inspect
 import threading
 from collections.abc import Callable, Generator
 from typing import Any, NamedTuple
@@ -16,7 +15,7 @@ import anndata as ad
 import pandas as pd
 
 from napari_spatial_impute.core.evaluate import cross_validate
-from napari_spatial_impute.core.mapping import map_cells_to_space
+from napari_spatial_impute.core.settings import MappingSettings, setting_specs
 from napari_spatial_impute.plugin.workers import UPDATE_INTERVAL, run_in_thread
 
 
@@ -39,27 +38,34 @@ class CVProgress(NamedTuple):
         return max(self.folds * self.epochs, 1)
 
 
-#: Mapping parameters of a result that a cross-validation reuses.
+#: Mapping settings (:class:`~napari_spatial_impute.core.settings.MappingSettings`' fields) of a
+#: result that a cross-validation reuses: all but the training genes, which each fold chooses,
+#: and the kept-cell count, which depends on the data.
 _REUSED = tuple(
-    p
-    for p in inspect.signature(map_cells_to_space).parameters
-    if p not in ("reference", "spatial", "genes", "callback", "cancel", "init")
+    s.name for s in setting_specs() if s.name not in ("genes", "n_markers", "target_count")
 )
 
 
 def cv_kwargs(params: dict[str, Any], epochs: int | None = None) -> dict[str, Any]:
-    """The mapping settings of a result's ``uns["spatial_impute"]["params"]`` for a CV run."""
-    out = {
-        k: v for k, v in params.items() if k in _REUSED and k not in ("n_markers", "target_count")
-    }
-    for k, v in list(out.items()):
-        if hasattr(v, "item"):
-            out[k] = v.item()
-    for k in ("candidates", "reverse_candidates"):  # stored as 0 when the engine had none
-        if k in out and not out[k]:
-            out.pop(k)
-    if "tol" in out and (out["tol"] is None or not out["tol"] >= 0):  # stored as -1 when unset
-        out.pop("tol")
+    """The mapping settings of a result's ``uns["spatial_impute"]["params"]`` for a CV run.
+
+    Only settings stored in ``params`` are passed on (older results lack some), decoded by
+    :meth:`~napari_spatial_impute.core.settings.MappingSettings.from_params`; an unset setting
+    whose default is unset anyway (``tol`` stored as -1, an empty cluster key) is left out, and
+    so are ``candidates``/``reverse_candidates`` stored as 0 (the engine had none).
+    """
+    settings = MappingSettings.from_params(params)
+    defaults = {s.name: s.default for s in setting_specs()}
+    out: dict[str, Any] = {}
+    for name in _REUSED:
+        if name not in params:
+            continue
+        value = getattr(settings, name)
+        if value is None and defaults[name] is None:
+            continue
+        if name in ("candidates", "reverse_candidates") and not value:
+            continue
+        out[name] = value
     if epochs is not None:
         out["epochs"] = int(epochs)
     return out
