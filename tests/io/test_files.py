@@ -141,6 +141,15 @@ def test_describe_values():
     assert describe_values(np.array([[0.0, 100.5, 52.1]])) == "non-integer (normalised)"
 
 
+@pytest.mark.parametrize("fmt", ["csr", "csc", "coo", "lil", "dok"])
+def test_describe_values_any_sparse_format(fmt):
+    # lil's data is lists and dok has no data array: both used to fail
+    dense = np.zeros((20, 10), dtype=np.float32)
+    dense[::3, ::2] = 3.0
+    assert describe_values(sp.csr_matrix(dense).asformat(fmt)) == "raw counts"
+    assert describe_values(sp.csr_matrix(np.log1p(dense * 1.5)).asformat(fmt)) == "log-transformed"
+
+
 def test_atomic_write_leaves_no_half_file(synthetic, tmp_path, monkeypatch):
     ref, _ = synthetic
     target = tmp_path / "out.h5ad"

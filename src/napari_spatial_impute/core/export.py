@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING, Any
 import anndata as ad
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 
 from napari_spatial_impute._version import __version__
 from napari_spatial_impute.core.project import (
@@ -34,6 +33,7 @@ from napari_spatial_impute.core.project import (
     resolve_reference_genes,
     top_mapped_units,
 )
+from napari_spatial_impute.io._sparse import is_sparse
 from napari_spatial_impute.io.schema import UNS_KEY, interval_layer
 
 if TYPE_CHECKING:
@@ -75,7 +75,7 @@ def result_to_anndata(
     out = ad.AnnData(X=X, obs=spatial.obs.copy(), var=var)
     for k, v in spatial.obsm.items():
         out.obsm[k] = v.copy() if hasattr(v, "copy") else v
-    measured = spatial.X.toarray() if sp.issparse(spatial.X) else np.asarray(spatial.X)
+    measured = spatial.X.toarray() if is_sparse(spatial.X) else np.asarray(spatial.X)
     out.obsm["measured"] = pd.DataFrame(
         measured.astype(np.float32),
         index=spatial.obs_names.copy(),
@@ -113,9 +113,7 @@ def result_to_anndata(
                 result, key, source="tangram"
             )
         best = probs.to_numpy().argmax(axis=1)
-        out.obs[f"{key}_predicted"] = pd.Categorical.from_codes(
-            best, categories=list(probs.columns)
-        )
+        out.obs[f"{key}_predicted"] = pd.Categorical.from_codes(best, categories=probs.columns)
         out.obs[f"{key}_predicted_probability"] = probs.to_numpy().max(axis=1).astype(np.float32)
     unit_idx, share = mapped_units(result)
     units = np.asarray(result.unit_names, dtype=object)

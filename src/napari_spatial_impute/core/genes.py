@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 import anndata as ad
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 
 from napari_spatial_impute._errors import InputError
+from napari_spatial_impute.io._sparse import is_sparse
 
 
 @dataclass
@@ -93,9 +93,9 @@ def match_genes(
 
 def _column_nonzero(adata: ad.AnnData, genes: Sequence[str]) -> np.ndarray:
     X = adata[:, list(genes)].X
-    if sp.issparse(X):
-        return np.asarray((X != 0).sum(axis=0)).ravel()
-    return np.count_nonzero(np.asarray(X), axis=0)
+    if is_sparse(X):
+        return np.asarray(X.astype(bool).sum(axis=0, dtype=np.int64)).ravel()
+    return np.asarray(np.count_nonzero(np.asarray(X), axis=0))
 
 
 def marker_genes(
@@ -254,7 +254,7 @@ def read_gene_list(path: str) -> list[str]:
         raise InputError(
             f"gene list {path!r} is not a UTF-8 text file; give a text file with one gene name per line."
         ) from None
-    names = []
+    names: list[str] = []
     for line in text.splitlines():
         line = line.split("#", 1)[0]
         names.extend(t for t in re.split(r"[,\s]+", line) if t)
@@ -268,7 +268,8 @@ def resolve_gene_names(names: Sequence[str], genes: Sequence[str] | str) -> list
     if isinstance(genes, str):
         genes = [genes]
     by_lower = {str(g).lower(): str(g) for g in names}
-    out, missing = [], []
+    out: list[str] = []
+    missing: list[str] = []
     for g in genes:
         hit = by_lower.get(str(g).lower())
         (out if hit is not None else missing).append(hit if hit is not None else str(g))

@@ -20,7 +20,9 @@ def pearson_per_gene(pred: np.ndarray, measured: np.ndarray) -> np.ndarray:
     m = m - m.mean(0)
     num = (p * m).sum(0)
     den = np.sqrt((p * p).sum(0) * (m * m).sum(0))
-    return np.divide(num, den, out=np.full(num.shape, np.nan), where=den > 1e-12)
+    out = np.full(num.shape, np.nan)
+    np.divide(num, den, out=out, where=den > 1e-12)
+    return out
 
 
 def cosine_per_gene(pred: np.ndarray, measured: np.ndarray) -> np.ndarray:
@@ -29,12 +31,16 @@ def cosine_per_gene(pred: np.ndarray, measured: np.ndarray) -> np.ndarray:
     measured = np.asarray(measured, dtype=np.float64)
     num = (pred * measured).sum(0)
     den = np.linalg.norm(pred, axis=0) * np.linalg.norm(measured, axis=0)
-    return np.divide(num, den, out=np.full(num.shape, np.nan), where=den > 0)
+    out = np.full(num.shape, np.nan)
+    np.divide(num, den, out=out, where=den > 0)
+    return out
 
 
 def gene_sparsity(X: np.ndarray) -> np.ndarray:
     """Fraction of zero entries per column (tangram-sc's ``sparsity``)."""
-    return 1.0 - np.count_nonzero(X, axis=0) / max(X.shape[0], 1)
+    nonzero = np.asarray(np.count_nonzero(X, axis=0), dtype=np.float64)
+    zero_fraction: np.ndarray = 1.0 - nonzero / max(X.shape[0], 1)
+    return zero_fraction
 
 
 def gene_folds(genes: Sequence[str], folds: int, seed: int = 0) -> list[list[str]]:

@@ -47,7 +47,8 @@ PCA_COMPONENTS = 20
 
 
 def _unit_rows(X: torch.Tensor) -> torch.Tensor:
-    return X / X.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    unit: torch.Tensor = X / X.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    return unit
 
 
 def _zscore(X: torch.Tensor) -> torch.Tensor:
@@ -70,7 +71,10 @@ def similarity_values(X: np.ndarray, raw_counts: bool) -> np.ndarray:
         return X
     tot = X.sum(1, keepdims=True)
     target = float(np.median(tot[tot > 0])) if np.any(tot > 0) else 1.0
-    return np.log1p(X * np.divide(target, tot, out=np.zeros_like(tot), where=tot > 0))
+    scale = np.zeros_like(tot)
+    np.divide(target, tot, out=scale, where=tot > 0)
+    values: np.ndarray = np.log1p(X * scale)
+    return values
 
 
 def effective_k(k: int, n: int) -> int:

@@ -11,6 +11,7 @@ import scipy.sparse as sp
 
 from napari_spatial_impute._errors import InputError
 from napari_spatial_impute.core.settings import TRANSFORMS, Transform
+from napari_spatial_impute.io._sparse import is_sparse
 
 
 def check_transform(transform: str) -> Transform:
@@ -29,15 +30,15 @@ def apply_transform(adata: ad.AnnData, transform: Transform) -> ad.AnnData:
     cell to the median total count of the data set over its own genes, then takes ``log1p``.
     """
     X = adata.X
-    X = X.astype(np.float32) if sp.issparse(X) else np.asarray(X, dtype=np.float32)
-    if sp.issparse(X):
+    X = X.astype(np.float32) if is_sparse(X) else np.asarray(X, dtype=np.float32)
+    if is_sparse(X):
         X = sp.csr_matrix(X)
     if transform == "normalize_log1p":
         totals = np.asarray(X.sum(axis=1)).ravel().astype(np.float64)
         positive = totals[totals > 0]
         target = float(np.median(positive)) if positive.size else 1.0
         scale = np.divide(target, totals, out=np.zeros_like(totals), where=totals > 0)
-        if sp.issparse(X):
+        if is_sparse(X):
             X = sp.csr_matrix(sp.diags(scale.astype(np.float32)) @ X)
             X.data = np.log1p(X.data)
         else:
@@ -55,7 +56,7 @@ def dense_columns(adata: ad.AnnData, genes: Sequence[str]) -> np.ndarray:
         missing = [g for g, i in zip(genes, idx, strict=True) if i < 0][:3]
         raise InputError(f"genes {missing} are not in the data; check the gene names.")
     X = adata.X[:, idx]
-    if sp.issparse(X):
+    if is_sparse(X):
         X = X.toarray()
     return np.ascontiguousarray(X, dtype=np.float32)
 
@@ -79,7 +80,7 @@ def cluster_profiles(
     counts = np.asarray(indicator.sum(axis=1)).ravel()
     X = adata.X
     profiles = indicator @ X
-    if sp.issparse(profiles):
+    if is_sparse(profiles):
         profiles = profiles.toarray()
     profiles = np.asarray(profiles, dtype=np.float32)
     if not scale:

@@ -13,9 +13,11 @@ import scipy.sparse as sp
 from napari_spatial_impute._errors import InputError
 from napari_spatial_impute.core.genes import resolve_gene_names
 from napari_spatial_impute.core.preprocess import cluster_profiles
+from napari_spatial_impute.io._sparse import is_sparse
 
 if TYPE_CHECKING:
     from napari_spatial_impute.core.result import MappingResult
+    from napari_spatial_impute.io._sparse import SparseMatrix
 
 METHODS: tuple[str, ...] = ("auto", "neighbours", "probabilistic", "argmax")
 SOURCES: tuple[str, ...] = ("auto", "neighbours", "tangram")
@@ -45,7 +47,7 @@ def resolve_reference_genes(result: MappingResult, genes: Sequence[str] | None) 
 
 def _unit_matrix(
     result: MappingResult, idx: np.ndarray, mean: bool = False
-) -> np.ndarray | sp.spmatrix:
+) -> np.ndarray | SparseMatrix:
     """Values of the mapped units for gene columns ``idx`` (units x genes)."""
     vals = result.reference_values
     if result.mode == "clusters":
@@ -55,11 +57,11 @@ def _unit_matrix(
         sub = ad.AnnData(X=vals.X[:, idx])
         profiles, _ = cluster_profiles(sub, labels, scale=not mean)
         return profiles
-    X = vals.X[:, idx]
+    X: np.ndarray | SparseMatrix = vals.X[:, idx]
     if result.filter_probabilities is not None and not mean:
         X = (
             sp.csr_matrix(sp.diags(result.filter_probabilities) @ X)
-            if sp.issparse(X)
+            if is_sparse(X)
             else X * result.filter_probabilities[:, None]
         )
     return X
@@ -74,7 +76,7 @@ def mapped_units(result: MappingResult) -> tuple[np.ndarray, np.ndarray]:
     cell's mapped mass (``M_i*j / Σ_i M_ij``).
     """
     P = result.probabilities
-    if sp.issparse(P):
+    if is_sparse(P):
         Pc = sp.csc_matrix(P)
         idx = np.asarray(Pc.argmax(axis=0)).ravel()
         top = Pc.max(axis=0).toarray().ravel()
@@ -123,18 +125,18 @@ def project_genes(
         idx = col_idx[a : a + GENE_CHUNK]
         if method == "neighbours":
             block = result.neighbours @ result.reference_values.X[:, idx]
-            block = block.toarray() if sp.issparse(block) else block
+            block = block.toarray() if is_sparse(block) else block
         elif method == "probabilistic":
             U = _unit_matrix(result, idx)
-            if sp.issparse(P):
+            if is_sparse(P):
                 block = P.T @ U
-                block = block.toarray() if sp.issparse(block) else block
+                block = block.toarray() if is_sparse(block) else block
             else:
-                block = (U.T @ P).T if sp.issparse(U) else P.T @ np.asarray(U, dtype=np.float32)
+                block = (U.T @ P).T if is_sparse(U) else P.T @ np.asarray(U, dtype=np.float32)
         else:
             U = _unit_matrix(result, idx, mean=True)
-            rows = U[unit_idx]
-            block = rows.toarray() if sp.issparse(rows) else rows
+            # rows by index: CSR (other sparse formats, e.g. COO, cannot be indexed)
+            block = sp.csr_matrix(U)[unit_idx].toarray() if is_sparse(U) else U[unit_idx]
         out[:, a : a + len(idx)] = np.asarray(block, dtype=np.float32)
     var = result.reference.var.iloc[col_idx].copy()
     var["is_training"] = np.isin(names, result.genes.training_reference)
@@ -210,12 +212,10 @@ def project_cell_annotations(
                 f"clusters mode mapped {result.cluster_key!r}; project that key or map in cells mode."
             )
         mass = (
-            sp.diags(result.unit_weights) @ P
-            if sp.issparse(P)
-            else P * result.unit_weights[:, None]
+            sp.diags(result.unit_weights) @ P if is_sparse(P) else P * result.unit_weights[:, None]
         )
         cats = list(result.unit_names)
-        counts = mass.toarray().T if sp.issparse(mass) else mass.T
+        counts = mass.toarray().T if is_sparse(mass) else mass.T
     else:
         labels = pd.Categorical(result.reference.obs[key].astype(str))
         labels = labels.remove_unused_categories()
@@ -225,8 +225,8 @@ def project_cell_annotations(
             shape=(len(labels), len(cats)),
         )
         w = P if result.filter_probabilities is None else P * result.filter_probabilities[:, None]
-        counts = onehot.T @ w
-        counts = np.asarray(counts.toarray() if sp.issparse(counts) else counts).T
+        summed = onehot.T @ w
+        counts = np.asarray(summed.toarray() if is_sparse(summed) else summed).T
     total = counts.sum(axis=1, keepdims=True)
     probs = np.divide(counts, total, out=np.full_like(counts, 1.0 / len(cats)), where=total > 0)
     return pd.DataFrame(
@@ -244,7 +244,7 @@ def top_mapped_units(result: MappingResult, k: int = 10) -> tuple[np.ndarray, np
     """
     P = result.probabilities
     k = max(1, min(k, P.shape[0]))
-    if sp.issparse(P):
+    if is_sparse(P):
         return _top_sparse(sp.csr_matrix(P.T), k)
     part = np.argpartition(-P, kth=k - 1, axis=0)[:k]  # k x n_sp
     vals = np.take_along_axis(P, part, axis=0)

@@ -30,11 +30,14 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from napari_spatial_impute._errors import InputError
 from napari_spatial_impute.core.neighbours import neighbour_weights, similarity_values
 from napari_spatial_impute.core.preprocess import dense_columns
+from napari_spatial_impute.io._sparse import is_sparse
 
 if TYPE_CHECKING:
     from napari_spatial_impute.core.result import MappingResult
+    from napari_spatial_impute.io._sparse import SparseMatrix
 
 #: Nominal coverages of the intervals stored by default (90 % and 67 %).
 LEVELS: tuple[float, ...] = (0.9, 0.67)
@@ -86,11 +89,18 @@ class Calibration:
     scale: float = 1.0
 
 
-def _spread(W: sp.csr_matrix, X: np.ndarray | sp.spmatrix) -> tuple[np.ndarray, np.ndarray]:
+def _neighbours(result: MappingResult) -> sp.csr_matrix:
+    """The mapping's neighbourhood ensemble, which intervals and reliabilities are built on."""
+    if result.neighbours is None:
+        raise InputError("this mapping has no neighbourhood ensemble; map with neighbours=True.")
+    return result.neighbours
+
+
+def _spread(W: sp.csr_matrix, X: np.ndarray | SparseMatrix) -> tuple[np.ndarray, np.ndarray]:
     mean = W @ X
-    sq = W @ (X.multiply(X) if sp.issparse(X) else X * X)
-    mean = mean.toarray() if sp.issparse(mean) else np.asarray(mean)
-    sq = sq.toarray() if sp.issparse(sq) else np.asarray(sq)
+    sq = W @ (X.multiply(X) if is_sparse(X) else X * X)
+    mean = mean.toarray() if is_sparse(mean) else np.asarray(mean)
+    sq = sq.toarray() if is_sparse(sq) else np.asarray(sq)
     return mean, np.sqrt(np.clip(sq - mean * mean, 0, None))
 
 
@@ -146,16 +156,19 @@ def platform_scale(measured: np.ndarray, predicted: np.ndarray) -> float:
 
 
 def gene_features(
-    W: sp.csr_matrix, ref_values: np.ndarray | sp.spmatrix, offset: float
+    W: sp.csr_matrix, ref_values: np.ndarray | SparseMatrix, offset: float
 ) -> np.ndarray:
     """Per-gene features for the reliability model, one row per gene column of ``ref_values``."""
     X = ref_values
-    mean = np.asarray(X.mean(axis=0)).ravel()
-    if sp.issparse(X):
-        det = np.asarray((X != 0).mean(axis=0)).ravel()
-        var = np.asarray(X.multiply(X).mean(axis=0)).ravel() - mean**2
+    if is_sparse(X):
+        # scipy-stubs type mean(axis=...) on sparray and spmatrix, not on their common base
+        mean = np.asarray(X.mean(axis=0)).ravel()  # type: ignore[call-overload]
+        det = np.asarray(X.astype(bool).mean(axis=0)).ravel()  # type: ignore[call-overload]
+        sq = X.multiply(X).mean(axis=0)  # type: ignore[call-overload]
+        var = np.asarray(sq).ravel() - mean**2
     else:
-        det = (X != 0).mean(axis=0)
+        mean = np.asarray(X.mean(axis=0)).ravel()
+        det = np.asarray(X != 0).mean(axis=0)
         var = X.var(axis=0)
     pred, spread = _spread(W, X)
     return np.column_stack(
@@ -232,7 +245,7 @@ def calibrate(
     inner_r = pearson_per_gene(preds, G_all)
     if G_all.shape[0] < MIN_RELIABILITY_CELLS:
         inner_r = np.full_like(inner_r, np.nan)
-    feats = gene_features(result.neighbours, S_all, offset)
+    feats = gene_features(_neighbours(result), S_all, offset)
     ok = np.isfinite(inner_r)
     A = np.column_stack([np.ones(ok.sum()), feats[ok]])
     coef, *_ = (
@@ -256,7 +269,7 @@ def intervals(
 
     names = resolve_reference_genes(result, genes)
     idx = result.reference.var_names.get_indexer(names)
-    _, spread = _spread(result.neighbours, result.reference_values.X[:, idx])
+    _, spread = _spread(_neighbours(result), result.reference_values.X[:, idx])
     scale = spread + calibration.offset
     out = {}
     for li, lv in enumerate(calibration.levels):
@@ -274,6 +287,8 @@ def reliability(
 
     names = resolve_reference_genes(result, genes)
     idx = result.reference.var_names.get_indexer(names)
-    feats = gene_features(result.neighbours, result.reference_values.X[:, idx], calibration.offset)
+    feats = gene_features(
+        _neighbours(result), result.reference_values.X[:, idx], calibration.offset
+    )
     pred = calibration.coef[0] + feats @ calibration.coef[1:]
     return pd.Series(np.clip(pred, -1, 1), index=names, name="predicted_pearson")

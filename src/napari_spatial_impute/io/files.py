@@ -19,6 +19,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from napari_spatial_impute._errors import CommittedInterrupt, InputError
+from napari_spatial_impute.io._sparse import is_sparse
 
 #: Column names tried, in order, when looking for the field of view of each spatial cell.
 FOV_CANDIDATES: tuple[str, ...] = (
@@ -98,7 +99,7 @@ def find_fov_key(adata: ad.AnnData, fov_key: str | None = None) -> str | None:
     for name in FOV_CANDIDATES:
         if name in adata.obs.columns:
             return name
-    lower = {c.lower(): c for c in adata.obs.columns}
+    lower: dict[str, str] = {c.lower(): c for c in adata.obs.columns}
     for name in FOV_CANDIDATES:
         if name.lower() in lower:
             return lower[name.lower()]
@@ -136,8 +137,12 @@ def _list_columns(df: pd.DataFrame, limit: int = 20) -> str:
 
 
 def _x_values(X: object) -> np.ndarray:
-    if sp.issparse(X):
-        return np.asarray(X.data)  # type: ignore[union-attr]
+    """The stored values of ``X`` (the non-zeros of a sparse matrix, every entry of a dense one)."""
+    if isinstance(X, sp.csr_matrix | sp.csc_matrix | sp.csr_array | sp.csc_array):
+        return np.asarray(X.data)
+    if is_sparse(X):
+        # dok and lil hold no flat array of values (lil's data is lists, dok has none)
+        return np.asarray(sp.coo_matrix(X).data)
     return np.asarray(X)
 
 
@@ -211,7 +216,7 @@ def validate_adata(
     X = adata.X
     if X is None:
         raise InputError(f"the {role} data has no expression matrix X; put the values in adata.X.")
-    if not (sp.issparse(X) or isinstance(X, np.ndarray)):
+    if not (is_sparse(X) or isinstance(X, np.ndarray)):
         try:
             X = np.asarray(X)
         except Exception:
@@ -300,8 +305,8 @@ def _same_cells(reference: ad.AnnData, spatial: ad.AnnData) -> bool:
     cells = shared_cells[:500]
     ref_rows = reference[cells, [a for a, _ in pairs]].X
     sp_rows = spatial[cells, [b for _, b in pairs]].X
-    a = ref_rows.toarray() if sp.issparse(ref_rows) else np.asarray(ref_rows)
-    b = sp_rows.toarray() if sp.issparse(sp_rows) else np.asarray(sp_rows)
+    a = ref_rows.toarray() if is_sparse(ref_rows) else np.asarray(ref_rows)
+    b = sp_rows.toarray() if is_sparse(sp_rows) else np.asarray(sp_rows)
     return bool(np.allclose(a.astype(np.float64), b.astype(np.float64)))
 
 

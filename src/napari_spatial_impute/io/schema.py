@@ -95,5 +95,5 @@ def history_frame(adata: ad.AnnData) -> pd.DataFrame:
 def training_genes_frame(adata: ad.AnnData) -> pd.DataFrame:
     """tangram-sc's ``train_genes_df`` from a result AnnData, best score first."""
     cols = ["train_score", "sparsity_sc", "sparsity_sp", "sparsity_diff"]
-    df = adata.var.loc[adata.var["is_training"].astype(bool), cols].copy()
+    df: pd.DataFrame = adata.var.loc[adata.var["is_training"].astype(bool), cols].copy()
     return df.sort_values("train_score", ascending=False)

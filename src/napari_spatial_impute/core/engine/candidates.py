@@ -23,7 +23,8 @@ def _normalised(X: torch.Tensor, gene_norm: torch.Tensor | None = None) -> torch
     """
     norm = X.norm(dim=0, keepdim=True) if gene_norm is None else gene_norm
     Y = X / norm.clamp_min(1e-12)
-    return Y / Y.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    unit: torch.Tensor = Y / Y.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    return unit
 
 
 def candidate_pairs(

@@ -13,6 +13,7 @@ numba comes with scanpy; if it cannot be imported or compiled the engine keeps i
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 
 import numpy as np
 
@@ -73,7 +74,7 @@ def _softmax_grad_adam(
 
 
 @functools.cache
-def softmax_grad_adam():
+def softmax_grad_adam() -> Callable[..., None] | None:
     """The jitted kernel (compiled, or loaded from numba's cache, on first use), or ``None``
     where numba is missing or cannot compile it."""
     try:

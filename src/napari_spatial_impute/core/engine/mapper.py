@@ -160,6 +160,9 @@ class TangramMapper:
         self.history: dict[str, list[float]] = {k: [] for k in TERMS}
         self.epochs_done = 0
         self.F: torch.Tensor | None = None
+        # set below for the lean and exact engines; constrained mode uses autograd instead
+        self.objective: CandidateObjective | DenseObjective
+        self._adam: BlockAdam | None = None
         if pairs is not None:
             if constrained:
                 raise InputError(
@@ -204,19 +207,24 @@ class TangramMapper:
                 target_count=self.target_count,
             )
             self._torch_opt.zero_grad()
-            terms_t["total_loss"].backward()
+            torch.autograd.backward(terms_t["total_loss"])
             self._torch_opt.step()
             values = {k: float(v.detach()) for k, v in terms_t.items()}
         elif self.pairs is not None:
-            values, grad = self.objective.value_and_grad(self.M)
-            self._adam.begin_step()
-            self._adam(slice(None), grad)
+            values, grad = self._lean_objective().value_and_grad(self.M)
+            adam = self._optimizer()
+            adam.begin_step()
+            adam(slice(None), grad)
             if self.refresh_every and (self.epochs_done + 1) % self.refresh_every == 0:
                 self._refresh_pairs()
                 _malloc.trim()  # the pair arrays changed size: free blocks of the old sizes
         else:
-            self._adam.begin_step()
-            values = self.objective.value_and_update(self.M, self._adam)
+            objective = self.objective
+            if not isinstance(objective, DenseObjective):
+                raise RuntimeError("a mapper without candidate pairs uses the dense objective")
+            adam = self._optimizer()
+            adam.begin_step()
+            values = objective.value_and_update(self.M, adam)
         for k in self.history:
             self.history[k].append(values.get(k, float("nan")))
         self.epochs_done += 1
@@ -226,9 +234,22 @@ class TangramMapper:
         """Drop Adam's moments (two mapping-sized arrays) once training is over."""
         self._adam = None
 
+    def _optimizer(self) -> BlockAdam:
+        """The block-wise Adam of the lean and exact engines (until it is released)."""
+        if self._adam is None:
+            raise RuntimeError("the optimizer was released (release_optimizer); training is over")
+        return self._adam
+
+    def _lean_objective(self) -> CandidateObjective:
+        """The lean engine's objective over its candidate pairs."""
+        if not isinstance(self.objective, CandidateObjective):
+            raise RuntimeError("only the lean engine (pairs given) has a candidate objective")
+        return self.objective
+
     def _refresh_pairs(self) -> None:
         """Lean engine: add the most promising pairs, drop negligible ones (working set)."""
-        obj = self.objective
+        obj = self._lean_objective()
+        adam = self._optimizer()
         new_rows, new_cols = obj.propose(self.refresh_candidates)
         with torch.no_grad():
             L = self.M
@@ -239,7 +260,7 @@ class TangramMapper:
             keep = (P >= self.prune_below) | (P >= rowmax[obj.rows])
             rows, cols = obj.rows[keep], obj.cols[keep]
             L_keep = L[keep]
-            m1, m2 = self._adam.exp_avg[keep], self._adam.exp_avg_sq[keep]
+            m1, m2 = adam.exp_avg[keep], adam.exp_avg_sq[keep]
             lmax = torch.full((n,), -torch.inf, dtype=L.dtype, device=L.device)
             lmax.scatter_reduce_(0, rows, L_keep, reduce="amax", include_self=True)
             lse = lmax + torch.log(
@@ -255,7 +276,7 @@ class TangramMapper:
             a1[pos] = m1
             a2[pos] = m2
         self.M = L2
-        self._adam.param, self._adam.exp_avg, self._adam.exp_avg_sq = L2, a1, a2
+        adam.param, adam.exp_avg, adam.exp_avg_sq = L2, a1, a2
         self.objective = CandidateObjective(
             self.S, self.G, self.weights, rows2, cols2, d=self.d, w=obj.w
         )
@@ -317,7 +338,7 @@ class TangramMapper:
         """
         with torch.no_grad():
             if self.pairs is not None:
-                obj = self.objective
+                obj = self._lean_objective()
                 vals = obj.probabilities(self.M).cpu().numpy()
                 return sp.csr_matrix(
                     (vals, (obj.rows.cpu().numpy(), obj.cols.cpu().numpy())), shape=(obj.n, obj.s)

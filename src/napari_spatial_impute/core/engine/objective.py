@@ -16,13 +16,20 @@ With ``P = softmax(M)`` row-wise (reference units x spatial cells), ``Ĝ = Pᵀ 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 import torch
 from torch.nn.functional import cosine_similarity, softmax
 
 from napari_spatial_impute.core.engine import kernels as _kernels
+
+if TYPE_CHECKING:
+    from concurrent.futures import ThreadPoolExecutor
+
+_T = TypeVar("_T")
 
 #: Use the fused numba kernel for the exact engine's softmax backward + Adam on the CPU (set to
 #: False to force the torch path; both are tested).
@@ -113,7 +120,7 @@ def _cos(
     x: torch.Tensor, y: torch.Tensor, dim: int, y_norm: torch.Tensor, eps: float = 1e-8
 ) -> torch.Tensor:
     """Cosine similarity along ``dim`` given ``y``'s norms (no full-size temporaries)."""
-    dot = torch.linalg.vecdot(x, y, dim=dim)
+    dot: torch.Tensor = torch.linalg.vecdot(x, y, dim=dim)
     return dot / torch.clamp(torch.linalg.vector_norm(x, dim=dim) * y_norm, min=eps)
 
 
@@ -211,7 +218,7 @@ class DenseObjective:
         workers: int = 1,
     ) -> None:
         self.workers = max(1, int(workers))
-        self._pool = None
+        self._pool: ThreadPoolExecutor | None = None
         self.S = S
         self.G = G
         self.weights = weights
@@ -238,7 +245,7 @@ class DenseObjective:
         edges = [blocks[(len(blocks) * i) // k] for i in range(k)] + [n]
         return [(edges[i], edges[i + 1]) for i in range(k) if edges[i] < edges[i + 1]]
 
-    def _run(self, fn, shards):
+    def _run(self, fn: Callable[[int, int], _T], shards: list[tuple[int, int]]) -> list[_T]:
         if len(shards) == 1:
             return [fn(*shards[0])]
         if self._pool is None:
@@ -317,7 +324,9 @@ class DenseObjective:
         }
         return values, grad_Gp, grad_m
 
-    def value_and_update(self, M: torch.Tensor, update) -> dict[str, float]:
+    def value_and_update(
+        self, M: torch.Tensor, update: Callable[[slice, torch.Tensor], None]
+    ) -> dict[str, float]:
         """Evaluate the terms at ``M``, then call ``update(rows, grad_block)`` for each block.
 
         ``update`` receives a slice of row indices and the gradient of those rows; it may modify
@@ -333,7 +342,7 @@ class DenseObjective:
             n = M.shape[0]
             lam_r = self.weights.lambda_r
             A_t = grad_Gp.t().contiguous()
-            fused = isinstance(update, BlockAdam) and update.can_fuse(M)
+            fused = update if isinstance(update, BlockAdam) and update.can_fuse(M) else None
 
             def shard(lo: int, hi: int) -> None:
                 for a in range(lo, hi, self.block_rows):
@@ -348,8 +357,8 @@ class DenseObjective:
                         dP.sub_(
                             torch.log(torch.clamp(P, min=torch.finfo(P.dtype).tiny)), alpha=lam_r
                         )
-                    if fused:
-                        update.softmax_step(slice(a, b), P, dP, self.w[a:b], gm)
+                    if fused is not None:
+                        fused.softmax_step(slice(a, b), P, dP, self.w[a:b], gm)
                         continue
                     if gm is not None:
                         dP.addr_(self.w[a:b], gm)
@@ -368,7 +377,13 @@ class BlockAdam:
     Matches ``torch.optim.Adam(lr, betas=(0.9, 0.999), eps=1e-8)`` step for step.
     """
 
-    def __init__(self, param: torch.Tensor, lr: float, betas=(0.9, 0.999), eps: float = 1e-8):
+    def __init__(
+        self,
+        param: torch.Tensor,
+        lr: float,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+    ) -> None:
         self.param = param
         self.lr = lr
         self.b1, self.b2 = betas
@@ -422,8 +437,11 @@ class BlockAdam:
         """
         f32 = np.float32
         has_m = grad_m is not None
-        gm = grad_m if has_m else w_rows[:1]
-        _kernels.softmax_grad_adam()(
+        gm = grad_m if grad_m is not None else w_rows[:1]
+        kernel = _kernels.softmax_grad_adam()
+        if kernel is None:  # can_fuse() was checked first
+            raise RuntimeError("the fused kernel is not available here")
+        kernel(
             P.numpy(),
             dP.numpy(),
             self.param[rows].numpy(),
