@@ -10,8 +10,9 @@ import numpy as np
 import pandas as pd
 
 from napari_spatial_impute._errors import InputError
+from napari_spatial_impute.core.engine.mapper import EpochInfo
 from napari_spatial_impute.core.genes import match_genes, plan_genes
-from napari_spatial_impute.core.mapping import EpochInfo, map_cells_to_space
+from napari_spatial_impute.core.mapping import map_cells_to_space
 from napari_spatial_impute.core.metrics import cosine_per_gene, gene_folds, pearson_per_gene
 from napari_spatial_impute.core.preprocess import apply_transform, check_transform, dense_columns
 from napari_spatial_impute.core.project import resolve_method

@@ -16,7 +16,8 @@ import torch
 
 from napari_spatial_impute._errors import InputError, InputWarning
 from napari_spatial_impute.core.engine.candidates import candidate_pairs
-from napari_spatial_impute.core.engine.mapper import CancelFlag, EpochInfo, TangramMapper
+from napari_spatial_impute.core.engine.mapper import CancelFlag, TangramMapper
+from napari_spatial_impute.core.engine.mapper import EpochInfo as EpochInfo  # the callback's type
 from napari_spatial_impute.core.engine.memory import reuse_freed_memory
 from napari_spatial_impute.core.engine.objective import Weights
 from napari_spatial_impute.core.engine.resources import (
@@ -364,13 +365,15 @@ def map_cells_to_space(
     pred = np.asarray(P.T @ S)
     if mode == "constrained":
         F = mapper.filter_probabilities()
+        if F is None:  # constrained mode always learns the filter
+            raise RuntimeError("constrained mapping without filter probabilities")
         pred = np.asarray(P.T @ (S * F[:, None]))
-    scores = cosine_per_gene(pred, G)
+    train_scores = cosine_per_gene(pred, G)
     sp_sc = gene_sparsity(S_cells)
     sp_sp = gene_sparsity(G)
     train_df = pd.DataFrame(
         {
-            "train_score": scores.astype(np.float64),
+            "train_score": train_scores.astype(np.float64),
             "sparsity_sc": sp_sc,
             "sparsity_sp": sp_sp,
             "sparsity_diff": sp_sp - sp_sc,
@@ -390,7 +393,9 @@ def map_cells_to_space(
     record: dict[str, Any] = {
         "epochs_done": mapper.epochs_done,
         "engine_note": engine_note,
-        "n_pairs": int(pairs[0].shape[0]) if lean else int(n_units) * int(spatial.n_obs),
+        "n_pairs": int(pairs[0].shape[0])
+        if pairs is not None
+        else int(n_units) * int(spatial.n_obs),
         "reference_values": ref_kind,
         "spatial_values": describe_values(spatial.X),
     }

@@ -434,7 +434,7 @@ def setting_names() -> tuple[str, ...]:
     return tuple(s.name for s in _SPECS)
 
 
-def _spec(f: dataclasses.Field) -> Setting:
+def _spec(f: dataclasses.Field[Any]) -> Setting:
     m = f.metadata
     return Setting(
         name=f.name,
