@@ -31,7 +31,7 @@ def widget(make_napari_viewer_proxy, qtbot, merfish):
 
 def test_map_adds_predicted_layers_per_fov(widget, qtbot):
     viewer, w, model = widget
-    w.epochs.setValue(20)
+    w.form.epochs.value = 20
     assert w.run_button.isEnabled()
     epochs_seen = []
     worker = w.run()
@@ -65,7 +65,7 @@ def test_map_adds_predicted_layers_per_fov(widget, qtbot):
 
 def test_cancel_leaves_no_layers(widget, qtbot):
     viewer, w, model = widget
-    w.epochs.setValue(100_000)
+    w.form.epochs.value = 100_000
     worker = w.run()
     with qtbot.waitSignal(worker.yielded, timeout=60_000):
         pass
@@ -83,8 +83,8 @@ def test_cancel_leaves_no_layers(widget, qtbot):
 def test_engine_error_is_reported_and_adds_nothing(widget, qtbot):
     viewer, w, model = widget
     model.set_keys(cluster_key=None, fov_key="fov")
-    w.mode.setCurrentText("clusters")  # needs a cluster key: the engine refuses
-    w.epochs.setValue(5)
+    w.form.mode.value = "clusters"  # needs a cluster key: the engine refuses
+    w.form.epochs.value = 5
     errors, returned = [], []
     # record through the widget's own handlers: they are connected before the worker starts,
     # whereas connecting to the worker after run() races a fast engine error
@@ -108,15 +108,15 @@ def test_engine_error_is_reported_and_adds_nothing(widget, qtbot):
 
 def test_gene_list_and_parameters(widget):
     _, w, _ = widget
-    w.genes.setCurrentText("list")
-    w.gene_list.setText("Gad1, Slc17a6 Sst")
-    w.mode.setCurrentText("clusters")
+    w.form.genes.value = "list"
+    w.gene_list.value = "Gad1, Slc17a6 Sst"
+    w.form.mode.value = "clusters"
     p = w.parameters()
     assert p["genes"] == ["Gad1", "Slc17a6", "Sst"]
     assert p["mode"] == "clusters" and p["cluster_key"] == "cell_type"
-    assert w.gene_list.isEnabled() and not w.n_markers.isEnabled()
+    assert w.gene_list.enabled and not w.form.n_markers.enabled
     assert p["engine"] == "auto"  # the fast path by size, by default
-    w.engine.setCurrentText("lean")
+    w.form.engine.value = "lean"
     assert w.parameters()["engine"] == "lean"
 
 
@@ -141,7 +141,7 @@ def test_result_layers_are_drawn(make_napari_viewer, qtbot, merfish):
     model.set_keys(cluster_key="cell_type", fov_key=None)
     w = MapWidget(viewer)
     qtbot.addWidget(w)
-    w.epochs.setValue(20)
+    w.form.epochs.value = 20
     worker = w.run()
     with qtbot.waitSignal(worker.finished, timeout=120_000):
         pass
@@ -269,8 +269,8 @@ def test_fast_clusters_run_keeps_the_window_responsive(make_napari_viewer, qtbot
     model.set_keys(cluster_key="cell_type", fov_key=None)
     w = MapWidget(viewer)
     viewer.window.add_dock_widget(w, name="Map")
-    w.mode.setCurrentText("clusters")
-    w.epochs.setValue(2000)
+    w.form.mode.value = "clusters"
+    w.form.epochs.value = 2000
     batches, returned_at = [], []
     on_epoch, on_returned = w._on_epoch, w._on_returned
     w._on_epoch = lambda batch: (batches.append(len(batch)), on_epoch(batch))
@@ -314,7 +314,7 @@ def test_failing_layers_do_not_lose_the_result(widget, qtbot, monkeypatch):
         raise RecursionError("maximum recursion depth exceeded")
 
     monkeypatch.setattr("napari_spatial_impute.plugin.widgets.map_widget.Points", broken)
-    w.epochs.setValue(5)
+    w.form.epochs.value = 5
     w.run()
     qtbot.waitUntil(lambda: w.worker is None, timeout=120_000)
     assert w.status.text().startswith(
@@ -331,7 +331,7 @@ def test_rerun_replaces_its_own_layers_only(widget, qtbot):
     from napari_spatial_impute.viz.layers import spatial_layers
 
     viewer, w, model = widget
-    w.epochs.setValue(5)
+    w.form.epochs.value = 5
     w.run()
     qtbot.waitUntil(lambda: w.worker is None, timeout=120_000)
     first = list(viewer.layers)
@@ -349,7 +349,7 @@ def test_rerun_replaces_its_own_layers_only(widget, qtbot):
 
 
 def _start_long_run(qtbot, w):
-    w.epochs.setValue(100_000)
+    w.form.epochs.value = 100_000
     worker = w.run()
     with qtbot.waitSignal(worker.yielded, timeout=60_000):
         pass

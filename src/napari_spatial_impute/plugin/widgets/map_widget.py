@@ -1,4 +1,9 @@
-"""Map widget: choose the mapping settings, run it in a worker with live progress, cancel it."""
+"""Map widget: choose the mapping settings, run it in a worker with live progress, cancel it.
+
+The settings form is generated: one magicgui widget per field of
+:class:`~napari_spatial_impute.core.settings.MappingSettings` (its choices, bounds, help text and
+label), the advanced ones folded under a button. A new setting shows up here without code.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +18,8 @@ import anndata as ad
 # window at the end of the first run; importing them here does it once, when napari loads the
 # widget.
 import matplotlib.cm  # noqa: F401
+from magicgui.widgets import Container, LineEdit, create_widget
+from magicgui.widgets.bases import ValueWidget
 from napari.layers import Points
 from napari.qt.threading import thread_worker
 from napari.utils import progress
@@ -20,20 +27,16 @@ from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import QEvent
 from qtpy.QtGui import QCloseEvent
 from qtpy.QtWidgets import (
-    QComboBox,
-    QDoubleSpinBox,
-    QFormLayout,
     QHBoxLayout,
     QLabel,
-    QLineEdit,
     QProgressBar,
     QPushButton,
-    QSpinBox,
     QVBoxLayout,
     QWidget,
 )
 
-from napari_spatial_impute.core.mapping import DENSITIES, ENGINES, MODES, EpochInfo
+from napari_spatial_impute.core.engine.mapper import EpochInfo
+from napari_spatial_impute.core.settings import Setting, setting_specs
 from napari_spatial_impute.io.files import input_warnings
 from napari_spatial_impute.plugin.sync import connect_model
 from napari_spatial_impute.plugin.widgets.score_plot import ScorePlot
@@ -86,6 +89,67 @@ def _devices() -> list[str]:
     return devices
 
 
+#: Settings the form does not ask for: they come from the shared model (the Load data widget).
+FROM_MODEL: tuple[str, ...] = ("cluster_key",)
+#: The form's defaults where they differ from ``map_cells_to_space``'s (a quicker first run).
+FORM_DEFAULTS: dict[str, Any] = {"epochs": 500}
+#: The gene-list choice of the training genes, read from the ``gene_list`` line edit.
+GENE_LIST = "list"
+#: Largest value of an int spin box (Qt's limit) and default top of a float one.
+_INT_MAX = 2**31 - 1
+_FLOAT_MAX = 1e9
+_DECIMALS = 4
+
+
+def setting_widget(spec: Setting, value: Any = None) -> ValueWidget:
+    """A magicgui widget for one mapping setting, from its metadata (choices, bounds, help).
+
+    An optional number is unset at the spin box's minimum, one step below its bound, where it
+    shows its ``unset`` text (see :func:`setting_value`); an optional whole number uses a float
+    spin box without decimals for that (magicgui's int spin box cannot show such a text).
+    """
+    value = spec.default if value is None else value
+    options: dict[str, Any] = {"tooltip": spec.help}
+    annotation: Any = spec.type
+    number = spec.type in (int, float)
+    if spec.name == "device":
+        options["choices"] = _devices()
+    elif spec.choices:
+        options["choices"] = tuple(spec.choices) + ((GENE_LIST,) if spec.names_ok else ())
+    elif number:
+        whole = spec.type is int
+        step = spec.step or (1 if whole else 0.1)
+        top = _INT_MAX if whole else _FLOAT_MAX
+        low = spec.low if spec.low is not None else -top
+        if spec.above:
+            low = low + (1 if whole else 10**-_DECIMALS)
+        high = min(spec.high, top) if spec.high is not None else top
+        if spec.optional:
+            annotation = float
+            low = low - step
+            value = low if value is None else value
+        options.update(min=low, max=high, step=step)
+    widget = create_widget(
+        value=value, annotation=annotation, name=spec.name, label=spec.label, options=options
+    )
+    if number and annotation is float:  # decimals first: Qt rounds the bounds to them
+        widget.native.setDecimals(0 if spec.type is int else _DECIMALS)
+        widget.min, widget.max, widget.value = options["min"], options["max"], value
+    if number and spec.optional:
+        widget.native.setSpecialValueText(spec.unset)
+    return widget
+
+
+def setting_value(spec: Setting, widget: ValueWidget) -> Any:
+    """The setting a :func:`setting_widget` holds (``None`` for an unset optional number)."""
+    value = widget.value
+    if spec.type in (int, float) and spec.optional:
+        if value <= widget.min:
+            return None
+        return spec.type(round(value) if spec.type is int else value)
+    return value
+
+
 class MapWidget(QWidget):
     """Map reference cells onto the spatial cells of the shared model (Tangram objective).
 
@@ -96,6 +160,16 @@ class MapWidget(QWidget):
     this widget's previous run. Input problems that do not stop a mapping (the reference given as
     spatial data, a per-cell number as cluster key) are shown above the settings and as napari
     warnings when the run starts.
+
+    Attributes
+    ----------
+    form, advanced
+        magicgui containers of the settings (``form.epochs.value = 20``), the advanced ones
+        shown by ``advanced_button``.
+    settings_widgets
+        Every setting's widget by name (all but the cluster key, which comes from the model).
+    gene_list
+        The training genes when ``genes`` is ``"list"``.
 
     Parameters
     ----------
@@ -118,46 +192,31 @@ class MapWidget(QWidget):
         self.warnings_label.setWordWrap(True)
         self.warnings_label.setStyleSheet("color: #e0a030;")
         self.warnings_label.setVisible(False)
-        self.mode = QComboBox()
-        self.mode.addItems(list(MODES))
-        self.mode.setToolTip(
-            "cells: map every reference cell; clusters: map cluster profiles (faster); "
-            "constrained: also learn which reference cells to keep"
-        )
-        self.density = QComboBox()
-        self.density.addItems(list(DENSITIES))
-        self.density.setToolTip(
-            "prior on how many cells each spatial spot holds; uniform for single-cell data"
-        )
-        self.engine = QComboBox()
-        self.engine.addItems(list(ENGINES))
-        self.engine.setCurrentText("auto")
-        self.engine.setToolTip(
-            "auto (default): exact dense map for small data, the lean engine (candidate "
-            "pairs, linear memory) above 50 million reference x spatial pairs"
-        )
-        self.genes = QComboBox()
-        self.genes.addItems(["overlap", "markers", "list"])
-        self.genes.currentTextChanged.connect(self._genes_changed)
-        self.n_markers = QSpinBox()
-        self.n_markers.setRange(1, 10_000)
-        self.n_markers.setValue(100)
-        self.n_markers.setToolTip("marker genes per cluster (rank_genes_groups)")
-        self.gene_list = QLineEdit()
-        self.gene_list.setPlaceholderText("training genes, e.g. Gad1, Slc17a6, Sst")
-        self.epochs = QSpinBox()
-        self.epochs.setRange(0, 100_000)
-        self.epochs.setValue(500)
-        self.learning_rate = QDoubleSpinBox()
-        self.learning_rate.setDecimals(3)
-        self.learning_rate.setRange(0.001, 10.0)
-        self.learning_rate.setValue(0.1)
-        self.transform = QComboBox()
-        self.transform.addItems(["none", "normalize_log1p"])
-        self.device = QComboBox()
-        self.device.addItems(_devices())
-        self.seed = QSpinBox()
-        self.seed.setRange(0, 2**31 - 1)
+        # the settings form: one magicgui widget per MappingSettings field (advanced ones folded)
+        self.settings_widgets: dict[str, ValueWidget] = {}
+        basic, advanced = [], []
+        for spec in setting_specs():
+            if spec.name in FROM_MODEL:
+                continue
+            widget = setting_widget(spec, FORM_DEFAULTS.get(spec.name))
+            self.settings_widgets[spec.name] = widget
+            (advanced if spec.advanced else basic).append(widget)
+            if spec.name == "genes":
+                self.gene_list = LineEdit(name="gene_list", label="Gene list")
+                self.gene_list.native.setPlaceholderText("training genes, e.g. Gad1, Slc17a6, Sst")
+                basic.append(self.gene_list)
+        # added after construction, so that magicgui lines up the labels
+        self.form = Container(labels=True)
+        self.form.extend(basic)
+        self.form.margins = (0, 0, 0, 0)
+        self.advanced = Container(labels=True)
+        self.advanced.extend(advanced)
+        self.advanced.margins = (0, 0, 0, 0)
+        self.advanced_button = QPushButton("Advanced settings")
+        self.advanced_button.setCheckable(True)
+        self.advanced_button.toggled.connect(self.advanced.native.setVisible)
+        self.advanced.native.setVisible(False)
+        self.settings_widgets["genes"].changed.connect(self._genes_changed)
 
         self.run_button = QPushButton("Map")
         self.run_button.clicked.connect(self.run)
@@ -170,32 +229,22 @@ class MapWidget(QWidget):
         self.status.setWordWrap(True)
         self.plot = ScorePlot()
 
-        form = QFormLayout()
-        form.addRow("Mode", self.mode)
-        form.addRow("Density prior", self.density)
-        form.addRow("Engine", self.engine)
-        form.addRow("Training genes", self.genes)
-        form.addRow("Markers / cluster", self.n_markers)
-        form.addRow("Gene list", self.gene_list)
-        form.addRow("Epochs", self.epochs)
-        form.addRow("Learning rate", self.learning_rate)
-        form.addRow("Transform", self.transform)
-        form.addRow("Device", self.device)
-        form.addRow("Seed", self.seed)
         buttons = QHBoxLayout()
         buttons.addWidget(self.run_button)
         buttons.addWidget(self.cancel_button)
         layout = QVBoxLayout(self)
         layout.addWidget(self.data_label)
         layout.addWidget(self.warnings_label)
-        layout.addLayout(form)
+        layout.addWidget(self.form.native)
+        layout.addWidget(self.advanced_button)
+        layout.addWidget(self.advanced.native)
         layout.addLayout(buttons)
         layout.addWidget(self.progress)
         layout.addWidget(self.plot)
         layout.addWidget(self.status)
         layout.addStretch(1)
 
-        self._genes_changed(self.genes.currentText())
+        self._genes_changed(self.settings_widgets["genes"].value)
         for sig in (self.model.reference_changed, self.model.spatial_changed):
             sig.connect(self._data_changed)
         self.model.keys_changed.connect(self._data_changed)
@@ -203,8 +252,8 @@ class MapWidget(QWidget):
 
     # ------------------------------------------------------------------ settings
     def _genes_changed(self, text: str) -> None:
-        self.n_markers.setEnabled(text == "markers")
-        self.gene_list.setEnabled(text == "list")
+        self.settings_widgets["n_markers"].enabled = text == "markers"
+        self.gene_list.enabled = text == GENE_LIST
 
     def _data_changed(self, *_: Any) -> None:
         ref, spa, m = self.model.reference, self.model.spatial, self.model
@@ -222,23 +271,20 @@ class MapWidget(QWidget):
         self._update_warnings()
 
     def parameters(self) -> dict[str, Any]:
-        """The keyword arguments of :func:`~napari_spatial_impute.map_cells_to_space` chosen here."""
-        genes: Any = self.genes.currentText()
-        if genes == "list":
-            genes = [g for g in self.gene_list.text().replace(",", " ").split() if g]
-        return {
-            "mode": self.mode.currentText(),
-            "cluster_key": self.model.cluster_key,
-            "genes": genes,
-            "n_markers": self.n_markers.value(),
-            "density": self.density.currentText(),
-            "engine": self.engine.currentText(),
-            "epochs": self.epochs.value(),
-            "learning_rate": self.learning_rate.value(),
-            "transform": self.transform.currentText(),
-            "device": self.device.currentText(),
-            "seed": self.seed.value(),
-        }
+        """The keyword arguments of :func:`~napari_spatial_impute.map_cells_to_space` chosen here.
+
+        One per :class:`~napari_spatial_impute.core.settings.MappingSettings` field: the form's
+        values, and the cluster key of the shared model.
+        """
+        out: dict[str, Any] = {}
+        for spec in setting_specs():
+            if spec.name in FROM_MODEL:
+                out[spec.name] = getattr(self.model, spec.name)
+            else:
+                out[spec.name] = setting_value(spec, self.settings_widgets[spec.name])
+        if out["genes"] == GENE_LIST:
+            out["genes"] = [g for g in self.gene_list.value.replace(",", " ").split() if g]
+        return out
 
     # ------------------------------------------------------------------ running
     @property
