@@ -9,6 +9,7 @@ import anndata as ad
 import numpy as np
 
 from napari_spatial_impute import load_merfish_hypothalamus, map_cells_to_space
+from napari_spatial_impute.viz.layers import META_KEY
 
 
 @functools.lru_cache(maxsize=1)
@@ -57,10 +58,10 @@ def cv_table():
 
 
 def add_reference_layer(viewer, reference, shuffled: bool = False):
-    """A reference Points layer like the core plugin's (``metadata["nsi_role"] == "reference"``).
+    """A reference Points layer like the core plugin's (metadata ``kind == "reference"``).
 
     Coordinates are the first two principal components of log counts (a stand-in for a UMAP).
-    With ``shuffled`` the points are in another order, given by ``metadata["nsi_rows"]``.
+    With ``shuffled`` the points are in another order, given by the metadata's ``rows``.
     """
     import scipy.sparse as sps
 
@@ -74,13 +75,13 @@ def add_reference_layer(viewer, reference, shuffled: bool = False):
         if shuffled
         else np.arange(reference.n_obs)
     )
-    md = {"nsi_role": "reference"}
+    md = {"kind": "reference"}
     if shuffled:
-        md["nsi_rows"] = order
+        md["rows"] = order
     return viewer.add_points(
         pcs[order][:, ::-1] * 10,
         name="reference UMAP",
         size=1.0,
-        metadata=md,
+        metadata={META_KEY: md},
         translate=(500.0, -300.0),
     )

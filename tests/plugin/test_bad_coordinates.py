@@ -25,8 +25,12 @@ def _with_nan(adata, key="spatial", rows=(3, 10)):
 
 
 def test_layer_builders_name_the_cells_and_the_fix(merfish):
-    from napari_spatial_impute.viz.explore import coords_yx, default_point_size
-    from napari_spatial_impute.viz.layers import reference_layer, spatial_layers
+    from napari_spatial_impute.viz.layers import (
+        point_size,
+        reference_layer,
+        spatial_layers,
+        to_napari,
+    )
 
     ref, spa = merfish
     _with_nan(spa)
@@ -37,8 +41,8 @@ def test_layer_builders_name_the_cells_and_the_fix(merfish):
     assert "2 of 750 cells of the spatial data have NaN or infinite coordinates" in msg
     assert repr(str(spa.obs_names[3])) in msg and "drop or fix those cells" in msg
     with pytest.raises(InputError, match="NaN or infinite"):
-        coords_yx(spa)
-    assert np.isfinite(default_point_size(spa))
+        to_napari(spa)
+    assert np.isfinite(point_size(spa))
     ref.obsm["X_umap"] = np.zeros((ref.n_obs, 2))
     _with_nan(ref, "X_umap", rows=(0,))
     with pytest.raises(InputError, match=r"1 of 1,308 cells of the reference .*obsm\['X_umap'\]"):

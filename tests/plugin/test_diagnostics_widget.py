@@ -4,19 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from _explore_data import cv_table, load_into
+from _explore_data import cv_table
 from qtpy.QtCore import Qt
 
 from napari_spatial_impute.plugin.widgets.diagnostics_widget import DiagnosticsWidget
 
 
 @pytest.fixture
-def widget(make_napari_viewer_proxy, qtbot):
-    viewer = make_napari_viewer_proxy()
-    model = load_into(viewer)
-    w = DiagnosticsWidget(viewer)
-    qtbot.addWidget(w)
-    return viewer, model, w
+def widget(make_widget):
+    return make_widget(DiagnosticsWidget)
 
 
 def test_training_panels(widget):

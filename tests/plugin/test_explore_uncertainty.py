@@ -13,6 +13,7 @@ from napari_spatial_impute.plugin.widgets.explore_widget import ExploreWidget
 from napari_spatial_impute.plugin.widgets.uncertainty_controls import MASK_KEY, WIDE_COLUMN
 from napari_spatial_impute.viz.explore import robust_limits, values
 from napari_spatial_impute.viz.intervals import GREY
+from napari_spatial_impute.viz.layers import plugin_meta
 
 
 def strip_uncertainty(result):
@@ -32,12 +33,8 @@ def widths_of(result, gene, level, rows=None):
 
 
 @pytest.fixture
-def explore(make_napari_viewer_proxy, qtbot):
-    viewer = make_napari_viewer_proxy()
-    model = load_into(viewer)
-    w = ExploreWidget(viewer)
-    qtbot.addWidget(w)
-    return viewer, model, w
+def explore(make_widget):
+    return make_widget(ExploreWidget)
 
 
 def test_controls_offered_with_levels(explore):
@@ -58,7 +55,7 @@ def test_interval_layers_names_values_shared_limits(explore, level):
     w.uncertainty.level_combo.setCurrentText(level)
     w.gene_edit.setText("gad1")
     layers = w.show_gene()
-    interval = [lay for lay in layers if lay.metadata["nsi_role"] == "interval"]
+    interval = [lay for lay in layers if plugin_meta(lay)["kind"] == "interval"]
     assert sorted(lay.name for lay in interval) == [
         f"Gad1 {level}% interval width · FOV 1",
         f"Gad1 {level}% interval width · FOV 2",
@@ -66,12 +63,12 @@ def test_interval_layers_names_values_shared_limits(explore, level):
     assert len(viewer.layers) == 6  # imputed, measured and interval, two FOVs each
     limits = robust_limits(widths_of(res, "Gad1", level))
     for lay in interval:
-        rows = lay.metadata["nsi_rows"]
+        rows = plugin_meta(lay)["rows"]
         column = f"Gad1 {level}% interval width"
         assert np.allclose(lay.features[column], widths_of(res, "Gad1", level, rows), rtol=1e-6)
         assert np.allclose(lay.face_contrast_limits, limits)
         assert lay.face_color_mode == "colormap"
-        assert lay.face_colorbar.visible == (lay.metadata["nsi_fov"] == "1")
+        assert lay.face_colorbar.visible == (plugin_meta(lay)["fov"] == "1")
         assert np.allclose(lay.data[:, ::-1], res.obsm["spatial"][rows])
         assert {"cell", "top imputed"} <= set(lay.features.columns)
     assert interval[0].face_contrast_limits == interval[1].face_contrast_limits
@@ -95,8 +92,8 @@ def test_regene_recolours_interval_layers(explore):
 
 def test_hover_has_the_genes_interval(explore):
     viewer, model, w = explore
-    layer = [lay for lay in w.show_gene("Gad1") if lay.metadata["nsi_role"] == "imputed"][0]
-    rows = layer.metadata["nsi_rows"]
+    layer = [lay for lay in w.show_gene("Gad1") if plugin_meta(lay)["kind"] == "imputed"][0]
+    rows = plugin_meta(layer)["rows"]
     assert np.allclose(
         layer.features["90% interval ±"], widths_of(model.result, "Gad1", "90", rows) / 2
     )
@@ -110,7 +107,7 @@ def _expected_colors(values_, limits, colormap="viridis"):
 def test_threshold_greys_out_exactly_the_wide_cells(explore):
     viewer, model, w = explore
     res = model.result
-    layers = [lay for lay in w.show_gene("Gad1") if lay.metadata["nsi_role"] == "imputed"]
+    layers = [lay for lay in w.show_gene("Gad1") if plugin_meta(lay)["kind"] == "imputed"]
     before = [lay.face_color.copy() for lay in layers]
     u = w.uncertainty
     all_widths = widths_of(res, "Gad1", "90")
@@ -122,7 +119,7 @@ def test_threshold_greys_out_exactly_the_wide_cells(explore):
     u.mask_check.setChecked(True)
     n_wide = 0
     for lay, old in zip(layers, before, strict=True):
-        rows = lay.metadata["nsi_rows"]
+        rows = plugin_meta(lay)["rows"]
         wide = widths_of(res, "Gad1", "90", rows) > thr
         assert 0 < wide.sum() < len(wide)
         assert np.array_equal(lay.features[WIDE_COLUMN].to_numpy(), wide)
@@ -138,13 +135,13 @@ def test_threshold_greys_out_exactly_the_wide_cells(explore):
     # hide instead of grey out: the same cells, through `shown`
     u.mode_combo.setCurrentText("hide")
     for lay, old in zip(layers, before, strict=True):
-        wide = widths_of(res, "Gad1", "90", lay.metadata["nsi_rows"]) > thr
+        wide = widths_of(res, "Gad1", "90", plugin_meta(lay)["rows"]) > thr
         assert np.array_equal(lay.shown, ~wide)
         assert np.allclose(lay.face_color, old, atol=1e-6)
     # unticked: everything back as it was
     u.mask_check.setChecked(False)
     for lay, old in zip(layers, before, strict=True):
-        assert lay.shown.all() and MASK_KEY not in lay.metadata
+        assert lay.shown.all() and MASK_KEY not in plugin_meta(lay)
         assert WIDE_COLUMN not in lay.features.columns
         assert np.allclose(lay.face_color, old, atol=1e-6)
 
@@ -158,15 +155,15 @@ def test_mask_follows_the_gene_and_the_level(explore):
     w.show_gene("Slc17a6")  # recoloured layers are masked again with the new gene's widths
     thr = u.threshold_spin.value()
     assert thr == pytest.approx(np.median(widths_of(res, "Slc17a6", "90")), rel=2e-3)
-    for lay in [lay for lay in viewer.layers if lay.metadata["nsi_role"] == "imputed"]:
-        wide = widths_of(res, "Slc17a6", "90", lay.metadata["nsi_rows"]) > thr
+    for lay in [lay for lay in viewer.layers if plugin_meta(lay)["kind"] == "imputed"]:
+        wide = widths_of(res, "Slc17a6", "90", plugin_meta(lay)["rows"]) > thr
         assert np.array_equal(lay.features[WIDE_COLUMN].to_numpy(), wide)
-        assert lay.metadata[MASK_KEY]["level"] == "90"
+        assert plugin_meta(lay)[MASK_KEY]["level"] == "90"
     u.level_combo.setCurrentText("67")
     thr67 = u.threshold_spin.value()
     assert thr67 == pytest.approx(np.median(widths_of(res, "Slc17a6", "67")), rel=2e-3)
-    for lay in [lay for lay in viewer.layers if lay.metadata["nsi_role"] == "imputed"]:
-        wide = widths_of(res, "Slc17a6", "67", lay.metadata["nsi_rows"]) > thr67
+    for lay in [lay for lay in viewer.layers if plugin_meta(lay)["kind"] == "imputed"]:
+        wide = widths_of(res, "Slc17a6", "67", plugin_meta(lay)["rows"]) > thr67
         assert np.array_equal(lay.features[WIDE_COLUMN].to_numpy(), wide)
 
 
@@ -180,11 +177,11 @@ def test_new_result_keeps_interval_layers_and_mask(explore):
     model.set_result(new)
     assert len(viewer.layers) == 6
     lay = viewer.layers["Gad1 90% interval width · FOV 1"]
-    rows = lay.metadata["nsi_rows"]
+    rows = plugin_meta(lay)["rows"]
     assert np.allclose(lay.features["Gad1 90% interval width"], widths_of(new, "Gad1", "90", rows))
     imp = viewer.layers["Gad1 imputed · FOV 1"]
     thr = w.uncertainty.threshold_spin.value()
-    wide = widths_of(new, "Gad1", "90", imp.metadata["nsi_rows"]) > thr
+    wide = widths_of(new, "Gad1", "90", plugin_meta(imp)["rows"]) > thr
     assert np.array_equal(imp.features[WIDE_COLUMN].to_numpy(), wide)
 
 
@@ -206,7 +203,7 @@ def test_result_without_uncertainty(make_napari_viewer_proxy, qtbot):
     ]
     for lay in layers:
         assert "90% interval ±" not in lay.features.columns
-        assert MASK_KEY not in lay.metadata and lay.shown.all()
+        assert MASK_KEY not in plugin_meta(lay) and lay.shown.all()
     d = DiagnosticsWidget(viewer)
     qtbot.addWidget(d)
     assert d.reliability.table.isHidden()
@@ -220,12 +217,8 @@ def test_result_without_uncertainty(make_napari_viewer_proxy, qtbot):
 
 
 @pytest.fixture
-def diagnostics(make_napari_viewer_proxy, qtbot):
-    viewer = make_napari_viewer_proxy()
-    model = load_into(viewer)
-    w = DiagnosticsWidget(viewer)
-    qtbot.addWidget(w)
-    return viewer, model, w
+def diagnostics(make_widget):
+    return make_widget(DiagnosticsWidget)
 
 
 def test_reliability_table_sorted_and_clickable(diagnostics):

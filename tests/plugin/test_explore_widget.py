@@ -10,15 +10,12 @@ from _explore_data import load_into
 
 from napari_spatial_impute.plugin.widgets.explore_widget import ExploreWidget
 from napari_spatial_impute.viz.explore import robust_limits, values
+from napari_spatial_impute.viz.layers import plugin_meta
 
 
 @pytest.fixture
-def widget(make_napari_viewer_proxy, qtbot):
-    viewer = make_napari_viewer_proxy()
-    model = load_into(viewer)
-    w = ExploreWidget(viewer)
-    qtbot.addWidget(w)
-    return viewer, model, w
+def widget(make_widget):
+    return make_widget(ExploreWidget)
 
 
 def test_lists_filled_from_model(widget):
@@ -42,8 +39,8 @@ def test_gene_layers_per_fov_with_shared_limits(widget):
             "Gad1 measured · FOV 2",
         ]
     )
-    imputed = [lay for lay in layers if lay.metadata["nsi_role"] == "imputed"]
-    measured = [lay for lay in layers if lay.metadata["nsi_role"] == "measured"]
+    imputed = [lay for lay in layers if plugin_meta(lay)["kind"] == "imputed"]
+    measured = [lay for lay in layers if plugin_meta(lay)["kind"] == "measured"]
     assert len(imputed) == 2 and len(measured) == 2
     assert imputed[0].face_contrast_limits == imputed[1].face_contrast_limits
     assert measured[0].face_contrast_limits == measured[1].face_contrast_limits
@@ -52,14 +49,14 @@ def test_gene_layers_per_fov_with_shared_limits(widget):
     for layer in layers:
         assert layer.face_color_mode == "colormap"
         # the FOVs share the limits, so one colour bar per value type: on the first FOV's layer
-        assert layer.face_colorbar.visible == (layer.metadata["nsi_fov"] == "1")
+        assert layer.face_colorbar.visible == (plugin_meta(layer)["fov"] == "1")
         assert "Gad1" in layer.features.columns
         assert layer.features["Gad1"].dtype == np.float32
         assert {"cell", "top imputed", "top clusters"} <= set(layer.features.columns)
     n = sum(len(layer.data) for layer in imputed)
     assert n == model.result.n_obs
     # the values are those of the cells at those positions
-    rows = imputed[0].metadata["nsi_rows"]
+    rows = plugin_meta(imputed[0])["rows"]
     assert np.allclose(imputed[0].features["Gad1"], values(model.result, "imputed", "Gad1")[rows])
     assert np.allclose(imputed[0].data[:, ::-1], model.result.obsm["spatial"][rows])
 
@@ -72,7 +69,7 @@ def test_regene_recolours_instead_of_adding(widget):
     assert len(viewer.layers) == 4
     assert {id(layer) for layer in second} == ids
     assert sorted(layer.name for layer in viewer.layers)[0].startswith("Slc17a6")
-    imputed = [lay for lay in second if lay.metadata["nsi_role"] == "imputed"]
+    imputed = [lay for lay in second if plugin_meta(lay)["kind"] == "imputed"]
     assert all("Slc17a6" in lay.features.columns for lay in imputed)
     assert "Gad1" not in imputed[0].features.columns
 
@@ -223,15 +220,15 @@ def test_layers_follow_a_new_result(widget):
     model.set_result(new)
     assert len(viewer.layers) == n
     layer = gene_layers[0]
-    rows = layer.metadata["nsi_rows"]
+    rows = plugin_meta(layer)["rows"]
     assert np.allclose(layer.features["Gad1"], values(new, "imputed", "Gad1")[rows])
     assert np.allclose(layer.face_contrast_limits, robust_limits(values(new, "imputed", "Gad1")))
-    cl = prob[0].metadata["nsi_value"]
+    cl = plugin_meta(prob[0])["value"]
     assert np.allclose(
-        prob[0].features[cl], values(new, "probability", cl)[prob[0].metadata["nsi_rows"]]
+        prob[0].features[cl], values(new, "probability", cl)[plugin_meta(prob[0])["rows"]]
     )
     assert list(pred[0].features["cell_type"]) == list(
-        new.obs["cell_type_predicted"].astype(str)[pred[0].metadata["nsi_rows"]]
+        new.obs["cell_type_predicted"].astype(str)[plugin_meta(pred[0])["rows"]]
     )
     model.set_result(None)
     assert len(viewer.layers) == 0
@@ -258,7 +255,6 @@ def test_second_result_keeps_the_first_results_layers(widget, tmp_path):
     from napari.utils.notifications import NotificationSeverity, notification_manager
 
     from napari_spatial_impute.plugin.sync import connect_model
-    from napari_spatial_impute.viz.explore import ROWS_KEY
 
     viewer, model, w = widget
     connect_model(viewer)  # as the plugin's reader does: opened results reach the model
@@ -279,8 +275,8 @@ def test_second_result_keeps_the_first_results_layers(widget, tmp_path):
         assert layer.name.endswith(" (previous result)")
         old_name = layer.name.removesuffix(" (previous result)")
         assert layer.features.equals(before[old_name]), "with the first result's values"
-        assert layer.metadata["nsi_role"] == "previous result" and ROWS_KEY not in layer.metadata
-        assert layer.metadata["nsi_previous"]["nsi_value"] == "Sp9"
+        assert plugin_meta(layer)["kind"] == "previous result" and "rows" not in plugin_meta(layer)
+        assert plugin_meta(layer)["previous"]["value"] == "Sp9"
     notes = notification_manager.records[n_notes:]
     assert any(
         n.severity == NotificationSeverity.WARNING

@@ -13,7 +13,8 @@ from _explore_data import load_into
 from napari_spatial_impute.io.datasets import shared_data_dir
 from napari_spatial_impute.plugin.model import get_model
 from napari_spatial_impute.plugin.widgets.image_widget import ImageWidget
-from napari_spatial_impute.viz.explore import coords_yx, fov_rows, values
+from napari_spatial_impute.viz.explore import fov_rows, values
+from napari_spatial_impute.viz.layers import plugin_meta, to_napari
 
 DATA = shared_data_dir() or Path("/nonexistent-shared-data")
 
@@ -21,7 +22,7 @@ DATA = shared_data_dir() or Path("/nonexistent-shared-data")
 def _synthetic_labels(result, fov, scale=2.0, offset=(-4000.0, 1000.0)):
     """Square cells around each cell of one FOV, in an image with pixel = ``scale`` units."""
     rows = fov_rows(result, "fov")[fov]
-    yx = coords_yx(result, rows)
+    yx = to_napari(result, rows, ndim=2)
     rc = np.round((yx - np.array(offset)) / scale).astype(int)
     shape = rc.max(0) + 8
     labels = np.zeros(shape, dtype=np.int32)
@@ -33,25 +34,22 @@ def _synthetic_labels(result, fov, scale=2.0, offset=(-4000.0, 1000.0)):
 
 
 @pytest.fixture
-def widget(make_napari_viewer_proxy, qtbot, tmp_path):
-    viewer = make_napari_viewer_proxy()
-    model = load_into(viewer)
+def widget(make_widget, tmp_path):
+    viewer, model, w = make_widget(ImageWidget)
     labels, rows = _synthetic_labels(model.result, "2")
     path = tmp_path / "labels_fov2.tif"
     tifffile.imwrite(path, labels)
-    w = ImageWidget(viewer)
-    qtbot.addWidget(w)
     return viewer, model, w, path, rows
 
 
 def test_open_fits_alignment(widget):
     viewer, model, w, path, rows = widget
     layer = w.open_labels(path)
-    assert layer.metadata["nsi_fov"] == "2"  # guessed from the file name
+    assert plugin_meta(layer)["fov"] == "2"  # guessed from the file name
     assert np.allclose(layer.scale, (2.0, 2.0), atol=0.02)
     assert "rms" in w.align_info.text()
     # every cell's centre lies on its own label
-    yx = coords_yx(model.result, rows)
+    yx = to_napari(model.result, rows, ndim=2)
     hits = [layer.get_value(tuple(p), world=True) for p in yx[:50]]
     assert hits == list(range(1, 51))
 
@@ -70,7 +68,7 @@ def test_click_shows_cell_values(widget):
     viewer, model, w, path, rows = widget
     layer = w.open_labels(path)
     w.value_edit.setText("Gad1")
-    pos = tuple(coords_yx(model.result, rows[:1])[0])
+    pos = tuple(to_napari(model.result, rows[:1], ndim=2)[0])
     assert w.cell_at(layer, pos) == rows[0]
 
     class Event:
@@ -174,7 +172,7 @@ def test_cosmx_offsets_and_fit_agree():
     pos = read_fov_positions(DATA / "cosmx_lung" / "Lung12_fov_positions_file.csv")
     labels = load_label_image(DATA / "cosmx_lung" / "CellLabels_F003.tif")
     m = (spa.obs["fov"].astype(str) == "3").to_numpy()
-    fit = fit_alignment(labels, coords_yx(spa)[m], label_ids_from_names(spa.obs_names[m]))
+    fit = fit_alignment(labels, to_napari(spa, ndim=2)[m], label_ids_from_names(spa.obs_names[m]))
     assert fit.rms < 15  # centroids are mean transcript positions, not mask centroids
     assert fit.scale[0] < 0 < fit.scale[1]  # CosMx global y points up
     # the offsets file with a flip by the full CosMx FOV height (3648 px) gives the same placement
@@ -200,11 +198,11 @@ def test_cosmx_two_fovs_before_mapping(make_napari_viewer_proxy, qtbot):
     assert [w.fov_combo.itemText(i) for i in range(w.fov_combo.count())] == ["2", "3"]
     assert not w.paint_button.isEnabled()
     layers = [w.open_labels(DATA / "cosmx_lung" / f"CellLabels_F00{f}.tif") for f in (2, 3)]
-    assert [lay.metadata["nsi_fov"] for lay in layers] == ["2", "3"]
+    assert [plugin_meta(lay)["fov"] for lay in layers] == ["2", "3"]
     for lay, f in zip(layers, ("2", "3"), strict=True):
         assert lay.scale[0] < 0 < lay.scale[1]  # y flipped
         m = (spa.obs["fov"].astype(str) == f).to_numpy()
-        yx = coords_yx(spa)[m]
+        yx = to_napari(spa, ndim=2)[m]
         ids = [int(n.split("_c")[1]) for n in spa.obs_names[m]]
         hits = [lay.get_value(tuple(p), world=True) for p in yx]
         assert (

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from _explore_data import add_reference_layer, load_into
+from _explore_data import add_reference_layer
 
 from napari_spatial_impute.plugin.widgets.explore_widget import ExploreWidget
 from napari_spatial_impute.plugin.widgets.linking import (
@@ -17,15 +17,12 @@ from napari_spatial_impute.viz.explore import (
     spatial_rows_for_reference,
     unit_matrix,
 )
+from napari_spatial_impute.viz.layers import plugin_meta
 
 
 @pytest.fixture
-def setup(make_napari_viewer_proxy, qtbot):
-    viewer = make_napari_viewer_proxy()
-    model = load_into(viewer)
-    w = ExploreWidget(viewer)
-    qtbot.addWidget(w)
-    return viewer, model, w
+def setup(make_widget):
+    return make_widget(ExploreWidget)
 
 
 @pytest.mark.parametrize("shuffled", [False, True])
@@ -40,7 +37,7 @@ def test_spatial_selection_highlights_reference_cells(setup, qtbot, shuffled):
         lambda: REFERENCE_HIGHLIGHT in [lay.name for lay in viewer.layers], timeout=2000
     )
     hl = viewer.layers[REFERENCE_HIGHLIGHT]
-    rows = layer.metadata["nsi_rows"][[0, 1, 2]]
+    rows = plugin_meta(layer)["rows"][[0, 1, 2]]
     expected = reference_weights(model.result, model.reference, rows)
     shown = expected.iloc[: ctl.max_reference_cells]
     assert len(hl.data) == len(shown) > 0
@@ -54,7 +51,7 @@ def test_spatial_selection_highlights_reference_cells(setup, qtbot, shuffled):
     assert all(tuple(p) in pos for p in np.round(hl.data, 6))
     # the top-share reference cell is drawn where the reference layer draws it
     top = expected.index[0]
-    point = np.flatnonzero(ref_layer.metadata["nsi_rows"] == top)[0] if shuffled else top
+    point = np.flatnonzero(plugin_meta(ref_layer)["rows"] == top)[0] if shuffled else top
     i = list(hl.features["cell"]).index(model.reference.obs_names[top])
     assert np.allclose(hl.data[i], ref_layer.data[point])
     # the user's layer stays active
@@ -121,7 +118,7 @@ def test_hover_status_shows_top_genes_and_clusters(setup):
     status = layer.get_status(tuple(pos), world=True)
     text = status["coordinates"]
     hovered = layer.get_value(tuple(pos), world=True)  # overlapping points: the top one
-    row = layer.metadata["nsi_rows"][hovered]
+    row = plugin_meta(layer)["rows"][hovered]
     assert model.result.obs_names[row] in text
     assert "top imputed" in text and "top clusters" in text
 
@@ -154,5 +151,5 @@ def test_core_layers_take_part(setup, qtbot):
     layer.selected_data = {0, 1}
     get_link_controller(viewer).flush()
     hl = viewer.layers[REFERENCE_HIGHLIGHT]
-    rows = layer.metadata["nsi_rows"][[0, 1]]
+    rows = plugin_meta(layer)["rows"][[0, 1]]
     assert len(hl.data) == min(len(reference_weights(model.result, model.reference, rows)), 50)

@@ -14,6 +14,7 @@ import numpy as np
 from napari_spatial_impute.plugin.sync import viewer_model
 from napari_spatial_impute.plugin.widgets.diagnostics_widget import DiagnosticsWidget
 from napari_spatial_impute.plugin.widgets.explore_widget import ExploreWidget
+from napari_spatial_impute.viz.layers import plugin_meta
 
 OLD = Path(__file__).parents[1] / "data" / "result_v0.1.0.h5ad"
 
@@ -36,7 +37,7 @@ def test_old_result_opens_explores_and_diagnoses(make_napari_viewer_proxy, qtbot
         [layer.features["Sp9"].to_numpy() for layer in shown if "imputed" in layer.name]
     )
     assert values.shape == (750,) and np.isfinite(values).all()
-    assert {"imputed", "measured"} <= {layer.metadata["nsi_role"] for layer in shown}
+    assert {"imputed", "measured"} <= {plugin_meta(layer)["kind"] for layer in shown}
     assert len(explore.show_cluster()) == 2
 
     diagnostics = DiagnosticsWidget(viewer)

@@ -16,6 +16,7 @@ from napari_spatial_impute.io import schema
 from napari_spatial_impute.viz import explore as ex
 from napari_spatial_impute.viz import image_link as il
 from napari_spatial_impute.viz import plots
+from napari_spatial_impute.viz.layers import to_napari
 
 
 @functools.lru_cache(maxsize=1)
@@ -68,13 +69,13 @@ def test_value_specs_share_limits_across_fovs(data):
         kw = s.add_kwargs()
         assert kw["face_color"] == "Gad1" and kw["face_colormap"] == "viridis"
         assert s.features["Gad1"].dtype == np.float32
-        rows = s.kwargs["metadata"]["nsi_rows"]
+        rows = s.meta["rows"]
         assert np.array_equal(s.data, res.obsm["spatial"][rows][:, ::-1])
     meas = ex.value_layer_specs(res, "measured", "Gad1", ["2"], "fov")
     assert meas[0].name == "Gad1 measured · FOV 2"
     assert np.allclose(
         meas[0].features["Gad1"],
-        res.obsm["measured"]["Gad1"].to_numpy()[meas[0].kwargs["metadata"]["nsi_rows"]],
+        res.obsm["measured"]["Gad1"].to_numpy()[meas[0].meta["rows"]],
     )
     cl = ex.cluster_names(res)[0]
     prob = ex.value_layer_specs(res, "probability", cl, ["1"], "fov")
@@ -140,7 +141,7 @@ def test_fov_bounds_and_zoom(data):
     ref, res = data
     center, size = ex.fov_bounds(res, "fov", "2")
     rows = ex.fov_rows(res, "fov")["2"]
-    yx = ex.coords_yx(res, rows)
+    yx = to_napari(res, rows, ndim=2)
     assert np.allclose(center, (yx.min(0) + yx.max(0)) / 2)
     zoom = ex.camera_for_box(center, size, (600, 800))
     assert zoom * size.max() <= 800
@@ -255,11 +256,9 @@ def test_interval_specs_names_values_and_shared_limits(data):
     ]
     all_w = 2 * np.asarray(res.layers["interval_67_halfwidth"][:, j], dtype=np.float64)
     for s in specs:
-        md = s.kwargs["metadata"]
-        assert (
-            md["nsi_role"] == "interval" and md["nsi_level"] == "67" and md["nsi_value"] == "Gad1"
-        )
-        assert np.allclose(s.features[s.color_column], all_w[md["nsi_rows"]])
+        md = s.meta
+        assert md["kind"] == "interval" and md["level"] == "67" and md["value"] == "Gad1"
+        assert np.allclose(s.features[s.color_column], all_w[md["rows"]])
         assert s.kwargs["face_contrast_limits"] == ex.robust_limits(all_w)
     # wider nominal coverage, wider intervals (same cells, same gene)
     assert (eu.interval_widths(res, "Gad1", "90") >= eu.interval_widths(res, "Gad1", "67")).all()
@@ -272,7 +271,7 @@ def test_imputed_hover_has_interval_only_with_intervals(data):
 
     ref, res = data
     spec = ex.value_layer_specs(res, "imputed", "Gad1", ["1"], "fov")[0]
-    rows = spec.kwargs["metadata"]["nsi_rows"]
+    rows = spec.meta["rows"]
     assert np.allclose(spec.features["90% interval ±"], schema.halfwidths(res, "Gad1", "90", rows))
     for k in list(res.layers.keys()):
         del res.layers[k]

@@ -10,10 +10,10 @@ import pandas as pd
 import pytest
 
 from napari_spatial_impute.plugin.writer import layers_to_anndata
-from napari_spatial_impute.viz.explore import PREDICTED_ROLE, ROLE_KEY, ROWS_KEY
 from napari_spatial_impute.viz.layers import (
     CELL_COLUMN,
     META_KEY,
+    PREDICTED_ROLE,
     beside_transform,
     bounds_of,
     color_kwargs,
@@ -59,7 +59,7 @@ def test_spatial_layers_one_per_fov_with_features(merfish):
         assert f["count"].dtype == np.float32
         rows = spa.obs_names.get_indexer(f[CELL_COLUMN])
         np.testing.assert_array_equal(data, spa.obsm["spatial"][rows][:, ::-1])
-        np.testing.assert_array_equal(kw["metadata"][ROWS_KEY], rows)
+        np.testing.assert_array_equal(kw["metadata"][META_KEY]["rows"], rows)
         assert kw["face_color"] == "fov" and set(kw["face_color_cycle"]) == {"a", "b"}
         assert kw["metadata"][META_KEY]["adata"] is spa
     one = spatial_layers(spa, fov_key=None, detect_fov=False)
@@ -82,7 +82,7 @@ def test_result_layers_colour_by_predicted(merfish):
     ((data, kw, _),) = spatial_layers(res)
     assert kw["name"] == "most likely cell_type · FOV 0"
     assert kw["face_color"] == "cell_type_predicted"
-    assert kw["metadata"][ROLE_KEY] == PREDICTED_ROLE
+    assert kw["metadata"][META_KEY]["kind"] == PREDICTED_ROLE
     assert kw["metadata"][META_KEY]["role"] == "result"
 
 

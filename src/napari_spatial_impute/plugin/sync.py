@@ -12,7 +12,7 @@ from typing import Any
 
 from napari_spatial_impute.io.files import find_fov_key
 from napari_spatial_impute.plugin.model import SpatialImputeModel, get_model
-from napari_spatial_impute.viz.layers import plugin_meta, result_cluster_key
+from napari_spatial_impute.viz.layers import plugin_meta, result_cluster_key, source_adata
 
 _CONNECTED: weakref.WeakSet[SpatialImputeModel] = weakref.WeakSet()
 
@@ -29,9 +29,9 @@ def viewer_model(viewer: Any) -> SpatialImputeModel:
 def adopt_layer(model: SpatialImputeModel, layer: Any) -> None:
     """Tell ``model`` about the data set of a plugin layer it does not know yet."""
     meta = plugin_meta(layer)
-    if meta is None:
+    adata, role = source_adata(layer), meta.get("role")
+    if adata is None:
         return
-    adata, role = meta["adata"], meta.get("role")
     if role == "result" and model.result is not adata:
         model.set_keys(
             cluster_key=result_cluster_key(adata) or model.cluster_key,

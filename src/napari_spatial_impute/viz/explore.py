@@ -9,11 +9,11 @@ Conventions shared with the rest of the plugin:
 * Points coordinates are napari ``(row, col) = (y, x)``: ``obsm["spatial"][:, [1, 0]]``.
 * Layer names: ``"<gene> imputed · FOV <id>"``, ``"<gene> measured · FOV <id>"``,
   ``"<cluster> probability · FOV <id>"``, ``"most likely <cluster_key> · FOV <id>"``.
-* ``layer.metadata`` holds ``nsi_role`` (``"imputed"``, ``"measured"``, ``"probability"``,
-  ``"predicted"``, ``"interval"`` (see :mod:`napari_spatial_impute.viz.intervals`), or
-  ``"reference"`` for the core plugin's reference UMAP layer),
-  ``nsi_fov`` (FOV id), ``nsi_value`` (gene or cluster) and ``nsi_rows`` (int64 row of each point
-  in the result AnnData).
+* Layers are built with :func:`napari_spatial_impute.viz.layers.points_spec`; their metadata
+  dict (:func:`~napari_spatial_impute.viz.layers.plugin_meta`) holds ``kind`` (``"imputed"``,
+  ``"measured"``, ``"probability"``, ``"predicted"``, ``"interval"``), ``fov``, ``value`` (gene
+  or cluster), ``rows`` (int64 row of each point in the result AnnData) and ``explore``; the FOV
+  is also the feature column ``fov``.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import weakref
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import anndata as ad
@@ -32,81 +31,31 @@ import scipy.sparse as sp
 from napari_spatial_impute._errors import InputError
 from napari_spatial_impute.io.files import find_fov_key, fov_labels
 from napari_spatial_impute.io.schema import halfwidths, interval_levels, resolve_gene
+from napari_spatial_impute.viz.layers import (
+    FOV_COLUMN,
+    PREDICTED_ROLE,
+    PointsSpec,
+    _palette,
+    category_colors,
+    layer_name,
+    point_size,
+    points_spec,
+    predicted_layer_name,
+    robust_limits,
+    to_napari,
+)
 
 ValueKind = Literal["imputed", "measured", "probability"]
 VALUE_KINDS: tuple[str, ...] = ("imputed", "measured", "probability")
-ROLE_KEY = "nsi_role"
-FOV_KEY = "nsi_fov"
-VALUE_KEY = "nsi_value"
-ROWS_KEY = "nsi_rows"
-#: Set on the layers the exploration widgets made (they follow a new result).
-EXPLORE_KEY = "nsi_explore"
-REFERENCE_ROLE = "reference"
-PREDICTED_ROLE = "predicted"
-HIGHLIGHT_ROLE = "link_highlight"
 #: Colormap of each value kind (the measured values share the imputed genes' scheme).
 COLORMAPS: dict[str, str] = {"imputed": "viridis", "measured": "viridis", "probability": "magma"}
-#: Percentiles of the robust contrast limits (the seed's ``perc=0.02``).
-PERCENTILES: tuple[float, float] = (2.0, 98.0)
-#: Categorical colours (matplotlib's tab20, then tab20b) for the most-likely-cluster layer.
-_TAB20 = (
-    "#1f77b4 #aec7e8 #ff7f0e #ffbb78 #2ca02c #98df8a #d62728 #ff9896 #9467bd #c5b0d5 "
-    "#8c564b #c49c94 #e377c2 #f7b6d2 #7f7f7f #c7c7c7 #bcbd22 #dbdb8d #17becf #9edae5 "
-    "#393b79 #5254a3 #6b6ecf #9c9ede #637939 #8ca252 #b5cf6b #cedb9c #8c6d31 #bd9e39 "
-    "#e7ba52 #e7cb94 #843c39 #ad494a #d6616b #e7969c #7b4173 #a55194 #ce6dbd #de9ed6"
-).split()
 
 
 _HOVER_CACHE: dict[tuple[int, int, bytes], tuple[weakref.ref, pd.DataFrame]] = {}
 
 
-@dataclass
-class PointsSpec:
-    """One Points layer to add: ``viewer.add_points(spec.data, name=spec.name, **spec.kwargs)``.
-
-    Attributes
-    ----------
-    name
-        Layer name.
-    data
-        ``(n, 2)`` float64 coordinates ``(y, x)``.
-    features
-        One row per point; the colour column plus hover columns.
-    color_column
-        Column of ``features`` that colours the points.
-    kwargs
-        The other ``add_points`` keywords (colormap or colour cycle, contrast limits, size,
-        border, metadata).
-    """
-
-    name: str
-    data: np.ndarray
-    features: pd.DataFrame
-    color_column: str
-    kwargs: dict[str, Any] = field(default_factory=dict)
-
-    def add_kwargs(self) -> dict[str, Any]:
-        """All keywords of ``viewer.add_points`` except the data."""
-        return {
-            "name": self.name,
-            "features": self.features,
-            "face_color": self.color_column,
-            **self.kwargs,
-        }
-
-
 # ---------------------------------------------------------------------------------------------
-# names, FOVs, coordinates
-
-
-def layer_name(value: str, kind: str, fov: str) -> str:
-    """``"<value> <kind> · FOV <fov>"``, e.g. ``"Gad1 imputed · FOV 0"``."""
-    return f"{value} {kind} · FOV {fov}"
-
-
-def predicted_layer_name(cluster_key: str, fov: str) -> str:
-    """Name of the most-likely-cluster layer of one FOV."""
-    return f"most likely {cluster_key} · FOV {fov}"
+# FOVs and the camera
 
 
 def result_fov_key(result: ad.AnnData, fov_key: str | None = None) -> str | None:
@@ -133,47 +82,6 @@ def fov_rows(result: ad.AnnData, fov_key: str | None) -> dict[str, np.ndarray]:
     }
 
 
-def checked_coords(adata: ad.AnnData, key: str = "spatial", what: str | None = None) -> np.ndarray:
-    """``adata.obsm[key]`` as a float64 array, or an :class:`InputError` naming the bad cells.
-
-    NaN or infinite coordinates would otherwise fail deep inside scipy's KD-tree or napari with
-    a bare ``ValueError``; the message says how many cells, which ones, and how to drop them.
-    """
-    what = what or ("UMAP" if key == "X_umap" else "data")
-    raw = adata.obsm[key]
-    raw = raw.to_numpy() if isinstance(raw, pd.DataFrame) else np.asarray(raw)
-    try:
-        xy = np.asarray(raw, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise InputError(
-            f"obsm[{key!r}] holds {raw.dtype} values, not numbers; store numeric cell coordinates."
-        ) from None
-    if xy.ndim != 2 or xy.shape[0] != adata.n_obs or xy.shape[1] < 2:
-        raise InputError(
-            f"obsm[{key!r}] has shape {xy.shape}; it must be (n_cells, 2) or (n_cells, 3)."
-        )
-    bad = ~np.isfinite(xy).all(axis=1)
-    if bad.any():
-        names = ", ".join(repr(str(n)) for n in adata.obs_names[bad][:3])
-        raise InputError(
-            f"{int(bad.sum()):,} of {adata.n_obs:,} cells of the {what} have NaN or infinite "
-            f"coordinates in obsm[{key!r}] (first: {names}); drop or fix those cells, e.g. "
-            f"adata = adata[np.isfinite(adata.obsm[{key!r}]).all(axis=1)].copy()."
-        )
-    return xy
-
-
-def coords_yx(adata: ad.AnnData, rows: np.ndarray | None = None) -> np.ndarray:
-    """napari ``(y, x)`` coordinates of ``obsm["spatial"]`` (first two columns), as float64.
-
-    Raises :class:`InputError` for NaN or infinite coordinates (see :func:`checked_coords`).
-    """
-    xy = checked_coords(adata)
-    if rows is not None:
-        xy = xy[rows]
-    return np.ascontiguousarray(xy[:, [1, 0]])
-
-
 def fov_bounds(result: ad.AnnData, fov_key: str | None, fov: str) -> tuple[np.ndarray, np.ndarray]:
     """``(center, size)`` of one FOV's bounding box in ``(y, x)``."""
     rows = fov_rows(result, fov_key).get(str(fov))
@@ -181,7 +89,7 @@ def fov_bounds(result: ad.AnnData, fov_key: str | None, fov: str) -> tuple[np.nd
         raise InputError(
             f"FOV {fov!r} is not in the result; FOVs are {list(fov_rows(result, fov_key))}."
         )
-    yx = coords_yx(result, rows)
+    yx = to_napari(result, rows, ndim=2)
     lo, hi = yx.min(0), yx.max(0)
     return (lo + hi) / 2.0, hi - lo
 
@@ -213,12 +121,6 @@ def cluster_names(result: ad.AnnData) -> list[str]:
     """Cluster columns of ``obsm["cluster_probabilities"]`` (empty without a cluster key)."""
     probs = result.obsm.get("cluster_probabilities")
     return [] if probs is None else list(map(str, probs.columns))
-
-
-def cluster_key(result: ad.AnnData) -> str | None:
-    """The reference cluster column the result was mapped with, or ``None``."""
-    key = result.uns.get("spatial_impute", {}).get("cluster_key")
-    return str(key) if key else None
 
 
 def values(result: ad.AnnData, kind: str, name: str, rows: np.ndarray | None = None) -> np.ndarray:
@@ -259,24 +161,6 @@ def values(result: ad.AnnData, kind: str, name: str, rows: np.ndarray | None = N
         raise InputError(f"value kind {kind!r} is not known; use one of {', '.join(VALUE_KINDS)}.")
     col = np.asarray(col, dtype=np.float32)
     return col if rows is None else col[rows]
-
-
-def robust_limits(
-    vals: np.ndarray, percentiles: tuple[float, float] = PERCENTILES
-) -> tuple[float, float]:
-    """Contrast limits from percentiles of the finite values, always with ``hi > lo``."""
-    v = np.asarray(vals, dtype=np.float64).ravel()
-    v = v[np.isfinite(v)]
-    if v.size == 0:
-        return 0.0, 1.0
-    if v.size > 1_000_000:  # a regular subsample keeps this fast and deterministic
-        v = v[np.linspace(0, v.size - 1, 1_000_000).astype(np.int64)]
-    lo, hi = (float(x) for x in np.percentile(v, percentiles))
-    if not hi > lo:
-        lo, hi = float(v.min()), float(v.max())
-    if not hi > lo:
-        hi = lo + (abs(lo) * 1e-3 or 1.0)
-    return lo, hi
 
 
 def shared_limits(result: ad.AnnData, kind: str, name: str) -> tuple[float, float]:
@@ -382,35 +266,6 @@ def cell_summary(result: ad.AnnData, row: int, genes: Sequence[str] = (), n_gene
 # layer specs
 
 
-def _points_kwargs(n_points: int, size: float | None) -> dict[str, Any]:
-    return {
-        "size": size if size is not None else 10.0,
-        "border_width": 0.0,
-        "border_color": "transparent",
-        # large layers: skip per-point borders and keep rendering cheap
-        "blending": "translucent_no_depth" if n_points > 50_000 else "translucent",
-    }
-
-
-def default_point_size(result: ad.AnnData) -> float:
-    """A point size from the typical nearest-neighbour spacing (a tenth of the box side / sqrt n).
-
-    Cells without finite coordinates are left out (building their layers reports them).
-    """
-    raw = result.obsm["spatial"]
-    raw = raw.to_numpy() if isinstance(raw, pd.DataFrame) else np.asarray(raw)
-    try:
-        yx = np.asarray(raw, dtype=np.float64)[:, [1, 0]]
-    except (TypeError, ValueError, IndexError):
-        return 1.0
-    yx = yx[np.isfinite(yx).all(axis=1)]
-    if len(yx) == 0:
-        return 1.0
-    span = np.ptp(yx, axis=0)
-    area = float(max(span[0], 1e-9) * max(span[1], 1e-9))
-    return float(max(np.sqrt(area / max(result.n_obs, 1)) * 0.8, 1e-6))
-
-
 def value_layer_specs(
     result: ad.AnnData,
     kind: str,
@@ -463,7 +318,7 @@ def value_layer_specs(
             "face_colormap": COLORMAPS[kind],
             "face_contrast_limits": shared_limits(result, kind, name),
         },
-        metadata={ROLE_KEY: kind, VALUE_KEY: name},
+        meta={"kind": kind, "value": name},
         layer_name_of=lambda fov: layer_name(name, kind, fov),
     )
 
@@ -478,10 +333,13 @@ def fov_points_specs(
     size: float | None,
     hover: bool,
     style: dict[str, Any],
-    metadata: dict[str, Any],
+    meta: dict[str, Any],
     layer_name_of: Callable[[str], str],
 ) -> list[PointsSpec]:
     """One Points layer spec per FOV, the loop every exploration layer kind shares.
+
+    Each layer is :func:`rows_spec` of one FOV's rows; a layer of several FOVs is
+    ``rows_spec`` of their rows with ``fov=None``.
 
     Parameters
     ----------
@@ -495,13 +353,13 @@ def fov_points_specs(
         FOV ids to build (all when ``None``; an unknown one is an :class:`InputError`) and the
         FOV column of ``result.obs``.
     size
-        Point size in data units (default from the cell spacing).
+        Point size in data units (default from the cell spacing, :func:`point_size`).
     hover
         Append the hover columns (cell, top imputed genes, top clusters).
     style
         Extra Points keyword arguments (colour map and limits, or a colour cycle).
-    metadata
-        Layer metadata; the FOV, its rows and the exploration flag are added.
+    meta
+        Entries of the layers' metadata dict (``kind``, ``value``...).
     layer_name_of
         Layer name for a FOV id.
     """
@@ -510,27 +368,60 @@ def fov_points_specs(
     missing = [f for f in chosen if f not in by_fov]
     if missing:
         raise InputError(f"FOV {missing[0]!r} is not in the result; FOVs are {list(by_fov)}.")
-    size = default_point_size(result) if size is None else size
-    specs = []
-    for fov in chosen:
-        rows = by_fov[fov]
-        feats = features(rows)
-        if hover:
-            feats = pd.concat([feats, hover_features(result, rows)], axis=1)
-        kw = _points_kwargs(len(rows), size)
-        kw.update(style, metadata={**metadata, FOV_KEY: fov, ROWS_KEY: rows, EXPLORE_KEY: True})
-        specs.append(PointsSpec(layer_name_of(fov), coords_yx(result, rows), feats, column, kw))
-    return specs
+    size = point_size(result) if size is None else size
+    return [
+        rows_spec(
+            result,
+            by_fov[fov],
+            column,
+            features,
+            fov_key=fov_key,
+            fov=fov,
+            name=layer_name_of(fov),
+            size=size,
+            hover=hover,
+            style=style,
+            meta=meta,
+        )
+        for fov in chosen
+    ]
 
 
-def cluster_colors(
-    categories: Sequence[str], uns_colors: Sequence[str] | None = None
-) -> dict[str, str]:
-    """A stable colour per category (the reference's ``uns['<key>_colors']`` when it fits)."""
-    cats = list(map(str, categories))
-    if uns_colors is not None and len(uns_colors) >= len(cats):
-        return dict(zip(cats, map(str, uns_colors), strict=False))
-    return {c: _TAB20[i % len(_TAB20)] for i, c in enumerate(cats)}
+def rows_spec(
+    result: ad.AnnData,
+    rows: np.ndarray,
+    column: str,
+    features: Callable[[np.ndarray], pd.DataFrame],
+    *,
+    fov_key: str | None,
+    fov: str | None,
+    name: str,
+    size: float,
+    hover: bool,
+    style: dict[str, Any],
+    meta: dict[str, Any],
+) -> PointsSpec:
+    """An exploration layer of any ``rows`` of ``result``: the FOV of each point is the feature
+    column :data:`FOV_COLUMN`; ``fov`` (``None`` for several) goes into the metadata."""
+    rows = np.asarray(rows, dtype=np.int64)
+    feats = features(rows)
+    labels = fov_labels(result, result_fov_key(result, fov_key))
+    feats[FOV_COLUMN] = pd.Categorical(np.asarray(labels.astype(str))[rows])
+    if hover:
+        feats = pd.concat([feats, hover_features(result, rows)], axis=1)
+    return points_spec(
+        name,
+        to_napari(result, rows, ndim=2),
+        feats,
+        column,
+        kind=meta["kind"],
+        size=size,
+        style=style,
+        **{k: v for k, v in meta.items() if k != "kind"},
+        fov=fov,
+        rows=rows,
+        explore=True,
+    )
 
 
 def predicted_layer_specs(
@@ -540,8 +431,12 @@ def predicted_layer_specs(
     size: float | None = None,
     colors: dict[str, str] | None = None,
 ) -> list[PointsSpec]:
-    """Most-likely-cluster Points layers (categorical colour cycle), one per FOV."""
-    key = cluster_key(result)
+    """Most-likely-cluster Points layers (categorical colour cycle), one per FOV.
+
+    The colours are :func:`category_colors` of the clusters (the result's
+    ``uns['<key>_colors']`` when it has one), as on the result's own layers.
+    """
+    key = result.uns.get("spatial_impute", {}).get("cluster_key")
     col = f"{key}_predicted" if key else None
     if col is None or col not in result.obs.columns:
         raise InputError(
@@ -570,8 +465,8 @@ def predicted_layer_specs(
         fov_key=fov_key,
         size=size,
         hover=True,
-        style={"face_color_cycle": colors or cluster_colors(cats)},
-        metadata={ROLE_KEY: PREDICTED_ROLE, VALUE_KEY: key},
+        style={"face_color_cycle": colors or category_colors(cats, _palette(result, col))},
+        meta={"kind": PREDICTED_ROLE, "value": key},
         layer_name_of=lambda fov: predicted_layer_name(key, fov),
     )
 

@@ -12,7 +12,6 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -43,13 +42,6 @@ class Alignment:
     scale: tuple[float, float] = (1.0, 1.0)
     translate: tuple[float, float] = (0.0, 0.0)
     rms: float = float("nan")
-
-    def layer_kwargs(self) -> dict[str, Any]:
-        """``scale`` and ``translate`` keywords for ``viewer.add_labels``/``add_image``."""
-        return {
-            "scale": tuple(map(float, self.scale)),
-            "translate": tuple(map(float, self.translate)),
-        }
 
     def to_image(self, yx: np.ndarray) -> np.ndarray:
         """Points-frame ``(y, x)`` to fractional image ``(row, col)``."""

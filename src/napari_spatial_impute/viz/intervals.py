@@ -12,8 +12,8 @@ reports "nothing" (empty list, ``None``) instead of failing, so the widgets can 
 controls.
 
 Interval layers are named ``"<gene> <level>% interval width · FOV <id>"``; their value is the
-full width ``2 x halfwidth`` and their ``metadata`` holds ``nsi_role = "interval"`` and
-``nsi_level`` (e.g. ``"90"``) beside the usual keys of :mod:`napari_spatial_impute.viz.explore`.
+full width ``2 x halfwidth`` and their metadata dict holds ``kind = "interval"`` and ``level``
+(e.g. ``"90"``) beside the usual entries (:func:`napari_spatial_impute.viz.layers.plugin_meta`).
 """
 
 from __future__ import annotations
@@ -32,16 +32,10 @@ from napari_spatial_impute.io.schema import (
     interval_levels,
     resolve_gene,
 )
-from napari_spatial_impute.viz.explore import (
-    ROLE_KEY,
-    VALUE_KEY,
-    PointsSpec,
-    fov_points_specs,
-    robust_limits,
-)
+from napari_spatial_impute.viz.explore import fov_points_specs
+from napari_spatial_impute.viz.layers import PointsSpec, robust_limits
 
 INTERVAL_ROLE = "interval"
-LEVEL_KEY = "nsi_level"
 INTERVAL_COLORMAP = "plasma"
 #: Colour of the cells greyed out for a wide interval (NaN colour of the imputed colormap).
 GREY = (0.55, 0.55, 0.55, 0.55)
@@ -113,7 +107,7 @@ def interval_layer_specs(
         size=size,
         hover=hover,
         style={"face_colormap": INTERVAL_COLORMAP, "face_contrast_limits": robust_limits(widths)},
-        metadata={ROLE_KEY: INTERVAL_ROLE, LEVEL_KEY: level, VALUE_KEY: gene},
+        meta={"kind": INTERVAL_ROLE, "level": level, "value": gene},
         layer_name_of=lambda fov: interval_layer_name(gene, level, fov),
     )
 
@@ -204,7 +198,6 @@ __all__ = [
     "GREY",
     "INTERVAL_COLORMAP",
     "INTERVAL_ROLE",
-    "LEVEL_KEY",
     "RELIABILITY_COLUMNS",
     "calibration_text",
     "interval_layer_name",

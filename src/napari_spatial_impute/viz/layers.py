@@ -8,65 +8,151 @@ Conventions
 * One Points layer per field of view (FOV); its ``features`` are the FOV's ``obs`` columns
   (text columns become pandas Categorical) plus :data:`CELL_COLUMN`, the cell name, which keeps
   points tied to their cells when points are deleted.
-* ``layer.metadata[META_KEY]`` is a dict (see :func:`plugin_meta`) holding the whole source
-  AnnData (``"adata"``), the ``"role"`` (``"spatial"``, ``"result"`` or ``"reference"``),
-  ``"coords"`` (the obsm key the points come from), ``"fov_key"`` and ``"fov"``; the reader and
-  the widgets add ``"source"`` (the file, :func:`source_of`) and ``"origin"`` (what made the
-  layer). Other widgets read imputed genes from that AnnData; the writer saves it back with
-  nothing lost. The plugin finds its layers by this metadata, never by their names (napari
-  renames a layer whose name is taken, and the user may rename any layer).
-* The exploration keys of :mod:`napari_spatial_impute.viz.explore` are set too (``nsi_role`` =
-  ``"spatial"``, ``"predicted"`` or ``"reference"``, ``nsi_fov``, ``nsi_value``, ``nsi_rows``),
-  so result and reference layers take part in linked selections. A result's layers are named
-  like the Explore widget's most-likely-cluster layers (``"most likely <key> · FOV <id>"``).
+* Every plugin layer is built by :func:`points_spec` from the rows of a data set it shows (any
+  rows: one FOV, several, all), and carries one metadata dict, ``layer.metadata[META_KEY]``,
+  read with :func:`plugin_meta` (its entries are listed there): ``kind`` (what the layer shows),
+  ``rows``, ``fov``, ``value``; a data-set layer also holds the whole AnnData (``"adata"``) and
+  its ``"role"`` (``"spatial"``, ``"result"`` or ``"reference"``), so other widgets read imputed
+  genes from it and the writer saves it back with nothing lost. The plugin finds its layers by
+  this metadata, never by their names (napari renames a layer whose name is taken, and the user
+  may rename any layer). A result's layers are named like the Explore widget's
+  most-likely-cluster layers (``"most likely <key> · FOV <id>"``).
+* Style: :func:`points_style` (size, no border), :func:`color_kwargs` / :func:`category_colors`
+  / :func:`robust_limits` (colour), :func:`recolor` (in place).
 """
 
 from __future__ import annotations
 
 import warnings
+import weakref
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import anndata as ad
 import numpy as np
 import pandas as pd
 
+from napari_spatial_impute._errors import InputError
 from napari_spatial_impute.io.files import find_fov_key, fov_labels
 from napari_spatial_impute.io.schema import UNS_KEY
-from napari_spatial_impute.viz.explore import (
-    FOV_KEY,
-    PREDICTED_ROLE,
-    REFERENCE_ROLE,
-    ROLE_KEY,
-    ROWS_KEY,
-    VALUE_KEY,
-    checked_coords,
-    predicted_layer_name,
-)
 
-#: Key of the plugin's entry in ``layer.metadata``.
+#: Key of the plugin's entry in ``layer.metadata``: one dict, read with :func:`plugin_meta`.
 META_KEY = "spatial_impute"
 #: Feature column holding each point's cell name (``obs_names``).
 CELL_COLUMN = "obs_name"
+#: Feature column of the exploration layers holding each point's FOV.
+FOV_COLUMN = "fov"
+#: ``kind`` of the most-likely-cluster layers and of the reference (UMAP) layer.
+PREDICTED_ROLE = "predicted"
+REFERENCE_ROLE = "reference"
+#: ``kind`` of the linked-selection highlight layers.
+HIGHLIGHT_ROLE = "link_highlight"
 
 LayerData = tuple[Any, dict[str, Any], str]
 
-#: Drawing options of every plugin Points layer. Without a border colour the antialiased rim of
-#: points only a pixel or two wide is napari's grey border, which washes colours out when zoomed
-#: out; a minimum on-screen size keeps the face visible.
-POINT_STYLE: dict[str, Any] = {
-    "border_width": 0,
-    "border_color": "transparent",
-    "canvas_size_limits": (4, 10000),
-}
 
-ROLES = ("spatial", "result", "reference")
+@dataclass
+class PointsSpec:
+    """One Points layer to add: ``Points(spec.data, **spec.add_kwargs())``.
+
+    Attributes
+    ----------
+    name
+        Layer name.
+    data
+        ``(n, d)`` float64 napari coordinates (``(y, x)`` or ``(z, y, x)``).
+    features
+        One row per point; the colour column plus hover columns.
+    color_column
+        Column of ``features`` that colours the points (``None``: one plain colour).
+    kwargs
+        The other ``Points`` keywords (colour map or cycle, contrast limits, size, border,
+        ``metadata`` = ``{META_KEY: {...}}``).
+    """
+
+    name: str
+    data: np.ndarray
+    features: pd.DataFrame
+    color_column: str | None
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def add_kwargs(self) -> dict[str, Any]:
+        """All keywords of ``Points`` except the data."""
+        out = {"name": self.name, "features": self.features, **self.kwargs}
+        if self.color_column is not None:
+            out["face_color"] = self.color_column
+        return out
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        """The plugin's metadata dict of the layer (see :func:`plugin_meta`)."""
+        return self.kwargs["metadata"][META_KEY]
+
+    def layer_data(self) -> LayerData:
+        """``(data, kwargs, "points")``, as a napari reader or sample command returns."""
+        return (self.data, self.add_kwargs(), "points")
+
+
+# --------------------------------------------------------------------------- names
+def layer_name(value: str, kind: str, fov: str) -> str:
+    """``"<value> <kind> · FOV <fov>"``, e.g. ``"Gad1 imputed · FOV 0"``."""
+    return f"{value} {kind} · FOV {fov}"
+
+
+def predicted_layer_name(cluster_key: str, fov: str) -> str:
+    """Name of the most-likely-cluster layer of one FOV."""
+    return f"most likely {cluster_key} · FOV {fov}"
 
 
 # --------------------------------------------------------------------------- coordinates
-def to_napari(coords: Any) -> np.ndarray:
-    """``(x, y[, z])`` coordinates to napari's ``(y, x)`` / ``(z, y, x)`` order (float64)."""
-    arr = np.asarray(coords.to_numpy() if isinstance(coords, pd.DataFrame) else coords)
+def checked_coords(adata: ad.AnnData, key: str = "spatial", what: str | None = None) -> np.ndarray:
+    """``adata.obsm[key]`` as a float64 array, or an :class:`InputError` naming the bad cells.
+
+    NaN or infinite coordinates would otherwise fail deep inside scipy's KD-tree or napari with
+    a bare ``ValueError``; the message says how many cells, which ones, and how to drop them.
+    """
+    what = what or ("UMAP" if key == "X_umap" else "data")
+    raw = adata.obsm[key]
+    raw = raw.to_numpy() if isinstance(raw, pd.DataFrame) else np.asarray(raw)
+    try:
+        xy = np.asarray(raw, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise InputError(
+            f"obsm[{key!r}] holds {raw.dtype} values, not numbers; store numeric cell coordinates."
+        ) from None
+    if xy.ndim != 2 or xy.shape[0] != adata.n_obs or xy.shape[1] < 2:
+        raise InputError(
+            f"obsm[{key!r}] has shape {xy.shape}; it must be (n_cells, 2) or (n_cells, 3)."
+        )
+    bad = ~np.isfinite(xy).all(axis=1)
+    if bad.any():
+        names = ", ".join(repr(str(n)) for n in adata.obs_names[bad][:3])
+        raise InputError(
+            f"{int(bad.sum()):,} of {adata.n_obs:,} cells of the {what} have NaN or infinite "
+            f"coordinates in obsm[{key!r}] (first: {names}); drop or fix those cells, e.g. "
+            f"adata = adata[np.isfinite(adata.obsm[{key!r}]).all(axis=1)].copy()."
+        )
+    return xy
+
+
+def to_napari(
+    coords: Any, rows: np.ndarray | None = None, *, ndim: int | None = None
+) -> np.ndarray:
+    """``(x, y[, z])`` coordinates in napari's ``(y, x)`` / ``(z, y, x)`` order (float64).
+
+    ``coords`` is an array/DataFrame, or an AnnData whose ``obsm["spatial"]`` is checked with
+    :func:`checked_coords` (NaN or infinite coordinates are an :class:`InputError`). ``rows``
+    picks cells; ``ndim=2`` keeps the first two coordinates only (``(y, x)``).
+    """
+    if isinstance(coords, ad.AnnData):
+        arr = checked_coords(coords)
+    else:
+        arr = np.asarray(coords.to_numpy() if isinstance(coords, pd.DataFrame) else coords)
+    if ndim is not None:
+        arr = arr[:, :ndim]
+    if rows is not None:
+        arr = arr[rows]
     return np.ascontiguousarray(arr[:, ::-1], dtype=np.float64)
 
 
@@ -75,8 +161,28 @@ def from_napari(data: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(data)[:, ::-1])
 
 
-def point_size(data: np.ndarray) -> float:
-    """A point diameter that makes neighbouring cells just touch (median nearest-neighbour distance)."""
+_SIZE_CACHE: dict[int, tuple[weakref.ref, float]] = {}
+
+
+def point_size(data: Any) -> float:
+    """A point diameter that makes neighbouring cells just touch (median nearest-neighbour
+    distance x 0.9), from napari-order points or an AnnData's ``obsm["spatial"]`` (cached per
+    AnnData). Non-finite points are left out (building layers reports them)."""
+    if isinstance(data, ad.AnnData):
+        hit = _SIZE_CACHE.get(id(data))
+        if hit is not None and hit[0]() is data:
+            return hit[1]
+        raw = data.obsm["spatial"]
+        raw = raw.to_numpy() if isinstance(raw, pd.DataFrame) else np.asarray(raw)
+        try:
+            pts = np.asarray(raw, dtype=np.float64)[:, 1::-1]
+        except (TypeError, ValueError, IndexError):
+            return 1.0
+        size = point_size(pts)
+        for k in [k for k, (ref, _) in _SIZE_CACHE.items() if ref() is None]:
+            _SIZE_CACHE.pop(k, None)
+        _SIZE_CACHE[id(data)] = (weakref.ref(data), size)
+        return size
     from scipy.spatial import cKDTree
 
     pts = np.asarray(data, dtype=np.float64)[:, -2:]
@@ -91,6 +197,22 @@ def point_size(data: np.ndarray) -> float:
         span = float(np.ptp(pts, axis=0).max()) or 1.0
         return span / 100.0
     return float(np.median(d)) * 0.9
+
+
+def points_style(size: float, n_points: int = 0) -> dict[str, Any]:
+    """Drawing options of every plugin Points layer.
+
+    Without a border colour the antialiased rim of points only a pixel or two wide is napari's
+    grey border, which washes colours out when zoomed out; a minimum on-screen size keeps the
+    face visible; large layers (over 50,000 points) skip depth sorting to stay fast.
+    """
+    return {
+        "size": float(size),
+        "border_width": 0.0,
+        "border_color": "transparent",
+        "canvas_size_limits": (4, 10000),
+        "blending": "translucent_no_depth" if n_points > 50_000 else "translucent",
+    }
 
 
 # --------------------------------------------------------------------------- features & colour
@@ -142,8 +264,8 @@ def color_kwargs(
 ) -> dict[str, Any]:
     """Keyword arguments of ``Points`` that colour points by a feature column.
 
-    Categories get a colour cycle (a dict, stable per category); numbers get ``colormap`` with
-    contrast limits at the 1st and 99th percentiles. ``None`` gives one plain colour.
+    Categories get a colour cycle (a dict, stable per category, :func:`category_colors`);
+    numbers get ``colormap`` with :func:`robust_limits`. ``None`` gives one plain colour.
     """
     if column is None or column not in features.columns:
         return {"face_color": "#b0b0b0"}
@@ -158,64 +280,139 @@ def color_kwargs(
     return {
         "face_color": column,
         "face_colormap": colormap,
-        "face_contrast_limits": contrast_limits(values.to_numpy()),
+        "face_contrast_limits": robust_limits(values.to_numpy()),
     }
 
 
-def contrast_limits(values: np.ndarray) -> tuple[float, float]:
-    """1st-99th percentile of the finite values (a non-empty range)."""
-    v = np.asarray(values, dtype=np.float64)
+#: Percentiles of the contrast limits of every colour-mapped layer (the seed's ``perc=0.02``).
+PERCENTILES: tuple[float, float] = (2.0, 98.0)
+
+
+def robust_limits(
+    vals: np.ndarray, percentiles: tuple[float, float] = PERCENTILES
+) -> tuple[float, float]:
+    """Contrast limits from percentiles of the finite values, always with ``hi > lo``."""
+    v = np.asarray(vals, dtype=np.float64).ravel()
     v = v[np.isfinite(v)]
     if v.size == 0:
-        return (0.0, 1.0)
-    lo, hi = (float(x) for x in np.percentile(v, [1, 99]))
-    if hi <= lo:
+        return 0.0, 1.0
+    if v.size > 1_000_000:  # a regular subsample keeps this fast and deterministic
+        v = v[np.linspace(0, v.size - 1, 1_000_000).astype(np.int64)]
+    lo, hi = (float(x) for x in np.percentile(v, percentiles))
+    if not hi > lo:
         lo, hi = float(v.min()), float(v.max())
-    if hi <= lo:
-        hi = lo + 1.0
-    return (lo, hi)
+    if not hi > lo:
+        hi = lo + (abs(lo) * 1e-3 or 1.0)
+    return lo, hi
 
 
 def recolor(
-    layer: Any, column: str, palette: Sequence[str] | None = None, colormap: str = "viridis"
+    layer: Any,
+    spec: PointsSpec | str,
+    palette: Sequence[str] | None = None,
+    colormap: str = "viridis",
+    colorbar: bool = True,
 ) -> None:
-    """Colour an existing Points layer by one of its feature columns, in place.
+    """Recolour an existing Points layer in place (same points, no new layer).
 
-    This changes ``face_color`` only (no new layer), so it stays fast for 200,000 points. To go
-    from a colormap to categories the colour is first set to a constant: switching straight to a
-    categorical column from colormap mode fails, and changing the mode first builds a cycle over
-    every float value (minutes for large layers).
+    ``spec`` is either a :class:`PointsSpec` of the same points (its values, colouring, name and
+    metadata replace the layer's) or the name of one of the layer's feature columns (coloured
+    with :func:`color_kwargs`; its ``color_by`` metadata follows). This changes ``face_color``
+    only, so it stays fast for 200,000 points. Going from a colormap to categories the colour is
+    first set to a constant: switching straight to a categorical column from colormap mode fails,
+    and changing the mode first builds a cycle over every float value (minutes for large layers).
     """
-    kw = color_kwargs(layer.features, column, palette, colormap)
-    if "face_color_cycle" in kw:
+    if isinstance(spec, str):
+        column = spec
+        kw = color_kwargs(layer.features, column, palette, colormap)
+        md = plugin_meta(layer)
+        if md:
+            md["color_by"] = column
+        spec = PointsSpec(
+            layer.name,
+            layer.data,
+            layer.features,
+            column if "face_color_cycle" in kw or "face_colormap" in kw else None,
+            {**{k: v for k, v in kw.items() if k != "face_color"}, "metadata": None},
+        )
+        if spec.color_column is None:
+            layer.face_color = kw["face_color"]
+            return
+    if len(layer.data) != len(spec.data):
+        raise ValueError(
+            f"layer {layer.name!r} has {len(layer.data)} points, the new values {len(spec.data)}."
+        )
+    if spec.features is not layer.features:
+        # keep the current colour column (the old value, or a mask's) while switching
+        old = layer.features
+        bridge = spec.features.copy()
+        for col in old.columns.difference(bridge.columns):
+            bridge[col] = old[col].to_numpy()
+        layer.features = bridge
+    if "face_color_cycle" in spec.kwargs:
         layer.face_color = "#b0b0b0"
-        layer.face_color_cycle = kw["face_color_cycle"]
-        layer.face_color = column
-    elif "face_colormap" in kw:
-        layer.face_color = column
-        layer.face_colormap = kw["face_colormap"]
-        layer.face_contrast_limits = kw["face_contrast_limits"]
-    else:
-        layer.face_color = kw["face_color"]
-    meta = plugin_meta(layer)
-    if meta is not None:
-        meta["color_by"] = column
+        layer.face_color_cycle = spec.kwargs["face_color_cycle"]
+    layer.face_color = spec.color_column
+    if spec.features is not layer.features:
+        layer.features = spec.features
+    if "face_colormap" in spec.kwargs:
+        layer.face_colormap = spec.kwargs["face_colormap"]
+        layer.face_contrast_limits = spec.kwargs["face_contrast_limits"]
+        layer.face_colorbar.visible = colorbar
+    if spec.kwargs.get("metadata") is not None:
+        layer.metadata = {**layer.metadata, META_KEY: dict(spec.meta)}
+    layer.name = spec.name
+    if not np.all(layer.shown):  # a mask hid cells of the old values
+        layer.shown = np.ones(len(layer.data), dtype=bool)
 
 
 # --------------------------------------------------------------------------- metadata
-def plugin_meta(layer_or_metadata: Any) -> dict[str, Any] | None:
-    """The plugin's metadata dict of a layer (or of a ``metadata`` mapping), or ``None``."""
+def plugin_meta(layer_or_metadata: Any) -> dict[str, Any]:
+    """The plugin's metadata dict of a layer (or of a ``metadata`` mapping); ``{}`` for others.
+
+    Every layer the plugin makes has one dict under ``metadata[META_KEY]``:
+
+    ``kind``
+        What the layer shows: ``"spatial"``, ``"reference"``, ``"predicted"`` (most likely
+        cluster), ``"imputed"``, ``"measured"``, ``"probability"``, ``"interval"``,
+        ``"previous result"`` (kept from an earlier result), ``"link_highlight"``, ``"labels"``,
+        ``"paint"``.
+    ``value``, ``fov``, ``rows``, ``level``
+        The gene/cluster/colour column shown, the FOV id (``None``: several or none), the
+        int64 row of each point in its AnnData, the interval level (``"90"``).
+    ``explore``
+        ``True`` on the exploration layers (they follow a new result).
+    ``adata``, ``role``
+        On the layers of a whole data set only: the AnnData and its role (``"spatial"``,
+        ``"result"``, ``"reference"``); see :func:`source_adata`. Also ``coords`` (the obsm
+        key), ``fov_key``, ``color_by``, ``cluster_key``, ``source`` (the file,
+        :func:`source_of`) and ``origin`` (what made the layer).
+    Widgets add their own entries (``mask``, ``previous``, ``highlight``, ``labels_id``...).
+    """
     md = (
         layer_or_metadata
         if isinstance(layer_or_metadata, Mapping)
         else getattr(layer_or_metadata, "metadata", None)
     )
     if not isinstance(md, Mapping):
-        return None
+        return {}
     meta = md.get(META_KEY)
-    if isinstance(meta, dict) and isinstance(meta.get("adata"), ad.AnnData):
-        return meta
-    return None
+    return meta if isinstance(meta, dict) else {}
+
+
+def set_meta(layer: Any, **entries: Any) -> None:
+    """Update the plugin's metadata dict of ``layer`` (a new dict: napari sees the change);
+    an entry set to ``None`` is removed."""
+    md = {**plugin_meta(layer), **entries}
+    layer.metadata = {
+        **layer.metadata,
+        META_KEY: {k: v for k, v in md.items() if v is not None or k not in entries},
+    }
+
+
+def make_meta(kind: str, **entries: Any) -> dict[str, Any]:
+    """``{META_KEY: {"kind": kind, **entries}}``: the ``metadata`` of a new plugin layer."""
+    return {META_KEY: {"kind": kind, **entries}}
 
 
 def source_of(path: Any) -> str | None:
@@ -232,9 +429,9 @@ def source_of(path: Any) -> str | None:
 
 
 def source_adata(layer_or_metadata: Any) -> ad.AnnData | None:
-    """The whole AnnData a plugin layer was built from, or ``None``."""
-    meta = plugin_meta(layer_or_metadata)
-    return None if meta is None else meta["adata"]
+    """The whole AnnData a plugin data-set layer holds (``"adata"``), or ``None``."""
+    adata = plugin_meta(layer_or_metadata).get("adata")
+    return adata if isinstance(adata, ad.AnnData) else None
 
 
 def role_of(adata: ad.AnnData) -> str:
@@ -319,35 +516,73 @@ def spatial_layers(
         idx = np.flatnonzero(np.asarray(labels == fov))
         if idx.size == 0:
             continue
-        f = feats.iloc[idx].reset_index(drop=True)
         if name is None and key:
             lname = predicted_layer_name(key, str(fov))
         else:
             base = name or "spatial"
             lname = base if len(labels.categories) == 1 else f"{base} · FOV {fov}"
-        kwargs: dict[str, Any] = {
-            "name": lname,
-            "features": f,
-            "size": size,
-            **POINT_STYLE,
-            "metadata": {
-                META_KEY: {
-                    "adata": adata,
-                    "role": role,
-                    "coords": "spatial",
-                    "fov_key": fov_key,
-                    "fov": str(fov),
-                    "color_by": color_by,
-                },
-                ROLE_KEY: PREDICTED_ROLE if key else role,
-                FOV_KEY: str(fov),
-                VALUE_KEY: key or color_by,
-                ROWS_KEY: idx.astype(np.int64),
-            },
-        }
-        kwargs.update(color_kwargs(f, color_by, pal))
-        out.append((coords[idx], kwargs, "points"))
+        f = feats.iloc[idx].reset_index(drop=True)
+        spec = points_spec(
+            lname,
+            coords[idx],
+            f,
+            color_by,
+            kind=PREDICTED_ROLE if key else role,
+            size=size,
+            style=color_kwargs(f, color_by, pal),
+            value=key or color_by,
+            fov=str(fov),
+            rows=idx.astype(np.int64),
+            adata=adata,
+            role=role,
+            coords="spatial",
+            fov_key=fov_key,
+            color_by=color_by,
+        )
+        out.append(spec.layer_data())
     return out
+
+
+def points_spec(
+    name: str,
+    data: np.ndarray,
+    features: pd.DataFrame,
+    column: str | None,
+    *,
+    kind: str,
+    size: float,
+    style: Mapping[str, Any] | None = None,
+    **meta: Any,
+) -> PointsSpec:
+    """The one builder of the plugin's Points layers: any rows of a data set, in one layer.
+
+    Parameters
+    ----------
+    name
+        Layer name.
+    data
+        napari coordinates of the points (the chosen rows only).
+    features
+        One row per point (the FOV, when several FOVs share a layer, is one of its columns).
+    column
+        Feature column that colours the points (``None``: the plain colour of ``style``).
+    kind
+        What the layer shows (``metadata[META_KEY]["kind"]``, see :func:`plugin_meta`).
+    size
+        Point diameter in data units.
+    style
+        Colour keywords (:func:`color_kwargs`, or a colormap with limits, or a colour cycle).
+    meta
+        The other entries of the layer's metadata dict (``rows``, ``fov``, ``value``...).
+    """
+    kwargs = points_style(size, len(data))
+    style = dict(style or {})
+    if column is None and "face_color" in style:
+        kwargs["face_color"] = style.pop("face_color")
+    style.pop("face_color", None)
+    kwargs.update(style)
+    kwargs["metadata"] = make_meta(kind, **meta)
+    return PointsSpec(name, data, features, column, kwargs)
 
 
 def reference_layer(
@@ -381,30 +616,26 @@ def reference_layer(
     scale, translate = (
         (np.ones(2), np.zeros(2)) if beside is None else beside_transform(data, beside)
     )
-    kwargs: dict[str, Any] = {
-        "name": name,
-        "features": feats,
-        "size": 2.0 * point_size(data),  # clusters are dense in a UMAP: bigger than the spacing
-        **POINT_STYLE,
-        "scale": scale,
-        "translate": translate,
-        "metadata": {
-            META_KEY: {
-                "adata": adata,
-                "role": "reference",
-                "coords": umap_key,
-                "fov_key": None,
-                "fov": None,
-                "color_by": cluster_key,
-                "cluster_key": cluster_key,
-            },
-            ROLE_KEY: REFERENCE_ROLE,
-            VALUE_KEY: cluster_key,
-            ROWS_KEY: np.arange(adata.n_obs, dtype=np.int64),
-        },
-    }
-    kwargs.update(color_kwargs(feats, cluster_key, _palette(adata, cluster_key)))
-    return (data, kwargs, "points")
+    spec = points_spec(
+        name,
+        data,
+        feats,
+        cluster_key,
+        kind=REFERENCE_ROLE,
+        size=2.0 * point_size(data),  # clusters are dense in a UMAP: bigger than the spacing
+        style=color_kwargs(feats, cluster_key, _palette(adata, cluster_key)),
+        value=cluster_key,
+        fov=None,
+        rows=np.arange(adata.n_obs, dtype=np.int64),
+        adata=adata,
+        role="reference",
+        coords=umap_key,
+        fov_key=None,
+        color_by=cluster_key,
+        cluster_key=cluster_key,
+    )
+    spec.kwargs.update(scale=scale, translate=translate)
+    return spec.layer_data()
 
 
 def bounds_of(datas: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:

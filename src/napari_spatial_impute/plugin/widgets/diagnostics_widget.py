@@ -29,12 +29,13 @@ from qtpy.QtWidgets import (
 
 from napari_spatial_impute.core.evaluate import validate_cell_types
 from napari_spatial_impute.plugin.cv_worker import CVProgress, cv_kwargs, iter_cross_validation
-from napari_spatial_impute.plugin.model import get_model
+from napari_spatial_impute.plugin.widgets.base import PluginWidget
 from napari_spatial_impute.plugin.widgets.layer_ops import find_layers, notify_error, open_gene
 from napari_spatial_impute.plugin.widgets.linking import get_link_controller
 from napari_spatial_impute.plugin.widgets.reliability_panel import ReliabilityPanel
 from napari_spatial_impute.plugin.widgets.table_items import NumberItem
-from napari_spatial_impute.viz.explore import cluster_key, shared_genes
+from napari_spatial_impute.viz.explore import shared_genes
+from napari_spatial_impute.viz.layers import plugin_meta, result_cluster_key
 from napari_spatial_impute.viz.plots import (
     cv_summary_text,
     default_markers,
@@ -66,7 +67,7 @@ def _canvas(width: float, height: float) -> tuple[Figure, FigureCanvasQTAgg]:
     return fig, canvas
 
 
-class DiagnosticsWidget(QWidget):
+class DiagnosticsWidget(PluginWidget):
     """How good is the mapping: training scores, marker levels per cell type, cross-validation.
 
     Clicking a gene (a dot of the score panels or a row of the CV table) shows its imputed and
@@ -79,9 +80,7 @@ class DiagnosticsWidget(QWidget):
     """
 
     def __init__(self, napari_viewer: Any) -> None:
-        super().__init__()
-        self.viewer = napari_viewer
-        self.model = get_model(napari_viewer)
+        super().__init__(napari_viewer)
         self._opened_gene: str | None = None
         get_link_controller(napari_viewer)
         self.tabs = QTabWidget()
@@ -200,7 +199,9 @@ class DiagnosticsWidget(QWidget):
         result = self.model.result
         if result is None:
             return None
-        if cluster_key(result) is None:  # nothing to validate against: say so, no error pop-up
+        if (
+            result_cluster_key(result) is None
+        ):  # nothing to validate against: say so, no error pop-up
             self.val_fig.clear()
             ax = self.val_fig.subplots()
             ax.text(0.5, 0.5, "no cell types: map with a cluster key", ha="center", va="center")
@@ -313,8 +314,7 @@ class DiagnosticsWidget(QWidget):
         self.cv_stop_button.setEnabled(True)
         self.cv_info.setText(f"cross-validating {folds} folds...")
         self._cv_worker = worker
-        worker.start()
-        return worker
+        return self.start_worker(worker)
 
     def stop_cv(self) -> None:
         """Stop a running cross-validation after its current epoch."""
@@ -379,7 +379,7 @@ class DiagnosticsWidget(QWidget):
         except Exception as exc:
             notify_error(exc)
             return []
-        self._opened_gene = layers[0].metadata.get("nsi_value", gene) if layers else gene
+        self._opened_gene = plugin_meta(layers[0]).get("value", gene) if layers else gene
         return layers
 
     def _on_cv_clicked(self, row: int, _col: int) -> None:

@@ -22,10 +22,9 @@ from qtpy.QtWidgets import (
     QListWidget,
     QPushButton,
     QVBoxLayout,
-    QWidget,
 )
 
-from napari_spatial_impute.plugin.model import get_model
+from napari_spatial_impute.plugin.widgets.base import PluginWidget
 from napari_spatial_impute.plugin.widgets.layer_ops import (
     PREVIOUS_SUFFIX,
     find_layers,
@@ -40,21 +39,20 @@ from napari_spatial_impute.plugin.widgets.layer_ops import (
 from napari_spatial_impute.plugin.widgets.linking import get_link_controller
 from napari_spatial_impute.plugin.widgets.uncertainty_controls import UncertaintyControls
 from napari_spatial_impute.viz.explore import (
-    VALUE_KEY,
     cluster_names,
-    default_point_size,
     fov_rows,
     gene_names,
     predicted_layer_specs,
     shared_genes,
     value_layer_specs,
 )
+from napari_spatial_impute.viz.layers import plugin_meta, point_size
 
 #: Above this many cells (in the chosen FOVs) layer data is built in a worker thread.
 ASYNC_CELLS = 100_000
 
 
-class ExploreWidget(QWidget):
+class ExploreWidget(PluginWidget):
     """Choose genes, clusters and FOVs of the current mapping result and show them as layers.
 
     Parameters
@@ -64,12 +62,9 @@ class ExploreWidget(QWidget):
     """
 
     def __init__(self, napari_viewer: Any) -> None:
-        super().__init__()
-        self.viewer = napari_viewer
-        self.model = get_model(napari_viewer)
+        super().__init__(napari_viewer)
         self._last_gene: str | None = None
         self._last_cluster: str | None = None
-        self.worker: Any = None
 
         self.info = QLabel("No mapping result yet: run a mapping or open a result file.")
         self.info.setWordWrap(True)
@@ -198,7 +193,7 @@ class ExploreWidget(QWidget):
         self.cluster_combo.addItems(clusters)
         self.cluster_button.setEnabled(bool(clusters))
         self.predicted_button.setEnabled(bool(clusters))
-        self.size_spin.setValue(default_point_size(result))
+        self.size_spin.setValue(point_size(result))
         self.info.setText(
             f"{result.n_obs} spatial cells, {len(genes)} imputed genes "
             f"({len(shared_genes(result))} measured), {len(clusters)} clusters."
@@ -235,7 +230,7 @@ class ExploreWidget(QWidget):
         selected = [
             layer
             for layer in self.viewer.layers.selection
-            if layer.metadata.get("nsi_role") == role
+            if plugin_meta(layer).get("kind") == role
         ]
         if selected:
             return selected
@@ -281,8 +276,7 @@ class ExploreWidget(QWidget):
         )
         worker.finished.connect(lambda: self._set_busy(False))
         self._set_busy(True)
-        self.worker = worker
-        worker.start()
+        self.start_worker(worker)
         return []
 
     def _set_busy(self, busy: bool) -> None:
@@ -316,7 +310,7 @@ class ExploreWidget(QWidget):
             return place_gene(self.viewer, imputed, measured_specs, targets, interval_specs or [])
 
         def done(layers: list) -> None:
-            self._last_gene = layers[0].metadata[VALUE_KEY] if layers else gene
+            self._last_gene = plugin_meta(layers[0])["value"] if layers else gene
             self.status.setText(f"{self._last_gene}: {len(layers)} layers")
             self.uncertainty.gene_shown(self._last_gene)
 

@@ -22,18 +22,14 @@ from qtpy.QtWidgets import (
     QPlainTextEdit,
     QPushButton,
     QVBoxLayout,
-    QWidget,
 )
 
-from napari_spatial_impute.plugin.model import get_model
+from napari_spatial_impute.plugin.widgets.base import PluginWidget
 from napari_spatial_impute.plugin.widgets.layer_ops import notify_error
 from napari_spatial_impute.viz.explore import (
     COLORMAPS,
-    FOV_KEY,
-    ROLE_KEY,
     cell_summary,
     cluster_names,
-    coords_yx,
     fov_rows,
     gene_names,
     shared_limits,
@@ -50,6 +46,7 @@ from napari_spatial_impute.viz.image_link import (
     read_fov_positions,
     rows_by_label,
 )
+from napari_spatial_impute.viz.layers import make_meta, plugin_meta, to_napari
 
 LABELS_ROLE = "labels"
 PAINT_ROLE = "painted"
@@ -66,7 +63,7 @@ def _spin(
     return box
 
 
-class ImageWidget(QWidget):
+class ImageWidget(PluginWidget):
     """Open a segmentation label image with the data, align it, click cells and paint values.
 
     Parameters
@@ -76,9 +73,7 @@ class ImageWidget(QWidget):
     """
 
     def __init__(self, napari_viewer: Any) -> None:
-        super().__init__()
-        self.viewer = napari_viewer
-        self.model = get_model(napari_viewer)
+        super().__init__(napari_viewer)
 
         self.labels_combo = QComboBox()
         self.open_button = QPushButton("Open label image...")
@@ -156,8 +151,7 @@ class ImageWidget(QWidget):
         layout.addWidget(self.cell_info)
         layout.addStretch(1)
 
-        self.viewer.layers.events.inserted.connect(self._refresh_labels)
-        self.viewer.layers.events.removed.connect(self._refresh_labels)
+        self.on_layers_changed(self._refresh_labels)
         self.model.result_changed.connect(self._on_result)
         self.model.spatial_changed.connect(self._on_result)
         self.model.keys_changed.connect(self._on_result)
@@ -241,7 +235,7 @@ class ImageWidget(QWidget):
         layer = Labels(
             labels,
             name=f"{Path(path).stem} · FOV {fov}",
-            metadata={ROLE_KEY: LABELS_ROLE, FOV_KEY: fov},
+            metadata=make_meta(LABELS_ROLE, fov=fov),
             opacity=0.4,
         )
         self.viewer.layers.append(layer)
@@ -267,12 +261,14 @@ class ImageWidget(QWidget):
         layer = self.labels_layer()
         if layer is None or self.cells() is None:
             return None
-        fov = str(layer.metadata.get(FOV_KEY, self.fov_combo.currentText()))
+        fov = str(plugin_meta(layer).get("fov", self.fov_combo.currentText()))
         mode = self.mode_combo.currentText()
         try:
             if mode == "fit to cell ids":
                 rows, ids = self._fov_cells(fov)
-                align = fit_alignment(np.asarray(layer.data), coords_yx(self.cells(), rows), ids)
+                align = fit_alignment(
+                    np.asarray(layer.data), to_napari(self.cells(), rows, ndim=2), ids
+                )
                 self.align_info.setText(
                     f"fitted on the cells of FOV {fov}: rms {align.rms:.2f} (points units)"
                 )
@@ -302,8 +298,8 @@ class ImageWidget(QWidget):
         layer.scale, layer.translate = align.scale, align.translate
         for painted in self.viewer.layers:
             if (
-                painted.metadata.get(ROLE_KEY) == PAINT_ROLE
-                and painted.metadata.get("nsi_labels_id") == layer.unique_id
+                plugin_meta(painted).get("kind") == PAINT_ROLE
+                and plugin_meta(painted).get("labels_id") == layer.unique_id
             ):
                 painted.scale, painted.translate = align.scale, align.translate
         return align
@@ -316,7 +312,7 @@ class ImageWidget(QWidget):
             return None
         kind = kind or self.kind_combo.currentText()
         value = value if isinstance(value, str) else self.value_edit.text().strip()
-        fov = str(layer.metadata.get(FOV_KEY, self.fov_combo.currentText()))
+        fov = str(plugin_meta(layer).get("fov", self.fov_combo.currentText()))
         try:
             rows, ids = self._fov_cells(fov)
             vals = values(result, kind, value, rows)
@@ -326,21 +322,20 @@ class ImageWidget(QWidget):
             notify_error(exc)
             return None
         name = f"{value} {kind} · labels FOV {fov}"
-        md = {
-            ROLE_KEY: PAINT_ROLE,
-            FOV_KEY: fov,
-            "nsi_value": value,
-            "nsi_kind": kind,
-            "nsi_labels": layer.name,
-            "nsi_labels_id": layer.unique_id,
-        }
+        md = make_meta(
+            PAINT_ROLE,
+            fov=fov,
+            value=value,
+            value_kind=kind,
+            labels=layer.name,
+            labels_id=layer.unique_id,
+        )
         same = (PAINT_ROLE, fov, value, kind, layer.unique_id)
         existing = [  # found by metadata: napari or the user may have renamed it
             lay
             for lay in self.viewer.layers
             if tuple(
-                lay.metadata.get(k)
-                for k in (ROLE_KEY, FOV_KEY, "nsi_value", "nsi_kind", "nsi_labels_id")
+                plugin_meta(lay).get(k) for k in ("kind", "fov", "value", "value_kind", "labels_id")
             )
             == same
         ]
@@ -367,7 +362,9 @@ class ImageWidget(QWidget):
         label = layer.get_value(position, world=True)
         if label is None or int(label) == 0:
             return None
-        rows, ids = self._fov_cells(str(layer.metadata.get(FOV_KEY, self.fov_combo.currentText())))
+        rows, ids = self._fov_cells(
+            str(plugin_meta(layer).get("fov", self.fov_combo.currentText()))
+        )
         row = rows_by_label(ids).get(int(label))
         return None if row is None else int(rows[row])
 

@@ -14,19 +14,20 @@ from napari.utils.notifications import show_error
 
 from napari_spatial_impute.io.schema import interval_levels
 from napari_spatial_impute.viz.explore import (
-    EXPLORE_KEY,
-    FOV_KEY,
-    PREDICTED_ROLE,
-    ROLE_KEY,
-    ROWS_KEY,
-    VALUE_KEY,
-    PointsSpec,
     fov_bounds,
     predicted_layer_specs,
     shared_genes,
     value_layer_specs,
 )
-from napari_spatial_impute.viz.intervals import INTERVAL_ROLE, LEVEL_KEY, interval_layer_specs
+from napari_spatial_impute.viz.intervals import INTERVAL_ROLE, interval_layer_specs
+from napari_spatial_impute.viz.layers import (
+    META_KEY,
+    PREDICTED_ROLE,
+    PointsSpec,
+    plugin_meta,
+    recolor,
+    source_adata,
+)
 
 
 def find_layers(
@@ -35,12 +36,12 @@ def find_layers(
     """Layers whose metadata match the given role, FOV and value (``None`` matches anything)."""
     out = []
     for layer in viewer.layers:
-        md = layer.metadata
-        if role is not None and md.get(ROLE_KEY) != role:
+        md = plugin_meta(layer)
+        if role is not None and md.get("kind") != role:
             continue
-        if fov is not None and str(md.get(FOV_KEY)) != str(fov):
+        if fov is not None and str(md.get("fov")) != str(fov):
             continue
-        if value is not None and md.get(VALUE_KEY) != value:
+        if value is not None and md.get("value") != value:
             continue
         out.append(layer)
     return out
@@ -52,10 +53,10 @@ def layer_identity(metadata: Any) -> tuple[Any, ...] | None:
     ``None`` for any other layer. Layers are matched by this, never by name: napari renames a
     layer whose name is taken (``"... [1]"``) and the user may rename any layer.
     """
-    md = metadata if isinstance(metadata, dict) else getattr(metadata, "metadata", {})
-    if not md.get(EXPLORE_KEY):
+    md = plugin_meta(metadata)
+    if not md.get("explore"):
         return None
-    return (md.get(ROLE_KEY), str(md.get(VALUE_KEY)), str(md.get(FOV_KEY)), md.get(LEVEL_KEY))
+    return (md.get("kind"), str(md.get("value")), str(md.get("fov")), md.get("level"))
 
 
 def _make_layer(spec: PointsSpec, colorbar: bool = True) -> Points:
@@ -70,35 +71,10 @@ def _first_of_each_value(specs: Sequence[PointsSpec]) -> list[bool]:
     seen: set[tuple[Any, Any]] = set()
     out = []
     for s in specs:
-        md = s.kwargs.get("metadata", {})
-        key = (md.get(ROLE_KEY), md.get(VALUE_KEY))
+        key = (s.meta.get("kind"), s.meta.get("value"))
         out.append(key not in seen)
         seen.add(key)
     return out
-
-
-def recolor(layer: Points, spec: PointsSpec, colorbar: bool = True) -> None:
-    """Give an existing layer the values, colouring, name and metadata of ``spec`` (same points)."""
-    if len(layer.data) != len(spec.data):
-        raise ValueError(
-            f"layer {layer.name!r} has {len(layer.data)} points, the new values {len(spec.data)}."
-        )
-    old = layer.features
-    # keep the current colour column (the old value, or a mask's) while switching
-    bridge = spec.features.copy()
-    for col in old.columns.difference(bridge.columns):
-        bridge[col] = old[col].to_numpy()
-    layer.features = bridge
-    layer.face_color = spec.color_column
-    layer.features = spec.features
-    if "face_colormap" in spec.kwargs:
-        layer.face_colormap = spec.kwargs["face_colormap"]
-        layer.face_contrast_limits = spec.kwargs["face_contrast_limits"]
-        layer.face_colorbar.visible = colorbar
-    layer.metadata = dict(spec.kwargs.get("metadata", {}))
-    layer.name = spec.name
-    if not np.all(layer.shown):  # a mask hid cells of the old values
-        layer.shown = np.ones(len(layer.data), dtype=bool)
 
 
 def apply_specs(
@@ -116,7 +92,7 @@ def apply_specs(
     }
     targets: list[Points | None] = []
     for spec, old in zip(specs, replace, strict=True):
-        same = shown.get(layer_identity(spec.kwargs.get("metadata", {})))
+        same = shown.get(layer_identity(spec.kwargs["metadata"]))
         target = same if isinstance(same, Points) else old
         if target is not None and len(target.data) != len(spec.data):
             target = None
@@ -142,7 +118,7 @@ def apply_specs(
         if target is None:
             out.append(new_layers[i])
         else:
-            recolor(target, spec, bars[i])
+            recolor(target, spec, colorbar=bars[i])
             out.append(target)
     return out
 
@@ -168,8 +144,8 @@ def gene_specs(
     """
     fovs = None if fovs is None else [str(f) for f in fovs]
     specs = value_layer_specs(result, "imputed", gene, fovs, fov_key, size=size)
-    gene = specs[0].kwargs["metadata"][VALUE_KEY] if specs else gene
-    shown = [s.kwargs["metadata"][FOV_KEY] for s in specs]
+    gene = specs[0].meta["value"] if specs else gene
+    shown = [s.meta["fov"] for s in specs]
     m_specs: list[PointsSpec] = []
     if measured and gene in shared_genes(result):
         m_specs = value_layer_specs(result, "measured", gene, shown, fov_key, size=size)
@@ -193,14 +169,14 @@ def _companions(
     Returns the specs to apply, the layers they recolour (or ``None``) and the old companion
     layers that have no new spec (to remove).
     """
-    by_fov = {s.kwargs["metadata"][FOV_KEY]: s for s in companion_specs}
+    by_fov = {s.meta["fov"]: s for s in companion_specs}
     todo: list[PointsSpec] = []
     todo_replace: list[Layer | None] = []
     stale: list[Layer] = []
     for spec, old in zip(specs, replace, strict=True):
-        fov = spec.kwargs["metadata"][FOV_KEY]
+        fov = spec.meta["fov"]
         old_layers = (
-            find_layers(viewer, role, fov, old.metadata.get(VALUE_KEY)) if old is not None else []
+            find_layers(viewer, role, fov, plugin_meta(old).get("value")) if old is not None else []
         )
         if fov in by_fov:
             todo.append(by_fov[fov])
@@ -222,8 +198,8 @@ def place_gene(
     Measured (and, when ``i_specs`` is not ``None``, interval-width) layers of the recoloured
     layers' old gene are recoloured too, or removed when the new gene has none.
     """
-    by_fov = {str(layer.metadata.get(FOV_KEY)): layer for layer in recolor_layers}
-    replace: list[Layer | None] = [by_fov.get(s.kwargs["metadata"][FOV_KEY]) for s in specs]
+    by_fov = {str(plugin_meta(layer).get("fov")): layer for layer in recolor_layers}
+    replace: list[Layer | None] = [by_fov.get(s.meta["fov"]) for s in specs]
     all_specs, all_replace, stale = list(specs), list(replace), []
     companions = [("measured", m_specs)]
     if i_specs is not None:
@@ -269,8 +245,8 @@ def place_cluster(
     viewer: Any, specs: Sequence[PointsSpec], recolor_layers: Sequence[Layer] = ()
 ) -> list[Points]:
     """Add or recolour probability layers, matching ``recolor_layers`` by FOV; main thread only."""
-    by_fov = {str(layer.metadata.get(FOV_KEY)): layer for layer in recolor_layers}
-    return apply_specs(viewer, specs, [by_fov.get(s.kwargs["metadata"][FOV_KEY]) for s in specs])
+    by_fov = {str(plugin_meta(layer).get("fov")): layer for layer in recolor_layers}
+    return apply_specs(viewer, specs, [by_fov.get(s.meta["fov"]) for s in specs])
 
 
 def open_cluster(
@@ -295,23 +271,13 @@ def place_predicted(viewer: Any, specs: Sequence[PointsSpec], result: Any = None
     given, the result's own most-likely layers (the Map widget's or the reader's), matched by
     metadata. Categorical colouring cannot be switched in place, hence the rebuilding.
     """
-    from napari_spatial_impute.viz.layers import plugin_meta
-
-    wanted = {
-        (s.kwargs["metadata"].get(VALUE_KEY), str(s.kwargs["metadata"].get(FOV_KEY))) for s in specs
-    }
+    wanted = {(s.meta.get("value"), str(s.meta.get("fov"))) for s in specs}
     old = []
     for layer in viewer.layers:
-        md = layer.metadata
-        if (
-            md.get(ROLE_KEY) != PREDICTED_ROLE
-            or (md.get(VALUE_KEY), str(md.get(FOV_KEY))) not in wanted
-        ):
+        md = plugin_meta(layer)
+        if md.get("kind") != PREDICTED_ROLE or (md.get("value"), str(md.get("fov"))) not in wanted:
             continue
-        meta = plugin_meta(layer)
-        if md.get(EXPLORE_KEY) or (
-            result is not None and meta is not None and meta["adata"] is result
-        ):
+        if md.get("explore") or (result is not None and source_adata(layer) is result):
             old.append(layer)
     for layer in old:
         viewer.layers.remove(layer)
@@ -331,16 +297,16 @@ def open_predicted(
 
 def _fresh_spec(result: Any, md: dict, fov_key: str | None, size: float) -> PointsSpec:
     """The spec of an exploration layer (known by its metadata) built from ``result``."""
-    role, fov = md.get(ROLE_KEY), [md[FOV_KEY]]
+    role, fov = md.get("kind"), [md["fov"]]
     if role == PREDICTED_ROLE:
         return predicted_layer_specs(result, fov, fov_key, size=size)[0]
     if role == INTERVAL_ROLE:
-        level = md.get(LEVEL_KEY, "90")
-        return interval_layer_specs(result, md[VALUE_KEY], level, fov, fov_key, size=size)[0]
-    return value_layer_specs(result, role, md[VALUE_KEY], fov, fov_key, size=size)[0]
+        level = md.get("level", "90")
+        return interval_layer_specs(result, md["value"], level, fov, fov_key, size=size)[0]
+    return value_layer_specs(result, role, md["value"], fov, fov_key, size=size)[0]
 
 
-#: ``nsi_role`` of an exploration layer kept, unchanged, from a previous result.
+#: ``kind`` of an exploration layer kept, unchanged, from a previous result.
 PREVIOUS_ROLE = "previous result"
 #: Suffix of the name of such a layer.
 PREVIOUS_SUFFIX = " (previous result)"
@@ -349,16 +315,16 @@ PREVIOUS_SUFFIX = " (previous result)"
 def detach_layer(layer: Layer) -> None:
     """Keep ``layer`` as it is, but no longer as a layer of the current result.
 
-    Its exploration keys go (it is not recoloured, linked or hovered with the new result's rows
-    any more), what it showed stays in ``metadata['nsi_previous']`` and its name says so.
+    Its exploration entries go (it is not recoloured, linked or hovered with the new result's
+    rows any more), what it showed stays in the metadata dict's ``previous`` and its name says so.
     """
-    md = dict(layer.metadata)
-    shown = {k: md.pop(k, None) for k in (ROLE_KEY, VALUE_KEY, FOV_KEY, LEVEL_KEY)}
-    for key in (EXPLORE_KEY, ROWS_KEY):
+    md = dict(plugin_meta(layer))
+    shown = {k: md.pop(k, None) for k in ("kind", "value", "fov", "level")}
+    for key in ("explore", "rows"):
         md.pop(key, None)
-    md[ROLE_KEY] = PREVIOUS_ROLE
-    md["nsi_previous"] = shown
-    layer.metadata = md
+    md["kind"] = PREVIOUS_ROLE
+    md["previous"] = shown
+    layer.metadata = {**layer.metadata, META_KEY: md}
     if not layer.name.endswith(PREVIOUS_SUFFIX):
         layer.name = f"{layer.name}{PREVIOUS_SUFFIX}"
 
@@ -378,12 +344,12 @@ def refresh_layers(
     The layers that now show the new result, and those kept from the previous one.
     """
     ours = [
-        lay for lay in viewer.layers if lay.metadata.get(EXPLORE_KEY) and isinstance(lay, Points)
+        lay for lay in viewer.layers if plugin_meta(lay).get("explore") and isinstance(lay, Points)
     ]
     kept: list[Points] = []
     detached: list[Points] = []
     for layer in ours:
-        md = layer.metadata
+        md = plugin_meta(layer)
         if result is None:
             viewer.layers.remove(layer)
             continue
@@ -396,11 +362,11 @@ def refresh_layers(
             detached.append(layer)
             continue
         layer.data = spec.data
-        if md.get(ROLE_KEY) == PREDICTED_ROLE:  # categorical: same colour column, new values
+        if md.get("kind") == PREDICTED_ROLE:  # categorical: same colour column, new values
             layer.features = spec.features
-            layer.metadata = dict(spec.kwargs["metadata"])
+            layer.metadata = {**layer.metadata, META_KEY: dict(spec.meta)}
         else:
-            recolor(layer, spec, bool(getattr(layer.face_colorbar, "visible", True)))
+            recolor(layer, spec, colorbar=bool(getattr(layer.face_colorbar, "visible", True)))
         kept.append(layer)
     return kept, detached
 
@@ -410,7 +376,7 @@ def jump_to_fov(viewer: Any, result: Any, fov: str, fov_key: str | None = None) 
     layers = [
         layer
         for layer in viewer.layers
-        if str(layer.metadata.get(FOV_KEY)) == str(fov) and layer.visible
+        if str(plugin_meta(layer).get("fov")) == str(fov) and layer.visible
     ]
     if layers:
         viewer.fit_to_view(layers=layers)
@@ -432,7 +398,7 @@ def notify_error(exc: BaseException) -> None:
 
 def as_rows(layer: Layer, indices: Iterable[int]) -> np.ndarray:
     """Result rows of the given point indices of an exploration layer."""
-    rows = layer.metadata.get(ROWS_KEY)
+    rows = plugin_meta(layer).get("rows")
     idx = np.fromiter((int(i) for i in indices), dtype=np.int64)
     if rows is None:
         return idx

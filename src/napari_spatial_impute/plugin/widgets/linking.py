@@ -1,7 +1,7 @@
 """Linked selections between spatial layers and the reference (UMAP) layer.
 
 * Selecting spatial cells (``layer.selected_data`` of an exploration layer) highlights the
-  reference cells they map to on the reference layer (``metadata["nsi_role"] == "reference"``)
+  reference cells they map to on the reference layer (metadata ``kind == "reference"``)
   in a ``"linked reference cells"`` layer drawn over it.
 * Selecting reference cells shows where their (most frequent) cluster maps: its probability
   layers in every FOV, plus a ``"linked spatial cells"`` layer marking the spatial cells whose
@@ -29,18 +29,19 @@ from napari_spatial_impute.plugin.widgets.layer_ops import (
     open_cluster,
 )
 from napari_spatial_impute.viz.explore import (
-    FOV_KEY,
-    HIGHLIGHT_ROLE,
-    REFERENCE_ROLE,
-    ROLE_KEY,
-    ROWS_KEY,
-    cluster_key,
-    coords_yx,
-    default_point_size,
     dominant_cluster,
     reference_weights,
     spatial_rows_for_reference,
     unit_matrix,
+)
+from napari_spatial_impute.viz.layers import (
+    HIGHLIGHT_ROLE,
+    REFERENCE_ROLE,
+    make_meta,
+    plugin_meta,
+    point_size,
+    result_cluster_key,
+    to_napari,
 )
 
 SPATIAL_ROLES = ("imputed", "measured", "probability", "predicted", "spatial")
@@ -49,17 +50,17 @@ SPATIAL_HIGHLIGHT = "linked spatial cells"
 HIGHLIGHT_COLOR = "#ff2d2d"
 #: Metadata key naming which highlight a layer is (:data:`REFERENCE_HIGHLIGHT` or
 #: :data:`SPATIAL_HIGHLIGHT`).
-HIGHLIGHT_KEY = "nsi_highlight"
+HIGHLIGHT_KEY = "highlight"
 
 
 def _reference_rows_of_points(layer: Layer, indices: np.ndarray) -> np.ndarray:
-    rows = layer.metadata.get(ROWS_KEY)
+    rows = plugin_meta(layer).get("rows")
     return indices if rows is None else np.asarray(rows, dtype=np.int64)[indices]
 
 
 def _points_of_reference_rows(layer: Layer, rows: np.ndarray) -> np.ndarray:
     """Point indices of the reference layer that show the given reference rows."""
-    stored = layer.metadata.get(ROWS_KEY)
+    stored = plugin_meta(layer).get("rows")
     if stored is None:
         return rows[rows < len(layer.data)]
     lookup = pd.Series(np.arange(len(stored)), index=np.asarray(stored, dtype=np.int64))
@@ -100,7 +101,7 @@ class LinkController(QObject):
         self._watch(event.value)
 
     def _watch(self, layer: Layer) -> None:
-        role = layer.metadata.get(ROLE_KEY)
+        role = plugin_meta(layer).get("kind")
         if not isinstance(layer, Points) or layer in self._watched:
             return
         if role not in SPATIAL_ROLES and role != REFERENCE_ROLE:
@@ -124,7 +125,7 @@ class LinkController(QObject):
         if layer is None or layer not in self.viewer.layers:
             return
         try:
-            if layer.metadata.get(ROLE_KEY) == REFERENCE_ROLE:
+            if plugin_meta(layer).get("kind") == REFERENCE_ROLE:
                 self.link_from_reference(layer)
             else:
                 self.link_from_spatial(layer)
@@ -139,7 +140,7 @@ class LinkController(QObject):
         return self._units
 
     def reference_layer(self) -> Points | None:
-        """The reference (UMAP) layer, found by ``metadata["nsi_role"] == "reference"``."""
+        """The reference (UMAP) layer, found by its metadata (``kind == "reference"``)."""
         found = [
             layer for layer in find_layers(self.viewer, REFERENCE_ROLE) if isinstance(layer, Points)
         ]
@@ -172,7 +173,7 @@ class LinkController(QObject):
             border_color=HIGHLIGHT_COLOR,
             border_width=0.25,
             border_width_is_relative=True,
-            metadata={ROLE_KEY: HIGHLIGHT_ROLE, HIGHLIGHT_KEY: name},
+            metadata=make_meta(HIGHLIGHT_ROLE, **{HIGHLIGHT_KEY: name}),
             **transform,
         )
         active = self.viewer.layers.selection.active
@@ -187,8 +188,8 @@ class LinkController(QObject):
             lay
             for lay in self.viewer.layers
             if isinstance(lay, Points)
-            and lay.metadata.get(ROLE_KEY) == HIGHLIGHT_ROLE
-            and lay.metadata.get(HIGHLIGHT_KEY, lay.name) == name
+            and plugin_meta(lay).get("kind") == HIGHLIGHT_ROLE
+            and plugin_meta(lay).get(HIGHLIGHT_KEY, lay.name) == name
         ]
 
     def _clear(self, name: str) -> None:
@@ -240,7 +241,7 @@ class LinkController(QObject):
         self._clear(REFERENCE_HIGHLIGHT)
         idx = np.fromiter((int(i) for i in layer.selected_data), dtype=np.int64)
         ref_rows = _reference_rows_of_points(layer, idx)
-        key = cluster_key(result) or self.model.cluster_key
+        key = result_cluster_key(result) or self.model.cluster_key
         cluster = dominant_cluster(reference, key, ref_rows)
         if (
             cluster is not None
@@ -256,19 +257,19 @@ class LinkController(QObject):
             else []
         )
         spatial_layers = [
-            lay for lay in self.viewer.layers if lay.metadata.get(FOV_KEY) is not None
+            lay for lay in self.viewer.layers if plugin_meta(lay).get("fov") is not None
         ]
         like = spatial_layers[0] if spatial_layers else None
         base = (
             float(np.mean(like.size))
             if isinstance(like, Points) and len(like.size)
-            else default_point_size(result)
+            else point_size(result)
         )
         size = base * 1.8
         feats = pd.DataFrame({"cell": np.asarray(result.obs_names[rows], dtype=object)})
         self._highlight(
             SPATIAL_HIGHLIGHT,
-            coords_yx(result, np.asarray(rows, dtype=np.int64)),
+            to_napari(result, np.asarray(rows, dtype=np.int64), ndim=2),
             like,
             size,
             feats,

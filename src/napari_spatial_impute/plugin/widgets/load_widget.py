@@ -26,7 +26,7 @@ from qtpy.QtWidgets import (
 
 from napari_spatial_impute._errors import InputError
 from napari_spatial_impute.io.files import find_fov_key, fov_labels, read_h5ad, validate_adata
-from napari_spatial_impute.plugin.sync import connect_model
+from napari_spatial_impute.plugin.widgets.base import PluginWidget
 from napari_spatial_impute.plugin.workers import Failed
 from napari_spatial_impute.viz.layers import (
     META_KEY,
@@ -106,7 +106,7 @@ class _FileRow(QWidget):
             self.layer_combo.setCurrentIndex(0)
 
 
-class LoadWidget(QWidget):
+class LoadWidget(PluginWidget):
     """Pick the reference and spatial data, the cluster and FOV columns; show them as layers.
 
     Parameters
@@ -116,10 +116,7 @@ class LoadWidget(QWidget):
     """
 
     def __init__(self, napari_viewer: Any) -> None:
-        super().__init__()
-        self.viewer = napari_viewer
-        self.model = connect_model(napari_viewer)
-        self.worker: Any = None
+        super().__init__(napari_viewer)
         self.umap_worker: Any = None
         #: The file each role's data was last loaded from here (layer metadata ``source``).
         self._sources: dict[str, str | None] = {}
@@ -155,8 +152,7 @@ class LoadWidget(QWidget):
         self.cluster_combo.currentTextChanged.connect(self._cluster_changed)
         self.fov_combo.currentTextChanged.connect(self._fov_changed)
         self.color_combo.currentTextChanged.connect(self._color_changed)
-        self.viewer.layers.events.inserted.connect(self._refresh_layer_choices)
-        self.viewer.layers.events.removed.connect(self._refresh_layer_choices)
+        self.on_layers_changed(self._refresh_layer_choices)
         self._refresh_layer_choices()
         if self.model.reference is not None or self.model.spatial is not None:
             self._fill_keys()
@@ -171,7 +167,7 @@ class LoadWidget(QWidget):
         found: dict[int, list[Any]] = {}
         for layer in self.viewer.layers:
             meta = plugin_meta(layer)
-            if meta is not None and meta.get("role") in roles:
+            if "adata" in meta and meta.get("role") in roles:
                 entry = found.setdefault(id(meta["adata"]), [layer.name, meta["adata"], 0])
                 entry[2] += 1
         return [
@@ -232,8 +228,7 @@ class LoadWidget(QWidget):
         self.worker.finished.connect(lambda: self.load_button.setEnabled(True))
         self.load_button.setEnabled(False)
         self.status.setText("Reading...")
-        self.worker.start()
-        return self.worker
+        return self.start_worker(self.worker)
 
     def _on_loaded(
         self, value: tuple[ad.AnnData | None, ad.AnnData | None, Any, Any] | Failed
@@ -299,7 +294,7 @@ class LoadWidget(QWidget):
         out = []
         for layer in self.viewer.layers:
             meta = plugin_meta(layer)
-            if meta is not None and meta["adata"] is adata and meta.get("role") == role:
+            if meta.get("adata") is adata and meta.get("role") == role:
                 out.append(layer)
         return out
 
@@ -310,7 +305,7 @@ class LoadWidget(QWidget):
         out = []
         for layer in self.viewer.layers:
             meta = plugin_meta(layer)
-            if meta is None or meta.get("role") != role:
+            if "adata" not in meta or meta.get("role") != role:
                 continue
             if (
                 meta["adata"] is adata
@@ -371,7 +366,7 @@ class LoadWidget(QWidget):
         self.umap_worker.errored.connect(
             lambda exc: self.status.setText(f"UMAP failed: {str(exc).splitlines()[0]}")
         )
-        self.umap_worker.start()
+        self.start_worker(self.umap_worker)
         return self.umap_worker
 
     def _add_reference(self, ref: ad.AnnData) -> None:

@@ -8,7 +8,7 @@ The mask is a change of the imputed layers themselves, never a new layer:
 * *hide*: ``layer.shown`` is ``False`` for those cells.
 
 Both add a boolean ``"wide interval"`` feature (hover text) and record the mask in
-``layer.metadata["nsi_mask"]``. Recolouring a layer to another gene (or a new result) clears it;
+the layer's metadata dict (``plugin_meta(layer)["mask"]``). Recolouring a layer to another gene (or a new result) clears it;
 the widget then applies it again.
 """
 
@@ -31,10 +31,11 @@ from qtpy.QtWidgets import (
 
 from napari_spatial_impute.io.schema import interval_levels
 from napari_spatial_impute.plugin.widgets.layer_ops import find_layers, notify_error
-from napari_spatial_impute.viz.explore import COLORMAPS, ROLE_KEY, ROWS_KEY, VALUE_KEY
+from napari_spatial_impute.viz.explore import COLORMAPS
 from napari_spatial_impute.viz.intervals import GREY, interval_widths, masked_values, wide_mask
+from napari_spatial_impute.viz.layers import plugin_meta, set_meta
 
-MASK_KEY = "nsi_mask"
+MASK_KEY = "mask"
 WIDE_COLUMN = "wide interval"
 MASK_MODES: tuple[str, ...] = ("grey out", "hide")
 
@@ -58,10 +59,10 @@ def grey_nan_colormap(name: str) -> Colormap:
 
 def unmask_layer(layer: Points) -> None:
     """Undo :func:`mask_layer` (values coloured again, every cell shown)."""
-    md = dict(layer.metadata)
+    md = plugin_meta(layer)
     if MASK_KEY not in md:
         return
-    gene, state = md[VALUE_KEY], md[MASK_KEY]
+    gene, state = md["value"], md[MASK_KEY]
     limits = tuple(layer.face_contrast_limits)
     feats = layer.features
     if state.get("mode") == "grey out" and gene in feats.columns:
@@ -73,8 +74,7 @@ def unmask_layer(layer: Points) -> None:
         layer.features = feats.drop(columns=drop)
     if not np.all(layer.shown):
         layer.shown = np.ones(len(layer.data), dtype=bool)
-    md.pop(MASK_KEY)
-    layer.metadata = md
+    set_meta(layer, **{MASK_KEY: None})
 
 
 def mask_layer(
@@ -102,9 +102,9 @@ def mask_layer(
     if mode not in MASK_MODES:
         raise ValueError(f"mask mode {mode!r} is not known; use one of {MASK_MODES}.")
     unmask_layer(layer)
-    md = layer.metadata
-    gene = md[VALUE_KEY]
-    rows = np.asarray(md.get(ROWS_KEY, np.arange(len(layer.data))), dtype=np.int64)
+    md = plugin_meta(layer)
+    gene = md["value"]
+    rows = np.asarray(md.get("rows", np.arange(len(layer.data))), dtype=np.int64)
     widths = interval_widths(result, gene, level, rows)
     wide = wide_mask(widths, threshold)
     feats = layer.features.copy()
@@ -120,15 +120,17 @@ def mask_layer(
     else:
         layer.features = feats
         layer.shown = ~wide
-    layer.metadata = {
-        **md,
-        MASK_KEY: {
-            "level": str(level),
-            "threshold": float(threshold),
-            "mode": mode,
-            "colormap": colormap,
+    set_meta(
+        layer,
+        **{
+            MASK_KEY: {
+                "level": str(level),
+                "threshold": float(threshold),
+                "mode": mode,
+                "colormap": colormap,
+            },
         },
-    }
+    )
     return wide
 
 
@@ -247,7 +249,7 @@ class UncertaintyControls(QGroupBox):
         layers = [
             lay
             for lay in find_layers(self.viewer, "imputed")
-            if isinstance(lay, Points) and lay.metadata.get(ROLE_KEY) == "imputed"
+            if isinstance(lay, Points) and plugin_meta(lay).get("kind") == "imputed"
         ]
         result, level = self.model.result, self.level()
         on = self.mask_check.isChecked() and result is not None and level is not None
