@@ -24,7 +24,7 @@ from napari_spatial_impute.plugin.widgets.diagnostics_widget import DiagnosticsW
 from napari_spatial_impute.plugin.widgets.explore_widget import ExploreWidget
 from napari_spatial_impute.plugin.widgets.image_widget import ImageWidget
 from napari_spatial_impute.plugin.widgets.linking import get_link_controller
-from napari_spatial_impute.viz.explore import cluster_colors
+from napari_spatial_impute.viz.layers import category_colors
 
 OUT = Path(__file__).resolve().parent
 warnings.simplefilter("ignore")
@@ -64,7 +64,7 @@ def reference_umap(viewer, ref, offset):
     sc.tl.umap(work, random_state=0)
     um = work.obsm["X_umap"]
     um = (um - um.min(0)) / np.ptp(um, 0) * 1800
-    colors = cluster_colors(ref.obs["cell_type"].cat.categories)
+    colors = category_colors(ref.obs["cell_type"].cat.categories)
     return viewer.add_points(
         um[:, ::-1] + offset,
         name="reference UMAP",
@@ -73,7 +73,7 @@ def reference_umap(viewer, ref, offset):
         face_color_cycle=colors,
         size=25,
         border_width=0,
-        metadata={"nsi_role": "reference"},
+        metadata={"spatial_impute": {"kind": "reference"}},
     )
 
 
@@ -205,7 +205,7 @@ def main() -> None:
 
     # 7. CosMx: two FOVs, label images aligned to the spatial data (before any mapping)
     if data is not None and (data / "cosmx_lung" / "CellLabels_F002.tif").exists():
-        from napari_spatial_impute.viz.explore import coords_yx
+        from napari_spatial_impute.viz.layers import to_napari
 
         cspa = ad.read_h5ad(data / "cosmx_lung" / "spatial.h5ad")
         viewer3 = napari.Viewer(show=True, title="napari-spatial-impute: CosMx")
@@ -220,7 +220,7 @@ def main() -> None:
             lab.opacity = 0.6
         counts = np.asarray(cspa.X.sum(1)).ravel()
         viewer3.add_points(
-            coords_yx(cspa),
+            to_napari(cspa, ndim=2),
             name="CosMx cells (total counts)",
             features={"total counts": counts.astype(np.float32)},
             face_color="total counts",
