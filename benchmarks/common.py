@@ -8,7 +8,6 @@ sibling module (``python benchmarks/accuracy.py`` puts this folder on ``sys.path
 from __future__ import annotations
 
 import datetime as _dt
-import inspect
 import json
 import os
 import platform
@@ -163,31 +162,13 @@ def loadavg() -> float:
 
 
 def engine_names() -> list[str] | None:
-    """Values of ``map_cells_to_space``'s ``engine`` keyword if it has one, else ``None``.
+    """The concrete engines of ``map_cells_to_space`` (:data:`~napari_spatial_impute.core.settings.ENGINES`).
 
-    The values are read from the annotation (``Literal[...]``) when possible; ``"auto"`` is left
-    out because it only picks one of the concrete engines by size.
+    ``"auto"`` is left out because it only picks one of the concrete engines by size.
     """
-    import typing
+    from napari_spatial_impute.core.settings import ENGINES
 
-    from napari_spatial_impute import map_cells_to_space
-
-    sig = inspect.signature(map_cells_to_space)
-    if "engine" not in sig.parameters:
-        return None
-    p = sig.parameters["engine"]
-    ann = p.annotation
-    try:
-        hints = typing.get_type_hints(map_cells_to_space)
-        ann = hints.get("engine", ann)
-    except Exception:
-        pass
-    values = [v for v in typing.get_args(ann) if isinstance(v, str)]
-    if not values and isinstance(p.default, str):
-        values = [p.default]
-    # "auto" only dispatches to one of the others by size; benchmark the concrete engines
-    concrete = [v for v in values if v != "auto"]
-    return concrete or values or None
+    return [e for e in ENGINES if e != "auto"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -197,25 +178,15 @@ def engine_names() -> list[str] | None:
 def normalize_log1p(adata: ad.AnnData) -> ad.AnnData:
     """Total-count normalisation over the set's own genes (to the median total), then log1p.
 
-    Applied once per data set, before any split. Returns a copy whose ``X`` is a float32
+    The package's own ``transform="normalize_log1p"``
+    (:func:`~napari_spatial_impute.core.preprocess.apply_transform`), applied once per data set,
+    before any split. Returns a copy (``obs``, ``var``, ``obsm`` kept) whose ``X`` is a float32
     ``csr_matrix`` (tangram-sc rejects ``csr_array``).
     """
-    X = adata.X
-    X = (
-        sp.csr_matrix(X, dtype=np.float32)
-        if sp.issparse(X)
-        else sp.csr_matrix(np.asarray(X, np.float32))
-    )
-    totals = np.asarray(X.sum(axis=1)).ravel().astype(np.float64)
-    pos = totals[totals > 0]
-    target = float(np.median(pos)) if pos.size else 1.0
-    scale = np.divide(target, totals, out=np.zeros_like(totals), where=totals > 0).astype(
-        np.float32
-    )
-    X = sp.csr_matrix(sp.diags(scale) @ X, dtype=np.float32)
-    X.data = np.log1p(X.data)
+    from napari_spatial_impute.core.preprocess import apply_transform
+
     out = adata.copy()
-    out.X = X
+    out.X = sp.csr_matrix(apply_transform(adata, "normalize_log1p").X, dtype=np.float32)
     return out
 
 
@@ -227,10 +198,10 @@ def shared_genes(reference: ad.AnnData, spatial: ad.AnnData) -> list[tuple[str, 
 
 
 def dense(adata: ad.AnnData, genes: Sequence[str]) -> np.ndarray:
-    idx = adata.var_names.get_indexer(list(genes))
-    assert (idx >= 0).all(), "gene missing"
-    X = adata.X[:, idx]
-    return np.asarray(X.toarray() if sp.issparse(X) else X, dtype=np.float32)
+    """Dense float32 columns ``genes`` of ``X`` (:func:`~napari_spatial_impute.core.preprocess.dense_columns`)."""
+    from napari_spatial_impute.core.preprocess import dense_columns
+
+    return dense_columns(adata, genes)
 
 
 # --------------------------------------------------------------------------------------------

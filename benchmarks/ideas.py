@@ -28,8 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common
 
 import napari_spatial_impute as nsi
-from napari_spatial_impute.core.evaluate import pearson_per_gene
-from napari_spatial_impute.core.metrics import gene_folds
+from napari_spatial_impute.core.metrics import gene_folds, pearson_per_gene
 from napari_spatial_impute.core.neighbours import MEMBERS, Member, neighbour_weights
 
 

@@ -214,8 +214,8 @@ def parity(n_ref: int, n_sp: int, n_genes: int, epochs: int, seed: int) -> dict[
     import torch
     from tangram import mapping_optimizer as mo
 
+    from napari_spatial_impute.core.engine.mapper import TangramMapper
     from napari_spatial_impute.core.engine.objective import DenseObjective, Weights
-    from napari_spatial_impute.core.mapping import TangramMapper
 
     common.quiet_tangram()
     ref, spa = common.simulate_pair(n_ref, n_sp, n_genes, seed=seed)
