@@ -10,10 +10,10 @@ the 99th percentile are reported per phase:
 * ``layers``: the result layers (predicted cluster and imputed genes) are added on the main
   thread.
 
-How the mapping is driven: if the plugin's Map widget (``_qt/map_widget.py``) exists and
+How the mapping is driven: if the plugin's Map widget (``plugin/widgets/map_widget.py``) exists and
 exposes a way to start a run programmatically, it is used; otherwise this script drives
 ``napari.qt.threading.thread_worker`` around ``map_cells_to_space`` itself (as a widget would)
-and adds the layers through the plugin's ``_qt.layer_ops`` functions. The JSON output says
+and adds the layers through the plugin's ``plugin.widgets.layer_ops`` functions. The JSON output says
 which path was taken.
 
 Needs a display: run under ``xvfb-run -a`` (or a real desktop); ``QT_QPA_PLATFORM=offscreen``
@@ -126,7 +126,7 @@ def _spin(app: Any, seconds: float) -> None:
 def map_widget_api() -> str | None:
     """A description of the Map widget if the module exists, else ``None``."""
     try:
-        from napari_spatial_impute._qt import map_widget  # noqa: F401
+        from napari_spatial_impute.plugin.widgets import map_widget  # noqa: F401
     except Exception:
         return None
     return "napari_spatial_impute.plugin.widgets.map_widget"
@@ -152,14 +152,16 @@ def run_once_widget(
         # stay in the layers phase: the canvas draws the new layer on the next events
 
     widget._on_returned = on_returned  # connected by run() from the instance attribute
-    widget.epochs.setValue(args.epochs)
+    widget.form.epochs.value = args.epochs
     hb.phase = f"mapping#{args._repeat}"
     t0 = time.perf_counter()
     worker = widget.run()
     if worker is None:
         raise RuntimeError("the Map widget did not start (no data in the model?)")
     _KEEP.append(worker)
-    worker.yielded.connect(lambda *_: state.__setitem__("epochs_seen", state["epochs_seen"] + 1))
+    worker.yielded.connect(  # epochs arrive in throttled batches (lists)
+        lambda batch: state.__setitem__("epochs_seen", state["epochs_seen"] + len(batch))
+    )
     worker.errored.connect(lambda e: state.__setitem__("error", repr(e)))
     worker.finished.connect(lambda: state.__setitem__("done", True))
     _process_until(app, lambda: state["done"], args.timeout)
@@ -351,13 +353,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         info["driver"] = (
             "the plugin's Map widget (MapWidget docked in the shown viewer; run() as the Map button "
             "does; its worker streams epochs to the progress bar and score plot; its result handler "
-            "adds the most-likely-cluster layer), then _qt.layer_ops.open_gene per gene as the "
+            "adds the most-likely-cluster layer), then plugin.widgets.layer_ops.open_gene per gene as the "
             "Explore widget does"
         )
     else:
         info["driver"] = (
             "own thread_worker around map_cells_to_space (a worker thread runs the mapping and streams "
-            "per-epoch info to the main thread; layers added with _qt.layer_ops.open_predicted/open_gene)"
+            "per-epoch info to the main thread; layers added with plugin.widgets.layer_ops.open_predicted/open_gene)"
         )
     info["map_widget_module"] = widget_mod or "absent when this ran"
     hb = Heartbeat(args.interval_ms)

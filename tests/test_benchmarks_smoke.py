@@ -201,3 +201,4 @@ def test_gui_responsiveness_tiny(tmp_path, qapp):
     phases = {p["phase"] for p in info["phases"]}
     assert any(p.startswith("mapping") for p in phases)
     assert any(p.startswith("adding result layers") for p in phases)
+    assert info["driver"].startswith("the plugin's Map widget"), info["driver"]

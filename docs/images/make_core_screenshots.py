@@ -54,7 +54,7 @@ def main() -> int:
     _, mapw = viewer.window.add_plugin_dock_widget(
         "napari-spatial-impute", "Map cells to space", tabify=True
     )
-    mapw.epochs.setValue(300)
+    mapw.form.epochs.value = 300
     mapw.run()
     wait(lambda: mapw.worker is None)
     viewer.layers["spatial"].visible = False
@@ -63,7 +63,7 @@ def main() -> int:
 
     # a long run, caught half-way, then cancelled: nothing is added
     n_layers = len(viewer.layers)
-    mapw.epochs.setValue(3000)
+    mapw.form.epochs.value = 3000
     mapw.run()
     wait(lambda: mapw.progress.value() >= 400)
     save(viewer, "map_widget_running.png")
