@@ -32,13 +32,12 @@ from qtpy.QtWidgets import (
     QProgressBar,
     QPushButton,
     QVBoxLayout,
-    QWidget,
 )
 
 from napari_spatial_impute.core.engine.mapper import EpochInfo
 from napari_spatial_impute.core.settings import Setting, setting_specs
 from napari_spatial_impute.io.files import input_warnings
-from napari_spatial_impute.plugin.sync import connect_model
+from napari_spatial_impute.plugin.widgets.base import PluginWidget
 from napari_spatial_impute.plugin.widgets.score_plot import ScorePlot
 from napari_spatial_impute.plugin.workers import Failed, guarded, iter_mapping, result_layers
 from napari_spatial_impute.viz.layers import META_KEY, plugin_meta
@@ -150,7 +149,7 @@ def setting_value(spec: Setting, widget: ValueWidget) -> Any:
     return value
 
 
-class MapWidget(QWidget):
+class MapWidget(PluginWidget):
     """Map reference cells onto the spatial cells of the shared model (Tangram objective).
 
     The mapping runs in a napari thread worker; the progress bar and the score plot follow its
@@ -178,10 +177,8 @@ class MapWidget(QWidget):
     """
 
     def __init__(self, napari_viewer: Any) -> None:
-        super().__init__()
-        self.viewer = napari_viewer
-        self.model = connect_model(napari_viewer)
-        self._run = _Run()
+        self._run = _Run()  # before the base class sets ``worker`` (a property over the run here)
+        super().__init__(napari_viewer)
         self._had_parent = False
         # deleting the widget (or its dock with it) stops the run: the closure keeps no Qt object
         self.destroyed.connect(self._run.abandon)
@@ -335,10 +332,8 @@ class MapWidget(QWidget):
         worker.returned.connect(self._on_returned)
         worker.errored.connect(self._on_error)
         worker.finished.connect(self._on_finished)
-        worker.aborted.connect(
-            cancel.set
-        )  # napari's status-bar cancel quits the worker: stop the engine too
-        state.worker = worker
+        # napari's status-bar cancel quits the worker: stop the engine too
+        worker.aborted.connect(cancel.set)
         state.pbar = progress(total=max(n, 1), desc="Mapping cells to space")
         self.progress.setRange(0, max(n, 1))
         self.progress.setValue(0)
@@ -346,8 +341,7 @@ class MapWidget(QWidget):
         self.status.setText("Preparing genes and data...")
         self.run_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
-        worker.start()
-        return worker
+        return self.start_worker(worker)  # the base keeps it (``worker``, ``busy``)
 
     @property
     def worker(self) -> Any:
