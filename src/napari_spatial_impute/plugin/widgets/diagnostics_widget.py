@@ -34,6 +34,7 @@ from napari_spatial_impute.plugin.widgets.layer_ops import find_layers, notify_e
 from napari_spatial_impute.plugin.widgets.linking import get_link_controller
 from napari_spatial_impute.plugin.widgets.reliability_panel import ReliabilityPanel
 from napari_spatial_impute.plugin.widgets.table_items import NumberItem
+from napari_spatial_impute.plugin.workers import warm_up
 from napari_spatial_impute.viz.explore import shared_genes
 from napari_spatial_impute.viz.layers import plugin_meta, result_cluster_key
 from napari_spatial_impute.viz.plots import (
@@ -81,6 +82,7 @@ class DiagnosticsWidget(PluginWidget):
 
     def __init__(self, napari_viewer: Any) -> None:
         super().__init__(napari_viewer)
+        warm_up()  # the cross-validation's worker would otherwise load numba mid-run
         self._opened_gene: str | None = None
         get_link_controller(napari_viewer)
         self.tabs = QTabWidget()

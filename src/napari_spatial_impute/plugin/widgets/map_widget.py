@@ -39,7 +39,13 @@ from napari_spatial_impute.core.settings import Setting, setting_specs
 from napari_spatial_impute.io.files import input_warnings
 from napari_spatial_impute.plugin.widgets.base import PluginWidget
 from napari_spatial_impute.plugin.widgets.score_plot import ScorePlot
-from napari_spatial_impute.plugin.workers import Failed, guarded, iter_mapping, result_layers
+from napari_spatial_impute.plugin.workers import (
+    Failed,
+    guarded,
+    iter_mapping,
+    result_layers,
+    warm_up,
+)
 from napari_spatial_impute.viz.layers import META_KEY, plugin_meta
 
 #: ``metadata['spatial_impute']['origin']`` of the layers this widget adds (a new run replaces them).
@@ -179,6 +185,7 @@ class MapWidget(PluginWidget):
     def __init__(self, napari_viewer: Any) -> None:
         self._run = _Run()  # before the base class sets ``worker`` (a property over the run here)
         super().__init__(napari_viewer)
+        warm_up()
         self._had_parent = False
         # deleting the widget (or its dock with it) stops the run: the closure keeps no Qt object
         self.destroyed.connect(self._run.abandon)
