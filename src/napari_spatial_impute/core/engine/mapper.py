@@ -1,4 +1,9 @@
-"""The optimiser: Adam on the Tangram objective, exact (dense) or lean (candidate pairs)."""
+"""The optimiser: the epoch loop over one engine (exact, lean or constrained).
+
+The engines implement :class:`~napari_spatial_impute.core.engine.engines.MappingObjective`; the
+mapper seeds the initial logits, picks the engine, runs the epochs (cancel, per-epoch info,
+history) and counts them.
+"""
 
 from __future__ import annotations
 
@@ -11,22 +16,15 @@ import scipy.sparse as sp
 import torch
 
 from napari_spatial_impute._errors import InputError, MappingCancelled
-from napari_spatial_impute.core.engine import memory as _malloc
-from napari_spatial_impute.core.engine.candidates import merge_pairs
-from napari_spatial_impute.core.engine.lean import CandidateObjective
-from napari_spatial_impute.core.engine.objective import (
-    TERMS,
-    BlockAdam,
-    DenseObjective,
-    Weights,
-    tangram_loss,
+from napari_spatial_impute.core.engine.engines import (
+    ConstrainedObjective,
+    ExactObjective,
+    LeanObjective,
+    MappingObjective,
 )
+from napari_spatial_impute.core.engine.objective import Weights
 
 CancelFlag = threading.Event | Callable[[], bool] | None
-#: A pair added by the lean engine starts this far (in log-probability) below its row's total.
-NEW_PAIR_LOGIT_OFFSET = 8.0
-#: Mappings with fewer elements than this run single-threaded on the CPU.
-SMALL_PROBLEM = 1 << 24
 #: The exact engine splits mappings with at least this many elements over worker threads. On a
 #: quiet 2-core machine two shards were 1.7-1.8x faster than one from 1,308 x 750 up to
 #: 4,000 x 12,000 (measured here); a threshold of SMALL_PROBLEM, chosen on a loaded machine, left
@@ -69,8 +67,10 @@ def _is_cancelled(cancel: CancelFlag) -> bool:
 class TangramMapper:
     """Optimise the Tangram objective for a mapping matrix.
 
-    Cells and clusters modes use :class:`~napari_spatial_impute.core.engine.objective.DenseObjective` (exact
-    objective, hand-derived gradient, block-wise Adam). Constrained mode uses autograd.
+    Cells and clusters modes use :class:`~napari_spatial_impute.core.engine.engines.ExactObjective`
+    (exact objective, hand-derived gradient, block-wise Adam) or, with ``pairs``,
+    :class:`~napari_spatial_impute.core.engine.engines.LeanObjective`. Constrained mode uses
+    :class:`~napari_spatial_impute.core.engine.engines.ConstrainedObjective` (autograd).
 
     Parameters
     ----------
@@ -153,134 +153,93 @@ class TangramMapper:
         n, s = self.S.shape[0], self.G.shape[0]
         gen = torch.Generator(device="cpu")
         gen.manual_seed(0 if seed is None else int(seed))
-        self.pairs = pairs
         self.refresh_every = refresh_every
         self.refresh_candidates = refresh_candidates
         self.prune_below = prune_below
-        self.history: dict[str, list[float]] = {k: [] for k in TERMS}
         self.epochs_done = 0
-        self.F: torch.Tensor | None = None
-        # set below for the lean and exact engines; constrained mode uses autograd instead
-        self.objective: CandidateObjective | DenseObjective
-        self._adam: BlockAdam | None = None
+        self.objective: MappingObjective
         if pairs is not None:
             if constrained:
                 raise InputError(
                     "the lean engine does not support constrained mode; use engine='exact'."
                 )
             rows, cols = (p.to(self.device) for p in pairs)
-            self.M = torch.randn((rows.shape[0],), generator=gen, dtype=dt).to(self.device)
-            w = None if self.d_source is None else self.d_source
-            self.objective = CandidateObjective(self.S, self.G, weights, rows, cols, d=self.d, w=w)
-            self._adam = BlockAdam(self.M, lr=learning_rate)
-            return
-        if init is not None:
-            init = np.asarray(init, dtype=np.float32)
-            if init.shape != (n, s):
-                raise InputError(f"initial mapping has shape {init.shape}; expected {(n, s)}.")
-            M = torch.as_tensor(init).to(self.device, dtype=dt).clone()
-        else:
-            M = torch.randn((n, s), generator=gen, dtype=dt).to(self.device)
-        self.M = M
-        if constrained:
-            self.F = torch.randn((n,), generator=gen, dtype=dt).to(self.device)
-            self.M.requires_grad_(True)
-            self.F.requires_grad_(True)
-            self._torch_opt = torch.optim.Adam([self.M, self.F], lr=learning_rate)
-            self.history.update(count_reg=[], f_reg=[])
-        else:
-            self.objective = DenseObjective(
-                self.S, self.G, weights, d=self.d, d_source=self.d_source, workers=self.workers()
+            M = torch.randn((rows.shape[0],), generator=gen, dtype=dt).to(self.device)
+            self.objective = LeanObjective(
+                self.S,
+                self.G,
+                weights,
+                rows,
+                cols,
+                M,
+                d=self.d,
+                w=self.d_source,
+                learning_rate=learning_rate,
+                num_threads=num_threads,
+                refresh_every=refresh_every,
+                refresh_candidates=refresh_candidates,
+                prune_below=prune_below,
             )
-            self._adam = BlockAdam(self.M, lr=learning_rate)
+        else:
+            if init is not None:
+                init = np.asarray(init, dtype=np.float32)
+                if init.shape != (n, s):
+                    raise InputError(f"initial mapping has shape {init.shape}; expected {(n, s)}.")
+                M = torch.as_tensor(init).to(self.device, dtype=dt).clone()
+            else:
+                M = torch.randn((n, s), generator=gen, dtype=dt).to(self.device)
+            if constrained:
+                F = torch.randn((n,), generator=gen, dtype=dt).to(self.device)
+                self.objective = ConstrainedObjective(
+                    self.S,
+                    self.G,
+                    weights,
+                    M,
+                    F,
+                    d=self.d,
+                    target_count=target_count,
+                    learning_rate=learning_rate,
+                    num_threads=num_threads,
+                )
+            else:
+                self.objective = ExactObjective(
+                    self.S,
+                    self.G,
+                    weights,
+                    M,
+                    d=self.d,
+                    d_source=self.d_source,
+                    learning_rate=learning_rate,
+                    workers=self.workers(),
+                )
+        self.history: dict[str, list[float]] = {k: [] for k in self.objective.terms}
+
+    @property
+    def M(self) -> torch.Tensor:
+        """The current logits (dense, or one per candidate pair for the lean engine)."""
+        return self.objective.M
+
+    @property
+    def F(self) -> torch.Tensor | None:
+        """Constrained mode's filter logits, else ``None``."""
+        return self.objective.F
+
+    @property
+    def pairs(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The lean engine's current candidate pairs, else ``None`` (dense mapping)."""
+        return self.objective.pairs
 
     def step(self) -> dict[str, float]:
         """Run one epoch: evaluate the objective at the current mapping, then update it."""
-        if self.constrained:
-            terms_t = tangram_loss(
-                self.M,
-                self.S,
-                self.G,
-                self.weights,
-                d=self.d,
-                F=self.F,
-                target_count=self.target_count,
-            )
-            self._torch_opt.zero_grad()
-            torch.autograd.backward(terms_t["total_loss"])
-            self._torch_opt.step()
-            values = {k: float(v.detach()) for k, v in terms_t.items()}
-        elif self.pairs is not None:
-            values, grad = self._lean_objective().value_and_grad(self.M)
-            adam = self._optimizer()
-            adam.begin_step()
-            adam(slice(None), grad)
-            if self.refresh_every and (self.epochs_done + 1) % self.refresh_every == 0:
-                self._refresh_pairs()
-                _malloc.trim()  # the pair arrays changed size: free blocks of the old sizes
-        else:
-            objective = self.objective
-            if not isinstance(objective, DenseObjective):
-                raise RuntimeError("a mapper without candidate pairs uses the dense objective")
-            adam = self._optimizer()
-            adam.begin_step()
-            values = objective.value_and_update(self.M, adam)
+        values = self.objective.step(self.epochs_done)
         for k in self.history:
             self.history[k].append(values.get(k, float("nan")))
         self.epochs_done += 1
         return values
 
     def release_optimizer(self) -> None:
-        """Drop Adam's moments (two mapping-sized arrays) once training is over."""
-        self._adam = None
-
-    def _optimizer(self) -> BlockAdam:
-        """The block-wise Adam of the lean and exact engines (until it is released)."""
-        if self._adam is None:
-            raise RuntimeError("the optimizer was released (release_optimizer); training is over")
-        return self._adam
-
-    def _lean_objective(self) -> CandidateObjective:
-        """The lean engine's objective over its candidate pairs."""
-        if not isinstance(self.objective, CandidateObjective):
-            raise RuntimeError("only the lean engine (pairs given) has a candidate objective")
-        return self.objective
-
-    def _refresh_pairs(self) -> None:
-        """Lean engine: add the most promising pairs, drop negligible ones (working set)."""
-        obj = self._lean_objective()
-        adam = self._optimizer()
-        new_rows, new_cols = obj.propose(self.refresh_candidates)
-        with torch.no_grad():
-            L = self.M
-            P = obj.probabilities(L)
-            n = obj.n
-            rowmax = torch.full((n,), -torch.inf, dtype=P.dtype, device=P.device)
-            rowmax.scatter_reduce_(0, obj.rows, P, reduce="amax", include_self=True)
-            keep = (P >= self.prune_below) | (P >= rowmax[obj.rows])
-            rows, cols = obj.rows[keep], obj.cols[keep]
-            L_keep = L[keep]
-            m1, m2 = adam.exp_avg[keep], adam.exp_avg_sq[keep]
-            lmax = torch.full((n,), -torch.inf, dtype=L.dtype, device=L.device)
-            lmax.scatter_reduce_(0, rows, L_keep, reduce="amax", include_self=True)
-            lse = lmax + torch.log(
-                torch.zeros(n, dtype=L.dtype, device=L.device).index_add_(
-                    0, rows, torch.exp(L_keep - lmax[rows])
-                )
-            )
-            rows2, cols2, pos = merge_pairs(rows, cols, new_rows, new_cols, n)
-            L2 = lse[rows2] - NEW_PAIR_LOGIT_OFFSET
-            L2[pos] = L_keep
-            a1 = torch.zeros_like(L2)
-            a2 = torch.zeros_like(L2)
-            a1[pos] = m1
-            a2[pos] = m2
-        self.M = L2
-        adam.param, adam.exp_avg, adam.exp_avg_sq = L2, a1, a2
-        self.objective = CandidateObjective(
-            self.S, self.G, self.weights, rows2, cols2, d=self.d, w=obj.w
-        )
-        self.pairs = (rows2, cols2)
+        """Drop the optimiser's state (Adam's two mapping-sized moments) once training is over."""
+        self.objective.release_optimizer()
 
     def workers(self) -> int:
         """Worker threads of the exact engine on the CPU (each runs single-threaded kernels).
@@ -299,18 +258,10 @@ class TangramMapper:
         """torch's intra-op threads during an epoch.
 
         Always one on the CPU for the exact engine, which parallelises over row shards itself
-        (see :class:`~napari_spatial_impute.core.engine.objective.DenseObjective`): torch's own parallel
-        regions were 5-10x slower on a 2-core machine with another busy process (measured on
-        the bundled pair and on 4,000 x 20,000 simulated cells). The lean and constrained
-        engines use torch's setting for large problems.
+        (see :class:`~napari_spatial_impute.core.engine.engines.ExactObjective`). The lean and
+        constrained engines use torch's setting for large problems.
         """
-        if self.pairs is None and not self.constrained:
-            return 1
-        if self.num_threads is not None:
-            return self.num_threads
-        if self.M.numel() < SMALL_PROBLEM:
-            return 1
-        return torch.get_num_threads()
+        return self.objective.threads()
 
     def iterate(self, n_epochs: int, cancel: CancelFlag = None) -> Iterator[EpochInfo]:
         """Yield an :class:`EpochInfo` after each of ``n_epochs`` epochs.
@@ -336,19 +287,8 @@ class TangramMapper:
 
         Dense numpy for the exact engine, a scipy CSR matrix for the lean engine.
         """
-        with torch.no_grad():
-            if self.pairs is not None:
-                obj = self._lean_objective()
-                vals = obj.probabilities(self.M).cpu().numpy()
-                return sp.csr_matrix(
-                    (vals, (obj.rows.cpu().numpy(), obj.cols.cpu().numpy())), shape=(obj.n, obj.s)
-                )
-            P = torch.softmax(self.M.detach(), dim=1)
-            return P.cpu().numpy()
+        return self.objective.probabilities()
 
     def filter_probabilities(self) -> np.ndarray | None:
         """Constrained mode's per-cell filter probabilities, else ``None``."""
-        if self.F is None:
-            return None
-        with torch.no_grad():
-            return torch.sigmoid(self.F.detach()).cpu().numpy()
+        return self.objective.filter_probabilities()
