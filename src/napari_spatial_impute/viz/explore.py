@@ -29,6 +29,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from napari_spatial_impute._errors import InputError
+from napari_spatial_impute.io._sparse import is_sparse
 from napari_spatial_impute.io.files import find_fov_key, fov_labels
 from napari_spatial_impute.io.schema import halfwidths, interval_levels, resolve_gene
 from napari_spatial_impute.viz.layers import (
@@ -141,7 +142,7 @@ def values(result: ad.AnnData, kind: str, name: str, rows: np.ndarray | None = N
     if kind == "imputed":
         j = result.var_names.get_loc(resolve_gene(result, name))
         col = result.X[:, j]
-        col = col.toarray().ravel() if sp.issparse(col) else np.asarray(col).ravel()
+        col = col.toarray().ravel() if is_sparse(col) else np.asarray(col).ravel()
     elif kind == "measured":
         gene = resolve_gene(result, name)
         measured_name = (
@@ -184,7 +185,7 @@ def top_genes_text(
     out = np.empty(len(rows), dtype=object)
     for s in range(0, len(rows), chunk):
         block = result.X[rows[s : s + chunk]]
-        block = block.toarray() if sp.issparse(block) else np.asarray(block)
+        block = block.toarray() if is_sparse(block) else np.asarray(block)
         top = (
             np.argpartition(-block, n - 1, axis=1)[:, :n]
             if n < block.shape[1]

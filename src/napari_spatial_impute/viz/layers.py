@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import warnings
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -191,7 +191,7 @@ def point_size(data: Any) -> float:
         return 1.0
     sample = pts if len(pts) <= 20_000 else pts[np.linspace(0, len(pts) - 1, 20_000).astype(int)]
     dist, _ = cKDTree(pts).query(sample, k=2)
-    d = dist[:, 1]
+    d = np.asarray(dist)[:, 1]  # k=2 always gives an (n, 2) array; the stubs allow a float
     d = d[d > 0]
     if d.size == 0:
         span = float(np.ptp(pts, axis=0).max()) or 1.0
@@ -237,7 +237,7 @@ def is_categorical(values: pd.Series) -> bool:
 
 
 def category_colors(
-    categories: Sequence[Any], palette: Sequence[str] | None = None
+    categories: Iterable[Any], palette: Sequence[str] | None = None
 ) -> dict[Any, str]:
     """A ``{category: '#rrggbb'}`` map (scanpy's ``uns['<key>_colors']`` when given, else tab20)."""
     from matplotlib import colormaps
@@ -246,10 +246,9 @@ def category_colors(
     cats = list(categories)
     if palette is not None and len(palette) >= len(cats):
         return {c: to_hex(palette[i]) for i, c in enumerate(cats)}
-    if len(cats) <= 10:
-        base = [to_hex(c) for c in colormaps["tab10"].colors]
-    elif len(cats) <= 20:
-        base = [to_hex(c) for c in colormaps["tab20"].colors]
+    if len(cats) <= 20:
+        listed = colormaps["tab10" if len(cats) <= 10 else "tab20"]  # listed: cmap(i) is colour i
+        base = [to_hex(listed(i)) for i in range(listed.N)]
     else:
         cmap = colormaps["gist_ncar"]
         base = [to_hex(cmap(x)) for x in np.linspace(0.05, 0.95, len(cats))]
