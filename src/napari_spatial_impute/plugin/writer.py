@@ -69,17 +69,13 @@ def layers_to_anndata(layer_data: Sequence[tuple[Any, Mapping[str, Any], str]]) 
 
 def _plain_points_to_anndata(pts: Sequence[tuple[Any, Mapping[str, Any], str]]) -> ad.AnnData:
     coords = np.concatenate([from_napari(d) for d, _, _ in pts], axis=0)
-    feats = pd.concat(
-        [
-            (
-                m.get("features")
-                if m.get("features") is not None
-                else pd.DataFrame(index=range(len(d)))
-            ).assign(layer=str(m.get("name", "points")))
-            for d, m, _ in pts
-        ],
-        ignore_index=True,
-    )
+    frames: list[pd.DataFrame] = []
+    for d, m, _ in pts:
+        features = m.get("features")
+        if features is None:
+            features = pd.DataFrame(index=range(len(d)))
+        frames.append(features.assign(layer=str(m.get("name", "points"))))
+    feats = pd.concat(frames, ignore_index=True)
     feats.index = pd.Index([str(i) for i in range(len(feats))])
     out = ad.AnnData(X=np.zeros((len(feats), 0), dtype=np.float32), obs=feats)
     out.obsm["spatial"] = coords
