@@ -385,9 +385,11 @@ class DiagnosticsWidget(PluginWidget):
         return layers
 
     def _on_cv_clicked(self, row: int, _col: int) -> None:
-        header = [
-            self.cv_table.horizontalHeaderItem(j).text() for j in range(self.cv_table.columnCount())
-        ]
+        header: list[str] = []
+        for j in range(self.cv_table.columnCount()):
+            head = self.cv_table.horizontalHeaderItem(j)
+            assert head is not None  # every column gets a header label with the table
+            header.append(head.text())
         item = self.cv_table.item(row, header.index("gene"))
         if item is not None:
             self.open_gene(item.text())

@@ -8,7 +8,7 @@ from typing import Any
 
 from napari.settings import get_settings
 from napari.utils.notifications import show_warning
-from qtpy.QtCore import Qt
+from qtpy.QtCore import QStringListModel, Qt
 from qtpy.QtWidgets import (
     QAbstractItemView,
     QCheckBox,
@@ -71,7 +71,8 @@ class ExploreWidget(PluginWidget):
 
         self.gene_edit = QLineEdit()
         self.gene_edit.setPlaceholderText("type a gene (any imputed gene)")
-        self.completer = QCompleter([])
+        self.completer_model = QStringListModel()  # what QCompleter([]) makes, kept typed
+        self.completer = QCompleter(self.completer_model)
         self.completer.setCaseSensitivity(Qt.CaseSensitivity.CaseInsensitive)
         self.completer.setFilterMode(Qt.MatchFlag.MatchContains)
         self.gene_edit.setCompleter(self.completer)
@@ -183,12 +184,12 @@ class ExploreWidget(PluginWidget):
             w.setEnabled(enabled)
         self.cluster_combo.clear()
         if result is None:
-            self.completer.model().setStringList([])  # type: ignore[attr-defined]
+            self.completer_model.setStringList([])
             self.info.setText("No mapping result yet: run a mapping or open a result file.")
             self._refresh_fovs()
             return
         genes = gene_names(result)
-        self.completer.model().setStringList(genes)  # type: ignore[attr-defined]
+        self.completer_model.setStringList(genes)
         clusters = cluster_names(result)
         self.cluster_combo.addItems(clusters)
         self.cluster_button.setEnabled(bool(clusters))

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 from napari.layers import Image, Labels
-from qtpy.QtCore import Qt
+from qtpy.QtCore import QStringListModel, Qt
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -101,7 +101,8 @@ class ImageWidget(PluginWidget):
         self.kind_combo.currentTextChanged.connect(self._on_kind)
         self.value_edit = QLineEdit()
         self.value_edit.setPlaceholderText("gene or cluster")
-        self.completer = QCompleter([])
+        self.completer_model = QStringListModel()  # what QCompleter([]) makes, kept typed
+        self.completer = QCompleter(self.completer_model)
         self.completer.setCaseSensitivity(Qt.CaseSensitivity.CaseInsensitive)
         self.completer.setFilterMode(Qt.MatchFlag.MatchContains)
         self.value_edit.setCompleter(self.completer)
@@ -183,7 +184,7 @@ class ImageWidget(PluginWidget):
             if result is None
             else (cluster_names(result) if kind == "probability" else gene_names(result))
         )
-        self.completer.model().setStringList(items)  # type: ignore[attr-defined]
+        self.completer_model.setStringList(items)
 
     def _refresh_labels(self, *_: Any) -> None:
         current = self.labels_combo.currentText()
@@ -281,8 +282,8 @@ class ImageWidget(PluginWidget):
                     )
                 height = self.height_spin.value() or layer.data.shape[0]
                 align = alignment_from_offset(
-                    pos.loc[key, "x"],
-                    pos.loc[key, "y"],
+                    pos["x"].loc[key],
+                    pos["y"].loc[key],
                     height,
                     self.flip_check.isChecked(),
                     self.pixel_spin.value(),

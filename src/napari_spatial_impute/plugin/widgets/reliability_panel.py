@@ -102,7 +102,12 @@ class ReliabilityPanel(QWidget):
     def column(self, name: str) -> list[str]:
         """Texts of one column in the shown (sorted) order."""
         j = list(RELIABILITY_COLUMNS).index(name)
-        return [self.table.item(i, j).text() for i in range(self.table.rowCount())]
+        texts: list[str] = []
+        for i in range(self.table.rowCount()):
+            item = self.table.item(i, j)
+            assert item is not None  # every cell is filled when the table is shown
+            texts.append(item.text())
+        return texts
 
     def _on_pick(self, event: Any) -> None:
         genes = getattr(event.artist, "genes", None)
