@@ -526,7 +526,7 @@ def reference_weights(
 def spatial_rows_for_reference(
     result: ad.AnnData,
     reference: ad.AnnData,
-    reference_rows: Sequence[int],
+    reference_rows: Sequence[int] | np.ndarray,
     units: sp.csr_matrix | None = None,
 ) -> np.ndarray:
     """Spatial cells whose best mapped unit is one of (or contains) the given reference cells."""
@@ -541,7 +541,7 @@ def spatial_rows_for_reference(
 
 
 def dominant_cluster(
-    reference: ad.AnnData, key: str | None, reference_rows: Sequence[int]
+    reference: ad.AnnData, key: str | None, reference_rows: Sequence[int] | np.ndarray
 ) -> str | None:
     """The most frequent cluster among the given reference cells (``None`` when unknown)."""
     rows = np.asarray(list(reference_rows), dtype=np.int64)

@@ -92,7 +92,8 @@ def apply_specs(
     }
     targets: list[Points | None] = []
     for spec, old in zip(specs, replace, strict=True):
-        same = shown.get(layer_identity(spec.kwargs["metadata"]))
+        ident = layer_identity(spec.kwargs["metadata"])
+        same = shown.get(ident) if ident is not None else None
         target = same if isinstance(same, Points) else old
         if target is not None and len(target.data) != len(spec.data):
             target = None
@@ -303,7 +304,8 @@ def _fresh_spec(result: Any, md: dict, fov_key: str | None, size: float) -> Poin
     if role == INTERVAL_ROLE:
         level = md.get("level", "90")
         return interval_layer_specs(result, md["value"], level, fov, fov_key, size=size)[0]
-    return value_layer_specs(result, role, md["value"], fov, fov_key, size=size)[0]
+    # str(): a layer without a kind fails in values() (InputError) as before
+    return value_layer_specs(result, str(role), md["value"], fov, fov_key, size=size)[0]
 
 
 #: ``kind`` of an exploration layer kept, unchanged, from a previous result.

@@ -251,7 +251,7 @@ class LinkController(QObject):
             self._linked_cluster_layers = open_cluster(
                 self.viewer, result, cluster, None, self.model.fov_key, recolor_layers=old
             )
-        rows = (
+        rows: np.ndarray | list[int] = (
             spatial_rows_for_reference(result, reference, ref_rows, self._unit_matrix())
             if len(ref_rows)
             else []

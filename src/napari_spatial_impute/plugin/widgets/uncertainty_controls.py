@@ -217,7 +217,9 @@ class UncertaintyControls(QGroupBox):
         self.apply()
 
     def _median_width(self, gene: str) -> float:
-        widths = interval_widths(self.model.result, gene, self.level())
+        level = self.level()
+        assert level is not None  # every caller checks for a level first
+        widths = interval_widths(self.model.result, gene, level)
         finite = widths[np.isfinite(widths)]
         return float(np.median(finite)) if finite.size else 0.0
 
@@ -257,6 +259,7 @@ class UncertaintyControls(QGroupBox):
         try:
             for layer in layers:
                 if on:
+                    assert level is not None  # part of ``on``
                     wide = mask_layer(
                         layer,
                         result,
