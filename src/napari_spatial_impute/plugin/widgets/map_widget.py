@@ -19,7 +19,7 @@ import anndata as ad
 # widget.
 import matplotlib.cm  # noqa: F401
 from magicgui.widgets import Container, LineEdit, create_widget
-from magicgui.widgets.bases import ValueWidget
+from magicgui.widgets.bases import RangedWidget, ValueWidget
 from napari.layers import Points
 from napari.qt.threading import thread_worker
 from napari.utils import progress
@@ -137,7 +137,9 @@ def setting_widget(spec: Setting, value: Any = None) -> ValueWidget:
     widget = create_widget(
         value=value, annotation=annotation, name=spec.name, label=spec.label, options=options
     )
+    assert isinstance(widget, ValueWidget)  # a value and an annotation give a value widget
     if number and annotation is float:  # decimals first: Qt rounds the bounds to them
+        assert isinstance(widget, RangedWidget)  # a float spin box
         widget.native.setDecimals(0 if spec.type is int else _DECIMALS)
         widget.min, widget.max, widget.value = options["min"], options["max"], value
     if number and spec.optional:
@@ -149,6 +151,7 @@ def setting_value(spec: Setting, widget: ValueWidget) -> Any:
     """The setting a :func:`setting_widget` holds (``None`` for an unset optional number)."""
     value = widget.value
     if spec.type in (int, float) and spec.optional:
+        assert isinstance(widget, RangedWidget)  # setting_widget gives it a float spin box
         if value <= widget.min:
             return None
         return spec.type(round(value) if spec.type is int else value)
@@ -198,7 +201,8 @@ class MapWidget(PluginWidget):
         self.warnings_label.setVisible(False)
         # the settings form: one magicgui widget per MappingSettings field (advanced ones folded)
         self.settings_widgets: dict[str, ValueWidget] = {}
-        basic, advanced = [], []
+        basic: list[ValueWidget] = []
+        advanced: list[ValueWidget] = []
         for spec in setting_specs():
             if spec.name in FROM_MODEL:
                 continue
@@ -210,10 +214,10 @@ class MapWidget(PluginWidget):
                 self.gene_list.native.setPlaceholderText("training genes, e.g. Gad1, Slc17a6, Sst")
                 basic.append(self.gene_list)
         # added after construction, so that magicgui lines up the labels
-        self.form = Container(labels=True)
+        self.form: Container[ValueWidget] = Container(labels=True)
         self.form.extend(basic)
         self.form.margins = (0, 0, 0, 0)
-        self.advanced = Container(labels=True)
+        self.advanced: Container[ValueWidget] = Container(labels=True)
         self.advanced.extend(advanced)
         self.advanced.margins = (0, 0, 0, 0)
         self.advanced_button = QPushButton("Advanced settings")
@@ -368,14 +372,14 @@ class MapWidget(PluginWidget):
         self.status.setText("Cancelling...")
 
     # ------------------------------------------------------------------ closing
-    def closeEvent(self, event: QCloseEvent) -> None:  # noqa: N802 (Qt name)
+    def closeEvent(self, event: QCloseEvent | None) -> None:
         """Closing the widget cancels its run."""
         self._run.abandon()
         super().closeEvent(event)
 
-    def event(self, event: QEvent) -> bool:
+    def event(self, event: QEvent | None) -> bool:
         """Taking the widget out of its dock (napari's close button does) cancels its run."""
-        if event.type() == QEvent.Type.ParentChange:
+        if event is not None and event.type() == QEvent.Type.ParentChange:
             parent = self.parent()
             if parent is None and self._had_parent:
                 self._run.abandon()
@@ -422,6 +426,7 @@ class MapWidget(PluginWidget):
             self.status.setText(f"Error: {msg}")
             show_error(msg)
             return
+        assert adata is not None  # _add_result(*value) took it as value[0]
         score = adata.uns["spatial_impute"]["training_score"]
         self.status.setText(
             f"Done: {adata.n_vars:,} genes imputed at {adata.n_obs:,} cells; training score {score:.3f}."

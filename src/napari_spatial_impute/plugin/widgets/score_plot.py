@@ -53,7 +53,7 @@ class ScorePlot(QWidget):
         py = box.bottom() - box.height() * (v - lo) / (hi - lo)
         return QPolygonF([QPointF(a, b) for a, b in zip(px.tolist(), py.tolist(), strict=True)])
 
-    def paintEvent(self, event: QPaintEvent) -> None:  # noqa: N802 (Qt name)
+    def paintEvent(self, event: QPaintEvent | None) -> None:
         """Draw the frame, the line and the labels."""
         p = QPainter(self)
         p.setRenderHint(QPainter.RenderHint.Antialiasing)
