@@ -83,7 +83,7 @@ class Setting(NamedTuple):
 def _setting(
     default: Any,
     type_: type,
-    help: str,  # noqa: A002 (the natural name)
+    help: str,
     *,
     label: str = "",
     choices: tuple[str, ...] | None = None,
