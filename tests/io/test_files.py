@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
@@ -167,3 +168,27 @@ def test_atomic_write_leaves_no_half_file(synthetic, tmp_path, monkeypatch):
         write_h5ad_atomic(ref, target)
     assert target.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["out.h5ad"]
+
+
+def test_per_cell_column_is_refused_as_fov_key(synthetic):
+    """Issue 12: a numeric per-cell column chosen as FOV key froze napari for minutes."""
+    from napari_spatial_impute.io.files import check_fov_key, find_fov_key, fov_labels
+
+    _, spa = synthetic
+    spa = ad.concat([spa] * 3, index_unique="-")  # 120 cells
+    spa.obs["fov"] = np.repeat(["a", "b", "c"], spa.n_obs // 3)
+    spa.obs["area"] = np.linspace(10.0, 30.0, spa.n_obs)  # fractional per-cell numbers
+    spa.obs["cell_id"] = np.arange(spa.n_obs)  # whole numbers, one per cell
+    spa.obs["slice"] = np.arange(spa.n_obs)  # a usual FOV name, but per cell
+    for key in ("area", "cell_id"):
+        with pytest.raises(InputError, match=rf"column '{key}' has .* distinct values .* per-cell"):
+            check_fov_key(spa, key)
+        with pytest.raises(InputError, match="not fields of view"):
+            fov_labels(spa, key)
+    assert len(fov_labels(spa, "fov").categories) == 3
+    # auto-detection skips a usual name holding per-cell values and takes the real FOV column
+    assert find_fov_key(spa) == "fov"
+    del spa.obs["fov"]
+    assert find_fov_key(spa) is None
+    with pytest.raises(InputError, match="is not in the spatial obs"):
+        find_fov_key(spa, "nope")

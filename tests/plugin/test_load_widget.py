@@ -214,3 +214,20 @@ def test_layer_choice_survives_renaming(viewer_widget, qtbot):
     w.spatial_row.layer_combo.setCurrentIndex(1)
     viewer.layers[0].name = "renamed"
     assert w._chosen(w.spatial_row) is spa, "the data is found by identity, not by the old name"
+
+
+def test_per_cell_fov_key_is_refused_at_once(viewer_widget, merfish):
+    """Issue 12: choosing a numeric per-cell column as FOV key made one layer per value (a 13 min
+    freeze at 3,962 values); it is refused with one line and the earlier FOV key stays."""
+    viewer, w = viewer_widget
+    _, spa = merfish
+    spa.obs["fov"] = pd.Categorical(np.where(np.arange(spa.n_obs) % 2 == 0, "a", "b"))
+    spa.obs["total"] = np.asarray(spa.X.sum(1)).ravel() + np.linspace(0, 0.5, spa.n_obs)
+    model = viewer_model(viewer)
+    model.set_spatial(spa)
+    w._on_loaded((None, spa, False, True))
+    assert model.fov_key == "fov" and len(viewer.layers) == 2
+    w.fov_combo.setCurrentText("total")
+    assert "per-cell measurement" in w.status.text()
+    assert model.fov_key == "fov" and w.fov_combo.currentText() == "fov"
+    assert len(viewer.layers) == 2  # refused before any layer was built

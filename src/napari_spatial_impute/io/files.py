@@ -90,26 +90,58 @@ def find_fov_key(adata: ad.AnnData, fov_key: str | None = None) -> str | None:
     The column name, or ``None`` when there is none (all cells are then one FOV).
     """
     if fov_key is not None:
-        if fov_key not in adata.obs.columns:
-            raise InputError(
-                f"FOV column {fov_key!r} is not in the spatial obs; columns there are: "
-                f"{_list_columns(adata.obs)}."
-            )
+        check_fov_key(adata, fov_key)
         return fov_key
-    for name in FOV_CANDIDATES:
-        if name in adata.obs.columns:
-            return name
-    lower: dict[str, str] = {c.lower(): c for c in adata.obs.columns}
-    for name in FOV_CANDIDATES:
-        if name.lower() in lower:
-            return lower[name.lower()]
+    lower: dict[str, str] = {str(c).lower(): c for c in adata.obs.columns}
+    for name in (*FOV_CANDIDATES, *(n.lower() for n in FOV_CANDIDATES)):
+        column = name if name in adata.obs.columns else lower.get(name)
+        if column is not None and _fov_problem(adata, column) is None:
+            return column  # a usual name whose values look like fields of view
     return None
+
+
+#: More distinct values than this (and than half the cells) make a column per-cell, not FOVs.
+MAX_FOV_SHARE = 0.5
+MIN_PER_CELL_VALUES = 50
+
+
+def _fov_problem(adata: ad.AnnData, fov_key: str) -> str | None:
+    """Why ``fov_key`` cannot be a field-of-view column, or ``None`` when it can."""
+    if fov_key not in adata.obs.columns:
+        return (
+            f"FOV column {fov_key!r} is not in the spatial obs; columns there are: "
+            f"{_list_columns(adata.obs)}."
+        )
+    col = adata.obs[fov_key]
+    n_unique = int(col.nunique(dropna=True))
+    numeric = pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col)
+    fractional = numeric and bool(np.any(np.asarray(col.dropna(), dtype=np.float64) % 1 != 0))
+    if fractional or (n_unique > MIN_PER_CELL_VALUES and n_unique > MAX_FOV_SHARE * adata.n_obs):
+        return (
+            f"column {fov_key!r} has {n_unique:,} distinct values for {adata.n_obs:,} cells"
+            + (" (fractional numbers)" if fractional else "")
+            + "; it looks like a per-cell measurement, not fields of view: choose a column with "
+            "one value per field of view, or none."
+        )
+    return None
+
+
+def check_fov_key(adata: ad.AnnData, fov_key: str) -> None:
+    """Refuse a field-of-view column that is missing or holds per-cell values (one line).
+
+    A per-cell column as FOV key would split the cells into thousands of "fields of view"
+    (a numeric column chosen by mistake froze napari for minutes); it is refused at once.
+    """
+    problem = _fov_problem(adata, fov_key)
+    if problem is not None:
+        raise InputError(problem)
 
 
 def fov_labels(adata: ad.AnnData, fov_key: str | None) -> pd.Categorical:
     """FOV of each cell as a pandas Categorical (one category ``"0"`` when there is no column)."""
     if fov_key is None:
         return pd.Categorical(np.full(adata.n_obs, "0"), categories=["0"])
+    check_fov_key(adata, fov_key)
     values = adata.obs[fov_key]
     if isinstance(values.dtype, pd.CategoricalDtype):
         cat = values.astype(str).astype("category").cat

@@ -25,7 +25,13 @@ from qtpy.QtWidgets import (
 )
 
 from napari_spatial_impute._errors import InputError
-from napari_spatial_impute.io.files import find_fov_key, fov_labels, read_h5ad, validate_adata
+from napari_spatial_impute.io.files import (
+    check_fov_key,
+    find_fov_key,
+    fov_labels,
+    read_h5ad,
+    validate_adata,
+)
 from napari_spatial_impute.plugin.widgets.base import PluginWidget
 from napari_spatial_impute.plugin.workers import Failed
 from napari_spatial_impute.viz.layers import (
@@ -404,7 +410,18 @@ class LoadWidget(PluginWidget):
         self._update_summary()
 
     def _fov_changed(self, text: str) -> None:
-        self.model.set_keys(cluster_key=self.model.cluster_key, fov_key=self._key(text))
+        key, spatial = self._key(text), self.model.spatial
+        if key is not None and spatial is not None:
+            try:
+                check_fov_key(spatial, key)  # a per-cell column would make thousands of FOVs
+            except InputError as exc:
+                self.status.setText(f"Error: {exc}")
+                show_error(str(exc))
+                self.fov_combo.blockSignals(True)
+                self.fov_combo.setCurrentText(self.model.fov_key or NONE)
+                self.fov_combo.blockSignals(False)
+                return
+        self.model.set_keys(cluster_key=self.model.cluster_key, fov_key=key)
         if self.spatial_layers:
             self.show_spatial()
         self._update_summary()
