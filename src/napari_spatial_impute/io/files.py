@@ -105,6 +105,17 @@ MAX_FOV_SHARE = 0.5
 MIN_PER_CELL_VALUES = 50
 
 
+def _column_values(col: pd.Series) -> tuple[int, bool, bool]:
+    """``(distinct values, numeric (not bool), holds fractional numbers)`` of an obs column.
+
+    What tells labels (clusters, fields of view) from per-cell measurements.
+    """
+    n_unique = int(col.nunique(dropna=True))
+    numeric = pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col)
+    fractional = numeric and bool(np.any(np.asarray(col.dropna(), dtype=np.float64) % 1 != 0))
+    return n_unique, numeric, fractional
+
+
 def _fov_problem(adata: ad.AnnData, fov_key: str) -> str | None:
     """Why ``fov_key`` cannot be a field-of-view column, or ``None`` when it can."""
     if fov_key not in adata.obs.columns:
@@ -112,10 +123,7 @@ def _fov_problem(adata: ad.AnnData, fov_key: str) -> str | None:
             f"FOV column {fov_key!r} is not in the spatial obs; columns there are: "
             f"{_list_columns(adata.obs)}."
         )
-    col = adata.obs[fov_key]
-    n_unique = int(col.nunique(dropna=True))
-    numeric = pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col)
-    fractional = numeric and bool(np.any(np.asarray(col.dropna(), dtype=np.float64) % 1 != 0))
+    n_unique, _, fractional = _column_values(adata.obs[fov_key])
     if fractional or (n_unique > MIN_PER_CELL_VALUES and n_unique > MAX_FOV_SHARE * adata.n_obs):
         return (
             f"column {fov_key!r} has {n_unique:,} distinct values for {adata.n_obs:,} cells"
@@ -302,12 +310,7 @@ def input_warnings(
             "near 1 and mean nothing: give the spatial assay's file as the spatial data."
         )
     if cluster_key is not None and cluster_key in reference.obs.columns:
-        col = reference.obs[cluster_key]
-        n_unique = int(col.nunique(dropna=True))
-        numeric = pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col)
-        fractional = numeric and bool(
-            np.any(np.abs(np.asarray(col.dropna(), dtype=np.float64) % 1) > 0)
-        )
+        n_unique, numeric, fractional = _column_values(reference.obs[cluster_key])
         # text labels, one per row, are a cluster-level reference (one profile per class)
         per_cell = numeric and n_unique > 20 and n_unique > 0.5 * reference.n_obs
         if fractional or per_cell or (numeric and n_unique > 200):
