@@ -1,4 +1,4 @@
-"""Imputation accuracy: leave-genes-out cross-validation, this project vs tangram-sc vs kNN.
+"""Imputation accuracy: leave-genes-out cross-validation, this project vs tangram-sc, SpaGE, kNN.
 
 Protocol (fixed; see benchmarks/README.md):
 
@@ -18,7 +18,10 @@ Methods, on the same folds in one run: ``ours`` (``map_cells_to_space`` with def
 ``transform="none"`` because the data are already normalised; one method per engine when the
 function has an ``engine`` keyword), ``tangram`` (tangram-sc 1.0.4: ``pp_adatas`` +
 ``map_cells_to_space(mode="cells", num_epochs, density_prior="uniform")`` + ``project_genes``)
-and ``knn`` (mean of the k nearest reference cells by cosine distance on the training genes).
+``spage`` (SpaGE, Abdelaal et al. 2020, re-implemented in ``benchmarks/peers.py``: PRECISE
+principal vectors of the z-scored training genes, then the distance-weighted mean of the 50
+nearest reference cells by cosine distance; annotation = majority vote of those 50 cells) and
+``knn`` (mean of the k nearest reference cells by cosine distance on the training genes).
 
 Usage::
 
@@ -128,6 +131,33 @@ def run_tangram(pair: Pair, train: list[str], held: list[str], epochs: int, seed
     return pred, np.asarray(adm.X, dtype=np.float32), None
 
 
+def run_spage(
+    pair: Pair,
+    train_ref: list[str],
+    train_sp: list[str],
+    held: list[str],
+    n_pv: int | str | None,
+    k: int,
+):
+    """SpaGE (``peers.spage``) on the fold's training genes; returns ``(pred, None, idx, n_pv)``.
+
+    ``n_pv``: ``None`` = the SpaGE authors' rule (``peers.spage_default_n_pv``), ``"half"`` =
+    ``int(n_train / 2)`` as Li et al. 2022 (``BLAST_GenePrediction.ipynb``), or an integer.
+    ``idx`` are the neighbour indices, used for the majority-vote annotation.
+    """
+    import peers
+
+    A = dense(pair.reference, train_ref)
+    B = dense(pair.spatial, train_sp)
+    H = dense(pair.reference, held)
+    if n_pv == "half":
+        n_pv = max(1, len(train_ref) // 2)
+    elif n_pv is None:
+        n_pv = peers.spage_default_n_pv(len(train_ref))
+    pred, idx, _ = peers.spage(A, B, H, n_pv=int(n_pv), k=k, return_neighbors=True)
+    return pred, None, idx, int(n_pv)
+
+
 def annotation_from_scores(pair: Pair, scores: np.ndarray, cats: np.ndarray) -> dict[str, float]:
     true = pair.spatial.obs[pair.sp_label].astype(str).to_numpy()
     pred = cats[np.argmax(scores, axis=1)]
@@ -178,6 +208,13 @@ def annotation_accuracy(
         "frac_known_labels": float(known.mean()),
     }
 
+
+# methods without training epochs, and the projection each reports in the summary
+NO_EPOCHS = {"knn", "spage"}
+PROJECTIONS = {
+    "knn": "mean of k nearest",
+    "spage": "SpaGE: distance-weighted mean of k nearest in PRECISE space",
+}
 
 # --------------------------------------------------------------------------------------------
 
@@ -247,6 +284,11 @@ def evaluate_dataset(
                 pred, P, _ = run_tangram(pair, train, held, args.epochs, args.seed)
             elif label == "knn":
                 pred, P, knn_idx = run_knn(pair, train, train_sp, held, args.k)
+            elif label == "spage":
+                pred, P, knn_idx, n_pv = run_spage(
+                    pair, train, train_sp, held, args.spage_n_pv, args.spage_k
+                )
+                extra["n_pv"] = n_pv
             else:
                 raise ValueError(f"unknown method {label}")
             dt = time.perf_counter() - t0
@@ -265,6 +307,8 @@ def evaluate_dataset(
                 "time_s": dt,
                 "loadavg_1m": load,
             }
+            if "n_pv" in extra:
+                row["n_pv"] = extra["n_pv"]
             outputs = [(label, pred, row)]
             if "pred_map" in extra:
                 # the same mapping's Tangram projection (Mᵀ S) and map-based annotations
@@ -309,11 +353,11 @@ def evaluate_dataset(
             "n_sp": pair.spatial.n_obs,
             "n_genes": len(genes),
             "folds": args.folds,
-            "epochs": args.epochs if label != "knn" else 0,
+            "epochs": args.epochs if label not in NO_EPOCHS else 0,
             "projection": (
                 fr["projection"].iloc[0]
                 if "projection" in fr and fr["projection"].notna().any()
-                else ("Mᵀ S" if label != "knn" else "mean of k nearest")
+                else PROJECTIONS.get(label, "Mᵀ S")
             ),
             "median_r": float(np.nanmedian(g)) if np.isfinite(g).any() else float("nan"),
             "mean_r": float(np.nanmean(g)) if np.isfinite(g).any() else float("nan"),
@@ -408,6 +452,14 @@ def rebuild_summary(out_dir: Path) -> pd.DataFrame:
     return df
 
 
+def _n_pv(v: str) -> int | str | None:
+    if v == "auto":
+        return None
+    if v == "half":
+        return v
+    return int(v)
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument(
@@ -419,6 +471,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--methods", nargs="+", default=["ours", "tangram", "knn"])
     p.add_argument("--engines", nargs="*", default=None, help="engines of ours (default: all)")
     p.add_argument("--k", type=int, default=10, help="neighbours of the kNN baseline")
+    p.add_argument(
+        "--spage-n-pv",
+        type=_n_pv,
+        default=None,
+        help="SpaGE principal vectors: an integer, 'half' (int(n_train/2), Li et al. 2022) or "
+        "'auto' (default: the SpaGE authors' 50, or 30 for panels of at most 50 genes)",
+    )
+    p.add_argument("--spage-k", type=int, default=50, help="neighbours of SpaGE (default 50)")
     p.add_argument("--max-cells", type=int, default=None, help="subsample each side (smoke tests)")
     p.add_argument(
         "--threads", type=int, default=None, help="torch threads (default: torch's choice)"
