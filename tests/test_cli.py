@@ -254,6 +254,8 @@ def test_map_lean_engine(merfish_pair, tmp_path, capsys):
             str(s),
             "-o",
             str(out),
+            "--method",
+            "tangram",
             "--engine",
             "lean",
             "--candidates",

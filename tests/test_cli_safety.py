@@ -257,7 +257,7 @@ def test_lean_engine_on_tiny_reference_says_it_ran_exact(merfish_pair):
     ref, spa = merfish_pair
     with pytest.warns(nsi.InputWarning, match="the exact engine ran"):
         res = nsi.map_cells_to_space(
-            ref[:30].copy(), spa, engine="lean", candidates=50, epochs=2, neighbours=False
+            ref[:30].copy(), spa, method="tangram", engine="lean", candidates=50, epochs=2
         )
     assert res.params["engine"] == "exact" and "exact engine ran" in res.params["engine_note"]
 

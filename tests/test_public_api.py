@@ -36,10 +36,10 @@ NAMES = [
 ]
 
 FUNCTIONS = {
-    "cross_validate": "reference, spatial, kw:folds=10, kw:seed=0, kw:genes=None, kw:progress=None, kw:method='auto', **map_kwargs",
+    "cross_validate": "reference, spatial, kw:folds=10, kw:seed=0, kw:genes=None, kw:progress=None, kw:projection='auto', kw:fold_order='random', **map_kwargs",
     "find_fov_key": "adata, fov_key=None",
     "load_merfish_hypothalamus": "",
-    "map_cells_to_space": "reference, spatial, kw:mode='cells', kw:cluster_key=None, kw:genes='overlap', kw:n_markers=100, kw:density='uniform', kw:epochs=1000, kw:learning_rate=0.1, kw:lambda_g1=1.0, kw:lambda_g2=0.0, kw:lambda_d=None, kw:lambda_r=0.0, kw:lambda_count=1.0, kw:lambda_f_reg=1.0, kw:target_count=None, kw:transform='none', kw:seed=0, kw:device='cpu', kw:callback=None, kw:cancel=None, kw:init=None, kw:check_memory=True, kw:engine='auto', kw:candidates=50, kw:reverse_candidates=5, kw:tol=None, kw:patience=50, kw:neighbours=True, kw:uncertainty=True",
+    "map_cells_to_space": "reference, spatial, kw:method='auto', kw:mode='cells', kw:cluster_key=None, kw:genes='overlap', kw:n_markers=100, kw:density='uniform', kw:epochs=1000, kw:learning_rate=0.1, kw:lambda_g1=1.0, kw:lambda_g2=0.0, kw:lambda_d=None, kw:lambda_r=0.0, kw:lambda_count=1.0, kw:lambda_f_reg=1.0, kw:target_count=None, kw:transform='none', kw:seed=0, kw:device='cpu', kw:callback=None, kw:cancel=None, kw:init=None, kw:check_memory=True, kw:engine='auto', kw:candidates=50, kw:reverse_candidates=5, kw:tol=None, kw:patience=50, kw:uncertainty=True",
     "plan_genes": "reference, spatial, genes='overlap', cluster_key=None, n_markers=100",
     "project_cell_annotations": "result, key=None, source='auto'",
     "project_genes": "result, genes=None, method='auto'",

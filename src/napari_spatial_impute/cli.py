@@ -104,6 +104,13 @@ def _parser() -> argparse.ArgumentParser:
     e = sub.add_parser("evaluate", help="k-fold leave-genes-out cross-validation")
     _add_mapping_options(e, epochs_default=1000, skip=_NOT_EVALUATED)
     e.add_argument("--folds", type=int, default=10)
+    e.add_argument(
+        "--fold-order",
+        choices=["random", "sorted"],
+        default="random",
+        help="random: genes permuted with --seed; sorted: genes sorted by name, consecutive "
+        "blocks (Li et al. 2022's KFold without shuffling) (default: %(default)s)",
+    )
     e.add_argument("--out", "-o", required=True, help="output .csv (one row per held-out gene)")
     e.add_argument(
         "--projection",
@@ -114,7 +121,13 @@ def _parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="map the bundled MERFISH hypothalamus pair (offline)")
     d.add_argument("--out", "-o", default=None, help="output .h5ad (default: a temporary folder)")
-    d.add_argument("--epochs", type=int, default=500)
+    d.add_argument(
+        "--method",
+        choices=["auto", "ensemble", "tangram"],
+        default="auto",
+        help="the map: ensemble (default via auto, no training) or tangram (trained for --epochs)",
+    )
+    d.add_argument("--epochs", type=int, default=500, help="Tangram map only (default: 500)")
     d.add_argument(
         "--folds", type=int, default=10, help="folds of the cross-validation summary (0: skip)"
     )
@@ -143,6 +156,31 @@ class _Progress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+def _trains(args: argparse.Namespace) -> bool:
+    """Whether the command's map is trained (a Tangram map) rather than the ensemble."""
+    from napari_spatial_impute.core.settings import resolve_map_method
+
+    return (
+        resolve_map_method(getattr(args, "method", "auto"), getattr(args, "mode", "cells"))
+        == "tangram"
+    )
+
+
+def _map_summary(result: Any) -> str:
+    """One line on the map that ran: which map, its training-gene score and its time."""
+    params, t = result.params, result.timings
+    if params.get("method") == "ensemble":
+        return (
+            f"ensemble map (no training): training-gene score {result.training_score:.3f} "
+            f"({t['neighbours_s']:.1f} s matching cells, {t['total_s']:.1f} s in all)"
+        )
+    return (
+        f"Tangram map: training score {result.training_score:.3f} after {params['epochs_done']} "
+        f"epochs, {params['engine']} engine ({t['train_s']:.1f} s training, "
+        f"{t['total_s']:.1f} s in all)"
+    )
 
 
 def _mapping_kwargs(args: argparse.Namespace) -> dict[str, Any]:
@@ -217,7 +255,7 @@ def cmd_map(args: argparse.Namespace) -> int:
         from napari_spatial_impute.core.genes import resolve_gene_names
 
         resolve_gene_names(reference.var_names, impute)  # refuse unknown genes before the mapping
-    bar = _Progress(args.epochs, "mapping")
+    bar = _Progress(args.epochs if _trains(args) else 0, "mapping")
     try:
         result = map_cells_to_space(reference, spatial, callback=bar, **kwargs)
     finally:
@@ -236,11 +274,7 @@ def cmd_map(args: argparse.Namespace) -> int:
         f"values: reference {result.params['reference_values']}, spatial {result.params['spatial_values']}; "
         f"transform applied: {result.params['transform']}"
     )
-    print(
-        f"training score {result.training_score:.3f} after {result.params['epochs_done']} epochs, "
-        f"{result.params['engine']} engine "
-        f"({result.timings['train_s']:.1f} s training, {result.timings['total_s']:.1f} s in all)"
-    )
+    print(_map_summary(result))
     n_clusters = (
         adata.obsm["cluster_probabilities"].shape[1] if "cluster_probabilities" in adata.obsm else 0
     )
@@ -260,7 +294,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     kwargs = _mapping_kwargs(args)
     reference = read_h5ad(args.reference, "reference")
     spatial = read_h5ad(args.spatial, "spatial")
-    bar = _Progress(args.folds * args.epochs, "cross-validation")
+    bar = _Progress(args.folds * args.epochs if _trains(args) else 0, "cross-validation")
 
     def progress(fold: int, n: int, info: Any) -> None:
         if info is not None:
@@ -272,7 +306,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             spatial,
             folds=args.folds,
             progress=progress,
-            method=args.projection,
+            projection=args.projection,
+            fold_order=args.fold_order,
             **kwargs,
         )
     finally:
@@ -317,11 +352,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
         f"bundled MERFISH hypothalamus pair (Moffitt et al. 2018): reference {reference.n_obs} cells, "
         f"spatial {spatial.n_obs} cells, {spatial.n_vars} genes"
     )
-    bar = _Progress(args.epochs, "mapping")
+    bar = _Progress(args.epochs if _trains(args) else 0, "mapping")
     try:
         result = map_cells_to_space(
             reference,
             spatial,
+            method=args.method,
             cluster_key="cell_type",
             epochs=args.epochs,
             seed=args.seed,
@@ -332,10 +368,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         bar.close()
     adata = result.to_anndata()
     write_h5ad_atomic(adata, out)
-    print(
-        f"imputed {adata.n_vars} genes at {adata.n_obs} cells; training score "
-        f"{result.training_score:.3f} ({result.timings['train_s']:.1f} s)"
-    )
+    print(f"imputed {adata.n_vars} genes at {adata.n_obs} cells; {_map_summary(result)}")
     top = adata.obs["cell_type_predicted"].value_counts().head(3)
     print("most common projected cell types: " + ", ".join(f"{k} ({v})" for k, v in top.items()))
     if args.folds:
@@ -344,6 +377,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             spatial,
             folds=args.folds,
             seed=args.seed,
+            method=args.method,
             epochs=args.epochs,
             device=args.device,
         )

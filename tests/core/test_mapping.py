@@ -9,22 +9,22 @@ import pytest
 import torch
 
 import napari_spatial_impute as nsi
-from napari_spatial_impute import InputError, MappingCancelled, MemoryEstimateError
+from napari_spatial_impute import InputError, InputWarning, MappingCancelled, MemoryEstimateError
 from napari_spatial_impute.core.engine import resources
 
 
 def test_seeded_runs_are_reproducible(synthetic):
     ref, spa = synthetic
-    a = nsi.map_cells_to_space(ref, spa, epochs=30, seed=3)
-    b = nsi.map_cells_to_space(ref, spa, epochs=30, seed=3)
-    c = nsi.map_cells_to_space(ref, spa, epochs=30, seed=4)
+    a = nsi.map_cells_to_space(ref, spa, method="tangram", epochs=30, seed=3)
+    b = nsi.map_cells_to_space(ref, spa, method="tangram", epochs=30, seed=3)
+    c = nsi.map_cells_to_space(ref, spa, method="tangram", epochs=30, seed=4)
     np.testing.assert_array_equal(a.probabilities, b.probabilities)
     assert not np.allclose(a.probabilities, c.probabilities)
 
 
 def test_training_improves_score_and_keeps_history(synthetic):
     ref, spa = synthetic
-    r = nsi.map_cells_to_space(ref, spa, epochs=200, seed=0)
+    r = nsi.map_cells_to_space(ref, spa, method="tangram", epochs=200, seed=0)
     h = r.history["main_loss"]
     assert len(h) == 200
     assert h[-1] > h[0] + 0.05
@@ -45,7 +45,7 @@ def test_training_improves_score_and_keeps_history(synthetic):
 def test_callback_and_cancel(synthetic):
     ref, spa = synthetic
     seen = []
-    nsi.map_cells_to_space(ref, spa, epochs=7, callback=seen.append)
+    nsi.map_cells_to_space(ref, spa, method="tangram", epochs=7, callback=seen.append)
     assert [i.epoch for i in seen] == list(range(1, 8))
     assert all(np.isfinite(i.score) for i in seen)
 
@@ -56,15 +56,17 @@ def test_callback_and_cancel(synthetic):
             flag.set()
 
     with pytest.raises(MappingCancelled, match="after 3 of 50"):
-        nsi.map_cells_to_space(ref, spa, epochs=50, callback=stop_at_3, cancel=flag)
+        nsi.map_cells_to_space(
+            ref, spa, method="tangram", epochs=50, callback=stop_at_3, cancel=flag
+        )
     with pytest.raises(MappingCancelled):
-        nsi.map_cells_to_space(ref, spa, epochs=5, cancel=lambda: True)
+        nsi.map_cells_to_space(ref, spa, method="tangram", epochs=5, cancel=lambda: True)
 
 
 @pytest.mark.parametrize("density", ["uniform", "rna_count_based", "none"])
 def test_density_priors(synthetic, density):
     ref, spa = synthetic
-    r = nsi.map_cells_to_space(ref, spa, epochs=40, density=density)
+    r = nsi.map_cells_to_space(ref, spa, method="tangram", epochs=40, density=density)
     assert r.params["density"] == density
     assert np.isnan(r.history["kl_reg"]).all() == (density == "none")
 
@@ -72,28 +74,32 @@ def test_density_priors(synthetic, density):
 def test_custom_density_vector(synthetic):
     ref, spa = synthetic
     vec = np.linspace(1, 2, spa.n_obs)
-    r = nsi.map_cells_to_space(ref, spa, epochs=300, density=vec)
+    r = nsi.map_cells_to_space(ref, spa, method="tangram", epochs=300, density=vec)
     assert r.params["density"] == "custom"
     m = r.probabilities.sum(0) / ref.n_obs
     # the learned density follows the prior: cells with more weight get more mass
     assert np.corrcoef(m, vec)[0, 1] > 0.5
     with pytest.raises(InputError, match="one per spatial cell"):
-        nsi.map_cells_to_space(ref, spa, epochs=1, density=vec[:-1])
+        nsi.map_cells_to_space(ref, spa, method="tangram", epochs=1, density=vec[:-1])
 
 
 def test_clusters_mode(synthetic):
     ref, spa = synthetic
-    r = nsi.map_cells_to_space(ref, spa, mode="clusters", cluster_key="cell_type", epochs=200)
+    r = nsi.map_cells_to_space(
+        ref, spa, method="tangram", mode="clusters", cluster_key="cell_type", epochs=200
+    )
     assert r.probabilities.shape == (3, spa.n_obs)
     assert r.unit_names == ["T0", "T1", "T2"]
     np.testing.assert_allclose(r.unit_weights.sum(), 1.0, rtol=1e-6)
     with pytest.raises(InputError, match="needs a cluster key"):
-        nsi.map_cells_to_space(ref, spa, mode="clusters", epochs=1)
+        nsi.map_cells_to_space(ref, spa, method="tangram", mode="clusters", epochs=1)
 
 
 def test_constrained_mode_runs(synthetic):
     ref, spa = synthetic
-    r = nsi.map_cells_to_space(ref, spa, mode="constrained", target_count=30, epochs=50)
+    r = nsi.map_cells_to_space(
+        ref, spa, method="tangram", mode="constrained", target_count=30, epochs=50
+    )
     assert r.filter_probabilities is not None and r.filter_probabilities.shape == (ref.n_obs,)
     assert len(r.history["count_reg"]) == 50
 
@@ -101,25 +107,25 @@ def test_constrained_mode_runs(synthetic):
 def test_bad_arguments_are_one_line_errors(synthetic):
     ref, spa = synthetic
     with pytest.raises(InputError, match="mode 'nope'"):
-        nsi.map_cells_to_space(ref, spa, mode="nope", epochs=1)
+        nsi.map_cells_to_space(ref, spa, method="tangram", mode="nope", epochs=1)
     with pytest.raises(InputError, match="columns there are: cell_type"):
-        nsi.map_cells_to_space(ref, spa, cluster_key="celltype", epochs=1)
+        nsi.map_cells_to_space(ref, spa, method="tangram", cluster_key="celltype", epochs=1)
     with pytest.raises(InputError, match="density 'weird'"):
-        nsi.map_cells_to_space(ref, spa, density="weird", epochs=1)
+        nsi.map_cells_to_space(ref, spa, method="tangram", density="weird", epochs=1)
     with pytest.raises(InputError, match="lambda_g1 cannot be 0"):
-        nsi.map_cells_to_space(ref, spa, lambda_g1=0, epochs=1)
+        nsi.map_cells_to_space(ref, spa, method="tangram", lambda_g1=0, epochs=1)
 
 
 def test_cuda_request_without_gpu(synthetic):
     ref, spa = synthetic
     if torch.cuda.is_available():
-        r = nsi.map_cells_to_space(ref, spa, epochs=20, device="cuda")
-        cpu = nsi.map_cells_to_space(ref, spa, epochs=20, device="cpu")
+        r = nsi.map_cells_to_space(ref, spa, method="tangram", epochs=20, device="cuda")
+        cpu = nsi.map_cells_to_space(ref, spa, method="tangram", epochs=20, device="cpu")
         assert abs(r.training_score - cpu.training_score) < 1e-3
     else:
         with pytest.raises(InputError, match="no CUDA GPU"):
-            nsi.map_cells_to_space(ref, spa, epochs=1, device="cuda")
-        r = nsi.map_cells_to_space(ref, spa, epochs=1, device="auto")
+            nsi.map_cells_to_space(ref, spa, method="tangram", epochs=1, device="cuda")
+        r = nsi.map_cells_to_space(ref, spa, method="tangram", epochs=1, device="auto")
         assert r.params["device"] == "cpu"
 
 
@@ -127,7 +133,7 @@ def test_memory_refused_before_allocation(synthetic, monkeypatch):
     ref, spa = synthetic
     monkeypatch.setattr(resources, "available_bytes", lambda device: 1024)
     with pytest.raises(MemoryEstimateError) as e:
-        nsi.map_cells_to_space(ref, spa, epochs=1)
+        nsi.map_cells_to_space(ref, spa, method="tangram", epochs=1)
     msg = str(e.value)
     assert "needs about" in msg and "--mode clusters" in msg and "\n" not in msg
 
@@ -140,16 +146,16 @@ def test_estimate_at_seed_scale_is_plausible():
 
 def test_transform_normalize_log1p(synthetic):
     ref, spa = synthetic
-    r = nsi.map_cells_to_space(ref, spa, epochs=20, transform="normalize_log1p")
+    r = nsi.map_cells_to_space(ref, spa, method="tangram", epochs=20, transform="normalize_log1p")
     assert r.params["transform"] == "normalize_log1p"
     assert r.reference_values.X.max() < np.log1p(ref.X.max() * 100)
     with pytest.raises(InputError, match="transform 'log'"):
-        nsi.map_cells_to_space(ref, spa, epochs=1, transform="log")
+        nsi.map_cells_to_space(ref, spa, method="tangram", epochs=1, transform="log")
 
 
 def test_early_stopping_with_tol(synthetic):
     ref, spa = synthetic
-    r = nsi.map_cells_to_space(ref, spa, epochs=2000, tol=1e-4, patience=20)
+    r = nsi.map_cells_to_space(ref, spa, method="tangram", epochs=2000, tol=1e-4, patience=20)
     assert r.params["epochs_done"] < 2000
     h = r.history["main_loss"]
     assert len(h) == r.params["epochs_done"]
@@ -160,14 +166,14 @@ def test_auto_engine_picks_by_size(synthetic, monkeypatch):
     from napari_spatial_impute.core import mapping
 
     ref, spa = synthetic
-    assert nsi.map_cells_to_space(ref, spa, epochs=2).params["engine"] == "exact"
+    assert nsi.map_cells_to_space(ref, spa, method="tangram", epochs=2).params["engine"] == "exact"
     monkeypatch.setattr(mapping, "AUTO_LEAN_ENTRIES", 100)
-    r = nsi.map_cells_to_space(ref, spa, epochs=2, candidates=10)
+    r = nsi.map_cells_to_space(ref, spa, method="tangram", epochs=2, candidates=10)
     assert r.params["engine"] == "lean"
     assert (
-        nsi.map_cells_to_space(ref, spa, epochs=2, mode="clusters", cluster_key="cell_type").params[
-            "engine"
-        ]
+        nsi.map_cells_to_space(
+            ref, spa, method="tangram", epochs=2, mode="clusters", cluster_key="cell_type"
+        ).params["engine"]
         == "exact"
     )
 
@@ -176,11 +182,46 @@ def test_csr_array_and_dense_inputs_give_the_same_map(synthetic):
     import scipy.sparse as sp
 
     ref, spa = synthetic
-    a = nsi.map_cells_to_space(ref, spa, epochs=20, seed=1)
+    a = nsi.map_cells_to_space(ref, spa, method="tangram", epochs=20, seed=1)
     ref2, spa2 = ref.copy(), spa.copy()
     ref2.X = sp.csr_array(ref.X)
     spa2.X = spa.X.toarray()
-    b = nsi.map_cells_to_space(ref2, spa2, epochs=20, seed=1)
+    b = nsi.map_cells_to_space(ref2, spa2, method="tangram", epochs=20, seed=1)
     np.testing.assert_allclose(a.probabilities, b.probabilities, rtol=1e-5, atol=1e-8)
     np.testing.assert_allclose(a.project_genes().X, b.project_genes().X, rtol=1e-4, atol=1e-6)
     assert a.params["reference_values"] == "raw counts"
+
+
+# ------------------------------------------------------------------------ the ensemble map
+def test_default_map_is_the_ensemble_and_trains_nothing(merfish_pair):
+    """Issue 15: the default spends no epochs on a map whose output it would not use."""
+    ref, spa = merfish_pair
+    seen = []
+    r = nsi.map_cells_to_space(ref, spa, epochs=500, callback=seen.append)
+    assert seen == [] and r.params["method"] == "ensemble" and r.params["epochs_done"] == 0
+    assert all(len(v) == 0 for v in r.history.values())
+    assert r.params["n_pairs"] == r.neighbours.nnz == r.probabilities.nnz
+    assert r.calibration is not None and r.timings["train_s"] == 0
+    assert 0 < r.training_score < 1
+
+
+def test_ensemble_map_can_be_cancelled(merfish_pair):
+    ref, spa = merfish_pair
+    with pytest.raises(MappingCancelled, match="cancelled after 0 of 750 spatial cells"):
+        nsi.map_cells_to_space(ref, spa, cancel=lambda: True)
+
+
+def test_tangram_only_settings_with_the_ensemble_warn(merfish_pair):
+    ref, spa = merfish_pair
+    with pytest.warns(InputWarning, match="engine and init apply to the Tangram map only"):
+        r = nsi.map_cells_to_space(ref, spa, engine="lean", uncertainty=False)
+    assert r.params["method"] == "ensemble"
+
+
+def test_ensemble_memory_is_checked_before_any_work(merfish_pair, monkeypatch):
+    from napari_spatial_impute.core.engine import resources
+
+    ref, spa = merfish_pair
+    monkeypatch.setattr(resources, "available_bytes", lambda device: 10 * 1024**2)
+    with pytest.raises(InputError, match="needs about .* map one FOV or section at a time"):
+        nsi.map_cells_to_space(ref, spa)

@@ -4,23 +4,31 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 
 import napari_spatial_impute as nsi
 from napari_spatial_impute import InputError
 from napari_spatial_impute.core.project import mapped_units, top_mapped_units
 
 
-@pytest.fixture
-def result(synthetic):
+@pytest.fixture(params=["ensemble", "tangram"])
+def result(synthetic, request):
+    """The map of each method: projections, argmax and top units are read from either."""
     ref, spa = synthetic
-    return nsi.map_cells_to_space(ref, spa, cluster_key="cell_type", epochs=100, seed=0)
+    return nsi.map_cells_to_space(
+        ref, spa, method=request.param, cluster_key="cell_type", epochs=100, seed=0
+    )
+
+
+def _dense(P):
+    return P.toarray() if sp.issparse(P) else np.asarray(P)
 
 
 def test_probabilistic_projection_is_MtS_for_all_genes(result):
     out = result.project_genes(method="probabilistic")
     ref = result.reference
     assert list(out.var_names) == list(ref.var_names)  # extra reference genes included
-    expected = result.probabilities.T @ ref.X.toarray()
+    expected = _dense(result.probabilities).T @ ref.X.toarray()
     np.testing.assert_allclose(out.X, expected, rtol=1e-4, atol=1e-5)
     assert out.var["is_training"].sum() == len(result.genes.training_reference)
     assert "spatial" in out.obsm
@@ -36,7 +44,7 @@ def test_gene_subset_any_case(result):
 def test_argmax_projection(result):
     out = result.project_genes(method="argmax")
     idx, share = mapped_units(result)
-    np.testing.assert_array_equal(idx, result.probabilities.argmax(0))
+    np.testing.assert_array_equal(idx, _dense(result.probabilities).argmax(0))
     np.testing.assert_allclose(out.X, result.reference.X.toarray()[idx], rtol=1e-6)
     assert (share > 0).all() and (share <= 1).all()
 
@@ -47,17 +55,18 @@ def test_cluster_probabilities(result):
     assert probs.dtypes.unique().tolist() == [np.float32]
     np.testing.assert_allclose(probs.sum(1), 1.0, rtol=1e-5)
     labels = result.reference.obs["cell_type"].to_numpy()
-    manual = np.stack([result.probabilities[labels == c].sum(0) for c in probs.columns], 1)
+    P = _dense(result.probabilities)
+    manual = np.stack([P[labels == c].sum(0) for c in probs.columns], 1)
     np.testing.assert_allclose(probs.to_numpy(), manual / manual.sum(1, keepdims=True), rtol=1e-4)
 
 
-def test_cluster_probabilities_recover_true_types(synthetic):
+@pytest.mark.parametrize("method", ["ensemble", "tangram"])
+def test_cluster_probabilities_recover_true_types(synthetic, method):
     ref, spa = synthetic
-    r = nsi.map_cells_to_space(ref, spa, cluster_key="cell_type", epochs=300, seed=0)
+    r = nsi.map_cells_to_space(ref, spa, method=method, cluster_key="cell_type", epochs=300, seed=0)
     truth = spa.obs["true_type"].to_numpy()
-    for source in ("tangram", "neighbours"):
-        pred = r.cluster_probabilities(source=source).idxmax(axis=1).to_numpy()
-        assert (pred == truth).mean() > 0.7, source
+    pred = r.cluster_probabilities().idxmax(axis=1).to_numpy()
+    assert (pred == truth).mean() > 0.7
 
 
 def test_clusters_mode_probabilities_weight_by_cluster_size(synthetic):
@@ -74,24 +83,40 @@ def test_top_mapped_units(result):
     idx, share = top_mapped_units(result, k=5)
     assert idx.shape == (result.spatial.n_obs, 5)
     assert (np.diff(share, axis=1) <= 1e-7).all()
-    np.testing.assert_array_equal(idx[:, 0], result.probabilities.argmax(0))
+    np.testing.assert_array_equal(idx[:, 0], _dense(result.probabilities).argmax(0))
 
 
-def test_neighbour_ensemble_is_default_and_row_stochastic(result):
+def test_the_ensemble_map_is_the_default_and_one_consistent_map(synthetic):
+    """Issue 15: imputed genes, cluster probabilities and mapped cells come from one map."""
+    ref, spa = synthetic
+    result = nsi.map_cells_to_space(ref, spa, cluster_key="cell_type", seed=0)
+    assert result.params["method"] == "ensemble" and result.params["epochs_done"] == 0
     W = result.neighbours
     assert W is not None and W.shape == (result.spatial.n_obs, result.reference.n_obs)
     np.testing.assert_allclose(np.asarray(W.sum(1)).ravel(), 1.0, rtol=1e-5)
     out = result.project_genes()
     np.testing.assert_allclose(out.X, W @ result.reference.X.toarray(), rtol=1e-4, atol=1e-5)
+    # the map is W itself: its own projection, argmax and cluster shares are W's
+    np.testing.assert_array_equal(_dense(result.probabilities), W.T.toarray())
+    np.testing.assert_allclose(
+        result.project_genes(method="probabilistic").X, out.X, rtol=1e-5, atol=1e-6
+    )
+    np.testing.assert_array_equal(mapped_units(result)[0], np.asarray(W.argmax(1)).ravel())
     probs = result.cluster_probabilities()
     np.testing.assert_allclose(probs.sum(1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(
+        probs.to_numpy(), result.cluster_probabilities(source="tangram").to_numpy(), atol=1e-6
+    )
     with pytest.raises(InputError, match="method 'nope'"):
         result.project_genes(method="nope")
 
 
-def test_without_neighbours_falls_back_to_tangram(synthetic):
+def test_a_tangram_map_is_its_own_projection(synthetic):
     ref, spa = synthetic
-    r = nsi.map_cells_to_space(ref, spa, epochs=20, neighbours=False, cluster_key="cell_type")
+    r = nsi.map_cells_to_space(ref, spa, method="tangram", epochs=20, cluster_key="cell_type")
+    assert r.neighbours is None and r.calibration is None and r.params["epochs_done"] == 20
     np.testing.assert_allclose(r.project_genes().X, r.project_genes(method="probabilistic").X)
-    with pytest.raises(InputError, match="no neighbourhood ensemble"):
+    with pytest.raises(InputError, match="this is a Tangram map"):
         r.project_genes(method="neighbours")
+    with pytest.raises(InputError, match="this is a Tangram map"):
+        r.cluster_probabilities(source="neighbours")

@@ -17,7 +17,7 @@ def test_result_layout_and_round_trip(merfish, tmp_path):
         np.where(spa.obsm["spatial"][:, 0] > np.median(spa.obsm["spatial"][:, 0]), "1", "0")
     )
     spa.obsm["extra"] = np.arange(spa.n_obs * 2, dtype=np.float64).reshape(-1, 2)
-    r = nsi.map_cells_to_space(ref, spa, cluster_key="cell_type", epochs=50)
+    r = nsi.map_cells_to_space(ref, spa, method="tangram", cluster_key="cell_type", epochs=50)
     out = r.to_anndata()
     assert out.shape == (750, 134)
     assert out.obsm["cluster_probabilities"].shape == (750, 14)
@@ -49,6 +49,23 @@ def test_result_layout_and_round_trip(merfish, tmp_path):
     assert len(history_frame(back)) == 50
     tdf = training_genes_frame(back)
     assert tdf["train_score"].is_monotonic_decreasing and len(tdf) == 132
+
+
+def test_ensemble_result_round_trip_has_no_epochs_and_its_intervals(merfish, tmp_path):
+    ref, spa = merfish
+    r = nsi.map_cells_to_space(ref, spa, cluster_key="cell_type")
+    path = tmp_path / "ensemble.h5ad"
+    nsi.write_h5ad_atomic(r.to_anndata(), path)
+    back = ad.read_h5ad(path)
+    info = back.uns[UNS_KEY]
+    assert info["params"]["method"] == "ensemble" and info["params"]["epochs_done"] == 0
+    assert info["projection"] == "neighbours" and len(history_frame(back)) == 0
+    assert {"interval_90_halfwidth", "interval_67_halfwidth"} <= set(back.layers)
+    # the mapped cell is the ensemble's heaviest reference cell
+    heaviest = np.asarray(r.neighbours.argmax(1)).ravel()
+    np.testing.assert_array_equal(
+        back.obs["mapped_unit"].astype(str).to_numpy(), ref.obs_names.to_numpy()[heaviest]
+    )
 
 
 def test_scanpy_reads_result(merfish, tmp_path):

@@ -96,7 +96,7 @@ def test_cli_options_cover_exactly_the_settings():
     for s in setting_specs():
         assert "--" + s.name.replace("_", "-") in dests[s.name]
     dests = _option_dests(_subparser("evaluate"))
-    assert set(dests) - own - {"folds"} == FIELDS - set(_NOT_EVALUATED)
+    assert set(dests) - own - {"folds", "fold_order"} == FIELDS - set(_NOT_EVALUATED)
 
 
 def test_cli_defaults_choices_and_kwargs_come_from_the_settings():
@@ -142,7 +142,14 @@ def test_help_shows_every_option_of_before():
 def stored(merfish_pair, tmp_path_factory):
     ref, spa = merfish_pair
     result = map_cells_to_space(
-        ref, spa, cluster_key="cell_type", epochs=3, tol=0.5, patience=2, uncertainty=False
+        ref,
+        spa,
+        method="tangram",
+        cluster_key="cell_type",
+        epochs=3,
+        tol=0.5,
+        patience=2,
+        uncertainty=False,
     )
     path = tmp_path_factory.mktemp("stored") / "result.h5ad"
     result.to_anndata(genes=[]).write_h5ad(path)
@@ -181,11 +188,27 @@ def test_unset_values_round_trip():
     assert MappingSettings(density=np.ones(3)).to_params()["density"] == "custom"
 
 
+@pytest.mark.parametrize(("neighbours", "method"), [(True, "auto"), (False, "tangram")])
+def test_params_before_the_map_method_read_back_as_the_map_that_imputed(neighbours, method):
+    """Results written before ``method`` existed: ``neighbours=False`` imputed with Tangram."""
+    params = {**MappingSettings().to_params(), "neighbours": neighbours}
+    del params["method"]
+    assert MappingSettings.from_params(params).method == method
+
+
+def test_ensemble_refuses_the_tangram_modes():
+    with pytest.raises(InputError, match="clusters mode is a Tangram option"):
+        MappingSettings(method="ensemble", mode="clusters").validate()
+    with pytest.raises(InputError, match="map method 'fast' is not known"):
+        MappingSettings(method="fast").validate()
+    assert MappingSettings(mode="clusters").validate().method == "auto"
+
+
 def test_old_result_params_read_back():
     params = dict(ad.read_h5ad(OLD_RESULT).uns["spatial_impute"]["params"])
     settings = MappingSettings.from_params(params)
     assert settings.epochs == 30 and settings.cluster_key == "cell_type" and settings.tol is None
-    assert settings.patience == 50 and settings.neighbours  # not stored then: the defaults
+    assert settings.patience == 50 and settings.method == "auto"  # not stored then: defaults
     again = settings.to_params()
     assert {k: again[k] for k in params if k in FIELDS} == {
         k: (v.item() if hasattr(v, "item") else v) for k, v in params.items() if k in FIELDS

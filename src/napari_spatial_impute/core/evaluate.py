@@ -30,7 +30,8 @@ def cross_validate(
     seed: int = 0,
     genes: Sequence[str] | None = None,
     progress: Callable[[int, int, EpochInfo | None], None] | None = None,
-    method: str = "auto",
+    projection: str = "auto",
+    fold_order: str = "random",
     **map_kwargs: Any,
 ) -> pd.DataFrame:
     """Leave-genes-out cross-validation of the imputation.
@@ -47,15 +48,20 @@ def cross_validate(
         Number of gene groups.
     seed
         Seed of the gene permutation (and of each mapping unless ``map_kwargs`` sets one).
+    fold_order
+        ``"random"`` (a seeded permutation of the genes) or ``"sorted"`` (genes sorted by name,
+        consecutive blocks, as in Li et al. 2022); see
+        :func:`~napari_spatial_impute.core.metrics.gene_folds`.
     genes
         Genes to cross-validate (reference or spatial names, any case); default all shared.
     progress
         Called as ``progress(fold, n_folds, epoch_info)`` during training.
-    method
-        Projection of the held-out genes (see :func:`~napari_spatial_impute.project_genes`).
+    projection
+        Projection of the held-out genes (``method`` of
+        :func:`~napari_spatial_impute.project_genes`; default: the map's own).
     **map_kwargs
-        Passed to :func:`~napari_spatial_impute.map_cells_to_space` (mode, epochs, ...);
-        ``genes`` there is not allowed.
+        Passed to :func:`~napari_spatial_impute.map_cells_to_space` (``method``, mode, epochs,
+        ...); ``genes`` there is not allowed.
 
     Returns
     -------
@@ -79,7 +85,7 @@ def cross_validate(
         cv_genes = [lower[g.lower()] for g in genes if g.lower() in lower]
         if not cv_genes:
             raise InputError("none of the genes to cross-validate is shared by both data sets.")
-    groups = gene_folds(cv_genes, folds, seed)
+    groups = gene_folds(cv_genes, folds, seed, order=fold_order)
     transform = check_transform(map_kwargs.get("transform", "none"))
     sp_vals = apply_transform(spatial, transform)
     map_kwargs.setdefault("seed", seed)
@@ -96,11 +102,11 @@ def cross_validate(
         assert not (set(result.genes.training_reference) & held_set), (
             "held-out gene used in training"
         )
-        pred = result.project_genes(held, method=method).X
+        pred = result.project_genes(held, method=projection).X
         measured = dense_columns(sp_vals, [ref_to_sp[g] for g in held])
         extra: dict[str, np.ndarray] = {}
         cal = result.calibration
-        if cal is not None and resolve_method(result, method) == "neighbours":
+        if cal is not None and resolve_method(result, projection) == "neighbours":
             for lv, hw in intervals(result, cal, held).items():
                 inside = np.abs(measured / cal.scale - pred) <= hw
                 extra[f"coverage_{level_name(lv)}"] = inside.mean(axis=0)

@@ -108,10 +108,6 @@ def result_to_anndata(
     if key:
         probs = project_cell_annotations(result, key)
         out.obsm["cluster_probabilities"] = probs
-        if result.neighbours is not None:
-            out.obsm["cluster_probabilities_tangram"] = project_cell_annotations(
-                result, key, source="tangram"
-            )
         best = probs.to_numpy().argmax(axis=1)
         out.obs[f"{key}_predicted"] = pd.Categorical.from_codes(best, categories=probs.columns)
         out.obs[f"{key}_predicted_probability"] = probs.to_numpy().max(axis=1).astype(np.float32)

@@ -12,6 +12,7 @@ from typing import Any
 import anndata as ad
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 import torch
 
 from napari_spatial_impute._errors import InputError, InputWarning
@@ -19,10 +20,11 @@ from napari_spatial_impute.core.engine.candidates import candidate_pairs
 from napari_spatial_impute.core.engine.mapper import CancelFlag, TangramMapper
 from napari_spatial_impute.core.engine.mapper import EpochInfo as EpochInfo  # the callback's type
 from napari_spatial_impute.core.engine.memory import reuse_freed_memory
-from napari_spatial_impute.core.engine.objective import Weights
+from napari_spatial_impute.core.engine.objective import TERMS, Weights
 from napari_spatial_impute.core.engine.resources import (
     check_fits,
     estimate_dense_mapping,
+    estimate_ensemble_map,
     estimate_lean_mapping,
     resolve_device,
 )
@@ -43,8 +45,10 @@ from napari_spatial_impute.core.settings import (  # noqa: F401 (MODES ... impor
     RUN_RECORD_KEYS,
     Engine,
     MappingSettings,
+    Method,
     Mode,
     Transform,
+    resolve_map_method,
 )
 from napari_spatial_impute.io.files import (
     describe_values,
@@ -101,10 +105,31 @@ def density_prior(
     return (vec / vec.sum()).astype(np.float32), "custom"
 
 
+def _choose_engine(
+    engine: str, mode: str, n_units: int, n_spatial: int, candidates: int
+) -> tuple[bool, str]:
+    """Whether the Tangram map runs on the lean engine, and a note when a request was overruled."""
+    if engine == "auto":
+        auto = mode == "cells" and n_units > candidates and n_units * n_spatial > AUTO_LEAN_ENTRIES
+        return auto, ""
+    if engine == "lean" and mode == "constrained":
+        raise InputError("the lean engine does not support constrained mode; use engine='exact'.")
+    lean = engine == "lean" and n_units > candidates
+    note = ""
+    if engine == "lean" and not lean:
+        note = (
+            f"the exact engine ran: with {n_units} reference cells and {candidates} candidates per "
+            "spatial cell the lean engine would keep every pair"
+        )
+        warnings.warn(note, InputWarning, stacklevel=3)
+    return lean, note
+
+
 def map_cells_to_space(
     reference: ad.AnnData,
     spatial: ad.AnnData,
     *,
+    method: Method = "auto",
     mode: Mode = "cells",
     cluster_key: str | None = None,
     genes: str | Sequence[str] = "overlap",
@@ -131,10 +156,19 @@ def map_cells_to_space(
     reverse_candidates: int = 5,
     tol: float | None = None,
     patience: int = 50,
-    neighbours: bool = True,
     uncertainty: bool = True,
 ) -> MappingResult:
-    """Map reference cells (or clusters) onto spatial cells with the Tangram objective.
+    """Map reference cells (or clusters) onto spatial cells.
+
+    Two maps can be made (``method``). The **ensemble** (the default in cells mode) matches each
+    spatial cell to its most similar reference cells over the training genes in five neighbour
+    searches and averages them (:mod:`napari_spatial_impute.core.neighbours`); nothing is
+    trained. The **Tangram** map is trained with the Tangram objective (tangram-sc's equation)
+    for ``epochs``. Whichever ran is the result's one map: imputed genes, cluster probabilities,
+    the mapped cell per spatial cell and, for the ensemble, prediction intervals and per-gene
+    reliability all come from it. On every benchmark pair the ensemble imputes held-out genes
+    more accurately than the Tangram map, and training the Tangram objective from the ensemble
+    only lowered that accuracy (docs/benchmarks.md).
 
     Parameters
     ----------
@@ -142,6 +176,10 @@ def map_cells_to_space(
         Dissociated single-cell data (all genes), cells x genes.
     spatial
         Spatial data with ``obsm["spatial"]``, cells x panel genes.
+    method
+        ``"ensemble"``, ``"tangram"`` or ``"auto"`` (the ensemble in cells mode, Tangram in
+        clusters and constrained modes, which are Tangram options). Settings from ``density``
+        to ``patience`` and ``init`` apply to the Tangram map only.
     mode
         ``"cells"`` maps every reference cell; ``"clusters"`` maps cluster profiles (needs
         ``cluster_key``; faster, more robust across specimens); ``"constrained"`` also learns
@@ -193,14 +231,9 @@ def map_cells_to_space(
         epochs (``None``: always run ``epochs``). The run's ``params`` record the epochs done.
     patience
         Window of ``tol``.
-    neighbours
-        Also compute the neighbourhood ensemble (:mod:`napari_spatial_impute.core.neighbours`) from
-        the training genes; it is then the default for imputed genes and cluster probabilities
-        (more accurate than the Tangram map on every benchmark pair), while the Tangram map
-        stays available (``method="probabilistic"``/``"argmax"``, ``source="tangram"``).
     uncertainty
-        With ``neighbours``: calibrate prediction intervals and per-gene reliability on the
-        training genes (:mod:`napari_spatial_impute.core.uncertainty`).
+        Ensemble map: calibrate prediction intervals and per-gene reliability on the training
+        genes (:mod:`napari_spatial_impute.core.uncertainty`). A Tangram map has neither.
 
     Returns
     -------
@@ -230,8 +263,8 @@ def map_cells_to_space(
         reverse_candidates=reverse_candidates,
         tol=tol,
         patience=patience,
-        neighbours=neighbours,
         uncertainty=uncertainty,
+        method=method,
     ).validate()
     validate_adata(reference, "reference")
     validate_adata(spatial, "spatial", require_spatial=True)
@@ -288,86 +321,117 @@ def map_cells_to_space(
         )
 
     n_units = S.shape[0]
-    if engine == "auto":
-        lean = (
-            mode == "cells" and n_units > candidates and n_units * spatial.n_obs > AUTO_LEAN_ENTRIES
-        )
-    else:
-        lean = engine == "lean" and n_units > candidates
-    engine_note = ""
-    if engine == "lean" and not lean:
-        engine_note = (
-            f"the exact engine ran: with {n_units} reference cells and {candidates} candidates per "
-            "spatial cell the lean engine would keep every pair"
-        )
-        warnings.warn(engine_note, InputWarning, stacklevel=2)
-    if engine == "lean" and mode == "constrained":
-        raise InputError("the lean engine does not support constrained mode; use engine='exact'.")
-    if check_memory:
-        est = (
-            estimate_lean_mapping(
-                n_units, spatial.n_obs, S.shape[1], candidates, reverse_candidates
-            )
-            if lean
-            else estimate_dense_mapping(n_units, spatial.n_obs, S.shape[1])
-        )
-        check_fits(est, dev, mode)
-
-    weights = Weights(lambda_g1, lambda_g2, float(lambda_d), lambda_r, lambda_count, lambda_f_reg)
-    t_setup = time.perf_counter()
-    # the lean engine's per-epoch temporaries are large, short-lived and the same sizes every epoch
-    # between refreshes (see _malloc); the exact engine's are small, and keeping its freed blocks
-    # only raised its peak (8.3 vs 7.7 GiB here). Post-processing allocates blocks of changing
-    # sizes: keeping them exhausted 24 GB at 20,000 x 200,000, so it runs with glibc's defaults.
-    with reuse_freed_memory() if lean else nullcontext():
-        pairs = None
-        if lean:
-            pairs = candidate_pairs(
-                torch.from_numpy(S), torch.from_numpy(G), candidates, reverse_candidates
-            )
-        mapper = TangramMapper(
-            S,
-            G,
-            weights,
-            d=d,
-            d_source=d_source,
-            learning_rate=learning_rate,
-            seed=seed,
-            device=dev,
-            init=init,
-            target_count=target_count if target_count is not None else spatial.n_obs,
-            constrained=mode == "constrained",
-            pairs=pairs,
-        )
-        t_train = time.perf_counter()
-        scores: list[float] = []
-        for info in mapper.iterate(epochs, cancel=cancel):
-            if callback is not None:
-                callback(info)
-            scores.append(info.score)
-            if (
-                tol is not None
-                and len(scores) > patience
-                and scores[-1] - scores[-1 - patience] < tol
-            ):
-                break
-    t_done = time.perf_counter()
-    mapper.release_optimizer()
-    P = mapper.probabilities()
-    S_cells = S if mode != "clusters" else dense_columns(ref_vals, plan.training_reference)
     ref_kind = describe_values(reference.X)
-    W = None
-    if neighbours:
+    S_cells = S if mode != "clusters" else dense_columns(ref_vals, plan.training_reference)
+    map_method = resolve_map_method(method, mode)
+    if map_method == "ensemble" and (engine != "auto" or init is not None):
+        warnings.warn(
+            "the ensemble map ran, which trains nothing: engine and init apply to the Tangram "
+            "map only; use method='tangram' (--method tangram) to train it.",
+            InputWarning,
+            stacklevel=2,
+        )
+    t_setup = time.perf_counter()
+    if map_method == "ensemble":
+        if check_memory:
+            check_fits(
+                estimate_ensemble_map(S_cells.shape[0], spatial.n_obs, S.shape[1]),
+                torch.device("cpu"),
+                mode,
+                options="use fewer reference cells, or map one FOV or section at a time",
+            )
         raw = transform == "none" and ref_kind == "raw counts"
-        W = neighbour_weights(similarity_values(S_cells, raw), similarity_values(G, raw))
+        t_train = t_done = time.perf_counter()  # nothing is trained: the time is neighbours_s
+        W = neighbour_weights(
+            similarity_values(S_cells, raw), similarity_values(G, raw), cancel=cancel
+        )
+        # the map itself, units (reference cells) x spatial cells: each spatial cell's column
+        # holds the weights of its matched reference cells and sums to 1
+        P: np.ndarray | sp.csr_matrix = sp.csr_matrix(W.T, dtype=np.float32)
+        history: dict[str, Any] = {k: [] for k in TERMS}
+        epochs_done, engine_note, filter_p = 0, "", None
+        n_pairs = int(W.nnz)
+        ran = dataclasses.replace(settings, method="ensemble", density=d_name)
+    else:
+        W = None
+        lean, engine_note = _choose_engine(engine, mode, n_units, spatial.n_obs, candidates)
+        if check_memory:
+            est = (
+                estimate_lean_mapping(
+                    n_units, spatial.n_obs, S.shape[1], candidates, reverse_candidates
+                )
+                if lean
+                else estimate_dense_mapping(n_units, spatial.n_obs, S.shape[1])
+            )
+            check_fits(est, dev, mode)
+
+        weights = Weights(
+            lambda_g1, lambda_g2, float(lambda_d), lambda_r, lambda_count, lambda_f_reg
+        )
+        t_setup = time.perf_counter()
+        # the lean engine's per-epoch temporaries are large, short-lived and the same sizes every
+        # epoch between refreshes (see _malloc); the exact engine's are small, and keeping its
+        # freed blocks only raised its peak (8.3 vs 7.7 GiB here). Post-processing allocates
+        # blocks of changing sizes: keeping them exhausted 24 GB at 20,000 x 200,000, so it runs
+        # with glibc's defaults.
+        with reuse_freed_memory() if lean else nullcontext():
+            pairs = None
+            if lean:
+                pairs = candidate_pairs(
+                    torch.from_numpy(S), torch.from_numpy(G), candidates, reverse_candidates
+                )
+            mapper = TangramMapper(
+                S,
+                G,
+                weights,
+                d=d,
+                d_source=d_source,
+                learning_rate=learning_rate,
+                seed=seed,
+                device=dev,
+                init=init,
+                target_count=target_count if target_count is not None else spatial.n_obs,
+                constrained=mode == "constrained",
+                pairs=pairs,
+            )
+            t_train = time.perf_counter()
+            scores: list[float] = []
+            for info in mapper.iterate(epochs, cancel=cancel):
+                if callback is not None:
+                    callback(info)
+                scores.append(info.score)
+                if (
+                    tol is not None
+                    and len(scores) > patience
+                    and scores[-1] - scores[-1 - patience] < tol
+                ):
+                    break
+        t_done = time.perf_counter()
+        mapper.release_optimizer()
+        P = mapper.probabilities()
+        history = dict(mapper.history)
+        epochs_done = mapper.epochs_done
+        filter_p = mapper.filter_probabilities()
+        n_pairs = int(pairs[0].shape[0]) if pairs is not None else int(n_units) * int(spatial.n_obs)
+        # what ran: the settings with the resolved density, weight, device and engine
+        ran = dataclasses.replace(
+            settings,
+            method="tangram",
+            density=d_name,
+            lambda_d=float(lambda_d),
+            device=str(dev),
+            engine="lean" if lean else "exact",
+            candidates=candidates if lean else 0,
+            reverse_candidates=reverse_candidates if lean else 0,
+        )
     t_neigh = time.perf_counter()
 
-    pred = np.asarray(P.T @ S)
     if mode == "constrained":
-        F = mapper.filter_probabilities()
-        if F is None:  # constrained mode always learns the filter
+        if filter_p is None:  # constrained mode always learns the filter
             raise RuntimeError("constrained mapping without filter probabilities")
-        pred = np.asarray(P.T @ (S * F[:, None]))
+        pred = np.asarray(P.T @ (S * filter_p[:, None]))
+    else:
+        pred = np.asarray(P.T @ S)
     train_scores = cosine_per_gene(pred, G)
     sp_sc = gene_sparsity(S_cells)
     sp_sp = gene_sparsity(G)
@@ -380,22 +444,10 @@ def map_cells_to_space(
         },
         index=pd.Index(plan.training_reference, name="gene"),
     )
-    # what ran: the settings with the resolved density, weight, device and engine
-    ran = dataclasses.replace(
-        settings,
-        density=d_name,
-        lambda_d=float(lambda_d),
-        device=str(dev),
-        engine="lean" if lean else "exact",
-        candidates=candidates if lean else 0,
-        reverse_candidates=reverse_candidates if lean else 0,
-    )
     record: dict[str, Any] = {
-        "epochs_done": mapper.epochs_done,
+        "epochs_done": epochs_done,
         "engine_note": engine_note,
-        "n_pairs": int(pairs[0].shape[0])
-        if pairs is not None
-        else int(n_units) * int(spatial.n_obs),
+        "n_pairs": n_pairs,
         "reference_values": ref_kind,
         "spatial_values": describe_values(spatial.X),
     }
@@ -412,10 +464,10 @@ def map_cells_to_space(
         unit_weights=np.asarray(unit_weights, dtype=np.float32),
         genes=plan,
         train_genes_df=train_df,
-        history={k: np.asarray(v, dtype=np.float64) for k, v in mapper.history.items()},
+        history={k: np.asarray(v, dtype=np.float64) for k, v in history.items()},
         params=params,
         cluster_key=cluster_key,
-        filter_probabilities=mapper.filter_probabilities(),
+        filter_probabilities=filter_p,
         neighbours=W,
         timings={
             "validate_and_prepare_s": t_setup - t0,
@@ -429,7 +481,7 @@ def map_cells_to_space(
         from napari_spatial_impute.core.uncertainty import calibrate
 
         t_cal = time.perf_counter()
-        result.calibration = calibrate(result, seed=0 if seed is None else int(seed))
+        result.calibration = calibrate(result, seed=0 if seed is None else int(seed), cancel=cancel)
         result.timings["calibration_s"] = time.perf_counter() - t_cal
         result.timings["total_s"] = time.perf_counter() - t0
     return result

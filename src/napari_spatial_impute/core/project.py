@@ -24,7 +24,7 @@ SOURCES: tuple[str, ...] = ("auto", "neighbours", "tangram")
 
 
 def resolve_method(result: MappingResult, method: str) -> str:
-    """``"auto"`` means the neighbourhood ensemble when it was computed, else the Tangram map."""
+    """``"auto"``: the projection of the result's own map (``W S`` for the ensemble, else ``Mᵀ S``)."""
     if method not in METHODS:
         raise InputError(
             f"projection method {method!r} is not known; use one of {', '.join(METHODS)}."
@@ -32,7 +32,10 @@ def resolve_method(result: MappingResult, method: str) -> str:
     if method == "auto":
         return "neighbours" if result.neighbours is not None else "probabilistic"
     if method == "neighbours" and result.neighbours is None:
-        raise InputError("this mapping has no neighbourhood ensemble; map with neighbours=True.")
+        raise InputError(
+            "this is a Tangram map, not the ensemble; use method='probabilistic', "
+            "or map with method='ensemble' (the default in cells mode)."
+        )
     return method
 
 
@@ -101,12 +104,14 @@ def project_genes(
     genes
         Reference genes to impute (any case); ``None`` imputes all of them.
     method
-        ``"neighbours"``: ``W S``, the neighbourhood ensemble's weighted mean of similar reference
-        cells (see :mod:`napari_spatial_impute.core.neighbours`; the most accurate);
+        ``"neighbours"``: ``W S``, the ensemble map's weighted mean of similar reference cells
+        (see :mod:`napari_spatial_impute.core.neighbours`; the most accurate; equal to
+        ``"probabilistic"`` for an ensemble map in cells mode);
         ``"probabilistic"``: ``Mᵀ S`` (the expected expression under the Tangram map,
         tangram-sc's ``project_genes``); ``"argmax"``: the profile of the reference cell (or
         cluster mean) that maps with the highest probability to each spatial cell; ``"auto"``:
-        ``"neighbours"`` when available, else ``"probabilistic"``.
+        the projection of the map that ran (``"neighbours"`` for the ensemble, else
+        ``"probabilistic"``).
 
     Returns
     -------
@@ -189,7 +194,10 @@ def project_cell_annotations(
         source = "neighbours" if result.neighbours is not None else "tangram"
     if source == "neighbours":
         if result.neighbours is None:
-            raise InputError("this mapping has no neighbourhood ensemble; use source='tangram'.")
+            raise InputError(
+                "this is a Tangram map, not the ensemble; use source='tangram', "
+                "or map with method='ensemble' (the default in cells mode)."
+            )
         labels = pd.Categorical(result.reference.obs[key].astype(str)).remove_unused_categories()
         onehot = sp.csr_matrix(
             (np.ones(len(labels), dtype=np.float32), (np.arange(len(labels)), labels.codes)),

@@ -23,8 +23,10 @@ class MappingResult:
     Attributes
     ----------
     probabilities
-        Row-stochastic mapping, reference units (cells or clusters) x spatial cells, float32:
-        dense numpy (exact engine) or scipy CSR (lean engine).
+        The map, reference units (cells or clusters) x spatial cells, float32. A Tangram map
+        is row-stochastic (each unit is placed somewhere), dense numpy (exact engine) or scipy
+        CSR (lean engine); the ensemble map is ``neighbours`` transposed (CSR; each spatial
+        cell's column sums to 1).
     mode
         ``"cells"``, ``"clusters"`` or ``"constrained"``.
     reference
@@ -53,8 +55,8 @@ class MappingResult:
     filter_probabilities
         Constrained mode's per-cell filter, else ``None``.
     neighbours
-        The neighbourhood ensemble's weights (spatial cells x reference cells, rows sum to 1),
-        or ``None`` when it was not computed.
+        The ensemble map's weights (spatial cells x reference cells, rows sum to 1), or ``None``
+        for a Tangram map.
     calibration
         Prediction-interval and reliability calibration
         (:class:`~napari_spatial_impute.core.uncertainty.Calibration`) or ``None``.

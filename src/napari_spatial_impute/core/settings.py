@@ -33,9 +33,12 @@ if TYPE_CHECKING:
 
 Mode = Literal["cells", "clusters", "constrained"]
 Engine = Literal["exact", "lean", "auto"]
+Method = Literal["auto", "ensemble", "tangram"]
 Transform = Literal["none", "normalize_log1p"]
 
 MODES: tuple[str, ...] = ("cells", "clusters", "constrained")
+#: How the map is made (see :func:`resolve_map_method`).
+MAP_METHODS: tuple[str, ...] = ("auto", "ensemble", "tangram")
 ENGINES: tuple[str, ...] = ("exact", "lean", "auto")
 DENSITIES: tuple[str, ...] = ("uniform", "rna_count_based", "none")
 TRANSFORMS: tuple[str, ...] = ("none", "normalize_log1p")
@@ -123,6 +126,16 @@ class MappingSettings:
     corrupt a run, with one line each.
     """
 
+    method: Method = _setting(
+        "auto",
+        str,
+        "how the map is made: ensemble matches each spatial cell to its most similar reference "
+        "cells (no training; the most accurate on every benchmark pair); tangram trains the "
+        "Tangram objective (epochs, engine and the lambdas apply); auto: ensemble in cells mode, "
+        "tangram in clusters and constrained modes",
+        label="Map",
+        choices=MAP_METHODS,
+    )
     mode: Mode = _setting(
         "cells",
         str,
@@ -248,16 +261,11 @@ class MappingSettings:
         step=0.001,
     )
     patience: int = _setting(50, int, "window of tol, in epochs", low=1, advanced=True)
-    neighbours: bool = _setting(
-        True,
-        bool,
-        "also compute the neighbourhood ensemble (the most accurate imputation; without it the Tangram map imputes)",
-        advanced=True,
-    )
     uncertainty: bool = _setting(
         True,
         bool,
-        "with neighbours: calibrate prediction intervals and per-gene reliability",
+        "ensemble map: calibrate prediction intervals and per-gene reliability on the training "
+        "genes (a Tangram map has none)",
         advanced=True,
     )
 
@@ -269,6 +277,15 @@ class MappingSettings:
         """
         if self.mode not in MODES:
             raise InputError(f"mode {self.mode!r} is not known; use one of {', '.join(MODES)}.")
+        if self.method not in MAP_METHODS:
+            raise InputError(
+                f"map method {self.method!r} is not known; use one of {', '.join(MAP_METHODS)}."
+            )
+        if self.method == "ensemble" and self.mode != "cells":
+            raise InputError(
+                f"{self.mode} mode is a Tangram option; use method='tangram' (--method tangram), "
+                "or cells mode with a cluster key to get cluster probabilities from the ensemble."
+            )
         if _number(self.epochs) and self.epochs < 0:
             raise InputError(f"epochs must be 0 or more, got {self.epochs}.")
         if self.engine not in ENGINES:
@@ -400,6 +417,10 @@ class MappingSettings:
         validated: see the class docstring.
         """
         values: dict[str, Any] = {}
+        if "method" not in params and "neighbours" in params:
+            # results before the map method existed trained Tangram and, with ``neighbours``,
+            # also the ensemble, which then imputed (the map that ran "auto" now makes)
+            values["method"] = "auto" if bool(params["neighbours"]) else "tangram"
         for spec in setting_specs():
             if spec.name not in params:
                 continue
@@ -418,6 +439,13 @@ class MappingSettings:
                 value = spec.type(value)
             values[spec.name] = value
         return cls(**values)
+
+
+def resolve_map_method(method: str, mode: str) -> str:
+    """The map a run makes: ``"auto"`` is the ensemble in cells mode, Tangram in the others."""
+    if method == "auto":
+        return "ensemble" if mode == "cells" else "tangram"
+    return method
 
 
 def _number(value: Any) -> bool:
@@ -461,14 +489,17 @@ __all__ = [
     "ENGINES",
     "GENE_SETS",
     "MAX_SEED",
+    "MAP_METHODS",
     "MODES",
     "RUN_RECORD_KEYS",
     "TRANSFORMS",
     "Engine",
     "MappingSettings",
+    "Method",
     "Mode",
     "Setting",
     "Transform",
     "setting_names",
+    "resolve_map_method",
     "setting_specs",
 ]

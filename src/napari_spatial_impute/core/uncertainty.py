@@ -31,6 +31,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from napari_spatial_impute._errors import InputError
+from napari_spatial_impute.core.engine.mapper import CancelFlag
 from napari_spatial_impute.core.neighbours import neighbour_weights, similarity_values
 from napari_spatial_impute.core.preprocess import dense_columns
 from napari_spatial_impute.io._sparse import is_sparse
@@ -92,7 +93,9 @@ class Calibration:
 def _neighbours(result: MappingResult) -> sp.csr_matrix:
     """The mapping's neighbourhood ensemble, which intervals and reliabilities are built on."""
     if result.neighbours is None:
-        raise InputError("this mapping has no neighbourhood ensemble; map with neighbours=True.")
+        raise InputError(
+            "a Tangram map has no prediction intervals; map with method='ensemble' (the default)."
+        )
     return result.neighbours
 
 
@@ -187,6 +190,7 @@ def calibrate(
     levels: Sequence[float] = LEVELS,
     inner_folds: int = 5,
     seed: int = 0,
+    cancel: CancelFlag = None,
 ) -> Calibration:
     """Calibrate intervals and the reliability model on the mapping's training genes.
 
@@ -200,6 +204,8 @@ def calibrate(
         Folds over training genes.
     seed
         Seed of the gene folds (and of the cell subset above :data:`MAX_CALIBRATION_CELLS`).
+    cancel
+        Stops the calibration with :class:`~napari_spatial_impute.MappingCancelled` when set.
     """
     from napari_spatial_impute.core.metrics import gene_folds, pearson_per_gene
 
@@ -227,7 +233,7 @@ def calibrate(
         h = [pos[g] for g in held]
         t = [i for i in range(len(train)) if i not in set(h)] or h
         W = neighbour_weights(
-            similarity_values(S_all[:, t], raw), similarity_values(G_all[:, t], raw)
+            similarity_values(S_all[:, t], raw), similarity_values(G_all[:, t], raw), cancel=cancel
         )
         p, s_ = _spread(W, S_all[:, h])
         preds[:, h], spreads[:, h] = p, s_

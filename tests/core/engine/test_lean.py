@@ -99,9 +99,15 @@ def test_propose_returns_the_most_negative_rates(weights):
 
 def test_lean_with_all_pairs_equals_exact(synthetic):
     ref, spa = synthetic
-    exact = nsi.map_cells_to_space(ref, spa, epochs=80, engine="exact")
+    exact = nsi.map_cells_to_space(ref, spa, method="tangram", epochs=80, engine="exact")
     lean = nsi.map_cells_to_space(
-        ref, spa, epochs=80, engine="lean", candidates=ref.n_obs - 1, reverse_candidates=spa.n_obs
+        ref,
+        spa,
+        method="tangram",
+        epochs=80,
+        engine="lean",
+        candidates=ref.n_obs - 1,
+        reverse_candidates=spa.n_obs,
     )
     assert lean.params["engine"] == "lean" and sp.issparse(lean.probabilities)
     assert lean.params["n_pairs"] == ref.n_obs * spa.n_obs  # all pairs to start with
@@ -110,8 +116,10 @@ def test_lean_with_all_pairs_equals_exact(synthetic):
 
 def test_lean_refresh_reaches_exact_score_on_real_pair(merfish_pair):
     ref, spa = merfish_pair
-    exact = nsi.map_cells_to_space(ref, spa, epochs=300, engine="exact")
-    lean = nsi.map_cells_to_space(ref, spa, epochs=300, engine="lean", candidates=20)
+    exact = nsi.map_cells_to_space(ref, spa, method="tangram", epochs=300, engine="exact")
+    lean = nsi.map_cells_to_space(
+        ref, spa, method="tangram", epochs=300, engine="lean", candidates=20
+    )
     assert lean.probabilities.nnz < 0.2 * ref.n_obs * spa.n_obs
     assert lean.training_score > exact.training_score - 0.01
     np.testing.assert_allclose(np.asarray(lean.probabilities.sum(1)).ravel(), 1.0, rtol=1e-4)
@@ -120,12 +128,12 @@ def test_lean_refresh_reaches_exact_score_on_real_pair(merfish_pair):
 def test_lean_results_project_like_dense(merfish_pair, tmp_path):
     ref, spa = merfish_pair
     r = nsi.map_cells_to_space(
-        ref, spa, cluster_key="cell_type", epochs=60, engine="lean", candidates=20
+        ref, spa, method="tangram", cluster_key="cell_type", epochs=60, engine="lean", candidates=20
     )
     out = r.to_anndata(method="probabilistic")
     P = r.probabilities.toarray()
     np.testing.assert_allclose(out.X, P.T @ ref.X.toarray(), rtol=1e-4, atol=1e-5)
-    probs = out.obsm["cluster_probabilities_tangram"]
+    probs = out.obsm["cluster_probabilities"]
     np.testing.assert_allclose(probs.sum(1), 1.0, rtol=1e-5)
     np.testing.assert_array_equal(out.obsm["mapping_top_index"][:, 0], P.argmax(0))
     nsi.write_h5ad_atomic(out, tmp_path / "lean.h5ad")
@@ -134,6 +142,8 @@ def test_lean_results_project_like_dense(merfish_pair, tmp_path):
 def test_lean_rejects_constrained(synthetic):
     ref, spa = synthetic
     with pytest.raises(InputError, match="lean engine does not support constrained"):
-        nsi.map_cells_to_space(ref, spa, mode="constrained", engine="lean", epochs=1)
+        nsi.map_cells_to_space(
+            ref, spa, method="tangram", mode="constrained", engine="lean", epochs=1
+        )
     with pytest.raises(InputError, match="engine 'fast'"):
-        nsi.map_cells_to_space(ref, spa, engine="fast", epochs=1)
+        nsi.map_cells_to_space(ref, spa, method="tangram", engine="fast", epochs=1)

@@ -56,7 +56,8 @@ class EpochInfo:
         return self.losses["main_loss"]
 
 
-def _is_cancelled(cancel: CancelFlag) -> bool:
+def is_cancelled(cancel: CancelFlag) -> bool:
+    """Whether ``cancel`` (an event, a callable or ``None``) asks to stop."""
     if cancel is None:
         return False
     if isinstance(cancel, threading.Event):
@@ -269,7 +270,7 @@ class TangramMapper:
         Stops with :class:`MappingCancelled` when ``cancel`` is set before an epoch.
         """
         for e in range(n_epochs):
-            if _is_cancelled(cancel):
+            if is_cancelled(cancel):
                 raise MappingCancelled(f"mapping cancelled after {e} of {n_epochs} epochs")
             before = torch.get_num_threads()
             want = self.threads() if self.device.type == "cpu" else before

@@ -105,14 +105,37 @@ def estimate_lean_mapping(
     return MemoryEstimate(n_sources, n_spatial, n_genes, n_output_genes, mapping, working, output)
 
 
+def estimate_ensemble_map(
+    n_sources: int, n_spatial: int, n_genes: int, weights_per_cell: int = 310
+) -> MemoryEstimate:
+    """Estimate the memory of the ensemble map (:mod:`napari_spatial_impute.core.neighbours`).
+
+    Per spatial cell, every member's weights as (int64 row, int64 column, float32 value)
+    triplets before duplicates are summed (``weights_per_cell``: the members' neighbours
+    together), the CSR map and its transpose; per cell and gene the compared values in the
+    raw, z-scored and PCA spaces; one block of similarities and its top neighbours.
+    """
+    k = min(weights_per_cell, 310 if n_sources > 310 else n_sources * 5)
+    mapping = n_spatial * k * (20 + 16)
+    working = 4 * (n_sources + n_spatial) * n_genes * 6 + 4 * (1 << 25) * 3 + 64 * 1024**2
+    return MemoryEstimate(n_sources, n_spatial, n_genes, 0, mapping, working, 0)
+
+
 def check_fits(
-    estimate: MemoryEstimate, device: torch.device, mode: str, headroom: float = 0.9
+    estimate: MemoryEstimate,
+    device: torch.device,
+    mode: str,
+    headroom: float = 0.9,
+    options: str | None = None,
 ) -> None:
-    """Refuse, with a one-line message, a mapping that would not fit in memory."""
+    """Refuse, with a one-line message, a mapping that would not fit in memory.
+
+    ``options`` says what the user can do instead (default: by ``mode``, for a Tangram map).
+    """
     avail = available_bytes(device)
     if estimate.total_bytes > headroom * avail:
         where = "GPU memory" if device.type == "cuda" else "RAM"
-        options = (
+        options = options or (
             "use the lean engine (--engine lean), --mode clusters, fewer reference cells, or one FOV at a time"
             if mode == "cells"
             else "subsample the spatial cells or map one FOV at a time"
