@@ -5,7 +5,9 @@ Protocol (fixed; see benchmarks/README.md):
 * each data set is normalised once, before any split: total counts over its own genes scaled
   to the median total, then ``log1p``;
 * genes are matched case-insensitively; the shared genes are split into ``--folds`` groups by
-  :func:`napari_spatial_impute.core.evaluate.gene_folds` (seeded permutation, ``--seed``);
+  :func:`napari_spatial_impute.core.metrics.gene_folds` (``--fold-order random``: a seeded
+  permutation, ``--seed``; ``sorted``: genes sorted by name in consecutive blocks, the
+  ``KFold`` without shuffling of Li et al. 2022);
 * for each fold every method trains on the other shared genes only (held-out genes never reach
   training) and predicts the held-out genes at every spatial cell;
 * score per held-out gene: Pearson r between predicted and measured log-normalised values over
@@ -14,9 +16,10 @@ Protocol (fixed; see benchmarks/README.md):
 * for cell-split pairs the argmax of the projected cluster probabilities is compared with the
   known labels.
 
-Methods, on the same folds in one run: ``ours`` (``map_cells_to_space`` with default settings,
-``transform="none"`` because the data are already normalised; one method per engine when the
-function has an ``engine`` keyword), ``tangram`` (tangram-sc 1.0.4: ``pp_adatas`` +
+Methods, on the same folds in one run: ``ours`` (``map_cells_to_space`` with default settings:
+the ensemble map, nothing trained, intervals calibrated; ``transform="none"`` because the data
+are already normalised), ``ours[tangram]`` (the Tangram map, ``method="tangram"``, trained for
+``--epochs``, imputing with its own ``Mᵀ S``), ``tangram`` (tangram-sc 1.0.4: ``pp_adatas`` +
 ``map_cells_to_space(mode="cells", num_epochs, density_prior="uniform")`` + ``project_genes``)
 ``spage`` (SpaGE, Abdelaal et al. 2020, re-implemented in ``benchmarks/peers.py``: PRECISE
 principal vectors of the z-scored training genes, then the distance-weighted mean of the 50
@@ -50,44 +53,43 @@ from common import Pair, dense, log
 
 
 def run_ours(
-    pair: Pair, train: list[str], held: list[str], epochs: int, seed: int, engine: str | None
+    pair: Pair, train: list[str], held: list[str], epochs: int, seed: int, map_method: str | None
 ):
-    """This project's defaults. Returns ``(pred, P, None, extra)``.
+    """This project. Returns ``(pred, P, None, extra)``.
 
-    ``pred`` is the default projection (``project_genes(held)``); when the default is not the
-    Tangram map's ``Mᵀ S`` (e.g. the neighbourhood ensemble), ``extra`` also holds the map's own
-    projection (``method="probabilistic"``) under the suffix ``" map"``, and the default
-    annotation scores (``cluster_probabilities()``) for cell-split pairs.
+    ``map_method=None``: ``map_cells_to_space`` with its defaults (the ensemble map; nothing
+    trained, intervals calibrated, as a user's default run); ``"tangram"``: the Tangram map
+    trained for ``epochs``. ``pred`` is the map's own projection (``project_genes(held)``) and
+    the annotation scores are its ``cluster_probabilities()``.
     """
-    import inspect
-
     from napari_spatial_impute import map_cells_to_space
 
     kw: dict[str, Any] = {}
-    if engine is not None:
-        kw["engine"] = engine
+    if map_method is not None:
+        kw["method"] = map_method
+        kw["epochs"] = epochs
     if pair.ref_label is not None:
         kw["cluster_key"] = pair.ref_label
     res = map_cells_to_space(
-        pair.reference, pair.spatial, genes=train, epochs=epochs, seed=seed, transform="none", **kw
+        pair.reference, pair.spatial, genes=train, seed=seed, transform="none", **kw
     )
     used = {g.lower() for g in res.genes.training_reference}
     assert not (used & {g.lower() for g in held}), "held-out gene reached training (ours)"
     pred = np.asarray(res.project_genes(held).X, dtype=np.float64)
     P = res.probabilities
     P = P.toarray() if hasattr(P, "toarray") else np.asarray(P)
-    extra: dict[str, Any] = {}
-    params = inspect.signature(res.project_genes).parameters
-    default = params["method"].default if "method" in params else "probabilistic"
-    if default != "probabilistic":
-        extra["pred_map"] = np.asarray(
-            res.project_genes(held, method="probabilistic").X, dtype=np.float64
-        )
-        extra["default_projection"] = f"{default} (neighbourhood ensemble when available)"
-        if pair.ref_label is not None:
-            cp = res.cluster_probabilities()
-            extra["annot_scores"] = (cp.to_numpy(), np.asarray(cp.columns.astype(str)))
+    extra: dict[str, Any] = {"default_projection": OURS[map_method][1]}
+    if pair.ref_label is not None:
+        cp = res.cluster_probabilities()
+        extra["annot_scores"] = (cp.to_numpy(), np.asarray(cp.columns.astype(str)))
     return pred, P, None, extra
+
+
+#: ``ours`` variants: the map method passed, and the projection each reports
+OURS: dict[str | None, tuple[str, str]] = {
+    None: ("ours", "default: the ensemble map, W S (nothing trained)"),
+    "tangram": ("ours[tangram]", "the Tangram map, Mᵀ S"),
+}
 
 
 def run_tangram(pair: Pair, train: list[str], held: list[str], epochs: int, seed: int):
@@ -210,7 +212,7 @@ def annotation_accuracy(
 
 
 # methods without training epochs, and the projection each reports in the summary
-NO_EPOCHS = {"knn", "spage"}
+NO_EPOCHS = {"knn", "spage", "ours"}
 PROJECTIONS = {
     "knn": "mean of k nearest",
     "spage": "SpaGE: distance-weighted mean of k nearest in PRECISE space",
@@ -234,17 +236,13 @@ def subsample(pair: Pair, max_cells: int | None, seed: int) -> Pair:
     )
 
 
-def method_list(methods: list[str], engines: list[str] | None) -> list[tuple[str, str | None]]:
-    """``[(label, engine)]``: one ``ours`` entry per engine when there is an engine keyword."""
+def method_list(methods: list[str]) -> list[tuple[str, str | None]]:
+    """``[(label, map method)]``; ``ours`` is the default run, ``ours[tangram]`` the Tangram map."""
     out: list[tuple[str, str | None]] = []
-    avail = common.engine_names()
+    labels = {label: m for m, (label, _) in OURS.items()}
     for m in methods:
-        if m == "ours":
-            if avail is None:
-                out.append(("ours", None))
-            else:
-                for e in engines or avail:
-                    out.append((f"ours[{e}]", e))
+        if m in labels:
+            out.append((m, labels[m]))
         elif m == "tangram":
             if common.tangram_available():
                 out.append(("tangram", None))
@@ -263,8 +261,8 @@ def evaluate_dataset(
     pairs = common.shared_genes(pair.reference, pair.spatial)
     ref_to_sp = dict(pairs)
     genes = [r for r, _ in pairs]
-    groups = gene_folds(genes, args.folds, args.seed)
-    methods = method_list(args.methods, args.engines)
+    groups = gene_folds(genes, args.folds, args.seed, order=args.fold_order)
+    methods = method_list(args.methods)
     gene_rows, fold_rows = [], []
     for f, held in enumerate(groups):
         held_set = set(held)
@@ -273,13 +271,13 @@ def evaluate_dataset(
         measured = dense(pair.spatial, [ref_to_sp[g] for g in held]).astype(np.float64)
         # interleave: rotate the method order each fold so no method always runs first
         order = methods[f % len(methods) :] + methods[: f % len(methods)]
-        for label, engine in order:
+        for label, map_method in order:
             load = common.loadavg()
             t0 = time.perf_counter()
             knn_idx = None
             extra: dict[str, Any] = {}
             if label.startswith("ours"):
-                pred, P, _, extra = run_ours(pair, train, held, args.epochs, args.seed, engine)
+                pred, P, _, extra = run_ours(pair, train, held, args.epochs, args.seed, map_method)
             elif label == "tangram":
                 pred, P, _ = run_tangram(pair, train, held, args.epochs, args.seed)
             elif label == "knn":
@@ -310,16 +308,10 @@ def evaluate_dataset(
             if "n_pv" in extra:
                 row["n_pv"] = extra["n_pv"]
             outputs = [(label, pred, row)]
-            if "pred_map" in extra:
-                # the same mapping's Tangram projection (Mᵀ S) and map-based annotations
-                row_map = dict(row, method=f"{label} map")
-                outputs.append((f"{label} map", extra["pred_map"], row_map))
+            if "default_projection" in extra:
                 row["projection"] = extra["default_projection"]
-                row_map["projection"] = "probabilistic (Mᵀ S)"
-                if pair.ref_label is not None:
-                    row_map.update(annotation_accuracy(pair, P, None))
-                    if "annot_scores" in extra:
-                        row.update(annotation_from_scores(pair, *extra["annot_scores"]))
+            if "annot_scores" in extra:
+                row.update(annotation_from_scores(pair, *extra["annot_scores"]))
             elif pair.ref_label is not None and (P is not None or knn_idx is not None):
                 row.update(annotation_accuracy(pair, P, knn_idx))
             for lab, pr, rw in outputs:
@@ -466,10 +458,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--datasets", nargs="+", default=list(common.DATASETS), choices=list(common.DATASETS)
     )
     p.add_argument("--folds", type=int, default=10)
+    p.add_argument(
+        "--fold-order",
+        choices=["random", "sorted"],
+        default="random",
+        help="random: genes permuted with --seed; sorted: genes sorted by name, consecutive "
+        "blocks (Li et al. 2022's KFold without shuffling)",
+    )
     p.add_argument("--epochs", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--methods", nargs="+", default=["ours", "tangram", "knn"])
-    p.add_argument("--engines", nargs="*", default=None, help="engines of ours (default: all)")
+    p.add_argument(
+        "--methods",
+        nargs="+",
+        default=["ours", "spage", "knn", "tangram"],
+        help="ours (the default run: the ensemble map), ours[tangram] (the Tangram map for "
+        "--epochs), spage, knn, tangram (tangram-sc)",
+    )
     p.add_argument("--k", type=int, default=10, help="neighbours of the kNN baseline")
     p.add_argument(
         "--spage-n-pv",

@@ -18,7 +18,7 @@ def widget(make_widget):
 def test_training_panels(widget):
     viewer, model, w = widget
     axes = [ax for ax in w.train_fig.axes if ax.axison]
-    assert len(axes) == 5
+    assert len(axes) == 4
     titles = [ax.get_title() for ax in axes]
     assert titles[0] == "training scores"
     assert "reference" in titles[1] and "spatial" in titles[2] and "difference" in titles[3]
@@ -26,8 +26,22 @@ def test_training_panels(widget):
     assert sum(p.get_height() for p in axes[0].patches) == n_train
     for ax in axes[1:4]:
         assert len(ax.collections[0].get_offsets()) == n_train
+    # the default map is the ensemble: no epochs, and the panel says so
+    assert model.result.uns["spatial_impute"]["params"]["method"] == "ensemble"
+    assert "ensemble map (nothing trained)" in w.train_info.text()
+    assert "no epochs" in w.train_fig.axes[4].texts[0].get_text()
+
+
+def test_training_panels_of_a_tangram_map(widget):
+    from napari_spatial_impute import load_merfish_hypothalamus, map_cells_to_space
+
+    viewer, model, w = widget
+    ref, spa = load_merfish_hypothalamus()
+    res = map_cells_to_space(ref, spa, method="tangram", epochs=30, uncertainty=False)
+    model.set_result(res.to_anndata(genes=list(ref.var_names[:5])))
+    axes = [ax for ax in w.train_fig.axes if ax.axison]
     assert len(axes[4].lines[0].get_xdata()) == 30  # one point per epoch
-    assert "training score" in w.train_info.text()
+    assert w.train_info.text().startswith("training score")
 
 
 def test_cell_type_validation(widget):
@@ -205,7 +219,9 @@ def test_result_without_clusters(make_napari_viewer_proxy, qtbot, monkeypatch):
     get_model(viewer).set_result(res)
     assert not seen
     assert "no cell types" in w.val_fig.axes[0].texts[0].get_text()
-    assert len([ax for ax in w.train_fig.axes if ax.axison]) == 5
+    assert (
+        len([ax for ax in w.train_fig.axes if ax.axison]) == 4
+    )  # no epoch panel: the ensemble map
     # the Explore widget works too, without cluster controls or cluster hover text
     from napari_spatial_impute.plugin.widgets.explore_widget import ExploreWidget
 

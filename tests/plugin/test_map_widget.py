@@ -31,6 +31,7 @@ def widget(make_napari_viewer_proxy, qtbot, merfish):
 
 def test_map_adds_predicted_layers_per_fov(widget, qtbot):
     viewer, w, model = widget
+    w.form.method.value = "tangram"
     w.form.epochs.value = 20
     assert w.run_button.isEnabled()
     epochs_seen = []
@@ -65,6 +66,7 @@ def test_map_adds_predicted_layers_per_fov(widget, qtbot):
 
 def test_cancel_leaves_no_layers(widget, qtbot):
     viewer, w, model = widget
+    w.form.method.value = "tangram"
     w.form.epochs.value = 100_000
     worker = w.run()
     with qtbot.waitSignal(worker.yielded, timeout=60_000):
@@ -84,6 +86,7 @@ def test_engine_error_is_reported_and_adds_nothing(widget, qtbot):
     viewer, w, model = widget
     model.set_keys(cluster_key=None, fov_key="fov")
     w.form.mode.value = "clusters"  # needs a cluster key: the engine refuses
+    w.form.method.value = "tangram"
     w.form.epochs.value = 5
     errors, returned = [], []
     # record through the widget's own handlers: they are connected before the worker starts,
@@ -120,6 +123,42 @@ def test_gene_list_and_parameters(widget):
     assert w.parameters()["engine"] == "lean"
 
 
+def test_only_the_settings_of_the_map_that_runs_are_editable(widget):
+    _, w, _ = widget
+    assert w.parameters()["method"] == "auto" and w.map_method() == "ensemble"
+    tangram_only = ("epochs", "learning_rate", "engine", "density")
+    assert not any(w.settings_widgets[n].enabled for n in tangram_only)
+    assert w.settings_widgets["uncertainty"].enabled and not w.plot.isVisibleTo(w)
+    w.form.mode.value = "clusters"  # a Tangram option: auto makes a Tangram map
+    assert w.map_method() == "tangram"
+    assert all(w.settings_widgets[n].enabled for n in tangram_only)
+    assert not w.settings_widgets["uncertainty"].enabled and w.plot.isVisibleTo(w)
+    w.form.mode.value = "cells"
+    w.form.method.value = "tangram"
+    assert w.map_method() == "tangram" and w.settings_widgets["epochs"].enabled
+
+
+def test_default_run_is_the_ensemble_map_with_a_busy_bar(widget, qtbot):
+    """Issue 15: nothing is trained by default; the bar is busy, then the result and its layers."""
+    viewer, w, model = widget
+    ranges = []
+    worker = w.run()
+    ranges.append((w.progress.minimum(), w.progress.maximum()))
+    assert "nothing to train" in w.status.text()
+    epochs_seen = []
+    worker.yielded.connect(epochs_seen.append)
+    with qtbot.waitSignal(worker.finished, timeout=120_000):
+        pass
+    qtbot.waitUntil(lambda: model.result is not None, timeout=10_000)
+    assert ranges == [(0, 0)] and epochs_seen == []
+    assert (w.progress.minimum(), w.progress.maximum(), w.progress.value()) == (0, 1, 1)
+    info = model.result.uns["spatial_impute"]
+    assert info["params"]["method"] == "ensemble" and info["params"]["epochs_done"] == 0
+    assert "ensemble map, training-gene score" in w.status.text()
+    assert "interval_90_halfwidth" in model.result.layers
+    assert len(viewer.layers) >= 1
+
+
 def test_run_disabled_without_data(make_napari_viewer_proxy, qtbot):
     viewer = make_napari_viewer_proxy()
     w = MapWidget(viewer)
@@ -141,6 +180,7 @@ def test_result_layers_are_drawn(make_napari_viewer, qtbot, merfish):
     model.set_keys(cluster_key="cell_type", fov_key=None)
     w = MapWidget(viewer)
     qtbot.addWidget(w)
+    w.form.method.value = "tangram"
     w.form.epochs.value = 20
     worker = w.run()
     with qtbot.waitSignal(worker.finished, timeout=120_000):
@@ -169,6 +209,7 @@ def test_iter_mapping_generator(merfish):
         threading.Event(),
         lambda r: r.params["epochs"],
         interval=0,
+        method="tangram",
         epochs=7,
         cluster_key="cell_type",
     )
@@ -181,7 +222,7 @@ def test_iter_mapping_generator(merfish):
     assert epochs == list(range(1, 8)) and stop.value.value == 7
 
     cancel = threading.Event()
-    gen = iter_mapping(ref, spa, cancel, epochs=10_000)
+    gen = iter_mapping(ref, spa, cancel, method="tangram", epochs=10_000)
     next(gen)
     cancel.set()
     with pytest.raises(StopIteration) as stop:
@@ -270,6 +311,7 @@ def test_fast_clusters_run_keeps_the_window_responsive(make_napari_viewer, qtbot
     w = MapWidget(viewer)
     viewer.window.add_dock_widget(w, name="Map")
     w.form.mode.value = "clusters"
+    w.form.method.value = "tangram"
     w.form.epochs.value = 2000
     batches, returned_at = [], []
     on_epoch, on_returned = w._on_epoch, w._on_returned
@@ -314,6 +356,7 @@ def test_failing_layers_do_not_lose_the_result(widget, qtbot, monkeypatch):
         raise RecursionError("maximum recursion depth exceeded")
 
     monkeypatch.setattr("napari_spatial_impute.plugin.widgets.map_widget.Points", broken)
+    w.form.method.value = "tangram"
     w.form.epochs.value = 5
     w.run()
     qtbot.waitUntil(lambda: w.worker is None, timeout=120_000)
@@ -331,6 +374,7 @@ def test_rerun_replaces_its_own_layers_only(widget, qtbot):
     from napari_spatial_impute.viz.layers import spatial_layers
 
     viewer, w, model = widget
+    w.form.method.value = "tangram"
     w.form.epochs.value = 5
     w.run()
     qtbot.waitUntil(lambda: w.worker is None, timeout=120_000)
@@ -349,6 +393,7 @@ def test_rerun_replaces_its_own_layers_only(widget, qtbot):
 
 
 def _start_long_run(qtbot, w):
+    w.form.method.value = "tangram"
     w.form.epochs.value = 100_000
     worker = w.run()
     with qtbot.waitSignal(worker.yielded, timeout=60_000):

@@ -46,9 +46,9 @@ def test_optional_numbers_set_and_unset(widget):
     tol, seed = w.settings_widgets["tol"], w.settings_widgets["seed"]
     tol.value = 0.002
     seed.value = 7
-    w.settings_widgets["neighbours"].value = False
+    w.settings_widgets["uncertainty"].value = False
     p = w.parameters()
-    assert p["tol"] == pytest.approx(0.002) and p["neighbours"] is False
+    assert p["tol"] == pytest.approx(0.002) and p["uncertainty"] is False
     assert p["seed"] == 7 and isinstance(p["seed"], int)
     tol.value = tol.min
     seed.value = seed.min

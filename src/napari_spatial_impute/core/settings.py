@@ -57,6 +57,29 @@ RUN_RECORD_KEYS: tuple[str, ...] = (
 )
 
 
+#: Settings that only the Tangram map uses (the ensemble map trains nothing).
+TANGRAM_ONLY: tuple[str, ...] = (
+    "density",
+    "epochs",
+    "learning_rate",
+    "lambda_g1",
+    "lambda_g2",
+    "lambda_d",
+    "lambda_r",
+    "lambda_count",
+    "lambda_f_reg",
+    "target_count",
+    "device",
+    "engine",
+    "candidates",
+    "reverse_candidates",
+    "tol",
+    "patience",
+)
+#: Settings that only the ensemble map uses.
+ENSEMBLE_ONLY: tuple[str, ...] = ("uncertainty",)
+
+
 class Setting(NamedTuple):
     """One field of :class:`MappingSettings` with its metadata.
 
@@ -487,11 +510,13 @@ _SPECS: tuple[Setting, ...] = tuple(_spec(f) for f in dataclasses.fields(Mapping
 __all__ = [
     "DENSITIES",
     "ENGINES",
+    "ENSEMBLE_ONLY",
     "GENE_SETS",
     "MAX_SEED",
     "MAP_METHODS",
     "MODES",
     "RUN_RECORD_KEYS",
+    "TANGRAM_ONLY",
     "TRANSFORMS",
     "Engine",
     "MappingSettings",

@@ -71,13 +71,14 @@ def plot_training_scores(
         if "history" in result.uns.get("spatial_impute", {})
         else pd.DataFrame()
     )
-    if "main_loss" in hist:
+    if "main_loss" in hist and len(hist):
         ax.plot(np.arange(1, len(hist) + 1), hist["main_loss"], color=MEASURED_COLOR)
         ax.set_title(f"score per epoch (last {hist['main_loss'].iloc[-1]:.3f})")
         ax.set_xlabel("epoch")
         ax.set_ylabel("score")
-    else:
+    else:  # the ensemble map trains nothing
         ax.set_axis_off()
+        ax.text(0.5, 0.5, "ensemble map:\nno epochs", ha="center", va="center", color="grey")
     for extra in axes[5:]:
         extra.set_axis_off()
     fig.tight_layout()

@@ -184,10 +184,16 @@ class DiagnosticsWidget(PluginWidget):
             return
         try:
             plot_training_scores(self.train_fig, result)
-            score = result.uns.get("spatial_impute", {}).get("training_score", float("nan"))
+            info = result.uns.get("spatial_impute", {})
+            score = info.get("training_score", float("nan"))
             n_train = int(result.var["is_training"].astype(bool).sum())
+            which = (
+                "ensemble map (nothing trained): training-gene score"
+                if info.get("params", {}).get("method") == "ensemble"
+                else "training score"
+            )
             self.train_info.setText(
-                f"training score {float(score):.3f} over {n_train} training genes; click a dot to show the gene."
+                f"{which} {float(score):.3f} over {n_train} training genes; click a dot to show the gene."
             )
         except Exception as exc:
             notify_error(exc)

@@ -35,7 +35,13 @@ from qtpy.QtWidgets import (
 )
 
 from napari_spatial_impute.core.engine.mapper import EpochInfo
-from napari_spatial_impute.core.settings import Setting, setting_specs
+from napari_spatial_impute.core.settings import (
+    ENSEMBLE_ONLY,
+    TANGRAM_ONLY,
+    Setting,
+    resolve_map_method,
+    setting_specs,
+)
 from napari_spatial_impute.io.files import input_warnings
 from napari_spatial_impute.plugin.widgets.base import PluginWidget
 from napari_spatial_impute.plugin.widgets.score_plot import ScorePlot
@@ -159,10 +165,13 @@ def setting_value(spec: Setting, widget: ValueWidget) -> Any:
 
 
 class MapWidget(PluginWidget):
-    """Map reference cells onto the spatial cells of the shared model (Tangram objective).
+    """Map reference cells onto the spatial cells of the shared model.
 
-    The mapping runs in a napari thread worker; the progress bar and the score plot follow its
-    epochs, updated at most every 75 ms (the last epoch always shown). Cancel, or closing the
+    The map is the ensemble (the default: each spatial cell matched to its most similar
+    reference cells, nothing trained) or a Tangram map trained for ``epochs``; only the settings
+    of the map that will run can be edited. The mapping runs in a napari thread worker; for a
+    Tangram map the progress bar and the score plot follow its epochs, updated at most every
+    75 ms (the last epoch always shown), for the ensemble a busy bar runs. Cancel, or closing the
     widget, stops it before the next epoch and adds nothing. On success the result AnnData goes
     into the model and one most-likely-cluster layer per FOV is added, replacing the layers of
     this widget's previous run. Input problems that do not stop a mapping (the reference given as
@@ -225,6 +234,8 @@ class MapWidget(PluginWidget):
         self.advanced_button.toggled.connect(self.advanced.native.setVisible)
         self.advanced.native.setVisible(False)
         self.settings_widgets["genes"].changed.connect(self._genes_changed)
+        for name in ("method", "mode"):
+            self.settings_widgets[name].changed.connect(self._method_changed)
 
         self.run_button = QPushButton("Map")
         self.run_button.clicked.connect(self.run)
@@ -253,6 +264,7 @@ class MapWidget(PluginWidget):
         layout.addStretch(1)
 
         self._genes_changed(self.settings_widgets["genes"].value)
+        self._method_changed()
         for sig in (self.model.reference_changed, self.model.spatial_changed):
             sig.connect(self._data_changed)
         self.model.keys_changed.connect(self._data_changed)
@@ -262,6 +274,21 @@ class MapWidget(PluginWidget):
     def _genes_changed(self, text: str) -> None:
         self.settings_widgets["n_markers"].enabled = text == "markers"
         self.gene_list.enabled = text == GENE_LIST
+
+    def map_method(self) -> str:
+        """The map the form's settings make: ``"ensemble"`` or ``"tangram"``."""
+        return resolve_map_method(
+            str(self.settings_widgets["method"].value), str(self.settings_widgets["mode"].value)
+        )
+
+    def _method_changed(self, *_: Any) -> None:
+        """Only the settings of the map that will run can be edited."""
+        tangram = self.map_method() == "tangram"
+        for name in TANGRAM_ONLY:
+            self.settings_widgets[name].enabled = tangram
+        for name in ENSEMBLE_ONLY:
+            self.settings_widgets[name].enabled = not tangram
+        self.plot.setVisible(tangram)
 
     def _data_changed(self, *_: Any) -> None:
         ref, spa, m = self.model.reference, self.model.spatial, self.model
@@ -345,11 +372,22 @@ class MapWidget(PluginWidget):
         worker.finished.connect(self._on_finished)
         # napari's status-bar cancel quits the worker: stop the engine too
         worker.aborted.connect(cancel.set)
-        state.pbar = progress(total=max(n, 1), desc="Mapping cells to space")
-        self.progress.setRange(0, max(n, 1))
-        self.progress.setValue(0)
+        if self.map_method() == "ensemble":
+            # nothing is trained: a busy bar while each spatial cell is matched
+            state.pbar = progress(desc="Ensemble map: matching cells")
+            self.progress.setRange(0, 0)
+            self.progress.setFormat("%p%")
+            self.status.setText(
+                "Matching each spatial cell to its most similar reference cells "
+                "(ensemble map, nothing to train)..."
+            )
+        else:
+            state.pbar = progress(total=max(n, 1), desc="Mapping cells to space")
+            self.progress.setRange(0, max(n, 1))
+            self.progress.setFormat("%v / %m epochs")
+            self.progress.setValue(0)
+            self.status.setText("Preparing genes and data...")
         self.plot.reset(n)
-        self.status.setText("Preparing genes and data...")
         self.run_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
         return self.start_worker(worker)  # the base keeps it (``worker``, ``busy``)
@@ -427,16 +465,22 @@ class MapWidget(PluginWidget):
             show_error(msg)
             return
         assert adata is not None  # _add_result(*value) took it as value[0]
-        score = adata.uns["spatial_impute"]["training_score"]
+        info = adata.uns["spatial_impute"]
+        score = info["training_score"]
+        which = (
+            "ensemble map, training-gene score"
+            if info["params"].get("method") == "ensemble"
+            else "Tangram map, training score"
+        )
         self.status.setText(
-            f"Done: {adata.n_vars:,} genes imputed at {adata.n_obs:,} cells; training score {score:.3f}."
+            f"Done: {adata.n_vars:,} genes imputed at {adata.n_obs:,} cells ({which} {score:.3f})."
             + (
                 f" Replaced {replaced} layer{'s' if replaced != 1 else ''} of the previous run."
                 if replaced
                 else ""
             )
         )
-        show_info(f"mapping finished: training score {score:.3f}")
+        show_info(f"mapping finished ({which} {score:.3f})")
 
     def _add_result(self, adata: ad.AnnData, layer_data: list[Any]) -> int:
         """Store the result and add its layers, replacing this widget's layers of earlier runs."""
@@ -468,6 +512,9 @@ class MapWidget(PluginWidget):
     def _on_finished(self) -> None:
         state = self._run
         state.close_pbar()
+        if self.progress.maximum() == 0:  # the busy bar of an ensemble map
+            self.progress.setRange(0, 1)
+            self.progress.setValue(0 if state.cancel.is_set() else 1)
         cancelled = state.cancel.is_set() or bool(getattr(state.worker, "abort_requested", False))
         state.worker = None
         if state.abandoned:
