@@ -225,7 +225,13 @@ def run_once(
         def target() -> None:
             try:
                 box["res"] = map_cells_to_space(
-                    ref, spa, cluster_key="cell_type", epochs=args.epochs, seed=0, callback=q.put
+                    ref,
+                    spa,
+                    method="tangram",  # epochs to report while the GUI is measured
+                    cluster_key="cell_type",
+                    epochs=args.epochs,
+                    seed=0,
+                    callback=q.put,
                 )
             except BaseException as e:
                 box["err"] = e

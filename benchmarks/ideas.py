@@ -92,7 +92,7 @@ def idea_table(name: str, epochs: int, seed: int = 0) -> pd.DataFrame:
         for label, kw in tangram_ideas.items():
             kw = {"epochs": epochs, **kw}
             res = nsi.map_cells_to_space(
-                ref, spa, genes=[rg[i] for i in tr], seed=seed, neighbours=False, **kw
+                ref, spa, genes=[rg[i] for i in tr], seed=seed, method="tangram", **kw
             )
             pred = np.asarray(res.project_genes([rg[i] for i in f], method="probabilistic").X)
             scores[label][f] = pearson_per_gene(pred, Sx[:, f])
@@ -119,7 +119,7 @@ def idea_table(name: str, epochs: int, seed: int = 0) -> pd.DataFrame:
 
 def uncertainty_row(name: str, epochs: int, seed: int = 0) -> dict:
     pair = common.load_pair(name)
-    df = nsi.cross_validate(pair.reference, pair.spatial, folds=10, seed=seed, epochs=epochs)
+    df = nsi.cross_validate(pair.reference, pair.spatial, folds=10, seed=seed)
     s = nsi.summarize_cv(df)
     return {"dataset": name, **{k: float(v) for k, v in s.items()}}
 
