@@ -149,13 +149,12 @@ def summarize_cv(df: pd.DataFrame) -> dict[str, float]:
         if col.startswith(("coverage_", "width_")):
             out[f"mean_{col}"] = float(np.nanmean(df[col].to_numpy(dtype=np.float64)))
     if "predicted_pearson" in df.columns:
-        from scipy.stats import spearmanr
-
-        ok = np.isfinite(p) & np.isfinite(df["predicted_pearson"].to_numpy(dtype=np.float64))
+        pred = df["predicted_pearson"].to_numpy(dtype=np.float64)
+        ok = np.isfinite(p) & np.isfinite(pred)
+        # Spearman = Pearson of the average ranks (scipy.stats would cost a 0.3 s import here)
+        ranks = pd.DataFrame({"a": pred[ok], "b": p[ok]}).rank().to_numpy()
         out["reliability_spearman"] = (
-            float(spearmanr(df["predicted_pearson"][ok], p[ok]).statistic)
-            if ok.sum() > 2
-            else float("nan")
+            float(pearson_per_gene(ranks[:, :1], ranks[:, 1:])[0]) if ok.sum() > 2 else float("nan")
         )
     return out
 

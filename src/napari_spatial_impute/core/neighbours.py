@@ -134,7 +134,7 @@ def neighbour_weights(
                 m._replace(space="raw") if m.space in ("z", "pca") else m for m in members
             )
     # spaces in the members' order: a set's order follows Python's string hash randomisation,
-    # and the order of the blocks below sets the order of the float sums in sum_duplicates
+    # and the order of the blocks below sets the order of the float sums
     spaces = list(dict.fromkeys(m.space for m in members))
     ref_space: dict[str, torch.Tensor] = {}
     sp_space: dict[str, torch.Tensor] = {}
@@ -149,16 +149,20 @@ def neighbour_weights(
             V = vecs[:, -min(PCA_COMPONENTS, S.shape[1]) :].float()
             ref_space["pca"], sp_space["pca"] = _unit_rows(Sz @ V), Gz @ V
     chunk = chunk or max(256, (1 << 25) // max(n, 1))
-    rows, cols, vals = [], [], []
+    counts, cols, vals = [], [], []
     for a in range(0, s, chunk):
         if is_cancelled(cancel):
             raise MappingCancelled(f"mapping cancelled after {a} of {s} spatial cells")
         b = min(s, a + chunk)
+        # the members' weights summed into one dense block (the size of the similarities): its
+        # nonzeros, read row by row, are the block's CSR rows with sorted columns
+        acc = torch.zeros((b - a, n), dtype=torch.float32)
         for space in spaces:
             sim = _unit_rows(sp_space[space][a:b]) @ ref_space[space].t()
             mine = [m for m in members if m.space == space]
             kmax = max(effective_k(m.k, n) for m in mine)
             top_v, top_i = torch.topk(sim, kmax, dim=1)
+            del sim
             for m in mine:
                 k = effective_k(m.k, n)
                 v, i = top_v[:, :k], top_i[:, :k]
@@ -166,13 +170,16 @@ def neighbour_weights(
                     w = torch.full_like(v, 1.0 / k)
                 else:
                     w = torch.softmax(v / m.temperature, dim=1)
-                rows.append(np.repeat(np.arange(a, b), k))
-                cols.append(i.reshape(-1).numpy())
-                vals.append((w / len(members)).reshape(-1).numpy())
+                acc.scatter_add_(1, i, w / len(members))
+        r, c = acc.nonzero(as_tuple=True)
+        counts.append(torch.bincount(r, minlength=b - a).numpy())
+        cols.append(c.numpy().astype(np.int32))
+        vals.append(acc[r, c].numpy())
+        del acc
+    indptr = np.zeros(s + 1, dtype=np.int64)
+    np.cumsum(np.concatenate(counts), out=indptr[1:])
     W = sp.csr_matrix(
-        (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
-        shape=(s, n),
-        dtype=np.float32,
+        (np.concatenate(vals), np.concatenate(cols), indptr), shape=(s, n), dtype=np.float32
     )
-    W.sum_duplicates()
+    W.has_sorted_indices = True
     return W

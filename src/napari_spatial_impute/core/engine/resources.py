@@ -110,13 +110,13 @@ def estimate_ensemble_map(
 ) -> MemoryEstimate:
     """Estimate the memory of the ensemble map (:mod:`napari_spatial_impute.core.neighbours`).
 
-    Per spatial cell, every member's weights as (int64 row, int64 column, float32 value)
-    triplets before duplicates are summed (``weights_per_cell``: the members' neighbours
-    together), the CSR map and its transpose; per cell and gene the compared values in the
-    raw, z-scored and PCA spaces; one block of similarities and its top neighbours.
+    Per spatial cell, its weights (``weights_per_cell`` at most: the members' neighbours
+    together) in the CSR map and its transpose (float32 values, int32 columns); per cell and gene
+    the compared values in the raw, z-scored and PCA spaces; one block of similarities, the
+    block the weights are summed in, and their top neighbours.
     """
-    k = min(weights_per_cell, 310 if n_sources > 310 else n_sources * 5)
-    mapping = n_spatial * k * (20 + 16)
+    k = min(weights_per_cell, n_sources)
+    mapping = n_spatial * k * 16
     working = 4 * (n_sources + n_spatial) * n_genes * 6 + 4 * (1 << 25) * 3 + 64 * 1024**2
     return MemoryEstimate(n_sources, n_spatial, n_genes, 0, mapping, working, 0)
 
