@@ -54,15 +54,15 @@ def main() -> int:
     _, mapw = viewer.window.add_plugin_dock_widget(
         "napari-spatial-impute", "Map cells to space", tabify=True
     )
-    mapw.form.epochs.value = 300
-    mapw.run()
+    mapw.run()  # the defaults: the ensemble map, nothing trained
     wait(lambda: mapw.worker is None)
     viewer.layers["spatial"].visible = False
     viewer.reset_view()
     save(viewer, "map_widget.png")
 
-    # a long run, caught half-way, then cancelled: nothing is added
+    # a long Tangram run, caught half-way, then cancelled: nothing is added
     n_layers = len(viewer.layers)
+    mapw.form.method.value = "tangram"
     mapw.form.epochs.value = 3000
     mapw.run()
     wait(lambda: mapw.progress.value() >= 400)
