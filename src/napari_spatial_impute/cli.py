@@ -53,7 +53,7 @@ def _add_mapping_options(
         flag = "--" + spec.name.replace("_", "-")
         default = epochs_default if spec.name == "epochs" else spec.default
         help_text = spec.help + _CLI_NOTES.get(spec.name, "")
-        if spec.type is bool:  # --neighbours / --no-neighbours
+        if spec.type is bool:  # --uncertainty / --no-uncertainty
             p.add_argument(
                 flag,
                 dest=spec.name,

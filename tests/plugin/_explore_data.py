@@ -29,6 +29,20 @@ def merfish_with_fovs() -> tuple[ad.AnnData, ad.AnnData, ad.AnnData]:
     return ref.copy(), spa.copy(), res.copy()
 
 
+@functools.lru_cache(maxsize=1)
+def _tangram_result() -> ad.AnnData:
+    ref, spa, _ = _pair_and_result()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = map_cells_to_space(ref, spa, method="tangram", cluster_key="cell_type", epochs=30)
+    return res.to_anndata(genes=list(ref.var_names[:20]))
+
+
+def tangram_result() -> ad.AnnData:
+    """A Tangram map's result of the same pair (30 epochs; 20 genes imputed), a copy."""
+    return _tangram_result().copy()
+
+
 def load_into(viewer, with_cv: bool = False):
     """Put the reference, spatial data, keys and result into the viewer's model."""
     from napari_spatial_impute.plugin.model import get_model

@@ -122,7 +122,10 @@ def test_run_cross_validation_in_worker(widget, qtbot):
 
 
 def test_stop_cross_validation(widget, qtbot):
+    from _explore_data import tangram_result
+
     viewer, model, w = widget
+    model.set_result(tangram_result())  # epochs to stop in
     w.folds_spin.setValue(3)
     w.cv_epochs_spin.setValue(5000)
     worker = w.run_cv()
@@ -143,7 +146,11 @@ def test_cv_progress_is_throttled(widget, qtbot):
     most every ~75 ms, and the last one (all folds done) always arrives."""
     import time
 
+    from _explore_data import tangram_result
+
     viewer, model, w = widget
+    model.set_result(tangram_result())
+    assert w.cv_epochs_spin.isEnabled()
     w.folds_spin.setValue(2)
     w.cv_epochs_spin.setValue(1500)
     steps = []
@@ -176,14 +183,34 @@ def test_open_cv_csv(widget, tmp_path, monkeypatch):
 
 
 def test_cv_kwargs_from_result_params(widget):
+    from _explore_data import tangram_result
+
     from napari_spatial_impute.plugin.cv_worker import cv_kwargs
 
     viewer, model, w = widget
-    kw = cv_kwargs(model.result.uns["spatial_impute"]["params"], 7)
-    assert kw["epochs"] == 7 and kw["cluster_key"] == "cell_type"
+    kw = cv_kwargs(tangram_result().uns["spatial_impute"]["params"], 7)
+    assert kw["epochs"] == 7 and kw["cluster_key"] == "cell_type" and kw["method"] == "tangram"
     assert "genes" not in kw and "n_markers" not in kw
     assert "tol" not in kw, "an unset tol is stored as -1, which the engine refuses"
-    assert cv_kwargs({"tol": 0.001}, 7)["tol"] == 0.001
+    assert cv_kwargs({"tol": 0.001, "method": "tangram"}, 7)["tol"] == 0.001
+    # the ensemble map (the fixture's result) trains nothing: no epochs are passed on
+    kw = cv_kwargs(model.result.uns["spatial_impute"]["params"], 7)
+    assert kw["method"] == "ensemble" and "epochs" not in kw
+
+
+def test_cv_of_the_ensemble_map_counts_folds(widget, qtbot):
+    viewer, model, w = widget
+    assert not w.cv_epochs_spin.isEnabled()  # nothing to train
+    w.folds_spin.setValue(3)
+    steps = []
+    on_progress = w._on_cv_progress
+    w._on_cv_progress = lambda step: (steps.append(step), on_progress(step))
+    worker = w.run_cv()
+    with qtbot.waitSignal(worker.finished, timeout=120_000):
+        pass
+    qtbot.waitUntil(lambda: model.cv_table is not None, timeout=5000)
+    assert steps[-1].done == steps[-1].total == 3
+    assert w.cv_progress.maximum() == 3
 
 
 def test_cv_error_is_notified(widget, qtbot, monkeypatch):

@@ -15,7 +15,11 @@ import anndata as ad
 import pandas as pd
 
 from napari_spatial_impute.core.evaluate import cross_validate
-from napari_spatial_impute.core.settings import MappingSettings, setting_specs
+from napari_spatial_impute.core.settings import (
+    MappingSettings,
+    resolve_map_method,
+    setting_specs,
+)
 from napari_spatial_impute.plugin.workers import UPDATE_INTERVAL, run_in_thread
 
 
@@ -29,13 +33,13 @@ class CVProgress(NamedTuple):
 
     @property
     def done(self) -> int:
-        """Epochs done over all folds."""
-        return self.fold * self.epochs + self.epoch
+        """Epochs done over all folds (folds done when nothing is trained: the ensemble map)."""
+        return self.fold * max(self.epochs, 1) + self.epoch
 
     @property
     def total(self) -> int:
-        """Epochs of the whole cross-validation."""
-        return max(self.folds * self.epochs, 1)
+        """Epochs of the whole cross-validation (its folds for the ensemble map)."""
+        return max(self.folds * max(self.epochs, 1), 1)
 
 
 #: Mapping settings (:class:`~napari_spatial_impute.core.settings.MappingSettings`' fields) of a
@@ -48,6 +52,8 @@ _REUSED = tuple(
 
 def cv_kwargs(params: dict[str, Any], epochs: int | None = None) -> dict[str, Any]:
     """The mapping settings of a result's ``uns["spatial_impute"]["params"]`` for a CV run.
+
+    ``epochs`` replaces the stored epochs of a Tangram map; the ensemble map gets none.
 
     Only settings stored in ``params`` are passed on (older results lack some), decoded by
     :meth:`~napari_spatial_impute.core.settings.MappingSettings.from_params`; an unset setting
@@ -66,8 +72,11 @@ def cv_kwargs(params: dict[str, Any], epochs: int | None = None) -> dict[str, An
         if name in ("candidates", "reverse_candidates") and not value:
             continue
         out[name] = value
-    if epochs is not None:
+    trains = resolve_map_method(settings.method, settings.mode) == "tangram"
+    if epochs is not None and trains:
         out["epochs"] = int(epochs)
+    elif not trains:
+        out.pop("epochs", None)  # the ensemble map trains nothing
     return out
 
 

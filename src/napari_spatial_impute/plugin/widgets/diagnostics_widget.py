@@ -28,6 +28,7 @@ from qtpy.QtWidgets import (
 )
 
 from napari_spatial_impute.core.evaluate import validate_cell_types
+from napari_spatial_impute.core.settings import MappingSettings, resolve_map_method
 from napari_spatial_impute.plugin.cv_worker import CVProgress, cv_kwargs, iter_cross_validation
 from napari_spatial_impute.plugin.widgets.base import PluginWidget
 from napari_spatial_impute.plugin.widgets.layer_ops import find_layers, notify_error, open_gene
@@ -171,6 +172,14 @@ class DiagnosticsWidget(PluginWidget):
     # ------------------------------------------------------------------ updates
     def _on_result(self, *_: Any) -> None:
         result = self.model.result
+        params = (
+            result.uns.get("spatial_impute", {}).get("params", {}) if result is not None else {}
+        )
+        # epochs mean something for a Tangram map only (the ensemble map trains nothing)
+        settings = MappingSettings.from_params(params)
+        self.cv_epochs_spin.setEnabled(
+            result is None or resolve_map_method(settings.method, settings.mode) == "tangram"
+        )
         self.train_fig.clear()
         self.val_fig.clear()
         try:
@@ -313,7 +322,7 @@ class DiagnosticsWidget(PluginWidget):
             start_thread=False,
         )(ref, spa, self._cv_cancel, folds, **kwargs)
         worker.finished.connect(self._on_cv_finished)
-        total = max(folds * int(kwargs.get("epochs", 1) or 1), 1)
+        total = max(folds * max(int(kwargs.get("epochs", 0) or 0), 1), 1)
         self._cv_pbar = progress(total=total, desc="cross-validation")
         self.cv_progress.setRange(0, total)
         self.cv_progress.setValue(0)
