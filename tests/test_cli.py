@@ -272,3 +272,28 @@ def test_map_lean_engine(merfish_pair, tmp_path, capsys):
     res = ad.read_h5ad(out)
     assert res.uns["spatial_impute"]["params"]["engine"] == "lean"
     assert res.shape == (750, 134)
+
+
+def test_projection_neighbours_with_a_tangram_map_is_refused_before_work(tmp_path, capsys):
+    """Issue 15: a Tangram map has no ensemble weights; say so before reading or training."""
+    missing = tmp_path / "absent.h5ad"
+    code, _, err = _run(
+        ["map", "-r", str(missing), "-s", str(missing), "-o", str(tmp_path / "o.h5ad")]
+        + ["--method", "tangram", "--projection", "neighbours"],
+        capsys,
+    )
+    assert code == 2 and "--projection neighbours needs the ensemble map" in err
+    assert "cannot read" not in err  # refused before the files were read
+
+
+def test_default_map_prints_the_ensemble_and_no_epochs(merfish_pair, tmp_path, capsys):
+    ref, spa = merfish_pair
+    r, s = tmp_path / "r.h5ad", tmp_path / "s.h5ad"
+    ref.write_h5ad(r)
+    spa.write_h5ad(s)
+    code, out, err = _run(
+        ["map", "-r", str(r), "-s", str(s), "-o", str(tmp_path / "o.h5ad")], capsys
+    )
+    assert code == 0, err
+    assert "ensemble map (no training)" in out and "epochs" not in out
+    assert ad.read_h5ad(tmp_path / "o.h5ad").uns["spatial_impute"]["params"]["epochs_done"] == 0

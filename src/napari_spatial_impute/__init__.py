@@ -5,7 +5,7 @@ The science core is plain Python/torch (no Qt)::
     import napari_spatial_impute as nsi
 
     ref, sp = nsi.load_merfish_hypothalamus()
-    result = nsi.map_cells_to_space(ref, sp, cluster_key="cell_type", epochs=500)
+    result = nsi.map_cells_to_space(ref, sp, cluster_key="cell_type")  # the ensemble map
     imputed = result.project_genes(["Gad1", "Slc17a6"])
     probs = result.cluster_probabilities()
     adata = result.to_anndata()          # everything, ready for .write_h5ad

@@ -79,8 +79,9 @@ def _add_mapping_options(
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
-        description="Map a single-cell reference onto spatial cells (Tangram objective), impute "
-        "every reference gene in space and project reference clusters.",
+        description="Map a single-cell reference onto spatial cells (the ensemble map by "
+        "default, or a Tangram map), impute every reference gene in space and project reference "
+        "clusters.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -96,8 +97,9 @@ def _parser() -> argparse.ArgumentParser:
         "--projection",
         choices=["auto", "neighbours", "probabilistic", "argmax"],
         default="auto",
-        help="imputation: neighbours (default via auto: neighbourhood ensemble, most accurate), "
-        "probabilistic (Tangram M^T S) or argmax (best-mapped reference cell)",
+        help="imputation: auto (the map's own: W S for the ensemble map, M^T S for a Tangram "
+        "map), neighbours (W S, ensemble map only), probabilistic (M^T S of the map) or argmax "
+        "(the best-mapped reference cell)",
     )
     m.add_argument("--fov-key", default=None, help="spatial obs column with the field of view")
 
@@ -116,7 +118,7 @@ def _parser() -> argparse.ArgumentParser:
         "--projection",
         choices=["auto", "neighbours", "probabilistic", "argmax"],
         default="auto",
-        help="how held-out genes are imputed (default: the neighbourhood ensemble)",
+        help="how held-out genes are imputed (default: the map's own projection)",
     )
 
     d = sub.add_parser("demo", help="map the bundled MERFISH hypothalamus pair (offline)")
@@ -138,11 +140,12 @@ def _parser() -> argparse.ArgumentParser:
 
 
 class _Progress:
-    """A tqdm bar on a terminal (epochs, score); silent when stderr is not a terminal."""
+    """A tqdm bar on a terminal (epochs, score); silent when stderr is not a terminal or when
+    nothing is trained (``total`` 0: the ensemble map)."""
 
     def __init__(self, total: int, desc: str) -> None:
         self.bar = None
-        if sys.stderr.isatty():
+        if total > 0 and sys.stderr.isatty():
             from tqdm import tqdm
 
             self.bar = tqdm(total=total, desc=desc, unit="epoch", leave=False, dynamic_ncols=True)
@@ -183,6 +186,17 @@ def _map_summary(result: Any) -> str:
     )
 
 
+def _check_projection(args: argparse.Namespace) -> None:
+    """Refuse, before any work, ``--projection neighbours`` for a Tangram map (it has no W)."""
+    if getattr(args, "projection", "auto") == "neighbours" and _trains(args):
+        from napari_spatial_impute._errors import InputError
+
+        raise InputError(
+            "--projection neighbours needs the ensemble map, but a Tangram map will be made "
+            "(--method tangram, or clusters/constrained mode); use --projection auto."
+        )
+
+
 def _mapping_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     """The keyword arguments of ``map_cells_to_space`` given on the command line, checked.
 
@@ -191,6 +205,7 @@ def _mapping_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     """
     from napari_spatial_impute.core.settings import MappingSettings, setting_names
 
+    _check_projection(args)
     kwargs = {name: getattr(args, name) for name in setting_names() if hasattr(args, name)}
     if "genes" in kwargs:
         kwargs["genes"] = _gene_arg(kwargs["genes"])
@@ -384,7 +399,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
         s = summarize_cv(cv)
         print(
             f"{args.folds}-fold leave-genes-out CV: median pearson {s['median_pearson']:.3f}, "
-            f"mean {s['mean_pearson']:.3f}; 90% intervals cover {100 * s.get('mean_coverage_90', float('nan')):.1f}%"
+            f"mean {s['mean_pearson']:.3f}"
+            + (
+                f"; 90% intervals cover {100 * s['mean_coverage_90']:.1f}%"
+                if "mean_coverage_90" in s
+                else ""
+            )
         )
     print(f"wrote {out}")
     if args.view:

@@ -213,7 +213,7 @@ def test_ensemble_map_can_be_cancelled(merfish_pair):
 
 def test_tangram_only_settings_with_the_ensemble_warn(merfish_pair):
     ref, spa = merfish_pair
-    with pytest.warns(InputWarning, match="engine and init apply to the Tangram map only"):
+    with pytest.warns(InputWarning, match="engine applies to the Tangram map only"):
         r = nsi.map_cells_to_space(ref, spa, engine="lean", uncertainty=False)
     assert r.params["method"] == "ensemble"
 
@@ -225,3 +225,19 @@ def test_ensemble_memory_is_checked_before_any_work(merfish_pair, monkeypatch):
     monkeypatch.setattr(resources, "available_bytes", lambda device: 10 * 1024**2)
     with pytest.raises(InputError, match="needs about .* map one FOV or section at a time"):
         nsi.map_cells_to_space(ref, spa)
+
+
+def test_ensemble_ignores_and_records_no_tangram_settings(merfish_pair):
+    """A Tangram-only device, density or weight neither stops nor is recorded for the ensemble."""
+    from napari_spatial_impute.core.settings import TANGRAM_ONLY, MappingSettings
+
+    ref, spa = merfish_pair
+    with pytest.warns(InputWarning, match="device applies to the Tangram map only"):
+        r = nsi.map_cells_to_space(
+            ref, spa, device="cuda:7", density="none", lambda_d=2.0, epochs=3, uncertainty=False
+        )
+    defaults = MappingSettings()
+    for name in TANGRAM_ONLY:
+        assert MappingSettings.from_params(r.params).__getattribute__(name) == getattr(
+            defaults, name
+        ), name

@@ -193,9 +193,13 @@ def test_cv_kwargs_from_result_params(widget):
     assert "genes" not in kw and "n_markers" not in kw
     assert "tol" not in kw, "an unset tol is stored as -1, which the engine refuses"
     assert cv_kwargs({"tol": 0.001, "method": "tangram"}, 7)["tol"] == 0.001
-    # the ensemble map (the fixture's result) trains nothing: no epochs are passed on
+    # the ensemble map (the fixture's result) trains nothing: no Tangram settings are passed on
     kw = cv_kwargs(model.result.uns["spatial_impute"]["params"], 7)
-    assert kw["method"] == "ensemble" and "epochs" not in kw
+    assert kw["method"] == "ensemble" and "epochs" not in kw and "engine" not in kw
+    # a result from before the map method: neighbours=False imputed with its Tangram map
+    old = {"mode": "cells", "engine": "exact", "epochs": 30, "neighbours": False}
+    kw = cv_kwargs(old, 5)
+    assert kw["method"] == "tangram" and kw["epochs"] == 5 and kw["engine"] == "exact"
 
 
 def test_cv_of_the_ensemble_map_counts_folds(widget, qtbot):

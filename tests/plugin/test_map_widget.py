@@ -136,6 +136,10 @@ def test_only_the_settings_of_the_map_that_runs_are_editable(widget):
     w.form.mode.value = "cells"
     w.form.method.value = "tangram"
     assert w.map_method() == "tangram" and w.settings_widgets["epochs"].enabled
+    w.form.engine.value = "lean"
+    assert w.parameters()["engine"] == "lean"
+    w.form.method.value = "auto"  # back to the ensemble: the greyed-out engine is not sent
+    assert w.parameters()["engine"] == "auto" and w.parameters()["method"] == "auto"
 
 
 def test_default_run_is_the_ensemble_map_with_a_busy_bar(widget, qtbot):

@@ -28,10 +28,12 @@ def test_form_covers_exactly_the_settings(widget):
 
 def test_form_defaults_and_parameters_validate(widget):
     _, w = widget
+    w.settings_widgets["method"].value = "tangram"  # every setting is then used and sent
     p = w.parameters()
     for s in setting_specs():
         if s.name not in FROM_MODEL:
-            assert p[s.name] == FORM_DEFAULTS.get(s.name, s.default), s.name
+            expected = "tangram" if s.name == "method" else FORM_DEFAULTS.get(s.name, s.default)
+            assert p[s.name] == expected, s.name
         widget_ = w.settings_widgets.get(s.name)
         if widget_ is not None:
             assert widget_.tooltip == s.help and widget_.label == s.label
@@ -43,18 +45,21 @@ def test_form_defaults_and_parameters_validate(widget):
 
 def test_optional_numbers_set_and_unset(widget):
     _, w = widget
+    w.settings_widgets["method"].value = "tangram"  # tol is a Tangram setting
     tol, seed = w.settings_widgets["tol"], w.settings_widgets["seed"]
     tol.value = 0.002
     seed.value = 7
-    w.settings_widgets["uncertainty"].value = False
     p = w.parameters()
-    assert p["tol"] == pytest.approx(0.002) and p["uncertainty"] is False
+    assert p["tol"] == pytest.approx(0.002)
     assert p["seed"] == 7 and isinstance(p["seed"], int)
     tol.value = tol.min
     seed.value = seed.min
     p = w.parameters()
     assert p["tol"] is None and p["seed"] is None
     assert tol.native.specialValueText() == "run every epoch"
+    w.settings_widgets["method"].value = "auto"  # the ensemble map: its uncertainty switch counts
+    w.settings_widgets["uncertainty"].value = False
+    assert w.parameters()["uncertainty"] is False
 
 
 def test_cluster_key_comes_from_the_model(widget):

@@ -43,12 +43,14 @@ from napari_spatial_impute.core.settings import (  # noqa: F401 (MODES ... impor
     MAX_SEED,
     MODES,
     RUN_RECORD_KEYS,
+    TANGRAM_ONLY,
     Engine,
     MappingSettings,
     Method,
     Mode,
     Transform,
     resolve_map_method,
+    setting_specs,
 )
 from napari_spatial_impute.io.files import (
     describe_values,
@@ -278,7 +280,25 @@ def map_cells_to_space(
         raise InputError("clusters mode needs a cluster key; pass cluster_key (--cluster-key).")
     for message in input_warnings(reference, spatial, cluster_key):
         warnings.warn(message, InputWarning, stacklevel=2)
-    dev = resolve_device(device)
+    map_method = resolve_map_method(method, mode)
+    if map_method == "ensemble":
+        asked = [
+            name
+            for name, value in (("engine", engine), ("init", init), ("device", device))
+            if value is not None
+            and not (name == "engine" and value == "auto")
+            and not (name == "device" and str(value).lower() in ("cpu", "auto"))
+        ]
+        if asked:
+            warnings.warn(
+                f"the ensemble map ran, which trains nothing: {', '.join(asked)} "
+                f"{'applies' if len(asked) == 1 else 'apply'} to the Tangram map only; use "
+                "method='tangram' (--method tangram) to train it.",
+                InputWarning,
+                stacklevel=2,
+            )
+    # the ensemble map runs on the CPU and has no density prior: only a Tangram map checks them
+    dev = resolve_device(device) if map_method == "tangram" else torch.device("cpu")
     plan = plan_genes(reference, spatial, genes=genes, cluster_key=cluster_key, n_markers=n_markers)
 
     ref_vals = apply_transform(reference, transform)
@@ -310,27 +330,21 @@ def map_cells_to_space(
         unit_weights = np.full(reference.n_obs, 1.0 / reference.n_obs, dtype=np.float32)
     G = dense_columns(sp_vals, plan.training_spatial)
 
-    d, d_name = density_prior(spatial, density)
-    if mode in ("clusters", "constrained") and d is None:
-        d, d_name = density_prior(spatial, "uniform")
-    if lambda_d is None:
-        lambda_d = 1.0 if d is not None else 0.0
-    if lambda_d > 0 and d is None:
-        raise InputError(
-            "lambda_d > 0 needs a density prior; use density='uniform' or 'rna_count_based'."
-        )
+    d, d_name = None, "none"
+    if map_method == "tangram":
+        d, d_name = density_prior(spatial, density)
+        if mode in ("clusters", "constrained") and d is None:
+            d, d_name = density_prior(spatial, "uniform")
+        if lambda_d is None:
+            lambda_d = 1.0 if d is not None else 0.0
+        if lambda_d > 0 and d is None:
+            raise InputError(
+                "lambda_d > 0 needs a density prior; use density='uniform' or 'rna_count_based'."
+            )
 
     n_units = S.shape[0]
     ref_kind = describe_values(reference.X)
     S_cells = S if mode != "clusters" else dense_columns(ref_vals, plan.training_reference)
-    map_method = resolve_map_method(method, mode)
-    if map_method == "ensemble" and (engine != "auto" or init is not None):
-        warnings.warn(
-            "the ensemble map ran, which trains nothing: engine and init apply to the Tangram "
-            "map only; use method='tangram' (--method tangram) to train it.",
-            InputWarning,
-            stacklevel=2,
-        )
     t_setup = time.perf_counter()
     if map_method == "ensemble":
         if check_memory:
@@ -351,7 +365,12 @@ def map_cells_to_space(
         history: dict[str, Any] = {k: [] for k in TERMS}
         epochs_done, engine_note, filter_p = 0, "", None
         n_pairs = int(W.nnz)
-        ran = dataclasses.replace(settings, method="ensemble", density=d_name)
+        # what ran: the Tangram map's settings played no part and are recorded at their defaults
+        ran = dataclasses.replace(
+            settings,
+            method="ensemble",
+            **{s.name: s.default for s in setting_specs() if s.name in TANGRAM_ONLY},
+        )
     else:
         W = None
         lean, engine_note = _choose_engine(engine, mode, n_units, spatial.n_obs, candidates)
@@ -365,6 +384,7 @@ def map_cells_to_space(
             )
             check_fits(est, dev, mode)
 
+        assert lambda_d is not None  # resolved with the density prior above
         weights = Weights(
             lambda_g1, lambda_g2, float(lambda_d), lambda_r, lambda_count, lambda_f_reg
         )

@@ -170,9 +170,9 @@ def project_cell_annotations(
     key
         Reference obs column to project (default: the mapping's cluster key).
     source
-        ``"neighbours"``: the share of each category among the ensemble's weights of the
-        spatial cell (more accurate on the cell-split benchmarks); ``"tangram"``: from the
-        Tangram map as described above; ``"auto"``: neighbours when available.
+        ``"neighbours"``: the share of each category among the ensemble map's weights of the
+        spatial cell; ``"tangram"``: from the result's map ``M`` as described above (for an
+        ensemble map ``M = Wᵀ``, so both give the same); ``"auto"``: the map that ran.
 
     Returns
     -------

@@ -301,8 +301,14 @@ class MappingSettings:
         if self.mode not in MODES:
             raise InputError(f"mode {self.mode!r} is not known; use one of {', '.join(MODES)}.")
         if self.method not in MAP_METHODS:
+            hint = (
+                " (a projection such as this is projection=/--projection)"
+                if self.method in ("neighbours", "probabilistic", "argmax")
+                else ""
+            )
             raise InputError(
-                f"map method {self.method!r} is not known; use one of {', '.join(MAP_METHODS)}."
+                f"map method {self.method!r} is not known; use one of "
+                f"{', '.join(MAP_METHODS)}{hint}."
             )
         if self.method == "ensemble" and self.mode != "cells":
             raise InputError(

@@ -70,7 +70,11 @@ def interval_level(result: ad.AnnData, level: str | int | float) -> str:
         have = interval_levels(result)
         raise InputError(
             f"the result has no {name}% intervals"
-            + (f"; levels are {', '.join(have)}." if have else " (map again to get them).")
+            + (
+                f"; levels are {', '.join(have)}."
+                if have
+                else " (the ensemble map has intervals, a Tangram map none)."
+            )
         )
     return name
 

@@ -16,6 +16,7 @@ import pandas as pd
 
 from napari_spatial_impute.core.evaluate import cross_validate
 from napari_spatial_impute.core.settings import (
+    TANGRAM_ONLY,
     MappingSettings,
     resolve_map_method,
     setting_specs,
@@ -72,11 +73,14 @@ def cv_kwargs(params: dict[str, Any], epochs: int | None = None) -> dict[str, An
         if name in ("candidates", "reverse_candidates") and not value:
             continue
         out[name] = value
+    # the map that made the result (older results stored no method: ``from_params`` reads it
+    # from their ``neighbours`` setting)
+    out["method"] = settings.method
     trains = resolve_map_method(settings.method, settings.mode) == "tangram"
-    if epochs is not None and trains:
+    if not trains:  # the ensemble map trains nothing: no Tangram settings
+        return {k: v for k, v in out.items() if k not in TANGRAM_ONLY}
+    if epochs is not None:
         out["epochs"] = int(epochs)
-    elif not trains:
-        out.pop("epochs", None)  # the ensemble map trains nothing
     return out
 
 

@@ -18,9 +18,6 @@ from napari_spatial_impute.viz.layers import (
     spatial_layers,
 )
 
-#: Epochs of the sample mapping (about a second on a laptop CPU).
-SAMPLE_EPOCHS = 200
-
 
 def _cache_dir() -> Path:
     root = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
@@ -72,7 +69,7 @@ def merfish_pair() -> list[LayerData]:
 
 
 def merfish_mapping() -> list[LayerData]:
-    """A finished mapping of the MERFISH pair (cells mode, ``SAMPLE_EPOCHS`` epochs, seed 0).
+    """A finished mapping of the MERFISH pair (the default ensemble map, cells mode, seed 0).
 
     The layer is coloured by the predicted cell type; its metadata holds the whole result AnnData
     (all 134 reference genes imputed, cluster probabilities, parameters).
@@ -82,7 +79,5 @@ def merfish_mapping() -> list[LayerData]:
 
     hook_current_viewer()
     reference, spatial = load_merfish_hypothalamus()
-    result = map_cells_to_space(
-        reference, spatial, cluster_key="cell_type", epochs=SAMPLE_EPOCHS, seed=0
-    )
+    result = map_cells_to_space(reference, spatial, cluster_key="cell_type", seed=0)
     return spatial_layers(result.to_anndata(), role="result")

@@ -163,8 +163,8 @@ def calibration_text(result: ad.AnnData | None) -> str:
     levels = interval_levels(result)
     if not levels and not has_reliability(result):
         return (
-            "This result has no prediction intervals or reliability estimates (mapped with an "
-            "older version or projected with the Tangram map); map again to get them."
+            "This result has no prediction intervals or reliability estimates: a Tangram map (or "
+            "an older version) made it; the ensemble map (Map: auto or ensemble, cells mode) has them."
         )
     info = result.uns.get("spatial_impute", {}).get("uncertainty", {})
     lines = []

@@ -71,14 +71,16 @@ def plot_training_scores(
         if "history" in result.uns.get("spatial_impute", {})
         else pd.DataFrame()
     )
+    ensemble = result.uns.get("spatial_impute", {}).get("params", {}).get("method") == "ensemble"
     if "main_loss" in hist and len(hist):
         ax.plot(np.arange(1, len(hist) + 1), hist["main_loss"], color=MEASURED_COLOR)
         ax.set_title(f"score per epoch (last {hist['main_loss'].iloc[-1]:.3f})")
         ax.set_xlabel("epoch")
         ax.set_ylabel("score")
-    else:  # the ensemble map trains nothing
+    else:
         ax.set_axis_off()
-        ax.text(0.5, 0.5, "ensemble map:\nno epochs", ha="center", va="center", color="grey")
+        if ensemble:  # the ensemble map trains nothing
+            ax.text(0.5, 0.5, "ensemble map:\nno epochs", ha="center", va="center", color="grey")
     for extra in axes[5:]:
         extra.set_axis_off()
     fig.tight_layout()
@@ -168,7 +170,13 @@ def plot_reliability(fig: Figure, result: ad.AnnData, cv: pd.DataFrame | None = 
     fig.clear()
     if "predicted_pearson" not in result.var.columns:
         ax = fig.subplots()
-        ax.text(0.5, 0.5, "no reliability estimates: map again", ha="center", va="center")
+        ax.text(
+            0.5,
+            0.5,
+            "no reliability estimates:\nthe ensemble map (cells mode) has them",
+            ha="center",
+            va="center",
+        )
         ax.set_axis_off()
         return []
     ax1, ax2 = fig.subplots(1, 2)

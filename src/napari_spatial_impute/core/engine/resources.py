@@ -106,18 +106,20 @@ def estimate_lean_mapping(
 
 
 def estimate_ensemble_map(
-    n_sources: int, n_spatial: int, n_genes: int, weights_per_cell: int = 310
+    n_sources: int, n_spatial: int, n_genes: int, weights_per_cell: int = 160
 ) -> MemoryEstimate:
     """Estimate the memory of the ensemble map (:mod:`napari_spatial_impute.core.neighbours`).
 
     Per spatial cell, its weights (``weights_per_cell`` at most: the members' neighbours
-    together) in the CSR map and its transpose (float32 values, int32 columns); per cell and gene
+    together, 10 + 100 + 50 with the default members, the z-scored ones sharing one search) in the CSR map and its transpose (float32 values, int32 columns); per cell and gene
     the compared values in the raw, z-scored and PCA spaces; one block of similarities, the
     block the weights are summed in, and their top neighbours.
     """
     k = min(weights_per_cell, n_sources)
     mapping = n_spatial * k * 16
-    working = 4 * (n_sources + n_spatial) * n_genes * 6 + 4 * (1 << 25) * 3 + 64 * 1024**2
+    # blocks of about 32 M similarities, at least 256 spatial cells (neighbours.neighbour_weights)
+    block = max(1 << 25, 256 * n_sources)
+    working = 4 * (n_sources + n_spatial) * n_genes * 6 + 4 * block * 3 + 64 * 1024**2
     return MemoryEstimate(n_sources, n_spatial, n_genes, 0, mapping, working, 0)
 
 

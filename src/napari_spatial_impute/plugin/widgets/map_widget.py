@@ -309,12 +309,16 @@ class MapWidget(PluginWidget):
         """The keyword arguments of :func:`~napari_spatial_impute.map_cells_to_space` chosen here.
 
         One per :class:`~napari_spatial_impute.core.settings.MappingSettings` field: the form's
-        values, and the cluster key of the shared model.
+        values (the defaults of the greyed-out settings the chosen map does not use), and the
+        cluster key of the shared model.
         """
         out: dict[str, Any] = {}
+        unused = TANGRAM_ONLY if self.map_method() == "ensemble" else ENSEMBLE_ONLY
         for spec in setting_specs():
             if spec.name in FROM_MODEL:
                 out[spec.name] = getattr(self.model, spec.name)
+            elif spec.name in unused:  # greyed out: the map that runs does not use it
+                out[spec.name] = spec.default
             else:
                 out[spec.name] = setting_value(spec, self.settings_widgets[spec.name])
         if out["genes"] == GENE_LIST:
@@ -512,13 +516,13 @@ class MapWidget(PluginWidget):
     def _on_finished(self) -> None:
         state = self._run
         state.close_pbar()
-        if self.progress.maximum() == 0:  # the busy bar of an ensemble map
-            self.progress.setRange(0, 1)
-            self.progress.setValue(0 if state.cancel.is_set() else 1)
         cancelled = state.cancel.is_set() or bool(getattr(state.worker, "abort_requested", False))
         state.worker = None
         if state.abandoned:
             return
+        if self.progress.maximum() == 0:  # the busy bar of an ensemble map: full if it made one
+            self.progress.setRange(0, 1)
+            self.progress.setValue(1 if self.status.text().startswith("Done") else 0)
         if cancelled:
             self.status.setText("Cancelled; nothing was added.")
         self.cancel_button.setEnabled(False)
