@@ -204,6 +204,15 @@ def dense(adata: ad.AnnData, genes: Sequence[str]) -> np.ndarray:
     return dense_columns(adata, genes)
 
 
+def shared_matrices(pair: Pair) -> tuple[list[str], list[str], np.ndarray, np.ndarray]:
+    """``(reference genes, spatial genes, R, S)``: the shared genes of a pair and its dense
+    reference and spatial matrices over them (cells x genes, float32, in reference gene order)."""
+    shared = shared_genes(pair.reference, pair.spatial)
+    rg = [r for r, _ in shared]
+    sg = [s for _, s in shared]
+    return rg, sg, dense(pair.reference, rg), dense(pair.spatial, sg)
+
+
 # --------------------------------------------------------------------------------------------
 # data sets
 

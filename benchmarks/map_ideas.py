@@ -207,11 +207,7 @@ def _cosine_genes(pred: np.ndarray, meas: np.ndarray) -> float:
 
 def idea_rows(name: str, epochs: list[int], seed: int = 0) -> list[dict]:
     pair = common.load_pair(name)
-    shared = common.shared_genes(pair.reference, pair.spatial)
-    rg = [r for r, _ in shared]
-    sg = [s for _, s in shared]
-    R = common.dense(pair.reference, rg)
-    Sx = common.dense(pair.spatial, sg)
+    rg, sg, R, Sx = common.shared_matrices(pair)
     folds = gene_folds(list(range(len(rg))), 10, seed)
     common.log(f"{name}: {R.shape[0]} reference x {Sx.shape[0]} spatial cells, {len(rg)} genes")
 

@@ -42,11 +42,7 @@ def powered(W: sp.csr_matrix, T: float) -> sp.csr_matrix:
 
 def run(name: str) -> str:
     pair = common.load_pair(name)
-    shared = common.shared_genes(pair.reference, pair.spatial)
-    rg = [r for r, _ in shared]
-    sg = [s for _, s in shared]
-    R = common.dense(pair.reference, rg)
-    Sx = common.dense(pair.spatial, sg)
+    rg, sg, R, Sx = common.shared_matrices(pair)
     chosen = np.full(len(rg), np.nan)
     fixed = {T: np.full(len(rg), np.nan) for T in TEMPERATURES}
     picks = []

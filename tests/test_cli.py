@@ -14,6 +14,14 @@ import scipy.sparse as sp
 from napari_spatial_impute.cli import main
 
 
+def _write_pair(ref, spa, folder):
+    """The pair as ``r.h5ad`` and ``s.h5ad`` in ``folder``; their paths."""
+    r, s = folder / "r.h5ad", folder / "s.h5ad"
+    ref.write_h5ad(r)
+    spa.write_h5ad(s)
+    return r, s
+
+
 def _run(args, capsys):
     code = main(args)
     out = capsys.readouterr()
@@ -51,9 +59,7 @@ def test_map_real_pair_writes_all_genes_and_probabilities(shared_data, tmp_path,
 
 def test_map_options(merfish_pair, tmp_path, capsys):
     ref, spa = merfish_pair
-    r, s = tmp_path / "r.h5ad", tmp_path / "s.h5ad"
-    ref.write_h5ad(r)
-    spa.write_h5ad(s)
+    r, s = _write_pair(ref, spa, tmp_path)
     genes = tmp_path / "genes.txt"
     genes.write_text("gad1\nSLC17A6\nMbp\n")
     out = tmp_path / "o.h5ad"
@@ -92,9 +98,7 @@ def test_map_options(merfish_pair, tmp_path, capsys):
 
 def test_evaluate_writes_cv_table(merfish_pair, tmp_path, capsys):
     ref, spa = merfish_pair
-    r, s = tmp_path / "r.h5ad", tmp_path / "s.h5ad"
-    ref.write_h5ad(r)
-    spa.write_h5ad(s)
+    r, s = _write_pair(ref, spa, tmp_path)
     out = tmp_path / "cv.csv"
     code, stdout, err = _run(
         [
@@ -168,9 +172,7 @@ def test_bad_input_one_line_exit_2_nothing_written(merfish_pair, tmp_path, capsy
 
 def test_unknown_cluster_key_lists_columns(merfish_pair, tmp_path, capsys):
     ref, spa = merfish_pair
-    r, s = tmp_path / "r.h5ad", tmp_path / "s.h5ad"
-    ref.write_h5ad(r)
-    spa.write_h5ad(s)
+    r, s = _write_pair(ref, spa, tmp_path)
     code, _, err = _run(
         [
             "map",
@@ -201,9 +203,7 @@ def test_unreadable_file_and_memory(merfish_pair, tmp_path, capsys, monkeypatch)
     from napari_spatial_impute.core.engine import resources
 
     ref, spa = merfish_pair
-    r, s = tmp_path / "r.h5ad", tmp_path / "s.h5ad"
-    ref.write_h5ad(r)
-    spa.write_h5ad(s)
+    r, s = _write_pair(ref, spa, tmp_path)
     monkeypatch.setattr(resources, "available_bytes", lambda device: 10 * 1024**2)
     code, _, err = _run(["map", "-r", str(r), "-s", str(s), "-o", str(tmp_path / "o.h5ad")], capsys)
     assert code == 2 and "needs about" in err and "GiB" in err
@@ -241,9 +241,7 @@ def test_demo_runs_offline_without_shared_data(tmp_path):
 
 def test_map_lean_engine(merfish_pair, tmp_path, capsys):
     ref, spa = merfish_pair
-    r, s = tmp_path / "r.h5ad", tmp_path / "s.h5ad"
-    ref.write_h5ad(r)
-    spa.write_h5ad(s)
+    r, s = _write_pair(ref, spa, tmp_path)
     out = tmp_path / "o.h5ad"
     code, stdout, err = _run(
         [
@@ -288,9 +286,7 @@ def test_projection_neighbours_with_a_tangram_map_is_refused_before_work(tmp_pat
 
 def test_default_map_prints_the_ensemble_and_no_epochs(merfish_pair, tmp_path, capsys):
     ref, spa = merfish_pair
-    r, s = tmp_path / "r.h5ad", tmp_path / "s.h5ad"
-    ref.write_h5ad(r)
-    spa.write_h5ad(s)
+    r, s = _write_pair(ref, spa, tmp_path)
     code, out, err = _run(
         ["map", "-r", str(r), "-s", str(s), "-o", str(tmp_path / "o.h5ad")], capsys
     )

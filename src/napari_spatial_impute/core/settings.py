@@ -57,17 +57,21 @@ RUN_RECORD_KEYS: tuple[str, ...] = (
 )
 
 
-#: Settings that only the Tangram map uses (the ensemble map trains nothing).
-TANGRAM_ONLY: tuple[str, ...] = (
-    "density",
-    "epochs",
-    "learning_rate",
+#: The weights of the Tangram objective's terms (tangram-sc's names).
+LAMBDAS: tuple[str, ...] = (
     "lambda_g1",
     "lambda_g2",
     "lambda_d",
     "lambda_r",
     "lambda_count",
     "lambda_f_reg",
+)
+#: Settings that only the Tangram map uses (the ensemble map trains nothing).
+TANGRAM_ONLY: tuple[str, ...] = (
+    "density",
+    "epochs",
+    "learning_rate",
+    *LAMBDAS,
     "target_count",
     "device",
     "engine",
@@ -332,14 +336,7 @@ class MappingSettings:
             raise InputError(
                 f"learning rate must be a positive number, got {lr}; the default is 0.1."
             )
-        for name in (
-            "lambda_g1",
-            "lambda_g2",
-            "lambda_d",
-            "lambda_r",
-            "lambda_count",
-            "lambda_f_reg",
-        ):
+        for name in LAMBDAS:
             value = getattr(self, name)
             if value is not None and not (_number(value) and math.isfinite(value) and value >= 0):
                 raise InputError(
