@@ -51,7 +51,7 @@ def merfish():
     ref, spa = load_merfish_hypothalamus()
     x = spa.obsm["spatial"][:, 0]
     spa.obs["fov"] = np.where(x < np.median(x), "1", "2")
-    res = map_cells_to_space(ref, spa, cluster_key="cell_type", epochs=300).to_anndata()
+    res = map_cells_to_space(ref, spa, cluster_key="cell_type").to_anndata()
     return ref, spa, res
 
 
@@ -145,7 +145,7 @@ def main() -> None:
 
     # 5. diagnostics (widget alone, sharper)
     viewer.layers.clear()
-    model.set_cv_table(cross_validate(ref, spa, folds=5, epochs=100))
+    model.set_cv_table(cross_validate(ref, spa, folds=5))
     diag = DiagnosticsWidget(viewer)
     diag.resize(1300, 560)
     diag.show()
@@ -163,7 +163,7 @@ def main() -> None:
     if data is not None and (data / "iss_ca1" / "label_image.coo.npz").exists():
         iref = ad.read_h5ad(data / "iss_ca1" / "reference_class_profiles.h5ad")
         ispa = ad.read_h5ad(data / "iss_ca1" / "spatial.h5ad")
-        ires = map_cells_to_space(iref, ispa, cluster_key="cell_class", epochs=200).to_anndata()
+        ires = map_cells_to_space(iref, ispa, cluster_key="cell_class").to_anndata()
         viewer2 = napari.Viewer(show=True, title="napari-spatial-impute: image")
         viewer2.window.resize(1500, 900)
         m2 = get_model(viewer2)

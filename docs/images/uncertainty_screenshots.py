@@ -2,7 +2,7 @@
 
     xvfb-run -a python docs/images/uncertainty_screenshots.py
 
-Same data as ``explore_screenshots.py`` (the bundled MERFISH hypothalamus pair, 300 epochs, its
+Same data as ``explore_screenshots.py`` (the bundled MERFISH hypothalamus pair, the default map, its
 spatial cells split at the median x into two FOVs). Writes ``explore_uncertainty.png``,
 ``diagnostics_reliability.png`` and ``diagnostics_cv.png`` (the CV table with its coverage,
 width and predicted-Pearson columns).
@@ -51,7 +51,7 @@ def main() -> None:
 
     # diagnostics: reliability tab (with a cross-validation to compare against) and the CV table
     viewer.layers.clear()
-    model.set_cv_table(cross_validate(ref, spa, folds=5, epochs=100))
+    model.set_cv_table(cross_validate(ref, spa, folds=5))
     diag = DiagnosticsWidget(viewer)
     for name, tab, size in (
         ("diagnostics_reliability.png", "Reliability", (1300, 820)),
