@@ -49,11 +49,26 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--epochs", type=int, default=400)
     p.add_argument("--tol", type=float, default=1e-3)
+    p.add_argument(
+        "--panel-genes",
+        type=int,
+        default=None,
+        help="the spatial assay measures only this many of the genes (a seeded random panel); "
+        "default all",
+    )
+    p.add_argument(
+        "--all-genes", action="store_true", help="write every reference gene (default: three)"
+    )
     p.add_argument("--out", default="/tmp/large_run_result.h5ad")
     p.add_argument("--json", default=None, help="write history and timings here")
     args = p.parse_args(argv)
     t0 = time.time()
     ref, spa = simulate_pair(args.n_ref, args.n_sp, args.n_genes, seed=0)
+    if args.panel_genes:
+        import numpy as np
+
+        keep = np.sort(np.random.default_rng(1).choice(spa.n_vars, args.panel_genes, replace=False))
+        spa = spa[:, keep].copy()
     t1 = time.time()
     print("simulated", round(t1 - t0, 1), flush=True)
     hist = []
@@ -90,9 +105,11 @@ def main(argv: list[str] | None = None) -> int:
         r.timings,
         flush=True,
     )
-    write_result(r, args.out, genes=["Gene0000", "Gene0001", "Gene0002"])
+    written = None if args.all_genes else ["Gene0000", "Gene0001", "Gene0002"]
+    write_result(r, args.out, genes=written)
     t3 = time.time()
-    print("wrote 3 genes", round(t3 - t2, 1), "total", round(t3 - t0, 1), flush=True)
+    n_written = ref.n_vars if written is None else len(written)
+    print(f"wrote {n_written} genes", round(t3 - t2, 1), "total", round(t3 - t0, 1), flush=True)
     if args.json:
         Path(args.json).write_text(
             json.dumps({"history": hist, "timings": r.timings, "total_s": t3 - t0})
