@@ -261,3 +261,29 @@ def test_result_without_clusters(make_napari_viewer_proxy, qtbot, monkeypatch):
     assert not ex.cluster_button.isEnabled() and not ex.predicted_button.isEnabled()
     layers = ex.show_gene("Gad1")
     assert layers and "top clusters" not in layers[0].features.columns
+
+
+@pytest.mark.parametrize(("width", "ncols"), [(420, 1), (1400, 4)])
+def test_panels_fit_the_dock_width(widget, qtbot, width, ncols):
+    """Issue 12: a narrow dock stacks the panels (scrolling), a wide one puts them side by side."""
+    from napari_spatial_impute.plugin.widgets.figure_panel import PANEL_HEIGHT
+
+    viewer, model, w = widget
+    w.resize(width, 800)
+    w.show()
+    panel = w.train_panel
+    qtbot.waitUntil(lambda: panel.ncols == ncols, timeout=5000)
+    rows = -(-5 // ncols)
+    assert panel.canvas.minimumHeight() == rows * PANEL_HEIGHT
+    visible = [ax for ax in w.train_fig.axes if ax.axison]
+    assert len({round(ax.get_position().x0, 2) for ax in visible}) == min(ncols, 4)
+
+
+def test_every_figure_can_be_saved(widget, tmp_path):
+    viewer, model, w = widget
+    for panel, name in ((w.train_panel, "t.png"), (w.val_panel, "v.svg")):
+        assert panel.save(tmp_path / name).stat().st_size > 1000
+    from napari_spatial_impute.viz.plots import save_figure
+
+    assert w.reliability.save_button.isVisibleTo(w.reliability)
+    assert save_figure(w.reliability.fig, tmp_path / "r.pdf").read_bytes().startswith(b"%PDF")

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import anndata as ad
 import numpy as np
@@ -24,10 +25,25 @@ MEASURED_COLOR = "#1f77b4"
 PREDICTED_COLOR = "#ff7f0e"
 
 
+def panel_grid(fig: Figure, n: int, ncols: int | None = None, sharey: bool = False) -> np.ndarray:
+    """``n`` axes in rows of ``ncols`` (default: one row when the figure is wide, else 3 columns);
+    axes past ``n`` in the last row are switched off. Returns all axes, row by row."""
+    if ncols is None:
+        ncols = n if fig.get_figwidth() > 2 * fig.get_figheight() else min(3, n)
+    ncols = max(1, min(int(ncols), n))
+    nrows = -(-n // ncols)
+    axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False, sharey=sharey).ravel())
+    for extra in axes[n:]:
+        extra.set_axis_off()
+    return axes
+
+
 def plot_training_scores(
-    fig: Figure, result: ad.AnnData, bins: int = 20, alpha: float = 0.5
+    fig: Figure, result: ad.AnnData, bins: int = 20, alpha: float = 0.5, ncols: int | None = None
 ) -> list:
     """Draw the training-score panels; every scatter is pickable (``artist.genes`` names its dots).
+
+    ``ncols``: panels per row (default: all five in a row in a wide figure, else three).
 
     Returns
     -------
@@ -35,11 +51,7 @@ def plot_training_scores(
     """
     fig.clear()
     df = training_genes_frame(result)
-    axes = (
-        fig.subplots(1, 5)
-        if fig.get_figwidth() > 2 * fig.get_figheight()
-        else fig.subplots(2, 3).ravel()
-    )
+    axes = panel_grid(fig, 5, ncols)
     score = df["train_score"].to_numpy(dtype=np.float64)
     ax = axes[0]
     ax.hist(
@@ -81,13 +93,13 @@ def plot_training_scores(
         ax.set_axis_off()
         if ensemble:  # the ensemble map trains nothing
             ax.text(0.5, 0.5, "ensemble map:\nno epochs", ha="center", va="center", color="grey")
-    for extra in axes[5:]:
-        extra.set_axis_off()
     fig.tight_layout()
     return scatters
 
 
-def plot_cell_type_validation(fig: Figure, table: pd.DataFrame, max_types: int = 30) -> None:
+def plot_cell_type_validation(
+    fig: Figure, table: pd.DataFrame, max_types: int = 30, ncols: int | None = None
+) -> None:
     """Draw one panel per marker: measured and predicted level per cell type (the seed's plot).
 
     Parameters
@@ -98,6 +110,8 @@ def plot_cell_type_validation(fig: Figure, table: pd.DataFrame, max_types: int =
         :func:`~napari_spatial_impute.validate_cell_types` output.
     max_types
         Cell types shown (the most frequent ones).
+    ncols
+        Panels per row (default: all in one row).
     """
     fig.clear()
     genes = list(dict.fromkeys(table["gene"]))
@@ -108,7 +122,7 @@ def plot_cell_type_validation(fig: Figure, table: pd.DataFrame, max_types: int =
         return
     counts = table.drop_duplicates("cell_type").set_index("cell_type")["n_cells"]
     types = list(counts.sort_values(ascending=False).index[:max_types])
-    axes = np.atleast_1d(fig.subplots(1, len(genes), sharey=True))
+    axes = panel_grid(fig, len(genes), ncols or len(genes), sharey=True)[: len(genes)]
     x = np.arange(len(types))
     width = 0.4
     for ax, gene in zip(axes, genes, strict=True):
@@ -127,7 +141,9 @@ def plot_cell_type_validation(fig: Figure, table: pd.DataFrame, max_types: int =
         ax.set_xticks(x)
         ax.set_xticklabels(types, rotation=90, fontsize=7)
         ax.set_ylim(0, 1.05)
-    axes[0].set_ylabel("expression level (0-1)")
+    per_row = ncols or len(genes)
+    for ax in axes[::per_row]:
+        ax.set_ylabel("expression level (0-1)")
     axes[-1].legend(fontsize=7, loc="upper right")
     fig.tight_layout()
 
@@ -280,4 +296,29 @@ def marker_list(text: str, available: Sequence[str]) -> list[str]:
         hit = lower.get(token.lower())
         if hit and hit not in out:
             out.append(hit)
+    return out
+
+
+#: File formats a figure is saved in (by the file's suffix).
+FIGURE_FORMATS: tuple[str, ...] = ("png", "svg", "pdf")
+
+
+def save_figure(fig: Figure, path: str | Path, dpi: int = 200) -> Path:
+    """Save ``fig`` as PNG, SVG or PDF (by the suffix of ``path``), atomically.
+
+    An earlier file at ``path`` stays as it was if the saving fails. A suffix that is none of
+    :data:`FIGURE_FORMATS` is an :class:`~napari_spatial_impute.InputError`.
+    """
+    from napari_spatial_impute._errors import InputError
+    from napari_spatial_impute.io.files import atomic_output
+
+    out = Path(path)
+    fmt = out.suffix.lower().lstrip(".")
+    if fmt not in FIGURE_FORMATS:
+        raise InputError(
+            f"cannot save a figure as {out.name!r}; end the name with "
+            f"{', '.join('.' + f for f in FIGURE_FORMATS)}."
+        )
+    with atomic_output(out) as tmp:
+        fig.savefig(tmp, format=fmt, dpi=dpi, bbox_inches="tight")
     return out

@@ -8,7 +8,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
 from matplotlib.figure import Figure
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
@@ -31,6 +30,7 @@ from napari_spatial_impute.core.evaluate import validate_cell_types
 from napari_spatial_impute.core.settings import MappingSettings, resolve_map_method
 from napari_spatial_impute.plugin.cv_worker import CVProgress, cv_kwargs, iter_cross_validation
 from napari_spatial_impute.plugin.widgets.base import PluginWidget
+from napari_spatial_impute.plugin.widgets.figure_panel import FigurePanel
 from napari_spatial_impute.plugin.widgets.layer_ops import find_layers, notify_error, open_gene
 from napari_spatial_impute.plugin.widgets.linking import get_link_controller
 from napari_spatial_impute.plugin.widgets.reliability_panel import ReliabilityPanel
@@ -62,13 +62,6 @@ CV_COLUMNS = (
 )
 
 
-def _canvas(width: float, height: float) -> tuple[Figure, FigureCanvasQTAgg]:
-    fig = Figure(figsize=(width, height), dpi=90, layout=None)
-    canvas = FigureCanvasQTAgg(fig)
-    canvas.setMinimumHeight(int(height * 60))
-    return fig, canvas
-
-
 class DiagnosticsWidget(PluginWidget):
     """How good is the mapping: training scores, marker levels per cell type, cross-validation.
 
@@ -88,16 +81,22 @@ class DiagnosticsWidget(PluginWidget):
         get_link_controller(napari_viewer)
         self.tabs = QTabWidget()
 
-        self.train_fig, self.train_canvas = _canvas(12, 5)
+        self._val_table: pd.DataFrame | None = None
+        self._val_message = ""
+        self.train_panel = FigurePanel(self._draw_training, 5, "training_scores")
+        self.train_fig, self.train_canvas = self.train_panel.fig, self.train_panel.canvas
         self.train_canvas.mpl_connect("pick_event", self._on_pick)
         page = QWidget()
         lay = QVBoxLayout(page)
         self.train_info = QLabel("")
         lay.addWidget(self.train_info)
-        lay.addWidget(self.train_canvas, 1)
+        lay.addWidget(self.train_panel, 1)
         self.tabs.addTab(page, "Training scores")
 
-        self.val_fig, self.val_canvas = _canvas(12, 4.5)
+        self.val_panel = FigurePanel(
+            self._draw_validation, self._n_markers, "cell_type_validation", panel_height=380
+        )
+        self.val_fig, self.val_canvas = self.val_panel.fig, self.val_panel.canvas
         self.markers_edit = QLineEdit()
         self.markers_edit.setPlaceholderText(
             "marker genes (measured), comma separated; empty: one per cluster"
@@ -111,7 +110,7 @@ class DiagnosticsWidget(PluginWidget):
         row.addWidget(self.markers_edit, 1)
         row.addWidget(self.markers_button)
         lay.addLayout(row)
-        lay.addWidget(self.val_canvas, 1)
+        lay.addWidget(self.val_panel, 1)
         self.tabs.addTab(page, "Cell-type validation")
 
         self.cv_info = QLabel("No cross-validation was run.")
@@ -180,19 +179,18 @@ class DiagnosticsWidget(PluginWidget):
         self.cv_epochs_spin.setEnabled(
             result is None or resolve_map_method(settings.method, settings.mode) == "tangram"
         )
-        self.train_fig.clear()
-        self.val_fig.clear()
+        self._val_table, self._val_message = None, ""
         try:
             self.reliability.set_result(result, self.model.cv_table)
         except Exception as exc:
             notify_error(exc)
         if result is None:
             self.train_info.setText("No mapping result yet.")
-            self.train_canvas.draw_idle()
-            self.val_canvas.draw_idle()
+            self.train_panel.redraw()
+            self.val_panel.redraw()
             return
         try:
-            plot_training_scores(self.train_fig, result)
+            self.train_panel.redraw()
             info = result.uns.get("spatial_impute", {})
             score = info.get("training_score", float("nan"))
             n_train = int(result.var["is_training"].astype(bool).sum())
@@ -206,33 +204,46 @@ class DiagnosticsWidget(PluginWidget):
             )
         except Exception as exc:
             notify_error(exc)
-        self.train_canvas.draw_idle()
         if not self.markers_edit.text().strip():
             self.markers_edit.setText(", ".join(default_markers(result)))
         self.update_validation()
+
+    def _draw_training(self, fig: Figure, ncols: int) -> None:
+        result = self.model.result
+        if result is not None:
+            plot_training_scores(fig, result, ncols=ncols)
+
+    def _n_markers(self) -> int:
+        table = self._val_table
+        return 1 if table is None else max(1, int(table["gene"].nunique()))
+
+    def _draw_validation(self, fig: Figure, ncols: int) -> None:
+        if self._val_table is not None:
+            plot_cell_type_validation(fig, self._val_table, ncols=ncols)
+        elif self._val_message:
+            ax = fig.subplots()
+            ax.text(0.5, 0.5, self._val_message, ha="center", va="center")
+            ax.set_axis_off()
 
     def update_validation(self) -> pd.DataFrame | None:
         """Redraw the per-cell-type validation for the markers in the text box."""
         result = self.model.result
         if result is None:
             return None
-        if (
-            result_cluster_key(result) is None
-        ):  # nothing to validate against: say so, no error pop-up
-            self.val_fig.clear()
-            ax = self.val_fig.subplots()
-            ax.text(0.5, 0.5, "no cell types: map with a cluster key", ha="center", va="center")
-            ax.set_axis_off()
-            self.val_canvas.draw_idle()
+        self._val_table, self._val_message = None, ""
+        if result_cluster_key(result) is None:  # nothing to validate against: say so, no pop-up
+            self._val_message = "no cell types: map with a cluster key"
+            self.val_panel.redraw()
             return None
         markers = marker_list(self.markers_edit.text(), shared_genes(result)) or None
         try:
             table = validate_cell_types(result, markers=markers)
         except Exception as exc:
             notify_error(exc)
+            self.val_panel.redraw()
             return None
-        plot_cell_type_validation(self.val_fig, table)
-        self.val_canvas.draw_idle()
+        self._val_table = table
+        self.val_panel.redraw()
         return table
 
     def _on_cv(self, *_: Any) -> None:

@@ -11,6 +11,7 @@ from qtpy.QtCore import Qt, Signal
 from qtpy.QtWidgets import (
     QAbstractItemView,
     QLabel,
+    QPushButton,
     QTableWidget,
     QTableWidgetItem,
     QVBoxLayout,
@@ -18,6 +19,7 @@ from qtpy.QtWidgets import (
 )
 
 from napari_spatial_impute.io.schema import has_reliability
+from napari_spatial_impute.plugin.widgets.figure_panel import ask_and_save
 from napari_spatial_impute.plugin.widgets.table_items import NumberItem
 from napari_spatial_impute.viz.intervals import (
     RELIABILITY_COLUMNS,
@@ -53,9 +55,13 @@ class ReliabilityPanel(QWidget):
         self.canvas = FigureCanvasQTAgg(self.fig)
         self.canvas.setMinimumHeight(200)
         self.canvas.mpl_connect("pick_event", self._on_pick)
+        self.save_button = QPushButton("Save figure...")
+        self.save_button.setToolTip("save this figure as PNG, SVG or PDF")
+        self.save_button.clicked.connect(lambda: ask_and_save(self, self.fig, "reliability"))
         layout = QVBoxLayout(self)
         layout.addWidget(self.summary)
         layout.addWidget(self.canvas, 1)
+        layout.addWidget(self.save_button)
         layout.addWidget(self.table, 1)
 
     def draw(self, result: Any, cv: Any = None) -> None:
@@ -73,6 +79,7 @@ class ReliabilityPanel(QWidget):
         usable = result is not None and has_reliability(result)
         self.table.setVisible(usable)
         self.canvas.setVisible(usable)
+        self.save_button.setVisible(usable)
         if not usable:
             return
         self.draw(result, cv)
