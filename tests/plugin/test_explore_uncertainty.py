@@ -68,7 +68,6 @@ def test_interval_layers_names_values_shared_limits(explore, level):
         assert np.allclose(lay.features[column], widths_of(res, "Gad1", level, rows), rtol=1e-6)
         assert np.allclose(lay.face_contrast_limits, limits)
         assert lay.face_color_mode == "colormap"
-        assert lay.face_colorbar.visible == (plugin_meta(lay)["fov"] == "1")
         assert np.allclose(lay.data[:, ::-1], res.obsm["spatial"][rows])
         assert {"cell", "top imputed"} <= set(lay.features.columns)
     assert interval[0].face_contrast_limits == interval[1].face_contrast_limits

@@ -9,6 +9,7 @@ from qtpy.QtWidgets import QWidget
 
 from napari_spatial_impute.plugin.model import SpatialImputeModel
 from napari_spatial_impute.plugin.sync import connect_model
+from napari_spatial_impute.plugin.widgets.colorbars import get_colorbar_controller
 
 
 class PluginWidget(QWidget):
@@ -34,6 +35,8 @@ class PluginWidget(QWidget):
         super().__init__(parent)
         self.viewer = napari_viewer
         self.model: SpatialImputeModel = connect_model(napari_viewer)
+        # one titled colour bar at a time (the selected layer's), whichever widget adds layers
+        get_colorbar_controller(napari_viewer)
         self.worker: Any = None
         self._running: list[Any] = []
 
