@@ -1,0 +1,76 @@
+"""The docked legend: categories of the selected layer, counts, toggles (issue 12)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from _explore_data import load_into
+
+from napari_spatial_impute.plugin.widgets.explore_widget import ExploreWidget
+from napari_spatial_impute.plugin.widgets.legend_widget import HIDDEN_KEY, LegendWidget
+from napari_spatial_impute.viz.layers import plugin_meta
+
+
+@pytest.fixture
+def legend(make_napari_viewer_proxy, qtbot):
+    viewer = make_napari_viewer_proxy()
+    model = load_into(viewer)
+    explore = ExploreWidget(viewer)
+    qtbot.addWidget(explore)
+    layers = explore.show_predicted()
+    w = LegendWidget(viewer)
+    qtbot.addWidget(w)
+    viewer.layers.selection.active = layers[0]
+    return viewer, model, w, layers
+
+
+def test_lists_each_category_with_its_count_and_colour(legend):
+    viewer, model, w, layers = legend
+    assert w.layer is not None and w.column == "cell_type"
+    assert len(w.layers) == len(layers) == 2  # the FOVs' layers are listed together
+    values = np.concatenate([np.asarray(lay.features["cell_type"].astype(str)) for lay in layers])
+    cats, counts = np.unique(values, return_counts=True)
+    assert sorted(w.categories()) == sorted(cats)
+    # most frequent first, each row "name  (count)"
+    listed = [w.list.item(i).text() for i in range(w.list.count())]
+    assert listed[0].startswith(cats[np.argmax(counts)])
+    for cat, n in zip(cats, counts, strict=True):
+        assert f"{cat}  ({n:,})" in listed
+    assert len(viewer.layers) == len(layers)  # never a layer per category
+
+
+def test_unticking_hides_exactly_that_category(legend):
+    viewer, model, w, layers = legend
+    layer = layers[0]
+    target = w.categories()[0]
+    w.set_visible(target, False)
+    for lay in layers:  # in every FOV's layer
+        values = np.asarray(lay.features["cell_type"].astype(str))
+        np.testing.assert_array_equal(lay.shown, values != target)
+        assert plugin_meta(lay)[HIDDEN_KEY] == [target]
+    w.set_visible(target, True)
+    assert all(lay.shown.all() for lay in layers)
+    w.set_all(False)
+    assert not any(lay.shown.any() for lay in layers)
+    # another layer selected and back: what was hidden is remembered
+    other = viewer.add_points(np.zeros((1, 2)), name="other")
+    viewer.layers.selection.active = other
+    assert w.layer is None
+    viewer.layers.selection.active = layer
+    assert sorted(w.hidden()) == sorted(w.categories())
+    w.set_all(True)
+    assert all(lay.shown.all() for lay in layers)
+
+
+def test_a_continuous_layer_has_no_legend(make_napari_viewer_proxy, qtbot):
+    viewer = make_napari_viewer_proxy()
+    load_into(viewer)
+    explore = ExploreWidget(viewer)
+    qtbot.addWidget(explore)
+    explore.gene_edit.setText("Gad1")
+    layers = explore.show_gene()
+    w = LegendWidget(viewer)
+    qtbot.addWidget(w)
+    viewer.layers.selection.active = layers[0]
+    assert w.layer is None and w.list.count() == 0 and not w.hide_all.isEnabled()
+    assert "categories" in w.title.text()
