@@ -74,3 +74,36 @@ def test_a_continuous_layer_has_no_legend(make_napari_viewer_proxy, qtbot):
     viewer.layers.selection.active = layers[0]
     assert w.layer is None and w.list.count() == 0 and not w.hide_all.isEnabled()
     assert "categories" in w.title.text()
+
+
+def test_the_toggle_hides_that_category_on_screen(make_napari_viewer, qtbot):
+    """Pixels of the drawn canvas: the unticked category's colour is gone, the others stay."""
+    viewer = make_napari_viewer(show=True)
+    load_into(viewer)
+    explore = ExploreWidget(viewer)
+    qtbot.addWidget(explore)
+    layers = explore.show_predicted()
+    w = LegendWidget(viewer)
+    qtbot.addWidget(w)
+    viewer.layers.selection.active = layers[0]
+    viewer.reset_view()
+    rows = {cat: rgba for cat, rgba in zip(w.categories(), _colours(w), strict=True)}
+    target, other = w.categories()[0], w.categories()[1]
+
+    def pixels(rgba):
+        img = viewer.screenshot(canvas_only=True, flash=False)[..., :3].astype(int)
+        return int((np.abs(img - np.round(np.asarray(rgba[:3]) * 255)).sum(-1) < 12).sum())
+
+    assert pixels(rows[target]) > 0 and pixels(rows[other]) > 0
+    w.set_visible(target, False)
+    assert pixels(rows[target]) == 0
+    assert pixels(rows[other]) > 0
+    w.set_visible(target, True)
+    assert pixels(rows[target]) > 0
+
+
+def _colours(w):
+    from napari_spatial_impute.plugin.widgets.legend_widget import legend_rows
+
+    rows = legend_rows(w.layers, w.column).set_index("category")
+    return [rows.loc[c, "color"] for c in w.categories()]

@@ -3,10 +3,12 @@
 It follows the viewer's selected layer. For a plugin Points layer coloured by categories (the
 most likely cluster, or a data set's layer coloured by a text column) it lists each category
 with its colour (as drawn: the colour of its first cell), its name and its number of cells, most
-frequent first. Unticking a category hides exactly its cells (the layer's ``shown`` mask, one
-layer for all categories: never a layer per category); *Show all* / *Hide all* tick or untick
-every one. What was hidden is kept per layer, so selecting another layer and coming back keeps
-it.
+frequent first. Unticking a category hides exactly its cells, in one layer for all categories
+(never a layer per category): its colour in the layer's colour cycle becomes transparent, and
+the layer's ``shown`` mask leaves its cells out. (napari 0.9 draws every point of a layer whose
+dimensions are all displayed whatever ``shown`` says, so the colour does the hiding in 2D.)
+*Show all* / *Hide all* tick or untick every one. What was hidden is kept per layer, so
+selecting another layer and coming back keeps it.
 """
 
 from __future__ import annotations
@@ -31,6 +33,23 @@ from napari_spatial_impute.viz.layers import is_categorical, plugin_meta
 
 #: Metadata entry (in the plugin's dict of a layer) with the categories the legend hid.
 HIDDEN_KEY = "legend_hidden"
+#: Metadata entry with each category's colour before the legend touched the layer.
+COLORS_KEY = "legend_colors"
+
+
+def category_rgba(layer: Any, column: str) -> dict[str, tuple[float, ...]]:
+    """Each category's colour as drawn before any hiding (kept in the layer's metadata)."""
+    meta = plugin_meta(layer)
+    stored = meta.get(COLORS_KEY) if meta else None
+    if stored:
+        return {str(k): tuple(v) for k, v in stored.items()}
+    values = np.asarray(layer.features[column].astype(str))
+    colors = np.asarray(layer.face_color)
+    cats, first = np.unique(values, return_index=True)
+    out = {str(c): tuple(float(x) for x in colors[i]) for c, i in zip(cats, first, strict=True)}
+    if meta:
+        meta[COLORS_KEY] = out
+    return out
 
 
 def legend_column(layer: Any) -> str | None:
@@ -47,18 +66,19 @@ def legend_column(layer: Any) -> str | None:
 
 def legend_rows(layers: list[Any], column: str) -> pd.DataFrame:
     """One row per category present in ``layers``: ``category``, ``count`` (cells in all of
-    them), ``color`` (RGBA of its first cell), most cells first."""
+    them), ``color`` (RGBA as drawn before any hiding), most cells first."""
     values = pd.Series(
         np.concatenate([np.asarray(lay.features[column].astype(str)) for lay in layers])
     )
-    colors = np.concatenate([np.asarray(lay.face_color) for lay in layers])
+    colors: dict[str, tuple[float, ...]] = {}
+    for lay in reversed(layers):
+        colors.update(category_rgba(lay, column))
     counts = values.value_counts(sort=False)
-    first = values.reset_index().drop_duplicates(0).set_index(0)["index"]
     rows = pd.DataFrame(
         {
             "category": counts.index.astype(str),
             "count": counts.to_numpy(dtype=np.int64),
-            "color": [tuple(colors[first[c]]) for c in counts.index],
+            "color": [colors[str(c)] for c in counts.index],
         }
     )
     return rows.sort_values(["count", "category"], ascending=[False, True], kind="stable")
@@ -192,6 +212,10 @@ class LegendWidget(PluginWidget):
             return
         hidden = self.hidden()
         for layer in self.layers:
+            colors = category_rgba(layer, self.column)
+            layer.face_color_cycle = {
+                cat: (*rgba[:3], 0.0) if cat in hidden else rgba for cat, rgba in colors.items()
+            }
             values = np.asarray(layer.features[self.column].astype(str))
             layer.shown = ~np.isin(values, hidden)
             meta = plugin_meta(layer)
