@@ -5,7 +5,9 @@ The mask is a change of the imputed layers themselves, never a new layer:
 * *grey out*: a column ``"<gene> (narrow interval)"`` (the values, NaN where the interval is wider
   than the threshold) colours the layer, with the imputed colormap whose NaN colour is grey; the
   colour range stays that of the gene;
-* *hide*: ``layer.shown`` is ``False`` for those cells.
+* *hide*: the same, with a transparent NaN colour, and ``layer.shown`` is ``False`` for those
+  cells (napari 0.9 draws every point of a layer whose dimensions are all displayed whatever
+  ``shown`` says, so the colour does the hiding in 2D).
 
 Both add a boolean ``"wide interval"`` feature (hover text) and record the mask in
 the layer's metadata dict (``plugin_meta(layer)["mask"]``). Recolouring a layer to another gene (or a new result) clears it;
@@ -45,15 +47,15 @@ def masked_column(gene: str) -> str:
     return f"{gene} (narrow interval)"
 
 
-def grey_nan_colormap(name: str) -> Colormap:
-    """The colormap ``name`` with grey for NaN values (the cells greyed out)."""
+def grey_nan_colormap(name: str, hide: bool = False) -> Colormap:
+    """The colormap ``name`` with grey (``hide``: transparent) for NaN values (the masked cells)."""
     base = ensure_colormap(name)
     return Colormap(
         colors=base.colors,
         controls=base.controls,
         interpolation=base.interpolation,
-        name=f"{base.name} (grey: wide interval)",
-        nan_color=GREY,
+        name=f"{base.name} ({'hidden' if hide else 'grey'}: wide interval)",
+        nan_color=(0.0, 0.0, 0.0, 0.0) if hide else GREY,
     )
 
 
@@ -65,7 +67,7 @@ def unmask_layer(layer: Points) -> None:
     gene, state = md["value"], md[MASK_KEY]
     limits = tuple(layer.face_contrast_limits)
     feats = layer.features
-    if state.get("mode") == "grey out" and gene in feats.columns:
+    if gene in feats.columns:  # both modes recoloured the layer
         layer.face_color = gene
         layer.face_colormap = state.get("colormap") or COLORMAPS["imputed"]
         layer.face_contrast_limits = limits
@@ -111,14 +113,12 @@ def mask_layer(
     feats[WIDE_COLUMN] = wide
     limits = tuple(layer.face_contrast_limits)
     colormap = str(layer.face_colormap.name)
-    if mode == "grey out":
-        feats[masked_column(gene)] = masked_values(feats[gene].to_numpy(), widths, threshold)
-        layer.features = feats
-        layer.face_colormap = grey_nan_colormap(colormap)
-        layer.face_color = masked_column(gene)
-        layer.face_contrast_limits = limits
-    else:
-        layer.features = feats
+    feats[masked_column(gene)] = masked_values(feats[gene].to_numpy(), widths, threshold)
+    layer.features = feats
+    layer.face_colormap = grey_nan_colormap(colormap, hide=mode == "hide")
+    layer.face_color = masked_column(gene)
+    layer.face_contrast_limits = limits
+    if mode == "hide":
         layer.shown = ~wide
     set_meta(
         layer,
