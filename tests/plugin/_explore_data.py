@@ -43,6 +43,16 @@ def tangram_result() -> ad.AnnData:
     return _tangram_result().copy()
 
 
+def explore_in(viewer, qtbot):
+    """The MERFISH result loaded into ``viewer`` and an Explore widget on it: ``(model, widget)``."""
+    from napari_spatial_impute.plugin.widgets.explore_widget import ExploreWidget
+
+    model = load_into(viewer)
+    widget = ExploreWidget(viewer)
+    qtbot.addWidget(widget)
+    return model, widget
+
+
 def load_into(viewer, with_cv: bool = False):
     """Put the reference, spatial data, keys and result into the viewer's model."""
     from napari_spatial_impute.plugin.model import get_model

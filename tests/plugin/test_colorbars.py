@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from _explore_data import load_into
+from _explore_data import explore_in
 
 from napari_spatial_impute.plugin.widgets.colorbars import _text_overlay, get_colorbar_controller
-from napari_spatial_impute.plugin.widgets.explore_widget import ExploreWidget
 from napari_spatial_impute.viz.colorbars import colorbar_title, value_units
 
 
@@ -32,9 +31,7 @@ def test_titles_name_the_value_the_kind_and_the_units():
 @pytest.fixture
 def explored(make_napari_viewer_proxy, qtbot):
     viewer = make_napari_viewer_proxy()
-    model = load_into(viewer)
-    w = ExploreWidget(viewer)
-    qtbot.addWidget(w)
+    model, w = explore_in(viewer, qtbot)
     w.gene_edit.setText("Gad1")
     return viewer, model, w, w.show_gene()
 
@@ -64,9 +61,7 @@ def test_only_the_selected_layers_bar_is_shown_with_its_title(explored):
 def test_someone_elses_overlay_text_is_left_alone(make_napari_viewer_proxy, qtbot):
     """Without a titled plugin layer the controller never touches napari's text overlay."""
     viewer = make_napari_viewer_proxy()
-    load_into(viewer)
-    w = ExploreWidget(viewer)  # wires the controller
-    qtbot.addWidget(w)
+    explore_in(viewer, qtbot)  # its widget wires the controller
     overlay = _text_overlay(viewer)
     overlay.text = "my note"
     overlay.visible = True

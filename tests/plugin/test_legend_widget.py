@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from _explore_data import load_into
+from _explore_data import explore_in
 
-from napari_spatial_impute.plugin.widgets.explore_widget import ExploreWidget
 from napari_spatial_impute.plugin.widgets.legend_widget import HIDDEN_KEY, LegendWidget
 from napari_spatial_impute.viz.layers import plugin_meta
 
@@ -14,9 +13,7 @@ from napari_spatial_impute.viz.layers import plugin_meta
 @pytest.fixture
 def legend(make_napari_viewer_proxy, qtbot):
     viewer = make_napari_viewer_proxy()
-    model = load_into(viewer)
-    explore = ExploreWidget(viewer)
-    qtbot.addWidget(explore)
+    model, explore = explore_in(viewer, qtbot)
     layers = explore.show_predicted()
     w = LegendWidget(viewer)
     qtbot.addWidget(w)
@@ -64,9 +61,7 @@ def test_unticking_hides_exactly_that_category(legend):
 
 def test_a_continuous_layer_has_no_legend(make_napari_viewer_proxy, qtbot):
     viewer = make_napari_viewer_proxy()
-    load_into(viewer)
-    explore = ExploreWidget(viewer)
-    qtbot.addWidget(explore)
+    _, explore = explore_in(viewer, qtbot)
     explore.gene_edit.setText("Gad1")
     layers = explore.show_gene()
     w = LegendWidget(viewer)
@@ -79,9 +74,7 @@ def test_a_continuous_layer_has_no_legend(make_napari_viewer_proxy, qtbot):
 def test_the_toggle_hides_that_category_on_screen(make_napari_viewer, qtbot):
     """Pixels of the drawn canvas: the unticked category's colour is gone, the others stay."""
     viewer = make_napari_viewer(show=True)
-    load_into(viewer)
-    explore = ExploreWidget(viewer)
-    qtbot.addWidget(explore)
+    _, explore = explore_in(viewer, qtbot)
     layers = explore.show_predicted()
     w = LegendWidget(viewer)
     qtbot.addWidget(w)

@@ -6,7 +6,8 @@ Widgets never find each other; they read and write this model and connect to its
 from __future__ import annotations
 
 import weakref
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import anndata as ad
 from psygnal import Signal
@@ -72,18 +73,32 @@ class SpatialImputeModel:
         self.cv_changed.emit(table)
 
 
-_MODELS: weakref.WeakKeyDictionary[Any, SpatialImputeModel] = weakref.WeakKeyDictionary()
+_T = TypeVar("_T")
+
+
+def per_viewer(factory: Callable[[Any], _T]) -> Callable[[Any], _T]:
+    """``get(viewer)``: the one object ``factory(viewer)`` made for that viewer (on first use).
+
+    napari hands each docked widget its own proxy of the viewer; objects are keyed by the viewer
+    behind the proxy (``__wrapped__``), so every widget of one viewer shares one object.
+    """
+    store: weakref.WeakKeyDictionary[Any, _T] = weakref.WeakKeyDictionary()
+
+    def get(viewer: Any) -> _T:
+        real = getattr(viewer, "__wrapped__", viewer)
+        obj = store.get(real)
+        if obj is None:
+            obj = factory(real)
+            store[real] = obj
+        return obj
+
+    return get
+
+
+_model_of = per_viewer(lambda _viewer: SpatialImputeModel())
 
 
 def get_model(viewer: Any) -> SpatialImputeModel:
-    """The model shared by all the plugin's widgets of ``viewer`` (created on first use).
-
-    napari hands each docked widget its own proxy of the viewer; the model is keyed by the
-    viewer behind the proxy (``__wrapped__``), so every widget of one viewer shares one model.
-    """
-    viewer = getattr(viewer, "__wrapped__", viewer)
-    model = _MODELS.get(viewer)
-    if model is None:
-        model = SpatialImputeModel()
-        _MODELS[viewer] = model
-    return model
+    """The model shared by all the plugin's widgets of ``viewer`` (created on first use; see
+    :func:`per_viewer`)."""
+    return _model_of(viewer)

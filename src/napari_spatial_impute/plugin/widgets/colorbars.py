@@ -13,7 +13,7 @@ from __future__ import annotations
 import weakref
 from typing import Any
 
-from napari_spatial_impute.plugin.model import get_model
+from napari_spatial_impute.plugin.model import get_model, per_viewer
 from napari_spatial_impute.viz.colorbars import colorbar_title
 from napari_spatial_impute.viz.layers import plugin_meta
 
@@ -84,13 +84,5 @@ class ColorbarController:
             self.title = ""
 
 
-_CONTROLLERS: weakref.WeakKeyDictionary[Any, ColorbarController] = weakref.WeakKeyDictionary()
-
-
-def get_colorbar_controller(viewer: Any) -> ColorbarController:
-    """The viewer's colour-bar controller (created and wired on first use)."""
-    ctl = _CONTROLLERS.get(viewer)
-    if ctl is None:
-        ctl = ColorbarController(viewer)
-        _CONTROLLERS[viewer] = ctl
-    return ctl
+#: The viewer's colour-bar controller (created and wired on first use, one per viewer).
+get_colorbar_controller = per_viewer(ColorbarController)
