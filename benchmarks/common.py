@@ -306,6 +306,7 @@ def simulate_pair(
     seed: int = 0,
     depth_ref: float = 3.0,
     depth_sp: float = 1.5,
+    panel: int | None = None,
 ) -> tuple[ad.AnnData, ad.AnnData]:
     """A seeded reference/spatial pair of raw counts (float32 CSR).
 
@@ -315,7 +316,8 @@ def simulate_pair(
     The spatial assay has per-gene detection efficiencies (log-normal, sigma 0.5) and lower depth,
     and its cell types are laid out in spatial bands. ``depth_*`` is the mean count per gene
     per cell before efficiencies; the defaults give roughly 60-80 % zeros, as in targeted panels
-    and scRNA-seq restricted to panel genes.
+    and scRNA-seq restricted to panel genes. ``panel``: the spatial assay measures only that
+    many genes (a seeded choice, in gene order); only those are simulated for it.
     """
     rng = np.random.default_rng(seed)
     base = rng.lognormal(mean=-1.0, sigma=1.2, size=n_genes)
@@ -327,13 +329,16 @@ def simulate_pair(
     programs /= programs.mean(axis=1, keepdims=True)  # mean 1 per gene per type
     type_freq = rng.dirichlet(np.full(n_types, 2.0))
 
-    def counts(n: int, depth: float, eff: np.ndarray, types: np.ndarray) -> sp.csr_matrix:
+    def counts(
+        n: int, depth: float, eff: np.ndarray, types: np.ndarray, cols: np.ndarray | None = None
+    ) -> sp.csr_matrix:
+        prog = programs if cols is None else programs[:, cols]
         lib = rng.lognormal(0.0, 0.4, size=n) * depth
         out = []
         chunk = 20000
         for a in range(0, n, chunk):
             b = min(n, a + chunk)
-            lam = programs[types[a:b]] * eff[None, :] * lib[a:b, None] * 0.15
+            lam = prog[types[a:b]] * eff[None, :] * lib[a:b, None] * 0.15
             out.append(sp.csr_matrix(rng.poisson(lam).astype(np.float32)))
         return sp.csr_matrix(sp.vstack(out), dtype=np.float32)
 
@@ -345,8 +350,12 @@ def simulate_pair(
     rand = rng.choice(n_types, size=n_sp, p=type_freq)
     sp_types = np.where(rng.random(n_sp) < 0.6, band, rand)
     eff = rng.lognormal(0.0, 0.5, size=n_genes)
-    Xs = counts(n_sp, depth_sp, eff, sp_types)
     genes = [f"Gene{i:04d}" for i in range(n_genes)]
+    cols = None
+    if panel is not None and panel < n_genes:
+        cols = np.sort(np.random.default_rng(seed + 1).choice(n_genes, panel, replace=False))
+        eff = eff[cols]
+    Xs = counts(n_sp, depth_sp, eff, sp_types, cols)
     ref = ad.AnnData(
         X=Xr,
         obs=pd.DataFrame(
@@ -361,7 +370,7 @@ def simulate_pair(
             {"cell_type": pd.Categorical([f"type{t}" for t in sp_types])},
             index=[f"s{i}" for i in range(n_sp)],
         ),
-        var=pd.DataFrame(index=genes),
+        var=pd.DataFrame(index=genes if cols is None else [genes[i] for i in cols]),
     )
     spa.obsm["spatial"] = xy.astype(np.float32)
     return ref, spa
