@@ -202,3 +202,30 @@ def test_gui_responsiveness_tiny(tmp_path, qapp):
     assert any(p.startswith("mapping") for p in phases)
     assert any(p.startswith("adding result layers") for p in phases)
     assert info["driver"].startswith("the plugin's Map widget"), info["driver"]
+
+
+def test_seed_shape_pairs_have_samples_fovs_and_a_panel(tmp_path):
+    import anndata as ad
+    import numpy as np
+
+    seed_shape = _load("seed_shape")
+    assert (
+        seed_shape.main(
+            ["--cells", "600", "--fovs", "10", "--samples", "2", "--reference-cells", "80"]
+            + ["--genes", "40", "--panel", "12", "--out", str(tmp_path)]
+        )
+        == 0
+    )
+    ref = ad.read_h5ad(tmp_path / "reference.h5ad")
+    spa = ad.read_h5ad(tmp_path / "spatial.h5ad")
+    assert ref.shape == (80, 40) and spa.shape == (600, 12)
+    assert set(spa.var_names) <= set(ref.var_names)
+    per_sample = spa.obs.groupby("sample", observed=True)["fov"].nunique()
+    assert per_sample.to_dict() == {"s0": 5, "s1": 5}
+    # the samples share coordinates (sections imaged separately): their extents overlap
+    xy = spa.obsm["spatial"]
+    spans = [np.ptp(xy[(spa.obs["sample"] == s).to_numpy()], axis=0) for s in ("s0", "s1")]
+    assert np.allclose(spans[0], spans[1], rtol=0.2)
+    again = seed_shape.make_pair(600, 10, 2, 80, 40, 12)[1]
+    np.testing.assert_array_equal(again.obsm["spatial"], xy)
+    assert (again.X != spa.X).nnz == 0
