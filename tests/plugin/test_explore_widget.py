@@ -309,3 +309,25 @@ def test_renamed_layers_are_still_recoloured(widget):
     pred[0].name = "renamed"
     again = w.show_predicted()
     assert len(viewer.layers) == 6 and "renamed" not in [layer.name for layer in viewer.layers]
+
+
+def test_fov_outlines_are_one_shapes_layer_with_names(widget):
+    """Issue 12: every FOV's outline and name in one layer; again replaces it."""
+    from napari.layers import Shapes
+
+    from napari_spatial_impute.viz.explore import fov_rows
+    from napari_spatial_impute.viz.layers import to_napari
+
+    viewer, model, w = widget
+    layer = w.show_fov_outlines()
+    assert isinstance(layer, Shapes) and len(viewer.layers) == 1
+    fovs = list(fov_rows(model.result, model.fov_key))
+    assert list(layer.features["fov"]) == fovs and len(layer.data) == len(fovs)
+    for box, fov in zip(layer.data, fovs, strict=True):
+        yx = to_napari(model.result, fov_rows(model.result, model.fov_key)[fov], ndim=2)
+        # the layer keeps float32 corners: allow their rounding
+        assert np.all(yx >= box.min(0) - 1e-3) and np.all(yx <= box.max(0) + 1e-3)
+    w.show_fov_outlines()
+    assert len(viewer.layers) == 1 and plugin_meta(viewer.layers[0])["kind"] == "fov_outlines"
+    w.gene_edit.setText("Gad1")
+    assert w.show_gene()  # the other layers still come and go as before

@@ -95,6 +95,25 @@ def fov_bounds(result: ad.AnnData, fov_key: str | None, fov: str) -> tuple[np.nd
     return (lo + hi) / 2.0, hi - lo
 
 
+def fov_boxes(result: ad.AnnData, fov_key: str | None) -> tuple[list[np.ndarray], list[str]]:
+    """The bounding rectangle of every FOV (4 corners in ``(y, x)``) and the FOV ids, in one pass.
+
+    One Shapes layer of these outlines names the FOVs of a whole section (never a layer per FOV).
+    """
+    by_fov = fov_rows(result, fov_key)
+    yx = to_napari(result, np.arange(result.n_obs), ndim=2)
+    boxes, names = [], []
+    for fov, rows in by_fov.items():
+        pts = yx[rows]
+        pts = pts[np.isfinite(pts).all(axis=1)]
+        if not len(pts):
+            continue
+        (y0, x0), (y1, x1) = pts.min(0), pts.max(0)
+        boxes.append(np.array([[y0, x0], [y0, x1], [y1, x1], [y1, x0]], dtype=np.float64))
+        names.append(fov)
+    return boxes, names
+
+
 def camera_for_box(
     center: np.ndarray, size: np.ndarray, canvas_size: tuple[int, int], margin: float = 0.05
 ) -> float:

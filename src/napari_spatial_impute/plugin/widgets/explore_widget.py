@@ -40,13 +40,17 @@ from napari_spatial_impute.plugin.widgets.linking import get_link_controller
 from napari_spatial_impute.plugin.widgets.uncertainty_controls import UncertaintyControls
 from napari_spatial_impute.viz.explore import (
     cluster_names,
+    fov_boxes,
     fov_rows,
     gene_names,
     predicted_layer_specs,
     shared_genes,
     value_layer_specs,
 )
-from napari_spatial_impute.viz.layers import plugin_meta, point_size
+from napari_spatial_impute.viz.layers import make_meta, plugin_meta, point_size
+
+#: Metadata kind of the layer of FOV outlines.
+OUTLINES_KIND = "fov_outlines"
 
 #: Above this many cells (in the chosen FOVs) layer data is built in a worker thread.
 ASYNC_CELLS = 100_000
@@ -118,6 +122,9 @@ class ExploreWidget(PluginWidget):
         self.nav_combo = QComboBox()
         self.nav_button = QPushButton("Go to FOV")
         self.nav_button.clicked.connect(self.go_to_fov)
+        self.outline_button = QPushButton("Outlines")
+        self.outline_button.setToolTip("one Shapes layer with every FOV's outline and name")
+        self.outline_button.clicked.connect(self.show_fov_outlines)
 
         form = QFormLayout()
         row = QHBoxLayout()
@@ -140,6 +147,7 @@ class ExploreWidget(PluginWidget):
         row = QHBoxLayout()
         row.addWidget(self.nav_combo, 1)
         row.addWidget(self.nav_button)
+        row.addWidget(self.outline_button)
         form.addRow("Navigate", row)
         self.status = QLabel("")
         self.status.setWordWrap(True)
@@ -178,6 +186,7 @@ class ExploreWidget(PluginWidget):
             self.cluster_button,
             self.predicted_button,
             self.nav_button,
+            self.outline_button,
             self.fov_list,
             self.size_spin,
         ):
@@ -356,6 +365,32 @@ class ExploreWidget(PluginWidget):
             self.status.setText(f"most likely cluster: {len(layers)} layers")
 
         return self._dispatch(build, place, done)
+
+    def show_fov_outlines(self) -> Any:
+        """Add (or replace) one Shapes layer with every FOV's bounding rectangle and name."""
+        result = self.model.result
+        if result is None:
+            return None
+        try:
+            boxes, names = fov_boxes(result, self.model.fov_key)
+        except Exception as exc:
+            notify_error(exc)
+            return None
+        for old in find_layers(self.viewer, role=OUTLINES_KIND):
+            self.viewer.layers.remove(old)
+        layer = self.viewer.add_shapes(
+            boxes,
+            shape_type="rectangle",
+            name="FOV outlines",
+            edge_color="white",
+            edge_width=max(float(point_size(result)) * 0.15, 1e-6),
+            face_color="transparent",
+            features={"fov": names},
+            text={"string": "{fov}", "color": "white", "anchor": "upper_left", "size": 9},
+            metadata=make_meta(OUTLINES_KIND),
+        )
+        self.status.setText(f"{len(names)} FOV outlines")
+        return layer
 
     def go_to_fov(self, fov: str | None = None) -> None:
         """Center and zoom the camera on one FOV (default: the navigator's)."""
