@@ -134,6 +134,12 @@ def test_fov_labels_sort_naturally():
 
     a = ad.AnnData(obs=pd.DataFrame({"fov": ["10", "2", "1", "2"]}, index=list("abcd")))
     assert list(fov_labels(a, "fov").categories) == ["1", "2", "10"]
+    # ids with text around numbers: the digit runs compare as numbers (sample_fov ids)
+    b = ad.AnnData(
+        X=np.ones((5, 1), dtype=np.float32),
+        obs=pd.DataFrame({"fov": ["s0_10", "s0_2", "s1_0", "s0_0", "s0_2"]}),
+    )
+    assert list(fov_labels(b, "fov").categories) == ["s0_0", "s0_2", "s0_10", "s1_0"]
 
 
 def test_describe_values():

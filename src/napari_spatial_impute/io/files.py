@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 import signal
 import tempfile
 import threading
@@ -159,11 +160,17 @@ def fov_labels(adata: ad.AnnData, fov_key: str | None) -> pd.Categorical:
 
 
 def _natural_sort(values: Sequence[str]) -> list[str]:
-    def key(v: str) -> tuple[int, float, str]:
+    """Numbers by value first, then the rest with their digit runs compared as numbers
+    (``s0_2`` before ``s0_10``; ``FOV 9`` before ``FOV 10``)."""
+
+    def key(v: str) -> tuple[int, float, tuple[tuple[int, int, str], ...], str]:
         try:
-            return (0, float(v), v)
+            return (0, float(v), (), v)
         except ValueError:
-            return (1, 0.0, v)
+            parts = tuple(
+                (0, int(p), "") if p.isdigit() else (1, 0, p) for p in re.split(r"(\d+)", v) if p
+            )
+            return (1, 0.0, parts, v)
 
     return sorted((str(v) for v in values), key=key)
 
