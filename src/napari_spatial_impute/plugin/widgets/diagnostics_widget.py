@@ -11,7 +11,6 @@ import pandas as pd
 from matplotlib.figure import Figure
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
-    QAbstractItemView,
     QFileDialog,
     QHBoxLayout,
     QLabel,
@@ -19,7 +18,6 @@ from qtpy.QtWidgets import (
     QProgressBar,
     QPushButton,
     QSpinBox,
-    QTableWidget,
     QTableWidgetItem,
     QTabWidget,
     QVBoxLayout,
@@ -34,7 +32,7 @@ from napari_spatial_impute.plugin.widgets.figure_panel import FigurePanel
 from napari_spatial_impute.plugin.widgets.layer_ops import find_layers, notify_error, open_gene
 from napari_spatial_impute.plugin.widgets.linking import get_link_controller
 from napari_spatial_impute.plugin.widgets.reliability_panel import ReliabilityPanel
-from napari_spatial_impute.plugin.widgets.table_items import NumberItem
+from napari_spatial_impute.plugin.widgets.table_items import NumberItem, gene_table
 from napari_spatial_impute.plugin.workers import warm_up
 from napari_spatial_impute.viz.explore import shared_genes
 from napari_spatial_impute.viz.layers import plugin_meta, result_cluster_key
@@ -114,11 +112,7 @@ class DiagnosticsWidget(PluginWidget):
         self.tabs.addTab(page, "Cell-type validation")
 
         self.cv_info = QLabel("No cross-validation was run.")
-        self.cv_table = QTableWidget(0, len(CV_COLUMNS))
-        self.cv_table.setHorizontalHeaderLabels(list(CV_COLUMNS))
-        self.cv_table.setSortingEnabled(True)
-        self.cv_table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
-        self.cv_table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.cv_table = gene_table(CV_COLUMNS)
         self.cv_table.cellClicked.connect(self._on_cv_clicked)
         self.folds_spin = QSpinBox()
         self.folds_spin.setRange(2, 100)

@@ -9,10 +9,8 @@ from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
 from matplotlib.figure import Figure
 from qtpy.QtCore import Qt, Signal
 from qtpy.QtWidgets import (
-    QAbstractItemView,
     QLabel,
     QPushButton,
-    QTableWidget,
     QTableWidgetItem,
     QVBoxLayout,
     QWidget,
@@ -20,7 +18,7 @@ from qtpy.QtWidgets import (
 
 from napari_spatial_impute.io.schema import has_reliability
 from napari_spatial_impute.plugin.widgets.figure_panel import ask_and_save
-from napari_spatial_impute.plugin.widgets.table_items import NumberItem
+from napari_spatial_impute.plugin.widgets.table_items import NumberItem, gene_table
 from napari_spatial_impute.viz.intervals import (
     RELIABILITY_COLUMNS,
     calibration_text,
@@ -45,11 +43,7 @@ class ReliabilityPanel(QWidget):
         super().__init__()
         self.summary = QLabel("No mapping result yet.")
         self.summary.setWordWrap(True)
-        self.table = QTableWidget(0, len(RELIABILITY_COLUMNS))
-        self.table.setHorizontalHeaderLabels(list(RELIABILITY_COLUMNS))
-        self.table.setSortingEnabled(True)
-        self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
-        self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.table = gene_table(RELIABILITY_COLUMNS)
         self.table.cellClicked.connect(self._on_clicked)
         self.fig = Figure(figsize=(10, 3.2), dpi=90)
         self.canvas = FigureCanvasQTAgg(self.fig)

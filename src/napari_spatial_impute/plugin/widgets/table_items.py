@@ -2,8 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
-from qtpy.QtWidgets import QTableWidgetItem
+from qtpy.QtWidgets import QAbstractItemView, QTableWidget, QTableWidgetItem
+
+
+def gene_table(columns: Sequence[str]) -> QTableWidget:
+    """A read-only table of one row per gene: sortable by clicking a header, rows selected whole."""
+    table = QTableWidget(0, len(columns))
+    table.setHorizontalHeaderLabels(list(columns))
+    table.setSortingEnabled(True)
+    table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+    table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+    return table
 
 
 class NumberItem(QTableWidgetItem):
