@@ -181,7 +181,7 @@ def plot_reliability(fig: Figure, result: ad.AnnData, cv: pd.DataFrame | None = 
     -------
     The scatter artists.
     """
-    from scipy.stats import spearmanr
+    from napari_spatial_impute.core.metrics import spearman_per_gene
 
     fig.clear()
     if "predicted_pearson" not in result.var.columns:
@@ -221,7 +221,9 @@ def plot_reliability(fig: Figure, result: ad.AnnData, cv: pd.DataFrame | None = 
     sc.genes = [g for g, k in zip(genes, ok, strict=True) if k]  # type: ignore[attr-defined]
     lo = float(min(np.nanmin(pred[ok], initial=0), np.nanmin(obs[ok], initial=0), 0))
     ax2.plot([lo, 1], [lo, 1], color="0.6", lw=1, ls="--")
-    rho = float(spearmanr(pred[ok], obs[ok]).statistic) if ok.sum() > 2 else float("nan")
+    rho = (
+        float(spearman_per_gene(pred[ok, None], obs[ok, None])[0]) if ok.sum() > 2 else float("nan")
+    )
     ax2.set_title(f"predicted vs observed (Spearman {rho:.2f}, {int(ok.sum())} genes)")
     ax2.set_xlabel("predicted Pearson")
     ax2.set_ylabel(label)
