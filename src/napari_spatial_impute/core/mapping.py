@@ -350,7 +350,7 @@ def map_cells_to_space(
         if check_memory:
             check_fits(
                 estimate_ensemble_map(S_cells.shape[0], spatial.n_obs, S.shape[1]),
-                torch.device("cpu"),
+                dev,
                 mode,
                 options="use fewer reference cells, or map one FOV or section at a time",
             )

@@ -469,6 +469,9 @@ class MapWidget(PluginWidget):
             show_error(msg)
             return
         assert adata is not None  # _add_result(*value) took it as value[0]
+        if self.progress.maximum() == 0:  # an ensemble map's busy bar: done
+            self.progress.setRange(0, 1)
+            self.progress.setValue(1)
         info = adata.uns["spatial_impute"]
         score = info["training_score"]
         which = (
@@ -520,9 +523,9 @@ class MapWidget(PluginWidget):
         state.worker = None
         if state.abandoned:
             return
-        if self.progress.maximum() == 0:  # the busy bar of an ensemble map: full if it made one
+        if self.progress.maximum() == 0:  # an ensemble map's busy bar, ended without a result
             self.progress.setRange(0, 1)
-            self.progress.setValue(1 if self.status.text().startswith("Done") else 0)
+            self.progress.setValue(0)
         if cancelled:
             self.status.setText("Cancelled; nothing was added.")
         self.cancel_button.setEnabled(False)
