@@ -37,16 +37,29 @@ HIDDEN_KEY = "legend_hidden"
 COLORS_KEY = "legend_colors"
 
 
+def category_codes(layer: Any, column: str) -> tuple[np.ndarray, list[str]]:
+    """``(codes, names)``: each cell's category code in ``column`` and the categories as text.
+
+    Works on the Categorical's integer codes: converting a million cells' values to text took
+    a noticeable fraction of a second at every selection and every toggle.
+    """
+    cat = pd.Categorical(layer.features[column])
+    return np.asarray(cat.codes), [str(c) for c in cat.categories]
+
+
 def category_rgba(layer: Any, column: str) -> dict[str, tuple[float, ...]]:
     """Each category's colour as drawn before any hiding (kept in the layer's metadata)."""
     meta = plugin_meta(layer)
     stored = meta.get(COLORS_KEY) if meta else None
     if stored:
         return {str(k): tuple(v) for k, v in stored.items()}
-    values = np.asarray(layer.features[column].astype(str))
+    codes, names = category_codes(layer, column)
     colors = np.asarray(layer.face_color)
-    cats, first = np.unique(values, return_index=True)
-    out = {str(c): tuple(float(x) for x in colors[i]) for c, i in zip(cats, first, strict=True)}
+    present, first = np.unique(codes[codes >= 0], return_index=True)
+    first = np.flatnonzero(codes >= 0)[first]
+    out = {
+        names[c]: tuple(float(x) for x in colors[i]) for c, i in zip(present, first, strict=True)
+    }
     if meta:
         meta[COLORS_KEY] = out
     return out
@@ -67,18 +80,20 @@ def legend_column(layer: Any) -> str | None:
 def legend_rows(layers: list[Any], column: str) -> pd.DataFrame:
     """One row per category present in ``layers``: ``category``, ``count`` (cells in all of
     them), ``color`` (RGBA as drawn before any hiding), most cells first."""
-    values = pd.Series(
-        np.concatenate([np.asarray(lay.features[column].astype(str)) for lay in layers])
-    )
+    counts: dict[str, int] = {}
     colors: dict[str, tuple[float, ...]] = {}
     for lay in reversed(layers):
         colors.update(category_rgba(lay, column))
-    counts = values.value_counts(sort=False)
+        codes, names = category_codes(lay, column)
+        per_code = np.bincount(codes[codes >= 0], minlength=len(names))
+        for name, n in zip(names, per_code, strict=True):
+            if n:
+                counts[name] = counts.get(name, 0) + int(n)
     rows = pd.DataFrame(
         {
-            "category": counts.index.astype(str),
-            "count": counts.to_numpy(dtype=np.int64),
-            "color": [colors[str(c)] for c in counts.index],
+            "category": list(counts),
+            "count": np.fromiter(counts.values(), dtype=np.int64, count=len(counts)),
+            "color": [colors[c] for c in counts],
         }
     )
     return rows.sort_values(["count", "category"], ascending=[False, True], kind="stable")
@@ -216,8 +231,9 @@ class LegendWidget(PluginWidget):
             layer.face_color_cycle = {
                 cat: (*rgba[:3], 0.0) if cat in hidden else rgba for cat, rgba in colors.items()
             }
-            values = np.asarray(layer.features[self.column].astype(str))
-            layer.shown = ~np.isin(values, hidden)
+            codes, names = category_codes(layer, self.column)
+            gone = [i for i, name in enumerate(names) if name in hidden]
+            layer.shown = ~np.isin(codes, gone)
             meta = plugin_meta(layer)
             if meta:
                 meta[HIDDEN_KEY] = hidden
