@@ -21,7 +21,7 @@ import pandas as pd
 from napari.layers import Layer, Points
 from qtpy.QtCore import QObject, QTimer
 
-from napari_spatial_impute.plugin.model import get_model
+from napari_spatial_impute.plugin.model import get_model, per_viewer
 from napari_spatial_impute.plugin.widgets.layer_ops import (
     as_rows,
     find_layers,
@@ -277,13 +277,6 @@ class LinkController(QObject):
         return cluster
 
 
-_CONTROLLERS: weakref.WeakKeyDictionary[Any, LinkController] = weakref.WeakKeyDictionary()
-
-
-def get_link_controller(viewer: Any) -> LinkController:
-    """The viewer's link controller (created and wired on first use)."""
-    ctl = _CONTROLLERS.get(viewer)
-    if ctl is None:
-        ctl = LinkController(viewer)
-        _CONTROLLERS[viewer] = ctl
-    return ctl
+#: The viewer's link controller (created and wired on first use, one per viewer behind napari's
+#: proxies; see :func:`~napari_spatial_impute.plugin.model.per_viewer`).
+get_link_controller = per_viewer(LinkController)
