@@ -102,6 +102,13 @@ def _parser() -> argparse.ArgumentParser:
         "(the best-mapped reference cell)",
     )
     m.add_argument("--fov-key", default=None, help="spatial obs column with the field of view")
+    m.add_argument(
+        "--sample-key",
+        default=None,
+        help="spatial obs column with the sample/section (each shown as its own layers, side by "
+        "side when they share coordinates); default: a column named sample, section, slice...; "
+        "'' for none",
+    )
 
     e = sub.add_parser("evaluate", help="k-fold leave-genes-out cross-validation")
     _add_mapping_options(e, epochs_default=1000, skip=_NOT_EVALUATED)
@@ -258,13 +265,16 @@ def _gene_arg(value: str | None) -> str | list[str] | None:
 
 def cmd_map(args: argparse.Namespace) -> int:
     from napari_spatial_impute.core.mapping import map_cells_to_space
-    from napari_spatial_impute.io.files import find_fov_key, read_h5ad
+    from napari_spatial_impute.io.files import find_fov_key, find_sample_key, read_h5ad
 
     out = _check_out(args.out, ".h5ad", [args.reference, args.spatial, args.genes, args.impute])
     kwargs = _mapping_kwargs(args)
     reference = read_h5ad(args.reference, "reference")
     spatial = read_h5ad(args.spatial, "spatial")
     fov = find_fov_key(spatial, args.fov_key)
+    sample = (
+        None if args.sample_key == "" else find_sample_key(spatial, fov, args.sample_key or None)
+    )
     impute = _gene_arg(args.impute) if args.impute else None
     if isinstance(impute, list):
         from napari_spatial_impute.core.genes import resolve_gene_names
@@ -282,7 +292,7 @@ def cmd_map(args: argparse.Namespace) -> int:
         out,
         genes=impute if isinstance(impute, list) else None,
         method=args.projection,
-        extra_uns={"fov_key": fov or ""},
+        extra_uns={"fov_key": fov or "", "sample_key": sample or ""},
     )
     print(result.genes.summary())
     print(

@@ -149,14 +149,121 @@ def check_fov_key(adata: ad.AnnData, fov_key: str) -> None:
 def fov_labels(adata: ad.AnnData, fov_key: str | None) -> pd.Categorical:
     """FOV of each cell as a pandas Categorical (one category ``"0"`` when there is no column)."""
     if fov_key is None:
-        return pd.Categorical(np.full(adata.n_obs, "0"), categories=["0"])
+        return pd.Categorical.from_codes(np.zeros(adata.n_obs, dtype=np.int8), categories=["0"])
     check_fov_key(adata, fov_key)
-    values = adata.obs[fov_key]
+    return _text_labels(adata.obs[fov_key])
+
+
+def _text_labels(values: pd.Series) -> pd.Categorical:
+    """An obs column as a Categorical of text, categories in natural order.
+
+    A categorical column keeps its codes (no per-cell text is made: 10^6 cells in milliseconds);
+    other columns, and categories that print alike or missing values, go through text.
+    """
     if isinstance(values.dtype, pd.CategoricalDtype):
+        cats = [str(c) for c in values.cat.categories]
+        codes = np.asarray(values.cat.codes)
+        if len(set(cats)) == len(cats) and (codes.size == 0 or codes.min() >= 0):
+            used = np.flatnonzero(np.bincount(codes, minlength=len(cats)))
+            kept = [cats[i] for i in used]
+            remap = np.full(len(cats), -1, dtype=np.int64)
+            order = _natural_sort(kept)
+            remap[used] = [order.index(c) for c in kept]
+            return pd.Categorical.from_codes(remap[codes], categories=order)
         cat = values.astype(str).astype("category").cat
         return pd.Categorical(values.astype(str), categories=_natural_sort(cat.categories))
     strings = values.astype(str)
     return pd.Categorical(strings, categories=_natural_sort(pd.unique(strings)))
+
+
+#: Column names tried, in order, when looking for the sample (section, slice) of each cell.
+SAMPLE_CANDIDATES: tuple[str, ...] = (
+    "sample",
+    "sample_id",
+    "section",
+    "section_id",
+    "slice",
+    "slice_id",
+    "library_id",
+    "batch",
+    "donor",
+    "specimen",
+    "replicate",
+)
+#: Candidates that name sections only when every FOV lies within one of their values.
+WEAK_SAMPLE_NAMES: frozenset[str] = frozenset({"batch", "donor", "specimen", "replicate"})
+#: Most samples laid out side by side (one layer per role per sample).
+MAX_SAMPLES = 64
+
+
+def _sample_problem(adata: ad.AnnData, sample_key: str, fov_key: str | None) -> str | None:
+    """Why ``sample_key`` cannot name samples (sections), or ``None`` when it can."""
+    if sample_key not in adata.obs.columns:
+        return (
+            f"sample column {sample_key!r} is not in the spatial obs; columns there are: "
+            f"{_list_columns(adata.obs)}."
+        )
+    if fov_key is not None and sample_key == fov_key:
+        return (
+            f"column {sample_key!r} is the FOV key; a sample holds several FOVs: choose another "
+            "column, or none."
+        )
+    n_unique, _, fractional = _column_values(adata.obs[sample_key])
+    if fractional or n_unique > MAX_SAMPLES:
+        return (
+            f"column {sample_key!r} has {n_unique:,} distinct values"
+            + (" (fractional numbers)" if fractional else "")
+            + f"; samples (sections) are at most {MAX_SAMPLES}, each shown as its own layers: "
+            "choose a column with one value per section, or none."
+        )
+    return None
+
+
+def find_sample_key(
+    adata: ad.AnnData, fov_key: str | None = None, sample_key: str | None = None
+) -> str | None:
+    """Find the column of ``adata.obs`` that holds the sample (section, slice) of each cell.
+
+    Parameters
+    ----------
+    adata
+        Spatial data (or a result).
+    fov_key
+        The FOV column; a sample column must differ from it and hold whole FOVs.
+    sample_key
+        A column named by the user; it must exist and hold at most :data:`MAX_SAMPLES` values
+        (:class:`InputError` otherwise). ``None`` searches :data:`SAMPLE_CANDIDATES` for a column
+        with 2 to :data:`MAX_SAMPLES` values, each FOV within one of them.
+
+    Returns
+    -------
+    The column name, or ``None`` (all cells are then one sample).
+    """
+    if sample_key is not None:
+        problem = _sample_problem(adata, sample_key, fov_key)
+        if problem is not None:
+            raise InputError(problem)
+        return sample_key
+    lower: dict[str, str] = {str(c).lower(): c for c in adata.obs.columns}
+    for name in SAMPLE_CANDIDATES:
+        column = name if name in adata.obs.columns else lower.get(name)
+        if column is None or _sample_problem(adata, column, fov_key) is not None:
+            continue
+        if adata.obs[column].nunique(dropna=True) < 2:
+            continue
+        if name in WEAK_SAMPLE_NAMES and fov_key is not None and fov_key in adata.obs.columns:
+            per_fov = adata.obs.groupby(fov_key, observed=True)[column].nunique()
+            if len(per_fov) and int(per_fov.max()) > 1:
+                continue  # a batch or donor that splits FOVs is not a section
+        return str(column)
+    return None
+
+
+def sample_labels(adata: ad.AnnData, sample_key: str | None) -> pd.Categorical:
+    """Sample of each cell as a Categorical (one category ``""`` without a column)."""
+    if sample_key is None:
+        return pd.Categorical.from_codes(np.zeros(adata.n_obs, dtype=np.int8), categories=[""])
+    return _text_labels(adata.obs[sample_key])
 
 
 def _natural_sort(values: Sequence[str]) -> list[str]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Callable
+from types import EllipsisType
 from typing import Any, TypeVar
 
 import anndata as ad
@@ -28,6 +29,10 @@ class SpatialImputeModel:
         Reference obs column with clusters, or ``None``.
     fov_key
         Spatial obs column with fields of view, or ``None`` (one FOV).
+    sample_key
+        Spatial obs column with samples (sections, one layer per role each), ``""`` for none,
+        or ``None`` to find one by its usual names
+        (:func:`~napari_spatial_impute.io.files.find_sample_key`).
     cv_table
         Cross-validation table (DataFrame) when one was run, else ``None``.
     """
@@ -44,6 +49,7 @@ class SpatialImputeModel:
         self.result: ad.AnnData | None = None
         self.cluster_key: str | None = None
         self.fov_key: str | None = None
+        self.sample_key: str | None = None
         self.cv_table: Any = None
 
     def set_reference(self, adata: ad.AnnData | None) -> None:
@@ -61,10 +67,17 @@ class SpatialImputeModel:
         self.result = adata
         self.result_changed.emit(adata)
 
-    def set_keys(self, cluster_key: str | None = None, fov_key: str | None = None) -> None:
-        """Set the cluster and FOV columns."""
+    def set_keys(
+        self,
+        cluster_key: str | None = None,
+        fov_key: str | None = None,
+        sample_key: str | None | EllipsisType = ...,
+    ) -> None:
+        """Set the cluster, FOV and (unless left out) sample columns."""
         self.cluster_key = cluster_key
         self.fov_key = fov_key
+        if not isinstance(sample_key, EllipsisType):
+            self.sample_key = sample_key
         self.keys_changed.emit()
 
     def set_cv_table(self, table: Any) -> None:

@@ -36,11 +36,16 @@ def adopt_layer(model: SpatialImputeModel, layer: Any) -> None:
         model.set_keys(
             cluster_key=result_cluster_key(adata) or model.cluster_key,
             fov_key=meta.get("fov_key") or find_fov_key(adata),
+            sample_key=meta.get("sample_key") or model.sample_key,
         )
         model.set_result(adata)
     elif role == "spatial" and model.spatial is not adata:
         model.set_spatial(adata)
-        model.set_keys(cluster_key=model.cluster_key, fov_key=meta.get("fov_key"))
+        model.set_keys(
+            cluster_key=model.cluster_key,
+            fov_key=meta.get("fov_key"),
+            sample_key=meta.get("sample_key") or "",
+        )
     elif role == "reference" and model.reference is not adata:
         model.set_reference(adata)
         if meta.get("cluster_key"):

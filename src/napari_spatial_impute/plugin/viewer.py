@@ -25,6 +25,7 @@ def show_result(viewer: Any, result: ad.AnnData, reference: ad.AnnData | None = 
     from napari_spatial_impute.plugin.sync import connect_model
     from napari_spatial_impute.viz.layers import (
         bounds_of,
+        drawn_points,
         ensure_umap,
         guess_cluster_key,
         reference_layer,
@@ -38,7 +39,8 @@ def show_result(viewer: Any, result: ad.AnnData, reference: ad.AnnData | None = 
     if reference is not None:
         key = result_cluster_key(result) or guess_cluster_key(reference)
         ensure_umap(reference)
-        ref = reference_layer(reference, cluster_key=key, beside=bounds_of([d for d, _, _ in data]))
+        beside = bounds_of([drawn_points(layer) for layer in layers])
+        ref = reference_layer(reference, cluster_key=key, beside=beside)
         layers.append(Points(ref[0], **ref[1]))
     for layer in layers:  # adding them tells the model (see _qt._sync.adopt_layer)
         viewer.add_layer(layer)

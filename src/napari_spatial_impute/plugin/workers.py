@@ -196,21 +196,26 @@ def warm_up() -> None:
 
 
 def result_layers(
-    result: MappingResult, fov_key: str | None = None
+    result: MappingResult, fov_key: str | None = None, sample_key: str | None = None
 ) -> tuple[ad.AnnData, list[Any]]:
-    """The result AnnData of a mapping and its most-likely-cluster layer data, one per FOV.
+    """The result AnnData of a mapping and its most-likely-cluster layer data, one per sample.
 
     Runs in the worker thread (projection of all genes can take a while); the layers are added on
-    the main thread. The FOV column is recorded in ``uns['spatial_impute']['fov_key']``.
+    the main thread. The FOV and sample columns are recorded in ``uns['spatial_impute']``
+    (``fov_key``, ``sample_key``).
     """
     from napari_spatial_impute.viz.layers import result_cluster_key, spatial_layers
+    from napari_spatial_impute.viz.sections import resolve_sample_key
 
     adata = result.to_anndata()
     if fov_key:
         adata.uns["spatial_impute"]["fov_key"] = fov_key
+    samples = resolve_sample_key(adata, sample_key, fov_key)
+    adata.uns["spatial_impute"]["sample_key"] = samples or ""
     return adata, spatial_layers(
         adata,
         fov_key=fov_key,
+        sample_key=samples or "",
         detect_fov=False,
         role="result",
         name=None if result_cluster_key(adata) else "mapped cells",

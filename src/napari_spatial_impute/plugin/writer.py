@@ -12,7 +12,8 @@ import numpy as np
 import pandas as pd
 
 from napari_spatial_impute.io.files import write_h5ad_atomic
-from napari_spatial_impute.viz.layers import CELL_COLUMN, from_napari, plugin_meta, source_adata
+from napari_spatial_impute.viz.coords import from_napari
+from napari_spatial_impute.viz.layers import CELL_COLUMN, plugin_meta, source_adata
 
 
 def write_points_h5ad(

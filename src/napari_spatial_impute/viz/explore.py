@@ -7,13 +7,16 @@ and the logic is testable without a display.
 Conventions shared with the rest of the plugin:
 
 * Points coordinates are napari ``(row, col) = (y, x)``: ``obsm["spatial"][:, [1, 0]]``.
-* Layer names: ``"<gene> imputed · FOV <id>"``, ``"<gene> measured · FOV <id>"``,
-  ``"<cluster> probability · FOV <id>"``, ``"most likely <cluster_key> · FOV <id>"``.
+* One layer per role per sample (section), never per FOV (:mod:`.sections`): names
+  ``"<gene> imputed"``, ``"<gene> measured"``, ``"<cluster> probability"``,
+  ``"most likely <cluster_key>"``, each with ``" · <sample>"`` when there are samples.
+  Showing another gene recolours these layers; it adds none.
 * Layers are built with :func:`napari_spatial_impute.viz.layers.points_spec`; their metadata
   dict (:func:`~napari_spatial_impute.viz.layers.plugin_meta`) holds ``kind`` (``"imputed"``,
-  ``"measured"``, ``"probability"``, ``"predicted"``, ``"interval"``), ``fov``, ``value`` (gene
-  or cluster), ``rows`` (int64 row of each point in the result AnnData) and ``explore``; the FOV
-  is also the feature column ``fov``.
+  ``"measured"``, ``"probability"``, ``"predicted"``, ``"interval"``), ``sample``, ``value``
+  (gene or cluster), ``rows`` (int64 row of each point in the result AnnData) and ``explore``;
+  the FOV of each point is the feature column ``fov``, and the layer's ``translate`` places its
+  sample (:func:`~napari_spatial_impute.viz.sections.sample_offsets`).
 """
 
 from __future__ import annotations
@@ -30,8 +33,8 @@ import scipy.sparse as sp
 
 from napari_spatial_impute._errors import InputError
 from napari_spatial_impute.io._sparse import is_sparse
-from napari_spatial_impute.io.files import find_fov_key, fov_labels
 from napari_spatial_impute.io.schema import halfwidths, interval_levels, resolve_gene
+from napari_spatial_impute.viz.coords import to_napari
 from napari_spatial_impute.viz.layers import (
     FOV_COLUMN,
     PREDICTED_ROLE,
@@ -43,7 +46,13 @@ from napari_spatial_impute.viz.layers import (
     points_spec,
     predicted_layer_name,
     robust_limits,
-    to_napari,
+)
+from napari_spatial_impute.viz.sections import (
+    fov_names,
+    resolve_fov_key,
+    resolve_sample_key,
+    sample_rows,
+    translate_of,
 )
 
 ValueKind = Literal["imputed", "measured", "probability"]
@@ -53,74 +62,6 @@ COLORMAPS: dict[str, str] = {"imputed": "viridis", "measured": "viridis", "proba
 
 
 _HOVER_CACHE: dict[tuple[int, int, bytes], tuple[weakref.ref, pd.DataFrame]] = {}
-
-
-# ---------------------------------------------------------------------------------------------
-# FOVs and the camera
-
-
-def result_fov_key(result: ad.AnnData, fov_key: str | None = None) -> str | None:
-    """The FOV column to use: ``fov_key`` if it is in ``result.obs``, else the one stored in uns,
-    else a column with a usual FOV name (:func:`~napari_spatial_impute.io.files.find_fov_key`)."""
-    if fov_key and fov_key in result.obs.columns:
-        return fov_key
-    stored = result.uns.get("spatial_impute", {}).get("fov_key")
-    if stored and stored in result.obs.columns:
-        return str(stored)
-    return find_fov_key(result)  # the usual names (fov, slice, ...), as the reader does
-
-
-def fov_rows(result: ad.AnnData, fov_key: str | None) -> dict[str, np.ndarray]:
-    """Rows of ``result`` in each FOV (natural order of FOV ids; one FOV ``"0"`` without a key)."""
-    labels = fov_labels(result, result_fov_key(result, fov_key))
-    codes = np.asarray(labels.codes)
-    order = np.argsort(codes, kind="stable")
-    bounds = np.searchsorted(codes[order], np.arange(len(labels.categories) + 1))
-    return {
-        str(cat): order[bounds[i] : bounds[i + 1]].astype(np.int64)
-        for i, cat in enumerate(labels.categories)
-        if bounds[i + 1] > bounds[i]
-    }
-
-
-def fov_bounds(result: ad.AnnData, fov_key: str | None, fov: str) -> tuple[np.ndarray, np.ndarray]:
-    """``(center, size)`` of one FOV's bounding box in ``(y, x)``."""
-    rows = fov_rows(result, fov_key).get(str(fov))
-    if rows is None:
-        raise InputError(
-            f"FOV {fov!r} is not in the result; FOVs are {list(fov_rows(result, fov_key))}."
-        )
-    yx = to_napari(result, rows, ndim=2)
-    lo, hi = yx.min(0), yx.max(0)
-    return (lo + hi) / 2.0, hi - lo
-
-
-def fov_boxes(result: ad.AnnData, fov_key: str | None) -> tuple[list[np.ndarray], list[str]]:
-    """The bounding rectangle of every FOV (4 corners in ``(y, x)``) and the FOV ids, in one pass.
-
-    One Shapes layer of these outlines names the FOVs of a whole section (never a layer per FOV).
-    """
-    by_fov = fov_rows(result, fov_key)
-    yx = to_napari(result, np.arange(result.n_obs), ndim=2)
-    boxes, names = [], []
-    for fov, rows in by_fov.items():
-        pts = yx[rows]
-        pts = pts[np.isfinite(pts).all(axis=1)]
-        if not len(pts):
-            continue
-        (y0, x0), (y1, x1) = pts.min(0), pts.max(0)
-        boxes.append(np.array([[y0, x0], [y0, x1], [y1, x1], [y1, x0]], dtype=np.float64))
-        names.append(fov)
-    return boxes, names
-
-
-def camera_for_box(
-    center: np.ndarray, size: np.ndarray, canvas_size: tuple[int, int], margin: float = 0.05
-) -> float:
-    """Camera zoom (screen pixels per data unit) that fits a box of ``size`` in ``canvas_size``."""
-    h, w = (float(max(s, 1e-9)) * (1.0 + 2 * margin) for s in size)
-    ch, cw = canvas_size
-    return float(max(min(ch / h, cw / w), 1e-6))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -239,27 +180,82 @@ def top_clusters_text(result: ad.AnnData, rows: np.ndarray, n: int = 2) -> np.nd
     )
 
 
-def hover_features(result: ad.AnnData, rows: np.ndarray, n_genes: int = 3) -> pd.DataFrame:
-    """Features every exploration layer carries: cell name, top imputed genes, top clusters.
+#: Hover columns of the two most likely clusters and their probabilities.
+TOP_CLUSTER_COLUMNS: tuple[str, str, str, str] = ("top cluster", "p", "2nd cluster", "p 2nd")
 
-    napari prints a hovered point's features in the status bar, so these give the hover text.
-    The table is cached per result and set of rows (recolouring a layer does not rebuild it);
-    a result changed in place after its first display keeps its old hover text.
+
+def top_clusters(result: ad.AnnData, rows: np.ndarray) -> pd.DataFrame | None:
+    """Each cell's two most likely clusters (Categorical) and probabilities (float32).
+
+    Categorical codes and numbers, never per-cell text: 10^6 cells x 30 clusters take a fraction
+    of a second. ``None`` without cluster probabilities.
+    """
+    probs = result.obsm.get("cluster_probabilities")
+    if probs is None or probs.shape[1] == 0:
+        return None
+    names = list(map(str, probs.columns))
+    out: dict[str, Any] = {}
+    rows = np.asarray(rows, dtype=np.int64)
+    for s in range(0, len(rows), 262_144):  # bounded memory at 10^6 cells
+        p = probs.to_numpy(dtype=np.float32)[rows[s : s + 262_144]]
+        n = min(2, p.shape[1])
+        top = (
+            np.argpartition(-p, n - 1, axis=1)[:, :n]
+            if p.shape[1] > n
+            else np.tile(np.arange(n), (len(p), 1))
+        )
+        vals = np.take_along_axis(p, top, axis=1)
+        order = np.argsort(-vals, axis=1)
+        top, vals = np.take_along_axis(top, order, 1), np.take_along_axis(vals, order, 1)
+        for j in range(n):
+            out.setdefault(TOP_CLUSTER_COLUMNS[2 * j], []).append(top[:, j])
+            out.setdefault(TOP_CLUSTER_COLUMNS[2 * j + 1], []).append(vals[:, j])
+    frame = pd.DataFrame(index=pd.RangeIndex(len(rows)))
+    for col, parts in out.items():
+        arr = np.concatenate(parts) if parts else np.empty(0)
+        if col in (TOP_CLUSTER_COLUMNS[0], TOP_CLUSTER_COLUMNS[2]):
+            frame[col] = pd.Categorical.from_codes(arr.astype(np.int32), categories=names)
+        else:
+            frame[col] = arr.astype(np.float32)
+    return frame
+
+
+def hover_features(
+    result: ad.AnnData,
+    rows: np.ndarray,
+    fov_key: str | None = None,
+    sample_key: str | None = None,
+) -> pd.DataFrame:
+    """Features every exploration layer carries besides its values: the cell, its FOV and its
+    two most likely clusters with their probabilities (napari prints a hovered point's features
+    in the status bar, so these are the hover text).
+
+    Built from codes and numbers (no per-cell text but the cell names), and cached per result
+    and set of rows, so showing another gene does not rebuild it; a result changed in place
+    after its first display keeps its old hover text.
     """
     rows = np.asarray(rows, dtype=np.int64)
-    key = (id(result), n_genes, hashlib.blake2b(rows.tobytes(), digest_size=16).digest())
+    key = (
+        id(result),
+        fov_key,
+        sample_key,
+        hashlib.blake2b(rows.tobytes(), digest_size=16).digest(),
+    )
     hit = _HOVER_CACHE.get(key)
     if hit is not None and hit[0]() is result:
-        return hit[1].copy()
+        return hit[1].copy(deep=False)
     df = pd.DataFrame({"cell": np.asarray(result.obs_names[rows], dtype=object)})
-    df["top imputed"] = top_genes_text(result, rows, n_genes)
-    clusters = top_clusters_text(result, rows)
+    fovs = fov_names(result, resolve_fov_key(result, fov_key), sample_key)
+    df[FOV_COLUMN] = pd.Categorical.from_codes(
+        np.asarray(fovs.codes)[rows], categories=fovs.categories
+    )
+    clusters = top_clusters(result, rows)
     if clusters is not None:
-        df["top clusters"] = clusters
+        df = pd.concat([df, clusters], axis=1)
     for k in [k for k, (ref, _) in _HOVER_CACHE.items() if ref() is None or len(_HOVER_CACHE) > 8]:
         _HOVER_CACHE.pop(k, None)
     _HOVER_CACHE[key] = (weakref.ref(result), df)
-    return df.copy()
+    return df.copy(deep=False)
 
 
 def cell_summary(result: ad.AnnData, row: int, genes: Sequence[str] = (), n_genes: int = 5) -> str:
@@ -290,12 +286,14 @@ def value_layer_specs(
     result: ad.AnnData,
     kind: str,
     name: str,
-    fovs: Iterable[str] | None = None,
+    *,
     fov_key: str | None = None,
+    sample_key: str | None = None,
+    samples: Iterable[str] | None = None,
     size: float | None = None,
     hover: bool = True,
 ) -> list[PointsSpec]:
-    """Colour-mapped Points layers of one gene or cluster, one per FOV, with shared limits.
+    """Colour-mapped Points layers of one gene or cluster, one per sample, with shared limits.
 
     Parameters
     ----------
@@ -305,14 +303,15 @@ def value_layer_specs(
         ``"imputed"``, ``"measured"`` or ``"probability"``.
     name
         Gene or cluster.
-    fovs
-        FOV ids to build (all when ``None``).
-    fov_key
-        FOV column of ``result.obs`` (``None``: the stored one, or one FOV).
+    fov_key, sample_key
+        FOV and sample columns of ``result.obs`` (``None``: the stored ones, or usual names;
+        ``sample_key=""``: no samples), see :mod:`.sections`.
+    samples
+        Samples to build (all when ``None``).
     size
         Point size in data units (default from the cell spacing).
     hover
-        Add the hover columns (cell, top imputed genes, top clusters) to ``features``.
+        Add the hover columns (cell, FOV, top clusters) to ``features``.
     """
     if kind in ("imputed", "measured"):
         name = resolve_gene(result, name)
@@ -326,12 +325,13 @@ def value_layer_specs(
                 feats[extra[0]] = extra[1]
         return feats
 
-    return fov_points_specs(
+    return sample_points_specs(
         result,
         name,
         features,
-        fovs=fovs,
+        samples=samples,
         fov_key=fov_key,
+        sample_key=sample_key,
         size=size,
         hover=hover,
         style={
@@ -339,27 +339,25 @@ def value_layer_specs(
             "face_contrast_limits": shared_limits(result, kind, name),
         },
         meta={"kind": kind, "value": name},
-        layer_name_of=lambda fov: layer_name(name, kind, fov),
+        layer_name_of=lambda sample: layer_name(name, kind, sample),
     )
 
 
-def fov_points_specs(
+def sample_points_specs(
     result: ad.AnnData,
     column: str,
     features: Callable[[np.ndarray], pd.DataFrame],
     *,
-    fovs: Iterable[str] | None,
+    samples: Iterable[str] | None,
     fov_key: str | None,
+    sample_key: str | None,
     size: float | None,
     hover: bool,
     style: dict[str, Any],
     meta: dict[str, Any],
     layer_name_of: Callable[[str], str],
 ) -> list[PointsSpec]:
-    """One Points layer spec per FOV, the loop every exploration layer kind shares.
-
-    Each layer is :func:`rows_spec` of one FOV's rows; a layer of several FOVs is
-    ``rows_spec`` of their rows with ``fov=None``.
+    """One Points layer spec per sample, the loop every exploration layer kind shares.
 
     Parameters
     ----------
@@ -369,89 +367,65 @@ def fov_points_specs(
         Feature column that colours the points.
     features
         The layer's own feature columns for the given rows of ``result``.
-    fovs, fov_key
-        FOV ids to build (all when ``None``; an unknown one is an :class:`InputError`) and the
-        FOV column of ``result.obs``.
+    samples
+        Samples to build (all when ``None``; an unknown one is an :class:`InputError`).
+    fov_key, sample_key
+        FOV and sample columns (see :func:`value_layer_specs`).
     size
         Point size in data units (default from the cell spacing, :func:`point_size`).
     hover
-        Append the hover columns (cell, top imputed genes, top clusters).
+        Append the hover columns (:func:`hover_features`).
     style
         Extra Points keyword arguments (colour map and limits, or a colour cycle).
     meta
         Entries of the layers' metadata dict (``kind``, ``value``...).
     layer_name_of
-        Layer name for a FOV id.
+        Layer name for a sample (``""`` without samples).
     """
-    by_fov = fov_rows(result, fov_key)
-    chosen = list(by_fov) if fovs is None else [str(f) for f in fovs]
-    missing = [f for f in chosen if f not in by_fov]
+    fov_key = resolve_fov_key(result, fov_key)
+    sample_key = resolve_sample_key(result, sample_key, fov_key)
+    by_sample = sample_rows(result, sample_key)
+    chosen = list(by_sample) if samples is None else [str(s) for s in samples]
+    missing = [s for s in chosen if s not in by_sample]
     if missing:
-        raise InputError(f"FOV {missing[0]!r} is not in the result; FOVs are {list(by_fov)}.")
-    size = point_size(result) if size is None else size
-    return [
-        rows_spec(
-            result,
-            by_fov[fov],
-            column,
-            features,
-            fov_key=fov_key,
-            fov=fov,
-            name=layer_name_of(fov),
-            size=size,
-            hover=hover,
-            style=style,
-            meta=meta,
+        raise InputError(
+            f"sample {missing[0]!r} is not in the result; samples are {list(by_sample)}."
         )
-        for fov in chosen
-    ]
-
-
-def rows_spec(
-    result: ad.AnnData,
-    rows: np.ndarray,
-    column: str,
-    features: Callable[[np.ndarray], pd.DataFrame],
-    *,
-    fov_key: str | None,
-    fov: str | None,
-    name: str,
-    size: float,
-    hover: bool,
-    style: dict[str, Any],
-    meta: dict[str, Any],
-) -> PointsSpec:
-    """An exploration layer of any ``rows`` of ``result``: the FOV of each point is the feature
-    column :data:`FOV_COLUMN`; ``fov`` (``None`` for several) goes into the metadata."""
-    rows = np.asarray(rows, dtype=np.int64)
-    feats = features(rows)
-    labels = fov_labels(result, result_fov_key(result, fov_key))
-    feats[FOV_COLUMN] = pd.Categorical(np.asarray(labels.astype(str))[rows])
-    if hover:
-        feats = pd.concat([feats, hover_features(result, rows)], axis=1)
-    return points_spec(
-        name,
-        to_napari(result, rows, ndim=2),
-        feats,
-        column,
-        kind=meta["kind"],
-        size=size,
-        style=style,
-        **{k: v for k, v in meta.items() if k != "kind"},
-        fov=fov,
-        rows=rows,
-        explore=True,
-    )
+    size = point_size(result) if size is None else size
+    specs = []
+    for sample in chosen:
+        rows = by_sample[sample]
+        feats = features(rows)
+        if hover:
+            feats = pd.concat([feats, hover_features(result, rows, fov_key, sample_key)], axis=1)
+        spec = points_spec(
+            layer_name_of(sample),
+            to_napari(result, rows, ndim=2),
+            feats,
+            column,
+            kind=meta["kind"],
+            size=size,
+            style=style,
+            **{k: v for k, v in meta.items() if k != "kind"},
+            sample=sample,
+            rows=rows,
+            explore=True,
+        )
+        spec.kwargs["translate"] = translate_of(result, sample_key, sample)
+        specs.append(spec)
+    return specs
 
 
 def predicted_layer_specs(
     result: ad.AnnData,
-    fovs: Iterable[str] | None = None,
+    *,
     fov_key: str | None = None,
+    sample_key: str | None = None,
+    samples: Iterable[str] | None = None,
     size: float | None = None,
     colors: dict[str, str] | None = None,
 ) -> list[PointsSpec]:
-    """Most-likely-cluster Points layers (categorical colour cycle), one per FOV.
+    """Most-likely-cluster Points layers (categorical colour cycle), one per sample.
 
     The colours are :func:`category_colors` of the clusters (the result's
     ``uns['<key>_colors']`` when it has one), as on the result's own layers.
@@ -468,7 +442,13 @@ def predicted_layer_specs(
         if isinstance(pred.dtype, pd.CategoricalDtype)
         else sorted(map(str, pred.unique()))
     )
-    labels = pd.Categorical(pred.astype(str), categories=cats)
+    labels = (
+        pd.Categorical.from_codes(np.asarray(pred.cat.codes), categories=cats)
+        if isinstance(pred.dtype, pd.CategoricalDtype)
+        and len(set(cats)) == len(cats)
+        and not np.any(np.asarray(pred.cat.codes) < 0)
+        else pd.Categorical(pred.astype(str), categories=cats)
+    )
     prob_col = f"{key}_predicted_probability"
 
     def features(rows: np.ndarray) -> pd.DataFrame:
@@ -477,17 +457,18 @@ def predicted_layer_specs(
             feats["probability"] = result.obs[prob_col].to_numpy(dtype=np.float32)[rows]
         return feats
 
-    return fov_points_specs(
+    return sample_points_specs(
         result,
         key,
         features,
-        fovs=fovs,
+        samples=samples,
         fov_key=fov_key,
+        sample_key=sample_key,
         size=size,
         hover=True,
         style={"face_color_cycle": colors or category_colors(cats, _palette(result, col))},
         meta={"kind": PREDICTED_ROLE, "value": key},
-        layer_name_of=lambda fov: predicted_layer_name(key, fov),
+        layer_name_of=lambda sample: predicted_layer_name(key, sample),
     )
 
 

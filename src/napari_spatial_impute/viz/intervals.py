@@ -32,8 +32,8 @@ from napari_spatial_impute.io.schema import (
     interval_levels,
     resolve_gene,
 )
-from napari_spatial_impute.viz.explore import fov_points_specs
-from napari_spatial_impute.viz.layers import PointsSpec, robust_limits
+from napari_spatial_impute.viz.explore import sample_points_specs
+from napari_spatial_impute.viz.layers import PointsSpec, layer_name, robust_limits
 
 INTERVAL_ROLE = "interval"
 INTERVAL_COLORMAP = "plasma"
@@ -41,9 +41,9 @@ INTERVAL_COLORMAP = "plasma"
 GREY = (0.55, 0.55, 0.55, 0.55)
 
 
-def interval_layer_name(gene: str, level: str, fov: str) -> str:
-    """``"Gad1 90% interval width · FOV 1"``."""
-    return f"{gene} {level}% interval width · FOV {fov}"
+def interval_layer_name(gene: str, level: str, sample: str = "") -> str:
+    """``"Gad1 90% interval width"`` (``" · <sample>"`` with samples)."""
+    return layer_name(gene, f"{level}% interval width", sample)
 
 
 def interval_widths(
@@ -70,12 +70,14 @@ def interval_layer_specs(
     result: ad.AnnData,
     gene: str,
     level: str | int | float = "90",
-    fovs: Iterable[str] | None = None,
+    *,
     fov_key: str | None = None,
+    sample_key: str | None = None,
+    samples: Iterable[str] | None = None,
     size: float | None = None,
     hover: bool = True,
 ) -> list[PointsSpec]:
-    """Interval-width Points layers of one gene, one per FOV, sharing one colour range.
+    """Interval-width Points layers of one gene, one per sample, sharing one colour range.
 
     Parameters
     ----------
@@ -85,10 +87,11 @@ def interval_layer_specs(
         Imputed gene (any case).
     level
         Nominal coverage: ``"90"``, ``90`` or ``0.9``.
-    fovs
-        FOV ids (all when ``None``).
-    fov_key
-        FOV column of ``result.obs``.
+    fov_key, sample_key
+        FOV and sample columns of ``result.obs`` (see
+        :func:`~napari_spatial_impute.viz.explore.value_layer_specs`).
+    samples
+        Samples to build (all when ``None``).
     size
         Point size in data units (default from the cell spacing).
     hover
@@ -98,17 +101,18 @@ def interval_layer_specs(
     level = interval_level(result, level)
     widths = interval_widths(result, gene, level)
     column = f"{gene} {level}% interval width"
-    return fov_points_specs(
+    return sample_points_specs(
         result,
         column,
         lambda rows: pd.DataFrame({column: widths[rows]}),
-        fovs=fovs,
+        samples=samples,
         fov_key=fov_key,
+        sample_key=sample_key,
         size=size,
         hover=hover,
         style={"face_colormap": INTERVAL_COLORMAP, "face_contrast_limits": robust_limits(widths)},
         meta={"kind": INTERVAL_ROLE, "level": level, "value": gene},
-        layer_name_of=lambda fov: interval_layer_name(gene, level, fov),
+        layer_name_of=lambda sample: interval_layer_name(gene, level, sample),
     )
 
 

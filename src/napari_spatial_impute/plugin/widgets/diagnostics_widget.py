@@ -64,7 +64,7 @@ class DiagnosticsWidget(PluginWidget):
     """How good is the mapping: training scores, marker levels per cell type, cross-validation.
 
     Clicking a gene (a dot of the score panels or a row of the CV table) shows its imputed and
-    measured layers in every FOV, recolouring the layers that this widget opened before.
+    measured layers of every sample, recolouring the layers that this widget opened before.
 
     Parameters
     ----------
@@ -385,7 +385,7 @@ class DiagnosticsWidget(PluginWidget):
 
     # ------------------------------------------------------------------ gene clicks
     def open_gene(self, gene: str) -> list:
-        """Show a gene's layers in all FOVs (recolouring the ones this widget opened before)."""
+        """Show a gene's layers in all samples (recolouring the ones this widget opened before)."""
         result = self.model.result
         if result is None:
             return []
@@ -396,7 +396,12 @@ class DiagnosticsWidget(PluginWidget):
         )
         try:
             layers = open_gene(
-                self.viewer, result, gene, None, self.model.fov_key, recolor_layers=previous
+                self.viewer,
+                result,
+                gene,
+                fov_key=self.model.fov_key,
+                sample_key=self.model.sample_key,
+                recolor_layers=previous,
             )
         except Exception as exc:
             notify_error(exc)

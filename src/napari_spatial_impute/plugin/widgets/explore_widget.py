@@ -1,5 +1,6 @@
-"""Explore widget: imputed and measured genes, their prediction intervals, cluster probabilities
-per FOV, FOV navigator."""
+"""Explore widget: imputed and measured genes, their prediction intervals and cluster
+probabilities, one layer per role per sample (showing another gene recolours them), and the FOV
+navigator."""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ from napari.settings import get_settings
 from napari.utils.notifications import show_warning
 from qtpy.QtCore import QStringListModel, Qt
 from qtpy.QtWidgets import (
-    QAbstractItemView,
     QCheckBox,
     QComboBox,
     QCompleter,
@@ -19,7 +19,6 @@ from qtpy.QtWidgets import (
     QHBoxLayout,
     QLabel,
     QLineEdit,
-    QListWidget,
     QPushButton,
     QVBoxLayout,
 )
@@ -27,9 +26,9 @@ from qtpy.QtWidgets import (
 from napari_spatial_impute.plugin.widgets.base import PluginWidget
 from napari_spatial_impute.plugin.widgets.layer_ops import (
     PREVIOUS_SUFFIX,
+    arrange_side_by_side,
     find_layers,
     gene_specs,
-    jump_to_fov,
     notify_error,
     place_cluster,
     place_gene,
@@ -37,22 +36,19 @@ from napari_spatial_impute.plugin.widgets.layer_ops import (
     refresh_layers,
 )
 from napari_spatial_impute.plugin.widgets.linking import get_link_controller
+from napari_spatial_impute.plugin.widgets.navigator import OUTLINES_KIND, FovNavigator
 from napari_spatial_impute.plugin.widgets.uncertainty_controls import UncertaintyControls
 from napari_spatial_impute.viz.explore import (
     cluster_names,
-    fov_boxes,
-    fov_rows,
     gene_names,
     predicted_layer_specs,
     shared_genes,
     value_layer_specs,
 )
-from napari_spatial_impute.viz.layers import make_meta, plugin_meta, point_size
+from napari_spatial_impute.viz.layers import plugin_meta, point_size
+from napari_spatial_impute.viz.sections import sample_rows
 
-#: Metadata kind of the layer of FOV outlines.
-OUTLINES_KIND = "fov_outlines"
-
-#: Above this many cells (in the chosen FOVs) layer data is built in a worker thread.
+#: Above this many cells layer data is built in a worker thread.
 ASYNC_CELLS = 100_000
 
 
@@ -87,7 +83,11 @@ class ExploreWidget(PluginWidget):
         self.measured_check.setChecked(True)
         self.recolor_check = QCheckBox("recolour the shown layers instead of adding new ones")
         self.recolor_check.setChecked(True)
-        self.grid_check = QCheckBox("side by side (one grid cell per layer)")
+        self.grid_check = QCheckBox("side by side: one grid cell per role, linked cameras")
+        self.grid_check.setToolTip(
+            "imputed, measured, interval width... each in its own view of the whole data, "
+            "panned and zoomed together"
+        )
         self.grid_check.setChecked(bool(napari_viewer.grid.enabled))
         self.grid_check.toggled.connect(self._set_grid)
         self.tooltip_check = QCheckBox("hover tooltips (napari setting: layer tooltips)")
@@ -108,23 +108,13 @@ class ExploreWidget(PluginWidget):
         self.predicted_button = QPushButton("Most likely cluster")
         self.predicted_button.clicked.connect(self.show_predicted)
 
-        self.fov_list = QListWidget()
-        self.fov_list.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
-        self.fov_list.setMaximumHeight(90)
-        self.fov_list.setToolTip("FOVs to show; none selected means all")
         self.size_spin = QDoubleSpinBox()
         self.size_spin.setDecimals(3)
         self.size_spin.setRange(0.001, 1e6)
-        self.size_spin.setToolTip("point size in data units")
+        self.size_spin.setToolTip("point size in data units (default: the cells' median spacing)")
 
         self.uncertainty = UncertaintyControls(napari_viewer, self.model)
-
-        self.nav_combo = QComboBox()
-        self.nav_button = QPushButton("Go to FOV")
-        self.nav_button.clicked.connect(self.go_to_fov)
-        self.outline_button = QPushButton("Outlines")
-        self.outline_button.setToolTip("one Shapes layer with every FOV's outline and name")
-        self.outline_button.clicked.connect(self.show_fov_outlines)
+        self.navigator = FovNavigator(napari_viewer, self.model)
 
         form = QFormLayout()
         row = QHBoxLayout()
@@ -139,16 +129,11 @@ class ExploreWidget(PluginWidget):
         row.addWidget(self.cluster_button)
         form.addRow("Cluster", row)
         form.addRow("", self.predicted_button)
-        form.addRow("FOVs", self.fov_list)
         form.addRow("Point size", self.size_spin)
         form.addRow("", self.link_check)
         form.addRow("", self.grid_check)
         form.addRow("", self.tooltip_check)
-        row = QHBoxLayout()
-        row.addWidget(self.nav_combo, 1)
-        row.addWidget(self.nav_button)
-        row.addWidget(self.outline_button)
-        form.addRow("Navigate", row)
+        form.addRow("FOVs", self.navigator)
         self.status = QLabel("")
         self.status.setWordWrap(True)
         layout = QVBoxLayout(self)
@@ -158,7 +143,7 @@ class ExploreWidget(PluginWidget):
         layout.addStretch(1)
 
         self.model.result_changed.connect(self._on_result)
-        self.model.keys_changed.connect(self._refresh_fovs)
+        self.model.keys_changed.connect(self.navigator.refresh)
         self._on_result(self.model.result)
 
     # ------------------------------------------------------------------ state
@@ -166,7 +151,9 @@ class ExploreWidget(PluginWidget):
         result = self.model.result
         detached: list = []
         try:  # layers shown before follow the new result, or stay as they were (and say so)
-            _, detached = refresh_layers(self.viewer, result, self.model.fov_key)
+            _, detached = refresh_layers(
+                self.viewer, result, self.model.fov_key, self.model.sample_key
+            )
         except Exception as exc:
             notify_error(exc)
         if detached:
@@ -185,9 +172,6 @@ class ExploreWidget(PluginWidget):
             self.cluster_combo,
             self.cluster_button,
             self.predicted_button,
-            self.nav_button,
-            self.outline_button,
-            self.fov_list,
             self.size_spin,
         ):
             w.setEnabled(enabled)
@@ -195,7 +179,7 @@ class ExploreWidget(PluginWidget):
         if result is None:
             self.completer_model.setStringList([])
             self.info.setText("No mapping result yet: run a mapping or open a result file.")
-            self._refresh_fovs()
+            self.navigator.refresh()
             return
         genes = gene_names(result)
         self.completer_model.setStringList(genes)
@@ -204,34 +188,31 @@ class ExploreWidget(PluginWidget):
         self.cluster_button.setEnabled(bool(clusters))
         self.predicted_button.setEnabled(bool(clusters))
         self.size_spin.setValue(point_size(result))
+        self.navigator.refresh()
+        n_samples = len(self._samples())
         self.info.setText(
-            f"{result.n_obs} spatial cells, {len(genes)} imputed genes "
+            f"{result.n_obs:,} spatial cells"
+            + (f" in {n_samples} samples" if n_samples > 1 else "")
+            + f", {self.navigator.fov_list.count():,} FOVs, {len(genes):,} imputed genes "
             f"({len(shared_genes(result))} measured), {len(clusters)} clusters."
         )
-        self._refresh_fovs()
 
-    def _refresh_fovs(self) -> None:
-        self.fov_list.clear()
-        self.nav_combo.clear()
-        if self.model.result is None:
-            return
-        fovs = list(fov_rows(self.model.result, self.model.fov_key))
-        self.fov_list.addItems(fovs)
-        self.nav_combo.addItems(fovs)
+    def _samples(self) -> list[str]:
+        """The result's samples (``[""]`` without a sample column)."""
+        try:
+            return list(sample_rows(self.model.result, self.navigator.keys()[1]))
+        except Exception as exc:
+            notify_error(exc)
+            return [""]
 
     def _set_tooltips(self, on: bool) -> None:
         get_settings().appearance.layer_tooltip_visibility = bool(on)
 
     def _set_grid(self, on: bool) -> None:
-        self.viewer.grid.enabled = bool(on)
+        arrange_side_by_side(self.viewer, bool(on))
 
     def _set_linking(self, on: bool) -> None:
         self.links.enabled = bool(on)
-
-    def selected_fovs(self) -> list[str] | None:
-        """FOVs chosen in the list (``None`` = all)."""
-        chosen = [item.text() for item in self.fov_list.selectedItems()]
-        return chosen or None
 
     def _targets(self, role: str, last: str | None) -> list:
         """Layers to recolour: selected layers of ``role``, else those of the last shown value."""
@@ -248,9 +229,7 @@ class ExploreWidget(PluginWidget):
 
     # ------------------------------------------------------------------ actions
     def _n_cells(self) -> int:
-        by_fov = fov_rows(self.model.result, self.model.fov_key)
-        chosen = self.selected_fovs() or list(by_fov)
-        return int(sum(len(by_fov.get(f, ())) for f in chosen))
+        return int(self.model.result.n_obs)
 
     def _dispatch(
         self, build: Callable[[], Any], place: Callable[[Any], list], done: Callable[[list], None]
@@ -261,11 +240,18 @@ class ExploreWidget(PluginWidget):
         """
 
         def finish(data: Any) -> list:
+            first = self.navigator.outline_layer() is None
             try:
                 layers = place(data)
             except Exception as exc:
                 notify_error(exc)
                 return []
+            if first and len(self._samples()) > 1:  # name the samples laid out side by side
+                self.navigator.show_outlines()
+            elif self.navigator.outline_layer() is not None:
+                self.navigator.apply_focus()  # keep the outlines above the new layers
+            if self.grid_check.isChecked():
+                arrange_side_by_side(self.viewer)
             done(layers)
             return layers
 
@@ -296,22 +282,18 @@ class ExploreWidget(PluginWidget):
             self.status.setText("building layers...")
 
     def show_gene(self, gene: str | None = None) -> list:
-        """Show ``gene`` (default: the typed one) in the chosen FOVs; returns the layers."""
+        """Show ``gene`` (default: the typed one): one imputed layer per sample (and measured
+        and interval ones), recolouring those shown; returns the layers."""
         result = self.model.result
         gene = gene if isinstance(gene, str) else self.gene_edit.text().strip()
         if result is None or not gene:
             return []
-        fovs, fov_key, measured = (
-            self.selected_fovs(),
-            self.model.fov_key,
-            self.measured_check.isChecked(),
-        )
+        keys = {"fov_key": self.model.fov_key, "sample_key": self.model.sample_key}
+        measured = self.measured_check.isChecked()
         size, level = self.size_spin.value(), self.uncertainty.interval_level()
 
         def build() -> Any:
-            return gene_specs(
-                result, gene, fovs, fov_key, measured=measured, size=size, interval=level
-            )
+            return gene_specs(result, gene, **keys, measured=measured, size=size, interval=level)
 
         def place(specs: Any) -> list:
             imputed, measured_specs, interval_specs = specs
@@ -327,15 +309,16 @@ class ExploreWidget(PluginWidget):
         return self._dispatch(build, place, done)
 
     def show_cluster(self, cluster: str | None = None) -> list:
-        """Show the probability of ``cluster`` (default: the chosen one) in the chosen FOVs."""
+        """Show the probability of ``cluster`` (default: the chosen one), one layer per sample."""
         result = self.model.result
         cluster = cluster if isinstance(cluster, str) else self.cluster_combo.currentText()
         if result is None or not cluster:
             return []
-        fovs, fov_key, size = self.selected_fovs(), self.model.fov_key, self.size_spin.value()
+        keys = {"fov_key": self.model.fov_key, "sample_key": self.model.sample_key}
+        size = self.size_spin.value()
 
         def build() -> Any:
-            return value_layer_specs(result, "probability", cluster, fovs, fov_key, size=size)
+            return value_layer_specs(result, "probability", cluster, **keys, size=size)
 
         def place(specs: Any) -> list:
             return place_cluster(
@@ -349,14 +332,15 @@ class ExploreWidget(PluginWidget):
         return self._dispatch(build, place, done)
 
     def show_predicted(self) -> list:
-        """Show the most likely cluster of each cell in the chosen FOVs."""
+        """Show the most likely cluster of each cell, one layer per sample."""
         result = self.model.result
         if result is None:
             return []
-        fovs, fov_key, size = self.selected_fovs(), self.model.fov_key, self.size_spin.value()
+        keys = {"fov_key": self.model.fov_key, "sample_key": self.model.sample_key}
+        size = self.size_spin.value()
 
         def build() -> Any:
-            return predicted_layer_specs(result, fovs, fov_key, size=size)
+            return predicted_layer_specs(result, **keys, size=size)
 
         def place(specs: Any) -> list:
             return place_predicted(self.viewer, specs, result)
@@ -367,42 +351,22 @@ class ExploreWidget(PluginWidget):
         return self._dispatch(build, place, done)
 
     def show_fov_outlines(self) -> Any:
-        """Add (or replace) one Shapes layer with every FOV's bounding rectangle and name."""
-        result = self.model.result
-        if result is None:
-            return None
-        try:
-            boxes, names = fov_boxes(result, self.model.fov_key)
-        except Exception as exc:
-            notify_error(exc)
-            return None
-        for old in find_layers(self.viewer, role=OUTLINES_KIND):
-            self.viewer.layers.remove(old)
-        layer = self.viewer.add_shapes(
-            boxes,
-            shape_type="rectangle",
-            name="FOV outlines",
-            edge_color="white",
-            edge_width=max(float(point_size(result)) * 0.15, 1e-6),
-            face_color="transparent",
-            features={"fov": names},
-            text={"string": "{fov}", "color": "white", "anchor": "upper_left", "size": 9},
-            metadata=make_meta(OUTLINES_KIND),
-        )
-        self.status.setText(f"{len(names)} FOV outlines")
-        return layer
+        """Add (or replace) one Shapes layer with every FOV's and sample's outline and name."""
+        return self.navigator.show_outlines()
 
-    def go_to_fov(self, fov: str | None = None) -> None:
-        """Center and zoom the camera on one FOV (default: the navigator's)."""
-        fov = fov if isinstance(fov, str) else self.nav_combo.currentText()
-        if self.model.result is None or not fov:
-            return
-        try:
-            jump_to_fov(self.viewer, self.model.result, fov, self.model.fov_key)
-        except Exception as exc:
-            notify_error(exc)
-            return
+    def go_to_fov(self, fov: str | None = None) -> bool:
+        """Zoom the camera to one FOV (default: the one chosen in the navigator's list)."""
+        if not isinstance(fov, str):
+            item = self.navigator.fov_list.currentItem()
+            fov = item.text() if item is not None else ""
+        if not self.navigator.go_to(fov):
+            return False
         self.status.setText(f"FOV {fov}")
+        return True
+
+    def closeEvent(self, event: Any) -> None:
+        self.navigator.close_viewer_hooks()
+        super().closeEvent(event)
 
 
-__all__ = ["ExploreWidget"]
+__all__ = ["OUTLINES_KIND", "ExploreWidget"]

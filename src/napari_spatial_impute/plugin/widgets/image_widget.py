@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +27,11 @@ from qtpy.QtWidgets import (
 
 from napari_spatial_impute.plugin.widgets.base import PluginWidget
 from napari_spatial_impute.plugin.widgets.layer_ops import notify_error
+from napari_spatial_impute.viz.coords import to_napari
 from napari_spatial_impute.viz.explore import (
     COLORMAPS,
     cell_summary,
     cluster_names,
-    fov_rows,
     gene_names,
     shared_limits,
     values,
@@ -46,7 +47,13 @@ from napari_spatial_impute.viz.image_link import (
     read_fov_positions,
     rows_by_label,
 )
-from napari_spatial_impute.viz.layers import make_meta, plugin_meta, to_napari
+from napari_spatial_impute.viz.layers import make_meta, plugin_meta
+from napari_spatial_impute.viz.sections import (
+    display_yx,
+    fov_rows,
+    resolve_fov_key,
+    resolve_sample_key,
+)
 
 LABELS_ROLE = "labels"
 PAINT_ROLE = "painted"
@@ -169,7 +176,7 @@ class ImageWidget(PluginWidget):
         current = self.fov_combo.currentText()
         self.fov_combo.clear()
         if cells is not None:
-            fovs = list(fov_rows(cells, self.model.fov_key))
+            fovs = list(fov_rows(cells, *self._keys()))
             self.fov_combo.addItems(fovs)
             if current in fovs:
                 self.fov_combo.setCurrentText(current)
@@ -209,12 +216,27 @@ class ImageWidget(PluginWidget):
         ]
         return found[0] if found else None
 
+    def _keys(self) -> tuple[str | None, str | None]:
+        """The FOV and sample columns of the cells (see :mod:`~napari_spatial_impute.viz.sections`)."""
+        cells = self.cells()
+        fov_key = resolve_fov_key(cells, self.model.fov_key)
+        return fov_key, resolve_sample_key(cells, self.model.sample_key, fov_key)
+
     def _fov_cells(self, fov: str) -> tuple[np.ndarray, np.ndarray]:
         """Rows of one FOV's cells (in the result, else the spatial data) and their label ids."""
         cells = self.cells()
-        rows = fov_rows(cells, self.model.fov_key).get(str(fov), np.empty(0, dtype=np.int64))
+        rows = fov_rows(cells, *self._keys()).get(str(fov), np.empty(0, dtype=np.int64))
         ids = label_ids_from_names(cells.obs_names[rows], cells.obs.iloc[rows])
         return rows, ids
+
+    def _offset(self, fov: str) -> np.ndarray:
+        """``(dy, dx)`` between where a FOV's cells are drawn and their coordinates."""
+        rows, _ = self._fov_cells(fov)
+        if not len(rows):
+            return np.zeros(2)
+        cells = self.cells()
+        drawn = display_yx(cells, rows[:1], self._keys()[1])
+        return np.asarray(drawn - to_napari(cells, rows[:1], ndim=2))[0]
 
     # ------------------------------------------------------------------ actions
     def _browse(self) -> None:
@@ -292,6 +314,8 @@ class ImageWidget(PluginWidget):
             else:
                 align = self.alignment()
                 self.align_info.setText("manual alignment")
+            if mode != "manual":  # where the FOV's sample is drawn (samples side by side)
+                align = replace(align, translate=tuple(align.translate + self._offset(fov)))
         except Exception as exc:
             notify_error(exc)
             return None

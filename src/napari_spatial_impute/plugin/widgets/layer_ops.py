@@ -14,7 +14,6 @@ from napari.utils.notifications import show_error
 
 from napari_spatial_impute.io.schema import interval_levels
 from napari_spatial_impute.viz.explore import (
-    fov_bounds,
     predicted_layer_specs,
     shared_genes,
     value_layer_specs,
@@ -28,18 +27,24 @@ from napari_spatial_impute.viz.layers import (
     recolor,
     source_adata,
 )
+from napari_spatial_impute.viz.sections import (
+    camera_for_box,
+    fov_bounds,
+    resolve_fov_key,
+    resolve_sample_key,
+)
 
 
 def find_layers(
-    viewer: Any, role: str | None = None, fov: str | None = None, value: str | None = None
+    viewer: Any, role: str | None = None, sample: str | None = None, value: str | None = None
 ) -> list[Layer]:
-    """Layers whose metadata match the given role, FOV and value (``None`` matches anything)."""
+    """Layers whose metadata match the given role, sample and value (``None`` matches anything)."""
     out = []
     for layer in viewer.layers:
         md = plugin_meta(layer)
         if role is not None and md.get("kind") != role:
             continue
-        if fov is not None and str(md.get("fov")) != str(fov):
+        if sample is not None and str(md.get("sample")) != str(sample):
             continue
         if value is not None and md.get("value") != value:
             continue
@@ -48,7 +53,7 @@ def find_layers(
 
 
 def layer_identity(metadata: Any) -> tuple[Any, ...] | None:
-    """What an exploration layer shows, from its metadata: ``(role, value, FOV, interval level)``.
+    """What an exploration layer shows, from its metadata: ``(role, value, sample, level)``.
 
     ``None`` for any other layer. Layers are matched by this, never by name: napari renames a
     layer whose name is taken (``"... [1]"``) and the user may rename any layer.
@@ -56,7 +61,7 @@ def layer_identity(metadata: Any) -> tuple[Any, ...] | None:
     md = plugin_meta(metadata)
     if not md.get("explore"):
         return None
-    return (md.get("kind"), str(md.get("value")), str(md.get("fov")), md.get("level"))
+    return (md.get("kind"), str(md.get("value")), str(md.get("sample")), md.get("level"))
 
 
 def _make_layer(spec: PointsSpec, colorbar: bool = True) -> Points:
@@ -67,7 +72,7 @@ def _make_layer(spec: PointsSpec, colorbar: bool = True) -> Points:
 
 
 def _first_of_each_value(specs: Sequence[PointsSpec]) -> list[bool]:
-    """One colour bar per value and kind: the FOVs share its limits, so the first layer shows it."""
+    """One colour bar per value and kind: the samples share its limits, so the first shows it."""
     seen: set[tuple[Any, Any]] = set()
     out = []
     for s in specs:
@@ -127,14 +132,14 @@ def apply_specs(
 def gene_specs(
     result: Any,
     gene: str,
-    fovs: Iterable[str] | None = None,
-    fov_key: str | None = None,
     *,
+    fov_key: str | None = None,
+    sample_key: str | None = None,
     measured: bool = True,
     size: float | None = None,
     interval: str | None = None,
 ) -> tuple[list[PointsSpec], list[PointsSpec], list[PointsSpec] | None]:
-    """Layer data of one gene (no viewer; safe in a worker thread).
+    """Layer data of one gene, one layer per sample and role (no viewer; safe in a worker thread).
 
     Returns
     -------
@@ -143,18 +148,17 @@ def gene_specs(
     empty when the result has no intervals, ``None`` when ``interval`` is ``None`` (then the
     interval layers already shown are left alone).
     """
-    fovs = None if fovs is None else [str(f) for f in fovs]
-    specs = value_layer_specs(result, "imputed", gene, fovs, fov_key, size=size)
+    keys = {"fov_key": fov_key, "sample_key": sample_key, "size": size}
+    specs = value_layer_specs(result, "imputed", gene, **keys)
     gene = specs[0].meta["value"] if specs else gene
-    shown = [s.meta["fov"] for s in specs]
     m_specs: list[PointsSpec] = []
     if measured and gene in shared_genes(result):
-        m_specs = value_layer_specs(result, "measured", gene, shown, fov_key, size=size)
+        m_specs = value_layer_specs(result, "measured", gene, **keys)
     i_specs: list[PointsSpec] | None = None
     if interval is not None:
         i_specs = []
         if str(interval) in interval_levels(result):
-            i_specs = interval_layer_specs(result, gene, interval, shown, fov_key, size=size)
+            i_specs = interval_layer_specs(result, gene, interval, **keys)
     return specs, m_specs, i_specs
 
 
@@ -165,26 +169,34 @@ def _companions(
     role: str,
     companion_specs: Sequence[PointsSpec],
 ) -> tuple[list[PointsSpec], list[Layer | None], list[Layer]]:
-    """Pair the measured or interval specs with the same-FOV layers of the replaced genes.
+    """Pair the measured or interval specs with the same-sample layers of the replaced genes.
 
     Returns the specs to apply, the layers they recolour (or ``None``) and the old companion
     layers that have no new spec (to remove).
     """
-    by_fov = {s.meta["fov"]: s for s in companion_specs}
+    by_sample = {s.meta["sample"]: s for s in companion_specs}
     todo: list[PointsSpec] = []
     todo_replace: list[Layer | None] = []
     stale: list[Layer] = []
     for spec, old in zip(specs, replace, strict=True):
-        fov = spec.meta["fov"]
+        sample = spec.meta["sample"]
         old_layers = (
-            find_layers(viewer, role, fov, plugin_meta(old).get("value")) if old is not None else []
+            find_layers(viewer, role, sample, plugin_meta(old).get("value"))
+            if old is not None
+            else []
         )
-        if fov in by_fov:
-            todo.append(by_fov[fov])
+        if sample in by_sample:
+            todo.append(by_sample[sample])
             todo_replace.append(old_layers[0] if old_layers else None)
         else:
             stale.extend(old_layers)
     return todo, todo_replace, stale
+
+
+def _by_sample(layers: Sequence[Layer], specs: Sequence[PointsSpec]) -> list[Layer | None]:
+    """The layer of ``layers`` with each spec's sample (``None`` where there is none)."""
+    found = {str(plugin_meta(layer).get("sample")): layer for layer in layers}
+    return [found.get(str(s.meta["sample"])) for s in specs]
 
 
 def place_gene(
@@ -199,8 +211,7 @@ def place_gene(
     Measured (and, when ``i_specs`` is not ``None``, interval-width) layers of the recoloured
     layers' old gene are recoloured too, or removed when the new gene has none.
     """
-    by_fov = {str(plugin_meta(layer).get("fov")): layer for layer in recolor_layers}
-    replace: list[Layer | None] = [by_fov.get(s.meta["fov"]) for s in specs]
+    replace = _by_sample(recolor_layers, specs)
     all_specs, all_replace, stale = list(specs), list(replace), []
     companions = [("measured", m_specs)]
     if i_specs is not None:
@@ -221,23 +232,29 @@ def open_gene(
     viewer: Any,
     result: Any,
     gene: str,
-    fovs: Iterable[str] | None = None,
-    fov_key: str | None = None,
     *,
+    fov_key: str | None = None,
+    sample_key: str | None = None,
     measured: bool = True,
     recolor_layers: Sequence[Layer] = (),
     size: float | None = None,
     interval: str | None = None,
 ) -> list[Points]:
-    """Show one gene: its imputed layer per FOV and, for shared genes, the measured one beside it.
+    """Show one gene: its imputed layer per sample and, for shared genes, the measured one.
 
     ``recolor_layers`` are existing imputed layers (any gene) to recolour instead of adding new
-    ones, matched by FOV; measured layers of those layers' old gene are recoloured too, or removed
-    when the new gene was not measured. With ``interval`` (a level such as ``"90"``) the
+    ones, matched by sample; measured layers of those layers' old gene are recoloured too, or
+    removed when the new gene was not measured. With ``interval`` (a level such as ``"90"``) the
     interval-width layers are shown (and recoloured) the same way.
     """
     specs, m_specs, i_specs = gene_specs(
-        result, gene, fovs, fov_key, measured=measured, size=size, interval=interval
+        result,
+        gene,
+        fov_key=fov_key,
+        sample_key=sample_key,
+        measured=measured,
+        size=size,
+        interval=interval,
     )
     return place_gene(viewer, specs, m_specs, recolor_layers, i_specs)
 
@@ -245,38 +262,41 @@ def open_gene(
 def place_cluster(
     viewer: Any, specs: Sequence[PointsSpec], recolor_layers: Sequence[Layer] = ()
 ) -> list[Points]:
-    """Add or recolour probability layers, matching ``recolor_layers`` by FOV; main thread only."""
-    by_fov = {str(plugin_meta(layer).get("fov")): layer for layer in recolor_layers}
-    return apply_specs(viewer, specs, [by_fov.get(s.meta["fov"]) for s in specs])
+    """Add or recolour probability layers, matching ``recolor_layers`` by sample; main thread."""
+    return apply_specs(viewer, specs, _by_sample(recolor_layers, specs))
 
 
 def open_cluster(
     viewer: Any,
     result: Any,
     cluster: str,
-    fovs: Iterable[str] | None = None,
-    fov_key: str | None = None,
     *,
+    fov_key: str | None = None,
+    sample_key: str | None = None,
     recolor_layers: Sequence[Layer] = (),
     size: float | None = None,
 ) -> list[Points]:
-    """Show one cluster's probability per FOV (recolouring ``recolor_layers`` matched by FOV)."""
-    specs = value_layer_specs(result, "probability", cluster, fovs, fov_key, size=size)
+    """Show one cluster's probability per sample (recolouring ``recolor_layers``)."""
+    specs = value_layer_specs(
+        result, "probability", cluster, fov_key=fov_key, sample_key=sample_key, size=size
+    )
     return place_cluster(viewer, specs, recolor_layers)
 
 
 def place_predicted(viewer: Any, specs: Sequence[PointsSpec], result: Any = None) -> list[Points]:
-    """Add most-likely-cluster layers, rebuilding those of the same FOVs; main thread only.
+    """Add most-likely-cluster layers, rebuilding those of the same samples; main thread only.
 
-    Rebuilt are the exploration layers of the same FOV and cluster key and, when ``result`` is
-    given, the result's own most-likely layers (the Map widget's or the reader's), matched by
+    Rebuilt are the exploration layers of the same sample and cluster key and, when ``result``
+    is given, the result's own most-likely layers (the Map widget's or the reader's), matched by
     metadata. Categorical colouring cannot be switched in place, hence the rebuilding.
     """
-    wanted = {(s.meta.get("value"), str(s.meta.get("fov"))) for s in specs}
+    wanted = {(s.meta.get("value"), str(s.meta.get("sample"))) for s in specs}
     old = []
     for layer in viewer.layers:
         md = plugin_meta(layer)
-        if md.get("kind") != PREDICTED_ROLE or (md.get("value"), str(md.get("fov"))) not in wanted:
+        if md.get("kind") != PREDICTED_ROLE:
+            continue
+        if (md.get("value"), str(md.get("sample"))) not in wanted:
             continue
         if md.get("explore") or (result is not None and source_adata(layer) is result):
             old.append(layer)
@@ -288,24 +308,33 @@ def place_predicted(viewer: Any, specs: Sequence[PointsSpec], result: Any = None
 def open_predicted(
     viewer: Any,
     result: Any,
-    fovs: Iterable[str] | None = None,
+    *,
     fov_key: str | None = None,
+    sample_key: str | None = None,
     size: float | None = None,
 ) -> list[Points]:
-    """Show the most likely cluster per FOV (categorical colours)."""
-    return place_predicted(viewer, predicted_layer_specs(result, fovs, fov_key, size=size), result)
+    """Show the most likely cluster per sample (categorical colours)."""
+    specs = predicted_layer_specs(result, fov_key=fov_key, sample_key=sample_key, size=size)
+    return place_predicted(viewer, specs, result)
 
 
-def _fresh_spec(result: Any, md: dict, fov_key: str | None, size: float) -> PointsSpec:
+def _fresh_spec(
+    result: Any, md: dict, fov_key: str | None, sample_key: str | None, size: float
+) -> PointsSpec:
     """The spec of an exploration layer (known by its metadata) built from ``result``."""
-    role, fov = md.get("kind"), [md["fov"]]
+    role = md.get("kind")
+    keys = {
+        "fov_key": fov_key,
+        "sample_key": sample_key,
+        "samples": [md.get("sample")],
+        "size": size,
+    }
     if role == PREDICTED_ROLE:
-        return predicted_layer_specs(result, fov, fov_key, size=size)[0]
+        return predicted_layer_specs(result, **keys)[0]
     if role == INTERVAL_ROLE:
-        level = md.get("level", "90")
-        return interval_layer_specs(result, md["value"], level, fov, fov_key, size=size)[0]
+        return interval_layer_specs(result, md["value"], md.get("level", "90"), **keys)[0]
     # str(): a layer without a kind fails in values() (InputError) as before
-    return value_layer_specs(result, str(role), md["value"], fov, fov_key, size=size)[0]
+    return value_layer_specs(result, str(role), md["value"], **keys)[0]
 
 
 #: ``kind`` of an exploration layer kept, unchanged, from a previous result.
@@ -321,7 +350,7 @@ def detach_layer(layer: Layer) -> None:
     rows any more), what it showed stays in the metadata dict's ``previous`` and its name says so.
     """
     md = dict(plugin_meta(layer))
-    shown = {k: md.pop(k, None) for k in ("kind", "value", "fov", "level")}
+    shown = {k: md.pop(k, None) for k in ("kind", "value", "sample", "level")}
     for key in ("explore", "rows"):
         md.pop(key, None)
     md["kind"] = PREVIOUS_ROLE
@@ -332,12 +361,12 @@ def detach_layer(layer: Layer) -> None:
 
 
 def refresh_layers(
-    viewer: Any, result: Any, fov_key: str | None = None
+    viewer: Any, result: Any, fov_key: str | None = None, sample_key: str | None = None
 ) -> tuple[list[Points], list[Points]]:
-    """Give the exploration layers the values of a new result (same genes, clusters and FOVs).
+    """Give the exploration layers the values of a new result (same genes, clusters, samples).
 
-    Layers whose gene, cluster, interval level or FOV the new result lacks, or whose FOV changed
-    size, are kept unchanged with the previous result's values, detached from the exploration
+    Layers whose gene, cluster, interval level or sample the new result lacks, or whose sample
+    changed size, are kept unchanged with the previous result's values, detached from the exploration
     (:func:`detach_layer`): nothing the user opened disappears. ``result=None`` (the result was
     cleared) removes them all.
 
@@ -356,14 +385,15 @@ def refresh_layers(
             viewer.layers.remove(layer)
             continue
         try:
-            spec = _fresh_spec(result, md, fov_key, float(np.mean(layer.size)))
+            spec = _fresh_spec(result, md, fov_key, sample_key, float(np.mean(layer.size)))
             if len(spec.data) != len(layer.data):
-                raise ValueError("FOV changed")
+                raise ValueError("sample changed")
         except Exception:
             detach_layer(layer)
             detached.append(layer)
             continue
         layer.data = spec.data
+        layer.translate = spec.kwargs["translate"]
         if md.get("kind") == PREDICTED_ROLE:  # categorical: same colour column, new values
             layer.features = spec.features
             layer.metadata = {**layer.metadata, META_KEY: dict(spec.meta)}
@@ -373,23 +403,21 @@ def refresh_layers(
     return kept, detached
 
 
-def jump_to_fov(viewer: Any, result: Any, fov: str, fov_key: str | None = None) -> None:
-    """Center the camera on one FOV and zoom to its bounding box."""
-    layers = [
-        layer
-        for layer in viewer.layers
-        if str(plugin_meta(layer).get("fov")) == str(fov) and layer.visible
-    ]
-    if layers:
-        viewer.fit_to_view(layers=layers)
-        return
-    center, size = fov_bounds(result, fov_key, fov)
-    camera = viewer.scene.camera
+def jump_to_fov(
+    viewer: Any, result: Any, fov: str, fov_key: str | None = None, sample_key: str | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Center the camera on one FOV where it is drawn and zoom to its bounds.
+
+    Returns the FOV's ``(center, size)`` in world ``(y, x)``.
+    """
+    fov_key = resolve_fov_key(result, fov_key)
+    sample_key = resolve_sample_key(result, sample_key, fov_key)
+    center, size = fov_bounds(result, fov_key, fov, sample_key)
+    camera = getattr(getattr(viewer, "scene", None), "camera", None) or viewer.camera
     camera.center = (float(center[0]), float(center[1]))
     canvas = getattr(getattr(viewer, "canvas", None), "size", None) or (600, 800)
-    from napari_spatial_impute.viz.explore import camera_for_box
-
     camera.zoom = camera_for_box(center, size, tuple(canvas))
+    return center, size
 
 
 def notify_error(exc: BaseException) -> None:
@@ -405,3 +433,49 @@ def as_rows(layer: Layer, indices: Iterable[int]) -> np.ndarray:
     if rows is None:
         return idx
     return np.asarray(rows, dtype=np.int64)[idx]
+
+
+#: Roles placed side by side (grid cells from the top left), in this order.
+SIDE_BY_SIDE_ROLES: tuple[str, ...] = (
+    "imputed",
+    "measured",
+    INTERVAL_ROLE,
+    "probability",
+    PREDICTED_ROLE,
+)
+
+
+def arrange_side_by_side(viewer: Any, on: bool = True) -> list[list[Layer]]:
+    """Measured beside imputed (and interval width, probability, most likely cluster): one
+    grid cell per role with linked cameras, each cell holding that role's layer of every sample.
+
+    napari's grid fills cells from the top of the layer list in groups of ``|stride|`` layers;
+    the exploration layers are moved to the top, role by role, and the stride is the number of
+    samples, so every cell shows one role of the whole section(s). Other layers (outlines,
+    images, the reference) fill the cells after them. ``on=False`` turns the grid off.
+
+    Returns the role groups placed (top-left cell first).
+    """
+    if not on:
+        viewer.grid.enabled = False
+        return []
+    groups: list[list[Layer]] = []
+    for role in SIDE_BY_SIDE_ROLES:
+        group = [
+            lay
+            for lay in viewer.layers
+            if plugin_meta(lay).get("kind") == role and plugin_meta(lay).get("explore")
+        ]
+        if group:
+            groups.append(group)
+    size = max((len(g) for g in groups), default=1)
+    if any(len(g) != size for g in groups):  # e.g. a role shown for some samples only
+        size = 1
+    # the list's top is the first cell: move the last role up first, the first role last
+    for group in reversed(groups):
+        for layer in group:
+            index = list(viewer.layers).index(layer)
+            viewer.layers.move(index, len(viewer.layers))
+    viewer.grid.stride = -size
+    viewer.grid.enabled = True
+    return groups

@@ -100,7 +100,7 @@ def legend_rows(layers: list[Any], column: str) -> pd.DataFrame:
 
 
 def sibling_layers(viewer: Any, layer: Any, column: str) -> list[Any]:
-    """``layer`` and the viewer's other plugin layers showing the same thing (its other FOVs)."""
+    """``layer`` and the viewer's other plugin layers showing the same thing (its other samples)."""
     meta = plugin_meta(layer)
     same = [
         lay
@@ -115,7 +115,7 @@ def sibling_layers(viewer: Any, layer: Any, column: str) -> list[Any]:
 class LegendWidget(PluginWidget):
     """Legend of the selected categorical layer; untick a category to hide its cells.
 
-    The layer's siblings (the plugin layers showing the same thing in other FOVs) are listed and
+    The layer's siblings (the plugin layers showing the same thing in other samples) are listed and
     hidden together with it.
 
     Parameters

@@ -4,7 +4,7 @@
   reference cells they map to on the reference layer (metadata ``kind == "reference"``)
   in a ``"linked reference cells"`` layer drawn over it.
 * Selecting reference cells shows where their (most frequent) cluster maps: its probability
-  layers in every FOV, plus a ``"linked spatial cells"`` layer marking the spatial cells whose
+  layers of every sample, plus a ``"linked spatial cells"`` layer marking the spatial cells whose
   best mapped unit is one of the selected reference cells.
 
 One controller per viewer (:func:`get_link_controller`); the widgets install it. Events are
@@ -41,8 +41,8 @@ from napari_spatial_impute.viz.layers import (
     plugin_meta,
     point_size,
     result_cluster_key,
-    to_napari,
 )
+from napari_spatial_impute.viz.sections import display_yx, resolve_fov_key, resolve_sample_key
 
 SPATIAL_ROLES = ("imputed", "measured", "probability", "predicted", "spatial")
 REFERENCE_HIGHLIGHT = "linked reference cells"
@@ -249,30 +249,31 @@ class LinkController(QObject):
         ):
             old = [lay for lay in self._linked_cluster_layers if lay in self.viewer.layers]
             self._linked_cluster_layers = open_cluster(
-                self.viewer, result, cluster, None, self.model.fov_key, recolor_layers=old
+                self.viewer,
+                result,
+                cluster,
+                fov_key=self.model.fov_key,
+                sample_key=self.model.sample_key,
+                recolor_layers=old,
             )
-        rows: np.ndarray | list[int] = (
+        rows = np.asarray(
             spatial_rows_for_reference(result, reference, ref_rows, self._unit_matrix())
             if len(ref_rows)
-            else []
+            else [],
+            dtype=np.int64,
         )
-        spatial_layers = [
-            lay for lay in self.viewer.layers if plugin_meta(lay).get("fov") is not None
-        ]
-        like = spatial_layers[0] if spatial_layers else None
+        explore = [lay for lay in self.viewer.layers if plugin_meta(lay).get("explore")]
         base = (
-            float(np.mean(like.size))
-            if isinstance(like, Points) and len(like.size)
+            float(np.mean(explore[0].size))
+            if isinstance(explore[0] if explore else None, Points) and len(explore[0].size)
             else point_size(result)
         )
-        size = base * 1.8
         feats = pd.DataFrame({"cell": np.asarray(result.obs_names[rows], dtype=object)})
+        fov_key = resolve_fov_key(result, self.model.fov_key)
+        samples = resolve_sample_key(result, self.model.sample_key, fov_key)
+        # where the cells are drawn (samples side by side), so no transform of any one layer
         self._highlight(
-            SPATIAL_HIGHLIGHT,
-            to_napari(result, np.asarray(rows, dtype=np.int64), ndim=2),
-            like,
-            size,
-            feats,
+            SPATIAL_HIGHLIGHT, display_yx(result, rows, samples), None, base * 1.8, feats
         )
         return cluster
 

@@ -28,8 +28,10 @@ from napari_spatial_impute._errors import InputError
 from napari_spatial_impute.io.files import (
     check_fov_key,
     find_fov_key,
+    find_sample_key,
     fov_labels,
     read_h5ad,
+    sample_labels,
     validate_adata,
 )
 from napari_spatial_impute.plugin.widgets.base import PluginWidget
@@ -38,6 +40,7 @@ from napari_spatial_impute.viz.layers import (
     META_KEY,
     beside_transform,
     bounds_of,
+    drawn_points,
     ensure_umap,
     guess_cluster_key,
     plugin_meta,
@@ -58,8 +61,9 @@ def data_summary(
     spatial: ad.AnnData | None,
     cluster_key: str | None,
     fov_key: str | None,
+    sample_key: str | None = None,
 ) -> str:
-    """The counts shown by the widget: cells, genes, clusters, FOVs and shared genes."""
+    """The counts shown by the widget: cells, genes, clusters, FOVs, samples and shared genes."""
     lines = []
     if reference is not None:
         n_cl = reference.obs[cluster_key].nunique() if cluster_key in reference.obs else 0
@@ -69,8 +73,10 @@ def data_summary(
         )
     if spatial is not None:
         n_fov = len(fov_labels(spatial, fov_key).categories)
+        n_samples = len(sample_labels(spatial, sample_key or None).categories)
         lines.append(
             f"Spatial: {spatial.n_obs:,} cells x {spatial.n_vars:,} genes, {n_fov} FOV{'s' if n_fov != 1 else ''}"
+            + (f" in {n_samples} samples" if n_samples > 1 else "")
         )
     if reference is not None and spatial is not None:
         shared = set(map(str.lower, map(str, reference.var_names))) & set(
@@ -134,7 +140,14 @@ class LoadWidget(PluginWidget):
         self.cluster_combo = QComboBox()
         self.cluster_combo.setToolTip("reference obs column with the cell types/clusters")
         self.fov_combo = QComboBox()
-        self.fov_combo.setToolTip("spatial obs column with the field of view (one layer per FOV)")
+        self.fov_combo.setToolTip(
+            "spatial obs column with the field of view (a feature of the cells, for navigation)"
+        )
+        self.sample_combo = QComboBox()
+        self.sample_combo.setToolTip(
+            "spatial obs column with the sample/section: one layer per sample, laid out side by "
+            "side when samples share coordinates"
+        )
         self.color_combo = QComboBox()
         self.color_combo.setToolTip("spatial obs column that colours the cells")
         self.summary = QLabel("Nothing loaded yet.")
@@ -148,6 +161,7 @@ class LoadWidget(PluginWidget):
         form.addRow("", self.load_button)
         form.addRow("Cluster key", self.cluster_combo)
         form.addRow("FOV key", self.fov_combo)
+        form.addRow("Sample key", self.sample_combo)
         form.addRow("Colour cells by", self.color_combo)
         layout = QVBoxLayout(self)
         layout.addLayout(form)
@@ -157,6 +171,7 @@ class LoadWidget(PluginWidget):
 
         self.cluster_combo.currentTextChanged.connect(self._cluster_changed)
         self.fov_combo.currentTextChanged.connect(self._fov_changed)
+        self.sample_combo.currentTextChanged.connect(self._sample_changed)
         self.color_combo.currentTextChanged.connect(self._color_changed)
         self.on_layers_changed(self._refresh_layer_choices)
         self._refresh_layer_choices()
@@ -251,7 +266,8 @@ class LoadWidget(PluginWidget):
             self.model.set_spatial(spa)
         ck = guess_cluster_key(ref) if ref is not None else self.model.cluster_key
         fk = find_fov_key(spa) if spa is not None else self.model.fov_key
-        self.model.set_keys(cluster_key=ck, fov_key=fk)
+        sk = (find_sample_key(spa, fk) or "") if spa is not None else self.model.sample_key
+        self.model.set_keys(cluster_key=ck, fov_key=fk, sample_key=sk)
         self._fill_keys()
         self.status.setText("Loaded.")
         if spa is not None and spa_src:
@@ -276,6 +292,7 @@ class LoadWidget(PluginWidget):
         for combo, adata, current in (
             (self.cluster_combo, ref, self.model.cluster_key),
             (self.fov_combo, spa, self.model.fov_key),
+            (self.sample_combo, spa, self.model.sample_key),
             (self.color_combo, spa, self.color_combo.currentText()),
         ):
             combo.blockSignals(True)
@@ -287,7 +304,9 @@ class LoadWidget(PluginWidget):
 
     def _update_summary(self) -> None:
         m = self.model
-        self.summary.setText(data_summary(m.reference, m.spatial, m.cluster_key, m.fov_key))
+        self.summary.setText(
+            data_summary(m.reference, m.spatial, m.cluster_key, m.fov_key, m.sample_key)
+        )
 
     @staticmethod
     def _key(text: str) -> str | None:
@@ -346,6 +365,7 @@ class LoadWidget(PluginWidget):
         data = spatial_layers(
             spa,
             fov_key=self.model.fov_key,
+            sample_key=self.model.sample_key,
             color_by=self._key(self.color_combo.currentText()),
             name="spatial",
             role="spatial",
@@ -379,7 +399,7 @@ class LoadWidget(PluginWidget):
         if ref is not self.model.reference:
             return
         bounds = (
-            bounds_of([layer.data for layer in self.spatial_layers])
+            bounds_of([drawn_points(layer) for layer in self.spatial_layers])
             if self.spatial_layers
             else None
         )
@@ -396,7 +416,7 @@ class LoadWidget(PluginWidget):
         if layer is None or not self.spatial_layers:
             return
         scale, translate = beside_transform(
-            layer.data, bounds_of([s.data for s in self.spatial_layers])
+            layer.data, bounds_of([drawn_points(s) for s in self.spatial_layers])
         )
         layer.scale, layer.translate = scale, translate
 
@@ -422,6 +442,25 @@ class LoadWidget(PluginWidget):
                 self.fov_combo.blockSignals(False)
                 return
         self.model.set_keys(cluster_key=self.model.cluster_key, fov_key=key)
+        if self.spatial_layers:
+            self.show_spatial()
+        self._update_summary()
+
+    def _sample_changed(self, text: str) -> None:
+        key, spatial = self._key(text), self.model.spatial
+        if key is not None and spatial is not None:
+            try:
+                find_sample_key(spatial, self.model.fov_key, key)  # at most MAX_SAMPLES values
+            except InputError as exc:
+                self.status.setText(f"Error: {exc}")
+                show_error(str(exc))
+                self.sample_combo.blockSignals(True)
+                self.sample_combo.setCurrentText(self.model.sample_key or NONE)
+                self.sample_combo.blockSignals(False)
+                return
+        self.model.set_keys(
+            cluster_key=self.model.cluster_key, fov_key=self.model.fov_key, sample_key=key or ""
+        )
         if self.spatial_layers:
             self.show_spatial()
         self._update_summary()

@@ -173,7 +173,7 @@ class MapWidget(PluginWidget):
     Tangram map the progress bar and the score plot follow its epochs, updated at most every
     75 ms (the last epoch always shown), for the ensemble a busy bar runs. Cancel, or closing the
     widget, stops it before the next epoch and adds nothing. On success the result AnnData goes
-    into the model and one most-likely-cluster layer per FOV is added, replacing the layers of
+    into the model and one most-likely-cluster layer per sample is added, replacing the layers of
     this widget's previous run. Input problems that do not stop a mapping (the reference given as
     spatial data, a per-cell number as cluster key) are shown above the settings and as napari
     warnings when the run starts.
@@ -362,7 +362,9 @@ class MapWidget(PluginWidget):
         state.abandoned = False
         cancel = state.cancel
         n = params["epochs"]
-        finish = partial(result_layers, fov_key=self.model.fov_key)
+        finish = partial(
+            result_layers, fov_key=self.model.fov_key, sample_key=self.model.sample_key
+        )
 
         def mapping() -> Any:
             return (yield from guarded(iter_mapping(ref, spa, cancel, finish, **params)))
