@@ -13,8 +13,9 @@ from _explore_data import load_into
 from napari_spatial_impute.io.datasets import shared_data_dir
 from napari_spatial_impute.plugin.model import get_model
 from napari_spatial_impute.plugin.widgets.image_widget import ImageWidget
-from napari_spatial_impute.viz.explore import fov_rows, values
+from napari_spatial_impute.viz.explore import values
 from napari_spatial_impute.viz.layers import plugin_meta, to_napari
+from napari_spatial_impute.viz.sections import fov_rows
 
 DATA = shared_data_dir() or Path("/nonexistent-shared-data")
 

@@ -16,7 +16,6 @@ from napari_spatial_impute.io import schema
 from napari_spatial_impute.viz import explore as ex
 from napari_spatial_impute.viz import image_link as il
 from napari_spatial_impute.viz import plots
-from napari_spatial_impute.viz.layers import to_napari
 
 
 @functools.lru_cache(maxsize=1)
@@ -38,17 +37,6 @@ def data():
     return ref.copy(), res.copy()
 
 
-def test_fov_rows_natural_order_and_partition(data):
-    ref, res = data
-    rows = ex.fov_rows(res, "fov")
-    assert list(rows) == ["1", "2", "10"]
-    allrows = np.sort(np.concatenate(list(rows.values())))
-    assert np.array_equal(allrows, np.arange(res.n_obs))
-    assert list(ex.fov_rows(res, None)) == ["1", "2", "10"]  # a usual FOV column is found
-    del res.obs["fov"]
-    assert list(ex.fov_rows(res, None)) == ["0"]
-
-
 def test_robust_limits():
     v = np.r_[np.zeros(10), np.linspace(0, 1, 100), 1000.0]
     lo, hi = ex.robust_limits(v)
@@ -58,28 +46,40 @@ def test_robust_limits():
     assert ex.robust_limits(np.zeros(4))[1] > 0
 
 
-def test_value_specs_share_limits_across_fovs(data):
+def test_value_specs_one_layer_per_sample_with_shared_limits(data):
     ref, res = data
     specs = ex.value_layer_specs(res, "imputed", "GAD1", fov_key="fov")
-    assert [s.name for s in specs] == [f"Gad1 imputed · FOV {f}" for f in ("1", "2", "10")]
+    assert [s.name for s in specs] == ["Gad1 imputed"]  # no sample column: one layer, all cells
+    assert np.array_equal(specs[0].meta["rows"], np.arange(res.n_obs))
+    assert list(specs[0].features["fov"].cat.categories) == ["1", "2", "10"]  # FOV: a feature
+    res.obs["sample"] = pd.Categorical(np.where(np.arange(res.n_obs) % 3 == 0, "B", "A"))
+    specs = ex.value_layer_specs(res, "imputed", "GAD1", fov_key="fov", sample_key="sample")
+    assert [s.name for s in specs] == ["Gad1 imputed · A", "Gad1 imputed · B"]
+    assert [s.meta["sample"] for s in specs] == ["A", "B"]
     limits = {s.kwargs["face_contrast_limits"] for s in specs}
     assert len(limits) == 1
     assert limits.pop() == ex.robust_limits(ex.values(res, "imputed", "Gad1"))
+    together = np.sort(np.concatenate([s.meta["rows"] for s in specs]))
+    assert np.array_equal(together, np.arange(res.n_obs))  # every cell in exactly one layer
     for s in specs:
         kw = s.add_kwargs()
         assert kw["face_color"] == "Gad1" and kw["face_colormap"] == "viridis"
         assert s.features["Gad1"].dtype == np.float32
         rows = s.meta["rows"]
         assert np.array_equal(s.data, res.obsm["spatial"][rows][:, ::-1])
-    meas = ex.value_layer_specs(res, "measured", "Gad1", ["2"], "fov")
-    assert meas[0].name == "Gad1 measured · FOV 2"
+        assert np.allclose(s.features["Gad1"], ex.values(res, "imputed", "Gad1")[rows])
+    # the two samples share coordinates: laid out side by side by their layers' translate
+    (a, b) = (np.asarray(s.kwargs["translate"]) for s in specs)
+    assert not np.allclose(a, b)
+    meas = ex.value_layer_specs(res, "measured", "Gad1", sample_key="sample", samples=["B"])
+    assert meas[0].name == "Gad1 measured · B"
     assert np.allclose(
         meas[0].features["Gad1"],
         res.obsm["measured"]["Gad1"].to_numpy()[meas[0].meta["rows"]],
     )
     cl = ex.cluster_names(res)[0]
-    prob = ex.value_layer_specs(res, "probability", cl, ["1"], "fov")
-    assert prob[0].name == f"{cl} probability · FOV 1"
+    prob = ex.value_layer_specs(res, "probability", cl, sample_key="")
+    assert prob[0].name == f"{cl} probability"
     assert prob[0].kwargs["face_contrast_limits"][0] == 0.0
 
 
@@ -89,7 +89,8 @@ def test_errors_are_one_line(data):
         lambda: ex.values(res, "imputed", "nope"),
         lambda: ex.values(res, "probability", "nope"),
         lambda: ex.values(res, "other", "Gad1"),
-        lambda: ex.value_layer_specs(res, "imputed", "Gad1", ["99"], "fov"),
+        lambda: ex.value_layer_specs(res, "imputed", "Gad1", samples=["99"]),
+        lambda: ex.value_layer_specs(res, "imputed", "Gad1", sample_key="mapped_share"),
     ):
         with pytest.raises(InputError) as err:
             call()
@@ -100,8 +101,10 @@ def test_predicted_specs_categorical(data):
     ref, res = data
     specs = ex.predicted_layer_specs(res, fov_key="fov")
     s = specs[0]
-    assert s.name == "most likely cell_type · FOV 1"
+    assert s.name == "most likely cell_type"
     assert isinstance(s.features["cell_type"].dtype, pd.CategoricalDtype)
+    predicted = res.obs["cell_type_predicted"].astype(str).to_numpy()
+    assert (s.features["cell_type"].astype(str).to_numpy() == predicted).all()
     cycle = s.kwargs["face_color_cycle"]
     assert set(cycle) == set(res.obs["cell_type_predicted"].cat.categories)
     assert len(set(cycle.values())) == len(cycle)
@@ -109,16 +112,40 @@ def test_predicted_specs_categorical(data):
 
 def test_hover_text(data):
     ref, res = data
-    df = ex.hover_features(res, np.array([0, 1]))
-    row0 = np.asarray(res.X[0]).ravel()
-    top = res.var_names[np.argmax(row0)]
-    assert df.loc[0, "top imputed"].startswith(f"{top} ")
+    df = ex.hover_features(res, np.array([0, 1]), fov_key="fov")
+    assert list(df.columns) == ["cell", "fov", "top cluster", "p", "2nd cluster", "p 2nd"]
+    assert df.loc[0, "cell"] == res.obs_names[0]
+    assert df.loc[0, "fov"] == str(res.obs["fov"].iloc[0])
     probs = res.obsm["cluster_probabilities"]
-    assert df.loc[0, "top clusters"].startswith(str(probs.columns[np.argmax(probs.iloc[0])]))
-    text = ex.cell_summary(res, 0, ["Gad1"])
+    order = np.argsort(-probs.iloc[0].to_numpy())
+    assert df.loc[0, "top cluster"] == str(probs.columns[order[0]])
+    assert df.loc[0, "2nd cluster"] == str(probs.columns[order[1]])
+    assert df.loc[0, "p"] == pytest.approx(probs.iloc[0, order[0]])
+    assert df.loc[0, "p"] >= df.loc[0, "p 2nd"]
+    text = ex.cell_summary(res, 0, ["Gad1"])  # the click summary keeps the top imputed genes
+    row0 = np.asarray(res.X[0]).ravel()
+    assert f"top imputed: {res.var_names[np.argmax(row0)]} " in text
     assert res.obs_names[0] in text and "Gad1 imputed" in text
     hw = res.layers["interval_90_halfwidth"][0, res.var_names.get_loc("Gad1")]
     assert f"(90% interval ± {hw:.3g})" in text
+
+
+def test_top_clusters_match_a_full_sort():
+    rng = np.random.default_rng(1)
+    n, k = 3000, 7
+    res = ad.AnnData(X=np.zeros((n, 1), dtype=np.float32))
+    p = rng.dirichlet(np.ones(k), n).astype(np.float32)
+    res.obsm["cluster_probabilities"] = pd.DataFrame(
+        p, columns=list("ABCDEFG"), index=res.obs_names
+    )
+    rows = rng.permutation(n)[:1000]
+    got = ex.top_clusters(res, rows)
+    order = np.argsort(-p[rows], axis=1)
+    names = np.array(list("ABCDEFG"))
+    assert (got["top cluster"].astype(str).to_numpy() == names[order[:, 0]]).all()
+    assert (got["2nd cluster"].astype(str).to_numpy() == names[order[:, 1]]).all()
+    assert np.allclose(got["p"], p[rows, order[:, 0]])
+    assert np.allclose(got["p 2nd"], p[rows, order[:, 1]])
 
 
 def test_linking_maps(data):
@@ -135,16 +162,6 @@ def test_linking_maps(data):
     assert ex.reference_weights(res, ref, [], units).empty
     labels = ref.obs["cell_type"].astype(str)
     assert ex.dominant_cluster(ref, "cell_type", [0, 0, 1]) == labels.iloc[0]
-
-
-def test_fov_bounds_and_zoom(data):
-    ref, res = data
-    center, size = ex.fov_bounds(res, "fov", "2")
-    rows = ex.fov_rows(res, "fov")["2"]
-    yx = to_napari(res, rows, ndim=2)
-    assert np.allclose(center, (yx.min(0) + yx.max(0)) / 2)
-    zoom = ex.camera_for_box(center, size, (600, 800))
-    assert zoom * size.max() <= 800
 
 
 def test_label_image_functions(tmp_path):
@@ -218,7 +235,7 @@ def test_plots_draw(data):
 
 
 def test_large_layer_spec_is_fast():
-    """200,000 cells: building one FOV's layer data (with hover text) stays interactive."""
+    """200,000 cells: building the layer data (with hover text) stays interactive."""
     import time
 
     rng = np.random.default_rng(0)
@@ -251,9 +268,7 @@ def test_interval_specs_names_values_and_shared_limits(data):
         w = eu.interval_widths(res, "gad1", level)
         assert np.allclose(w, 2 * res.layers["interval_90_halfwidth"][:, j])
     specs = eu.interval_layer_specs(res, "gad1", "67", fov_key="fov")
-    assert [s.name for s in specs] == [
-        f"Gad1 67% interval width · FOV {f}" for f in ("1", "2", "10")
-    ]
+    assert [s.name for s in specs] == ["Gad1 67% interval width"]
     all_w = 2 * np.asarray(res.layers["interval_67_halfwidth"][:, j], dtype=np.float64)
     for s in specs:
         md = s.meta
@@ -270,12 +285,12 @@ def test_imputed_hover_has_interval_only_with_intervals(data):
     from napari_spatial_impute.viz import intervals as eu
 
     ref, res = data
-    spec = ex.value_layer_specs(res, "imputed", "Gad1", ["1"], "fov")[0]
+    spec = ex.value_layer_specs(res, "imputed", "Gad1", fov_key="fov")[0]
     rows = spec.meta["rows"]
     assert np.allclose(spec.features["90% interval ±"], schema.halfwidths(res, "Gad1", "90", rows))
     for k in list(res.layers.keys()):
         del res.layers[k]
-    spec = ex.value_layer_specs(res, "imputed", "Gad1", ["1"], "fov")[0]
+    spec = ex.value_layer_specs(res, "imputed", "Gad1", fov_key="fov")[0]
     assert "90% interval ±" not in spec.features.columns
     assert schema.interval_levels(res) == []
     with pytest.raises(InputError, match="no 90% intervals"):

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from napari_spatial_impute.plugin.writer import layers_to_anndata
+from napari_spatial_impute.viz.coords import from_napari
 from napari_spatial_impute.viz.layers import (
     CELL_COLUMN,
     META_KEY,
@@ -18,7 +19,6 @@ from napari_spatial_impute.viz.layers import (
     bounds_of,
     color_kwargs,
     features_frame,
-    from_napari,
     point_size,
     recolor,
     reference_layer,
@@ -45,12 +45,16 @@ def test_point_size_is_neighbour_spacing():
     assert point_size(g) == pytest.approx(4.5)
 
 
-def test_spatial_layers_one_per_fov_with_features(merfish):
+def test_spatial_layers_one_per_sample_fov_a_feature(merfish):
     _, spa = merfish
     spa.obs["fov"] = np.where(np.arange(spa.n_obs) % 3 == 0, "b", "a")  # text, not categorical
     spa.obs["count"] = np.arange(spa.n_obs, dtype=np.float32)
-    out = spatial_layers(spa, color_by="fov", name="sp")
-    assert [kw["name"] for _, kw, _ in out] == ["sp · FOV a", "sp · FOV b"]
+    ((data, kw, _),) = spatial_layers(spa, color_by="fov", name="sp")  # one layer, not per FOV
+    assert kw["name"] == "sp" and len(data) == spa.n_obs
+    assert isinstance(kw["features"]["fov"].dtype, pd.CategoricalDtype)
+    spa.obs["section"] = pd.Categorical(np.where(np.arange(spa.n_obs) < 400, "s2", "s1"))
+    out = spatial_layers(spa, color_by="fov", name="sp")  # "section" is found as the sample
+    assert [kw["name"] for _, kw, _ in out] == ["sp · s1", "sp · s2"]
     assert sum(len(d) for d, _, _ in out) == spa.n_obs
     for data, kw, kind in out:
         assert kind == "points"
@@ -62,8 +66,15 @@ def test_spatial_layers_one_per_fov_with_features(merfish):
         np.testing.assert_array_equal(kw["metadata"][META_KEY]["rows"], rows)
         assert kw["face_color"] == "fov" and set(kw["face_color_cycle"]) == {"a", "b"}
         assert kw["metadata"][META_KEY]["adata"] is spa
-    one = spatial_layers(spa, fov_key=None, detect_fov=False)
+        assert kw["metadata"][META_KEY]["sample_key"] == "section"
+    # the two sections share coordinates, so they are drawn side by side, never overlapping
+    (d1, k1, _), (d2, k2, _) = out
+    box1 = np.r_[d1.min(0) + k1["translate"], d1.max(0) + k1["translate"]]
+    box2 = np.r_[d2.min(0) + k2["translate"], d2.max(0) + k2["translate"]]
+    assert box1[3] < box2[1] or box2[3] < box1[1] or box1[2] < box2[0] or box2[2] < box1[0]
+    one = spatial_layers(spa, fov_key=None, sample_key="", detect_fov=False)
     assert len(one) == 1 and len(one[0][0]) == spa.n_obs
+    assert np.allclose(one[0][1]["translate"], 0)
 
 
 def test_3d_coordinates(merfish):
@@ -80,7 +91,7 @@ def test_result_layers_colour_by_predicted(merfish):
     ref, spa = merfish
     res = map_cells_to_space(ref, spa, cluster_key="cell_type", epochs=5).to_anndata()
     ((data, kw, _),) = spatial_layers(res)
-    assert kw["name"] == "most likely cell_type · FOV 0"
+    assert kw["name"] == "most likely cell_type"
     assert kw["face_color"] == "cell_type_predicted"
     assert kw["metadata"][META_KEY]["kind"] == PREDICTED_ROLE
     assert kw["metadata"][META_KEY]["role"] == "result"
