@@ -1,4 +1,4 @@
-"""Shared test data of the exploration widgets: a MERFISH result with two fake FOVs."""
+"""Shared test data of the exploration widgets: a MERFISH result with two samples of two FOVs."""
 
 from __future__ import annotations
 
@@ -16,7 +16,9 @@ from napari_spatial_impute.viz.layers import META_KEY
 def _pair_and_result() -> tuple[ad.AnnData, ad.AnnData, ad.AnnData]:
     ref, spa = load_merfish_hypothalamus()
     x = spa.obsm["spatial"][:, 0]
-    spa.obs["fov"] = np.where(x < np.median(x), "1", "2")
+    q = np.quantile(x, [0.25, 0.5, 0.75])
+    spa.obs["fov"] = np.array(["1", "2", "3", "4"])[np.searchsorted(q, x)]
+    spa.obs["sample"] = np.where(x < q[1], "A", "B")  # apart in space: drawn where they are
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         res = map_cells_to_space(ref, spa, cluster_key="cell_type", epochs=30).to_anndata()
@@ -24,7 +26,8 @@ def _pair_and_result() -> tuple[ad.AnnData, ad.AnnData, ad.AnnData]:
 
 
 def merfish_with_fovs() -> tuple[ad.AnnData, ad.AnnData, ad.AnnData]:
-    """(reference, spatial with obs ``fov`` "1"/"2" split at the median x, result) copies."""
+    """(reference, spatial, result) copies; obs ``sample`` "A"/"B" split at the median x, each
+    of two FOVs (obs ``fov`` "1", "2" in A and "3", "4" in B, split at the x quartiles)."""
     ref, spa, res = _pair_and_result()
     return ref.copy(), spa.copy(), res.copy()
 
@@ -61,7 +64,7 @@ def load_into(viewer, with_cv: bool = False):
     model = get_model(viewer)
     model.set_reference(ref)
     model.set_spatial(spa)
-    model.set_keys(cluster_key="cell_type", fov_key="fov")
+    model.set_keys(cluster_key="cell_type", fov_key="fov", sample_key="sample")
     model.set_result(res)
     return model
 
