@@ -19,15 +19,43 @@ which path was taken.
 Needs a display: run under ``xvfb-run -a`` (or a real desktop); ``QT_QPA_PLATFORM=offscreen``
 also works but does not render with OpenGL, which under-states drawing costs.
 
-Usage::
+Usage (``--scenario legacy``, the default: the above)::
 
     xvfb-run -a python benchmarks/gui_responsiveness.py --n-ref 2000 --n-sp 20000 --n-genes 130 \
         --epochs 200 --repeats 3
+
+Whole sections (issue 12, "Numbers"): ``--scenario seed`` (the seed's shape: 40,864 spatial cells
+in 140 FOVs over 4 samples, 9,448 reference cells, 2,000 reference genes, 132 panel genes) and
+``--scenario section1m`` (10^6 cells in one section with 500 FOVs, 3,000 reference cells and 400
+reference genes so that the result, 10^6 x 400 float32 = 1.6 GB, fits beside napari). In a shown
+1920x1080 viewer the plugin's Load widget draws the spatial data, the Map widget maps in a worker,
+the Explore widget shows a gene, switches genes (``--switches``), shows a cluster probability and
+goes to a FOV with the others dimmed; each step's wall time, next frame, longest event-loop stall,
+layer count and RSS are recorded (see ``explore_sections.py``). The peers run in their own
+processes on the same cells: ``bare`` (the same layers with napari's public API, the switch with
+public setters) and ``spatialdata`` (napari-spatialdata in its own virtual environment,
+``--sd-python``). Writes ``gui_explore_<scenario>[_<tag>].json`` and ``.md`` and two screenshots
+(``gui_explore_<scenario>_gene.png``, ``..._fov.png``) into ``--out-dir``::
+
+    xvfb-run -a -s "-screen 0 1920x1080x24" .venv/bin/python benchmarks/gui_responsiveness.py \
+        --scenario seed --out-dir out/gui
+    xvfb-run -a -s "-screen 0 1920x1080x24" .venv/bin/python benchmarks/gui_responsiveness.py \
+        --scenario section1m --out-dir out/gui
+    # a small smoke run (well under two minutes)
+    xvfb-run -a -s "-screen 0 1920x1080x24" .venv/bin/python benchmarks/gui_responsiveness.py \
+        --scenario seed --cells 20000 --fovs 20 --samples 2 --reference-cells 1000 \
+        --ref-genes 300 --tag small --out-dir out/gui
+
+The napari-spatialdata environment (never the project's ``.venv``)::
+
+    /root/.pyenv/versions/3.11.7/bin/python -m venv /work/venv-sd
+    /work/venv-sd/bin/pip install "napari[pyqt6]" napari-spatialdata spatialdata
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -325,11 +353,226 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--tag", default="")
     p.add_argument("--out-dir", type=Path, default=common.BENCH_OUT)
+    p.add_argument(
+        "--scenario",
+        choices=["legacy", "seed", "section1m"],
+        default="legacy",
+        help="legacy: stalls while mapping (the options above); seed/section1m: whole sections",
+    )
+    sizes = p.add_argument_group("whole-section sizes (override the scenario's)")
+    sizes.add_argument("--cells", type=int)
+    sizes.add_argument("--fovs", type=int)
+    sizes.add_argument("--samples", type=int)
+    sizes.add_argument("--reference-cells", type=int)
+    sizes.add_argument("--ref-genes", type=int)
+    sizes.add_argument("--panel", type=int)
+    p.add_argument("--switches", type=int, default=2, help="gene switches after the first gene")
+    p.add_argument(
+        "--peers",
+        nargs="*",
+        choices=["bare", "spatialdata"],
+        default=["bare", "spatialdata"],
+        help="peers run side by side (own processes); none: --peers with no value",
+    )
+    p.add_argument("--sd-python", default="/work/venv-sd/bin/python")
+    p.add_argument(
+        "--profile",
+        nargs="*",
+        default=[],
+        help="cProfile these plugin steps (load, map, gene, switch1, cluster, fov) into "
+        "<out-dir>/profiles (profiling slows them: their times are then not the numbers)",
+    )
+    p.add_argument("--peer-timeout", type=float, default=1800)
+    p.add_argument(
+        "--keep-peer-inputs",
+        action="store_true",
+        help="keep _peer_<scenario>.pkl/.npz (the peers' inputs) in --out-dir",
+    )
     return p.parse_args(argv)
+
+
+_SIZE_ARGS = {
+    "cells": "n_cells",
+    "fovs": "n_fovs",
+    "samples": "n_samples",
+    "reference_cells": "n_reference",
+    "ref_genes": "n_genes",
+    "panel": "n_panel",
+}
+
+
+def _fmt(v: Any, nd: int = 2) -> str:
+    if v is None or (isinstance(v, float) and not np.isfinite(v)):
+        return ""
+    if isinstance(v, float):
+        return f"{v:.{nd}f}"
+    return str(v)
+
+
+def _steps_md(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        "| step | wall s | draws during it: s (n) | next frame s | its vispy draws: s (n) "
+        "| longest stall s | layers | RSS MiB |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['step']} | {_fmt(r['wall_s'])} | "
+            f"{_fmt(r['action_draw_s'])} ({r['action_n_draws']}) | {_fmt(r['frame_s'])} | "
+            f"{_fmt(r['draw_s'])} ({r['n_draws']}) | {_fmt(r.get('max_stall_s'))} | "
+            f"{r['n_layers']} | {r['rss_mib']:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def _ratio(a: Any, b: Any) -> float:
+    try:
+        return float(a) / float(b) if float(b) > 0 else float("nan")
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+def _peer_md(plugin: list[dict[str, Any]], peers: dict[str, Any]) -> tuple[str, list[dict]]:
+    """One row per comparable step: the plugin's times and each peer's, with the ratios.
+
+    "painted" is the wall time plus the forced next frame: a draw can happen inside an action
+    (napari paints while a layer is inserted), so the frame alone does not compare.
+    """
+    by_key = {r["key"]: r for r in plugin if r.get("key")}
+    head = "| step | plugin wall s | plugin painted s |"
+    sep = "|---|---|---|"
+    ok = {k: v for k, v in peers.items() if isinstance(v, dict) and "rows" in v}
+    for k in ok:
+        head += f" {k} wall s | {k} painted s | plugin/{k} wall | plugin/{k} painted |"
+        sep += "---|---|---|---|"
+    lines, out = [head, sep], []
+    for key in ("load", "gene", *[k for k in by_key if k.startswith("switch")], "cluster", "fov"):
+        if key not in by_key:
+            continue
+        pr = by_key[key]
+        painted = pr["wall_s"] + pr["frame_s"]
+        line = f"| {key} | {_fmt(pr['wall_s'])} | {_fmt(painted)} |"
+        rec: dict[str, Any] = {
+            "key": key,
+            "plugin_wall_s": pr["wall_s"],
+            "plugin_painted_s": painted,
+        }
+        for k, v in ok.items():
+            other = {r["key"]: r for r in v["rows"]}.get(key)
+            if other is None:
+                line += " | | | |"
+                continue
+            o_painted = other["wall_s"] + other["frame_s"]
+            rw = _ratio(pr["wall_s"], other["wall_s"])
+            rp = _ratio(painted, o_painted)
+            line += f" {_fmt(other['wall_s'])} | {_fmt(o_painted)} | {_fmt(rw)} | {_fmt(rp)} |"
+            rec.update(
+                {
+                    f"{k}_wall_s": other["wall_s"],
+                    f"{k}_painted_s": o_painted,
+                    f"ratio_wall_plugin_over_{k}": rw,
+                    f"ratio_painted_plugin_over_{k}": rp,
+                }
+            )
+        lines.append(line)
+        out.append(rec)
+    return "\n".join(lines), out
+
+
+def run_scenario(args: argparse.Namespace) -> dict[str, Any]:
+    """A whole-section scenario (``--scenario seed|section1m``), see the module docstring."""
+    import gc
+
+    import explore_sections as es
+
+    sizes = dict(es.SCENARIOS[args.scenario])
+    for arg, key in _SIZE_ARGS.items():
+        if getattr(args, arg) is not None:
+            sizes[key] = getattr(args, arg)
+    tag = args.scenario + (f"_{args.tag}" if args.tag else "")
+    args.scenario_tag = tag
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    info: dict[str, Any] = common.machine_info()
+    info["args"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    info["scenario"] = args.scenario
+    info["display"] = os.environ.get("DISPLAY", "")
+    info["qt_platform"] = os.environ.get("QT_QPA_PLATFORM", "(default)")
+    log(f"[{tag}] sizes {sizes}")
+    res = es.run_plugin(args, sizes, args.out_dir)
+    info["plugin"] = {"rows": res["rows"], **res["meta"]}
+    peers: dict[str, Any] = {}
+    if args.peers:
+        pkl, npz = es.write_peer_inputs(res["captured"], args.out_dir, tag)
+        del res
+        gc.collect()
+        for kind in args.peers:
+            python = sys.executable if kind == "bare" else args.sd_python
+            if not Path(python).exists():
+                peers[kind] = {"not_run": f"{python} does not exist (napari-spatialdata env)"}
+                log(f"[{tag}] peer {kind}: not run ({peers[kind]['not_run']})")
+                continue
+            log(f"[{tag}] peer {kind} ({python})")
+            out = es.run_peer(kind, pkl if kind == "bare" else npz, python, args.peer_timeout)
+            peers[kind] = out
+            if "rows" not in out:
+                log(f"[{tag}] peer {kind} failed: {out.get('error')}")
+        if not args.keep_peer_inputs:
+            for f in (pkl, npz):
+                f.unlink(missing_ok=True)
+    info["peers"] = peers
+    plugin_rows = info["plugin"]["rows"]
+    cmp_md, cmp_rows = _peer_md(plugin_rows, peers)
+    info["comparison"] = cmp_rows
+    info["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    pm = info["plugin"]
+    md = [
+        f"## GUI: {tag}",
+        "",
+        f"Spatial {pm['spatial_shape'][0]:,} cells x {pm['spatial_shape'][1]} genes in "
+        f"{pm['n_fovs']} FOVs over {pm['n_samples']} sample(s); reference "
+        f"{pm['reference_shape'][0]:,} cells x {pm['reference_shape'][1]:,} genes; result "
+        f"{pm['result_shape'][0]:,} x {pm['result_shape'][1]:,} ({pm['result_X_dtype']}); "
+        f"map method {pm['map_method']}. Window {pm['window_px']}, canvas {pm['canvas_px']}; "
+        f"{info['cpu']}, {info['logical_cpus']} CPUs, software OpenGL. Idle longest stall "
+        f"{_fmt(pm['idle_max_stall_s'], 3)} s.",
+        "",
+        "### Plugin (Load, Map, Explore widgets)",
+        "",
+        _steps_md(plugin_rows),
+        "",
+        "### Side by side (ratios: plugin / peer)",
+        "",
+        "painted = wall time + the forced next frame. The plugin's first gene adds its layers "
+        "(and, with several samples, the FOV outline layer); bare napari adds the same gene "
+        "layers; napari-spatialdata recolours its one loaded layer (all cells).",
+        "",
+        cmp_md,
+    ]
+    for kind, v in peers.items():
+        md += ["", f"### Peer: {kind}", ""]
+        if "rows" in v:
+            md.append(_steps_md(v["rows"]))
+            md.append("")
+            md.append(
+                f"Peak RSS of the peer process {_fmt(v.get('peak_rss_mib'), 0)} MiB; "
+                f"meta: `{json.dumps(v.get('meta', {}), default=str)}`"
+            )
+        else:
+            md.append(f"Not measured: {v.get('not_run') or v.get('error')}")
+    if pm.get("notifications"):
+        md += ["", "Notifications during the plugin run: " + "; ".join(pm["notifications"])]
+    md += ["", "Screenshots: " + ", ".join(pm["screenshots"])]
+    text = "\n".join(md) + "\n"
+    (args.out_dir / f"gui_explore_{tag}.md").write_text(text)
+    common.write_json(info, args.out_dir / f"gui_explore_{tag}.json")
+    print(text, flush=True)
+    return info
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
+    if args.scenario != "legacy":
+        return run_scenario(args)
     import napari
     from qtpy.QtWidgets import QApplication
 
