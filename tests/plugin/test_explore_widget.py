@@ -1,4 +1,5 @@
-"""Explore widget on the MERFISH pair with two FOVs."""
+"""Explore widget on the MERFISH pair: two samples of two FOVs each (one layer per role per
+sample, the FOVs navigated)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from _explore_data import load_into
 from napari_spatial_impute.plugin.widgets.explore_widget import ExploreWidget
 from napari_spatial_impute.viz.explore import robust_limits, values
 from napari_spatial_impute.viz.layers import plugin_meta
+from napari_spatial_impute.viz.sections import display_yx, fov_rows
 
 
 @pytest.fixture
@@ -20,25 +22,24 @@ def widget(make_widget):
 
 def test_lists_filled_from_model(widget):
     viewer, model, w = widget
-    assert w.fov_list.count() == 2
+    assert [w.navigator.fov_list.item(i).text() for i in range(4)] == ["1", "2", "3", "4"]
     assert w.cluster_combo.count() == len(model.result.obsm["cluster_probabilities"].columns)
     assert w.completer.model().rowCount() == model.result.n_vars
     assert w.gene_button.isEnabled()
+    assert "in 2 samples, 4 FOVs" in w.info.text()
 
 
-def test_gene_layers_per_fov_with_shared_limits(widget):
+def test_gene_layers_one_per_sample_with_shared_limits(widget):
     viewer, model, w = widget
     w.gene_edit.setText("gad1")  # any case
     layers = w.show_gene()
     names = sorted(layer.name for layer in viewer.layers)
-    assert names == sorted(
-        [
-            "Gad1 imputed · FOV 1",
-            "Gad1 imputed · FOV 2",
-            "Gad1 measured · FOV 1",
-            "Gad1 measured · FOV 2",
-        ]
-    )
+    assert names == [
+        "Gad1 imputed · A",
+        "Gad1 imputed · B",
+        "Gad1 measured · A",
+        "Gad1 measured · B",
+    ]
     imputed = [lay for lay in layers if plugin_meta(lay)["kind"] == "imputed"]
     measured = [lay for lay in layers if plugin_meta(lay)["kind"] == "measured"]
     assert len(imputed) == 2 and len(measured) == 2
@@ -50,7 +51,11 @@ def test_gene_layers_per_fov_with_shared_limits(widget):
         assert layer.face_color_mode == "colormap"
         assert "Gad1" in layer.features.columns
         assert layer.features["Gad1"].dtype == np.float32
-        assert {"cell", "top imputed", "top clusters"} <= set(layer.features.columns)
+        assert {"cell", "fov", "top cluster", "p"} <= set(layer.features.columns)
+    # the FOV is a feature, two FOVs in each sample's layer
+    by_sample = {plugin_meta(lay)["sample"]: lay for lay in imputed}
+    assert set(by_sample["A"].features["fov"].astype(str)) == {"1", "2"}
+    assert set(by_sample["B"].features["fov"].astype(str)) == {"3", "4"}
     # issue 12: one colour bar, the selected layer's, titled with the gene, kind and units
     shown = [lay.name for lay in layers if lay.face_colorbar.visible]
     assert shown == [viewer.layers.selection.active.name]
@@ -60,19 +65,24 @@ def test_gene_layers_per_fov_with_shared_limits(widget):
     rows = plugin_meta(imputed[0])["rows"]
     assert np.allclose(imputed[0].features["Gad1"], values(model.result, "imputed", "Gad1")[rows])
     assert np.allclose(imputed[0].data[:, ::-1], model.result.obsm["spatial"][rows])
+    assert np.allclose(imputed[0].translate, 0)  # samples apart in space stay where they are
 
 
-def test_regene_recolours_instead_of_adding(widget):
+def test_switching_genes_recolours_and_keeps_the_layer_count(widget):
     viewer, model, w = widget
     first = w.show_gene("Gad1")
     ids = {id(layer) for layer in first}
-    second = w.show_gene("Slc17a6")
-    assert len(viewer.layers) == 4
-    assert {id(layer) for layer in second} == ids
-    assert sorted(layer.name for layer in viewer.layers)[0].startswith("Slc17a6")
-    imputed = [lay for lay in second if plugin_meta(lay)["kind"] == "imputed"]
-    assert all("Slc17a6" in lay.features.columns for lay in imputed)
+    for gene in ("Slc17a6", "Sp9", "Gad1", "Oxtr"):
+        again = w.show_gene(gene)
+        assert len(viewer.layers) == 4
+        assert {id(layer) for layer in again} == ids
+    assert sorted(layer.name for layer in viewer.layers)[0].startswith("Oxtr")
+    imputed = [lay for lay in again if plugin_meta(lay)["kind"] == "imputed"]
+    assert all("Oxtr" in lay.features.columns for lay in imputed)
     assert "Gad1" not in imputed[0].features.columns
+    # names never collide: napari would have renamed a duplicate "... [1]"
+    names = [layer.name for layer in viewer.layers]
+    assert len(set(names)) == len(names) and not any(n.endswith("]") for n in names)
 
 
 def test_recolour_to_unmeasured_removes_measured(widget):
@@ -84,8 +94,8 @@ def test_recolour_to_unmeasured_removes_measured(widget):
     assert len(viewer.layers) == 4
     w.show_gene("Slc17a6")
     assert sorted(lay.name for lay in viewer.layers) == [
-        "Slc17a6 imputed · FOV 1",
-        "Slc17a6 imputed · FOV 2",
+        "Slc17a6 imputed · A",
+        "Slc17a6 imputed · B",
     ]
 
 
@@ -96,26 +106,29 @@ def test_add_new_layers_when_recolour_off(widget):
     w.show_gene("Gad1")
     w.show_gene("Slc17a6")
     assert len(viewer.layers) == 4
-    w.show_gene("Slc17a6")  # same names: recoloured, not duplicated
+    w.show_gene("Slc17a6")  # the same gene again: recoloured, not duplicated
     assert len(viewer.layers) == 4
 
 
-def test_one_fov_cluster_and_predicted(widget):
+def test_cluster_probability_and_most_likely_cluster(widget):
     viewer, model, w = widget
-    w.fov_list.item(1).setSelected(True)
     cluster = w.cluster_combo.itemText(0)
     layers = w.show_cluster(cluster)
-    assert [layer.name for layer in layers] == [f"{cluster} probability · FOV 2"]
+    assert [layer.name for layer in layers] == [
+        f"{cluster} probability · A",
+        f"{cluster} probability · B",
+    ]
     lo, hi = layers[0].face_contrast_limits
     assert lo == 0.0 and 0 < hi <= 1.0
     pred = w.show_predicted()
-    assert pred[0].name == "most likely cell_type · FOV 2"
+    assert [p.name for p in pred] == ["most likely cell_type · A", "most likely cell_type · B"]
     assert pred[0].face_color_mode == "cycle"
     assert str(pred[0].features["cell_type"].dtype) == "category"
-    # a second cluster recolours the probability layer
+    # a second cluster recolours the probability layers
     other = w.cluster_combo.itemText(1)
     again = w.show_cluster(other)
-    assert again[0] is layers[0] and again[0].name == f"{other} probability · FOV 2"
+    assert again[0] is layers[0] and again[0].name == f"{other} probability · A"
+    assert len(viewer.layers) == 4
 
 
 def test_unknown_gene_is_notified_not_added(widget, monkeypatch):
@@ -127,24 +140,84 @@ def test_unknown_gene_is_notified_not_added(widget, monkeypatch):
     assert seen and "NotAGene" in seen[0] and "\n" not in seen[0]
 
 
-def test_navigator_centres_camera(widget):
+def _fov_box(model, fov):
+    rows = fov_rows(model.result, "fov", "sample")[fov]
+    yx = display_yx(model.result, rows, "sample")
+    return yx.min(0), yx.max(0)
+
+
+def test_navigator_puts_the_fov_in_view(widget):
     viewer, model, w = widget
     w.show_gene("Gad1")
-    w.go_to_fov("2")
-    rows = viewer.layers["Gad1 imputed · FOV 2"].data
-    center = viewer.scene.camera.center[-2:]
-    mid = (rows.min(0) + rows.max(0)) / 2
-    assert np.allclose(center, mid, atol=1e-6 + 1e-3 * np.ptp(rows))
+    for fov in ("3", "1"):
+        assert w.go_to_fov(fov)
+        lo, hi = _fov_box(model, fov)
+        center = np.asarray(viewer.camera.center[-2:])
+        assert np.allclose(center, (lo + hi) / 2, atol=1e-6 + 1e-3 * np.ptp(hi - lo))
+        # the whole box fits the canvas at this zoom, and fills most of one side
+        canvas = np.asarray(viewer.canvas.size)
+        on_screen = (hi - lo) * viewer.camera.zoom
+        assert np.all(on_screen <= canvas + 1) and np.any(on_screen >= 0.5 * canvas)
+    # the search filters the list; Enter goes to the first match
+    w.navigator.search.setText("4")
+    shown = [
+        w.navigator.fov_list.item(i).text()
+        for i in range(w.navigator.fov_list.count())
+        if not w.navigator.fov_list.item(i).isHidden()
+    ]
+    assert shown == ["4"]
+    w.navigator.search.returnPressed.emit()
+    assert w.navigator.focus == "4"
     # without layers the camera still moves to the FOV's box
     viewer.layers.clear()
-    w.go_to_fov("1")
-    assert np.isfinite(viewer.scene.camera.zoom)
+    assert w.go_to_fov("1") and np.isfinite(viewer.camera.zoom)
 
 
-def test_grid_toggle(widget):
+def test_double_click_on_a_fov_goes_there(widget):
     viewer, model, w = widget
+    w.show_gene("Gad1")
+    lo, hi = _fov_box(model, "2")
+
+    class Click:
+        position = tuple((lo + hi) / 2)
+
+    w.navigator._on_double_click(viewer, Click())
+    assert w.navigator.focus == "2"
+    Click.position = tuple(hi + 1e6)  # outside every FOV: nothing happens
+    w.navigator._on_double_click(viewer, Click())
+    assert w.navigator.focus == "2"
+
+
+def test_other_fovs_dimmed_or_hidden_by_one_outline_layer(widget):
+    from napari.layers import Shapes
+
+    viewer, model, w = widget
+    w.show_gene("Gad1")
+    w.navigator.others.setCurrentText("dimmed")
+    w.go_to_fov("2")
+    outlines = [lay for lay in viewer.layers if isinstance(lay, Shapes)]
+    assert len(outlines) == 1 and viewer.layers[-1].unique_id == outlines[0].unique_id  # on top
+    feats = outlines[0].features
+    alpha = np.asarray(outlines[0].face_color)[:, 3]
+    is_fov = (feats["kind"] == "fov").to_numpy()
+    chosen = (feats["name"] == "2").to_numpy()
+    assert np.all(alpha[chosen] == 0) and np.all(alpha[is_fov & ~chosen] > 0.5)
+    w.navigator.others.setCurrentText("hidden")
+    assert np.all(np.asarray(outlines[0].face_color)[is_fov & ~chosen, 3] == 1)
+    w.navigator.show_all()
+    assert np.all(np.asarray(outlines[0].face_color)[:, 3] == 0) and w.navigator.focus is None
+    assert len(viewer.layers) == 5  # 4 gene layers and the one outline layer
+
+
+def test_side_by_side_grid_one_cell_per_role(widget):
+    viewer, model, w = widget
+    w.show_gene("Gad1")
     w.grid_check.setChecked(True)
-    assert viewer.grid.enabled
+    assert viewer.grid.enabled and viewer.grid.stride == -2
+    top = [plugin_meta(lay)["kind"] for lay in list(viewer.layers)[::-1]]
+    assert top[:4] == ["imputed", "imputed", "measured", "measured"]  # cells: imputed, measured
+    w.show_gene("Slc17a6")  # recoloured in place, still one cell per role
+    assert [plugin_meta(lay)["kind"] for lay in list(viewer.layers)[::-1]][:4] == top[:4]
     w.grid_check.setChecked(False)
     assert not viewer.grid.enabled
 
@@ -185,7 +258,7 @@ def test_large_fovs_build_in_a_worker(widget, qtbot, monkeypatch):
     assert w.show_gene("Gad1") == []  # returns at once, the layers come later
     assert not w.gene_button.isEnabled()
     qtbot.waitUntil(lambda: len(viewer.layers) == 4 and w.gene_button.isEnabled(), timeout=20_000)
-    assert w.status.text() == "Gad1: 4 layers"
+    assert w.status.text() == "Gad1: 4 layers"  # imputed and measured, 2 samples
     # an error in the worker is a notification and adds nothing
     seen = []
     monkeypatch.setattr(
@@ -262,7 +335,7 @@ def test_second_result_keeps_the_first_results_layers(widget, tmp_path):
     first = model.result
     gad1 = w.show_gene("Gad1")
     sst = w.show_gene("Sp9")  # recolours the Gad1 layers: keep references to both
-    assert sst == gad1 and len(viewer.layers) == 4  # imputed + measured, 2 FOVs
+    assert sst == gad1 and len(viewer.layers) == 4  # imputed + measured, 2 samples
     before = {layer.name: layer.features.copy() for layer in viewer.layers}
     second = first[:, [g for g in first.var_names if g != "Sp9"]].copy()
     path = tmp_path / "second.h5ad"
@@ -312,22 +385,61 @@ def test_renamed_layers_are_still_recoloured(widget):
 
 
 def test_fov_outlines_are_one_shapes_layer_with_names(widget):
-    """Issue 12: every FOV's outline and name in one layer; again replaces it."""
+    """Issue 12: every FOV's and sample's outline and name in one layer; again replaces it."""
     from napari.layers import Shapes
-
-    from napari_spatial_impute.viz.explore import fov_rows
-    from napari_spatial_impute.viz.layers import to_napari
 
     viewer, model, w = widget
     layer = w.show_fov_outlines()
     assert isinstance(layer, Shapes) and len(viewer.layers) == 1
-    fovs = list(fov_rows(model.result, model.fov_key))
-    assert list(layer.features["fov"]) == fovs and len(layer.data) == len(fovs)
-    for box, fov in zip(layer.data, fovs, strict=True):
-        yx = to_napari(model.result, fov_rows(model.result, model.fov_key)[fov], ndim=2)
+    fovs = list(fov_rows(model.result, "fov", "sample"))
+    kinds = list(layer.features["kind"])
+    assert kinds == ["fov"] * 4 + ["sample"] * 2
+    assert list(layer.features["name"]) == [*fovs, "A", "B"] and len(layer.data) == 6
+    for box, fov in zip(layer.data, fovs, strict=False):
+        lo, hi = _fov_box(model, fov)
         # the layer keeps float32 corners: allow their rounding
-        assert np.all(yx >= box.min(0) - 1e-3) and np.all(yx <= box.max(0) + 1e-3)
+        assert np.all(lo >= box.min(0) - 1e-3) and np.all(hi <= box.max(0) + 1e-3)
     w.show_fov_outlines()
     assert len(viewer.layers) == 1 and plugin_meta(viewer.layers[0])["kind"] == "fov_outlines"
     w.gene_edit.setText("Gad1")
     assert w.show_gene()  # the other layers still come and go as before
+
+
+def _overlapping_samples(model):
+    """Put sample B on top of sample A, as sections imaged separately share coordinates."""
+    res = model.result.copy()
+    xy = np.asarray(res.obsm["spatial"], dtype=np.float64).copy()
+    b = (res.obs["sample"] == "B").to_numpy()
+    xy[b, 0] -= xy[b, 0].min() - xy[~b, 0].min()
+    res.obsm["spatial"] = xy
+    model.set_result(res)
+    return res
+
+
+def test_samples_sharing_coordinates_are_laid_out_side_by_side(widget):
+    viewer, model, w = widget
+    res = _overlapping_samples(model)
+    layers = w.show_gene("Gad1")
+    imputed = {
+        plugin_meta(lay)["sample"]: lay for lay in layers if plugin_meta(lay)["kind"] == "imputed"
+    }
+    boxes = {}
+    for sample, lay in imputed.items():
+        drawn = np.asarray(lay.data) + np.asarray(lay.translate)
+        boxes[sample] = (drawn.min(0), drawn.max(0))
+        # the layer keeps the file's coordinates; only its translate moves it
+        assert np.allclose(lay.data[:, ::-1], res.obsm["spatial"][plugin_meta(lay)["rows"]])
+    (a_lo, a_hi), (b_lo, b_hi) = boxes["A"], boxes["B"]
+    assert a_hi[1] < b_lo[1] or b_hi[1] < a_lo[1] or a_hi[0] < b_lo[0] or b_hi[0] < a_lo[0]
+    # the samples are named in the outline layer, added with the first layers
+    outlines = [lay for lay in viewer.layers if plugin_meta(lay).get("kind") == "fov_outlines"]
+    assert len(outlines) == 1
+    assert list(outlines[0].features["name"][outlines[0].features["kind"] == "sample"]) == [
+        "A",
+        "B",
+    ]
+    # going to a FOV of sample B looks where B is drawn
+    w.go_to_fov("3")
+    lo, hi = _fov_box(model, "3")
+    assert np.all(lo >= b_lo - 1e-6) and np.all(hi <= b_hi + 1e-6)
+    assert np.allclose(viewer.camera.center[-2:], (lo + hi) / 2)

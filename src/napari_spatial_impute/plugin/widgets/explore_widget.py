@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 from napari.settings import get_settings
 from napari.utils.notifications import show_warning
 from qtpy.QtCore import QStringListModel, Qt
@@ -46,7 +47,7 @@ from napari_spatial_impute.viz.explore import (
     value_layer_specs,
 )
 from napari_spatial_impute.viz.layers import plugin_meta, point_size
-from napari_spatial_impute.viz.sections import sample_rows
+from napari_spatial_impute.viz.sections import sample_offsets, sample_rows
 
 #: Above this many cells layer data is built in a worker thread.
 ASYNC_CELLS = 100_000
@@ -197,6 +198,12 @@ class ExploreWidget(PluginWidget):
             f"({len(shared_genes(result))} measured), {len(clusters)} clusters."
         )
 
+    def _laid_out(self) -> bool:
+        """Whether samples sharing coordinates were moved side by side (see
+        :func:`~napari_spatial_impute.viz.sections.sample_offsets`)."""
+        offsets = sample_offsets(self.model.result, self.navigator.keys()[1])
+        return any(np.any(o) for o in offsets.values())
+
     def _samples(self) -> list[str]:
         """The result's samples (``[""]`` without a sample column)."""
         try:
@@ -246,7 +253,7 @@ class ExploreWidget(PluginWidget):
             except Exception as exc:
                 notify_error(exc)
                 return []
-            if first and len(self._samples()) > 1:  # name the samples laid out side by side
+            if first and self._laid_out():  # name the samples moved side by side
                 self.navigator.show_outlines()
             elif self.navigator.outline_layer() is not None:
                 self.navigator.apply_focus()  # keep the outlines above the new layers
