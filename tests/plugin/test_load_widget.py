@@ -77,7 +77,7 @@ def test_load_bundled_pair(viewer_widget, qtbot):
     assert len(np.unique(umap.face_color, axis=0)) == 14
 
 
-def test_fov_layers_and_recolouring(viewer_widget, qtbot, merfish):
+def test_fovs_are_a_feature_samples_are_layers(viewer_widget, qtbot, merfish):
     viewer, w = viewer_widget
     _, spa = merfish
     x = spa.obsm["spatial"][:, 0]
@@ -87,19 +87,32 @@ def test_fov_layers_and_recolouring(viewer_widget, qtbot, merfish):
     model.set_spatial(spa)
     w._on_loaded((None, spa, False, True))
     assert model.fov_key == "fov" and w.fov_combo.currentText() == "fov"
-    assert sorted(layer.name for layer in viewer.layers) == [f"spatial · FOV {i}" for i in range(4)]
-    assert sum(len(layer.data) for layer in viewer.layers) == 750
+    assert model.sample_key == "" and w.sample_combo.currentText() == NONE  # none found
+    (layer,) = viewer.layers  # one layer: FOVs are not layers
+    assert layer.name == "spatial" and len(layer.data) == 750
+    assert sorted(set(layer.features["fov"].astype(str))) == ["0", "1", "2", "3"]
     assert "4 FOVs" in w.summary.text()
-    first = list(viewer.layers)
     w.color_combo.setCurrentText("area")
-    assert list(viewer.layers) == first, "recolouring keeps the layers"
-    assert all(layer.face_color_mode == "colormap" for layer in viewer.layers)
+    assert list(viewer.layers) == [layer], "recolouring keeps the layer"
+    assert layer.face_color_mode == "colormap"
     w.color_combo.setCurrentText("fov")
-    assert all(layer.face_color_mode == "cycle" for layer in viewer.layers)
-    colours = {tuple(np.round(layer.face_color[0], 3)) for layer in viewer.layers}
-    assert len(colours) == 4, "each FOV has its own category colour"
+    assert layer.face_color_mode == "cycle"
+    assert len(np.unique(np.round(layer.face_color, 3), axis=0)) == 4, "a colour per FOV"
+    # a sample column: one layer per sample, each with its FOVs
+    spa.obs["section"] = pd.Categorical(np.where(spa.obs["fov"].astype(int) < 2, "s1", "s2"))
+    w._fill_keys()
+    w.sample_combo.setCurrentText("section")
+    assert model.sample_key == "section"
+    assert [lay.name for lay in viewer.layers] == ["spatial · s1", "spatial · s2"]
+    assert sum(len(lay.data) for lay in viewer.layers) == 750
+    assert "in 2 samples" in w.summary.text()
+    w.sample_combo.setCurrentText("area")  # per-cell numbers: refused, nothing rebuilt
+    assert "distinct values" in w.status.text() and model.sample_key == "section"
+    assert w.sample_combo.currentText() == "section" and len(viewer.layers) == 2
+    w.sample_combo.setCurrentText(NONE)
+    assert [lay.name for lay in viewer.layers] == ["spatial"] and model.sample_key == ""
     w.fov_combo.setCurrentText(NONE)
-    assert [layer.name for layer in viewer.layers] == ["spatial"]
+    assert [lay.name for lay in viewer.layers] == ["spatial"]
     assert model.fov_key is None
 
 
@@ -178,8 +191,9 @@ def test_load_again_replaces_its_layers(viewer_widget, qtbot, tmp_path, merfish)
     w.reference_row.path.setText(str(ref_path))
     w.spatial_row.path.setText(str(sp_path))
     _load(qtbot, w)
-    names = ["spatial · FOV slice1", "spatial · FOV slice2", "reference UMAP"]
+    names = ["spatial", "reference UMAP"]  # the slices are FOVs: a feature, not layers
     assert [layer.name for layer in viewer.layers] == names
+    assert set(viewer.layers[0].features["slice"].astype(str)) == {"slice1", "slice2"}
     first = list(viewer.layers)
     model = viewer_model(viewer)
 
@@ -187,18 +201,18 @@ def test_load_again_replaces_its_layers(viewer_widget, qtbot, tmp_path, merfish)
     assert [layer.name for layer in viewer.layers] == names
     assert all(layer not in first for layer in viewer.layers)
     held = [plugin_meta(layer)["adata"] for layer in viewer.layers]
-    assert held[0] is model.spatial and held[1] is model.spatial and held[2] is model.reference
+    assert held[0] is model.spatial and held[1] is model.reference
 
     # renamed by the user, or opened again with File > Open (napari then renames the copies
-    # "spatial [slice1] [1]"...): the next Load still replaces them, as they hold that file
+    # "spatial [1]"...): the next Load still replaces them, as they hold that file
     viewer.layers[0].name = "my tissue"
     for data, kw, _ in read_h5ad_layers(str(sp_path)):
         viewer.add_points(data, **kw)
-    assert len(viewer.layers) == 5
+    assert len(viewer.layers) == 3
     choices = [
         w.spatial_row.layer_combo.itemText(i) for i in range(w.spatial_row.layer_combo.count())
     ]
-    assert choices == [FROM_FILE, "my tissue (+1 more layer)", "sp · FOV slice1 (+1 more layer)"]
+    assert choices == [FROM_FILE, "my tissue", "sp"]
     _load(qtbot, w)
     assert [layer.name for layer in viewer.layers] == names
 
@@ -218,7 +232,8 @@ def test_layer_choice_survives_renaming(viewer_widget, qtbot):
 
 def test_per_cell_fov_key_is_refused_at_once(viewer_widget, merfish):
     """Issue 12: choosing a numeric per-cell column as FOV key made one layer per value (a 13 min
-    freeze at 3,962 values); it is refused with one line and the earlier FOV key stays."""
+    freeze at 3,962 values); it is refused with one line and the earlier FOV key stays (FOVs
+    are a feature now, but a per-cell column would still make thousands of outlines)."""
     viewer, w = viewer_widget
     _, spa = merfish
     spa.obs["fov"] = pd.Categorical(np.where(np.arange(spa.n_obs) % 2 == 0, "a", "b"))
@@ -226,8 +241,9 @@ def test_per_cell_fov_key_is_refused_at_once(viewer_widget, merfish):
     model = viewer_model(viewer)
     model.set_spatial(spa)
     w._on_loaded((None, spa, False, True))
-    assert model.fov_key == "fov" and len(viewer.layers) == 2
+    assert model.fov_key == "fov" and len(viewer.layers) == 1
+    before = viewer.layers[0]
     w.fov_combo.setCurrentText("total")
     assert "per-cell measurement" in w.status.text()
     assert model.fov_key == "fov" and w.fov_combo.currentText() == "fov"
-    assert len(viewer.layers) == 2  # refused before any layer was built
+    assert list(viewer.layers) == [before]  # refused before any layer was built
