@@ -17,9 +17,9 @@ from napari_spatial_impute.viz.layers import META_KEY, plugin_meta
 def widget(make_napari_viewer_proxy, qtbot, merfish):
     viewer = make_napari_viewer_proxy()
     ref, spa = merfish
-    spa.obs["fov"] = pd.Categorical(
-        np.where(spa.obsm["spatial"][:, 0] < np.median(spa.obsm["spatial"][:, 0]), "left", "right")
-    )
+    x = spa.obsm["spatial"][:, 0]
+    spa.obs["fov"] = pd.Categorical(np.digitize(x, np.quantile(x, [0.25, 0.5, 0.75])).astype(str))
+    spa.obs["sample"] = pd.Categorical(np.where(x < np.median(x), "left", "right"))
     model = viewer_model(viewer)
     model.set_reference(ref)
     model.set_spatial(spa)
@@ -29,7 +29,7 @@ def widget(make_napari_viewer_proxy, qtbot, merfish):
     return viewer, w, model
 
 
-def test_map_adds_predicted_layers_per_fov(widget, qtbot):
+def test_map_adds_predicted_layers_per_sample(widget, qtbot):
     viewer, w, model = widget
     w.form.method.value = "tangram"
     w.form.epochs.value = 20
@@ -47,8 +47,9 @@ def test_map_adds_predicted_layers_per_fov(widget, qtbot):
     assert result is not None and result.n_obs == 750 and result.n_vars == 134
     assert result.uns["spatial_impute"]["params"]["epochs"] == 20
     assert result.uns["spatial_impute"]["fov_key"] == "fov"
+    assert result.uns["spatial_impute"]["sample_key"] == "sample"  # found by its usual name
     names = sorted(layer.name for layer in viewer.layers)
-    assert names == ["most likely cell_type · FOV left", "most likely cell_type · FOV right"]
+    assert names == ["most likely cell_type · left", "most likely cell_type · right"]
     total = 0
     for layer in viewer.layers:
         feats = layer.features
@@ -58,6 +59,7 @@ def test_map_adds_predicted_layers_per_fov(widget, qtbot):
         # each point sits where its cell is (napari order y, x)
         rows = result.obs_names.get_indexer(feats["obs_name"].astype(str))
         np.testing.assert_allclose(layer.data, result.obsm["spatial"][rows][:, ::-1])
+        assert set(feats["fov"].astype(str)) == ({"0", "1"} if "left" in layer.name else {"2", "3"})
         total += len(layer.data)
     assert total == 750
     assert "training score" in w.status.text()
@@ -331,7 +333,7 @@ def test_fast_clusters_run_keeps_the_window_responsive(make_napari_viewer, qtbot
     timer.stop()
 
     assert returned_at, "the result reached the widget"
-    assert [layer.name for layer in viewer.layers] == ["most likely cell_type · FOV 0"]
+    assert [layer.name for layer in viewer.layers] == ["most likely cell_type"]
     assert (
         model.result is not None and model.result.uns["spatial_impute"]["params"]["epochs"] == 2000
     )
