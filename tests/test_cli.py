@@ -293,3 +293,25 @@ def test_default_map_prints_the_ensemble_and_no_epochs(merfish_pair, tmp_path, c
     assert code == 0, err
     assert "ensemble map (no training)" in out and "epochs" not in out
     assert ad.read_h5ad(tmp_path / "o.h5ad").uns["spatial_impute"]["params"]["epochs_done"] == 0
+
+
+def test_map_records_the_sample_key(merfish_pair, tmp_path, capsys):
+    """Issue 12: the result says which column holds the samples (found by its usual name, or
+    given, or none), so the plugin draws one layer per sample; a per-cell column is refused
+    before any work, in one line."""
+    ref, spa = merfish_pair
+    x = spa.obsm["spatial"][:, 0]
+    spa.obs["section"] = pd.Categorical(np.where(x < np.median(x), "s1", "s2"))
+    spa.obs["area"] = np.linspace(0, 1, spa.n_obs)
+    r, s = _write_pair(ref, spa, tmp_path)
+    for option, expected in (([], "section"), (["--sample-key", ""], "")):
+        out = tmp_path / f"o{len(option)}.h5ad"
+        code, _, err = _run(["map", "-r", str(r), "-s", str(s), "-o", str(out), *option], capsys)
+        assert code == 0, err
+        assert ad.read_h5ad(out).uns["spatial_impute"]["sample_key"] == expected
+    out = tmp_path / "bad.h5ad"
+    code, stdout, err = _run(
+        ["map", "-r", str(r), "-s", str(s), "-o", str(out), "--sample-key", "area"], capsys
+    )
+    assert code == 2 and "distinct values" in err and err.count("\n") == 1
+    assert not out.exists()

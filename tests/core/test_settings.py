@@ -90,7 +90,7 @@ def _option_dests(parser) -> dict[str, list[str]]:
 def test_cli_options_cover_exactly_the_settings():
     from napari_spatial_impute.cli import _NOT_EVALUATED
 
-    own = {"help", "reference", "spatial", "out", "impute", "projection", "fov_key"}
+    own = {"help", "reference", "spatial", "out", "impute", "projection", "fov_key", "sample_key"}
     dests = _option_dests(_subparser("map"))
     assert set(dests) - own == FIELDS
     for s in setting_specs():

@@ -26,7 +26,7 @@ def test_lists_filled_from_model(widget):
     assert w.cluster_combo.count() == len(model.result.obsm["cluster_probabilities"].columns)
     assert w.completer.model().rowCount() == model.result.n_vars
     assert w.gene_button.isEnabled()
-    assert "in 2 samples, 4 FOVs" in w.info.text()
+    assert ", 2 samples, 4 FOVs;" in w.info.text()
 
 
 def test_gene_layers_one_per_sample_with_shared_limits(widget):

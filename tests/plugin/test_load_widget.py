@@ -191,9 +191,10 @@ def test_load_again_replaces_its_layers(viewer_widget, qtbot, tmp_path, merfish)
     w.reference_row.path.setText(str(ref_path))
     w.spatial_row.path.setText(str(sp_path))
     _load(qtbot, w)
-    names = ["spatial", "reference UMAP"]  # the slices are FOVs: a feature, not layers
+    # a "slice" column holds sections: a layer each (and each its own FOV to navigate)
+    names = ["spatial · slice1", "spatial · slice2", "reference UMAP"]
     assert [layer.name for layer in viewer.layers] == names
-    assert set(viewer.layers[0].features["slice"].astype(str)) == {"slice1", "slice2"}
+    assert set(viewer.layers[0].features["slice"].astype(str)) == {"slice1"}
     first = list(viewer.layers)
     model = viewer_model(viewer)
 
@@ -201,18 +202,18 @@ def test_load_again_replaces_its_layers(viewer_widget, qtbot, tmp_path, merfish)
     assert [layer.name for layer in viewer.layers] == names
     assert all(layer not in first for layer in viewer.layers)
     held = [plugin_meta(layer)["adata"] for layer in viewer.layers]
-    assert held[0] is model.spatial and held[1] is model.reference
+    assert held[0] is model.spatial and held[1] is model.spatial and held[2] is model.reference
 
     # renamed by the user, or opened again with File > Open (napari then renames the copies
     # "spatial [1]"...): the next Load still replaces them, as they hold that file
     viewer.layers[0].name = "my tissue"
     for data, kw, _ in read_h5ad_layers(str(sp_path)):
         viewer.add_points(data, **kw)
-    assert len(viewer.layers) == 3
+    assert len(viewer.layers) == 5
     choices = [
         w.spatial_row.layer_combo.itemText(i) for i in range(w.spatial_row.layer_combo.count())
     ]
-    assert choices == [FROM_FILE, "my tissue", "sp"]
+    assert choices == [FROM_FILE, "my tissue (+1 more layer)", "sp · slice1 (+1 more layer)"]
     _load(qtbot, w)
     assert [layer.name for layer in viewer.layers] == names
 

@@ -254,6 +254,7 @@ class MappingSettings:
         high=MAX_SEED,
         optional=True,
         unset="random",
+        advanced=True,
     )
     device: str = _setting("cpu", str, "cpu, cuda (or cuda:N) or auto")
     engine: Engine = _setting(

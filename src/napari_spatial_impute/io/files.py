@@ -203,11 +203,6 @@ def _sample_problem(adata: ad.AnnData, sample_key: str, fov_key: str | None) -> 
             f"sample column {sample_key!r} is not in the spatial obs; columns there are: "
             f"{_list_columns(adata.obs)}."
         )
-    if fov_key is not None and sample_key == fov_key:
-        return (
-            f"column {sample_key!r} is the FOV key; a sample holds several FOVs: choose another "
-            "column, or none."
-        )
     n_unique, _, fractional = _column_values(adata.obs[sample_key])
     if fractional or n_unique > MAX_SAMPLES:
         return (
@@ -229,7 +224,8 @@ def find_sample_key(
     adata
         Spatial data (or a result).
     fov_key
-        The FOV column; a sample column must differ from it and hold whole FOVs.
+        The FOV column; a sample column holds whole FOVs (it may be the FOV column itself:
+        each section is then one FOV, as when a data set has only a ``slice`` column).
     sample_key
         A column named by the user; it must exist and hold at most :data:`MAX_SAMPLES` values
         (:class:`InputError` otherwise). ``None`` searches :data:`SAMPLE_CANDIDATES` for a column

@@ -90,7 +90,7 @@ def resolve_sample_key(
         stored = str(info.get("sample_key"))  # a result records its choice, "" for none
         if stored == NO_SAMPLES:
             return None
-        if stored in adata.obs.columns and stored != fov_key:
+        if stored in adata.obs.columns:
             return stored
     return find_sample_key(adata, fov_key)
 

@@ -21,7 +21,9 @@ from qtpy.QtWidgets import (
     QLabel,
     QLineEdit,
     QPushButton,
+    QTabWidget,
     QVBoxLayout,
+    QWidget,
 )
 
 from napari_spatial_impute.plugin.widgets.base import PluginWidget
@@ -117,29 +119,36 @@ class ExploreWidget(PluginWidget):
         self.uncertainty = UncertaintyControls(napari_viewer, self.model)
         self.navigator = FovNavigator(napari_viewer, self.model)
 
-        form = QFormLayout()
+        # three tabs, so that the Load, Map and Explore docks fit a 1080p screen together
+        values = QWidget()
+        form = QFormLayout(values)
         row = QHBoxLayout()
         row.addWidget(self.gene_edit, 1)
         row.addWidget(self.gene_button)
         form.addRow("Gene", row)
         form.addRow("", self.measured_check)
-        form.addRow("", self.recolor_check)
         form.addRow(self.uncertainty)
         row = QHBoxLayout()
         row.addWidget(self.cluster_combo, 1)
         row.addWidget(self.cluster_button)
         form.addRow("Cluster", row)
         form.addRow("", self.predicted_button)
-        form.addRow("Point size", self.size_spin)
-        form.addRow("", self.link_check)
-        form.addRow("", self.grid_check)
-        form.addRow("", self.tooltip_check)
-        form.addRow("FOVs", self.navigator)
+        display = QWidget()
+        display_form = QFormLayout(display)
+        display_form.addRow("Point size", self.size_spin)
+        display_form.addRow(self.recolor_check)
+        display_form.addRow(self.grid_check)
+        display_form.addRow(self.link_check)
+        display_form.addRow(self.tooltip_check)
+        self.tabs = QTabWidget()
+        self.tabs.addTab(values, "Values")
+        self.tabs.addTab(self.navigator, "FOVs")
+        self.tabs.addTab(display, "Display")
         self.status = QLabel("")
         self.status.setWordWrap(True)
         layout = QVBoxLayout(self)
         layout.addWidget(self.info)
-        layout.addLayout(form)
+        layout.addWidget(self.tabs)
         layout.addWidget(self.status)
         layout.addStretch(1)
 
@@ -192,10 +201,10 @@ class ExploreWidget(PluginWidget):
         self.navigator.refresh()
         n_samples = len(self._samples())
         self.info.setText(
-            f"{result.n_obs:,} spatial cells"
-            + (f" in {n_samples} samples" if n_samples > 1 else "")
-            + f", {self.navigator.fov_list.count():,} FOVs, {len(genes):,} imputed genes "
-            f"({len(shared_genes(result))} measured), {len(clusters)} clusters."
+            f"{result.n_obs:,} cells"
+            + (f", {n_samples} samples" if n_samples > 1 else "")
+            + f", {self.navigator.fov_list.count():,} FOVs; {len(genes):,} genes "
+            f"({len(shared_genes(result))} measured); {len(clusters)} clusters"
         )
 
     def _laid_out(self) -> bool:

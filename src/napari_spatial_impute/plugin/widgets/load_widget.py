@@ -20,6 +20,7 @@ from qtpy.QtWidgets import (
     QLabel,
     QLineEdit,
     QPushButton,
+    QSizePolicy,
     QVBoxLayout,
     QWidget,
 )
@@ -155,10 +156,22 @@ class LoadWidget(PluginWidget):
         self.status = QLabel("")
         self.status.setWordWrap(True)
 
+        files = QWidget()
+        files_form = QFormLayout(files)
+        files_form.setContentsMargins(0, 0, 0, 0)
+        files_form.addRow("Reference", self.reference_row)
+        files_form.addRow("Spatial", self.spatial_row)
+        files_form.addRow("", self.load_button)
+        # folded once data is loaded: the Load, Map and Explore docks fit a 1080p screen
+        self.files = files
+        self.files_button = QPushButton("Data files")
+        self.files_button.setCheckable(True)
+        self.files_button.setChecked(True)
+        self.files_button.setToolTip("show or fold the file choices")
+        self.files_button.toggled.connect(self._show_files)
         form = QFormLayout()
-        form.addRow("Reference", self.reference_row)
-        form.addRow("Spatial", self.spatial_row)
-        form.addRow("", self.load_button)
+        form.addRow(self.files_button)
+        form.addRow(files)
         form.addRow("Cluster key", self.cluster_combo)
         form.addRow("FOV key", self.fov_combo)
         form.addRow("Sample key", self.sample_combo)
@@ -168,6 +181,8 @@ class LoadWidget(PluginWidget):
         layout.addWidget(self.summary)
         layout.addWidget(self.status)
         layout.addStretch(1)
+        # no taller than its contents: free height goes to the docks below (1080p screens)
+        self.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Maximum)
 
         self.cluster_combo.currentTextChanged.connect(self._cluster_changed)
         self.fov_combo.currentTextChanged.connect(self._fov_changed)
@@ -270,12 +285,18 @@ class LoadWidget(PluginWidget):
         self.model.set_keys(cluster_key=ck, fov_key=fk, sample_key=sk)
         self._fill_keys()
         self.status.setText("Loaded.")
+        if self.model.reference is not None and self.model.spatial is not None:
+            self.files_button.setChecked(False)
         if spa is not None and spa_src:
             self._sources["spatial"] = spa_src if isinstance(spa_src, str) else None
             self._reported(self.show_spatial)
         if ref is not None and ref_src:
             self._sources["reference"] = ref_src if isinstance(ref_src, str) else None
             self.show_reference()
+
+    def _show_files(self, on: bool) -> None:
+        self.files.setVisible(on)
+        self.files_button.setText("Data files" if on else "Data files (folded: click to choose)")
 
     def _reported(self, build: Any) -> Any:
         """Run ``build`` (main thread); bad input becomes one notification and status line."""

@@ -31,6 +31,7 @@ from qtpy.QtWidgets import (
     QLabel,
     QProgressBar,
     QPushButton,
+    QSizePolicy,
     QVBoxLayout,
 )
 
@@ -164,6 +165,13 @@ def setting_value(spec: Setting, widget: ValueWidget) -> Any:
     return value
 
 
+def _offer(widget: Any, on: bool) -> None:
+    """Show and enable a setting the chosen run uses; hide and disable one it does not (the
+    docks of Load, Map and Explore fit a 1080p screen together)."""
+    widget.enabled = on
+    widget.visible = on
+
+
 class MapWidget(PluginWidget):
     """Map reference cells onto the spatial cells of the shared model.
 
@@ -244,6 +252,7 @@ class MapWidget(PluginWidget):
         self.cancel_button.clicked.connect(self.cancel)
         self.progress = QProgressBar()
         self.progress.setFormat("%v / %m epochs")
+        self.progress.setVisible(False)  # from the first run on (room for the other docks)
         self.status = QLabel("")
         self.status.setWordWrap(True)
         self.plot = ScorePlot()
@@ -262,6 +271,8 @@ class MapWidget(PluginWidget):
         layout.addWidget(self.plot)
         layout.addWidget(self.status)
         layout.addStretch(1)
+        # no taller than its contents: free height goes to the docks below (1080p screens)
+        self.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Maximum)
 
         self._genes_changed(self.settings_widgets["genes"].value)
         self._method_changed()
@@ -272,8 +283,8 @@ class MapWidget(PluginWidget):
 
     # ------------------------------------------------------------------ settings
     def _genes_changed(self, text: str) -> None:
-        self.settings_widgets["n_markers"].enabled = text == "markers"
-        self.gene_list.enabled = text == GENE_LIST
+        _offer(self.settings_widgets["n_markers"], text == "markers")
+        _offer(self.gene_list, text == GENE_LIST)
 
     def map_method(self) -> str:
         """The map the form's settings make: ``"ensemble"`` or ``"tangram"``."""
@@ -282,12 +293,12 @@ class MapWidget(PluginWidget):
         )
 
     def _method_changed(self, *_: Any) -> None:
-        """Only the settings of the map that will run can be edited."""
+        """Only the settings of the map that will run are shown (and can be edited)."""
         tangram = self.map_method() == "tangram"
         for name in TANGRAM_ONLY:
-            self.settings_widgets[name].enabled = tangram
+            _offer(self.settings_widgets[name], tangram)
         for name in ENSEMBLE_ONLY:
-            self.settings_widgets[name].enabled = not tangram
+            _offer(self.settings_widgets[name], not tangram)
         self.plot.setVisible(tangram)
 
     def _data_changed(self, *_: Any) -> None:
@@ -299,8 +310,8 @@ class MapWidget(PluginWidget):
             self.data_label.setText(f"Load {missing} first (Load data widget or File > Open).")
         else:
             self.data_label.setText(
-                f"{ref.n_obs:,} reference cells -> {spa.n_obs:,} spatial cells; "
-                f"clusters: {m.cluster_key or '(none)'}; FOV: {m.fov_key or '(one)'}"
+                f"{ref.n_obs:,} reference -> {spa.n_obs:,} spatial cells; "
+                f"clusters: {m.cluster_key or '(none)'}"
             )
         self.run_button.setEnabled(ref is not None and spa is not None and self.worker is None)
         self._update_warnings()
@@ -378,6 +389,7 @@ class MapWidget(PluginWidget):
         worker.finished.connect(self._on_finished)
         # napari's status-bar cancel quits the worker: stop the engine too
         worker.aborted.connect(cancel.set)
+        self.progress.setVisible(True)
         if self.map_method() == "ensemble":
             # nothing is trained: a busy bar while each spatial cell is matched
             state.pbar = progress(desc="Ensemble map: matching cells")

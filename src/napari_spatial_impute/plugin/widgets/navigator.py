@@ -64,7 +64,7 @@ class FovNavigator(QWidget):
         self.search.textChanged.connect(self._filter)
         self.search.returnPressed.connect(self._go_first)
         self.fov_list = QListWidget()
-        self.fov_list.setMaximumHeight(110)
+        self.fov_list.setMinimumHeight(64)
         self.fov_list.setToolTip("click a FOV to zoom to it")
         self.fov_list.itemClicked.connect(lambda item: self.go_to(item.text()))
         self.others = QComboBox()
