@@ -40,6 +40,7 @@ def test_only_the_selected_layers_bar_is_shown_with_its_title(explored):
     viewer, model, w, layers = explored
     ctl = get_colorbar_controller(viewer)
     overlay = _text_overlay(viewer)
+    assert len(layers) == 4  # imputed and measured, one layer per sample each
     for layer in layers:
         viewer.layers.selection.active = layer
         assert [lay.name for lay in layers if lay.face_colorbar.visible] == [layer.name]

@@ -77,12 +77,12 @@ def test_no_cv_then_cv_table_sortable_and_clickable(widget, qtbot):
     gene = w.cv_table.item(0, header.index("gene")).text()
     w._on_cv_clicked(0, 0)
     names = sorted(layer.name for layer in viewer.layers)
-    assert f"{gene} imputed · FOV 1" in names and f"{gene} imputed · FOV 2" in names
+    assert f"{gene} imputed · A" in names and f"{gene} imputed · B" in names  # every sample
     # the next click recolours the same layers
     gene2 = w.cv_table.item(1, header.index("gene")).text()
     w._on_cv_clicked(1, 0)
     assert len(viewer.layers) == len(names)
-    assert f"{gene2} imputed · FOV 1" in [layer.name for layer in viewer.layers]
+    assert f"{gene2} imputed · A" in [layer.name for layer in viewer.layers]
 
 
 def test_pick_on_score_panel_opens_gene(widget):
@@ -95,7 +95,7 @@ def test_pick_on_score_panel_opens_gene(widget):
 
     w._on_pick(Event())
     gene = scatter.genes[0]
-    assert f"{gene} imputed · FOV 1" in [layer.name for layer in viewer.layers]
+    assert f"{gene} imputed · A" in [layer.name for layer in viewer.layers]
 
 
 def test_empty_model(make_napari_viewer_proxy, qtbot):
@@ -255,12 +255,16 @@ def test_result_without_clusters(make_napari_viewer_proxy, qtbot, monkeypatch):
     )  # no epoch panel: the ensemble map
     # the Explore widget works too, without cluster controls or cluster hover text
     from napari_spatial_impute.plugin.widgets.explore_widget import ExploreWidget
+    from napari_spatial_impute.viz.explore import TOP_CLUSTER_COLUMNS
 
     ex = ExploreWidget(viewer)
     qtbot.addWidget(ex)
     assert not ex.cluster_button.isEnabled() and not ex.predicted_button.isEnabled()
     layers = ex.show_gene("Gad1")
-    assert layers and "top clusters" not in layers[0].features.columns
+    assert layers
+    for layer in layers:  # the cell and its FOV, no cluster columns
+        assert {"cell", "fov"} <= set(layer.features.columns)
+        assert not set(TOP_CLUSTER_COLUMNS) & set(layer.features.columns)
 
 
 @pytest.mark.parametrize(("width", "ncols"), [(420, 1), (1400, 4)])

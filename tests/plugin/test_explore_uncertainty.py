@@ -1,4 +1,5 @@
-"""Prediction intervals and reliability in the Explore and Diagnostics widgets (MERFISH, 2 FOVs)."""
+"""Prediction intervals and reliability in the Explore and Diagnostics widgets (MERFISH, two
+samples "A" and "B" of two FOVs each: one layer per role per sample)."""
 
 from __future__ import annotations
 
@@ -57,19 +58,28 @@ def test_interval_layers_names_values_shared_limits(explore, level):
     layers = w.show_gene()
     interval = [lay for lay in layers if plugin_meta(lay)["kind"] == "interval"]
     assert sorted(lay.name for lay in interval) == [
-        f"Gad1 {level}% interval width · FOV 1",
-        f"Gad1 {level}% interval width · FOV 2",
+        f"Gad1 {level}% interval width · A",
+        f"Gad1 {level}% interval width · B",
     ]
-    assert len(viewer.layers) == 6  # imputed, measured and interval, two FOVs each
+    assert len(viewer.layers) == 6  # imputed, measured and interval, two samples each
     limits = robust_limits(widths_of(res, "Gad1", level))
+    seen = []
     for lay in interval:
-        rows = plugin_meta(lay)["rows"]
+        md = plugin_meta(lay)
+        rows = md["rows"]
+        # the layer holds exactly its sample's cells, of every FOV of that sample
+        assert np.array_equal(np.sort(rows), np.flatnonzero(res.obs["sample"] == md["sample"]))
+        assert lay.name.endswith(f" · {md['sample']}") and md["level"] == level
+        seen.extend(rows)
         column = f"Gad1 {level}% interval width"
         assert np.allclose(lay.features[column], widths_of(res, "Gad1", level, rows), rtol=1e-6)
         assert np.allclose(lay.face_contrast_limits, limits)
         assert lay.face_color_mode == "colormap"
         assert np.allclose(lay.data[:, ::-1], res.obsm["spatial"][rows])
-        assert {"cell", "top imputed"} <= set(lay.features.columns)
+        assert {"cell", "fov", "top cluster", "p"} <= set(lay.features.columns)
+        assert list(lay.features["cell"]) == list(res.obs_names[rows])
+        assert list(lay.features["fov"].astype(str)) == list(res.obs["fov"].iloc[rows].astype(str))
+    assert sorted(seen) == list(range(res.n_obs))  # every cell in one layer
     assert interval[0].face_contrast_limits == interval[1].face_contrast_limits
     # the interval is wider than zero and differs between cells
     assert limits[1] > limits[0] > 0
@@ -82,7 +92,7 @@ def test_regene_recolours_interval_layers(explore):
     second = w.show_gene("Slc17a6")
     assert {id(x) for x in first} == {id(x) for x in second}
     names = sorted(layer.name for layer in viewer.layers)
-    assert "Slc17a6 90% interval width · FOV 2" in names and len(names) == 6
+    assert "Slc17a6 90% interval width · B" in names and len(names) == 6
     # unticked: the next gene drops the interval layers of the recoloured gene
     w.uncertainty.interval_check.setChecked(False)
     w.show_gene("Gad1")
@@ -177,10 +187,10 @@ def test_new_result_keeps_interval_layers_and_mask(explore):
     new.layers["interval_90_halfwidth"] = new.layers["interval_90_halfwidth"] * 2
     model.set_result(new)
     assert len(viewer.layers) == 6
-    lay = viewer.layers["Gad1 90% interval width · FOV 1"]
+    lay = viewer.layers["Gad1 90% interval width · A"]
     rows = plugin_meta(lay)["rows"]
     assert np.allclose(lay.features["Gad1 90% interval width"], widths_of(new, "Gad1", "90", rows))
-    imp = viewer.layers["Gad1 imputed · FOV 1"]
+    imp = viewer.layers["Gad1 imputed · A"]
     thr = w.uncertainty.threshold_spin.value()
     wide = widths_of(new, "Gad1", "90", plugin_meta(imp)["rows"]) > thr
     assert np.array_equal(imp.features[WIDE_COLUMN].to_numpy(), wide)
@@ -197,10 +207,10 @@ def test_result_without_uncertainty(make_napari_viewer_proxy, qtbot):
     w.uncertainty.mask_check.setChecked(True)
     layers = w.show_gene("Gad1")
     assert sorted(lay.name for lay in layers) == [
-        "Gad1 imputed · FOV 1",
-        "Gad1 imputed · FOV 2",
-        "Gad1 measured · FOV 1",
-        "Gad1 measured · FOV 2",
+        "Gad1 imputed · A",
+        "Gad1 imputed · B",
+        "Gad1 measured · A",
+        "Gad1 measured · B",
     ]
     for lay in layers:
         assert "90% interval ±" not in lay.features.columns
@@ -240,14 +250,14 @@ def test_reliability_table_sorted_and_clickable(diagnostics):
     scores = [float(v) for v in panel.column("train_score")]
     finite = [s for s in scores if np.isfinite(s)]
     assert finite == sorted(finite)
-    # a click opens the gene's layers in every FOV
+    # a click opens the gene's layers in every sample
     panel._on_clicked(0, 1)
     gene = panel.column("gene")[0]
     names = sorted(layer.name for layer in viewer.layers)
-    assert f"{gene} imputed · FOV 1" in names and f"{gene} imputed · FOV 2" in names
+    assert f"{gene} imputed · A" in names and f"{gene} imputed · B" in names
     panel.table.cellClicked.emit(1, 0)
     gene2 = panel.column("gene")[1]
-    assert f"{gene2} imputed · FOV 1" in [layer.name for layer in viewer.layers]
+    assert f"{gene2} imputed · A" in [layer.name for layer in viewer.layers]
     assert len(viewer.layers) == len(names)  # recoloured, not added
 
 
@@ -310,4 +320,4 @@ def test_reliability_plot_calibration_then_cv_and_pick(diagnostics):
 
     w.reliability._on_pick(Pick())
     gene = scatter.genes[0]
-    assert f"{gene} imputed · FOV 1" in [layer.name for layer in viewer.layers]
+    assert f"{gene} imputed · A" in [layer.name for layer in viewer.layers]

@@ -24,8 +24,14 @@ def legend(make_napari_viewer_proxy, qtbot):
 def test_lists_each_category_with_its_count_and_colour(legend):
     viewer, model, w, layers = legend
     assert w.layer is not None and w.column == "cell_type"
-    assert len(w.layers) == len(layers) == 2  # the FOVs' layers are listed together
+    assert len(w.layers) == len(layers) == 2  # the samples' layers are listed together
+    assert sorted(lay.name for lay in w.layers) == [
+        "most likely cell_type · A",
+        "most likely cell_type · B",
+    ]
     values = np.concatenate([np.asarray(lay.features["cell_type"].astype(str)) for lay in layers])
+    # the two samples' layers hold every cell of the result once
+    assert sorted(values) == sorted(model.result.obs["cell_type_predicted"].astype(str))
     cats, counts = np.unique(values, return_counts=True)
     assert sorted(w.categories()) == sorted(cats)
     # most frequent first, each row "name  (count)"
@@ -41,7 +47,7 @@ def test_unticking_hides_exactly_that_category(legend):
     layer = layers[0]
     target = w.categories()[0]
     w.set_visible(target, False)
-    for lay in layers:  # in every FOV's layer
+    for lay in layers:  # in every sample's layer
         values = np.asarray(lay.features["cell_type"].astype(str))
         np.testing.assert_array_equal(lay.shown, values != target)
         assert plugin_meta(lay)[HIDDEN_KEY] == [target]

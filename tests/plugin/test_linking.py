@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from _explore_data import add_reference_layer
+from napari.utils.status_messages import format_feature_value
 
 from napari_spatial_impute.plugin.widgets.explore_widget import ExploreWidget
 from napari_spatial_impute.plugin.widgets.linking import (
@@ -78,18 +79,28 @@ def test_reference_selection_shows_cluster_probability(setup, qtbot):
     ctl = get_link_controller(viewer)
     ctl.flush()
     names = [lay.name for lay in viewer.layers]
-    assert f"{cluster} probability · FOV 1" in names and f"{cluster} probability · FOV 2" in names
+    assert f"{cluster} probability · A" in names and f"{cluster} probability · B" in names
     hl = viewer.layers[SPATIAL_HIGHLIGHT]
     rows = spatial_rows_for_reference(model.result, model.reference, chosen)
     assert len(hl.data) == len(rows)
     assert set(hl.features["cell"]) == set(model.result.obs_names[rows])
+    # the marks sit on the cells where their sample's probability layer draws them
+    drawn = {}
+    for lay in viewer.layers:
+        if plugin_meta(lay).get("kind") == "probability":
+            world = np.asarray(lay.data) + np.asarray(lay.translate)
+            drawn.update(zip(lay.features["cell"], world, strict=True))
+    assert len(drawn) == model.result.n_obs  # the two samples' layers hold every cell once
+    for cell, point in zip(hl.features["cell"], np.asarray(hl.data) + hl.translate, strict=True):
+        assert np.allclose(point, drawn[cell])
     # another cluster recolours the same probability layers
     other = next(c for c in np.unique(labels) if c != cluster)
     n_layers = len(viewer.layers)
     ref_layer.selected_data = set(np.flatnonzero(labels == other)[:5].tolist())
     ctl.flush()
     assert len(viewer.layers) == n_layers
-    assert f"{other} probability · FOV 1" in [lay.name for lay in viewer.layers]
+    names = [lay.name for lay in viewer.layers]
+    assert f"{other} probability · A" in names and f"{other} probability · B" in names
 
 
 def test_linking_can_be_switched_off(setup, qtbot):
@@ -111,16 +122,37 @@ def test_no_reference_layer_is_harmless(setup, qtbot):
     assert REFERENCE_HIGHLIGHT not in [lay.name for lay in viewer.layers]
 
 
-def test_hover_status_shows_top_genes_and_clusters(setup):
+def test_hover_status_shows_value_interval_fov_and_top_clusters(setup):
     viewer, model, w = setup
-    layer = w.show_gene("Gad1")[0]
-    pos = layer.data[0]
-    status = layer.get_status(tuple(pos), world=True)
-    text = status["coordinates"]
-    hovered = layer.get_value(tuple(pos), world=True)  # overlapping points: the top one
-    row = plugin_meta(layer)["rows"][hovered]
-    assert model.result.obs_names[row] in text
-    assert "top imputed" in text and "top clusters" in text
+    res = model.result
+    probs = res.obsm["cluster_probabilities"]
+    j = res.var_names.get_loc("Gad1")
+    layers = [lay for lay in w.show_gene("Gad1") if plugin_meta(lay)["kind"] == "imputed"]
+    assert sorted(plugin_meta(lay)["sample"] for lay in layers) == ["A", "B"]
+    fovs_seen = set()
+    for layer in layers:  # a cell of each FOV of each sample, hovered where it is drawn
+        fov_of_point = layer.features["fov"].astype(str).to_numpy()
+        for fov in np.unique(fov_of_point):
+            point = np.flatnonzero(fov_of_point == fov)[0]
+            pos = tuple(np.asarray(layer.data[point]) + np.asarray(layer.translate))
+            text = layer.get_status(pos, world=True)["coordinates"]
+            hovered = layer.get_value(pos, world=True)  # overlapping points: the top one
+            row = int(plugin_meta(layer)["rows"][hovered])
+            assert res.obs_names[row] in text
+            value = np.float32(np.asarray(res.X[row, j]).ravel()[0])
+            assert f"Gad1: {format_feature_value(value)}" in text
+            half = np.float32(res.layers["interval_90_halfwidth"][row, j])
+            assert f"90% interval ±: {format_feature_value(half)}" in text
+            fov = str(res.obs["fov"].iloc[row])
+            assert f"fov: {fov}" in text
+            fovs_seen.add(fov)
+            p = probs.iloc[row].to_numpy(dtype=np.float32)
+            first, second = np.argsort(-p, kind="stable")[:2]
+            assert f"top cluster: {probs.columns[first]}" in text
+            assert f"p: {format_feature_value(p[first])}" in text
+            assert f"2nd cluster: {probs.columns[second]}" in text
+            assert f"p 2nd: {format_feature_value(p[second])}" in text
+    assert fovs_seen == {"1", "2", "3", "4"}  # the FOVs of both samples
 
 
 def test_clusters_mode_units(setup):
@@ -146,10 +178,16 @@ def test_core_layers_take_part(setup, qtbot):
     ref.obsm["X_umap"] = np.random.default_rng(0).random((ref.n_obs, 2)) * 10
     data, kwargs, _ = reference_layer(ref, cluster_key="cell_type")
     viewer.add_points(data, **kwargs)
-    data, kwargs, _ = spatial_layers(model.spatial, fov_key="fov", role="spatial")[0]
-    layer = viewer.add_points(data, **kwargs)
+    tuples = spatial_layers(model.spatial, fov_key="fov", role="spatial")  # one per sample
+    assert [kw["name"] for _, kw, _ in tuples] == ["spatial · A", "spatial · B"]
+    layers = [viewer.add_points(data, **kwargs) for data, kwargs, _ in tuples]
+    layer = layers[1]  # cells of sample B: their rows in the data set, not in the layer
     layer.selected_data = {0, 1}
-    get_link_controller(viewer).flush()
+    ctl = get_link_controller(viewer)
+    ctl.flush()
     hl = viewer.layers[REFERENCE_HIGHLIGHT]
     rows = plugin_meta(layer)["rows"][[0, 1]]
-    assert len(hl.data) == min(len(reference_weights(model.result, model.reference, rows)), 50)
+    assert (model.spatial.obs["sample"].iloc[rows] == "B").all()
+    shown = reference_weights(model.result, model.reference, rows).iloc[: ctl.max_reference_cells]
+    assert len(hl.data) == len(shown) > 0
+    assert set(hl.features["cell"]) == set(model.reference.obs_names[shown.index])

@@ -22,7 +22,9 @@ def result_file(tmp_path_factory, merfish_pair):
         ref.copy(), spa.copy(), cluster_key="cell_type", epochs=20
     ).to_anndata()
     x = res.obsm["spatial"][:, 0]
-    res.obs["fov"] = pd.Categorical(np.where(x < np.median(x), "1", "2"))
+    q = np.quantile(x, [0.25, 0.5, 0.75])
+    res.obs["fov"] = pd.Categorical(np.array(["1", "2", "3", "4"])[np.searchsorted(q, x)])
+    res.obs["sample"] = pd.Categorical(np.where(x < q[1], "A", "B"))  # FOVs 1, 2 | 3, 4
     path = tmp_path_factory.mktemp("res") / "result.h5ad"
     res.write_h5ad(path)
     return path
@@ -46,13 +48,13 @@ def _assert_same(a: ad.AnnData, b: ad.AnnData) -> None:
         np.testing.assert_array_equal(v, ib["history"][k])
 
 
-def test_reader_opens_result_per_fov(result_file):
+def test_reader_opens_result_per_sample(result_file):
     reader = napari_get_reader(str(result_file))
     assert callable(reader)
     layers = reader(str(result_file))
     assert [kw["name"] for _, kw, _ in layers] == [
-        "most likely cell_type · FOV 1",
-        "most likely cell_type · FOV 2",
+        "most likely cell_type · A",
+        "most likely cell_type · B",
     ]
     adata = source_adata(layers[0][1]["metadata"])
     assert adata.n_vars == 134 and "cluster_probabilities" in adata.obsm, (
@@ -63,6 +65,55 @@ def test_reader_opens_result_per_fov(result_file):
         for _, kw, _ in layers
     )
     assert sum(len(d) for d, _, _ in layers) == 750
+    fovs_of = {}
+    for data, kw, _ in layers:
+        md = kw["metadata"][META_KEY]
+        rows = np.asarray(md["rows"])
+        # each layer holds exactly its sample's cells, where they are
+        assert np.array_equal(np.sort(rows), np.flatnonzero(adata.obs["sample"] == md["sample"]))
+        np.testing.assert_array_equal(data, adata.obsm["spatial"][rows][:, ::-1])
+        assert list(kw["features"]["obs_name"]) == list(adata.obs_names[rows])
+        # the FOV is a feature column of the sample's layer, never a layer of its own
+        fovs = kw["features"]["fov"].astype(str).to_numpy()
+        np.testing.assert_array_equal(fovs, adata.obs["fov"].astype(str).to_numpy()[rows])
+        fovs_of[md["sample"]] = sorted(set(fovs))
+        # apart in space: drawn where they are
+        assert np.allclose(kw.get("translate", 0.0), 0.0)
+    assert fovs_of == {"A": ["1", "2"], "B": ["3", "4"]}
+
+
+def test_reader_lays_out_samples_sharing_coordinates(tmp_path, merfish_pair):
+    """Sections imaged separately share coordinates: drawn side by side, saved as they were."""
+    _, spa = merfish_pair
+    spa = spa.copy()
+    x = spa.obsm["spatial"][:, 0]
+    spa.obs["fov"] = np.where(x < np.median(x), "1", "2")
+    one = spa.copy()
+    one.obs["section"] = "s1"
+    two = spa.copy()
+    two.obs["section"] = "s2"
+    two.obs_names = [f"{c}-2" for c in two.obs_names]
+    both = ad.concat([one, two])
+    both.obs["section"] = both.obs["section"].astype("category")
+    path = tmp_path / "two_sections.h5ad"
+    both.write_h5ad(path)
+    layers = napari_get_reader(str(path))(str(path))
+    assert [kw["name"] for _, kw, _ in layers] == ["two_sections · s1", "two_sections · s2"]
+    (d1, k1, _), (d2, k2, _) = layers
+    # the file's coordinates, the same in both, each cell's FOV a feature
+    np.testing.assert_array_equal(d1, spa.obsm["spatial"][:, ::-1])
+    np.testing.assert_array_equal(d2, spa.obsm["spatial"][:, ::-1])
+    np.testing.assert_array_equal(k2["features"]["fov"].astype(str), spa.obs["fov"])
+    world1 = d1 + np.asarray(k1["translate"])
+    world2 = d2 + np.asarray(k2["translate"])
+    # drawn apart: the two sections' boxes do not overlap
+    lo1, hi1, lo2, hi2 = world1.min(0), world1.max(0), world2.min(0), world2.max(0)
+    assert (hi1 < lo2).any() or (hi2 < lo1).any()
+    # saving writes the file's coordinates back, not where the sections are drawn
+    out = write_points_h5ad(str(tmp_path / "saved.h5ad"), layers)[0]
+    back = ad.read_h5ad(out)
+    assert list(back.obs_names) == list(both.obs_names)
+    np.testing.assert_array_equal(back.obsm["spatial"], both.obsm["spatial"])
 
 
 def test_read_write_read_round_trip(result_file, tmp_path):
@@ -80,12 +131,13 @@ def test_read_write_read_round_trip(result_file, tmp_path):
 def test_writer_saves_moved_points_and_new_features(result_file, tmp_path):
     layers = napari_get_reader(str(result_file))(str(result_file))
     data, kw, t = layers[1]
-    data = data + np.array([1.0, 0.0])  # move FOV 2 down by 1 (y)
+    assert kw["metadata"][META_KEY]["sample"] == "B"
+    data = data + np.array([1.0, 0.0])  # move sample B down by 1 (y)
     kw = dict(kw, features=kw["features"].assign(checked=True))
     out = write_points_h5ad(str(tmp_path / "edited.h5ad"), [layers[0], (data, kw, t)])[0]
     back = ad.read_h5ad(out)
     orig = ad.read_h5ad(result_file)
-    in2 = (orig.obs["fov"] == "2").to_numpy()
+    in2 = (orig.obs["sample"] == "B").to_numpy()
     np.testing.assert_allclose(back.obsm["spatial"][in2, 1], orig.obsm["spatial"][in2, 1] + 1.0)
     np.testing.assert_array_equal(back.obsm["spatial"][~in2], orig.obsm["spatial"][~in2])
     checked = back.obs["checked"].astype(object)
@@ -126,9 +178,16 @@ def test_shared_data_with_fovs(shared_data):
     if not path.exists():
         pytest.skip("merfish_mop is not in the shared data folder")
     layers = napari_get_reader(str(path))(str(path))
-    assert len(layers) == 4, "one layer per slice"
-    adata = source_adata(layers[0][1]["metadata"])
-    assert sum(len(d) for d, _, _ in layers) == adata.n_obs
+    # no sample column: one layer, the four slices its FOV feature (never a layer per slice)
+    assert len(layers) == 1, "one layer for a data set without samples"
+    ((data, kw, _),) = layers
+    adata = source_adata(kw["metadata"])
+    assert len(data) == adata.n_obs
+    md = kw["metadata"][META_KEY]
+    assert md["fov_key"] == "slice" and md["sample"] == ""
+    slices = kw["features"]["slice"].astype(str).to_numpy()
+    np.testing.assert_array_equal(slices, adata.obs["slice"].astype(str).to_numpy()[md["rows"]])
+    assert len(set(slices)) == 4
 
 
 def test_sample_data_returns_layers(tmp_path, monkeypatch):

@@ -8,10 +8,15 @@ import numpy as np
 from napari_spatial_impute import map_cells_to_space
 from napari_spatial_impute.plugin.sync import viewer_model
 from napari_spatial_impute.plugin.viewer import DOCKED, open_result_in_napari
+from napari_spatial_impute.viz.layers import plugin_meta
 
 
 def test_open_result_docks_widgets(make_napari_viewer, monkeypatch, tmp_path, merfish):
     ref, spa = merfish
+    x = spa.obsm["spatial"][:, 0]
+    q = np.quantile(x, [0.25, 0.5, 0.75])
+    spa.obs["fov"] = np.array(["1", "2", "3", "4"])[np.searchsorted(q, x)]
+    spa.obs["sample"] = np.where(x < q[1], "A", "B")  # two sections of two FOVs, apart in space
     res = map_cells_to_space(ref, spa, cluster_key="cell_type", epochs=10).to_anndata()
     path = tmp_path / "result.h5ad"
     res.write_h5ad(path)
@@ -20,10 +25,20 @@ def test_open_result_docks_widgets(make_napari_viewer, monkeypatch, tmp_path, me
     ref.obsm["X_umap"] = np.random.default_rng(0).normal(size=(ref.n_obs, 2)).astype(np.float32)
     out = open_result_in_napari(path, reference=ref, run=False)
     assert out is viewer
+    # one result layer per sample, then the reference
     assert [layer.name for layer in viewer.layers] == [
-        "most likely cell_type · FOV 0",
+        "most likely cell_type · A",
+        "most likely cell_type · B",
         "reference UMAP",
     ]
+    for layer in list(viewer.layers)[:2]:
+        md = plugin_meta(layer)
+        assert np.array_equal(
+            np.sort(md["rows"]), np.flatnonzero(spa.obs["sample"] == md["sample"])
+        )
+        fovs = layer.features["fov"].astype(str).to_numpy()  # the FOV: a feature, not a layer
+        np.testing.assert_array_equal(fovs, spa.obs["fov"].to_numpy()[md["rows"]])
+    assert sum(len(layer.data) for layer in list(viewer.layers)[:2]) == res.n_obs
     model = viewer_model(viewer)
     assert model.result is not None and model.result.n_vars == 134
     assert model.reference is ref and model.cluster_key == "cell_type"
@@ -35,9 +50,12 @@ def test_open_result_docks_widgets(make_napari_viewer, monkeypatch, tmp_path, me
 def test_open_sample_fills_the_model(make_napari_viewer_proxy):
     viewer = make_napari_viewer_proxy()
     viewer.open_sample("napari-spatial-impute", "merfish_mapping")
-    assert [layer.name for layer in viewer.layers] == ["most likely cell_type · FOV 0"]
+    # no samples: one layer with every cell, never a layer per FOV
+    assert [layer.name for layer in viewer.layers] == ["most likely cell_type"]
     model = viewer_model(viewer)
     assert model.result is not None and model.result.n_vars == 134
+    assert len(viewer.layers[0].data) == model.result.n_obs
+    assert plugin_meta(viewer.layers[0])["sample"] == ""
     assert model.cluster_key == "cell_type"
 
 
@@ -69,4 +87,5 @@ def test_docked_widgets_share_one_model(make_napari_viewer, qtbot, merfish):
     ref, spa = merfish
     load._on_loaded((ref, spa, False, False))
     assert mapw.run_button.isEnabled(), "the Map widget sees what the Load widget loaded"
-    assert "1,308 reference cells -> 750 spatial cells" in mapw.data_label.text()
+    text = mapw.data_label.text()
+    assert "1,308 reference" in text and "750 spatial cells" in text
