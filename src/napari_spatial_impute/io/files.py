@@ -12,7 +12,7 @@ import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import anndata as ad
 import numpy as np
@@ -149,9 +149,15 @@ def check_fov_key(adata: ad.AnnData, fov_key: str) -> None:
 def fov_labels(adata: ad.AnnData, fov_key: str | None) -> pd.Categorical:
     """FOV of each cell as a pandas Categorical (one category ``"0"`` when there is no column)."""
     if fov_key is None:
-        return pd.Categorical.from_codes(np.zeros(adata.n_obs, dtype=np.int8), categories=["0"])
+        return categorical_from_codes(np.zeros(adata.n_obs, dtype=np.int8), ["0"])
     check_fov_key(adata, fov_key)
     return _text_labels(adata.obs[fov_key])
+
+
+def categorical_from_codes(codes: Any, categories: Any) -> pd.Categorical:
+    """``pd.Categorical.from_codes`` of integer ``codes`` (any array) and category values."""
+    codes_list: Any = np.asarray(codes)  # the stubs ask for a sequence; any int array works
+    return pd.Categorical.from_codes(codes_list, categories=pd.Index(list(categories)))
 
 
 def _text_labels(values: pd.Series) -> pd.Categorical:
@@ -169,11 +175,11 @@ def _text_labels(values: pd.Series) -> pd.Categorical:
             remap = np.full(len(cats), -1, dtype=np.int64)
             order = _natural_sort(kept)
             remap[used] = [order.index(c) for c in kept]
-            return pd.Categorical.from_codes(remap[codes], categories=order)
+            return categorical_from_codes(remap[codes], order)
         cat = values.astype(str).astype("category").cat
-        return pd.Categorical(values.astype(str), categories=_natural_sort(cat.categories))
+        return pd.Categorical(values.astype(str), categories=_natural_sort(list(cat.categories)))
     strings = values.astype(str)
-    return pd.Categorical(strings, categories=_natural_sort(pd.unique(strings)))
+    return pd.Categorical(strings, categories=_natural_sort(list(pd.unique(strings))))
 
 
 #: Column names tried, in order, when looking for the sample (section, slice) of each cell.
@@ -258,7 +264,7 @@ def find_sample_key(
 def sample_labels(adata: ad.AnnData, sample_key: str | None) -> pd.Categorical:
     """Sample of each cell as a Categorical (one category ``""`` without a column)."""
     if sample_key is None:
-        return pd.Categorical.from_codes(np.zeros(adata.n_obs, dtype=np.int8), categories=[""])
+        return categorical_from_codes(np.zeros(adata.n_obs, dtype=np.int8), [""])
     return _text_labels(adata.obs[sample_key])
 
 

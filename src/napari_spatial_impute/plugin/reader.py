@@ -1,4 +1,4 @@
-"""napari reader: an AnnData ``.h5ad`` file becomes Points layers (one per FOV).
+"""napari reader: an AnnData ``.h5ad`` file becomes Points layers, one per sample (FOVs a feature).
 
 Spatial data (``obsm['spatial']``) and mapping results open in tissue coordinates, napari axis
 order ``(y, x)`` / ``(z, y, x)``; a result is coloured by its predicted cluster and keeps its

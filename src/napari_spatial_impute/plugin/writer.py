@@ -21,7 +21,7 @@ def write_points_h5ad(
 ) -> list[str]:
     """Write Points layers to ``path`` (``.h5ad`` appended when missing).
 
-    FOV layers of one data set are concatenated back into their source AnnData (coordinates and
+    Sample layers of one data set are concatenated back into their source AnnData (coordinates and
     features from the layers; imputed values, probabilities and parameters from the source); plain
     Points layers become cells with no genes. See
     :func:`layers_to_anndata`.
@@ -114,7 +114,9 @@ def _plugin_points_to_anndata(
         bad = all_names[pos < 0][:3].tolist()
         raise ValueError(f"cells {bad} are not in the layer's data set; cannot save them.")
     if len(np.unique(pos)) != len(pos):
-        raise ValueError("some cells are in several of the selected layers; select each FOV once.")
+        raise ValueError(
+            "some cells are in several of the selected layers; select each sample once."
+        )
     order = np.argsort(pos, kind="stable")
     keep = np.sort(pos)
     out = src.copy() if np.array_equal(keep, np.arange(src.n_obs)) else src[keep].copy()

@@ -33,6 +33,7 @@ import scipy.sparse as sp
 
 from napari_spatial_impute._errors import InputError
 from napari_spatial_impute.io._sparse import is_sparse
+from napari_spatial_impute.io.files import categorical_from_codes
 from napari_spatial_impute.io.schema import halfwidths, interval_levels, resolve_gene
 from napari_spatial_impute.viz.coords import to_napari
 from napari_spatial_impute.viz.layers import (
@@ -61,7 +62,7 @@ VALUE_KINDS: tuple[str, ...] = ("imputed", "measured", "probability")
 COLORMAPS: dict[str, str] = {"imputed": "viridis", "measured": "viridis", "probability": "magma"}
 
 
-_HOVER_CACHE: dict[tuple[int, int, bytes], tuple[weakref.ref, pd.DataFrame]] = {}
+_HOVER_CACHE: dict[tuple[int, str | None, str | None, bytes], tuple[weakref.ref, pd.DataFrame]] = {}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -214,7 +215,7 @@ def top_clusters(result: ad.AnnData, rows: np.ndarray) -> pd.DataFrame | None:
     for col, parts in out.items():
         arr = np.concatenate(parts) if parts else np.empty(0)
         if col in (TOP_CLUSTER_COLUMNS[0], TOP_CLUSTER_COLUMNS[2]):
-            frame[col] = pd.Categorical.from_codes(arr.astype(np.int32), categories=names)
+            frame[col] = categorical_from_codes(arr.astype(np.int32), names)
         else:
             frame[col] = arr.astype(np.float32)
     return frame
@@ -246,9 +247,7 @@ def hover_features(
         return hit[1].copy(deep=False)
     df = pd.DataFrame({"cell": np.asarray(result.obs_names[rows], dtype=object)})
     fovs = fov_names(result, resolve_fov_key(result, fov_key), sample_key)
-    df[FOV_COLUMN] = pd.Categorical.from_codes(
-        np.asarray(fovs.codes)[rows], categories=fovs.categories
-    )
+    df[FOV_COLUMN] = categorical_from_codes(np.asarray(fovs.codes)[rows], fovs.categories)
     clusters = top_clusters(result, rows)
     if clusters is not None:
         df = pd.concat([df, clusters], axis=1)
@@ -443,7 +442,7 @@ def predicted_layer_specs(
         else sorted(map(str, pred.unique()))
     )
     labels = (
-        pd.Categorical.from_codes(np.asarray(pred.cat.codes), categories=cats)
+        categorical_from_codes(pred.cat.codes, cats)
         if isinstance(pred.dtype, pd.CategoricalDtype)
         and len(set(cats)) == len(cats)
         and not np.any(np.asarray(pred.cat.codes) < 0)

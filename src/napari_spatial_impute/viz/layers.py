@@ -670,7 +670,7 @@ def ensure_umap(adata: ad.AnnData, key: str = "X_umap", seed: int = 0) -> np.nda
 def adata_layers(
     adata: ad.AnnData, *, name: str = "data", cluster_key: str | None = None
 ) -> list[LayerData]:
-    """Layers for any plugin AnnData: spatial/result cells per FOV, or a reference at its UMAP.
+    """Layers for any plugin AnnData: spatial/result cells per sample, or a reference at its UMAP.
 
     A reference without ``obsm['X_umap']`` gives no layers (computing one is too slow here).
     """

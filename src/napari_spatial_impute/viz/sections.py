@@ -25,6 +25,7 @@ import pandas as pd
 
 from napari_spatial_impute._errors import InputError
 from napari_spatial_impute.io.files import (
+    categorical_from_codes,
     find_fov_key,
     find_sample_key,
     fov_labels,
@@ -135,7 +136,7 @@ def fov_names(adata: ad.AnnData, fov_key: str | None, sample_key: str | None) ->
             f"{samples.categories[u // len(fovs.categories)]} · {fovs.categories[u % len(fovs.categories)]}"
             for u in uniq
         ]
-        return pd.Categorical.from_codes(codes.astype(np.int32), categories=names)
+        return categorical_from_codes(codes, names)
 
     return _cached(adata, ("fov_names", fov_key, sample_key), compute)
 

@@ -245,7 +245,8 @@ class ExploreWidget(PluginWidget):
 
     # ------------------------------------------------------------------ actions
     def _n_cells(self) -> int:
-        return int(self.model.result.n_obs)
+        result = self.model.result
+        return 0 if result is None else int(result.n_obs)
 
     def _dispatch(
         self, build: Callable[[], Any], place: Callable[[Any], list], done: Callable[[list], None]
@@ -304,7 +305,7 @@ class ExploreWidget(PluginWidget):
         gene = gene if isinstance(gene, str) else self.gene_edit.text().strip()
         if result is None or not gene:
             return []
-        keys = {"fov_key": self.model.fov_key, "sample_key": self.model.sample_key}
+        keys: dict[str, Any] = {"fov_key": self.model.fov_key, "sample_key": self.model.sample_key}
         measured = self.measured_check.isChecked()
         size, level = self.size_spin.value(), self.uncertainty.interval_level()
 
@@ -330,7 +331,7 @@ class ExploreWidget(PluginWidget):
         cluster = cluster if isinstance(cluster, str) else self.cluster_combo.currentText()
         if result is None or not cluster:
             return []
-        keys = {"fov_key": self.model.fov_key, "sample_key": self.model.sample_key}
+        keys: dict[str, Any] = {"fov_key": self.model.fov_key, "sample_key": self.model.sample_key}
         size = self.size_spin.value()
 
         def build() -> Any:
@@ -352,7 +353,7 @@ class ExploreWidget(PluginWidget):
         result = self.model.result
         if result is None:
             return []
-        keys = {"fov_key": self.model.fov_key, "sample_key": self.model.sample_key}
+        keys: dict[str, Any] = {"fov_key": self.model.fov_key, "sample_key": self.model.sample_key}
         size = self.size_spin.value()
 
         def build() -> Any:

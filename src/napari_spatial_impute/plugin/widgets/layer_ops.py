@@ -148,7 +148,7 @@ def gene_specs(
     empty when the result has no intervals, ``None`` when ``interval`` is ``None`` (then the
     interval layers already shown are left alone).
     """
-    keys = {"fov_key": fov_key, "sample_key": sample_key, "size": size}
+    keys: dict[str, Any] = {"fov_key": fov_key, "sample_key": sample_key, "size": size}
     specs = value_layer_specs(result, "imputed", gene, **keys)
     gene = specs[0].meta["value"] if specs else gene
     m_specs: list[PointsSpec] = []
@@ -323,7 +323,7 @@ def _fresh_spec(
 ) -> PointsSpec:
     """The spec of an exploration layer (known by its metadata) built from ``result``."""
     role = md.get("kind")
-    keys = {
+    keys: dict[str, Any] = {
         "fov_key": fov_key,
         "sample_key": sample_key,
         "samples": [md.get("sample")],

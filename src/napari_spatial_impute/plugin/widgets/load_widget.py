@@ -1,6 +1,6 @@
 """Load widget: reference and spatial ``.h5ad`` files (or plugin layers) into the shared model.
 
-The spatial cells become one Points layer per FOV, coloured by a chosen obs column; the reference
+The spatial cells become one Points layer per sample (the FOV a feature), coloured by a chosen obs column; the reference
 becomes a Points layer at its UMAP (computed in a worker when absent), placed right of the tissue.
 """
 
@@ -379,7 +379,7 @@ class LoadWidget(PluginWidget):
         return found[0] if found else None
 
     def show_spatial(self) -> list[Points]:
-        """(Re)build the spatial layers, one per FOV, coloured by the chosen column."""
+        """(Re)build the spatial layers, one per sample, coloured by the chosen column."""
         spa = self.model.spatial
         if spa is None:
             return []

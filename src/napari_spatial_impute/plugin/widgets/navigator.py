@@ -116,13 +116,15 @@ class FovNavigator(QWidget):
 
     def _filter(self, text: str) -> None:
         needle = text.strip().lower()
-        for i in range(self.fov_list.count()):
-            item = self.fov_list.item(i)
+        for item in self._items():
             item.setHidden(bool(needle) and needle not in item.text().lower())
 
+    def _items(self) -> list[Any]:
+        items = (self.fov_list.item(i) for i in range(self.fov_list.count()))
+        return [item for item in items if item is not None]
+
     def _go_first(self) -> None:
-        for i in range(self.fov_list.count()):
-            item = self.fov_list.item(i)
+        for item in self._items():
             if not item.isHidden():
                 self.go_to(item.text())
                 return
