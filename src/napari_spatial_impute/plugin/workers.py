@@ -205,13 +205,15 @@ def result_layers(
     (``fov_key``, ``sample_key``).
     """
     from napari_spatial_impute.viz.layers import result_cluster_key, spatial_layers
-    from napari_spatial_impute.viz.sections import resolve_sample_key
+    from napari_spatial_impute.viz.sections import fov_boxes, resolve_fov_key, resolve_sample_key
 
     adata = result.to_anndata()
     if fov_key:
         adata.uns["spatial_impute"]["fov_key"] = fov_key
     samples = resolve_sample_key(adata, sample_key, fov_key)
     adata.uns["spatial_impute"]["sample_key"] = samples or ""
+    # what the Explore widget needs on the main thread, cached per result (1-2 s at 10^6 cells)
+    fov_boxes(adata, resolve_fov_key(adata, fov_key), samples)
     return adata, spatial_layers(
         adata,
         fov_key=fov_key,

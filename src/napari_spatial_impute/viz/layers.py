@@ -485,8 +485,8 @@ def spatial_layers(
         fov_labels(adata, fov_key)  # refuses a per-cell column before anything is built
     feats = features_frame(adata.obs)
     pal = _palette(adata, color_by)
-    if size is None:
-        size = point_size(coords)
+    if size is None:  # cached per AnnData: computed once (here, often in a worker thread)
+        size = point_size(adata) if coords.shape[1] == 2 else point_size(coords)
     out: list[LayerData] = []
     for sample, idx in sample_rows(adata, samples).items():
         if name is None and key:

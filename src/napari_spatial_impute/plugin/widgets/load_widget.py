@@ -45,6 +45,7 @@ from napari_spatial_impute.viz.layers import (
     ensure_umap,
     guess_cluster_key,
     plugin_meta,
+    point_size,
     recolor,
     reference_layer,
     source_of,
@@ -252,6 +253,7 @@ class LoadWidget(PluginWidget):
                     validate_adata(r, "reference")
                 if s is not None:
                     validate_adata(s, "spatial", require_spatial=True)
+                    point_size(s)  # cached per data set: not computed again on the main thread
             except InputError as exc:
                 return Failed(str(exc).splitlines()[0])
             return r, s, source_of(ref), source_of(spa)
