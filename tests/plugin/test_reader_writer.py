@@ -178,16 +178,25 @@ def test_shared_data_with_fovs(shared_data):
     if not path.exists():
         pytest.skip("merfish_mop is not in the shared data folder")
     layers = napari_get_reader(str(path))(str(path))
-    # no sample column: one layer, the four slices its FOV feature (never a layer per slice)
-    assert len(layers) == 1, "one layer for a data set without samples"
-    ((data, kw, _),) = layers
-    adata = source_adata(kw["metadata"])
-    assert len(data) == adata.n_obs
-    md = kw["metadata"][META_KEY]
-    assert md["fov_key"] == "slice" and md["sample"] == ""
-    slices = kw["features"]["slice"].astype(str).to_numpy()
-    np.testing.assert_array_equal(slices, adata.obs["slice"].astype(str).to_numpy()[md["rows"]])
-    assert len(set(slices)) == 4
+    # only a "slice" column: each slice is a section (and its one FOV), drawn as its own layer
+    assert len(layers) == 4, "one layer per slice"
+    adata = source_adata(layers[0][1]["metadata"])
+    assert sum(len(d) for d, _, _ in layers) == adata.n_obs
+    slices = adata.obs["slice"].astype(str).to_numpy()
+    boxes = []
+    for data, kw, _ in layers:
+        md = kw["metadata"][META_KEY]
+        assert md["sample_key"] == "slice" and kw["name"] == f"spatial · {md['sample']}"
+        assert np.array_equal(np.sort(md["rows"]), np.flatnonzero(slices == md["sample"]))
+        # the slice is the FOV feature of its layer
+        assert set(kw["features"]["slice"].astype(str)) == {md["sample"]}
+        world = data + np.asarray(kw.get("translate", np.zeros(2)))
+        boxes.append(np.r_[world.min(0), world.max(0)])
+    assert sorted(kw["metadata"][META_KEY]["sample"] for _, kw, _ in layers) == sorted(set(slices))
+    # the slices share coordinates in part: laid out so that none covers another
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1 :]:
+            assert a[2] < b[0] or b[2] < a[0] or a[3] < b[1] or b[3] < a[1]
 
 
 def test_sample_data_returns_layers(tmp_path, monkeypatch):
