@@ -11,7 +11,8 @@ Older results (or results projected with the Tangram map) lack them: every funct
 reports "nothing" (empty list, ``None``) instead of failing, so the widgets can hide their
 controls.
 
-Interval layers are named ``"<gene> <level>% interval width · FOV <id>"``; their value is the
+Interval layers (one per sample) are named ``"<gene> <level>% interval width"`` (with
+``" · <sample>"`` when there are samples); their value is the
 full width ``2 x halfwidth`` and their metadata dict holds ``kind = "interval"`` and ``level``
 (e.g. ``"90"``) beside the usual entries (:func:`napari_spatial_impute.viz.layers.plugin_meta`).
 """
