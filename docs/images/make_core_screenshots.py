@@ -1,6 +1,10 @@
 """Make the screenshots of the Load data and Map widgets used in docs/user-guide-core.md.
 
-Run under a display (e.g. ``xvfb-run -a .venv/bin/python docs/images/make_core_screenshots.py``).
+Run under a display::
+
+    xvfb-run -a -s "-screen 0 1920x1080x24" .venv/bin/python docs/images/make_core_screenshots.py
+
+Every screenshot is the whole 1920 x 1080 window (``_qt_window.grab()``).
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ from qtpy.QtWidgets import QApplication
 from napari_spatial_impute.io.datasets import bundled_paths, shared_data_dir
 
 OUT = Path(__file__).resolve().parent
+SIZE = (1920, 1080)
+PLUGIN = "napari-spatial-impute"
 
 
 def wait(done, timeout: float = 300) -> None:
@@ -28,35 +34,43 @@ def wait(done, timeout: float = 300) -> None:
         time.sleep(0.02)
 
 
-def save(viewer, name: str) -> None:
-    for _ in range(20):
-        QApplication.processEvents()
-        time.sleep(0.02)
-    from matplotlib.image import imsave
+def new_viewer() -> napari.Viewer:
+    viewer = napari.Viewer(show=True)
+    viewer.window._qt_window.resize(*SIZE)
+    wait(lambda: True)
+    return viewer
 
-    img = viewer.screenshot(canvas_only=False, flash=False)
-    imsave(OUT / name, img)
-    print("wrote", OUT / name, img.shape)
+
+def save(viewer, name: str) -> None:
+    from napari._qt.dialogs.qt_notification import NapariQtNotification
+
+    wait(lambda: True)
+    for toast in viewer.window._qt_window.findChildren(NapariQtNotification):
+        toast.close()  # napari's pop-ups would cover the docks
+    wait(lambda: True)
+    viewer.window._qt_window.grab().save(str(OUT / name))
+    print("wrote", OUT / name)
 
 
 def main() -> int:
-    viewer = napari.Viewer(show=True)
-    viewer.window.resize(1500, 950)
-    _, load = viewer.window.add_plugin_dock_widget("napari-spatial-impute", "Load data")
+    viewer = new_viewer()
+    _, load = viewer.window.add_plugin_dock_widget(PLUGIN, "Load data")
     ref_path, sp_path = bundled_paths()
     load.reference_row.path.setText(str(ref_path))
     load.spatial_row.path.setText(str(sp_path))
     load.load()
     wait(lambda: load.reference_points is not None)
+    load.files_button.setChecked(True)  # loading folded the file choices: unfold them here
     viewer.reset_view()
     save(viewer, "load_widget.png")
 
-    _, mapw = viewer.window.add_plugin_dock_widget(
-        "napari-spatial-impute", "Map cells to space", tabify=True
-    )
+    # Load (folded again) and Map docked together
+    load.files_button.setChecked(False)
+    _, mapw = viewer.window.add_plugin_dock_widget(PLUGIN, "Map cells to space")
     mapw.run()  # the defaults: the ensemble map, nothing trained
     wait(lambda: mapw.worker is None)
-    viewer.layers["spatial"].visible = False
+    for layer in viewer.layers:
+        layer.visible = layer.name != "spatial"
     viewer.reset_view()
     save(viewer, "map_widget.png")
 
@@ -72,18 +86,18 @@ def main() -> int:
     assert len(viewer.layers) == n_layers, "cancel added a layer"
     print("cancelled:", mapw.status.text())
 
+    # four sections in the same coordinates: one layer each, laid out side by side
     data = shared_data_dir()
     mop = data / "merfish_mop" / "spatial.h5ad" if data else None
     if mop is not None and mop.exists():
-        v2 = napari.Viewer(show=True)
-        v2.window.resize(1500, 950)
-        _, load2 = v2.window.add_plugin_dock_widget("napari-spatial-impute", "Load data")
+        v2 = new_viewer()
+        _, load2 = v2.window.add_plugin_dock_widget(PLUGIN, "Load data")
         load2.spatial_row.path.setText(str(mop))
         load2.load()
-        wait(lambda: load2.status.text() == "Loaded.")
+        wait(lambda: load2.status.text() == "Loaded." and len(v2.layers) > 0)
         load2.color_combo.setCurrentText("slice")
         v2.reset_view()
-        save(v2, "load_widget_fovs.png")
+        save(v2, "load_widget_samples.png")
         v2.close()
     viewer.close()
     return 0

@@ -1,11 +1,11 @@
 """Make the uncertainty screenshots of docs/user-guide-explore.md (run under a display).
 
-    xvfb-run -a python docs/images/uncertainty_screenshots.py
+    xvfb-run -a -s "-screen 0 1920x1080x24" .venv/bin/python docs/images/uncertainty_screenshots.py
 
-Same data as ``explore_screenshots.py`` (the bundled MERFISH hypothalamus pair, the default map, its
-spatial cells split at the median x into two FOVs). Writes ``explore_uncertainty.png``,
+Same data as ``explore_screenshots.py`` (the bundled MERFISH hypothalamus pair and its default
+map, one section). Writes ``explore_uncertainty.png`` (the whole window),
 ``diagnostics_reliability.png`` and ``diagnostics_cv.png`` (the CV table with its coverage,
-width and predicted-Pearson columns).
+width and predicted-Pearson columns; the widget alone).
 """
 
 from __future__ import annotations
@@ -14,44 +14,33 @@ import sys
 import warnings
 from pathlib import Path
 
-import napari
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from explore_screenshots import OUT, merfish, save, settle
+from explore_screenshots import OUT, explore_viewer, merfish, save, settle
 
 from napari_spatial_impute import cross_validate
-from napari_spatial_impute.plugin.model import get_model
+from napari_spatial_impute.plugin.sync import connect_model
 from napari_spatial_impute.plugin.widgets.diagnostics_widget import DiagnosticsWidget
-from napari_spatial_impute.plugin.widgets.explore_widget import ExploreWidget
 
 warnings.simplefilter("ignore")
 
 
 def main() -> None:
     ref, spa, res = merfish()
-    viewer = napari.Viewer(show=True, title="napari-spatial-impute: uncertainty")
-    viewer.window.resize(1500, 950)
-    model = get_model(viewer)
-    model.set_reference(ref)
-    model.set_spatial(spa)
-    model.set_keys(cluster_key="cell_type", fov_key="fov")
-    model.set_result(res)
-    explore = ExploreWidget(viewer)
-    dock = viewer.window.add_dock_widget(explore, name="Explore", area="right")
+    viewer, explore = explore_viewer("uncertainty", ref, spa, res, None, "")
 
-    # Gad1 imputed (cells with a wide 90% interval greyed out) above its interval width
+    # Gad1 imputed (cells with a wide 90% interval greyed out) beside its interval width
     explore.measured_check.setChecked(False)
     explore.uncertainty.interval_check.setChecked(True)
     explore.uncertainty.mask_check.setChecked(True)
-    explore.show_gene("Gad1")
-    viewer.grid.enabled = True
-    viewer.grid.stride = 1
+    explore.grid_check.setChecked(True)
+    explore.gene_edit.setText("Gad1")
+    layers = explore.show_gene()
+    viewer.layers.selection.active = layers[0]
     save(viewer, "explore_uncertainty.png", reset=True)
-    viewer.window.remove_dock_widget(dock)
 
     # diagnostics: reliability tab (with a cross-validation to compare against) and the CV table
     viewer.layers.clear()
-    model.set_cv_table(cross_validate(ref, spa, folds=5))
+    connect_model(viewer).set_cv_table(cross_validate(ref, spa, folds=5))
     diag = DiagnosticsWidget(viewer)
     for name, tab, size in (
         ("diagnostics_reliability.png", "Reliability", (1300, 820)),
@@ -61,10 +50,11 @@ def main() -> None:
         diag.show()
         titles = [diag.tabs.tabText(i) for i in range(diag.tabs.count())]
         diag.tabs.setCurrentIndex(titles.index(tab))
-        settle(viewer, 10)
+        settle(20)
         diag.grab().save(str(OUT / name))
         print("wrote", OUT / name)
     diag.close()
+    viewer.close()
 
 
 if __name__ == "__main__":
