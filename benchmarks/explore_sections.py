@@ -18,9 +18,12 @@ state are its own:
 
 Every action is timed three ways: wall time until the layers are updated (waiting for the worker
 when it is asynchronous), the next frame (``QApplication.processEvents()`` then a synchronous
-``repaint()`` of the main window; the vispy draws inside it are counted and timed separately),
-and the longest event-loop stall during the action (``gui_responsiveness.Heartbeat``). Resident
-memory (psutil RSS) and the number of layers follow each step.
+``repaint()`` of the main window; the vispy draws inside it, and those inside the action, are
+counted and timed separately: napari paints synchronously while a new layer's controls are
+shown), and the longest event-loop stall (``gui_responsiveness.Heartbeat``, a 10 ms QTimer):
+inside the action (``stall_in_action_s``) and the longest heartbeat gap touching it, whole
+(``max_stall_s``, which can run on into the forced frame). Resident memory (psutil RSS) and the
+number of layers follow each step.
 """
 
 from __future__ import annotations
@@ -175,6 +178,7 @@ class Meter:
             **fr,
             "n_layers": len(self.viewer.layers),
             "rss_mib": rss_mib(),
+            "peak_rss_mib": _peak_rss_mib(),
             "_span": (t0, t_done, t_frame),
         }
         self.rows.append(row)
@@ -199,8 +203,9 @@ class Meter:
         pstats.Stats(prof, stream=buf).sort_stats("cumulative").print_stats(40)
         path.with_suffix(".txt").write_text(buf.getvalue())
 
-    def _longest_gap(self, a: float, b: float) -> tuple[float, int]:
-        """The longest heartbeat gap (minus the interval) overlapping ``[a, b]``, and the ticks in it."""
+    def _longest_gap(self, a: float, b: float, clip: bool = False) -> tuple[float, int]:
+        """The longest heartbeat gap (minus the interval) overlapping ``[a, b]``, and the ticks
+        in ``[a, b]``. ``clip``: only the part of each gap inside ``[a, b]`` counts."""
         t = np.array([x for x, _ in self.hb.ticks])
         if len(t) < 2:
             return float("nan"), 0
@@ -208,16 +213,26 @@ class Meter:
         over = (g1 > a) & (g0 < b)
         if not over.any():
             return float("nan"), 0
-        gaps = np.maximum(g1[over] - g0[over] - self.hb.interval, 0.0)
+        lo, hi = g0[over], g1[over]
+        if clip:
+            lo, hi = np.maximum(lo, a), np.minimum(hi, b)
+        gaps = np.maximum(hi - lo - self.hb.interval, 0.0)
         return float(gaps.max()), int(((t >= a) & (t <= b)).sum())
 
     def finish(self) -> list[dict[str, Any]]:
-        """Add each row's longest stall: during the action (until the layers were updated) and
-        during the forced frame; a synchronous action is one stall as long as the action."""
+        """Add each row's longest stalls, from the heartbeat.
+
+        ``stall_in_action_s``: the longest time the event loop did not run inside the action
+        (from its start until its layers were updated; a synchronous action is one stall as long
+        as the action). ``max_stall_s``: the longest heartbeat gap touching the action, whole: it
+        can run on into the forced frame when the loop only got round after the frame's draw
+        (the frame's own stall is ``frame_stall_s``).
+        """
         for row in self.rows:
             t0, t_done, t_frame = row.pop("_span")
-            row["max_stall_s"], row["n_ticks"] = self._longest_gap(t0, t_done)
-            row["frame_stall_s"], _ = self._longest_gap(t_done, t_frame)
+            row["stall_in_action_s"], row["n_ticks"] = self._longest_gap(t0, t_done, clip=True)
+            row["max_stall_s"], _ = self._longest_gap(t0, t_done)
+            row["frame_stall_s"], _ = self._longest_gap(t_done, t_frame, clip=True)
         st = self.hb.stalls()
         idle = st.loc[st["phase"] == "idle", "stall_ms"].to_numpy()
         self.idle_max_stall_s = float(idle.max()) / 1000 if len(idle) else float("nan")

@@ -412,15 +412,17 @@ def _fmt(v: Any, nd: int = 2) -> str:
 def _steps_md(rows: list[dict[str, Any]]) -> str:
     lines = [
         "| step | wall s | draws during it: s (n) | next frame s | its vispy draws: s (n) "
-        "| longest stall s | layers | RSS MiB |",
-        "|---|---|---|---|---|---|---|---|",
+        "| longest stall in the action s | longest gap touching it s | layers | RSS MiB "
+        "| peak RSS so far MiB |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['step']} | {_fmt(r['wall_s'])} | "
             f"{_fmt(r['action_draw_s'])} ({r['action_n_draws']}) | {_fmt(r['frame_s'])} | "
-            f"{_fmt(r['draw_s'])} ({r['n_draws']}) | {_fmt(r.get('max_stall_s'))} | "
-            f"{r['n_layers']} | {r['rss_mib']:.0f} |"
+            f"{_fmt(r['draw_s'])} ({r['n_draws']}) | {_fmt(r.get('stall_in_action_s'))} | "
+            f"{_fmt(r.get('max_stall_s'))} | {r['n_layers']} | {r['rss_mib']:.0f} | "
+            f"{_fmt(r.get('peak_rss_mib'), 0)} |"
         )
     return "\n".join(lines)
 
