@@ -443,3 +443,28 @@ def test_samples_sharing_coordinates_are_laid_out_side_by_side(widget):
     lo, hi = _fov_box(model, "3")
     assert np.all(lo >= b_lo - 1e-6) and np.all(hi <= b_hi + 1e-6)
     assert np.allclose(viewer.camera.center[-2:], (lo + hi) / 2)
+
+
+def test_going_to_a_fov_in_the_side_by_side_grid_fits_one_cell(widget):
+    viewer, model, w = widget
+    w.show_gene("Gad1")
+    w.grid_check.setChecked(True)
+    assert w.go_to_fov("2")
+    lo, hi = _fov_box(model, "2")
+    rows, cols = viewer.grid.actual_shape(list(viewer.layers))
+    assert rows * cols >= 2
+    cell = np.asarray(viewer.canvas.size) / np.array([rows, cols])
+    on_screen = (hi - lo) * viewer.camera.zoom
+    assert np.all(on_screen <= cell + 1) and np.any(on_screen >= 0.5 * cell)
+
+
+def test_default_point_size_is_the_spacing_within_a_sample(widget):
+    from napari_spatial_impute.viz.coords import point_size
+
+    viewer, model, w = widget
+    alone = point_size(model.result[model.result.obs["sample"] == "B"].copy())
+    res = _overlapping_samples(model)  # B on top of A: the file's spacing halves
+    assert point_size(res) < 0.8 * alone
+    layers = w.show_gene("Gad1")
+    assert w.size_spin.value() == pytest.approx(float(np.mean(layers[0].size)))
+    assert float(np.mean(layers[0].size)) == pytest.approx(alone, rel=0.35)

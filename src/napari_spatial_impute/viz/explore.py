@@ -43,12 +43,12 @@ from napari_spatial_impute.viz.layers import (
     _palette,
     category_colors,
     layer_name,
-    point_size,
     points_spec,
     predicted_layer_name,
     robust_limits,
 )
 from napari_spatial_impute.viz.sections import (
+    drawn_point_size,
     fov_names,
     resolve_fov_key,
     resolve_sample_key,
@@ -390,7 +390,7 @@ def sample_points_specs(
         raise InputError(
             f"sample {missing[0]!r} is not in the result; samples are {list(by_sample)}."
         )
-    size = point_size(result) if size is None else size
+    size = drawn_point_size(result, sample_key) if size is None else size
     specs = []
     for sample in chosen:
         rows = by_sample[sample]

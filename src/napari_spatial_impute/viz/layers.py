@@ -26,7 +26,6 @@ Conventions
 from __future__ import annotations
 
 import warnings
-import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,8 +36,13 @@ import pandas as pd
 
 from napari_spatial_impute.io.files import find_fov_key, fov_labels
 from napari_spatial_impute.io.schema import UNS_KEY
-from napari_spatial_impute.viz.coords import checked_coords, to_napari
-from napari_spatial_impute.viz.sections import resolve_sample_key, sample_rows, translate_of
+from napari_spatial_impute.viz.coords import checked_coords, point_size, to_napari
+from napari_spatial_impute.viz.sections import (
+    drawn_point_size,
+    resolve_sample_key,
+    sample_rows,
+    translate_of,
+)
 
 #: Key of the plugin's entry in ``layer.metadata``: one dict, read with :func:`plugin_meta`.
 META_KEY = "spatial_impute"
@@ -110,44 +114,6 @@ def predicted_layer_name(cluster_key: str, sample: str = "") -> str:
 
 
 # --------------------------------------------------------------------------- sizes
-_SIZE_CACHE: dict[int, tuple[weakref.ref, float]] = {}
-
-
-def point_size(data: Any) -> float:
-    """A point diameter that makes neighbouring cells just touch (median nearest-neighbour
-    distance x 0.9), from napari-order points or an AnnData's ``obsm["spatial"]`` (cached per
-    AnnData). Non-finite points are left out (building layers reports them)."""
-    if isinstance(data, ad.AnnData):
-        hit = _SIZE_CACHE.get(id(data))
-        if hit is not None and hit[0]() is data:
-            return hit[1]
-        raw = data.obsm["spatial"]
-        raw = raw.to_numpy() if isinstance(raw, pd.DataFrame) else np.asarray(raw)
-        try:
-            pts = np.asarray(raw, dtype=np.float64)[:, 1::-1]
-        except (TypeError, ValueError, IndexError):
-            return 1.0
-        size = point_size(pts)
-        for k in [k for k, (ref, _) in _SIZE_CACHE.items() if ref() is None]:
-            _SIZE_CACHE.pop(k, None)
-        _SIZE_CACHE[id(data)] = (weakref.ref(data), size)
-        return size
-    from scipy.spatial import cKDTree
-
-    pts = np.asarray(data, dtype=np.float64)[:, -2:]
-    pts = pts[np.isfinite(pts).all(axis=1)]  # callers report non-finite cells themselves
-    if len(pts) < 2:
-        return 1.0
-    sample = pts if len(pts) <= 20_000 else pts[np.linspace(0, len(pts) - 1, 20_000).astype(int)]
-    dist, _ = cKDTree(pts).query(sample, k=2)
-    d = np.asarray(dist)[:, 1]  # k=2 always gives an (n, 2) array; the stubs allow a float
-    d = d[d > 0]
-    if d.size == 0:
-        span = float(np.ptp(pts, axis=0).max()) or 1.0
-        return span / 100.0
-    return float(np.median(d)) * 0.9
-
-
 def points_style(size: float, n_points: int = 0) -> dict[str, Any]:
     """Drawing options of every plugin Points layer.
 
@@ -486,7 +452,7 @@ def spatial_layers(
     feats = features_frame(adata.obs)
     pal = _palette(adata, color_by)
     if size is None:  # cached per AnnData: computed once (here, often in a worker thread)
-        size = point_size(adata) if coords.shape[1] == 2 else point_size(coords)
+        size = drawn_point_size(adata, samples) if coords.shape[1] == 2 else point_size(coords)
     out: list[LayerData] = []
     for sample, idx in sample_rows(adata, samples).items():
         if name is None and key:

@@ -32,7 +32,7 @@ from napari_spatial_impute.io.files import (
     sample_labels,
 )
 from napari_spatial_impute.io.schema import UNS_KEY
-from napari_spatial_impute.viz.coords import to_napari
+from napari_spatial_impute.viz.coords import point_size, to_napari
 
 #: Gap between samples laid out side by side, as a share of the largest sample's size.
 GAP = 0.08
@@ -207,6 +207,27 @@ def translate_of(
     """The napari ``translate`` of a sample's layer (``ndim`` long; a 3D layer's ``z`` is 0)."""
     offset = sample_offsets(adata, sample_key).get(str(sample), np.zeros(2))
     return np.concatenate([np.zeros(max(ndim - 2, 0)), offset])
+
+
+def drawn_point_size(adata: ad.AnnData, sample_key: str | None) -> float:
+    """The default point diameter where cells are drawn: the cells' spacing within a sample
+    (:func:`~napari_spatial_impute.viz.coords.point_size` of the laid-out positions; samples that
+    share coordinates would otherwise halve it)."""
+    offsets = sample_offsets(adata, sample_key)
+    if not any(np.any(o) for o in offsets.values()):
+        return point_size(adata)
+    return _cached(
+        adata, ("point_size", sample_key), lambda: point_size(display_yx(adata, None, sample_key))
+    )
+
+
+def outline_width(adata: ad.AnnData, sample_key: str | None) -> float:
+    """Edge width of FOV outlines: a sixth of the point size, and at least 1/2,000 of the drawn
+    extent (about a pixel on a whole-section view; thinner lines vanish in places)."""
+    yx = display_yx(adata, None, sample_key)
+    yx = yx[np.isfinite(yx).all(axis=1)]
+    extent = float(np.ptp(yx, axis=0).max()) if len(yx) else 1.0
+    return max(drawn_point_size(adata, sample_key) / 6.0, extent / 2000.0, 1e-6)
 
 
 def display_yx(

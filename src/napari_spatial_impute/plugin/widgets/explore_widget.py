@@ -26,6 +26,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from napari_spatial_impute.io.schema import interval_levels
 from napari_spatial_impute.plugin.widgets.base import PluginWidget
 from napari_spatial_impute.plugin.widgets.layer_ops import (
     PREVIOUS_SUFFIX,
@@ -48,8 +49,8 @@ from napari_spatial_impute.viz.explore import (
     shared_genes,
     value_layer_specs,
 )
-from napari_spatial_impute.viz.layers import plugin_meta, point_size
-from napari_spatial_impute.viz.sections import sample_offsets, sample_rows
+from napari_spatial_impute.viz.layers import plugin_meta
+from napari_spatial_impute.viz.sections import drawn_point_size, sample_offsets, sample_rows
 
 #: Above this many cells layer data is built in a worker thread.
 ASYNC_CELLS = 100_000
@@ -119,7 +120,7 @@ class ExploreWidget(PluginWidget):
         self.uncertainty = UncertaintyControls(napari_viewer, self.model)
         self.navigator = FovNavigator(napari_viewer, self.model)
 
-        # three tabs, so that the Load, Map and Explore docks fit a 1080p screen together
+        # tabs, so that the Load, Map and Explore docks fit a 1080p screen together
         values = QWidget()
         form = QFormLayout(values)
         row = QHBoxLayout()
@@ -127,7 +128,6 @@ class ExploreWidget(PluginWidget):
         row.addWidget(self.gene_button)
         form.addRow("Gene", row)
         form.addRow("", self.measured_check)
-        form.addRow(self.uncertainty)
         row = QHBoxLayout()
         row.addWidget(self.cluster_combo, 1)
         row.addWidget(self.cluster_button)
@@ -142,6 +142,11 @@ class ExploreWidget(PluginWidget):
         display_form.addRow(self.tooltip_check)
         self.tabs = QTabWidget()
         self.tabs.addTab(values, "Values")
+        uncertainty = QWidget()  # the group hides itself for results without intervals
+        box = QVBoxLayout(uncertainty)
+        box.addWidget(self.uncertainty)
+        box.addStretch(1)
+        self.tabs.addTab(uncertainty, "Uncertainty")
         self.tabs.addTab(self.navigator, "FOVs")
         self.tabs.addTab(display, "Display")
         self.status = QLabel("")
@@ -175,6 +180,7 @@ class ExploreWidget(PluginWidget):
                 "close them when done comparing."
             )
         self.uncertainty.set_result(result)  # offered only with intervals; masks re-applied
+        self.tabs.setTabVisible(1, result is not None and bool(interval_levels(result)))
         enabled = result is not None
         for w in (
             self.gene_edit,
@@ -197,14 +203,14 @@ class ExploreWidget(PluginWidget):
         self.cluster_combo.addItems(clusters)
         self.cluster_button.setEnabled(bool(clusters))
         self.predicted_button.setEnabled(bool(clusters))
-        self.size_spin.setValue(point_size(result))
+        self.size_spin.setValue(drawn_point_size(result, self.navigator.keys()[1]))
         self.navigator.refresh()
         n_samples = len(self._samples())
         self.info.setText(
             f"{result.n_obs:,} cells"
             + (f", {n_samples} samples" if n_samples > 1 else "")
-            + f", {self.navigator.fov_list.count():,} FOVs; {len(genes):,} genes "
-            f"({len(shared_genes(result))} measured); {len(clusters)} clusters"
+            + f", {_count(self.navigator.fov_list.count(), 'FOV')}; {len(genes):,} genes "
+            f"({len(shared_genes(result))} measured); {_count(len(clusters), 'cluster')}"
         )
 
     def _laid_out(self) -> bool:
@@ -320,7 +326,7 @@ class ExploreWidget(PluginWidget):
 
         def done(layers: list) -> None:
             self._last_gene = plugin_meta(layers[0])["value"] if layers else gene
-            self.status.setText(f"{self._last_gene}: {len(layers)} layers")
+            self.status.setText(f"{self._last_gene}: {_count(len(layers), 'layer')}")
             self.uncertainty.gene_shown(self._last_gene)
 
         return self._dispatch(build, place, done)
@@ -344,7 +350,7 @@ class ExploreWidget(PluginWidget):
 
         def done(layers: list) -> None:
             self._last_cluster = cluster
-            self.status.setText(f"{cluster} probability: {len(layers)} layers")
+            self.status.setText(f"{cluster} probability: {_count(len(layers), 'layer')}")
 
         return self._dispatch(build, place, done)
 
@@ -363,7 +369,7 @@ class ExploreWidget(PluginWidget):
             return place_predicted(self.viewer, specs, result)
 
         def done(layers: list) -> None:
-            self.status.setText(f"most likely cluster: {len(layers)} layers")
+            self.status.setText(f"most likely cluster: {_count(len(layers), 'layer')}")
 
         return self._dispatch(build, place, done)
 
@@ -384,6 +390,11 @@ class ExploreWidget(PluginWidget):
     def closeEvent(self, event: Any) -> None:
         self.navigator.close_viewer_hooks()
         super().closeEvent(event)
+
+
+def _count(n: int, noun: str) -> str:
+    """``"1 FOV"``, ``"4 FOVs"``."""
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"
 
 
 __all__ = ["OUTLINES_KIND", "ExploreWidget"]

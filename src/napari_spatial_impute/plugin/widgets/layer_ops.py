@@ -415,8 +415,15 @@ def jump_to_fov(
     center, size = fov_bounds(result, fov_key, fov, sample_key)
     camera = getattr(getattr(viewer, "scene", None), "camera", None) or viewer.camera
     camera.center = (float(center[0]), float(center[1]))
-    canvas = getattr(getattr(viewer, "canvas", None), "size", None) or (600, 800)
-    camera.zoom = camera_for_box(center, size, tuple(canvas))
+    canvas = np.asarray(getattr(getattr(viewer, "canvas", None), "size", None) or (600, 800))
+    grid = getattr(viewer, "grid", None)
+    if grid is not None and grid.enabled:  # side by side: the FOV fills one grid cell
+        try:
+            shape = grid.actual_shape(list(viewer.layers))  # napari 0.7+: the layers
+        except TypeError:
+            shape = grid.actual_shape(len(viewer.layers))  # earlier: their number
+        canvas = canvas / np.maximum(np.asarray(shape), 1)
+    camera.zoom = camera_for_box(center, size, (int(canvas[0]), int(canvas[1])))
     return center, size
 
 

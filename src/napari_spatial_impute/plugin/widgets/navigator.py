@@ -25,13 +25,14 @@ from qtpy.QtWidgets import (
 )
 
 from napari_spatial_impute.plugin.widgets.layer_ops import find_layers, jump_to_fov, notify_error
-from napari_spatial_impute.viz.layers import make_meta, point_size
+from napari_spatial_impute.viz.layers import make_meta
 from napari_spatial_impute.viz.sections import (
     FOCUS_MODES,
     focus_colors,
     fov_at,
     fov_rows,
     outline_data,
+    outline_width,
     resolve_fov_key,
     resolve_sample_key,
 )
@@ -176,7 +177,7 @@ class FovNavigator(QWidget):
         if not shapes:
             return None
         is_sample = features["kind"].astype(str).to_numpy() == "sample"
-        width = max(float(point_size(result)) * 0.15, 1e-6)
+        width = outline_width(result, self.keys()[1])
         layer = Shapes(
             shapes,
             shape_type="rectangle",
@@ -184,7 +185,7 @@ class FovNavigator(QWidget):
             edge_color=np.where(
                 is_sample[:, None], [[1.0, 0.85, 0.3, 1.0]], [[1.0, 1.0, 1.0, 0.8]]
             ),
-            edge_width=np.where(is_sample, width * 4, width),
+            edge_width=np.where(is_sample, width * 3, width),
             face_color="transparent",
             features=features,
             text={"string": "{name}", "color": "white", "anchor": "upper_left", "size": 9},
