@@ -43,6 +43,12 @@ SIZE = (1920, 1080)
 warnings.simplefilter("ignore")
 
 
+def show_tab(explore: ExploreWidget, title: str) -> None:
+    """Bring one of the Explore widget's tabs to the front, found by its title."""
+    titles = [explore.tabs.tabText(i) for i in range(explore.tabs.count())]
+    explore.tabs.setCurrentIndex(titles.index(title))
+
+
 def settle(n: int = 10) -> None:
     for _ in range(n):
         QApplication.processEvents()
@@ -122,7 +128,7 @@ def shot_sections() -> None:
     save(viewer, "explore_gene_samples.png", reset=True)
 
     # the navigator: find FOVs of sample s1, go to one, the others dimmed; hover a cell there
-    explore.tabs.setCurrentIndex(1)
+    show_tab(explore, "FOVs")
     nav = explore.navigator
     nav.others.setCurrentText("dimmed")
     nav.search.setText("s1_")
@@ -168,13 +174,13 @@ def shot_merfish() -> None:
     # 1. Gad1 imputed | measured: one grid cell per role, linked cameras
     explore.gene_edit.setText("Gad1")
     explore.show_gene()
-    explore.tabs.setCurrentIndex(2)
+    show_tab(explore, "Display")
     explore.grid_check.setChecked(True)
     save(viewer, "explore_side_by_side.png", reset=True)
 
     # 2. one cluster's probability | the most likely cluster
     viewer.layers.clear()
-    explore.tabs.setCurrentIndex(0)
+    show_tab(explore, "Values")
     explore.cluster_combo.setCurrentText("Mature oligodendrocyte")
     explore.show_cluster()
     explore.show_predicted()

@@ -15,7 +15,7 @@ import warnings
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from explore_screenshots import OUT, explore_viewer, merfish, save, settle
+from explore_screenshots import OUT, explore_viewer, merfish, save, settle, show_tab
 
 from napari_spatial_impute import cross_validate
 from napari_spatial_impute.plugin.sync import connect_model
@@ -36,6 +36,7 @@ def main() -> None:
     explore.gene_edit.setText("Gad1")
     layers = explore.show_gene()
     viewer.layers.selection.active = layers[0]
+    show_tab(explore, "Uncertainty")
     save(viewer, "explore_uncertainty.png", reset=True)
 
     # diagnostics: reliability tab (with a cross-validation to compare against) and the CV table
