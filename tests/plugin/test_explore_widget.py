@@ -468,3 +468,26 @@ def test_default_point_size_is_the_spacing_within_a_sample(widget):
     layers = w.show_gene("Gad1")
     assert w.size_spin.value() == pytest.approx(float(np.mean(layers[0].size)))
     assert float(np.mean(layers[0].size)) == pytest.approx(alone, rel=0.35)
+
+
+def test_measured_beside_imputed_and_data_layers_hidden_under_them(widget):
+    """Issue 12: measured layers would hide the imputed ones drawn in the same place, and the
+    data-set layers under them cost a draw each: the grid comes on for measured genes (off
+    again for a gene without), the result's own layers are hidden (not removed)."""
+    from napari_spatial_impute.viz.layers import spatial_layers
+
+    viewer, model, w = widget
+    for data, kw, _ in spatial_layers(model.result, role="result"):  # as the Map widget adds
+        viewer.add_points(data, **kw)
+    own = list(viewer.layers)
+    w.show_gene("Gad1")
+    assert all(not lay.visible for lay in own) and len(viewer.layers) == len(own) + 4
+    assert viewer.grid.enabled and w.grid_check.isChecked()
+    model.result.var.loc["Slc17a6", "is_shared"] = False  # pretend it was not measured
+    model.result.var.loc["Slc17a6", "measured_name"] = ""
+    w.show_gene("Slc17a6")
+    assert not viewer.grid.enabled and not w.grid_check.isChecked()
+    w.grid_check.setChecked(True)  # the user's choice stays
+    w.show_gene("Sp9")
+    w.show_gene("Slc17a6")
+    assert viewer.grid.enabled

@@ -69,8 +69,17 @@ class ColorbarController:
             self.shown = None
         for layer in layers:
             bar = getattr(layer, "face_colorbar", None)
-            if bar is not None and _key(layer) in titled:
-                bar.visible = _key(layer) == self.shown
+            if (
+                bar is not None
+                and _key(layer) in titled
+                and bar.visible != (_key(layer) == self.shown)
+            ):
+                try:
+                    bar.visible = _key(layer) == self.shown
+                except Exception:
+                    # vispy draws a grid cell's bar ticks at once and fails in a canvas never
+                    # shown (no dpi yet); the bar follows at the next selection
+                    pass
         overlay = _text_overlay(viewer)
         title = titled.get(self.shown, "") if self.shown is not None else ""
         if title:

@@ -33,6 +33,7 @@ from napari_spatial_impute.plugin.widgets.layer_ops import (
     arrange_side_by_side,
     find_layers,
     gene_specs,
+    hide_data_layers,
     notify_error,
     place_cluster,
     place_gene,
@@ -69,6 +70,8 @@ class ExploreWidget(PluginWidget):
         super().__init__(napari_viewer)
         self._last_gene: str | None = None
         self._last_cluster: str | None = None
+        #: The side-by-side grid was turned on for measured layers (not by the user).
+        self._auto_grid = False
 
         self.info = QLabel("No mapping result yet: run a mapping or open a result file.")
         self.info.setWordWrap(True)
@@ -83,7 +86,7 @@ class ExploreWidget(PluginWidget):
         self.gene_edit.returnPressed.connect(self.show_gene)
         self.gene_button = QPushButton("Show gene")
         self.gene_button.clicked.connect(self.show_gene)
-        self.measured_check = QCheckBox("measured beside imputed (shared genes)")
+        self.measured_check = QCheckBox("measured beside imputed (shared genes, side by side)")
         self.measured_check.setChecked(True)
         self.recolor_check = QCheckBox("recolour the shown layers instead of adding new ones")
         self.recolor_check.setChecked(True)
@@ -231,7 +234,26 @@ class ExploreWidget(PluginWidget):
         get_settings().appearance.layer_tooltip_visibility = bool(on)
 
     def _set_grid(self, on: bool) -> None:
+        self._auto_grid = False  # the user's choice from now on
         arrange_side_by_side(self.viewer, bool(on))
+
+    def _follow_measured(self, layers: list) -> None:
+        """Measured beside imputed: the side-by-side grid comes on when measured layers are
+        shown (drawn in the same place, they would hide the imputed ones) and goes off again
+        when a gene without them follows, unless the user set the grid themselves."""
+        measured = any(plugin_meta(lay).get("kind") == "measured" for lay in layers)
+        if measured and not self.grid_check.isChecked():
+            self.grid_check.blockSignals(True)
+            self.grid_check.setChecked(True)
+            self.grid_check.blockSignals(False)
+            self._auto_grid = True
+        elif not measured and self._auto_grid and self.grid_check.isChecked():
+            if any(plugin_meta(lay).get("kind") == "imputed" for lay in layers):
+                self.grid_check.blockSignals(True)
+                self.grid_check.setChecked(False)
+                self.grid_check.blockSignals(False)
+                self._auto_grid = False
+                arrange_side_by_side(self.viewer, False)
 
     def _set_linking(self, on: bool) -> None:
         self.links.enabled = bool(on)
@@ -269,10 +291,14 @@ class ExploreWidget(PluginWidget):
             except Exception as exc:
                 notify_error(exc)
                 return []
+            # the same cells drawn under these layers by the Load or Map widget: hidden
+            hide_data_layers(self.viewer, self.model.result, self.model.spatial)
             if first and self._laid_out():  # name the samples moved side by side
                 self.navigator.show_outlines()
+                self.viewer.reset_view()  # napari fitted the view to the first sample only
             elif self.navigator.outline_layer() is not None:
                 self.navigator.apply_focus()  # keep the outlines above the new layers
+            self._follow_measured(layers)
             if self.grid_check.isChecked():
                 arrange_side_by_side(self.viewer)
             done(layers)

@@ -25,6 +25,7 @@ from napari_spatial_impute.viz.layers import (
     PointsSpec,
     plugin_meta,
     recolor,
+    set_meta,
     source_adata,
 )
 from napari_spatial_impute.viz.sections import (
@@ -452,6 +453,28 @@ SIDE_BY_SIDE_ROLES: tuple[str, ...] = (
 )
 
 
+#: Metadata kind of the layer of FOV and sample outlines.
+OUTLINES_KIND = "fov_outlines"
+#: Metadata entry of an outline layer hidden while the side-by-side grid is on.
+HIDDEN_BY_GRID = "hidden_by_grid"
+
+
+def hide_data_layers(viewer: Any, *datasets: Any) -> list[Layer]:
+    """Hide the layers of whole data sets (the spatial data, a result's most likely cluster)
+    drawn under the exploration layers: the same cells drawn again, under them, would cost a
+    full draw each (seconds at 10^6 cells) and show nothing. Returns the layers hidden; the
+    user can show them again from the layer list."""
+    hidden = []
+    for layer in viewer.layers:
+        md = plugin_meta(layer)
+        if md.get("explore") or not layer.visible:
+            continue
+        if any(source_adata(layer) is d for d in datasets if d is not None):
+            layer.visible = False
+            hidden.append(layer)
+    return hidden
+
+
 def arrange_side_by_side(viewer: Any, on: bool = True) -> list[list[Layer]]:
     """Measured beside imputed (and interval width, probability, most likely cluster): one
     grid cell per role with linked cameras, each cell holding that role's layer of every sample.
@@ -459,13 +482,23 @@ def arrange_side_by_side(viewer: Any, on: bool = True) -> list[list[Layer]]:
     napari's grid fills cells from the top of the layer list in groups of ``|stride|`` layers;
     the exploration layers are moved to the top, role by role, and the stride is the number of
     samples, so every cell shows one role of the whole section(s). Other layers (outlines,
-    images, the reference) fill the cells after them. ``on=False`` turns the grid off.
+    images, the reference) fill the cells after them; the FOV outline layer is hidden while the
+    grid is on (it would outline an empty cell). ``on=False`` turns the grid off.
 
     Returns the role groups placed (top-left cell first).
     """
+    outlines = [lay for lay in viewer.layers if plugin_meta(lay).get("kind") == OUTLINES_KIND]
     if not on:
         viewer.grid.enabled = False
+        for layer in outlines:  # shown again where the grid had hidden them
+            if plugin_meta(layer).get(HIDDEN_BY_GRID):
+                set_meta(layer, **{HIDDEN_BY_GRID: None})
+                layer.visible = True
         return []
+    for layer in outlines:  # they would take a grid cell of their own, outlining nothing
+        if layer.visible:
+            set_meta(layer, **{HIDDEN_BY_GRID: True})
+            layer.visible = False
     groups: list[list[Layer]] = []
     for role in SIDE_BY_SIDE_ROLES:
         group = [

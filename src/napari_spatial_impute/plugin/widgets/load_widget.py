@@ -399,6 +399,8 @@ class LoadWidget(PluginWidget):
             self.viewer.layers.remove(old)
         added = [self.viewer.add_layer(layer) for layer in new]
         self._place_reference()
+        if len(added) > 1:
+            self.viewer.reset_view()  # napari fitted the view to the first sample only
         return added
 
     def show_reference(self) -> Any:

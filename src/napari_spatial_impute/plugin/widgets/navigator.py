@@ -24,7 +24,12 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from napari_spatial_impute.plugin.widgets.layer_ops import find_layers, jump_to_fov, notify_error
+from napari_spatial_impute.plugin.widgets.layer_ops import (
+    OUTLINES_KIND,
+    find_layers,
+    jump_to_fov,
+    notify_error,
+)
 from napari_spatial_impute.viz.layers import make_meta
 from napari_spatial_impute.viz.sections import (
     FOCUS_MODES,
@@ -36,9 +41,6 @@ from napari_spatial_impute.viz.sections import (
     resolve_fov_key,
     resolve_sample_key,
 )
-
-#: Metadata kind of the layer of FOV and sample outlines.
-OUTLINES_KIND = "fov_outlines"
 
 
 class FovNavigator(QWidget):
