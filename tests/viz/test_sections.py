@@ -168,3 +168,14 @@ def test_categorical_labels_keep_codes_and_natural_order():
     labels = fov_labels(a, "fov")
     assert list(labels.categories) == ["1", "2", "10"]
     assert (np.asarray(labels.astype(str)) == a.obs["fov"].astype(str).to_numpy()).all()
+
+
+def test_an_anndata_changed_in_place_is_laid_out_again():
+    a = _cells(2, 200, 2)
+    assert not all(np.allclose(v, 0) for v in sec.sample_offsets(a, "sample").values())
+    xy = a.obsm["spatial"].copy()
+    xy[(a.obs["sample"] == "s1").to_numpy(), 0] += 10_000  # now apart: no layout needed
+    a.obsm["spatial"] = xy
+    assert all(np.allclose(v, 0) for v in sec.sample_offsets(a, "sample").values())
+    a.obs["sample"] = pd.Categorical(np.repeat(["x", "y", "z", "w"], 100))
+    assert list(sec.sample_rows(a, "sample")) == ["w", "x", "y", "z"]

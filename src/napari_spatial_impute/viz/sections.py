@@ -14,6 +14,7 @@ its napari ``translate``; the data keep the file's coordinates). Everything draw
 
 from __future__ import annotations
 
+import hashlib
 import math
 import weakref
 from collections.abc import Callable
@@ -43,9 +44,32 @@ _T = TypeVar("_T")
 _CACHE: dict[tuple[Any, ...], tuple[weakref.ref, Any]] = {}
 
 
+def _fingerprint(adata: ad.AnnData, columns: tuple[Any, ...]) -> bytes:
+    """What the cached values depend on, cheaply: the cell count, the coordinates and the named
+    obs columns, each read at up to 512 evenly spaced cells (an AnnData changed in place, as
+    tests and notebooks do, is then recomputed)."""
+    h = hashlib.blake2b(digest_size=16)
+    n = adata.n_obs
+    picks = np.unique(np.linspace(0, max(n - 1, 0), min(n, 512)).astype(np.int64))
+    h.update(str(n).encode())
+    raw = adata.obsm.get("spatial")
+    if raw is not None:
+        arr = np.asarray(raw.to_numpy() if isinstance(raw, pd.DataFrame) else raw)
+        h.update(str(arr.shape).encode())
+        if n:
+            h.update(np.ascontiguousarray(arr[picks]).tobytes())
+    for col in columns:
+        if isinstance(col, str) and col in adata.obs.columns:
+            values = adata.obs[col]
+            h.update(f"{col}:{values.dtype}".encode())
+            if n:
+                h.update("\x00".join(map(str, values.iloc[picks])).encode())
+    return h.digest()
+
+
 def _cached(adata: ad.AnnData, key: tuple[Any, ...], compute: Callable[[], _T]) -> _T:
-    """``compute()`` once per AnnData object and key (an AnnData changed in place keeps it)."""
-    full = (id(adata), *key)
+    """``compute()`` once per AnnData object, key and state of the columns the key names."""
+    full = (id(adata), *key, _fingerprint(adata, key))
     hit = _CACHE.get(full)
     if hit is not None and hit[0]() is adata:
         return hit[1]  # type: ignore[no-any-return]
@@ -156,6 +180,19 @@ def fov_rows(
 # layout
 
 
+def _yx(adata: ad.AnnData, rows: np.ndarray | None = None) -> np.ndarray:
+    """``(y, x)`` of cells as stored, NaN where a coordinate is missing or not a number: the
+    layout and outlines leave such cells out; building layers reports them
+    (:func:`~napari_spatial_impute.viz.coords.checked_coords`)."""
+    raw = adata.obsm["spatial"]
+    raw = raw.to_numpy() if isinstance(raw, pd.DataFrame) else np.asarray(raw)
+    try:
+        arr = np.asarray(raw, dtype=np.float64)
+    except (TypeError, ValueError):
+        arr = np.full((adata.n_obs, 2), np.nan)
+    return to_napari(arr, rows, ndim=2)
+
+
 def _box(yx: np.ndarray) -> np.ndarray:
     """``[y0, x0, y1, x1]`` of the finite points (zeros when none)."""
     yx = yx[np.isfinite(yx).all(axis=1)]
@@ -182,7 +219,7 @@ def sample_offsets(adata: ad.AnnData, sample_key: str | None) -> dict[str, np.nd
         zero = {s: np.zeros(2) for s in groups}
         if len(groups) < 2:
             return zero
-        yx = to_napari(adata, ndim=2)
+        yx = _yx(adata)
         boxes = {s: _box(yx[rows]) for s, rows in groups.items()}
         names = list(boxes)
         if not any(
@@ -235,7 +272,7 @@ def display_yx(
 ) -> np.ndarray:
     """``(y, x)`` of cells where they are drawn: the file's coordinates plus their sample's offset."""
     rows = np.arange(adata.n_obs) if rows is None else np.asarray(rows, dtype=np.int64)
-    yx = to_napari(adata, rows, ndim=2)
+    yx = _yx(adata, rows)
     offsets = sample_offsets(adata, sample_key)
     if not any(np.any(o) for o in offsets.values()):
         return yx
