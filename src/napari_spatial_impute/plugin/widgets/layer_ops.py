@@ -511,11 +511,20 @@ def arrange_side_by_side(viewer: Any, on: bool = True) -> list[list[Layer]]:
     size = max((len(g) for g in groups), default=1)
     if any(len(g) != size for g in groups):  # e.g. a role shown for some samples only
         size = 1
-    # the list's top is the first cell: move the last role up first, the first role last
-    for group in reversed(groups):
-        for layer in group:
-            index = list(viewer.layers).index(layer)
-            viewer.layers.move(index, len(viewer.layers))
-    viewer.grid.stride = -size
-    viewer.grid.enabled = True
+    # the list's top is the first cell: the first role's layers on top, then the next role's...
+    wanted = [layer for group in groups for layer in reversed(group)]
+    current = list(viewer.layers)
+    tail = current[len(current) - len(wanted) :] if wanted else []
+    groups_in_place = [
+        {id(lay) for lay in tail[::-1][i * size : (i + 1) * size]} for i in range(len(groups))
+    ]
+    if groups_in_place != [{id(lay) for lay in g} for g in groups]:  # each move redraws: once
+        for group in reversed(groups):
+            for layer in group:
+                index = list(viewer.layers).index(layer)
+                viewer.layers.move(index, len(viewer.layers))
+    if viewer.grid.stride != -size:
+        viewer.grid.stride = -size
+    if not viewer.grid.enabled:
+        viewer.grid.enabled = True
     return groups

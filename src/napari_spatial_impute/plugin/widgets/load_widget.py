@@ -454,17 +454,27 @@ class LoadWidget(PluginWidget):
             recolor(layer, key or "")
         self._update_summary()
 
+    def _refused(self, combo: QComboBox, check: Any, current: str | None) -> bool:
+        """Whether ``check()`` refuses the column chosen in ``combo`` (then one line says why
+        and the combo goes back to ``current``)."""
+        try:
+            check()
+        except InputError as exc:
+            self.status.setText(f"Error: {exc}")
+            show_error(str(exc))
+            combo.blockSignals(True)
+            combo.setCurrentText(current or NONE)
+            combo.blockSignals(False)
+            return True
+        return False
+
     def _fov_changed(self, text: str) -> None:
         key, spatial = self._key(text), self.model.spatial
         if key is not None and spatial is not None:
-            try:
-                check_fov_key(spatial, key)  # a per-cell column would make thousands of FOVs
-            except InputError as exc:
-                self.status.setText(f"Error: {exc}")
-                show_error(str(exc))
-                self.fov_combo.blockSignals(True)
-                self.fov_combo.setCurrentText(self.model.fov_key or NONE)
-                self.fov_combo.blockSignals(False)
+            # a per-cell column would make thousands of FOVs
+            if self._refused(
+                self.fov_combo, lambda: check_fov_key(spatial, key), self.model.fov_key
+            ):
                 return
         self.model.set_keys(cluster_key=self.model.cluster_key, fov_key=key)
         if self.spatial_layers:
@@ -474,14 +484,8 @@ class LoadWidget(PluginWidget):
     def _sample_changed(self, text: str) -> None:
         key, spatial = self._key(text), self.model.spatial
         if key is not None and spatial is not None:
-            try:
-                find_sample_key(spatial, self.model.fov_key, key)  # at most MAX_SAMPLES values
-            except InputError as exc:
-                self.status.setText(f"Error: {exc}")
-                show_error(str(exc))
-                self.sample_combo.blockSignals(True)
-                self.sample_combo.setCurrentText(self.model.sample_key or NONE)
-                self.sample_combo.blockSignals(False)
+            check = lambda: find_sample_key(spatial, self.model.fov_key, key)  # noqa: E731
+            if self._refused(self.sample_combo, check, self.model.sample_key):  # <= MAX_SAMPLES
                 return
         self.model.set_keys(
             cluster_key=self.model.cluster_key, fov_key=self.model.fov_key, sample_key=key or ""
