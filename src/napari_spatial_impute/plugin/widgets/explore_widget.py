@@ -236,6 +236,7 @@ class ExploreWidget(PluginWidget):
     def _set_grid(self, on: bool) -> None:
         self._auto_grid = False  # the user's choice from now on
         arrange_side_by_side(self.viewer, bool(on))
+        self.viewer.reset_view()  # each grid cell (or the one view) shows the whole data
 
     def _follow_measured(self, layers: list) -> None:
         """Measured beside imputed: the side-by-side grid comes on when measured layers are
@@ -247,6 +248,8 @@ class ExploreWidget(PluginWidget):
             self.grid_check.setChecked(True)
             self.grid_check.blockSignals(False)
             self._auto_grid = True
+            arrange_side_by_side(self.viewer)
+            self.viewer.reset_view()  # each grid cell shows the whole data
         elif not measured and self._auto_grid and self.grid_check.isChecked():
             if any(plugin_meta(lay).get("kind") == "imputed" for lay in layers):
                 self.grid_check.blockSignals(True)
@@ -254,6 +257,7 @@ class ExploreWidget(PluginWidget):
                 self.grid_check.blockSignals(False)
                 self._auto_grid = False
                 arrange_side_by_side(self.viewer, False)
+                self.viewer.reset_view()
 
     def _set_linking(self, on: bool) -> None:
         self.links.enabled = bool(on)
@@ -313,9 +317,10 @@ class ExploreWidget(PluginWidget):
             return finish(data)
         from napari.qt.threading import create_worker
 
+        # no napari progress bar: opening its activity panel forces full canvas draws (seconds
+        # each with 10^6 points in software OpenGL); the status line says it is working
         worker = create_worker(
             build,
-            _progress={"desc": "building layers"},
             _connect={"errored": lambda exc: notify_error(exc), "returned": finish},
             _start_thread=False,
         )

@@ -518,11 +518,10 @@ def arrange_side_by_side(viewer: Any, on: bool = True) -> list[list[Layer]]:
     groups_in_place = [
         {id(lay) for lay in tail[::-1][i * size : (i + 1) * size]} for i in range(len(groups))
     ]
-    if groups_in_place != [{id(lay) for lay in g} for g in groups]:  # each move redraws: once
-        for group in reversed(groups):
-            for layer in group:
-                index = list(viewer.layers).index(layer)
-                viewer.layers.move(index, len(viewer.layers))
+    if groups_in_place != [{id(lay) for lay in g} for g in groups]:
+        # one batch move: the canvas lays out the grid again once, not once per layer
+        index = {id(lay): i for i, lay in enumerate(current)}
+        viewer.layers.move_multiple([index[id(lay)] for lay in reversed(wanted)], len(current))
     if viewer.grid.stride != -size:
         viewer.grid.stride = -size
     if not viewer.grid.enabled:
