@@ -299,7 +299,7 @@ def test_map_records_the_sample_key(merfish_pair, tmp_path, capsys):
     """Issue 12: the result says which column holds the samples (found by its usual name, or
     given, or none), so the plugin draws one layer per sample; a per-cell column is refused
     before any work, in one line."""
-    ref, spa = merfish_pair
+    ref, spa = (a.copy() for a in merfish_pair)  # the session's pair stays as it is
     x = spa.obsm["spatial"][:, 0]
     spa.obs["section"] = pd.Categorical(np.where(x < np.median(x), "s1", "s2"))
     spa.obs["area"] = np.linspace(0, 1, spa.n_obs)
