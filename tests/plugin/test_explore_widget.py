@@ -192,6 +192,7 @@ def test_other_fovs_dimmed_or_hidden_by_one_outline_layer(widget):
     from napari.layers import Shapes
 
     viewer, model, w = widget
+    w.measured_check.setChecked(False)  # one view (the grid stays off)
     w.show_gene("Gad1")
     w.navigator.others.setCurrentText("dimmed")
     w.go_to_fov("2")
@@ -206,7 +207,7 @@ def test_other_fovs_dimmed_or_hidden_by_one_outline_layer(widget):
     assert np.all(np.asarray(outlines[0].face_color)[is_fov & ~chosen, 3] == 1)
     w.navigator.show_all()
     assert np.all(np.asarray(outlines[0].face_color)[:, 3] == 0) and w.navigator.focus is None
-    assert len(viewer.layers) == 5  # 4 gene layers and the one outline layer
+    assert len(viewer.layers) == 3  # 2 gene layers and the one outline layer
 
 
 def test_side_by_side_grid_one_cell_per_role(widget):
@@ -491,3 +492,21 @@ def test_measured_beside_imputed_and_data_layers_hidden_under_them(widget):
     w.show_gene("Sp9")
     w.show_gene("Slc17a6")
     assert viewer.grid.enabled
+
+
+def test_no_outline_cell_in_the_side_by_side_grid(widget):
+    """Side by side, an outline layer would take a grid cell of its own: going to a FOV with
+    the others dimmed adds none there, and one made by the Outlines button waits, hidden, for
+    the single view."""
+    viewer, model, w = widget
+    w.show_gene("Gad1")  # measured beside imputed: the grid is on
+    assert viewer.grid.enabled
+    w.navigator.others.setCurrentText("dimmed")
+    assert w.go_to_fov("3")
+    assert w.navigator.outline_layer() is None
+    layer = w.show_fov_outlines()
+    assert not layer.visible
+    rows, cols = viewer.grid.actual_shape(list(viewer.layers))
+    assert rows * cols == 2  # imputed | measured, nothing else
+    w.grid_check.setChecked(False)
+    assert layer.visible and viewer.layers[-1].unique_id == layer.unique_id  # above the cells

@@ -236,6 +236,8 @@ class ExploreWidget(PluginWidget):
     def _set_grid(self, on: bool) -> None:
         self._auto_grid = False  # the user's choice from now on
         arrange_side_by_side(self.viewer, bool(on))
+        if not on and self.navigator.outline_layer() is not None:
+            self.navigator.apply_focus()  # the outlines back on top of the cells
         self.viewer.reset_view()  # each grid cell (or the one view) shows the whole data
 
     def _follow_measured(self, layers: list) -> None:
@@ -257,6 +259,8 @@ class ExploreWidget(PluginWidget):
                 self.grid_check.blockSignals(False)
                 self._auto_grid = False
                 arrange_side_by_side(self.viewer, False)
+                if self.navigator.outline_layer() is not None:
+                    self.navigator.apply_focus()  # the outlines back on top of the cells
                 self.viewer.reset_view()
 
     def _set_linking(self, on: bool) -> None:

@@ -25,12 +25,13 @@ from qtpy.QtWidgets import (
 )
 
 from napari_spatial_impute.plugin.widgets.layer_ops import (
+    HIDDEN_BY_GRID,
     OUTLINES_KIND,
     find_layers,
     jump_to_fov,
     notify_error,
 )
-from napari_spatial_impute.viz.layers import make_meta
+from napari_spatial_impute.viz.layers import make_meta, set_meta
 from napari_spatial_impute.viz.sections import (
     FOCUS_MODES,
     focus_colors,
@@ -193,7 +194,12 @@ class FovNavigator(QWidget):
             text={"string": "{name}", "color": "white", "anchor": "upper_left", "size": 9},
             metadata=make_meta(OUTLINES_KIND),
         )
-        self.viewer.layers.append(layer)
+        if self.viewer.grid.enabled:  # side by side it would take a grid cell of its own:
+            layer.visible = False  # hidden, and below the cells (napari groups by position)
+            set_meta(layer, **{HIDDEN_BY_GRID: True})
+            self.viewer.layers.insert(0, layer)
+        else:
+            self.viewer.layers.append(layer)
         self.apply_focus()
         return layer
 
@@ -202,7 +208,9 @@ class FovNavigator(QWidget):
         mode = self.others.currentText()
         layer = self.outline_layer()
         if layer is None:
-            if mode == "shown" or self.focus is None:
+            # side by side (napari's grid) the outline layer would sit in a cell of its own,
+            # covering nothing: the dimming applies to the single view only
+            if mode == "shown" or self.focus is None or self.viewer.grid.enabled:
                 return
             layer = self.show_outlines()
             if layer is None:
