@@ -523,17 +523,23 @@ def run_plugin(args: argparse.Namespace, sizes: dict[str, int], out_dir: Path) -
 # peers (each in its own process)
 
 
-def peer_bare(path: Path) -> dict[str, Any]:
-    """Bare napari: the plugin's layers added with ``viewer.add_points``, a gene switch with setters."""
-    with open(path, "rb") as fh:
-        cap = pickle.load(fh)
-    viewer, app = shown_viewer("bare napari")
+def idle_peer_viewer(title: str) -> tuple[Any, Any, Any, dict[str, Any]]:
+    """A peer's shown viewer with its heartbeat running through a second of idle time:
+    ``(viewer, app, meter, meta)``, meta holding the resident memory and canvas size then."""
+    viewer, app = shown_viewer(title)
     m = Meter(viewer, app)
     m.hb.start()
     m.spin(0.5)
     m.hb.phase = "idle"
     m.spin(0.5)
-    meta = {"rss_viewer_shown_mib": rss_mib(), **canvas_info(viewer)}
+    return viewer, app, m, {"rss_viewer_shown_mib": rss_mib(), **canvas_info(viewer)}
+
+
+def peer_bare(path: Path) -> dict[str, Any]:
+    """Bare napari: the plugin's layers added with ``viewer.add_points``, a gene switch with setters."""
+    with open(path, "rb") as fh:
+        cap = pickle.load(fh)
+    viewer, app, m, meta = idle_peer_viewer("bare napari")
 
     def add(entries: list[dict[str, Any]]) -> list[Any]:
         out = []
@@ -646,13 +652,8 @@ def peer_spatialdata(path: Path) -> dict[str, Any]:
         "CIRCLES_AS_POINTS": config.CIRCLES_AS_POINTS,
         "N_CIRCLES_WARNING_THRESHOLD": config.N_CIRCLES_WARNING_THRESHOLD,
     }
-    viewer, app = shown_viewer("napari-spatialdata")
-    m = Meter(viewer, app)
-    m.hb.start()
-    m.spin(0.5)
-    m.hb.phase = "idle"
-    m.spin(0.5)
-    meta.update({"rss_viewer_shown_mib": rss_mib(), **canvas_info(viewer)})
+    viewer, app, m, shown = idle_peer_viewer("napari-spatialdata")
+    meta.update(shown)
     inter, _ = m.action(
         "open: Interactive(sdata, headless=True)", lambda: Interactive(sdata, True), key="open"
     )

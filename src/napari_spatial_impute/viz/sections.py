@@ -246,12 +246,16 @@ def translate_of(
     return np.concatenate([np.zeros(max(ndim - 2, 0)), offset])
 
 
+def laid_out(adata: ad.AnnData, sample_key: str | None) -> bool:
+    """Whether samples sharing coordinates were moved side by side (any offset not zero)."""
+    return any(np.any(o) for o in sample_offsets(adata, sample_key).values())
+
+
 def drawn_point_size(adata: ad.AnnData, sample_key: str | None) -> float:
     """The default point diameter where cells are drawn: the cells' spacing within a sample
     (:func:`~napari_spatial_impute.viz.coords.point_size` of the laid-out positions; samples that
     share coordinates would otherwise halve it)."""
-    offsets = sample_offsets(adata, sample_key)
-    if not any(np.any(o) for o in offsets.values()):
+    if not laid_out(adata, sample_key):
         return point_size(adata)
     return _cached(
         adata, ("point_size", sample_key), lambda: point_size(display_yx(adata, None, sample_key))
@@ -273,9 +277,9 @@ def display_yx(
     """``(y, x)`` of cells where they are drawn: the file's coordinates plus their sample's offset."""
     rows = np.arange(adata.n_obs) if rows is None else np.asarray(rows, dtype=np.int64)
     yx = _yx(adata, rows)
-    offsets = sample_offsets(adata, sample_key)
-    if not any(np.any(o) for o in offsets.values()):
+    if not laid_out(adata, sample_key):
         return yx
+    offsets = sample_offsets(adata, sample_key)
     labels = sample_labels(adata, sample_key)
     table = np.array([offsets.get(str(c), np.zeros(2)) for c in labels.categories])
     return yx + table[np.asarray(labels.codes)[rows]]

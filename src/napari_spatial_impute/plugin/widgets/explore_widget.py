@@ -7,7 +7,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
 from napari.settings import get_settings
 from napari.utils.notifications import show_warning
 from qtpy.QtCore import QStringListModel, Qt
@@ -51,7 +50,7 @@ from napari_spatial_impute.viz.explore import (
     value_layer_specs,
 )
 from napari_spatial_impute.viz.layers import plugin_meta
-from napari_spatial_impute.viz.sections import drawn_point_size, sample_offsets, sample_rows
+from napari_spatial_impute.viz.sections import drawn_point_size, laid_out, sample_rows
 
 #: Above this many cells layer data is built in a worker thread.
 ASYNC_CELLS = 100_000
@@ -216,12 +215,6 @@ class ExploreWidget(PluginWidget):
             f"({len(shared_genes(result))} measured); {_count(len(clusters), 'cluster')}"
         )
 
-    def _laid_out(self) -> bool:
-        """Whether samples sharing coordinates were moved side by side (see
-        :func:`~napari_spatial_impute.viz.sections.sample_offsets`)."""
-        offsets = sample_offsets(self.model.result, self.navigator.keys()[1])
-        return any(np.any(o) for o in offsets.values())
-
     def _samples(self) -> list[str]:
         """The result's samples (``[""]`` without a sample column)."""
         try:
@@ -301,7 +294,9 @@ class ExploreWidget(PluginWidget):
                 return []
             # the same cells drawn under these layers by the Load or Map widget: hidden
             hide_data_layers(self.viewer, self.model.result, self.model.spatial)
-            if first and self._laid_out():  # name the samples moved side by side
+            if first and laid_out(
+                self.model.result, self.navigator.keys()[1]
+            ):  # name the samples moved side by side
                 self.navigator.show_outlines()
                 self.viewer.reset_view()  # napari fitted the view to the first sample only
             elif self.navigator.outline_layer() is not None:
