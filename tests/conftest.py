@@ -77,3 +77,73 @@ def make_synthetic(
 @pytest.fixture
 def synthetic() -> tuple[ad.AnnData, ad.AnnData]:
     return make_synthetic()
+
+
+def make_store(
+    path: Path,
+    n_fovs: int = 2,
+    seed: int = 0,
+    scale: float = 0.5,
+    with_table: bool = True,
+) -> tuple[Path, ad.AnnData]:
+    """A small SpatialData store shaped like a CosMx one, and the reference to map onto it.
+
+    One labels element (``fov<i>_labels``: 24 square cells of 8 x 8 px on a 40 x 60 grid) and one
+    RGB image (``fov<i>_image``) per FOV, each with an Identity to its own coordinate system
+    ``fov<i>`` and a scale-then-translation to ``global`` (FOV i at x = 100 i, in units of
+    ``scale`` per pixel); a table ``table`` annotating the labels (``region_key='fov_labels'``,
+    ``instance_key='cell_ID'``, ids 1..24 repeating across FOVs) with seeded expression.
+    """
+    import spatialdata as sd
+    from spatialdata.models import Image2DModel, Labels2DModel, TableModel
+    from spatialdata.transformations import Identity, Scale, Sequence, Translation
+
+    rng = np.random.default_rng(seed)
+    labels, images, ids, regions = {}, {}, [], []
+    for f in range(n_fovs):
+        lab = np.zeros((40, 60), dtype=np.int32)
+        for k in range(24):
+            r, c = divmod(k, 6)
+            lab[r * 10 + 1 : r * 10 + 9, c * 10 + 1 : c * 10 + 9] = k + 1
+        to_global = Sequence(
+            [Scale([scale, scale], axes=("y", "x")), Translation([100 * f, 0], axes=("x", "y"))]
+        )
+        t = {f"fov{f}": Identity(), "global": to_global}
+        labels[f"fov{f}_labels"] = Labels2DModel.parse(lab, dims=("y", "x"), transformations=t)
+        img = rng.integers(0, 255, size=(3, 40, 60), dtype=np.uint8)
+        images[f"fov{f}_image"] = Image2DModel.parse(
+            img, dims=("c", "y", "x"), c_coords=["r", "g", "b"], transformations=dict(t)
+        )
+        ids += list(range(1, 25))
+        regions += [f"fov{f}_labels"] * 24
+    n = len(ids)
+    ref, spa = make_synthetic(n_ref=80, n_sp=n, seed=seed)
+    table = spa.copy()
+    table.obs = pd.DataFrame(
+        {
+            "fov_labels": pd.Categorical(regions),
+            "cell_ID": np.asarray(ids, dtype=np.int64),
+            "true_type": spa.obs["true_type"].to_numpy(),
+        },
+        index=[f"{r}_{i}" for r, i in zip(regions, ids, strict=True)],
+    )
+    del table.obsm["spatial"]
+    tables = {}
+    if with_table:
+        tables["table"] = TableModel.parse(
+            table, region=sorted(set(regions)), region_key="fov_labels", instance_key="cell_ID"
+        )
+    sd.SpatialData(labels=labels, images=images, tables=tables).write(path)
+    return path, ref
+
+
+def tree_digest(root: Path, skip: tuple[str, ...] = ()) -> dict[str, str]:
+    """``{relative path: sha256}`` of every file under ``root`` (paths starting with ``skip`` left out)."""
+    import hashlib
+
+    out = {}
+    for p in sorted(root.rglob("*")):
+        rel = p.relative_to(root).as_posix()
+        if p.is_file() and not rel.startswith(skip):
+            out[rel] = hashlib.sha256(p.read_bytes()).hexdigest()
+    return out

@@ -34,7 +34,7 @@ from napari_spatial_impute.core.project import (
     top_mapped_units,
 )
 from napari_spatial_impute.io._sparse import is_sparse
-from napari_spatial_impute.io.schema import UNS_KEY, interval_layer
+from napari_spatial_impute.io.schema import SDATA_KEY, UNS_KEY, interval_layer
 
 if TYPE_CHECKING:
     from napari_spatial_impute.core.result import MappingResult
@@ -73,6 +73,8 @@ def result_to_anndata(
         var = result.reference.var.loc[names].copy()
         var["is_training"] = np.isin(names, result.genes.training_reference)
     out = ad.AnnData(X=X, obs=spatial.obs.copy(), var=var)
+    if SDATA_KEY in spatial.uns:  # read from a SpatialData store: where its cells came from
+        out.uns[SDATA_KEY] = dict(spatial.uns[SDATA_KEY])
     for k, v in spatial.obsm.items():
         out.obsm[k] = v.copy() if hasattr(v, "copy") else v
     measured = spatial.X.toarray() if is_sparse(spatial.X) else np.asarray(spatial.X)
@@ -190,7 +192,7 @@ def write_result(
             adata.uns[UNS_KEY].update(extra_uns)
         write_h5ad_atomic(adata, path)
         return adata
-    step = chunk_genes or max(1, CHUNKED_WRITE_BYTES // (16 * max(n_obs, 1)))
+    step = chunk_genes or _chunk_step(n_obs)
     adata = result_to_anndata(result, genes=names, method=method, impute=False)
     if extra_uns:
         adata.uns[UNS_KEY].update(extra_uns)
@@ -199,36 +201,159 @@ def write_result(
         with h5py.File(tmp, "r+") as f:
             if "X" in f:
                 del f["X"]
-            dset = f.create_dataset(
-                "X",
-                shape=(n_obs, len(names)),
-                dtype="float32",
-                chunks=(min(n_obs, 4096), min(len(names), 64)),
-            )
-            dset.attrs["encoding-type"] = "array"
-            dset.attrs["encoding-version"] = "0.2.0"
-            cal = result.calibration if method == "neighbours" else None
-            layer_sets = {}
-            if cal is not None:
-                from napari_spatial_impute.core.uncertainty import intervals
-                from napari_spatial_impute.io.schema import level_name
 
-                grp = f.require_group("layers")
-                grp.attrs.setdefault("encoding-type", "dict")
-                grp.attrs.setdefault("encoding-version", "0.1.0")
-                for lv in cal.levels:
-                    name = interval_layer(level_name(lv))
-                    ds = grp.create_dataset(
-                        name, shape=dset.shape, dtype="float32", chunks=dset.chunks
-                    )
-                    ds.attrs["encoding-type"] = "array"
-                    ds.attrs["encoding-version"] = "0.2.0"
-                    layer_sets[lv] = ds
-            for a in range(0, len(names), step):
-                chunk_names = names[a : a + step]
-                block = project_genes(result, genes=chunk_names, method=method).X
-                dset[:, a : a + block.shape[1]] = block
-                if cal is not None:
-                    for lv, hw in intervals(result, cal, chunk_names).items():
-                        layer_sets[lv][:, a : a + hw.shape[1]] = hw
+            def create(group: str | None, name: str) -> Any:
+                parent = f if group is None else f.require_group(group)
+                if group is not None:
+                    parent.attrs.setdefault("encoding-type", "dict")
+                    parent.attrs.setdefault("encoding-version", "0.1.0")
+                shape = (n_obs, len(names))
+                ds = parent.create_dataset(
+                    name, shape=shape, dtype="float32", chunks=_chunks(shape)
+                )
+                ds.attrs["encoding-type"] = "array"
+                ds.attrs["encoding-version"] = "0.2.0"
+                return ds
+
+            _fill_imputed(result, names, method, step, create)
     return adata
+
+
+def _chunk_step(n_obs: int) -> int:
+    """Genes imputed per chunk so that a chunk (values and intervals) stays near 1/16 GiB x 16."""
+    return max(1, CHUNKED_WRITE_BYTES // (16 * max(n_obs, 1)))
+
+
+def _chunks(shape: tuple[int, int]) -> tuple[int, int]:
+    return (max(1, min(shape[0], 4096)), max(1, min(shape[1], 64)))
+
+
+def _fill_imputed(
+    result: MappingResult,
+    names: Sequence[str],
+    method: str,
+    step: int,
+    create: Any,
+) -> None:
+    """Impute ``names`` ``step`` genes at a time into arrays made by ``create(group, name)``.
+
+    ``X`` and, with intervals, ``layers/interval_<level>_halfwidth`` (same for ``.h5ad`` files
+    through h5py and for SpatialData tables through zarr).
+    """
+    X = create(None, "X")
+    cal = result.calibration if method == "neighbours" else None
+    layer_arrays: dict[float, Any] = {}
+    if cal is not None:
+        from napari_spatial_impute.io.schema import level_name
+
+        for lv in cal.levels:
+            layer_arrays[lv] = create("layers", interval_layer(level_name(lv)))
+    for a in range(0, len(names), step):
+        chunk_names = list(names[a : a + step])
+        block = project_genes(result, genes=chunk_names, method=method).X
+        X[:, a : a + block.shape[1]] = block
+        if cal is not None:
+            from napari_spatial_impute.core.uncertainty import intervals
+
+            for lv, hw in intervals(result, cal, chunk_names).items():
+                layer_arrays[lv][:, a : a + hw.shape[1]] = hw
+
+
+# --------------------------------------------------------------------------- SpatialData stores
+def store_table(adata: ad.AnnData) -> ad.AnnData:
+    """The result as a table annotating the cells it was read from (same region and instance ids).
+
+    ``X`` (imputed genes, may be ``None`` for a chunked write), ``obs`` (the cell table's columns,
+    the most likely cluster and its probability), ``obsm`` (cluster probabilities, best mapped
+    units; the measured values are left out: they are the store's own table),
+    ``layers`` (interval half-widths), ``uns['<cluster>_predicted_colors']`` (the viewer's colours,
+    scanpy's convention) and ``uns['spatial_impute']`` (the run's parameters).
+    """
+    from spatialdata.models import TableModel
+
+    from napari_spatial_impute._errors import InputError
+    from napari_spatial_impute.io.palette import category_colors
+    from napari_spatial_impute.io.schema import SDATA_KEY
+    from napari_spatial_impute.io.sdata import spatial_source
+
+    src = spatial_source(adata)
+    if src is None:
+        raise InputError(
+            "the spatial data were not read from a SpatialData store, so the results have no "
+            "cells to annotate there; write them as .h5ad."
+        )
+    region_key, instance_key = str(src["region_key"]), str(src["instance_key"])
+    obs = adata.obs.copy()
+    obs[region_key] = pd.Categorical(obs[region_key].astype(str))
+    table = ad.AnnData(
+        X=adata.X,
+        obs=obs,
+        var=adata.var.copy(),
+        obsm={k: v for k, v in adata.obsm.items() if k != "measured"},
+        layers=dict(adata.layers.items()),
+        uns={k: v for k, v in adata.uns.items() if k != SDATA_KEY},
+    )
+    table.uns[SDATA_KEY] = {k: v for k, v in src.items()}
+    key = adata.uns.get(UNS_KEY, {}).get("cluster_key")
+    column = f"{key}_predicted" if key else None
+    if column and column in obs and isinstance(obs[column].dtype, pd.CategoricalDtype):
+        palette = adata.uns.get(f"{column}_colors", adata.uns.get(f"{key}_colors"))
+        colors = category_colors(obs[column].cat.categories, palette)
+        table.uns[f"{column}_colors"] = np.asarray(list(colors.values()), dtype=object)
+    return TableModel.parse(
+        table, region=list(src["regions"]), region_key=region_key, instance_key=instance_key
+    )
+
+
+def write_result_to_store(
+    result: MappingResult,
+    store: str | os.PathLike[str],
+    name: str | None = None,
+    *,
+    out: str | os.PathLike[str] | None = None,
+    overwrite: bool = False,
+    genes: Sequence[str] | None = None,
+    method: str = "auto",
+    chunk_genes: int | None = None,
+    extra_uns: dict[str, Any] | None = None,
+) -> ad.AnnData:
+    """Write the result as a new table of the SpatialData store its spatial cells came from.
+
+    The table annotates the same region with the same instance ids (:func:`store_table`); it is
+    written beside the store and renamed into ``tables/`` (see
+    :func:`~napari_spatial_impute.io.sdata_write.write_table`), imputed ``chunk_genes`` genes at a
+    time when the values exceed :data:`CHUNKED_WRITE_BYTES`. ``out`` writes into a copy.
+
+    Returns
+    -------
+    The table (``X = None`` when it was written in chunks).
+    """
+    from napari_spatial_impute.io.schema import RESULT_TABLE
+    from napari_spatial_impute.io.sdata_write import check_table_target, write_table
+
+    name = name or RESULT_TABLE
+    check_table_target(store, name, out=out, overwrite=overwrite)
+    names = resolve_reference_genes(result, genes)
+    method = resolve_method(result, method)
+    n_obs = result.spatial.n_obs
+    chunked = chunk_genes is not None or 4 * n_obs * len(names) > CHUNKED_WRITE_BYTES
+    adata = result_to_anndata(result, genes=names, method=method, impute=not chunked)
+    if extra_uns:
+        adata.uns[UNS_KEY].update(extra_uns)
+    table = store_table(adata)
+    fill = None
+    if chunked:
+        step = chunk_genes or _chunk_step(n_obs)
+
+        def fill(group: Any) -> None:
+            def create(sub: str | None, key: str) -> Any:
+                parent = group if sub is None else group.require_group(sub)
+                shape = (n_obs, len(names))
+                arr = parent.create_array(key, shape=shape, dtype="float32", chunks=_chunks(shape))
+                arr.attrs.update({"encoding-type": "array", "encoding-version": "0.2.0"})
+                return arr
+
+            _fill_imputed(result, names, method, step, create)
+
+    write_table(table, store, name, out=out, overwrite=overwrite, fill=fill)
+    return table

@@ -23,6 +23,11 @@ import pandas as pd
 from napari_spatial_impute._errors import InputError
 
 UNS_KEY = "spatial_impute"
+#: ``uns`` key of spatial data read from a SpatialData store: where the cells came from (store,
+#: table, coordinate system, region and instance keys), see :mod:`napari_spatial_impute.io.sdata`.
+SDATA_KEY = "spatialdata"
+#: Default name of the results table written back into a SpatialData store.
+RESULT_TABLE = "spatial_impute"
 
 
 def interval_layer(level: str) -> str:

@@ -26,7 +26,7 @@ Conventions
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +35,7 @@ import numpy as np
 import pandas as pd
 
 from napari_spatial_impute.io.files import find_fov_key, fov_labels
+from napari_spatial_impute.io.palette import category_colors
 from napari_spatial_impute.io.schema import UNS_KEY
 from napari_spatial_impute.viz.coords import checked_coords, point_size, to_napari
 from napari_spatial_impute.viz.sections import (
@@ -158,25 +159,6 @@ def is_categorical(values: pd.Series) -> bool:
     return not (
         pd.api.types.is_numeric_dtype(values.dtype) and not pd.api.types.is_bool_dtype(values.dtype)
     )
-
-
-def category_colors(
-    categories: Iterable[Any], palette: Sequence[str] | None = None
-) -> dict[Any, str]:
-    """A ``{category: '#rrggbb'}`` map (scanpy's ``uns['<key>_colors']`` when given, else tab20)."""
-    from matplotlib import colormaps
-    from matplotlib.colors import to_hex
-
-    cats = list(categories)
-    if palette is not None and len(palette) >= len(cats):
-        return {c: to_hex(palette[i]) for i, c in enumerate(cats)}
-    if len(cats) <= 20:
-        listed = colormaps["tab10" if len(cats) <= 10 else "tab20"]  # listed: cmap(i) is colour i
-        base = [to_hex(listed(i)) for i in range(listed.N)]
-    else:
-        cmap = colormaps["gist_ncar"]
-        base = [to_hex(cmap(x)) for x in np.linspace(0.05, 0.95, len(cats))]
-    return {c: base[i % len(base)] for i, c in enumerate(cats)}
 
 
 def color_kwargs(

@@ -1,0 +1,471 @@
+"""SpatialData stores (``.zarr``) as the spatial input.
+
+A store holds a cell table (AnnData whose ``uns['spatialdata_attrs']`` names the ``region``
+elements it annotates, the ``region_key`` column saying which element each row annotates and the
+``instance_key`` column with the cell's id in that element), the segmentation (labels or shapes),
+images, points, and one or more coordinate systems. :func:`read_spatial` turns one table into the
+AnnData the core takes:
+
+* ``obsm['spatial']`` are the cells' ``(x, y)`` in the chosen coordinate system, taken from the
+  annotated element's geometry (circle centres, polygon centroids, label centroids) and its
+  transformation, so that cells line up with the images and labels of that coordinate system.
+  A table's own ``obsm['spatial']`` carries no coordinate system (CosMx stores local FOV pixels
+  there, Xenium microns), so it is used only when the annotated element is not in the store; it
+  is kept as ``obsm['spatial_table']``.
+* cells whose element has no transformation to the coordinate system are left out (a per-FOV
+  coordinate system shows that FOV's cells); ``obs['fov']`` is added from the region when a table
+  annotates several elements (one per FOV) and has no FOV column of its own.
+* ``uns['spatialdata']`` records where the cells came from (store, table, coordinate system,
+  region/instance keys), for writing results back (:mod:`napari_spatial_impute.io.sdata_write`)
+  and for showing the store's images under the cells.
+
+spatialdata is imported inside the functions: importing this module stays cheap.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+
+from napari_spatial_impute._errors import InputError, InputWarning
+from napari_spatial_impute.io.schema import SDATA_KEY, UNS_KEY
+
+if TYPE_CHECKING:
+    from spatialdata import SpatialData
+
+#: Groups of a SpatialData store's root; a folder with one of them (and zarr metadata) is a store.
+ELEMENT_GROUPS = ("images", "labels", "shapes", "points", "tables")
+#: Coordinate system chosen when several are possible and it is one of them.
+DEFAULT_CS = "global"
+#: Name of the FOV column added from the region when a table annotates one element per FOV.
+FOV_FROM_REGION = "fov"
+#: Label images are read in blocks of at most this many pixels a side (memory stays bounded).
+LABEL_BLOCK = 4096
+
+
+def is_store(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is a folder that looks like a SpatialData store (cheap: no reading)."""
+    p = Path(path)
+    if not p.is_dir():
+        return False
+    if not ((p / "zarr.json").is_file() or (p / ".zgroup").is_file()):
+        return False
+    return any((p / g).is_dir() for g in ELEMENT_GROUPS)
+
+
+def open_store(path: str | os.PathLike[str], role: str = "spatial") -> SpatialData:
+    """Open a store lazily (images, labels and points stay on disk); one line when it cannot be."""
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"{role} store {str(p)!r} does not exist; check the path.")
+    if not is_store(p):
+        raise InputError(
+            f"{str(p)!r} is not a SpatialData store (a .zarr folder with tables/, labels/, "
+            "images/...); give an .h5ad file or a store written by spatialdata (sdata.write)."
+        )
+    import logging
+
+    import spatialdata as sd
+
+    quiet = logging.getLogger("ome_zarr")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # "no parent found for Label" for every labels element
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return sd.read_zarr(p)
+    except Exception as exc:  # spatialdata/zarr/ome-zarr raise many types for a broken store
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise InputError(
+            f"cannot read SpatialData store {str(p)!r} ({first}); check that it was written by "
+            "spatialdata 0.4 or newer (spatialdata.read_zarr must open it)."
+        ) from None
+    finally:
+        quiet.setLevel(level)
+
+
+@dataclass(frozen=True)
+class TableInfo:
+    """What a table annotates: its region elements and the keys linking rows to their cells."""
+
+    name: str
+    n_obs: int
+    regions: tuple[str, ...]
+    region_key: str | None
+    instance_key: str | None
+    is_result: bool
+    coordinate_systems: tuple[str, ...] = field(default=())
+
+    @property
+    def annotates(self) -> bool:
+        return bool(self.regions) and bool(self.region_key) and bool(self.instance_key)
+
+
+@dataclass(frozen=True)
+class StoreInfo:
+    """A store's tables and coordinate systems, for choosing what to read (GUI combos, CLI)."""
+
+    path: str
+    tables: tuple[TableInfo, ...]
+    coordinate_systems: tuple[str, ...]
+
+    def table(self, name: str) -> TableInfo:
+        for t in self.tables:
+            if t.name == name:
+                return t
+        raise KeyError(name)
+
+    @property
+    def cell_tables(self) -> tuple[TableInfo, ...]:
+        """Tables of cells the plugin can map (they annotate elements; our results left out)."""
+        return tuple(t for t in self.tables if t.annotates and not t.is_result)
+
+
+def _attrs(table: ad.AnnData) -> dict[str, Any]:
+    attrs = table.uns.get("spatialdata_attrs")
+    return dict(attrs) if isinstance(attrs, dict) else {}
+
+
+def _regions(table: ad.AnnData) -> tuple[str, ...]:
+    region = _attrs(table).get("region")
+    if region is None:
+        return ()
+    values = [region] if isinstance(region, str) else list(np.asarray(region).ravel())
+    return tuple(str(v) for v in values)
+
+
+def element_cs(sdata: SpatialData, name: str) -> tuple[str, ...]:
+    """Coordinate systems the element ``name`` has a transformation to (``()`` when absent)."""
+    from spatialdata.transformations import get_transformation
+
+    try:
+        element = sdata[name]
+    except KeyError:
+        return ()
+    found = get_transformation(element, get_all=True)
+    return tuple(found) if isinstance(found, dict) else ()
+
+
+def describe_store(sdata: SpatialData) -> StoreInfo:
+    """The store's tables (what each annotates, in which coordinate systems) and systems."""
+    tables = []
+    for name, table in sdata.tables.items():
+        attrs, regions = _attrs(table), _regions(table)
+        systems: list[str] = []
+        for region in regions:
+            systems += [c for c in element_cs(sdata, region) if c not in systems]
+        tables.append(
+            TableInfo(
+                name=str(name),
+                n_obs=int(table.n_obs),
+                regions=regions,
+                region_key=attrs.get("region_key"),
+                instance_key=attrs.get("instance_key"),
+                is_result=UNS_KEY in table.uns,
+                coordinate_systems=tuple(systems),
+            )
+        )
+    return StoreInfo(
+        path=str(sdata.path) if sdata.path is not None else "",
+        tables=tuple(tables),
+        coordinate_systems=tuple(str(c) for c in sdata.coordinate_systems),
+    )
+
+
+def choose_table(info: StoreInfo, table: str | None) -> TableInfo:
+    """The table to read: the one named, else the store's only table of cells."""
+    names = [t.name for t in info.tables]
+    if not names:
+        raise InputError(
+            f"store {info.path!r} has no tables; add the cell table with spatialdata "
+            "(sdata.tables['table'] = TableModel.parse(adata, region=..., region_key=..., "
+            "instance_key=...)) or give an .h5ad file."
+        )
+    if table is not None:
+        if table not in names:
+            raise InputError(
+                f"store has no table {table!r}; its tables are {', '.join(names)} (--table)."
+            )
+        chosen = info.table(table)
+    else:
+        cells = info.cell_tables
+        if len(cells) > 1:
+            raise InputError(
+                f"store has several cell tables ({', '.join(t.name for t in cells)}); choose "
+                "one with --table (table= in the API)."
+            )
+        chosen = cells[0] if cells else info.tables[0]
+    if not chosen.annotates:
+        raise InputError(
+            f"table {chosen.name!r} does not say which cells it annotates (no region, region_key "
+            "and instance_key in uns['spatialdata_attrs']); annotate it with spatialdata's "
+            "TableModel.parse(table, region=<labels or shapes>, region_key=..., instance_key=...)."
+        )
+    return chosen
+
+
+def choose_coordinate_system(
+    info: StoreInfo, table: TableInfo, coordinate_system: str | None
+) -> str:
+    """The coordinate system to place cells in: the one named, else ``global`` or the only one."""
+    if coordinate_system is not None:
+        if coordinate_system not in info.coordinate_systems:
+            raise InputError(
+                f"store has no coordinate system {coordinate_system!r}; it has "
+                f"{', '.join(info.coordinate_systems) or 'none'} (--coordinate-system)."
+            )
+        if coordinate_system not in table.coordinate_systems:
+            raise InputError(
+                f"no cell of table {table.name!r} is in coordinate system {coordinate_system!r}; "
+                f"its cells are in {', '.join(table.coordinate_systems) or 'none'} "
+                "(--coordinate-system)."
+            )
+        return coordinate_system
+    if not table.coordinate_systems:
+        return DEFAULT_CS  # elements absent: the table's own obsm['spatial'] is the only choice
+    if DEFAULT_CS in table.coordinate_systems:
+        return DEFAULT_CS
+    return table.coordinate_systems[0]
+
+
+# --------------------------------------------------------------------------- cell coordinates
+def label_centroids(labels: Any) -> pd.DataFrame:
+    """Centroids of every nonzero label of a 2D label image, read block by block.
+
+    Pixel index ``i`` covers ``[i, i + 1)`` in the element's own coordinates (spatialdata's
+    convention), so a centroid is the mean pixel index plus 0.5. Returns a frame indexed by
+    label id with columns ``x``, ``y`` and ``n_pixels``.
+    """
+    import dask.array as da
+
+    arr = labels if isinstance(labels, da.Array) else da.asarray(labels)  # type: ignore[no-untyped-call]
+    if arr.ndim != 2:
+        raise InputError(
+            f"label image has {arr.ndim} dimensions; only 2D labels (y, x) are supported."
+        )
+    arr = arr.rechunk(tuple(min(LABEL_BLOCK, max(c)) for c in arr.chunks))
+    starts = [np.concatenate([[0], np.cumsum(c)[:-1]]) for c in arr.chunks]
+    parts = []
+    for bi, bj in np.ndindex(*arr.numblocks):
+        block = np.asarray(arr.blocks[bi, bj].compute())
+        rows, cols = np.nonzero(block)
+        if rows.size == 0:
+            continue
+        ids, inverse, counts = np.unique(block[rows, cols], return_inverse=True, return_counts=True)
+        parts.append(
+            pd.DataFrame(
+                {
+                    "id": ids,
+                    "n_pixels": counts,
+                    "sum_y": np.bincount(inverse, weights=rows) + starts[0][bi] * counts,
+                    "sum_x": np.bincount(inverse, weights=cols) + starts[1][bj] * counts,
+                }
+            )
+        )
+    if not parts:
+        return pd.DataFrame({"x": [], "y": [], "n_pixels": []})
+    total = pd.concat(parts).groupby("id").sum()
+    return pd.DataFrame(
+        {
+            "x": total["sum_x"] / total["n_pixels"] + 0.5,
+            "y": total["sum_y"] / total["n_pixels"] + 0.5,
+            "n_pixels": total["n_pixels"].astype(np.int64),
+        },
+        index=total.index,
+    )
+
+
+def _labels_array(element: Any) -> Any:
+    """The full-resolution array of a labels element (a DataTree's ``scale0``)."""
+    from xarray import DataTree
+
+    if isinstance(element, DataTree):
+        scale0: Any = element["scale0"]
+        return next(iter(scale0.values())).data
+    return element.data
+
+
+def element_xy(sdata: SpatialData, name: str) -> pd.DataFrame:
+    """``x``, ``y`` of every cell of element ``name`` in the element's own coordinates."""
+    from spatialdata.models import Labels2DModel, Labels3DModel, ShapesModel, get_model
+
+    element = sdata[name]
+    model = get_model(element)
+    if model is ShapesModel:
+        geometry = element.geometry
+        if len(element) and (geometry.isna().all() or geometry.is_empty.all()):
+            raise InputError(
+                f"shapes element {name!r} has no geometry; write circles or polygons for its "
+                "cells (ShapesModel.parse) or annotate the labels instead."
+            )
+        kinds = set(geometry.geom_type.dropna().unique())
+        xy = (
+            geometry.get_coordinates().to_numpy()
+            if kinds == {"Point"}
+            else geometry.centroid.get_coordinates().to_numpy()
+        )
+        if len(xy) != len(element):
+            raise InputError(
+                f"shapes element {name!r} has empty or missing geometries; drop those rows or "
+                "rebuild the shapes."
+            )
+        return pd.DataFrame({"x": xy[:, 0], "y": xy[:, 1]}, index=element.index)
+    if model in (Labels2DModel, Labels3DModel):
+        return label_centroids(_labels_array(element))[["x", "y"]]
+    raise InputError(
+        f"the table annotates {name!r}, a {getattr(model, '__name__', model)} element; only "
+        "labels and shapes (cells) can be mapped."
+    )
+
+
+def _to_cs(sdata: SpatialData, name: str, xy: np.ndarray, cs: str) -> np.ndarray:
+    from spatialdata.transformations import get_transformation
+
+    t = get_transformation(sdata[name], to_coordinate_system=cs)
+    m = np.asarray(t.to_affine_matrix(input_axes=("x", "y"), output_axes=("x", "y")))
+    return np.asarray(xy @ m[:2, :2].T + m[:2, 2], dtype=np.float64)
+
+
+def _instance_index(values: pd.Series, index: pd.Index) -> np.ndarray:
+    """Row of each instance id in ``index`` (-1 when absent), ids compared as ints or text."""
+    pos = index.get_indexer(pd.Index(values))
+    if (pos < 0).all() and len(values):
+        pos = pd.Index(index.astype(str)).get_indexer(pd.Index(values.astype(str)))
+    return np.asarray(pos)
+
+
+def _fov_from_region(adata: ad.AnnData, region_key: str, n_regions: int) -> None:
+    from napari_spatial_impute.io.files import find_fov_key
+
+    if n_regions > 1 and FOV_FROM_REGION not in adata.obs and find_fov_key(adata) is None:
+        regions = adata.obs[region_key].astype(str)
+        adata.obs[FOV_FROM_REGION] = pd.Categorical(regions.map(_short_names(regions.unique())))
+
+
+def _short_names(names: Any) -> dict[str, str]:
+    """Region names without the ending all share (``fov2_labels`` -> ``fov2``), when still unique."""
+    names = [str(n) for n in names]
+    suffix = os.path.commonprefix([n[::-1] for n in names])[::-1]
+    short = [n[: len(n) - len(suffix)].rstrip("_-. ") for n in names]
+    if all(short) and len(set(short)) == len(short):
+        return dict(zip(names, short, strict=True))
+    return {n: n for n in names}
+
+
+def read_spatial(
+    store: str | os.PathLike[str] | SpatialData,
+    table: str | None = None,
+    coordinate_system: str | None = None,
+) -> ad.AnnData:
+    """Read a store's cell table as spatial data placed in one coordinate system.
+
+    Parameters
+    ----------
+    store
+        Path of a SpatialData ``.zarr`` store (or an opened ``SpatialData``).
+    table
+        Table to read; default the store's only table of cells.
+    coordinate_system
+        Where cells are placed; default ``global``, else the table's only one.
+
+    Returns
+    -------
+    AnnData with ``obsm['spatial']`` in the coordinate system and ``uns['spatialdata']`` naming
+    the source (see the module docstring).
+    """
+    import spatialdata as sd
+
+    sdata = store if isinstance(store, sd.SpatialData) else open_store(store)
+    info = describe_store(sdata)
+    chosen = choose_table(info, table)
+    cs = choose_coordinate_system(info, chosen, coordinate_system)
+    assert chosen.region_key is not None and chosen.instance_key is not None
+    t = sdata.tables[chosen.name]
+    region_key, instance_key = chosen.region_key, chosen.instance_key
+    for key in (region_key, instance_key):
+        if key not in t.obs:
+            raise InputError(
+                f"table {chosen.name!r} has no obs column {key!r} named by its "
+                "spatialdata_attrs; re-annotate it with TableModel.parse."
+            )
+    xy = np.full((t.n_obs, 2), np.nan)
+    in_cs = np.zeros(t.n_obs, dtype=bool)
+    regions = t.obs[region_key].astype(str).to_numpy()
+    used: list[str] = []
+    for name in chosen.regions:
+        rows = np.flatnonzero(regions == name)
+        if rows.size == 0:
+            continue
+        if cs not in element_cs(sdata, name):
+            if element_cs(sdata, name):
+                continue  # this element (FOV) is not in the chosen coordinate system
+            xy[rows], in_cs[rows] = _table_xy(t, chosen.name, name, rows), True
+            used.append(name)
+            continue
+        cells = element_xy(sdata, name)
+        pos = _instance_index(t.obs[instance_key].iloc[rows], cells.index)
+        if (pos < 0).all():
+            sample = ", ".join(map(str, t.obs[instance_key].iloc[rows[:3]]))
+            have = ", ".join(map(str, cells.index[:3]))
+            raise InputError(
+                f"no instance id of table {chosen.name!r} ({instance_key}: {sample}...) is a cell "
+                f"of element {name!r} (ids {have}...); check the table's instance_key."
+            )
+        found = pos >= 0
+        local = cells[["x", "y"]].to_numpy()[pos[found]]
+        xy[rows[found]] = _to_cs(sdata, name, local, cs)
+        in_cs[rows] = True
+        used.append(name)
+    placed = in_cs & np.isfinite(xy).all(axis=1)
+    missing = int((in_cs & ~placed).sum())
+    if missing:
+        warnings.warn(
+            f"{missing} cells of table {chosen.name!r} have no cell in their element; they are "
+            "left out (check the table's instance ids against the segmentation).",
+            InputWarning,
+            stacklevel=2,
+        )
+    adata = t[placed].copy()
+    if "spatial" in adata.obsm:
+        adata.obsm["spatial_table"] = np.asarray(adata.obsm["spatial"])
+    adata.obsm["spatial"] = xy[placed]
+    adata.uns.pop("spatialdata_attrs", None)
+    _fov_from_region(adata, region_key, len(used))
+    adata.uns[SDATA_KEY] = {
+        "store": str(Path(info.path).resolve()) if info.path else "",
+        "table": chosen.name,
+        "coordinate_system": cs,
+        "region_key": region_key,
+        "instance_key": instance_key,
+        "regions": list(used),
+    }
+    return adata
+
+
+def _table_xy(t: ad.AnnData, table: str, element: str, rows: np.ndarray) -> np.ndarray:
+    """The table's own ``obsm['spatial']`` for cells whose element is not in the store."""
+    if "spatial" not in t.obsm:
+        raise InputError(
+            f"table {table!r} annotates {element!r}, which is not in the store, and has no "
+            "obsm['spatial']; add the segmentation element or the cells' coordinates."
+        )
+    warnings.warn(
+        f"element {element!r} is not in the store: its cells are placed by the table's "
+        "obsm['spatial'], which may not line up with the store's images.",
+        InputWarning,
+        stacklevel=3,
+    )
+    return np.asarray(t.obsm["spatial"])[rows, :2].astype(np.float64)
+
+
+def spatial_source(adata: ad.AnnData) -> dict[str, Any] | None:
+    """Where ``adata`` was read from (``uns['spatialdata']``), or ``None`` for a plain file."""
+    src = adata.uns.get(SDATA_KEY)
+    return dict(src) if isinstance(src, dict) and src.get("store") else None
