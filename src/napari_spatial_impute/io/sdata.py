@@ -169,13 +169,13 @@ def describe_store(sdata: SpatialData) -> StoreInfo:
                 region_key=attrs.get("region_key"),
                 instance_key=attrs.get("instance_key"),
                 is_result=UNS_KEY in table.uns,
-                coordinate_systems=tuple(systems),
+                coordinate_systems=tuple(sorted(systems)),
             )
         )
     return StoreInfo(
         path=str(sdata.path) if sdata.path is not None else "",
         tables=tuple(tables),
-        coordinate_systems=tuple(str(c) for c in sdata.coordinate_systems),
+        coordinate_systems=tuple(sorted(str(c) for c in sdata.coordinate_systems)),
     )
 
 
@@ -294,11 +294,11 @@ def _labels_array(element: Any) -> Any:
 
 def element_xy(sdata: SpatialData, name: str) -> pd.DataFrame:
     """``x``, ``y`` of every cell of element ``name`` in the element's own coordinates."""
-    from spatialdata.models import Labels2DModel, Labels3DModel, ShapesModel, get_model
+    from geopandas import GeoDataFrame
+    from spatialdata.models import Labels2DModel, Labels3DModel, get_model
 
     element = sdata[name]
-    model = get_model(element)
-    if model is ShapesModel:
+    if isinstance(element, GeoDataFrame):
         geometry = element.geometry
         if len(element) and (geometry.isna().all() or geometry.is_empty.all()):
             raise InputError(
@@ -317,6 +317,7 @@ def element_xy(sdata: SpatialData, name: str) -> pd.DataFrame:
                 "rebuild the shapes."
             )
         return pd.DataFrame({"x": xy[:, 0], "y": xy[:, 1]}, index=element.index)
+    model = get_model(element)
     if model in (Labels2DModel, Labels3DModel):
         return label_centroids(_labels_array(element))[["x", "y"]]
     raise InputError(

@@ -60,7 +60,8 @@ def check_table_target(
     for group in ELEMENT_GROUPS:
         if group != "tables" and (src / group / name).exists():
             raise InputError(
-                f"store already has a {group[:-1]} element named {name!r}; choose another "
+                f"store already has {'an' if group[0] in 'aeiou' else 'a'} {group[:-1]} element "
+                f"named {name!r}; choose another "
                 "table name (--result-table)."
             )
     existing = src / "tables" / name
