@@ -10,10 +10,10 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import make_store, tree_digest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from conftest import make_store, tree_digest
 from napari_spatial_impute._errors import InputError, InputWarning
 from napari_spatial_impute.io.sdata import describe_store, label_centroids, open_store, read_spatial
 from napari_spatial_impute.io.sdata_write import check_table_target
