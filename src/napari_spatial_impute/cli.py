@@ -46,7 +46,20 @@ def _add_mapping_options(
     p.add_argument(
         "--reference", "-r", required=True, help="reference .h5ad (single cells, all genes)"
     )
-    p.add_argument("--spatial", "-s", required=True, help="spatial .h5ad with obsm['spatial']")
+    p.add_argument(
+        "--spatial",
+        "-s",
+        required=True,
+        help="spatial .h5ad with obsm['spatial'], or a SpatialData .zarr store",
+    )
+    p.add_argument(
+        "--table", default=None, help="SpatialData store: the cell table (default: its only one)"
+    )
+    p.add_argument(
+        "--coordinate-system",
+        default=None,
+        help="SpatialData store: where cells are placed (default: global, else the only one)",
+    )
     for spec in setting_specs():
         if spec.name in skip:
             continue
@@ -87,7 +100,23 @@ def _parser() -> argparse.ArgumentParser:
 
     m = sub.add_parser("map", help="learn the mapping and write the imputed spatial data")
     _add_mapping_options(m)
-    m.add_argument("--out", "-o", required=True, help="output .h5ad")
+    m.add_argument(
+        "--out",
+        "-o",
+        default=None,
+        help="output .h5ad, or a new .zarr (a copy of the --spatial store with the results "
+        "table); default for a store: the results table is added to the store itself",
+    )
+    m.add_argument(
+        "--result-table",
+        default=None,
+        help="SpatialData store: name of the results table (default: spatial_impute)",
+    )
+    m.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="SpatialData store: replace a results table of that name written earlier",
+    )
     m.add_argument(
         "--impute",
         default=None,
@@ -260,17 +289,60 @@ def _gene_arg(value: str | None) -> str | list[str] | None:
         return read_gene_list(value)
     if "," in value:
         return [g for g in value.split(",") if g]
-    raise InputError(f"gene list {value!r} is neither 'overlap', 'markers' nor an existing file.")
+    if os.sep in value or value.lower().endswith((".txt", ".csv", ".tsv")):
+        raise InputError(
+            f"gene list {value!r} is neither 'overlap', 'markers' nor an existing file."
+        )
+    return [value]  # one gene
+
+
+def _read_spatial(args: argparse.Namespace) -> Any:
+    """The spatial input: an ``.h5ad`` file or a SpatialData store (``--table``, ``--coordinate-system``)."""
+    from napari_spatial_impute.io.files import read_h5ad
+    from napari_spatial_impute.io.sdata import is_store, read_spatial
+
+    if is_store(args.spatial):
+        return read_spatial(args.spatial, args.table, args.coordinate_system)
+    if args.table is not None or args.coordinate_system is not None:
+        raise InputError(
+            "--table and --coordinate-system are for a SpatialData store; --spatial "
+            f"{args.spatial!r} is not one."
+        )
+    return read_h5ad(args.spatial, "spatial")
+
+
+def _map_target(args: argparse.Namespace) -> tuple[Path | None, Path | None]:
+    """``(h5ad output, store to write)`` of ``map``, checked before any work."""
+    from napari_spatial_impute.io.sdata import is_store
+    from napari_spatial_impute.io.sdata_write import check_table_target
+
+    inputs = [args.reference, args.spatial, args.genes, args.impute]
+    store = args.spatial if is_store(args.spatial) else None
+    if args.out is not None and not str(args.out).lower().rstrip("/").endswith(".zarr"):
+        if args.result_table is not None or args.overwrite:
+            raise InputError("--result-table and --overwrite are for a .zarr output; --out is not.")
+        return _check_out(args.out, ".h5ad", inputs), None
+    if store is None:
+        if args.out is None:
+            raise InputError("--out is required: give the output .h5ad.")
+        raise InputError(
+            f"--out {args.out!r} is a .zarr store, but --spatial is not a SpatialData store; "
+            "write .h5ad."
+        )
+    from napari_spatial_impute.io.schema import RESULT_TABLE
+
+    name = args.result_table or RESULT_TABLE
+    return None, check_table_target(store, name, out=args.out, overwrite=args.overwrite)
 
 
 def cmd_map(args: argparse.Namespace) -> int:
     from napari_spatial_impute.core.mapping import map_cells_to_space
     from napari_spatial_impute.io.files import find_fov_key, find_sample_key, read_h5ad
 
-    out = _check_out(args.out, ".h5ad", [args.reference, args.spatial, args.genes, args.impute])
+    out, store_out = _map_target(args)
     kwargs = _mapping_kwargs(args)
     reference = read_h5ad(args.reference, "reference")
-    spatial = read_h5ad(args.spatial, "spatial")
+    spatial = _read_spatial(args)
     fov = find_fov_key(spatial, args.fov_key)
     sample = (
         None if args.sample_key == "" else find_sample_key(spatial, fov, args.sample_key or None)
@@ -285,15 +357,24 @@ def cmd_map(args: argparse.Namespace) -> int:
         result = map_cells_to_space(reference, spatial, callback=bar, **kwargs)
     finally:
         bar.close()
-    from napari_spatial_impute.core.export import write_result
+    from napari_spatial_impute.core.export import write_result, write_result_to_store
 
-    adata = write_result(
-        result,
-        out,
-        genes=impute if isinstance(impute, list) else None,
-        method=args.projection,
-        extra_uns={"fov_key": fov or "", "sample_key": sample or ""},
-    )
+    extra = {"fov_key": fov or "", "sample_key": sample or ""}
+    genes = impute if isinstance(impute, list) else None
+    if out is not None:
+        adata = write_result(result, out, genes=genes, method=args.projection, extra_uns=extra)
+    else:
+        adata = write_result_to_store(
+            result,
+            args.spatial,
+            args.result_table,
+            out=args.out,
+            overwrite=args.overwrite,
+            genes=genes,
+            method=args.projection,
+            extra_uns=extra,
+        )
+        out = store_out
     print(result.genes.summary())
     print(
         f"values: reference {result.params['reference_values']}, spatial {result.params['spatial_values']}; "
@@ -306,9 +387,15 @@ def cmd_map(args: argparse.Namespace) -> int:
     print(
         f"wrote {adata.n_obs} spatial cells x {adata.n_vars} imputed genes"
         + (f" and {n_clusters} cluster probabilities" if n_clusters else "")
-        + f" to {out}"
+        + (f" to {out}" if store_out is None else f" to table {_table_name(args)!r} of {out}")
     )
     return 0
+
+
+def _table_name(args: argparse.Namespace) -> str:
+    from napari_spatial_impute.io.schema import RESULT_TABLE
+
+    return str(args.result_table or RESULT_TABLE)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -318,7 +405,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     out = _check_out(args.out, ".csv", [args.reference, args.spatial])
     kwargs = _mapping_kwargs(args)
     reference = read_h5ad(args.reference, "reference")
-    spatial = read_h5ad(args.spatial, "spatial")
+    spatial = _read_spatial(args)
     bar = _Progress(args.folds * args.epochs if _trains(args) else 0, "cross-validation")
 
     def progress(fold: int, n: int, info: Any) -> None:

@@ -273,7 +273,9 @@ def test_chunked_write_equals_whole(mapped):
     sdata = sd.read_zarr(path)
     a, b = sdata.tables["whole"], sdata.tables["chunked"]
     np.testing.assert_array_equal(np.asarray(a.X), np.asarray(b.X))
-    np.testing.assert_array_equal(a.layers["interval_90_halfwidth"], b.layers["interval_90_halfwidth"])
+    np.testing.assert_array_equal(
+        a.layers["interval_90_halfwidth"], b.layers["interval_90_halfwidth"]
+    )
 
 
 def test_refusals_leave_the_store_untouched(mapped, tmp_path):
