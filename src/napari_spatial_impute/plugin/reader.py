@@ -1,4 +1,9 @@
-"""napari reader: an AnnData ``.h5ad`` file becomes Points layers, one per sample (FOVs a feature).
+"""napari reader: an AnnData ``.h5ad`` file or a SpatialData ``.zarr`` store becomes layers.
+
+An ``.h5ad`` file becomes Points layers, one per sample (FOVs a feature). A SpatialData store
+becomes its images and labels (one coordinate system, lazily read, per-FOV tiles stitched into one
+layer each) under the cells of its table: the results table written by this plugin when there is
+one (imputed genes to explore), else the store's table of cells.
 
 Spatial data (``obsm['spatial']``) and mapping results open in tissue coordinates, napari axis
 order ``(y, x)`` / ``(z, y, x)``; a result is coloured by its predicted cluster and keeps its
@@ -34,10 +39,14 @@ def _looks_like_anndata(path: Path) -> bool:
 
 
 def napari_get_reader(path: str | list[str]) -> ReaderFunction | None:
-    """Return :func:`read_h5ad_layers` when ``path`` is an AnnData file this plugin can show."""
+    """:func:`read_h5ad_layers` for AnnData files, :func:`read_store_layers` for a store."""
+    from napari_spatial_impute.io.sdata import is_store
+
     paths = [path] if isinstance(path, str | Path) else list(path)
     if not paths:
         return None
+    if len(paths) == 1 and is_store(paths[0]):
+        return read_store_layers
     for p in paths:
         pp = Path(p)
         if pp.suffix.lower() != ".h5ad" or not pp.is_file() or not _looks_like_anndata(pp):
@@ -74,3 +83,49 @@ def read_h5ad_layers(path: str | list[str]) -> list[Any]:
             kwargs["metadata"][META_KEY].update(source=source_of(p), origin="reader")
         out.extend(layers)
     return out if out else [(None,)]
+
+
+def store_layers(
+    path: str | Path, table: str | None = None, coordinate_system: str | None = None
+) -> list[LayerData]:
+    """Layer data of a store: rasters of the coordinate system under the table's cells.
+
+    Without a ``table``, the newest results table of this plugin is shown (in the coordinate
+    system it was mapped in), else the store's table of cells (:func:`~napari_spatial_impute.io.
+    sdata.read_spatial`'s defaults).
+    """
+    from napari_spatial_impute.io.schema import SDATA_KEY
+    from napari_spatial_impute.io.sdata import describe_store, open_store, read_spatial
+    from napari_spatial_impute.viz.rasters import raster_layers
+
+    sdata = open_store(path)
+    if table is None:
+        results = [t for t in describe_store(sdata).tables if t.is_result and t.annotates]
+        if results:
+            table = results[-1].name
+            recorded = sdata.tables[table].uns.get(SDATA_KEY, {}).get("coordinate_system")
+            if coordinate_system is None and recorded in sdata.coordinate_systems:
+                coordinate_system = str(recorded)
+    adata = read_spatial(sdata, table, coordinate_system)
+    cs = adata.uns[SDATA_KEY]["coordinate_system"]
+    rasters = raster_layers(sdata, cs, store=str(Path(path).resolve()))
+    cells = adata_layers(adata, name=Path(path).stem)
+    for _, kwargs, _ in cells:
+        kwargs["metadata"][META_KEY].update(source=source_of(path), origin="reader")
+    return [*rasters, *cells]
+
+
+def read_store_layers(path: str | list[str]) -> list[Any]:
+    """napari reader of a SpatialData store; bad input is one error notification, no layers."""
+    from napari.utils.notifications import show_error
+
+    from napari_spatial_impute._errors import InputError
+    from napari_spatial_impute.plugin.sync import hook_current_viewer
+
+    hook_current_viewer()
+    p = path[0] if isinstance(path, list) else path
+    try:
+        return store_layers(p)
+    except InputError as exc:
+        show_error(f"{Path(p).name}: {str(exc).splitlines()[0]}")
+        return [(None,)]

@@ -1,5 +1,8 @@
 """Load widget: reference and spatial ``.h5ad`` files (or plugin layers) into the shared model.
 
+The spatial data may also be a SpatialData ``.zarr`` store: its cell table and coordinate system
+are chosen under the path (:class:`~napari_spatial_impute.plugin.widgets.store_picker.StorePicker`)
+and its images and labels of that coordinate system are shown under the cells.
 The spatial cells become one Points layer per sample (the FOV a feature), coloured by a chosen obs column; the reference
 becomes a Points layer at its UMAP (computed in a worker when absent), placed right of the tissue.
 """
@@ -35,7 +38,9 @@ from napari_spatial_impute.io.files import (
     sample_labels,
     validate_adata,
 )
+from napari_spatial_impute.io.sdata import is_store, open_store, read_spatial
 from napari_spatial_impute.plugin.widgets.base import PluginWidget
+from napari_spatial_impute.plugin.widgets.store_picker import StorePicker
 from napari_spatial_impute.plugin.workers import Failed
 from napari_spatial_impute.viz.layers import (
     META_KEY,
@@ -99,13 +104,20 @@ class _FileRow(QWidget):
         self.layer_combo = QComboBox()
         self.layer_combo.setToolTip(f"take the {role} data from a layer opened by this plugin")
         self.path = QLineEdit()
-        self.path.setPlaceholderText(f"{role} .h5ad")
+        self.path.setPlaceholderText(
+            f"{role} .h5ad" + (" or SpatialData .zarr" if role == "spatial" else "")
+        )
         browse = QPushButton("Browse...")
         browse.clicked.connect(self._browse)
         row = QHBoxLayout()
         row.setContentsMargins(0, 0, 0, 0)
         row.addWidget(self.path, 1)
         row.addWidget(browse)
+        if role == "spatial":
+            store = QPushButton("Store...")
+            store.setToolTip("choose a SpatialData .zarr store (a folder)")
+            store.clicked.connect(self._browse_store)
+            row.addWidget(store)
         box = QVBoxLayout(self)
         box.setContentsMargins(0, 0, 0, 0)
         box.addWidget(self.layer_combo)
@@ -115,6 +127,12 @@ class _FileRow(QWidget):
         path, _ = QFileDialog.getOpenFileName(
             self, f"Open {self.role} data", "", "AnnData (*.h5ad)"
         )
+        if path:
+            self.path.setText(path)
+            self.layer_combo.setCurrentIndex(0)
+
+    def _browse_store(self) -> None:
+        path = QFileDialog.getExistingDirectory(self, f"Open {self.role} SpatialData store")
         if path:
             self.path.setText(path)
             self.layer_combo.setCurrentIndex(0)
@@ -137,6 +155,8 @@ class LoadWidget(PluginWidget):
 
         self.reference_row = _FileRow("reference")
         self.spatial_row = _FileRow("spatial")
+        self.store_picker = StorePicker()
+        self.spatial_row.path.textChanged.connect(self._spatial_path_changed)
         self.load_button = QPushButton("Load")
         self.load_button.clicked.connect(self.load)
         self.cluster_combo = QComboBox()
@@ -162,6 +182,7 @@ class LoadWidget(PluginWidget):
         files_form.setContentsMargins(0, 0, 0, 0)
         files_form.addRow("Reference", self.reference_row)
         files_form.addRow("Spatial", self.spatial_row)
+        files_form.addRow("", self.store_picker)
         files_form.addRow("", self.load_button)
         # folded once data is loaded: the Load, Map and Explore docks fit a 1080p screen
         self.files = files
@@ -225,6 +246,10 @@ class LoadWidget(PluginWidget):
             row.layer_combo.setCurrentIndex(same[0] if same else 0)
             row.layer_combo.blockSignals(False)
 
+    def _spatial_path_changed(self, text: str) -> Any:
+        path = text.strip()
+        return self.store_picker.set_store(path if path and is_store(path) else None)
+
     def _chosen(self, row: _FileRow) -> ad.AnnData | str | None:
         index = row.layer_combo.currentIndex()
         if 0 < index < len(row.choices):
@@ -245,10 +270,22 @@ class LoadWidget(PluginWidget):
             self.status.setText("Choose a reference and/or a spatial .h5ad file (or a layer).")
             return None
 
-        def read() -> tuple[ad.AnnData | None, ad.AnnData | None, str | None, str | None] | Failed:
+        table, cs = self.store_picker.choice()
+        from_store = isinstance(spa, str) and is_store(spa)
+
+        def read() -> tuple[Any, ...] | Failed:
+            rasters: list[Any] = []
             try:
                 r = read_h5ad(ref, "reference") if isinstance(ref, str) else ref
-                s = read_h5ad(spa, "spatial") if isinstance(spa, str) else spa
+                if from_store and isinstance(spa, str):
+                    from napari_spatial_impute.viz.rasters import raster_layers
+
+                    sdata = open_store(spa)
+                    s = read_spatial(sdata, table, cs)
+                    chosen = s.uns["spatialdata"]["coordinate_system"]
+                    rasters = raster_layers(sdata, chosen, store=source_of(spa))
+                else:
+                    s = read_h5ad(spa, "spatial") if isinstance(spa, str) else spa
                 if r is not None:
                     validate_adata(r, "reference")
                 if s is not None:
@@ -256,7 +293,7 @@ class LoadWidget(PluginWidget):
                     point_size(s)  # cached per data set: not computed again on the main thread
             except InputError as exc:
                 return Failed(str(exc).splitlines()[0])
-            return r, s, source_of(ref), source_of(spa)
+            return r, s, source_of(ref), source_of(spa), rasters
 
         self.worker = thread_worker(read, start_thread=False)()
         self.worker.returned.connect(self._on_loaded)
@@ -268,15 +305,17 @@ class LoadWidget(PluginWidget):
         self.status.setText("Reading...")
         return self.start_worker(self.worker)
 
-    def _on_loaded(
-        self, value: tuple[ad.AnnData | None, ad.AnnData | None, Any, Any] | Failed
-    ) -> None:
-        """Store what was read; show the data read from files (``value[2:]``: their sources)."""
+    def _on_loaded(self, value: tuple[Any, ...] | Failed) -> None:
+        """Store what was read; show the data read from files (``value[2:4]``: their sources,
+        ``value[4]``: a store's image and label layer data)."""
         if isinstance(value, Failed):
             self.status.setText(f"Error: {value.message}")
             show_error(value.message)
             return
-        ref, spa, ref_src, spa_src = value
+        ref, spa, ref_src, spa_src = value[:4]
+        rasters = value[4] if len(value) > 4 else []
+        if rasters or (spa is not None and spa_src):
+            self.store_picker.remember()
         if ref is not None:
             self.model.set_reference(ref)
         if spa is not None:
@@ -292,6 +331,7 @@ class LoadWidget(PluginWidget):
         if spa is not None and spa_src:
             self._sources["spatial"] = spa_src if isinstance(spa_src, str) else None
             self._reported(self.show_spatial)
+            self.show_rasters(rasters)
         if ref is not None and ref_src:
             self._sources["reference"] = ref_src if isinstance(ref_src, str) else None
             self.show_reference()
@@ -401,6 +441,22 @@ class LoadWidget(PluginWidget):
         self._place_reference()
         if len(added) > 1:
             self.viewer.reset_view()  # napari fitted the view to the first sample only
+        return added
+
+    def show_rasters(self, rasters: list[Any]) -> list[Any]:
+        """Put a store's images and labels under every other layer (earlier ones replaced)."""
+        for layer in list(self.viewer.layers):
+            meta = plugin_meta(layer)
+            if meta.get("origin") == ORIGIN and meta.get("kind") in ("image", "labels"):
+                self.viewer.layers.remove(layer)
+        added: list[Any] = []
+        for data, kwargs, kind in reversed(rasters):  # labels above images, both under cells
+            kwargs["metadata"][META_KEY]["origin"] = ORIGIN
+            add = self.viewer.add_image if kind == "image" else self.viewer.add_labels
+            made = add(data, **kwargs)
+            for layer in made if isinstance(made, list) else [made]:
+                self.viewer.layers.move(self.viewer.layers.index(layer), 0)
+                added.append(layer)
         return added
 
     def show_reference(self) -> Any:
