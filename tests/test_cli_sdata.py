@@ -8,7 +8,7 @@ import anndata as ad
 import numpy as np
 import pytest
 
-from conftest import make_store, tree_digest
+from _data import make_store, tree_digest
 from napari_spatial_impute.cli import main
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")

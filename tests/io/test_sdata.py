@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import make_store, tree_digest
+from _data import make_store, tree_digest
 from napari_spatial_impute._errors import InputError, InputWarning
 from napari_spatial_impute.io.sdata import describe_store, label_centroids, open_store, read_spatial
 from napari_spatial_impute.io.sdata_write import check_table_target
@@ -285,7 +285,7 @@ def test_refusals_leave_the_store_untouched(mapped, tmp_path):
     write_result_to_store(result, path)
     before = tree_digest(path)
     for kwargs, words in (
-        ({}, "use --overwrite"),
+        ({}, "replace it (Replace, --overwrite)"),
         ({"name": "table"}, "did not write"),
         ({"name": "fov0_image"}, "already has an image element"),
         ({"name": "bad/name"}, "not a valid element name"),

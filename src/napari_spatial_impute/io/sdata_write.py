@@ -73,8 +73,8 @@ def check_table_target(
             )
         if not overwrite:
             raise InputError(
-                f"store already has a results table {name!r}; use --overwrite to replace it or "
-                "choose another name (--result-table)."
+                f"store already has a results table {name!r}; replace it (Replace, --overwrite) "
+                "or choose another table name (--result-table)."
             )
     if out is not None:
         dst = Path(out)

@@ -27,8 +27,16 @@ def viewer_model(viewer: Any) -> SpatialImputeModel:
 
 
 def adopt_layer(model: SpatialImputeModel, layer: Any) -> None:
-    """Tell ``model`` about the data set of a plugin layer it does not know yet."""
+    """Tell ``model`` about the data set of a plugin layer it does not know yet.
+
+    A store's image or labels layer (reader or Load widget) gets its style here: napari's layer
+    constructors take no ``contour``, so outlines are set once the layer exists.
+    """
     meta = plugin_meta(layer)
+    if meta.get("kind") in ("image", "labels"):
+        from napari_spatial_impute.viz.rasters import style_raster_layer
+
+        style_raster_layer(layer)
     adata, role = source_adata(layer), meta.get("role")
     if adata is None:
         return

@@ -46,6 +46,7 @@ from napari_spatial_impute.core.settings import (
 from napari_spatial_impute.io.files import input_warnings
 from napari_spatial_impute.plugin.widgets.base import PluginWidget
 from napari_spatial_impute.plugin.widgets.score_plot import ScorePlot
+from napari_spatial_impute.plugin.widgets.store_writer import StoreWriter
 from napari_spatial_impute.plugin.workers import (
     Failed,
     guarded,
@@ -256,6 +257,9 @@ class MapWidget(PluginWidget):
         self.status = QLabel("")
         self.status.setWordWrap(True)
         self.plot = ScorePlot()
+        self.store_writer = StoreWriter(self.start_worker)
+        self.model.result_changed.connect(self.store_writer.set_result)
+        self.store_writer.set_result(self.model.result)
 
         buttons = QHBoxLayout()
         buttons.addWidget(self.run_button)
@@ -270,6 +274,8 @@ class MapWidget(PluginWidget):
         layout.addWidget(self.progress)
         layout.addWidget(self.plot)
         layout.addWidget(self.status)
+        layout.addWidget(self.store_writer)
+        layout.addWidget(self.store_writer.status)
         layout.addStretch(1)
         # no taller than its contents: free height goes to the docks below (1080p screens)
         self.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Maximum)

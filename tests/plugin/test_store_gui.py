@@ -1,0 +1,140 @@
+"""SpatialData stores in the viewer: File > Open, the Load widget's store choice, writing back."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+from _data import make_store, tree_digest
+from napari_spatial_impute.plugin.sync import viewer_model
+from napari_spatial_impute.plugin.widgets.load_widget import LoadWidget
+from napari_spatial_impute.viz.layers import plugin_meta
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+
+@pytest.fixture(scope="module")
+def cosmx_store(shared_data, tmp_path_factory):
+    from napari_spatial_impute.io.demo_stores import build_cosmx_lung_store
+
+    return build_cosmx_lung_store(shared_data, tmp_path_factory.mktemp("cosmx") / "lung.zarr")
+
+
+def _by_type(viewer, kind):
+    return [layer for layer in viewer.layers if type(layer).__name__ == kind]
+
+
+def _on_own_label(labels_layer, points_layer, shift=(0.0, 0.0)):
+    """Share of cells whose drawn position reads their own id from the drawn label image."""
+    ids = plugin_meta(points_layer)["adata"].obs["cell_ID"].to_numpy()
+    world = np.asarray(points_layer.data) + np.asarray(shift)
+    got = [labels_layer.get_value(tuple(p), world=True) for p in world]
+    return float(np.mean(np.asarray(got, dtype=float) == ids))
+
+
+def test_file_open_shows_cells_over_the_composite_in_place(
+    cosmx_store, make_napari_viewer_proxy, qtbot
+):
+    """File > Open of the real CosMx store: RGB composite and labels under the cells, aligned."""
+    viewer = make_napari_viewer_proxy()
+    viewer.open(str(cosmx_store), plugin="napari-spatial-impute")
+    (image,), (labels,), (cells,) = (_by_type(viewer, k) for k in ("Image", "Labels", "Points"))
+    assert [type(layer).__name__ for layer in viewer.layers] == ["Image", "Labels", "Points"]
+    assert image.rgb and len(cells.data) == 120 and labels.contour == 1  # outlined
+    assert _on_own_label(labels, cells) >= 0.95  # the pixel test, through napari's transforms
+    assert _on_own_label(labels, cells, shift=(0, 40)) < 0.5  # it can fail
+    # the composite is on the labels' pixel grid: a cell's position is the same pixel in both
+    for p in np.asarray(cells.data)[:20]:
+        np.testing.assert_allclose(
+            np.round(image.world_to_data(p))[:2], np.round(labels.world_to_data(p)), atol=1
+        )
+    assert viewer_model(viewer).spatial is plugin_meta(cells)["adata"]
+
+
+def test_file_open_of_a_store_without_tables_is_one_notification(
+    tmp_path, make_napari_viewer_proxy, monkeypatch
+):
+    from napari_spatial_impute.plugin import reader
+
+    bare, _ = make_store(tmp_path / "bare.zarr", with_table=False)
+    shown = []
+    monkeypatch.setattr("napari.utils.notifications.show_error", shown.append)
+    assert reader.napari_get_reader(str(bare)) is reader.read_store_layers
+    assert reader.read_store_layers(str(bare)) == [(None,)]
+    assert len(shown) == 1 and "has no tables" in shown[0]
+
+
+def test_load_widget_store_choice_is_remembered(
+    tmp_path, make_napari_viewer_proxy, qtbot, monkeypatch
+):
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    path, _ = make_store(tmp_path / "cells.zarr")
+    viewer = make_napari_viewer_proxy()
+    w = LoadWidget(viewer)
+    qtbot.addWidget(w)
+    w.spatial_row.path.setText(str(path))
+    qtbot.waitUntil(lambda: w.store_picker.info is not None, timeout=60_000)
+    picker = w.store_picker
+    assert [picker.table_combo.itemText(i) for i in range(picker.table_combo.count())] == ["table"]
+    systems = [picker.cs_combo.itemText(i) for i in range(picker.cs_combo.count())]
+    assert systems == ["fov0", "fov1", "global"] and picker.cs_combo.currentText() == "global"
+    picker.cs_combo.setCurrentText("fov1")
+    w.load()
+    qtbot.waitUntil(lambda: not w.busy, timeout=120_000)
+    spatial = viewer_model(viewer).spatial
+    assert spatial.n_obs == 24 and set(spatial.obs["fov_labels"]) == {"fov1_labels"}
+    kinds = [type(layer).__name__ for layer in viewer.layers]
+    assert kinds[:2] == ["Image", "Labels"] and "Points" in kinds  # rasters under the cells
+    assert all(
+        plugin_meta(layer)["elements"] == ["fov1_image"] for layer in _by_type(viewer, "Image")
+    )
+    # loading again replaces the rasters, and a new widget recalls the choice for this store
+    w.load()
+    qtbot.waitUntil(lambda: not w.busy, timeout=120_000)
+    assert len(_by_type(viewer, "Image")) == 1 and len(_by_type(viewer, "Labels")) == 1
+    w2 = LoadWidget(make_napari_viewer_proxy())
+    qtbot.addWidget(w2)
+    w2.spatial_row.path.setText(str(path))
+    qtbot.waitUntil(lambda: w2.store_picker.info is not None, timeout=60_000)
+    assert w2.store_picker.choice() == ("table", "fov1")
+
+
+def test_map_widget_writes_results_back(tmp_path, make_napari_viewer_proxy, qtbot, monkeypatch):
+    import spatialdata as sd
+
+    import napari_spatial_impute as nsi
+    from napari_spatial_impute.core.export import result_to_anndata
+    from napari_spatial_impute.io.sdata import read_spatial
+    from napari_spatial_impute.plugin.widgets.map_widget import MapWidget
+
+    path, ref = make_store(tmp_path / "cells.zarr")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = nsi.map_cells_to_space(ref, read_spatial(path), cluster_key="cell_type")
+    viewer = make_napari_viewer_proxy()
+    w = MapWidget(viewer)
+    qtbot.addWidget(w)
+    writer = w.store_writer
+    assert writer.isHidden()
+    viewer_model(viewer).set_result(result_to_anndata(result))
+    assert not writer.isHidden()
+    errors = []
+    monkeypatch.setattr(
+        "napari_spatial_impute.plugin.widgets.store_writer.show_error", errors.append
+    )
+    writer.write()
+    qtbot.waitUntil(lambda: not w.busy, timeout=120_000)
+    assert "spatial_impute" in sd.read_zarr(path).tables and not errors
+    before = tree_digest(path)
+    writer.write()
+    qtbot.waitUntil(
+        lambda: not w.busy, timeout=120_000
+    )  # exists: refused, one notification, nothing written
+    assert len(errors) == 1 and "replace it (Replace" in errors[0]
+    assert tree_digest(path) == before
+    writer.replace_box.setChecked(True)
+    writer.write()
+    qtbot.waitUntil(lambda: not w.busy, timeout=120_000)
+    assert len(errors) == 1
