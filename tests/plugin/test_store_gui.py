@@ -138,3 +138,49 @@ def test_map_widget_writes_results_back(tmp_path, make_napari_viewer_proxy, qtbo
     writer.write()
     qtbot.waitUntil(lambda: not w.busy, timeout=120_000)
     assert len(errors) == 1
+
+
+def test_grid_keeps_the_image_and_hides_the_cell_outlines(
+    tmp_path, make_napari_viewer_proxy, qtbot
+):
+    """Measured beside imputed: the store's image is a cell of its own (same camera), the labels'
+    outlines (which would outline an empty cell) are hidden while the grid is on, then back."""
+    import napari_spatial_impute as nsi
+    from napari_spatial_impute.core.export import result_to_anndata
+    from napari_spatial_impute.plugin.widgets.explore_widget import ExploreWidget
+
+    path, ref = make_store(tmp_path / "cells.zarr")
+    viewer = make_napari_viewer_proxy()
+    load, explore = LoadWidget(viewer), ExploreWidget(viewer)
+    qtbot.addWidget(load)
+    qtbot.addWidget(explore)
+    load.spatial_row.path.setText(str(path))
+    qtbot.waitUntil(lambda: load.store_picker.info is not None, timeout=60_000)
+    load.load()
+    qtbot.waitUntil(lambda: not load.busy, timeout=120_000)
+    (image,), (labels,) = _by_type(viewer, "Image"), _by_type(viewer, "Labels")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = nsi.map_cells_to_space(ref, viewer_model(viewer).spatial, cluster_key="cell_type")
+    viewer_model(viewer).set_result(result_to_anndata(result))
+    explore.show_gene("Gene3")  # measured too: the grid comes on
+    qtbot.waitUntil(lambda: not explore.busy, timeout=60_000)
+    assert viewer.grid.enabled
+    assert image.visible and not labels.visible
+    explore.show_gene("Gene13")  # imputed only: the grid goes off, outlines back
+    qtbot.waitUntil(lambda: not explore.busy, timeout=60_000)
+    assert not viewer.grid.enabled and labels.visible
+
+
+def test_folding_the_files_gives_the_height_back(make_napari_viewer_proxy, qtbot):
+    """Qt keeps a dock's minimum height from its tallest content; folding must release it so the
+    three docks still fit a 1080p window after a store's choices were shown."""
+    viewer = make_napari_viewer_proxy()
+    w = LoadWidget(viewer)
+    dock = viewer.window.add_dock_widget(w, name="Load data", area="right")
+    w.store_picker.setVisible(True)  # a store's table and coordinate choices
+    qtbot.waitUntil(lambda: dock.minimumSizeHint().height() >= w.minimumSizeHint().height())
+    unfolded = dock.minimumSizeHint().height()
+    w.files_button.setChecked(False)
+    w.layout().activate()  # the viewer's window is not shown here: lay out now
+    qtbot.waitUntil(lambda: dock.minimumSizeHint().height() < unfolded - 100, timeout=5_000)

@@ -33,9 +33,9 @@ def adopt_layer(model: SpatialImputeModel, layer: Any) -> None:
     constructors take no ``contour``, so outlines are set once the layer exists.
     """
     meta = plugin_meta(layer)
-    if meta.get("kind") in ("image", "labels"):
-        from napari_spatial_impute.viz.rasters import style_raster_layer
+    from napari_spatial_impute.viz.rasters import RASTER_KINDS, style_raster_layer
 
+    if meta.get("kind") in RASTER_KINDS:
         style_raster_layer(layer)
     adata, role = source_adata(layer), meta.get("role")
     if adata is None:

@@ -39,6 +39,10 @@ from napari_spatial_impute.viz.layers import META_KEY, LayerData
 MAX_CHANNELS = 8
 #: Layers of elements that are not tiles, per kind; the rest are noted in the metadata.
 MAX_LAYERS_PER_KIND = 16
+#: ``metadata[META_KEY]["kind"]`` of a store's image and labels layers (also their layer types).
+IMAGE_KIND = "image"
+LABELS_KIND = "labels"
+RASTER_KINDS = (IMAGE_KIND, LABELS_KIND)
 #: A mosaic gets coarser levels (each :data:`PYRAMID_FACTOR` times smaller) while its
 #: coarsest level is wider than this many pixels.
 PYRAMID_MAX_SIZE = 2048
@@ -87,7 +91,7 @@ def raster_layers(
         Where ``sdata`` was read from, recorded in each layer's metadata.
     """
     out: list[LayerData] = []
-    for kind, elements in (("image", sdata.images), ("labels", sdata.labels)):
+    for kind, elements in ((IMAGE_KIND, sdata.images), (LABELS_KIND, sdata.labels)):
         rasters, notes = _collect(elements, kind, coordinate_system)
         groups = _at_most(_plan(rasters), kind, notes)
         n_mosaics = sum(len(g) > 1 for g in groups)
@@ -104,7 +108,7 @@ def raster_layers(
                 "coordinate_system": coordinate_system,
                 "store": store,
             }
-            if kind == "image":
+            if kind == IMAGE_KIND:
                 out.append(_image_layer(group, name, meta, first=not out, notes=notes))
             else:
                 out.append(_labels_layer(group, name, meta, outline=labels_outline, notes=notes))
@@ -576,7 +580,7 @@ def _image_layer(
     kwargs.setdefault("blending", "translucent_no_depth" if first else "additive")
     kwargs.update(affine=affine, multiscale=multiscale)
     kwargs["metadata"] = {META_KEY: _meta(meta, note, channels=channels)}
-    return (data, kwargs, "image")
+    return (data, kwargs, IMAGE_KIND)
 
 
 def _labels_layer(
@@ -592,7 +596,7 @@ def _labels_layer(
         "blending": "translucent",
         "metadata": {META_KEY: _meta(meta, notes, contour=1 if outline else 0)},
     }
-    return (data, kwargs, "labels")
+    return (data, kwargs, LABELS_KIND)
 
 
 def style_raster_layer(layer: Any) -> None:

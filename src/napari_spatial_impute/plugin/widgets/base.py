@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from qtpy.QtWidgets import QWidget
+from qtpy.QtWidgets import QDockWidget, QWidget
 
 from napari_spatial_impute.plugin.model import SpatialImputeModel
 from napari_spatial_impute.plugin.sync import connect_model
@@ -69,6 +69,17 @@ class PluginWidget(QWidget):
         """Ask every running worker started here to stop (generators stop at their next yield)."""
         for worker in list(self._running):
             worker.quit()
+
+    def release_height(self) -> None:
+        """After parts were folded away: let the dock shrink to what is left.
+
+        Qt raises a dock's minimum height while its content grows and never lowers it again, so a
+        folded widget would keep the space (and the window its minimum height) of the unfolded one.
+        """
+        self.updateGeometry()
+        dock = self.parentWidget()
+        if isinstance(dock, QDockWidget):
+            dock.setMinimumHeight(0)
 
     # ------------------------------------------------------------------ viewer events
     def on_layers_changed(self, callback: Callable[..., Any]) -> None:

@@ -28,6 +28,7 @@ from napari_spatial_impute.viz.layers import (
     set_meta,
     source_adata,
 )
+from napari_spatial_impute.viz.rasters import LABELS_KIND
 from napari_spatial_impute.viz.sections import (
     camera_for_box,
     fov_bounds,
@@ -481,13 +482,16 @@ def arrange_side_by_side(viewer: Any, on: bool = True) -> list[list[Layer]]:
 
     napari's grid fills cells from the top of the layer list in groups of ``|stride|`` layers;
     the exploration layers are moved to the top, role by role, and the stride is the number of
-    samples, so every cell shows one role of the whole section(s). Other layers (outlines,
-    images, the reference) fill the cells after them; the FOV outline layer is hidden while the
-    grid is on (it would outline an empty cell). ``on=False`` turns the grid off.
+    samples, so every cell shows one role of the whole section(s). Other layers (a store's
+    image, the reference) fill the cells after them, the image beside the values with the same
+    camera; the FOV outline layer and a store's cell outlines (labels) are hidden while the grid
+    is on (they would outline an empty cell). ``on=False`` turns the grid off.
 
     Returns the role groups placed (top-left cell first).
     """
-    outlines = [lay for lay in viewer.layers if plugin_meta(lay).get("kind") == OUTLINES_KIND]
+    outlines = [
+        lay for lay in viewer.layers if plugin_meta(lay).get("kind") in (OUTLINES_KIND, LABELS_KIND)
+    ]
     if not on:
         viewer.grid.enabled = False
         for layer in outlines:  # shown again where the grid had hidden them

@@ -56,6 +56,7 @@ from napari_spatial_impute.viz.layers import (
     source_of,
     spatial_layers,
 )
+from napari_spatial_impute.viz.rasters import IMAGE_KIND, RASTER_KINDS
 
 NONE = "(none)"
 FROM_FILE = "(file below)"
@@ -338,6 +339,8 @@ class LoadWidget(PluginWidget):
 
     def _show_files(self, on: bool) -> None:
         self.files.setVisible(on)
+        if not on:
+            self.release_height()
         self.files_button.setText("Data files" if on else "Data files (folded: click to choose)")
 
     def _reported(self, build: Any) -> Any:
@@ -447,12 +450,12 @@ class LoadWidget(PluginWidget):
         """Put a store's images and labels under every other layer (earlier ones replaced)."""
         for layer in list(self.viewer.layers):
             meta = plugin_meta(layer)
-            if meta.get("origin") == ORIGIN and meta.get("kind") in ("image", "labels"):
+            if meta.get("origin") == ORIGIN and meta.get("kind") in RASTER_KINDS:
                 self.viewer.layers.remove(layer)
         added: list[Any] = []
         for data, kwargs, kind in reversed(rasters):  # labels above images, both under cells
             kwargs["metadata"][META_KEY]["origin"] = ORIGIN
-            add = self.viewer.add_image if kind == "image" else self.viewer.add_labels
+            add = self.viewer.add_image if kind == IMAGE_KIND else self.viewer.add_labels
             made = add(data, **kwargs)
             for layer in made if isinstance(made, list) else [made]:
                 self.viewer.layers.move(self.viewer.layers.index(layer), 0)

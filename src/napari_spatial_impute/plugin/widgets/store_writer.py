@@ -9,12 +9,21 @@ store*. The write runs in a worker (:func:`~napari_spatial_impute.core.export.st
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import anndata as ad
 from napari.qt.threading import thread_worker
 from napari.utils.notifications import show_error, show_info
-from qtpy.QtWidgets import QCheckBox, QHBoxLayout, QLabel, QLineEdit, QPushButton, QWidget
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPushButton,
+    QSizePolicy,
+    QWidget,
+)
 
 from napari_spatial_impute._errors import InputError
 from napari_spatial_impute.io.schema import RESULT_TABLE
@@ -39,8 +48,10 @@ class StoreWriter(QWidget):
             "the cells came from (annotating the same cells)"
         )
         self.write_button.clicked.connect(self.write)
-        self.status = QLabel("")
-        self.status.setWordWrap(True)
+        self.status = QLabel("")  # one line, shown once something was written or refused
+        self.status.setVisible(False)
+        # a long path never widens the dock
+        self.status.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
         row = QHBoxLayout(self)
         row.setContentsMargins(0, 0, 0, 0)
         row.addWidget(QLabel("Table"))
@@ -71,7 +82,10 @@ class StoreWriter(QWidget):
                 write_table(store_table(result), store, name, overwrite=replace)
             except InputError as exc:
                 return Failed(str(exc).splitlines()[0])
-            return f"wrote table {name!r} ({result.n_obs:,} cells x {result.n_vars:,} genes) to {store}"
+            return (
+                f"wrote table {name!r} ({result.n_obs:,} cells x {result.n_vars:,} genes) to "
+                f"{Path(store).name}"
+            )
 
         worker = thread_worker(work, start_thread=False)()
         worker.returned.connect(self._written)
@@ -80,9 +94,8 @@ class StoreWriter(QWidget):
         return self._start(worker)
 
     def _written(self, value: str | Failed) -> None:
-        if isinstance(value, Failed):
-            show_error(value.message)
-            self.status.setText(f"Error: {value.message}")
-            return
-        show_info(value)
-        self.status.setText(value)
+        text = f"Error: {value.message}" if isinstance(value, Failed) else value
+        (show_error if isinstance(value, Failed) else show_info)(text.removeprefix("Error: "))
+        self.status.setText(text)
+        self.status.setToolTip(text)
+        self.status.setVisible(True)
