@@ -131,3 +131,35 @@ def test_store_without_tables_and_read_only_store(tmp_path, capsys, monkeypatch)
     monkeypatch.setattr(sw.os, "access", lambda p, mode: False)
     code, _, err = _run(["map", "-r", ref_path, "-s", store], capsys)
     assert code == 2 and "not writable" in err and "--out new.zarr" in err
+
+
+def test_iss_ca1_store_maps_class_profiles_and_writes_back(shared_data, tmp_path, capsys):
+    """The real ISS CA1 store (label image + table) against its 71 class profiles: the most
+    likely class lands in the store, annotating the same labels, with the viewer's colours."""
+    import spatialdata as sd
+    from spatialdata.models import get_table_keys
+
+    from napari_spatial_impute.io.demo_stores import build_iss_ca1_store
+
+    store = build_iss_ca1_store(shared_data, tmp_path / "ca1.zarr")
+    profiles = shared_data / "iss_ca1" / "reference_class_profiles.h5ad"
+    code, out, err = _run(
+        ["map", "-r", profiles, "-s", store, "--cluster-key", "cell_class", "--impute", "Gad1"],
+        capsys,
+    )
+    assert code == 0, err
+    sdata = sd.read_zarr(store)
+    table, cells = sdata.tables["spatial_impute"], sdata.tables["table"]
+    assert get_table_keys(table) == ("cells", "region", "cell_id")
+    assert table.n_obs == cells.n_obs == 3184
+    predicted = table.obs["cell_class_predicted"]
+    assert predicted.nunique() > 5
+    colors = table.uns["cell_class_predicted_colors"]
+    assert len(colors) == len(predicted.cat.categories)
+    # interneurons (Gad1-high classes) where the measured Gad1 is high
+    measured = np.asarray(cells[table.obs_names, "Gad1"].X.todense()).ravel()
+    high = measured >= np.quantile(measured, 0.95)
+    share_interneuron = np.mean(
+        ~predicted[high].astype(str).str.startswith(("PC", "Astro", "Oligo"))
+    )
+    assert share_interneuron > 0.5

@@ -28,11 +28,13 @@ NAMES = [
     "project_cell_annotations",
     "project_genes",
     "read_h5ad",
+    "read_spatial",
     "result_to_anndata",
     "summarize_cv",
     "validate_adata",
     "validate_cell_types",
     "write_h5ad_atomic",
+    "write_result_to_store",
 ]
 
 FUNCTIONS = {
@@ -49,6 +51,8 @@ FUNCTIONS = {
     "validate_adata": "adata, role, kw:require_spatial=False",
     "validate_cell_types": "result, spatial=None, markers=None, cell_type_key=None, n_markers=1",
     "write_h5ad_atomic": "adata, path",
+    "read_spatial": "store, table=None, coordinate_system=None",
+    "write_result_to_store": "result, store, name=None, kw:out=None, kw:overwrite=False, kw:genes=None, kw:method='auto', kw:chunk_genes=None, kw:extra_uns=None",
 }
 METHODS = {
     "MappingResult.project_genes": "self, genes=None, method='auto'",

@@ -9,6 +9,11 @@ The science core is plain Python/torch (no Qt)::
     imputed = result.project_genes(["Gad1", "Slc17a6"])
     probs = result.cluster_probabilities()
     adata = result.to_anndata()          # everything, ready for .write_h5ad
+
+    # a SpatialData store: cells placed in a coordinate system, results back as a new table
+    sp = nsi.read_spatial("section.zarr", table="table", coordinate_system="global")
+    result = nsi.map_cells_to_space(ref, sp, cluster_key="cell_type")
+    nsi.write_result_to_store(result, "section.zarr")   # table 'spatial_impute'
     cv = nsi.cross_validate(ref, sp, folds=10)
 """
 
@@ -42,6 +47,8 @@ _EXPORTS: dict[str, str] = {
     "project_cell_annotations": ".core.project",
     "project_genes": ".core.project",
     "result_to_anndata": ".core.export",
+    "write_result_to_store": ".core.export",
+    "read_spatial": ".io.sdata",
 }
 
 if TYPE_CHECKING:
@@ -57,7 +64,7 @@ if TYPE_CHECKING:
         summarize_cv,
         validate_cell_types,
     )
-    from napari_spatial_impute.core.export import result_to_anndata
+    from napari_spatial_impute.core.export import result_to_anndata, write_result_to_store
     from napari_spatial_impute.core.genes import GenePlan, plan_genes
     from napari_spatial_impute.core.mapping import map_cells_to_space
     from napari_spatial_impute.core.project import project_cell_annotations, project_genes
@@ -69,6 +76,7 @@ if TYPE_CHECKING:
         validate_adata,
         write_h5ad_atomic,
     )
+    from napari_spatial_impute.io.sdata import read_spatial
 
 
 def __getattr__(name: str) -> Any:
@@ -108,9 +116,11 @@ __all__ = [
     "project_cell_annotations",
     "project_genes",
     "read_h5ad",
+    "read_spatial",
     "result_to_anndata",
     "summarize_cv",
     "validate_adata",
     "validate_cell_types",
     "write_h5ad_atomic",
+    "write_result_to_store",
 ]

@@ -358,3 +358,38 @@ def test_failed_write_leaves_nothing(mapped, monkeypatch):
         write_result_to_store(result, path)
     assert tree_digest(path) == before
     assert not [p for p in path.parent.iterdir() if p.name.startswith(".")]
+
+
+def test_only_the_chosen_table_is_read(mapped, monkeypatch):
+    """A store's results tables may be many GB: describing the store reads no table's matrix,
+    and reading the cells reads only their table."""
+    from napari_spatial_impute.core.export import write_result_to_store
+
+    path, result = mapped
+    write_result_to_store(result, path)
+    read = []
+    real = ad.read_zarr
+    monkeypatch.setattr(ad, "read_zarr", lambda p, *a, **k: read.append(p.name) or real(p, *a, **k))
+    info = describe_store(open_store(path))
+    assert read == []
+    assert {t.name: t.is_result for t in info.tables} == {"spatial_impute": True, "table": False}
+    assert info.table("spatial_impute").mapped_in == "global"
+    assert info.table("spatial_impute").n_obs == 48
+    read_spatial(path)
+    assert read == ["table"]
+
+
+def test_file_open_shows_the_results_table(mapped, make_napari_viewer_proxy):
+    """A store with our results opens as the result (imputed genes for Explore), over its rasters."""
+    from napari_spatial_impute.core.export import write_result_to_store
+    from napari_spatial_impute.plugin.sync import viewer_model
+
+    path, result = mapped
+    write_result_to_store(result, path)
+    viewer = make_napari_viewer_proxy()
+    viewer.open(str(path), plugin="napari-spatial-impute")
+    model = viewer_model(viewer)
+    assert model.result is not None and model.result.n_vars == 15
+    assert model.result.uns["spatialdata"]["table"] == "spatial_impute"
+    kinds = [type(layer).__name__ for layer in viewer.layers]
+    assert kinds[:2] == ["Image", "Labels"] and kinds[-1] == "Points"

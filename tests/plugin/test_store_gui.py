@@ -184,3 +184,21 @@ def test_folding_the_files_gives_the_height_back(make_napari_viewer_proxy, qtbot
     w.files_button.setChecked(False)
     w.layout().activate()  # the viewer's window is not shown here: lay out now
     qtbot.waitUntil(lambda: dock.minimumSizeHint().height() < unfolded - 100, timeout=5_000)
+
+
+def test_load_widget_bad_store_is_one_notification(
+    tmp_path, make_napari_viewer_proxy, qtbot, monkeypatch
+):
+    bare, _ = make_store(tmp_path / "bare.zarr", with_table=False)
+    shown = []
+    monkeypatch.setattr("napari_spatial_impute.plugin.widgets.load_widget.show_error", shown.append)
+    viewer = make_napari_viewer_proxy()
+    w = LoadWidget(viewer)
+    qtbot.addWidget(w)
+    w.spatial_row.path.setText(str(bare))
+    qtbot.waitUntil(lambda: "Error" in w.store_picker.note.text(), timeout=60_000)
+    assert "has no tables" in w.store_picker.note.text()
+    w.load()
+    qtbot.waitUntil(lambda: not w.busy, timeout=60_000)
+    assert len(shown) == 1 and "has no tables" in shown[0] and "\n" not in shown[0]
+    assert len(viewer.layers) == 0 and viewer_model(viewer).spatial is None

@@ -300,8 +300,12 @@ def store_table(adata: ad.AnnData) -> ad.AnnData:
         palette = adata.uns.get(f"{column}_colors", adata.uns.get(f"{key}_colors"))
         colors = category_colors(obs[column].cat.categories, palette)
         table.uns[f"{column}_colors"] = np.asarray(list(colors.values()), dtype=object)
+    regions = [str(r) for r in src["regions"]]
     return TableModel.parse(
-        table, region=list(src["regions"]), region_key=region_key, instance_key=instance_key
+        table,
+        region=regions[0] if len(regions) == 1 else regions,  # as the cell table spells it
+        region_key=region_key,
+        instance_key=instance_key,
     )
 
 

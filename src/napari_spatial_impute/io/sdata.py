@@ -80,7 +80,9 @@ def open_store(path: str | os.PathLike[str], role: str = "spatial") -> SpatialDa
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return sd.read_zarr(p)
+            # tables stay on disk: a store may hold results tables of many GB; the one chosen
+            # is read by load_table
+            return sd.read_zarr(p, selection=("images", "labels", "points", "shapes"))
     except Exception as exc:  # spatialdata/zarr/ome-zarr raise many types for a broken store
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise InputError(
@@ -102,6 +104,8 @@ class TableInfo:
     instance_key: str | None
     is_result: bool
     coordinate_systems: tuple[str, ...] = field(default=())
+    #: The coordinate system a results table's cells were mapped in (``None`` for others).
+    mapped_in: str | None = None
 
     @property
     def annotates(self) -> bool:
@@ -128,17 +132,73 @@ class StoreInfo:
         return tuple(t for t in self.tables if t.annotates and not t.is_result)
 
 
-def _attrs(table: ad.AnnData) -> dict[str, Any]:
-    attrs = table.uns.get("spatialdata_attrs")
-    return dict(attrs) if isinstance(attrs, dict) else {}
-
-
-def _regions(table: ad.AnnData) -> tuple[str, ...]:
-    region = _attrs(table).get("region")
+def _regions(attrs: dict[str, Any]) -> tuple[str, ...]:
+    region = attrs.get("region")
     if region is None:
         return ()
     values = [region] if isinstance(region, str) else list(np.asarray(region).ravel())
     return tuple(str(v) for v in values)
+
+
+@dataclass(frozen=True)
+class _TableMeta:
+    n_obs: int
+    attrs: dict[str, Any]
+    is_result: bool
+    mapped_in: str | None
+
+
+def _memory_meta(table: ad.AnnData) -> _TableMeta:
+    attrs = table.uns.get("spatialdata_attrs")
+    source = table.uns.get(SDATA_KEY)
+    cs = source.get("coordinate_system") if isinstance(source, dict) else None
+    return _TableMeta(
+        n_obs=int(table.n_obs),
+        attrs=dict(attrs) if isinstance(attrs, dict) else {},
+        is_result=UNS_KEY in table.uns,
+        mapped_in=str(cs) if cs else None,
+    )
+
+
+def _disk_meta(folder: Path) -> _TableMeta:
+    """A stored table's size, annotation and kind, read from its metadata (no matrix read)."""
+    import zarr
+    from anndata.io import read_elem
+
+    group: Any = zarr.open_group(str(folder), mode="r")
+    uns: Any = group["uns"] if "uns" in group else {}
+    attrs = read_elem(uns["spatialdata_attrs"]) if "spatialdata_attrs" in uns else {}
+    source = read_elem(uns[SDATA_KEY]) if SDATA_KEY in uns else {}
+    obs: Any = group["obs"]
+    index = obs[obs.attrs.get("_index", "_index")]
+    cs = source.get("coordinate_system") if isinstance(source, dict) else None
+    return _TableMeta(
+        n_obs=int(index.shape[0]),
+        attrs=dict(attrs) if isinstance(attrs, dict) else {},
+        is_result=UNS_KEY in uns,
+        mapped_in=str(cs) if cs else None,
+    )
+
+
+def _stored_tables(sdata: SpatialData) -> list[str]:
+    folder = Path(sdata.path) / "tables" if sdata.path is not None else None
+    if folder is None or not folder.is_dir():
+        return []
+    return sorted(p.name for p in folder.iterdir() if (p / "zarr.json").is_file())
+
+
+def load_table(sdata: SpatialData, name: str) -> ad.AnnData:
+    """Table ``name``: the one in memory, else read from the store (only that table)."""
+    if name in sdata.tables:
+        return sdata.tables[name]
+    assert sdata.path is not None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        table = ad.read_zarr(Path(sdata.path) / "tables" / name)
+    attrs = table.uns.get("spatialdata_attrs")
+    if isinstance(attrs, dict) and isinstance(attrs.get("region"), np.ndarray):
+        attrs["region"] = attrs["region"].tolist()
+    return table
 
 
 def element_cs(sdata: SpatialData, name: str) -> tuple[str, ...]:
@@ -154,22 +214,31 @@ def element_cs(sdata: SpatialData, name: str) -> tuple[str, ...]:
 
 
 def describe_store(sdata: SpatialData) -> StoreInfo:
-    """The store's tables (what each annotates, in which coordinate systems) and systems."""
+    """The store's tables (what each annotates, in which coordinate systems) and systems.
+
+    Tables in memory are described as they are; the store's other tables from their metadata on
+    disk, without reading their matrices.
+    """
+    metas = {str(n): _memory_meta(t) for n, t in sdata.tables.items()}
+    for name in _stored_tables(sdata):
+        if name not in metas:
+            metas[name] = _disk_meta(Path(sdata.path) / "tables" / name)
     tables = []
-    for name, table in sdata.tables.items():
-        attrs, regions = _attrs(table), _regions(table)
+    for name, meta in sorted(metas.items()):
+        regions = _regions(meta.attrs)
         systems: list[str] = []
         for region in regions:
             systems += [c for c in element_cs(sdata, region) if c not in systems]
         tables.append(
             TableInfo(
-                name=str(name),
-                n_obs=int(table.n_obs),
+                name=name,
+                n_obs=meta.n_obs,
                 regions=regions,
-                region_key=attrs.get("region_key"),
-                instance_key=attrs.get("instance_key"),
-                is_result=UNS_KEY in table.uns,
+                region_key=meta.attrs.get("region_key"),
+                instance_key=meta.attrs.get("instance_key"),
+                is_result=meta.is_result,
                 coordinate_systems=tuple(sorted(systems)),
+                mapped_in=meta.mapped_in,
             )
         )
     return StoreInfo(
@@ -388,7 +457,7 @@ def read_spatial(
     chosen = choose_table(info, table)
     cs = choose_coordinate_system(info, chosen, coordinate_system)
     assert chosen.region_key is not None and chosen.instance_key is not None
-    t = sdata.tables[chosen.name]
+    t = load_table(sdata, chosen.name)
     region_key, instance_key = chosen.region_key, chosen.instance_key
     for key in (region_key, instance_key):
         if key not in t.obs:

@@ -90,11 +90,11 @@ def store_layers(
 ) -> list[LayerData]:
     """Layer data of a store: rasters of the coordinate system under the table's cells.
 
-    Without a ``table``, the newest results table of this plugin is shown (in the coordinate
-    system it was mapped in), else the store's table of cells (:func:`~napari_spatial_impute.io.
+    Without a ``table``, a results table of this plugin is shown (``spatial_impute`` when there
+    are several; in the coordinate system it was mapped in), else the store's table of cells (:func:`~napari_spatial_impute.io.
     sdata.read_spatial`'s defaults).
     """
-    from napari_spatial_impute.io.schema import SDATA_KEY
+    from napari_spatial_impute.io.schema import RESULT_TABLE, SDATA_KEY
     from napari_spatial_impute.io.sdata import describe_store, open_store, read_spatial
     from napari_spatial_impute.viz.rasters import raster_layers
 
@@ -102,10 +102,10 @@ def store_layers(
     if table is None:
         results = [t for t in describe_store(sdata).tables if t.is_result and t.annotates]
         if results:
-            table = results[-1].name
-            recorded = sdata.tables[table].uns.get(SDATA_KEY, {}).get("coordinate_system")
+            chosen = next((t for t in results if t.name == RESULT_TABLE), results[0])
+            table, recorded = chosen.name, chosen.mapped_in
             if coordinate_system is None and recorded in sdata.coordinate_systems:
-                coordinate_system = str(recorded)
+                coordinate_system = recorded
     adata = read_spatial(sdata, table, coordinate_system)
     cs = adata.uns[SDATA_KEY]["coordinate_system"]
     rasters = raster_layers(sdata, cs, store=str(Path(path).resolve()))
