@@ -256,11 +256,9 @@ def _check_out(path: str, suffix: str, inputs: Sequence[str | None] = ()) -> Pat
         raise InputError(f"output {path!r} must end in {suffix}.")
     if out.is_dir():
         raise InputError(f"output {path!r} is an existing folder; give a file name for --out.")
-    parent = out.parent if str(out.parent) else Path(".")
-    if not parent.is_dir():
-        raise InputError(f"output folder {str(parent)!r} does not exist; create it first.")
-    if not os.access(parent, os.W_OK):
-        raise InputError(f"output folder {str(parent)!r} is not writable; choose another --out.")
+    from napari_spatial_impute.io.files import check_output_folder
+
+    check_output_folder(out, "choose another --out")
     for given in inputs:
         if given and _same_file(out, Path(given)):
             raise InputError(

@@ -88,16 +88,18 @@ def test_default_choices_and_description(store):
         st.tuples(st.integers(0, 30), st.integers(0, 30), st.integers(1, 9), st.integers(1, 9)),
         min_size=1,
         max_size=6,
-    )
+    ),
+    st.sampled_from([0, 2_000_000_000]),
 )
-@settings(max_examples=30, deadline=None)
-def test_label_centroids_blockwise_equal_whole(rects):
-    """Centroids read block by block equal those of the whole image (blocks of 7 pixels here)."""
+@settings(max_examples=40, deadline=None)
+def test_label_centroids_blockwise_equal_whole(rects, offset):
+    """Centroids read block by block equal those of the whole image (blocks of 7 pixels here),
+    for small ids (counted) and large ones (sorted)."""
     import dask.array as da
 
-    lab = np.zeros((40, 40), dtype=np.int32)
+    lab = np.zeros((40, 40), dtype=np.int64)
     for k, (r, c, h, w) in enumerate(rects, start=1):
-        lab[r : r + h, c : c + w] = k
+        lab[r : r + h, c : c + w] = k + offset
     got = label_centroids(da.from_array(lab, chunks=7))
     ids = [k for k in np.unique(lab) if k]
     assert list(got.index) == ids

@@ -492,6 +492,17 @@ def validate_spatial_coordinates(adata: ad.AnnData, role: str = "spatial") -> np
     return coords.astype(np.float64, copy=False)
 
 
+def check_output_folder(path: str | os.PathLike[str], hint: str = "choose another") -> Path:
+    """The folder an output ``path`` goes to; refused when it is missing or not writable."""
+    out = Path(path)
+    parent = out.parent if str(out.parent) else Path(".")
+    if not parent.is_dir():
+        raise InputError(f"output folder {str(parent)!r} does not exist; create it first.")
+    if not os.access(parent, os.W_OK):
+        raise InputError(f"output folder {str(parent)!r} is not writable; {hint}.")
+    return parent
+
+
 def _current_umask() -> int:
     try:
         with open("/proc/self/status") as fh:

@@ -324,20 +324,18 @@ def label_centroids(labels: Any) -> pd.DataFrame:
     parts = []
     for bi, bj in np.ndindex(*arr.numblocks):
         block = np.asarray(arr.blocks[bi, bj].compute())
-        rows, cols = np.nonzero(block)
-        if rows.size == 0:
-            continue
-        ids, inverse, counts = np.unique(block[rows, cols], return_inverse=True, return_counts=True)
-        parts.append(
-            pd.DataFrame(
-                {
-                    "id": ids,
-                    "n_pixels": counts,
-                    "sum_y": np.bincount(inverse, weights=rows) + starts[0][bi] * counts,
-                    "sum_x": np.bincount(inverse, weights=cols) + starts[1][bj] * counts,
-                }
+        ids, counts, sum_y, sum_x = _block_sums(block)
+        if ids.size:
+            parts.append(
+                pd.DataFrame(
+                    {
+                        "id": ids,
+                        "n_pixels": counts,
+                        "sum_y": sum_y + starts[0][bi] * counts,
+                        "sum_x": sum_x + starts[1][bj] * counts,
+                    }
+                )
             )
-        )
     if not parts:
         return pd.DataFrame({"x": [], "y": [], "n_pixels": []})
     total = pd.concat(parts).groupby("id").sum()
@@ -349,6 +347,29 @@ def label_centroids(labels: Any) -> pd.DataFrame:
         },
         index=total.index,
     )
+
+
+def _block_sums(block: np.ndarray) -> tuple[np.ndarray, ...]:
+    """``(ids, pixel counts, sum of rows, sum of columns)`` of the nonzero labels of a block.
+
+    Small non-negative ids (the usual case: ids numbered per FOV or per section) are counted
+    in one pass (``bincount``); others are sorted (``unique``).
+    """
+    flat = block.ravel()
+    if flat.size == 0:
+        return (np.empty(0, dtype=np.int64),) * 4
+    h, w = block.shape
+    top, low = int(flat.max()), int(flat.min())
+    if low >= 0 and top <= 4 * flat.size:
+        counts = np.bincount(flat, minlength=top + 1)
+        sum_y = np.bincount(flat, weights=np.repeat(np.arange(h, dtype=np.float64), w))
+        sum_x = np.bincount(flat, weights=np.tile(np.arange(w, dtype=np.float64), h))
+        ids = np.flatnonzero(counts)
+        ids = ids[ids != 0]
+        return ids, counts[ids], sum_y[ids], sum_x[ids]
+    rows, cols = np.nonzero(block)
+    ids, inverse, counts = np.unique(block[rows, cols], return_inverse=True, return_counts=True)
+    return ids, counts, np.bincount(inverse, weights=rows), np.bincount(inverse, weights=cols)
 
 
 def _labels_array(element: Any) -> Any:

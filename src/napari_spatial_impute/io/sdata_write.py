@@ -23,7 +23,7 @@ from typing import Any
 import anndata as ad
 
 from napari_spatial_impute._errors import CommittedInterrupt, InputError
-from napari_spatial_impute.io.files import _SignalGuard
+from napari_spatial_impute.io.files import _SignalGuard, check_output_folder
 from napari_spatial_impute.io.schema import UNS_KEY
 from napari_spatial_impute.io.sdata import ELEMENT_GROUPS, is_store
 
@@ -82,11 +82,7 @@ def check_table_target(
             raise InputError(f"output store {str(dst)!r} must end in .zarr (or write .h5ad).")
         if dst.exists():
             raise InputError(f"output {str(dst)!r} exists; choose a new .zarr path for the copy.")
-        parent = dst.parent if str(dst.parent) else Path(".")
-        if not parent.is_dir():
-            raise InputError(f"output folder {str(parent)!r} does not exist; create it first.")
-        if not os.access(parent, os.W_OK):
-            raise InputError(f"output folder {str(parent)!r} is not writable; choose another.")
+        check_output_folder(dst)
         if dst.resolve().is_relative_to(src.resolve()):
             raise InputError(f"output {str(dst)!r} lies inside the input store; choose another.")
         return dst
