@@ -523,7 +523,8 @@ def read_spatial(
             InputWarning,
             stacklevel=2,
         )
-    adata = t[placed].copy()
+    fresh = chosen.name not in sdata.tables  # read from disk here: no one else holds it
+    adata = t if fresh and placed.all() else t[placed].copy()
     if "spatial" in adata.obsm:
         adata.obsm["spatial_table"] = np.asarray(adata.obsm["spatial"])
     adata.obsm["spatial"] = xy[placed]
