@@ -163,3 +163,15 @@ def test_iss_ca1_store_maps_class_profiles_and_writes_back(shared_data, tmp_path
         ~predicted[high].astype(str).str.startswith(("PC", "Astro", "Oligo"))
     )
     assert share_interneuron > 0.5
+
+
+def test_cli_gene_words_and_plain_zarr_folders(cosmx_reference, tmp_path, capsys):
+    """``--genes Markers`` (a typo) is refused, not taken as one gene; a .zarr folder that is not
+    a SpatialData store is named as such."""
+    store, _ = make_store(tmp_path / "cells.zarr")
+    code, _, err = _run(["map", "-r", cosmx_reference, "-s", store, "--genes", "Markers"], capsys)
+    assert code == 2 and "neither 'overlap', 'markers' nor an existing file" in err
+    plain = tmp_path / "adata.zarr"
+    plain.mkdir()
+    code, _, err = _run(["map", "-r", cosmx_reference, "-s", plain], capsys)
+    assert code == 2 and "not a SpatialData store" in err and len(err.strip().splitlines()) == 1

@@ -278,7 +278,7 @@ def _same_file(a: Path, b: Path) -> bool:
     return os.path.realpath(a) == os.path.realpath(b)
 
 
-def _gene_arg(value: str | None) -> str | list[str] | None:
+def _gene_arg(value: str | None, one_gene: bool = False) -> str | list[str] | None:
     from napari_spatial_impute.core.genes import read_gene_list
 
     if value is None or value in ("overlap", "markers"):
@@ -287,11 +287,9 @@ def _gene_arg(value: str | None) -> str | list[str] | None:
         return read_gene_list(value)
     if "," in value:
         return [g for g in value.split(",") if g]
-    if os.sep in value or value.lower().endswith((".txt", ".csv", ".tsv")):
-        raise InputError(
-            f"gene list {value!r} is neither 'overlap', 'markers' nor an existing file."
-        )
-    return [value]  # one gene
+    if one_gene and os.sep not in value and not value.lower().endswith((".txt", ".csv", ".tsv")):
+        return [value]  # --impute GENE
+    raise InputError(f"gene list {value!r} is neither 'overlap', 'markers' nor an existing file.")
 
 
 def _read_spatial(args: argparse.Namespace) -> Any:
@@ -299,8 +297,9 @@ def _read_spatial(args: argparse.Namespace) -> Any:
     from napari_spatial_impute.io.files import read_h5ad
     from napari_spatial_impute.io.sdata import is_store, read_spatial
 
-    if is_store(args.spatial):
-        return read_spatial(args.spatial, args.table, args.coordinate_system)
+    folder = Path(args.spatial)
+    if is_store(folder) or (folder.is_dir() and folder.suffix.lower() == ".zarr"):
+        return read_spatial(args.spatial, args.table, args.coordinate_system)  # or one line why not
     if args.table is not None or args.coordinate_system is not None:
         raise InputError(
             "--table and --coordinate-system are for a SpatialData store; --spatial "
@@ -315,6 +314,11 @@ def _map_target(args: argparse.Namespace) -> tuple[Path | None, Path | None]:
     from napari_spatial_impute.io.sdata_write import check_table_target
 
     inputs = [args.reference, args.spatial, args.genes, args.impute]
+    folder = Path(args.spatial)
+    if folder.is_dir() and folder.suffix.lower() == ".zarr" and not is_store(folder):
+        from napari_spatial_impute.io.sdata import open_store
+
+        open_store(folder)  # one line: not a SpatialData store
     store = args.spatial if is_store(args.spatial) else None
     if args.out is not None and not str(args.out).lower().rstrip("/").endswith(".zarr"):
         if args.result_table is not None or args.overwrite:
@@ -345,7 +349,7 @@ def cmd_map(args: argparse.Namespace) -> int:
     sample = (
         None if args.sample_key == "" else find_sample_key(spatial, fov, args.sample_key or None)
     )
-    impute = _gene_arg(args.impute) if args.impute else None
+    impute = _gene_arg(args.impute, one_gene=True) if args.impute else None
     if isinstance(impute, list):
         from napari_spatial_impute.core.genes import resolve_gene_names
 

@@ -395,3 +395,62 @@ def test_file_open_shows_the_results_table(mapped, make_napari_viewer_proxy):
     assert model.result.uns["spatialdata"]["table"] == "spatial_impute"
     kinds = [type(layer).__name__ for layer in viewer.layers]
     assert kinds[:2] == ["Image", "Labels"] and kinds[-1] == "Points"
+
+
+def test_a_killed_write_is_recovered(mapped):
+    """Killed between moving the earlier table aside and renaming the new one in: the next write
+    puts the earlier table back first (and so refuses to replace it without overwrite)."""
+    import spatialdata as sd
+
+    from napari_spatial_impute.core.export import write_result_to_store
+
+    path, result = mapped
+    write_result_to_store(result, path, genes=["Gene0"])
+    aside = path.parent / f".{path.name}.spatial_impute.999999999.old"  # a dead process's
+    os.rename(path / "tables" / "spatial_impute", aside)
+    (path.parent / f".{path.name}.spatial_impute.999999999.stage").mkdir()
+    with pytest.raises(InputError, match="replace it"):
+        write_result_to_store(result, path, genes=["Gene1"])
+    assert not aside.exists() and not [p for p in path.parent.iterdir() if p.name.startswith(".")]
+    assert list(sd.read_zarr(path).tables["spatial_impute"].var_names) == ["Gene0"]
+
+
+def test_unwritable_staging_folder_is_refused(mapped, monkeypatch):
+    import napari_spatial_impute.io.sdata_write as sw
+
+    path, _ = mapped
+    parent = str(path.resolve().parent)
+    monkeypatch.setattr(sw.os, "access", lambda p, mode: str(p) != parent)
+    with pytest.raises(InputError) as e:
+        check_table_target(path, "spatial_impute")
+    assert "is not writable (the results table is staged beside the store)" in _one_line(e)
+
+
+def test_more_bad_stores_get_one_line(store, tmp_path):
+    import zarr
+
+    path, _ = store
+    zarr.open_group(str(path / "tables"), mode="r+").create_group("junk")
+    with pytest.raises(InputError) as e:
+        read_spatial(path, table="table")
+    assert "table 'junk' of the store cannot be read" in _one_line(e)
+    dup = _store_with_table(tmp_path, _table([100, 101]), {"cells": _circles(2)}, "dup.zarr")
+    import spatialdata as sd
+
+    sdata = sd.read_zarr(dup)
+    gdf = sdata.shapes["cells"]
+    gdf.index = [100, 100]
+    with pytest.raises(InputError) as e:
+        read_spatial(sdata)
+    assert "repeated cell ids" in _one_line(e)
+
+
+def test_float_label_images():
+    lab = np.zeros((10, 10), dtype=np.float32)
+    lab[2:4, 2:4] = 7
+    got = label_centroids(lab)
+    assert list(got.index) == [7] and got.loc[7, "x"] == pytest.approx(3.0)  # (2 + 3) / 2 + 0.5
+    lab[5, 5] = 2.5
+    with pytest.raises(InputError) as e:
+        label_centroids(lab)
+    assert "fractional" in _one_line(e)

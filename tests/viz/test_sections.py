@@ -179,3 +179,13 @@ def test_an_anndata_changed_in_place_is_laid_out_again():
     assert all(np.allclose(v, 0) for v in sec.sample_offsets(a, "sample").values())
     a.obs["sample"] = pd.Categorical(np.repeat(["x", "y", "z", "w"], 100))
     assert list(sec.sample_rows(a, "sample")) == ["w", "x", "y", "z"]
+
+
+def test_cells_of_a_store_stay_over_its_images():
+    """Overlapping samples are laid out side by side, except cells placed in a SpatialData
+    store's coordinate system: its images and labels are drawn there, the cells must be too."""
+    a = _cells(2, 200, 2)
+    assert not all(np.allclose(v, 0) for v in sec.sample_offsets(a, "sample").values())
+    b = _cells(2, 200, 2)
+    b.uns["spatialdata"] = {"store": "/x.zarr", "coordinate_system": "global"}
+    assert all(np.allclose(v, 0) for v in sec.sample_offsets(b, "sample").values())

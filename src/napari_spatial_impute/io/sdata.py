@@ -48,6 +48,8 @@ DEFAULT_CS = "global"
 FOV_FROM_REGION = "fov"
 #: Label images are read in blocks of at most this many pixels a side (memory stays bounded).
 LABEL_BLOCK = 4096
+#: Ids up to this are counted per block in arrays of this length (larger ids are sorted).
+MAX_COUNTED_ID = 1 << 22
 
 
 def is_store(path: str | os.PathLike[str]) -> bool:
@@ -184,7 +186,11 @@ def _stored_tables(sdata: SpatialData) -> list[str]:
     folder = Path(sdata.path) / "tables" if sdata.path is not None else None
     if folder is None or not folder.is_dir():
         return []
-    return sorted(p.name for p in folder.iterdir() if (p / "zarr.json").is_file())
+    return sorted(
+        p.name
+        for p in folder.iterdir()
+        if not p.name.startswith(".") and ((p / "zarr.json").is_file() or (p / ".zgroup").is_file())
+    )
 
 
 def load_table(sdata: SpatialData, name: str) -> ad.AnnData:
@@ -222,7 +228,14 @@ def describe_store(sdata: SpatialData) -> StoreInfo:
     metas = {str(n): _memory_meta(t) for n, t in sdata.tables.items()}
     for name in _stored_tables(sdata):
         if name not in metas:
-            metas[name] = _disk_meta(Path(sdata.path) / "tables" / name)
+            try:
+                metas[name] = _disk_meta(Path(sdata.path) / "tables" / name)
+            except Exception as exc:  # zarr/anndata raise many types for a broken group
+                first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                raise InputError(
+                    f"table {name!r} of the store cannot be read ({first}); remove it or write "
+                    "it again with spatialdata."
+                ) from None
     tables = []
     for name, meta in sorted(metas.items()):
         regions = _regions(meta.attrs)
@@ -355,12 +368,19 @@ def _block_sums(block: np.ndarray) -> tuple[np.ndarray, ...]:
     Small non-negative ids (the usual case: ids numbered per FOV or per section) are counted
     in one pass (``bincount``); others are sorted (``unique``).
     """
+    if not np.issubdtype(block.dtype, np.integer):
+        if not np.array_equal(block, np.round(block)):
+            raise InputError(
+                "label image holds fractional values; labels must be whole cell ids (cast the "
+                "segmentation to integers)."
+            )
+        block = block.astype(np.int64)
     flat = block.ravel()
     if flat.size == 0:
         return (np.empty(0, dtype=np.int64),) * 4
     h, w = block.shape
     top, low = int(flat.max()), int(flat.min())
-    if low >= 0 and top <= 4 * flat.size:
+    if low >= 0 and top <= min(4 * flat.size, MAX_COUNTED_ID):
         counts = np.bincount(flat, minlength=top + 1)
         sum_y = np.bincount(flat, weights=np.repeat(np.arange(h, dtype=np.float64), w))
         sum_x = np.bincount(flat, weights=np.tile(np.arange(w, dtype=np.float64), h))
@@ -405,6 +425,12 @@ def element_xy(sdata: SpatialData, name: str) -> pd.DataFrame:
             raise InputError(
                 f"shapes element {name!r} has empty or missing geometries; drop those rows or "
                 "rebuild the shapes."
+            )
+        if not element.index.is_unique:
+            dup = element.index[element.index.duplicated()][:3].tolist()
+            raise InputError(
+                f"shapes element {name!r} has repeated cell ids (e.g. {dup}); give each shape its "
+                "own id (the index the table's instance_key refers to)."
             )
         return pd.DataFrame({"x": xy[:, 0], "y": xy[:, 1]}, index=element.index)
     model = get_model(element)

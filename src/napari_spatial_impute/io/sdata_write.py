@@ -11,6 +11,7 @@ With ``out`` the store is first copied to a temporary folder that is renamed to 
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import re
@@ -92,7 +93,54 @@ def check_table_target(
                 f"store {str(src)!r} is not writable (read-only path); write the results to a copy "
                 "(--out new.zarr) or as .h5ad."
             )
+    _check_staging_folder(src)
     return src
+
+
+def _check_staging_folder(store: Path) -> None:
+    """The table is staged beside the store and renamed in: that folder must be writable and on
+    the store's file system (a rename cannot cross file systems)."""
+    parent = store.resolve().parent
+    tables = store / "tables" if (store / "tables").is_dir() else store
+    if not os.access(parent, os.W_OK):
+        raise InputError(
+            f"the folder holding the store, {str(parent)!r}, is not writable (the results table is "
+            "staged beside the store); write to a copy (--out new.zarr) or as .h5ad."
+        )
+    if os.stat(parent).st_dev != os.stat(tables.resolve()).st_dev:
+        raise InputError(
+            f"the store's tables are on another file system than {str(parent)!r} (a link or a "
+            "mount), where the results table would be staged; write to a copy (--out new.zarr)."
+        )
+
+
+def _pid_of(path: Path) -> int | None:
+    parts = path.name.split(".")
+    for part in reversed(parts):
+        if part.isdigit():
+            return int(part)
+    return None
+
+
+def _recover(target: Path, name: str) -> None:
+    """Clean up after a write that was killed outright (SIGKILL, power loss): an earlier table
+    moved aside and not yet replaced is put back; staging folders and copies are removed."""
+    from napari_spatial_impute.io.files import _pid_alive
+
+    parent = target.resolve().parent
+    for path in sorted(parent.glob(f".{glob.escape(target.name)}.*")):
+        pid = _pid_of(path)
+        if pid is None or (pid != os.getpid() and _pid_alive(pid)):
+            continue  # another run, still going
+        if path.name.startswith(f".{target.name}.{name}.") and path.name.endswith(".old"):
+            dest = target / "tables" / name
+            if not dest.exists():
+                os.rename(path, dest)  # the earlier results table, back where it was
+                continue
+        if path.suffix in (".old", ".stage", ".copy"):
+            _remove(path)
+    if (target / "zarr.json").is_file():
+        _consolidate(target)  # a run killed between the rename and the metadata refresh
 
 
 def _stage_table(table: ad.AnnData, name: str, stage: Path, fill: Filler | None) -> Path:
@@ -171,6 +219,7 @@ def write_table(
     The store written (``store`` or ``out``).
     """
     src = Path(store)
+    _recover(src if out is None else Path(out), name)
     target = check_table_target(src, name, out=out, overwrite=overwrite)
     tag = f"{os.getpid()}"
     staging = target.parent / f".{target.name}.{name}.{tag}.stage"

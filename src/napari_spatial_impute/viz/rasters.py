@@ -599,6 +599,18 @@ def _labels_layer(
     return (data, kwargs, LABELS_KIND)
 
 
+def prefetch(layers: list[LayerData]) -> None:
+    """Read what napari reads whole when a layer is added (the coarsest level of a multiscale
+    layer, for its thumbnail), so that a worker pays it and the main thread finds it cached.
+
+    A stitched mosaic caches its coarsest level; other levels are spatialdata's own (small)."""
+    for data, kwargs, _ in layers:
+        if kwargs.get("multiscale") and isinstance(data, list) and data:
+            coarsest = data[-1]
+            if isinstance(coarsest, MosaicArray):
+                coarsest[...]
+
+
 def style_raster_layer(layer: Any) -> None:
     """Apply what a layer-data tuple cannot carry: the labels outline (``contour``).
 

@@ -32,7 +32,7 @@ from napari_spatial_impute.io.files import (
     fov_labels,
     sample_labels,
 )
-from napari_spatial_impute.io.schema import UNS_KEY
+from napari_spatial_impute.io.schema import SDATA_KEY, UNS_KEY
 from napari_spatial_impute.viz.coords import point_size, to_napari
 
 #: Gap between samples laid out side by side, as a share of the largest sample's size.
@@ -211,13 +211,14 @@ def sample_offsets(adata: ad.AnnData, sample_key: str | None) -> dict[str, np.nd
     Samples whose bounding boxes do not overlap stay where they are (zeros). When any two
     overlap (sections imaged separately share coordinates), all are placed on a near-square grid
     in sample order, each grid cell the size of the largest sample plus :data:`GAP`, so none
-    covers another.
+    covers another. Cells read from a SpatialData store stay where the store's coordinate system
+    puts them (zeros): its images and labels are drawn there.
     """
 
     def compute() -> dict[str, np.ndarray]:
         groups = sample_rows(adata, sample_key)
         zero = {s: np.zeros(2) for s in groups}
-        if len(groups) < 2:
+        if len(groups) < 2 or SDATA_KEY in adata.uns:
             return zero
         yx = _yx(adata)
         boxes = {s: _box(yx[rows]) for s, rows in groups.items()}

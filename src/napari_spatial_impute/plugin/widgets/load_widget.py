@@ -279,12 +279,13 @@ class LoadWidget(PluginWidget):
             try:
                 r = read_h5ad(ref, "reference") if isinstance(ref, str) else ref
                 if from_store and isinstance(spa, str):
-                    from napari_spatial_impute.viz.rasters import raster_layers
+                    from napari_spatial_impute.viz.rasters import prefetch, raster_layers
 
                     sdata = open_store(spa)
                     s = read_spatial(sdata, table, cs)
                     chosen = s.uns["spatialdata"]["coordinate_system"]
                     rasters = raster_layers(sdata, chosen, store=source_of(spa))
+                    prefetch(rasters)  # napari reads the coarsest levels whole when adding
                 else:
                     s = read_h5ad(spa, "spatial") if isinstance(spa, str) else spa
                 if r is not None:
@@ -448,9 +449,12 @@ class LoadWidget(PluginWidget):
 
     def show_rasters(self, rasters: list[Any]) -> list[Any]:
         """Put a store's images and labels under every other layer (earlier ones replaced)."""
+        stores = {plugin_meta(kw["metadata"]).get("store") for _, kw, _ in rasters} - {None}
         for layer in list(self.viewer.layers):
             meta = plugin_meta(layer)
-            if meta.get("origin") == ORIGIN and meta.get("kind") in RASTER_KINDS:
+            if meta.get("kind") in RASTER_KINDS and (
+                meta.get("origin") == ORIGIN or meta.get("store") in stores
+            ):
                 self.viewer.layers.remove(layer)
         added: list[Any] = []
         for data, kwargs, kind in reversed(rasters):  # labels above images, both under cells

@@ -53,20 +53,22 @@ class StorePicker(QWidget):
             return None
         self.note.setText("Reading the store...")
 
-        def describe() -> StoreInfo | Failed:
+        def describe() -> tuple[str, StoreInfo | Failed]:
             try:
                 info = describe_store(open_store(path))
                 choose_table(info, info.cell_tables[0].name if info.cell_tables else None)
             except InputError as exc:
-                return Failed(str(exc).splitlines()[0])
-            return info
+                return path, Failed(str(exc).splitlines()[0])
+            return path, info
 
         self.worker = thread_worker(describe, start_thread=False)()
-        self.worker.returned.connect(lambda value: self._described(path, value))
+        # a bound method: Qt drops the connection if the widget is closed meanwhile
+        self.worker.returned.connect(self._described)
         self.worker.start()
         return self.worker
 
-    def _described(self, path: str, value: StoreInfo | Failed) -> None:
+    def _described(self, answer: tuple[str, StoreInfo | Failed]) -> None:
+        path, value = answer
         if path != self.store:
             return  # another store was chosen meanwhile
         if isinstance(value, Failed):

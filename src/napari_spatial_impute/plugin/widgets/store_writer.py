@@ -90,8 +90,11 @@ class StoreWriter(QWidget):
         worker = thread_worker(work, start_thread=False)()
         worker.returned.connect(self._written)
         self.write_button.setEnabled(False)
-        worker.finished.connect(lambda: self.write_button.setEnabled(True))
+        worker.finished.connect(self._finished)  # bound: dropped if the widget is closed
         return self._start(worker)
+
+    def _finished(self) -> None:
+        self.write_button.setEnabled(True)
 
     def _written(self, value: str | Failed) -> None:
         text = f"Error: {value.message}" if isinstance(value, Failed) else value
