@@ -25,3 +25,10 @@ class InputWarning(UserWarning):
 
 class CommittedInterrupt(KeyboardInterrupt):
     """An interrupt that arrived while an output was renamed into place: the output is complete."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type's name when it has none): what a
+    one-line report shows of an error raised by a library."""
+    text = str(exc)
+    return text.splitlines()[0] if text else type(exc).__name__

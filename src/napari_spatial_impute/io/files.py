@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from napari_spatial_impute._errors import CommittedInterrupt, InputError
+from napari_spatial_impute._errors import CommittedInterrupt, InputError, first_line
 from napari_spatial_impute.io._sparse import is_sparse
 
 #: Column names tried, in order, when looking for the field of view of each spatial cell.
@@ -68,7 +68,7 @@ def read_h5ad(path: str | os.PathLike[str], role: str = "data") -> ad.AnnData:
             warnings.simplefilter("ignore")
             adata = ad.read_h5ad(p)
     except Exception as exc:  # h5py/anndata raise many types for a broken file
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        first = first_line(exc)
         raise InputError(
             f"cannot read {role} file {str(p)!r} as .h5ad ({first}); "
             "give an AnnData file written by anndata or scanpy (adata.write_h5ad)."

@@ -34,7 +34,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
-from napari_spatial_impute._errors import InputError, InputWarning
+from napari_spatial_impute._errors import InputError, InputWarning, first_line
 from napari_spatial_impute.io.schema import SDATA_KEY, UNS_KEY
 
 if TYPE_CHECKING:
@@ -86,7 +86,7 @@ def open_store(path: str | os.PathLike[str], role: str = "spatial") -> SpatialDa
             # is read by load_table
             return sd.read_zarr(p, selection=("images", "labels", "points", "shapes"))
     except Exception as exc:  # spatialdata/zarr/ome-zarr raise many types for a broken store
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        first = first_line(exc)
         raise InputError(
             f"cannot read SpatialData store {str(p)!r} ({first}); check that it was written by "
             "spatialdata 0.4 or newer (spatialdata.read_zarr must open it)."
@@ -231,7 +231,7 @@ def describe_store(sdata: SpatialData) -> StoreInfo:
             try:
                 metas[name] = _disk_meta(Path(sdata.path) / "tables" / name)
             except Exception as exc:  # zarr/anndata raise many types for a broken group
-                first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                first = first_line(exc)
                 raise InputError(
                     f"table {name!r} of the store cannot be read ({first}); remove it or write "
                     "it again with spatialdata."

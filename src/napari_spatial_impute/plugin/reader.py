@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from napari_spatial_impute._errors import first_line
 from napari_spatial_impute.viz.layers import META_KEY, LayerData, adata_layers, source_of
 
 ReaderFunction = Callable[[Any], list[LayerData]]
@@ -76,7 +77,7 @@ def read_h5ad_layers(path: str | list[str]) -> list[Any]:
             adata = read_h5ad(p)
             layers = adata_layers(adata, name=Path(p).stem)
         except InputError as exc:
-            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            first = first_line(exc)
             show_error(f"{Path(p).name}: {first}")
             continue
         for _, kwargs, _ in layers:

@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 
 import anndata as ad
 
-from napari_spatial_impute._errors import InputError, MappingCancelled
+from napari_spatial_impute._errors import InputError, MappingCancelled, first_line
 from napari_spatial_impute.core.mapping import EpochInfo, map_cells_to_space
 from napari_spatial_impute.core.result import MappingResult
 
@@ -50,7 +50,7 @@ def guarded(gen: Generator[Any, None, Any]) -> Generator[Any, None, Any]:
     try:
         return (yield from gen)
     except InputError as exc:
-        return Failed(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        return Failed(first_line(exc))
 
 
 def throttled(

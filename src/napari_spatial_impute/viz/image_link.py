@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from napari_spatial_impute._errors import InputError
+from napari_spatial_impute._errors import InputError, first_line
 
 _TRAILING_INT = re.compile(r"(\d+)$")
 #: obs columns that may hold each cell's label id.
@@ -76,9 +76,7 @@ def load_label_image(path: str | Path) -> np.ndarray:
 
             arr = iio.imread(p)
     except Exception as exc:
-        raise InputError(
-            f"cannot read label image {str(p)!r} ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})."
-        ) from None
+        raise InputError(f"cannot read label image {str(p)!r} ({first_line(exc)}).") from None
     arr = np.squeeze(np.asarray(arr))
     if arr.ndim != 2:
         raise InputError(f"label image {p.name!r} has shape {arr.shape}; give one 2D segmentation.")

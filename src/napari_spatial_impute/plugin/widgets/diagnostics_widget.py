@@ -24,6 +24,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from napari_spatial_impute._errors import first_line
 from napari_spatial_impute.core.evaluate import validate_cell_types
 from napari_spatial_impute.core.settings import MappingSettings, resolve_map_method
 from napari_spatial_impute.plugin.cv_worker import CVProgress, cv_kwargs, iter_cross_validation
@@ -365,9 +366,7 @@ class DiagnosticsWidget(PluginWidget):
             self.model.set_cv_table(table)
 
     def _on_cv_error(self, exc: BaseException) -> None:
-        self.cv_info.setText(
-            f"cross-validation failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
-        )
+        self.cv_info.setText(f"cross-validation failed: {first_line(exc)}")
         notify_error(exc)
 
     def _on_cv_finished(self) -> None:

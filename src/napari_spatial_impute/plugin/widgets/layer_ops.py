@@ -12,6 +12,7 @@ import numpy as np
 from napari.layers import Layer, Points
 from napari.utils.notifications import show_error
 
+from napari_spatial_impute._errors import first_line
 from napari_spatial_impute.io.schema import interval_levels
 from napari_spatial_impute.viz.explore import (
     predicted_layer_specs,
@@ -431,7 +432,7 @@ def jump_to_fov(
 
 def notify_error(exc: BaseException) -> None:
     """Show an exception as a napari error notification with its first line only."""
-    msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    msg = first_line(exc)
     show_error(msg)
 
 

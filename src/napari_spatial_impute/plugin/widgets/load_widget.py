@@ -28,7 +28,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from napari_spatial_impute._errors import InputError
+from napari_spatial_impute._errors import InputError, first_line
 from napari_spatial_impute.io.files import (
     check_fov_key,
     find_fov_key,
@@ -349,7 +349,7 @@ class LoadWidget(PluginWidget):
         try:
             return build()
         except InputError as exc:
-            msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            msg = first_line(exc)
             self.status.setText(f"Error: {msg}")
             show_error(msg)
             return None

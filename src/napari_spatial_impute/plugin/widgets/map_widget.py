@@ -35,6 +35,7 @@ from qtpy.QtWidgets import (
     QVBoxLayout,
 )
 
+from napari_spatial_impute._errors import first_line
 from napari_spatial_impute.core.engine.mapper import EpochInfo
 from napari_spatial_impute.core.settings import (
     ENSEMBLE_ONLY,
@@ -355,9 +356,7 @@ class MapWidget(PluginWidget):
             try:
                 found = input_warnings(ref, spa, self.model.cluster_key)
             except Exception as exc:  # a check must never stop the widget
-                found = [
-                    f"could not check the input: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
-                ]
+                found = [f"could not check the input: {first_line(exc)}"]
         self.warnings_label.setText("\n".join(f"Warning: {w}" for w in found))
         self.warnings_label.setVisible(bool(found))
         return found
@@ -476,7 +475,7 @@ class MapWidget(PluginWidget):
         try:
             replaced = self._add_result(*value)
         except Exception as exc:  # never drop a finished result without a word
-            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            first = first_line(exc)
             kept = ""
             if isinstance(adata, ad.AnnData) and self.model.result is not adata:
                 try:
@@ -532,9 +531,7 @@ class MapWidget(PluginWidget):
     def _on_error(self, exc: BaseException) -> None:
         if self._run.abandoned:
             return
-        self.status.setText(
-            f"Error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
-        )
+        self.status.setText(f"Error: {first_line(exc)}")
 
     def _on_finished(self) -> None:
         state = self._run
