@@ -46,19 +46,6 @@ def grab(viewer: napari.Viewer, name: str) -> None:
     viewer.window._qt_window.grab().save(str(OUT / name))
 
 
-def zoom_to(viewer: napari.Viewer, layers: list) -> None:
-    """Fit the camera to ``layers`` (reset_view fits every layer, the reference UMAP included)."""
-    import numpy as np
-
-    viewer.reset_view()
-    every = np.array([layer.extent.world[:, -2:] for layer in viewer.layers])
-    chosen = np.array([layer.extent.world[:, -2:] for layer in layers])
-    lo, hi = chosen[:, 0].min(axis=0), chosen[:, 1].max(axis=0)
-    size_all = every[:, 1].max(axis=0) - every[:, 0].min(axis=0)
-    viewer.camera.center = tuple((lo + hi) / 2)
-    viewer.camera.zoom = viewer.camera.zoom * 0.95 * float(np.min(size_all / (hi - lo)))
-
-
 def wait(done, timeout: float = 600) -> None:
     start = time.time()
     while not done():
@@ -126,7 +113,7 @@ def main() -> int:
     viewer.layers.selection.active = next(
         layer for layer in viewer.layers if layer.name.endswith("imputed")
     )
-    zoom_to(viewer, [layer for layer in viewer.layers if layer.name.endswith("imputed")])
+    explore.navigator.show_all()  # Explore > FOVs > Whole section
     mapw.store_writer.write()
     wait(lambda: not mapw.busy)
     settle(30)

@@ -510,3 +510,19 @@ def test_no_outline_cell_in_the_side_by_side_grid(widget):
     assert rows * cols == 2  # imputed | measured, nothing else
     w.grid_check.setChecked(False)
     assert layer.visible and viewer.layers[-1].unique_id == layer.unique_id  # above the cells
+
+
+def test_whole_section_fits_the_section_not_the_reference_beside(widget):
+    """Whole section: the camera fits the section's cells, not another data set's layer beside
+    it (napari's reset_view fits every layer, a reference UMAP included)."""
+    viewer, model, w = widget
+    w.show_gene("Gad1")
+    far = np.asarray(w.model.result.obsm["spatial"])[:, ::-1].max(axis=0) + 50_000
+    viewer.add_points(np.array([far, far + 1000.0]), name="reference UMAP far away")
+    viewer.reset_view()
+    zoom_all = viewer.camera.zoom
+    w.navigator.show_all()
+    yx = display_yx(w.model.result, None, None)
+    lo, hi = np.nanmin(yx, axis=0), np.nanmax(yx, axis=0)
+    assert np.allclose(viewer.camera.center[-2:], (lo + hi) / 2, atol=1e-6 * np.abs(hi).max() + 1)
+    assert viewer.camera.zoom > 10 * zoom_all

@@ -340,6 +340,18 @@ def fov_bounds(
     return (lo + hi) / 2.0, hi - lo
 
 
+def section_bounds(
+    adata: ad.AnnData, sample_key: str | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(center, size)`` of all cells where they are drawn (every sample), in ``(y, x)``."""
+    yx = display_yx(adata, None, sample_key)
+    finite = yx[np.isfinite(yx).all(axis=1)]
+    if not len(finite):
+        return np.zeros(2), np.ones(2)
+    lo, hi = finite.min(0), finite.max(0)
+    return (lo + hi) / 2.0, hi - lo
+
+
 def fov_at(
     adata: ad.AnnData, fov_key: str | None, position: Any, sample_key: str | None = None
 ) -> str | None:

@@ -35,6 +35,7 @@ from napari_spatial_impute.viz.sections import (
     fov_bounds,
     resolve_fov_key,
     resolve_sample_key,
+    section_bounds,
 )
 
 
@@ -416,6 +417,23 @@ def jump_to_fov(
     fov_key = resolve_fov_key(result, fov_key)
     sample_key = resolve_sample_key(result, sample_key, fov_key)
     center, size = fov_bounds(result, fov_key, fov, sample_key)
+    zoom_to_box(viewer, center, size)
+    return center, size
+
+
+def zoom_to_section(
+    viewer: Any, result: Any, fov_key: str | None = None, sample_key: str | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Center the camera on the whole section (every sample where it is drawn) and fit it;
+    unlike napari's reset_view, layers of other data (a reference UMAP beside) do not count."""
+    fov_key = resolve_fov_key(result, fov_key)
+    center, size = section_bounds(result, resolve_sample_key(result, sample_key, fov_key))
+    zoom_to_box(viewer, center, size)
+    return center, size
+
+
+def zoom_to_box(viewer: Any, center: np.ndarray, size: np.ndarray) -> None:
+    """Camera centred on a ``(y, x)`` box and zoomed to fit it (one grid cell when side by side)."""
     camera = getattr(getattr(viewer, "scene", None), "camera", None) or viewer.camera
     camera.center = (float(center[0]), float(center[1]))
     canvas = np.asarray(getattr(getattr(viewer, "canvas", None), "size", None) or (600, 800))
@@ -427,7 +445,6 @@ def jump_to_fov(
             shape = grid.actual_shape(len(viewer.layers))  # earlier: their number
         canvas = canvas / np.maximum(np.asarray(shape), 1)
     camera.zoom = camera_for_box(center, size, (int(canvas[0]), int(canvas[1])))
-    return center, size
 
 
 def notify_error(exc: BaseException) -> None:

@@ -30,6 +30,7 @@ from napari_spatial_impute.plugin.widgets.layer_ops import (
     find_layers,
     jump_to_fov,
     notify_error,
+    zoom_to_section,
 )
 from napari_spatial_impute.viz.layers import make_meta, set_meta
 from napari_spatial_impute.viz.sections import (
@@ -152,11 +153,15 @@ class FovNavigator(QWidget):
         return True
 
     def show_all(self) -> None:
-        """Clear the focus (every FOV drawn) and fit the whole data in view."""
+        """Clear the focus (every FOV drawn) and fit the whole section in view (the reference's
+        UMAP beside it, shown or hidden, does not count)."""
         self.focus = None
         self.fov_list.clearSelection()
         self.apply_focus()
-        self.viewer.reset_view()
+        if self.model.result is None:
+            self.viewer.reset_view()
+            return
+        zoom_to_section(self.viewer, self.model.result, *self.keys())
 
     def outline_layer(self) -> Shapes | None:
         """The outline layer of the current result, if shown (found by metadata)."""
