@@ -292,14 +292,22 @@ def _gene_arg(value: str | None, one_gene: bool = False) -> str | list[str] | No
     raise InputError(f"gene list {value!r} is neither 'overlap', 'markers' nor an existing file.")
 
 
+def _spatial_is_zarr(args: argparse.Namespace) -> bool:
+    """Whether ``--spatial`` is a SpatialData store, or a ``.zarr`` folder read as one (which
+    then says in one line why it is not a store)."""
+    from napari_spatial_impute.io.sdata import is_store
+
+    folder = Path(args.spatial)
+    return is_store(folder) or (folder.is_dir() and folder.suffix.lower() == ".zarr")
+
+
 def _read_spatial(args: argparse.Namespace) -> Any:
     """The spatial input: an ``.h5ad`` file or a SpatialData store (``--table``, ``--coordinate-system``)."""
     from napari_spatial_impute.io.files import read_h5ad
-    from napari_spatial_impute.io.sdata import is_store, read_spatial
+    from napari_spatial_impute.io.sdata import read_spatial
 
-    folder = Path(args.spatial)
-    if is_store(folder) or (folder.is_dir() and folder.suffix.lower() == ".zarr"):
-        return read_spatial(args.spatial, args.table, args.coordinate_system)  # or one line why not
+    if _spatial_is_zarr(args):
+        return read_spatial(args.spatial, args.table, args.coordinate_system)
     if args.table is not None or args.coordinate_system is not None:
         raise InputError(
             "--table and --coordinate-system are for a SpatialData store; --spatial "
@@ -308,22 +316,21 @@ def _read_spatial(args: argparse.Namespace) -> Any:
     return read_h5ad(args.spatial, "spatial")
 
 
-def _map_target(args: argparse.Namespace) -> tuple[Path | None, Path | None]:
-    """``(h5ad output, store to write)`` of ``map``, checked before any work."""
-    from napari_spatial_impute.io.sdata import is_store
+def _map_target(args: argparse.Namespace) -> tuple[Path | None, Path | None, str]:
+    """``(h5ad output, store to write, its results table)`` of ``map``, checked before any work."""
+    from napari_spatial_impute.io.schema import RESULT_TABLE
+    from napari_spatial_impute.io.sdata import is_store, open_store
     from napari_spatial_impute.io.sdata_write import check_table_target
 
     inputs = [args.reference, args.spatial, args.genes, args.impute]
-    folder = Path(args.spatial)
-    if folder.is_dir() and folder.suffix.lower() == ".zarr" and not is_store(folder):
-        from napari_spatial_impute.io.sdata import open_store
-
-        open_store(folder)  # one line: not a SpatialData store
+    name = args.result_table or RESULT_TABLE
     store = args.spatial if is_store(args.spatial) else None
+    if store is None and _spatial_is_zarr(args):
+        open_store(args.spatial)  # a .zarr folder that is not a store: one line saying so
     if args.out is not None and not str(args.out).lower().rstrip("/").endswith(".zarr"):
         if args.result_table is not None or args.overwrite:
             raise InputError("--result-table and --overwrite are for a .zarr output; --out is not.")
-        return _check_out(args.out, ".h5ad", inputs), None
+        return _check_out(args.out, ".h5ad", inputs), None, name
     if store is None:
         if args.out is None:
             raise InputError("--out is required: give the output .h5ad.")
@@ -331,17 +338,14 @@ def _map_target(args: argparse.Namespace) -> tuple[Path | None, Path | None]:
             f"--out {args.out!r} is a .zarr store, but --spatial is not a SpatialData store; "
             "write .h5ad."
         )
-    from napari_spatial_impute.io.schema import RESULT_TABLE
-
-    name = args.result_table or RESULT_TABLE
-    return None, check_table_target(store, name, out=args.out, overwrite=args.overwrite)
+    return None, check_table_target(store, name, out=args.out, overwrite=args.overwrite), name
 
 
 def cmd_map(args: argparse.Namespace) -> int:
     from napari_spatial_impute.core.mapping import map_cells_to_space
     from napari_spatial_impute.io.files import find_fov_key, find_sample_key, read_h5ad
 
-    out, store_out = _map_target(args)
+    out, store_out, table_name = _map_target(args)
     kwargs = _mapping_kwargs(args)
     reference = read_h5ad(args.reference, "reference")
     spatial = _read_spatial(args)
@@ -369,7 +373,7 @@ def cmd_map(args: argparse.Namespace) -> int:
         adata = write_result_to_store(
             result,
             args.spatial,
-            args.result_table,
+            table_name,
             out=args.out,
             overwrite=args.overwrite,
             genes=genes,
@@ -389,15 +393,9 @@ def cmd_map(args: argparse.Namespace) -> int:
     print(
         f"wrote {adata.n_obs} spatial cells x {adata.n_vars} imputed genes"
         + (f" and {n_clusters} cluster probabilities" if n_clusters else "")
-        + (f" to {out}" if store_out is None else f" to table {_table_name(args)!r} of {out}")
+        + (f" to {out}" if store_out is None else f" to table {table_name!r} of {out}")
     )
     return 0
-
-
-def _table_name(args: argparse.Namespace) -> str:
-    from napari_spatial_impute.io.schema import RESULT_TABLE
-
-    return str(args.result_table or RESULT_TABLE)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:

@@ -272,8 +272,7 @@ def store_table(adata: ad.AnnData) -> ad.AnnData:
     from spatialdata.models import TableModel
 
     from napari_spatial_impute._errors import InputError
-    from napari_spatial_impute.io.palette import category_colors
-    from napari_spatial_impute.io.schema import SDATA_KEY
+    from napari_spatial_impute.io.palette import category_colors, stored_palette
     from napari_spatial_impute.io.sdata import spatial_source
 
     src = spatial_source(adata)
@@ -291,14 +290,12 @@ def store_table(adata: ad.AnnData) -> ad.AnnData:
         var=adata.var.copy(),
         obsm={k: v for k, v in adata.obsm.items() if k != "measured"},
         layers=dict(adata.layers.items()),
-        uns={k: v for k, v in adata.uns.items() if k != SDATA_KEY},
+        uns=dict(adata.uns),
     )
-    table.uns[SDATA_KEY] = {k: v for k, v in src.items()}
     key = adata.uns.get(UNS_KEY, {}).get("cluster_key")
     column = f"{key}_predicted" if key else None
     if column and column in obs and isinstance(obs[column].dtype, pd.CategoricalDtype):
-        palette = adata.uns.get(f"{column}_colors", adata.uns.get(f"{key}_colors"))
-        colors = category_colors(obs[column].cat.categories, palette)
+        colors = category_colors(obs[column].cat.categories, stored_palette(adata.uns, column))
         table.uns[f"{column}_colors"] = np.asarray(list(colors.values()), dtype=object)
     regions = [str(r) for r in src["regions"]]
     return TableModel.parse(

@@ -7,8 +7,10 @@ for more categories evenly spaced hues. scanpy's ``uns['<key>_colors']`` wins wh
 from __future__ import annotations
 
 import colorsys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
+
+import numpy as np
 
 TAB10 = (
     "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
@@ -53,3 +55,15 @@ def category_colors(
         return {c: _to_hex(palette[i]) for i, c in enumerate(cats)}
     base = base_palette(len(cats))
     return {c: base[i] for i, c in enumerate(cats)}
+
+
+def stored_palette(uns: Mapping[str, Any], column: str | None) -> list[str] | None:
+    """scanpy's colours of ``column`` in ``uns`` (``<column>_colors``; for a predicted column
+    ``<key>_predicted`` also the clusters' own ``<key>_colors``), or ``None``."""
+    if column is None:
+        return None
+    for key in (f"{column}_colors", f"{column.removesuffix('_predicted')}_colors"):
+        pal = uns.get(key)
+        if pal is not None:
+            return [str(c) for c in np.asarray(pal).ravel()]
+    return None

@@ -142,44 +142,40 @@ def _regions(attrs: dict[str, Any]) -> tuple[str, ...]:
     return tuple(str(v) for v in values)
 
 
-@dataclass(frozen=True)
-class _TableMeta:
-    n_obs: int
-    attrs: dict[str, Any]
-    is_result: bool
-    mapped_in: str | None
-
-
-def _memory_meta(table: ad.AnnData) -> _TableMeta:
-    attrs = table.uns.get("spatialdata_attrs")
-    source = table.uns.get(SDATA_KEY)
-    cs = source.get("coordinate_system") if isinstance(source, dict) else None
-    return _TableMeta(
-        n_obs=int(table.n_obs),
-        attrs=dict(attrs) if isinstance(attrs, dict) else {},
-        is_result=UNS_KEY in table.uns,
-        mapped_in=str(cs) if cs else None,
+def _table_info(
+    sdata: SpatialData, name: str, n_obs: int, uns: Any, read: Any = lambda v: v
+) -> TableInfo:
+    """A table's description from its size and ``uns`` (an AnnData's, or a stored table's zarr
+    group read entry by entry with ``read``): what it annotates, where, and whether it is ours."""
+    attrs = read(uns["spatialdata_attrs"]) if "spatialdata_attrs" in uns else {}
+    attrs = dict(attrs) if isinstance(attrs, dict) else {}
+    source = read(uns[SDATA_KEY]) if SDATA_KEY in uns else {}
+    mapped_in = source.get("coordinate_system") if isinstance(source, dict) else None
+    regions = _regions(attrs)
+    systems: list[str] = []
+    for region in regions:
+        systems += [c for c in element_cs(sdata, region) if c not in systems]
+    return TableInfo(
+        name=name,
+        n_obs=n_obs,
+        regions=regions,
+        region_key=attrs.get("region_key"),
+        instance_key=attrs.get("instance_key"),
+        is_result=UNS_KEY in uns,
+        coordinate_systems=tuple(sorted(systems)),
+        mapped_in=str(mapped_in) if mapped_in else None,
     )
 
 
-def _disk_meta(folder: Path) -> _TableMeta:
-    """A stored table's size, annotation and kind, read from its metadata (no matrix read)."""
+def _stored_table_info(sdata: SpatialData, name: str) -> TableInfo:
+    """A stored table's description from its metadata (no matrix is read)."""
     import zarr
     from anndata.io import read_elem
 
-    group: Any = zarr.open_group(str(folder), mode="r")
-    uns: Any = group["uns"] if "uns" in group else {}
-    attrs = read_elem(uns["spatialdata_attrs"]) if "spatialdata_attrs" in uns else {}
-    source = read_elem(uns[SDATA_KEY]) if SDATA_KEY in uns else {}
+    group: Any = zarr.open_group(str(Path(sdata.path) / "tables" / name), mode="r")
     obs: Any = group["obs"]
-    index = obs[obs.attrs.get("_index", "_index")]
-    cs = source.get("coordinate_system") if isinstance(source, dict) else None
-    return _TableMeta(
-        n_obs=int(index.shape[0]),
-        attrs=dict(attrs) if isinstance(attrs, dict) else {},
-        is_result=UNS_KEY in uns,
-        mapped_in=str(cs) if cs else None,
-    )
+    n_obs = int(obs[obs.attrs.get("_index", "_index")].shape[0])
+    return _table_info(sdata, name, n_obs, group["uns"] if "uns" in group else {}, read_elem)
 
 
 def _stored_tables(sdata: SpatialData) -> list[str]:
@@ -207,16 +203,43 @@ def load_table(sdata: SpatialData, name: str) -> ad.AnnData:
     return table
 
 
-def element_cs(sdata: SpatialData, name: str) -> tuple[str, ...]:
-    """Coordinate systems the element ``name`` has a transformation to (``()`` when absent)."""
+def coordinate_systems_of(element: Any) -> tuple[str, ...]:
+    """Coordinate systems a spatial element has a transformation to."""
     from spatialdata.transformations import get_transformation
 
+    found = get_transformation(element, get_all=True)
+    return tuple(found) if isinstance(found, dict) else ()
+
+
+def element_cs(sdata: SpatialData, name: str) -> tuple[str, ...]:
+    """Coordinate systems the element ``name`` has a transformation to (``()`` when absent)."""
     try:
         element = sdata[name]
     except KeyError:
         return ()
-    found = get_transformation(element, get_all=True)
-    return tuple(found) if isinstance(found, dict) else ()
+    return coordinate_systems_of(element)
+
+
+def cs_matrix(element: Any, coordinate_system: str, axes: tuple[str, str] = ("x", "y")) -> Any:
+    """The element's transformation to ``coordinate_system`` as a 3x3 affine on ``axes``
+    (``KeyError`` when it has none)."""
+    from spatialdata.transformations import get_transformation
+
+    if coordinate_system not in coordinate_systems_of(element):
+        raise KeyError(f"the element has no transformation to {coordinate_system!r}")
+    t = get_transformation(element, to_coordinate_system=coordinate_system)
+    return np.asarray(t.to_affine_matrix(input_axes=axes, output_axes=axes), dtype=np.float64)
+
+
+def element_levels(element: Any) -> list[Any]:
+    """The (dask) arrays of an image or labels element: one, or one per scale of a multiscale
+    ``DataTree`` (``scale0`` first)."""
+    from xarray import DataTree
+
+    if isinstance(element, DataTree):
+        names = sorted(element.children, key=lambda s: int("".join(filter(str.isdigit, s)) or 0))
+        return [next(iter(element[n].data_vars.values())).data for n in names]
+    return [element.data]
 
 
 def describe_store(sdata: SpatialData) -> StoreInfo:
@@ -225,38 +248,19 @@ def describe_store(sdata: SpatialData) -> StoreInfo:
     Tables in memory are described as they are; the store's other tables from their metadata on
     disk, without reading their matrices.
     """
-    metas = {str(n): _memory_meta(t) for n, t in sdata.tables.items()}
+    infos = {str(n): _table_info(sdata, str(n), t.n_obs, t.uns) for n, t in sdata.tables.items()}
     for name in _stored_tables(sdata):
-        if name not in metas:
+        if name not in infos:
             try:
-                metas[name] = _disk_meta(Path(sdata.path) / "tables" / name)
+                infos[name] = _stored_table_info(sdata, name)
             except Exception as exc:  # zarr/anndata raise many types for a broken group
-                first = first_line(exc)
                 raise InputError(
-                    f"table {name!r} of the store cannot be read ({first}); remove it or write "
-                    "it again with spatialdata."
+                    f"table {name!r} of the store cannot be read ({first_line(exc)}); remove it or "
+                    "write it again with spatialdata."
                 ) from None
-    tables = []
-    for name, meta in sorted(metas.items()):
-        regions = _regions(meta.attrs)
-        systems: list[str] = []
-        for region in regions:
-            systems += [c for c in element_cs(sdata, region) if c not in systems]
-        tables.append(
-            TableInfo(
-                name=name,
-                n_obs=meta.n_obs,
-                regions=regions,
-                region_key=meta.attrs.get("region_key"),
-                instance_key=meta.attrs.get("instance_key"),
-                is_result=meta.is_result,
-                coordinate_systems=tuple(sorted(systems)),
-                mapped_in=meta.mapped_in,
-            )
-        )
     return StoreInfo(
         path=str(sdata.path) if sdata.path is not None else "",
-        tables=tuple(tables),
+        tables=tuple(infos[n] for n in sorted(infos)),
         coordinate_systems=tuple(sorted(str(c) for c in sdata.coordinate_systems)),
     )
 
@@ -392,16 +396,6 @@ def _block_sums(block: np.ndarray) -> tuple[np.ndarray, ...]:
     return ids, counts, np.bincount(inverse, weights=rows), np.bincount(inverse, weights=cols)
 
 
-def _labels_array(element: Any) -> Any:
-    """The full-resolution array of a labels element (a DataTree's ``scale0``)."""
-    from xarray import DataTree
-
-    if isinstance(element, DataTree):
-        scale0: Any = element["scale0"]
-        return next(iter(scale0.values())).data
-    return element.data
-
-
 def element_xy(sdata: SpatialData, name: str) -> pd.DataFrame:
     """``x``, ``y`` of every cell of element ``name`` in the element's own coordinates."""
     from geopandas import GeoDataFrame
@@ -435,7 +429,7 @@ def element_xy(sdata: SpatialData, name: str) -> pd.DataFrame:
         return pd.DataFrame({"x": xy[:, 0], "y": xy[:, 1]}, index=element.index)
     model = get_model(element)
     if model in (Labels2DModel, Labels3DModel):
-        return label_centroids(_labels_array(element))[["x", "y"]]
+        return label_centroids(element_levels(element)[0])[["x", "y"]]
     raise InputError(
         f"the table annotates {name!r}, a {getattr(model, '__name__', model)} element; only "
         "labels and shapes (cells) can be mapped."
@@ -443,10 +437,7 @@ def element_xy(sdata: SpatialData, name: str) -> pd.DataFrame:
 
 
 def _to_cs(sdata: SpatialData, name: str, xy: np.ndarray, cs: str) -> np.ndarray:
-    from spatialdata.transformations import get_transformation
-
-    t = get_transformation(sdata[name], to_coordinate_system=cs)
-    m = np.asarray(t.to_affine_matrix(input_axes=("x", "y"), output_axes=("x", "y")))
+    m = cs_matrix(sdata[name], cs)
     return np.asarray(xy @ m[:2, :2].T + m[:2, 2], dtype=np.float64)
 
 
@@ -520,8 +511,9 @@ def read_spatial(
         rows = np.flatnonzero(regions == name)
         if rows.size == 0:
             continue
-        if cs not in element_cs(sdata, name):
-            if element_cs(sdata, name):
+        systems = element_cs(sdata, name)
+        if cs not in systems:
+            if systems:
                 continue  # this element (FOV) is not in the chosen coordinate system
             xy[rows], in_cs[rows] = _table_xy(t, chosen.name, name, rows), True
             used.append(name)

@@ -77,8 +77,7 @@ def read_h5ad_layers(path: str | list[str]) -> list[Any]:
             adata = read_h5ad(p)
             layers = adata_layers(adata, name=Path(p).stem)
         except InputError as exc:
-            first = first_line(exc)
-            show_error(f"{Path(p).name}: {first}")
+            show_error(f"{Path(p).name}: {first_line(exc)}")
             continue
         for _, kwargs, _ in layers:
             kwargs["metadata"][META_KEY].update(source=source_of(p), origin="reader")
@@ -92,8 +91,8 @@ def store_layers(
     """Layer data of a store: rasters of the coordinate system under the table's cells.
 
     Without a ``table``, a results table of this plugin is shown (``spatial_impute`` when there
-    are several; in the coordinate system it was mapped in), else the store's table of cells (:func:`~napari_spatial_impute.io.
-    sdata.read_spatial`'s defaults).
+    are several; in the coordinate system it was mapped in), else the store's table of cells
+    (:func:`~napari_spatial_impute.io.sdata.read_spatial`'s defaults).
     """
     from napari_spatial_impute.io.schema import RESULT_TABLE, SDATA_KEY
     from napari_spatial_impute.io.sdata import describe_store, open_store, read_spatial
@@ -128,5 +127,5 @@ def read_store_layers(path: str | list[str]) -> list[Any]:
     try:
         return store_layers(p)
     except InputError as exc:
-        show_error(f"{Path(p).name}: {str(exc).splitlines()[0]}")
+        show_error(f"{Path(p).name}: {first_line(exc)}")
         return [(None,)]

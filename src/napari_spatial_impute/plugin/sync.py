@@ -13,6 +13,7 @@ from typing import Any
 from napari_spatial_impute.io.files import find_fov_key
 from napari_spatial_impute.plugin.model import SpatialImputeModel, get_model
 from napari_spatial_impute.viz.layers import plugin_meta, result_cluster_key, source_adata
+from napari_spatial_impute.viz.rasters import RASTER_KINDS, style_raster_layer
 
 _CONNECTED: weakref.WeakSet[SpatialImputeModel] = weakref.WeakSet()
 
@@ -33,8 +34,6 @@ def adopt_layer(model: SpatialImputeModel, layer: Any) -> None:
     constructors take no ``contour``, so outlines are set once the layer exists.
     """
     meta = plugin_meta(layer)
-    from napari_spatial_impute.viz.rasters import RASTER_KINDS, style_raster_layer
-
     if meta.get("kind") in RASTER_KINDS:
         style_raster_layer(layer)
     adata, role = source_adata(layer), meta.get("role")

@@ -34,13 +34,13 @@ import scipy.sparse as sp
 from napari_spatial_impute._errors import InputError
 from napari_spatial_impute.io._sparse import is_sparse
 from napari_spatial_impute.io.files import categorical_from_codes
+from napari_spatial_impute.io.palette import stored_palette
 from napari_spatial_impute.io.schema import halfwidths, interval_levels, resolve_gene
 from napari_spatial_impute.viz.coords import to_napari
 from napari_spatial_impute.viz.layers import (
     FOV_COLUMN,
     PREDICTED_ROLE,
     PointsSpec,
-    _palette,
     category_colors,
     layer_name,
     points_spec,
@@ -465,7 +465,9 @@ def predicted_layer_specs(
         sample_key=sample_key,
         size=size,
         hover=True,
-        style={"face_color_cycle": colors or category_colors(cats, _palette(result, col))},
+        style={
+            "face_color_cycle": colors or category_colors(cats, stored_palette(result.uns, col))
+        },
         meta={"kind": PREDICTED_ROLE, "value": key},
         layer_name_of=lambda sample: predicted_layer_name(key, sample),
     )

@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 
 from napari_spatial_impute.io.files import find_fov_key, fov_labels
-from napari_spatial_impute.io.palette import category_colors
+from napari_spatial_impute.io.palette import category_colors, stored_palette
 from napari_spatial_impute.io.schema import UNS_KEY
 from napari_spatial_impute.viz.coords import checked_coords, point_size, to_napari
 from napari_spatial_impute.viz.sections import (
@@ -366,16 +366,6 @@ def result_cluster_key(adata: ad.AnnData) -> str | None:
     return None
 
 
-def _palette(adata: ad.AnnData, column: str | None) -> list[str] | None:
-    if column is None:
-        return None
-    for key in (f"{column}_colors", f"{column.removesuffix('_predicted')}_colors"):
-        pal = adata.uns.get(key)
-        if pal is not None:
-            return [str(c) for c in np.asarray(pal).ravel()]
-    return None
-
-
 # --------------------------------------------------------------------------- layer builders
 def spatial_layers(
     adata: ad.AnnData,
@@ -432,7 +422,7 @@ def spatial_layers(
     if fov_key is not None:
         fov_labels(adata, fov_key)  # refuses a per-cell column before anything is built
     feats = features_frame(adata.obs)
-    pal = _palette(adata, color_by)
+    pal = stored_palette(adata.uns, color_by)
     if size is None:  # cached per AnnData: computed once (here, often in a worker thread)
         size = drawn_point_size(adata, samples) if coords.shape[1] == 2 else point_size(coords)
     out: list[LayerData] = []
@@ -545,7 +535,7 @@ def reference_layer(
         cluster_key,
         kind=REFERENCE_ROLE,
         size=2.0 * point_size(data),  # clusters are dense in a UMAP: bigger than the spacing
-        style=color_kwargs(feats, cluster_key, _palette(adata, cluster_key)),
+        style=color_kwargs(feats, cluster_key, stored_palette(adata.uns, cluster_key)),
         value=cluster_key,
         fov=None,
         rows=np.arange(adata.n_obs, dtype=np.int64),

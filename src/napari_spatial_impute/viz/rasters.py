@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from napari_spatial_impute.io.sdata import coordinate_systems_of, cs_matrix, element_levels
 from napari_spatial_impute.viz.layers import META_KEY, LayerData
 
 #: Images with more channels than this show their first channel only.
@@ -63,7 +64,7 @@ def raster_affine(element: Any, coordinate_system: str) -> np.ndarray:
     The element's transformation to the cs composed with a half-pixel translation: napari
     centres pixel ``i`` on data coordinate ``i``, spatialdata on intrinsic coordinate ``i + 0.5``.
     """
-    return _cs_matrix(element, coordinate_system) @ _HALF_PIXEL
+    return cs_matrix(element, coordinate_system, ("y", "x")) @ _HALF_PIXEL
 
 
 def raster_layers(
@@ -397,45 +398,20 @@ class _Raster:
         return int(self.levels[0].shape[-2]), int(self.levels[0].shape[-1])
 
 
-def _cs_matrix(element: Any, coordinate_system: str) -> np.ndarray:
-    """The element's transformation to the cs as a 3x3 ``(y, x)`` matrix."""
-    from spatialdata.transformations import get_transformation
-
-    transformations = get_transformation(element, get_all=True)
-    if not isinstance(transformations, dict) or coordinate_system not in transformations:
-        raise KeyError(f"the element has no transformation to {coordinate_system!r}")
-    t = transformations[coordinate_system]
-    return np.asarray(
-        t.to_affine_matrix(input_axes=("y", "x"), output_axes=("y", "x")), dtype=np.float64
-    )
-
-
-def _levels(element: Any) -> list[Any]:
-    """The dask arrays of an element: one, or one per scale of a multiscale DataTree."""
-    from xarray import DataTree
-
-    if isinstance(element, DataTree):
-        names = sorted(element.children, key=lambda s: int("".join(filter(str.isdigit, s)) or 0))
-        return [next(iter(element[n].data_vars.values())).data for n in names]
-    return [element.data]
-
-
 def _collect(elements: Any, kind: str, cs: str) -> tuple[list[_Raster], list[str]]:
     """The 2D elements with a transformation to ``cs``, and notes about skipped 3D ones."""
     from spatialdata.models import get_axes_names, get_channel_names
-    from spatialdata.transformations import get_transformation
 
     rasters: list[_Raster] = []
     skipped: list[str] = []
     for name, element in elements.items():
-        transformations = get_transformation(element, get_all=True)
-        if not isinstance(transformations, dict) or cs not in transformations:
+        if cs not in coordinate_systems_of(element):
             continue
         axes = tuple(get_axes_names(element))
         if "z" in axes:
             skipped.append(str(name))
             continue
-        levels = _levels(element)
+        levels = element_levels(element)
         channels = [str(c) for c in get_channel_names(element)] if "c" in axes else None
         rasters.append(
             _Raster(
@@ -443,7 +419,7 @@ def _collect(elements: Any, kind: str, cs: str) -> tuple[list[_Raster], list[str
                 kind,
                 levels,
                 channels,
-                _cs_matrix(element, cs),
+                cs_matrix(element, cs, ("y", "x")),
                 tuple(levels[0].shape[:-2]),
             )
         )

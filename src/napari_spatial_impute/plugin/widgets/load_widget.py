@@ -316,7 +316,7 @@ class LoadWidget(PluginWidget):
             return
         ref, spa, ref_src, spa_src = value[:4]
         rasters = value[4] if len(value) > 4 else []
-        if rasters or (spa is not None and spa_src):
+        if isinstance(spa_src, str) and is_store(spa_src):
             self.store_picker.remember()
         if ref is not None:
             self.model.set_reference(ref)
