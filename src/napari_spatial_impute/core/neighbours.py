@@ -29,6 +29,8 @@ import torch
 
 from napari_spatial_impute._errors import MappingCancelled
 from napari_spatial_impute.core.engine.mapper import CancelFlag, is_cancelled
+from napari_spatial_impute.core.engine.search import ClusterIndex, exact_top_k, resolve_search
+from napari_spatial_impute.core.engine.search import unit_rows as _unit_rows
 
 
 class Member(NamedTuple):
@@ -47,11 +49,6 @@ MEMBERS: tuple[Member, ...] = (
     Member("pca", 50),
 )
 PCA_COMPONENTS = 20
-
-
-def _unit_rows(X: torch.Tensor) -> torch.Tensor:
-    unit: torch.Tensor = X / X.norm(dim=1, keepdim=True).clamp_min(1e-12)
-    return unit
 
 
 def _zscore(X: torch.Tensor) -> torch.Tensor:
@@ -91,6 +88,8 @@ def neighbour_weights(
     members: tuple[Member, ...] = MEMBERS,
     chunk: int | None = None,
     cancel: CancelFlag = None,
+    search: str = "auto",
+    seed: int = 0,
 ) -> sp.csr_matrix:
     """The ensemble's weight matrix.
 
@@ -107,6 +106,14 @@ def neighbour_weights(
     cancel
         A ``threading.Event`` or a callable; when it is set the search stops with
         :class:`~napari_spatial_impute.MappingCancelled` before its next block.
+    search
+        How each spatial cell's neighbours are found: ``"exact"`` compares every pair;
+        ``"approximate"`` searches an inverted-file index of the reference cells per space
+        (:class:`~napari_spatial_impute.core.engine.search.ClusterIndex`); ``"auto"``
+        (:func:`~napari_spatial_impute.core.engine.search.resolve_search`) is exact below about
+        10^9 pairs, so small data give the same weights as the exact search, bit for bit.
+    seed
+        Seed of the approximate search's index.
 
     Returns
     -------
@@ -148,6 +155,9 @@ def neighbour_weights(
             _, vecs = torch.linalg.eigh(cov.double())
             V = vecs[:, -min(PCA_COMPONENTS, S.shape[1]) :].float()
             ref_space["pca"], sp_space["pca"] = _unit_rows(Sz @ V), Gz @ V
+    if resolve_search(search, n, s) == "approximate":
+        del St, Gt, Sz, Gz
+        return _approximate_weights(ref_space, sp_space, members, spaces, n, s, seed, cancel)
     chunk = chunk or max(256, (1 << 25) // max(n, 1))
     counts, cols, vals = [], [], []
     for a in range(0, s, chunk):
@@ -158,24 +168,89 @@ def neighbour_weights(
         # nonzeros, read row by row, are the block's CSR rows with sorted columns
         acc = torch.zeros((b - a, n), dtype=torch.float32)
         for space in spaces:
-            sim = _unit_rows(sp_space[space][a:b]) @ ref_space[space].t()
             mine = [m for m in members if m.space == space]
             kmax = max(effective_k(m.k, n) for m in mine)
-            top_v, top_i = torch.topk(sim, kmax, dim=1)
-            del sim
+            top_v, top_i = exact_top_k(
+                ref_space[space], _unit_rows(sp_space[space][a:b]), kmax, chunk=b - a
+            )
             for m in mine:
                 k = effective_k(m.k, n)
-                v, i = top_v[:, :k], top_i[:, :k]
-                if m.temperature is None:
-                    w = torch.full_like(v, 1.0 / k)
-                else:
-                    w = torch.softmax(v / m.temperature, dim=1)
-                acc.scatter_add_(1, i, w / len(members))
+                acc.scatter_add_(1, top_i[:, :k], _member_weights(top_v[:, :k], m, len(members)))
         r, c = acc.nonzero(as_tuple=True)
         counts.append(torch.bincount(r, minlength=b - a).numpy())
         cols.append(c.numpy().astype(np.int32))
         vals.append(acc[r, c].numpy())
         del acc
+    indptr = np.zeros(s + 1, dtype=np.int64)
+    np.cumsum(np.concatenate(counts), out=indptr[1:])
+    W = sp.csr_matrix(
+        (np.concatenate(vals), np.concatenate(cols), indptr), shape=(s, n), dtype=np.float32
+    )
+    W.has_sorted_indices = True
+    return W
+
+
+def _member_weights(v: torch.Tensor, m: Member, n_members: int) -> torch.Tensor:
+    """A member's weights of its ``k`` neighbours (similarities ``v``, best first)."""
+    if m.temperature is None:
+        w = torch.full_like(v, 1.0 / v.shape[1])
+    else:
+        w = torch.softmax(v / m.temperature, dim=1)
+    out: torch.Tensor = w / n_members
+    return out
+
+
+def _approximate_weights(
+    ref_space: dict[str, torch.Tensor],
+    sp_space: dict[str, torch.Tensor],
+    members: tuple[Member, ...],
+    spaces: list[str],
+    n: int,
+    s: int,
+    seed: int,
+    cancel: CancelFlag,
+) -> sp.csr_matrix:
+    """:func:`neighbour_weights` with each space's neighbours from an inverted-file index.
+
+    The members' weights are summed per (spatial, reference) pair in the members' order, as in
+    the exact search; memory is linear in the cells (no block of all similarities).
+    """
+    done = [0]
+
+    def check() -> None:
+        if is_cancelled(cancel):
+            raise MappingCancelled(f"mapping cancelled after {done[0]} of {s} spatial cells")
+
+    indexes: dict[str, ClusterIndex] = {}
+    for space in spaces:
+        check()
+        # the index keeps its own (reordered) copy of the reference rows
+        indexes[space] = ClusterIndex(ref_space.pop(space), seed=seed)
+    chunk = 1 << 14
+    counts, cols, vals = [], [], []
+    for a in range(0, s, chunk):
+        done[0] = a
+        b = min(s, a + chunk)
+        local = torch.arange(b - a, dtype=torch.int64)[:, None] * n
+        keys, weights = [], []
+        for space in spaces:
+            mine = [m for m in members if m.space == space]
+            kmax = max(effective_k(m.k, n) for m in mine)
+            top_v, top_i = indexes[space].search(
+                _unit_rows(sp_space[space][a:b]), kmax, cancel=check
+            )
+            for m in mine:
+                k = effective_k(m.k, n)
+                keys.append((local + top_i[:, :k]).reshape(-1))
+                weights.append(_member_weights(top_v[:, :k], m, len(members)).reshape(-1))
+        key, inverse = torch.unique(torch.cat(keys), sorted=True, return_inverse=True)
+        acc = torch.zeros(key.shape[0], dtype=torch.float32).index_add_(
+            0, inverse, torch.cat(weights)
+        )
+        counts.append(torch.bincount(key // n, minlength=b - a).numpy())
+        cols.append((key % n).numpy().astype(np.int32))
+        vals.append(acc.numpy())
+    check()
     indptr = np.zeros(s + 1, dtype=np.int64)
     np.cumsum(np.concatenate(counts), out=indptr[1:])
     W = sp.csr_matrix(

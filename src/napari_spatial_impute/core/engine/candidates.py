@@ -5,12 +5,17 @@ Each spatial cell keeps its ``k`` most similar reference cells, and each referen
 dense objective where each row of M sums to 1). Similarity is the cosine of profiles whose genes were
 scaled to unit norm (see :func:`_normalised`). During training the set is refreshed from the
 gradient (see :meth:`~napari_spatial_impute.core.engine.lean.CandidateObjective.propose`). The search runs in chunks, so memory stays
-linear in the number of cells.
+linear in the number of cells. Above about 10^9 pairs (``search="auto"``) both directions are
+searched approximately, each with an inverted-file index
+(:mod:`napari_spatial_impute.core.engine.search`), so the time no longer grows with the product
+of the two cell counts.
 """
 
 from __future__ import annotations
 
 import torch
+
+from napari_spatial_impute.core.engine.search import ClusterIndex, resolve_search
 
 
 def _normalised(X: torch.Tensor, gene_norm: torch.Tensor | None = None) -> torch.Tensor:
@@ -33,6 +38,8 @@ def candidate_pairs(
     k: int = 50,
     r: int = 5,
     chunk: int | None = None,
+    search: str = "auto",
+    seed: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Candidate (reference, spatial) pairs, sorted by spatial cell then reference cell.
 
@@ -47,7 +54,16 @@ def candidate_pairs(
     r
         Spatial candidates per reference unit.
     chunk
-        Spatial cells per block of the search (default: about 32 M similarities per block).
+        Spatial cells per block of the exact search (default: about 32 M similarities per block).
+    search
+        ``"exact"`` compares every pair; ``"approximate"`` finds each spatial cell's ``k``
+        candidates in an inverted-file index of the reference cells and each reference cell's
+        ``r`` in one of the spatial cells
+        (:class:`~napari_spatial_impute.core.engine.search.ClusterIndex`); ``"auto"``
+        (:func:`~napari_spatial_impute.core.engine.search.resolve_search`) is exact below about
+        10^9 pairs, where the pairs are the same as before the approximate search existed.
+    seed
+        Seed of the approximate search's indexes.
 
     Returns
     -------
@@ -58,6 +74,15 @@ def candidate_pairs(
     r = max(0, min(r, s))
     Sn = _normalised(S)
     g_norm = G.norm(dim=0, keepdim=True)
+    if resolve_search(search, n, s) == "approximate":
+        Gn = _normalised(G, g_norm)
+        best = ClusterIndex(Sn, seed=seed).search(Gn, k)[1]
+        rows = [best.reshape(-1)]
+        cols = [torch.arange(s).repeat_interleave(k)]
+        if r:
+            rows.append(torch.arange(n).repeat_interleave(r))
+            cols.append(ClusterIndex(Gn, seed=seed).search(Sn, r)[1].reshape(-1))
+        return _sorted_unique(rows, cols, n)
     chunk = chunk or max(256, (1 << 25) // max(n, 1))
     spot_best = torch.empty((s, k), dtype=torch.int64)
     ref_val = torch.full((max(r, 1), n), -2.0)
@@ -80,6 +105,13 @@ def candidate_pairs(
         valid = ref_val > -2.0
         rows.append(torch.arange(n).expand(ref_idx.shape[0], n)[valid])
         cols.append(ref_idx[valid])
+    return _sorted_unique(rows, cols, n)
+
+
+def _sorted_unique(
+    rows: list[torch.Tensor], cols: list[torch.Tensor], n: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The unique pairs of the concatenated lists, sorted by spatial then reference cell."""
     key = torch.cat(cols) * n + torch.cat(rows)
     key = torch.unique(key)  # sorted: by spatial cell, then reference cell
     return key % n, key // n
