@@ -190,3 +190,126 @@ def test_outputs_identical_across_hash_seeds(tmp_path):
     assert a.keys() == b.keys()
     differ = [k for k in a if not np.array_equal(a[k], b[k], equal_nan=a[k].dtype.kind == "f")]
     assert not differ, f"outputs differ between hash seeds: {differ}"
+
+
+# ---------------------------------------------------------------------------- search (issue 14)
+def _weights_before_the_search_option(S: np.ndarray, G: np.ndarray) -> np.ndarray:
+    """The ensemble's weights as computed before ``search`` existed (dense blocks of every
+    similarity, the same operations in the same order), for the bit-for-bit check below."""
+    from napari_spatial_impute.core.neighbours import PCA_COMPONENTS, _zscore
+
+    def unit(X):
+        return X / X.norm(dim=1, keepdim=True).clamp_min(1e-12)
+
+    n, s = S.shape[0], G.shape[0]
+    St, Gt = torch.as_tensor(S), torch.as_tensor(G)
+    Sz, Gz = _zscore(St), _zscore(Gt)
+    cov = (Sz.t() @ Sz + Gz.t() @ Gz) / float(n + s)
+    V = torch.linalg.eigh(cov.double())[1][:, -min(PCA_COMPONENTS, S.shape[1]) :].float()
+    spaces = {"raw": (unit(St), Gt), "z": (unit(Sz), Gz), "pca": (unit(Sz @ V), Gz @ V)}
+    chunk = max(256, (1 << 25) // n)
+    out = np.zeros((s, n), dtype=np.float32)
+    for a in range(0, s, chunk):
+        acc = torch.zeros((min(s, a + chunk) - a, n))
+        for space, (ref, sp_) in spaces.items():
+            mine = [m for m in MEMBERS if m.space == space]
+            top_v, top_i = torch.topk(
+                unit(sp_[a : a + chunk]) @ ref.t(), max(effective_k(m.k, n) for m in mine), dim=1
+            )
+            for m in mine:
+                k = effective_k(m.k, n)
+                v = top_v[:, :k]
+                w = torch.full_like(v, 1.0 / k) if m.temperature is None else None
+                w = w if w is not None else torch.softmax(v / m.temperature, dim=1)
+                acc.scatter_add_(1, top_i[:, :k], w / len(MEMBERS))
+        out[a : a + acc.shape[0]] = acc.numpy()
+    return out
+
+
+@pytest.mark.parametrize("n, s", [(1308, 750), (300, 700), (40, 9)])
+def test_small_data_give_the_weights_of_before_bit_for_bit(n, s):
+    """search="auto" on small data is the exact search, and that is unchanged."""
+    rng = np.random.default_rng(n)
+    S = (rng.gamma(0.5, 2.0, (n, 30)) * (rng.random((n, 30)) < 0.4)).astype(np.float32)
+    G = (rng.gamma(0.5, 2.0, (s, 30)) * (rng.random((s, 30)) < 0.3)).astype(np.float32)
+    before = _weights_before_the_search_option(S, G)
+    for search in ("auto", "exact"):
+        W = neighbour_weights(S, G, search=search)
+        assert np.array_equal(W.toarray(), before), search
+        assert W.has_sorted_indices and np.all(W.data > 0)
+
+
+def _typed_cells(n: int, s: int, genes: int = 40, types: int = 30, seed: int = 0):
+    """Counts of cells of many types (log1p), reference and spatial, the spatial at lower depth."""
+    rng = np.random.default_rng(seed)
+    programs = rng.gamma(0.5, 2.0, (types, genes)) * (rng.random((types, genes)) < 0.5) + 0.05
+    S = rng.poisson(programs[rng.integers(0, types, n)] * 4.0)
+    G = rng.poisson(programs[rng.integers(0, types, s)] * 2.0)
+    return np.log1p(S).astype(np.float32), np.log1p(G).astype(np.float32)
+
+
+@pytest.mark.parametrize("few_probes", [False, True])
+def test_approximate_weights_are_close_to_the_exact_ones(monkeypatch, few_probes):
+    """Default probing, and a few lists only (2 x k candidates, 2 of 71 lists at least)."""
+    from napari_spatial_impute.core.engine import search
+
+    if few_probes:
+        monkeypatch.setattr(search, "CANDIDATE_FACTOR", 2)
+        monkeypatch.setattr(search, "MIN_PROBES", 2)
+    S, G = _typed_cells(5000, 800)
+    exact = neighbour_weights(S, G, search="exact")
+    approx = neighbour_weights(S, G, search="approximate", seed=0)
+    assert approx.shape == exact.shape and approx.has_sorted_indices
+    np.testing.assert_allclose(np.asarray(approx.sum(1)).ravel(), 1.0, rtol=1e-5)
+    assert np.all(np.isfinite(approx.data)) and np.all(approx.data > 0)
+    # the weight the exact search gives to the neighbours the approximate one also found
+    shared = exact.multiply(approx > 0).sum() / exact.sum()
+    assert shared > 0.9
+    # imputed profiles from either map agree closely
+    a, b = exact @ S, approx @ S
+    assert np.corrcoef(a.ravel(), b.ravel())[0, 1] > 0.99
+    again = neighbour_weights(S, G, search="approximate", seed=0)
+    assert (again != approx).nnz == 0  # same seed, same weights
+
+
+def test_approximate_weights_with_every_list_probed_are_the_exact_ones():
+    """100 reference cells make 10 lists, fewer than the lists probed: the search is exact, and
+    the members' weights are summed in the same order as in the dense blocks."""
+    S, G = _typed_cells(100, 60, seed=2)
+    exact = neighbour_weights(S, G, search="exact")
+    approx = neighbour_weights(S, G, search="approximate")
+    np.testing.assert_array_equal(approx.indices, exact.indices)
+    np.testing.assert_allclose(approx.data, exact.data, rtol=1e-6, atol=1e-7)
+
+
+def test_approximate_search_on_one_cell_and_identical_cells():
+    rng = np.random.default_rng(3)
+    many = rng.poisson(2.0, (30, 6)).astype(np.float32) + 0.5
+    one = many[:1] * 2.0
+    for S, G in ((many, one), (one, many), (one, one), (many, np.repeat(one, 4, axis=0))):
+        W = neighbour_weights(S, G, search="approximate")
+        assert W.shape == (G.shape[0], S.shape[0]) and np.all(np.isfinite(W.data))
+        np.testing.assert_allclose(np.asarray(W.sum(1)).ravel(), 1.0, rtol=1e-5)
+    assert int(neighbour_weights(many, one, search="approximate").toarray().argmax()) == 0
+
+
+def test_approximate_search_can_be_cancelled():
+    from napari_spatial_impute import MappingCancelled
+
+    S, G = _typed_cells(500, 100, seed=4)
+    with pytest.raises(MappingCancelled, match="cancelled after 0 of 100"):
+        neighbour_weights(S, G, search="approximate", cancel=lambda: True)
+
+
+def test_map_cells_to_space_records_the_search(merfish_pair):
+    """The setting reaches the ensemble map; params record the search that ran."""
+    ref, spa = merfish_pair
+    default = nsi.map_cells_to_space(ref, spa, uncertainty=False)
+    assert default.params["search"] == "exact"  # 1,308 x 750: auto is exact
+    approx = nsi.map_cells_to_space(ref, spa, uncertainty=False, search="approximate")
+    assert approx.params["search"] == "approximate"
+    W0, W1 = default.neighbours, approx.neighbours
+    assert W0 is not None and W1 is not None
+    assert W0.multiply(W1 > 0).sum() / W0.sum() > 0.9
+    with pytest.raises(nsi.InputError, match="search 'fast' is not known"):
+        nsi.map_cells_to_space(ref, spa, search="fast")

@@ -215,6 +215,8 @@ def calibrate(
         result.params.get("transform", "none") == "none"
         and result.params.get("reference_values") == "raw counts"
     )
+    # the map's neighbour search (older results recorded none: "auto")
+    search = str(result.params.get("search", "auto"))
     S_all = dense_columns(result.reference_values, train)
     G_all = dense_columns(result.spatial_values, [sp_name[g] for g in train])
     groups, names = _cell_groups(result, seed=seed)
@@ -233,7 +235,11 @@ def calibrate(
         h = [pos[g] for g in held]
         t = [i for i in range(len(train)) if i not in set(h)] or h
         W = neighbour_weights(
-            similarity_values(S_all[:, t], raw), similarity_values(G_all[:, t], raw), cancel=cancel
+            similarity_values(S_all[:, t], raw),
+            similarity_values(G_all[:, t], raw),
+            cancel=cancel,
+            search=search,
+            seed=seed,
         )
         p, s_ = _spread(W, S_all[:, h])
         preds[:, h], spreads[:, h] = p, s_

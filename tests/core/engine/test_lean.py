@@ -30,6 +30,70 @@ def test_candidate_pairs_cover_every_cell_and_are_sorted():
     assert best <= set(rows[cols == 0].tolist())
 
 
+def _pairs_before_the_search_option(S, G, k, r, chunk):
+    """candidate_pairs as it was before ``search`` existed (one exact pass in blocks)."""
+    from napari_spatial_impute.core.engine.candidates import _normalised
+
+    n, s = S.shape[0], G.shape[0]
+    Sn, g_norm = _normalised(S), G.norm(dim=0, keepdim=True)
+    best, ref_val, ref_idx = [], torch.full((r, n), -2.0), torch.zeros((r, n), dtype=torch.int64)
+    for a in range(0, s, chunk):
+        sim = _normalised(G[a : a + chunk], g_norm) @ Sn.t()
+        best.append(torch.topk(sim, k, dim=1, sorted=False).indices)
+        v, i = torch.topk(sim, min(r, sim.shape[0]), dim=0, sorted=False)
+        keep = torch.topk(torch.cat([ref_val, v]), r, dim=0, sorted=False).indices
+        ref_idx = torch.gather(torch.cat([ref_idx, i + a]), 0, keep)
+        ref_val = torch.gather(torch.cat([ref_val, v]), 0, keep)
+    rows = torch.cat([torch.cat(best).reshape(-1), torch.arange(n).repeat(r)])
+    cols = torch.cat([torch.arange(s).repeat_interleave(k), ref_idx.reshape(-1)])
+    key = torch.unique(cols * n + rows)
+    return key % n, key // n
+
+
+@pytest.mark.parametrize("n, s, chunk", [(300, 500, None), (40, 30, 7), (2000, 1500, 300)])
+def test_small_data_give_the_candidates_of_before(n, s, chunk):
+    torch.manual_seed(n)
+    S, G = torch.rand(n, 12) ** 3, torch.rand(s, 12) ** 3
+    before = _pairs_before_the_search_option(S, G, 10, 3, chunk or max(256, (1 << 25) // n))
+    for search in ("auto", "exact"):
+        rows, cols = candidate_pairs(S, G, k=10, r=3, chunk=chunk, search=search)
+        assert torch.equal(rows, before[0]) and torch.equal(cols, before[1]), search
+
+
+def _typed(n: int, s: int, genes: int = 30, types: int = 25, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    programs = torch.rand(types, genes, generator=g) ** 4 + 0.01
+    S = torch.poisson(programs[torch.randint(0, types, (n,), generator=g)] * 8, generator=g)
+    G = torch.poisson(programs[torch.randint(0, types, (s,), generator=g)] * 4, generator=g)
+    return S, G
+
+
+def test_approximate_candidates_cover_every_cell_and_match_the_exact_ones():
+    n, s, k, r = 4000, 3000, 20, 3
+    S, G = _typed(n, s)
+    rows, cols = candidate_pairs(S, G, k=k, r=r, search="approximate", seed=0)
+    key = cols * n + rows
+    assert torch.all(key[1:] > key[:-1])  # unique, sorted by spatial then reference
+    assert torch.all(torch.bincount(cols, minlength=s) >= k)  # k per spatial cell
+    assert set(rows.tolist()) == set(range(n))  # every reference cell is mapped somewhere
+    ex_rows, ex_cols = candidate_pairs(S, G, k=k, r=r, search="exact")
+    exact = set((ex_cols * n + ex_rows).tolist())
+    assert len(exact & set(key.tolist())) / len(exact) > 0.95
+    again = candidate_pairs(S, G, k=k, r=r, search="approximate", seed=0)
+    assert torch.equal(again[0], rows) and torch.equal(again[1], cols)
+
+
+def test_approximate_candidates_with_few_cells():
+    """Fewer reference cells than k, one cell on either side, no reverse candidates."""
+    S, G = _typed(6, 9, seed=1)
+    for a, b, k, r in ((S, G, 50, 5), (S[:1], G, 3, 2), (S, G[:1], 4, 5), (S, G, 2, 0)):
+        rows, cols = candidate_pairs(a, b, k=k, r=r, search="approximate")
+        ex = candidate_pairs(a, b, k=k, r=r, search="exact")
+        # with every list probed the pairs are the exact ones (up to ties)
+        assert rows.shape == ex[0].shape
+        assert torch.all(torch.bincount(cols, minlength=b.shape[0]) >= min(k, a.shape[0]))
+
+
 def test_merge_pairs_keeps_old_positions():
     rows, cols = torch.tensor([1, 0, 2]), torch.tensor([0, 1, 1])
     r2, c2, pos = merge_pairs(rows, cols, torch.tensor([0, 1]), torch.tensor([0, 1]), n=3)

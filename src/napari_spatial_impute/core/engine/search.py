@@ -34,9 +34,8 @@ from typing import Literal
 import numpy as np
 import torch
 
-Search = Literal["exact", "approximate", "auto"]
-#: Values of the ``search`` setting.
-SEARCHES: tuple[str, ...] = ("exact", "approximate", "auto")
+from napari_spatial_impute.core.settings import SEARCHES
+
 #: ``search="auto"`` is approximate above this many query x database pairs.
 AUTO_APPROXIMATE_PAIRS = 1_000_000_000
 #: ``search="auto"`` is exact with fewer database cells than this (too few for lists).
@@ -59,7 +58,7 @@ def unit_rows(X: torch.Tensor) -> torch.Tensor:
     return unit
 
 
-def resolve_search(search: str, n_database: int, n_queries: int) -> str:
+def resolve_search(search: str, n_database: int, n_queries: int) -> Literal["exact", "approximate"]:
     """``"exact"`` or ``"approximate"``: what ``search`` means for these sizes.
 
     ``"auto"`` is approximate when the database has at least :data:`AUTO_MIN_DATABASE` cells
@@ -70,7 +69,7 @@ def resolve_search(search: str, n_database: int, n_queries: int) -> str:
     if search == "auto":
         big = n_database >= AUTO_MIN_DATABASE and n_database * n_queries > AUTO_APPROXIMATE_PAIRS
         return "approximate" if big else "exact"
-    return search
+    return "approximate" if search == "approximate" else "exact"
 
 
 def n_lists(n: int) -> int:
@@ -174,7 +173,8 @@ class ClusterIndex:
         values = torch.empty((s, k), dtype=torch.float32)
         indices = torch.empty((s, k), dtype=torch.int64)
         sizes = self.offsets.diff()
-        width = min(k, int(sizes.max()))  # candidates kept per probed list
+        # candidates kept per probed list (p of them hold k at least, padded with -inf)
+        width = max(min(k, int(sizes.max())), -(-k // p))
         chunk = max(256, min(BLOCK // (4 * p * width), BLOCK // self.lists))
         offsets = self.offsets.tolist()
         for a in range(0, s, chunk):
