@@ -315,3 +315,46 @@ def test_map_records_the_sample_key(merfish_pair, tmp_path, capsys):
     )
     assert code == 2 and "distinct values" in err and err.count("\n") == 1
     assert not out.exists()
+
+
+def test_tangram_map_summary_says_how_training_ended(merfish_pair, tmp_path, capsys):
+    """Issue 14: the summary gives the epochs done and why training stopped, and auto's costs."""
+    ref, spa = merfish_pair
+    r, s = _write_pair(ref, spa, tmp_path)
+    base = ["map", "-r", str(r), "-s", str(s), "-o", str(tmp_path / "o.h5ad"), "--method"]
+    code, out, err = _run([*base, "tangram", "--engine", "exact", "--impute", "Gad1"], capsys)
+    assert code == 0, err
+    params = ad.read_h5ad(tmp_path / "o.h5ad").uns["spatial_impute"]["params"]
+    assert params["stop_reason"] == "plateau" and params["epochs_done"] < 1000
+    assert (
+        f"stopped at a plateau after {params['epochs_done']} of 1,000 epochs (score gain under "
+        "0.001 over 50 epochs), exact engine" in out
+    )
+    code, out, err = _run(
+        [*base, "tangram", "--epochs", "5", "--tol", "0", "--candidates", "5", "--impute", "Gad1"],
+        capsys,
+    )
+    assert code == 0, err
+    assert "all 5 epochs" in out and "\nauto chose the " in out and "ms/epoch" in out
+
+
+def test_evaluate_scores_intervals_when_asked(merfish_pair, tmp_path, capsys):
+    ref, spa = merfish_pair
+    r, s = _write_pair(ref, spa, tmp_path)
+    tables = {}
+    for flag in ("--no-uncertainty", "--uncertainty"):
+        out = tmp_path / f"cv{flag}.csv"
+        code, stdout, err = _run(
+            ["evaluate", "-r", str(r), "-s", str(s), "--folds", "3", flag, "-o", str(out)], capsys
+        )
+        assert code == 0, err
+        tables[flag] = pd.read_csv(out)
+        scored = "prediction intervals on held-out genes: 90% covers" in stdout
+        assert scored == (flag == "--uncertainty")
+        assert ("prediction intervals not scored" in stdout) == (not scored)
+    assert (
+        "coverage_90" in tables["--uncertainty"] and "coverage_90" not in tables["--no-uncertainty"]
+    )
+    pd.testing.assert_series_equal(
+        tables["--uncertainty"]["pearson"], tables["--no-uncertainty"]["pearson"]
+    )

@@ -208,18 +208,26 @@ def _trains(args: argparse.Namespace) -> bool:
 
 
 def _map_summary(result: Any) -> str:
-    """One line on the map that ran: which map, its training-gene score and its time."""
+    """The map that ran: which map, its training-gene score, how training ended, its time.
+
+    A Tangram map also says how many epochs ran and why training stopped (a plateau of the
+    training score, or every epoch), and, when ``--engine auto`` chose the engine, the measured
+    costs it chose by (a second line).
+    """
+    from napari_spatial_impute.core.settings import describe_stop
+
     params, t = result.params, result.timings
     if params.get("method") == "ensemble":
         return (
             f"ensemble map (no training): training-gene score {result.training_score:.3f} "
             f"({t['neighbours_s']:.1f} s matching cells, {t['total_s']:.1f} s in all)"
         )
-    return (
-        f"Tangram map: training score {result.training_score:.3f} after {params['epochs_done']} "
-        f"epochs, {params['engine']} engine ({t['train_s']:.1f} s training, "
-        f"{t['total_s']:.1f} s in all)"
+    line = (
+        f"Tangram map: training score {result.training_score:.3f}, {describe_stop(params)}, "
+        f"{params['engine']} engine ({t['train_s']:.1f} s training, {t['total_s']:.1f} s in all)"
     )
+    note = params.get("engine_note", "")
+    return f"{line}\n{note}" if note else line
 
 
 def _check_projection(args: argparse.Namespace) -> None:
@@ -411,6 +419,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     def progress(fold: int, n: int, info: Any) -> None:
         if info is not None:
             bar(info)
+        elif bar.bar is not None:  # a fold ended, perhaps at a plateau before its last epoch
+            bar.bar.n = fold * args.epochs
+            bar.bar.refresh()
 
     try:
         df = cross_validate(
@@ -435,6 +446,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             f"prediction intervals on held-out genes: 90% covers {100 * s['mean_coverage_90']:.1f}%, "
             f"67% covers {100 * s['mean_coverage_67']:.1f}%; reliability ranking Spearman "
             f"{s.get('reliability_spearman', float('nan')):.2f}"
+        )
+    elif not _trains(args) and args.projection in ("auto", "neighbours"):
+        print(
+            "prediction intervals not scored (--uncertainty calibrates each fold's map and "
+            "scores them on the held-out genes)"
         )
     print(f"wrote {out}")
     return 0

@@ -108,3 +108,39 @@ def test_cross_validation_protocol_is_reproducible(merfish_pair):
     for f, held in enumerate(folds):
         assert set(a.loc[a["fold"] == f, "gene"]) == set(held)
     assert np.nanmedian(a["pearson"]) > 0.25  # the ensemble on the published pair
+
+
+def test_intervals_are_scored_only_when_asked_and_accuracy_is_the_same(merfish_pair, monkeypatch):
+    """Issue 14: the held-out genes' imputation does not use the calibration, so the default
+    cross-validation skips it; ``uncertainty=True`` calibrates each fold and scores the
+    intervals, with the same held-out scores."""
+    from napari_spatial_impute.core import uncertainty
+
+    ref, spa = merfish_pair
+    calls = []
+    real = uncertainty.calibrate
+    monkeypatch.setattr(uncertainty, "calibrate", lambda *a, **k: calls.append(1) or real(*a, **k))
+    plain = nsi.cross_validate(ref, spa, folds=4, seed=0)
+    assert calls == [] and not {"coverage_90", "predicted_pearson"} & set(plain.columns)
+    scored = nsi.cross_validate(ref, spa, folds=4, seed=0, uncertainty=True)
+    assert len(calls) == 4
+    assert {"coverage_90", "coverage_67", "width_90", "predicted_pearson"} <= set(scored.columns)
+    cols = ["gene", "fold", "pearson", "cosine", "spearman", "n_training_genes", "sparsity_sp"]
+    assert scored[cols].equals(plain[cols])
+
+
+def test_cross_validation_does_not_depend_on_torch_threads(merfish_pair):
+    """Small maps run on one torch thread whatever torch's setting (issue 14): same table."""
+    import torch
+
+    ref, spa = merfish_pair
+    before = torch.get_num_threads()
+    tables = []
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            tables.append(nsi.cross_validate(ref, spa, folds=3, seed=0, uncertainty=True))
+            assert torch.get_num_threads() == n  # restored after each map
+    finally:
+        torch.set_num_threads(before)
+    assert tables[0].equals(tables[1])

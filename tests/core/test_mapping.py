@@ -6,6 +6,7 @@ import threading
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 import torch
 
 import napari_spatial_impute as nsi
@@ -24,7 +25,7 @@ def test_seeded_runs_are_reproducible(synthetic):
 
 def test_training_improves_score_and_keeps_history(synthetic):
     ref, spa = synthetic
-    r = nsi.map_cells_to_space(ref, spa, method="tangram", epochs=200, seed=0)
+    r = nsi.map_cells_to_space(ref, spa, method="tangram", epochs=200, seed=0, tol=0)
     h = r.history["main_loss"]
     assert len(h) == 200
     assert h[-1] > h[0] + 0.05
@@ -156,31 +157,113 @@ def test_transform_normalize_log1p(synthetic):
 def test_early_stopping_with_tol(synthetic):
     ref, spa = synthetic
     r = nsi.map_cells_to_space(ref, spa, method="tangram", epochs=2000, tol=1e-4, patience=20)
-    assert r.params["epochs_done"] < 2000
+    assert r.params["epochs_done"] < 2000 and r.params["stop_reason"] == "plateau"
     h = r.history["main_loss"]
     assert len(h) == r.params["epochs_done"]
     assert h[-1] - h[-21] < 1e-4
+    assert np.all(h[20:-1] - h[:-21] >= 1e-4)  # not earlier
 
 
-def test_auto_engine_picks_by_size(synthetic, monkeypatch):
+def test_the_default_tangram_map_stops_at_a_plateau(merfish_pair):
+    """Issue 14: by default training stops once the score gains under 0.001 over 50 epochs."""
+    ref, spa = merfish_pair
+    r = nsi.map_cells_to_space(ref, spa, method="tangram", engine="exact")
+    p = r.params
+    assert (p["tol"], p["patience"], p["epochs"]) == (1e-3, 50, 1000)
+    assert p["stop_reason"] == "plateau" and 50 < p["epochs_done"] < 1000
+    h = r.history["main_loss"]
+    assert len(h) == p["epochs_done"] and h[-1] - h[-51] < 1e-3
+    assert np.all(h[50:-1] - h[:-51] >= 1e-3)  # the first plateau, not a later one
+
+
+@pytest.mark.parametrize("tol", [0, None])
+def test_tol_0_or_unset_runs_every_epoch(synthetic, tol):
+    ref, spa = synthetic
+    r = nsi.map_cells_to_space(ref, spa, method="tangram", epochs=120, tol=tol, patience=5)
+    assert r.params["epochs_done"] == 120 and r.params["stop_reason"] == "epochs"
+    assert r.params["tol"] == (0.0 if tol == 0 else -1.0)  # unset is stored as -1
+
+
+def _costs(lean_s: float, exact_s: float):
+    from napari_spatial_impute.core.engine.mapper import EngineCosts
+
+    return EngineCosts(lean_s, 0.0, exact_s, (7,), 7)
+
+
+def test_auto_engine_runs_the_one_measured_cheaper(merfish_pair, monkeypatch):
+    """Issue 14: auto chooses by the measured cost per epoch, and records the costs."""
+    from napari_spatial_impute.core import mapping
+
+    ref, spa = merfish_pair
+    seen = []
+
+    def fake(*args, **kwargs):
+        seen.append(kwargs)
+        return cost
+
+    monkeypatch.setattr(mapping, "probe_engine_costs", fake)
+    for cost, engine in ((_costs(0.001, 0.007), "lean"), (_costs(0.009, 0.003), "exact")):
+        r = nsi.map_cells_to_space(ref, spa, method="tangram", epochs=3)
+        assert r.params["engine"] == engine and r.params["engine_note"] == cost.describe()
+        assert sp.issparse(r.probabilities) == (engine == "lean")
+        assert r.params["candidates"] == (50 if engine == "lean" else 0)
+    assert len(seen) == 2
+
+
+def test_auto_gives_the_result_of_the_engine_it_chose(merfish_pair):
+    """The probe epochs are thrown away: auto's map is the chosen engine's map, same seed."""
+    ref, spa = merfish_pair
+    auto = nsi.map_cells_to_space(ref, spa, method="tangram", epochs=15, seed=2)
+    assert auto.params["engine_note"].startswith("auto chose the ")
+    same = nsi.map_cells_to_space(
+        ref, spa, method="tangram", epochs=15, seed=2, engine=auto.params["engine"]
+    )
+    a, b = auto.probabilities, same.probabilities
+    if sp.issparse(a):
+        assert (a != b).nnz == 0
+    else:
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(auto.history["main_loss"], same.history["main_loss"])
+
+
+def test_auto_measures_only_where_the_lean_engine_can_save_work(synthetic, monkeypatch):
+    from napari_spatial_impute.core import mapping
+
+    def never(*args, **kwargs):
+        raise AssertionError("no probe expected")
+
+    monkeypatch.setattr(mapping, "probe_engine_costs", never)
+    ref, spa = synthetic  # 60 x 40: 50 candidates per spatial cell keep most pairs
+    r = nsi.map_cells_to_space(ref, spa, method="tangram", epochs=2)
+    assert r.params["engine"] == "exact" and r.params["engine_note"] == ""
+    r = nsi.map_cells_to_space(
+        ref, spa, method="tangram", epochs=2, mode="clusters", cluster_key="cell_type"
+    )
+    assert r.params["engine"] == "exact"
+    # initial logits are a dense mapping: the exact engine runs them, with no probe
+    init = np.zeros((ref.n_obs, spa.n_obs), dtype=np.float32)
+    r = nsi.map_cells_to_space(ref, spa, method="tangram", epochs=2, candidates=5, init=init)
+    assert r.params["engine"] == "exact"
+    monkeypatch.setattr(mapping, "probe_engine_costs", lambda *a, **k: _costs(1e-3, 2e-3))
+    r = nsi.map_cells_to_space(ref, spa, method="tangram", epochs=2, candidates=5)
+    assert r.params["engine"] == "lean"  # 5 candidates: worth measuring
+
+
+def test_auto_runs_lean_when_the_exact_mapping_would_not_fit(synthetic, monkeypatch):
     from napari_spatial_impute.core import mapping
 
     ref, spa = synthetic
-    assert nsi.map_cells_to_space(ref, spa, method="tangram", epochs=2).params["engine"] == "exact"
-    monkeypatch.setattr(mapping, "AUTO_LEAN_ENTRIES", 100)
-    r = nsi.map_cells_to_space(ref, spa, method="tangram", epochs=2, candidates=10)
-    assert r.params["engine"] == "lean"
-    assert (
-        nsi.map_cells_to_space(
-            ref, spa, method="tangram", epochs=2, mode="clusters", cluster_key="cell_type"
-        ).params["engine"]
-        == "exact"
+    monkeypatch.setattr(mapping, "available_bytes", lambda dev: 1024)
+    monkeypatch.setattr(mapping, "probe_engine_costs", lambda *a, **k: _costs(1.0, 1e-6))
+    r = nsi.map_cells_to_space(
+        ref, spa, method="tangram", epochs=2, candidates=5, check_memory=False
     )
+    assert r.params["engine"] == "lean"
+    assert r.params["engine_note"].startswith("auto chose the lean engine: the exact engine")
+    assert "GiB is free" in r.params["engine_note"]
 
 
 def test_csr_array_and_dense_inputs_give_the_same_map(synthetic):
-    import scipy.sparse as sp
-
     ref, spa = synthetic
     a = nsi.map_cells_to_space(ref, spa, method="tangram", epochs=20, seed=1)
     ref2, spa2 = ref.copy(), spa.copy()
@@ -199,6 +282,7 @@ def test_default_map_is_the_ensemble_and_trains_nothing(merfish_pair):
     seen = []
     r = nsi.map_cells_to_space(ref, spa, epochs=500, callback=seen.append)
     assert seen == [] and r.params["method"] == "ensemble" and r.params["epochs_done"] == 0
+    assert r.params["stop_reason"] == "not trained"
     assert all(len(v) == 0 for v in r.history.values())
     assert r.params["n_pairs"] == r.neighbours.nnz == r.probabilities.nnz
     assert r.calibration is not None and r.timings["train_s"] == 0

@@ -205,6 +205,33 @@ def test_ensemble_refuses_the_tangram_modes():
     assert MappingSettings(mode="clusters").validate().method == "auto"
 
 
+def test_stop_reasons_are_recorded_and_described(stored):
+    from napari_spatial_impute.core.settings import STOP_REASONS, describe_stop
+
+    params, from_file = stored  # 3 epochs with tol 0.5 over 2 epochs: all 3 ran
+    assert params["stop_reason"] == from_file["stop_reason"] == "epochs"
+    assert set(STOP_REASONS) == {"plateau", "epochs", "not trained"}
+    assert describe_stop(from_file) == "all 3 epochs"
+    plateau = {"stop_reason": "plateau", "epochs_done": 266, "epochs": 1000}
+    plateau |= {"tol": np.float64(0.001), "patience": np.int64(50)}
+    assert describe_stop(plateau) == (
+        "stopped at a plateau after 266 of 1,000 epochs (score gain under 0.001 over 50 epochs)"
+    )
+    assert describe_stop({"stop_reason": "not trained", "epochs_done": 0}) == "nothing trained"
+    # results written before stop_reason: the ensemble trained nothing; else the epochs done
+    assert describe_stop({"method": "ensemble", "epochs_done": 0}) == "nothing trained"
+    old = dict(ad.read_h5ad(OLD_RESULT).uns["spatial_impute"]["params"])
+    assert "stop_reason" not in old and describe_stop(old) == "30 epochs"
+
+
+def test_the_default_plateau_and_tol_0():
+    s = MappingSettings()
+    assert (s.tol, s.patience) == (1e-3, 50)
+    assert MappingSettings(tol=0).validate().tol == 0  # 0 runs every epoch
+    with pytest.raises(InputError, match="0 runs every epoch"):
+        MappingSettings(tol=-1.0).validate()
+
+
 def test_old_result_params_read_back():
     params = dict(ad.read_h5ad(OLD_RESULT).uns["spatial_impute"]["params"])
     settings = MappingSettings.from_params(params)

@@ -76,7 +76,7 @@ def _cv_table():
     ref, spa, _ = _pair_and_result()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return cross_validate(ref, spa, folds=3, epochs=10)
+        return cross_validate(ref, spa, folds=3, epochs=10, uncertainty=True)
 
 
 def cv_table():

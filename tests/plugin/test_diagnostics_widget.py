@@ -191,8 +191,10 @@ def test_cv_kwargs_from_result_params(widget):
     kw = cv_kwargs(tangram_result().uns["spatial_impute"]["params"], 7)
     assert kw["epochs"] == 7 and kw["cluster_key"] == "cell_type" and kw["method"] == "tangram"
     assert "genes" not in kw and "n_markers" not in kw
-    assert "tol" not in kw, "an unset tol is stored as -1, which the engine refuses"
-    assert cv_kwargs({"tol": 0.001, "method": "tangram"}, 7)["tol"] == 0.001
+    assert kw["tol"] == 0.001 and kw["patience"] == 50  # the default plateau, as stored
+    assert cv_kwargs({"tol": 0.01, "method": "tangram"}, 7)["tol"] == 0.01
+    # an unset tol is stored as -1 (which the engine refuses): every epoch ran, so in each fold
+    assert cv_kwargs({"tol": -1.0, "method": "tangram"}, 7)["tol"] is None
     # the ensemble map (the fixture's result) trains nothing: no Tangram settings are passed on
     kw = cv_kwargs(model.result.uns["spatial_impute"]["params"], 7)
     assert kw["method"] == "ensemble" and "epochs" not in kw and "engine" not in kw

@@ -58,8 +58,9 @@ def cv_kwargs(params: dict[str, Any], epochs: int | None = None) -> dict[str, An
 
     Only settings stored in ``params`` are passed on (older results lack some), decoded by
     :meth:`~napari_spatial_impute.core.settings.MappingSettings.from_params`; an unset setting
-    whose default is unset anyway (``tol`` stored as -1, an empty cluster key) is left out, and
-    so are ``candidates``/``reverse_candidates`` stored as 0 (the engine had none).
+    whose default is unset anyway (an empty cluster key) is left out, one whose default is set
+    is passed as ``None`` (``tol`` stored as -1: every epoch ran, and so it does in each fold),
+    and ``candidates``/``reverse_candidates`` stored as 0 (the engine had none) are left out.
     """
     settings = MappingSettings.from_params(params)
     defaults = {s.name: s.default for s in setting_specs()}

@@ -73,3 +73,67 @@ def test_lean_refresh_changes_the_pairs_the_mapper_reports():
     assert mapper.pairs is not None
     assert mapper.pairs[0].shape[0] == mapper.M.shape[0]
     assert mapper.pairs[0].shape[0] != before
+
+
+# ------------------------------------------------------------- auto's measured engine choice
+def _problem(n: int = 120, s: int = 90, g: int = 15) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(1)
+    return rng.random((n, g), dtype=np.float32), rng.random((s, g), dtype=np.float32)
+
+
+def test_probe_measures_both_engines_on_the_whole_small_problem():
+    from napari_spatial_impute.core.engine.mapper import EngineCosts, probe_engine_costs
+
+    S, G = _problem()
+    pairs = candidate_pairs(torch.from_numpy(S), torch.from_numpy(G), 10, 2)
+    costs = probe_engine_costs(S, G, Weights(lambda_d=1.0), pairs, epochs=2)
+    assert isinstance(costs, EngineCosts)
+    assert costs.exact_rows == (120,) and costs.n_units == 120  # small: probed whole
+    assert costs.lean_epoch_s > 0 and costs.exact_epoch_s > 0 and costs.lean_refresh_s > 0
+    assert costs.lean_s == costs.lean_epoch_s + costs.lean_refresh_s
+    assert costs.lean_wins == (costs.lean_s < costs.exact_epoch_s)
+    note = costs.describe()
+    assert note.startswith(f"auto chose the {'lean' if costs.lean_wins else 'exact'} engine")
+    assert "ms/epoch" in note and "all reference cells" in note
+
+
+def test_probe_of_a_large_problem_uses_two_row_subsets():
+    from napari_spatial_impute.core.engine.mapper import probe_engine_costs
+
+    S, G = _problem(n=200, s=60)
+    pairs = candidate_pairs(torch.from_numpy(S), torch.from_numpy(G), 10, 2)
+    costs = probe_engine_costs(S, G, Weights(), pairs, epochs=1, probe_entries=600)
+    # 600 entries over 60 spatial cells: 10 reference rows, then 20; extrapolated to 200
+    assert costs.exact_rows == (10, 20) and costs.n_units == 200
+    assert "extrapolated from 10 and 20 of 200 reference cells" in costs.describe()
+    assert np.isfinite(costs.exact_epoch_s) and costs.exact_epoch_s > 0
+
+
+def test_describe_names_the_cheaper_engine_and_the_ratio():
+    from napari_spatial_impute.core.engine.mapper import EngineCosts
+
+    lean = EngineCosts(0.010, 0.002, 0.084, (500, 1000), 4000)
+    assert lean.lean_wins and lean.describe().startswith(
+        "auto chose the lean engine, 7.0x cheaper per epoch"
+    )
+    assert "lean 12.0 ms/epoch (10.0 ms + 2.0 ms pair refresh), exact 84.0 ms/epoch" in (
+        lean.describe()
+    )
+    exact = EngineCosts(0.030, 0.010, 0.020, (300,), 300)
+    assert not exact.lean_wins and exact.describe().startswith(
+        "auto chose the exact engine, 2.0x cheaper per epoch"
+    )
+
+
+def test_threads_for_small_problems_is_one_thread_then_restored():
+    from napari_spatial_impute.core.engine.engines import SMALL_PROBLEM, threads_for
+
+    before = torch.get_num_threads()
+    with threads_for(1000) as n:
+        assert n == 1 and torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    with threads_for(SMALL_PROBLEM) as n:
+        assert n == before and torch.get_num_threads() == before
+    with pytest.raises(RuntimeError), threads_for(10):
+        raise RuntimeError("restored on errors too")
+    assert torch.get_num_threads() == before

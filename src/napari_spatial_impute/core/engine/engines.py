@@ -15,6 +15,8 @@ and the count of epochs done.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Protocol
 
 import numpy as np
@@ -91,6 +93,28 @@ def torch_threads(numel: int, num_threads: int | None) -> int:
     if numel < SMALL_PROBLEM:
         return 1
     return torch.get_num_threads()
+
+
+@contextmanager
+def threads_for(numel: int, num_threads: int | None = None) -> Iterator[int]:
+    """torch's intra-op threads set to :func:`torch_threads` for the block, then restored.
+
+    Problems below :data:`SMALL_PROBLEM` elements run on one thread: their parallel regions are
+    too short to pay for waking a second thread, and on a machine where another process holds a
+    core each region waits for the descheduled thread. The default 10-fold ``evaluate`` of the
+    MERFISH pair took 17-35 s with torch's two threads and 3.9-4.3 s with one while another
+    process kept one of the two cores busy, with identical results (measured here; see
+    docs/benchmarks.md, "Fast defaults (issue 14)").
+    """
+    want = torch_threads(numel, num_threads)
+    before = torch.get_num_threads()
+    if want != before:
+        torch.set_num_threads(want)
+    try:
+        yield want
+    finally:
+        if want != before:
+            torch.set_num_threads(before)
 
 
 def _dense_probabilities(M: torch.Tensor) -> np.ndarray:

@@ -8,7 +8,9 @@ history) and counts them.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,6 +23,7 @@ from napari_spatial_impute.core.engine.engines import (
     ExactObjective,
     LeanObjective,
     MappingObjective,
+    threads_for,
 )
 from napari_spatial_impute.core.engine.objective import Weights
 
@@ -30,6 +33,10 @@ CancelFlag = threading.Event | Callable[[], bool] | None
 #: 4,000 x 12,000 (measured here); a threshold of SMALL_PROBLEM, chosen on a loaded machine, left
 #: 2,000 x 6,000 single-threaded at 1.8x tangram-sc's speed instead of 3.4x.
 EXACT_SHARDS_MIN = 1 << 18
+#: Engine probe (:func:`probe_engine_costs`): epochs timed per engine after one warm-up epoch,
+#: and the size (mapping entries) of the exact engine's probe on a subset of reference rows.
+PROBE_EPOCHS = 3
+PROBE_EXACT_ENTRIES = 1 << 21
 
 
 @dataclass(frozen=True)
@@ -293,3 +300,165 @@ class TangramMapper:
     def filter_probabilities(self) -> np.ndarray | None:
         """Constrained mode's per-cell filter probabilities, else ``None``."""
         return self.objective.filter_probabilities()
+
+
+@dataclass(frozen=True)
+class EngineCosts:
+    """Seconds per epoch of the exact and lean engines, measured on one problem.
+
+    Attributes
+    ----------
+    lean_epoch_s
+        One lean epoch on the problem's own candidate pairs (the fastest of the timed epochs).
+    lean_refresh_s
+        The lean engine's pair refresh per epoch: one refresh, timed, divided by the refresh
+        interval.
+    exact_epoch_s
+        One exact epoch over all pairs, from probes on ``exact_rows`` reference rows (a straight
+        line through them, extrapolated to ``n_units``; measured directly when the probe is the
+        whole problem).
+    exact_rows
+        Reference rows of the exact probes.
+    n_units
+        Reference rows of the problem.
+    """
+
+    lean_epoch_s: float
+    lean_refresh_s: float
+    exact_epoch_s: float
+    exact_rows: tuple[int, ...]
+    n_units: int
+
+    @property
+    def lean_s(self) -> float:
+        """The lean engine's cost per epoch, its pair refresh included."""
+        return self.lean_epoch_s + self.lean_refresh_s
+
+    @property
+    def lean_wins(self) -> bool:
+        """Whether the lean engine is the cheaper per epoch."""
+        return self.lean_s < self.exact_epoch_s
+
+    def describe(self) -> str:
+        """One line: the choice and the measured costs."""
+        lean = self.lean_wins
+        ratio = self.exact_epoch_s / self.lean_s if lean else self.lean_s / self.exact_epoch_s
+        rows = (
+            "all reference cells"
+            if self.exact_rows == (self.n_units,)
+            else f"extrapolated from {' and '.join(f'{r:,}' for r in self.exact_rows)} of "
+            f"{self.n_units:,} reference cells"
+        )
+        return (
+            f"auto chose the {'lean' if lean else 'exact'} engine, {ratio:.1f}x cheaper per epoch "
+            f"as measured here: lean {self.lean_s * 1e3:.1f} ms/epoch ({self.lean_epoch_s * 1e3:.1f} "
+            f"ms + {self.lean_refresh_s * 1e3:.1f} ms pair refresh), exact "
+            f"{self.exact_epoch_s * 1e3:.1f} ms/epoch ({rows})"
+        )
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_epochs(mapper: TangramMapper, epochs: int = PROBE_EPOCHS) -> float:
+    """Seconds of the fastest of ``epochs`` epochs of ``mapper``, after one warm-up epoch.
+
+    The fastest, not the mean: on a shared machine other processes only ever add time.
+    """
+    best = float("inf")
+    it = mapper.iterate(epochs + 1)
+    _sync(mapper.device)
+    next(it)  # warm-up: first-touch allocations, kernel compilation
+    for _ in range(epochs):
+        _sync(mapper.device)
+        t0 = time.perf_counter()
+        next(it)
+        _sync(mapper.device)
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def probe_engine_costs(
+    S: np.ndarray,
+    G: np.ndarray,
+    weights: Weights,
+    pairs: tuple[torch.Tensor, torch.Tensor],
+    *,
+    d: np.ndarray | None = None,
+    learning_rate: float = 0.1,
+    seed: int | None = 0,
+    device: torch.device | str = "cpu",
+    epochs: int = PROBE_EPOCHS,
+    refresh_every: int = 25,
+    probe_entries: int = PROBE_EXACT_ENTRIES,
+    cancel: CancelFlag = None,
+) -> EngineCosts:
+    """Measure the exact and lean engines' cost per epoch on one problem (cells mode).
+
+    The lean engine runs ``epochs`` epochs (after a warm-up) on the problem's own candidate
+    ``pairs``, then one pair refresh, which it makes every ``refresh_every`` epochs (its time is
+    added per epoch). The exact engine runs
+    the same on the whole problem when it has at most ``2 * probe_entries`` entries; otherwise on
+    two subsets of evenly spaced reference rows (about ``probe_entries`` and twice that many
+    entries) with the worker threads of the whole problem, and its time per epoch is the straight
+    line through the two, at all rows (part of an exact epoch grows with the spatial cells only).
+    Nothing here changes the mapping that is trained afterwards.
+    """
+    dev = torch.device(device)
+    n, s = int(S.shape[0]), int(G.shape[0])
+    if is_cancelled(cancel):
+        raise MappingCancelled("mapping cancelled before training")
+    lean = TangramMapper(
+        S, G, weights, d=d, learning_rate=learning_rate, seed=seed, device=dev, pairs=pairs
+    )
+    lean_s = time_epochs(lean, epochs)
+    refresh_s = 0.0
+    if isinstance(lean.objective, LeanObjective) and refresh_every:
+        with threads_for(lean.M.numel()) if dev.type == "cpu" else nullcontext():
+            _sync(dev)
+            t0 = time.perf_counter()
+            lean.objective.refresh_pairs()
+            _sync(dev)
+            refresh_s = time.perf_counter() - t0
+    del lean
+    # the exact probes run with the worker threads of the whole problem (TangramMapper.workers)
+    full_workers = 1
+    if dev.type == "cpu" and n * s >= EXACT_SHARDS_MIN:
+        full_workers = max(1, torch.get_num_threads())
+    if n * s <= 2 * probe_entries:
+        row_sets = [np.arange(n)]
+    else:
+        r1 = int(min(max(8, probe_entries // max(s, 1)), max(1, n // 4)))
+        row_sets = [np.linspace(0, n - 1, r, dtype=np.int64) for r in (r1, 2 * r1)]
+    times = []
+    for rows in row_sets:
+        if is_cancelled(cancel):
+            raise MappingCancelled("mapping cancelled before training")
+        exact = TangramMapper(
+            S[rows],
+            G,
+            weights,
+            d=d,
+            learning_rate=learning_rate,
+            seed=seed,
+            device=dev,
+            num_threads=full_workers,
+        )
+        times.append(time_epochs(exact, epochs))
+        del exact
+    if len(row_sets) == 1:
+        exact_s = times[0]
+    else:
+        (r1, r2), (t1, t2) = (len(r) for r in row_sets), times
+        slope = (t2 - t1) / (r2 - r1)
+        # a negative slope is timing noise: then scale the larger probe with the rows
+        exact_s = t1 + slope * (n - r1) if slope > 0 else t2 * n / r2
+    return EngineCosts(
+        lean_epoch_s=lean_s,
+        lean_refresh_s=refresh_s / max(refresh_every, 1),
+        exact_epoch_s=exact_s,
+        exact_rows=tuple(len(r) for r in row_sets),
+        n_units=n,
+    )
