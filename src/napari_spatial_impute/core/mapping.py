@@ -17,11 +17,14 @@ import torch
 
 from napari_spatial_impute._errors import InputError, InputWarning
 from napari_spatial_impute.core.engine.candidates import candidate_pairs
-from napari_spatial_impute.core.engine.mapper import CancelFlag, TangramMapper
+from napari_spatial_impute.core.engine.engines import threads_for
+from napari_spatial_impute.core.engine.mapper import CancelFlag, TangramMapper, probe_engine_costs
 from napari_spatial_impute.core.engine.mapper import EpochInfo as EpochInfo  # the callback's type
 from napari_spatial_impute.core.engine.memory import reuse_freed_memory
 from napari_spatial_impute.core.engine.objective import TERMS, Weights
 from napari_spatial_impute.core.engine.resources import (
+    GIB,
+    available_bytes,
     check_fits,
     estimate_dense_mapping,
     estimate_ensemble_map,
@@ -39,6 +42,8 @@ from napari_spatial_impute.core.preprocess import (
 )
 from napari_spatial_impute.core.result import MappingResult
 from napari_spatial_impute.core.settings import (  # noqa: F401 (MODES ... importable from here)
+    DEFAULT_PATIENCE,
+    DEFAULT_TOL,
     DENSITIES,
     ENGINES,
     MAX_SEED,
@@ -60,9 +65,6 @@ from napari_spatial_impute.io.files import (
     validate_adata,
     validate_spatial_coordinates,
 )
-
-#: Dense mappings above this many entries use the lean engine when ``engine="auto"``.
-AUTO_LEAN_ENTRIES = 50_000_000
 
 
 def density_prior(
@@ -110,12 +112,36 @@ def density_prior(
 
 
 def _choose_engine(
-    engine: str, mode: str, n_units: int, n_spatial: int, candidates: int
-) -> tuple[bool, str]:
-    """Whether the Tangram map runs on the lean engine, and a note when a request was overruled."""
+    engine: str,
+    mode: str,
+    n_units: int,
+    n_spatial: int,
+    n_genes: int,
+    candidates: int,
+    reverse_candidates: int,
+    dev: Any,
+) -> tuple[bool | None, str]:
+    """Whether the Tangram map runs on the lean engine (``None``: measure both), and a note.
+
+    ``auto`` measures both engines on the problem (:func:`probe_engine_costs`) when the lean
+    engine can save work: cells mode, and candidate pairs fewer than half of all pairs (with
+    ``candidates`` per spatial cell and ``reverse_candidates`` per reference cell; with more,
+    it would do the exact engine's work in a sparse layout). An exact mapping that would not fit
+    in memory runs on the lean engine without a probe.
+    """
     if engine == "auto":
-        auto = mode == "cells" and n_units > candidates and n_units * n_spatial > AUTO_LEAN_ENTRIES
-        return auto, ""
+        all_pairs = n_units * n_spatial
+        most = n_spatial * min(candidates, n_units) + n_units * min(reverse_candidates, n_spatial)
+        if mode != "cells" or 2 * most >= all_pairs:
+            return False, ""
+        need = estimate_dense_mapping(n_units, n_spatial, n_genes).total_bytes
+        free = available_bytes(dev)
+        if need > 0.9 * free:
+            return True, (
+                f"auto chose the lean engine: the exact engine would need {need / GIB:.1f} GiB "
+                f"and {free / GIB:.1f} GiB is free"
+            )
+        return None, ""
     if engine == "lean" and mode == "constrained":
         raise InputError("the lean engine does not support constrained mode; use engine='exact'.")
     lean = engine == "lean" and n_units > candidates
@@ -158,8 +184,8 @@ def map_cells_to_space(
     engine: Engine = "auto",
     candidates: int = 50,
     reverse_candidates: int = 5,
-    tol: float | None = None,
-    patience: int = 50,
+    tol: float | None = DEFAULT_TOL,
+    patience: int = DEFAULT_PATIENCE,
     uncertainty: bool = True,
     search: Search = "auto",
 ) -> MappingResult:
@@ -227,15 +253,24 @@ def map_cells_to_space(
         equation, hand-derived gradient). ``"lean"``: the same objective restricted to candidate
         pairs (each spatial cell's ``candidates`` most similar reference cells and each reference
         cell's ``reverse_candidates`` most similar spatial cells); memory and time grow linearly
-        with the cells. ``"auto"``: lean in cells mode when the reference has more cells than
-        ``candidates`` and the dense mapping has over 50 million entries, else exact.
+        with the cells. ``"auto"``: in cells mode, when the candidate pairs would be fewer
+        than half of all pairs, both engines run a few probe epochs on this problem and the one
+        cheaper per epoch trains (the lean engine's pair refresh counted; the exact engine
+        probed on subsets of reference rows when the problem is large; lean without a probe
+        when the exact mapping would not fit in memory); else exact. The choice and the measured
+        costs are in ``params["engine_note"]``, the engine that ran in ``params["engine"]``;
+        pass ``"exact"`` or ``"lean"`` for a run that does not depend on measured speed (the
+        same seed gives the same result on the same engine and device).
     candidates, reverse_candidates
         Candidate pairs of the lean engine.
     tol
-        Stop early when the training score gained less than ``tol`` over the last ``patience``
-        epochs (``None``: always run ``epochs``). The run's ``params`` record the epochs done.
+        Stop when the training score gained less than ``tol`` over the last ``patience`` epochs,
+        a plateau (``0`` or ``None``: always run ``epochs``). The run's ``params`` record the
+        epochs done and why training stopped (``stop_reason``: ``"plateau"``, ``"epochs"``, or
+        ``"not trained"`` for the ensemble map). The default (gain under 0.001 over 50 epochs)
+        was chosen on measured trajectories (docs/benchmarks.md, "Fast defaults (issue 14)").
     patience
-        Window of ``tol``.
+        Window of ``tol``, in epochs.
     uncertainty
         Ensemble map: calibrate prediction intervals and per-gene reliability on the training
         genes (:mod:`napari_spatial_impute.core.uncertainty`). A Tangram map has neither.
@@ -369,18 +404,21 @@ def map_cells_to_space(
             )
         raw = transform == "none" and ref_kind == "raw counts"
         t_train = t_done = time.perf_counter()  # nothing is trained: the time is neighbours_s
-        W = neighbour_weights(
-            similarity_values(S_cells, raw),
-            similarity_values(G, raw),
-            cancel=cancel,
-            search=search,
-            seed=0 if seed is None else int(seed),
-        )
+        # small searches on one torch thread (threads_for): identical weights, and no waiting on
+        # a second thread that another process has descheduled
+        with threads_for(S_cells.shape[0] * spatial.n_obs):
+            W = neighbour_weights(
+                similarity_values(S_cells, raw),
+                similarity_values(G, raw),
+                cancel=cancel,
+                search=search,
+                seed=0 if seed is None else int(seed),
+            )
         # the map itself, units (reference cells) x spatial cells: each spatial cell's column
         # holds the weights of its matched reference cells and sums to 1
         P: np.ndarray | sp.csr_matrix = sp.csr_matrix(W.T, dtype=np.float32)
         history: dict[str, Any] = {k: [] for k in TERMS}
-        epochs_done, engine_note, filter_p = 0, "", None
+        epochs_done, engine_note, filter_p, stop_reason = 0, "", None, "not trained"
         n_pairs = int(W.nnz)
         # what ran: the Tangram map's settings played no part and are recorded at their defaults
         ran = dataclasses.replace(
@@ -391,13 +429,15 @@ def map_cells_to_space(
         )
     else:
         W = None
-        lean, engine_note = _choose_engine(engine, mode, n_units, spatial.n_obs, candidates)
+        choice, engine_note = _choose_engine(
+            engine, mode, n_units, spatial.n_obs, S.shape[1], candidates, reverse_candidates, dev
+        )
         if check_memory:
             est = (
                 estimate_lean_mapping(
                     n_units, spatial.n_obs, S.shape[1], candidates, reverse_candidates
                 )
-                if lean
+                if choice is not False  # auto measures the lean engine too
                 else estimate_dense_mapping(n_units, spatial.n_obs, S.shape[1])
             )
             check_fits(est, dev, mode)
@@ -407,22 +447,42 @@ def map_cells_to_space(
             lambda_g1, lambda_g2, float(lambda_d), lambda_r, lambda_count, lambda_f_reg
         )
         t_setup = time.perf_counter()
+        if init is not None and choice is None:
+            choice = False  # initial logits are a dense mapping: the exact engine's
         # the lean engine's per-epoch temporaries are large, short-lived and the same sizes every
         # epoch between refreshes (see _malloc); the exact engine's are small, and keeping its
         # freed blocks only raised its peak (8.3 vs 7.7 GiB here). Post-processing allocates
         # blocks of changing sizes: keeping them exhausted 24 GB at 20,000 x 200,000, so it runs
         # with glibc's defaults.
-        with reuse_freed_memory() if lean else nullcontext():
+        with reuse_freed_memory() if choice is not False else nullcontext():
             pairs = None
-            if lean:
-                pairs = candidate_pairs(
-                    torch.from_numpy(S),
-                    torch.from_numpy(G),
-                    candidates,
-                    reverse_candidates,
-                    search=search,
-                    seed=0 if seed is None else int(seed),
-                )
+            if choice is not False:
+                with threads_for(n_units * spatial.n_obs):
+                    pairs = candidate_pairs(
+                        torch.from_numpy(S),
+                        torch.from_numpy(G),
+                        candidates,
+                        reverse_candidates,
+                        search=search,
+                        seed=0 if seed is None else int(seed),
+                    )
+                if choice is None:  # auto: both engines measured on this problem
+                    costs = probe_engine_costs(
+                        S,
+                        G,
+                        weights,
+                        pairs,
+                        d=d,
+                        learning_rate=learning_rate,
+                        seed=seed,
+                        device=dev,
+                        cancel=cancel,
+                    )
+                    choice, engine_note = costs.lean_wins, costs.describe()
+                    if not choice:
+                        pairs = None
+        lean = bool(choice)
+        with reuse_freed_memory() if lean else nullcontext():
             mapper = TangramMapper(
                 S,
                 G,
@@ -443,12 +503,9 @@ def map_cells_to_space(
                 if callback is not None:
                     callback(info)
                 scores.append(info.score)
-                if (
-                    tol is not None
-                    and len(scores) > patience
-                    and scores[-1] - scores[-1 - patience] < tol
-                ):
+                if tol and len(scores) > patience and scores[-1] - scores[-1 - patience] < tol:
                     break
+        stop_reason = "plateau" if mapper.epochs_done < epochs else "epochs"
         t_done = time.perf_counter()
         mapper.release_optimizer()
         P = mapper.probabilities()
@@ -490,6 +547,7 @@ def map_cells_to_space(
     )
     record: dict[str, Any] = {
         "epochs_done": epochs_done,
+        "stop_reason": stop_reason,
         "engine_note": engine_note,
         "n_pairs": n_pairs,
         "reference_values": ref_kind,
@@ -522,10 +580,13 @@ def map_cells_to_space(
         },
     )
     if W is not None and uncertainty:
-        from napari_spatial_impute.core.uncertainty import calibrate
+        from napari_spatial_impute.core.uncertainty import MAX_CALIBRATION_CELLS, calibrate
 
         t_cal = time.perf_counter()
-        result.calibration = calibrate(result, seed=0 if seed is None else int(seed), cancel=cancel)
+        with threads_for(S_cells.shape[0] * min(spatial.n_obs, MAX_CALIBRATION_CELLS)):
+            result.calibration = calibrate(
+                result, seed=0 if seed is None else int(seed), cancel=cancel
+            )
         result.timings["calibration_s"] = time.perf_counter() - t_cal
         result.timings["total_s"] = time.perf_counter() - t0
     return result

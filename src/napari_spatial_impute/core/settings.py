@@ -51,13 +51,24 @@ GENE_SETS: tuple[str, ...] = ("overlap", "markers")
 MAX_SEED = 2**32 - 1
 
 #: Keys of ``uns["spatial_impute"]["params"]`` that describe the run, not a setting.
+#: ``stop_reason`` is one of :data:`STOP_REASONS` (results written before it existed have none).
 RUN_RECORD_KEYS: tuple[str, ...] = (
     "epochs_done",
+    "stop_reason",
     "engine_note",
     "n_pairs",
     "reference_values",
     "spatial_values",
 )
+#: Why a map's training stopped: ``"plateau"`` (the training score gained less than ``tol``
+#: over the last ``patience`` epochs), ``"epochs"`` (every epoch ran) or ``"not trained"`` (the
+#: ensemble map, which trains nothing).
+STOP_REASONS: tuple[str, ...] = ("plateau", "epochs", "not trained")
+#: The default plateau: the training score gained less than this over the last
+#: :data:`DEFAULT_PATIENCE` epochs (chosen on measured trajectories, docs/benchmarks.md
+#: "Fast defaults (issue 14)").
+DEFAULT_TOL = 1e-3
+DEFAULT_PATIENCE = 50
 
 
 #: The weights of the Tangram objective's terms (tangram-sc's names).
@@ -263,8 +274,9 @@ class MappingSettings:
     engine: Engine = _setting(
         "auto",
         str,
-        "exact: dense objective; lean: candidate pairs, linear memory; "
-        "auto: lean above 50 million reference x spatial pairs",
+        "exact: dense objective; lean: candidate pairs, linear memory; auto: the one "
+        "measured cheaper per epoch on this problem (a few probe epochs; the choice and the "
+        "costs are recorded in the result)",
         choices=ENGINES,
     )
     candidates: int = _setting(
@@ -282,16 +294,19 @@ class MappingSettings:
         advanced=True,
     )
     tol: float | None = _setting(
-        None,
+        DEFAULT_TOL,
         float,
-        "stop when the training score gains less than this over the last patience epochs",
+        "stop when the training score gains less than this over the last patience epochs "
+        "(a plateau); 0 runs every epoch",
         low=0,
         optional=True,
         unset="run every epoch",
         advanced=True,
         step=0.001,
     )
-    patience: int = _setting(50, int, "window of tol, in epochs", low=1, advanced=True)
+    patience: int = _setting(
+        DEFAULT_PATIENCE, int, "window of tol, in epochs", low=1, advanced=True
+    )
     uncertainty: bool = _setting(
         True,
         bool,
@@ -362,7 +377,7 @@ class MappingSettings:
         tol = self.tol
         if tol is not None and not (_number(tol) and math.isfinite(tol) and tol >= 0):
             raise InputError(
-                f"tol must be a finite number of 0 or more, got {tol}; leave it unset to run every epoch."
+                f"tol must be a finite number of 0 or more, got {tol}; 0 runs every epoch."
             )
         seed = self.seed
         if seed is not None and not (
@@ -481,6 +496,33 @@ class MappingSettings:
         return cls(**values)
 
 
+def describe_stop(params: Mapping[str, Any]) -> str:
+    """How a map's training ended, from a result's ``params``: the epochs done and why.
+
+    For example ``"stopped at a plateau after 188 of 1000 epochs (score gain under 0.001 over
+    50 epochs)"``, ``"all 300 epochs"`` or ``"nothing trained"``. Results written before
+    ``stop_reason`` was recorded give the epochs done only.
+    """
+
+    def plain(key: str, default: Any) -> Any:
+        value = params.get(key, default)
+        return value.item() if hasattr(value, "item") else value
+
+    reason = str(plain("stop_reason", ""))
+    done = int(plain("epochs_done", 0))
+    if reason == "not trained" or (not reason and plain("method", "") == "ensemble"):
+        return "nothing trained"
+    planned = int(plain("epochs", done))
+    if reason == "plateau":
+        return (
+            f"stopped at a plateau after {done:,} of {planned:,} epochs (score gain under "
+            f"{float(plain('tol', 0)):g} over {int(plain('patience', 0))} epochs)"
+        )
+    if reason == "epochs":
+        return f"all {done:,} epochs" if done != 1 else "its 1 epoch"
+    return f"{done:,} epochs"
+
+
 def resolve_map_method(method: str, mode: str) -> str:
     """The map a run makes: ``"auto"`` is the ensemble in cells mode, Tangram in the others."""
     if method == "auto":
@@ -535,6 +577,7 @@ __all__ = [
     "RUN_RECORD_KEYS",
     "SEARCHES",
     "TANGRAM_ONLY",
+    "STOP_REASONS",
     "TRANSFORMS",
     "Engine",
     "MappingSettings",
@@ -543,6 +586,7 @@ __all__ = [
     "Search",
     "Setting",
     "Transform",
+    "describe_stop",
     "setting_names",
     "resolve_map_method",
     "setting_specs",
