@@ -5,6 +5,7 @@ from __future__ import annotations
 import glob
 import os
 import re
+import shutil
 import signal
 import tempfile
 import threading
@@ -535,7 +536,10 @@ def _remove_stale_temps(folder: Path, name: str) -> list[Path]:
         if pid is None or pid == os.getpid() or _pid_alive(pid):
             continue
         try:
-            tmp.unlink()
+            if tmp.is_dir() and not tmp.is_symlink():
+                shutil.rmtree(tmp)
+            else:
+                tmp.unlink()
             removed.append(tmp)
         except OSError:
             pass
@@ -589,7 +593,7 @@ class _SignalGuard:
 
 
 @contextmanager
-def atomic_output(path: str | os.PathLike[str]) -> Iterator[str]:
+def atomic_output(path: str | os.PathLike[str], folder: bool = False) -> Iterator[str]:
     """Yield a temporary path beside ``path``; rename it to ``path`` only if the block succeeds.
 
     A failure, Ctrl-C or SIGTERM removes the temporary file and leaves an earlier ``path`` as it
@@ -597,27 +601,36 @@ def atomic_output(path: str | os.PathLike[str]) -> Iterator[str]:
     process id (``.<name>.<pid>.<random>.tmp``); those of earlier runs that were killed (SIGKILL,
     power loss) are removed the next time the same output is written. The output gets the
     permissions of a newly created file under the user's umask.
+
+    ``folder=True`` yields a temporary folder instead (a ``.zarr`` output); an existing ``path``
+    is then refused, never replaced.
     """
     target = Path(path)
-    folder = target.parent if str(target.parent) else Path(".")
-    if not folder.exists():
-        raise InputError(f"output folder {str(folder)!r} does not exist; create it first.")
-    if target.is_dir():
+    parent = target.parent if str(target.parent) else Path(".")
+    if not parent.exists():
+        raise InputError(f"output folder {str(parent)!r} does not exist; create it first.")
+    if target.is_dir() and not folder:
         raise InputError(f"output {str(target)!r} is a folder; give a file name.")
-    _remove_stale_temps(folder, target.name)
+    if folder and target.exists():
+        raise InputError(f"output {str(target)!r} exists; choose another name or remove it.")
+    _remove_stale_temps(parent, target.name)
     with _SignalGuard() as guard:
-        fd, tmp = tempfile.mkstemp(
-            prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp", dir=folder
-        )
-        os.close(fd)
+        prefix, suffix = f".{target.name}.{os.getpid()}.", ".tmp"
+        if folder:
+            tmp = tempfile.mkdtemp(prefix=prefix, suffix=suffix, dir=parent)
+        else:
+            fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=parent)
+            os.close(fd)
         try:
             yield tmp
             guard.check()
-            os.chmod(tmp, 0o666 & ~_current_umask())
+            os.chmod(tmp, (0o777 if folder else 0o666) & ~_current_umask())
             guard.deferring = True
             os.replace(tmp, target)
         except BaseException:
-            if os.path.exists(tmp):
+            if os.path.isdir(tmp):
+                shutil.rmtree(tmp, ignore_errors=True)
+            elif os.path.exists(tmp):
                 os.unlink(tmp)
             raise
     if guard.deferring and guard.received is not None:

@@ -1,0 +1,586 @@
+"""Map a whole atlas batch by batch and write one result file as the batches finish.
+
+:func:`map_batches` is the notebook verb (the CLI's ``map --batch-key`` and the Map widget run
+it too). Before any work it checks the settings, the reference, the batch key, the genes to
+impute and whether the largest batch fits a worker. Batches then run in this process
+(``workers=0``) or on Dask (:mod:`~napari_spatial_impute.core.cluster`): a ``LocalCluster`` of
+``workers`` processes, or a running cluster (``scheduler``). The client reads each batch's
+cells from the spatial file when it submits the batch (a backed ``.h5ad`` is never read whole),
+keeps at most one batch per worker plus one in flight, and writes each result into the output as
+it arrives (:class:`~napari_spatial_impute.io.batch_out.BatchResultWriter`): memory per process
+stays bounded by the largest batch. A worker that dies mid-batch is replaced and its batch run
+again (Dask reschedules it; a batch that kills ``allowed-failures`` workers stops the run with
+what it needs); every batch is written exactly once. The output appears only when every batch
+is done (a temporary file renamed at the end); an earlier output is never touched before that.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+import warnings
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+
+from napari_spatial_impute._errors import InputError, MappingCancelled
+from napari_spatial_impute.core.batches import Batch, BatchOutput, map_batch, plan_batches
+from napari_spatial_impute.core.engine.mapper import CancelFlag, is_cancelled
+from napari_spatial_impute.core.engine.resources import GIB, estimate_ensemble_map
+
+PROJECTIONS = ("auto", "neighbours", "probabilistic", "argmax")
+#: ``var`` columns that differ between batches (stored per batch in ``uns``, their median in ``var``).
+PER_BATCH_VAR = ("train_score", "sparsity_sp", "sparsity_diff", "predicted_pearson")
+
+
+@dataclass(frozen=True)
+class BatchProgress:
+    """One finished batch, as reported to ``progress``."""
+
+    done: int
+    total: int
+    name: str
+    n_cells: int
+    status: str
+    reason: str
+    seconds: float
+    worker: str
+
+    def describe(self) -> str:
+        """One line for a log or a status bar."""
+        what = (
+            f"mapped in {self.seconds:.1f} s"
+            if self.status == "mapped"
+            else f"SKIPPED: {self.reason}"
+        )
+        return f"batch {self.done}/{self.total} {self.name!r} ({self.n_cells:,} cells) {what}"
+
+
+@dataclass
+class BatchRun:
+    """What :func:`map_batches` did: the file it wrote and one row per batch."""
+
+    path: Path
+    batches: pd.DataFrame
+    seconds: float
+    workers: int
+
+    @property
+    def skipped(self) -> pd.DataFrame:
+        """The batches that were not mapped, with why."""
+        return self.batches[self.batches["status"] != "mapped"]
+
+
+class SpatialSource:
+    """The spatial cells, read batch by batch: an AnnData in memory, or an ``.h5ad`` opened backed."""
+
+    def __init__(self, spatial: ad.AnnData | str | os.PathLike[str]) -> None:
+        if isinstance(spatial, ad.AnnData):
+            self.adata = spatial
+            self.path: Path | None = Path(spatial.filename) if spatial.isbacked else None
+        else:
+            self.path = Path(spatial)
+            self.adata = _read_backed(self.path)
+
+    @property
+    def obs(self) -> pd.DataFrame:
+        """The cells' ``obs`` (in memory also when the file is backed)."""
+        obs: pd.DataFrame = self.adata.obs
+        return obs
+
+    def take(self, rows: np.ndarray) -> ad.AnnData:
+        """The cells at ``rows`` (sorted), in memory."""
+        sub = self.adata[rows]
+        return sub.to_memory() if self.adata.isbacked else sub.copy()
+
+    def light(self) -> ad.AnnData:
+        """``obs``, ``var`` and ``obsm`` without ``X`` (for checks that read no values)."""
+        return ad.AnnData(
+            obs=self.adata.obs,
+            var=pd.DataFrame(index=self.adata.var_names.copy()),
+            obsm={k: np.asarray(v) for k, v in self.adata.obsm.items() if _small_obsm(v)},
+        )
+
+
+def _small_obsm(value: Any) -> bool:
+    return not isinstance(value, pd.DataFrame) and np.ndim(value) == 2 and np.shape(value)[1] <= 3
+
+
+def _read_backed(path: Path) -> ad.AnnData:
+    from napari_spatial_impute._errors import first_line
+
+    if not path.exists():
+        raise InputError(f"spatial file {str(path)!r} does not exist; check the path.")
+    if path.is_dir():
+        raise InputError(
+            f"spatial path {str(path)!r} is a folder; give an .h5ad file (a SpatialData store "
+            "is read with read_spatial first)."
+        )
+    try:
+        return ad.read_h5ad(path, backed="r")
+    except Exception as exc:  # h5py/anndata raise many types for a broken file
+        raise InputError(
+            f"cannot read spatial file {str(path)!r} as .h5ad ({first_line(exc)}); give an "
+            "AnnData file written by anndata or scanpy."
+        ) from None
+
+
+def batch_needs(
+    reference: ad.AnnData, n_cells: int, n_genes: int, n_train: int, n_layers: int = 2
+) -> int:
+    """Bytes a worker needs to map ``n_cells`` spatial cells and impute ``n_genes``: the reference
+    (a copy of its values), the ensemble map, and the imputed block with its interval layers, held
+    twice while it is sent back."""
+    from napari_spatial_impute.io._sparse import is_sparse
+
+    X = reference.X
+    ref_bytes = (
+        sum(np.asarray(getattr(X, part)).nbytes for part in ("data", "indices", "indptr"))
+        if is_sparse(X)
+        else np.asarray(X).nbytes
+    )
+    mapping = estimate_ensemble_map(reference.n_obs, n_cells, n_train).total_bytes
+    block = 4 * n_cells * n_genes * (1 + n_layers)
+    return int(2 * ref_bytes + mapping + 2 * block)
+
+
+def map_batches(
+    reference: ad.AnnData,
+    spatial: ad.AnnData | str | os.PathLike[str],
+    batch_key: str,
+    out: str | os.PathLike[str],
+    *,
+    genes: Sequence[str] | None = None,
+    projection: str = "auto",
+    top_k: int = 10,
+    workers: int | None = 0,
+    scheduler: Any = None,
+    memory_limit: str | int | None = None,
+    retries: int = 2,
+    progress: Callable[[BatchProgress], None] | None = None,
+    cancel: CancelFlag = None,
+    extra_uns: dict[str, Any] | None = None,
+    **map_kwargs: Any,
+) -> BatchRun:
+    """Map each batch (section, slice, sample) of ``spatial`` against ``reference`` on its own and
+    write one result file.
+
+    Each batch's rows of the file are what :func:`~napari_spatial_impute.map_cells_to_space` on
+    that batch alone (same settings, same seed) followed by
+    :func:`~napari_spatial_impute.result_to_anndata` gives.
+
+    Parameters
+    ----------
+    reference
+        Single-cell reference (in memory; every worker gets a copy once).
+    spatial
+        Spatial cells: an AnnData (in memory or backed) or the path of an ``.h5ad`` file, which
+        is opened backed and read batch by batch.
+    batch_key
+        Spatial ``obs`` column naming each cell's batch (see
+        :func:`~napari_spatial_impute.core.batches.plan_batches` for what is refused).
+    out
+        Output ``.h5ad`` (replaced atomically at the end) or new ``.zarr`` (AnnData store).
+    genes
+        Reference genes to impute (default: all).
+    projection, top_k
+        As in :func:`~napari_spatial_impute.result_to_anndata`.
+    workers
+        ``0``: run the batches one after another in this process. ``N``: a Dask ``LocalCluster``
+        of N single-threaded worker processes (``None``: one per core, at most one per batch).
+    scheduler
+        Address of a running Dask scheduler (``"tcp://host:8786"``) or a ``distributed.Client``;
+        its workers must be able to import this package.
+    memory_limit
+        Memory per worker of the local cluster (``"4GB"``; default: Dask's share of the RAM).
+        A limit below what the largest batch needs is refused before any work.
+    retries
+        Times a batch whose task raised is run again (worker deaths are retried by Dask).
+    progress
+        Called with a :class:`BatchProgress` after each batch.
+    cancel
+        A ``threading.Event`` or callable; when set, the run stops before the next batch is
+        written and nothing is written.
+    extra_uns
+        Added to ``uns["spatial_impute"]``.
+    **map_kwargs
+        Settings of :func:`~napari_spatial_impute.map_cells_to_space` (``cluster_key``, ...).
+
+    Returns
+    -------
+    A :class:`BatchRun`.
+    """
+    from napari_spatial_impute.core.genes import match_genes, resolve_gene_names
+    from napari_spatial_impute.core.settings import MappingSettings
+    from napari_spatial_impute.io.batch_out import is_zarr_path
+    from napari_spatial_impute.io.files import (
+        atomic_output,
+        check_output_folder,
+        validate_adata,
+        validate_spatial_coordinates,
+    )
+
+    t0 = time.perf_counter()
+    if "callback" in map_kwargs or "init" in map_kwargs:
+        raise InputError("map_batches maps each batch on its own: callback and init do not apply.")
+    if projection not in PROJECTIONS:
+        raise InputError(f"projection {projection!r} is not known; use one of {PROJECTIONS}.")
+    MappingSettings(**{k: v for k, v in map_kwargs.items()}).validate()
+    out = Path(out)
+    zarr_out = is_zarr_path(out)
+    if not zarr_out and out.suffix.lower() != ".h5ad":
+        raise InputError(f"output {str(out)!r} must end in .h5ad or .zarr.")
+    check_output_folder(out, "choose another output")
+    if zarr_out and out.exists():
+        raise InputError(f"output {str(out)!r} exists; choose another name or remove it.")
+    validate_adata(reference, "reference")
+    source = SpatialSource(spatial)
+    if source.path is not None and out.exists() and os.path.samefile(out, source.path):
+        raise InputError(f"output {str(out)!r} is the spatial input; choose another output.")
+    light = source.light()
+    validate_spatial_coordinates(light)
+    cluster_key = map_kwargs.get("cluster_key")
+    if cluster_key is not None and cluster_key not in reference.obs.columns:
+        raise InputError(
+            f"cluster key {cluster_key!r} is not in the reference obs; columns there are: "
+            f"{', '.join(map(str, reference.obs.columns)) or '(none)'}."
+        )
+    if not match_genes(reference.var_names, light.var_names):
+        raise InputError(
+            "no shared genes between reference and spatial data; check that both name genes the "
+            "same way (symbols or Ensembl ids)."
+        )
+    names = (
+        list(map(str, reference.var_names))
+        if genes is None
+        else resolve_gene_names(reference.var_names, list(genes))
+    )
+    batches = plan_batches(source.obs, batch_key)
+    n_train = len(match_genes(reference.var_names, light.var_names))
+    largest = max(batches, key=lambda b: b.n_cells)
+    need = batch_needs(reference, largest.n_cells, len(names), n_train)
+
+    options: dict[str, Any] = {
+        "map_kwargs": dict(map_kwargs),
+        "genes": names,
+        "projection": projection,
+        "top_k": top_k,
+    }
+    records: list[dict[str, Any]] = []
+    collector = _Collector(source, names)
+    n_workers = 1
+    with atomic_output(out, folder=zarr_out) as tmp:
+        writer = None
+        try:
+            from napari_spatial_impute.io.batch_out import BatchResultWriter
+
+            writer = BatchResultWriter(
+                tmp,
+                source.obs.copy(),
+                {k: v for k, v in light.obsm.items()},
+                names,
+                zarr=zarr_out,
+            )
+
+            def accept(output: BatchOutput) -> None:
+                assert writer is not None
+                writer.write(output)
+                collector.add(output)
+                records.append(_record(output))
+                if progress is not None:
+                    progress(
+                        BatchProgress(
+                            len(records),
+                            len(batches),
+                            output.name,
+                            int(output.rows.size),
+                            output.status,
+                            output.reason,
+                            output.seconds,
+                            output.worker,
+                        )
+                    )
+
+            if workers == 0 and scheduler is None:
+                import torch
+
+                from napari_spatial_impute.core.engine.resources import available_bytes
+
+                _check_memory(need, int(available_bytes(torch.device("cpu")) * 0.9), largest, "")
+                for batch in batches:
+                    if is_cancelled(cancel):
+                        raise MappingCancelled(f"cancelled after {len(records)} batches")
+                    accept(map_batch(reference, source.take(batch.rows), batch, **options))
+            else:
+                n_workers = _run_dask(
+                    reference,
+                    source,
+                    batches,
+                    options,
+                    accept,
+                    workers=workers,
+                    scheduler=scheduler,
+                    memory_limit=memory_limit,
+                    retries=retries,
+                    cancel=cancel,
+                    need=need,
+                    largest=largest,
+                )
+            table = pd.DataFrame(records).sort_values("index").set_index("name")
+            if (table["status"] != "mapped").all():
+                first = table["reason"].iloc[0]
+                raise InputError(f"no batch could be mapped (first: {first}); nothing was written.")
+            uns = collector.uns(table, batch_key, time.perf_counter() - t0, n_workers, extra_uns)
+            writer.finish(collector.obs(), collector.var(), uns)
+        finally:
+            if writer is not None:
+                writer.close()
+    table = pd.DataFrame(records).sort_values("index").set_index("name")
+    return BatchRun(out, table.drop(columns="index"), time.perf_counter() - t0, n_workers)
+
+
+def _check_memory(need: int, limit: int, largest: Batch, what: str) -> None:
+    if limit and need > limit:
+        raise InputError(
+            f"the largest batch ({largest.name!r}, {largest.n_cells:,} cells) needs about "
+            f"{need / GIB:.1f} GiB per worker, but {what or 'this machine has'} "
+            f"{limit / GIB:.1f} GiB: raise --memory-limit, use fewer workers, impute fewer genes "
+            "(--impute) or split that batch."
+        )
+
+
+def _record(output: BatchOutput) -> dict[str, Any]:
+    score = output.info.get("training_score", np.nan) if output.status == "mapped" else np.nan
+    return {
+        "index": output.index,
+        "name": output.name,
+        "n_cells": int(output.rows.size),
+        "status": output.status,
+        "reason": output.reason,
+        "training_score": float(score),
+        "seconds": float(output.seconds),
+        "worker": output.worker,
+    }
+
+
+def run_batch_on_worker(
+    reference: ad.AnnData, spatial: ad.AnnData, batch: Batch, options: dict[str, Any]
+) -> BatchOutput:
+    """A Dask task: map one batch with the worker's threads."""
+    threads = None
+    try:
+        from distributed import get_worker
+
+        threads = get_worker().state.nthreads
+    except (ImportError, ValueError, AttributeError):
+        pass
+    return map_batch(reference, spatial, batch, threads=threads, **options)
+
+
+def _run_dask(
+    reference: ad.AnnData,
+    source: SpatialSource,
+    batches: list[Batch],
+    options: dict[str, Any],
+    accept: Callable[[BatchOutput], None],
+    *,
+    workers: int | None,
+    scheduler: Any,
+    memory_limit: str | int | None,
+    retries: int,
+    cancel: CancelFlag,
+    need: int,
+    largest: Batch,
+) -> int:
+    """Run the batches on a Dask cluster; returns the number of workers."""
+    from distributed import as_completed
+    from distributed.scheduler import KilledWorker
+
+    from napari_spatial_impute.core.cluster import (
+        dask_client,
+        default_workers,
+        parse_memory,
+        worker_memory_limits,
+    )
+
+    limit = parse_memory(memory_limit)
+    if scheduler is None:
+        n = default_workers(len(batches)) if workers is None else int(workers)
+        if n < 1:
+            raise InputError(f"workers must be 0 (this process) or more, got {workers}.")
+        if limit is not None:
+            _check_memory(need, limit, largest, "--memory-limit gives each worker")
+    done: set[int] = set()
+    run_id = uuid.uuid4().hex[:8]
+    with dask_client(n if scheduler is None else None, limit, scheduler) as client:
+        limits = [x for x in worker_memory_limits(client) if x > 0]
+        if limits:
+            _check_memory(need, min(limits), largest, "a worker of the cluster has")
+        n_workers = max(1, len(client.scheduler_info().get("workers", {})))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "large object in the task graph": the batch's cells
+            ref = client.scatter(reference, broadcast=True, hash=False)
+            pending = deque(batches)
+            running: dict[str, Batch] = {}
+            queue = as_completed()
+
+            def submit() -> None:
+                batch = pending.popleft()
+                future = client.submit(
+                    run_batch_on_worker,
+                    ref,
+                    source.take(batch.rows),
+                    batch,
+                    options,
+                    key=f"nsi-{run_id}-batch-{batch.index}",
+                    retries=retries,
+                    pure=False,
+                )
+                running[future.key] = batch
+                queue.add(future)
+
+            for _ in range(min(len(pending), n_workers + 1)):
+                submit()
+            try:
+                for future in queue:
+                    batch = running.pop(future.key)
+                    if is_cancelled(cancel):
+                        raise MappingCancelled(f"cancelled after {len(done)} batches")
+                    try:
+                        output = future.result()
+                    except KilledWorker:
+                        raise InputError(
+                            f"batch {batch.name!r} ({batch.n_cells:,} cells) killed its worker "
+                            f"again and again (it needs about {need / GIB:.1f} GiB); raise "
+                            "--memory-limit, use fewer workers or split that batch."
+                        ) from None
+                    future.release()
+                    if batch.index not in done:  # a batch is written once, whatever Dask did
+                        done.add(batch.index)
+                        accept(output)
+                    del output
+                    if pending:
+                        submit()
+            except BaseException:
+                for future in list(queue.futures):
+                    future.cancel()
+                raise
+    missing = [b.name for b in batches if b.index not in done]
+    if missing:
+        raise RuntimeError(f"batches not done: {missing}")
+    return n_workers
+
+
+class _Collector:
+    """The small per-cell and per-gene parts of the result, gathered batch by batch."""
+
+    def __init__(self, source: SpatialSource, genes: list[str]) -> None:
+        self.source = source
+        self.n = source.adata.n_obs
+        self.genes = genes
+        self.columns: dict[str, np.ndarray] = {}
+        self.categories: dict[str, list[str]] = {}
+        self.var_frame: pd.DataFrame | None = None
+        self.per_gene: dict[str, pd.DataFrame] = {}
+        self.infos: dict[str, dict[str, Any]] = {}
+
+    def add(self, output: BatchOutput) -> None:
+        if output.status != "mapped" or output.obs is None:
+            return
+        rows = output.rows
+        for name, col in output.obs.items():
+            if isinstance(col.dtype, pd.CategoricalDtype):
+                cats = self.categories.setdefault(str(name), [])
+                known = {c: i for i, c in enumerate(cats)}
+                for c in col.cat.categories:
+                    if str(c) not in known:
+                        known[str(c)] = len(cats)
+                        cats.append(str(c))
+                lookup = np.asarray([known[str(c)] for c in col.cat.categories], dtype=np.int64)
+                codes = np.where(
+                    col.cat.codes.to_numpy() >= 0, lookup[col.cat.codes.to_numpy()], -1
+                )
+                target = self.columns.setdefault(str(name), np.full(self.n, -1, dtype=np.int64))
+                target[rows] = codes
+            else:
+                values = col.to_numpy()
+                if str(name) not in self.columns:
+                    fill = np.nan if values.dtype.kind == "f" else -1
+                    self.columns[str(name)] = np.full(self.n, fill, dtype=values.dtype)
+                self.columns[str(name)][rows] = values
+        if self.var_frame is None and output.var is not None:
+            self.var_frame = output.var.copy()
+        if output.var is not None:
+            self.per_gene[output.name] = output.var
+        self.infos[output.name] = output.info
+
+    def obs(self) -> pd.DataFrame:
+        obs = self.source.obs.copy()
+        for name, values in self.columns.items():
+            if name in self.categories:
+                obs[name] = pd.Categorical.from_codes(
+                    values,  # type: ignore[arg-type]
+                    categories=pd.Index(self.categories[name]),
+                )
+            else:
+                obs[name] = values
+        return obs
+
+    def var(self) -> pd.DataFrame:
+        """The first mapped batch's ``var``; per-batch scores as their median over the batches,
+        ``is_training`` when the gene trained any batch (each batch's values: :meth:`per_batch`)."""
+        assert self.var_frame is not None
+        var = self.var_frame.copy()
+        frames = list(self.per_gene.values())
+        var["is_training"] = np.any([f["is_training"].to_numpy(bool) for f in frames], axis=0)
+        for col in PER_BATCH_VAR:
+            if col in var:
+                stacked = np.vstack([f[col].to_numpy(np.float64) for f in frames])
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN genes stay NaN
+                    var[col] = np.nanmedian(stacked, axis=0)
+        return var
+
+    def per_batch(self) -> dict[str, pd.DataFrame]:
+        """Batches x genes of each per-batch ``var`` column."""
+        out = {}
+        for col in PER_BATCH_VAR:
+            if all(col in f for f in self.per_gene.values()):
+                out[col] = pd.DataFrame(
+                    {name: f[col].to_numpy(np.float64) for name, f in self.per_gene.items()},
+                    index=pd.Index(self.genes, name="gene"),
+                ).T
+        return out
+
+    def uns(
+        self,
+        table: pd.DataFrame,
+        batch_key: str,
+        seconds: float,
+        n_workers: int,
+        extra: dict[str, Any] | None,
+    ) -> dict[str, Any]:
+        from napari_spatial_impute.io.schema import UNS_KEY
+
+        first = next(iter(self.infos.values()))
+        info = {k: v for k, v in first.items() if k not in ("timings",)}
+        mapped = table[table["status"] == "mapped"]
+        info["training_score"] = float(np.nanmean(mapped["training_score"].to_numpy()))
+        info["timings"] = {"total_s": float(seconds)}
+        info["batch_key"] = batch_key
+        info["batches"] = {
+            "table": table.reset_index().astype({"reason": str, "worker": str}),
+            "workers": int(n_workers),
+            "runs": {str(i): self.infos[name] for i, name in enumerate(mapped.index)},
+            **self.per_batch(),
+        }
+        if extra:
+            info.update(extra)
+        return {UNS_KEY: info}

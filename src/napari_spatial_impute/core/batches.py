@@ -1,0 +1,205 @@
+"""Mapping section by section: the batches of a batch key and the work of one batch.
+
+A *batch key* is a spatial ``obs`` column naming the section, slice or sample of each cell. Each
+batch maps against the whole reference on its own (:func:`map_batch`), exactly as mapping that
+batch alone would (:func:`~napari_spatial_impute.map_cells_to_space` on those cells with the same
+settings and seed): sections of an atlas are imaged separately, and their cells never share a
+neighbourhood. :func:`plan_batches` checks the key before any work. Running the batches (in this
+process or on a Dask cluster) and writing their results is
+:mod:`napari_spatial_impute.core.batch_run`.
+
+Nothing here imports Dask: a batch is plain data in, plain data out, so it runs the same in a
+worker process on another machine.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+
+from napari_spatial_impute._errors import InputError, InputWarning, first_line
+from napari_spatial_impute.io._sparse import is_sparse
+from napari_spatial_impute.io.schema import UNS_KEY
+
+#: A batch maps against the reference on its own: fewer cells than this are refused.
+MIN_BATCH_CELLS = 20
+#: More batches than this are refused (a key that names cells or FOVs, not sections).
+MAX_BATCHES = 5000
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One batch: its position in the plan, its name and its rows (sorted positions)."""
+
+    index: int
+    name: str
+    rows: np.ndarray
+
+    @property
+    def n_cells(self) -> int:
+        """Cells in the batch."""
+        return int(self.rows.size)
+
+
+def plan_batches(
+    obs: pd.DataFrame,
+    batch_key: str,
+    *,
+    min_cells: int = MIN_BATCH_CELLS,
+    max_batches: int = MAX_BATCHES,
+) -> list[Batch]:
+    """The batches of ``batch_key``, in natural order of their names.
+
+    Refused with one line (never merged: merging sections would mix tissues that were never
+    neighbours): a missing column, cells without a value, more than ``max_batches`` values, and
+    batches with fewer than ``min_cells`` cells (listed, with the fix).
+    """
+    from napari_spatial_impute.io.files import _list_columns, _text_labels
+
+    if batch_key not in obs.columns:
+        raise InputError(
+            f"batch key {batch_key!r} is not a column of the spatial obs; columns there are: "
+            f"{_list_columns(obs)}."
+        )
+    column = obs[batch_key]
+    missing = int(column.isna().sum())
+    if missing:
+        raise InputError(
+            f"batch key {batch_key!r} has {missing:,} cells without a value; give them their "
+            "section's value or drop them."
+        )
+    labels = _text_labels(column)
+    counts = np.bincount(labels.codes, minlength=len(labels.categories))
+    n_cells = int(counts.sum())
+    if len(counts) > max_batches or (len(counts) > 1 and np.median(counts) < min_cells):
+        raise InputError(
+            f"batch key {batch_key!r} has {len(counts):,} values for {n_cells:,} cells (median "
+            f"{int(np.median(counts)):,} cells per batch): it names cells or fields of view, not "
+            "sections; give a section, slice or sample column (refused, not merged)."
+        )
+    small = np.flatnonzero(counts < min_cells)
+    if small.size:
+        names = ", ".join(f"{labels.categories[i]!s} ({counts[i]})" for i in small[:5])
+        more = f" and {small.size - 5} more" if small.size > 5 else ""
+        raise InputError(
+            f"batch key {batch_key!r}: {small.size} batch{'es' if small.size > 1 else ''} "
+            f"{'have' if small.size > 1 else 'has'} fewer than {min_cells} cells ({names}{more}); "
+            "each batch maps on its own: drop those cells or give them their section's value "
+            "(refused, not merged)."
+        )
+    order = np.argsort(labels.codes, kind="stable")
+    bounds = np.concatenate([[0], np.cumsum(counts)])
+    return [
+        Batch(i, str(name), np.sort(order[bounds[i] : bounds[i + 1]]).astype(np.int64))
+        for i, name in enumerate(labels.categories)
+    ]
+
+
+@dataclass
+class BatchOutput:
+    """What one batch gives back: everything the result file holds for its cells.
+
+    ``status`` is ``"mapped"`` or ``"skipped"`` (with ``reason``; the arrays are then empty).
+    Per-cell arrays have one row per cell of the batch, in the batch's row order.
+    """
+
+    index: int
+    name: str
+    rows: np.ndarray
+    status: str = "mapped"
+    reason: str = ""
+    X: np.ndarray | None = None
+    layers: dict[str, np.ndarray] = field(default_factory=dict)
+    obs: pd.DataFrame | None = None
+    obsm: dict[str, Any] = field(default_factory=dict)
+    var: pd.DataFrame | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+    worker: str = ""
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the imputed arrays."""
+        arrays = [self.X, *self.layers.values()]
+        return int(sum(a.nbytes for a in arrays if a is not None))
+
+
+def _no_counts(spatial: ad.AnnData) -> bool:
+    X = spatial.X
+    total = X.sum() if is_sparse(X) else np.asarray(X, dtype=np.float64).sum()
+    return bool(float(total) <= 0)
+
+
+def map_batch(
+    reference: ad.AnnData,
+    spatial: ad.AnnData,
+    batch: Batch,
+    *,
+    map_kwargs: dict[str, Any],
+    genes: Sequence[str] | None = None,
+    projection: str = "auto",
+    top_k: int = 10,
+    threads: int | None = None,
+) -> BatchOutput:
+    """Map one batch (``spatial`` holds its cells only) and impute ``genes`` there.
+
+    The same as :func:`~napari_spatial_impute.map_cells_to_space` on these cells followed by
+    :func:`~napari_spatial_impute.result_to_anndata`. A batch that cannot be mapped (no counts,
+    or input the mapping refuses) is returned as ``"skipped"`` with the one-line reason, never
+    silently.
+
+    ``threads`` sets torch's threads for the call (a Dask worker with one thread per process).
+    """
+    import torch
+
+    from napari_spatial_impute.core.export import result_to_anndata
+    from napari_spatial_impute.core.mapping import map_cells_to_space
+
+    t0 = time.perf_counter()
+    out = BatchOutput(batch.index, batch.name, batch.rows, worker=_where())
+    if spatial.n_obs != batch.n_cells:
+        raise ValueError(
+            f"batch {batch.name!r}: {spatial.n_obs} cells given, {batch.n_cells} planned"
+        )
+    if _no_counts(spatial):
+        out.status, out.reason = "skipped", "no counts (every value is 0)"
+        return out
+    old_threads = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(int(threads))
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", InputWarning)
+            result = map_cells_to_space(reference, spatial, **map_kwargs)
+            adata = result_to_anndata(result, genes=genes, method=projection, top_k=top_k)
+    except InputError as exc:
+        out.status, out.reason = "skipped", first_line(exc)
+        out.seconds = time.perf_counter() - t0
+        return out
+    finally:
+        torch.set_num_threads(old_threads)
+    out.warnings = sorted({str(w.message) for w in caught if issubclass(w.category, InputWarning)})
+    out.X = np.asarray(adata.X, dtype=np.float32)
+    out.layers = {k: np.asarray(v, dtype=np.float32) for k, v in adata.layers.items()}
+    new_cols = [c for c in adata.obs.columns if c not in spatial.obs.columns]
+    out.obs = adata.obs[new_cols].copy()
+    out.obsm = {k: v for k, v in adata.obsm.items() if k not in spatial.obsm}
+    out.var = adata.var.copy()
+    out.info = dict(adata.uns[UNS_KEY])
+    out.seconds = time.perf_counter() - t0
+    return out
+
+
+def _where() -> str:
+    """Host and process of the worker that ran a batch (for the run record)."""
+    return f"{socket.gethostname()}:{os.getpid()}"
