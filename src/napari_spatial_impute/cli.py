@@ -138,6 +138,34 @@ def _parser() -> argparse.ArgumentParser:
         "side when they share coordinates); default: a column named sample, section, slice...; "
         "'' for none",
     )
+    b = m.add_argument_group(
+        "batches (atlas scale)",
+        "map each section on its own, on a Dask cluster, writing the output batch by batch",
+    )
+    b.add_argument(
+        "--batch-key",
+        default=None,
+        help="spatial obs column naming each cell's section/slice/sample: each maps against the "
+        "reference on its own; --out is then a new .h5ad or an AnnData .zarr",
+    )
+    b.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="worker processes of the local Dask cluster (default: one per core, at most one per "
+        "batch; 0: run the batches in this process)",
+    )
+    b.add_argument(
+        "--memory-limit",
+        default=None,
+        help="memory per worker, e.g. 4GB (default: Dask's share of the RAM)",
+    )
+    b.add_argument(
+        "--scheduler",
+        default=None,
+        help="address of a running Dask scheduler (tcp://host:8786) instead of a local cluster; "
+        "its workers need this package and the input files' paths",
+    )
 
     e = sub.add_parser("evaluate", help="k-fold leave-genes-out cross-validation")
     _add_mapping_options(e, epochs_default=1000, skip=_NOT_EVALUATED)
@@ -353,6 +381,13 @@ def cmd_map(args: argparse.Namespace) -> int:
     from napari_spatial_impute.core.mapping import map_cells_to_space
     from napari_spatial_impute.io.files import find_fov_key, find_sample_key, read_h5ad
 
+    if args.batch_key is not None:
+        return _map_batches(args)
+    if args.workers is not None or args.memory_limit is not None or args.scheduler is not None:
+        raise InputError(
+            "--workers, --memory-limit and --scheduler run batches; give --batch-key (the "
+            "spatial obs column with each cell's section)."
+        )
     out, store_out, table_name = _map_target(args)
     kwargs = _mapping_kwargs(args)
     reference = read_h5ad(args.reference, "reference")
@@ -403,6 +438,103 @@ def cmd_map(args: argparse.Namespace) -> int:
         + (f" and {n_clusters} cluster probabilities" if n_clusters else "")
         + (f" to {out}" if store_out is None else f" to table {table_name!r} of {out}")
     )
+    return 0
+
+
+def _batch_out(args: argparse.Namespace) -> Path:
+    from napari_spatial_impute.io.batch_out import is_zarr_path
+    from napari_spatial_impute.io.files import check_output_folder
+
+    if args.out is None:
+        raise InputError(
+            "--out is required with --batch-key: give a new .h5ad or .zarr (AnnData) file."
+        )
+    if args.result_table is not None or args.overwrite:
+        raise InputError(
+            "--result-table and --overwrite write into a SpatialData store; with --batch-key the "
+            "results go to --out (.h5ad or an AnnData .zarr)."
+        )
+    if not is_zarr_path(args.out):
+        return _check_out(args.out, ".h5ad", [args.reference, args.spatial, args.genes])
+    out = Path(args.out)
+    if out.exists():
+        raise InputError(f"output {args.out!r} exists; choose another --out or remove it.")
+    check_output_folder(out, "choose another --out")
+    return out
+
+
+def _map_batches(args: argparse.Namespace) -> int:
+    """``map --batch-key``: each section on its own (:func:`~napari_spatial_impute.core.batch_run.map_batches`),
+    an ``.h5ad`` spatial file read batch by batch, one line per finished batch."""
+    from napari_spatial_impute.core.batch_run import BatchProgress, map_batches
+    from napari_spatial_impute.core.cluster import parse_memory
+    from napari_spatial_impute.io.files import find_fov_key, find_sample_key, read_h5ad
+
+    out = _batch_out(args)
+    kwargs = _mapping_kwargs(args)
+    parse_memory(args.memory_limit)  # a bad size is refused before any data is read
+    if args.workers is not None and args.workers < 0:
+        raise InputError(f"--workers must be 0 (this process) or more, got {args.workers}.")
+    if args.scheduler is not None and (args.workers is not None or args.memory_limit):
+        raise InputError(
+            "--workers and --memory-limit size a local cluster; a --scheduler's cluster has its "
+            "own workers: give one or the other."
+        )
+    reference = read_h5ad(args.reference, "reference")
+    spatial: Any
+    if _spatial_is_zarr(args):
+        from napari_spatial_impute.io.sdata import read_spatial
+
+        spatial = read_spatial(args.spatial, args.table, args.coordinate_system)
+        obs_source = spatial
+    else:
+        if args.table is not None or args.coordinate_system is not None:
+            raise InputError(
+                "--table and --coordinate-system are for a SpatialData store; --spatial "
+                f"{args.spatial!r} is not one."
+            )
+        from napari_spatial_impute.core.batch_run import SpatialSource
+
+        source = SpatialSource(args.spatial)
+        spatial, obs_source = source.adata, source.light()
+    fov = find_fov_key(obs_source, args.fov_key)
+    sample = (
+        None if args.sample_key == "" else find_sample_key(obs_source, fov, args.sample_key or None)
+    )
+    impute = _gene_arg(args.impute, one_gene=True) if args.impute else None
+    seen: set[str] = set()
+
+    def report(p: BatchProgress) -> None:
+        print(p.describe(), flush=True)
+
+    run = map_batches(
+        reference,
+        spatial,
+        args.batch_key,
+        out,
+        impute=impute if isinstance(impute, list) else None,
+        projection=args.projection,
+        workers=args.workers,
+        scheduler=args.scheduler,
+        memory_limit=args.memory_limit,
+        progress=report,
+        extra_uns={"fov_key": fov or "", "sample_key": sample or ""},
+        **kwargs,
+    )
+    for name, text in run.warnings:
+        if text not in seen:
+            seen.add(text)
+            print(f"{PROG}: warning: batch {name!r}: {text}", file=sys.stderr)
+    table = run.batches
+    mapped = int((table["status"] == "mapped").sum())
+    print(
+        f"mapped {mapped} of {len(table)} batches ({int(table['n_cells'].sum()):,} cells) on "
+        f"{run.workers} worker{'s' if run.workers != 1 else ''} in {run.seconds:.1f} s; "
+        f"median training score {table['training_score'].median():.3f}"
+    )
+    for skipped, row in run.skipped.iterrows():
+        print(f"skipped batch {str(skipped)!r} ({row['n_cells']:,} cells): {row['reason']}")
+    print(f"wrote {out}")
     return 0
 
 

@@ -22,7 +22,7 @@ import uuid
 import warnings
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,13 @@ import numpy as np
 import pandas as pd
 
 from napari_spatial_impute._errors import InputError, MappingCancelled
-from napari_spatial_impute.core.batches import Batch, BatchOutput, map_batch, plan_batches
+from napari_spatial_impute.core.batches import (
+    Batch,
+    BatchOutput,
+    map_batch,
+    peak_rss_gib,
+    plan_batches,
+)
 from napari_spatial_impute.core.engine.mapper import CancelFlag, is_cancelled
 from napari_spatial_impute.core.engine.resources import GIB, estimate_ensemble_map
 
@@ -71,6 +77,7 @@ class BatchRun:
     batches: pd.DataFrame
     seconds: float
     workers: int
+    warnings: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def skipped(self) -> pd.DataFrame:
@@ -157,7 +164,7 @@ def map_batches(
     batch_key: str,
     out: str | os.PathLike[str],
     *,
-    genes: Sequence[str] | None = None,
+    impute: Sequence[str] | None = None,
     projection: str = "auto",
     top_k: int = 10,
     workers: int | None = 0,
@@ -188,8 +195,9 @@ def map_batches(
         :func:`~napari_spatial_impute.core.batches.plan_batches` for what is refused).
     out
         Output ``.h5ad`` (replaced atomically at the end) or new ``.zarr`` (AnnData store).
-    genes
-        Reference genes to impute (default: all).
+    impute
+        Reference genes to impute (default: all). The training genes are ``genes`` of
+        ``map_kwargs``, as in :func:`~napari_spatial_impute.map_cells_to_space`.
     projection, top_k
         As in :func:`~napari_spatial_impute.result_to_anndata`.
     workers
@@ -259,8 +267,8 @@ def map_batches(
         )
     names = (
         list(map(str, reference.var_names))
-        if genes is None
-        else resolve_gene_names(reference.var_names, list(genes))
+        if impute is None
+        else resolve_gene_names(reference.var_names, list(impute))
     )
     batches = plan_batches(source.obs, batch_key)
     n_train = len(match_genes(reference.var_names, light.var_names))
@@ -274,6 +282,7 @@ def map_batches(
         "top_k": top_k,
     }
     records: list[dict[str, Any]] = []
+    notes: list[tuple[str, str]] = []
     collector = _Collector(source, names)
     n_workers = 1
     with atomic_output(out, folder=zarr_out) as tmp:
@@ -293,6 +302,7 @@ def map_batches(
                 assert writer is not None
                 writer.write(output)
                 collector.add(output)
+                notes.extend((output.name, text) for text in output.warnings)
                 records.append(_record(output))
                 if progress is not None:
                     progress(
@@ -343,7 +353,7 @@ def map_batches(
             if writer is not None:
                 writer.close()
     table = pd.DataFrame(records).sort_values("index").set_index("name")
-    return BatchRun(out, table.drop(columns="index"), time.perf_counter() - t0, n_workers)
+    return BatchRun(out, table.drop(columns="index"), time.perf_counter() - t0, n_workers, notes)
 
 
 def _check_memory(need: int, limit: int, largest: Batch, what: str) -> None:
@@ -367,6 +377,7 @@ def _record(output: BatchOutput) -> dict[str, Any]:
         "training_score": float(score),
         "seconds": float(output.seconds),
         "worker": output.worker,
+        "peak_rss_gib": float(output.peak_rss_gib),
     }
 
 
@@ -578,6 +589,7 @@ class _Collector:
         info["batches"] = {
             "table": table.reset_index().astype({"reason": str, "worker": str}),
             "workers": int(n_workers),
+            "client_peak_rss_gib": peak_rss_gib(),
             "runs": {str(i): self.infos[name] for i, name in enumerate(mapped.index)},
             **self.per_batch(),
         }

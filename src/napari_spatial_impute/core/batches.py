@@ -125,6 +125,7 @@ class BatchOutput:
     info: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
     worker: str = ""
+    peak_rss_gib: float = float("nan")
     warnings: list[str] = field(default_factory=list)
 
     @property
@@ -197,7 +198,18 @@ def map_batch(
     out.var = adata.var.copy()
     out.info = dict(adata.uns[UNS_KEY])
     out.seconds = time.perf_counter() - t0
+    out.peak_rss_gib = peak_rss_gib()
     return out
+
+
+def peak_rss_gib() -> float:
+    """Peak resident memory of this process so far (the worker's, on a cluster)."""
+    try:
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # kB on Linux
+    except (ImportError, OSError):
+        return float("nan")
 
 
 def _where() -> str:
