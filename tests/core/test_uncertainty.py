@@ -56,7 +56,7 @@ def test_coverage_columns_are_fractions_of_cells_inside(synthetic, monkeypatch):
         return r
 
     monkeypatch.setattr(evaluate, "map_cells_to_space", spy)
-    df = nsi.cross_validate(ref, spa, folds=3, seed=0, epochs=10)
+    df = nsi.cross_validate(ref, spa, folds=3, seed=0, epochs=10, uncertainty=True)
     for f, r in seen.items():
         held = df.loc[df["fold"] == f, "gene"].tolist()
         # no leak: calibration used only the fold's training genes
@@ -74,7 +74,7 @@ def test_coverage_columns_are_fractions_of_cells_inside(synthetic, monkeypatch):
 def test_coverage_near_nominal_on_real_pair(merfish_pair):
     """5 folds over genes on the MERFISH pair: intervals cover held-out genes near nominal."""
     ref, spa = merfish_pair
-    df = nsi.cross_validate(ref, spa, folds=5, seed=0, epochs=30)
+    df = nsi.cross_validate(ref, spa, folds=5, seed=0, epochs=30, uncertainty=True)
     s = nsi.summarize_cv(df)
     assert abs(s["mean_coverage_90"] - 0.90) < 0.05
     assert abs(s["mean_coverage_67"] - 0.67) < 0.06
