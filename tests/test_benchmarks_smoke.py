@@ -229,3 +229,26 @@ def test_seed_shape_pairs_have_samples_fovs_and_a_panel(tmp_path):
     again = seed_shape.make_pair(600, 10, 2, 80, 40, 12)[1]
     np.testing.assert_array_equal(again.obsm["spatial"], xy)
     assert (again.X != spa.X).nnz == 0
+
+
+def test_candidate_search_tiny(tmp_path, shared_data):
+    """Issue 14's candidate-search benchmark: each subcommand at a tiny size."""
+    cs = _load("candidate_search")
+    out = ["--out-dir", str(tmp_path)]
+    shape = cs.main(
+        out
+        + ["shape", "--n-ref", "400", "--n-sp", "300", "--genes", "30"]
+        + ["--work-dir", str(tmp_path / "work")]
+    )
+    assert set(shape["what"]) == {"ensemble", "lean"}
+    assert shape["pair_recall"].between(0, 1).all()
+    assert 0 < shape.loc[shape["what"] == "ensemble", "weight_recall"].iloc[0] <= 1 + 1e-6
+    spaces = cs.main(out + ["spaces", "--n-ref", "400", "--n-sp", "300", "--genes", "30"])
+    assert set(spaces["space"]) == {"raw", "z", "pca", "lean", "lean_reverse"}
+    acc = cs.main(
+        out + ["accuracy", "--pairs", "merfish_hypothalamus", "--folds", "2", "--max-cells", "300"]
+    )
+    assert list(acc["variant"]) == ["exact", "approximate", "approximate_stress"]
+    assert acc["weight_recall_full_map"].iloc[0] == pytest.approx(1.0)
+    for name in ("shape", "shape_summary", "spaces", "accuracy", "accuracy_per_gene"):
+        assert (tmp_path / f"candidate_search_{name}.csv").exists(), name

@@ -28,7 +28,8 @@ Recall and time against the exact search are measured by ``benchmarks/candidate_
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Literal
 
 import numpy as np
@@ -94,6 +95,19 @@ def exact_top_k(
         v, i = torch.topk(queries[a:b] @ database.t(), k, dim=1)
         values[a:b], indices[a:b] = v, i
     return values, indices
+
+
+@contextmanager
+def _one_thread() -> Iterator[None]:
+    """torch's intra-op threads set to one for the block, then restored."""
+    before = torch.get_num_threads()
+    if before != 1:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        if before != 1:
+            torch.set_num_threads(before)
 
 
 def _argmax_rows(X: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
@@ -175,48 +189,57 @@ class ClusterIndex:
         sizes = self.offsets.diff()
         # candidates kept per probed list (p of them hold k at least, padded with -inf)
         width = max(min(k, int(sizes.max())), -(-k // p))
-        chunk = max(256, min(BLOCK // (4 * p * width), BLOCK // self.lists))
+        # about 16 M candidates (64 MB of values, 128 MB of positions) per block of queries
+        chunk = max(256, min(BLOCK // (2 * p * width), BLOCK // self.lists))
         offsets = self.offsets.tolist()
-        for a in range(0, s, chunk):
-            if cancel is not None:
-                cancel()
-            b = min(s, a + chunk)
-            c = b - a
-            Qc = Q[a:b]
-            probe = torch.topk(Qc @ self.centres.t(), p, dim=1).indices.reshape(-1)
-            # the (query, list) pairs grouped by list: each list is one matrix product; each
-            # pair's best candidates go to the query's slot of that list
-            order = torch.argsort(probe, stable=True)
-            by_list = torch.bincount(probe, minlength=self.lists).tolist()
-            cand_v = torch.full((c * p, width), -torch.inf)
-            cand_i = torch.full((c * p, width), -1, dtype=torch.int64)
-            start = 0
-            for lst, count in enumerate(by_list):
-                if not count:
-                    continue
-                slots = order[start : start + count]
-                start += count
-                lo, hi = offsets[lst], offsets[lst + 1]
-                if hi == lo:
-                    continue
-                sim = Qc.index_select(0, slots // p) @ self.rows[lo:hi].t()
-                if hi - lo <= width:
-                    cand_v[slots, : hi - lo] = sim
-                    cand_i[slots, : hi - lo] = torch.arange(lo, hi)
-                else:
-                    v, i = torch.topk(sim, width, dim=1, sorted=False)
-                    cand_v.index_copy_(0, slots, v)
-                    cand_i.index_copy_(0, slots, i.add_(lo))
-            best_v, pos = torch.topk(cand_v.view(c, p * width), k, dim=1)
-            # positions in the lists' order, then database rows
-            best_i = self.ids[torch.gather(cand_i.view(c, p * width), 1, pos).clamp_min(0)]
-            best_i[torch.isinf(best_v)] = -1
-            short = (best_i < 0).any(dim=1).nonzero().ravel()
-            if short.numel():  # fewer than k cells in the probed lists: search those exactly
-                v, i = exact_top_k(self.rows, Qc[short], k)
-                best_v[short], best_i[short] = v, self.ids[i]
-            values[a:b], indices[a:b] = best_v, best_i
+        # the blocks' many small products on one thread: with two, each waited for the second
+        # thread whenever another process held a core (4-7x slower, measured here)
+        with _one_thread():
+            for a in range(0, s, chunk):
+                if cancel is not None:
+                    cancel()
+                b = min(s, a + chunk)
+                values[a:b], indices[a:b] = self._search_block(Q[a:b], k, p, width, offsets)
         return values, indices
+
+    def _search_block(
+        self, Qc: torch.Tensor, k: int, p: int, width: int, offsets: list[int]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`search` for one block of queries, each probing ``p`` lists."""
+        c = Qc.shape[0]
+        probe = torch.topk(Qc @ self.centres.t(), p, dim=1).indices.reshape(-1)
+        # the (query, list) pairs grouped by list: each list is one matrix product; each pair's
+        # best ``width`` candidates go to the query's slot of that list
+        order = torch.argsort(probe, stable=True)
+        by_list = torch.bincount(probe, minlength=self.lists).tolist()
+        cand_v = torch.full((c * p, width), -torch.inf)
+        cand_i = torch.full((c * p, width), -1, dtype=torch.int64)
+        start = 0
+        for lst, count in enumerate(by_list):
+            if not count:
+                continue
+            slots = order[start : start + count]
+            start += count
+            lo, hi = offsets[lst], offsets[lst + 1]
+            if hi == lo:
+                continue
+            sim = Qc.index_select(0, slots // p) @ self.rows[lo:hi].t()
+            if hi - lo <= width:
+                cand_v[slots, : hi - lo] = sim
+                cand_i[slots, : hi - lo] = torch.arange(lo, hi)
+            else:
+                v, i = torch.topk(sim, width, dim=1, sorted=False)
+                cand_v.index_copy_(0, slots, v)
+                cand_i.index_copy_(0, slots, i.add_(lo))
+        best_v, pos = torch.topk(cand_v.view(c, p * width), k, dim=1)
+        # positions in the lists' order, then database rows
+        best_i = self.ids[torch.gather(cand_i.view(c, p * width), 1, pos).clamp_min(0)]
+        best_i[torch.isinf(best_v)] = -1
+        short = (best_i < 0).any(dim=1).nonzero().ravel()
+        if short.numel():  # fewer than k cells in the probed lists: search those exactly
+            v, i = exact_top_k(self.rows, Qc[short], k)
+            best_v[short], best_i[short] = v, self.ids[i]
+        return best_v, best_i
 
 
 def top_k(
