@@ -494,3 +494,40 @@ def test_quitting_the_worker_stops_the_engine(widget, qtbot):
         timeout=30_000,
     )
     assert "Cancelled" in w.status.text() and len(viewer.layers) == 0 and model.result is None
+
+
+def test_batches_are_mapped_one_by_one_into_a_file(widget, qtbot, tmp_path):
+    """Batch key 'sample': each half maps on its own, the file is written, its layers shown."""
+    import anndata as ad
+
+    import napari_spatial_impute as nsi
+
+    viewer, w, model = widget
+    assert "sample" in w.batch_key.choices and "fov" in w.batch_key.choices
+    assert "cell_type" not in w.batch_key.choices  # a reference column, not a spatial one
+    w.batch_key.value = "sample"
+    out = tmp_path / "batches.h5ad"
+    assert w.run() is None  # no file chosen: refused with a word, nothing started
+    assert "choose the file" in w.status.text()
+    w.batch_out.value = str(out)
+    seen = []
+    worker = w.run()
+    worker.yielded.connect(lambda items: seen.extend(p.name for p in items))
+    with qtbot.waitSignal(worker.finished, timeout=240_000):
+        pass
+    qtbot.waitUntil(lambda: w.worker is None, timeout=5000)
+    assert sorted(seen) == ["left", "right"]
+    assert w.progress.value() == 2 and w.progress.maximum() == 2
+    result = model.result
+    assert result is not None and result.uns["spatial_impute"]["batch_key"] == "sample"
+    written = ad.read_h5ad(out)
+    np.testing.assert_array_equal(written.X, result.X)
+    spa = model.spatial
+    left = np.flatnonzero(spa.obs["sample"].to_numpy() == "left")
+    alone = nsi.map_cells_to_space(model.reference, spa[left].copy(), **w.parameters()).to_anndata()
+    np.testing.assert_allclose(written.X[left], alone.X, rtol=1e-6, atol=1e-7)
+    assert "2 of 2 batches mapped" in w.status.text()
+    assert sorted(layer.name for layer in viewer.layers) == [
+        "most likely cell_type · left",
+        "most likely cell_type · right",
+    ]

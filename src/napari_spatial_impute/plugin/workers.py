@@ -17,6 +17,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
+import warnings
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -204,10 +205,16 @@ def result_layers(
     the main thread. The FOV and sample columns are recorded in ``uns['spatial_impute']``
     (``fov_key``, ``sample_key``).
     """
+    return layers_of_result(result.to_anndata(), fov_key, sample_key)
+
+
+def layers_of_result(
+    adata: ad.AnnData, fov_key: str | None = None, sample_key: str | None = None
+) -> tuple[ad.AnnData, list[Any]]:
+    """A result AnnData and its layer data (see :func:`result_layers`), in the worker thread."""
     from napari_spatial_impute.viz.layers import result_cluster_key, spatial_layers
     from napari_spatial_impute.viz.sections import fov_boxes, resolve_fov_key, resolve_sample_key
 
-    adata = result.to_anndata()
     if fov_key:
         adata.uns["spatial_impute"]["fov_key"] = fov_key
     samples = resolve_sample_key(adata, sample_key, fov_key)
@@ -222,3 +229,53 @@ def result_layers(
         role="result",
         name=None if result_cluster_key(adata) else "mapped cells",
     )
+
+
+def iter_batch_mapping(
+    reference: ad.AnnData,
+    spatial: ad.AnnData,
+    batch_key: str,
+    out: str,
+    cancel: threading.Event,
+    *,
+    workers: int = 0,
+    fov_key: str | None = None,
+    sample_key: str | None = None,
+    interval: float = UPDATE_INTERVAL,
+    **kwargs: Any,
+) -> Generator[list[Any], None, Any]:
+    """Map batch by batch into ``out`` (:func:`~napari_spatial_impute.core.batch_run.map_batches`),
+    yielding lists of :class:`~napari_spatial_impute.core.batch_run.BatchProgress`; then read the
+    written result back and build its layer data (both in the worker thread).
+
+    Returns
+    -------
+    ``(result AnnData, layer data, BatchRun)``, or ``None`` when cancelled.
+    """
+    from napari_spatial_impute.core.batch_run import map_batches
+
+    run = yield from run_in_thread(
+        lambda report: map_batches(
+            reference,
+            spatial,
+            batch_key,
+            out,
+            workers=workers,
+            progress=report,
+            cancel=cancel,
+            extra_uns={"fov_key": fov_key or ""},
+            **kwargs,
+        ),
+        cancel,
+        interval=interval,
+        name="spatial-impute-batches",
+    )
+    if run is None:
+        return None
+    from napari_spatial_impute.io.batch_out import is_zarr_path
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        adata = ad.read_zarr(run.path) if is_zarr_path(run.path) else ad.read_h5ad(run.path)
+    adata, layers = layers_of_result(adata, fov_key, sample_key)
+    return adata, layers, run

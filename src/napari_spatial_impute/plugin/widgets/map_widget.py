@@ -18,7 +18,8 @@ import anndata as ad
 # window at the end of the first run; importing them here does it once, when napari loads the
 # widget.
 import matplotlib.cm  # noqa: F401
-from magicgui.widgets import Container, LineEdit, create_widget
+from magicgui.types import FileDialogMode
+from magicgui.widgets import ComboBox, Container, FileEdit, LineEdit, SpinBox, create_widget
 from magicgui.widgets.bases import RangedWidget, ValueWidget
 from napari.layers import Points
 from napari.qt.threading import thread_worker
@@ -36,7 +37,7 @@ from qtpy.QtWidgets import (
 )
 
 from napari_spatial_impute._errors import first_line
-from napari_spatial_impute.core.engine.mapper import EpochInfo
+from napari_spatial_impute.core.batch_run import BatchProgress
 from napari_spatial_impute.core.settings import (
     ENSEMBLE_ONLY,
     TANGRAM_ONLY,
@@ -51,6 +52,7 @@ from napari_spatial_impute.plugin.widgets.store_writer import StoreWriter
 from napari_spatial_impute.plugin.workers import (
     Failed,
     guarded,
+    iter_batch_mapping,
     iter_mapping,
     result_layers,
     warm_up,
@@ -59,6 +61,24 @@ from napari_spatial_impute.viz.layers import META_KEY, plugin_meta
 
 #: ``metadata['spatial_impute']['origin']`` of the layers this widget adds (a new run replaces them).
 ORIGIN = "map widget"
+#: The batch key choice that maps all cells together.
+NO_BATCHES = "(none: map all cells together)"
+
+
+def batch_key_choices(obs: Any) -> list[str]:
+    """Spatial obs columns that can name sections: text or categories with 2 to a few thousand
+    values (:func:`~napari_spatial_impute.core.batches.plan_batches` checks the rest)."""
+    from napari_spatial_impute.core.batches import MAX_BATCHES, MIN_BATCH_CELLS
+
+    out = [NO_BATCHES]
+    for name in obs.columns:
+        col = obs[name]
+        if col.dtype.kind in "fc":
+            continue
+        n = col.nunique(dropna=True)
+        if 2 <= n <= min(MAX_BATCHES, max(2, len(col) // MIN_BATCH_CELLS)):
+            out.append(str(name))
+    return out
 
 
 class _Run:
@@ -247,6 +267,34 @@ class MapWidget(PluginWidget):
         for name in ("method", "mode"):
             self.settings_widgets[name].changed.connect(self._method_changed)
 
+        # batches: each section maps on its own, written to a file as the batches finish
+        self.batch_key = ComboBox(name="batch_key", label="Batch key", choices=[NO_BATCHES])
+        self.batch_key.tooltip = (
+            "spatial obs column naming each cell's section/slice/sample: each maps against the "
+            "reference on its own (an atlas); the result is written to a file batch by batch"
+        )
+        self.batch_workers = SpinBox(name="batch_workers", label="Workers", min=0, max=256, value=0)
+        self.batch_workers.tooltip = (
+            "0: batches one after another in napari's process; N: a local Dask cluster of N "
+            "worker processes"
+        )
+        self.batch_out = FileEdit(
+            name="batch_out",
+            label="Write to",
+            mode=FileDialogMode.OPTIONAL_FILE,
+            filter="*.h5ad *.zarr",
+        )
+        self.batch_out.tooltip = (
+            "the result file (.h5ad or a new AnnData .zarr), written batch by batch"
+        )
+        self.batches: Container[Any] = Container(labels=True)
+        self.batches.extend([self.batch_key, self.batch_workers, self.batch_out])
+        self.batches.margins = (0, 0, 0, 0)
+        self.batches_button = QPushButton("Batches (sections of an atlas)")
+        self.batches_button.setCheckable(True)
+        self.batches_button.toggled.connect(self.batches.native.setVisible)
+        self.batches.native.setVisible(False)
+
         self.run_button = QPushButton("Map")
         self.run_button.clicked.connect(self.run)
         self.cancel_button = QPushButton("Cancel")
@@ -271,6 +319,8 @@ class MapWidget(PluginWidget):
         layout.addWidget(self.form.native)
         layout.addWidget(self.advanced_button)
         layout.addWidget(self.advanced.native)
+        layout.addWidget(self.batches_button)
+        layout.addWidget(self.batches.native)
         layout.addLayout(buttons)
         layout.addWidget(self.progress)
         layout.addWidget(self.plot)
@@ -321,6 +371,11 @@ class MapWidget(PluginWidget):
                 f"clusters: {m.cluster_key or '(none)'}"
             )
         self.run_button.setEnabled(ref is not None and spa is not None and self.worker is None)
+        choices = batch_key_choices(spa.obs) if spa is not None else [NO_BATCHES]
+        if list(self.batch_key.choices) != choices:
+            keep = self.batch_key.value if self.batch_key.value in choices else NO_BATCHES
+            self.batch_key.choices = choices
+            self.batch_key.value = keep
         self._update_warnings()
 
     def parameters(self) -> dict[str, Any]:
@@ -373,11 +428,20 @@ class MapWidget(PluginWidget):
         for line in self._update_warnings():
             show_warning(line)
         params = self.parameters()
+        batch_key = str(self.batch_key.value)
+        out = str(self.batch_out.value) if str(self.batch_out.value) not in ("", ".") else ""
+        if batch_key != NO_BATCHES and not out:
+            msg = "choose the file to write the batches to (Write to: .h5ad or .zarr)."
+            self.status.setText(f"Error: {msg}")
+            show_error(msg)
+            return None
         state = self._run
         state.cancel = threading.Event()
         state.abandoned = False
         cancel = state.cancel
         n = params["epochs"]
+        if batch_key != NO_BATCHES:
+            return self._run_batches(ref, spa, batch_key, out, params)
         finish = partial(
             result_layers, fov_key=self.model.fov_key, sample_key=self.model.sample_key
         )
@@ -415,6 +479,53 @@ class MapWidget(PluginWidget):
         self.cancel_button.setEnabled(True)
         return self.start_worker(worker)  # the base keeps it (``worker``, ``busy``)
 
+    def _run_batches(
+        self, ref: ad.AnnData, spa: ad.AnnData, batch_key: str, out: str, params: dict[str, Any]
+    ) -> Any:
+        """Map each batch on its own into ``out``; the result is read back and shown."""
+        cancel = self._run.cancel
+        workers = int(self.batch_workers.value)
+        fov_key, sample_key = self.model.fov_key, self.model.sample_key
+
+        def mapping() -> Any:
+            return (
+                yield from guarded(
+                    iter_batch_mapping(
+                        ref,
+                        spa,
+                        batch_key,
+                        out,
+                        cancel,
+                        workers=workers,
+                        fov_key=fov_key,
+                        sample_key=sample_key,
+                        **params,
+                    )
+                )
+            )
+
+        worker = thread_worker(mapping, start_thread=False)()
+        worker.yielded.connect(self._on_epoch)
+        worker.returned.connect(self._on_returned)
+        worker.errored.connect(self._on_error)
+        worker.finished.connect(self._on_finished)
+        worker.aborted.connect(cancel.set)
+        n_batches = max(1, spa.obs[batch_key].nunique())
+        self._run.pbar = progress(total=n_batches, desc="Mapping batches")
+        self.progress.setVisible(True)
+        self.progress.setRange(0, n_batches)
+        self.progress.setFormat("%v / %m batches")
+        self.progress.setValue(0)
+        self.status.setText(
+            f"Mapping {n_batches} batches of {batch_key!r} one by one"
+            + (f" on {workers} Dask workers" if workers else "")
+            + f", writing {out}..."
+        )
+        self.plot.reset(0)
+        self.run_button.setEnabled(False)
+        self.cancel_button.setEnabled(True)
+        return self.start_worker(worker)
+
     @property
     def worker(self) -> Any:
         """The running worker, or ``None``."""
@@ -448,10 +559,17 @@ class MapWidget(PluginWidget):
         return super().event(event)
 
     # ------------------------------------------------------------------ worker signals
-    def _on_epoch(self, batch: list[EpochInfo]) -> None:
+    def _on_epoch(self, batch: list[Any]) -> None:
         if self._run.abandoned or not batch:
             return
         last = batch[-1]
+        if isinstance(last, BatchProgress):  # a batched run: one item per finished batch
+            self.progress.setValue(last.done)
+            self.status.setText(last.describe())
+            pbar = self._run.pbar
+            if pbar is not None and last.done > pbar.n:
+                pbar.update(last.done - pbar.n)
+            return
         self.plot.extend([info.score for info in batch])
         self.progress.setValue(last.epoch)
         self.status.setText(f"epoch {last.epoch} / {last.n_epochs} · score {last.score:.3f}")
@@ -471,6 +589,9 @@ class MapWidget(PluginWidget):
             self.status.setText(f"Error: {value.message}")
             show_error(value.message)
             return
+        batch_run = value[2] if isinstance(value, tuple) and len(value) == 3 else None
+        if batch_run is not None:
+            value = value[:2]
         adata = value[0] if isinstance(value, tuple) and value else None
         try:
             replaced = self._add_result(*value)
@@ -498,6 +619,16 @@ class MapWidget(PluginWidget):
             if info["params"].get("method") == "ensemble"
             else "Tangram map, training score"
         )
+        if batch_run is not None:
+            table = batch_run.batches
+            skipped = batch_run.skipped
+            which = (
+                f"{int((table['status'] == 'mapped').sum())} of {len(table)} batches mapped"
+                + (f", skipped: {', '.join(map(str, skipped.index))}" if len(skipped) else "")
+                + f"; written to {batch_run.path}; mean training-gene score"
+            )
+            for name, row in skipped.iterrows():
+                show_warning(f"batch {str(name)!r} skipped: {row['reason']}")
         self.status.setText(
             f"Done: {adata.n_vars:,} genes imputed at {adata.n_obs:,} cells ({which} {score:.3f})."
             + (

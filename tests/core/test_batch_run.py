@@ -1,0 +1,211 @@
+"""Mapping batch by batch into one file, in this process and on a Dask LocalCluster."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+
+import napari_spatial_impute as nsi
+from _data import make_synthetic
+from napari_spatial_impute._errors import InputError, MappingCancelled
+from napari_spatial_impute.core.batch_run import map_batches
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+MAP = {"cluster_key": "cell_type", "seed": 2}
+
+
+def _pair(n_sp=240, n_ref=150, seed=5, interleaved=True):
+    ref, sp = make_synthetic(n_ref=n_ref, n_sp=n_sp, n_genes=14, seed=seed)
+    names = np.array(["s1", "s2", "s3"])
+    codes = np.arange(n_sp) % 3 if interleaved else np.repeat(np.arange(3), n_sp // 3)
+    sp.obs["section"] = pd.Categorical(names[codes])
+    return ref, sp
+
+
+def _read(path):
+    return ad.read_zarr(path) if str(path).endswith(".zarr") else ad.read_h5ad(path)
+
+
+def _assert_batches_as_alone(result, ref, sp, rtol=0.0, atol=0.0):
+    for name in ("s1", "s2", "s3"):
+        rows = np.flatnonzero(sp.obs["section"].to_numpy() == name)
+        alone = nsi.map_cells_to_space(ref, sp[rows].copy(), **MAP).to_anndata()
+        np.testing.assert_allclose(result.X[rows], alone.X, rtol=rtol, atol=atol)
+        for layer, values in alone.layers.items():
+            np.testing.assert_allclose(result.layers[layer][rows], values, rtol=rtol, atol=atol)
+        np.testing.assert_allclose(
+            result.obsm["cluster_probabilities"].to_numpy()[rows],
+            alone.obsm["cluster_probabilities"].to_numpy(),
+            rtol=rtol,
+            atol=atol,
+        )
+        np.testing.assert_allclose(
+            result.obsm["measured"].to_numpy()[rows], alone.obsm["measured"].to_numpy()
+        )
+        assert list(result.obs["cell_type_predicted"].iloc[rows].astype(str)) == list(
+            alone.obs["cell_type_predicted"].astype(str)
+        )
+        assert list(result.obs["mapped_unit"].iloc[rows].astype(str)) == list(
+            alone.obs["mapped_unit"].astype(str)
+        )
+        np.testing.assert_array_equal(
+            result.obsm["mapping_top_index"][rows], alone.obsm["mapping_top_index"]
+        )
+
+
+@pytest.mark.parametrize("suffix", [".h5ad", ".zarr"])
+def test_each_batch_is_its_own_mapping_in_one_file(tmp_path, suffix):
+    ref, sp = _pair()
+    seen = []
+    run = map_batches(
+        ref, sp, "section", tmp_path / f"out{suffix}", workers=0, progress=seen.append, **MAP
+    )
+    result = _read(tmp_path / f"out{suffix}")
+    assert result.shape == (sp.n_obs, ref.n_vars)
+    assert list(result.obs_names) == list(sp.obs_names)  # the input's row order
+    _assert_batches_as_alone(result, ref, sp)
+    assert [p.done for p in seen] == [1, 2, 3]
+    assert list(run.batches.index) == ["s1", "s2", "s3"]
+    assert (run.batches["status"] == "mapped").all()
+    info = result.uns["spatial_impute"]
+    assert info["batch_key"] == "section"
+    table = info["batches"]["table"]
+    assert list(table["name"]) == ["s1", "s2", "s3"]
+    assert info["batches"]["train_score"].shape == (3, ref.n_vars)
+    # the file reads as any result: the reader's checks pass
+    from napari_spatial_impute.io.schema import interval_levels
+
+    assert interval_levels(result) == ["90", "67"]
+
+
+def test_backed_h5ad_is_read_batch_by_batch(tmp_path):
+    ref, sp = _pair(interleaved=False)
+    sp.write_h5ad(tmp_path / "spatial.h5ad")
+    before = (tmp_path / "spatial.h5ad").read_bytes()
+    map_batches(ref, tmp_path / "spatial.h5ad", "section", tmp_path / "out.h5ad", workers=0, **MAP)
+    _assert_batches_as_alone(_read(tmp_path / "out.h5ad"), ref, sp)
+    assert (tmp_path / "spatial.h5ad").read_bytes() == before
+
+
+def test_a_batch_without_counts_is_skipped_and_reported(tmp_path):
+    ref, sp = _pair()
+    X = sp.X.toarray()
+    X[sp.obs["section"].to_numpy() == "s2"] = 0
+    sp.X = X
+    run = map_batches(ref, sp, "section", tmp_path / "out.h5ad", workers=0, **MAP)
+    assert list(run.skipped.index) == ["s2"]
+    assert "no counts" in run.skipped.loc["s2", "reason"]
+    result = _read(tmp_path / "out.h5ad")
+    s2 = sp.obs["section"].to_numpy() == "s2"
+    assert np.isnan(result.X[s2]).all() and not np.isnan(result.X[~s2]).any()
+    assert result.obs["cell_type_predicted"][s2].isna().all()
+    assert (result.obsm["mapping_top_index"][s2] == -1).all()
+
+
+def test_nothing_is_written_when_no_batch_maps(tmp_path):
+    ref, sp = _pair()
+    sp.X = sp.X * 0
+    with pytest.raises(InputError, match="no batch could be mapped.*no counts"):
+        map_batches(ref, sp, "section", tmp_path / "out.h5ad", workers=0, **MAP)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cancel_leaves_an_earlier_output_untouched(tmp_path):
+    ref, sp = _pair()
+    out = tmp_path / "out.h5ad"
+    out.write_bytes(b"earlier result")
+    flag = threading.Event()
+
+    def progress(p):
+        flag.set()  # after the first batch
+
+    with pytest.raises(MappingCancelled):
+        map_batches(ref, sp, "section", out, workers=0, progress=progress, cancel=flag, **MAP)
+    assert out.read_bytes() == b"earlier result"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.h5ad"]
+
+
+def test_bad_input_is_refused_before_any_work(tmp_path):
+    ref, sp = _pair()
+    with pytest.raises(InputError, match="'slice' is not a column"):
+        map_batches(ref, sp, "slice", tmp_path / "o.h5ad", workers=0)
+    with pytest.raises(InputError, match=r"must end in \.h5ad or \.zarr"):
+        map_batches(ref, sp, "section", tmp_path / "o.csv", workers=0)
+    (tmp_path / "exists.zarr").mkdir()
+    with pytest.raises(InputError, match="exists"):
+        map_batches(ref, sp, "section", tmp_path / "exists.zarr", workers=0)
+    with pytest.raises(InputError, match="cluster key 'nope'"):
+        map_batches(ref, sp, "section", tmp_path / "o.h5ad", workers=0, cluster_key="nope")
+    with pytest.raises(InputError, match=r"needs about .* GiB per worker, but --memory-limit"):
+        map_batches(ref, sp, "section", tmp_path / "o.h5ad", workers=1, memory_limit="1MB")
+    with pytest.raises(InputError, match="not a size"):
+        map_batches(ref, sp, "section", tmp_path / "o.h5ad", workers=1, memory_limit="lots")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exists.zarr"]
+
+
+def test_a_scheduler_that_does_not_answer_is_one_line(tmp_path):
+    ref, sp = _pair()
+    with pytest.raises(InputError, match="does not answer") as info:
+        map_batches(ref, sp, "section", tmp_path / "o.h5ad", scheduler="tcp://127.0.0.1:9", **MAP)
+    assert "\n" not in str(info.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    from distributed import Client, LocalCluster
+
+    with (
+        LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+        ) as c,
+        Client(c) as client,
+    ):
+        yield client
+
+
+def test_dask_cluster_gives_the_batches_own_mappings(tmp_path, cluster):
+    ref, sp = _pair()
+    run = map_batches(ref, sp, "section", tmp_path / "out.zarr", scheduler=cluster, **MAP)
+    result = _read(tmp_path / "out.zarr")
+    # worker processes run torch on one thread: sums may round differently in the last bits
+    _assert_batches_as_alone(result, ref, sp, rtol=1e-5, atol=1e-6)
+    workers = {w.rsplit(":", 1)[1] for w in run.batches["worker"]}
+    assert str(os.getpid()) not in workers  # the batches ran in the worker processes
+
+
+def test_a_killed_worker_is_replaced_and_its_batch_written_once(tmp_path, cluster):
+    """Kill the worker process running a batch: the batch runs again elsewhere, every batch is
+    in the file once, and the result is the same as without the kill."""
+    ref, sp = _pair(n_sp=3000, n_ref=3000, seed=8, interleaved=False)
+    pids = cluster.run(os.getpid)
+    killed: dict[str, object] = {}
+
+    def killer():
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not killed:
+            busy = {addr: keys for addr, keys in cluster.processing().items() if keys}
+            for addr, keys in busy.items():
+                if addr in pids:
+                    killed.update(pid=pids[addr], key=list(keys)[0])
+                    os.kill(pids[addr], 9)
+                    return
+            time.sleep(0.005)
+
+    thread = threading.Thread(target=killer)
+    thread.start()
+    run = map_batches(ref, sp, "section", tmp_path / "out.h5ad", scheduler=cluster, **MAP)
+    thread.join()
+    assert killed, "no batch was seen running"
+    assert (run.batches["status"] == "mapped").all() and len(run.batches) == 3
+    index = int(str(killed["key"]).rsplit("-", 1)[1])
+    rerun_by = run.batches["worker"].iloc[index].rsplit(":", 1)[1]
+    assert rerun_by != str(killed["pid"])
+    _assert_batches_as_alone(_read(tmp_path / "out.h5ad"), ref, sp, rtol=1e-5, atol=1e-6)

@@ -1,0 +1,102 @@
+"""Batches of a batch key, and one batch mapped as if it were alone (core.batches)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import napari_spatial_impute as nsi
+from _data import make_synthetic
+from napari_spatial_impute._errors import InputError
+from napari_spatial_impute.core.batches import MIN_BATCH_CELLS, Batch, map_batch, plan_batches
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+
+def _obs(values):
+    return pd.DataFrame({"section": values}, index=[f"c{i}" for i in range(len(values))])
+
+
+def test_batches_in_natural_order_with_sorted_rows():
+    values = ["s10"] * 25 + ["s2"] * 30 + ["s1"] * 20 + ["s2"] * 5
+    batches = plan_batches(_obs(values), "section")
+    assert [b.name for b in batches] == ["s1", "s2", "s10"]
+    assert [b.n_cells for b in batches] == [20, 35, 25]
+    s2 = batches[1].rows
+    assert np.all(np.diff(s2) > 0)
+    assert set(s2) == set(range(25, 55)) | set(range(75, 80))
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.integers(0, 6), min_size=MIN_BATCH_CELLS, max_size=300))
+def test_batches_partition_the_cells(codes):
+    values = [f"s{c}" for c in codes]
+    counts = pd.Series(values).value_counts()
+    if (counts < MIN_BATCH_CELLS).any():
+        with pytest.raises(InputError, match="fewer than|names cells"):
+            plan_batches(_obs(values), "section")
+        return
+    batches = plan_batches(_obs(values), "section")
+    rows = np.concatenate([b.rows for b in batches])
+    assert sorted(rows.tolist()) == list(range(len(values)))
+    for b in batches:
+        assert {values[i] for i in b.rows} == {b.name}
+
+
+@pytest.mark.parametrize(
+    ("values", "match"),
+    [
+        ([f"cell{i}" for i in range(200)], "names cells or fields of view"),
+        (["a"] * 100 + ["b"] * 3, r"1 batch has fewer than 20 cells \(b \(3\)\)"),
+        (["a"] * 50 + [None] * 2, "2 cells without a value"),
+    ],
+)
+def test_bad_batch_keys_are_refused_in_one_line(values, match):
+    with pytest.raises(InputError, match=match) as info:
+        plan_batches(_obs(values), "section")
+    assert "\n" not in str(info.value)
+    assert "refused, not merged" in str(info.value) or "without a value" in str(info.value)
+
+
+def test_missing_batch_column_lists_the_columns():
+    with pytest.raises(InputError, match="'slice' is not a column.*section"):
+        plan_batches(_obs(["a"] * 30), "slice")
+
+
+def test_one_batch_is_the_mapping_of_that_batch_alone():
+    ref, sp = make_synthetic(n_ref=120, n_sp=90, n_genes=14, seed=3)
+    rows = np.arange(30, 90)
+    batch = Batch(1, "b", rows)
+    out = map_batch(ref, sp[rows].copy(), batch, map_kwargs={"cluster_key": "cell_type", "seed": 4})
+    alone = nsi.map_cells_to_space(ref, sp[rows].copy(), cluster_key="cell_type", seed=4)
+    expected = alone.to_anndata()
+    assert out.status == "mapped"
+    np.testing.assert_array_equal(out.X, expected.X)
+    pd.testing.assert_frame_equal(
+        out.obsm["cluster_probabilities"], expected.obsm["cluster_probabilities"]
+    )
+    assert list(out.obs["cell_type_predicted"]) == list(expected.obs["cell_type_predicted"])
+    for name, layer in expected.layers.items():
+        np.testing.assert_array_equal(out.layers[name], layer)
+    assert out.info["training_score"] == pytest.approx(alone.training_score)
+
+
+def test_a_batch_without_counts_is_skipped_with_the_reason():
+    ref, sp = make_synthetic(n_ref=60, n_sp=40, seed=1)
+    sp.X = sp.X * 0
+    out = map_batch(ref, sp, Batch(0, "empty", np.arange(40)), map_kwargs={})
+    assert out.status == "skipped"
+    assert "no counts" in out.reason
+    assert out.X is None
+
+
+def test_a_batch_the_mapping_refuses_is_skipped_with_its_one_line():
+    ref, sp = make_synthetic(n_ref=60, n_sp=40, seed=1)
+    sp.X = sp.X.toarray()
+    sp.X[0, 0] = np.nan
+    out = map_batch(ref, sp, Batch(0, "bad", np.arange(40)), map_kwargs={})
+    assert out.status == "skipped"
+    assert "NaN" in out.reason and "\n" not in out.reason
