@@ -88,3 +88,23 @@ def test_an_existing_zarr_output_is_never_replaced(files, tmp_path, capsys):
     assert main(_args(folder, out)) == 2
     assert "exists" in capsys.readouterr().err
     assert (out / "mine.txt").read_text() == "earlier"
+
+
+def test_a_store_maps_by_batch_with_cells_where_the_store_puts_them(tmp_path, capsys):
+    """A SpatialData store's table, one batch per FOV: the rows keep the store's positions."""
+    from _data import make_store, tree_digest
+    from napari_spatial_impute.io.sdata import read_spatial
+
+    store, ref = make_store(tmp_path / "s.zarr", n_fovs=2)
+    ref.write_h5ad(tmp_path / "ref.h5ad")
+    before = tree_digest(store)
+    out = tmp_path / "out.h5ad"
+    args = ["map", "-r", str(tmp_path / "ref.h5ad"), "-s", str(store), "--cluster-key"]
+    args += ["cell_type", "--batch-key", "fov", "--workers", "0", "--out", str(out)]
+    assert main(args) == 0
+    assert "mapped 2 of 2 batches (48 cells)" in capsys.readouterr().out
+    result = ad.read_h5ad(out)
+    cells = read_spatial(store)
+    np.testing.assert_allclose(result.obsm["spatial"], cells.obsm["spatial"])
+    assert list(result.obs["fov"].astype(str)) == list(cells.obs["fov"].astype(str))
+    assert tree_digest(store) == before  # the store is read only
