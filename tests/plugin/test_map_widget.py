@@ -319,6 +319,7 @@ def test_fast_clusters_run_keeps_the_window_responsive(make_napari_viewer, qtbot
     w.form.mode.value = "clusters"
     w.form.method.value = "tangram"
     w.form.epochs.value = 2000
+    w.settings_widgets["tol"].value = 0  # every epoch (no plateau stop): 2,000 are counted
     batches, returned_at = [], []
     on_epoch, on_returned = w._on_epoch, w._on_returned
     w._on_epoch = lambda batch: (batches.append(len(batch)), on_epoch(batch))

@@ -39,7 +39,7 @@ def test_form_defaults_and_parameters_validate(widget):
             assert widget_.tooltip == s.help and widget_.label == s.label
             if s.choices:
                 assert set(s.choices) <= set(widget_.choices)
-    assert p["epochs"] == 500 and p["tol"] is None and p["lambda_d"] is None
+    assert p["epochs"] == 500 and p["tol"] == 1e-3 and p["lambda_d"] is None
     MappingSettings(**p).validate()
 
 
