@@ -45,6 +45,7 @@ import argparse
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -64,6 +65,8 @@ import common  # noqa: E402 (benchmarks/ is on the path from here)
 TOLS = (1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3)
 PATIENCES = (25, 50, 100)
 SRC = HERE.parent / "src"
+#: GNU time's verbose report (wall time, peak RSS) where installed.
+TIME_V = ["/usr/bin/time", "-v"] if Path("/usr/bin/time").exists() else []
 
 
 # ----------------------------------------------------------------------------------- pairs
@@ -404,23 +407,24 @@ def cmd_map(args: argparse.Namespace) -> int:
             import seed_shape
 
             folder = folder or Path(tmp) / "pair"
-            seed_shape.main(["--out", str(folder), *args.shape])
+            seed_shape.main(["--out", str(folder), *shlex.split(args.shape)])
         sides = {"after": str(SRC)} | ({"before": args.before} if args.before else {})
         rows = []
         for rep in range(args.repeats):
             order = list(sides) if rep % 2 == 0 else list(sides)[::-1]
             for side in order:
                 out = Path(tmp) / f"{side}.h5ad"
-                cmd = ["/usr/bin/time", "-v", sys.executable, "-m", "napari_spatial_impute.cli"]
+                cmd = [*TIME_V, sys.executable, "-m", "napari_spatial_impute.cli"]
                 cmd += ["map", "-r", str(folder / "reference.h5ad")]
                 cmd += ["-s", str(folder / "spatial.h5ad"), "-o", str(out)]
-                cmd += ["--cluster-key", "cell_type", *args.map_args]
+                cmd += ["--cluster-key", "cell_type", *shlex.split(args.map_args)]
                 load = common.loadavg()
                 proc = subprocess.run(
                     cmd, capture_output=True, text=True, env=_env(sides[side]), check=False
                 )
                 if proc.returncode != 0:
-                    raise SystemExit(f"{side} failed: {proc.stderr[-800:]}")
+                    own = proc.stderr.split("\tCommand being timed")[0].strip()
+                    raise SystemExit(f"{side} failed: {own[-800:]}")
                 summary = [ln for ln in proc.stdout.splitlines() if " map" in ln]
                 row = {
                     "side": side,
@@ -481,15 +485,16 @@ def main(argv: list[str] | None = None) -> int:
         "--variants",
         nargs="+",
         default=["", "--transform normalize_log1p"],
-        help="extra evaluate options, one string per variant ('' = defaults)",
+        help="extra evaluate options, one string per variant ('' = defaults; write "
+        "--variants='--no-uncertainty' for one that starts with --)",
     )
     v.add_argument("--repeats", type=int, default=3)
     v.set_defaults(run=cmd_evaluate)
     m = sub.add_parser("map")
     m.add_argument("--before", default=None, help="src folder of the earlier checkout")
     m.add_argument("--pair-dir", default=None, help="a seed_shape.py folder (made if absent)")
-    m.add_argument("--shape", nargs="*", default=[], help="seed_shape.py options")
-    m.add_argument("--map-args", nargs="*", default=[])
+    m.add_argument("--shape", default="", help="seed_shape.py options, one string")
+    m.add_argument("--map-args", default="", help="more map options, one string")
     m.add_argument("--repeats", type=int, default=1)
     m.set_defaults(run=cmd_map)
     args = p.parse_args(argv)

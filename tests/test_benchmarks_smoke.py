@@ -252,3 +252,29 @@ def test_candidate_search_tiny(tmp_path, shared_data):
     assert acc["weight_recall_full_map"].iloc[0] == pytest.approx(1.0)
     for name in ("shape", "shape_summary", "spaces", "accuracy", "accuracy_per_gene"):
         assert (tmp_path / f"candidate_search_{name}.csv").exists(), name
+
+
+def test_fast_defaults_tiny(tmp_path, merfish_pair):
+    """Issue 14's fast-defaults benchmark: each subcommand at a tiny size (no before-checkout)."""
+    fd = _load("fast_defaults")
+    out = ["--out-dir", str(tmp_path)]
+    assert fd.main(out + ["plateau", "--pairs", "sim:60x80x12", "--epochs", "60"]) == 0
+    grid = pd.read_csv(tmp_path / "fast_defaults_plateau.csv")
+    assert set(grid["patience"]) == {25, 50} and grid["stop_epoch"].between(26, 60).all()
+    assert (grid["gap_to_all_epochs"] == grid["score_all_epochs"] - grid["score_at_stop"]).all()
+    assert fd.main(out + ["engines", "--pairs", "sim:80x60x12", "--epochs", "3"]) == 0
+    eng = pd.read_csv(tmp_path / "fast_defaults_engines.csv")
+    assert list(eng["engine_asked"]) == ["exact", "lean", "auto"]
+    assert set(eng["engine_ran"]) <= {"exact", "lean"} and (eng["s_per_epoch"] > 0).all()
+    ref, spa = merfish_pair
+    r, s = tmp_path / "r.h5ad", tmp_path / "s.h5ad"
+    ref[:200].copy().write_h5ad(r)
+    spa[:150].copy().write_h5ad(s)
+    args = ["evaluate", "--reference", str(r), "--spatial", str(s), "--repeats", "1"]
+    assert fd.main(out + args + ["--variants", ""]) == 0
+    ev = pd.read_csv(tmp_path / "fast_defaults_evaluate.csv")
+    assert list(ev["how"]) == ["cli", "in_process"] and (ev["seconds"] > 0).all()
+    shape = "--cells 600 --fovs 10 --samples 2 --reference-cells 80 --genes 40 --panel 12"
+    assert fd.main(out + ["map", "--shape", shape, "--map-args", "--impute Gene0000"]) == 0
+    mp = pd.read_csv(tmp_path / "fast_defaults_map.csv")
+    assert list(mp["side"]) == ["after"] and mp["t_total_s"].iloc[0] > 0
