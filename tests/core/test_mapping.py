@@ -244,6 +244,8 @@ def test_auto_measures_only_where_the_lean_engine_can_save_work(synthetic, monke
     init = np.zeros((ref.n_obs, spa.n_obs), dtype=np.float32)
     r = nsi.map_cells_to_space(ref, spa, method="tangram", epochs=2, candidates=5, init=init)
     assert r.params["engine"] == "exact"
+    r = nsi.map_cells_to_space(ref, spa, method="tangram", epochs=0, candidates=5)
+    assert r.params["engine"] == "exact" and r.params["stop_reason"] == "epochs"
     monkeypatch.setattr(mapping, "probe_engine_costs", lambda *a, **k: _costs(1e-3, 2e-3))
     r = nsi.map_cells_to_space(ref, spa, method="tangram", epochs=2, candidates=5)
     assert r.params["engine"] == "lean"  # 5 candidates: worth measuring

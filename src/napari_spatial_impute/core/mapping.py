@@ -447,8 +447,9 @@ def map_cells_to_space(
             lambda_g1, lambda_g2, float(lambda_d), lambda_r, lambda_count, lambda_f_reg
         )
         t_setup = time.perf_counter()
-        if init is not None and choice is None:
-            choice = False  # initial logits are a dense mapping: the exact engine's
+        if choice is None and (init is not None or epochs == 0):
+            # initial logits are a dense mapping (the exact engine's); no epochs: nothing to time
+            choice = False
         # the lean engine's per-epoch temporaries are large, short-lived and the same sizes every
         # epoch between refreshes (see _malloc); the exact engine's are small, and keeping its
         # freed blocks only raised its peak (8.3 vs 7.7 GiB here). Post-processing allocates
