@@ -93,8 +93,10 @@ class SpatialSource:
             self.adata = spatial
             self.path: Path | None = Path(spatial.filename) if spatial.isbacked else None
         else:
+            from napari_spatial_impute.io.files import read_h5ad
+
             self.path = Path(spatial)
-            self.adata = _read_backed(self.path)
+            self.adata = read_h5ad(self.path, "spatial", backed=True)
 
     @property
     def obs(self) -> pd.DataFrame:
@@ -118,25 +120,6 @@ class SpatialSource:
 
 def _small_obsm(value: Any) -> bool:
     return not isinstance(value, pd.DataFrame) and np.ndim(value) == 2 and np.shape(value)[1] <= 3
-
-
-def _read_backed(path: Path) -> ad.AnnData:
-    from napari_spatial_impute._errors import first_line
-
-    if not path.exists():
-        raise InputError(f"spatial file {str(path)!r} does not exist; check the path.")
-    if path.is_dir():
-        raise InputError(
-            f"spatial path {str(path)!r} is a folder; give an .h5ad file (a SpatialData store "
-            "is read with read_spatial first)."
-        )
-    try:
-        return ad.read_h5ad(path, backed="r")
-    except Exception as exc:  # h5py/anndata raise many types for a broken file
-        raise InputError(
-            f"cannot read spatial file {str(path)!r} as .h5ad ({first_line(exc)}); give an "
-            "AnnData file written by anndata or scanpy."
-        ) from None
 
 
 def batch_needs(

@@ -45,7 +45,7 @@ MAX_VALUE = 1e15
 ValueKind = Literal["raw counts", "non-integer (normalised)", "log-transformed"]
 
 
-def read_h5ad(path: str | os.PathLike[str], role: str = "data") -> ad.AnnData:
+def read_h5ad(path: str | os.PathLike[str], role: str = "data", backed: bool = False) -> ad.AnnData:
     """Read an ``.h5ad`` file and fail with a one-line message when it cannot be read.
 
     Parameters
@@ -54,10 +54,12 @@ def read_h5ad(path: str | os.PathLike[str], role: str = "data") -> ad.AnnData:
         File to read.
     role
         What the file is for (``"reference"``, ``"spatial"``), used in error messages.
+    backed
+        Open it read-only with ``X`` left on disk (rows are read when sliced).
 
     Returns
     -------
-    The AnnData object, fully loaded in memory.
+    The AnnData object, fully loaded in memory unless ``backed``.
     """
     p = Path(path)
     if not p.exists():
@@ -67,7 +69,7 @@ def read_h5ad(path: str | os.PathLike[str], role: str = "data") -> ad.AnnData:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            adata = ad.read_h5ad(p)
+            adata = ad.read_h5ad(p, backed="r") if backed else ad.read_h5ad(p)
     except Exception as exc:  # h5py/anndata raise many types for a broken file
         first = first_line(exc)
         raise InputError(

@@ -8,6 +8,7 @@ label), the advanced ones folded under a button. A new setting shows up here wit
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -449,15 +450,7 @@ class MapWidget(PluginWidget):
         def mapping() -> Any:
             return (yield from guarded(iter_mapping(ref, spa, cancel, finish, **params)))
 
-        # no ``progress=`` here: napari would advance its bar once per yield; the bar below is
-        # advanced by the epochs of each (throttled) batch instead
-        worker = thread_worker(mapping, start_thread=False)()
-        worker.yielded.connect(self._on_epoch)
-        worker.returned.connect(self._on_returned)
-        worker.errored.connect(self._on_error)
-        worker.finished.connect(self._on_finished)
-        # napari's status-bar cancel quits the worker: stop the engine too
-        worker.aborted.connect(cancel.set)
+        worker = self._new_worker(mapping, cancel)
         self.progress.setVisible(True)
         if self.map_method() == "ensemble":
             # nothing is trained: a busy bar while each spatial cell is matched
@@ -478,6 +471,19 @@ class MapWidget(PluginWidget):
         self.run_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
         return self.start_worker(worker)  # the base keeps it (``worker``, ``busy``)
+
+    def _new_worker(self, mapping: Callable[[], Any], cancel: threading.Event) -> Any:
+        """A thread worker over ``mapping`` wired to this widget (not started)."""
+        # no ``progress=`` here: napari would advance its bar once per yield; the bars here are
+        # advanced by the epochs (or batches) of each throttled list instead
+        worker = thread_worker(mapping, start_thread=False)()
+        worker.yielded.connect(self._on_epoch)
+        worker.returned.connect(self._on_returned)
+        worker.errored.connect(self._on_error)
+        worker.finished.connect(self._on_finished)
+        # napari's status-bar cancel quits the worker: stop the engine too
+        worker.aborted.connect(cancel.set)
+        return worker
 
     def _run_batches(
         self, ref: ad.AnnData, spa: ad.AnnData, batch_key: str, out: str, params: dict[str, Any]
@@ -504,12 +510,7 @@ class MapWidget(PluginWidget):
                 )
             )
 
-        worker = thread_worker(mapping, start_thread=False)()
-        worker.yielded.connect(self._on_epoch)
-        worker.returned.connect(self._on_returned)
-        worker.errored.connect(self._on_error)
-        worker.finished.connect(self._on_finished)
-        worker.aborted.connect(cancel.set)
+        worker = self._new_worker(mapping, cancel)
         n_batches = max(1, spa.obs[batch_key].nunique())
         self._run.pbar = progress(total=n_batches, desc="Mapping batches")
         self.progress.setVisible(True)
