@@ -17,6 +17,12 @@ Measured with the benchmark protocol (log-normalised, 10 folds over genes, seed 
 docs/benchmarks.md): median held-out Pearson 0.31 on the MERFISH hypothalamus pair (tangram-sc
 0.20, kNN baseline 0.25), 0.20 on STARmap (0.11, 0.13) and 0.39 on osmFISH (0.29, 0.38); no single
 member was best on all three.
+
+Each space's neighbours are found exactly (every pair compared, in blocks) or, above about 10^9
+pairs, approximately with an inverted-file index of the reference cells
+(:mod:`napari_spatial_impute.core.engine.search`; ``search=``). Measured at 50,000 x 50,000 cells
+x 270 genes: 99 % of the exact weight found, held-out Pearson unchanged, 3.5x less time
+(docs/benchmarks.md, "Candidate search (issue 14)").
 """
 
 from __future__ import annotations
