@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -125,9 +127,11 @@ def test_describe_names_the_cheaper_engine_and_the_ratio():
     )
 
 
-def test_threads_for_small_problems_is_one_thread_then_restored():
+def test_threads_for_small_problems_is_one_thread_then_restored(monkeypatch):
+    from napari_spatial_impute.core.engine import engines
     from napari_spatial_impute.core.engine.engines import SMALL_PROBLEM, threads_for
 
+    monkeypatch.setattr(engines, "cores_busy_elsewhere", lambda: 0.0)  # an idle machine
     before = torch.get_num_threads()
     with threads_for(1000) as n:
         assert n == 1 and torch.get_num_threads() == 1
@@ -137,3 +141,31 @@ def test_threads_for_small_problems_is_one_thread_then_restored():
     with pytest.raises(RuntimeError), threads_for(10):
         raise RuntimeError("restored on errors too")
     assert torch.get_num_threads() == before
+
+
+def test_threads_for_large_problems_leave_the_cores_others_use(monkeypatch):
+    from napari_spatial_impute.core.engine import engines
+    from napari_spatial_impute.core.engine.engines import SMALL_PROBLEM, threads_for
+
+    before = torch.get_num_threads()
+    monkeypatch.setattr(engines.os, "cpu_count", lambda: 4)
+    try:
+        torch.set_num_threads(4)
+        for busy, want in ((0.0, 4), (0.4, 4), (1.0, 3), (2.6, 1), (7.5, 1), (None, 4)):
+            monkeypatch.setattr(engines, "cores_busy_elsewhere", lambda busy=busy: busy)
+            with threads_for(SMALL_PROBLEM) as n:
+                assert n == want == torch.get_num_threads(), busy
+            assert torch.get_num_threads() == 4
+        with threads_for(SMALL_PROBLEM, num_threads=3) as n:  # asked for: no sampling
+            assert n == 3
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_cores_busy_elsewhere_is_a_share_of_the_machine():
+    from napari_spatial_impute.core.engine.engines import cores_busy_elsewhere
+
+    busy = cores_busy_elsewhere(0.05)
+    if busy is None:
+        pytest.skip("no /proc/stat here")
+    assert 0.0 <= busy <= (os.cpu_count() or 1) + 0.5

@@ -15,6 +15,8 @@ and the count of epochs done.
 
 from __future__ import annotations
 
+import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Protocol
@@ -38,6 +40,8 @@ from napari_spatial_impute.core.engine.objective import (
 NEW_PAIR_LOGIT_OFFSET = 8.0
 #: Mappings with fewer elements than this run single-threaded on the CPU.
 SMALL_PROBLEM = 1 << 24
+#: :func:`threads_for` measures over this many seconds how busy other processes keep the CPU.
+BUSY_SAMPLE_S = 0.1
 #: Loss terms constrained mode reports on top of :data:`TERMS`.
 CONSTRAINED_TERMS = (*TERMS, "count_reg", "f_reg")
 
@@ -95,6 +99,29 @@ def torch_threads(numel: int, num_threads: int | None) -> int:
     return torch.get_num_threads()
 
 
+def cores_busy_elsewhere(window: float = BUSY_SAMPLE_S) -> float | None:
+    """CPU cores that other processes kept busy over the next ``window`` seconds.
+
+    The machine's busy time (``/proc/stat``) less this process's own CPU time; ``None`` where
+    ``/proc/stat`` cannot be read (not Linux).
+    """
+
+    def busy() -> tuple[float, float]:
+        with open("/proc/stat", encoding="ascii") as fh:
+            fields = [int(v) for v in fh.readline().split()[1:]]
+        # user nice system idle iowait irq softirq steal: all but idle and iowait are busy
+        return float(sum(fields[:8]) - fields[3] - fields[4]), time.process_time()
+
+    try:
+        tick = float(os.sysconf("SC_CLK_TCK"))
+        (b0, own0), t0 = busy(), time.perf_counter()
+        time.sleep(window)
+        (b1, own1), t1 = busy(), time.perf_counter()
+    except (OSError, ValueError, IndexError, AttributeError):
+        return None
+    return max(0.0, ((b1 - b0) / tick - (own1 - own0)) / max(t1 - t0, 1e-6))
+
+
 @contextmanager
 def threads_for(numel: int, num_threads: int | None = None) -> Iterator[int]:
     """torch's intra-op threads set to :func:`torch_threads` for the block, then restored.
@@ -105,8 +132,17 @@ def threads_for(numel: int, num_threads: int | None = None) -> Iterator[int]:
     MERFISH pair took 17-35 s with torch's two threads and 3.9-4.3 s with one while another
     process kept one of the two cores busy, with identical results (measured here; see
     docs/benchmarks.md, "Fast defaults (issue 14)").
+
+    Larger problems use torch's threads, but no more than the cores other processes leave free
+    (:func:`cores_busy_elsewhere`, sampled once on entry): with the 2-core machine loaded by
+    others, the ensemble's neighbour search at the seed's shape took 10.3-10.8 s on one thread
+    and 14.8-15.3 s on two, with identical weights.
     """
     want = torch_threads(numel, num_threads)
+    if num_threads is None and want > 1:
+        busy = cores_busy_elsewhere()
+        if busy is not None:
+            want = max(1, min(want, round((os.cpu_count() or want) - busy)))
     before = torch.get_num_threads()
     if want != before:
         torch.set_num_threads(want)
