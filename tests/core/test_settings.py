@@ -93,7 +93,8 @@ def test_cli_options_cover_exactly_the_settings():
     own = {"help", "reference", "spatial", "out", "impute", "projection", "fov_key", "sample_key"}
     own |= {"table", "coordinate_system"}  # a SpatialData store as --spatial
     dests = _option_dests(_subparser("map"))
-    assert set(dests) - own - {"result_table", "overwrite"} == FIELDS
+    batches = {"batch_key", "workers", "memory_limit", "scheduler"}  # map --batch-key
+    assert set(dests) - own - {"result_table", "overwrite"} - batches == FIELDS
     for s in setting_specs():
         assert "--" + s.name.replace("_", "-") in dests[s.name]
     dests = _option_dests(_subparser("evaluate"))
