@@ -519,7 +519,7 @@ def describe_stop(params: Mapping[str, Any]) -> str:
             f"{float(plain('tol', 0)):g} over {int(plain('patience', 0))} epochs)"
         )
     if reason == "epochs":
-        return f"all {done:,} epochs" if done != 1 else "its 1 epoch"
+        return f"all {done:,} epochs" if done != 1 else "its one epoch"
     return f"{done:,} epochs"
 
 
