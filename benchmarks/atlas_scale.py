@@ -106,6 +106,7 @@ def run(args: argparse.Namespace) -> int:
     ]
     if args.memory_limit:
         cmd += ["--memory-limit", args.memory_limit]
+    cmd += args.map_args.split() if args.map_args else []
     common.log(" ".join(cmd[2:]))
     load0 = common.loadavg()
     t0 = time.perf_counter()
@@ -124,6 +125,7 @@ def run(args: argparse.Namespace) -> int:
         "sections": int(len(table)),
         "workers": args.workers,
         "memory_limit": args.memory_limit or "auto",
+        "map_args": args.map_args,
         "wall_s": measured.get("wall_s", wall),
         # /usr/bin/time's maximum covers the whole process tree (workers are children)
         "process_tree_peak_rss_gib": measured.get("client_peak_rss_gib"),
@@ -142,7 +144,10 @@ def run(args: argparse.Namespace) -> int:
         alone_sp = spa[rows].to_memory()
         ref = ad.read_h5ad(data / "reference.h5ad")
         t1 = time.perf_counter()
-        alone = nsi.map_cells_to_space(ref, alone_sp, cluster_key="cell_type").to_anndata()
+        uncertainty = "--no-uncertainty" not in (args.map_args or "")
+        alone = nsi.map_cells_to_space(
+            ref, alone_sp, cluster_key="cell_type", uncertainty=uncertainty
+        ).to_anndata()
         row["single_process_section_s"] = time.perf_counter() - t1
         X = np.asarray(result.X[rows[0] : rows[-1] + 1])
         row["check_section"] = args.check_section
@@ -153,8 +158,9 @@ def run(args: argparse.Namespace) -> int:
             np.mean(pred == alone.obs["cell_type_predicted"].astype(str).to_numpy())
         )
     row.update(common.machine_info())
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    with RESULTS.open("a") as fh:
+    results = Path(args.results)
+    results.parent.mkdir(parents=True, exist_ok=True)
+    with results.open("a") as fh:
         fh.write(json.dumps(row, default=common._json_default) + "\n")
     common.log(json.dumps({k: v for k, v in row.items() if k != "batch_seconds"}, default=str))
     return 0
@@ -178,6 +184,10 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--memory-limit", default=None)
     r.add_argument("--out", default=None)
     r.add_argument("--check-section", default=None)
+    r.add_argument("--results", default=str(RESULTS), help="JSON lines file to append to")
+    r.add_argument(
+        "--map-args", default="", help="more map options in one string, e.g. '--no-uncertainty'"
+    )
     args = p.parse_args(argv)
     return make(args) if args.step == "make" else run(args)
 

@@ -278,3 +278,26 @@ def test_fast_defaults_tiny(tmp_path, merfish_pair):
     assert fd.main(out + ["map", "--shape", shape, "--map-args", "--impute Gene0000"]) == 0
     mp = pd.read_csv(tmp_path / "fast_defaults_map.csv")
     assert list(mp["side"]) == ["after"] and mp["t_total_s"].iloc[0] > 0
+
+
+def test_atlas_scale_tiny(tmp_path):
+    """Issue 14's atlas benchmark: a tiny seeded atlas, the run through the CLI, one section compared."""
+    import json
+    import shutil
+
+    if shutil.which("time") is None and not Path("/usr/bin/time").exists():
+        pytest.skip("GNU time (/usr/bin/time) is not installed: the run is timed with it")
+    atlas = _load("atlas_scale")
+    data = tmp_path / "atlas"
+    made = ["make", "--cells", "900", "--sections", "3", "--fovs-per-section", "2"]
+    made += ["--reference-cells", "200", "--genes", "60", "--panel", "20", "--out", str(data)]
+    assert atlas.main(made) == 0
+    results = tmp_path / "results.jsonl"
+    run = ["run", "--data", str(data), "--workers", "0", "--check-section", "s1"]
+    run += ["--results", str(results), "--out", str(tmp_path / "out.zarr")]
+    assert atlas.main(run) == 0
+    row = json.loads(results.read_text().splitlines()[-1])
+    assert row["cells"] == 900 and row["sections"] == 3 and row["genes_imputed"] == 60
+    assert row["max_abs_diff"] <= 1e-5 * max(1.0, row["max_value"])
+    assert row["predicted_agreement"] == 1.0
+    assert row["client_peak_rss_gib"] > 0

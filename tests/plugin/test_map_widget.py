@@ -63,6 +63,7 @@ def test_map_adds_predicted_layers_per_sample(widget, qtbot):
         total += len(layer.data)
     assert total == 750
     assert "training score" in w.status.text()
+    assert "all 20 epochs" in w.status.text()  # how the training ended
     assert w.run_button.isEnabled() and not w.cancel_button.isEnabled()
 
 

@@ -43,6 +43,7 @@ from napari_spatial_impute.core.settings import (
     ENSEMBLE_ONLY,
     TANGRAM_ONLY,
     Setting,
+    describe_stop,
     resolve_map_method,
     setting_specs,
 )
@@ -615,11 +616,14 @@ class MapWidget(PluginWidget):
             self.progress.setValue(1)
         info = adata.uns["spatial_impute"]
         score = info["training_score"]
+        ensemble = info["params"].get("method") == "ensemble"
         which = (
             "ensemble map, training-gene score"
-            if info["params"].get("method") == "ensemble"
-            else "Tangram map, training score"
+            if ensemble
+            else f"Tangram map, {describe_stop(info['params'])}, training score"
         )
+        if not ensemble and batch_run is None:
+            self.progress.setValue(self.progress.maximum())  # a plateau stop ends the bar too
         if batch_run is not None:
             table = batch_run.batches
             skipped = batch_run.skipped
