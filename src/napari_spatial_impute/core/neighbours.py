@@ -187,13 +187,7 @@ def neighbour_weights(
         cols.append(c.numpy().astype(np.int32))
         vals.append(acc[r, c].numpy())
         del acc
-    indptr = np.zeros(s + 1, dtype=np.int64)
-    np.cumsum(np.concatenate(counts), out=indptr[1:])
-    W = sp.csr_matrix(
-        (np.concatenate(vals), np.concatenate(cols), indptr), shape=(s, n), dtype=np.float32
-    )
-    W.has_sorted_indices = True
-    return W
+    return _csr_from_blocks(counts, cols, vals, (s, n))
 
 
 def _member_weights(v: torch.Tensor, m: Member, n_members: int) -> torch.Tensor:
@@ -257,10 +251,17 @@ def _approximate_weights(
         cols.append((key % n).numpy().astype(np.int32))
         vals.append(acc.numpy())
     check()
-    indptr = np.zeros(s + 1, dtype=np.int64)
+    return _csr_from_blocks(counts, cols, vals, (s, n))
+
+
+def _csr_from_blocks(
+    counts: list[np.ndarray], cols: list[np.ndarray], vals: list[np.ndarray], shape: tuple[int, int]
+) -> sp.csr_matrix:
+    """The weight matrix from its blocks of rows (nonzeros per row, sorted columns, values)."""
+    indptr = np.zeros(shape[0] + 1, dtype=np.int64)
     np.cumsum(np.concatenate(counts), out=indptr[1:])
     W = sp.csr_matrix(
-        (np.concatenate(vals), np.concatenate(cols), indptr), shape=(s, n), dtype=np.float32
+        (np.concatenate(vals), np.concatenate(cols), indptr), shape=shape, dtype=np.float32
     )
     W.has_sorted_indices = True
     return W
