@@ -14,6 +14,8 @@ The science core is plain Python/torch (no Qt)::
     sp = nsi.read_spatial("section.zarr", table="table", coordinate_system="global")
     result = nsi.map_cells_to_space(ref, sp, cluster_key="cell_type")
     nsi.write_result_to_store(result, "section.zarr")   # table 'spatial_impute'
+    # an atlas: each section on its own, on a Dask cluster, written batch by batch
+    nsi.map_batches(ref, "atlas.h5ad", "section", "atlas.zarr", workers=2, cluster_key="cell_type")
     cv = nsi.cross_validate(ref, sp, folds=10)
 """
 
@@ -44,6 +46,7 @@ _EXPORTS: dict[str, str] = {
     "write_h5ad_atomic": ".io.files",
     "MappingResult": ".core.result",
     "map_cells_to_space": ".core.mapping",
+    "map_batches": ".core.batch_run",
     "project_cell_annotations": ".core.project",
     "project_genes": ".core.project",
     "result_to_anndata": ".core.export",
@@ -58,6 +61,7 @@ if TYPE_CHECKING:
         MappingCancelled,
         MemoryEstimateError,
     )
+    from napari_spatial_impute.core.batch_run import map_batches
     from napari_spatial_impute.core.engine.mapper import EpochInfo, TangramMapper
     from napari_spatial_impute.core.evaluate import (
         cross_validate,
@@ -111,6 +115,7 @@ __all__ = [
     "cross_validate",
     "find_fov_key",
     "load_merfish_hypothalamus",
+    "map_batches",
     "map_cells_to_space",
     "plan_genes",
     "project_cell_annotations",
