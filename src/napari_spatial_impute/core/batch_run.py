@@ -223,7 +223,7 @@ def map_batches(
         raise InputError("map_batches maps each batch on its own: callback and init do not apply.")
     if projection not in PROJECTIONS:
         raise InputError(f"projection {projection!r} is not known; use one of {PROJECTIONS}.")
-    MappingSettings(**{k: v for k, v in map_kwargs.items()}).validate()
+    MappingSettings(**map_kwargs).validate()
     out = Path(out)
     zarr_out = is_zarr_path(out)
     if not zarr_out and out.suffix.lower() != ".h5ad":
@@ -243,7 +243,8 @@ def map_batches(
             f"cluster key {cluster_key!r} is not in the reference obs; columns there are: "
             f"{', '.join(map(str, reference.obs.columns)) or '(none)'}."
         )
-    if not match_genes(reference.var_names, light.var_names):
+    shared = match_genes(reference.var_names, light.var_names)
+    if not shared:
         raise InputError(
             "no shared genes between reference and spatial data; check that both name genes the "
             "same way (symbols or Ensembl ids)."
@@ -254,7 +255,7 @@ def map_batches(
         else resolve_gene_names(reference.var_names, list(impute))
     )
     batches = plan_batches(source.obs, batch_key)
-    n_train = len(match_genes(reference.var_names, light.var_names))
+    n_train = len(shared)
     largest = max(batches, key=lambda b: b.n_cells)
     need = batch_needs(reference, largest.n_cells, len(names), n_train)
 
