@@ -317,8 +317,11 @@ def test_map_records_the_sample_key(merfish_pair, tmp_path, capsys):
     assert not out.exists()
 
 
-def test_tangram_map_summary_says_how_training_ended(merfish_pair, tmp_path, capsys):
+def test_tangram_map_summary_says_how_training_ended(merfish_pair, tmp_path, capsys, monkeypatch):
     """Issue 14: the summary gives the epochs done and why training stopped, and auto's costs."""
+    from napari_spatial_impute.core.maps import tangram
+
+    monkeypatch.setattr(tangram, "SMALL_PAIRS", 0)  # the pair is small: no probe otherwise
     ref, spa = merfish_pair
     r, s = _write_pair(ref, spa, tmp_path)
     base = ["map", "-r", str(r), "-s", str(s), "-o", str(tmp_path / "o.h5ad"), "--method"]

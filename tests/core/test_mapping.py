@@ -192,8 +192,9 @@ def _costs(lean_s: float, exact_s: float):
 
 def test_auto_engine_runs_the_one_measured_cheaper(merfish_pair, monkeypatch):
     """Issue 14: auto chooses by the measured cost per epoch, and records the costs."""
-    from napari_spatial_impute.core import mapping
+    from napari_spatial_impute.core.maps import tangram as mapping
 
+    monkeypatch.setattr(mapping, "SMALL_PAIRS", 0)  # the pair is small: the exact engine runs
     ref, spa = merfish_pair
     seen = []
 
@@ -210,8 +211,11 @@ def test_auto_engine_runs_the_one_measured_cheaper(merfish_pair, monkeypatch):
     assert len(seen) == 2
 
 
-def test_auto_gives_the_result_of_the_engine_it_chose(merfish_pair):
+def test_auto_gives_the_result_of_the_engine_it_chose(merfish_pair, monkeypatch):
     """The probe epochs are thrown away: auto's map is the chosen engine's map, same seed."""
+    from napari_spatial_impute.core.maps import tangram
+
+    monkeypatch.setattr(tangram, "SMALL_PAIRS", 0)
     ref, spa = merfish_pair
     auto = nsi.map_cells_to_space(ref, spa, method="tangram", epochs=15, seed=2)
     assert auto.params["engine_note"].startswith("auto chose the ")
@@ -227,7 +231,9 @@ def test_auto_gives_the_result_of_the_engine_it_chose(merfish_pair):
 
 
 def test_auto_measures_only_where_the_lean_engine_can_save_work(synthetic, monkeypatch):
-    from napari_spatial_impute.core import mapping
+    from napari_spatial_impute.core.maps import tangram as mapping
+
+    monkeypatch.setattr(mapping, "SMALL_PAIRS", 0)
 
     def never(*args, **kwargs):
         raise AssertionError("no probe expected")
@@ -252,8 +258,9 @@ def test_auto_measures_only_where_the_lean_engine_can_save_work(synthetic, monke
 
 
 def test_auto_runs_lean_when_the_exact_mapping_would_not_fit(synthetic, monkeypatch):
-    from napari_spatial_impute.core import mapping
+    from napari_spatial_impute.core.maps import tangram as mapping
 
+    monkeypatch.setattr(mapping, "SMALL_PAIRS", 0)
     ref, spa = synthetic
     monkeypatch.setattr(mapping, "available_bytes", lambda dev: 1024)
     monkeypatch.setattr(mapping, "probe_engine_costs", lambda *a, **k: _costs(1.0, 1e-6))
@@ -320,7 +327,14 @@ def test_ensemble_ignores_and_records_no_tangram_settings(merfish_pair):
     ref, spa = merfish_pair
     with pytest.warns(InputWarning, match="device applies to the Tangram map only"):
         r = nsi.map_cells_to_space(
-            ref, spa, device="cuda:7", density="none", lambda_d=2.0, epochs=3, uncertainty=False
+            ref,
+            spa,
+            method="ensemble",
+            device="cuda:7",
+            density="none",
+            lambda_d=2.0,
+            epochs=3,
+            uncertainty=False,
         )
     defaults = MappingSettings()
     for name in TANGRAM_ONLY:

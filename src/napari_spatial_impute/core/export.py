@@ -93,7 +93,7 @@ def result_to_anndata(
     for col in ("train_score", "sparsity_sc", "sparsity_sp", "sparsity_diff"):
         out.var[col] = tdf[col].reindex(names).to_numpy(dtype=np.float64)
     out.var["dropped_reason"] = [plan.dropped.get(g, "") for g in names]
-    cal = result.calibration if method == "neighbours" else None
+    cal = result.calibration if method == resolve_method(result, "auto") else None
     if cal is not None:
         from napari_spatial_impute.core.uncertainty import intervals, reliability
         from napari_spatial_impute.io.schema import level_name
@@ -145,8 +145,13 @@ def result_to_anndata(
             "reliability_coef": np.asarray(cal.coef, dtype=np.float64),
             "calibration_genes": np.asarray(cal.calibration_genes, dtype=object),
             "inner_pearson": np.asarray(cal.inner_pearson, dtype=np.float64),
-            "method": "conformal (Mondrian by cell group) on inner k-fold over training genes",
+            "method": (
+                "conformal (Mondrian by cell group) on training genes held out of the "
+                f"{result.params.get('method', '')} map"
+            ),
         }
+    if result.choice is not None:
+        info["map_choice"] = dict(result.choice)
     if key:
         info["cluster_key"] = key
         info["cluster_categories"] = np.asarray(
@@ -241,7 +246,7 @@ def _fill_imputed(
     through h5py and for SpatialData tables through zarr).
     """
     X = create(None, "X")
-    cal = result.calibration if method == "neighbours" else None
+    cal = result.calibration if method == resolve_method(result, "auto") else None
     layer_arrays: dict[float, Any] = {}
     if cal is not None:
         from napari_spatial_impute.io.schema import level_name

@@ -60,6 +60,9 @@ class MappingResult:
     calibration
         Prediction-interval and reliability calibration
         (:class:`~napari_spatial_impute.core.uncertainty.Calibration`) or ``None``.
+    choice
+        With ``method="auto"``: the candidates, their inner held-out scores and the choice
+        (:meth:`~napari_spatial_impute.core.maps.choose.MapChoice.record`), else ``None``.
     """
 
     probabilities: np.ndarray | sp.csr_matrix
@@ -79,6 +82,7 @@ class MappingResult:
     neighbours: sp.csr_matrix | None = None
     timings: dict[str, float] = field(default_factory=dict)
     calibration: Any = None
+    choice: dict[str, Any] | None = None
 
     @property
     def training_score(self) -> float:

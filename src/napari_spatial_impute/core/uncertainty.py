@@ -1,10 +1,12 @@
 """How sure each imputed value and each imputed gene is.
 
 Prediction intervals (in the spirit of TISSUE, Sun et al. 2023, Nature Methods): within the
-training genes only, an inner k-fold over genes imputes each training gene without it, exactly
-as a new gene would be imputed. For every cell and gene the *spread* of the neighbourhood
-ensemble is known, ``σ = sqrt(W S² - (W S)²)`` (the weighted standard deviation of the matched
-reference cells), for measured and unmeasured genes alike. The conformity score of a
+training genes only, maps built without some training genes impute them, exactly as a new gene
+would be imputed (the ensemble: an inner 5-fold over all training genes; a Tangram map: the
+quarter its automatic choice held out, :mod:`napari_spatial_impute.core.maps.choose`). For every
+cell and gene the *spread* of the map is known, ``σ = r sqrt(w S² - (w S)²)`` (the weighted
+standard deviation of the matched reference cells, ``w`` a spatial cell's weights scaled to sum
+to 1 and ``r`` their sum), for measured and unmeasured genes alike. The conformity score of a
 cross-validated value is ``|measured / k - predicted| / (σ + c)`` (``k``: the platform factor
 between measured and imputed units, see :func:`platform_scale`; ``c``: the median spread, so
 that genes with no spread still get an interval), and its quantiles are taken separately per group of
@@ -28,15 +30,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 
 from napari_spatial_impute._errors import InputError
-from napari_spatial_impute.core.engine.mapper import CancelFlag
-from napari_spatial_impute.core.neighbours import neighbour_weights, similarity_values
 from napari_spatial_impute.core.preprocess import dense_columns
 from napari_spatial_impute.io._sparse import is_sparse
 
 if TYPE_CHECKING:
+    from napari_spatial_impute.core.maps.base import Operator
+    from napari_spatial_impute.core.maps.choose import InnerFold
     from napari_spatial_impute.core.result import MappingResult
     from napari_spatial_impute.io._sparse import SparseMatrix
 
@@ -90,21 +91,42 @@ class Calibration:
     scale: float = 1.0
 
 
-def _neighbours(result: MappingResult) -> sp.csr_matrix:
-    """The mapping's neighbourhood ensemble, which intervals and reliabilities are built on."""
-    if result.neighbours is None:
+def map_operator(result: MappingResult) -> Operator:
+    """The result's map as spatial cells x reference cells: imputed values are ``A @ values``.
+
+    The ensemble map's ``W``, or a Tangram map's ``Mᵀ``. Intervals and reliability need a map of
+    reference cells (cells mode).
+    """
+    if result.mode != "cells":
         raise InputError(
-            "a Tangram map has no prediction intervals; map with method='ensemble' (the default)."
+            f"prediction intervals need a map of reference cells; this is a {result.mode}-mode "
+            "map: map in cells mode (the default) for intervals."
         )
-    return result.neighbours
+    if result.neighbours is not None:
+        return result.neighbours
+    return result.probabilities.T
 
 
-def _spread(W: sp.csr_matrix, X: np.ndarray | SparseMatrix) -> tuple[np.ndarray, np.ndarray]:
-    mean = W @ X
-    sq = W @ (X.multiply(X) if is_sparse(X) else X * X)
-    mean = mean.toarray() if is_sparse(mean) else np.asarray(mean)
-    sq = sq.toarray() if is_sparse(sq) else np.asarray(sq)
-    return mean, np.sqrt(np.clip(sq - mean * mean, 0, None))
+def _spread(A: Operator, X: np.ndarray | SparseMatrix) -> tuple[np.ndarray, np.ndarray]:
+    """``(A X, spread)``: the imputed values and the spread of the units behind each of them.
+
+    With weights ``w = A / r`` (``r``: each spatial cell's total weight, 1 for the ensemble) the
+    spread is ``r · sqrt(w X² - (w X)²)``, the weighted standard deviation of the matched
+    reference cells in the imputed values' units.
+    """
+    mean = _product(A, X)
+    sq = _product(A, X.multiply(X) if is_sparse(X) else X * X)
+    r = np.asarray(A.sum(axis=1), dtype=np.float64).reshape(-1, 1)
+    return mean, np.sqrt(np.clip(r * sq - mean * mean, 0, None))
+
+
+def _product(A: Operator, X: np.ndarray | SparseMatrix) -> np.ndarray:
+    """``A @ X`` as a dense array, for dense or sparse ``A`` and ``X``."""
+    if not is_sparse(A) and is_sparse(X):
+        out = (X.T @ A.T).T
+    else:
+        out = A @ X
+    return out.toarray() if is_sparse(out) else np.asarray(out)
 
 
 def _cell_groups(
@@ -158,9 +180,7 @@ def platform_scale(measured: np.ndarray, predicted: np.ndarray) -> float:
     return float(np.median(mm[ok] / pm[ok]))
 
 
-def gene_features(
-    W: sp.csr_matrix, ref_values: np.ndarray | SparseMatrix, offset: float
-) -> np.ndarray:
+def gene_features(W: Operator, ref_values: np.ndarray | SparseMatrix, offset: float) -> np.ndarray:
     """Per-gene features for the reliability model, one row per gene column of ``ref_values``."""
     X = ref_values
     if is_sparse(X):
@@ -187,62 +207,58 @@ def gene_features(
 
 def calibrate(
     result: MappingResult,
+    folds: Sequence[InnerFold],
+    cells: np.ndarray | None = None,
     levels: Sequence[float] = LEVELS,
-    inner_folds: int = 5,
     seed: int = 0,
-    cancel: CancelFlag = None,
 ) -> Calibration:
-    """Calibrate intervals and the reliability model on the mapping's training genes.
+    """Calibrate intervals and the reliability model on the map's own inner held-out genes.
 
     Parameters
     ----------
     result
-        A mapping with its neighbourhood ensemble.
+        A map of reference cells (cells mode), the ensemble or a Tangram map.
+    folds
+        Maps of the same kind built without some training genes
+        (:func:`~napari_spatial_impute.core.maps.choose.build_inner`): every held-out gene is
+        imputed by a map that never saw it, exactly as a new gene is imputed. The ensemble
+        holds out every training gene once (five folds); a Tangram map holds out the quarter
+        its automatic choice held out.
+    cells
+        The spatial cells the folds were built on (``None``: all).
     levels
         Nominal coverages.
-    inner_folds
-        Folds over training genes.
     seed
-        Seed of the gene folds (and of the cell subset above :data:`MAX_CALIBRATION_CELLS`).
-    cancel
-        Stops the calibration with :class:`~napari_spatial_impute.MappingCancelled` when set.
+        Seed of the spatial k-means groups when there is no cluster key.
     """
-    from napari_spatial_impute.core.metrics import gene_folds, pearson_per_gene
+    from napari_spatial_impute.core.metrics import pearson_per_gene
 
+    A = map_operator(result)
     train = list(result.genes.training_reference)
     sp_name = dict(zip(result.genes.shared_reference, result.genes.shared_spatial, strict=True))
-    raw = (
-        result.params.get("transform", "none") == "none"
-        and result.params.get("reference_values") == "raw counts"
-    )
-    # the map's neighbour search (older results recorded none: "auto")
-    search = str(result.params.get("search", "auto"))
+    held = sorted({i for fold in folds for i in fold.held})
+    if not held:
+        raise InputError("calibration needs held-out training genes; none were given.")
     S_all = dense_columns(result.reference_values, train)
-    G_all = dense_columns(result.spatial_values, [sp_name[g] for g in train])
+    G_all = dense_columns(result.spatial_values, [sp_name[train[i]] for i in held])
     groups, names = _cell_groups(result, seed=seed)
-    if G_all.shape[0] > MAX_CALIBRATION_CELLS:
-        keep = np.sort(
-            np.random.default_rng(seed).choice(G_all.shape[0], MAX_CALIBRATION_CELLS, replace=False)
-        )
-        G_all, cal_groups = G_all[keep], groups[keep]
-    else:
-        cal_groups = groups
-    folds = gene_folds(train, min(inner_folds, len(train)), seed) if len(train) >= 2 else [train]
-    pos = {g: i for i, g in enumerate(train)}
+    cal_groups = groups if cells is None else groups[cells]
+    if cells is not None:
+        G_all = G_all[cells]
+    col = {g: j for j, g in enumerate(held)}
     preds = np.zeros_like(G_all)
     spreads = np.zeros_like(G_all)
-    for held in folds:
-        h = [pos[g] for g in held]
-        t = [i for i in range(len(train)) if i not in set(h)] or h
-        W = neighbour_weights(
-            similarity_values(S_all[:, t], raw),
-            similarity_values(G_all[:, t], raw),
-            cancel=cancel,
-            search=search,
-            seed=seed,
+    for fold in folds:
+        same = (
+            fold.cells is None
+            if cells is None
+            else fold.cells is not None and np.array_equal(fold.cells, cells)
         )
-        p, s_ = _spread(W, S_all[:, h])
-        preds[:, h], spreads[:, h] = p, s_
+        if not same:
+            raise ValueError("every calibration fold must be built on the same spatial cells")
+        j = [col[i] for i in fold.held]
+        p, s_ = _spread(fold.built.operator(), S_all[:, fold.held])
+        preds[:, j], spreads[:, j] = p, s_
     offset = float(np.median(spreads)) or float(np.mean(spreads)) or 1e-6
     scale = platform_scale(G_all, preds)
     scores = np.abs(G_all / scale - preds) / (spreads + offset)
@@ -257,16 +273,24 @@ def calibrate(
     inner_r = pearson_per_gene(preds, G_all)
     if G_all.shape[0] < MIN_RELIABILITY_CELLS:
         inner_r = np.full_like(inner_r, np.nan)
-    feats = gene_features(_neighbours(result), S_all, offset)
+    feats = gene_features(A, S_all[:, held], offset)
     ok = np.isfinite(inner_r)
-    A = np.column_stack([np.ones(ok.sum()), feats[ok]])
+    X = np.column_stack([np.ones(ok.sum()), feats[ok]])
     coef, *_ = (
-        np.linalg.lstsq(A, inner_r[ok], rcond=None)
-        if ok.sum() > A.shape[1]
+        np.linalg.lstsq(X, inner_r[ok], rcond=None)
+        if ok.sum() > X.shape[1]
         else (np.r_[np.nanmean(inner_r) if ok.any() else 0.0, np.zeros(feats.shape[1])],)
     )
     return Calibration(
-        groups, names, q, tuple(levels), offset, np.asarray(coef), train, inner_r, scale
+        groups,
+        names,
+        q,
+        tuple(levels),
+        offset,
+        np.asarray(coef),
+        [train[i] for i in held],
+        inner_r,
+        scale,
     )
 
 
@@ -281,7 +305,7 @@ def intervals(
 
     names = resolve_reference_genes(result, genes)
     idx = result.reference.var_names.get_indexer(names)
-    _, spread = _spread(_neighbours(result), result.reference_values.X[:, idx])
+    _, spread = _spread(map_operator(result), result.reference_values.X[:, idx])
     scale = spread + calibration.offset
     out = {}
     for li, lv in enumerate(calibration.levels):
@@ -300,7 +324,7 @@ def reliability(
     names = resolve_reference_genes(result, genes)
     idx = result.reference.var_names.get_indexer(names)
     feats = gene_features(
-        _neighbours(result), result.reference_values.X[:, idx], calibration.offset
+        map_operator(result), result.reference_values.X[:, idx], calibration.offset
     )
     pred = calibration.coef[0] + feats @ calibration.coef[1:]
     return pd.Series(np.clip(pred, -1, 1), index=names, name="predicted_pearson")

@@ -1,0 +1,58 @@
+"""The ensemble map: five neighbour searches averaged (:mod:`napari_spatial_impute.core.neighbours`)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import scipy.sparse as sp
+import torch
+
+from napari_spatial_impute.core.engine.engines import threads_for
+from napari_spatial_impute.core.engine.mapper import CancelFlag, EpochInfo
+from napari_spatial_impute.core.engine.resources import check_fits, estimate_ensemble_map
+from napari_spatial_impute.core.engine.search import resolve_search
+from napari_spatial_impute.core.maps.base import BuiltMap
+from napari_spatial_impute.core.maps.problem import Problem
+from napari_spatial_impute.core.neighbours import neighbour_weights
+
+
+class EnsembleMap:
+    """Each spatial cell matched to its most similar reference cells; nothing is trained."""
+
+    name = "ensemble"
+    title = "the ensemble map (five neighbour searches averaged; nothing trained)"
+    modes: tuple[str, ...] = ("cells",)
+
+    def build(
+        self,
+        problem: Problem,
+        *,
+        callback: Callable[[EpochInfo], None] | None = None,
+        cancel: CancelFlag = None,
+    ) -> BuiltMap:
+        t0 = time.perf_counter()
+        n_ref, n_sp = problem.S_cells.shape[0], problem.n_spatial
+        if problem.check_memory:
+            check_fits(
+                estimate_ensemble_map(n_ref, n_sp, problem.S_cells.shape[1]),
+                torch.device("cpu"),
+                problem.mode,
+                options="use fewer reference cells, or map one FOV or section at a time",
+            )
+        S, G = problem.similarity()
+        search = problem.settings.search
+        # small searches on one torch thread (threads_for): identical weights, and no waiting on
+        # a second thread that another process has descheduled
+        with threads_for(n_ref * n_sp):
+            W = neighbour_weights(S, G, cancel=cancel, search=search, seed=problem.seed)
+        return BuiltMap(
+            name=self.name,
+            # the map, reference cells x spatial cells: each spatial cell's column holds the
+            # weights of its matched reference cells and sums to 1
+            probabilities=sp.csr_matrix(W.T),  # float32 as W
+            neighbours=W,
+            n_pairs=int(W.nnz),
+            ran={"search": resolve_search(search, n_ref, n_sp)},
+            seconds=time.perf_counter() - t0,
+        )
