@@ -1,4 +1,5 @@
-"""``map --batch-key``: sections mapped on their own from the command line; bad input in one line."""
+"""``map --batch-key``: the map chosen once, then sections mapped on their own with it from the
+command line; bad input in one line."""
 
 from __future__ import annotations
 
@@ -48,11 +49,20 @@ def test_map_by_batch_writes_each_section_as_mapped_alone(files, tmp_path, capsy
     out = tmp_path / name
     assert main(_args(folder, out, "--workers", workers)) == 0
     text = capsys.readouterr().out
-    assert "batch 1/3 'a' (80 cells) mapped" in text
+    lines = text.splitlines()
+    assert lines[0].startswith("map chosen once for all 3 sections on ")
+    assert "drawn from each of them" in lines[0]
+    assert lines[1].startswith("batch 1/3 'a' (80 cells) mapped")
     assert "mapped 3 of 3 batches (240 cells)" in text and f"wrote {out}" in text
     result = ad.read_zarr(out) if name.endswith(".zarr") else ad.read_h5ad(out)
+    info = result.uns["spatial_impute"]
+    chosen = info["map_choice"]["chosen"]
+    assert info["map_choice"]["batch_summary"] == lines[0]
+    assert {run["params"]["method"] for run in info["batches"]["runs"].values()} == {chosen}
     rows = np.flatnonzero(sp.obs["section"].to_numpy() == "b")
-    alone = nsi.map_cells_to_space(ref, sp[rows].copy(), cluster_key="cell_type").to_anndata()
+    alone = nsi.map_cells_to_space(
+        ref, sp[rows].copy(), cluster_key="cell_type", method=chosen
+    ).to_anndata()
     np.testing.assert_allclose(result.X[rows], alone.X, rtol=1e-5, atol=1e-6)
     assert result.uns["spatial_impute"]["batch_key"] == "section"
 

@@ -465,8 +465,12 @@ def _batch_out(args: argparse.Namespace) -> Path:
 
 def _map_batches(args: argparse.Namespace) -> int:
     """``map --batch-key``: each section on its own (:func:`~napari_spatial_impute.core.batch_run.map_batches`),
-    an ``.h5ad`` spatial file read batch by batch, one line per finished batch."""
+    an ``.h5ad`` spatial file read batch by batch. With ``--method auto`` one line first says which
+    map was chosen once for all the sections and on which cells; then one line per finished batch."""
+    import logging
+
     from napari_spatial_impute.core.batch_run import BatchProgress, map_batches
+    from napari_spatial_impute.core.batch_run import log as batch_log
     from napari_spatial_impute.core.cluster import parse_memory
     from napari_spatial_impute.io.files import find_fov_key, find_sample_key, read_h5ad
 
@@ -507,20 +511,31 @@ def _map_batches(args: argparse.Namespace) -> int:
     def report(p: BatchProgress) -> None:
         print(p.describe(), flush=True)
 
-    run = map_batches(
-        reference,
-        spatial,
-        args.batch_key,
-        out,
-        impute=impute if isinstance(impute, list) else None,
-        projection=args.projection,
-        workers=args.workers,
-        scheduler=args.scheduler,
-        memory_limit=args.memory_limit,
-        progress=report,
-        extra_uns={"fov_key": fov or "", "sample_key": sample or ""},
-        **kwargs,
-    )
+    class _Print(logging.Handler):  # the map chosen once, before any batch
+        def emit(self, record: logging.LogRecord) -> None:
+            print(record.getMessage(), flush=True)
+
+    handler, level = _Print(logging.INFO), batch_log.level
+    batch_log.addHandler(handler)
+    batch_log.setLevel(logging.INFO)
+    try:
+        run = map_batches(
+            reference,
+            spatial,
+            args.batch_key,
+            out,
+            impute=impute if isinstance(impute, list) else None,
+            projection=args.projection,
+            workers=args.workers,
+            scheduler=args.scheduler,
+            memory_limit=args.memory_limit,
+            progress=report,
+            extra_uns={"fov_key": fov or "", "sample_key": sample or ""},
+            **kwargs,
+        )
+    finally:
+        batch_log.removeHandler(handler)
+        batch_log.setLevel(level)
     for name, text in run.warnings:
         if text not in seen:
             seen.add(text)

@@ -1,7 +1,12 @@
-"""Mapping batch by batch into one file, in this process and on a Dask LocalCluster."""
+"""Mapping batch by batch into one file, in this process and on a Dask LocalCluster.
+
+With ``method="auto"`` the map is chosen once for the whole run; each batch is then the mapping
+of that batch alone with the chosen method.
+"""
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -14,7 +19,9 @@ import pytest
 import napari_spatial_impute as nsi
 from _data import make_synthetic
 from napari_spatial_impute._errors import InputError, MappingCancelled
+from napari_spatial_impute.core import mapping
 from napari_spatial_impute.core.batch_run import map_batches
+from napari_spatial_impute.core.maps import choose
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -33,10 +40,21 @@ def _read(path):
     return ad.read_zarr(path) if str(path).endswith(".zarr") else ad.read_h5ad(path)
 
 
+def _chosen(result):
+    """The map every batch made (the choice made once, recorded in the file)."""
+    info = result.uns["spatial_impute"]
+    chosen = info["map_choice"]["chosen"]
+    assert info["params"]["method"] == chosen
+    assert [run["params"]["method"] for run in info["batches"]["runs"].values()] == [chosen] * 3
+    return chosen
+
+
 def _assert_batches_as_alone(result, ref, sp, rtol=0.0, atol=0.0):
+    """Each batch's rows are the mapping of that batch alone with the chosen method."""
+    method = _chosen(result)
     for name in ("s1", "s2", "s3"):
         rows = np.flatnonzero(sp.obs["section"].to_numpy() == name)
-        alone = nsi.map_cells_to_space(ref, sp[rows].copy(), **MAP).to_anndata()
+        alone = nsi.map_cells_to_space(ref, sp[rows].copy(), method=method, **MAP).to_anndata()
         np.testing.assert_allclose(result.X[rows], alone.X, rtol=rtol, atol=atol)
         for layer, values in alone.layers.items():
             np.testing.assert_allclose(result.layers[layer][rows], values, rtol=rtol, atol=atol)
@@ -61,17 +79,24 @@ def _assert_batches_as_alone(result, ref, sp, rtol=0.0, atol=0.0):
 
 
 @pytest.mark.parametrize("suffix", [".h5ad", ".zarr"])
-def test_each_batch_is_its_own_mapping_in_one_file(tmp_path, suffix):
+def test_each_batch_is_its_own_mapping_in_one_file(tmp_path, suffix, caplog):
     ref, sp = _pair()
     seen = []
-    run = map_batches(
-        ref, sp, "section", tmp_path / f"out{suffix}", workers=0, progress=seen.append, **MAP
-    )
+    with caplog.at_level(logging.INFO, logger="napari_spatial_impute.core.batch_run"):
+        run = map_batches(
+            ref, sp, "section", tmp_path / f"out{suffix}", workers=0, progress=seen.append, **MAP
+        )
     result = _read(tmp_path / f"out{suffix}")
     assert result.shape == (sp.n_obs, ref.n_vars)
     assert list(result.obs_names) == list(sp.obs_names)  # the input's row order
     _assert_batches_as_alone(result, ref, sp)
     assert [p.done for p in seen] == [1, 2, 3]
+    # the choice, made once before any batch, in one logged line (all 240 cells drawn; the
+    # synthetic data have a few without counts, left out)
+    assert [r.getMessage() for r in caplog.records] == [run.choice["batch_summary"]]
+    line = run.choice["batch_summary"]
+    assert line.startswith("map chosen once for all 3 sections on ") and "from each of them" in line
+    assert run.choice["sample_n_drawn"] == 240
     assert list(run.batches.index) == ["s1", "s2", "s3"]
     assert (run.batches["status"] == "mapped").all()
     info = result.uns["spatial_impute"]
@@ -94,6 +119,97 @@ def test_backed_h5ad_is_read_batch_by_batch(tmp_path):
     assert (tmp_path / "spatial.h5ad").read_bytes() == before
 
 
+def _spy_choose(monkeypatch, change=None):
+    """Count the choices made (in map_batches and in any lone mapping); ``change`` edits one."""
+    calls = []
+    real = choose.choose_map
+
+    def spy(problem, *args, **kwargs):
+        calls.append((problem.n_spatial, kwargs.get("cancel")))
+        made = real(problem, *args, **kwargs)
+        return change(made) if change is not None else made
+
+    monkeypatch.setattr(choose, "choose_map", spy)
+    monkeypatch.setattr(mapping, "choose_map", spy)
+    return calls
+
+
+def test_auto_chooses_once_and_every_batch_makes_that_map(tmp_path, monkeypatch):
+    """The choice is made once, on a stated sample drawn across the sections; every batch makes
+    the chosen map (here forced to the Tangram map, with a weak score), warned of once."""
+
+    def tangram_weak(made):
+        made.chosen, made.scores, made.size_baseline = "tangram", {"tangram": 0.05}, 0.5
+        return made
+
+    ref, sp = _pair(n_sp=300, n_ref=60, seed=3)
+    monkeypatch.setattr(choose, "CHOICE_CELLS", 60)  # the sample: 20 cells of each section
+    calls = _spy_choose(monkeypatch, tangram_weak)
+    with pytest.warns(nsi.InputWarning) as caught:
+        run = map_batches(ref, sp, "section", tmp_path / "out.h5ad", workers=0, epochs=30, **MAP)
+    assert [n for n, _ in calls] == [60], "one choice, on the sample only"
+    weak = [w for w in caught if "imputation is weak" in str(w.message)]
+    assert len(weak) == 1 and "tangram" in str(weak[0].message)
+    result = _read(tmp_path / "out.h5ad")
+    assert _chosen(result) == "tangram"
+    record = result.uns["spatial_impute"]["map_choice"]
+    assert record["scope"] == "once for all batches" and record["n_batches"] == 3
+    assert list(record["sample_sections"]) == ["s1", "s2", "s3"]
+    assert list(record["sample_cells_per_section"]) == [20, 20, 20]
+    assert record["sample_n_cells"] == record["n_cells"] == 60
+    assert record["warning"].startswith("imputation is weak")
+    line = result.uns["spatial_impute"]["params"]["map_choice"]
+    assert line == record["batch_summary"] == run.choice["batch_summary"]
+    assert line.startswith("map chosen once for all 3 sections on 60 cells drawn from each")
+    assert not any("weak" in text for _, text in run.warnings)  # the batches did not choose
+    # each batch is that batch mapped alone with the chosen map
+    rows = np.flatnonzero(sp.obs["section"].to_numpy() == "s2")
+    alone = nsi.map_cells_to_space(
+        ref, sp[rows].copy(), method="tangram", epochs=30, **MAP
+    ).to_anndata()
+    np.testing.assert_array_equal(result.X[rows], alone.X)
+
+
+def test_a_given_method_makes_no_choice(tmp_path, monkeypatch, caplog):
+    ref, sp = _pair(n_sp=90, n_ref=60)
+    calls = _spy_choose(monkeypatch)
+    with caplog.at_level(logging.INFO, logger="napari_spatial_impute.core.batch_run"):
+        run = map_batches(
+            ref, sp, "section", tmp_path / "out.h5ad", workers=0, method="ensemble", **MAP
+        )
+    assert calls == [] and run.choice is None and caplog.records == []
+    info = _read(tmp_path / "out.h5ad").uns["spatial_impute"]
+    assert "map_choice" not in info and info["params"]["map_choice"] == ""
+    assert info["params"]["method"] == "ensemble"
+
+
+def test_cancel_stops_the_choice_and_writes_nothing(tmp_path, monkeypatch):
+    ref, sp = _pair(n_sp=90, n_ref=60)
+    flag = threading.Event()
+    calls = _spy_choose(monkeypatch)
+    real = choose.choose_map
+
+    def cancel_then_choose(problem, *args, **kwargs):
+        flag.set()
+        return real(problem, *args, **kwargs)
+
+    monkeypatch.setattr(choose, "choose_map", cancel_then_choose)
+    seen = []
+    with pytest.raises(MappingCancelled):
+        map_batches(
+            ref,
+            sp,
+            "section",
+            tmp_path / "o.h5ad",
+            workers=0,
+            progress=seen.append,
+            cancel=flag,
+            **MAP,
+        )
+    assert calls[0][1] is flag, "the run's cancel flag reaches the choice"
+    assert seen == [] and list(tmp_path.iterdir()) == []
+
+
 def test_a_batch_without_counts_is_skipped_and_reported(tmp_path):
     ref, sp = _pair()
     X = sp.X.toarray()
@@ -109,11 +225,18 @@ def test_a_batch_without_counts_is_skipped_and_reported(tmp_path):
     assert (result.obsm["mapping_top_index"][s2] == -1).all()
 
 
-def test_nothing_is_written_when_no_batch_maps(tmp_path):
+@pytest.mark.parametrize(
+    ("method", "match"),
+    [
+        ("ensemble", "no batch could be mapped.*no counts"),
+        ("auto", "240 cells drawn across the 3 sections to choose the map have no counts"),
+    ],
+)
+def test_nothing_is_written_when_no_batch_maps(tmp_path, method, match):
     ref, sp = _pair()
     sp.X = sp.X * 0
-    with pytest.raises(InputError, match="no batch could be mapped.*no counts"):
-        map_batches(ref, sp, "section", tmp_path / "out.h5ad", workers=0, **MAP)
+    with pytest.raises(InputError, match=match):
+        map_batches(ref, sp, "section", tmp_path / "out.h5ad", workers=0, method=method, **MAP)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -124,7 +247,8 @@ def test_cancel_leaves_an_earlier_output_untouched(tmp_path):
     flag = threading.Event()
 
     def progress(p):
-        flag.set()  # after the first batch
+        if p.done == 1:
+            flag.set()  # after the first batch
 
     with pytest.raises(MappingCancelled):
         map_batches(ref, sp, "section", out, workers=0, progress=progress, cancel=flag, **MAP)

@@ -1,4 +1,5 @@
-"""Batches of a batch key, and one batch mapped as if it were alone (core.batches)."""
+"""Batches of a batch key, the sample the map is chosen on, and one batch mapped as if it were
+alone with the method given (core.batches)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,13 @@ from hypothesis import strategies as st
 import napari_spatial_impute as nsi
 from _data import make_synthetic
 from napari_spatial_impute._errors import InputError
-from napari_spatial_impute.core.batches import MIN_BATCH_CELLS, Batch, map_batch, plan_batches
+from napari_spatial_impute.core.batches import (
+    MIN_BATCH_CELLS,
+    Batch,
+    map_batch,
+    plan_batches,
+    sample_rows,
+)
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -66,12 +73,31 @@ def test_missing_batch_column_lists_the_columns():
         plan_batches(_obs(["a"] * 30), "slice")
 
 
-def test_one_batch_is_the_mapping_of_that_batch_alone():
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(st.integers(MIN_BATCH_CELLS, 400), min_size=1, max_size=8),
+    st.integers(1, 1500),
+    st.integers(0, 3),
+)
+def test_the_choice_sample_is_seeded_and_in_proportion_to_each_batch(sizes, limit, seed):
+    values = [f"s{i}" for i, n in enumerate(sizes) for _ in range(n)]
+    batches = plan_batches(_obs(values), "section")
+    rows = sample_rows(batches, limit, seed)
+    assert np.array_equal(rows, sample_rows(batches, limit, seed))
+    assert rows.size == min(limit, len(values)) and np.all(np.diff(rows) > 0)
+    for b in batches:
+        taken = np.isin(rows, b.rows).sum()
+        assert abs(taken - b.n_cells * min(1.0, limit / len(values))) < 1.0
+
+
+def test_one_batch_is_the_mapping_of_that_batch_alone_with_the_method_given():
     ref, sp = make_synthetic(n_ref=120, n_sp=90, n_genes=14, seed=3)
     rows = np.arange(30, 90)
     batch = Batch(1, "b", rows)
-    out = map_batch(ref, sp[rows].copy(), batch, map_kwargs={"cluster_key": "cell_type", "seed": 4})
-    alone = nsi.map_cells_to_space(ref, sp[rows].copy(), cluster_key="cell_type", seed=4)
+    given = {"cluster_key": "cell_type", "seed": 4, "method": "tangram", "epochs": 30}
+    out = map_batch(ref, sp[rows].copy(), batch, map_kwargs=given)
+    alone = nsi.map_cells_to_space(ref, sp[rows].copy(), **given)
+    assert out.info["params"]["method"] == "tangram"
     expected = alone.to_anndata()
     assert out.status == "mapped"
     np.testing.assert_array_equal(out.X, expected.X)

@@ -8,7 +8,10 @@ impute and whether the largest batch fits a worker. Batches then run in this pro
 cells from the spatial file when it submits the batch (a backed ``.h5ad`` is never read whole),
 keeps at most one batch per worker plus one in flight, and writes each result into the output as
 it arrives (:class:`~napari_spatial_impute.io.batch_out.BatchResultWriter`): memory per process
-stays bounded by the largest batch. A worker that dies mid-batch is replaced and its batch run
+stays bounded by the largest batch. With ``method="auto"`` (cells mode) the map is chosen once,
+before any batch is submitted, on a seeded sample of cells drawn across the batches
+(:func:`choose_once`), and every batch makes that map: every section of an atlas uses the same
+map, and the file records the choice and its sample. A worker that dies mid-batch is replaced and its batch run
 again (Dask reschedules it; a batch that kills ``allowed-failures`` workers stops the run with
 what it needs); every batch is written exactly once. The output appears only when every batch
 is done (a temporary file renamed at the end); an earlier output is never touched before that.
@@ -16,6 +19,7 @@ is done (a temporary file renamed at the end); an earlier output is never touche
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 import uuid
@@ -24,22 +28,30 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anndata as ad
 import numpy as np
 import pandas as pd
 
-from napari_spatial_impute._errors import InputError, MappingCancelled
+from napari_spatial_impute._errors import InputError, InputWarning, MappingCancelled, first_line
 from napari_spatial_impute.core.batches import (
     Batch,
     BatchOutput,
     map_batch,
     peak_rss_gib,
     plan_batches,
+    sample_rows,
 )
 from napari_spatial_impute.core.engine.mapper import CancelFlag, is_cancelled
 from napari_spatial_impute.core.engine.resources import GIB, estimate_ensemble_map
+from napari_spatial_impute.core.settings import MappingSettings
+
+if TYPE_CHECKING:
+    from napari_spatial_impute.core.maps.choose import MapChoice
+
+#: The map chosen once for a run is logged here (INFO) before any batch; the CLI prints it.
+log = logging.getLogger(__name__)
 
 PROJECTIONS = ("auto", "neighbours", "probabilistic", "argmax")
 #: ``var`` columns that differ between batches (stored per batch in ``uns``, their median in ``var``).
@@ -71,13 +83,18 @@ class BatchProgress:
 
 @dataclass
 class BatchRun:
-    """What :func:`map_batches` did: the file it wrote and one row per batch."""
+    """What :func:`map_batches` did: the file it wrote and one row per batch.
+
+    ``choice`` is the map choice made once for every batch (``uns["spatial_impute"]["map_choice"]``
+    of the file), ``None`` when the method was given.
+    """
 
     path: Path
     batches: pd.DataFrame
     seconds: float
     workers: int
     warnings: list[tuple[str, str]] = field(default_factory=list)
+    choice: dict[str, Any] | None = None
 
     @property
     def skipped(self) -> pd.DataFrame:
@@ -116,6 +133,140 @@ class SpatialSource:
             var=pd.DataFrame(index=self.adata.var_names.copy()),
             obsm={k: np.asarray(v) for k, v in self.adata.obsm.items() if _small_obsm(v)},
         )
+
+
+@dataclass
+class BatchChoice:
+    """The map chosen once for every batch of a run, and the sample it was chosen on.
+
+    Attributes
+    ----------
+    choice
+        What :func:`~napari_spatial_impute.core.maps.choose.choose_map` measured and chose.
+    n_batches
+        Batches of the run.
+    sections
+        Names of the batches the sample drew cells from.
+    cells_per_section
+        Cells of each of ``sections`` the map was chosen on.
+    n_drawn
+        Cells drawn (those without counts are left out).
+    seconds
+        Time to read the sample and choose.
+    """
+
+    choice: MapChoice
+    n_batches: int
+    sections: list[str]
+    cells_per_section: list[int]
+    n_drawn: int
+    seconds: float
+
+    @property
+    def chosen(self) -> str:
+        """The map every batch makes."""
+        return self.choice.chosen
+
+    @property
+    def n_cells(self) -> int:
+        """Cells the map was chosen on."""
+        return int(sum(self.cells_per_section))
+
+    def describe(self) -> str:
+        """One line: the choice, for all the batches, and the sample it was made on."""
+        left = self.n_drawn - self.n_cells
+        out = f", {left:,} drawn without counts left out" if left else ""
+        k = len(self.sections)
+        where = "each of them" if k == self.n_batches else f"{k} of them"
+        return (
+            f"map chosen once for all {self.n_batches} sections on {self.n_cells:,} cells drawn "
+            f"from {where} (seeded, in proportion to their cells{out}): "
+            f"{self.choice.describe().removeprefix('map: ')}"
+        )
+
+    def record(self) -> dict[str, Any]:
+        """The single run's ``map_choice`` record, with the sample (``uns``)."""
+        from napari_spatial_impute.core.maps.choose import CHOICE_CELLS
+
+        return {
+            **self.choice.record(),
+            "scope": "once for all batches",
+            "batch_summary": self.describe(),
+            "n_batches": int(self.n_batches),
+            "sample_sections": np.asarray(self.sections, dtype=object),
+            "sample_cells_per_section": np.asarray(self.cells_per_section, dtype=np.int64),
+            "sample_n_cells": int(self.n_cells),
+            "sample_n_drawn": int(self.n_drawn),
+            "sample_rule": (
+                f"at most {CHOICE_CELLS:,} cells, seeded (the run's seed), each section's share "
+                "in proportion to its cells; cells without counts left out"
+            ),
+            "seconds": float(self.seconds),
+        }
+
+
+def _with_counts(X: Any) -> np.ndarray:
+    """Rows with some counts and only finite values."""
+    totals = np.asarray(abs(X).sum(axis=1, dtype=np.float64), dtype=np.float64).ravel()
+    keep: np.ndarray = np.isfinite(totals) & (totals > 0)
+    return keep
+
+
+def choose_once(
+    reference: ad.AnnData,
+    source: SpatialSource,
+    batches: Sequence[Batch],
+    settings: MappingSettings,
+    cancel: CancelFlag = None,
+) -> BatchChoice:
+    """Choose the map once for every batch: :func:`~napari_spatial_impute.core.maps.choose.choose_map`
+    on a seeded sample of at most :data:`~napari_spatial_impute.core.maps.choose.CHOICE_CELLS`
+    cells drawn across the batches (:func:`~napari_spatial_impute.core.batches.sample_rows`; only
+    those rows are read), against the whole reference, with the run's settings.
+
+    Cells without counts (or with values that are not finite) are left out of the sample: they
+    would not map in their batch either. The input warnings of the sample are not shown (each
+    batch reports its own).
+    """
+    from napari_spatial_impute.core.maps.choose import CHOICE_CELLS, choose_map
+    from napari_spatial_impute.core.maps.problem import prepare_problem
+
+    t0 = time.perf_counter()
+    seed = 0 if settings.seed is None else int(settings.seed)
+    rows = sample_rows(batches, CHOICE_CELLS, seed)
+    cells = source.take(rows)
+    keep = _with_counts(cells.X)
+    if not keep.any():
+        raise InputError(
+            f"the {rows.size:,} cells drawn across the {len(batches)} sections to choose the map "
+            "have no counts (every value 0, or not finite): check the spatial values, or give the "
+            "map (--method ensemble or tangram)."
+        )
+    if not keep.all():
+        rows, cells = rows[keep], cells[keep].copy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # each batch reports its own input warnings
+        try:
+            problem = prepare_problem(reference, cells, settings)
+        except InputError as exc:
+            raise InputError(
+                f"the map could not be chosen on {rows.size:,} cells drawn across the sections: "
+                f"{first_line(exc).rstrip('.')}; or give the map (--method ensemble or tangram)."
+            ) from None
+        choice = choose_map(problem, cancel=cancel)
+    labels = np.empty(source.adata.n_obs, dtype=np.int64)
+    for b in batches:
+        labels[b.rows] = b.index
+    counts = np.bincount(labels[rows], minlength=len(batches))
+    drawn = [b for b in batches if counts[b.index]]
+    return BatchChoice(
+        choice,
+        len(batches),
+        [b.name for b in drawn],
+        [int(counts[b.index]) for b in drawn],
+        int(keep.size),
+        time.perf_counter() - t0,
+    )
 
 
 def _small_obsm(value: Any) -> bool:
@@ -163,8 +314,13 @@ def map_batches(
     write one result file.
 
     Each batch's rows of the file are what :func:`~napari_spatial_impute.map_cells_to_space` on
-    that batch alone (same settings, same seed) followed by
-    :func:`~napari_spatial_impute.result_to_anndata` gives.
+    that batch alone (same settings, same seed, the chosen map as ``method``) followed by
+    :func:`~napari_spatial_impute.result_to_anndata` gives. With ``method="auto"`` in cells mode
+    (the default) the map is chosen once, before any batch, on a seeded sample of at most
+    :data:`~napari_spatial_impute.core.maps.choose.CHOICE_CELLS` cells drawn across the batches
+    (:func:`choose_once`), so that every batch makes the same map; the choice and its sample are
+    in ``uns["spatial_impute"]["map_choice"]`` (and :attr:`BatchRun.choice`), and a weak
+    imputation is warned of once. A given ``method`` is made in every batch without a choice.
 
     Parameters
     ----------
@@ -195,10 +351,12 @@ def map_batches(
     retries
         Times a batch whose task raised is run again (worker deaths are retried by Dask).
     progress
-        Called with a :class:`BatchProgress` after each batch.
+        Called with a :class:`BatchProgress` after each batch. The map chosen (``method="auto"``)
+        is logged before any batch, in one line (logger ``napari_spatial_impute.core.batch_run``,
+        level INFO; the command line prints it).
     cancel
-        A ``threading.Event`` or callable; when set, the run stops before the next batch is
-        written and nothing is written.
+        A ``threading.Event`` or callable; when set, the run stops (also while the map is
+        chosen) before the next batch is written and nothing is written.
     extra_uns
         Added to ``uns["spatial_impute"]``.
     **map_kwargs
@@ -209,7 +367,7 @@ def map_batches(
     A :class:`BatchRun`.
     """
     from napari_spatial_impute.core.genes import match_genes, resolve_gene_names
-    from napari_spatial_impute.core.settings import MappingSettings
+    from napari_spatial_impute.core.settings import resolve_map_method
     from napari_spatial_impute.io.batch_out import is_zarr_path
     from napari_spatial_impute.io.files import (
         atomic_output,
@@ -223,7 +381,7 @@ def map_batches(
         raise InputError("map_batches maps each batch on its own: callback and init do not apply.")
     if projection not in PROJECTIONS:
         raise InputError(f"projection {projection!r} is not known; use one of {PROJECTIONS}.")
-    MappingSettings(**map_kwargs).validate()
+    settings = MappingSettings(**map_kwargs).validate()
     out = Path(out)
     zarr_out = is_zarr_path(out)
     if not zarr_out and out.suffix.lower() != ".h5ad":
@@ -265,10 +423,33 @@ def map_batches(
         "projection": projection,
         "top_k": top_k,
     }
+    chosen: BatchChoice | None = None
+
+    def choose() -> None:
+        """Before any batch is submitted: with method auto, the map every batch makes."""
+        nonlocal chosen
+        if resolve_map_method(settings.method, settings.mode) != "auto":
+            return
+        if is_cancelled(cancel):
+            raise MappingCancelled("cancelled before the map was chosen")
+        chosen = choose_once(reference, source, batches, settings, cancel=cancel)
+        options["map_kwargs"]["method"] = chosen.chosen
+        log.info("%s", chosen.describe())
+        if chosen.choice.weak():
+            warnings.warn(chosen.choice.weak(), InputWarning, stacklevel=3)
+
     records: list[dict[str, Any]] = []
     notes: list[tuple[str, str]] = []
     collector = _Collector(source, names)
     n_workers = 1
+    in_process = workers == 0 and scheduler is None
+    if in_process:
+        import torch
+
+        from napari_spatial_impute.core.engine.resources import available_bytes
+
+        _check_memory(need, int(available_bytes(torch.device("cpu")) * 0.9), largest, "")
+        choose()
     with atomic_output(out, folder=zarr_out) as tmp:
         writer = None
         try:
@@ -302,12 +483,7 @@ def map_batches(
                         )
                     )
 
-            if workers == 0 and scheduler is None:
-                import torch
-
-                from napari_spatial_impute.core.engine.resources import available_bytes
-
-                _check_memory(need, int(available_bytes(torch.device("cpu")) * 0.9), largest, "")
+            if in_process:
                 for batch in batches:
                     if is_cancelled(cancel):
                         raise MappingCancelled(f"cancelled after {len(records)} batches")
@@ -326,18 +502,28 @@ def map_batches(
                     cancel=cancel,
                     need=need,
                     largest=largest,
+                    before=choose,
                 )
             table = pd.DataFrame(records).sort_values("index").set_index("name")
             if (table["status"] != "mapped").all():
                 first = table["reason"].iloc[0]
                 raise InputError(f"no batch could be mapped (first: {first}); nothing was written.")
-            uns = collector.uns(table, batch_key, time.perf_counter() - t0, n_workers, extra_uns)
+            uns = collector.uns(
+                table, batch_key, time.perf_counter() - t0, n_workers, extra_uns, chosen
+            )
             writer.finish(collector.obs(), collector.var(), uns)
         finally:
             if writer is not None:
                 writer.close()
     table = pd.DataFrame(records).sort_values("index").set_index("name")
-    return BatchRun(out, table.drop(columns="index"), time.perf_counter() - t0, n_workers, notes)
+    return BatchRun(
+        out,
+        table.drop(columns="index"),
+        time.perf_counter() - t0,
+        n_workers,
+        notes,
+        chosen.record() if chosen is not None else None,
+    )
 
 
 def _check_memory(need: int, limit: int, largest: Batch, what: str) -> None:
@@ -393,8 +579,13 @@ def _run_dask(
     cancel: CancelFlag,
     need: int,
     largest: Batch,
+    before: Callable[[], None] = lambda: None,
 ) -> int:
-    """Run the batches on a Dask cluster; returns the number of workers."""
+    """Run the batches on a Dask cluster; returns the number of workers.
+
+    ``before`` runs once the cluster answers and its memory is checked, before any batch is
+    submitted (the choice of the map).
+    """
     from distributed import as_completed
     from distributed.scheduler import KilledWorker
 
@@ -419,6 +610,7 @@ def _run_dask(
         if limits:
             _check_memory(need, min(limits), largest, "a worker of the cluster has")
         n_workers = max(1, len(client.scheduler_info().get("workers", {})))
+        before()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "large object in the task graph": the batch's cells
             ref = client.scatter(reference, broadcast=True, hash=False)
@@ -561,6 +753,7 @@ class _Collector:
         seconds: float,
         n_workers: int,
         extra: dict[str, Any] | None,
+        chosen: BatchChoice | None = None,
     ) -> dict[str, Any]:
         from napari_spatial_impute.io.schema import UNS_KEY
 
@@ -569,6 +762,10 @@ class _Collector:
         mapped = table[table["status"] == "mapped"]
         info["training_score"] = float(np.nanmean(mapped["training_score"].to_numpy()))
         info["timings"] = {"total_s": float(seconds)}
+        if chosen is not None:  # every batch made the map chosen once
+            info["params"] = {**info.get("params", {}), "map_choice": chosen.describe()}
+            info["map_choice"] = chosen.record()
+            info["timings"]["choice_s"] = float(chosen.seconds)
         info["batch_key"] = batch_key
         info["batches"] = {
             "table": table.reset_index().astype({"reason": str, "worker": str}),

@@ -3,10 +3,11 @@
 A *batch key* is a spatial ``obs`` column naming the section, slice or sample of each cell. Each
 batch maps against the whole reference on its own (:func:`map_batch`), exactly as mapping that
 batch alone would (:func:`~napari_spatial_impute.map_cells_to_space` on those cells with the same
-settings and seed): sections of an atlas are imaged separately, and their cells never share a
-neighbourhood. :func:`plan_batches` checks the key before any work. Running the batches (in this
-process or on a Dask cluster) and writing their results is
-:mod:`napari_spatial_impute.core.batch_run`.
+settings, seed and map): sections of an atlas are imaged separately, and their cells never share a
+neighbourhood. Which map (``method="auto"``) is chosen once for the whole run, on a seeded sample
+of cells drawn across the batches (:func:`sample_rows`), so that every section uses the same map.
+:func:`plan_batches` checks the key before any work. Running the batches (in this process or on a
+Dask cluster) and writing their results is :mod:`napari_spatial_impute.core.batch_run`.
 
 Nothing here imports Dask: a batch is plain data in, plain data out, so it runs the same in a
 worker process on another machine.
@@ -104,6 +105,29 @@ def plan_batches(
     ]
 
 
+def sample_rows(batches: Sequence[Batch], limit: int, seed: int) -> np.ndarray:
+    """A seeded sample of at most ``limit`` cells drawn across ``batches`` (sorted rows).
+
+    Each batch gives a share proportional to its cells (largest remainders round the shares to
+    ``limit`` in all); every cell when the batches hold ``limit`` cells or fewer.
+    """
+    sizes = np.asarray([b.n_cells for b in batches], dtype=np.int64)
+    total = int(sizes.sum())
+    if total <= limit:
+        return np.sort(np.concatenate([b.rows for b in batches]))
+    quota = sizes * (limit / total)
+    take = np.floor(quota).astype(np.int64)
+    extra = np.argsort(-(quota - take), kind="stable")[: limit - int(take.sum())]
+    take[extra] += 1
+    rng = np.random.default_rng(seed)
+    parts = [
+        rng.choice(b.rows, int(k), replace=False)
+        for b, k in zip(batches, take, strict=True)
+        if k > 0
+    ]
+    return np.sort(np.concatenate(parts)).astype(np.int64)
+
+
 @dataclass
 class BatchOutput:
     """What one batch gives back: everything the result file holds for its cells.
@@ -154,7 +178,8 @@ def map_batch(
 ) -> BatchOutput:
     """Map one batch (``spatial`` holds its cells only) and impute ``genes`` there.
 
-    The same as :func:`~napari_spatial_impute.map_cells_to_space` on these cells followed by
+    The same as :func:`~napari_spatial_impute.map_cells_to_space` on these cells (with
+    ``map_kwargs``: a batched run gives the map it chose once as ``method``) followed by
     :func:`~napari_spatial_impute.result_to_anndata`. A batch that cannot be mapped (no counts,
     or input the mapping refuses) is returned as ``"skipped"`` with the one-line reason, never
     silently.
