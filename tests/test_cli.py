@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
+from _data import size_pair
 from napari_spatial_impute.cli import main
 
 
@@ -120,8 +121,46 @@ def test_evaluate_writes_cv_table(merfish_pair, tmp_path, capsys):
     )
     assert code == 0, err
     df = pd.read_csv(out)
-    assert "pearson" in df.columns and len(df) == 134
+    assert {"pearson", "size_pearson", "knn_pearson"} <= set(df.columns) and len(df) == 134
     assert "median pearson" in stdout and "mean" in stdout
+    # the default scores log-normalised counts, and says so in one line
+    assert (
+        "values scored (--transform auto): reference raw counts -> normalised to median total, "
+        "log1p; spatial raw counts -> normalised to median total, log1p\n" in stdout
+    )
+    # the trivial predictors of the same folds, one line, their medians as in the table
+    line = next(x for x in stdout.splitlines() if x.startswith("trivial predictors"))
+    size = df["size_pearson"].median()
+    assert (
+        f"size baseline (each cell's total over the training genes) median pearson {size:.3f};"
+        in line
+    )
+    assert (
+        f"10-NN (mean of the 10 nearest reference cells) {df['knn_pearson'].median():.3f}" in line
+    )
+    assert "warning" not in err  # the method beats the size baseline here
+
+
+def test_evaluate_warns_when_the_size_baseline_is_as_good(tmp_path, capsys):
+    """Non-integer values proportional to cell size (kept as given by ``auto``): the size
+    baseline predicts every gene, the CLI says so on stderr; with counts and ``--transform
+    none`` too."""
+    for counts, extra in ((False, []), (True, ["--transform", "none"])):
+        folder = tmp_path / f"counts{counts}"
+        folder.mkdir()
+        r, s = _write_pair(*size_pair(counts=counts), folder)
+        out = folder / "cv.csv"
+        code, stdout, err = _run(
+            ["evaluate", "-r", str(r), "-s", str(s), "--folds", "4", "-o", str(out), *extra],
+            capsys,
+        )
+        assert code == 0, err
+        assert pd.read_csv(out)["size_pearson"].median() > 0.7
+        given = "raw counts" if counts else "non-integer (normalised)"
+        assert f"reference {given} -> as given; spatial {given} -> as given" in stdout
+        warning = [x for x in err.splitlines() if "warning:" in x]
+        assert len(warning) == 1 and "is not above the size baseline's" in warning[0]
+        assert ("--transform auto" in warning[0]) == counts
 
 
 def _bad_inputs(tmp_path, ref, spa):
@@ -137,11 +176,11 @@ def _bad_inputs(tmp_path, ref, spa):
     X[0, 0] = np.nan
     s.X = sp.csr_matrix(X)
     cases["nan"] = (ref, s, "NaN or infinite")
-    r = ref.copy()
-    X = r.X.toarray()
+    s = spa.copy()
+    X = s.X.toarray()
     X[0, 0] = -3
-    r.X = sp.csr_matrix(X)
-    cases["negative"] = (r, spa, "negative values")
+    s.X = sp.csr_matrix(X)
+    cases["negative"] = (ref, s, "negative values")
     s = spa.copy()
     s.obs_names = ["c"] * s.n_obs
     cases["dup_cells"] = (ref, s, "duplicated cell names")

@@ -54,12 +54,18 @@ def test_nan_or_inf(synthetic, bad):
 
 
 def test_negative_values(synthetic):
-    ref, _ = synthetic
+    """Measured spatial values are never negative; a scaled (z-scored) reference is accepted."""
+    ref, spa = synthetic
+    X = spa.X.toarray()
+    X[1, 2] = -1
+    spa.X = sp.csr_matrix(X)
+    with pytest.raises(InputError, match="1 negative values"):
+        validate_adata(spa, "spatial")
     X = ref.X.toarray()
     X[1, 2] = -1
     ref.X = sp.csr_matrix(X)
-    with pytest.raises(InputError, match="1 negative values"):
-        validate_adata(ref, "reference")
+    validate_adata(ref, "reference")
+    assert describe_values(ref.X) == "scaled (negative values)"
 
 
 def test_duplicated_cell_names(synthetic):

@@ -27,6 +27,7 @@ from napari_spatial_impute.core.engine.objective import TERMS
 from napari_spatial_impute.core.maps.base import BuiltMap
 from napari_spatial_impute.core.maps.choose import (
     CHOICE_CELLS,
+    InnerFold,
     MapChoice,
     build_inner,
     choice_cells,
@@ -233,8 +234,14 @@ def map_cells_to_space(
             warnings.warn(choice.weak(), InputWarning, stacklevel=2)
         if choice.chosen != "tangram":
             _warn_unused_tangram_settings(engine, init, device, chosen=True)
+        else:
+            problem = _same_engine(problem, choice.folds["tangram"])
     t_choice = time.perf_counter()
     built = get_map(map_method).build(problem, callback=callback, cancel=cancel)
+    if choice is not None and built.name in choice.folds and not built.engine_note:
+        inner_note = choice.folds[built.name].built.engine_note
+        if inner_note:
+            built.engine_note = f"{inner_note} (measured on the automatic choice's inner map)"
     t_done = time.perf_counter()
     result = assemble_result(problem, built, choice)
     result.timings.update(
@@ -274,6 +281,19 @@ def _warn_unused_tangram_settings(
             InputWarning,
             stacklevel=3,
         )
+
+
+def _same_engine(problem: Problem, fold: InnerFold) -> Problem:
+    """The problem with the engine its inner Tangram map measured (no second probe).
+
+    Only when the inner map had every spatial cell (same size, a quarter fewer genes): on a
+    subset of cells the engines' costs differ from the whole problem's.
+    """
+    ran = fold.built.ran.get("engine")
+    if problem.settings.engine != "auto" or fold.cells is not None or not ran:
+        return problem
+    settings = dataclasses.replace(problem.settings, engine=ran)
+    return dataclasses.replace(problem, settings=settings)
 
 
 def assemble_result(

@@ -42,7 +42,9 @@ FOV_CANDIDATES: tuple[str, ...] = (
 #: float32 (max 3.4e38), and no real count or normalised value comes near it.
 MAX_VALUE = 1e15
 
-ValueKind = Literal["raw counts", "non-integer (normalised)", "log-transformed"]
+ValueKind = Literal[
+    "raw counts", "non-integer (normalised)", "log-transformed", "scaled (negative values)"
+]
 
 
 def read_h5ad(path: str | os.PathLike[str], role: str = "data", backed: bool = False) -> ad.AnnData:
@@ -313,6 +315,8 @@ def describe_values(X: object) -> ValueKind:
     sample = values.ravel()
     if sample.size > 200_000:
         sample = sample[np.linspace(0, sample.size - 1, 200_000).astype(np.int64)]
+    if float(np.min(sample)) < 0:
+        return "scaled (negative values)"
     if np.all(np.abs(sample - np.round(sample)) < 1e-6):
         return "raw counts"
     if float(np.max(sample)) < 30.0:
@@ -330,7 +334,7 @@ def validate_adata(
 
     Raises :class:`InputError` with a one-line message naming the problem and the fix for: empty
     data, duplicated cell or gene names, a non-numeric ``X``, NaN or infinite values, negative
-    values and, when ``require_spatial``, missing or malformed ``obsm["spatial"]``.
+    values (except in the reference: a scaled reference is mapped as given) and, when ``require_spatial``, missing or malformed ``obsm["spatial"]``.
 
     Parameters
     ----------
@@ -400,7 +404,9 @@ def validate_adata(
             f"the {role} X has values up to {float(np.max(values)):.3g}, too large for float32 "
             f"arithmetic (limit {MAX_VALUE:.0e}); give raw counts or normalised values."
         )
-    if values.size and values.min() < 0:
+    # a reference may be distributed scaled (z-scored per gene): the maps compare and impute its
+    # values as given; a spatial assay's values are measurements and never negative
+    if values.size and values.min() < 0 and role != "reference":
         n_neg = int(np.count_nonzero(values < 0))
         raise InputError(
             f"the {role} X has {n_neg} negative values; the mapping needs non-negative "

@@ -33,9 +33,10 @@ from napari_spatial_impute.core.engine.search import resolve_search
 from napari_spatial_impute.core.maps.base import BuiltMap
 from napari_spatial_impute.core.maps.problem import Problem
 
-#: Below this many reference x spatial pairs the exact engine runs without a probe: an epoch of
-#: it costs milliseconds, less than probing the lean engine (1 s on the MERFISH pair).
-SMALL_PAIRS = 4_000_000
+#: Up to this many reference x spatial pairs the exact engine runs without a probe: on the
+#: MERFISH pair (981,000 pairs) both engines train to a plateau in about 2 s and the probe alone
+#: took 1 s; on the STARmap split (3.0 M pairs) the lean engine trained 3.3x faster.
+SMALL_PAIRS = 1_000_000
 
 
 def choose_engine(
@@ -60,7 +61,7 @@ def choose_engine(
     if engine == "auto":
         all_pairs = n_units * n_spatial
         most = n_spatial * min(candidates, n_units) + n_units * min(reverse_candidates, n_spatial)
-        if mode != "cells" or 2 * most >= all_pairs or all_pairs < SMALL_PAIRS:
+        if mode != "cells" or 2 * most >= all_pairs or all_pairs <= SMALL_PAIRS:
             return False, ""
         need = estimate_dense_mapping(n_units, n_spatial, n_genes).total_bytes
         free = available_bytes(dev)
