@@ -18,7 +18,7 @@ def widget(make_widget):
 def test_training_panels(widget):
     viewer, model, w = widget
     axes = [ax for ax in w.train_fig.axes if ax.axison]
-    assert len(axes) == 4
+    assert len(axes) == 5
     titles = [ax.get_title() for ax in axes]
     assert titles[0] == "training scores"
     assert "reference" in titles[1] and "spatial" in titles[2] and "difference" in titles[3]
@@ -26,10 +26,37 @@ def test_training_panels(widget):
     assert sum(p.get_height() for p in axes[0].patches) == n_train
     for ax in axes[1:4]:
         assert len(ax.collections[0].get_offsets()) == n_train
-    # the default map is the ensemble: no epochs, and the panel says so
+    # the default (auto) chose the ensemble: nothing trained, so the choice takes the epoch panel
     assert model.result.uns["spatial_impute"]["params"]["method"] == "ensemble"
     assert "ensemble map (nothing trained)" in w.train_info.text()
-    assert "no epochs" in w.train_fig.axes[4].texts[0].get_text()
+    assert titles[4].startswith("map choice")
+
+
+def test_training_panel_shows_the_map_choice(widget):
+    """Both candidates with their held-out median Pearson, the size baseline, the chosen map."""
+    viewer, model, w = widget
+    choice = model.result.uns["spatial_impute"]["map_choice"]
+    scores = dict(zip(choice["candidates"], choice["inner_median_pearson"], strict=True))
+    assert set(scores) == {"ensemble", "tangram"} and choice["chosen"] == "ensemble"
+    text = w.choice_info.text()
+    assert w.choice_info.isVisibleTo(w)
+    assert f"ensemble {scores['ensemble']:.3f} (chosen)" in text
+    assert f"tangram {scores['tangram']:.3f}" in text and "tangram 0.000 (chosen)" not in text
+    assert f"size baseline {choice['size_baseline']:.3f}" in text
+    assert f"{len(choice['held_genes'])} held-out training genes" in text
+    assert not w.choice_warning.isVisibleTo(w)
+    ax = next(ax for ax in w.train_fig.axes if ax.get_title().startswith("map choice"))
+    heights = [p.get_height() for p in ax.patches]
+    np.testing.assert_allclose(heights, [scores["ensemble"], scores["tangram"]])
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["ensemble (chosen)", "tangram"]
+    (line,) = ax.get_lines()  # the size baseline
+    np.testing.assert_allclose(line.get_ydata(), choice["size_baseline"])
+    # a weak choice is said in orange too
+    res = model.result.copy()
+    res.uns["spatial_impute"]["map_choice"]["warning"] = "imputation is weak on these data: test"
+    model.set_result(res)
+    assert w.choice_warning.isVisibleTo(w)
+    assert w.choice_warning.text() == "Warning: imputation is weak on these data: test"
 
 
 def test_training_panels_of_a_tangram_map(widget):
@@ -42,6 +69,26 @@ def test_training_panels_of_a_tangram_map(widget):
     axes = [ax for ax in w.train_fig.axes if ax.axison]
     assert len(axes[4].lines[0].get_xdata()) == 30  # one point per epoch
     assert w.train_info.text().startswith("training score")
+    # a forced method: no choice ran, the panels and text are as before
+    assert len(axes) == 5 and not w.choice_info.isVisibleTo(w)
+    # a Tangram map chosen by auto: its epochs and the choice, six panels
+    adata = model.result.copy()
+    adata.uns["spatial_impute"]["map_choice"] = {
+        "chosen": "tangram",
+        "candidates": np.array(["ensemble", "tangram"], dtype=object),
+        "inner_median_pearson": np.array([0.21, 0.27]),
+        "size_baseline": 0.3,
+        "held_genes": np.array(["a", "b", "c"], dtype=object),
+        "n_cells": 750,
+        "reason": "",
+        "summary": "map: tangram, chosen on 3 held-out training genes",
+        "warning": "",
+    }
+    model.set_result(adata)
+    axes = [ax for ax in w.train_fig.axes if ax.axison]
+    assert len(axes) == 6 and len(axes[4].lines[0].get_xdata()) == 30
+    assert axes[5].get_title().startswith("map choice")
+    assert "ensemble 0.210, tangram 0.270 (chosen); size baseline 0.300" in w.choice_info.text()
 
 
 def test_cell_type_validation(widget):
@@ -252,9 +299,8 @@ def test_result_without_clusters(make_napari_viewer_proxy, qtbot, monkeypatch):
     get_model(viewer).set_result(res)
     assert not seen
     assert "no cell types" in w.val_fig.axes[0].texts[0].get_text()
-    assert (
-        len([ax for ax in w.train_fig.axes if ax.axison]) == 4
-    )  # no epoch panel: the ensemble map
+    # the ensemble map (chosen by auto): no epoch panel, the choice in its place
+    assert len([ax for ax in w.train_fig.axes if ax.axison]) == 5
     # the Explore widget works too, without cluster controls or cluster hover text
     from napari_spatial_impute.plugin.widgets.explore_widget import ExploreWidget
     from napari_spatial_impute.viz.explore import TOP_CLUSTER_COLUMNS

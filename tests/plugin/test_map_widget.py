@@ -128,30 +128,40 @@ def test_gene_list_and_parameters(widget):
 
 def test_only_the_settings_of_the_map_that_runs_are_editable(widget):
     _, w, _ = widget
-    assert w.parameters()["method"] == "auto" and w.map_method() == "ensemble"
     tangram_only = ("epochs", "learning_rate", "engine", "density")
-    assert not any(w.settings_widgets[n].enabled for n in tangram_only)
+    # auto in cells mode is chosen from the data: it may train a Tangram map, so it keeps its
+    # settings; the score plot waits for a Tangram map's epochs
+    assert w.parameters()["method"] == "auto" and w.map_method() == "auto"
+    assert all(w.settings_widgets[n].enabled for n in tangram_only)
     assert w.settings_widgets["uncertainty"].enabled and not w.plot.isVisibleTo(w)
+    w.form.engine.value = "lean"
+    assert w.parameters()["engine"] == "lean"
     w.form.mode.value = "clusters"  # a Tangram option: auto makes a Tangram map
     assert w.map_method() == "tangram"
     assert all(w.settings_widgets[n].enabled for n in tangram_only)
+    # intervals are a cells-mode thing: hidden, and sent at the default
     assert not w.settings_widgets["uncertainty"].enabled and w.plot.isVisibleTo(w)
     w.form.mode.value = "cells"
-    w.form.method.value = "tangram"
+    w.form.method.value = "tangram"  # a Tangram map in cells mode has intervals too
     assert w.map_method() == "tangram" and w.settings_widgets["epochs"].enabled
-    w.form.engine.value = "lean"
-    assert w.parameters()["engine"] == "lean"
-    w.form.method.value = "auto"  # back to the ensemble: the greyed-out engine is not sent
-    assert w.parameters()["engine"] == "auto" and w.parameters()["method"] == "auto"
+    assert w.settings_widgets["uncertainty"].enabled
+    w.settings_widgets["uncertainty"].value = False
+    assert w.parameters()["uncertainty"] is False
+    w.form.method.value = "ensemble"  # nothing trained: the greyed-out engine is not sent
+    assert not any(w.settings_widgets[n].enabled for n in tangram_only)
+    assert w.parameters()["engine"] == "auto" and w.parameters()["method"] == "ensemble"
+    assert w.settings_widgets["uncertainty"].enabled and not w.plot.isVisibleTo(w)
 
 
-def test_default_run_is_the_ensemble_map_with_a_busy_bar(widget, qtbot):
-    """Issue 15: nothing is trained by default; the bar is busy, then the result and its layers."""
+def test_default_run_chooses_the_map_with_a_busy_bar(widget, qtbot):
+    """The default (auto) chooses the map on held-out training genes while a busy bar runs; the
+    status then names the map made and the scores it was chosen on. On the bundled pair the
+    ensemble wins, so nothing is trained (issue 15)."""
     viewer, w, model = widget
     ranges = []
     worker = w.run()
     ranges.append((w.progress.minimum(), w.progress.maximum()))
-    assert "nothing to train" in w.status.text()
+    assert "Choosing the map on held-out genes" in w.status.text()
     epochs_seen = []
     worker.yielded.connect(epochs_seen.append)
     with qtbot.waitSignal(worker.finished, timeout=120_000):
@@ -161,9 +171,96 @@ def test_default_run_is_the_ensemble_map_with_a_busy_bar(widget, qtbot):
     assert (w.progress.minimum(), w.progress.maximum(), w.progress.value()) == (0, 1, 1)
     info = model.result.uns["spatial_impute"]
     assert info["params"]["method"] == "ensemble" and info["params"]["epochs_done"] == 0
-    assert "ensemble map, training-gene score" in w.status.text()
+    choice = info["map_choice"]
+    assert choice["chosen"] == "ensemble" and not choice["warning"]
+    scores = dict(zip(choice["candidates"], choice["inner_median_pearson"], strict=True))
+    status = w.status.text()
+    assert "ensemble map, training-gene score" in status
+    assert "Map: ensemble, chosen on" in status
+    assert f"median Pearson {scores['ensemble']:.3f} vs tangram {scores['tangram']:.3f}" in status
+    assert f"size baseline {choice['size_baseline']:.3f}" in status
+    assert "Warning" not in status
     assert "interval_90_halfwidth" in model.result.layers
     assert len(viewer.layers) >= 1
+
+
+def _notified(text: str, since: int) -> list[str]:
+    from napari.utils.notifications import NotificationSeverity, notification_manager
+
+    return [
+        str(n.message)
+        for n in notification_manager.records[since:]
+        if n.severity == NotificationSeverity.WARNING and text in str(n.message)
+    ]
+
+
+def test_weak_imputation_is_one_warning_per_run(widget, qtbot, monkeypatch):
+    """A weak choice warns in the worker thread and is recorded in the result: the widget shows
+    it once per run, from the result, and in its status. The run's other InputWarnings are
+    shown once each too (napari 0.9.2 relays none of a worker's warnings)."""
+    from napari.utils.notifications import notification_manager
+
+    from napari_spatial_impute.core.maps import choose
+
+    viewer, w, model = widget
+    monkeypatch.setattr(choose, "WEAK_PEARSON", 1.0)  # every choice is weak now
+    w.form.engine.value = "lean"  # a Tangram setting: the core warns when the ensemble is made
+    for _ in range(2):
+        since = len(notification_manager.records)
+        w.run()
+        qtbot.waitUntil(lambda: w.worker is None, timeout=120_000)
+        warning = str(model.result.uns["spatial_impute"]["map_choice"]["warning"])
+        assert warning.startswith("imputation is weak")
+        assert _notified("imputation is weak", since) == [warning]
+        assert f"Warning: {warning}" in w.status.text()
+        assert model.result.uns["spatial_impute"]["params"]["method"] == "ensemble"
+        assert len(_notified("auto chose the ensemble map", since)) == 1
+
+
+def test_a_result_with_a_warning_notifies_once(widget, monkeypatch):
+    """The result's map_choice warning: one notification per run, none when the run's warnings
+    showed it already."""
+    from _explore_data import merfish_with_fovs
+    from napari.utils.notifications import notification_manager
+
+    from napari_spatial_impute.plugin.workers import layers_of_result
+
+    viewer, w, model = widget
+    res = merfish_with_fovs()[2]
+    text = "imputation is weak on these data: a test"
+    res.uns["spatial_impute"]["map_choice"]["warning"] = text
+    for shown, expected in ((set(), [text]), ({text}, [])):
+        w._run.shown = shown
+        since = len(notification_manager.records)
+        w._on_returned(layers_of_result(res.copy()))
+        assert _notified(text, since) == expected
+        assert f"Warning: {text}" in w.status.text()
+
+
+def test_the_weak_warning_pattern_matches_the_core_text():
+    """The worker silences the choice's weak warning by this pattern (the widget shows it)."""
+    import re
+
+    from napari_spatial_impute.core.maps.choose import MapChoice
+    from napari_spatial_impute.plugin.workers import WEAK_WARNING
+
+    choice = MapChoice("ensemble", {"ensemble": 0.05, "tangram": 0.01}, size_baseline=0.02)
+    assert choice.weak() and re.match(WEAK_WARNING, choice.weak(), re.IGNORECASE)
+
+
+def test_a_chosen_tangram_map_turns_the_busy_bar_into_epochs(widget):
+    """auto runs a busy bar; when the chosen Tangram map trains, its epochs fill the bar."""
+    from napari_spatial_impute.core.engine.mapper import EpochInfo
+
+    viewer, w, model = widget
+    w._run.epochs = 40
+    w._busy_bar("Choosing the map on held-out genes...")
+    assert not w.plot.isVisibleTo(w)
+    w._on_epoch([EpochInfo(e, 40, {"main_loss": 0.1 * e}) for e in (1, 2, 3)])
+    assert (w.progress.minimum(), w.progress.maximum(), w.progress.value()) == (0, 40, 3)
+    assert w.plot.isVisibleTo(w) and len(w.plot.values) == 3
+    assert w.status.text().startswith("epoch 3 / 40")
+    w._run.close_pbar()
 
 
 def test_run_disabled_without_data(make_napari_viewer_proxy, qtbot):

@@ -60,3 +60,6 @@ def test_old_result_opens_explores_and_diagnoses(make_napari_viewer_proxy, qtbot
     assert len(axes) == 5 and axes[0].get_title() == "training scores"
     assert len(axes[4].lines[0].get_xdata()) == 30  # the stored history: one point per epoch
     assert "training score" in diagnostics.train_info.text()
+    # no map choice in a 0.1.0 file: nothing said about one
+    assert not diagnostics.choice_info.isVisibleTo(diagnostics)
+    assert diagnostics.choice_info.text() == ""

@@ -18,13 +18,13 @@ import queue
 import threading
 import time
 import warnings
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Collection, Generator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import anndata as ad
 
-from napari_spatial_impute._errors import InputError, MappingCancelled, first_line
+from napari_spatial_impute._errors import InputError, InputWarning, MappingCancelled, first_line
 from napari_spatial_impute.core.mapping import EpochInfo, map_cells_to_space
 from napari_spatial_impute.core.result import MappingResult
 
@@ -33,6 +33,10 @@ T = TypeVar("T")
 _DONE = object()
 #: Seconds between two progress updates sent to the GUI (the last epoch is always sent).
 UPDATE_INTERVAL = 0.075
+#: How the weak-imputation warning of ``method="auto"`` begins
+#: (:meth:`~napari_spatial_impute.core.maps.choose.MapChoice.weak`; a ``warnings`` filter
+#: pattern). The result records it, and the Map widget shows it from there, once per run.
+WEAK_WARNING = r"imputation is weak"
 
 
 @dataclass(frozen=True)
@@ -138,6 +142,7 @@ def iter_mapping(
     cancel: threading.Event,
     finish: Callable[[MappingResult], Any] | None = None,
     interval: float = UPDATE_INTERVAL,
+    silence: Collection[str] = (),
     **kwargs: Any,
 ) -> Generator[list[EpochInfo], None, Any]:
     """Run a mapping, yielding lists of :class:`~napari_spatial_impute.EpochInfo` as it trains.
@@ -154,6 +159,10 @@ def iter_mapping(
     interval
         Seconds between two yields (see :func:`throttled`); every epoch is in exactly one list,
         in order, and the last epoch is always yielded. ``0`` yields each epoch in its own list.
+    silence
+        ``warnings`` message patterns (regular expressions matched at the start) of
+        :class:`~napari_spatial_impute.InputWarning` s the mapping does not raise: the caller
+        shows them itself. A napari worker relays every other warning as a notification.
     **kwargs
         Passed to :func:`~napari_spatial_impute.map_cells_to_space` (``mode``, ``epochs``, ...).
 
@@ -166,14 +175,16 @@ def iter_mapping(
     InputError
         The engine's one-line error for bad input or settings.
     """
-    value = yield from run_in_thread(
-        lambda report: map_cells_to_space(
-            reference, spatial, callback=report, cancel=cancel, **kwargs
-        ),
-        cancel,
-        interval=interval,
-        name="spatial-impute-mapping",
-    )
+
+    def task(report: Callable[[Any], None]) -> MappingResult:
+        # a warnings context of the helper thread: it opens after and closes before the
+        # worker's own (superqt's relay), so the filters go with it
+        with warnings.catch_warnings():
+            for pattern in silence:
+                warnings.filterwarnings("ignore", message=pattern, category=InputWarning)
+            return map_cells_to_space(reference, spatial, callback=report, cancel=cancel, **kwargs)
+
+    value = yield from run_in_thread(task, cancel, interval=interval, name="spatial-impute-mapping")
     if value is None:
         return None
     return finish(value) if finish is not None else value

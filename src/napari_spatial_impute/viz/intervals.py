@@ -1,13 +1,13 @@
 """Prediction intervals and per-gene reliability of a result, as layer data (no Qt, no viewer).
 
-A result mapped with the neighbourhood ensemble carries (see :mod:`napari_spatial_impute.core.export`):
+A result mapped in cells mode (the ensemble or a Tangram map) carries (see :mod:`napari_spatial_impute.core.export`):
 
 * ``layers["interval_<level>_halfwidth"]``: the imputed value's prediction interval is
   ``X ± halfwidth`` at nominal coverage ``<level>`` % (90 and 67 by default);
 * ``var["predicted_pearson"]``: the predicted held-out Pearson of every imputed gene;
 * ``uns["spatial_impute"]["uncertainty"]``: levels, per-group quantiles, calibration genes.
 
-Older results (or results projected with the Tangram map) lack them: every function here then
+Older results (or results of the clusters and constrained modes) lack them: every function here then
 reports "nothing" (empty list, ``None``) instead of failing, so the widgets can hide their
 controls.
 
@@ -168,8 +168,9 @@ def calibration_text(result: ad.AnnData | None) -> str:
     levels = interval_levels(result)
     if not levels and not has_reliability(result):
         return (
-            "This result has no prediction intervals or reliability estimates: a Tangram map (or "
-            "an older version) made it; the ensemble map (Map: auto or ensemble, cells mode) has them."
+            "This result has no prediction intervals or reliability estimates: it was mapped in "
+            "clusters or constrained mode, without Uncertainty, or by an older version; a map in "
+            "cells mode with Uncertainty (the default) has them."
         )
     info = result.uns.get("spatial_impute", {}).get("uncertainty", {})
     lines = []

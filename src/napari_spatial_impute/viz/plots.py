@@ -7,22 +7,179 @@
   vs predicted expression level (each min-max normalised over cell types).
 * :func:`plot_reliability`: per-gene predicted Pearson, and how well it ranks the genes
   (against a cross-validation's held-out Pearson, or the calibration's inner one).
+* :func:`map_choice_of`, :func:`map_choice_text`, :func:`plot_map_choice`: which map
+  ``method="auto"`` made and the held-out scores it was chosen on (a sixth training panel).
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import anndata as ad
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from napari_spatial_impute.io.schema import history_frame, training_genes_frame
+from napari_spatial_impute.io.schema import UNS_KEY, history_frame, training_genes_frame
 
 MEASURED_COLOR = "#1f77b4"
 PREDICTED_COLOR = "#ff7f0e"
+#: Colour of the candidate maps that were not chosen.
+OTHER_COLOR = "#b0b0b0"
+#: Panels of :func:`plot_training_scores` (one more with a map choice, :func:`training_panels`).
+TRAINING_PANELS = 5
+
+
+# ---------------------------------------------------------------------------------------------
+# the map choice of method="auto"
+
+
+@dataclass(frozen=True)
+class MapChoiceView:
+    """What a result records of ``method="auto"``'s choice (``uns['spatial_impute']['map_choice']``).
+
+    Attributes
+    ----------
+    chosen
+        The map that was made (``"ensemble"`` or ``"tangram"``).
+    candidates, scores
+        The candidate maps and each one's median Pearson on the held-out training genes (same
+        order; empty when no choice was measured).
+    size_baseline
+        The median Pearson of the held-out genes predicted by the cell's total count alone.
+    n_held, n_cells
+        Held-out training genes and spatial cells the choice was measured on.
+    reason
+        Why no choice was made (too few training genes), else ``""``.
+    summary
+        The core's one line (``"map: ensemble, chosen on 33 held-out ..."``).
+    warning
+        The weak-imputation warning, else ``""``.
+    """
+
+    chosen: str
+    candidates: tuple[str, ...] = ()
+    scores: tuple[float, ...] = ()
+    size_baseline: float = float("nan")
+    n_held: int = 0
+    n_cells: int = 0
+    reason: str = ""
+    summary: str = ""
+    warning: str = ""
+
+    @property
+    def measured(self) -> bool:
+        """Whether candidates were scored (a bar per candidate can be drawn)."""
+        return bool(self.candidates) and not self.reason
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def map_choice_of(result: ad.AnnData | None) -> MapChoiceView | None:
+    """The map choice a result records, or ``None`` (no choice ran: a forced method, another
+    mode, an older file). A result with only the one-line ``params['map_choice']`` gives a view
+    with that summary and no scores."""
+    if result is None:
+        return None
+    info = result.uns.get(UNS_KEY, {})
+    params = info.get("params", {})
+    rec = info.get("map_choice")
+    if isinstance(rec, dict) and rec.get("chosen"):
+        names = tuple(str(n) for n in np.atleast_1d(np.asarray(rec.get("candidates", []))))
+        scores = np.atleast_1d(np.asarray(rec.get("inner_median_pearson", []), dtype=np.float64))
+        if len(scores) != len(names):
+            names, scores = (), np.zeros(0)
+        return MapChoiceView(
+            chosen=str(_plain(rec["chosen"])),
+            candidates=names,
+            scores=tuple(float(x) for x in scores),
+            size_baseline=float(_plain(rec.get("size_baseline", np.nan))),
+            n_held=len(np.atleast_1d(np.asarray(rec.get("held_genes", [])))),
+            n_cells=int(_plain(rec.get("n_cells", 0))),
+            reason=str(_plain(rec.get("reason", ""))),
+            summary=str(_plain(rec.get("summary", ""))),
+            warning=str(_plain(rec.get("warning", ""))),
+        )
+    summary = str(_plain(params.get("map_choice", "")) or "")
+    if summary:
+        return MapChoiceView(chosen=str(_plain(params.get("method", ""))), summary=summary)
+    return None
+
+
+def _score(x: float) -> str:
+    return f"{x:.3f}" if np.isfinite(x) else "n/a"
+
+
+def map_choice_text(choice: MapChoiceView | None) -> str:
+    """A few lines on the choice for the Diagnostics tab (``""`` without one): each candidate's
+    held-out median Pearson (the chosen one marked) and the size baseline."""
+    if choice is None:
+        return ""
+    if not choice.measured:
+        return choice.summary or f"map: {choice.chosen}"
+    scores = ", ".join(
+        f"{name} {_score(score)}" + (" (chosen)" if name == choice.chosen else "")
+        for name, score in zip(choice.candidates, choice.scores, strict=True)
+    )
+    return (
+        f"Map chosen on {choice.n_held} held-out training genes ({choice.n_cells:,} cells): "
+        f"median Pearson {scores}; size baseline {_score(choice.size_baseline)} (each held-out "
+        "gene predicted by the cell's total count alone)."
+    )
+
+
+def training_panels(result: ad.AnnData | None) -> int:
+    """Panels :func:`plot_training_scores` draws for ``result``: five, six with both a map
+    choice and a score per epoch (without epochs the choice takes the epoch panel)."""
+    if result is None:
+        return TRAINING_PANELS
+    choice = map_choice_of(result)
+    measured = choice is not None and choice.measured
+    return TRAINING_PANELS + int(measured and _score_history(result) is not None)
+
+
+def plot_map_choice(ax: Any, choice: MapChoiceView) -> None:
+    """Bars of each candidate's held-out median Pearson (the chosen one coloured), with the size
+    baseline as a dashed line, into one matplotlib ``Axes``."""
+    x = np.arange(len(choice.candidates))
+    heights = np.nan_to_num(np.asarray(choice.scores, dtype=np.float64), nan=0.0)
+    colors = [MEASURED_COLOR if n == choice.chosen else OTHER_COLOR for n in choice.candidates]
+    ax.bar(x, heights, 0.6, color=colors)
+    for xi, score in zip(x, choice.scores, strict=True):
+        ax.annotate(
+            _score(score),
+            (xi, max(float(np.nan_to_num(score)), 0.0)),
+            xytext=(0, 2),
+            textcoords="offset points",
+            ha="center",
+            va="bottom",
+            fontsize=8,
+        )
+    values = [*heights, 0.0]
+    if np.isfinite(choice.size_baseline):
+        ax.axhline(
+            choice.size_baseline,
+            color=PREDICTED_COLOR,
+            ls="--",
+            lw=1.2,
+            label=f"size baseline {choice.size_baseline:.3f}",
+        )
+        values.append(choice.size_baseline)
+        ax.legend(fontsize=7, loc="upper right")
+    ax.set_xticks(x)
+    ax.set_xticklabels(
+        [f"{n} (chosen)" if n == choice.chosen else n for n in choice.candidates], fontsize=8
+    )
+    low, high = min(values), max(values)
+    ax.set_ylim(min(0.0, low * 1.2), max(high * 1.35, 0.05))
+    ax.set_ylabel("median held-out Pearson")
+    ax.set_title(f"map choice ({choice.n_held} held-out genes)")
 
 
 def panel_grid(fig: Figure, n: int, ncols: int | None = None, sharey: bool = False) -> np.ndarray:
@@ -43,7 +200,10 @@ def plot_training_scores(
 ) -> list:
     """Draw the training-score panels; every scatter is pickable (``artist.genes`` names its dots).
 
-    ``ncols``: panels per row (default: all five in a row in a wide figure, else three).
+    tangram-sc's four panels, then the score per epoch and, when ``method="auto"`` chose the map,
+    the choice (:func:`plot_map_choice`); a map that trained nothing has no epoch panel then, the
+    choice takes its place (:func:`training_panels`). ``ncols``: panels per row (default: all in
+    a row in a wide figure, else three).
 
     Returns
     -------
@@ -51,7 +211,8 @@ def plot_training_scores(
     """
     fig.clear()
     df = training_genes_frame(result)
-    axes = panel_grid(fig, 5, ncols)
+    choice = map_choice_of(result)
+    axes = panel_grid(fig, training_panels(result), ncols)
     score = df["train_score"].to_numpy(dtype=np.float64)
     ax = axes[0]
     ax.hist(
@@ -77,24 +238,36 @@ def plot_training_scores(
         ax.set_xlabel(col.replace("_", " "))
         ax.set_ylabel("score")
         scatters.append(sc)
-    ax = axes[4]
-    hist = (
-        history_frame(result)
-        if "history" in result.uns.get("spatial_impute", {})
-        else pd.DataFrame()
-    )
-    ensemble = result.uns.get("spatial_impute", {}).get("params", {}).get("method") == "ensemble"
-    if "main_loss" in hist and len(hist):
-        ax.plot(np.arange(1, len(hist) + 1), hist["main_loss"], color=MEASURED_COLOR)
-        ax.set_title(f"score per epoch (last {hist['main_loss'].iloc[-1]:.3f})")
-        ax.set_xlabel("epoch")
-        ax.set_ylabel("score")
-    else:
-        ax.set_axis_off()
-        if ensemble:  # the ensemble map trains nothing
-            ax.text(0.5, 0.5, "ensemble map:\nno epochs", ha="center", va="center", color="grey")
+    hist = _score_history(result)
+    ensemble = result.uns.get(UNS_KEY, {}).get("params", {}).get("method") == "ensemble"
+    rest = list(axes[4:])
+    if hist is not None or choice is None or not choice.measured:  # the epoch panel
+        ax = rest.pop(0)
+        if hist is not None:
+            ax.plot(np.arange(1, len(hist) + 1), hist, color=MEASURED_COLOR)
+            ax.set_title(f"score per epoch (last {hist[-1]:.3f})")
+            ax.set_xlabel("epoch")
+            ax.set_ylabel("score")
+        else:
+            ax.set_axis_off()
+            if ensemble:  # the ensemble map trains nothing
+                ax.text(
+                    0.5, 0.5, "ensemble map:\nno epochs", ha="center", va="center", color="grey"
+                )
+    if choice is not None and choice.measured:
+        plot_map_choice(rest[0], choice)
     fig.tight_layout()
     return scatters
+
+
+def _score_history(result: ad.AnnData) -> np.ndarray | None:
+    """The training score per epoch of a result, or ``None`` (nothing trained)."""
+    if "history" not in result.uns.get(UNS_KEY, {}):
+        return None
+    hist = history_frame(result)
+    if "main_loss" not in hist or not len(hist):
+        return None
+    return hist["main_loss"].to_numpy(dtype=np.float64)
 
 
 def plot_cell_type_validation(
@@ -189,7 +362,7 @@ def plot_reliability(fig: Figure, result: ad.AnnData, cv: pd.DataFrame | None = 
         ax.text(
             0.5,
             0.5,
-            "no reliability estimates:\nthe ensemble map (cells mode) has them",
+            "no reliability estimates:\na cells-mode map with uncertainty has them",
             ha="center",
             va="center",
         )
@@ -321,6 +494,8 @@ def save_figure(fig: Figure, path: str | Path, dpi: int = 200) -> Path:
             f"cannot save a figure as {out.name!r}; end the name with "
             f"{', '.join('.' + f for f in FIGURE_FORMATS)}."
         )
-    with atomic_output(out) as tmp:
+    with atomic_output(out) as tmp, warnings.catch_warnings():
+        # a panel too small for its labels is saved as drawn (the figure panels say the same)
+        warnings.filterwarnings("ignore", message="Tight layout not applied")
         fig.savefig(tmp, format=fmt, dpi=dpi, bbox_inches="tight")
     return out

@@ -1,5 +1,5 @@
-"""Diagnostics widget: training-score panels, per-cell-type validation, cross-validation table,
-per-gene reliability and interval calibration."""
+"""Diagnostics widget: training-score panels (and the map choice of ``method="auto"``),
+per-cell-type validation, cross-validation table, per-gene reliability and interval calibration."""
 
 from __future__ import annotations
 
@@ -40,9 +40,12 @@ from napari_spatial_impute.viz.layers import plugin_meta, result_cluster_key
 from napari_spatial_impute.viz.plots import (
     cv_summary_text,
     default_markers,
+    map_choice_of,
+    map_choice_text,
     marker_list,
     plot_cell_type_validation,
     plot_training_scores,
+    training_panels,
 )
 
 CV_COLUMNS = (
@@ -82,13 +85,26 @@ class DiagnosticsWidget(PluginWidget):
 
         self._val_table: pd.DataFrame | None = None
         self._val_message = ""
-        self.train_panel = FigurePanel(self._draw_training, 5, "training_scores")
+        self.train_panel = FigurePanel(
+            self._draw_training, lambda: training_panels(self.model.result), "training_scores"
+        )
         self.train_fig, self.train_canvas = self.train_panel.fig, self.train_panel.canvas
         self.train_canvas.mpl_connect("pick_event", self._on_pick)
         page = QWidget()
         lay = QVBoxLayout(page)
         self.train_info = QLabel("")
+        self.train_info.setWordWrap(True)
+        # which map method="auto" made, and the held-out scores it was chosen on
+        self.choice_info = QLabel("")
+        self.choice_info.setWordWrap(True)
+        self.choice_info.setVisible(False)
+        self.choice_warning = QLabel("")
+        self.choice_warning.setWordWrap(True)
+        self.choice_warning.setStyleSheet("color: #e0a030;")
+        self.choice_warning.setVisible(False)
         lay.addWidget(self.train_info)
+        lay.addWidget(self.choice_info)
+        lay.addWidget(self.choice_warning)
         lay.addWidget(self.train_panel, 1)
         self.tabs.addTab(page, "Training scores")
 
@@ -179,6 +195,12 @@ class DiagnosticsWidget(PluginWidget):
             self.reliability.set_result(result, self.model.cv_table)
         except Exception as exc:
             notify_error(exc)
+        choice = map_choice_of(result)
+        self.choice_info.setText(map_choice_text(choice))
+        self.choice_info.setVisible(choice is not None)
+        warning = choice.warning if choice is not None else ""
+        self.choice_warning.setText(f"Warning: {warning}" if warning else "")
+        self.choice_warning.setVisible(bool(warning))
         if result is None:
             self.train_info.setText("No mapping result yet.")
             self.train_panel.redraw()

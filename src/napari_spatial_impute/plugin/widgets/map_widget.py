@@ -7,6 +7,7 @@ label), the advanced ones folded under a button. A new setting shows up here wit
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Callable
 from functools import partial
@@ -37,7 +38,7 @@ from qtpy.QtWidgets import (
     QVBoxLayout,
 )
 
-from napari_spatial_impute._errors import first_line
+from napari_spatial_impute._errors import InputWarning, first_line
 from napari_spatial_impute.core.batch_run import BatchProgress
 from napari_spatial_impute.core.settings import (
     ENSEMBLE_ONLY,
@@ -52,6 +53,7 @@ from napari_spatial_impute.plugin.widgets.base import PluginWidget
 from napari_spatial_impute.plugin.widgets.score_plot import ScorePlot
 from napari_spatial_impute.plugin.widgets.store_writer import StoreWriter
 from napari_spatial_impute.plugin.workers import (
+    WEAK_WARNING,
     Failed,
     guarded,
     iter_batch_mapping,
@@ -60,6 +62,7 @@ from napari_spatial_impute.plugin.workers import (
     warm_up,
 )
 from napari_spatial_impute.viz.layers import META_KEY, plugin_meta
+from napari_spatial_impute.viz.plots import map_choice_of
 
 #: ``metadata['spatial_impute']['origin']`` of the layers this widget adds (a new run replaces them).
 ORIGIN = "map widget"
@@ -95,6 +98,12 @@ class _Run:
         self.cancel = threading.Event()
         self.pbar: Any = None
         self.abandoned = False
+        #: Epochs a Tangram map trains for (the bar's length once ``auto`` chose one).
+        self.epochs = 0
+        #: The texts of the warnings shown as notifications for this run (each once).
+        self.shown: set[str] = set()
+        #: Whether this widget shows the worker's warnings itself (napari does not relay them).
+        self.relay = False
 
     def close_pbar(self) -> None:
         pbar, self.pbar = self.pbar, None
@@ -116,6 +125,19 @@ class _Run:
         show_info("mapping cancelled: the Map widget was closed.")
 
 
+def _napari_relays_warnings(worker: Any) -> bool:
+    """Whether napari turns ``worker``'s warnings into notifications itself.
+
+    napari's workers are meant to (``_NotifyingMixin``), but with napari 0.9.2 and superqt 0.9
+    the mixin's ``__init__`` never runs and nothing listens to ``warned``: the warnings of a
+    mapping were dropped. Asked of the signal's receivers before the widget connects its own.
+    """
+    try:
+        return int(worker.signals.receivers(worker.signals.warned)) > 0
+    except Exception:  # another binding's API: assume napari relays (no double notification)
+        return True
+
+
 def _devices() -> list[str]:
     import torch
 
@@ -127,6 +149,8 @@ def _devices() -> list[str]:
 
 #: Settings the form does not ask for: they come from the shared model (the Load data widget).
 FROM_MODEL: tuple[str, ...] = ("cluster_key",)
+#: Settings used in cells mode only (the clusters and constrained modes have no intervals).
+CELLS_ONLY: tuple[str, ...] = ("uncertainty",)
 #: The form's defaults where they differ from ``map_cells_to_space``'s (a quicker first run).
 FORM_DEFAULTS: dict[str, Any] = {"epochs": 500}
 #: The gene-list choice of the training genes, read from the ``gene_list`` line edit.
@@ -199,16 +223,19 @@ def _offer(widget: Any, on: bool) -> None:
 class MapWidget(PluginWidget):
     """Map reference cells onto the spatial cells of the shared model.
 
-    The map is the ensemble (the default: each spatial cell matched to its most similar
+    The map is chosen on the user's held-out training genes (``auto``, the default in cells
+    mode: the ensemble or a Tangram map, whichever imputes a held-out quarter of the training
+    genes better), or forced: the ensemble (each spatial cell matched to its most similar
     reference cells, nothing trained) or a Tangram map trained for ``epochs``; only the settings
-    of the map that will run can be edited. The mapping runs in a napari thread worker; for a
+    of the maps that may run can be edited. The mapping runs in a napari thread worker; for a
     Tangram map the progress bar and the score plot follow its epochs, updated at most every
-    75 ms (the last epoch always shown), for the ensemble a busy bar runs. Cancel, or closing the
-    widget, stops it before the next epoch and adds nothing. On success the result AnnData goes
-    into the model and one most-likely-cluster layer per sample is added, replacing the layers of
-    this widget's previous run. Input problems that do not stop a mapping (the reference given as
-    spatial data, a per-cell number as cluster key) are shown above the settings and as napari
-    warnings when the run starts.
+    75 ms (the last epoch always shown), for the ensemble and while ``auto`` chooses a busy bar
+    runs. Cancel, or closing the widget, stops it before the next epoch and adds nothing. On
+    success the result AnnData goes into the model and one most-likely-cluster layer per sample
+    is added, replacing the layers of this widget's previous run; the status names the map made
+    and the held-out scores it was chosen on, and a weak imputation is one napari warning. Input
+    problems that do not stop a mapping (the reference given as spatial data, a per-cell number
+    as cluster key) are shown above the settings and as napari warnings when the run starts.
 
     Attributes
     ----------
@@ -346,19 +373,28 @@ class MapWidget(PluginWidget):
         _offer(self.gene_list, text == GENE_LIST)
 
     def map_method(self) -> str:
-        """The map the form's settings make: ``"ensemble"`` or ``"tangram"``."""
+        """The map the form's settings make: ``"ensemble"``, ``"tangram"`` or ``"auto"`` (chosen
+        from the data when the run has measured both, so either may be made)."""
         return resolve_map_method(
             str(self.settings_widgets["method"].value), str(self.settings_widgets["mode"].value)
         )
 
     def _method_changed(self, *_: Any) -> None:
-        """Only the settings of the map that will run are shown (and can be edited)."""
-        tangram = self.map_method() == "tangram"
-        for name in TANGRAM_ONLY:
-            _offer(self.settings_widgets[name], tangram)
-        for name in ENSEMBLE_ONLY:
-            _offer(self.settings_widgets[name], not tangram)
-        self.plot.setVisible(tangram)
+        """Only the settings of the maps that may run are shown (and can be edited): ``auto``
+        may train a Tangram map, so it keeps both maps' settings."""
+        unused = self._unused()
+        for name in (*TANGRAM_ONLY, *ENSEMBLE_ONLY, *CELLS_ONLY):
+            _offer(self.settings_widgets[name], name not in unused)
+        self.plot.setVisible(self.map_method() == "tangram")  # auto: once a Tangram map trains
+
+    def _unused(self) -> tuple[str, ...]:
+        """The settings the run of the form's settings does not use (hidden; sent at their
+        defaults): ``auto`` may make either map, so it uses both maps' settings."""
+        method = self.map_method()
+        unused = {"ensemble": TANGRAM_ONLY, "tangram": ENSEMBLE_ONLY}.get(method, ())
+        if str(self.settings_widgets["mode"].value) != "cells":
+            unused = (*unused, *CELLS_ONLY)
+        return unused
 
     def _data_changed(self, *_: Any) -> None:
         ref, spa, m = self.model.reference, self.model.spatial, self.model
@@ -388,7 +424,7 @@ class MapWidget(PluginWidget):
         cluster key of the shared model.
         """
         out: dict[str, Any] = {}
-        unused = TANGRAM_ONLY if self.map_method() == "ensemble" else ENSEMBLE_ONLY
+        unused = self._unused()
         for spec in setting_specs():
             if spec.name in FROM_MODEL:
                 out[spec.name] = getattr(self.model, spec.name)
@@ -427,8 +463,10 @@ class MapWidget(PluginWidget):
         ref, spa = self.model.reference, self.model.spatial
         if self.worker is not None or ref is None or spa is None:
             return None
-        for line in self._update_warnings():
+        shown = self._update_warnings()
+        for line in shown:
             show_warning(line)
+        self._run.shown = set(shown)  # the worker's warnings of these texts are not shown again
         params = self.parameters()
         batch_key = str(self.batch_key.value)
         out = str(self.batch_out.value) if str(self.batch_out.value) not in ("", ".") else ""
@@ -442,36 +480,60 @@ class MapWidget(PluginWidget):
         state.abandoned = False
         cancel = state.cancel
         n = params["epochs"]
+        state.epochs = max(n, 1)
         if batch_key != NO_BATCHES:
             return self._run_batches(ref, spa, batch_key, out, params)
         finish = partial(
             result_layers, fov_key=self.model.fov_key, sample_key=self.model.sample_key
         )
+        # shown here already (the input checks) or from the result (a weak imputation, once per
+        # run): the worker does not relay them as napari warnings a second time
+        silence = [re.escape(line) + r"\Z" for line in shown] + [WEAK_WARNING]
 
         def mapping() -> Any:
-            return (yield from guarded(iter_mapping(ref, spa, cancel, finish, **params)))
+            return (
+                yield from guarded(
+                    iter_mapping(ref, spa, cancel, finish, silence=silence, **params)
+                )
+            )
 
         worker = self._new_worker(mapping, cancel)
         self.progress.setVisible(True)
-        if self.map_method() == "ensemble":
+        method = self.map_method()
+        if method == "ensemble":
             # nothing is trained: a busy bar while each spatial cell is matched
             state.pbar = progress(desc="Ensemble map: matching cells")
-            self.progress.setRange(0, 0)
-            self.progress.setFormat("%p%")
-            self.status.setText(
+            self._busy_bar(
                 "Matching each spatial cell to its most similar reference cells "
                 "(ensemble map, nothing to train)..."
             )
+        elif method == "auto":
+            # the core reports no steps while it chooses: a busy bar until a chosen Tangram map
+            # trains (its epochs then fill the bar) or the result arrives
+            state.pbar = progress(desc="Choosing the map on held-out genes")
+            self._busy_bar(
+                "Choosing the map on held-out genes: the ensemble and a Tangram map are built "
+                "without a quarter of the training genes, the one that imputes them better is "
+                "made..."
+            )
         else:
-            state.pbar = progress(total=max(n, 1), desc="Mapping cells to space")
-            self.progress.setRange(0, max(n, 1))
-            self.progress.setFormat("%v / %m epochs")
-            self.progress.setValue(0)
+            state.pbar = progress(total=state.epochs, desc="Mapping cells to space")
+            self._epoch_bar()
             self.status.setText("Preparing genes and data...")
         self.plot.reset(n)
         self.run_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
         return self.start_worker(worker)  # the base keeps it (``worker``, ``busy``)
+
+    def _busy_bar(self, text: str) -> None:
+        self.progress.setRange(0, 0)
+        self.progress.setFormat("%p%")
+        self.status.setText(text)
+
+    def _epoch_bar(self) -> None:
+        self.progress.setRange(0, self._run.epochs)
+        self.progress.setFormat("%v / %m epochs")
+        self.progress.setValue(0)
 
     def _new_worker(self, mapping: Callable[[], Any], cancel: threading.Event) -> Any:
         """A thread worker over ``mapping`` wired to this widget (not started)."""
@@ -482,6 +544,9 @@ class MapWidget(PluginWidget):
         worker.returned.connect(self._on_returned)
         worker.errored.connect(self._on_error)
         worker.finished.connect(self._on_finished)
+        # the run's InputWarnings, one notification each (napari's relay, or this widget's)
+        self._run.relay = not _napari_relays_warnings(worker)
+        worker.warned.connect(self._on_warned)
         # napari's status-bar cancel quits the worker: stop the engine too
         worker.aborted.connect(cancel.set)
         return worker
@@ -572,12 +637,29 @@ class MapWidget(PluginWidget):
             if pbar is not None and last.done > pbar.n:
                 pbar.update(last.done - pbar.n)
             return
+        if self.progress.maximum() == 0:  # auto chose a Tangram map: its epochs fill the bar
+            self._run.close_pbar()
+            self._run.pbar = progress(total=self._run.epochs, desc="Tangram map (chosen)")
+            self._epoch_bar()
+            self.plot.setVisible(True)
         self.plot.extend([info.score for info in batch])
         self.progress.setValue(last.epoch)
         self.status.setText(f"epoch {last.epoch} / {last.n_epochs} · score {last.score:.3f}")
         pbar = self._run.pbar
         if pbar is not None and last.epoch > pbar.n:
             pbar.update(last.epoch - pbar.n)  # napari's bar processes events: do it last
+
+    def _on_warned(self, args: tuple) -> None:
+        """A warning of the worker: an :class:`InputWarning` is shown once per run."""
+        if self._run.abandoned or len(args) < 2:
+            return
+        message, category = args[0], args[1]
+        if not (isinstance(category, type) and issubclass(category, InputWarning)):
+            return
+        text = str(message.args[0] if isinstance(message, Warning) and message.args else message)
+        if self._run.relay and text not in self._run.shown:
+            show_warning(text)
+        self._run.shown.add(text)  # shown by napari or here
 
     def _on_returned(self, value: Any) -> None:
         if self._run.abandoned or self._cancel.is_set():
@@ -634,15 +716,24 @@ class MapWidget(PluginWidget):
             )
             for name, row in skipped.iterrows():
                 show_warning(f"batch {str(name)!r} skipped: {row['reason']}")
-        self.status.setText(
+        choice = map_choice_of(adata)
+        lines = [
             f"Done: {adata.n_vars:,} genes imputed at {adata.n_obs:,} cells ({which} {score:.3f})."
             + (
                 f" Replaced {replaced} layer{'s' if replaced != 1 else ''} of the previous run."
                 if replaced
                 else ""
             )
-        )
+        ]
+        if choice is not None and choice.summary:
+            lines.append(choice.summary[:1].upper() + choice.summary[1:] + ".")
+        if choice is not None and choice.warning:
+            lines.append(f"Warning: {choice.warning}")
+        self.status.setText("\n".join(lines))
         show_info(f"mapping finished ({which} {score:.3f})")
+        if choice is not None and choice.warning and choice.warning not in self._run.shown:
+            self._run.shown.add(choice.warning)
+            show_warning(choice.warning)
 
     def _add_result(self, adata: ad.AnnData, layer_data: list[Any]) -> int:
         """Store the result and add its layers, replacing this widget's layers of earlier runs."""
