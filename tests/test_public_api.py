@@ -39,7 +39,7 @@ NAMES = [
 ]
 
 FUNCTIONS = {
-    "cross_validate": "reference, spatial, kw:folds=10, kw:seed=0, kw:genes=None, kw:progress=None, kw:projection='auto', kw:fold_order='random', **map_kwargs",
+    "cross_validate": "reference, spatial, kw:folds=10, kw:seed=0, kw:genes=None, kw:progress=None, kw:projection='auto', kw:fold_order='random', kw:transform='auto', kw:baselines=True, **map_kwargs",
     "find_fov_key": "adata, fov_key=None",
     "load_merfish_hypothalamus": "",
     "map_batches": "reference, spatial, batch_key, out, kw:impute=None, kw:projection='auto', kw:top_k=10, kw:workers=0, kw:scheduler=None, kw:memory_limit=None, kw:retries=2, kw:progress=None, kw:cancel=None, kw:extra_uns=None, **map_kwargs",

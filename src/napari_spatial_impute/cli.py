@@ -7,6 +7,7 @@ nothing is written on failure (outputs are written through a temporary file and 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import tempfile
@@ -34,12 +35,16 @@ _NOT_EVALUATED = ("genes", "n_markers")
 
 
 def _add_mapping_options(
-    p: argparse.ArgumentParser, epochs_default: int = 1000, skip: Sequence[str] = ()
+    p: argparse.ArgumentParser,
+    epochs_default: int = 1000,
+    skip: Sequence[str] = (),
+    defaults: dict[str, Any] | None = None,
 ) -> None:
     """``--reference``, ``--spatial`` and one ``--kebab-case`` option per mapping setting.
 
     The settings' options, types, choices, defaults and help all come from
-    :class:`~napari_spatial_impute.core.settings.MappingSettings`.
+    :class:`~napari_spatial_impute.core.settings.MappingSettings`; ``defaults`` replaces the
+    default of some (``evaluate``'s ``--transform auto``).
     """
     from napari_spatial_impute.core.settings import setting_specs
 
@@ -65,6 +70,7 @@ def _add_mapping_options(
             continue
         flag = "--" + spec.name.replace("_", "-")
         default = epochs_default if spec.name == "epochs" else spec.default
+        default = (defaults or {}).get(spec.name, default)
         help_text = spec.help + _CLI_NOTES.get(spec.name, "")
         if spec.type is bool:  # --uncertainty / --no-uncertainty
             p.add_argument(
@@ -168,7 +174,10 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     e = sub.add_parser("evaluate", help="k-fold leave-genes-out cross-validation")
-    _add_mapping_options(e, epochs_default=1000, skip=_NOT_EVALUATED)
+    # scored values: raw counts normalised and log1p'd (Pearson on raw counts rewards cell size)
+    _add_mapping_options(
+        e, epochs_default=1000, skip=_NOT_EVALUATED, defaults={"transform": "auto"}
+    )
     e.add_argument("--folds", type=int, default=10)
     e.add_argument(
         "--fold-order",
@@ -236,36 +245,51 @@ def _trains(args: argparse.Namespace) -> bool:
 
 
 def _map_summary(result: Any) -> str:
-    """The map that ran: which map, its training-gene score, how training ended, its time.
+    """The map that ran: how it was chosen, its training-gene score, how training ended, its time.
 
-    A Tangram map also says how many epochs ran and why training stopped (a plateau of the
-    training score, or every epoch), and, when ``--engine auto`` chose the engine, the measured
-    costs it chose by (a second line).
+    With ``--method auto`` the first line says which map the held-out training genes chose and
+    the figures it chose by. A Tangram map also says how many epochs ran and why training
+    stopped (a plateau of the training score, or every epoch), and, when ``--engine auto`` chose
+    the engine, the measured costs it chose by. The last line says what the values are and how
+    cells were compared.
     """
     from napari_spatial_impute.core.settings import describe_stop
 
     params, t = result.params, result.timings
+    lines = [str(params["map_choice"])] if params.get("map_choice") else []
     if params.get("method") == "ensemble":
-        return (
+        lines.append(
             f"ensemble map (no training): training-gene score {result.training_score:.3f} "
-            f"({t['neighbours_s']:.1f} s matching cells, {t['total_s']:.1f} s in all)"
+            f"({t.get('build_s', 0.0):.1f} s matching cells, {t['total_s']:.1f} s in all)"
         )
-    line = (
-        f"Tangram map: training score {result.training_score:.3f}, {describe_stop(params)}, "
-        f"{params['engine']} engine ({t['train_s']:.1f} s training, {t['total_s']:.1f} s in all)"
-    )
-    note = params.get("engine_note", "")
-    return f"{line}\n{note}" if note else line
+    else:
+        lines.append(
+            f"Tangram map: training score {result.training_score:.3f}, {describe_stop(params)}, "
+            f"{params['engine']} engine ({t['train_s']:.1f} s training, {t['total_s']:.1f} s in "
+            "all)"
+        )
+        if params.get("engine_note"):
+            lines.append(str(params["engine_note"]))
+    if params.get("values_note"):
+        lines.append(str(params["values_note"]))
+    return "\n".join(lines)
 
 
 def _check_projection(args: argparse.Namespace) -> None:
     """Refuse, before any work, ``--projection neighbours`` for a Tangram map (it has no W)."""
-    if getattr(args, "projection", "auto") == "neighbours" and _trains(args):
-        from napari_spatial_impute._errors import InputError
+    if getattr(args, "projection", "auto") != "neighbours":
+        return
+    from napari_spatial_impute._errors import InputError
 
+    if _trains(args):
         raise InputError(
             "--projection neighbours needs the ensemble map, but a Tangram map will be made "
             "(--method tangram, or clusters/constrained mode); use --projection auto."
+        )
+    if getattr(args, "method", "auto") == "auto":
+        raise InputError(
+            "--projection neighbours needs the ensemble map, but --method auto may choose the "
+            "Tangram map; add --method ensemble, or use --projection auto (the chosen map's own)."
         )
 
 
@@ -555,12 +579,14 @@ def _map_batches(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from napari_spatial_impute.core.evaluate import cross_validate, summarize_cv
+    from napari_spatial_impute.core.preprocess import describe_transform
     from napari_spatial_impute.io.files import read_h5ad
 
     out = _check_out(args.out, ".csv", [args.reference, args.spatial])
     kwargs = _mapping_kwargs(args)
     reference = read_h5ad(args.reference, "reference")
     spatial = _read_spatial(args)
+    scored = describe_transform(reference, spatial, kwargs["transform"])
     bar = _Progress(args.folds * args.epochs if _trains(args) else 0, "cross-validation")
 
     def progress(fold: int, n: int, info: Any) -> None:
@@ -584,10 +610,30 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         bar.close()
     _write_csv_atomic(df, out)
     s = summarize_cv(df)
+    print(f"values scored (--transform {kwargs['transform']}): {scored}")
     print(
         f"{s['n_genes']} held-out genes in {args.folds} folds: median pearson {s['median_pearson']:.3f}, "
         f"mean {s['mean_pearson']:.3f} ({s['n_nan']} NaN)"
     )
+    size, knn = s["median_size_pearson"], s["median_knn_pearson"]
+    print(
+        f"trivial predictors, same folds: size baseline (each cell's total over the training "
+        f"genes) median pearson {size:.3f}; 10-NN (mean of the 10 nearest reference cells) "
+        f"{knn:.3f}"
+    )
+    # "above" at the precision printed: a map that only matches the size baseline is warned of
+    if math.isfinite(size) and not round(s["median_pearson"], 3) > round(size, 3):
+        fix = (
+            "score normalised values with --transform auto"
+            if kwargs["transform"] == "none"
+            else "check whether the values used as given still carry cell size"
+        )
+        print(
+            f"{PROG}: warning: the median pearson ({s['median_pearson']:.3f}) is not above the "
+            f"size baseline's ({size:.3f}): these figures measure cell size more than imputed "
+            f"expression; {fix}",
+            file=sys.stderr,
+        )
     if "mean_coverage_90" in s:
         print(
             f"prediction intervals on held-out genes: 90% covers {100 * s['mean_coverage_90']:.1f}%, "

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import napari_spatial_impute as nsi
+from _data import size_pair
 from napari_spatial_impute import InputError
 from napari_spatial_impute.core import evaluate
 from napari_spatial_impute.core.metrics import gene_folds, pearson_per_gene
@@ -144,3 +145,100 @@ def test_cross_validation_does_not_depend_on_torch_threads(merfish_pair):
     finally:
         torch.set_num_threads(before)
     assert tables[0].equals(tables[1])
+
+
+def _log_normalised(X: np.ndarray) -> np.ndarray:
+    """normalize_log1p by hand: each cell to the median total, then log1p."""
+    totals = X.sum(1)
+    return np.log1p(X * (np.median(totals[totals > 0]) / totals)[:, None])
+
+
+def _brute_knn(S: np.ndarray, G: np.ndarray, H: np.ndarray, k: int = 10) -> np.ndarray:
+    """Each row of G: the mean of H over the k rows of S most cosine-similar (ties: lower index)."""
+    Sn = S / np.linalg.norm(S, axis=1, keepdims=True)
+    Gn = G / np.linalg.norm(G, axis=1, keepdims=True)
+    sims = Gn @ Sn.T
+    out = np.empty((G.shape[0], H.shape[1]))
+    for i in range(G.shape[0]):
+        nearest = sorted(range(S.shape[0]), key=lambda j: (-sims[i, j], j))[:k]
+        out[i] = H[nearest].mean(0)
+    return out
+
+
+def test_knn_predict_is_a_brute_force_knn():
+    rng = np.random.default_rng(3)
+    S, G, H = rng.random((40, 6)), rng.random((25, 6)), rng.random((40, 3))
+    for chunk in (None, 7):  # one block, and blocks of spatial cells
+        np.testing.assert_allclose(
+            evaluate.knn_predict(S, G, H, chunk=chunk), _brute_knn(S, G, H), rtol=1e-6
+        )
+    np.testing.assert_allclose(evaluate.knn_predict(S, G, H, k=3), _brute_knn(S, G, H, k=3))
+    # fewer reference cells than k: the mean of all of them
+    np.testing.assert_allclose(
+        evaluate.knn_predict(S[:4], G, H[:4]), np.tile(H[:4].mean(0), (25, 1))
+    )
+    # duplicated reference cells (tied similarities across the k-th place)
+    Sd, Hd = np.repeat(S[:8], 3, axis=0), np.repeat(H[:8], 3, axis=0)
+    np.testing.assert_allclose(evaluate.knn_predict(Sd, G, Hd), _brute_knn(Sd, G, Hd), rtol=1e-6)
+
+
+def test_baselines_equal_hand_computations(synthetic):
+    """size_pearson: Pearson of each spatial cell's total over the training genes (values as
+    given) with the measured held-out gene (log-normalised by ``auto``); knn_pearson: the
+    brute-force 10-NN mean on the log-normalised values."""
+    ref, spa = synthetic
+    df = nsi.cross_validate(ref, spa, folds=3, seed=0)
+    assert {"size_pearson", "knn_pearson"} <= set(df.columns)
+    raw_sp = spa.X.toarray().astype(np.float64)
+    raw_ref = ref.X.toarray().astype(np.float64)
+    log_sp, log_ref = _log_normalised(raw_sp), _log_normalised(raw_ref)
+    ref_col = {g: j for j, g in enumerate(ref.var_names)}
+    sp_col = {g: j for j, g in enumerate(spa.var_names)}
+    for _, fold in df.groupby("fold"):
+        held = list(fold["gene"])
+        train = [g for g in spa.var_names if g not in {h.lower() for h in held}]
+        assert (fold["n_training_genes"] == len(train)).all()  # no gene dropped from training
+        size = raw_sp[:, [sp_col[g] for g in train]].sum(1)
+        knn = _brute_knn(
+            log_ref[:, [ref_col[g.capitalize()] for g in train]],
+            log_sp[:, [sp_col[g] for g in train]],
+            log_ref[:, [ref_col[h] for h in held]],
+        )
+        for i, h in enumerate(held):
+            measured = log_sp[:, sp_col[h.lower()]]
+            row = fold.iloc[i]
+            assert row["size_pearson"] == pytest.approx(np.corrcoef(size, measured)[0, 1], abs=1e-5)
+            assert row["knn_pearson"] == pytest.approx(
+                np.corrcoef(knn[:, i], measured)[0, 1], abs=1e-5
+            )
+    s = nsi.summarize_cv(df)
+    assert s["median_size_pearson"] == pytest.approx(np.nanmedian(df["size_pearson"]))
+    assert s["median_knn_pearson"] == pytest.approx(np.nanmedian(df["knn_pearson"]))
+    # optional: without baselines, no columns and the same method scores
+    plain = nsi.cross_validate(ref, spa, folds=3, seed=0, baselines=False)
+    assert not {"size_pearson", "knn_pearson"} & set(plain.columns)
+    assert "median_size_pearson" not in nsi.summarize_cv(plain)
+    assert plain["pearson"].equals(df["pearson"])
+
+
+def test_size_baseline_on_counts_proportional_to_cell_size():
+    """Raw counts that carry only cell size: scored as given (``none``) the size baseline is
+    high; the default ``auto`` normalises the size away."""
+    ref, spa = size_pair(counts=True)
+    raw = nsi.summarize_cv(nsi.cross_validate(ref, spa, folds=4, seed=0, transform="none"))
+    auto = nsi.summarize_cv(nsi.cross_validate(ref, spa, folds=4, seed=0))
+    assert raw["median_size_pearson"] > 0.7
+    assert abs(auto["median_size_pearson"]) < 0.3
+    assert auto["median_pearson"] < 0.2  # nothing but size to impute
+
+
+def test_default_transform_is_auto(merfish_pair):
+    """The default scores log-normalised values of raw counts: the same table as
+    ``normalize_log1p`` on this raw-count pair, and not the raw-value table."""
+    ref, spa = merfish_pair
+    kw = {"folds": 3, "seed": 0, "baselines": False}
+    default = nsi.cross_validate(ref, spa, **kw)
+    assert default.equals(nsi.cross_validate(ref, spa, transform="normalize_log1p", **kw))
+    assert not default["pearson"].equals(
+        nsi.cross_validate(ref, spa, transform="none", **kw)["pearson"]
+    )

@@ -56,7 +56,9 @@ def test_coverage_columns_are_fractions_of_cells_inside(synthetic, monkeypatch):
         return r
 
     monkeypatch.setattr(evaluate, "map_cells_to_space", spy)
-    df = nsi.cross_validate(ref, spa, folds=3, seed=0, epochs=10, uncertainty=True)
+    df = nsi.cross_validate(
+        ref, spa, folds=3, seed=0, epochs=10, uncertainty=True, transform="none"
+    )  # measured as given below
     for f, r in seen.items():
         held = df.loc[df["fold"] == f, "gene"].tolist()
         # no leak: calibration used only the fold's training genes
@@ -87,10 +89,10 @@ def test_reliability_for_every_gene(result):
 
 
 def test_calibration_on_a_cell_subset(synthetic, monkeypatch):
-    from napari_spatial_impute.core import uncertainty
+    from napari_spatial_impute.core.maps import choose
 
     ref, spa = synthetic
-    monkeypatch.setattr(uncertainty, "MAX_CALIBRATION_CELLS", 15)
+    monkeypatch.setattr(choose, "CHOICE_CELLS", 15)
     r = nsi.map_cells_to_space(ref, spa, epochs=5)
     cal = r.calibration
     assert cal.groups.shape == (spa.n_obs,)  # groups for every cell

@@ -8,6 +8,7 @@ from typing import Any
 import anndata as ad
 import numpy as np
 import pandas as pd
+import torch
 
 from napari_spatial_impute._errors import InputError
 from napari_spatial_impute.core.engine.mapper import EpochInfo
@@ -37,6 +38,8 @@ def cross_validate(
     progress: Callable[[int, int, EpochInfo | None], None] | None = None,
     projection: str = "auto",
     fold_order: str = "random",
+    transform: str = "auto",
+    baselines: bool = True,
     **map_kwargs: Any,
 ) -> pd.DataFrame:
     """Leave-genes-out cross-validation of the imputation.
@@ -64,6 +67,19 @@ def cross_validate(
     projection
         Projection of the held-out genes (``method`` of
         :func:`~napari_spatial_impute.project_genes`; default: the map's own).
+    transform
+        Value transform of the maps and of the scored values (``transform`` of
+        :func:`~napari_spatial_impute.map_cells_to_space`). The default ``"auto"`` normalises
+        each data set that holds raw counts to its median total and takes ``log1p``, and keeps
+        any other as given (:func:`~napari_spatial_impute.core.preprocess.describe_transform`
+        says which): on raw counts, Pearson rewards predicting cell size.
+    baselines
+        Also score two trivial predictors on the same folds (columns ``size_pearson`` and
+        ``knn_pearson``): the **size baseline**, each spatial cell's total over the training
+        genes (values as given, before the transform), and the **10-NN peer**, the mean of the
+        10 nearest reference cells by cosine over the training genes (transformed values,
+        :func:`knn_predict`). A method whose median is not above the size baseline's measures
+        cell size more than expression.
     **map_kwargs
         Passed to :func:`~napari_spatial_impute.map_cells_to_space` (``method``, mode, epochs,
         ...); ``genes`` there is not allowed. ``uncertainty`` is off here unless given: the
@@ -76,7 +92,8 @@ def cross_validate(
     Returns
     -------
     One row per held-out gene: ``gene``, ``fold``, ``pearson``, ``cosine``, ``spearman``,
-    ``n_training_genes``, ``sparsity_sp`` and, with the neighbourhood projection and
+    ``n_training_genes``, ``sparsity_sp``, with ``baselines`` ``size_pearson`` and
+    ``knn_pearson``, and, with the neighbourhood projection and
     ``uncertainty=True``, ``coverage_90``/``coverage_67`` (fraction of cells whose measured value
     lies in the interval), ``width_90``/``width_67`` (mean interval width) and
     ``predicted_pearson``.
@@ -97,8 +114,10 @@ def cross_validate(
         if not cv_genes:
             raise InputError("none of the genes to cross-validate is shared by both data sets.")
     groups = gene_folds(cv_genes, folds, seed, order=fold_order)
-    transform = check_transform(map_kwargs.get("transform", "none"))
-    sp_vals = apply_transform(spatial, transform)
+    checked = check_transform(transform)
+    map_kwargs["transform"] = checked
+    sp_vals = apply_transform(spatial, checked, "spatial")
+    ref_vals = apply_transform(reference, checked, "reference") if baselines else None
     map_kwargs.setdefault("seed", seed)
     map_kwargs.setdefault("uncertainty", False)
     rows = []
@@ -128,6 +147,18 @@ def cross_validate(
         cos = cosine_per_gene(pred, measured)
         spear = spearman_per_gene(pred, measured)
         sparsity = 1.0 - np.count_nonzero(measured, axis=0) / measured.shape[0]
+        base: dict[str, np.ndarray] = {}
+        if ref_vals is not None:  # the trivial predictors, on the map's training genes
+            train_ref = list(result.genes.training_reference)
+            train_sp = list(result.genes.training_spatial)
+            size = size_predict(spatial, train_sp, len(held))
+            base["size_pearson"] = pearson_per_gene(size, measured)
+            knn = knn_predict(
+                dense_columns(ref_vals, train_ref),
+                dense_columns(sp_vals, train_sp),
+                dense_columns(ref_vals, held),
+            )
+            base["knn_pearson"] = pearson_per_gene(knn, measured)
         for i, g in enumerate(held):
             rows.append(
                 {
@@ -138,6 +169,7 @@ def cross_validate(
                     "spearman": spear[i],
                     "n_training_genes": len(result.genes.training_reference),
                     "sparsity_sp": sparsity[i],
+                    **{k: float(v[i]) for k, v in base.items()},
                     **{k: float(v[i]) for k, v in extra.items()},
                 }
             )
@@ -146,8 +178,72 @@ def cross_validate(
     return pd.DataFrame(rows)
 
 
+#: Reference cells averaged by the kNN peer of :func:`cross_validate`.
+KNN_BASELINE_K = 10
+
+
+def size_predict(spatial: ad.AnnData, genes: Sequence[str], n_genes: int) -> np.ndarray:
+    """The size baseline: each spatial cell's total over ``genes`` (values as given), as one
+    ``(n_cells, n_genes)`` float64 prediction (the same column for every held-out gene)."""
+    idx = spatial.var_names.get_indexer(list(genes))
+    X = spatial.X[:, idx]
+    totals = np.asarray(X.sum(axis=1, dtype=np.float64)).ravel()
+    return np.repeat(totals[:, None], n_genes, axis=1)
+
+
+def knn_predict(
+    reference_train: np.ndarray,
+    spatial_train: np.ndarray,
+    reference_held: np.ndarray,
+    k: int = KNN_BASELINE_K,
+    chunk: int | None = None,
+) -> np.ndarray:
+    """The kNN peer: each spatial cell's mean of its ``k`` nearest reference cells.
+
+    Nearest by cosine similarity of the rows of ``spatial_train`` and ``reference_train`` (the
+    training genes; a row of zeros is similar to nothing, 0); the prediction is the mean of those
+    reference cells' rows of ``reference_held``. Ties go to the lower reference index. Spatial
+    cells are taken ``chunk`` at a time (default: about 16 million values per block).
+
+    Returns
+    -------
+    ``(n_spatial, n_held)`` float64.
+    """
+    S = np.asarray(reference_train, dtype=np.float32)
+    G = np.asarray(spatial_train, dtype=np.float32)
+    H = np.asarray(reference_held, dtype=np.float64)
+    n_ref = S.shape[0]
+    k = max(1, min(k, n_ref))
+
+    def unit(X: np.ndarray) -> np.ndarray:
+        norm = np.linalg.norm(X, axis=1, keepdims=True)
+        out: np.ndarray = np.divide(X, norm, out=np.zeros_like(X), where=norm > 0)
+        return out
+
+    S, G = unit(S), unit(G)
+    step = chunk or max(1, (1 << 24) // max(n_ref, k * H.shape[1], 1))
+    out = np.empty((G.shape[0], H.shape[1]), dtype=np.float64)
+    for start in range(0, G.shape[0], step):
+        sims = G[start : start + step] @ S.T
+        if k < n_ref:
+            # the k + 1 largest: a row whose k-th and (k + 1)-th tie is sorted stably, so that
+            # ties go to the lower index
+            top = torch.topk(torch.from_numpy(sims), k + 1, dim=1)
+            idx = top.indices[:, :k].numpy()
+            tied = (top.values[:, k - 1] == top.values[:, k]).numpy()
+            if tied.any():
+                idx[tied] = np.argsort(-sims[tied], axis=1, kind="stable")[:, :k]
+        else:
+            idx = np.broadcast_to(np.arange(n_ref), (sims.shape[0], n_ref))
+        out[start : start + step] = H[idx].mean(axis=1)
+    return out
+
+
 def summarize_cv(df: pd.DataFrame) -> dict[str, float]:
-    """Median and mean Pearson of a cross-validation table, and how many genes were NaN."""
+    """Median and mean Pearson of a cross-validation table, and how many genes were NaN.
+
+    With the baselines' columns, also ``median_size_pearson`` and ``median_knn_pearson``.
+    """
     p = df["pearson"].to_numpy(dtype=np.float64)
     out: dict[str, float] = {
         "median_pearson": float(np.nanmedian(p)) if np.isfinite(p).any() else float("nan"),
@@ -155,6 +251,10 @@ def summarize_cv(df: pd.DataFrame) -> dict[str, float]:
         "n_genes": int(len(p)),
         "n_nan": int(np.isnan(p).sum()),
     }
+    for col in ("size_pearson", "knn_pearson"):
+        if col in df.columns:
+            v = df[col].to_numpy(dtype=np.float64)
+            out[f"median_{col}"] = float(np.nanmedian(v)) if np.isfinite(v).any() else float("nan")
     for col in df.columns:
         if col.startswith(("coverage_", "width_")):
             out[f"mean_{col}"] = float(np.nanmean(df[col].to_numpy(dtype=np.float64)))

@@ -26,7 +26,6 @@ from napari_spatial_impute.core.engine.mapper import EpochInfo as EpochInfo  # t
 from napari_spatial_impute.core.engine.objective import TERMS
 from napari_spatial_impute.core.maps.base import BuiltMap
 from napari_spatial_impute.core.maps.choose import (
-    CHOICE_CELLS,
     InnerFold,
     MapChoice,
     build_inner,
@@ -57,7 +56,7 @@ from napari_spatial_impute.core.settings import (  # noqa: F401 (MODES ... impor
     resolve_map_method,
     setting_specs,
 )
-from napari_spatial_impute.core.uncertainty import MAX_CALIBRATION_CELLS, Calibration, calibrate
+from napari_spatial_impute.core.uncertainty import Calibration, calibrate
 
 
 def map_cells_to_space(
@@ -368,29 +367,30 @@ def calibrate_map(
 ) -> Calibration:
     """Prediction intervals and per-gene reliability of the map that was made.
 
-    The ensemble (cheap to rebuild) holds out every training gene once in five folds, on at
-    most :data:`~napari_spatial_impute.core.uncertainty.MAX_CALIBRATION_CELLS` spatial cells.
-    A Tangram map reuses the inner map its automatic choice trained without a quarter of the
-    training genes, or trains one (on at most
-    :data:`~napari_spatial_impute.core.maps.choose.CHOICE_CELLS` cells) on the engine that
-    trained the map.
+    On the automatic choice's sample of spatial cells (at most
+    :data:`~napari_spatial_impute.core.maps.choose.CHOICE_CELLS`). The ensemble (cheap to
+    rebuild) holds out every training gene once in four folds, the first being the choice's
+    held-out quarter (its inner map reused). A Tangram map reuses the inner map its automatic
+    choice trained without that quarter, or trains one on the engine that trained the map.
     """
     genes, seed, name = problem.genes, problem.seed, built.name
+    cells = choice_cells(problem.n_spatial, seed)
+    reuse = choice.folds.get(name) if choice is not None else None
     if name == "ensemble":
-        cells = choice_cells(problem.n_spatial, seed, MAX_CALIBRATION_CELLS)
         pos = {g: i for i, g in enumerate(genes)}
-        groups = gene_folds(genes, min(5, len(genes)), seed) if len(genes) >= 2 else [genes]
+        groups = gene_folds(genes, min(4, len(genes)), seed) if len(genes) >= 2 else [genes]
         n_cal = problem.n_spatial if cells is None else len(cells)
+        folds = []
         with threads_for(problem.S_cells.shape[0] * n_cal):
-            folds = [
-                build_inner(problem, name, [pos[g] for g in held], cells, cancel=cancel)
-                for held in groups
-            ]
-    elif choice is not None and name in choice.folds:
-        folds = [choice.folds[name]]
-        cells = folds[0].cells
+            for held in groups:
+                positions = [pos[g] for g in held]
+                if reuse is not None and reuse.held == positions:
+                    folds.append(reuse)
+                else:
+                    folds.append(build_inner(problem, name, positions, cells, cancel=cancel))
+    elif reuse is not None:
+        folds = [reuse]
     else:
-        cells = choice_cells(problem.n_spatial, seed, CHOICE_CELLS)
         if "engine" in built.ran:  # the engine that trained the map, not a second probe
             settings = dataclasses.replace(problem.settings, engine=built.ran["engine"])
             problem = dataclasses.replace(problem, settings=settings)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 import anndata as ad
 import numpy as np
@@ -12,6 +13,7 @@ import scipy.sparse as sp
 from napari_spatial_impute._errors import InputError
 from napari_spatial_impute.core.settings import TRANSFORMS, Transform
 from napari_spatial_impute.io._sparse import is_sparse
+from napari_spatial_impute.io.files import describe_values
 
 
 def check_transform(transform: str) -> Transform:
@@ -23,17 +25,56 @@ def check_transform(transform: str) -> Transform:
     return transform  # type: ignore[return-value]
 
 
-def apply_transform(adata: ad.AnnData, transform: Transform) -> ad.AnnData:
+def resolve_transform(
+    adata: ad.AnnData, transform: Transform
+) -> Literal["none", "normalize_log1p"]:
+    """The transform ``transform`` applies to this data set.
+
+    ``"auto"`` is ``"normalize_log1p"`` for a set whose values are raw counts
+    (:func:`~napari_spatial_impute.io.files.describe_values`) and ``"none"`` for any other
+    (log-transformed, quantile-normalised, scaled values are used as given).
+    """
+    if transform == "auto":
+        return "normalize_log1p" if describe_values(adata.X) == "raw counts" else "none"
+    return "normalize_log1p" if transform == "normalize_log1p" else "none"
+
+
+def describe_transform(reference: ad.AnnData, spatial: ad.AnnData, transform: Transform) -> str:
+    """One line saying what ``transform`` does to each data set.
+
+    For example ``"reference raw counts -> normalised to median total, log1p; spatial
+    log-transformed -> as given"``.
+    """
+    parts = []
+    for role, adata in (("reference", reference), ("spatial", spatial)):
+        done = resolve_transform(adata, transform)
+        what = "normalised to median total, log1p" if done == "normalize_log1p" else "as given"
+        parts.append(f"{role} {describe_values(adata.X)} -> {what}")
+    return "; ".join(parts)
+
+
+def apply_transform(adata: ad.AnnData, transform: Transform, role: str = "data") -> ad.AnnData:
     """Return a copy of ``adata`` (X only, float32 CSR or dense) with ``transform`` applied.
 
     ``"none"`` keeps values as given (tangram-sc's behaviour). ``"normalize_log1p"`` scales each
-    cell to the median total count of the data set over its own genes, then takes ``log1p``.
+    cell to the median total count of the data set over its own genes, then takes ``log1p``; it
+    refuses negative values (``role`` names the set in the message). ``"auto"`` decides for this
+    set alone (:func:`resolve_transform`): raw counts are normalised and log1p'd, other values
+    are kept as given.
     """
+    done = resolve_transform(adata, transform)
     X = adata.X
     X = X.astype(np.float32) if is_sparse(X) else np.asarray(X, dtype=np.float32)
     if is_sparse(X):
         X = sp.csr_matrix(X)
-    if transform == "normalize_log1p":
+    if done == "normalize_log1p":
+        values = np.asarray(X.data) if isinstance(X, sp.csr_matrix) else np.asarray(X)
+        if values.size and float(values.min()) < 0:
+            raise InputError(
+                f"the {role} holds negative values (z-scored or centred data?), which cannot be "
+                "normalised to a total count and log1p'd; use transform 'none' (--transform none) "
+                "to map them as given, or give counts."
+            )
         totals = np.asarray(X.sum(axis=1)).ravel().astype(np.float64)
         positive = totals[totals > 0]
         target = float(np.median(positive)) if positive.size else 1.0

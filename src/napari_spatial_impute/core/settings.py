@@ -35,7 +35,7 @@ Mode = Literal["cells", "clusters", "constrained"]
 Engine = Literal["exact", "lean", "auto"]
 Search = Literal["exact", "approximate", "auto"]
 Method = Literal["auto", "ensemble", "tangram"]
-Transform = Literal["none", "normalize_log1p"]
+Transform = Literal["none", "normalize_log1p", "auto"]
 
 MODES: tuple[str, ...] = ("cells", "clusters", "constrained")
 #: How the map is made (see :func:`resolve_map_method`).
@@ -44,7 +44,8 @@ ENGINES: tuple[str, ...] = ("exact", "lean", "auto")
 #: How neighbours and lean candidates are found (see core.engine.search.resolve_search).
 SEARCHES: tuple[str, ...] = ("exact", "approximate", "auto")
 DENSITIES: tuple[str, ...] = ("uniform", "rna_count_based", "none")
-TRANSFORMS: tuple[str, ...] = ("none", "normalize_log1p")
+#: ``auto`` decides per data set: raw counts are normalised and log1p'd, other values kept.
+TRANSFORMS: tuple[str, ...] = ("none", "normalize_log1p", "auto")
 #: Named training gene sets (a list of gene names is also accepted).
 GENE_SETS: tuple[str, ...] = ("overlap", "markers")
 #: Largest seed accepted (numpy and torch both take seeds in 0 .. 2**32 - 1).
@@ -59,6 +60,8 @@ RUN_RECORD_KEYS: tuple[str, ...] = (
     "n_pairs",
     "reference_values",
     "spatial_values",
+    "values_note",
+    "map_choice",
 )
 #: Why a map's training stopped: ``"plateau"`` (the training score gained less than ``tol``
 #: over the last ``patience`` epochs), ``"epochs"`` (every epoch ran) or ``"not trained"`` (the
@@ -94,8 +97,9 @@ TANGRAM_ONLY: tuple[str, ...] = (
     "tol",
     "patience",
 )
-#: Settings that only the ensemble map uses.
-ENSEMBLE_ONLY: tuple[str, ...] = ("uncertainty",)
+#: Settings that only the ensemble map uses (none since a Tangram map in cells mode has
+#: prediction intervals too).
+ENSEMBLE_ONLY: tuple[str, ...] = ()
 
 
 class Setting(NamedTuple):
@@ -171,9 +175,10 @@ class MappingSettings:
         "auto",
         str,
         "how the map is made: ensemble matches each spatial cell to its most similar reference "
-        "cells (no training; the most accurate on every benchmark pair); tangram trains the "
-        "Tangram objective (epochs, engine and the lambdas apply); auto: ensemble in cells mode, "
-        "tangram in clusters and constrained modes",
+        "cells (no training); tangram trains the Tangram objective (epochs, engine and the "
+        "lambdas apply); auto: in cells mode both are made without a quarter of the training "
+        "genes and the one that imputes those genes best is kept; tangram in clusters and "
+        "constrained modes",
         label="Map",
         choices=MAP_METHODS,
     )
@@ -257,7 +262,8 @@ class MappingSettings:
         "none",
         str,
         "value transform before mapping: none keeps values as given (like tangram-sc); "
-        "normalize_log1p normalises each set to its median total count and applies log1p",
+        "normalize_log1p normalises each set to its median total count and applies log1p; "
+        "auto does so to each set that holds raw counts and keeps any other as given",
         choices=TRANSFORMS,
     )
     seed: int | None = _setting(
@@ -310,8 +316,8 @@ class MappingSettings:
     uncertainty: bool = _setting(
         True,
         bool,
-        "ensemble map: calibrate prediction intervals and per-gene reliability on the training "
-        "genes (a Tangram map has none)",
+        "cells mode: calibrate prediction intervals and per-gene reliability of the map on "
+        "held-out training genes",
         advanced=True,
     )
     search: Search = _setting(
@@ -524,9 +530,11 @@ def describe_stop(params: Mapping[str, Any]) -> str:
 
 
 def resolve_map_method(method: str, mode: str) -> str:
-    """The map a run makes: ``"auto"`` is the ensemble in cells mode, Tangram in the others."""
+    """The map a run makes: ``"auto"`` stays ``"auto"`` in cells mode (the user's own held-out
+    genes choose, :mod:`napari_spatial_impute.core.maps.choose`) and is the Tangram map in
+    clusters and constrained modes."""
     if method == "auto":
-        return "ensemble" if mode == "cells" else "tangram"
+        return "auto" if mode == "cells" else "tangram"
     return method
 
 

@@ -43,8 +43,6 @@ if TYPE_CHECKING:
 
 #: Nominal coverages of the intervals stored by default (90 % and 67 %).
 LEVELS: tuple[float, ...] = (0.9, 0.67)
-#: Calibration uses at most this many spatial cells (a seeded random subset above it).
-MAX_CALIBRATION_CELLS = 20_000
 #: The reliability model needs cross-validated Pearsons over at least this many spatial cells
 #: (over two cells every Pearson is +-1 whatever the prediction); with fewer, every gene's
 #: predicted Pearson is 0 (no evidence either way).

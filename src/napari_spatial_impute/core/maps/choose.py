@@ -34,7 +34,9 @@ from napari_spatial_impute.core.metrics import gene_folds, pearson_per_gene
 
 #: The maps ``method="auto"`` chooses among (cells mode).
 CANDIDATES: tuple[str, ...] = ("ensemble", "tangram")
-#: The inner maps use at most this many spatial cells (a seeded subset above it).
+#: The inner maps (the choice's and the calibration's) use at most this many spatial cells, a
+#: seeded subset above it: at the seed's shape (40,864 cells) the inner Tangram map took 33 s on
+#: 4,000 cells and 21 s on 2,000, whose held-out median was 0.008 lower.
 CHOICE_CELLS = 4000
 #: Held-out share of the training genes (one split).
 HELD_SHARE = 0.25
@@ -63,8 +65,10 @@ class InnerFold:
     built: BuiltMap
 
 
-def choice_cells(n: int, seed: int, limit: int = CHOICE_CELLS) -> np.ndarray | None:
-    """A seeded, sorted subset of ``limit`` of ``n`` spatial cells (``None``: all of them)."""
+def choice_cells(n: int, seed: int, limit: int | None = None) -> np.ndarray | None:
+    """A seeded, sorted subset of ``limit`` (default :data:`CHOICE_CELLS`) of ``n`` spatial
+    cells (``None``: all of them)."""
+    limit = CHOICE_CELLS if limit is None else limit
     if n <= limit:
         return None
     return np.sort(np.random.default_rng(seed).choice(n, limit, replace=False))
