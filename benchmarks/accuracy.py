@@ -43,6 +43,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from napari_spatial_impute.core.project import project_cell_annotations, project_genes
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common
@@ -75,12 +77,12 @@ def run_ours(
     )
     used = {g.lower() for g in res.genes.training_reference}
     assert not (used & {g.lower() for g in held}), "held-out gene reached training (ours)"
-    pred = np.asarray(res.project_genes(held).X, dtype=np.float64)
+    pred = np.asarray(project_genes(res, held).X, dtype=np.float64)
     P = res.probabilities
     P = P.toarray() if hasattr(P, "toarray") else np.asarray(P)
     extra: dict[str, Any] = {"default_projection": OURS[map_method][1]}
     if pair.ref_label is not None:
-        cp = res.cluster_probabilities()
+        cp = project_cell_annotations(res)
         extra["annot_scores"] = (cp.to_numpy(), np.asarray(cp.columns.astype(str)))
     return pred, P, None, extra
 

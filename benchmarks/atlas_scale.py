@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from napari_spatial_impute.core.export import result_to_anndata
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common
@@ -145,9 +147,9 @@ def run(args: argparse.Namespace) -> int:
         ref = ad.read_h5ad(data / "reference.h5ad")
         t1 = time.perf_counter()
         uncertainty = "--no-uncertainty" not in (args.map_args or "")
-        alone = nsi.map_cells_to_space(
-            ref, alone_sp, cluster_key="cell_type", uncertainty=uncertainty
-        ).to_anndata()
+        alone = result_to_anndata(
+            nsi.map_cells_to_space(ref, alone_sp, cluster_key="cell_type", uncertainty=uncertainty)
+        )
         row["single_process_section_s"] = time.perf_counter() - t1
         X = np.asarray(result.X[rows[0] : rows[-1] + 1])
         row["check_section"] = args.check_section

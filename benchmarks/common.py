@@ -507,3 +507,117 @@ def md_table(df: pd.DataFrame, floatfmt: str = ".3g") -> str:
     for row in df.itertuples(index=False):
         lines.append("| " + " | ".join(fmt(v) for v in row) + " |")
     return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------
+# hard pairs: raw counts with load_pair's splits, and variants of a pair (benchmarks/hard_pairs.py)
+
+
+def load_raw_pair(name: str, root: Path | None = None) -> tuple[ad.AnnData, ad.AnnData]:
+    """The raw counts of :func:`load_pair`'s reference and spatial cells (same cells, same order).
+
+    Nothing is normalised: ``X`` is the file's raw values (float32 CSR); the spatial keeps its
+    ``obs``/``obsm``, the cell-split references lose their coordinates as in :func:`load_pair`.
+    """
+    root = root or data_dir()
+    if root is None:
+        raise FileNotFoundError("shared data folder not found (set NSI_DATA_DIR)")
+    if name == "merfish_hypothalamus":
+        ref = ad.read_h5ad(root / name / "reference.h5ad")
+        spa = ad.read_h5ad(root / name / "spatial.h5ad")
+        return ref, spa
+    if name == "starmap_mpfc":
+        a = ad.read_h5ad(root / name / "spatial.h5ad")
+        b = a.obs["batch"].astype(float)
+        ref = _strip_reference(a[b.isin([0.0, 1.0]).to_numpy()])
+        spa = a[(b == 2.0).to_numpy()].copy()
+        return ref, spa
+    if name == "osmfish_sscortex":
+        a = ad.read_h5ad(root / name / "spatial.h5ad")
+        a = a[(a.obs["Valid"] == 1).to_numpy()].copy()
+        counts = a.obs["Region"].astype(str).value_counts()
+        ranked = list(counts.sort_values(ascending=False, kind="stable").index)
+        reg = a.obs["Region"].astype(str)
+        ref = _strip_reference(a[reg.isin(ranked[0::2]).to_numpy()])
+        spa = a[reg.isin(ranked[1::2]).to_numpy()].copy()
+        return ref, spa
+    raise ValueError(f"unknown data set {name!r}; known: {', '.join(DATASETS)}")
+
+
+def _with_x(template: ad.AnnData, X: np.ndarray | sp.spmatrix) -> ad.AnnData:
+    """A copy of ``template`` (obs, var, obsm) with ``X`` replaced (float32 CSR)."""
+    out = ad.AnnData(
+        X=sp.csr_matrix(X, dtype=np.float32),
+        obs=template.obs.copy(),
+        var=pd.DataFrame(index=template.var_names.copy()),
+    )
+    for k, v in template.obsm.items():
+        out.obsm[k] = np.asarray(v).copy()
+    return out
+
+
+def quantile_normalize(X: np.ndarray | sp.spmatrix) -> np.ndarray:
+    """Quantile normalisation across cells (rows): each cell's values are replaced by the mean
+    sorted profile (over all cells) at the cell's ranks; ties get the mean profile at their
+    average rank (linear interpolation), so a cell's zeros stay equal to each other."""
+    from scipy.stats import rankdata
+
+    D = np.asarray(X.toarray() if sp.issparse(X) else X, dtype=np.float64)
+    mean_sorted = np.sort(D, axis=1).mean(axis=0)
+    ranks = rankdata(D, method="average", axis=1) - 1.0  # 0-based, fractional for ties
+    grid = np.arange(D.shape[1], dtype=np.float64)
+    return np.interp(ranks.ravel(), grid, mean_sorted).reshape(D.shape)
+
+
+def zscore_genes(X: np.ndarray | sp.spmatrix) -> np.ndarray:
+    """Each column centred and scaled to unit variance (constant columns: centred only)."""
+    D = np.asarray(X.toarray() if sp.issparse(X) else X, dtype=np.float64)
+    sd = D.std(axis=0)
+    return (D - D.mean(axis=0)) / np.where(sd > 0, sd, 1.0)
+
+
+#: reference variants of :func:`reference_variant`
+REFERENCE_VARIANTS = ("log1p", "quantile", "zscore", "zscore_shift")
+
+
+def reference_variant(raw: ad.AnnData, protocol: ad.AnnData, variant: str) -> ad.AnnData:
+    """A differently preprocessed reference, as other pipelines and portals distribute it.
+
+    ``raw``: the reference's raw counts; ``protocol``: the same cells log-normalised by the
+    protocol (:func:`normalize_log1p`). Variants: ``log1p`` (log1p of raw counts, no size
+    normalisation), ``quantile`` (:func:`quantile_normalize` of the raw counts, then log1p),
+    ``zscore`` (the protocol's values z-scored per gene: negative values), ``zscore_shift``
+    (the same minus each gene's minimum, so non-negative).
+    """
+    if not np.array_equal(raw.obs_names, protocol.obs_names):
+        raise ValueError("raw and protocol references hold different cells")
+    if variant == "log1p":
+        R = sp.csr_matrix(raw.X, dtype=np.float32)
+        R.data = np.log1p(R.data)
+        return _with_x(protocol, R)
+    if variant == "quantile":
+        return _with_x(protocol, np.log1p(quantile_normalize(raw.X)))
+    if variant in ("zscore", "zscore_shift"):
+        Z = zscore_genes(protocol.X)
+        if variant == "zscore_shift":
+            Z = Z - Z.min(axis=0)
+        return _with_x(protocol, Z)
+    raise ValueError(
+        f"unknown reference variant {variant!r}; known: {', '.join(REFERENCE_VARIANTS)}"
+    )
+
+
+def simulate_platform(
+    raw: ad.AnnData, seed: int = 0, sigma: float = 1.0, mu: float = 0.0
+) -> tuple[ad.AnnData, np.ndarray]:
+    """Raw counts re-measured through a simulated platform: a per-gene detection efficiency
+    ``min(1, lognormal(mu, sigma))`` (seeded) and binomial thinning of every count with it.
+    Returns ``(thinned copy, efficiencies)``; ``obs``/``obsm`` kept, nothing normalised."""
+    rng = np.random.default_rng(seed)
+    eff = np.minimum(1.0, rng.lognormal(mu, sigma, size=raw.n_vars))
+    X = sp.csr_matrix(raw.X, dtype=np.float64).tocoo()
+    n = np.rint(X.data).astype(np.int64)
+    data = rng.binomial(n, eff[X.col]).astype(np.float32)
+    T = sp.csr_matrix((data, (X.row, X.col)), shape=X.shape)
+    T.eliminate_zeros()
+    return _with_x(raw, T), eff

@@ -65,6 +65,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from napari_spatial_impute.core.export import result_to_anndata
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common
@@ -275,7 +277,7 @@ def run_once(
         th.join()
         if "err" in box:
             raise box["err"]
-        return box["res"].to_anndata(genes=genes)
+        return result_to_anndata(box["res"], genes=genes)
 
     def on_yield(info: Any) -> None:
         state["epochs_seen"] += 1

@@ -23,6 +23,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from napari_spatial_impute.core.project import project_genes
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common
@@ -94,7 +96,7 @@ def idea_table(name: str, epochs: int, seed: int = 0) -> pd.DataFrame:
             res = nsi.map_cells_to_space(
                 ref, spa, genes=[rg[i] for i in tr], seed=seed, method="tangram", **kw
             )
-            pred = np.asarray(res.project_genes([rg[i] for i in f], method="probabilistic").X)
+            pred = np.asarray(project_genes(res, [rg[i] for i in f], method="probabilistic").X)
             scores[label][f] = pearson_per_gene(pred, Sx[:, f])
             if label.startswith("Tangram map"):
                 col = np.asarray(res.probabilities.sum(0)).ravel()

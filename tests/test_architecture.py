@@ -39,15 +39,16 @@ def _module_name(path: Path) -> str:
     return ".".join(parts)
 
 
-def _runtime_imports(path: Path) -> set[str]:
-    """Modules imported by ``path`` when it runs (``TYPE_CHECKING`` blocks left out)."""
+def _runtime_imports(path: Path, type_only: bool = False) -> set[str]:
+    """Modules imported by ``path`` when it runs (``TYPE_CHECKING`` blocks left out unless
+    ``type_only``)."""
     tree = ast.parse(path.read_text())
     name = _module_name(path)
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found: set[str] = set()
 
     def visit(node: ast.AST) -> None:
-        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test) and not type_only:
             for child in node.orelse:
                 visit(child)
             return
@@ -156,6 +157,21 @@ def test_no_import_cycles():
     # the package __init__ is the lazy facade over everything; a module importing the package
     # itself (for __version__) would close a cycle through it, so it counts like any module
     assert _cycles(GRAPH) == []
+
+
+def test_no_import_cycles_in_the_core_not_even_for_types():
+    """Issue 22: result, project, export and uncertainty imported each other through type-only
+    imports; the result is now a record the others take, and the maps sit below mapping."""
+    core = {_module_name(p): p for p in (ROOT / "core").rglob("*.py")}
+    graph = {
+        name: {m for m in _runtime_imports(path, type_only=True) if m in core and m != name}
+        for name, path in core.items()
+    }
+    assert _cycles(graph) == []
+    result = graph[f"{PKG}.core.result"]
+    assert not any(m.endswith((".project", ".export", ".uncertainty")) for m in result)
+    maps = [m for m in graph if m.startswith(f"{PKG}.core.maps")]
+    assert maps and not any(f"{PKG}.core.mapping" in graph[m] for m in maps)
 
 
 def test_cycle_detector_finds_a_cycle():

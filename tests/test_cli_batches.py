@@ -11,6 +11,7 @@ import pytest
 import napari_spatial_impute as nsi
 from _data import make_synthetic
 from napari_spatial_impute.cli import main
+from napari_spatial_impute.core.export import result_to_anndata
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -60,9 +61,9 @@ def test_map_by_batch_writes_each_section_as_mapped_alone(files, tmp_path, capsy
     assert info["map_choice"]["batch_summary"] == lines[0]
     assert {run["params"]["method"] for run in info["batches"]["runs"].values()} == {chosen}
     rows = np.flatnonzero(sp.obs["section"].to_numpy() == "b")
-    alone = nsi.map_cells_to_space(
-        ref, sp[rows].copy(), cluster_key="cell_type", method=chosen
-    ).to_anndata()
+    alone = result_to_anndata(
+        nsi.map_cells_to_space(ref, sp[rows].copy(), cluster_key="cell_type", method=chosen)
+    )
     np.testing.assert_allclose(result.X[rows], alone.X, rtol=1e-5, atol=1e-6)
     assert result.uns["spatial_impute"]["batch_key"] == "section"
 

@@ -28,6 +28,7 @@ import scanpy as sc
 from qtpy.QtWidgets import QApplication
 
 from napari_spatial_impute import cross_validate, load_merfish_hypothalamus, map_cells_to_space
+from napari_spatial_impute.core.export import result_to_anndata
 from napari_spatial_impute.io.datasets import shared_data_dir
 from napari_spatial_impute.plugin.sync import connect_model
 from napari_spatial_impute.plugin.widgets.diagnostics_widget import DiagnosticsWidget
@@ -74,7 +75,7 @@ def save(viewer: napari.Viewer, name: str, reset: bool = False) -> None:
 def merfish():
     """The bundled pair and its default (ensemble) map; one section, no FOV column."""
     ref, spa = load_merfish_hypothalamus()
-    res = map_cells_to_space(ref, spa, cluster_key="cell_type").to_anndata()
+    res = result_to_anndata(map_cells_to_space(ref, spa, cluster_key="cell_type"))
     return ref, spa, res
 
 
@@ -86,7 +87,7 @@ def sections():
     ref, spa = make_pair(
         n_cells=8000, n_fovs=24, n_samples=4, n_reference=1500, n_genes=300, n_panel=60
     )
-    res = map_cells_to_space(ref, spa, cluster_key="cell_type").to_anndata()
+    res = result_to_anndata(map_cells_to_space(ref, spa, cluster_key="cell_type"))
     return ref, spa, res
 
 
@@ -231,7 +232,7 @@ def shot_labels() -> None:
     if data is not None and (data / "iss_ca1" / "label_image.coo.npz").exists():
         iref = ad.read_h5ad(data / "iss_ca1" / "reference_class_profiles.h5ad")
         ispa = ad.read_h5ad(data / "iss_ca1" / "spatial.h5ad")
-        ires = map_cells_to_space(iref, ispa, cluster_key="cell_class").to_anndata()
+        ires = result_to_anndata(map_cells_to_space(iref, ispa, cluster_key="cell_class"))
         viewer = new_viewer("label images")
         model = connect_model(viewer)
         model.set_reference(iref)

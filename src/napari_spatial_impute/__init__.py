@@ -5,10 +5,10 @@ The science core is plain Python/torch (no Qt)::
     import napari_spatial_impute as nsi
 
     ref, sp = nsi.load_merfish_hypothalamus()
-    result = nsi.map_cells_to_space(ref, sp, cluster_key="cell_type")  # the ensemble map
-    imputed = result.project_genes(["Gad1", "Slc17a6"])
-    probs = result.cluster_probabilities()
-    adata = result.to_anndata()          # everything, ready for .write_h5ad
+    result = nsi.map_cells_to_space(ref, sp, cluster_key="cell_type")  # the map the data chose
+    imputed = nsi.project_genes(result, ["Gad1", "Slc17a6"])
+    probs = nsi.project_cell_annotations(result)
+    adata = nsi.result_to_anndata(result)  # everything, ready for .write_h5ad
 
     # a SpatialData store: cells placed in a coordinate system, results back as a new table
     sp = nsi.read_spatial("section.zarr", table="table", coordinate_system="global")

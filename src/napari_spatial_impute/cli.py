@@ -658,6 +658,7 @@ def _write_csv_atomic(df: Any, out: Path) -> None:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from napari_spatial_impute.core.evaluate import cross_validate, summarize_cv
+    from napari_spatial_impute.core.export import result_to_anndata
     from napari_spatial_impute.core.mapping import map_cells_to_space
     from napari_spatial_impute.io.datasets import load_merfish_hypothalamus
     from napari_spatial_impute.io.files import write_h5ad_atomic
@@ -687,7 +688,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         )
     finally:
         bar.close()
-    adata = result.to_anndata()
+    adata = result_to_anndata(result)
     write_h5ad_atomic(adata, out)
     print(f"imputed {adata.n_vars} genes at {adata.n_obs} cells; {_map_summary(result)}")
     top = adata.obs["cell_type_predicted"].value_counts().head(3)

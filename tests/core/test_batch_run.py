@@ -21,6 +21,7 @@ from _data import make_synthetic
 from napari_spatial_impute._errors import InputError, MappingCancelled
 from napari_spatial_impute.core import mapping
 from napari_spatial_impute.core.batch_run import map_batches
+from napari_spatial_impute.core.export import result_to_anndata
 from napari_spatial_impute.core.maps import choose
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -54,7 +55,9 @@ def _assert_batches_as_alone(result, ref, sp, rtol=0.0, atol=0.0):
     method = _chosen(result)
     for name in ("s1", "s2", "s3"):
         rows = np.flatnonzero(sp.obs["section"].to_numpy() == name)
-        alone = nsi.map_cells_to_space(ref, sp[rows].copy(), method=method, **MAP).to_anndata()
+        alone = result_to_anndata(
+            nsi.map_cells_to_space(ref, sp[rows].copy(), method=method, **MAP)
+        )
         np.testing.assert_allclose(result.X[rows], alone.X, rtol=rtol, atol=atol)
         for layer, values in alone.layers.items():
             np.testing.assert_allclose(result.layers[layer][rows], values, rtol=rtol, atol=atol)
@@ -164,9 +167,9 @@ def test_auto_chooses_once_and_every_batch_makes_that_map(tmp_path, monkeypatch)
     assert not any("weak" in text for _, text in run.warnings)  # the batches did not choose
     # each batch is that batch mapped alone with the chosen map
     rows = np.flatnonzero(sp.obs["section"].to_numpy() == "s2")
-    alone = nsi.map_cells_to_space(
-        ref, sp[rows].copy(), method="tangram", epochs=30, **MAP
-    ).to_anndata()
+    alone = result_to_anndata(
+        nsi.map_cells_to_space(ref, sp[rows].copy(), method="tangram", epochs=30, **MAP)
+    )
     np.testing.assert_array_equal(result.X[rows], alone.X)
 
 

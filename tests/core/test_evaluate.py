@@ -9,6 +9,7 @@ import napari_spatial_impute as nsi
 from _data import size_pair
 from napari_spatial_impute import InputError
 from napari_spatial_impute.core import evaluate
+from napari_spatial_impute.core.export import result_to_anndata
 from napari_spatial_impute.core.metrics import gene_folds, pearson_per_gene
 
 
@@ -77,7 +78,7 @@ def test_validate_cell_types(merfish):
     # measured and predicted cell-type profiles of these markers agree
     for _, g in df.groupby("gene"):
         assert np.corrcoef(g["measured"], g["predicted"])[0, 1] > 0.5
-    df2 = nsi.validate_cell_types(r.to_anndata())
+    df2 = nsi.validate_cell_types(result_to_anndata(r))
     assert len(df2) > 0
     with pytest.raises(InputError, match="cell type column"):
         nsi.validate_cell_types(r, markers=["Gad1"], cell_type_key="nope")
@@ -115,12 +116,12 @@ def test_intervals_are_scored_only_when_asked_and_accuracy_is_the_same(merfish_p
     """Issue 14: the held-out genes' imputation does not use the calibration, so the default
     cross-validation skips it; ``uncertainty=True`` calibrates each fold and scores the
     intervals, with the same held-out scores."""
-    from napari_spatial_impute.core import uncertainty
+    from napari_spatial_impute.core import mapping
 
     ref, spa = merfish_pair
     calls = []
-    real = uncertainty.calibrate
-    monkeypatch.setattr(uncertainty, "calibrate", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = mapping.calibrate
+    monkeypatch.setattr(mapping, "calibrate", lambda *a, **k: calls.append(1) or real(*a, **k))
     plain = nsi.cross_validate(ref, spa, folds=4, seed=0)
     assert calls == [] and not {"coverage_90", "predicted_pearson"} & set(plain.columns)
     scored = nsi.cross_validate(ref, spa, folds=4, seed=0, uncertainty=True)

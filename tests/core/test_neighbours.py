@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import napari_spatial_impute as nsi
+from napari_spatial_impute.core.export import result_to_anndata
 from napari_spatial_impute.core.neighbours import (
     MEMBERS,
     Member,
@@ -117,7 +118,7 @@ def test_tiny_slices_of_the_bundled_pair_give_finite_outputs(merfish_pair, n_ref
     ref = ref[:n_ref].copy() if n_ref else ref
     spa = spa[:n_sp].copy() if n_sp else spa
     r = nsi.map_cells_to_space(ref, spa, mode=mode, cluster_key="cell_type", epochs=5, seed=0)
-    out = r.to_anndata()
+    out = result_to_anndata(r)
     assert out.shape == (spa.n_obs, ref.n_vars)
     assert np.all(np.isfinite(out.X))
     if mode == "cells":  # the ensemble map; clusters mode trains a Tangram map, which has none

@@ -42,6 +42,7 @@ from hypothesis import strategies as st
 
 import napari_spatial_impute as nsi
 from napari_spatial_impute import InputError
+from napari_spatial_impute.core.export import result_to_anndata
 from napari_spatial_impute.core.neighbours import neighbour_weights
 
 _COMMON = dict(
@@ -201,7 +202,7 @@ def _map_or_input_error(ref, spa, projection="auto", **kw):
     """``(result, result AnnData)``, or ``None`` when the input was refused with an InputError."""
     try:
         r = nsi.map_cells_to_space(ref, spa, **kw)
-        return r, r.to_anndata(method=projection)
+        return r, result_to_anndata(r, method=projection)
     except InputError as exc:
         msg = str(exc)
         event(f"InputError: {msg[:60]}")

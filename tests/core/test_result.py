@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 import napari_spatial_impute as nsi
+from napari_spatial_impute.core.export import result_to_anndata
 from napari_spatial_impute.io.schema import UNS_KEY, history_frame, training_genes_frame
 
 
@@ -18,7 +19,7 @@ def test_result_layout_and_round_trip(merfish, tmp_path):
     )
     spa.obsm["extra"] = np.arange(spa.n_obs * 2, dtype=np.float64).reshape(-1, 2)
     r = nsi.map_cells_to_space(ref, spa, method="tangram", cluster_key="cell_type", epochs=50)
-    out = r.to_anndata()
+    out = result_to_anndata(r)
     assert out.shape == (750, 134)
     assert out.obsm["cluster_probabilities"].shape == (750, 14)
     assert out.obs["cell_type_predicted"].dtype == "category"
@@ -55,7 +56,7 @@ def test_ensemble_result_round_trip_has_no_epochs_and_its_intervals(merfish, tmp
     ref, spa = merfish
     r = nsi.map_cells_to_space(ref, spa, cluster_key="cell_type")
     path = tmp_path / "ensemble.h5ad"
-    nsi.write_h5ad_atomic(r.to_anndata(), path)
+    nsi.write_h5ad_atomic(result_to_anndata(r), path)
     back = ad.read_h5ad(path)
     info = back.uns[UNS_KEY]
     assert info["params"]["method"] == "ensemble" and info["params"]["epochs_done"] == 0
@@ -72,7 +73,7 @@ def test_scanpy_reads_result(merfish, tmp_path):
     import scanpy as sc
 
     ref, spa = merfish
-    out = nsi.map_cells_to_space(ref, spa, cluster_key="cell_type", epochs=10).to_anndata()
+    out = result_to_anndata(nsi.map_cells_to_space(ref, spa, cluster_key="cell_type", epochs=10))
     path = tmp_path / "r.h5ad"
     nsi.write_h5ad_atomic(out, path)
     a = sc.read_h5ad(path)
@@ -87,7 +88,7 @@ def test_dropped_gene_still_imputed(synthetic):
     X = spa.X.toarray()
     X[:, 2] = 0
     spa.X = sp.csr_matrix(X)
-    out = nsi.map_cells_to_space(ref, spa, epochs=5).to_anndata()
+    out = result_to_anndata(nsi.map_cells_to_space(ref, spa, epochs=5))
     assert "Gene2" in out.var_names
     assert not out.var.loc["Gene2", "is_training"]
     assert out.var.loc["Gene2", "dropped_reason"] == "no counts in spatial data"

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from napari_spatial_impute import InputError, map_cells_to_space
+from napari_spatial_impute.core.export import result_to_anndata
 from napari_spatial_impute.core.settings import (
     DENSITIES,
     ENGINES,
@@ -154,7 +155,7 @@ def stored(merfish_pair, tmp_path_factory):
         uncertainty=False,
     )
     path = tmp_path_factory.mktemp("stored") / "result.h5ad"
-    result.to_anndata(genes=[]).write_h5ad(path)
+    result_to_anndata(result, genes=[]).write_h5ad(path)
     return result.params, dict(ad.read_h5ad(path).uns["spatial_impute"]["params"])
 
 

@@ -7,6 +7,8 @@ import pytest
 
 import napari_spatial_impute as nsi
 from napari_spatial_impute.core import evaluate
+from napari_spatial_impute.core.export import result_to_anndata
+from napari_spatial_impute.core.project import project_genes
 from napari_spatial_impute.core.uncertainty import _conformal_quantile, intervals, reliability
 
 
@@ -29,7 +31,7 @@ def test_intervals_monotone_in_level_and_stored(result):
     hw = intervals(result, cal)
     assert hw[0.9].shape == (result.spatial.n_obs, result.reference.n_vars)
     assert np.all(hw[0.9] >= hw[0.67]) and np.all(hw[0.67] > 0)
-    out = result.to_anndata()
+    out = result_to_anndata(result)
     np.testing.assert_array_equal(out.layers["interval_90_halfwidth"], hw[0.9])
     assert "predicted_pearson" in out.var and out.obs["uncertainty_group"].dtype == "category"
     assert set(out.uns["spatial_impute"]["uncertainty"]["calibration_genes"]) <= set(
@@ -63,7 +65,7 @@ def test_coverage_columns_are_fractions_of_cells_inside(synthetic, monkeypatch):
         held = df.loc[df["fold"] == f, "gene"].tolist()
         # no leak: calibration used only the fold's training genes
         assert not set(held) & set(r.calibration.calibration_genes)
-        pred = r.project_genes(held).X
+        pred = project_genes(r, held).X
         measured = spa[:, [g.lower() for g in held]].X.toarray()
         hw = intervals(r, r.calibration, held)[0.9]
         expected = (np.abs(measured / r.calibration.scale - pred) <= hw).mean(0)

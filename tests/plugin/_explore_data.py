@@ -9,6 +9,7 @@ import anndata as ad
 import numpy as np
 
 from napari_spatial_impute import load_merfish_hypothalamus, map_cells_to_space
+from napari_spatial_impute.core.export import result_to_anndata
 from napari_spatial_impute.viz.layers import META_KEY
 
 
@@ -21,7 +22,7 @@ def _pair_and_result() -> tuple[ad.AnnData, ad.AnnData, ad.AnnData]:
     spa.obs["sample"] = np.where(x < q[1], "A", "B")  # apart in space: drawn where they are
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        res = map_cells_to_space(ref, spa, cluster_key="cell_type", epochs=30).to_anndata()
+        res = result_to_anndata(map_cells_to_space(ref, spa, cluster_key="cell_type", epochs=30))
     return ref, spa, res
 
 
@@ -38,7 +39,7 @@ def _tangram_result() -> ad.AnnData:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         res = map_cells_to_space(ref, spa, method="tangram", cluster_key="cell_type", epochs=30)
-    return res.to_anndata(genes=list(ref.var_names[:20]))
+    return result_to_anndata(res, genes=list(ref.var_names[:20]))
 
 
 def tangram_result() -> ad.AnnData:

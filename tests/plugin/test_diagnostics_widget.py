@@ -7,6 +7,7 @@ import pytest
 from _explore_data import cv_table
 from qtpy.QtCore import Qt
 
+from napari_spatial_impute.core.export import result_to_anndata
 from napari_spatial_impute.plugin.widgets.diagnostics_widget import DiagnosticsWidget
 
 
@@ -65,7 +66,7 @@ def test_training_panels_of_a_tangram_map(widget):
     viewer, model, w = widget
     ref, spa = load_merfish_hypothalamus()
     res = map_cells_to_space(ref, spa, method="tangram", epochs=30, uncertainty=False)
-    model.set_result(res.to_anndata(genes=list(ref.var_names[:5])))
+    model.set_result(result_to_anndata(res, genes=list(ref.var_names[:5])))
     axes = [ax for ax in w.train_fig.axes if ax.axison]
     assert len(axes[4].lines[0].get_xdata()) == 30  # one point per epoch
     assert w.train_info.text().startswith("training score")
@@ -288,7 +289,7 @@ def test_result_without_clusters(make_napari_viewer_proxy, qtbot, monkeypatch):
     from napari_spatial_impute.plugin.model import get_model
 
     ref, spa, _ = merfish_with_fovs()
-    res = map_cells_to_space(ref, spa, epochs=5).to_anndata()
+    res = result_to_anndata(map_cells_to_space(ref, spa, epochs=5))
     viewer = make_napari_viewer_proxy()
     seen = []
     monkeypatch.setattr(

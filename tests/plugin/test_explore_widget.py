@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from _explore_data import load_into
 
+from napari_spatial_impute.core.export import result_to_anndata
 from napari_spatial_impute.plugin.widgets.explore_widget import ExploreWidget
 from napari_spatial_impute.viz.explore import robust_limits, values
 from napari_spatial_impute.viz.layers import plugin_meta
@@ -289,9 +290,9 @@ def test_layers_follow_a_new_result(widget):
     prob = w.show_cluster(w.cluster_combo.itemText(0))
     pred = w.show_predicted()
     n = len(viewer.layers)
-    new = map_cells_to_space(
-        model.reference, model.spatial, cluster_key="cell_type", epochs=3
-    ).to_anndata()
+    new = result_to_anndata(
+        map_cells_to_space(model.reference, model.spatial, cluster_key="cell_type", epochs=3)
+    )
     model.set_result(new)
     assert len(viewer.layers) == n
     layer = gene_layers[0]

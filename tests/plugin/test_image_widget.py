@@ -10,6 +10,7 @@ import pytest
 import tifffile
 from _explore_data import load_into
 
+from napari_spatial_impute.core.export import result_to_anndata
 from napari_spatial_impute.io.datasets import shared_data_dir
 from napari_spatial_impute.plugin.model import get_model
 from napari_spatial_impute.plugin.widgets.image_widget import ImageWidget
@@ -134,7 +135,7 @@ def test_iss_ca1_real_label_image(make_napari_viewer_proxy, qtbot):
         warnings.simplefilter("ignore")
         ref = ad.read_h5ad(DATA / "iss_ca1" / "reference_class_profiles.h5ad")
         spa = ad.read_h5ad(DATA / "iss_ca1" / "spatial.h5ad")
-        res = map_cells_to_space(ref, spa, cluster_key="cell_class", epochs=10).to_anndata()
+        res = result_to_anndata(map_cells_to_space(ref, spa, cluster_key="cell_class", epochs=10))
     viewer = make_napari_viewer_proxy()
     model = get_model(viewer)
     model.set_reference(ref)

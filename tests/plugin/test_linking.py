@@ -7,6 +7,7 @@ import pytest
 from _explore_data import add_reference_layer
 from napari.utils.status_messages import format_feature_value
 
+from napari_spatial_impute.core.export import result_to_anndata
 from napari_spatial_impute.plugin.widgets.explore_widget import ExploreWidget
 from napari_spatial_impute.plugin.widgets.linking import (
     REFERENCE_HIGHLIGHT,
@@ -159,9 +160,11 @@ def test_clusters_mode_units(setup):
     viewer, model, w = setup
     from napari_spatial_impute import map_cells_to_space
 
-    res = map_cells_to_space(
-        model.reference, model.spatial, cluster_key="cell_type", mode="clusters", epochs=10
-    ).to_anndata()
+    res = result_to_anndata(
+        map_cells_to_space(
+            model.reference, model.spatial, cluster_key="cell_type", mode="clusters", epochs=10
+        )
+    )
     units = unit_matrix(res, model.reference)
     assert units.shape == (len(res.uns["spatial_impute"]["units"]), model.reference.n_obs)
     assert np.allclose(np.asarray(units.sum(1)).ravel(), 1.0)

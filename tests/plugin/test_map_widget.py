@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from napari_spatial_impute.core.export import result_to_anndata
 from napari_spatial_impute.plugin.sync import viewer_model
 from napari_spatial_impute.plugin.widgets.map_widget import MapWidget
 from napari_spatial_impute.viz.layers import META_KEY, plugin_meta
@@ -623,7 +624,9 @@ def test_batches_are_mapped_one_by_one_into_a_file(widget, qtbot, tmp_path):
     np.testing.assert_array_equal(written.X, result.X)
     spa = model.spatial
     left = np.flatnonzero(spa.obs["sample"].to_numpy() == "left")
-    alone = nsi.map_cells_to_space(model.reference, spa[left].copy(), **w.parameters()).to_anndata()
+    alone = result_to_anndata(
+        nsi.map_cells_to_space(model.reference, spa[left].copy(), **w.parameters())
+    )
     np.testing.assert_allclose(written.X[left], alone.X, rtol=1e-6, atol=1e-7)
     assert "2 of 2 batches mapped" in w.status.text()
     assert sorted(layer.name for layer in viewer.layers) == [

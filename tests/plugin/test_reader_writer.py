@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from napari_spatial_impute import map_cells_to_space
+from napari_spatial_impute.core.export import result_to_anndata
 from napari_spatial_impute.plugin.reader import napari_get_reader
 from napari_spatial_impute.plugin.samples import merfish_mapping, merfish_pair
 from napari_spatial_impute.plugin.writer import write_points_h5ad
@@ -18,9 +19,9 @@ from napari_spatial_impute.viz.layers import META_KEY, source_adata
 @pytest.fixture(scope="module")
 def result_file(tmp_path_factory, merfish_pair):
     ref, spa = merfish_pair
-    res = map_cells_to_space(
-        ref.copy(), spa.copy(), cluster_key="cell_type", epochs=20
-    ).to_anndata()
+    res = result_to_anndata(
+        map_cells_to_space(ref.copy(), spa.copy(), cluster_key="cell_type", epochs=20)
+    )
     x = res.obsm["spatial"][:, 0]
     q = np.quantile(x, [0.25, 0.5, 0.75])
     res.obs["fov"] = pd.Categorical(np.array(["1", "2", "3", "4"])[np.searchsorted(q, x)])

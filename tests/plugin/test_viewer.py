@@ -6,6 +6,7 @@ import napari
 import numpy as np
 
 from napari_spatial_impute import map_cells_to_space
+from napari_spatial_impute.core.export import result_to_anndata
 from napari_spatial_impute.plugin.sync import viewer_model
 from napari_spatial_impute.plugin.viewer import DOCKED, open_result_in_napari
 from napari_spatial_impute.viz.layers import plugin_meta
@@ -17,7 +18,7 @@ def test_open_result_docks_widgets(make_napari_viewer, monkeypatch, tmp_path, me
     q = np.quantile(x, [0.25, 0.5, 0.75])
     spa.obs["fov"] = np.array(["1", "2", "3", "4"])[np.searchsorted(q, x)]
     spa.obs["sample"] = np.where(x < q[1], "A", "B")  # two sections of two FOVs, apart in space
-    res = map_cells_to_space(ref, spa, cluster_key="cell_type", epochs=10).to_anndata()
+    res = result_to_anndata(map_cells_to_space(ref, spa, cluster_key="cell_type", epochs=10))
     path = tmp_path / "result.h5ad"
     res.write_h5ad(path)
     viewer = make_napari_viewer()
@@ -61,7 +62,7 @@ def test_open_sample_fills_the_model(make_napari_viewer_proxy):
 
 def test_dropped_result_file_opens_with_plugin(make_napari_viewer_proxy, tmp_path, merfish):
     ref, spa = merfish
-    res = map_cells_to_space(ref, spa, cluster_key="cell_type", epochs=5).to_anndata()
+    res = result_to_anndata(map_cells_to_space(ref, spa, cluster_key="cell_type", epochs=5))
     path = tmp_path / "r.h5ad"
     res.write_h5ad(path)
     viewer = make_napari_viewer_proxy()

@@ -12,6 +12,7 @@ import pytest
 from matplotlib.figure import Figure
 
 from napari_spatial_impute import InputError, load_merfish_hypothalamus, map_cells_to_space
+from napari_spatial_impute.core.export import result_to_anndata
 from napari_spatial_impute.io import schema
 from napari_spatial_impute.viz import explore as ex
 from napari_spatial_impute.viz import image_link as il
@@ -27,7 +28,7 @@ def _data():
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        res = map_cells_to_space(ref, spa, cluster_key="cell_type", epochs=20).to_anndata()
+        res = result_to_anndata(map_cells_to_space(ref, spa, cluster_key="cell_type", epochs=20))
     return ref, res
 
 

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from napari_spatial_impute.core.export import result_to_anndata
 from napari_spatial_impute.plugin.writer import layers_to_anndata
 from napari_spatial_impute.viz.coords import from_napari
 from napari_spatial_impute.viz.layers import (
@@ -89,7 +90,7 @@ def test_result_layers_colour_by_predicted(merfish):
     from napari_spatial_impute import map_cells_to_space
 
     ref, spa = merfish
-    res = map_cells_to_space(ref, spa, cluster_key="cell_type", epochs=5).to_anndata()
+    res = result_to_anndata(map_cells_to_space(ref, spa, cluster_key="cell_type", epochs=5))
     ((data, kw, _),) = spatial_layers(res)
     assert kw["name"] == "most likely cell_type"
     assert kw["face_color"] == "cell_type_predicted"
@@ -212,7 +213,7 @@ def test_cluster_colours_match_between_tissue_and_umap(merfish):
     from napari_spatial_impute import map_cells_to_space
 
     ref, spa = merfish
-    res = map_cells_to_space(ref, spa, cluster_key="cell_type", epochs=5).to_anndata()
+    res = result_to_anndata(map_cells_to_space(ref, spa, cluster_key="cell_type", epochs=5))
     ref.obsm["X_umap"] = np.zeros((ref.n_obs, 2), dtype=np.float32)
     ((_, tissue, _),) = spatial_layers(res)
     _, umap, _ = reference_layer(ref, cluster_key="cell_type")

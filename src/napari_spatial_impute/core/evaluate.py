@@ -12,6 +12,7 @@ import torch
 
 from napari_spatial_impute._errors import InputError
 from napari_spatial_impute.core.engine.mapper import EpochInfo
+from napari_spatial_impute.core.export import result_to_anndata
 from napari_spatial_impute.core.genes import match_genes, plan_genes
 from napari_spatial_impute.core.mapping import map_cells_to_space
 from napari_spatial_impute.core.metrics import (
@@ -21,7 +22,7 @@ from napari_spatial_impute.core.metrics import (
     spearman_per_gene,
 )
 from napari_spatial_impute.core.preprocess import apply_transform, check_transform, dense_columns
-from napari_spatial_impute.core.project import resolve_method
+from napari_spatial_impute.core.project import project_genes, resolve_method
 from napari_spatial_impute.core.result import MappingResult
 from napari_spatial_impute.core.uncertainty import intervals, reliability
 from napari_spatial_impute.io.files import validate_adata
@@ -133,11 +134,11 @@ def cross_validate(
         assert not (set(result.genes.training_reference) & held_set), (
             "held-out gene used in training"
         )
-        pred = result.project_genes(held, method=projection).X
+        pred = project_genes(result, held, method=projection).X
         measured = dense_columns(sp_vals, [ref_to_sp[g] for g in held])
         extra: dict[str, np.ndarray] = {}
         cal = result.calibration
-        if cal is not None and resolve_method(result, projection) == "neighbours":
+        if cal is not None and resolve_method(result, projection) == resolve_method(result, "auto"):
             for lv, hw in intervals(result, cal, held).items():
                 inside = np.abs(measured / cal.scale - pred) <= hw
                 extra[f"coverage_{level_name(lv)}"] = inside.mean(axis=0)
@@ -312,7 +313,7 @@ def validate_cell_types(
                 raise InputError(
                     "none of the marker genes was measured in space; give shared genes."
                 )
-        res_ad = result.to_anndata(genes=wanted)
+        res_ad = result_to_anndata(result, genes=wanted)
         reference = result.reference
         ckey = result.cluster_key
     else:

@@ -1,8 +1,13 @@
-"""A learned mapping: :class:`MappingResult`, what projection, export and calibration work on."""
+"""A learned mapping: :class:`MappingResult`, the record that projection, export and calibration take.
+
+It is data only: :func:`~napari_spatial_impute.core.project.project_genes`,
+:func:`~napari_spatial_impute.core.project.project_cell_annotations` and
+:func:`~napari_spatial_impute.core.export.result_to_anndata` take it (tangram-sc's verbs); it
+imports none of them, so no module of the core imports another in a circle, not even for types.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -11,9 +16,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from napari_spatial_impute.core.export import result_to_anndata
 from napari_spatial_impute.core.genes import GenePlan
-from napari_spatial_impute.core.project import project_cell_annotations, project_genes
 
 
 @dataclass
@@ -88,15 +91,3 @@ class MappingResult:
     def training_score(self) -> float:
         """Mean cosine similarity of the training genes at the final mapping."""
         return float(np.nanmean(self.train_genes_df["train_score"].to_numpy()))
-
-    def project_genes(self, genes: Sequence[str] | None = None, method: str = "auto") -> ad.AnnData:
-        """Impute genes in space; see :func:`napari_spatial_impute.core.project.project_genes`."""
-        return project_genes(self, genes=genes, method=method)
-
-    def cluster_probabilities(self, key: str | None = None, source: str = "auto") -> pd.DataFrame:
-        """Cluster probabilities per spatial cell; see :func:`~napari_spatial_impute.core.project.project_cell_annotations`."""
-        return project_cell_annotations(self, key, source=source)
-
-    def to_anndata(self, genes: Sequence[str] | None = None, **kwargs: Any) -> ad.AnnData:
-        """The spatial result as AnnData; see :func:`napari_spatial_impute.core.export.result_to_anndata`."""
-        return result_to_anndata(self, genes=genes, **kwargs)

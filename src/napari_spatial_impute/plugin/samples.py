@@ -74,10 +74,11 @@ def merfish_mapping() -> list[LayerData]:
     The layer is coloured by the predicted cell type; its metadata holds the whole result AnnData
     (all 134 reference genes imputed, cluster probabilities, parameters).
     """
+    from napari_spatial_impute.core.export import result_to_anndata
     from napari_spatial_impute.core.mapping import map_cells_to_space
     from napari_spatial_impute.io.datasets import load_merfish_hypothalamus
 
     hook_current_viewer()
     reference, spatial = load_merfish_hypothalamus()
     result = map_cells_to_space(reference, spatial, cluster_key="cell_type", seed=0)
-    return spatial_layers(result.to_anndata(), role="result")
+    return spatial_layers(result_to_anndata(result), role="result")

@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 import anndata as ad
 
 from napari_spatial_impute._errors import InputError, InputWarning, MappingCancelled, first_line
+from napari_spatial_impute.core.export import result_to_anndata
 from napari_spatial_impute.core.mapping import EpochInfo, map_cells_to_space
 from napari_spatial_impute.core.result import MappingResult
 
@@ -216,7 +217,7 @@ def result_layers(
     the main thread. The FOV and sample columns are recorded in ``uns['spatial_impute']``
     (``fov_key``, ``sample_key``).
     """
-    return layers_of_result(result.to_anndata(), fov_key, sample_key)
+    return layers_of_result(result_to_anndata(result), fov_key, sample_key)
 
 
 def layers_of_result(

@@ -12,6 +12,7 @@ from napari_spatial_impute import InputError
 from napari_spatial_impute.core.engine.candidates import candidate_pairs, merge_pairs
 from napari_spatial_impute.core.engine.lean import CandidateObjective
 from napari_spatial_impute.core.engine.objective import Weights, tangram_loss
+from napari_spatial_impute.core.export import result_to_anndata
 
 
 def test_candidate_pairs_cover_every_cell_and_are_sorted():
@@ -194,7 +195,7 @@ def test_lean_results_project_like_dense(merfish_pair, tmp_path):
     r = nsi.map_cells_to_space(
         ref, spa, method="tangram", cluster_key="cell_type", epochs=60, engine="lean", candidates=20
     )
-    out = r.to_anndata(method="probabilistic")
+    out = result_to_anndata(r, method="probabilistic")
     P = r.probabilities.toarray()
     np.testing.assert_allclose(out.X, P.T @ ref.X.toarray(), rtol=1e-4, atol=1e-5)
     probs = out.obsm["cluster_probabilities"]

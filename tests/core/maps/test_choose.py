@@ -18,6 +18,7 @@ from napari_spatial_impute.core.export import write_result
 from napari_spatial_impute.core.maps import choose, registry
 from napari_spatial_impute.core.maps.problem import prepare_problem
 from napari_spatial_impute.core.metrics import pearson_per_gene
+from napari_spatial_impute.core.project import project_genes
 from napari_spatial_impute.core.settings import MappingSettings
 
 
@@ -26,7 +27,7 @@ def _outer(ref: ad.AnnData, spa: ad.AnnData, held: list[str], **kw) -> tuple[flo
     train = [g for g in map(str, ref.var_names) if g not in held]
     r = nsi.map_cells_to_space(ref, spa, genes=train, uncertainty=False, **kw)
     assert not set(held) & set(r.genes.training_reference)
-    pred = r.project_genes(held).X
+    pred = project_genes(r, held).X
     X = spa[:, held].X
     measured = X.toarray() if sp.issparse(X) else np.asarray(X)
     return float(np.nanmedian(pearson_per_gene(pred, measured))), r
