@@ -95,15 +95,17 @@ def map_cells_to_space(
 ) -> MappingResult:
     """Map reference cells (or clusters) onto spatial cells.
 
-    Two maps can be made (``method``). The **ensemble** (the default in cells mode) matches each
-    spatial cell to its most similar reference cells over the training genes in five neighbour
-    searches and averages them (:mod:`napari_spatial_impute.core.neighbours`); nothing is
-    trained. The **Tangram** map is trained with the Tangram objective (tangram-sc's equation)
-    for ``epochs``. Whichever ran is the result's one map: imputed genes, cluster probabilities,
-    the mapped cell per spatial cell and, for the ensemble, prediction intervals and per-gene
-    reliability all come from it. On every benchmark pair the ensemble imputes held-out genes
-    more accurately than the Tangram map, and training the Tangram objective from the ensemble
-    only lowered that accuracy (docs/benchmarks.md).
+    Two maps can be made (``method``), peers in :mod:`napari_spatial_impute.core.maps`. The
+    **ensemble** matches each spatial cell to its most similar reference cells over the training
+    genes in five neighbour searches and averages them (:mod:`napari_spatial_impute.core.neighbours`);
+    nothing is trained. The **Tangram** map is trained with the Tangram objective (tangram-sc's
+    equation) for ``epochs``. With ``method="auto"`` (cells mode) the user's own data choose:
+    both are made without a seeded quarter of the training genes and the one that imputes those
+    genes better is made (:func:`~napari_spatial_impute.core.maps.choose.choose_map`; the
+    candidates, their scores and the choice are in ``result.choice`` and the one-line
+    ``params["map_choice"]``; an ``InputWarning`` when the imputation is weak). Whichever map is
+    made is the result's one map: imputed genes, cluster probabilities, the mapped cell per
+    spatial cell, prediction intervals and per-gene reliability all come from it.
 
     Parameters
     ----------
@@ -112,9 +114,10 @@ def map_cells_to_space(
     spatial
         Spatial data with ``obsm["spatial"]``, cells x panel genes.
     method
-        ``"ensemble"``, ``"tangram"`` or ``"auto"`` (the ensemble in cells mode, Tangram in
-        clusters and constrained modes, which are Tangram options). Settings from ``density``
-        to ``patience`` and ``init`` apply to the Tangram map only.
+        ``"ensemble"``, ``"tangram"`` or ``"auto"`` (chosen on held-out training genes in cells
+        mode; Tangram in clusters and constrained modes, which are Tangram options). Settings
+        from ``density`` to ``patience`` and ``init`` apply to the Tangram map only (with
+        ``"auto"`` to its candidate too).
     mode
         ``"cells"`` maps every reference cell; ``"clusters"`` maps cluster profiles (needs
         ``cluster_key``; faster, more robust across specimens); ``"constrained"`` also learns
@@ -176,8 +179,9 @@ def map_cells_to_space(
     patience
         Window of ``tol``, in epochs.
     uncertainty
-        Ensemble map: calibrate prediction intervals and per-gene reliability on the training
-        genes (:mod:`napari_spatial_impute.core.uncertainty`). A Tangram map has neither.
+        Cells mode: calibrate prediction intervals and per-gene reliability of the map on
+        training genes held out of it (:func:`calibrate_map`,
+        :mod:`napari_spatial_impute.core.uncertainty`).
     search
         How the ensemble's neighbours and the lean engine's candidates are found: ``"exact"``
         compares every reference x spatial pair; ``"approximate"`` searches an inverted-file

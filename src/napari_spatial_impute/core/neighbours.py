@@ -1,4 +1,4 @@
-"""Neighbourhood ensemble: the default map, more accurate than the Tangram map on every benchmark.
+"""Neighbourhood ensemble: the ensemble map's weights (a peer of the Tangram map, core/maps).
 
 Each spatial cell is matched to its most similar reference cells over the training genes in
 several spaces, and the matches are averaged into one sparse, row-stochastic weight matrix W
