@@ -21,7 +21,13 @@ cells and splits, rebuilt from the raw files by :func:`common.load_raw_pair`):
   seeded by ``--seed``, binomial thinning of the raw counts), then normalised by the protocol on
   its own; the reference is the protocol's;
 * ``BASE:platform+quantile``: that spatial side with the quantile-normalised reference (the
-  seqFISH + quantile-normalised Smart-seq situation).
+  seqFISH + quantile-normalised Smart-seq situation);
+* ``BASE:platform_low`` / ``BASE:platform_low+quantile``: the same with a lower efficiency,
+  ``min(1, lognormal(log 0.2, 1))`` per gene (median 0.2: about a fifth of the counts kept);
+* ``starmap_mpfc>merfish_mop`` (``:quantile``): a real cross-platform pair: every STARmap mPFC
+  cell (3 sections, 158 genes) as the reference, the MERFISH MOp cells of ``slice1`` (2,109
+  cells, 254 genes, volume-normalised values as distributed) as the spatial assay; 40 shared
+  genes; another cortical area, another platform. Each set normalised by the protocol.
 
 Methods (``--methods``), on the same folds (:func:`napari_spatial_impute.core.metrics.gene_folds`,
 ``--folds``, ``--seed``); every method trains on the fold's other shared genes only:
@@ -70,14 +76,20 @@ import common
 from common import Pair, dense, log
 
 BASES = list(common.DATASETS)
-PLATFORM_VARIANTS = ("platform", "platform+quantile")
+PLATFORM_VARIANTS = ("platform", "platform+quantile", "platform_low", "platform_low+quantile")
+#: per-gene detection efficiency of the simulated platforms: min(1, lognormal(mu, 1))
+PLATFORM_MU = {"platform": 0.0, "platform_low": float(np.log(0.2))}
+#: real cross-platform pairs: name -> (reference data set, spatial data set, spatial slice)
+CROSS = {"starmap_mpfc>merfish_mop": ("starmap_mpfc", "merfish_mop", "slice1")}
 VARIANTS = (*common.REFERENCE_VARIANTS, *PLATFORM_VARIANTS)
 #: the default pairs: the originals, every reference variant of each, the platform variants of
 #: the cell-split pairs (same tissue, same assay: the simulated platform is the only mismatch)
 DEFAULT_PAIRS = (
     BASES
     + [f"{b}:{v}" for b in BASES for v in common.REFERENCE_VARIANTS]
-    + [f"{b}:{v}" for b in ("starmap_mpfc", "osmfish_sscortex") for v in PLATFORM_VARIANTS]
+    + [f"{b}:{v}" for b in ("starmap_mpfc", "osmfish_sscortex") for v in PLATFORM_VARIANTS[:2]]
+    + [f"{b}:platform_low+quantile" for b in ("starmap_mpfc", "osmfish_sscortex")]
+    + [p for c in CROSS for p in (c, f"{c}:quantile")]
 )
 MAP_METHODS = {"ensemble": "ensemble", "tangram": "tangram", "default": None}
 METHODS = ("ensemble", "tangram", "default", "spage", "knn", "size")
@@ -104,11 +116,15 @@ _PROTO: dict[str, Pair] = {}
 def build_pair(spec: str, seed: int) -> HardPair:
     """The pair named ``spec`` (``BASE`` or ``BASE:VARIANT``, see the module docstring)."""
     base, _, variant = spec.partition(":")
-    if base not in BASES:
-        raise ValueError(f"unknown base pair {base!r}; known: {', '.join(BASES)}")
+    if base not in BASES and base not in CROSS:
+        raise ValueError(f"unknown base pair {base!r}; known: {', '.join([*BASES, *CROSS])}")
     if variant and variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; known: {', '.join(VARIANTS)}")
-    if base not in _PROTO:
+    if base in CROSS and variant not in ("", *common.REFERENCE_VARIANTS):
+        raise ValueError(f"{base} takes reference variants only")
+    if base not in _PROTO and base in CROSS:
+        _PROTO[base], _RAW[base] = load_cross(base)
+    elif base not in _PROTO:
         _PROTO[base] = common.load_pair(base)
         _RAW[base] = common.load_raw_pair(base)
     proto = _PROTO[base]
@@ -119,20 +135,43 @@ def build_pair(spec: str, seed: int) -> HardPair:
         ref = common.reference_variant(raw_ref, proto.reference, variant)
         note += f"; reference: {variant}"
     elif variant in PLATFORM_VARIANTS:
-        thinned, eff = common.simulate_platform(raw_sp, seed=seed, sigma=1.0)
+        mu = PLATFORM_MU[variant.split("+")[0]]
+        thinned, eff = common.simulate_platform(raw_sp, seed=seed, sigma=1.0, mu=mu)
         spa = common.normalize_log1p(thinned)
         sp_raw = thinned.X
         kept = float(thinned.X.sum() / raw_sp.X.sum())
         note += (
-            f"; spatial re-measured: per-gene efficiency min(1, lognormal(0, 1)), seed {seed} "
+            f"; spatial re-measured: per-gene efficiency min(1, lognormal({mu:.2f}, 1)), seed {seed} "
             f"(median {np.median(eff):.2f}, {int((eff < 0.1).sum())} of {len(eff)} genes under "
             f"0.1), binomial thinning ({kept:.0%} of counts kept), normalised on its own"
         )
-        if variant == "platform+quantile":
+        if variant.endswith("+quantile"):
             ref = common.reference_variant(raw_ref, proto.reference, "quantile")
             note += "; reference: quantile"
     pair = Pair(spec, ref, spa, proto.ref_label, proto.sp_label, note)
     return HardPair(pair, sp_raw, note)
+
+
+def load_cross(name: str) -> tuple[Pair, tuple[Any, Any]]:
+    """A real cross-platform pair (:data:`CROSS`): ``(protocol pair, (raw reference, raw spatial))``."""
+    import anndata as ad
+
+    ref_name, sp_name, slice_ = CROSS[name]
+    root = common.data_dir()
+    if root is None:
+        raise FileNotFoundError("shared data folder not found (set NSI_DATA_DIR)")
+    raw_ref = common._strip_reference(ad.read_h5ad(root / ref_name / "spatial.h5ad"))
+    raw_sp = ad.read_h5ad(root / sp_name / "spatial.h5ad")
+    if slice_ is not None:
+        raw_sp = raw_sp[(raw_sp.obs["slice"].astype(str) == slice_).to_numpy()].copy()
+    split = (
+        f"{ref_name} (all cells) reference, {sp_name}"
+        f"{f' {slice_}' if slice_ else ''} spatial: another platform and area"
+    )
+    pair = Pair(
+        name, common.normalize_log1p(raw_ref), common.normalize_log1p(raw_sp), None, None, split
+    )
+    return pair, (raw_ref, raw_sp)
 
 
 # --------------------------------------------------------------------------------------------
@@ -315,9 +354,8 @@ def summarize(genes: pd.DataFrame, folds: pd.DataFrame) -> tuple[pd.DataFrame, p
                     continue
                 a, b = sub["default"].to_numpy(), sub[m].to_numpy()
                 ok = np.isfinite(a) & np.isfinite(b)
-                row[f"default vs {m}"] = (
-                    f"{int((a[ok] > b[ok]).sum())}/{int((a[ok] < b[ok]).sum())}" if ok.any() else ""
-                )
+                hi, lo = int((a[ok] > b[ok]).sum()), int((a[ok] < b[ok]).sum())
+                row[f"default vs {m}"] = f"{hi}/{lo}/{int(ok.sum()) - hi - lo}" if ok.any() else ""
             wins_rows.append(row)
     return out, pd.DataFrame(wins_rows)
 
@@ -335,11 +373,21 @@ def markdown(summary: pd.DataFrame, wins: pd.DataFrame, errors: pd.DataFrame, me
     if len(wins):
         lines += [
             "",
-            "Wins/losses of `default` against each method (genes where default's r is higher / "
-            "lower):",
+            "Wins/losses/ties of `default` against each method (genes where default's r is "
+            "higher / lower / equal, over genes both scored):",
             "",
             common.md_table(wins),
         ]
+    if meta.get("runs"):
+        lines += ["", "Runs (merged into these tables; details in meta.json):", ""]
+        for r in meta["runs"]:
+            a = r.get("args", {})
+            lines.append(
+                f"- {r.get('date_utc')}: methods {' '.join(a.get('methods', []))}; "
+                f"{len(r.get('pairs', {}))} pairs; {r.get('wall_s', 0) / 60:.1f} min on "
+                f"{r.get('logical_cpus')} CPUs ({r.get('cpu')}), load {r.get('loadavg_at_start')}; "
+                f"commit {r.get('git_commit')}, {r.get('source')}"
+            )
     if len(errors):
         lines += ["", "Refusals:", ""]
         for (p, m), g in errors.groupby(["pair", "method"], sort=False):
