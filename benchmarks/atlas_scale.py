@@ -147,8 +147,12 @@ def run(args: argparse.Namespace) -> int:
         ref = ad.read_h5ad(data / "reference.h5ad")
         t1 = time.perf_counter()
         uncertainty = "--no-uncertainty" not in (args.map_args or "")
+        # the map the run chose once for every section (issue 22), made on this section alone
+        method = str(result.uns["spatial_impute"]["params"].get("method", "auto"))
         alone = result_to_anndata(
-            nsi.map_cells_to_space(ref, alone_sp, cluster_key="cell_type", uncertainty=uncertainty)
+            nsi.map_cells_to_space(
+                ref, alone_sp, cluster_key="cell_type", uncertainty=uncertainty, method=method
+            )
         )
         row["single_process_section_s"] = time.perf_counter() - t1
         X = np.asarray(result.X[rows[0] : rows[-1] + 1])

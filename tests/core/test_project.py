@@ -91,10 +91,10 @@ def test_top_mapped_units(result):
     np.testing.assert_array_equal(idx[:, 0], _dense(result.probabilities).argmax(0))
 
 
-def test_the_ensemble_map_is_the_default_and_one_consistent_map(synthetic):
+def test_the_ensemble_map_is_one_consistent_map(synthetic):
     """Issue 15: imputed genes, cluster probabilities and mapped cells come from one map."""
     ref, spa = synthetic
-    result = nsi.map_cells_to_space(ref, spa, cluster_key="cell_type", seed=0)
+    result = nsi.map_cells_to_space(ref, spa, cluster_key="cell_type", seed=0, method="ensemble")
     assert result.params["method"] == "ensemble" and result.params["epochs_done"] == 0
     W = result.neighbours
     assert W is not None and W.shape == (result.spatial.n_obs, result.reference.n_obs)

@@ -253,7 +253,11 @@ def map_cells_to_space(
             "choice_s": t_choice - t_setup,
             "build_s": t_done - t_choice,
             **{f"choice_{n}_s": v for n, v in (choice.seconds if choice else {}).items()},
-            "train_s": built.seconds if built.epochs_done else 0.0,
+            # the map's own parts: setup_s and train_s (Tangram), neighbours_s (ensemble)
+            "setup_s": 0.0,
+            "train_s": 0.0,
+            "neighbours_s": 0.0,
+            **built.timings,
         }
     )
     if uncertainty and mode == "cells":

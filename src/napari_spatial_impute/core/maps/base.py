@@ -51,6 +51,9 @@ class BuiltMap:
         the caller.
     seconds
         Time to build the map.
+    timings
+        Its parts: ``setup_s`` (candidate pairs, engine probe) and ``train_s`` (the epochs) of a
+        Tangram map, ``neighbours_s`` (the searches) of the ensemble.
     """
 
     name: str
@@ -64,6 +67,7 @@ class BuiltMap:
     filter_probabilities: np.ndarray | None = None
     ran: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
+    timings: dict[str, float] = field(default_factory=dict)
 
     def operator(self) -> Operator:
         """Spatial cells x units: ``operator() @ values`` imputes ``values`` (units x genes)."""

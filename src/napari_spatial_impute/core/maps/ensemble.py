@@ -55,4 +55,5 @@ class EnsembleMap:
             n_pairs=int(W.nnz),
             ran={"search": resolve_search(search, n_ref, n_sp)},
             seconds=time.perf_counter() - t0,
+            timings={"neighbours_s": time.perf_counter() - t0},
         )

@@ -177,6 +177,7 @@ class TangramMap:
                 pairs=pairs,
             )
             scores: list[float] = []
+            t_train = time.perf_counter()
             for info in mapper.iterate(s.epochs, cancel=cancel):
                 if callback is not None:
                     callback(info)
@@ -188,6 +189,7 @@ class TangramMap:
                 ):
                     break
         stop_reason = "plateau" if mapper.epochs_done < s.epochs else "epochs"
+        t_done = time.perf_counter()
         mapper.release_optimizer()
         return BuiltMap(
             name=self.name,
@@ -208,4 +210,5 @@ class TangramMap:
                 "search": resolve_search(s.search, n_units, n_sp) if lean else "exact",
             },
             seconds=time.perf_counter() - t0,
+            timings={"setup_s": t_train - t0, "train_s": t_done - t_train},
         )
