@@ -81,7 +81,19 @@ PLATFORM_VARIANTS = ("platform", "platform+quantile", "platform_low", "platform_
 PLATFORM_MU = {"platform": 0.0, "platform_low": float(np.log(0.2))}
 #: real cross-platform pairs: name -> (reference data set, spatial data set, spatial slice)
 CROSS = {"starmap_mpfc>merfish_mop": ("starmap_mpfc", "merfish_mop", "slice1")}
-VARIANTS = (*common.REFERENCE_VARIANTS, *PLATFORM_VARIANTS)
+#: the reference as a portal's cluster-mean matrix: one mean profile (of the protocol's values)
+#: per cell type, as the ISS CA1 reference here is distributed
+PROFILE_VARIANT = "profiles"
+#: the label column of each base pair's reference used for ``profiles``
+PROFILE_LABELS = {
+    "merfish_hypothalamus": "cell_type",
+    "starmap_mpfc": "cluster",
+    "osmfish_sscortex": "ClusterName",
+}
+#: synthetic pairs: one noise-free reference cell per type (tests/_data.make_profile_pair),
+#: where the ensemble averages several types and the Tangram map does not
+SYNTHETIC = {"synthetic_profiles": {"n_types": 16, "per_type": 1, "n_sp": 600, "n_genes": 60}}
+VARIANTS = (*common.REFERENCE_VARIANTS, *PLATFORM_VARIANTS, PROFILE_VARIANT)
 #: the default pairs: the originals, every reference variant of each, the platform variants of
 #: the cell-split pairs (same tissue, same assay: the simulated platform is the only mismatch)
 DEFAULT_PAIRS = (
@@ -90,6 +102,8 @@ DEFAULT_PAIRS = (
     + [f"{b}:{v}" for b in ("starmap_mpfc", "osmfish_sscortex") for v in PLATFORM_VARIANTS[:2]]
     + [f"{b}:platform_low+quantile" for b in ("starmap_mpfc", "osmfish_sscortex")]
     + [p for c in CROSS for p in (c, f"{c}:quantile")]
+    + [f"{b}:{PROFILE_VARIANT}" for b in BASES]
+    + list(SYNTHETIC)
 )
 MAP_METHODS = {"ensemble": "ensemble", "tangram": "tangram", "default": None}
 METHODS = ("ensemble", "tangram", "default", "spage", "knn", "size")
@@ -116,6 +130,8 @@ _PROTO: dict[str, Pair] = {}
 def build_pair(spec: str, seed: int) -> HardPair:
     """The pair named ``spec`` (``BASE`` or ``BASE:VARIANT``, see the module docstring)."""
     base, _, variant = spec.partition(":")
+    if base in SYNTHETIC:
+        return synthetic_pair(base, seed)
     if base not in BASES and base not in CROSS:
         raise ValueError(f"unknown base pair {base!r}; known: {', '.join([*BASES, *CROSS])}")
     if variant and variant not in VARIANTS:
@@ -148,8 +164,36 @@ def build_pair(spec: str, seed: int) -> HardPair:
         if variant.endswith("+quantile"):
             ref = common.reference_variant(raw_ref, proto.reference, "quantile")
             note += "; reference: quantile"
+    elif variant == PROFILE_VARIANT:
+        ref = class_profiles(proto.reference, raw_ref.obs[PROFILE_LABELS[base]])
+        note += f"; reference: {ref.n_obs} class mean profiles ({PROFILE_LABELS[base]})"
     pair = Pair(spec, ref, spa, proto.ref_label, proto.sp_label, note)
     return HardPair(pair, sp_raw, note)
+
+
+def class_profiles(reference: Any, labels: Any) -> Any:
+    """One mean profile per label of ``reference``'s values (cells in ``reference``'s order)."""
+    import anndata as ad
+    import pandas as pd
+    import scipy.sparse as sp
+
+    X = reference.X.toarray() if sp.issparse(reference.X) else np.asarray(reference.X)
+    lab = np.asarray(labels).astype(str)
+    names = sorted(set(lab))
+    M = np.stack([X[lab == n].mean(axis=0) for n in names]).astype(np.float32)
+    obs = pd.DataFrame({"label": names}, index=[f"profile_{n}" for n in names])
+    return ad.AnnData(X=M, obs=obs, var=pd.DataFrame(index=reference.var_names.copy()))
+
+
+def synthetic_pair(name: str, seed: int) -> HardPair:
+    """A :data:`SYNTHETIC` pair, each set normalised by the protocol (raw spatial for size)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from _data import make_profile_pair
+
+    ref, spa = make_profile_pair(**SYNTHETIC[name], seed=seed + 1)
+    note = "synthetic: one noise-free reference cell per type (tests/_data.make_profile_pair)"
+    pair = Pair(name, common.normalize_log1p(ref), common.normalize_log1p(spa), None, None, note)
+    return HardPair(pair, spa.X, note)
 
 
 def load_cross(name: str) -> tuple[Pair, tuple[Any, Any]]:

@@ -198,3 +198,17 @@ def test_cross_validation_does_not_repeat_the_weak_warning_per_fold(merfish_pair
         df = nsi.cross_validate(ref, noise, folds=3, seed=0)
     assert not [w for w in seen if "imputation is weak" in str(w.message)]
     assert np.nanmedian(df["pearson"]) < 0.1  # weak indeed
+
+
+def test_the_best_map_is_chosen_gene_by_gene():
+    """Paired: the median per-gene gain over the ensemble decides; no gain keeps the ensemble."""
+    ens = np.array([0.30, 0.31, 0.32, 0.05, 0.06])
+    # medians equal (0.30 vs 0.30 rounded), but the Tangram map is better on most genes
+    better = ens + np.array([0.01, 0.01, 0.01, -0.2, 0.24])
+    assert choose._best({"ensemble": ens, "tangram": better}, ["ensemble", "tangram"]) == "tangram"
+    worse = ens - 0.01
+    assert choose._best({"ensemble": ens, "tangram": worse}, ["ensemble", "tangram"]) == "ensemble"
+    same = ens.copy()
+    assert choose._best({"ensemble": ens, "tangram": same}, ["ensemble", "tangram"]) == "ensemble"
+    nan = np.full(5, np.nan)
+    assert choose._best({"ensemble": ens, "tangram": nan}, ["ensemble", "tangram"]) == "ensemble"
