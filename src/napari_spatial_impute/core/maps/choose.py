@@ -2,7 +2,7 @@
 
 A quarter of the training genes (seeded) is held out once; every candidate map is built on the
 other training genes (:meth:`~napari_spatial_impute.core.maps.problem.Problem.restrict`, on at
-most :data:`CHOICE_CELLS` spatial cells; a Tangram map to a plateau of :data:`CHOICE_TOL`) and
+most :data:`CHOICE_CELLS` spatial cells; a Tangram map to a plateau of :data:`CHOICE_SLOPE` per epoch) and
 imputes the held-out ones; the map with the larger median per-gene gain in Pearson is made on all
 training genes. Which map imputes best depends on the data: the ensemble averages many similar
 reference cells, which blends types when the reference holds few cells per type (class
@@ -43,11 +43,14 @@ CHOICE_CELLS = 4000
 HELD_SHARE = 0.25
 #: With fewer training genes there is no choice: the ensemble map is made.
 MIN_CHOICE_GENES = 8
-#: The inner maps of the choice stop at a plateau of at least this score gain (over the run's
-#: ``patience``): they train about half the epochs of the default plateau (0.001). Their
-#: held-out medians: MERFISH pair 0.197 vs 0.193 at the default plateau, STARmap split 0.115 vs
-#: 0.122, one-cell-per-type synthetic 0.787 vs 0.785 (measured with benchmarks' pairs).
-CHOICE_TOL = 0.01
+#: The inner maps of the choice stop at a plateau of this score gain per epoch (at least; the run's
+#: own ``tol / patience`` when steeper) over at most :data:`CHOICE_PATIENCE` epochs: a gain under
+#: 0.006 over 30 epochs, where the default run's is 0.001 over 50. Their held-out medians, this
+#: rule vs the default plateau (measured on the pairs of docs/benchmarks.md): MERFISH 0.200 vs
+#: 0.193 after 92 vs 171 epochs, STARmap split 0.115 vs 0.122 (124 vs 234), osmFISH split 0.215
+#: vs 0.211, one-cell-per-type synthetic 0.789 vs 0.785.
+CHOICE_SLOPE = 2e-4
+CHOICE_PATIENCE = 30
 #: Below this inner held-out median Pearson the imputation is called weak.
 WEAK_PEARSON = 0.1
 
@@ -247,9 +250,13 @@ def choose_map(
         held_genes=[genes[i] for i in held],
         n_cells=problem.n_spatial if cells is None else len(cells),
     )
-    tol = problem.settings.tol
+    tol, patience = problem.settings.tol, int(problem.settings.patience)
     if tol:  # a run that asks for every epoch (tol 0) gets every epoch here too
-        settings = dataclasses.replace(problem.settings, tol=max(float(tol), CHOICE_TOL))
+        inner_patience = min(patience, CHOICE_PATIENCE)
+        slope = max(float(tol) / patience, CHOICE_SLOPE)
+        settings = dataclasses.replace(
+            problem.settings, tol=slope * inner_patience, patience=inner_patience
+        )
         inner_problem = dataclasses.replace(problem, settings=settings)
     else:
         inner_problem = problem
