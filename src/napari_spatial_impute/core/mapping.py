@@ -233,6 +233,8 @@ def map_cells_to_space(
     if map_method == "auto":
         choice = choose_map(problem, cancel=cancel)
         map_method = choice.chosen
+        # only the chosen map's inner map is used again (the calibration): free the others
+        choice.folds = {k: v for k, v in choice.folds.items() if k == choice.chosen}
         if choice.weak():
             warnings.warn(choice.weak(), InputWarning, stacklevel=2)
         if choice.chosen != "tangram":
