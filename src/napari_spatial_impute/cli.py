@@ -250,8 +250,7 @@ def _map_summary(result: Any) -> str:
     With ``--method auto`` the first line says which map the held-out training genes chose and
     the figures it chose by. A Tangram map also says how many epochs ran and why training
     stopped (a plateau of the training score, or every epoch), and, when ``--engine auto`` chose
-    the engine, the measured costs it chose by. The last line says what the values are and how
-    cells were compared.
+    the engine, the measured costs it chose by.
     """
     from napari_spatial_impute.core.settings import describe_stop
 
@@ -270,8 +269,6 @@ def _map_summary(result: Any) -> str:
         )
         if params.get("engine_note"):
             lines.append(str(params["engine_note"]))
-    if params.get("values_note"):
-        lines.append(str(params["values_note"]))
     return "\n".join(lines)
 
 
@@ -450,8 +447,9 @@ def cmd_map(args: argparse.Namespace) -> int:
         out = store_out
     print(result.genes.summary())
     print(
-        f"values: reference {result.params['reference_values']}, spatial {result.params['spatial_values']}; "
-        f"transform applied: {result.params['transform']}"
+        result.params.get("values_note")
+        or f"values: reference {result.params['reference_values']}, spatial "
+        f"{result.params['spatial_values']}; transform applied: {result.params['transform']}"
     )
     print(_map_summary(result))
     n_clusters = (

@@ -212,3 +212,20 @@ def test_the_best_map_is_chosen_gene_by_gene():
     assert choose._best({"ensemble": ens, "tangram": same}, ["ensemble", "tangram"]) == "ensemble"
     nan = np.full(5, np.nan)
     assert choose._best({"ensemble": ens, "tangram": nan}, ["ensemble", "tangram"]) == "ensemble"
+
+
+def test_processed_references_are_detected_and_said_in_one_line(merfish_pair):
+    """A log1p'd or z-scored reference is compared as given; raw spatial counts are normalised."""
+    ref, spa = merfish_pair
+    logged = ref.copy()
+    logged.X = logged.X.log1p()
+    r = nsi.map_cells_to_space(logged, spa, method="ensemble", uncertainty=False)
+    line = r.params["values_note"]
+    assert "\n" not in line and line.startswith("values: reference log-transformed, spatial raw")
+    assert "the reference as given and the spatial counts log-normalised" in line
+    scaled = ref.copy()
+    X = np.log1p(scaled.X.toarray())
+    scaled.X = ((X - X.mean(0)) / (X.std(0) + 1e-6)).astype(np.float32)
+    r = nsi.map_cells_to_space(scaled, spa, uncertainty=False)
+    assert r.params["reference_values"] == "scaled (negative values)"
+    assert np.isfinite(project_genes(r, ["Gad1"]).X).all()

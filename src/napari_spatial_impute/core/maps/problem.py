@@ -275,17 +275,23 @@ def prepare_problem(
 
 
 def values_line(problem: Problem) -> str:
-    """One line: what the values of each data set are and how cells are compared."""
+    """One line: what the values of each data set are, the transform, and how cells are compared.
+
+    For example ``values: reference non-integer (normalised), spatial raw counts; transform
+    applied: none; cells compared on the reference as given and the spatial counts
+    log-normalised; imputed in the reference's units``.
+    """
     ref_raw, sp_raw = problem.similarity_raw
     t = problem.settings.transform
+    if t != "none":
+        how = f"cells compared on the {t} values of both"
+    else:
 
-    def one(role: str, kind: str, raw: bool) -> str:
-        if t != "none":
-            return f"{role} {kind} -> {t}"
-        how = "log-normalised to compare cells" if raw else "compared as given"
-        return f"{role} {kind} ({how})"
+        def one(role: str, raw: bool) -> str:
+            return f"the {role} counts log-normalised" if raw else f"the {role} as given"
 
+        how = f"cells compared on {one('reference', ref_raw)} and {one('spatial', sp_raw)}"
     return (
-        f"values: {one('reference', problem.reference_kind, ref_raw)}; "
-        f"{one('spatial', problem.spatial_kind, sp_raw)}; imputed in the reference's units"
+        f"values: reference {problem.reference_kind}, spatial {problem.spatial_kind}; "
+        f"transform applied: {t}; {how}; imputed in the reference's units"
     )
