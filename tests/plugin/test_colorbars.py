@@ -26,6 +26,13 @@ def test_titles_name_the_value_the_kind_and_the_units():
     assert colorbar_title({"kind": "predicted", "value": "cell_type"}) == ""
     assert colorbar_title({}) == ""
     assert value_units({}) == ("reference values as given", "values as given")
+    # transform auto: the raw-count set normalised and log1p'd, the processed one as given
+    auto = {
+        "transform": "auto",
+        "reference_values": "log-transformed",
+        "spatial_values": "raw counts",
+    }
+    assert value_units(auto) == ("reference values as given", "log1p of normalised counts")
 
 
 @pytest.fixture

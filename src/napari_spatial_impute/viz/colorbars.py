@@ -25,8 +25,10 @@ def value_units(params: Mapping[str, Any] | None) -> tuple[str, str]:
         return "log1p of normalised reference counts", "log1p of normalised counts"
     ref = str(params.get("reference_values", ""))
     spa = str(params.get("spatial_values", ""))
-    imputed = "reference counts" if ref == "raw counts" else "reference values as given"
-    measured = "counts" if spa == "raw counts" else "values as given"
+    # transform "auto": each set of raw counts normalised and log1p'd, any other as given
+    counts = "log1p of normalised counts" if transform == "auto" else "counts"
+    imputed = f"reference {counts}" if ref == "raw counts" else "reference values as given"
+    measured = counts if spa == "raw counts" else "values as given"
     return imputed, measured
 
 
