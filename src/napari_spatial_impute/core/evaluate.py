@@ -20,6 +20,7 @@ from napari_spatial_impute.core.metrics import (
     cosine_per_gene,
     gene_folds,
     pearson_per_gene,
+    size_baseline_pearson,
     spearman_per_gene,
 )
 from napari_spatial_impute.core.preprocess import apply_transform, check_transform, dense_columns
@@ -157,8 +158,8 @@ def cross_validate(
         if ref_vals is not None:  # the trivial predictors, on the map's training genes
             train_ref = list(result.genes.training_reference)
             train_sp = list(result.genes.training_spatial)
-            size = size_predict(spatial, train_sp, len(held))
-            base["size_pearson"] = pearson_per_gene(size, measured)
+            given = spatial.X[:, spatial.var_names.get_indexer(train_sp)]
+            base["size_pearson"] = size_baseline_pearson(given, measured)
             knn = knn_predict(
                 dense_columns(ref_vals, train_ref),
                 dense_columns(sp_vals, train_sp),
@@ -186,15 +187,6 @@ def cross_validate(
 
 #: Reference cells averaged by the kNN peer of :func:`cross_validate`.
 KNN_BASELINE_K = 10
-
-
-def size_predict(spatial: ad.AnnData, genes: Sequence[str], n_genes: int) -> np.ndarray:
-    """The size baseline: each spatial cell's total over ``genes`` (values as given), as one
-    ``(n_cells, n_genes)`` float64 prediction (the same column for every held-out gene)."""
-    idx = spatial.var_names.get_indexer(list(genes))
-    X = spatial.X[:, idx]
-    totals = np.asarray(X.sum(axis=1, dtype=np.float64)).ravel()
-    return np.repeat(totals[:, None], n_genes, axis=1)
 
 
 def knn_predict(

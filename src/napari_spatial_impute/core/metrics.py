@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -23,6 +24,18 @@ def pearson_per_gene(pred: np.ndarray, measured: np.ndarray) -> np.ndarray:
     out = np.full(num.shape, np.nan)
     np.divide(num, den, out=out, where=den > 1e-12)
     return out
+
+
+def size_baseline_pearson(training: Any, measured: np.ndarray) -> np.ndarray:
+    """The size baseline: Pearson of each column of ``measured`` with each cell's total over
+    ``training`` (cells x training genes, dense or sparse, the values as given).
+
+    A predictor that knows only how much a cell expresses; an imputation that does not beat it
+    measures cell size more than the map.
+    """
+    totals = np.asarray(training.sum(axis=1, dtype=np.float64)).reshape(-1, 1)
+    m = np.asarray(measured)
+    return pearson_per_gene(np.repeat(totals, m.shape[1], axis=1), m)
 
 
 def spearman_per_gene(pred: np.ndarray, measured: np.ndarray) -> np.ndarray:

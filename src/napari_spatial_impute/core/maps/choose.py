@@ -31,7 +31,11 @@ from napari_spatial_impute.core.engine.mapper import CancelFlag, EpochInfo
 from napari_spatial_impute.core.maps.base import BuiltMap
 from napari_spatial_impute.core.maps.problem import Problem
 from napari_spatial_impute.core.maps.registry import get_map
-from napari_spatial_impute.core.metrics import gene_folds, pearson_per_gene
+from napari_spatial_impute.core.metrics import (
+    gene_folds,
+    pearson_per_gene,
+    size_baseline_pearson,
+)
 
 #: The maps ``method="auto"`` chooses among (cells mode).
 CANDIDATES: tuple[str, ...] = ("ensemble", "tangram")
@@ -106,25 +110,20 @@ def build_inner(
     return InnerFold(list(held), cells, built)
 
 
-def inner_scores(problem: Problem, fold: InnerFold) -> np.ndarray:
-    """Pearson of each held-out gene of ``fold``, imputed by its map, against the measured one."""
-    S, G = problem.similarity()
-    if fold.cells is not None:
-        G = G[fold.cells]
+def inner_scores(fold: InnerFold, S: np.ndarray, G: np.ndarray) -> np.ndarray:
+    """Pearson of each held-out gene of ``fold``, imputed by its map, against the measured one.
+
+    ``S`` and ``G``: the reference cells' and ``fold.cells``' training values as cells are
+    compared (:meth:`Problem.similarity`).
+    """
     pred = np.asarray(fold.built.operator() @ S[:, fold.held], dtype=np.float64)
     return pearson_per_gene(pred, G[:, fold.held])
 
 
-def size_baseline(problem: Problem, held: Sequence[int], cells: np.ndarray | None) -> np.ndarray:
-    """Pearson of each held-out gene with the cell's total over the other training genes."""
-    _, G = problem.similarity()
-    given = problem.G
-    if cells is not None:
-        G, given = G[cells], given[cells]
-    held_set = set(held)
-    train = [i for i in range(given.shape[1]) if i not in held_set]
-    total = given[:, train].sum(axis=1, dtype=np.float64)[:, None]
-    return pearson_per_gene(np.repeat(total, len(held), axis=1), G[:, list(held)])
+def size_baseline(given: np.ndarray, G: np.ndarray, held: Sequence[int]) -> np.ndarray:
+    """Pearson of each held-out gene (``G``, as cells are compared) with the cell's total over
+    the other training genes (``given``, the values as given; same cells)."""
+    return size_baseline_pearson(np.delete(given, list(held), axis=1), G[:, list(held)])
 
 
 def _median(x: np.ndarray) -> float:
@@ -260,6 +259,11 @@ def choose_map(
         inner_problem = dataclasses.replace(problem, settings=settings)
     else:
         inner_problem = problem
+    # the values as cells are compared, once for every candidate and the size baseline
+    S, G = problem.similarity()
+    given = problem.G
+    if cells is not None:
+        G, given = G[cells], given[cells]
     for name in candidates:
         if progress is not None:
             progress(name)
@@ -267,9 +271,9 @@ def choose_map(
         fold = build_inner(inner_problem, name, held, cells, callback=callback, cancel=cancel)
         choice.seconds[name] = time.perf_counter() - t0
         choice.folds[name] = fold
-        choice.per_gene[name] = inner_scores(problem, fold)
+        choice.per_gene[name] = inner_scores(fold, S, G)
         choice.scores[name] = _median(choice.per_gene[name])
-    choice.size_baseline = _median(size_baseline(problem, held, cells))
+    choice.size_baseline = _median(size_baseline(given, G, held))
     choice.chosen = _best(choice.per_gene, list(candidates))
     return choice
 
