@@ -13,6 +13,7 @@ import dataclasses
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import anndata as ad
 import numpy as np
@@ -186,20 +187,15 @@ class Problem:
 
     def density(self) -> tuple[np.ndarray | None, str]:
         """The Tangram map's density prior over this problem's spatial cells."""
-        s = self.settings
-        if isinstance(s.density, str) and s.density == "rna_count_based":
-            spatial: ad.AnnData | np.ndarray = self.spatial
-            if self.cells is not None:
-                X = self.spatial.X[self.cells]
-                spatial = X
-            d, name = density_prior(spatial, "rna_count_based")
-        elif self.cells is not None and not isinstance(s.density, str) and s.density is not None:
-            vec = np.asarray(s.density, dtype=np.float64).ravel()[self.cells]
-            d, name = density_prior(np.empty((len(vec), 0)), vec)
-        else:
-            d, name = density_prior(np.empty((self.n_spatial, 0)), s.density)
+        density = self.settings.density
+        if self.cells is not None and density is not None and not isinstance(density, str):
+            density = np.asarray(density, dtype=np.float64).ravel()[self.cells]
+        values: Any = np.empty((self.n_spatial, 0))  # uniform, none and vectors need the size
+        if isinstance(density, str) and density == "rna_count_based":
+            values = self.spatial.X if self.cells is None else self.spatial.X[self.cells]
+        d, name = density_prior(values, density)
         if self.mode in ("clusters", "constrained") and d is None:
-            d, name = density_prior(np.empty((self.n_spatial, 0)), "uniform")
+            d, name = density_prior(values, "uniform")
         return d, name
 
 
