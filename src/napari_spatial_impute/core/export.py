@@ -17,7 +17,7 @@ Layout of a result (spatial cells x reference genes):
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import anndata as ad
@@ -239,11 +239,13 @@ def _fill_imputed(
     method: str,
     step: int,
     create: Any,
+    check: Callable[[], None] | None = None,
 ) -> None:
     """Impute ``names`` ``step`` genes at a time into arrays made by ``create(group, name)``.
 
     ``X`` and, with intervals, ``layers/interval_<level>_halfwidth`` (same for ``.h5ad`` files
-    through h5py and for SpatialData tables through zarr).
+    through h5py and for SpatialData tables through zarr). ``check`` is called before each chunk
+    (it raises an interrupt received meanwhile).
     """
     X = create(None, "X")
     cal = result.calibration if method == resolve_method(result, "auto") else None
@@ -254,6 +256,8 @@ def _fill_imputed(
         for lv in cal.levels:
             layer_arrays[lv] = create("layers", interval_layer(level_name(lv)))
     for a in range(0, len(names), step):
+        if check is not None:
+            check()
         chunk_names = list(names[a : a + step])
         block = project_genes(result, genes=chunk_names, method=method).X
         X[:, a : a + block.shape[1]] = block
@@ -351,7 +355,7 @@ def write_result_to_store(
     if chunked:
         step = chunk_genes or _chunk_step(n_obs)
 
-        def fill(group: Any) -> None:
+        def fill(group: Any, check: Callable[[], None]) -> None:
             def create(sub: str | None, key: str) -> Any:
                 parent = group if sub is None else group.require_group(sub)
                 shape = (n_obs, len(names))
@@ -359,7 +363,7 @@ def write_result_to_store(
                 arr.attrs.update({"encoding-type": "array", "encoding-version": "0.2.0"})
                 return arr
 
-            _fill_imputed(result, names, method, step, create)
+            _fill_imputed(result, names, method, step, create, check)
 
     write_table(table, store, name, out=out, overwrite=overwrite, fill=fill)
     return table

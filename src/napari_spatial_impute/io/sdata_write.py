@@ -1,21 +1,22 @@
 """Writing a table into a SpatialData store without risking the user's store.
 
 :func:`check_table_target` refuses, before any work, what cannot or must not be written: a
-read-only store, a name taken by another element, a table that exists (unless ``overwrite``), a
-table that exists and was not written by this plugin (never replaced), an ``out`` copy that
-exists. :func:`write_table` then writes the table with spatialdata's own writer into a staging
-store beside the target, renames the finished table folder into ``tables/`` (one atomic rename),
-and refreshes the store's consolidated metadata. Every other file of the store is left as it was.
-With ``out`` the store is first copied to a temporary folder that is renamed to ``out`` at the end.
+read-only store, a name taken by another element, an empty or too long name, a table that exists
+(unless ``overwrite``), a table that exists and was not written by this plugin (never replaced),
+an ``out`` copy that exists (also as a broken link). :func:`write_table` then writes the table as a
+journal (:mod:`~napari_spatial_impute.io.store_journal`): under the store's lock, staged with
+spatialdata's own writer beside the target, renamed into ``tables/`` (one rename), the consolidated
+metadata updated with that table's entries only. Every other file of the store is left as it was,
+and a write that dies at any moment is rolled back or finished by the next open. With ``out`` the
+store is first copied to a temporary folder that is renamed to ``out`` at the end.
 """
 
 from __future__ import annotations
 
-import glob
-import json
 import os
 import re
 import shutil
+import stat
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -24,14 +25,26 @@ from typing import Any
 import anndata as ad
 
 from napari_spatial_impute._errors import CommittedInterrupt, InputError
+from napari_spatial_impute.io import store_journal
 from napari_spatial_impute.io.files import _SignalGuard, check_output_folder
 from napari_spatial_impute.io.schema import UNS_KEY
 from napari_spatial_impute.io.sdata import ELEMENT_GROUPS, is_store
+from napari_spatial_impute.io.store_journal import (
+    Journal,
+    copy_store,
+    is_consolidated,
+    merged_root,
+    recover,
+    store_lock,
+    without_table,
+    write_atomic,
+)
 
 #: spatialdata's rule for element names.
 _NAME = re.compile(r"^(?!__)[A-Za-z0-9_.-]+$")
-#: Called with the staged table's zarr group before the rename (to fill arrays chunk by chunk).
-Filler = Callable[[Any], None]
+#: Called with the staged table's zarr group before the rename (to fill arrays chunk by chunk) and
+#: a function to call between chunks (it raises the Ctrl-C or SIGTERM received meanwhile).
+Filler = Callable[[Any, Callable[[], None]], None]
 
 
 def _table_written_by_us(table_dir: Path) -> bool:
@@ -53,6 +66,17 @@ def check_table_target(
         raise InputError(
             f"store {str(src)!r} is in zarr format 2 (an older spatialdata); re-save it with "
             "spatialdata 0.4+ (sd.read_zarr(old).write(new)) or write the result as .h5ad."
+        )
+    if not name:
+        raise InputError(
+            "table name is empty; give a name (--result-table NAME) or leave the option out for "
+            "the default."
+        )
+    limit = _name_max(src)
+    if len(name.encode()) > limit:
+        raise InputError(
+            f"table name {name[:20] + '...'!r} is {len(name)} characters long; the file system "
+            f"allows at most {limit}: choose a shorter table name (--result-table)."
         )
     if name in (".", "..") or not _NAME.match(name):
         raise InputError(
@@ -81,8 +105,11 @@ def check_table_target(
         dst = Path(out)
         if dst.suffix.lower() != ".zarr":
             raise InputError(f"output store {str(dst)!r} must end in .zarr (or write .h5ad).")
-        if dst.exists():
-            raise InputError(f"output {str(dst)!r} exists; choose a new .zarr path for the copy.")
+        if os.path.lexists(dst):
+            what = "" if dst.exists() else " (a link to a missing path or a link loop)"
+            raise InputError(
+                f"output {str(dst)!r} exists{what}; choose a new .zarr path for the copy."
+            )
         check_output_folder(dst)
         if dst.resolve().is_relative_to(src.resolve()):
             raise InputError(f"output {str(dst)!r} lies inside the input store; choose another.")
@@ -107,43 +134,25 @@ def _check_staging_folder(store: Path) -> None:
             f"the folder holding the store, {str(parent)!r}, is not writable (the results table is "
             "staged beside the store); write to a copy (--out new.zarr) or as .h5ad."
         )
-    if os.stat(parent).st_dev != os.stat(tables.resolve()).st_dev:
+    devices = {os.stat(p).st_dev for p in (parent, store.resolve(), tables.resolve())}
+    if len(devices) > 1:
         raise InputError(
             f"the store's tables are on another file system than {str(parent)!r} (a link or a "
             "mount), where the results table would be staged; write to a copy (--out new.zarr)."
         )
 
 
-def _pid_of(path: Path) -> int | None:
-    parts = path.name.split(".")
-    for part in reversed(parts):
-        if part.isdigit():
-            return int(part)
-    return None
+def _name_max(store: Path) -> int:
+    """The longest file name the store's file system takes (255 where it does not say)."""
+    try:
+        return int(os.pathconf(store, "PC_NAME_MAX"))
+    except (OSError, ValueError, AttributeError):
+        return 255
 
 
-def _recover(target: Path, name: str) -> None:
-    """Clean up after a write that was killed outright (SIGKILL, power loss): an earlier table
-    moved aside and not yet replaced is put back; staging folders and copies are removed."""
-    from napari_spatial_impute.io.files import _pid_alive
-
-    parent = target.resolve().parent
-    for path in sorted(parent.glob(f".{glob.escape(target.name)}.*")):
-        pid = _pid_of(path)
-        if pid is None or (pid != os.getpid() and _pid_alive(pid)):
-            continue  # another run, still going
-        if path.name.startswith(f".{target.name}.{name}.") and path.name.endswith(".old"):
-            dest = target / "tables" / name
-            if not dest.exists():
-                os.rename(path, dest)  # the earlier results table, back where it was
-                continue
-        if path.suffix in (".old", ".stage", ".copy"):
-            _remove(path)
-    if (target / "zarr.json").is_file():
-        _consolidate(target)  # a run killed between the rename and the metadata refresh
-
-
-def _stage_table(table: ad.AnnData, name: str, stage: Path, fill: Filler | None) -> Path:
+def _stage_table(
+    table: ad.AnnData, name: str, stage: Path, fill: Filler | None, check: Callable[[], None]
+) -> Path:
     """Write ``table`` as the only element of a new store at ``stage``; return its folder."""
     import spatialdata as sd
     import zarr
@@ -151,41 +160,53 @@ def _stage_table(table: ad.AnnData, name: str, stage: Path, fill: Filler | None)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         sd.SpatialData(tables={name: table}).write(stage)
-    folder = stage / "tables" / name
-    if fill is not None:
-        fill(zarr.open_group(str(folder), mode="r+"))
+        folder = stage / "tables" / name
+        if fill is not None:
+            fill(zarr.open_group(str(folder), mode="r+", use_consolidated=False), check)
+            zarr.consolidate_metadata(str(stage))  # the staging store is ours: its entries
     return folder
 
 
-def _ensure_tables_group(target: Path) -> None:
-    if not (target / "tables" / "zarr.json").is_file():
-        import zarr
-
-        zarr.open_group(str(target), mode="r+").require_group("tables")
-
-
-def _consolidate(target: Path) -> None:
-    """Refresh the consolidated metadata in the root ``zarr.json`` (when the store has it)."""
-    root = target / "zarr.json"
+def _place(work: Path, name: str, staged: Path, journal: Journal) -> None:
+    """Rename the staged table into ``work/tables/name`` (see the module docs of
+    :mod:`~napari_spatial_impute.io.store_journal`); the store reads at every step."""
+    root = work / "zarr.json"
     before = root.read_bytes()
-    if "consolidated_metadata" not in json.loads(before):
-        return
-    import zarr
+    consolidated = is_consolidated(before)
+    dest = work / "tables" / name
+    made = not (work / "tables" / "zarr.json").is_file()
+    st = os.lstat(staged)
+    journal.save(
+        state="placing",
+        stage_ino=[st.st_dev, st.st_ino],
+        root_before=before.decode() if consolidated else None,
+        made_tables=made,
+    )
+    meta_tmp = journal.at(journal.meta_tmp)
+    assert meta_tmp is not None
+    store_journal.fault_point("placing")
+    if consolidated and os.path.lexists(dest):
+        write_atomic(root, without_table(before, name), meta_tmp)
+        store_journal.fault_point("unlisted")
+    if made:
+        (work / "tables").mkdir(exist_ok=True)
+        shutil.copyfile(staged.parent / "zarr.json", work / "tables" / "zarr.json")
+    if os.path.lexists(dest):
+        os.rename(dest, journal.at(journal.old))  # type: ignore[arg-type]
+        store_journal.fault_point("moved aside")
+    os.rename(staged, dest)
+    store_journal.fault_point("renamed in")
+    if consolidated:
+        stage_root = (staged.parent.parent / "zarr.json").read_bytes()
+        write_atomic(root, merged_root(before, stage_root, name), meta_tmp)
+        store_journal.fault_point("listed")
 
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            zarr.consolidate_metadata(str(target))
-    except BaseException:
-        root.write_bytes(before)
-        raise
 
-
-def _remove(path: Path) -> None:
-    if path.is_dir():
-        shutil.rmtree(path, ignore_errors=True)
-    elif path.exists():
-        path.unlink()
+def _make_writable(store: Path) -> None:
+    """A copy of a read-only store: its root and ``tables`` folders writable by the user."""
+    for folder in (store, store / "tables"):
+        if folder.is_dir() and not folder.is_symlink():
+            os.chmod(folder, os.stat(folder).st_mode | stat.S_IWUSR | stat.S_IXUSR)
 
 
 def write_table(
@@ -217,43 +238,58 @@ def write_table(
     Returns
     -------
     The store written (``store`` or ``out``).
+
+    Raises
+    ------
+    InputError
+        What :func:`check_table_target` refuses, checked again under the store's lock (a second
+        writer of the same name is refused once the first has written).
+    CommittedInterrupt
+        Ctrl-C or SIGTERM arrived after the table was placed: it is complete.
     """
     src = Path(store)
-    _recover(src if out is None else Path(out), name)
-    target = check_table_target(src, name, out=out, overwrite=overwrite)
-    tag = f"{os.getpid()}"
-    staging = target.parent / f".{target.name}.{name}.{tag}.stage"
-    copy = target.parent / f".{target.name}.{tag}.copy" if out is not None else None
-    old = staging.with_suffix(".old")
-    work, dest, placed = target, target / "tables" / name, False
-    with _SignalGuard() as guard:
-        try:
-            if copy is not None:
-                shutil.copytree(src, copy)
-                work = copy
-            folder = _stage_table(table, name, staging, fill)
-            guard.check()
-            _ensure_tables_group(work)
-            guard.deferring = True
-            dest = work / "tables" / name
-            if dest.exists():
-                os.rename(dest, old)
-            os.rename(folder, dest)
-            placed = True
-            _consolidate(work)
-            if copy is not None:
-                os.rename(copy, target)
-        except BaseException:
-            if placed:
-                _remove(dest)  # nothing written
-            if old.exists():
-                os.rename(old, dest)  # the earlier table back in place
-            if copy is not None:
-                _remove(copy)
-            raise
-        finally:
-            _remove(staging)
-            _remove(old)
-    if guard.deferring and guard.received is not None:
+    if not src.is_dir():
+        check_table_target(src, name, out=out, overwrite=overwrite)  # not a store: says so
+    with store_lock(src):
+        if os.access(src.resolve().parent, os.W_OK):
+            recover(src)
+        if out is not None:
+            recover(Path(out))
+        target = check_table_target(src, name, out=out, overwrite=overwrite)
+        with _SignalGuard() as guard:
+            guard.deferring = True  # raised at guard.check(), never inside zarr's event loop
+            journal = Journal.begin(target, name, copy=out is not None)
+            try:
+                work = target
+                if journal.copy is not None:
+                    work = Path(journal.folder) / journal.copy
+                    copy_store(src, work)
+                    _make_writable(work)
+                guard.check()
+                store_journal.fault_point("copied")
+                staged = _stage_table(
+                    table, name, Path(journal.folder) / journal.stage, fill, guard.check
+                )
+                guard.check()
+                store_journal.fault_point("staged")
+                _place(work, name, staged, journal)
+                if out is not None:
+                    _rename_copy(work, target)
+                journal.save(state="committed")
+                store_journal.fault_point("committed")
+            except BaseException:
+                journal.roll_back()
+                raise
+            journal.finish()
+    if guard.received is not None:
         raise CommittedInterrupt(f"interrupted after table {name!r} was written to {str(target)!r}")
     return target
+
+
+def _rename_copy(copy: Path, target: Path) -> None:
+    try:
+        os.rename(copy, target)
+    except OSError:
+        raise InputError(
+            f"output {str(target)!r} appeared while the copy was written; choose a new .zarr path."
+        ) from None
