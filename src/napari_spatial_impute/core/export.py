@@ -341,7 +341,7 @@ def write_result_to_store(
     from napari_spatial_impute.io.schema import RESULT_TABLE
     from napari_spatial_impute.io.sdata_write import check_table_target, write_table
 
-    name = name or RESULT_TABLE
+    name = RESULT_TABLE if name is None else name
     check_table_target(store, name, out=out, overwrite=overwrite)
     names = resolve_reference_genes(result, genes)
     method = resolve_method(result, method)

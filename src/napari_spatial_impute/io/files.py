@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import signal
+import sys
 import tempfile
 import threading
 import warnings
@@ -559,8 +560,10 @@ class _SignalGuard:
 
     The handler records the signal and raises (``KeyboardInterrupt`` or ``SystemExit(128 + n)``);
     a library that catches that exception (h5py reports "Exception ignored" and goes on) cannot hide
-    it, since :meth:`check` raises it again before the rename. During the rename itself signals are
-    only recorded and raised after it (:class:`CommittedInterrupt`): the output is then complete.
+    it, since :meth:`check` raises it again before the rename; the "Exception ignored" report such a
+    library makes of it is not printed (it is raised again, once). With ``deferring`` set signals
+    are only recorded and raised at :meth:`check` (never inside a library's event loop), or after
+    the rename (:class:`CommittedInterrupt`): the output is then complete.
     Only the main thread can own signal handlers; elsewhere the guard does nothing.
     """
 
@@ -570,6 +573,7 @@ class _SignalGuard:
         self.received: int | None = None
         self.deferring = False
         self._old: dict[int, object] = {}
+        self._hook = sys.unraisablehook
 
     def _handler(self, signum: int, frame: object) -> None:
         self.received = signum
@@ -588,7 +592,15 @@ class _SignalGuard:
                 num = getattr(signal, name, None)
                 if num is not None:
                     self._old[num] = signal.signal(num, self._handler)
+            self._hook = sys.unraisablehook
+            sys.unraisablehook = self._unraisable
         return self
+
+    def _unraisable(self, info: Any) -> None:
+        """Drop a library's report of the interrupt this guard raised (it is raised again)."""
+        if self.received is not None and isinstance(info.exc_value, KeyboardInterrupt | SystemExit):
+            return
+        self._hook(info)
 
     def check(self) -> None:
         """Raise the interrupt a library swallowed during the write."""
@@ -598,6 +610,8 @@ class _SignalGuard:
     def __exit__(self, *exc: object) -> None:
         for num, old in self._old.items():
             signal.signal(num, old)  # type: ignore[arg-type]
+        if self._old:
+            sys.unraisablehook = self._hook
 
 
 @contextmanager
