@@ -257,14 +257,14 @@ def write_table(
             recover(Path(out))
         target = check_table_target(src, name, out=out, overwrite=overwrite)
         with _SignalGuard() as guard:
-            guard.deferring = True  # raised at guard.check(), never inside zarr's event loop
             journal = Journal.begin(target, name, copy=out is not None)
             try:
                 work = target
-                if journal.copy is not None:
+                if journal.copy is not None:  # a plain file copy: Ctrl-C stops it at once
                     work = Path(journal.folder) / journal.copy
                     copy_store(src, work)
                     _make_writable(work)
+                guard.deferring = True  # raised at guard.check(), never inside zarr's event loop
                 guard.check()
                 store_journal.fault_point("copied")
                 staged = _stage_table(

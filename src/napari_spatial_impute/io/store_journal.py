@@ -70,7 +70,8 @@ def store_lock(store: Path, wait: bool = True) -> Iterator[bool]:
     """Hold the store's write lock (``flock`` on its folder); yields whether it is held.
 
     ``wait=False`` does not wait for another writer: it yields ``False`` at once.
-    Where ``fcntl`` is missing (Windows) there is no lock and this yields ``True``.
+    Where ``fcntl`` is missing (Windows) or the file system refuses ``flock`` there is no lock
+    and this yields ``True``.
     """
     try:
         import fcntl
@@ -79,6 +80,7 @@ def store_lock(store: Path, wait: bool = True) -> Iterator[bool]:
         return
     fd = os.open(store, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
     try:
+        locked = True
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -86,10 +88,13 @@ def store_lock(store: Path, wait: bool = True) -> Iterator[bool]:
                 yield False
                 return
             fcntl.flock(fd, fcntl.LOCK_EX)  # another write into this store: wait for it
+        except OSError:  # a file system without flock (some network mounts): no lock
+            locked = False
         try:
             yield True
         finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
+            if locked:
+                fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)
 
