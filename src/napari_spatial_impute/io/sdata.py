@@ -13,8 +13,13 @@ AnnData the core takes:
   there, Xenium microns), so it is used only when the annotated element is not in the store; it
   is kept as ``obsm['spatial_table']``.
 * cells whose element has no transformation to the coordinate system are left out (a per-FOV
-  coordinate system shows that FOV's cells); ``obs['fov']`` is added from the region when a table
-  annotates several elements (one per FOV) and has no FOV column of its own.
+  coordinate system shows that FOV's cells), never silently: one warning counts them and names
+  their regions; ``obs['fov']`` is added from the region when a table annotates several elements
+  (one per FOV) and has no FOV column of its own.
+* a damaged or ambiguous store is refused before any mapping work, in one line naming the
+  problem and the fix (:mod:`napari_spatial_impute.io._sdata_checks`): a file of the table or of
+  a labels element that cannot be decoded, repeated instance ids or cell names, ... A store that
+  is read can take its results table back.
 * ``uns['spatialdata']`` records where the cells came from (store, table, coordinate system,
   region/instance keys), for writing results back (:mod:`napari_spatial_impute.io.sdata_write`)
   and for showing the store's images under the cells.
@@ -35,6 +40,7 @@ import numpy as np
 import pandas as pd
 
 from napari_spatial_impute._errors import InputError, InputWarning, first_line
+from napari_spatial_impute.io import _sdata_checks as _checks
 from napari_spatial_impute.io.schema import SDATA_KEY, UNS_KEY
 
 if TYPE_CHECKING:
@@ -139,7 +145,7 @@ def _regions(attrs: dict[str, Any]) -> tuple[str, ...]:
     if region is None:
         return ()
     values = [region] if isinstance(region, str) else list(np.asarray(region).ravel())
-    return tuple(str(v) for v in values)
+    return tuple(dict.fromkeys(str(v) for v in values))  # a region listed twice is one region
 
 
 def _table_info(
@@ -189,14 +195,26 @@ def _stored_tables(sdata: SpatialData) -> list[str]:
     )
 
 
+def _store_path(sdata: SpatialData) -> Path | None:
+    return Path(sdata.path) if sdata.path is not None else None
+
+
 def load_table(sdata: SpatialData, name: str) -> ad.AnnData:
-    """Table ``name``: the one in memory, else read from the store (only that table)."""
+    """Table ``name``: the one in memory, else read from the store (only that table); one line
+    naming the file when the store is damaged."""
     if name in sdata.tables:
         return sdata.tables[name]
     assert sdata.path is not None
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        table = ad.read_zarr(Path(sdata.path) / "tables" / name)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            table = ad.read_zarr(Path(sdata.path) / "tables" / name)
+    except MemoryError:
+        raise
+    except Exception as exc:  # numcodecs/zarr/anndata raise many types for a damaged table
+        raise _checks.unreadable(
+            _store_path(sdata), f"table {name!r}", f"tables/{name}", exc
+        ) from None
     attrs = table.uns.get("spatialdata_attrs")
     if isinstance(attrs, dict) and isinstance(attrs.get("region"), np.ndarray):
         attrs["region"] = attrs["region"].tolist()
@@ -254,7 +272,8 @@ def describe_store(sdata: SpatialData) -> StoreInfo:
             try:
                 infos[name] = _stored_table_info(sdata, name)
             except Exception as exc:  # zarr/anndata raise many types for a broken group
-                raise InputError(
+                what, node = f"table {name!r}", f"tables/{name}"
+                raise _checks.damaged(_store_path(sdata), what, node, exc) or InputError(
                     f"table {name!r} of the store cannot be read ({first_line(exc)}); remove it or "
                     "write it again with spatialdata."
                 ) from None
@@ -429,7 +448,13 @@ def element_xy(sdata: SpatialData, name: str) -> pd.DataFrame:
         return pd.DataFrame({"x": xy[:, 0], "y": xy[:, 1]}, index=element.index)
     model = get_model(element)
     if model in (Labels2DModel, Labels3DModel):
-        return label_centroids(element_levels(element)[0])[["x", "y"]]
+        try:
+            return label_centroids(element_levels(element)[0])[["x", "y"]]
+        except (InputError, MemoryError):
+            raise
+        except Exception as exc:  # a chunk that cannot be decoded: RuntimeError, ValueError...
+            what = f"labels element {name!r}"
+            raise _checks.unreadable(_store_path(sdata), what, f"labels/{name}", exc) from None
     raise InputError(
         f"the table annotates {name!r}, a {getattr(model, '__name__', model)} element; only "
         "labels and shapes (cells) can be mapped."
@@ -474,6 +499,14 @@ def read_spatial(
 ) -> ad.AnnData:
     """Read a store's cell table as spatial data placed in one coordinate system.
 
+    Every problem is found here, before any mapping work, as one line (:class:`InputError`):
+    a damaged table or labels element (naming the file that cannot be decoded), names
+    spatialdata refuses, an instance id repeated within a region or empty, a cell name repeated,
+    a region named by two elements, no cell in the coordinate system. A store that passes can
+    take its results table back (:func:`~napari_spatial_impute.core.export.write_result_to_store`).
+    Cells left out are counted in an :class:`InputWarning` naming why (their region is not
+    placed in the coordinate system, is not one the table annotates, or lacks their id).
+
     Parameters
     ----------
     store
@@ -481,7 +514,7 @@ def read_spatial(
     table
         Table to read; default the store's only table of cells.
     coordinate_system
-        Where cells are placed; default ``global``, else the table's only one.
+        Where cells are placed; default ``global``, else the table's only one (else its first).
 
     Returns
     -------
@@ -503,20 +536,21 @@ def read_spatial(
                 f"table {chosen.name!r} has no obs column {key!r} named by its "
                 "spatialdata_attrs; re-annotate it with TableModel.parse."
             )
-    xy = np.full((t.n_obs, 2), np.nan)
-    in_cs = np.zeros(t.n_obs, dtype=bool)
+    _checks.check_table_names(t, chosen.name)
+    _checks.check_region_names(_store_path(sdata), chosen.regions)
     regions = t.obs[region_key].astype(str).to_numpy()
-    used: list[str] = []
+    systems = {name: element_cs(sdata, name) for name in chosen.regions}
+    kept = _checks.left_out(chosen.name, cs, regions, systems, info.coordinate_systems)
+    _checks.check_cells(t.obs, chosen.name, region_key, instance_key, np.flatnonzero(kept))
+    xy = np.full((t.n_obs, 2), np.nan)
+    rows_of = _rows_by_region(regions)
     for name in chosen.regions:
-        rows = np.flatnonzero(regions == name)
+        rows = rows_of.get(name, np.empty(0, dtype=np.intp))
+        rows = rows[kept[rows]]
         if rows.size == 0:
             continue
-        systems = element_cs(sdata, name)
-        if cs not in systems:
-            if systems:
-                continue  # this element (FOV) is not in the chosen coordinate system
-            xy[rows], in_cs[rows] = _table_xy(t, chosen.name, name, rows), True
-            used.append(name)
+        if not systems[name]:
+            xy[rows] = _table_xy(t, chosen.name, name, rows)
             continue
         cells = element_xy(sdata, name)
         pos = _instance_index(t.obs[instance_key].iloc[rows], cells.index)
@@ -530,10 +564,8 @@ def read_spatial(
         found = pos >= 0
         local = cells[["x", "y"]].to_numpy()[pos[found]]
         xy[rows[found]] = _to_cs(sdata, name, local, cs)
-        in_cs[rows] = True
-        used.append(name)
-    placed = in_cs & np.isfinite(xy).all(axis=1)
-    missing = int((in_cs & ~placed).sum())
+    placed = kept & np.isfinite(xy).all(axis=1)
+    missing = int((kept & ~placed).sum())
     if missing:
         warnings.warn(
             f"{missing} cells of table {chosen.name!r} have no cell in their element; they are "
@@ -541,8 +573,16 @@ def read_spatial(
             InputWarning,
             stacklevel=2,
         )
+    if not placed.any():
+        raise InputError(
+            f"no cell of table {chosen.name!r} has coordinates in coordinate system {cs!r}; "
+            "add the segmentation elements its regions name, or the cells' coordinates."
+        )
+    used = [name for name in chosen.regions if name in rows_of and placed[rows_of[name]].any()]
     fresh = chosen.name not in sdata.tables  # read from disk here: no one else holds it
     adata = t if fresh and placed.all() else t[placed].copy()
+    _checks.whole_ids(adata.obs, instance_key)
+    _checks.check_writable(adata.obs, chosen.name, used, region_key, instance_key)
     if "spatial" in adata.obsm:
         adata.obsm["spatial_table"] = np.asarray(adata.obsm["spatial"])
     adata.obsm["spatial"] = xy[placed]
@@ -557,6 +597,14 @@ def read_spatial(
         "regions": list(used),
     }
     return adata
+
+
+def _rows_by_region(regions: np.ndarray) -> dict[str, np.ndarray]:
+    """Each region's rows (positions), from one pass over the table."""
+    return {
+        str(k): np.asarray(v)
+        for k, v in pd.Series(regions).groupby(regions, sort=False).indices.items()
+    }
 
 
 def _table_xy(t: ad.AnnData, table: str, element: str, rows: np.ndarray) -> np.ndarray:
