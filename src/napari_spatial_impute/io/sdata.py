@@ -78,6 +78,9 @@ def open_store(path: str | os.PathLike[str], role: str = "spatial") -> SpatialDa
             f"{str(p)!r} is not a SpatialData store (a .zarr folder with tables/, labels/, "
             "images/...); give an .h5ad file or a store written by spatialdata (sdata.write)."
         )
+    from napari_spatial_impute.io.store_journal import repair
+
+    repair(p)  # a write into the store that died: rolled back or finished first
     import logging
 
     import spatialdata as sd
