@@ -269,6 +269,25 @@ def _fill_imputed(
 
 
 # --------------------------------------------------------------------------- SpatialData stores
+def _column_names(names: list[str]) -> list[str]:
+    """Column names spatialdata takes (letters, digits, ``_ - .``; not ``__x``, not ``_index``;
+    unique ignoring case): others get ``_`` for each character it refuses (``gene name`` ->
+    ``gene_name``) and a number when that name is taken."""
+    taken: set[str] = set()
+    out = []
+    for name in names:
+        fixed = "".join(c if c.isalnum() or c in "_-." else "_" for c in name) or "column"
+        if fixed.startswith("__") or fixed == "_index":
+            fixed = "v" + fixed
+        candidate, n = fixed, 1
+        while candidate.lower() in taken:
+            n += 1
+            candidate = f"{fixed}_{n}"
+        taken.add(candidate.lower())
+        out.append(candidate)
+    return out
+
+
 def store_table(adata: ad.AnnData) -> ad.AnnData:
     """The result as a table annotating the cells it was read from (same region and instance ids).
 
@@ -293,10 +312,12 @@ def store_table(adata: ad.AnnData) -> ad.AnnData:
     region_key, instance_key = str(src["region_key"]), str(src["instance_key"])
     obs = adata.obs.copy()
     obs[region_key] = pd.Categorical(obs[region_key].astype(str))
+    var = adata.var.copy()
+    var.columns = _column_names([str(c) for c in var.columns])  # the reference's own columns
     table = ad.AnnData(
         X=adata.X,
         obs=obs,
-        var=adata.var.copy(),
+        var=var,
         obsm={k: v for k, v in adata.obsm.items() if k != "measured"},
         layers=dict(adata.layers.items()),
         uns=dict(adata.uns),

@@ -142,6 +142,18 @@ def _check_staging_folder(store: Path) -> None:
         )
 
 
+def check_cluster_column(cluster_key: str | None) -> None:
+    """Refuse, before the mapping, a cluster key whose result columns (``<key>_predicted``) a
+    store's table cannot hold (spatialdata's rule for column names)."""
+    if cluster_key is None or _NAME.match(f"{cluster_key}_predicted"):
+        return
+    raise InputError(
+        f"cluster key {cluster_key!r} would name the result's column {cluster_key + '_predicted'!r}, "
+        "which a SpatialData table cannot hold (letters, digits, '_', '-', '.'); rename that "
+        "reference column (e.g. to cell_type) or write the result as .h5ad (--out result.h5ad)."
+    )
+
+
 def _name_max(store: Path) -> int:
     """The longest file name the store's file system takes (255 where it does not say)."""
     try:
