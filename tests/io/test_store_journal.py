@@ -21,6 +21,8 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from _data import make_store, tree_digest
 from napari_spatial_impute._errors import InputError
@@ -329,3 +331,74 @@ def test_copy_over_a_broken_link_is_refused_before_work(store, kind):
     os.symlink(out if kind == "loop" else path.parent / "missing.zarr", out)
     with pytest.raises(InputError, match="exists .a link to a missing path or a link loop."):
         check_table_target(path, "res", out=out)
+
+
+class _Killed(BaseException):
+    """The process died here (in-process: nothing is rolled back, the disk is left as it is)."""
+
+
+_STEPS = ["staged", "placing", "unlisted", "moved aside", "renamed in", "meta written"]
+_STEPS += ["listed", "tmp written", "committed", "removed old", "removed stage"]
+
+
+@settings(max_examples=12, deadline=None)
+@given(
+    ops=st.lists(
+        st.tuples(
+            st.sampled_from(["x", "x.y", "y"]),
+            st.booleans(),
+            st.one_of(st.none(), st.sampled_from(_STEPS)),
+        ),
+        min_size=1,
+        max_size=3,
+    )
+)
+def test_any_sequence_of_writes_and_deaths_keeps_the_store(template, ops):
+    """Writes of names that share prefixes, replaced or not, each dying at a random step or not:
+    plain spatialdata reads the store after every one, and after the next write's repair the
+    tables are exactly those of the writes that committed."""
+    import shutil
+    import tempfile
+
+    from napari_spatial_impute.io import store_journal
+
+    src, _ = template
+    folder = Path(tempfile.mkdtemp())
+    path = folder / "cells.zarr"
+    shutil.copytree(src, path)
+    model = _tables(path)
+    try:
+        for i, (name, overwrite, dies_at) in enumerate(ops):
+            table = _table(2, 10 + i)
+            new = list(table.var_names)
+            committed = []
+
+            def point(at: str, dies_at=dies_at, committed=committed) -> None:
+                if at == "committed":
+                    committed.append(True)
+                if at == dies_at:
+                    raise _Killed
+
+            original = (store_journal.fault_point, store_journal.Journal.roll_back)
+            store_journal.fault_point = point
+            store_journal.Journal.roll_back = lambda self: None
+            try:
+                write_table(table, path, name, overwrite=overwrite)
+                committed.append(True)
+            except _Killed:
+                pass
+            except InputError as exc:
+                assert name in model and not overwrite and "already has" in str(exc)
+            finally:
+                store_journal.fault_point, store_journal.Journal.roll_back = original
+            seen = _tables(path)  # plain spatialdata, before any repair
+            for got, cols in seen.items():
+                assert cols == model.get(got) or (got == name and cols == new)
+            if committed:
+                model[name] = new
+            assert set(model) - set(seen) <= {name}
+        write_table(_table(2, 99), path, "z")  # the repair, then a last write
+        assert _tables(path) == {**model, "z": list(_table(2, 99).var_names)}
+        assert _hidden(folder) == []
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
