@@ -3,6 +3,8 @@ command line; bad input in one line."""
 
 from __future__ import annotations
 
+import os
+
 import anndata as ad
 import numpy as np
 import pandas as pd
@@ -75,6 +77,18 @@ def test_map_by_batch_writes_each_section_as_mapped_alone(files, tmp_path, capsy
         (["--batch-key", "section", "--scheduler", "tcp://127.0.0.1:9"], "does not answer"),
         (["--batch-key", "section", "--workers", "1", "--memory-limit", "2MB"], "needs about"),
         (["--batch-key", "section", "--memory-limit", "plenty"], "not a size"),
+        (["--batch-key", "section", "--memory-limit", "1e400"], "'1e400' is not a size"),
+        (["--batch-key", "section", "--memory-limit", "inf"], "'inf' is not a size"),
+        (["--batch-key", "section", "--memory-limit", "nan"], "'nan' is not a size"),
+        (
+            ["--batch-key", "section", "--scheduler", "ucx://127.0.0.1:9"],
+            "cannot connect with ucx://; give the scheduler's address with one of",
+        ),
+        (["--batch-key", "section", "--scheduler", "tcp://"], "does not answer"),
+        (
+            ["--batch-key", "section", "--workers", "0", "--memory-limit", "1MB"],
+            "with --workers 0 the batches run in this process",
+        ),
         (["--batch-key", "nope"], "'nope' is not a column"),
         (["--workers", "2"], "give --batch-key"),
         (["--batch-key", "section", "--result-table", "t"], "results go to --out"),
@@ -119,3 +133,68 @@ def test_a_store_maps_by_batch_with_cells_where_the_store_puts_them(tmp_path, ca
     np.testing.assert_allclose(result.obsm["spatial"], cells.obsm["spatial"])
     assert list(result.obs["fov"].astype(str)) == list(cells.obs["fov"].astype(str))
     assert tree_digest(store) == before  # the store is read only
+
+
+@pytest.mark.parametrize("name", ["out.zarr", "out.h5ad"])
+@pytest.mark.parametrize("loop", [False, True], ids=["dangling", "loop"])
+def test_an_output_link_to_nothing_is_refused_before_any_work(
+    files, tmp_path, capsys, monkeypatch, name, loop
+):
+    """``Path.exists`` is False for a dangling link or a loop: refused before the data are read
+    (the rename at the end would fail, or replace the link)."""
+    from napari_spatial_impute.io import files as io_files
+
+    folder, _, _ = files
+    out = tmp_path / name
+    if loop:
+        other = tmp_path / f"other{out.suffix}"
+        out.symlink_to(other)
+        other.symlink_to(out)
+    else:
+        out.symlink_to(tmp_path / "nowhere" / name)
+    target = os.readlink(out)
+    before = sorted(os.listdir(tmp_path))
+
+    def no_reading(*args, **kwargs):
+        raise AssertionError("the data were read")
+
+    monkeypatch.setattr(io_files, "read_h5ad", no_reading)
+    assert main(_args(folder, out, "--workers", "0")) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert err.startswith(f"napari-spatial-impute: error: output {str(out)!r} is a symbolic link")
+    assert os.path.islink(out) and os.readlink(out) == target
+    assert sorted(os.listdir(tmp_path)) == before
+
+
+def test_workers_are_lowered_to_the_batches_and_cores_in_one_line(files, tmp_path, capsys):
+    """--workers 8 for 3 batches starts at most one worker per batch and per core, says so once,
+    and the last line names the workers the run had."""
+    folder, _, _ = files
+    out = tmp_path / "out.h5ad"
+    assert main(_args(folder, out, "--workers", "8", "--method", "ensemble")) == 0
+    cores = os.cpu_count() or 1
+    n = min(3, cores)
+    captured = capsys.readouterr()
+    lowered = [line for line in captured.err.splitlines() if "lowered" in line]
+    assert lowered == [
+        f"napari-spatial-impute: warning: --workers 8 lowered to {n} (at most one per batch and "
+        f"one per core: 3 batches, {cores} core{'s' if cores != 1 else ''})."
+    ]
+    assert f"mapped 3 of 3 batches (240 cells) on {n} worker{'s' if n != 1 else ''} in" in (
+        captured.out
+    )
+
+
+def test_a_zarr_output_prints_no_zarr_notes(files, tmp_path, capsys):
+    """zarr's notes on its future defaults (one per array written) are not shown to users."""
+    import warnings
+
+    folder, _, _ = files
+    out = tmp_path / "out.zarr"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main(_args(folder, out, "--workers", "0", "--method", "ensemble")) == 0
+    shown = capsys.readouterr().err + "\n".join(str(w.message) for w in caught)
+    assert "autosharding" not in shown and "onsolidated metadata" not in shown
+    assert ad.read_zarr(out).n_obs == 240

@@ -336,3 +336,142 @@ def test_a_killed_worker_is_replaced_and_its_batch_written_once(tmp_path, cluste
     rerun_by = run.batches["worker"].iloc[index].rsplit(":", 1)[1]
     assert rerun_by != str(killed["pid"])
     _assert_batches_as_alone(_read(tmp_path / "out.h5ad"), ref, sp, rtol=1e-5, atol=1e-6)
+
+
+#: What differs from run to run whatever the result: times, processes, memory.
+VOLATILE = {"timings", "seconds", "worker", "peak_rss_gib", "client_peak_rss_gib", "workers"}
+
+
+def _stable(value):
+    """``value`` (an ``uns``) without :data:`VOLATILE`."""
+    if isinstance(value, dict):
+        return {k: _stable(v) for k, v in value.items() if k not in VOLATILE}
+    if isinstance(value, pd.DataFrame):
+        return value.drop(columns=[c for c in value.columns if c in VOLATILE])
+    return value
+
+
+def _assert_same(a, b, where="uns", rtol=0.0):
+    """Nested ``uns`` values equal (floats within ``rtol``; 0: exactly)."""
+    if isinstance(a, dict):
+        assert isinstance(b, dict) and sorted(a) == sorted(b), where
+        for key in a:
+            _assert_same(a[key], b[key], f"{where}/{key}", rtol)
+    elif isinstance(a, pd.DataFrame):
+        pd.testing.assert_frame_equal(a, b, obj=where, check_exact=not rtol, rtol=rtol or 1e-5)
+    elif isinstance(a, np.ndarray) and a.dtype.kind == "f":
+        np.testing.assert_allclose(a, b, rtol=rtol, atol=rtol and 1e-6, err_msg=where)
+    elif isinstance(a, np.ndarray):
+        np.testing.assert_array_equal(a, b, err_msg=where)
+    elif isinstance(a, float):
+        assert (np.isnan(a) and np.isnan(b)) or a == pytest.approx(b, rel=rtol, abs=0), where
+    else:
+        assert a == b, where
+
+
+def _assert_same_file(a, b, rtol=0.0):
+    np.testing.assert_allclose(a.X, b.X, rtol=rtol, atol=rtol and 1e-6)
+    assert sorted(a.layers) == sorted(b.layers)
+    for name in a.layers:
+        np.testing.assert_allclose(a.layers[name], b.layers[name], rtol=rtol, atol=rtol and 1e-6)
+    pd.testing.assert_frame_equal(a.obs, b.obs, check_exact=not rtol, rtol=rtol or 1e-5)
+    pd.testing.assert_frame_equal(a.var, b.var, check_exact=not rtol, rtol=rtol or 1e-5)
+    assert sorted(a.obsm) == sorted(b.obsm)
+    for key in a.obsm:
+        _assert_same(np.asarray(a.obsm[key]), np.asarray(b.obsm[key]), f"obsm/{key}", rtol)
+    _assert_same(_stable(a.uns), _stable(b.uns), rtol=rtol)
+
+
+def test_the_file_is_the_same_whatever_order_the_batches_finish_in(tmp_path, monkeypatch):
+    """On a cluster the batches finish in any order: the file (values, per-cell labels and their
+    categories, var, uns with the calibration) is the one the plan's order gives."""
+    from napari_spatial_impute.core import batch_run
+    from napari_spatial_impute.core.batches import plan_batches
+
+    ref, sp = _pair()
+    map_batches(ref, sp, "section", tmp_path / "plan.h5ad", workers=0, **MAP)
+    batches = plan_batches(sp.obs, "section")
+    order = iter([2, 0, 1])
+    real = batch_run.map_batch
+
+    def out_of_order(reference, cells, batch, **options):
+        other = batches[next(order)]
+        return real(reference, sp[other.rows].copy(), other, **options)
+
+    monkeypatch.setattr(batch_run, "map_batch", out_of_order)
+    seen = []
+    map_batches(ref, sp, "section", tmp_path / "late.h5ad", workers=0, progress=seen.append, **MAP)
+    assert [p.name for p in seen] == ["s3", "s1", "s2"]
+    plan, late = _read(tmp_path / "plan.h5ad"), _read(tmp_path / "late.h5ad")
+    _assert_same_file(plan, late)
+    # the reference's cluster order; the union of the batches' reference cells, sorted
+    assert list(late.obs["cell_type_predicted"].cat.categories) == ["T0", "T1", "T2"]
+    units = list(late.obs["mapped_unit"].cat.categories)
+    assert units == sorted(units)
+    assert list(late.uns["spatial_impute"]["batches"]["train_score"].index) == ["s1", "s2", "s3"]
+
+
+def test_output_options_that_cannot_work_are_refused_before_any_work(tmp_path, monkeypatch):
+    """A memory limit that sizes no worker, a scheduler address Dask cannot connect with, and an
+    output link to nothing: refused in one line before any data is read or mapped."""
+    from napari_spatial_impute.core import batch_run
+
+    ref, sp = _pair(n_sp=90, n_ref=60)
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("a batch was mapped")
+
+    monkeypatch.setattr(batch_run, "map_batch", no_work)
+    (tmp_path / "dangling.zarr").symlink_to(tmp_path / "nowhere.zarr")
+    (tmp_path / "loop.h5ad").symlink_to(tmp_path / "loop.h5ad")
+    cases = [
+        ({"workers": 0, "memory_limit": "1MB"}, "o.h5ad", "with --workers 0"),
+        ({"scheduler": "tcp://127.0.0.1:9", "memory_limit": "4GB"}, "o.h5ad", "own workers"),
+        ({"scheduler": "ucx://127.0.0.1:9"}, "o.h5ad", "cannot connect with ucx://"),
+        ({"workers": 1, "memory_limit": float("inf")}, "o.h5ad", "not a size"),
+        ({"workers": 0}, "dangling.zarr", "symbolic link to nothing"),
+        ({"workers": 0}, "loop.h5ad", "symbolic link to nothing"),
+    ]
+    for options, name, match in cases:
+        with pytest.raises(InputError, match=match) as info:
+            map_batches(ref, sp, "section", tmp_path / name, **options, **MAP)
+        assert "\n" not in str(info.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dangling.zarr", "loop.h5ad"]
+    assert os.readlink(tmp_path / "loop.h5ad") == str(tmp_path / "loop.h5ad")
+
+
+def test_workers_are_lowered_to_the_cores_and_the_run_names_those_it_had(tmp_path, monkeypatch):
+    """More workers than cores (or batches) are lowered, warned of once; the local cluster has
+    that many worker processes, and the run records them."""
+    from napari_spatial_impute.core import cluster
+
+    ref, sp = _pair(n_sp=90, n_ref=60)
+    monkeypatch.setattr(os, "cpu_count", lambda: 1)
+    asked = []
+    real = cluster.dask_client
+
+    def spy(workers=None, *args, **kwargs):
+        asked.append(workers)
+        return real(workers, *args, **kwargs)
+
+    monkeypatch.setattr(cluster, "dask_client", spy)
+    with pytest.warns(nsi.InputWarning) as caught:
+        run = map_batches(
+            ref, sp, "section", tmp_path / "out.h5ad", workers=8, method="ensemble", **MAP
+        )
+    lowered = [str(w.message) for w in caught if "lowered" in str(w.message)]
+    assert lowered == [
+        "--workers 8 lowered to 1 (at most one per batch and one per core: 3 batches, 1 core)."
+    ]
+    assert asked == [1] and run.workers == 1
+    assert run.batches["worker"].nunique() == 1
+    assert _read(tmp_path / "out.h5ad").uns["spatial_impute"]["batches"]["workers"] == 1
+
+
+def test_a_cluster_run_writes_what_a_run_here_writes(tmp_path, cluster):
+    """The same input on two worker processes and in this process: the same file (floats within
+    rounding: torch runs on one thread in a worker)."""
+    ref, sp = _pair()
+    map_batches(ref, sp, "section", tmp_path / "here.zarr", workers=0, **MAP)
+    map_batches(ref, sp, "section", tmp_path / "dask.zarr", scheduler=cluster, **MAP)
+    _assert_same_file(_read(tmp_path / "here.zarr"), _read(tmp_path / "dask.zarr"), rtol=1e-4)

@@ -1,8 +1,9 @@
 """Map a whole atlas batch by batch and write one result file as the batches finish.
 
 :func:`map_batches` is the notebook verb (the CLI's ``map --batch-key`` and the Map widget run
-it too). Before any work it checks the settings, the reference, the batch key, the genes to
-impute and whether the largest batch fits a worker. Batches then run in this process
+it too). Before any work it checks the settings, the output, the cluster options
+(:func:`~napari_spatial_impute.core.cluster.check_cluster_options`), the reference, the batch
+key, the genes to impute and whether the largest batch fits a worker. Batches then run in this process
 (``workers=0``) or on Dask (:mod:`~napari_spatial_impute.core.cluster`): a ``LocalCluster`` of
 ``workers`` processes, or a running cluster (``scheduler``). The client reads each batch's
 cells from the spatial file when it submits the batch (a backed ``.h5ad`` is never read whole),
@@ -13,8 +14,11 @@ before any batch is submitted, on a seeded sample of cells drawn across the batc
 (:func:`choose_once`), and every batch makes that map: every section of an atlas uses the same
 map, and the file records the choice and its sample. A worker that dies mid-batch is replaced and its batch run
 again (Dask reschedules it; a batch that kills ``allowed-failures`` workers stops the run with
-what it needs); every batch is written exactly once. The output appears only when every batch
-is done (a temporary file renamed at the end); an earlier output is never touched before that.
+what it needs); every batch is written exactly once. The file does not depend on the order the
+batches finish in (:class:`_Collector`): its ``uns``, ``var`` and the categories of the per-cell
+labels follow the batches' plan order, whatever the number of workers.
+The output appears only when every batch is done (a temporary file renamed at the end); an
+earlier output is never touched before that.
 """
 
 from __future__ import annotations
@@ -341,13 +345,18 @@ def map_batches(
         As in :func:`~napari_spatial_impute.result_to_anndata`.
     workers
         ``0``: run the batches one after another in this process. ``N``: a Dask ``LocalCluster``
-        of N single-threaded worker processes (``None``: one per core, at most one per batch).
+        of N single-threaded worker processes, at most one per batch and one per core
+        (``os.cpu_count()``; a lower number than asked is warned of in one line,
+        :class:`~napari_spatial_impute.InputWarning`); ``None``: one per core, at most one per
+        batch. :attr:`BatchRun.workers` is the number of worker processes the run had.
     scheduler
-        Address of a running Dask scheduler (``"tcp://host:8786"``) or a ``distributed.Client``;
-        its workers must be able to import this package.
+        Address of a running Dask scheduler (``"tcp://host:8786"``, a scheme Dask can connect
+        with here: :func:`~napari_spatial_impute.core.cluster.check_scheduler`) or a
+        ``distributed.Client``; its workers must be able to import this package.
     memory_limit
         Memory per worker of the local cluster (``"4GB"``; default: Dask's share of the RAM).
-        A limit below what the largest batch needs is refused before any work.
+        A limit below what the largest batch needs is refused before any work, and so is a limit
+        with ``workers=0`` or a ``scheduler`` (it would size no worker).
     retries
         Times a batch whose task raised is run again (worker deaths are retried by Dask).
     progress
@@ -366,9 +375,10 @@ def map_batches(
     -------
     A :class:`BatchRun`.
     """
+    from napari_spatial_impute.core.cluster import check_cluster_options, local_workers
     from napari_spatial_impute.core.genes import match_genes, resolve_gene_names
     from napari_spatial_impute.core.settings import resolve_map_method
-    from napari_spatial_impute.io.batch_out import is_zarr_path
+    from napari_spatial_impute.io.batch_out import is_zarr_path, refuse_dangling_link
     from napari_spatial_impute.io.files import (
         atomic_output,
         check_output_folder,
@@ -387,8 +397,10 @@ def map_batches(
     if not zarr_out and out.suffix.lower() != ".h5ad":
         raise InputError(f"output {str(out)!r} must end in .h5ad or .zarr.")
     check_output_folder(out, "choose another output")
-    if zarr_out and out.exists():
+    refuse_dangling_link(out, "choose another output")
+    if zarr_out and os.path.lexists(out):
         raise InputError(f"output {str(out)!r} exists; choose another name or remove it.")
+    check_cluster_options(workers, scheduler, memory_limit)
     validate_adata(reference, "reference")
     source = SpatialSource(spatial)
     if source.path is not None and out.exists() and os.path.samefile(out, source.path):
@@ -416,6 +428,11 @@ def map_batches(
     n_train = len(shared)
     largest = max(batches, key=lambda b: b.n_cells)
     need = batch_needs(reference, largest.n_cells, len(names), n_train)
+    in_process = workers == 0 and scheduler is None
+    if not in_process and scheduler is None:
+        workers, lowered = local_workers(workers, len(batches))
+        if lowered:
+            warnings.warn(lowered, InputWarning, stacklevel=2)
 
     options: dict[str, Any] = {
         "map_kwargs": dict(map_kwargs),
@@ -442,7 +459,6 @@ def map_batches(
     notes: list[tuple[str, str]] = []
     collector = _Collector(source, names)
     n_workers = 1
-    in_process = workers == 0 and scheduler is None
     if in_process:
         import torch
 
@@ -581,8 +597,11 @@ def _run_dask(
     largest: Batch,
     before: Callable[[], None] = lambda: None,
 ) -> int:
-    """Run the batches on a Dask cluster; returns the number of workers.
+    """Run the batches on a Dask cluster; returns the number of its worker processes (those of
+    a running ``scheduler``'s cluster: at most one per batch).
 
+    ``workers`` is the size of the local cluster
+    (:func:`~napari_spatial_impute.core.cluster.local_workers`).
     ``before`` runs once the cluster answers and its memory is checked, before any batch is
     submitted (the choice of the map).
     """
@@ -590,26 +609,22 @@ def _run_dask(
     from distributed.scheduler import KilledWorker
 
     from napari_spatial_impute.core.cluster import (
+        count_workers,
         dask_client,
-        default_workers,
         parse_memory,
         worker_memory_limits,
     )
 
     limit = parse_memory(memory_limit)
-    if scheduler is None:
-        n = default_workers(len(batches)) if workers is None else int(workers)
-        if n < 1:
-            raise InputError(f"workers must be 0 (this process) or more, got {workers}.")
-        if limit is not None:
-            _check_memory(need, limit, largest, "--memory-limit gives each worker")
+    if scheduler is None and limit is not None:
+        _check_memory(need, limit, largest, "--memory-limit gives each worker")
     done: set[int] = set()
     run_id = uuid.uuid4().hex[:8]
-    with dask_client(n if scheduler is None else None, limit, scheduler) as client:
+    with dask_client(workers if scheduler is None else None, limit, scheduler) as client:
         limits = [x for x in worker_memory_limits(client) if x > 0]
         if limits:
             _check_memory(need, min(limits), largest, "a worker of the cluster has")
-        n_workers = max(1, len(client.scheduler_info().get("workers", {})))
+        n_workers = max(1, min(count_workers(client), len(batches)))
         before()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "large object in the task graph": the batch's cells
@@ -666,17 +681,26 @@ def _run_dask(
 
 
 class _Collector:
-    """The small per-cell and per-gene parts of the result, gathered batch by batch."""
+    """The small per-cell and per-gene parts of the result, gathered batch by batch.
+
+    What it gives does not depend on the order the batches arrive in (on a cluster, the order
+    they finish): the run's ``var`` and ``uns`` start from the first mapped batch of the plan,
+    per-batch tables are in plan order, and a categorical column's categories are those of every
+    batch when all have the same (the reference's cluster order), else their union, sorted.
+    """
 
     def __init__(self, source: SpatialSource, genes: list[str]) -> None:
         self.source = source
         self.n = source.adata.n_obs
         self.genes = genes
+        #: Per-cell values; for a categorical column, each cell's code among its batch's categories.
         self.columns: dict[str, np.ndarray] = {}
-        self.categories: dict[str, list[str]] = {}
-        self.var_frame: pd.DataFrame | None = None
-        self.per_gene: dict[str, pd.DataFrame] = {}
-        self.infos: dict[str, dict[str, Any]] = {}
+        #: Categorical column -> batch index -> that batch's categories.
+        self.categories: dict[str, dict[int, list[str]]] = {}
+        self.rows: dict[int, np.ndarray] = {}
+        self.names: dict[int, str] = {}
+        self.per_gene: dict[int, pd.DataFrame] = {}
+        self.infos: dict[int, dict[str, Any]] = {}
 
     def add(self, output: BatchOutput) -> None:
         if output.status != "mapped" or output.obs is None:
@@ -684,48 +708,56 @@ class _Collector:
         rows = output.rows
         for name, col in output.obs.items():
             if isinstance(col.dtype, pd.CategoricalDtype):
-                cats = self.categories.setdefault(str(name), [])
-                known = {c: i for i, c in enumerate(cats)}
-                for c in col.cat.categories:
-                    if str(c) not in known:
-                        known[str(c)] = len(cats)
-                        cats.append(str(c))
-                lookup = np.asarray([known[str(c)] for c in col.cat.categories], dtype=np.int64)
-                codes = np.where(
-                    col.cat.codes.to_numpy() >= 0, lookup[col.cat.codes.to_numpy()], -1
-                )
+                cats = self.categories.setdefault(str(name), {})
+                cats[output.index] = [str(c) for c in col.cat.categories]
                 target = self.columns.setdefault(str(name), np.full(self.n, -1, dtype=np.int64))
-                target[rows] = codes
+                target[rows] = col.cat.codes.to_numpy()
             else:
                 values = col.to_numpy()
                 if str(name) not in self.columns:
                     fill = np.nan if values.dtype.kind == "f" else -1
                     self.columns[str(name)] = np.full(self.n, fill, dtype=values.dtype)
                 self.columns[str(name)][rows] = values
-        if self.var_frame is None and output.var is not None:
-            self.var_frame = output.var.copy()
+        self.rows[output.index] = rows
+        self.names[output.index] = output.name
         if output.var is not None:
-            self.per_gene[output.name] = output.var
-        self.infos[output.name] = output.info
+            self.per_gene[output.index] = output.var
+        self.infos[output.index] = output.info
+
+    def _categorical(self, name: str) -> pd.Categorical:
+        """A categorical column over all cells, its categories in a fixed order."""
+        per_batch = self.categories[name]
+        lists = [per_batch[i] for i in sorted(per_batch)]
+        same = all(cats == lists[0] for cats in lists)
+        categories = lists[0] if same else sorted(set().union(*lists))
+        position = {c: i for i, c in enumerate(categories)}
+        local = self.columns[name]
+        codes = np.full(self.n, -1, dtype=np.int64)
+        for index, cats in per_batch.items():
+            rows = self.rows[index]
+            if not cats:
+                continue
+            lookup = np.asarray([position[c] for c in cats], dtype=np.int64)
+            batch_codes = local[rows]
+            codes[rows] = np.where(batch_codes >= 0, lookup[np.maximum(batch_codes, 0)], -1)
+        return pd.Categorical.from_codes(codes, categories=pd.Index(categories))  # type: ignore[arg-type]
 
     def obs(self) -> pd.DataFrame:
         obs = self.source.obs.copy()
         for name, values in self.columns.items():
-            if name in self.categories:
-                obs[name] = pd.Categorical.from_codes(
-                    values,  # type: ignore[arg-type]
-                    categories=pd.Index(self.categories[name]),
-                )
-            else:
-                obs[name] = values
+            obs[name] = self._categorical(name) if name in self.categories else values
         return obs
 
+    def _frames(self) -> list[pd.DataFrame]:
+        """Each mapped batch's ``var``, in plan order."""
+        return [self.per_gene[i] for i in sorted(self.per_gene)]
+
     def var(self) -> pd.DataFrame:
-        """The first mapped batch's ``var``; per-batch scores as their median over the batches,
-        ``is_training`` when the gene trained any batch (each batch's values: :meth:`per_batch`)."""
-        assert self.var_frame is not None
-        var = self.var_frame.copy()
-        frames = list(self.per_gene.values())
+        """The first mapped batch's ``var`` (in plan order); per-batch scores as their median over
+        the batches, ``is_training`` when the gene trained any batch (each batch's values:
+        :meth:`per_batch`)."""
+        frames = self._frames()
+        var = frames[0].copy()
         var["is_training"] = np.any([f["is_training"].to_numpy(bool) for f in frames], axis=0)
         for col in PER_BATCH_VAR:
             if col in var:
@@ -736,12 +768,13 @@ class _Collector:
         return var
 
     def per_batch(self) -> dict[str, pd.DataFrame]:
-        """Batches x genes of each per-batch ``var`` column."""
+        """Batches (plan order) x genes of each per-batch ``var`` column."""
         out = {}
+        order = sorted(self.per_gene)
         for col in PER_BATCH_VAR:
-            if all(col in f for f in self.per_gene.values()):
+            if all(col in self.per_gene[i] for i in order):
                 out[col] = pd.DataFrame(
-                    {name: f[col].to_numpy(np.float64) for name, f in self.per_gene.items()},
+                    {self.names[i]: self.per_gene[i][col].to_numpy(np.float64) for i in order},
                     index=pd.Index(self.genes, name="gene"),
                 ).T
         return out
@@ -757,7 +790,7 @@ class _Collector:
     ) -> dict[str, Any]:
         from napari_spatial_impute.io.schema import UNS_KEY
 
-        first = next(iter(self.infos.values()))
+        first = self.infos[min(self.infos)]  # the first mapped batch of the plan
         info = {k: v for k, v in first.items() if k not in ("timings",)}
         mapped = table[table["status"] == "mapped"]
         info["training_score"] = float(np.nanmean(mapped["training_score"].to_numpy()))
@@ -771,7 +804,7 @@ class _Collector:
             "table": table.reset_index().astype({"reason": str, "worker": str}),
             "workers": int(n_workers),
             "client_peak_rss_gib": peak_rss_gib(),
-            "runs": {str(i): self.infos[name] for i, name in enumerate(mapped.index)},
+            "runs": {str(i): self.infos[int(b)] for i, b in enumerate(mapped["index"])},
             **self.per_batch(),
         }
         if extra:

@@ -2,15 +2,20 @@
 
 The same code path serves both (:func:`dask_client`): a batch is submitted to the client with its
 cells, the reference is scattered to every worker once, and results come back as they finish.
-Dask and distributed are imported only when a cluster is asked for.
+The options are checked before any work (:func:`check_cluster_options`): a memory limit that is a
+finite size and sizes some worker, a scheduler address whose scheme Dask can connect with here
+(:func:`check_scheduler`); a local cluster has at most one worker per batch and per core
+(:func:`local_workers`). Dask and distributed are imported only when a cluster is asked for.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from numbers import Integral
 from typing import Any
 
 from napari_spatial_impute._errors import InputError, first_line
@@ -20,14 +25,25 @@ CONNECT_TIMEOUT_S = 10
 
 
 def parse_memory(value: str | int | float | None) -> int | None:
-    """``"4GB"``, ``"3.5 GiB"``, ``4e9`` -> bytes; ``None``/``"auto"`` -> ``None`` (Dask's share)."""
+    """``"4GB"``, ``"3.5 GiB"``, ``4e9`` -> bytes; ``None``/``"auto"`` -> ``None`` (Dask's share).
+
+    Anything else is an :class:`InputError` (one line): text that is not a size, a size that is
+    not finite (``1e400``, ``inf``, ``nan``) and a size that is not positive.
+    """
     if value is None or (isinstance(value, str) and value.strip().lower() in ("", "auto")):
         return None
     from dask.utils import parse_bytes
 
     try:
-        n = int(parse_bytes(value)) if isinstance(value, str) else int(value)
-    except (ValueError, TypeError):
+        if isinstance(value, bool):
+            raise TypeError(value)
+        if isinstance(value, str):
+            n = int(parse_bytes(value))
+        elif not math.isfinite(float(value)):
+            raise ValueError(value)
+        else:
+            n = int(value)
+    except (ValueError, TypeError, OverflowError):  # OverflowError: 1e400 is infinite
         raise InputError(
             f"memory limit {value!r} is not a size; write it as e.g. 4GB, 3.5GiB or 500MB."
         ) from None
@@ -36,9 +52,89 @@ def parse_memory(value: str | int | float | None) -> int | None:
     return n
 
 
-def default_workers(n_batches: int) -> int:
-    """Workers of a local cluster when none are asked for: one per core, at most one per batch."""
-    return max(1, min(os.cpu_count() or 1, n_batches))
+def check_cluster_options(
+    workers: int | None, scheduler: Any = None, memory_limit: str | int | float | None = None
+) -> None:
+    """Refuse, before any work, cluster options that cannot work or would be ignored.
+
+    ``workers`` must be a whole number, 0 or more (0: the batches run in this process, ``None``:
+    one per core); a memory limit sizes the workers of a local cluster, so it is refused with
+    ``workers=0`` and with a ``scheduler`` (whose cluster has its own workers); a scheduler
+    address must use a scheme that Dask can connect with here (:func:`check_scheduler`).
+    """
+    limit = parse_memory(memory_limit)
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, Integral)):
+        raise InputError(f"--workers must be a whole number (0: this process), got {workers!r}.")
+    if workers is not None and workers < 0:
+        raise InputError(f"--workers must be 0 (this process) or more, got {workers}.")
+    if scheduler is not None:
+        check_scheduler(scheduler)
+        if limit is not None:
+            raise InputError(
+                "--memory-limit sizes the workers of a local cluster; a --scheduler's cluster "
+                "has its own workers: leave out --memory-limit."
+            )
+    elif workers == 0 and limit is not None:
+        raise InputError(
+            "--memory-limit sizes the workers of a local cluster; with --workers 0 the batches "
+            "run in this process: leave out --memory-limit, or give --workers 1 or more."
+        )
+
+
+def scheduler_schemes() -> list[str]:
+    """The address schemes (``tcp``, ``tls``, ...) this machine's ``distributed`` can connect
+    with: those of its comm registry (and plugins) whose connector can be made (``ucx``, left
+    registered after its removal, cannot)."""
+    from importlib.metadata import entry_points
+
+    from distributed.comm.registry import backends, get_backend
+
+    names = set(backends) | {ep.name for ep in entry_points(group="distributed.comm.backends")}
+    usable = []
+    for name in sorted(names):
+        try:
+            get_backend(name).get_connector()
+        except Exception:  # a backend that cannot connect (removed, or its library missing)
+            continue
+        usable.append(name)
+    return usable
+
+
+def check_scheduler(scheduler: Any) -> None:
+    """Refuse a scheduler address whose scheme Dask cannot connect with here (one line naming
+    the schemes it can); a ``distributed.Client`` is taken as it is."""
+    if not isinstance(scheduler, str):
+        return
+    import dask
+
+    text = scheduler.strip()
+    scheme = (
+        text.split("://", 1)[0].lower()
+        if "://" in text
+        else str(dask.config.get("distributed.comm.default-scheme", "tcp"))
+    )
+    schemes = scheduler_schemes()
+    if scheme not in schemes:
+        names = ", ".join(f"{s}://" for s in schemes)
+        raise InputError(
+            f"--scheduler {scheduler!r}: Dask here cannot connect with {scheme}://; give the "
+            f"scheduler's address with one of {names} (e.g. tcp://host:8786)."
+        )
+
+
+def local_workers(asked: int | None, n_batches: int) -> tuple[int, str]:
+    """Worker processes of a local cluster for ``n_batches`` batches: ``asked`` (``None``: one per
+    core), at most one per batch and one per core (``os.cpu_count()``); with the one-line note
+    that says so when that is fewer than asked (``""`` otherwise)."""
+    cores = os.cpu_count() or 1
+    n = max(1, min(cores, n_batches) if asked is None else min(int(asked), cores, n_batches))
+    if asked is None or n >= asked:
+        return n, ""
+    return n, (
+        f"--workers {asked} lowered to {n} (at most one per batch and one per core: "
+        f"{n_batches} batch{'es' if n_batches != 1 else ''}, {cores} "
+        f"core{'s' if cores != 1 else ''})."
+    )
 
 
 @contextmanager
@@ -50,8 +146,9 @@ def dask_client(
     """A ``distributed.Client``: on ``scheduler`` (an address or a Client), else on a new
     ``LocalCluster`` of ``workers`` single-threaded processes with ``memory_limit`` bytes each.
 
-    A scheduler that does not answer within :data:`CONNECT_TIMEOUT_S` seconds is an
-    :class:`InputError` (one line, before any work).
+    A scheduler that does not answer within :data:`CONNECT_TIMEOUT_S` seconds, or whose address
+    cannot be connected to (a bad host, port or scheme), is an :class:`InputError` (one line,
+    before any work).
     """
     from distributed import Client, LocalCluster
 
@@ -59,9 +156,10 @@ def dask_client(
         yield scheduler  # a Client the caller owns
         return
     if scheduler is not None:
+        check_scheduler(scheduler)
         try:
             client = Client(scheduler, timeout=f"{CONNECT_TIMEOUT_S}s")
-        except (OSError, TimeoutError, ValueError) as exc:
+        except (OSError, TimeoutError, ValueError, TypeError, FutureWarning) as exc:
             raise InputError(
                 f"the Dask scheduler {scheduler!r} does not answer ({first_line(exc)}); start it "
                 "(dask scheduler, then dask worker ADDRESS) or leave out --scheduler to run a "
@@ -92,10 +190,21 @@ def dask_client(
 
 def worker_memory_limits(client: Any) -> list[int]:
     """Each worker's memory limit in bytes (0: none)."""
+    return [int(w.get("memory_limit") or 0) for w in _workers(client).values()]
+
+
+def count_workers(client: Any) -> int:
+    """Worker processes of the client's cluster, all of them (``scheduler_info`` lists at most
+    five unless asked for all)."""
+    return len(_workers(client))
+
+
+def _workers(client: Any) -> dict[str, Any]:
     info = (
         client.scheduler_info(n_workers=-1) if _takes_n_workers(client) else client.scheduler_info()
     )
-    return [int(w.get("memory_limit") or 0) for w in info.get("workers", {}).values()]
+    workers: dict[str, Any] = info.get("workers", {})
+    return workers
 
 
 def _takes_n_workers(client: Any) -> bool:

@@ -7,7 +7,9 @@ first batch that maps creates ``X``, the interval layers and the per-cell ``obsm
 (DataFrames as one array per column); each batch then writes its rows (runs of consecutive rows,
 one run when the file is ordered by batch); :meth:`BatchResultWriter.finish` writes ``obs``,
 ``var`` and ``uns``, which are small. Rows of skipped batches stay NaN (``-1`` for indices).
-The file is ordinary: ``anndata.read_h5ad`` / ``read_zarr`` read it.
+The file is ordinary: ``anndata.read_h5ad`` / ``read_zarr`` read it. zarr's notes on its future
+defaults (autosharding, consolidated metadata), one per array written, are silenced here, where
+the store is written, and nowhere else.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
+from napari_spatial_impute._errors import InputError
+
 #: Rows per chunk of the written arrays.
 CHUNK_ROWS = 8192
 #: Columns per chunk of the gene arrays (``X``, layers).
@@ -32,6 +36,17 @@ CHUNK_GENES = 256
 def is_zarr_path(path: str | os.PathLike[str]) -> bool:
     """Whether ``path`` names a ``.zarr`` output."""
     return str(path).lower().rstrip("/").endswith(".zarr")
+
+
+def refuse_dangling_link(path: str | os.PathLike[str], fix: str) -> None:
+    """Refuse an output that is a symbolic link to nothing (dangling, or a loop), before any work:
+    ``Path.exists`` is False for it, and the result renamed onto it at the end would fail (a
+    ``.zarr``) or replace the link (an ``.h5ad``)."""
+    if os.path.islink(path) and not os.path.exists(path):
+        raise InputError(
+            f"output {str(path)!r} is a symbolic link to nothing (dangling, or a loop); remove "
+            f"it or {fix}."
+        )
 
 
 class BatchResultWriter:
@@ -69,7 +84,7 @@ class BatchResultWriter:
         if zarr:
             import zarr as zarr_mod
 
-            with ad.settings.override(zarr_write_format=3):
+            with ad.settings.override(zarr_write_format=3), _quiet():
                 skeleton.write_zarr(self.path)
             self._root: Any = zarr_mod.open_group(self.path, mode="r+", use_consolidated=False)
         else:
@@ -110,7 +125,8 @@ class BatchResultWriter:
         from anndata.io import write_elem
 
         index = pd.Index(self._obs_names(), name=None)
-        write_elem(self._root, f"obsm/{key}", pd.DataFrame(index=index))
+        with _quiet():
+            write_elem(self._root, f"obsm/{key}", pd.DataFrame(index=index))
         group = self._root[f"obsm/{key}"]
         group.attrs["column-order"] = list(columns)
         fill = np.nan if np.dtype(dtype).kind == "f" else -1
@@ -180,9 +196,10 @@ class BatchResultWriter:
 
         if not self._arrays:  # nothing mapped: the caller refuses before this
             raise RuntimeError("no batch was mapped")
-        write_elem(self._root, "obs", obs)
-        write_elem(self._root, "var", var)
-        write_elem(self._root, "uns", uns)
+        with _quiet():
+            write_elem(self._root, "obs", obs)
+            write_elem(self._root, "var", var)
+            write_elem(self._root, "uns", uns)
         self.close()
         if self.zarr:
             import zarr as zarr_mod
@@ -197,11 +214,20 @@ class BatchResultWriter:
         self._root = None
 
 
+#: zarr's notes on its future defaults, one per array (anndata's) or store (zarr's) written:
+#: not for users (``UserWarning`` and zarr's ``ZarrUserWarning``, a subclass).
+ZARR_NOTES = (
+    "zarr v3 autosharding will be the default",
+    "Consolidated metadata is currently not part",
+)
+
+
 @contextmanager
 def _quiet() -> Iterator[None]:
-    """zarr's notes on its future defaults (sharding, consolidated metadata), not for users."""
+    """Silence :data:`ZARR_NOTES`, and only those, while the store is written."""
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*(autosharding|[Cc]onsolidated metadata).*")
+        for note in ZARR_NOTES:
+            warnings.filterwarnings("ignore", message=note, category=UserWarning)
         yield
 
 
