@@ -237,7 +237,7 @@ def test_unreadable_file_and_memory(merfish_pair, tmp_path, capsys, monkeypatch)
     code, _, err = _run(
         ["map", "-r", str(bad), "-s", str(bad), "-o", str(tmp_path / "o.h5ad")], capsys
     )
-    assert code == 2 and "cannot read reference file" in err
+    assert code == 2 and "cannot read spatial file" in err  # read first, then the reference
 
     from napari_spatial_impute.core.engine import resources
 

@@ -95,8 +95,15 @@ def _add_mapping_options(
         )
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage error in one line (the problem, and where the help is)."""
+
+    def error(self, message: str) -> Any:
+        raise InputError(f"{message} (see {self.prog} --help)")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog=PROG,
         description="Map a single-cell reference onto spatial cells (the ensemble map by "
         "default, or a Tangram map), impute every reference gene in space and project reference "
@@ -380,7 +387,7 @@ def _map_target(args: argparse.Namespace) -> tuple[Path | None, Path | None, str
     from napari_spatial_impute.io.sdata_write import check_table_target
 
     inputs = [args.reference, args.spatial, args.genes, args.impute]
-    name = args.result_table or RESULT_TABLE
+    name = RESULT_TABLE if args.result_table is None else args.result_table
     store = args.spatial if is_store(args.spatial) else None
     if store is None and _spatial_is_zarr(args):
         open_store(args.spatial)  # a .zarr folder that is not a store: one line saying so
@@ -389,6 +396,8 @@ def _map_target(args: argparse.Namespace) -> tuple[Path | None, Path | None, str
             raise InputError("--result-table and --overwrite are for a .zarr output; --out is not.")
         return _check_out(args.out, ".h5ad", inputs), None, name
     if store is None:
+        if not os.path.exists(args.spatial):
+            raise InputError(f"spatial input {args.spatial!r} does not exist; check the path.")
         if args.out is None:
             raise InputError("--out is required: give the output .h5ad.")
         raise InputError(
@@ -411,8 +420,12 @@ def cmd_map(args: argparse.Namespace) -> int:
         )
     out, store_out, table_name = _map_target(args)
     kwargs = _mapping_kwargs(args)
+    if store_out is not None:
+        from napari_spatial_impute.io.sdata_write import check_cluster_column
+
+        check_cluster_column(kwargs.get("cluster_key"))
+    spatial = _read_spatial(args)  # a damaged store is refused before the reference is read
     reference = read_h5ad(args.reference, "reference")
-    spatial = _read_spatial(args)
     fov = find_fov_key(spatial, args.fov_key)
     sample = (
         None if args.sample_key == "" else find_sample_key(spatial, fov, args.sample_key or None)
@@ -464,7 +477,7 @@ def cmd_map(args: argparse.Namespace) -> int:
 
 
 def _batch_out(args: argparse.Namespace) -> Path:
-    from napari_spatial_impute.io.batch_out import is_zarr_path
+    from napari_spatial_impute.io.batch_out import is_zarr_path, refuse_dangling_link
     from napari_spatial_impute.io.files import check_output_folder
 
     if args.out is None:
@@ -476,10 +489,11 @@ def _batch_out(args: argparse.Namespace) -> Path:
             "--result-table and --overwrite write into a SpatialData store; with --batch-key the "
             "results go to --out (.h5ad or an AnnData .zarr)."
         )
+    refuse_dangling_link(args.out, "choose another --out")
     if not is_zarr_path(args.out):
         return _check_out(args.out, ".h5ad", [args.reference, args.spatial, args.genes])
     out = Path(args.out)
-    if out.exists():
+    if os.path.lexists(out):
         raise InputError(f"output {args.out!r} exists; choose another --out or remove it.")
     check_output_folder(out, "choose another --out")
     return out
@@ -493,7 +507,7 @@ def _map_batches(args: argparse.Namespace) -> int:
 
     from napari_spatial_impute.core.batch_run import BatchProgress, map_batches
     from napari_spatial_impute.core.batch_run import log as batch_log
-    from napari_spatial_impute.core.cluster import parse_memory
+    from napari_spatial_impute.core.cluster import check_cluster_options, parse_memory
     from napari_spatial_impute.io.files import find_fov_key, find_sample_key, read_h5ad
 
     out = _batch_out(args)
@@ -506,6 +520,7 @@ def _map_batches(args: argparse.Namespace) -> int:
             "--workers and --memory-limit size a local cluster; a --scheduler's cluster has its "
             "own workers: give one or the other."
         )
+    check_cluster_options(args.workers, args.scheduler, args.memory_limit)
     reference = read_h5ad(args.reference, "reference")
     spatial: Any
     if _spatial_is_zarr(args):
