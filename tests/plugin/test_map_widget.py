@@ -633,3 +633,26 @@ def test_batches_are_mapped_one_by_one_into_a_file(widget, qtbot, tmp_path):
         "most likely cell_type · left",
         "most likely cell_type · right",
     ]
+
+
+def test_batch_status_names_the_workers_the_run_will_have(widget, qtbot, tmp_path, monkeypatch):
+    """64 workers asked for 2 batches: the status says how many the run will really start."""
+    from napari_spatial_impute._errors import InputError
+    from napari_spatial_impute.core.cluster import local_workers
+    from napari_spatial_impute.plugin.widgets import map_widget
+
+    def stopped(*args, **kwargs):
+        raise InputError("stopped before any batch")
+        yield  # a generator, as the real one
+
+    monkeypatch.setattr(map_widget, "iter_batch_mapping", stopped)
+    viewer, w, model = widget
+    w.batch_key.value = "sample"
+    w.batch_out.value = str(tmp_path / "batches.h5ad")
+    w.batch_workers.value = 64
+    worker = w.run()
+    n = local_workers(64, 2)[0]
+    assert f"on {n} Dask workers (workers 64 lowered to {n})" in w.status.text()
+    assert worker is not None
+    qtbot.waitUntil(lambda: w.worker is None, timeout=60_000)
+    assert "stopped before any batch" in w.status.text()

@@ -583,9 +583,13 @@ class MapWidget(PluginWidget):
         self.progress.setRange(0, n_batches)
         self.progress.setFormat("%v / %m batches")
         self.progress.setValue(0)
+        from napari_spatial_impute.core.cluster import local_workers
+
+        n_workers, lowered = local_workers(workers, n_batches) if workers else (0, "")
         self.status.setText(
             f"Mapping {n_batches} batches of {batch_key!r} one by one"
-            + (f" on {workers} Dask workers" if workers else "")
+            + (f" on {n_workers} Dask workers" if n_workers else "")
+            + (f" ({lowered.split(' (')[0].replace('--workers', 'workers')})" if lowered else "")
             + f", writing {out}..."
         )
         self.plot.reset(0)
