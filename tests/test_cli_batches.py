@@ -4,6 +4,9 @@ command line; bad input in one line."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import textwrap
 
 import anndata as ad
 import numpy as np
@@ -198,3 +201,58 @@ def test_a_zarr_output_prints_no_zarr_notes(files, tmp_path, capsys):
     shown = capsys.readouterr().err + "\n".join(str(w.message) for w in caught)
     assert "autosharding" not in shown and "onsolidated metadata" not in shown
     assert ad.read_zarr(out).n_obs == 240
+
+
+_INTERRUPTING = textwrap.dedent(
+    """
+    import os, signal, sys
+    import distributed
+
+    from napari_spatial_impute.core import batch_run
+
+    sig = signal.SIGINT if sys.argv[1] == "int" else signal.SIGTERM
+    where = sys.argv[2]
+    if where == "start":  # while the local cluster starts
+        original_init = distributed.LocalCluster.__init__
+
+        def init(self, *a, **k):
+            os.kill(os.getpid(), sig)
+            original_init(self, *a, **k)
+
+        distributed.LocalCluster.__init__ = init
+    else:  # when the first batch is done, the others on the workers
+        original = batch_run.BatchProgress.describe
+
+        def describe(self):
+            os.kill(os.getpid(), sig)
+            return original(self)
+
+        batch_run.BatchProgress.describe = describe
+    if __name__ == "__main__":  # Dask's worker processes import this module too
+        from napari_spatial_impute.cli import main
+
+        raise SystemExit(main(sys.argv[3:]))
+    """
+)
+
+
+@pytest.mark.parametrize("where", ["start", "batch"])
+@pytest.mark.parametrize(("how", "code"), [("int", 130), ("term", 143)])
+def test_an_interrupted_cluster_run_ends_in_one_line(files, tmp_path, where, how, code):
+    """Ctrl-C or SIGTERM while the local cluster starts or while batches run on it: one line,
+    the exit status, nothing written, and no report from Dask, its workers or asyncio."""
+    folder, _, _ = files
+    driver = tmp_path / "driver.py"
+    driver.write_text(_INTERRUPTING)
+    out = tmp_path / "out.zarr"
+    proc = subprocess.run(
+        [sys.executable, str(driver), how, where, *_args(folder, out, "--workers", "2")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == code, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    word = "cancelled" if how == "int" else "terminated"
+    assert lines == [f"napari-spatial-impute: {word}; nothing written"], proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["driver.py"]

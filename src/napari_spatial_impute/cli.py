@@ -744,8 +744,26 @@ def _show_input_warning(message: Any, category: type[Warning], *args: Any, **kwa
 _default_showwarning = warnings.showwarning
 
 
+def _terminate_as_exit() -> Any:
+    """SIGTERM ends the command as Ctrl-C does (exit 143 after the clean-up: temporary files
+    removed, a Dask cluster closed), not at once with worker processes left to complain.
+    Returns the handler it replaced (``None`` when it replaced none)."""
+    import signal
+    import threading
+
+    def terminate(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        return None
+    return signal.signal(signal.SIGTERM, terminate)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``napari-spatial-impute`` command."""
+    replaced = _terminate_as_exit()
     try:
         parser = _parser()
         args = parser.parse_args(argv)
@@ -763,11 +781,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (MappingCancelled, KeyboardInterrupt):
         print(f"{PROG}: cancelled; nothing written", file=sys.stderr)
         return 130
+    except SystemExit as exc:
+        if exc.code == 128 + 15:  # SIGTERM (raised before any output was in place)
+            print(f"{PROG}: terminated; nothing written", file=sys.stderr)
+        raise
     except MemoryError:
         print(
             f"{PROG}: error: ran out of memory; use --mode clusters or fewer cells", file=sys.stderr
         )
         return 2
+    finally:
+        if replaced is not None:
+            import signal
+
+            signal.signal(signal.SIGTERM, replaced)
 
 
 if __name__ == "__main__":

@@ -170,20 +170,32 @@ def dask_client(
         finally:
             client.close()
         return
-    cluster = LocalCluster(
-        n_workers=max(1, int(workers or 1)),
-        threads_per_worker=1,
-        processes=True,
-        memory_limit=memory_limit if memory_limit is not None else "auto",
-        dashboard_address=None,
-        silence_logs=logging.ERROR,
-    )
+    from napari_spatial_impute.io.files import _SignalGuard
+
+    with _SignalGuard() as guard:
+        # Ctrl-C / SIGTERM while the cluster starts waits until it has started (a cluster stopped
+        # half-way fails in distributed's exit handler with a traceback), then closes it
+        guard.deferring = True
+        cluster = LocalCluster(
+            n_workers=max(1, int(workers or 1)),
+            threads_per_worker=1,
+            processes=True,
+            memory_limit=memory_limit if memory_limit is not None else "auto",
+            dashboard_address=None,
+            silence_logs=logging.CRITICAL,  # a batch's error is reported by the run, once
+        )
     try:
+        guard.check()
         client = Client(cluster)
         try:
             yield client
         finally:
             client.close()
+    except (KeyboardInterrupt, SystemExit):
+        # stopped: the scheduler and workers shut down without logging lost data or connections
+        for name in ("distributed", "asyncio"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
+        raise
     finally:
         cluster.close()
 
