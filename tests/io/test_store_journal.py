@@ -410,3 +410,35 @@ def test_any_sequence_of_writes_and_deaths_keeps_the_store(template, ops):
         assert _hidden(folder) == []
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_a_store_that_cannot_be_repaired_where_it_is_still_opens_with_a_warning(store, monkeypatch):
+    """A dead write in a store whose folder is read-only: opening it warns in one line and reads;
+    a folder that cannot even be listed opens as any store."""
+    from pathlib import Path as _Path
+
+    from napari_spatial_impute._errors import InputWarning
+    from napari_spatial_impute.io.sdata import open_store
+
+    path, table = store
+    _killed_write(table, path, "res.y", "moved aside:1", overwrite=True)
+    real_access = os.access
+    monkeypatch.setattr(
+        os, "access", lambda p, mode: False if mode == os.W_OK else real_access(p, mode)
+    )
+    with pytest.warns(InputWarning, match="unfinished write") as record:
+        open_store(path)
+    assert "\n" not in str(record[0].message)
+    monkeypatch.setattr(os, "access", real_access)
+    real_iterdir = _Path.iterdir
+
+    def unlistable(self):
+        if self == path.parent:
+            raise PermissionError(13, "Permission denied")
+        return real_iterdir(self)
+
+    monkeypatch.setattr(_Path, "iterdir", unlistable)
+    open_store(path)  # no journal can be seen: nothing to repair, no error
+    monkeypatch.setattr(_Path, "iterdir", real_iterdir)
+    open_store(path)  # writable again: repaired
+    assert _tables(path)["res.y"] == EARLIER["res.y"] and _hidden(path.parent) == []

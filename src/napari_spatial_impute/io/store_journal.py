@@ -237,9 +237,12 @@ def recover(target: Path) -> int:
 
 def pending(target: Path) -> list[Path]:
     """Journals of writes into ``target`` that have not ended (died, or running now)."""
-    folder = target.resolve().parent
     pattern = _journal_re(target)
-    return [p for p in sorted(folder.iterdir()) if (m := pattern.match(p.name)) and not m.group(3)]
+    try:
+        names = sorted(target.resolve().parent.iterdir())
+    except OSError:  # a folder that cannot be listed holds no journal of ours
+        return []
+    return [p for p in names if (m := pattern.match(p.name)) and not m.group(3)]
 
 
 def copy_store(src: Path, dst: Path) -> None:
