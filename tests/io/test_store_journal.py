@@ -442,3 +442,83 @@ def test_a_store_that_cannot_be_repaired_where_it_is_still_opens_with_a_warning(
     monkeypatch.setattr(_Path, "iterdir", real_iterdir)
     open_store(path)  # writable again: repaired
     assert _tables(path)["res.y"] == EARLIER["res.y"] and _hidden(path.parent) == []
+
+
+def test_a_write_through_a_link_is_repaired_by_either_path(store):
+    """The store opened through a link with another name: the journal names the real store, so
+    the repair through the link or the real path finds it (the earlier table comes back)."""
+    from napari_spatial_impute.io.sdata import open_store
+
+    path, table = store
+    link = path.parent / "linked.zarr"
+    os.symlink(path, link)
+    _killed_write(table, link, "res.y", "moved aside:1", overwrite=True)
+    assert "res.y" not in _tables(path)
+    open_store(link)
+    assert _tables(path)["res.y"] == EARLIER["res.y"]
+    assert _hidden(path.parent) == []
+    _killed_write(table, path, "res.y", "moved aside:1", overwrite=True)
+    write_table(_load(table), link, "other")  # a write through the link repairs it too
+    assert _tables(path)["res.y"] == EARLIER["res.y"] and _hidden(path.parent) == []
+
+
+def test_a_repair_keeps_what_changed_in_the_store_since(store):
+    """Between the crash and the repair the user changed the store (here: an attribute of the
+    root): the repair takes out only the dead write's table and keeps the rest as it is now."""
+    path, table = store
+    _killed_write(table, path, "res", "listed:1")
+    root = json.loads((path / "zarr.json").read_text())
+    root["attributes"]["note"] = "added after the crash"
+    (path / "zarr.json").write_text(json.dumps(root))
+    write_table(_load(table), path, "other")
+    after = json.loads((path / "zarr.json").read_text())
+    assert after["attributes"]["note"] == "added after the crash"
+    assert "res" not in _tables(path) and "other" in _tables(path)
+
+
+def test_a_copy_being_made_by_a_live_process_is_left_alone(store, tmp_path):
+    """Two stores written into one --out at once: a write does not take the other's (live)
+    journal for a dead one."""
+
+    from napari_spatial_impute.io.store_journal import _key
+
+    path, table = store
+    out = tmp_path / "copy.zarr"
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        tag = f".{_key(out)}.{sleeper.pid}.0123abcd"
+        live = tmp_path / (tag + ".journal")
+        record = {"store": out.name, "table": "res", "stage": tag + ".stage"}
+        record |= {"old": tag + ".old", "meta_tmp": tag + ".meta", "copy": tag + ".copy"}
+        live.write_text(json.dumps(record))
+        (tmp_path / (tag + ".copy")).mkdir()
+        write_table(_load(table), path, "res", out=out)
+        assert live.exists() and (tmp_path / (tag + ".copy")).is_dir()
+        assert _tables(out)["res"] == NEW
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+def test_a_read_only_results_table_is_refused_before_work(store, monkeypatch):
+    from napari_spatial_impute.io.sdata_write import check_table_target
+
+    path, _ = store
+    real_access = os.access
+    table_dir = path / "tables" / "res.y"
+    monkeypatch.setattr(
+        os,
+        "access",
+        lambda p, mode: False if Path(p) == table_dir and mode == os.W_OK else real_access(p, mode),
+    )
+    with pytest.raises(InputError, match="is read-only, so it cannot be replaced"):
+        check_table_target(path, "res.y", overwrite=True)
+
+
+def test_cluster_keys_follow_spatialdatas_rule():
+    from napari_spatial_impute.io.sdata_write import check_cluster_column
+
+    check_cluster_column("célltype")  # letters of any script, as spatialdata takes them
+    check_cluster_column(None)
+    with pytest.raises(InputError, match="cluster key 'cell type'"):
+        check_cluster_column("cell type")

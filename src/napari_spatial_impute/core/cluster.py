@@ -193,11 +193,18 @@ def dask_client(
             client.close()
     except (KeyboardInterrupt, SystemExit):
         # stopped: the scheduler and workers shut down without logging lost data or connections
-        for name in ("distributed", "asyncio"):
-            logging.getLogger(name).setLevel(logging.CRITICAL)
+        loggers = [logging.getLogger(name) for name in ("distributed", "asyncio")]
+        levels = [logger.level for logger in loggers]
+        for logger in loggers:
+            logger.setLevel(logging.CRITICAL)
+        try:
+            cluster.close()
+        finally:
+            for logger, level in zip(loggers, levels, strict=True):
+                logger.setLevel(level)
         raise
     finally:
-        cluster.close()
+        cluster.close()  # a second close does nothing
 
 
 def worker_memory_limits(client: Any) -> list[int]:

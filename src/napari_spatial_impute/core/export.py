@@ -277,7 +277,7 @@ def _column_names(names: list[str]) -> list[str]:
     out = []
     for name in names:
         fixed = "".join(c if c.isalnum() or c in "_-." else "_" for c in name) or "column"
-        if fixed.startswith("__") or fixed == "_index":
+        if fixed.startswith("__") or fixed in ("_index", ".", ".."):
             fixed = "v" + fixed
         candidate, n = fixed, 1
         while candidate.lower() in taken:

@@ -80,7 +80,14 @@ def open_store(path: str | os.PathLike[str], role: str = "spatial") -> SpatialDa
         )
     from napari_spatial_impute.io.store_journal import repair
 
-    repair(p)  # a write into the store that died: rolled back or finished first
+    try:
+        repair(p)  # a write into the store that died: rolled back or finished first
+    except OSError as exc:  # e.g. the store's folder vanished meanwhile: read what is there
+        warnings.warn(
+            f"store {str(p)!r} could not be checked for an unfinished write ({first_line(exc)}).",
+            InputWarning,
+            stacklevel=2,
+        )
     import logging
 
     import spatialdata as sd

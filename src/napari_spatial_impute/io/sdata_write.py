@@ -73,7 +73,7 @@ def check_table_target(
             "the default."
         )
     limit = _name_max(src)
-    if len(name.encode()) > limit:
+    if len(os.fsencode(name)) > limit:
         raise InputError(
             f"table name {name[:20] + '...'!r} is {len(name)} characters long; the file system "
             f"allows at most {limit}: choose a shorter table name (--result-table)."
@@ -100,6 +100,11 @@ def check_table_target(
             raise InputError(
                 f"store already has a results table {name!r}; replace it (Replace, --overwrite) "
                 "or choose another table name (--result-table)."
+            )
+        if out is None and not os.access(existing, os.W_OK):
+            raise InputError(
+                f"results table {name!r} of {str(src)!r} is read-only, so it cannot be replaced; "
+                "write to a copy (--out new.zarr) or under another name (--result-table)."
             )
     if out is not None:
         dst = Path(out)
@@ -145,8 +150,9 @@ def _check_staging_folder(store: Path) -> None:
 def check_cluster_column(cluster_key: str | None) -> None:
     """Refuse, before the mapping, a cluster key whose result columns (``<key>_predicted``) a
     store's table cannot hold (spatialdata's rule for column names)."""
-    if cluster_key is None or _NAME.match(f"{cluster_key}_predicted"):
-        return
+    column = f"{cluster_key}_predicted"
+    if cluster_key is None or all(c.isalnum() or c in "_-." for c in column):
+        return  # spatialdata's rule (str.isalnum: letters of any script)
     raise InputError(
         f"cluster key {cluster_key!r} would name the result's column {cluster_key + '_predicted'!r}, "
         "which a SpatialData table cannot hold (letters, digits, '_', '-', '.'); rename that "
@@ -215,10 +221,12 @@ def _place(work: Path, name: str, staged: Path, journal: Journal) -> None:
 
 
 def _make_writable(store: Path) -> None:
-    """A copy of a read-only store: its root and ``tables`` folders writable by the user."""
-    for folder in (store, store / "tables"):
-        if folder.is_dir() and not folder.is_symlink():
-            os.chmod(folder, os.stat(folder).st_mode | stat.S_IWUSR | stat.S_IXUSR)
+    """A copy of a read-only store: its folders writable by the user (the copy is the user's
+    new store; a table in it can be replaced and a cancelled copy removed)."""
+    for folder, _dirs, _files in os.walk(store):
+        path = Path(folder)
+        if not path.is_symlink():
+            os.chmod(path, os.stat(path).st_mode | stat.S_IWUSR | stat.S_IXUSR)
 
 
 def write_table(
@@ -265,8 +273,8 @@ def write_table(
     with store_lock(src):
         if os.access(src.resolve().parent, os.W_OK):
             recover(src)
-        if out is not None:
-            recover(Path(out))
+        if out is not None:  # another store's write may be making this copy: its lock is not ours
+            recover(Path(out), only_dead=True)
         target = check_table_target(src, name, out=out, overwrite=overwrite)
         with _SignalGuard() as guard:
             journal = Journal.begin(target, name, copy=out is not None)

@@ -46,11 +46,11 @@ _KEY_CHARS = 100
 def _key(store: Path) -> str:
     """The prefix of the files a write keeps beside ``store``."""
     name = store.name
-    if len(name.encode()) <= _KEY_CHARS:
+    if len(os.fsencode(name)) <= _KEY_CHARS:
         return name
     import hashlib
 
-    return "h" + hashlib.sha1(name.encode()).hexdigest()[:16]
+    return "h" + hashlib.sha1(os.fsencode(name)).hexdigest()[:16]
 
 
 def _journal_re(store: Path) -> re.Pattern[str]:
@@ -133,12 +133,15 @@ class Journal:
 
     @classmethod
     def begin(cls, target: Path, table: str, copy: bool = False) -> Journal:
-        """A new journal for writing ``table`` into ``target`` (written before anything else)."""
-        folder = target.resolve().parent
-        tag = f".{_key(target)}.{os.getpid()}.{secrets.token_hex(4)}"
+        """A new journal for writing ``table`` into ``target`` (written before anything else).
+
+        The store is named by its real path: a write through a link and a repair through the
+        store's own path (or another link) find the same journal."""
+        real = target.resolve()
+        tag = f".{_key(real)}.{os.getpid()}.{secrets.token_hex(4)}"
         journal = cls(
-            folder=str(folder),
-            store=target.name,
+            folder=str(real.parent),
+            store=real.name,
             table=table,
             stage=tag + ".stage",
             old=tag + ".old",
@@ -172,9 +175,10 @@ class Journal:
         except (OSError, ValueError, TypeError):
             return None
 
-    def finish(self) -> None:
-        """After the commit: remove what the write left beside the store, the journal last."""
-        for name in (self.old, self.stage, self.meta_tmp, self.copy):
+    def finish(self, keep_old: bool = False) -> None:
+        """After the commit: remove what the write left beside the store, the journal last
+        (``keep_old``: not the earlier table moved aside)."""
+        for name in (None if keep_old else self.old, self.stage, self.meta_tmp, self.copy):
             path = self.at(name)
             if path is not None:
                 remove_path(path)
@@ -182,64 +186,118 @@ class Journal:
         self.path.unlink(missing_ok=True)
 
     def roll_back(self) -> None:
-        """Before the commit: the store as it was before the write, then :meth:`finish`."""
+        """Before the commit: the store as it was before the write, then :meth:`finish`.
+
+        Each step leaves the store readable, so a repair that is itself stopped is finished by
+        the next one: the table's entries are first taken out of the consolidated metadata, the
+        new table removed (only the very folder staged: same device and inode), the earlier one
+        renamed back, and its entries put back as they were; every other entry stays as it is now
+        (an element written since is kept). The root is rewritten only when it changes.
+        """
         if self.state == "committed":
             self.finish()
             return
+        keep_old = False
         if self.state == "placing" and self.copy is None:
             store = Path(self.folder) / self.store
+            root, tmp = store / "zarr.json", Path(self.folder) / self.meta_tmp
             dest = store / "tables" / self.table
+            old = Path(self.folder) / self.old
+            ours = False
             if self.stage_ino is not None and os.path.lexists(dest):
                 st = os.lstat(dest)
-                if [st.st_dev, st.st_ino] == self.stage_ino:
-                    remove_path(dest)  # the very folder this write staged
-            old = Path(self.folder) / self.old
-            if os.path.lexists(old) and not os.path.lexists(dest):
-                os.rename(old, dest)  # the earlier table, back where it was
-            if self.root_before is not None:
-                write_atomic(
-                    store / "zarr.json",
-                    self.root_before.encode(),
-                    Path(self.folder) / self.meta_tmp,
-                )
+                ours = [st.st_dev, st.st_ino] == self.stage_ino
+            if self.root_before is not None and ours:
+                _rewrite(root, lambda now: without_table(now, self.table), tmp)
+            if ours:
+                remove_path(dest)  # the very folder this write staged
+            if os.path.lexists(old):
+                if os.path.lexists(dest):
+                    keep_old = True  # its place is taken by something this write did not make
+                else:
+                    os.rename(old, dest)  # the earlier table, back where it was
+            if self.root_before is not None and os.path.lexists(dest):
+                before = self.root_before.encode()
+                _rewrite(root, lambda now: merged_root(now, before, self.table), tmp)
             tables = store / "tables"
             if self.made_tables and tables.is_dir() and not os.path.lexists(dest):
                 if [p.name for p in tables.iterdir()] == ["zarr.json"]:
                     remove_path(tables)
-        self.finish()
+            if keep_old:
+                import warnings
+
+                from napari_spatial_impute._errors import InputWarning
+
+                warnings.warn(
+                    f"the earlier table {self.table!r} of {str(store)!r} could not be put back "
+                    f"(its place is taken); it is kept at {str(old)!r}: move it back by hand.",
+                    InputWarning,
+                    stacklevel=2,
+                )
+        self.finish(keep_old)
 
 
-def recover(target: Path) -> int:
+def _rewrite(root: Path, change: Any, tmp: Path) -> None:
+    """Replace the root ``zarr.json`` by ``change(its bytes)`` when that differs."""
+    now = root.read_bytes()
+    new = change(now)
+    if new != now and json.loads(new) != json.loads(now):
+        write_atomic(root, new, tmp)
+
+
+def recover(target: Path, only_dead: bool = False) -> int:
     """Finish or roll back the writes into ``target`` that died; returns how many.
 
-    Call it holding :func:`store_lock` (then no journal belongs to a live write). Only files named
-    by a journal are touched.
+    Call it holding :func:`store_lock` of ``target`` (then no journal belongs to a live write);
+    ``only_dead``: without that lock (a new ``--out`` copy), only journals whose process is gone.
+    Only files named by a journal are touched. A journal that cannot be carried out here (a file
+    it needs is not writable) is kept, and said in one :class:`InputWarning` line.
     """
-    folder = target.resolve().parent if os.path.lexists(target) else target.absolute().parent
+    from napari_spatial_impute.io.files import _pid_alive
+
+    real = target.resolve()
+    folder = real.parent
     if not folder.is_dir():
         return 0
-    pattern = _journal_re(target)
+    pattern = _journal_re(real)
     done = 0
     for path in sorted(folder.iterdir()):
         match = pattern.match(path.name)
         if match is None:
             continue
+        pid = int(match.group(1))
+        if only_dead and pid != os.getpid() and _pid_alive(pid):
+            continue
         if match.group(3):  # a save cut short: the journal before it (if any) still holds
             path.unlink(missing_ok=True)
             continue
         journal = Journal.load(path)
-        if journal is None or journal.store != target.name:
+        if journal is None or journal.store != real.name:
             continue
-        journal.roll_back()
+        try:
+            journal.roll_back()
+        except OSError as exc:
+            import warnings
+
+            from napari_spatial_impute._errors import InputWarning, first_line
+
+            warnings.warn(
+                f"store {str(target)!r} has an unfinished write ({path.name}) that cannot be "
+                f"repaired here ({first_line(exc)}); open it where its files are writable.",
+                InputWarning,
+                stacklevel=2,
+            )
+            continue
         done += 1
     return done
 
 
 def pending(target: Path) -> list[Path]:
     """Journals of writes into ``target`` that have not ended (died, or running now)."""
-    pattern = _journal_re(target)
+    real = target.resolve()
+    pattern = _journal_re(real)
     try:
-        names = sorted(target.resolve().parent.iterdir())
+        names = sorted(real.parent.iterdir())
     except OSError:  # a folder that cannot be listed holds no journal of ours
         return []
     return [p for p in names if (m := pattern.match(p.name)) and not m.group(3)]
@@ -296,7 +354,8 @@ def merged_root(before: bytes, stage_root: bytes, table: str) -> bytes:
     root = json.loads(before)
     ours = json.loads(stage_root)["consolidated_metadata"]["metadata"]
     kept = _drop(root["consolidated_metadata"]["metadata"], table)
-    kept.setdefault("tables", ours["tables"])
+    if "tables" in ours:
+        kept.setdefault("tables", ours["tables"])
     kept.update({k: v for k, v in ours.items() if k not in _drop(ours, table)})
     root["consolidated_metadata"]["metadata"] = kept
     return json.dumps(root, indent=2).encode()
