@@ -210,3 +210,43 @@ def test_reference_names_a_store_table_cannot_hold(store, tmp_path, capsys):
     assert code == 0, err
     var = sd.read_zarr(path).tables["spatial_impute"].var
     assert {"gene_name", "Gene_Name_2"} <= set(var.columns)
+
+
+_REPORT_DRIVER = textwrap.dedent(
+    """
+    import os, signal, sys
+    from napari_spatial_impute import cli
+
+    sig = signal.SIGINT if sys.argv[1] == "int" else signal.SIGTERM
+    original = cli._map_summary
+
+    def summary_interrupted(result):
+        os.kill(os.getpid(), sig)  # after the write, while the report is printed
+        return original(result)
+
+    cli._map_summary = summary_interrupted
+    raise SystemExit(cli.main(sys.argv[2:]))
+    """
+)
+
+
+@pytest.mark.parametrize("how", ["int", "term"])
+def test_interrupt_after_the_write_says_it_was_written(store, tmp_path, how):
+    """Ctrl-C or SIGTERM while the report is printed: the table is in the store, and the one
+    line says so (not 'nothing written')."""
+    import spatialdata as sd
+
+    path, ref = store
+    driver = tmp_path / "driver.py"
+    driver.write_text(_REPORT_DRIVER)
+    proc = subprocess.run(
+        [sys.executable, str(driver), how, "map", "-r", str(ref), "-s", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 130, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "stopped after the result was written to table 'spatial_impute'" in last
+    assert "nothing written" not in proc.stderr and "Traceback" not in proc.stderr
+    assert "spatial_impute" in sd.read_zarr(path).tables

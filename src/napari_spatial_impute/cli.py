@@ -458,6 +458,17 @@ def cmd_map(args: argparse.Namespace) -> int:
             extra_uns=extra,
         )
         out = store_out
+    where = f"{out}" if store_out is None else f"table {table_name!r} of {out}"
+    try:
+        _print_map_report(result, adata, where)
+    except SystemExit as exc:  # SIGTERM while reporting: the output is complete
+        raise CommittedInterrupt(f"stopped after the result was written to {where}") from exc
+    except KeyboardInterrupt:
+        raise CommittedInterrupt(f"stopped after the result was written to {where}") from None
+    return 0
+
+
+def _print_map_report(result: Any, adata: Any, where: str) -> None:
     print(result.genes.summary())
     print(
         result.params.get("values_note")
@@ -471,9 +482,8 @@ def cmd_map(args: argparse.Namespace) -> int:
     print(
         f"wrote {adata.n_obs} spatial cells x {adata.n_vars} imputed genes"
         + (f" and {n_clusters} cluster probabilities" if n_clusters else "")
-        + (f" to {out}" if store_out is None else f" to table {table_name!r} of {out}")
+        + f" to {where}"
     )
-    return 0
 
 
 def _batch_out(args: argparse.Namespace) -> Path:
