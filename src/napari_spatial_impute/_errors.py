@@ -24,7 +24,14 @@ class InputWarning(UserWarning):
 
 
 class CommittedInterrupt(KeyboardInterrupt):
-    """An interrupt that arrived while an output was renamed into place: the output is complete."""
+    """An interrupt that arrived while an output was renamed into place: the output is complete.
+
+    ``signum`` is the signal (2: Ctrl-C, 15: SIGTERM); the command exits with ``128 + signum``.
+    """
+
+    def __init__(self, message: str = "", signum: int = 2) -> None:
+        super().__init__(message)
+        self.signum = signum
 
 
 def first_line(exc: BaseException) -> str:

@@ -462,7 +462,9 @@ def cmd_map(args: argparse.Namespace) -> int:
     try:
         _print_map_report(result, adata, where)
     except SystemExit as exc:  # SIGTERM while reporting: the output is complete
-        raise CommittedInterrupt(f"stopped after the result was written to {where}") from exc
+        raise CommittedInterrupt(
+            f"stopped after the result was written to {where}", signum=15
+        ) from exc
     except KeyboardInterrupt:
         raise CommittedInterrupt(f"stopped after the result was written to {where}") from None
     return 0
@@ -787,7 +789,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except CommittedInterrupt as exc:
         print(f"{PROG}: cancelled; {exc}", file=sys.stderr)
-        return 130
+        return 128 + exc.signum
     except (MappingCancelled, KeyboardInterrupt):
         print(f"{PROG}: cancelled; nothing written", file=sys.stderr)
         return 130

@@ -522,3 +522,29 @@ def test_cluster_keys_follow_spatialdatas_rule():
     check_cluster_column(None)
     with pytest.raises(InputError, match="cluster key 'cell type'"):
         check_cluster_column("cell type")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_while_the_table_is_placed_is_held_until_it_is_complete(store, sig):
+    """Ctrl-C or SIGTERM between the renames: the table is completed, then the interrupt is
+    raised, saying so and carrying the signal (the command exits 128 + it)."""
+    from napari_spatial_impute._errors import CommittedInterrupt
+    from napari_spatial_impute.io import store_journal
+
+    path, table = store
+    original = store_journal.fault_point
+
+    def signal_here(at: str) -> None:
+        if at == "renamed in":
+            os.kill(os.getpid(), sig)
+
+    handler = signal.getsignal(sig)
+    store_journal.fault_point = signal_here
+    try:
+        with pytest.raises(CommittedInterrupt, match="was written") as exc:
+            write_table(_load(table), path, "res")
+    finally:
+        store_journal.fault_point = original
+    assert exc.value.signum == sig
+    assert _tables(path)["res"] == NEW and _hidden(path.parent) == []
+    assert signal.getsignal(sig) is handler  # the write's own handler is gone

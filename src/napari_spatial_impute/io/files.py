@@ -656,7 +656,9 @@ def atomic_output(path: str | os.PathLike[str], folder: bool = False) -> Iterato
                 os.unlink(tmp)
             raise
     if guard.deferring and guard.received is not None:
-        raise CommittedInterrupt(f"interrupted after {str(target)!r} was written")
+        raise CommittedInterrupt(
+            f"interrupted after {str(target)!r} was written", signum=guard.received
+        )
 
 
 def write_h5ad_atomic(adata: ad.AnnData, path: str | os.PathLike[str]) -> Path:

@@ -302,7 +302,10 @@ def write_table(
                 raise
             journal.finish()
     if guard.received is not None:
-        raise CommittedInterrupt(f"interrupted after table {name!r} was written to {str(target)!r}")
+        raise CommittedInterrupt(
+            f"interrupted after table {name!r} was written to {str(target)!r}",
+            signum=guard.received,
+        )
     return target
 
 
