@@ -241,16 +241,27 @@ _INTERRUPTING = textwrap.dedent(
 def test_an_interrupted_cluster_run_ends_in_one_line(files, tmp_path, where, how, code):
     """Ctrl-C or SIGTERM while the local cluster starts or while batches run on it: one line,
     the exit status, nothing written, and no report from Dask, its workers or asyncio."""
+    import socket
+
     folder, _, _ = files
     driver = tmp_path / "driver.py"
     driver.write_text(_INTERRUPTING)
     out = tmp_path / "out.zarr"
-    proc = subprocess.run(
-        [sys.executable, str(driver), how, where, *_args(folder, out, "--workers", "2")],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    busy = socket.socket()  # another Dask on this machine holds its default port
+    try:
+        busy.bind(("127.0.0.1", 8787))
+        busy.listen()
+    except OSError:
+        pass  # already taken
+    try:
+        proc = subprocess.run(
+            [sys.executable, str(driver), how, where, *_args(folder, out, "--workers", "2")],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+    finally:
+        busy.close()
     assert proc.returncode == code, proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     word = "cancelled" if how == "int" else "terminated"

@@ -181,7 +181,7 @@ def dask_client(
             threads_per_worker=1,
             processes=True,
             memory_limit=memory_limit if memory_limit is not None else "auto",
-            dashboard_address=None,
+            dashboard_address=":0",  # any free port: no "port 8787 in use" note
             silence_logs=logging.CRITICAL,  # a batch's error is reported by the run, once
         )
     try:
