@@ -184,6 +184,7 @@ def dask_client(
             dashboard_address=":0",  # any free port: no "port 8787 in use" note
             silence_logs=logging.CRITICAL,  # a batch's error is reported by the run, once
         )
+    quieted: list[tuple[logging.Logger, int]] = []
     try:
         guard.check()
         client = Client(cluster)
@@ -193,18 +194,17 @@ def dask_client(
             client.close()
     except (KeyboardInterrupt, SystemExit):
         # stopped: the scheduler and workers shut down without logging lost data or connections
-        loggers = [logging.getLogger(name) for name in ("distributed", "asyncio")]
-        levels = [logger.level for logger in loggers]
-        for logger in loggers:
+        for name in ("distributed", "asyncio"):
+            logger = logging.getLogger(name)
+            quieted.append((logger, logger.level))
             logger.setLevel(logging.CRITICAL)
+        raise
+    finally:
         try:
             cluster.close()
         finally:
-            for logger, level in zip(loggers, levels, strict=True):
+            for logger, level in quieted:
                 logger.setLevel(level)
-        raise
-    finally:
-        cluster.close()  # a second close does nothing
 
 
 def worker_memory_limits(client: Any) -> list[int]:

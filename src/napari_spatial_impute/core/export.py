@@ -273,10 +273,12 @@ def _column_names(names: list[str]) -> list[str]:
     """Column names spatialdata takes (letters, digits, ``_ - .``; not ``__x``, not ``_index``;
     unique ignoring case): others get ``_`` for each character it refuses (``gene name`` ->
     ``gene_name``) and a number when that name is taken."""
+    from napari_spatial_impute.io.sdata_write import column_char_ok
+
     taken: set[str] = set()
     out = []
     for name in names:
-        fixed = "".join(c if c.isalnum() or c in "_-." else "_" for c in name) or "column"
+        fixed = "".join(c if column_char_ok(c) else "_" for c in name) or "column"
         if fixed.startswith("__") or fixed in ("_index", ".", ".."):
             fixed = "v" + fixed
         candidate, n = fixed, 1

@@ -147,14 +147,20 @@ def _check_staging_folder(store: Path) -> None:
         )
 
 
+def column_char_ok(c: str) -> bool:
+    """spatialdata's rule for a character of a table's column name (``str.isalnum``: letters and
+    digits of any script, and ``_ - .``)."""
+    return c.isalnum() or c in "_-."
+
+
 def check_cluster_column(cluster_key: str | None) -> None:
     """Refuse, before the mapping, a cluster key whose result columns (``<key>_predicted``) a
     store's table cannot hold (spatialdata's rule for column names)."""
     column = f"{cluster_key}_predicted"
-    if cluster_key is None or all(c.isalnum() or c in "_-." for c in column):
-        return  # spatialdata's rule (str.isalnum: letters of any script)
+    if cluster_key is None or all(column_char_ok(c) for c in column):
+        return
     raise InputError(
-        f"cluster key {cluster_key!r} would name the result's column {cluster_key + '_predicted'!r}, "
+        f"cluster key {cluster_key!r} would name the result's column {column!r}, "
         "which a SpatialData table cannot hold (letters, digits, '_', '-', '.'); rename that "
         "reference column (e.g. to cell_type) or write the result as .h5ad (--out result.h5ad)."
     )
@@ -201,7 +207,6 @@ def _place(work: Path, name: str, staged: Path, journal: Journal) -> None:
         made_tables=made,
     )
     meta_tmp = journal.at(journal.meta_tmp)
-    assert meta_tmp is not None
     store_journal.fault_point("placing")
     if consolidated and os.path.lexists(dest):
         write_atomic(root, without_table(before, name), meta_tmp)
@@ -210,7 +215,7 @@ def _place(work: Path, name: str, staged: Path, journal: Journal) -> None:
         (work / "tables").mkdir(exist_ok=True)
         shutil.copyfile(staged.parent / "zarr.json", work / "tables" / "zarr.json")
     if os.path.lexists(dest):
-        os.rename(dest, journal.at(journal.old))  # type: ignore[arg-type]
+        os.rename(dest, journal.at(journal.old))
         store_journal.fault_point("moved aside")
     os.rename(staged, dest)
     store_journal.fault_point("renamed in")
@@ -281,15 +286,13 @@ def write_table(
             try:
                 work = target
                 if journal.copy is not None:  # a plain file copy: Ctrl-C stops it at once
-                    work = Path(journal.folder) / journal.copy
+                    work = journal.at(journal.copy)
                     copy_store(src, work)
                     _make_writable(work)
                 guard.deferring = True  # raised at guard.check(), never inside zarr's event loop
                 guard.check()
                 store_journal.fault_point("copied")
-                staged = _stage_table(
-                    table, name, Path(journal.folder) / journal.stage, fill, guard.check
-                )
+                staged = _stage_table(table, name, journal.at(journal.stage), fill, guard.check)
                 guard.check()
                 store_journal.fault_point("staged")
                 _place(work, name, staged, journal)

@@ -19,9 +19,9 @@ How a results table reaches ``tables/<name>`` (see ``docs/store-safety.md``):
 
 :func:`recover` (run under the lock by every write and by every open that may write) reads the
 journals of writes that died: before the commit it rolls back (the new table removed only when it
-is the very folder that was staged, same inode; the earlier table renamed back; the root
-``zarr.json`` restored byte for byte); after it, it finishes the clean-up. It touches only the
-paths a journal names.
+is the very folder that was staged, same inode; the earlier table renamed back; that table's
+entries of the root ``zarr.json`` put back as they were, the others left as they are now); after
+it, it finishes the clean-up. It touches only the paths a journal names.
 """
 
 from __future__ import annotations
@@ -156,8 +156,9 @@ class Journal:
     def path(self) -> Path:
         return Path(self.folder) / self.name
 
-    def at(self, name: str | None) -> Path | None:
-        return None if name is None else Path(self.folder) / name
+    def at(self, name: str) -> Path:
+        """The path of ``name`` (one of this journal's names) beside the store."""
+        return Path(self.folder) / name
 
     def save(self, **changes: Any) -> None:
         """Record ``changes`` (one atomic, synced rename)."""
@@ -179,8 +180,8 @@ class Journal:
         """After the commit: remove what the write left beside the store, the journal last
         (``keep_old``: not the earlier table moved aside)."""
         for name in (None if keep_old else self.old, self.stage, self.meta_tmp, self.copy):
-            path = self.at(name)
-            if path is not None:
+            if name is not None:
+                path = self.at(name)
                 remove_path(path)
                 fault_point(f"removed {path.suffix[1:]}")
         self.path.unlink(missing_ok=True)
@@ -199,10 +200,10 @@ class Journal:
             return
         keep_old = False
         if self.state == "placing" and self.copy is None:
-            store = Path(self.folder) / self.store
-            root, tmp = store / "zarr.json", Path(self.folder) / self.meta_tmp
+            store = self.at(self.store)
+            root, tmp = store / "zarr.json", self.at(self.meta_tmp)
             dest = store / "tables" / self.table
-            old = Path(self.folder) / self.old
+            old = self.at(self.old)
             ours = False
             if self.stage_ino is not None and os.path.lexists(dest):
                 st = os.lstat(dest)
