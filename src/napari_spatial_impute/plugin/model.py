@@ -6,12 +6,46 @@ Widgets never find each other; they read and write this model and connect to its
 from __future__ import annotations
 
 import weakref
+from dataclasses import dataclass
 from collections.abc import Callable
 from types import EllipsisType
 from typing import Any, TypeVar
 
 import anndata as ad
+import numpy as np
 from psygnal import Signal
+
+
+@dataclass(frozen=True)
+class ShownValues:
+    """One shown value per result row, as the Explore widget coloured it.
+
+    Attributes
+    ----------
+    kind
+        ``"imputed"``, ``"measured"``, ``"interval"``, ``"probability"`` or ``"predicted"``.
+    name
+        The gene or cluster (``""`` for the most likely cluster).
+    values
+        One value per row of the result (float32; ``nan`` where there is none), or category
+        codes (int) for ``"predicted"``.
+    rgba
+        The colour of each row (``(n, 4)`` float32 in 0..1), exactly what the points show.
+    limits
+        The contrast limits used (``None`` for categories).
+    colormap
+        The colormap's name (``None`` for categories).
+    categories
+        The category names for ``"predicted"`` (codes index into them), else ``None``.
+    """
+
+    kind: str
+    name: str
+    values: np.ndarray
+    rgba: np.ndarray
+    limits: tuple[float, float] | None = None
+    colormap: str | None = None
+    categories: tuple[str, ...] | None = None
 
 
 class SpatialImputeModel:
@@ -35,6 +69,10 @@ class SpatialImputeModel:
         (:func:`~napari_spatial_impute.io.files.find_sample_key`).
     cv_table
         Cross-validation table (DataFrame) when one was run, else ``None``.
+    shown
+        What the Explore widget shows now (:class:`ShownValues`), or ``None``; ``shown_changed``
+        is emitted with it whenever a gene, probability or cluster is shown, so that other views
+        of the same cells (a store's labels or shapes) colour themselves the same way.
     """
 
     reference_changed = Signal(object)
@@ -42,6 +80,7 @@ class SpatialImputeModel:
     result_changed = Signal(object)
     keys_changed = Signal()
     cv_changed = Signal(object)
+    shown_changed = Signal(object)
 
     def __init__(self) -> None:
         self.reference: ad.AnnData | None = None
@@ -51,6 +90,7 @@ class SpatialImputeModel:
         self.fov_key: str | None = None
         self.sample_key: str | None = None
         self.cv_table: Any = None
+        self.shown: ShownValues | None = None
 
     def set_reference(self, adata: ad.AnnData | None) -> None:
         """Replace the reference and clear a result that no longer matches."""
@@ -84,6 +124,11 @@ class SpatialImputeModel:
         """Store a cross-validation table."""
         self.cv_table = table
         self.cv_changed.emit(table)
+
+    def set_shown(self, shown: ShownValues | None) -> None:
+        """Record what the Explore widget shows now (main thread) and tell the listeners."""
+        self.shown = shown
+        self.shown_changed.emit(shown)
 
 
 _T = TypeVar("_T")
