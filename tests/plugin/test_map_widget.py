@@ -656,3 +656,76 @@ def test_batch_status_names_the_workers_the_run_will_have(widget, qtbot, tmp_pat
     assert worker is not None
     qtbot.waitUntil(lambda: w.worker is None, timeout=60_000)
     assert "stopped before any batch" in w.status.text()
+
+
+# ---------------------------------------------------------------------------- issue 24
+def _store_viewer(tmp_path, make_napari_viewer_proxy, qtbot):
+    """A Map widget over a small synthetic store's cells (reference and spatial loaded)."""
+    import warnings
+
+    from _data import make_store
+    from napari_spatial_impute.io.sdata import read_spatial
+
+    path, ref = make_store(tmp_path / "cells.zarr")
+    viewer = make_napari_viewer_proxy()
+    model = viewer_model(viewer)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model.set_reference(ref)
+        model.set_spatial(read_spatial(path))
+    model.set_keys(cluster_key="cell_type", fov_key=None)
+    w = MapWidget(viewer)
+    qtbot.addWidget(w)
+    w.form.method.value = "ensemble"
+    return path, viewer, model, w
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_map_again_after_writing_to_the_store(tmp_path, make_napari_viewer_proxy, qtbot):
+    """Issue 24 (3): Map, Write to store, then Map again did nothing (the finished store-write
+    worker was still held as the mapping's worker), without a word."""
+    import spatialdata as sd
+
+    path, viewer, model, w = _store_viewer(tmp_path, make_napari_viewer_proxy, qtbot)
+    assert w.run() is not None
+    qtbot.waitUntil(lambda: w.worker is None and model.result is not None, timeout=120_000)
+    assert not w.store_writer.isHidden()
+    w.store_writer.write()
+    qtbot.waitUntil(lambda: not w.busy, timeout=120_000)
+    assert "spatial_impute" in sd.read_zarr(path).tables
+    first = model.result
+    assert w.run_button.isEnabled()
+    assert w.run() is not None, "Map after a finished write starts a new mapping"
+    qtbot.waitUntil(lambda: w.worker is None and model.result is not first, timeout=120_000)
+    assert model.result is not None and "Done" in w.status.text()
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_map_during_a_store_write_says_what_runs(
+    tmp_path, make_napari_viewer_proxy, qtbot, monkeypatch
+):
+    """Issue 24 (3): Map while the results are being written says so, and works once written."""
+    import threading
+
+    from napari_spatial_impute.io import sdata_write
+
+    path, viewer, model, w = _store_viewer(tmp_path, make_napari_viewer_proxy, qtbot)
+    assert w.run() is not None
+    qtbot.waitUntil(lambda: w.worker is None and model.result is not None, timeout=120_000)
+    release, entered = threading.Event(), threading.Event()
+    write_table = sdata_write.write_table
+
+    def held(*args, **kwargs):
+        entered.set()
+        release.wait(60)
+        return write_table(*args, **kwargs)
+
+    monkeypatch.setattr(sdata_write, "write_table", held)
+    w.store_writer.write()
+    qtbot.waitUntil(entered.is_set, timeout=30_000)
+    assert w.run() is None
+    assert "writing the results to the store" in w.status.text().lower()
+    release.set()
+    qtbot.waitUntil(lambda: not w.busy, timeout=120_000)
+    assert w.run() is not None
+    qtbot.waitUntil(lambda: w.worker is None, timeout=120_000)

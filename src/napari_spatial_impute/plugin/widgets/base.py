@@ -41,13 +41,22 @@ class PluginWidget(QWidget):
         self._running: list[Any] = []
 
     # ------------------------------------------------------------------ workers
-    def start_worker(self, worker: Any, on_finished: Callable[[], None] | None = None) -> Any:
+    def start_worker(
+        self,
+        worker: Any,
+        on_finished: Callable[[], None] | None = None,
+        *,
+        current: bool = True,
+    ) -> Any:
         """Start ``worker`` (created with ``start_thread=False``), keeping it until it finishes.
 
         ``on_finished`` runs on the main thread when it finishes, whether it returned, failed or
-        was quit. Returns the worker (tests wait on its ``finished`` signal).
+        was quit. ``current=False`` starts a side task (e.g. writing a result somewhere): it
+        counts in :attr:`busy` but does not become :attr:`worker`, the widget's own task that
+        its buttons wait for. Returns the worker (tests wait on its ``finished`` signal).
         """
-        self.worker = worker
+        if current:
+            self.worker = worker
         self._running.append(worker)
 
         def _done() -> None:

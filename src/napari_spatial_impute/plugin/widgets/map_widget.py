@@ -335,7 +335,8 @@ class MapWidget(PluginWidget):
         self.status = QLabel("")
         self.status.setWordWrap(True)
         self.plot = ScorePlot()
-        self.store_writer = StoreWriter(self.start_worker)
+        # a side task: Map stays free once the write finished (issue 24: it was held as the run)
+        self.store_writer = StoreWriter(partial(self.start_worker, current=False))
         self.model.result_changed.connect(self.store_writer.set_result)
         self.store_writer.set_result(self.model.result)
 
@@ -461,7 +462,13 @@ class MapWidget(PluginWidget):
         :func:`~napari_spatial_impute.io.files.input_warnings`) are shown as napari warnings first.
         """
         ref, spa = self.model.reference, self.model.spatial
-        if self.worker is not None or ref is None or spa is None:
+        if ref is None or spa is None:
+            return None
+        if self.worker is not None:
+            self.status.setText("A mapping is running: cancel it first, or wait for it to end.")
+            return None
+        if self.busy:  # a side task (the store write) holds the data the mapping would replace
+            self.status.setText("Writing the results to the store: Map again once it is written.")
             return None
         shown = self._update_warnings()
         for line in shown:
