@@ -438,3 +438,21 @@ def test_cosmx_cells_read_their_own_label(shared_data, tmp_path):
     yx = np.asarray(table.obsm["spatial"], dtype=np.float64)[:, ::-1]
     read = _read_at(_layer(labels), data, yx)
     assert np.mean(read == table.obs["cell_ID"].to_numpy()) > 0.95
+
+
+def test_mosaic_with_id_offsets_shifts_each_tiles_ids_lazily():
+    """Per-FOV ids repeat; with offsets, tile k's nonzero pixels read id + offsets[k] (0 stays 0)."""
+    tiles, origins, _ = _tile_grid()
+    tiles = [np.where(t % 7 == 0, 0, t % 50).astype(np.uint16) for t in tiles]  # ids repeat
+    offsets = [k * 65536 for k in range(len(tiles))]
+    shifted = [
+        np.where(t != 0, t.astype(np.uint32) + o, 0) for t, o in zip(tiles, offsets, strict=True)
+    ]
+    truth = _stitch([s.astype(np.uint32) for s in shifted], origins)
+    levels = mosaic_pyramid([da.from_array(t, chunks=5) for t in tiles], origins)
+    moved = levels[0].with_ids(offsets, np.uint32)
+    assert moved.dtype == np.uint32 and moved.reads == 0  # nothing read to build it
+    np.testing.assert_array_equal(moved[...], truth)
+    np.testing.assert_array_equal(moved[3:17, 20:31], truth[3:17, 20:31])
+    np.testing.assert_array_equal(moved.level(2)[...], truth[::2, ::2])
+    np.testing.assert_array_equal(levels[0][...], _stitch(tiles, origins))  # the source unchanged

@@ -139,7 +139,9 @@ class MosaicArray:
     index that keeps both spatial axes whole and picks along the others (a channel,
     ``m[c]``) is lazy and gives the mosaic of the picked tiles. With ``cache=True`` the
     first read materialises the whole level (for the coarsest level, which napari reads whole
-    for its thumbnail on every refresh).
+    for its thumbnail on every refresh). ``id_offsets`` (labels) adds ``id_offsets[k]`` to the
+    nonzero pixels of tile ``k`` as they are read, so ids repeated across tiles (per-FOV
+    segmentations) become unique; ``dtype`` must then hold the largest id.
     """
 
     def __init__(
@@ -152,8 +154,10 @@ class MosaicArray:
         stride: int = 1,
         dtype: Any = None,
         cache: bool = False,
+        id_offsets: Sequence[int] | None = None,
     ) -> None:
         self.tiles = list(tiles)
+        self.id_offsets = None if id_offsets is None else [int(o) for o in id_offsets]
         self.origins = np.asarray(origins, dtype=np.int64).reshape(len(self.tiles), 2)
         self.sizes = np.array(
             [[t.shape[yx[0]], t.shape[yx[1]]] for t in self.tiles], dtype=np.int64
@@ -205,14 +209,27 @@ class MosaicArray:
 
     def level(self, stride: int, *, cache: bool = False) -> MosaicArray:
         """The same tiles as a coarser level (pixel ``j`` = level-0 pixel ``j * stride``)."""
+        return self.with_ids(self.id_offsets, self.dtype, stride=stride, cache=cache)
+
+    def with_ids(
+        self,
+        id_offsets: Sequence[int] | None,
+        dtype: Any,
+        *,
+        stride: int | None = None,
+        cache: bool | None = None,
+    ) -> MosaicArray:
+        """The same tiles (read lazily, nothing copied) with tile ``k``'s nonzero ids shifted
+        by ``id_offsets[k]`` into ``dtype``."""
         return MosaicArray(
             self.tiles,
             self.origins,
             self.base_shape,
             yx=self.yx,
-            stride=stride,
-            dtype=self.dtype,
-            cache=cache,
+            stride=self.stride if stride is None else stride,
+            dtype=dtype,
+            cache=self._cache if cache is None else cache,
+            id_offsets=id_offsets,
         )
 
     def __getitem__(self, key: Any) -> Any:
@@ -254,6 +271,7 @@ class MosaicArray:
             stride=self.stride,
             dtype=self.dtype,
             cache=self._cache,
+            id_offsets=self.id_offsets,
         )
 
     # --- reading ------------------------------------------------------------------------
@@ -304,17 +322,21 @@ class MosaicArray:
         hits = np.flatnonzero(
             np.all(self.origins <= hi, axis=1) & np.all(self.origins + self.sizes > lo, axis=1)
         )
-        targets: list[tuple[tuple[slice, ...], tuple[int, ...]]] = []
+        targets: list[tuple[tuple[slice, ...], tuple[int, ...], int]] = []
         blocks: list[Any] = []
         for t in hits:
             part = self._tile_part(int(t), keep, wanted)
             if part is not None:
                 tile_key, out_key, flip = part
                 blocks.append(self.tiles[t][tile_key])
-                targets.append((out_key, flip))
+                targets.append((out_key, flip, int(t)))
         self.reads += len(blocks)
-        for (out_key, flip), block in zip(targets, _materialise(blocks), strict=True):
+        for (out_key, flip, t), block in zip(targets, _materialise(blocks), strict=True):
             block = np.asarray(block)
+            if self.id_offsets is not None and self.id_offsets[t]:
+                shifted = block.astype(self.dtype)
+                shifted[block != 0] += self.dtype.type(self.id_offsets[t])
+                block = shifted
             if flip:
                 block = np.flip(block, axis=flip)
             out[out_key] = block

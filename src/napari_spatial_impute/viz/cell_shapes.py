@@ -1,0 +1,297 @@
+"""Cells in their own shapes: a result's rows matched to a store's labels or shapes (pure: no Qt).
+
+A result read from a SpatialData store keeps each cell's identity there: ``obs[region_key]``
+names the element (a labels image, one per FOV in CosMx, or a shapes element) and
+``obs[instance_key]`` the cell's id in it (``uns['spatialdata']``, see
+:func:`~napari_spatial_impute.io.sdata.spatial_source`). This module turns what the Explore
+widget shows (one value and one RGBA colour per result row) into what colours those cells:
+
+* **labels**: one key per cell, the label value drawn in a *cell labels* layer, and a colour
+  table ``key -> RGBA`` (napari's direct label colormap). Per-FOV label images repeat their ids,
+  so the cell labels layer reads the store's tiles through a :class:`~.rasters.MosaicArray` that
+  adds a per-tile offset (:func:`tile_id_offsets`): the key of the cell with id ``i`` in tile
+  ``k`` is ``offsets[k] + i``, exact and lazy (no pixel is copied or read ahead).
+* **shapes**: polygons (Xenium, MERSCOPE) as a Shapes layer and circles as a Points layer whose
+  sizes are the circles' diameters, both coloured by one ``face_color`` array.
+
+The hover readout of a mask is the same as a point's: the value, the cell, its FOV, its most
+likely clusters (:func:`~.explore.hover_features`), in a features table indexed by label value.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+
+from napari_spatial_impute.io.sdata import cs_matrix, spatial_source
+from napari_spatial_impute.viz.explore import hover_features
+from napari_spatial_impute.viz.layers import META_KEY, LayerData
+from napari_spatial_impute.viz.rasters import LABELS_KIND, MosaicArray
+
+#: ``metadata[META_KEY]["kind"]`` of the layers built here.
+CELL_LABELS_KIND = "cell_labels"
+CELL_SHAPES_KIND = "cell_shapes"
+CELL_KINDS = (CELL_LABELS_KIND, CELL_SHAPES_KIND)
+#: More polygons than this are not drawn as shapes (napari's Shapes layer triangulates each
+#: polygon in Python: minutes at 10^5); the cells stay points, with a note.
+MAX_POLYGONS = 20_000
+#: Opacity of the coloured cells (the image stays visible below).
+CELL_OPACITY = 0.8
+#: Feature column of the label value (napari's Labels look features up by it).
+INDEX_COLUMN = "index"
+
+
+@dataclass(frozen=True)
+class CellIds:
+    """Where each result row's cell is in its store: element (region) and id (instance)."""
+
+    store: str
+    coordinate_system: str
+    region_key: str
+    instance_key: str
+    regions: np.ndarray  # element name of each row (str)
+    instances: np.ndarray  # id of each row in its element (int64, or object when not whole)
+
+
+def cell_ids(result: ad.AnnData | None) -> CellIds | None:
+    """The store identity of the result's rows, ``None`` when it was not read from a store."""
+    src = spatial_source(result) if result is not None else None
+    if src is None or result is None:
+        return None
+    region_key, instance_key = str(src["region_key"]), str(src["instance_key"])
+    if region_key not in result.obs or instance_key not in result.obs:
+        return None
+    inst = result.obs[instance_key].to_numpy()
+    try:
+        inst = inst.astype(np.int64)
+    except (TypeError, ValueError):
+        inst = inst.astype(str).astype(object)
+    return CellIds(
+        store=str(src["store"]),
+        coordinate_system=str(src["coordinate_system"]),
+        region_key=region_key,
+        instance_key=instance_key,
+        regions=result.obs[region_key].astype(str).to_numpy(),
+        instances=inst,
+    )
+
+
+def same_store(a: str | None, b: str | None) -> bool:
+    """Whether two recorded store paths name the same store."""
+    if not a or not b:
+        return False
+    return os.path.realpath(str(a)) == os.path.realpath(str(b))
+
+
+# --------------------------------------------------------------------------- labels
+def tile_id_offsets(n_tiles: int, dtype: Any) -> tuple[np.ndarray, np.dtype]:
+    """Per-tile id offsets that make ids of ``n_tiles`` tiles of ``dtype`` unique, and the dtype
+    of the shifted ids.
+
+    Tile ``k`` gets ``k * 2**bits`` (``bits`` of the tile's dtype, at most 32): any id a tile can
+    hold stays inside its own range, so the keys are exact without reading a pixel. The result
+    is ``uint32`` when it fits (8- and 16-bit tiles), else ``int64``.
+    """
+    bits = min(np.dtype(dtype).itemsize * 8, 32)
+    span = 1 << bits
+    offsets = np.arange(n_tiles, dtype=np.int64) * span
+    top = n_tiles * span - 1
+    out = np.dtype(np.uint32) if top <= np.iinfo(np.uint32).max else np.dtype(np.int64)
+    return offsets, out
+
+
+def cell_labels_data(data: Any, n_tiles: int) -> tuple[Any, list[int] | None]:
+    """The data of a cell labels layer drawn from a store labels layer's ``data``.
+
+    A mosaic of per-FOV tiles (or its pyramid levels) is read again with unique ids
+    (:func:`tile_id_offsets`); a single element keeps its own ids. Returns ``(data, offsets)``,
+    ``offsets`` ``None`` when the ids were kept.
+    """
+    levels = data if isinstance(data, list) else [data]
+    if n_tiles < 2 or not all(isinstance(lv, MosaicArray) for lv in levels):
+        return data, None
+    offsets, dtype = tile_id_offsets(n_tiles, levels[0].tiles[0].dtype)
+    shifted = [lv.with_ids(offsets.tolist(), dtype) for lv in levels]
+    return (shifted if isinstance(data, list) else shifted[0]), offsets.tolist()
+
+
+def cell_labels_layer(source_data: Any, source_meta: dict[str, Any], name: str) -> LayerData:
+    """A cell labels layer over the same pixels as a store's labels layer (filled, keyed
+    uniquely, nothing coloured yet); ``source_meta`` is that layer's plugin metadata."""
+    elements = [str(e) for e in source_meta.get("elements", [])]
+    data, offsets = cell_labels_data(source_data, len(elements))
+    meta = {
+        "kind": CELL_LABELS_KIND,
+        "elements": elements,
+        "id_offsets": offsets,
+        "store": source_meta.get("store"),
+        "coordinate_system": source_meta.get("coordinate_system"),
+    }
+    kwargs = {
+        "name": name,
+        "opacity": CELL_OPACITY,
+        "blending": "translucent",
+        "metadata": {META_KEY: meta},
+    }
+    return (data, kwargs, LABELS_KIND)
+
+
+def label_keys(ids: CellIds, elements: Sequence[str], offsets: Sequence[int] | None) -> np.ndarray:
+    """The label value of each result row in a layer of ``elements`` (0: not in that layer).
+
+    ``offsets[k]`` is added to the ids of element ``elements[k]`` (:func:`cell_labels_data`).
+    Rows whose id is not a whole number get 0 (labels are whole ids).
+    """
+    keys = np.zeros(len(ids.regions), dtype=np.int64)
+    if ids.instances.dtype == object:
+        return keys
+    for k, element in enumerate(elements):
+        rows = np.flatnonzero(ids.regions == element)
+        if rows.size:
+            shift = int(offsets[k]) if offsets is not None else 0
+            keys[rows] = np.where(ids.instances[rows] > 0, ids.instances[rows] + shift, 0)
+    return keys
+
+
+def colour_table(keys: np.ndarray, rgba: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(keys, colours)`` of the rows drawn in a layer (key > 0), one entry per key.
+
+    A key met twice (two rows naming one cell) keeps its last row's colour, as napari would.
+    """
+    drawn = np.flatnonzero(keys > 0)
+    k = keys[drawn]
+    _, last = np.unique(k[::-1], return_index=True)
+    pick = drawn[len(k) - 1 - last]
+    return keys[pick], np.asarray(rgba, dtype=np.float32)[pick]
+
+
+def shown_column(kind: str, name: str) -> str:
+    """The hover column of what is shown (``Gad1``, ``Gad1 measured``, ``most likely cluster``)."""
+    if kind == "predicted":
+        return "most likely cluster"
+    return name if kind == "imputed" else f"{name} {kind}"
+
+
+def shown_features(
+    result: ad.AnnData,
+    keys: np.ndarray,
+    kind: str,
+    name: str,
+    values: np.ndarray,
+    categories: Sequence[str] | None = None,
+    *,
+    fov_key: str | None = None,
+    sample_key: str | None = None,
+    instance: tuple[str, np.ndarray] | None = None,
+) -> pd.DataFrame:
+    """The hover table of the drawn rows (key > 0): the label value (``index``), the shown value
+    (a category name for ``"predicted"``), the cell's id in its element, and the points' hover
+    columns (cell, FOV, most likely clusters)."""
+    rows = np.flatnonzero(keys > 0)
+    vals = np.asarray(values)[rows]
+    if categories is not None:
+        codes = vals.astype(np.int64)
+        shown: Any = pd.Categorical.from_codes(
+            np.where((codes >= 0) & (codes < len(categories)), codes, -1),
+            categories=list(categories),
+        )
+    else:
+        shown = vals.astype(np.float32)
+    df = pd.DataFrame({INDEX_COLUMN: keys[rows], shown_column(kind, name): shown})
+    if instance is not None:
+        df[instance[0]] = np.asarray(instance[1])[rows]
+    hover = hover_features(result, rows, fov_key, sample_key)
+    return pd.concat([df, hover.reset_index(drop=True)], axis=1)
+
+
+# --------------------------------------------------------------------------- shapes
+@dataclass
+class CellShapes:
+    """The cells of a store's shapes elements as layer data, and which result row is which.
+
+    ``layer`` is a Shapes layer (polygons) or a Points layer (circles) tuple; ``rows[j]`` is the
+    result row of the layer's item ``j`` (-1: a shape of no result row, left transparent).
+    """
+
+    layer: LayerData
+    rows: np.ndarray
+
+
+def shape_layer(sdata: Any, ids: CellIds, elements: Sequence[str], name: str) -> CellShapes | str:
+    """The result's cells of shapes ``elements`` in the result's coordinate system, or a one-line
+    reason why they stay points (too many polygons, no geometry)."""
+    from geopandas import GeoDataFrame
+
+    polys: list[np.ndarray] = []
+    centres: list[np.ndarray] = []
+    sizes: list[np.ndarray] = []
+    rows: list[np.ndarray] = []
+    kinds: set[str] = set()
+    for element in elements:
+        gdf = sdata[element]
+        if not isinstance(gdf, GeoDataFrame) or len(gdf) == 0:
+            continue
+        m = cs_matrix(gdf, ids.coordinate_system, ("y", "x"))
+        mine = np.flatnonzero(ids.regions == element)
+        row_of = pd.Series(mine, index=pd.Index(ids.instances[mine]))
+        row_of = row_of[~row_of.index.duplicated()]
+        where = row_of.reindex(gdf.index).fillna(-1).to_numpy(np.int64)
+        if where.max() < 0:  # ids compared as text (as the reader does when ints do not match)
+            row_of.index = row_of.index.astype(str)
+            where = row_of.reindex(gdf.index.astype(str)).fillna(-1).to_numpy(np.int64)
+        geom = gdf.geometry
+        types = set(geom.geom_type.dropna().unique())
+        if types == {"Point"}:
+            kinds.add("circles")
+            xy = geom.get_coordinates().to_numpy()
+            centres.append(_yx(m, xy))
+            radius = gdf["radius"].to_numpy(np.float64) if "radius" in gdf else np.ones(len(gdf))
+            sizes.append(2 * radius * np.sqrt(abs(np.linalg.det(m[:2, :2]))))
+        else:
+            kinds.add("polygons")
+            for g in geom:
+                poly = g.geoms[0] if g.geom_type == "MultiPolygon" else g
+                polys.append(_yx(m, np.asarray(poly.exterior.coords)[:-1]))
+        rows.append(where)
+    if not rows:
+        return f"no shapes of the cells in elements {', '.join(elements)}"
+    if len(kinds) > 1:
+        return "the elements mix circles and polygons; the cells stay points"
+    all_rows = np.concatenate(rows)
+    meta = {
+        "kind": CELL_SHAPES_KIND,
+        "elements": list(elements),
+        "store": ids.store,
+        "coordinate_system": ids.coordinate_system,
+    }
+    base = {"name": name, "opacity": CELL_OPACITY, "metadata": {META_KEY: meta}}
+    if kinds == {"circles"}:
+        kwargs = {**base, "size": np.concatenate(sizes), "border_width": 0}
+        return CellShapes((np.concatenate(centres), kwargs, "points"), all_rows)
+    if len(polys) > MAX_POLYGONS:
+        return (
+            f"{len(polys):,} polygons (over {MAX_POLYGONS:,}): the cells are drawn as points; "
+            "zoom to a FOV of fewer cells or use a labels element."
+        )
+    kwargs = {**base, "shape_type": "polygon", "edge_width": 0}
+    return CellShapes((polys, kwargs, "shapes"), all_rows)
+
+
+def _yx(m: np.ndarray, xy: np.ndarray) -> np.ndarray:
+    """Element ``(x, y)`` points in the cs's napari ``(y, x)`` by the 3x3 ``(y, x)`` matrix ``m``."""
+    yx = np.asarray(xy, dtype=np.float64)[:, ::-1]
+    return yx @ m[:2, :2].T + m[:2, 2]
+
+
+def shape_colours(rows: np.ndarray, rgba: np.ndarray) -> np.ndarray:
+    """The face colour of each shape: its row's RGBA, transparent for shapes of no row."""
+    out = np.zeros((len(rows), 4), dtype=np.float32)
+    mine = rows >= 0
+    out[mine] = np.asarray(rgba, dtype=np.float32)[rows[mine]]
+    return out

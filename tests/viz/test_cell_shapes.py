@@ -1,0 +1,168 @@
+"""Result rows matched to a store's labels (unique keys across per-FOV tiles) and shapes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from napari.layers import Labels
+
+from _data import make_store
+from napari_spatial_impute.io.sdata import open_store, read_spatial
+from napari_spatial_impute.viz.cell_shapes import (
+    INDEX_COLUMN,
+    MAX_POLYGONS,
+    CellShapes,
+    cell_ids,
+    cell_labels_layer,
+    colour_table,
+    label_keys,
+    shape_colours,
+    shape_layer,
+    shown_features,
+    tile_id_offsets,
+)
+from napari_spatial_impute.viz.layers import META_KEY
+from napari_spatial_impute.viz.rasters import raster_layers
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    path, _ = make_store(tmp_path_factory.mktemp("cells") / "cells.zarr", n_fovs=3)
+    return path
+
+
+def _labels_tuple(path):
+    (lab,) = [
+        ld for ld in raster_layers(open_store(path), "global", store=str(path)) if ld[2] == "labels"
+    ]
+    return lab
+
+
+def _rgba(n, seed=0):
+    rgba = np.random.default_rng(seed).random((n, 4)).astype(np.float32)
+    rgba[:, 3] = 1.0
+    return rgba
+
+
+def test_tile_offsets_keep_every_id_of_a_tile_in_its_own_range():
+    offsets, dtype = tile_id_offsets(3, np.uint16)
+    assert offsets.tolist() == [0, 65536, 131072] and dtype == np.uint32
+    offsets, dtype = tile_id_offsets(500, np.uint32)
+    assert offsets[1] == 2**32 and dtype == np.int64
+    assert offsets[-1] + np.iinfo(np.uint32).max <= np.iinfo(np.int64).max
+
+
+def test_each_cell_reads_its_own_key_through_napari_and_ids_repeat_across_fovs(store):
+    """The ids 1..24 repeat in every FOV; the cell labels layer's keys are unique per cell."""
+    data, kwargs, _ = _labels_tuple(store)
+    cells = cell_labels_layer(data, kwargs["metadata"][META_KEY], "cells")
+    meta = cells[1]["metadata"][META_KEY]
+    assert meta["elements"] == ["fov0_labels", "fov1_labels", "fov2_labels"]
+    result = read_spatial(store)
+    ids = cell_ids(result)
+    assert ids is not None and len(set(ids.instances.tolist())) == 24  # repeated
+    keys = label_keys(ids, meta["elements"], meta["id_offsets"])
+    assert len(np.unique(keys)) == result.n_obs and (keys > 0).all()
+    layer = Labels(cells[0], affine=kwargs["affine"], **cells[1])
+    got = [layer.get_value((y, x), world=True) for x, y in result.obsm["spatial"]]
+    np.testing.assert_array_equal(got, keys)
+    # the store's own layer still reads the element's ids (unchanged)
+    plain = Labels(data, affine=kwargs["affine"])
+    got = [plain.get_value((y, x), world=True) for x, y in result.obsm["spatial"]]
+    np.testing.assert_array_equal(got, ids.instances)
+
+
+def test_colour_table_has_one_colour_per_drawn_cell_and_skips_the_others(store):
+    data, kwargs, _ = _labels_tuple(store)
+    meta = cell_labels_layer(data, kwargs["metadata"][META_KEY], "c")[1]["metadata"][META_KEY]
+    result = read_spatial(store)[::2].copy()  # every other cell left out of the result
+    keys = label_keys(cell_ids(result), meta["elements"], meta["id_offsets"])
+    keys[3] = 0  # a row of another layer
+    rgba = _rgba(result.n_obs)
+    k, colours = colour_table(keys, rgba)
+    assert len(k) == result.n_obs - 1 and 0 not in k
+    lookup = dict(zip(k.tolist(), colours, strict=True))
+    for row in np.flatnonzero(keys):
+        np.testing.assert_array_equal(lookup[int(keys[row])], rgba[row])
+
+
+def test_hover_table_is_indexed_by_label_value(store):
+    result = read_spatial(store)
+    keys = np.arange(result.n_obs, dtype=np.int64) + 10
+    keys[0] = 0
+    values = np.linspace(0, 1, result.n_obs).astype(np.float32)
+    df = shown_features(
+        result, keys, "imputed", "Gad1", values, instance=("cell_ID", result.obs["cell_ID"])
+    )
+    assert df[INDEX_COLUMN].tolist() == keys[1:].tolist()
+    np.testing.assert_allclose(df["Gad1"], values[1:])
+    assert df["cell_ID"].tolist() == result.obs["cell_ID"].tolist()[1:]
+    assert df["fov"].astype(str).tolist() == result.obs["fov"].astype(str).tolist()[1:]
+    cats = shown_features(result, keys, "predicted", "", np.zeros(result.n_obs), ("T0", "T1"))
+    assert set(cats["most likely cluster"].astype(str)) == {"T0"}
+
+
+# --------------------------------------------------------------------------- shapes
+def _shapes_store(tmp_path, kind: str, n: int = 4):
+    import anndata as ad
+    import geopandas as gpd
+    import spatialdata as sd
+    from shapely.geometry import Point, Polygon
+    from spatialdata.models import ShapesModel, TableModel
+    from spatialdata.transformations import Scale
+
+    index = np.arange(n) + 100
+    if kind == "circles":
+        geoms = [Point(10.0 * i, 5.0) for i in range(n)]
+        gdf = gpd.GeoDataFrame({"geometry": geoms, "radius": np.arange(n) + 1.0}, index=index)
+    else:
+        geoms = [Polygon([(10 * i, 0), (10 * i + 4, 0), (10 * i + 4, 3)]) for i in range(n)]
+        gdf = gpd.GeoDataFrame({"geometry": geoms}, index=index)
+    shapes = ShapesModel.parse(gdf, transformations={"global": Scale([2.0, 2.0], axes=("x", "y"))})
+    ids = index[::-1][: n - 1]  # the table holds all cells but the first, in another order
+    table = ad.AnnData(
+        np.ones((len(ids), 2), np.float32),
+        obs=pd.DataFrame(
+            {"region": pd.Categorical(["cells"] * len(ids)), "cell_id": ids},
+            index=[f"c{i}" for i in ids],
+        ),
+    )
+    table = TableModel.parse(table, region="cells", region_key="region", instance_key="cell_id")
+    path = tmp_path / f"{kind}.zarr"
+    sd.SpatialData(shapes={"cells": shapes}, tables={"table": table}).write(path)
+    return path
+
+
+@pytest.mark.parametrize("kind", ["polygons", "circles"])
+def test_shapes_in_the_coordinate_system_with_their_rows(tmp_path, kind):
+    path = _shapes_store(tmp_path, kind)
+    result = read_spatial(path)
+    got = shape_layer(open_store(path), cell_ids(result), ["cells"], "cells")
+    assert isinstance(got, CellShapes)
+    data, kwargs, layer_type = got.layer
+    # shape j is cell 100 + j; the result has cells 103, 102, 101 in rows 0, 1, 2
+    np.testing.assert_array_equal(got.rows, [-1, 2, 1, 0])
+    if kind == "polygons":
+        assert layer_type == "shapes" and kwargs["shape_type"] == "polygon"
+        np.testing.assert_allclose(data[2], [[0, 40], [0, 48], [6, 48]])  # (y, x), scaled by 2
+    else:
+        assert layer_type == "points"
+        np.testing.assert_allclose(data[2], [10, 40])
+        np.testing.assert_allclose(kwargs["size"], 2 * 2 * (np.arange(4) + 1.0))
+    rgba = _rgba(result.n_obs)
+    faces = shape_colours(got.rows, rgba)
+    np.testing.assert_array_equal(faces[0], [0, 0, 0, 0])
+    np.testing.assert_array_equal(faces[1:], rgba[[2, 1, 0]])
+
+
+def test_too_many_polygons_stay_points_with_a_reason(tmp_path, monkeypatch):
+    from napari_spatial_impute.viz import cell_shapes
+
+    path = _shapes_store(tmp_path, "polygons")
+    monkeypatch.setattr(cell_shapes, "MAX_POLYGONS", 2)
+    got = shape_layer(open_store(path), cell_ids(read_spatial(path)), ["cells"], "cells")
+    assert isinstance(got, str) and "4 polygons" in got and "\n" not in got
+    assert MAX_POLYGONS > 2
