@@ -95,10 +95,11 @@ def result_to_anndata(
     out.var["dropped_reason"] = [plan.dropped.get(g, "") for g in names]
     cal = result.calibration if method == resolve_method(result, "auto") else None
     if cal is not None:
-        from napari_spatial_impute.core.uncertainty import intervals, reliability
+        from napari_spatial_impute.core.uncertainty import gene_summaries, intervals
         from napari_spatial_impute.io.schema import level_name
 
-        out.var["predicted_pearson"] = reliability(result, cal, names).to_numpy(dtype=np.float64)
+        predicted, widths = gene_summaries(result, cal, names)
+        out.var["predicted_pearson"] = predicted.to_numpy(dtype=np.float64)
         out.obs["uncertainty_group"] = pd.Categorical.from_codes(
             cal.groups, categories=cal.group_names
         )
@@ -145,6 +146,10 @@ def result_to_anndata(
             "reliability_coef": np.asarray(cal.coef, dtype=np.float64),
             "calibration_genes": np.asarray(cal.calibration_genes, dtype=object),
             "inner_pearson": np.asarray(cal.inner_pearson, dtype=np.float64),
+            # mean interval width of each level (cal.levels' order) over these cells and genes:
+            # a viewer shows it without reading every gene's intervals
+            "mean_width": np.asarray([widths[lv] for lv in cal.levels], dtype=np.float64),
+            "mean_width_shape": np.asarray([out.n_obs, len(names)], dtype=np.int64),
             "method": (
                 "conformal (Mondrian by cell group) on training genes held out of the "
                 f"{result.params.get('method', '')} map"

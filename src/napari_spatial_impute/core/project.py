@@ -121,15 +121,49 @@ def project_genes(
     method = resolve_method(result, method)
     names = resolve_reference_genes(result, genes)
     col_idx = result.reference.var_names.get_indexer(names)
-    n_sp = result.probabilities.shape[1]
-    out = np.empty((n_sp, len(names)), dtype=np.float32)
+    out = project_values(result, col_idx, method)
+    var = result.reference.var.iloc[col_idx].copy()
+    var["is_training"] = np.isin(names, result.genes.training_reference)
+    return ad.AnnData(
+        X=out,
+        obs=result.spatial.obs.copy(),
+        var=var,
+        obsm={"spatial": np.asarray(result.spatial.obsm["spatial"])},
+    )
+
+
+def project_values(
+    result: MappingResult,
+    col_idx: np.ndarray,
+    method: str,
+    cells: np.ndarray | None = None,
+    unit_idx: np.ndarray | None = None,
+) -> np.ndarray:
+    """Imputed values (float32, cells x genes) of the reference gene columns ``col_idx``.
+
+    The matrix part of :func:`project_genes` (``method`` resolved already): no ``obs`` copied,
+    so a viewer can impute one gene (or a few cells, ``cells``: spatial rows) at a time. Each
+    cell's values are computed from its own map column, so a gene or a cell alone gives the
+    same numbers as all of them for a sparse map. ``unit_idx``: :func:`mapped_units`'s index,
+    for ``"argmax"`` (computed when not given).
+    """
+    col_idx = np.asarray(col_idx, dtype=np.int64)
     P = result.probabilities
-    if method == "argmax":
+    n_sp = P.shape[1] if cells is None else len(cells)
+    out = np.empty((n_sp, len(col_idx)), dtype=np.float32)
+    if method == "argmax" and unit_idx is None:
         unit_idx, _ = mapped_units(result)
-    for a in range(0, len(names), GENE_CHUNK):
+    W = result.neighbours
+    if cells is not None:
+        cells = np.asarray(cells, dtype=np.int64)
+        W = None if W is None else W[cells]
+        P = sp.csc_matrix(P)[:, cells] if is_sparse(P) else P[:, cells]
+        unit_idx = None if unit_idx is None else unit_idx[cells]
+    for a in range(0, len(col_idx), GENE_CHUNK):
         idx = col_idx[a : a + GENE_CHUNK]
         if method == "neighbours":
-            block = result.neighbours @ result.reference_values.X[:, idx]
+            assert W is not None  # resolve_method refuses "neighbours" without the ensemble
+            block = W @ result.reference_values.X[:, idx]
             block = block.toarray() if is_sparse(block) else block
         elif method == "probabilistic":
             U = _unit_matrix(result, idx)
@@ -143,14 +177,7 @@ def project_genes(
             # rows by index: CSR (other sparse formats, e.g. COO, cannot be indexed)
             block = sp.csr_matrix(U)[unit_idx].toarray() if is_sparse(U) else U[unit_idx]
         out[:, a : a + len(idx)] = np.asarray(block, dtype=np.float32)
-    var = result.reference.var.iloc[col_idx].copy()
-    var["is_training"] = np.isin(names, result.genes.training_reference)
-    return ad.AnnData(
-        X=out,
-        obs=result.spatial.obs.copy(),
-        var=var,
-        obsm={"spatial": np.asarray(result.spatial.obsm["spatial"])},
-    )
+    return out
 
 
 def project_cell_annotations(

@@ -178,8 +178,14 @@ def platform_scale(measured: np.ndarray, predicted: np.ndarray) -> float:
     return float(np.median(mm[ok] / pm[ok]))
 
 
-def gene_features(W: Operator, ref_values: np.ndarray | SparseMatrix, offset: float) -> np.ndarray:
-    """Per-gene features for the reliability model, one row per gene column of ``ref_values``."""
+def gene_features(
+    W: Operator,
+    ref_values: np.ndarray | SparseMatrix,
+    offset: float,
+    spread: tuple[np.ndarray, np.ndarray] | None = None,
+) -> np.ndarray:
+    """Per-gene features for the reliability model, one row per gene column of ``ref_values``
+    (``spread``: :func:`_spread`'s ``(W X, spread)`` when computed already)."""
     X = ref_values
     if is_sparse(X):
         # scipy-stubs type mean(axis=...) on sparray and spmatrix, not on their common base
@@ -191,13 +197,13 @@ def gene_features(W: Operator, ref_values: np.ndarray | SparseMatrix, offset: fl
         mean = np.asarray(X.mean(axis=0)).ravel()
         det = np.asarray(X != 0).mean(axis=0)
         var = X.var(axis=0)
-    pred, spread = _spread(W, X)
+    pred, spread_ = _spread(W, X) if spread is None else spread
     return np.column_stack(
         [
             np.log1p(mean),
             det,
             np.log1p(np.clip(var, 0, None)),
-            np.log1p(spread.mean(axis=0) / (offset + 1e-12)),
+            np.log1p(spread_.mean(axis=0) / (offset + 1e-12)),
             np.log1p(pred.std(axis=0)),
         ]
     )
@@ -317,12 +323,39 @@ def reliability(
     result: MappingResult, calibration: Calibration, genes: Sequence[str] | None = None
 ) -> pd.Series:
     """Predicted held-out Pearson of each imputed gene (clipped to [-1, 1])."""
+    return gene_summaries(result, calibration, genes)[0]
+
+
+#: Bytes of the float64 arrays of one gene chunk in :func:`gene_summaries`.
+SUMMARY_BYTES = 256 << 20
+
+
+def gene_summaries(
+    result: MappingResult, calibration: Calibration, genes: Sequence[str] | None = None
+) -> tuple[pd.Series, dict[float, float]]:
+    """:func:`reliability` of each gene and the mean interval width of each level (over all
+    cells and genes, ``2 x`` the half-width of :func:`intervals`), in one pass over gene chunks
+    whose arrays stay near :data:`SUMMARY_BYTES` (each gene's numbers are those of all genes at
+    once: every step is per gene)."""
     from napari_spatial_impute.core.project import resolve_reference_genes
 
     names = resolve_reference_genes(result, genes)
     idx = result.reference.var_names.get_indexer(names)
-    feats = gene_features(
-        map_operator(result), result.reference_values.X[:, idx], calibration.offset
-    )
-    pred = calibration.coef[0] + feats @ calibration.coef[1:]
-    return pd.Series(np.clip(pred, -1, 1), index=names, name="predicted_pearson")
+    A = map_operator(result)
+    n_cells = A.shape[0]
+    step = max(1, SUMMARY_BYTES // (16 * max(n_cells, 1)))
+    feats, per_cell = [], np.zeros(n_cells, dtype=np.float64)
+    for a in range(0, len(idx), step):
+        X = result.reference_values.X[:, idx[a : a + step]]
+        pred, spread = _spread(A, X)
+        feats.append(gene_features(A, X, calibration.offset, (pred, spread)))
+        per_cell += (spread + calibration.offset).sum(axis=1)
+    F = np.concatenate(feats) if feats else np.zeros((0, len(calibration.coef) - 1))
+    pred_r = calibration.coef[0] + F @ calibration.coef[1:]
+    total = max(n_cells * len(idx), 1)
+    widths = {
+        lv: float(2.0 * calibration.quantiles[calibration.groups, li] @ per_cell / total)
+        for li, lv in enumerate(calibration.levels)
+    }
+    series = pd.Series(np.clip(pred_r, -1, 1), index=names, name="predicted_pearson")
+    return series, widths

@@ -89,9 +89,10 @@ def halfwidths(
 ) -> np.ndarray:
     """Half-width of one gene's interval at each cell (float32), ``rows`` only when given."""
     name = interval_level(result, level)
+    from napari_spatial_impute.io.lazy import column
+
     j = result.var_names.get_loc(resolve_gene(result, gene))
-    col = np.asarray(result.layers[interval_layer(name)][:, j]).ravel()
-    col = col.astype(np.float32, copy=False)
+    col = column(result.layers[interval_layer(name)], j).astype(np.float32, copy=False)
     return col if rows is None else col[np.asarray(rows, dtype=np.int64)]
 
 

@@ -1,0 +1,190 @@
+"""The lazy result (genes computed from the map when read) against the eager one (issue 24)."""
+
+from __future__ import annotations
+
+import tracemalloc
+
+import anndata as ad
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import napari_spatial_impute as nsi
+from _data import make_synthetic
+from napari_spatial_impute.core import lazy_result as lazy_mod
+from napari_spatial_impute.core import project, uncertainty
+from napari_spatial_impute.core.export import result_to_anndata
+from napari_spatial_impute.core.lazy_result import lazy_result
+from napari_spatial_impute.io import lazy
+from napari_spatial_impute.io.lazy import read_result_lazy
+from napari_spatial_impute.viz.intervals import mean_widths
+
+LAYERS = ("interval_90_halfwidth", "interval_67_halfwidth")
+
+
+@pytest.fixture(scope="module")
+def ensemble():
+    ref, spa = make_synthetic(n_ref=80, n_sp=50, seed=3)
+    return nsi.map_cells_to_space(ref, spa, cluster_key="cell_type", seed=0)
+
+
+def _assert_same(lazy_ad: ad.AnnData, eager: ad.AnnData) -> None:
+    np.testing.assert_array_equal(np.asarray(lazy_ad.X.compute()), eager.X)
+    for key in eager.layers:
+        np.testing.assert_array_equal(np.asarray(lazy_ad.layers[key].compute()), eager.layers[key])
+    for j in range(eager.n_vars):
+        np.testing.assert_array_equal(lazy.column(lazy_ad.X, j), eager.X[:, j])
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    seed=st.integers(0, 10_000),
+    n_sp=st.integers(12, 60),
+    step=st.integers(1, 9),
+    dense=st.booleans(),
+)
+def test_lazy_genes_equal_eager_genes_exactly(seed, n_sp, step, dense):
+    ref, spa = make_synthetic(n_ref=50, n_sp=n_sp, seed=seed, sparse=not dense)
+    result = nsi.map_cells_to_space(ref, spa, cluster_key="cell_type", seed=seed)
+    eager = result_to_anndata(result)
+    lz = lazy_result(result, step=step)
+    assert lz.X.chunks[1][0] == min(step, eager.n_vars)
+    assert set(lz.layers) == set(eager.layers) == set(LAYERS)
+    _assert_same(lz, eager)
+    rows = np.array([n_sp - 1, 0, 3, 0])
+    np.testing.assert_array_equal(lazy.rows(lz.X, rows), eager.X[rows])
+    for key in ("obs", "var"):
+        assert getattr(lz, key).equals(getattr(eager, key))
+
+
+def test_tangram_map_and_other_projections(synthetic):
+    """A dense (Tangram) map and the argmax projection: the same values, a gene at a time too."""
+    ref, spa = synthetic
+    result = nsi.map_cells_to_space(ref, spa, method="tangram", epochs=20, seed=0)
+    for method in ("probabilistic", "argmax"):
+        eager = result_to_anndata(result, method=method)
+        lz = lazy_result(result, method=method, step=4)
+        np.testing.assert_allclose(np.asarray(lz.X.compute()), eager.X, rtol=1e-6, atol=1e-7)
+        for j in (0, eager.n_vars - 1):
+            np.testing.assert_allclose(lazy.column(lz.X, j), eager.X[:, j], rtol=1e-6, atol=1e-7)
+        rows = np.array([5, 1])
+        np.testing.assert_allclose(lazy.rows(lz.X, rows), eager.X[rows], rtol=1e-6, atol=1e-7)
+
+
+def test_file_written_from_lazy_result_equals_eager(ensemble, tmp_path):
+    eager, lz = result_to_anndata(ensemble), lazy_result(ensemble, step=4)
+    eager.write_h5ad(tmp_path / "eager.h5ad")
+    lz.write_h5ad(tmp_path / "lazy.h5ad")
+    a, b = ad.read_h5ad(tmp_path / "lazy.h5ad"), ad.read_h5ad(tmp_path / "eager.h5ad")
+    np.testing.assert_array_equal(a.X, b.X)
+    for key in b.layers:
+        np.testing.assert_array_equal(a.layers[key], b.layers[key])
+    assert a.obs.equals(b.obs) and a.var.equals(b.var)
+    assert set(a.obsm) == set(b.obsm) and set(a.uns) == set(b.uns)
+    # a subset saved as the plugin's writer saves (src[keep].copy()) stays lazy and exact
+    keep = np.arange(0, lz.n_obs, 3)
+    sub = lz[keep].copy()
+    sub.write_h5ad(tmp_path / "sub.h5ad")
+    np.testing.assert_array_equal(ad.read_h5ad(tmp_path / "sub.h5ad").X, eager.X[keep])
+
+
+def test_one_gene_computes_one_gene_and_is_cached(ensemble, monkeypatch):
+    calls: list[int] = []
+    real = lazy_mod.project_values
+
+    def counting(result, col_idx, method, **kw):
+        calls.append(len(col_idx))
+        return real(result, col_idx, method, **kw)
+
+    monkeypatch.setattr(lazy_mod, "project_values", counting)
+    lz = lazy_result(ensemble, step=5)
+    assert calls == []  # nothing imputed until read
+    eager = result_to_anndata(ensemble)
+    np.testing.assert_array_equal(lazy.column(lz.X, 7), eager.X[:, 7])
+    assert calls == [1]  # one gene, not its block of five
+    np.testing.assert_array_equal(lazy.column(lz.X, 7), eager.X[:, 7])
+    assert calls == [1]  # shown again: from the cache
+    out = lazy.column(lz.X, 7)
+    out[:] = -1  # the caller's copy: the cache keeps its own
+    np.testing.assert_array_equal(lazy.column(lz.X, 7), eager.X[:, 7])
+    np.asarray(lz.X[:, 3:5].compute())
+    assert calls == [1, 5]  # a generic slice: one block
+
+
+def test_reliability_in_gene_chunks_equals_one_pass(ensemble, monkeypatch):
+    """The predicted Pearson and mean widths are computed gene chunk by gene chunk (bounded
+    memory at 10^6 cells) with the numbers of one pass over all genes (float32 reductions over
+    a narrower block round differently: equal to float32 precision)."""
+    cal = ensemble.calibration
+    whole, widths = uncertainty.gene_summaries(ensemble, cal)
+    assert whole.equals(uncertainty.reliability(ensemble, cal))
+    monkeypatch.setattr(uncertainty, "SUMMARY_BYTES", 1)  # one gene per chunk
+    chunked, widths_chunked = uncertainty.gene_summaries(ensemble, cal)
+    np.testing.assert_allclose(chunked.to_numpy(), whole.to_numpy(), rtol=1e-6, atol=1e-7)
+    hw = uncertainty.intervals(ensemble, cal)
+    for lv in cal.levels:
+        assert widths_chunked[lv] == pytest.approx(widths[lv], rel=1e-12)
+        assert widths[lv] == pytest.approx(2 * float(np.mean(hw[lv], dtype=np.float64)), rel=1e-6)
+    lz = lazy_result(ensemble)
+    assert mean_widths(lz) == pytest.approx(mean_widths(result_to_anndata(ensemble)), rel=1e-12)
+
+
+def test_mean_widths_of_lazy_layers_without_record(ensemble):
+    eager = result_to_anndata(ensemble)
+    lz = lazy_result(ensemble, step=3)
+    del lz.uns["spatial_impute"]["uncertainty"]["mean_width"]
+    del eager.uns["spatial_impute"]["uncertainty"]["mean_width"]
+    assert mean_widths(lz) == pytest.approx(mean_widths(eager), rel=1e-6)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # zarr's notes on its v3 defaults
+@pytest.mark.parametrize("fmt", ["h5ad", "zarr"])
+def test_result_file_read_lazily(ensemble, tmp_path, fmt):
+    eager = result_to_anndata(ensemble)
+    path = tmp_path / f"r.{fmt}"
+    if fmt == "zarr":
+        with ad.settings.override(zarr_write_format=3):
+            eager.write_zarr(path)
+    else:
+        eager.write_h5ad(path)
+    back = read_result_lazy(path)
+    assert lazy.is_lazy(back.X) and all(lazy.is_lazy(back.layers[k]) for k in LAYERS)
+    for j in (0, 4, eager.n_vars - 1):
+        np.testing.assert_array_equal(lazy.column(back.X, j), eager.X[:, j])
+        np.testing.assert_array_equal(
+            lazy.column(back.layers[LAYERS[0]], j), eager.layers[LAYERS[0]][:, j]
+        )
+    np.testing.assert_array_equal(lazy.rows(back.X, np.array([9, 2, 9])), eager.X[[9, 2, 9]])
+    np.testing.assert_array_equal(np.asarray(back.X.compute()), eager.X)
+    assert back.obs.equals(eager.obs) and set(back.obsm) == set(eager.obsm)
+
+
+def test_broken_result_file_is_one_line(tmp_path):
+    bad = tmp_path / "bad.h5ad"
+    bad.write_bytes(b"not hdf5")
+    with pytest.raises(nsi.InputError, match=r"cannot read result file .*bad\.h5ad"):
+        read_result_lazy(bad)
+    with pytest.raises(nsi.InputError, match="does not exist"):
+        read_result_lazy(tmp_path / "missing.h5ad")
+
+
+def test_memory_of_one_gene_is_bounded():
+    """One gene of a 20,000 x 2,000 lazy result: its column, never the 160 MB matrix."""
+    ref, spa = make_synthetic(n_ref=150, n_sp=20_000, n_genes=12, extra_ref_genes=1_988, seed=1)
+    result = nsi.map_cells_to_space(ref, spa, method="ensemble", seed=0)
+    lz = lazy_result(result)
+    bound = 16 << 20
+    tracemalloc.start()
+    try:
+        col = lazy.column(lz.X, 1_500)
+        hw = lazy.column(lz.layers[LAYERS[0]], 1_500)
+        _, peak_lazy = tracemalloc.get_traced_memory()
+        tracemalloc.reset_peak()
+        eager = project.project_genes(result)
+        _, peak_eager = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak_lazy < bound < peak_eager
+    np.testing.assert_array_equal(col, eager.X[:, 1_500])
+    assert hw.shape == (20_000,)
