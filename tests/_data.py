@@ -181,3 +181,35 @@ def size_pair(
     ref, spa = cells(n_ref, "r"), cells(n_sp, "s")
     spa.obsm["spatial"] = rng.random((n_sp, 2)) * 100
     return ref, spa
+
+
+def make_shapes_store(tmp_path: Path, kind: str, n: int = 4) -> Path:
+    """A store of ``n`` cells as shapes (``"polygons"`` or ``"circles"``, ids 100..; x scaled by
+    2 to ``global``) and a table of all but the first, in reverse order."""
+    import anndata as ad
+    import geopandas as gpd
+    import spatialdata as sd
+    from shapely.geometry import Point, Polygon
+    from spatialdata.models import ShapesModel, TableModel
+    from spatialdata.transformations import Scale
+
+    index = np.arange(n) + 100
+    if kind == "circles":
+        geoms = [Point(10.0 * i, 5.0) for i in range(n)]
+        gdf = gpd.GeoDataFrame({"geometry": geoms, "radius": np.arange(n) + 1.0}, index=index)
+    else:
+        geoms = [Polygon([(10 * i, 0), (10 * i + 4, 0), (10 * i + 4, 3)]) for i in range(n)]
+        gdf = gpd.GeoDataFrame({"geometry": geoms}, index=index)
+    shapes = ShapesModel.parse(gdf, transformations={"global": Scale([2.0, 2.0], axes=("x", "y"))})
+    ids = index[::-1][: n - 1]  # the table holds all cells but the first, in another order
+    table = ad.AnnData(
+        np.ones((len(ids), 2), np.float32),
+        obs=pd.DataFrame(
+            {"region": pd.Categorical(["cells"] * len(ids)), "cell_id": ids},
+            index=[f"c{i}" for i in ids],
+        ),
+    )
+    table = TableModel.parse(table, region="cells", region_key="region", instance_key="cell_id")
+    path = tmp_path / f"{kind}.zarr"
+    sd.SpatialData(shapes={"cells": shapes}, tables={"table": table}).write(path)
+    return path

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 import pytest
 from napari.layers import Labels
 
-from _data import make_store
+from _data import make_shapes_store, make_store
 from napari_spatial_impute.io.sdata import open_store, read_spatial
 from napari_spatial_impute.viz.cell_shapes import (
     INDEX_COLUMN,
@@ -106,39 +105,9 @@ def test_hover_table_is_indexed_by_label_value(store):
 
 
 # --------------------------------------------------------------------------- shapes
-def _shapes_store(tmp_path, kind: str, n: int = 4):
-    import anndata as ad
-    import geopandas as gpd
-    import spatialdata as sd
-    from shapely.geometry import Point, Polygon
-    from spatialdata.models import ShapesModel, TableModel
-    from spatialdata.transformations import Scale
-
-    index = np.arange(n) + 100
-    if kind == "circles":
-        geoms = [Point(10.0 * i, 5.0) for i in range(n)]
-        gdf = gpd.GeoDataFrame({"geometry": geoms, "radius": np.arange(n) + 1.0}, index=index)
-    else:
-        geoms = [Polygon([(10 * i, 0), (10 * i + 4, 0), (10 * i + 4, 3)]) for i in range(n)]
-        gdf = gpd.GeoDataFrame({"geometry": geoms}, index=index)
-    shapes = ShapesModel.parse(gdf, transformations={"global": Scale([2.0, 2.0], axes=("x", "y"))})
-    ids = index[::-1][: n - 1]  # the table holds all cells but the first, in another order
-    table = ad.AnnData(
-        np.ones((len(ids), 2), np.float32),
-        obs=pd.DataFrame(
-            {"region": pd.Categorical(["cells"] * len(ids)), "cell_id": ids},
-            index=[f"c{i}" for i in ids],
-        ),
-    )
-    table = TableModel.parse(table, region="cells", region_key="region", instance_key="cell_id")
-    path = tmp_path / f"{kind}.zarr"
-    sd.SpatialData(shapes={"cells": shapes}, tables={"table": table}).write(path)
-    return path
-
-
 @pytest.mark.parametrize("kind", ["polygons", "circles"])
 def test_shapes_in_the_coordinate_system_with_their_rows(tmp_path, kind):
-    path = _shapes_store(tmp_path, kind)
+    path = make_shapes_store(tmp_path, kind)
     result = read_spatial(path)
     got = shape_layer(open_store(path), cell_ids(result), ["cells"], "cells")
     assert isinstance(got, CellShapes)
@@ -161,7 +130,7 @@ def test_shapes_in_the_coordinate_system_with_their_rows(tmp_path, kind):
 def test_too_many_polygons_stay_points_with_a_reason(tmp_path, monkeypatch):
     from napari_spatial_impute.viz import cell_shapes
 
-    path = _shapes_store(tmp_path, "polygons")
+    path = make_shapes_store(tmp_path, "polygons")
     monkeypatch.setattr(cell_shapes, "MAX_POLYGONS", 2)
     got = shape_layer(open_store(path), cell_ids(read_spatial(path)), ["cells"], "cells")
     assert isinstance(got, str) and "4 polygons" in got and "\n" not in got

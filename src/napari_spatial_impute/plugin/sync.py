@@ -74,6 +74,9 @@ def connect_model(viewer: Any) -> SpatialImputeModel:
                 adopt_layer(m, event.value)
 
         viewer.layers.events.inserted.connect(_on_inserted)
+        from napari_spatial_impute.plugin.cell_shapes import connect_cell_painter
+
+        connect_cell_painter(viewer)  # a store's cells coloured by what Explore shows
     return model
 
 
@@ -92,3 +95,19 @@ def hook_current_viewer() -> None:
         return
     if viewer is not None:
         connect_model(viewer)
+
+
+def open_results() -> list[Any]:
+    """The mapping results open in the plugin: the current viewer's first, then every other
+    connected viewer's (the writer saves the result a value layer shows from here)."""
+    models: list[SpatialImputeModel] = []
+    try:
+        import napari
+
+        viewer = napari.current_viewer()
+    except Exception:
+        viewer = None
+    if viewer is not None:
+        models.append(viewer_model(viewer))
+    models.extend(m for m in list(_CONNECTED) if m not in models)
+    return [m.result for m in models if m.result is not None]

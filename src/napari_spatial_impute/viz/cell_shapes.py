@@ -29,10 +29,12 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
+from napari_spatial_impute.io.files import categorical_from_codes
 from napari_spatial_impute.io.sdata import cs_matrix, spatial_source
 from napari_spatial_impute.viz.explore import hover_features
 from napari_spatial_impute.viz.layers import META_KEY, LayerData
 from napari_spatial_impute.viz.rasters import LABELS_KIND, MosaicArray
+from napari_spatial_impute.viz.sections import resolve_sample_key
 
 #: ``metadata[META_KEY]["kind"]`` of the layers built here.
 CELL_LABELS_KIND = "cell_labels"
@@ -197,16 +199,15 @@ def shown_features(
     vals = np.asarray(values)[rows]
     if categories is not None:
         codes = vals.astype(np.int64)
-        shown: Any = pd.Categorical.from_codes(
-            np.where((codes >= 0) & (codes < len(categories)), codes, -1),
-            categories=list(categories),
+        shown: Any = categorical_from_codes(
+            np.where((codes >= 0) & (codes < len(categories)), codes, -1), categories
         )
     else:
         shown = vals.astype(np.float32)
     df = pd.DataFrame({INDEX_COLUMN: keys[rows], shown_column(kind, name): shown})
     if instance is not None:
         df[instance[0]] = np.asarray(instance[1])[rows]
-    hover = hover_features(result, rows, fov_key, sample_key)
+    hover = hover_features(result, rows, fov_key, resolve_sample_key(result, sample_key, fov_key))
     return pd.concat([df, hover.reset_index(drop=True)], axis=1)
 
 

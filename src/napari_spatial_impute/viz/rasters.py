@@ -331,11 +331,11 @@ class MosaicArray:
                 blocks.append(self.tiles[t][tile_key])
                 targets.append((out_key, flip, int(t)))
         self.reads += len(blocks)
-        for (out_key, flip, t), block in zip(targets, _materialise(blocks), strict=True):
+        for (out_key, flip, k), block in zip(targets, _materialise(blocks), strict=True):
             block = np.asarray(block)
-            if self.id_offsets is not None and self.id_offsets[t]:
+            if self.id_offsets is not None and self.id_offsets[k]:
                 shifted = block.astype(self.dtype)
-                shifted[block != 0] += self.dtype.type(self.id_offsets[t])
+                shifted[block != 0] += self.dtype.type(self.id_offsets[k])
                 block = shifted
             if flip:
                 block = np.flip(block, axis=flip)

@@ -1,0 +1,297 @@
+"""Colour a store's cells in their own shapes by what the Explore widget shows.
+
+One :class:`CellPainter` per viewer listens to the model's ``shown_changed``
+(:class:`~napari_spatial_impute.plugin.model.ShownValues`: one value and one RGBA per result row).
+When the result was read from a SpatialData store, it finds that store's labels layers in the
+viewer by their metadata (never by name), and colours the cells:
+
+* **labels**: a *cell labels* layer over the same pixels, just below the store's outlined labels
+  (per-FOV tiles read with unique ids, :func:`~napari_spatial_impute.viz.cell_shapes.cell_labels_data`),
+  coloured with a ``DirectLabelColormap`` keyed by label value; its ``features`` give the same
+  hover readout as a point (value, cell, FOV, most likely clusters);
+* **shapes** (polygons, circles): a Shapes (or Points) layer of the cells' own shapes coloured by
+  ``face_color``.
+
+The colour table, the colormap (with napari's value-to-texture lookup warmed) and the hover
+table are built in a worker; the main thread only adds a layer or runs the setters
+(``layer.colormap = ...``, ``layer.features = ...``, ``layer.face_color = ...``). A newer value
+shown while a worker runs wins: the older one's colours are dropped. The points stay: the
+fallback where the data have no shapes, and what a zoomed-out view of 10^6 cells draws fast.
+"""
+
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from napari_spatial_impute.plugin.model import ShownValues, get_model, per_viewer
+from napari_spatial_impute.viz.cell_shapes import (
+    CELL_LABELS_KIND,
+    CELL_SHAPES_KIND,
+    CellIds,
+    CellShapes,
+    cell_ids,
+    cell_labels_layer,
+    colour_table,
+    label_keys,
+    same_store,
+    shape_colours,
+    shape_layer,
+    shown_features,
+)
+from napari_spatial_impute.viz.layers import plugin_meta
+from napari_spatial_impute.viz.rasters import LABELS_KIND, RASTER_KINDS
+
+
+@dataclass
+class _LabelsJob:
+    """One labels layer to colour: its data and metadata (read on the main thread)."""
+
+    layer_id: int
+    data: Any
+    dtype: np.dtype
+    elements: list[str]
+    offsets: list[int] | None
+
+
+@dataclass
+class _Prepared:
+    """What the main thread sets: per labels layer its colormap and features; shapes colours."""
+
+    generation: int
+    labels: list[tuple[int, Any, Any]] = field(default_factory=list)  # (layer id, cmap, feats)
+    shapes: CellShapes | None = None
+    shape_faces: np.ndarray | None = None
+    note: str | None = None
+
+
+class CellPainter:
+    """Colours the cells of a viewer's store layers whenever the model's shown values change.
+
+    Attributes
+    ----------
+    worker
+        The last worker started (tests wait on its ``finished``), or ``None``.
+    applied
+        How many shown values were applied to the layers (stale ones are not counted).
+    note
+        Why the cells of shapes elements stay points, if they do.
+    """
+
+    def __init__(self, viewer: Any) -> None:
+        self._viewer = weakref.ref(viewer)
+        self.model = get_model(viewer)
+        self.worker: Any = None
+        self.applied = 0
+        self.note: str | None = None
+        self._generation = 0
+        self._keys: dict[tuple[int, int], np.ndarray] = {}  # (result id, layer id) -> keys
+        self._shapes: dict[int, CellShapes | str] = {}  # result id -> shapes or why not
+        self._result: Any = _none
+        self.model.shown_changed.connect(self.on_shown)
+
+    # ------------------------------------------------------------------ main thread
+    def on_shown(self, shown: ShownValues | None) -> None:
+        """Start colouring the store's cells by ``shown`` (``None``: hide the coloured cells)."""
+        self._generation += 1
+        viewer = self._viewer()
+        result = self.model.result
+        if self._result() is not result:  # keys and shapes belong to one result
+            self._keys, self._shapes = {}, {}
+            self._result = weakref.ref(result) if result is not None else _none
+        ids = cell_ids(result)
+        if viewer is None:
+            return
+        if shown is None or ids is None or result is None or len(shown.rgba) != result.n_obs:
+            self._hide(viewer)
+            return
+        jobs = [self._labels_job(viewer, source, ids) for source in self._sources(viewer, ids)]
+        covered = {e for job in jobs for e in job.elements}
+        rest = sorted(set(ids.regions) - covered)
+        self._start(result, ids, shown, jobs, rest)
+
+    def _sources(self, viewer: Any, ids: CellIds) -> list[Any]:
+        """The store's labels layers holding cells of the result."""
+        wanted = set(ids.regions)
+        return [
+            layer
+            for layer in viewer.layers
+            if _of_store(layer, ids, LABELS_KIND)
+            and wanted.intersection(plugin_meta(layer).get("elements", []))
+        ]
+
+    def _labels_job(self, viewer: Any, source: Any, ids: CellIds) -> _LabelsJob:
+        """The cell labels layer of ``source`` (added below it the first time)."""
+        meta = plugin_meta(source)
+        elements = [str(e) for e in meta.get("elements", [])]
+        target = next(
+            (
+                layer
+                for layer in viewer.layers
+                if _of_store(layer, ids, CELL_LABELS_KIND)
+                and plugin_meta(layer).get("elements") == elements
+            ),
+            None,
+        )
+        if target is None:
+            data, kwargs, _ = cell_labels_layer(source.data, meta, f"cells · {source.name}")
+            target = viewer.add_labels(
+                data,
+                affine=source.affine.affine_matrix,
+                scale=source.scale,
+                translate=source.translate,
+                multiscale=source.multiscale,
+                **kwargs,
+            )
+            viewer.layers.move(viewer.layers.index(target), viewer.layers.index(source))
+        target.visible = True
+        level0 = target.data[0] if target.multiscale else target.data
+        tmeta = plugin_meta(target)
+        return _LabelsJob(
+            id(target), target.data, np.dtype(level0.dtype), elements, tmeta.get("id_offsets")
+        )
+
+    def _start(
+        self, result: Any, ids: CellIds, shown: ShownValues, jobs: list[_LabelsJob], rest: list[str]
+    ) -> None:
+        from napari.qt.threading import create_worker
+
+        generation = self._generation
+        fov_key, sample_key = self.model.fov_key, self.model.sample_key
+        keys_cache, shapes_cache = self._keys, self._shapes
+
+        def work() -> _Prepared:
+            out = _Prepared(generation)
+            for job in jobs:
+                key = (id(result), job.layer_id)
+                if key not in keys_cache:
+                    keys_cache[key] = label_keys(ids, job.elements, job.offsets)
+                keys = keys_cache[key]
+                cmap = _label_colormap(keys, shown.rgba, job.dtype)
+                feats = shown_features(
+                    result,
+                    keys,
+                    shown.kind,
+                    shown.name,
+                    shown.values,
+                    shown.categories,
+                    fov_key=fov_key,
+                    sample_key=sample_key,
+                    instance=(ids.instance_key, ids.instances),
+                )
+                _prefetch(job.data)
+                out.labels.append((job.layer_id, cmap, feats))
+            if rest:
+                shapes = shapes_cache.get(id(result))
+                if shapes is None:
+                    shapes = _read_shapes(ids, rest)
+                    shapes_cache[id(result)] = shapes
+                if isinstance(shapes, CellShapes):
+                    out.shapes = shapes
+                    out.shape_faces = shape_colours(shapes.rows, shown.rgba)
+                else:
+                    out.note = shapes
+            return out
+
+        worker = create_worker(work, _start_thread=False)
+        worker.returned.connect(self._apply)
+        self.worker = worker
+        worker.start()
+
+    def _apply(self, prepared: _Prepared) -> None:
+        """Main thread: the setters (or one layer added), nothing computed."""
+        viewer = self._viewer()
+        if viewer is None or prepared.generation != self._generation:
+            return
+        by_id = {id(layer): layer for layer in viewer.layers}
+        for layer_id, cmap, feats in prepared.labels:
+            layer = by_id.get(layer_id)
+            if layer is not None:
+                layer.colormap = cmap
+                layer.features = feats
+        self.note = prepared.note
+        if prepared.shapes is not None and prepared.shape_faces is not None:
+            layer = self._shapes_layer(viewer, prepared.shapes)
+            layer.face_color = prepared.shape_faces
+            layer.visible = True
+        self.applied += 1
+
+    def _shapes_layer(self, viewer: Any, shapes: CellShapes) -> Any:
+        """The viewer's layer of these shapes, added above the store's rasters the first time."""
+        from napari.layers import Layer
+
+        data, kwargs, kind = shapes.layer
+        meta = plugin_meta(kwargs["metadata"])
+        for layer in viewer.layers:
+            m = plugin_meta(layer)
+            if m.get("kind") == CELL_SHAPES_KIND and m.get("elements") == meta["elements"]:
+                if same_store(m.get("store"), meta["store"]):
+                    return layer
+        layer = Layer.create(data, dict(kwargs), kind)
+        rasters = [
+            i for i, lay in enumerate(viewer.layers) if plugin_meta(lay).get("kind") in RASTER_KINDS
+        ]
+        viewer.layers.insert(max(rasters) + 1 if rasters else 0, layer)
+        return layer
+
+    def _hide(self, viewer: Any) -> None:
+        for layer in viewer.layers:
+            if plugin_meta(layer).get("kind") in (CELL_LABELS_KIND, CELL_SHAPES_KIND):
+                layer.visible = False
+
+
+def _none() -> None:
+    return None
+
+
+def _of_store(layer: Any, ids: CellIds, kind: str) -> bool:
+    meta = plugin_meta(layer)
+    return (
+        meta.get("kind") == kind
+        and meta.get("coordinate_system") == ids.coordinate_system
+        and same_store(meta.get("store"), ids.store)
+    )
+
+
+def _label_colormap(keys: np.ndarray, rgba: np.ndarray, dtype: np.dtype) -> Any:
+    """A ``DirectLabelColormap`` of the drawn rows' colours (others transparent), with napari's
+    lookup from label values to texture values built here (its public ``map`` caches it), so
+    the first frame after the setter does not build it on the main thread."""
+    from napari.utils.colormaps import DirectLabelColormap
+
+    k, colours = colour_table(keys, rgba)
+    color_dict: dict[int | None, Any] = dict(zip(k.tolist(), colours, strict=True))
+    color_dict[None] = np.zeros(4, dtype=np.float32)
+    cmap = DirectLabelColormap(color_dict=color_dict)
+    if np.issubdtype(dtype, np.integer):
+        cmap.map(np.zeros(1, dtype=dtype))
+    return cmap
+
+
+def _prefetch(data: Any) -> None:
+    """Read the coarsest level of a multiscale layer here (napari reads it whole for the
+    thumbnail when the layer is drawn; a mosaic caches it)."""
+    if isinstance(data, list) and data:
+        np.asarray(data[-1][...])
+
+
+def _read_shapes(ids: CellIds, elements: list[str]) -> CellShapes | str:
+    """The shapes of the result's cells in ``elements`` (those that are shapes elements)."""
+    from napari_spatial_impute.io.sdata import open_store
+
+    sdata = open_store(ids.store)
+    names = [e for e in elements if e in sdata.shapes]
+    if not names:
+        return "the cells' elements are not in the viewer; they are drawn as points"
+    return shape_layer(sdata, ids, names, "cells · " + ", ".join(names))
+
+
+_painter_of = per_viewer(CellPainter)
+
+
+def connect_cell_painter(viewer: Any) -> CellPainter:
+    """The viewer's :class:`CellPainter`, listening from now on (one per viewer)."""
+    return _painter_of(viewer)

@@ -1,0 +1,190 @@
+"""A store's cells coloured in their own masks by what the Explore widget shows (shown_changed)."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from _data import make_shapes_store, make_store
+from napari_spatial_impute.plugin import cell_shapes as painter_mod
+from napari_spatial_impute.plugin.cell_shapes import connect_cell_painter
+from napari_spatial_impute.plugin.model import ShownValues
+from napari_spatial_impute.plugin.sync import connect_model
+from napari_spatial_impute.viz.cell_shapes import CELL_LABELS_KIND, CELL_SHAPES_KIND
+from napari_spatial_impute.viz.layers import plugin_meta
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    path, _ = make_store(tmp_path_factory.mktemp("cells") / "cells.zarr", n_fovs=3)
+    return path
+
+
+def _shown(n, seed=0, name="g0"):
+    rng = np.random.default_rng(seed)
+    rgba = rng.random((n, 4)).astype(np.float32)
+    rgba[:, 3] = 1.0
+    return ShownValues("imputed", name, rng.random(n).astype(np.float32), rgba, (0.0, 1.0), "magma")
+
+
+def _open(viewer, path):
+    viewer.open(str(path), plugin="napari-spatial-impute")
+    return connect_model(viewer)
+
+
+def _of_kind(viewer, kind):
+    return [layer for layer in viewer.layers if plugin_meta(layer).get("kind") == kind]
+
+
+def _show(qtbot, viewer, model, shown):
+    painter = connect_cell_painter(viewer)
+    before = painter.applied
+    model.set_shown(shown)
+    qtbot.waitUntil(lambda: painter.applied > before, timeout=30_000)
+    return painter
+
+
+def _colour_at(layer, world_yx):
+    key = layer.get_value(tuple(world_yx), world=True)
+    return key, np.asarray(layer.colormap.map(np.array([key], dtype=np.int64)))[0]
+
+
+def test_each_cell_gets_exactly_its_rows_colour_and_others_stay_clear(
+    store, make_napari_viewer_proxy, qtbot
+):
+    viewer = make_napari_viewer_proxy()
+    model = _open(viewer, store)
+    spatial = model.spatial
+    keep = np.arange(spatial.n_obs) % 3 != 0  # a third of the cells are not in the result
+    result = spatial[keep].copy()
+    model.set_result(result)
+    shown = _shown(result.n_obs)
+    _show(qtbot, viewer, model, shown)
+    (cells,) = _of_kind(viewer, CELL_LABELS_KIND)
+    (outlines,) = _of_kind(viewer, "labels")
+    assert viewer.layers.index(cells) == viewer.layers.index(outlines) - 1  # outlines on top
+    world = spatial.obsm["spatial"][:, ::-1]
+    rows = np.cumsum(keep) - 1
+    for i, yx in enumerate(world):
+        key, colour = _colour_at(cells, yx)
+        assert key > 0
+        if keep[i]:
+            np.testing.assert_array_equal(colour, shown.rgba[rows[i]])
+        else:
+            np.testing.assert_array_equal(colour, [0, 0, 0, 0])
+    # two FOVs' cells with the same id get their own colours
+    same_id = np.flatnonzero(result.obs["cell_ID"].to_numpy() == 2)
+    assert len({_colour_at(cells, world[np.flatnonzero(keep)[r]])[0] for r in same_id}) == 3
+
+
+def test_hover_on_a_mask_reads_the_cells_value_fov_and_id(store, make_napari_viewer_proxy, qtbot):
+    viewer = make_napari_viewer_proxy()
+    model = _open(viewer, store)
+    model.set_result(model.spatial)
+    shown = _shown(model.spatial.n_obs)
+    _show(qtbot, viewer, model, shown)
+    (cells,) = _of_kind(viewer, CELL_LABELS_KIND)
+    row = 30  # FOV 1, cell 7
+    status = cells.get_status(tuple(model.spatial.obsm["spatial"][row, ::-1]), world=True)
+    text = status["coordinates"]
+    assert f"g0: {shown.values[row]:.3g}"[:8] in text
+    assert "fov: fov1" in text and "cell_ID: 7" in text
+
+
+def test_the_latest_shown_value_wins_and_the_work_is_off_the_main_thread(
+    store, make_napari_viewer_proxy, qtbot, monkeypatch
+):
+    viewer = make_napari_viewer_proxy()
+    model = _open(viewer, store)
+    model.set_result(model.spatial)
+    threads = []
+    real = painter_mod._label_colormap
+
+    def spy(*args):
+        threads.append(threading.current_thread())
+        return real(*args)
+
+    monkeypatch.setattr(painter_mod, "_label_colormap", spy)
+    painter = connect_cell_painter(viewer)
+    first, second = _shown(model.spatial.n_obs, 1), _shown(model.spatial.n_obs, 2, "g1")
+    model.set_shown(first)
+    model.set_shown(second)  # before the first worker's colours reach the main thread
+    qtbot.waitUntil(lambda: painter.applied == 1, timeout=30_000)
+    qtbot.waitUntil(lambda: not painter.worker.is_running, timeout=30_000)
+    qtbot.wait(50)
+    assert painter.applied == 1  # the first one's colours were dropped
+    (cells,) = _of_kind(viewer, CELL_LABELS_KIND)
+    _, colour = _colour_at(cells, model.spatial.obsm["spatial"][5, ::-1])
+    np.testing.assert_array_equal(colour, second.rgba[5])
+    assert threads and threading.main_thread() not in threads
+    # showing nothing hides the coloured cells; the next value shows them again, same layer
+    model.set_shown(None)
+    assert not cells.visible
+    _show(qtbot, viewer, model, first)
+    assert cells.visible and _of_kind(viewer, CELL_LABELS_KIND) == [cells]
+
+
+def test_a_result_not_from_a_store_colours_nothing(make_napari_viewer_proxy, qtbot):
+    from _data import make_synthetic
+
+    viewer = make_napari_viewer_proxy()
+    model = connect_model(viewer)
+    _, spatial = make_synthetic(n_ref=20, n_sp=30, seed=0)
+    model.set_result(spatial)
+    model.set_shown(_shown(spatial.n_obs))
+    painter = connect_cell_painter(viewer)
+    assert painter.worker is None and not _of_kind(viewer, CELL_LABELS_KIND)
+
+
+def test_polygons_of_a_shapes_store_are_coloured(tmp_path, make_napari_viewer_proxy, qtbot):
+    path = make_shapes_store(tmp_path, "polygons")
+    viewer = make_napari_viewer_proxy()
+    model = _open(viewer, path)
+    model.set_result(model.spatial)
+    shown = _shown(model.spatial.n_obs)
+    _show(qtbot, viewer, model, shown)
+    (shapes,) = _of_kind(viewer, CELL_SHAPES_KIND)
+    assert type(shapes).__name__ == "Shapes" and len(shapes.data) == 4
+    np.testing.assert_array_equal(shapes.face_color[0], [0, 0, 0, 0])  # cell 100: no row
+    np.testing.assert_allclose(shapes.face_color[1:], shown.rgba[[2, 1, 0]])
+    points = [lay for lay in viewer.layers if type(lay).__name__ == "Points"]
+    assert viewer.layers.index(shapes) < min(viewer.layers.index(p) for p in points)
+
+
+def test_real_cosmx_labels_coloured_by_a_gene(
+    shared_data, tmp_path, make_napari_viewer_proxy, qtbot
+):
+    from napari_spatial_impute.io.demo_stores import build_cosmx_lung_store
+
+    path = build_cosmx_lung_store(shared_data, tmp_path / "lung.zarr")
+    viewer = make_napari_viewer_proxy()
+    model = _open(viewer, path)
+    spatial = model.spatial
+    model.set_result(spatial)
+    gene = list(spatial.var_names).index("COL1A1")
+    values = np.asarray(spatial.X[:, gene].todense()).ravel().astype(np.float32)
+    rgba = np.zeros((spatial.n_obs, 4), np.float32)
+    rgba[:, 0] = values / max(values.max(), 1)
+    rgba[:, 3] = 1
+    _show(qtbot, viewer, model, ShownValues("measured", "COL1A1", values, rgba, (0, 1), "magma"))
+    (cells,) = _of_kind(viewer, CELL_LABELS_KIND)
+    data = cells.data[0] if cells.multiscale else cells.data
+    offsets = plugin_meta(cells)["id_offsets"]
+    elements = plugin_meta(cells)["elements"]
+    # every pixel of every cell of the table: its key, and that key's colour, exactly
+    regions = spatial.obs["fov_labels"].astype(str).to_numpy()
+    ids = spatial.obs["cell_ID"].to_numpy()
+    whole = np.asarray(data[...])
+    for k, element in enumerate(elements):
+        oy, ox = data.origins[k]
+        tile = np.asarray(data.tiles[k])
+        drawn = whole[oy : oy + tile.shape[0], ox : ox + tile.shape[1]]
+        for row in np.flatnonzero(regions == element)[:25]:
+            key = int(ids[row]) + (offsets[k] if offsets else 0)
+            assert (drawn[tile == ids[row]] == key).all()
+            colour = cells.colormap.map(np.array([key], dtype=np.int64))[0]
+            np.testing.assert_array_equal(colour, rgba[row])
