@@ -106,6 +106,26 @@ def test_cell_type_validation(widget):
     assert len(bars) == 2 * table["cell_type"].nunique()
 
 
+def test_unknown_marker_genes_are_named(widget):
+    """Issue 24 (10d): an unknown marker gene was dropped without a word; the known ones are
+    kept, and the others named in one line."""
+    viewer, model, w = widget
+    w.markers_edit.setText("gad1, Notagene, Slc17a6, xyz1")
+    table = w.update_validation()
+    assert sorted(table["gene"].unique()) == ["Gad1", "Slc17a6"]
+    assert not w.markers_info.isHidden()
+    text = w.markers_info.text()
+    assert "Notagene" in text and "xyz1" in text and "Gad1" not in text
+    assert "\n" not in text
+    w.markers_edit.setText("Notagene")  # none known: the defaults, and it says so
+    table = w.update_validation()
+    assert table is not None and len(table) and "Notagene" in w.markers_info.text()
+    assert "one per cluster" in w.markers_info.text()
+    w.markers_edit.setText("Gad1")
+    w.update_validation()
+    assert w.markers_info.isHidden()
+
+
 def test_no_cv_then_cv_table_sortable_and_clickable(widget, qtbot):
     viewer, model, w = widget
     assert w.cv_table.rowCount() == 0
@@ -189,30 +209,31 @@ def test_stop_cross_validation(widget, qtbot):
     assert "cross-validating" not in w.cv_info.text()
 
 
-def test_cv_progress_is_throttled(widget, qtbot):
-    """Issue 10: one GUI update per epoch nested napari's progress bar; updates are now sent at
-    most every ~75 ms, and the last one (all folds done) always arrives."""
-    import time
-
+def test_cv_progress_is_throttled(widget, qtbot, monkeypatch):
+    """Issue 10: one GUI update per epoch nested napari's progress bar; updates are grouped by
+    the throttle, and the last one (all folds done) always arrives. With an interval longer than
+    the run, 3,000 epochs make exactly two updates: the first at once, the last at the end (no
+    clock in the test: issue 24)."""
     from _explore_data import tangram_result
+
+    from napari_spatial_impute.plugin import workers
 
     viewer, model, w = widget
     model.set_result(tangram_result())
     assert w.cv_epochs_spin.isEnabled()
     w.folds_spin.setValue(2)
     w.cv_epochs_spin.setValue(1500)
+    monkeypatch.setattr(workers, "UPDATE_INTERVAL", 1e6)
     steps = []
     on_progress = w._on_cv_progress
     w._on_cv_progress = lambda step: (steps.append(step), on_progress(step))
-    t0 = time.perf_counter()
     worker = w.run_cv()
     with qtbot.waitSignal(worker.finished, timeout=300_000):
         pass
-    elapsed = time.perf_counter() - t0
     qtbot.waitUntil(lambda: model.cv_table is not None, timeout=5000)
+    assert len(steps) == 2
     assert steps[-1].done == steps[-1].total == 3000
-    assert len(steps) <= elapsed / 0.05 + 2
-    assert [s.done for s in steps] == sorted(s.done for s in steps)
+    assert steps[0].done < steps[-1].done
 
 
 def test_open_cv_csv(widget, tmp_path, monkeypatch):

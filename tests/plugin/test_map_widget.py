@@ -224,6 +224,7 @@ def test_a_result_with_a_warning_notifies_once(widget, monkeypatch):
     from _explore_data import merfish_with_fovs
     from napari.utils.notifications import notification_manager
 
+    from napari_spatial_impute.plugin.widgets.map_widget import prepared_layers
     from napari_spatial_impute.plugin.workers import layers_of_result
 
     viewer, w, model = widget
@@ -233,7 +234,7 @@ def test_a_result_with_a_warning_notifies_once(widget, monkeypatch):
     for shown, expected in ((set(), [text]), ({text}, [])):
         w._run.shown = shown
         since = len(notification_manager.records)
-        w._on_returned(layers_of_result(res.copy()))
+        w._on_returned(prepared_layers(layers_of_result(res.copy())))
         assert _notified(text, since) == expected
         assert f"Warning: {text}" in w.status.text()
 
@@ -345,30 +346,30 @@ def test_iter_mapping_generator(merfish):
 
 # ---------------------------------------------------------------------------- issue 10: throttling
 def test_throttled_sends_every_item_once_in_few_batches():
+    """Every item once, in order, the first at once and the last never dropped; an interval
+    longer than the run groups the rest into one list, ``0`` sends each alone (no clock)."""
     import queue
     import threading
-    import time
 
     from napari_spatial_impute.plugin.workers import throttled
 
     done = object()
     q: queue.Queue = queue.Queue()
+    first_sent = threading.Event()
 
     def produce():
-        for i in range(5000):  # far faster than the interval
+        q.put(0)
+        first_sent.wait(60)  # the first item is sent before any other is made
+        for i in range(1, 5000):
             q.put(i)
-            if i % 500 == 0:
-                time.sleep(0.01)
         q.put(done)
 
     threading.Thread(target=produce, daemon=True).start()
-    t0 = time.monotonic()
-    batches = list(throttled(q, done, interval=0.05))
-    elapsed = time.monotonic() - t0
-    flat = [i for b in batches for i in b]
-    assert flat == list(range(5000)), "every item exactly once, in order (the last one too)"
-    assert batches[0] == [0], "the first item is sent at once"
-    assert len(batches) <= elapsed / 0.05 + 2
+    batches = []
+    for batch in throttled(q, done, interval=1e6):
+        batches.append(batch)
+        first_sent.set()
+    assert batches == [[0], list(range(1, 5000))]
 
     # a slow producer's items still come one by one
     q = queue.Queue()
@@ -378,36 +379,24 @@ def test_throttled_sends_every_item_once_in_few_batches():
     assert list(throttled(q, done, interval=0)) == [[0], [1], [2]]
 
 
-def _stall_meter():
-    """A QTimer ticking every 10 ms that records ``(time, gap since the previous tick)``."""
-    import time
+def test_fast_clusters_run_keeps_the_window_responsive(
+    make_napari_viewer, qtbot, merfish, monkeypatch
+):
+    """Issue 10 (2): 2,000 fast clusters-mode epochs. One progress update per epoch nested
+    napari's progress-bar event processing until RecursionErrors lost the result: the epochs
+    come in throttled lists (here, with an interval longer than the run, exactly two: the first
+    epoch at once, the rest at the end), and the result arrives. Issue 24: the heavy work (the
+    mapping, the result AnnData, its layer data and the napari layers themselves) runs off the
+    main thread; the main thread's handler gets layers ready to add. No clock: the window's
+    stalls are measured in benchmarks/gui_responsiveness.py."""
+    import threading
 
-    from qtpy.QtCore import QTimer
+    from napari.layers import Points
 
-    ticks: list[tuple[float, float]] = []
-    last = [time.perf_counter()]
+    from napari_spatial_impute.plugin import workers
+    from napari_spatial_impute.plugin.widgets import map_widget
 
-    def tick():
-        now = time.perf_counter()
-        ticks.append((now, now - last[0]))
-        last[0] = now
-
-    timer = QTimer()
-    timer.setInterval(10)
-    timer.timeout.connect(tick)
-    return timer, ticks
-
-
-@pytest.mark.skipif(
-    os.environ.get("QT_QPA_PLATFORM") == "offscreen", reason="needs a real (Xvfb) display"
-)
-def test_fast_clusters_run_keeps_the_window_responsive(make_napari_viewer, qtbot, merfish):
-    """Issue 10 (2): 2,000 fast clusters-mode epochs in a shown viewer. The result layers arrive,
-    and the event loop never stalls over 100 ms while the mapping runs (one progress update per
-    epoch nested napari's progress-bar event processing until RecursionErrors lost the result)."""
-    import time
-
-    viewer = make_napari_viewer(show=True)
+    viewer = make_napari_viewer()
     ref, spa = merfish
     model = viewer_model(viewer)
     model.set_reference(ref)
@@ -415,41 +404,46 @@ def test_fast_clusters_run_keeps_the_window_responsive(make_napari_viewer, qtbot
     model.set_keys(cluster_key="cell_type", fov_key=None)
     w = MapWidget(viewer)
     viewer.window.add_dock_widget(w, name="Map")
+    monkeypatch.setattr(workers, "UPDATE_INTERVAL", 1e6)
+    main = threading.main_thread()
+    threads: dict[str, set] = {}
+
+    def on_thread(name, func):
+        def run(*args, **kwargs):
+            threads.setdefault(name, set()).add(threading.current_thread())
+            return func(*args, **kwargs)
+
+        return run
+
+    monkeypatch.setattr(workers, "map_cells_to_space", on_thread("map", workers.map_cells_to_space))
+    monkeypatch.setattr(
+        workers, "layers_of_result", on_thread("layer data", workers.layers_of_result)
+    )
+    monkeypatch.setattr(map_widget, "Points", on_thread("layers", Points))
     w.form.mode.value = "clusters"
     w.form.method.value = "tangram"
     w.form.epochs.value = 2000
     w.settings_widgets["tol"].value = 0  # every epoch (no plateau stop): 2,000 are counted
-    batches, returned_at = [], []
+    batches, returned = [], []
     on_epoch, on_returned = w._on_epoch, w._on_returned
     w._on_epoch = lambda batch: (batches.append(len(batch)), on_epoch(batch))
-    w._on_returned = lambda value: (returned_at.append(time.perf_counter()), on_returned(value))
-    timer, ticks = _stall_meter()
-    qtbot.wait(50)
-    timer.start()
-    t0 = time.perf_counter()
+    w._on_returned = lambda value: (returned.append(value), on_returned(value))
     assert w.run() is not None
-    started = time.perf_counter()  # the click itself (napari creates its activity bar) is one call
     qtbot.waitUntil(lambda: w.worker is None, timeout=300_000)
-    timer.stop()
 
-    assert returned_at, "the result reached the widget"
+    assert returned, "the result reached the widget"
     assert [layer.name for layer in viewer.layers] == ["most likely cell_type"]
     assert (
         model.result is not None and model.result.uns["spatial_impute"]["params"]["epochs"] == 2000
     )
     assert "training score" in w.status.text()
     assert w.progress.value() == 2000 and len(w.plot.values) == 2000
-    assert sum(batches) == 2000
-    assert len(batches) <= (returned_at[0] - t0) / 0.05 + 2, "updates at most every ~50-100 ms"
-    # stalls while the mapping ran, from the click until the result arrived: the part of each
-    # gap between ticks inside that window (adding the layers afterwards is napari's own work)
-    stalls = [
-        min(end, returned_at[0]) - max(end - gap, started)
-        for end, gap in ticks
-        if end > started and end - gap < returned_at[0]
-    ]
-    assert len(stalls) > 20
-    assert max(stalls) < 0.1, f"the event loop stalled {max(stalls) * 1000:.0f} ms"
+    assert batches == [1, 1999], "the first epoch at once, the others in one throttled list"
+    assert set(threads) == {"map", "layer data", "layers"}
+    assert all(main not in seen for seen in threads.values()), threads
+    adata, layers = returned[0]
+    assert adata is model.result
+    assert [type(layer) for layer in layers] == [Points] and layers[0] is viewer.layers[0]
 
 
 def test_failing_layers_do_not_lose_the_result(widget, qtbot, monkeypatch):

@@ -21,7 +21,7 @@ from napari_spatial_impute.core.settings import (
     resolve_map_method,
     setting_specs,
 )
-from napari_spatial_impute.plugin.workers import UPDATE_INTERVAL, run_in_thread
+from napari_spatial_impute.plugin.workers import run_in_thread
 
 
 class CVProgress(NamedTuple):
@@ -90,7 +90,7 @@ def iter_cross_validation(
     spatial: ad.AnnData,
     cancel: threading.Event,
     folds: int = 5,
-    interval: float = UPDATE_INTERVAL,
+    interval: float | None = None,
     **kwargs: Any,
 ) -> Generator[CVProgress, None, pd.DataFrame | None]:
     """Run :func:`~napari_spatial_impute.cross_validate`, yielding its :class:`CVProgress`.

@@ -60,15 +60,18 @@ def guarded(gen: Generator[Any, None, Any]) -> Generator[Any, None, Any]:
 
 
 def throttled(
-    events: queue.Queue[Any], done: object, interval: float = UPDATE_INTERVAL
+    events: queue.Queue[Any], done: object, interval: float | None = None
 ) -> Generator[list[Any], None, None]:
     """The items put on ``events`` until ``done``, as lists yielded at most every ``interval`` s.
 
     The first item is yielded at once; later ones are gathered until ``interval`` seconds have
     passed since the previous yield (a slow producer's items still come one by one, as soon as
     the interval allows). Whatever is left when ``done`` arrives is yielded last, so the final
-    item is never dropped. ``interval=0`` yields every item on its own.
+    item is never dropped. ``interval=0`` yields every item on its own; ``None`` is
+    :data:`UPDATE_INTERVAL` when called (tests set it).
     """
+    if interval is None:
+        interval = UPDATE_INTERVAL
     batch: list[Any] = []
     last = -float("inf")
     while True:
@@ -93,7 +96,7 @@ def run_in_thread(
     task: Callable[[Callable[[Any], None]], T],
     cancel: threading.Event,
     *,
-    interval: float = UPDATE_INTERVAL,
+    interval: float | None = None,
     name: str = "spatial-impute-task",
     pick: Callable[[list[Any]], Any] = lambda batch: batch,
 ) -> Generator[Any, None, T | None]:
@@ -142,7 +145,7 @@ def iter_mapping(
     spatial: ad.AnnData,
     cancel: threading.Event,
     finish: Callable[[MappingResult], Any] | None = None,
-    interval: float = UPDATE_INTERVAL,
+    interval: float | None = None,
     silence: Collection[str] = (),
     **kwargs: Any,
 ) -> Generator[list[EpochInfo], None, Any]:
@@ -253,7 +256,7 @@ def iter_batch_mapping(
     workers: int = 0,
     fov_key: str | None = None,
     sample_key: str | None = None,
-    interval: float = UPDATE_INTERVAL,
+    interval: float | None = None,
     **kwargs: Any,
 ) -> Generator[list[Any], None, Any]:
     """Map batch by batch into ``out`` (:func:`~napari_spatial_impute.core.batch_run.map_batches`),

@@ -125,6 +125,12 @@ class DiagnosticsWidget(PluginWidget):
         row.addWidget(self.markers_edit, 1)
         row.addWidget(self.markers_button)
         lay.addLayout(row)
+        # the typed genes that are not measured: named, never dropped silently (issue 24)
+        self.markers_info = QLabel("")
+        self.markers_info.setWordWrap(True)
+        self.markers_info.setStyleSheet("color: #e0a030;")
+        self.markers_info.setVisible(False)
+        lay.addWidget(self.markers_info)
         lay.addWidget(self.val_panel, 1)
         self.tabs.addTab(page, "Cell-type validation")
 
@@ -252,7 +258,9 @@ class DiagnosticsWidget(PluginWidget):
             self._val_message = "no cell types: map with a cluster key"
             self.val_panel.redraw()
             return None
-        markers = marker_list(self.markers_edit.text(), shared_genes(result)) or None
+        text = self.markers_edit.text()
+        markers = marker_list(text, shared_genes(result)) or None
+        self._say_unknown_markers(text, markers or [])
         try:
             table = validate_cell_types(result, markers=markers)
         except Exception as exc:
@@ -262,6 +270,23 @@ class DiagnosticsWidget(PluginWidget):
         self._val_table = table
         self.val_panel.redraw()
         return table
+
+    def _say_unknown_markers(self, text: str, found: list[str]) -> None:
+        """One line naming the typed marker genes that are not measured genes of the result."""
+        known = {g.lower() for g in found}
+        unknown = list(
+            dict.fromkeys(t for t in text.replace(",", " ").split() if t.lower() not in known)
+        )
+        if unknown:
+            fix = (
+                "showing the others"
+                if found
+                else "showing the default markers (one per cluster) instead"
+            )
+            self.markers_info.setText(
+                f"not measured in the spatial data: {', '.join(unknown)}; {fix}."
+            )
+        self.markers_info.setVisible(bool(unknown))
 
     def _on_cv(self, *_: Any) -> None:
         table = self.model.cv_table

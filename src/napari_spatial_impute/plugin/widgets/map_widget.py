@@ -125,6 +125,26 @@ class _Run:
         show_info("mapping cancelled: the Map widget was closed.")
 
 
+def prepared_layers(value: Any) -> Any:
+    """In the worker thread: a mapping's ``(result, layer data, ...)`` with the layer data made
+    into napari Points layers (the FOV and sample columns, colours and hover features are in the
+    data already), so that the main thread only adds them: at 10^6 cells building a layer takes
+    about a second. A failure to build them is kept in their place (the result is not lost: the
+    widget says so and keeps the result). Anything else (``None``, :class:`Failed`) is returned
+    as it is."""
+    if not (isinstance(value, tuple) and len(value) >= 2 and isinstance(value[1], list)):
+        return value
+    adata, layer_data, *rest = value
+    layers: list[Points] = []
+    try:
+        for data, kwargs, _ in layer_data:
+            kwargs["metadata"][META_KEY]["origin"] = ORIGIN
+            layers.append(Points(data, **kwargs))
+    except Exception as exc:
+        return (adata, exc, *rest)
+    return (adata, layers, *rest)
+
+
 def _napari_relays_warnings(worker: Any) -> bool:
     """Whether napari turns ``worker``'s warnings into notifications itself.
 
@@ -498,11 +518,10 @@ class MapWidget(PluginWidget):
         silence = [re.escape(line) + r"\Z" for line in shown] + [WEAK_WARNING]
 
         def mapping() -> Any:
-            return (
-                yield from guarded(
-                    iter_mapping(ref, spa, cancel, finish, silence=silence, **params)
-                )
+            value = yield from guarded(
+                iter_mapping(ref, spa, cancel, finish, silence=silence, **params)
             )
+            return prepared_layers(value)
 
         worker = self._new_worker(mapping, cancel)
         self.progress.setVisible(True)
@@ -567,21 +586,20 @@ class MapWidget(PluginWidget):
         fov_key, sample_key = self.model.fov_key, self.model.sample_key
 
         def mapping() -> Any:
-            return (
-                yield from guarded(
-                    iter_batch_mapping(
-                        ref,
-                        spa,
-                        batch_key,
-                        out,
-                        cancel,
-                        workers=workers,
-                        fov_key=fov_key,
-                        sample_key=sample_key,
-                        **params,
-                    )
+            value = yield from guarded(
+                iter_batch_mapping(
+                    ref,
+                    spa,
+                    batch_key,
+                    out,
+                    cancel,
+                    workers=workers,
+                    fov_key=fov_key,
+                    sample_key=sample_key,
+                    **params,
                 )
             )
+            return prepared_layers(value)
 
         worker = self._new_worker(mapping, cancel)
         n_batches = max(1, spa.obs[batch_key].nunique())
@@ -746,12 +764,11 @@ class MapWidget(PluginWidget):
             self._run.shown.add(choice.warning)
             show_warning(choice.warning)
 
-    def _add_result(self, adata: ad.AnnData, layer_data: list[Any]) -> int:
-        """Store the result and add its layers, replacing this widget's layers of earlier runs."""
-        layers = []
-        for data, kwargs, _ in layer_data:  # all built before any is added
-            kwargs["metadata"][META_KEY]["origin"] = ORIGIN
-            layers.append(Points(data, **kwargs))
+    def _add_result(self, adata: ad.AnnData, layers: list[Points] | BaseException) -> int:
+        """Store the result and add its layers (built in the worker, :func:`prepared_layers`),
+        replacing this widget's layers of earlier runs; the only work here is napari's adding."""
+        if isinstance(layers, BaseException):  # building them failed in the worker
+            raise layers
         old = [
             layer
             for layer in self.viewer.layers
