@@ -39,6 +39,21 @@ def _looks_like_anndata(path: Path) -> bool:
         return False
 
 
+def _is_result_file(path: Path) -> bool:
+    """Whether ``path`` is a mapping result of this plugin (``uns['spatial_impute']``) with a
+    dense ``X`` (cheap check: nothing read but the keys)."""
+    import h5py
+
+    from napari_spatial_impute.io.schema import UNS_KEY
+
+    try:
+        with h5py.File(path, "r") as f:
+            X = f.get("X")
+            return f"uns/{UNS_KEY}" in f and isinstance(X, h5py.Dataset) and X.ndim == 2
+    except Exception:
+        return False
+
+
 def napari_get_reader(path: str | list[str]) -> ReaderFunction | None:
     """:func:`read_h5ad_layers` for AnnData files, :func:`read_store_layers` for a store."""
     from napari_spatial_impute.io.sdata import is_store
@@ -67,6 +82,7 @@ def read_h5ad_layers(path: str | list[str]) -> list[Any]:
 
     from napari_spatial_impute._errors import InputError
     from napari_spatial_impute.io.files import read_h5ad
+    from napari_spatial_impute.io.lazy import read_result_lazy
     from napari_spatial_impute.plugin.sync import hook_current_viewer
 
     hook_current_viewer()
@@ -74,7 +90,8 @@ def read_h5ad_layers(path: str | list[str]) -> list[Any]:
     out: list[LayerData] = []
     for p in paths:
         try:
-            adata = read_h5ad(p)
+            # a mapping result's genes stay in the file: read one when shown (io.lazy)
+            adata = read_result_lazy(p) if _is_result_file(Path(p)) else read_h5ad(p)
             layers = adata_layers(adata, name=Path(p).stem)
         except InputError as exc:
             show_error(f"{Path(p).name}: {first_line(exc)}")

@@ -73,8 +73,9 @@ def open_result_in_napari(
     import napari
 
     from napari_spatial_impute.io.files import read_h5ad
+    from napari_spatial_impute.io.lazy import read_result_lazy
 
-    result = read_h5ad(path, "result")
+    result = read_result_lazy(path, "result")  # genes left in the file: read one when shown
     if reference is not None and not isinstance(reference, ad.AnnData):
         reference = read_h5ad(reference, "reference")
     viewer = napari.Viewer(title=f"napari-spatial-impute: {Path(path).name}")

@@ -25,7 +25,6 @@ from typing import Any, TypeVar
 import anndata as ad
 
 from napari_spatial_impute._errors import InputError, InputWarning, MappingCancelled, first_line
-from napari_spatial_impute.core.export import result_to_anndata
 from napari_spatial_impute.core.mapping import EpochInfo, map_cells_to_space
 from napari_spatial_impute.core.result import MappingResult
 
@@ -216,11 +215,15 @@ def result_layers(
 ) -> tuple[ad.AnnData, list[Any]]:
     """The result AnnData of a mapping and its most-likely-cluster layer data, one per sample.
 
-    Runs in the worker thread (projection of all genes can take a while); the layers are added on
-    the main thread. The FOV and sample columns are recorded in ``uns['spatial_impute']``
-    (``fov_key``, ``sample_key``).
+    Runs in the worker thread; the layers are added on the main thread. The imputed genes and
+    their intervals are computed from the map when shown or written
+    (:func:`~napari_spatial_impute.core.lazy_result.lazy_result`): the viewer holds the map,
+    not every gene at every cell. The FOV and sample columns are recorded in
+    ``uns['spatial_impute']`` (``fov_key``, ``sample_key``).
     """
-    return layers_of_result(result_to_anndata(result), fov_key, sample_key)
+    from napari_spatial_impute.core.lazy_result import lazy_result
+
+    return layers_of_result(lazy_result(result), fov_key, sample_key)
 
 
 def layers_of_result(
@@ -287,10 +290,19 @@ def iter_batch_mapping(
     )
     if run is None:
         return None
-    from napari_spatial_impute.io.batch_out import is_zarr_path
+    import numpy as np
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        adata = ad.read_zarr(run.path) if is_zarr_path(run.path) else ad.read_h5ad(run.path)
+    from napari_spatial_impute.io.lazy import read_result_lazy
+    from napari_spatial_impute.io.schema import level_name
+    from napari_spatial_impute.viz.intervals import mean_widths
+
+    adata = read_result_lazy(run.path)  # genes left in the file: read one when shown
+    uncertainty = adata.uns.get("spatial_impute", {}).get("uncertainty")
+    if uncertainty is not None and "mean_width" not in uncertainty:  # once, here in the worker
+        levels = mean_widths(adata)
+        uncertainty["mean_width"] = np.asarray(
+            [levels.get(level_name(float(lv)), np.nan) for lv in uncertainty.get("levels", [])]
+        )
+        uncertainty["mean_width_shape"] = np.asarray(adata.shape, dtype=np.int64)
     adata, layers = layers_of_result(adata, fov_key, sample_key)
     return adata, layers, run

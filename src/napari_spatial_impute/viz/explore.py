@@ -32,7 +32,6 @@ import pandas as pd
 import scipy.sparse as sp
 
 from napari_spatial_impute._errors import InputError
-from napari_spatial_impute.io._sparse import is_sparse
 from napari_spatial_impute.io.files import categorical_from_codes
 from napari_spatial_impute.io.palette import stored_palette
 from napari_spatial_impute.io.schema import halfwidths, interval_levels, resolve_gene
@@ -99,11 +98,14 @@ def values(result: ad.AnnData, kind: str, name: str, rows: np.ndarray | None = N
         Gene (reference name, any case) or cluster.
     rows
         Cells to return (all when ``None``).
+
+    An imputed gene is the one column read or computed (:func:`gene_column`): a lazy result's
+    ``X`` (computed from the map, or left in its file) gives that gene alone, and the last few
+    genes shown are cached per result array (a new result has new arrays, so a cached gene is
+    never another result's).
     """
     if kind == "imputed":
-        j = result.var_names.get_loc(resolve_gene(result, name))
-        col = result.X[:, j]
-        col = col.toarray().ravel() if is_sparse(col) else np.asarray(col).ravel()
+        col = gene_column(result, resolve_gene(result, name))
     elif kind == "measured":
         gene = resolve_gene(result, name)
         measured_name = (
@@ -145,8 +147,7 @@ def top_genes_text(
     n = min(n, len(names))
     out = np.empty(len(rows), dtype=object)
     for s in range(0, len(rows), chunk):
-        block = result.X[rows[s : s + chunk]]
-        block = block.toarray() if is_sparse(block) else np.asarray(block)
+        block = cell_rows(result, rows[s : s + chunk])
         top = (
             np.argpartition(-block, n - 1, axis=1)[:, :n]
             if n < block.shape[1]
@@ -559,3 +560,24 @@ def hover_interval(
     if not levels:
         return None
     return f"{levels[0]}% interval ±", halfwidths(result, gene, levels[0], rows)
+
+
+# ---------------------------------------------------------------------------------------------
+# reading the imputed matrix one gene or a few cells at a time
+
+
+def gene_column(result: ad.AnnData, gene: str) -> np.ndarray:
+    """The imputed values of ``gene`` (reference name) at every cell, as read from ``X`` alone:
+    one column of a dense, sparse, backed or lazy ``X`` (see :mod:`napari_spatial_impute.io.lazy`;
+    a lazy one's recent columns are cached)."""
+    from napari_spatial_impute.io.lazy import column
+
+    return column(result.X, result.var_names.get_loc(gene))
+
+
+def cell_rows(result: ad.AnnData, rows: np.ndarray) -> np.ndarray:
+    """Every imputed gene at the cells ``rows`` (dense, cells x genes), without computing or
+    reading the other cells of a lazy ``X``."""
+    from napari_spatial_impute.io.lazy import rows as read_rows
+
+    return read_rows(result.X, rows)

@@ -153,11 +153,30 @@ def reliability_table(result: ad.AnnData) -> pd.DataFrame:
 
 
 def mean_widths(result: ad.AnnData) -> dict[str, float]:
-    """Mean interval width (``2 x halfwidth``, over all cells and genes) of each level."""
+    """Mean interval width (``2 x halfwidth``, over all cells and genes) of each level.
+
+    The result's own record when it has one for its shape (``uns['spatial_impute']
+    ['uncertainty']['mean_width']``, written with the result), else from the layers, gene block
+    by gene block (a lazy result's layers are never read whole).
+    """
+    from napari_spatial_impute.io.lazy import mean_of_columns
+    from napari_spatial_impute.io.schema import level_name
+
+    info = result.uns.get("spatial_impute", {}).get("uncertainty", {})
+    stored = dict(
+        zip(
+            (level_name(float(lv)) for lv in info.get("levels", [])),
+            np.asarray(info.get("mean_width", []), dtype=np.float64),
+            strict=False,
+        )
+    )
+    same_shape = tuple(np.asarray(info.get("mean_width_shape", []))) == tuple(result.shape)
     out = {}
     for lv in interval_levels(result):
-        hw = np.asarray(result.layers[interval_layer(lv)], dtype=np.float64)
-        out[lv] = float(2.0 * np.nanmean(hw)) if hw.size else float("nan")
+        if same_shape and lv in stored:
+            out[lv] = float(stored[lv])
+        else:
+            out[lv] = 2.0 * mean_of_columns(result.layers[interval_layer(lv)])
     return out
 
 
