@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
+import scipy.sparse as sp
 
 from napari_spatial_impute.io.datasets import bundled_paths
 from napari_spatial_impute.plugin.sync import viewer_model
@@ -248,3 +250,31 @@ def test_per_cell_fov_key_is_refused_at_once(viewer_widget, merfish):
     assert "per-cell measurement" in w.status.text()
     assert model.fov_key == "fov" and w.fov_combo.currentText() == "fov"
     assert list(viewer.layers) == [before]  # refused before any layer was built
+
+
+def _csr_array_reference(n_obs: int = 300, n_vars: int = 60) -> ad.AnnData:
+    """A seeded reference as the seed-shape benchmark writes it: counts in a scipy
+    ``csr_array`` (not ``csr_matrix``), clusters, no ``X_umap``."""
+    rng = np.random.default_rng(0)
+    X = sp.csr_array(rng.poisson(0.8, size=(n_obs, n_vars)).astype(np.float32))
+    obs = pd.DataFrame(
+        {"cell_type": pd.Categorical(rng.choice(["a", "b", "c"], n_obs))},
+        index=[f"c{i}" for i in range(n_obs)],
+    )
+    return ad.AnnData(X=X, obs=obs, var=pd.DataFrame(index=[f"g{j}" for j in range(n_vars)]))
+
+
+def test_reference_umap_of_a_csr_array(viewer_widget, qtbot):
+    """Issue 24 (2): "UMAP failed: 'csr_array' object has no attribute 'getnnz'" (scanpy 1.11,
+    scipy 1.17), no reference layer; the UMAP is computed and the reference shown."""
+    viewer, w = viewer_widget
+    ref = _csr_array_reference()
+    w._on_loaded((ref, None, True, None))
+    _wait(qtbot, w.umap_worker)
+    qtbot.waitUntil(
+        lambda: w.reference_points is not None or "failed" in w.status.text(), timeout=120_000
+    )
+    assert "failed" not in w.status.text()
+    assert w.reference_points is not None and len(w.reference_points.data) == 300
+    assert ref.obsm["X_umap"].shape == (300, 2) and np.isfinite(ref.obsm["X_umap"]).all()
+    assert isinstance(ref.X, sp.csr_array), "the user's matrix is left as it was"

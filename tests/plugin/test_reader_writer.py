@@ -1,4 +1,5 @@
-"""Reader, writer and sample data of the napari plugin (no viewer needed)."""
+"""Reader, writer and sample data of the napari plugin; saving each of the plugin's layers from
+a viewer (File > Save Selected Layers)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from napari_spatial_impute.core.export import result_to_anndata
 from napari_spatial_impute.plugin.reader import napari_get_reader
 from napari_spatial_impute.plugin.samples import merfish_mapping, merfish_pair
 from napari_spatial_impute.plugin.writer import write_points_h5ad
-from napari_spatial_impute.viz.layers import META_KEY, source_adata
+from napari_spatial_impute.viz.layers import META_KEY, plugin_meta, source_adata, spatial_layers
 
 
 @pytest.fixture(scope="module")
@@ -227,3 +228,109 @@ def test_sample_umap_is_cached(tmp_path, monkeypatch, merfish_pair):
     assert len(calls) == 1, "the second call reads the cache"
     np.testing.assert_array_equal(first, second)
     assert list((tmp_path / "napari-spatial-impute").glob("umap-1308-*.npy"))
+
+
+# --------------------------------------------------------------------------- saving from a viewer
+def _save_selected(viewer, layers, path) -> ad.AnnData:
+    """File > Save Selected Layers with the plugin's AnnData writer; the file read back."""
+    viewer.layers.selection = set(layers)
+    out = viewer.layers.save(str(path), selected=True, plugin="napari-spatial-impute")
+    assert out == [str(path)]
+    return ad.read_h5ad(out[0])
+
+
+def _assert_whole_result(back: ad.AnnData, res: ad.AnnData) -> None:
+    """Every gene, obs column, obsm entry, interval layer and parameter of ``res``."""
+    assert back.shape == res.shape and res.n_vars > 0
+    assert list(back.obs_names) == list(res.obs_names)
+    assert list(back.var_names) == list(res.var_names)
+    np.testing.assert_array_equal(np.asarray(back.X), np.asarray(res.X))
+    # h5ad stores text columns as categories
+    pd.testing.assert_frame_equal(back.obs, res.obs, check_dtype=False, check_categorical=False)
+    assert set(back.obsm) == set(res.obsm)
+    for k in res.obsm:
+        if isinstance(res.obsm[k], pd.DataFrame):
+            pd.testing.assert_frame_equal(back.obsm[k], res.obsm[k])
+        else:
+            np.testing.assert_array_equal(np.asarray(back.obsm[k]), np.asarray(res.obsm[k]))
+    assert set(back.layers) == set(res.layers) and len(res.layers) > 0, "the intervals"
+    for k in res.layers:
+        np.testing.assert_array_equal(np.asarray(back.layers[k]), np.asarray(res.layers[k]))
+    assert back.uns["spatial_impute"]["params"] == res.uns["spatial_impute"]["params"]
+    assert back.uns["spatial_impute"]["cluster_key"] == "cell_type"
+
+
+def _show(viewer, model, w, role: str) -> list:
+    """The layers of one role, shown as a user does (Explore widget, or the Map / Load layers)."""
+    from napari.layers import Points
+
+    if role in ("imputed", "measured", "interval"):
+        w.uncertainty.interval_check.setChecked(True)
+        w.show_gene("Gad1")
+    elif role == "probability":
+        w.show_cluster(w.cluster_combo.itemText(0))
+    elif role == "predicted":
+        w.show_predicted()
+    else:  # the Map widget's result layer, or the Load widget's spatial data layer
+        data = model.result if role == "result" else model.spatial
+        for d, kw, _ in spatial_layers(data, role=role):
+            viewer.add_layer(Points(d, **kw))
+    kind = "predicted" if role == "result" else role
+    layers = [lay for lay in viewer.layers if plugin_meta(lay).get("kind") == kind]
+    assert layers, f"no {role} layer shown"
+    return layers
+
+
+@pytest.mark.parametrize(
+    "role", ["imputed", "measured", "interval", "probability", "predicted", "result", "spatial"]
+)
+def test_saving_any_layer_writes_its_whole_data_set(make_widget, tmp_path, role):
+    """Issue 24: an Explore layer saved 750 cells x 0 genes and no uns; each role saves it all."""
+    from napari_spatial_impute.plugin.widgets.explore_widget import ExploreWidget
+
+    viewer, model, w = make_widget(ExploreWidget)
+    layers = _show(viewer, model, w, role)
+    back = _save_selected(viewer, layers, tmp_path / f"{role}.h5ad")
+    if role == "spatial":
+        spa = model.spatial
+        assert back.shape == spa.shape and list(back.obs_names) == list(spa.obs_names)
+        assert (back.X != spa.X).nnz == 0
+        np.testing.assert_array_equal(back.obsm["spatial"], spa.obsm["spatial"])
+    else:
+        _assert_whole_result(back, model.result)
+
+
+def test_saving_several_roles_together_and_a_greyed_out_gene(make_widget, tmp_path):
+    """Imputed (wide intervals greyed out: a TypeError on 'wide interval' before), measured,
+    interval width and the most likely cluster selected together: the result, once."""
+    from napari_spatial_impute.plugin.widgets.explore_widget import ExploreWidget
+
+    viewer, model, w = make_widget(ExploreWidget)
+    w.uncertainty.interval_check.setChecked(True)
+    w.show_gene("Gad1")
+    w.uncertainty.mask_check.setChecked(True)  # wide intervals: grey out
+    assert any("wide interval" in lay.features.columns for lay in viewer.layers)
+    w.show_predicted()
+    ours = [lay for lay in viewer.layers if plugin_meta(lay).get("kind")]
+    assert {plugin_meta(lay)["kind"] for lay in ours} >= {
+        "imputed",
+        "measured",
+        "interval",
+        "predicted",
+    }
+    _assert_whole_result(_save_selected(viewer, ours, tmp_path / "all.h5ad"), model.result)
+
+
+def test_napari_csv_writer_saves_an_explore_layer(make_widget, tmp_path):
+    """The dialog's default filter for one Points layer is napari's csv writer: the shown
+    layer's points and values, one row per cell."""
+    from napari_spatial_impute.plugin.widgets.explore_widget import ExploreWidget
+
+    viewer, model, w = make_widget(ExploreWidget)
+    w.show_gene("Gad1")
+    (layer,) = [lay for lay in viewer.layers if plugin_meta(lay).get("kind") == "imputed"][:1]
+    viewer.layers.selection = {layer}
+    out = viewer.layers.save(str(tmp_path / "gad1"), selected=True, plugin="napari")
+    assert out == [str(tmp_path / "gad1.csv")]
+    table = pd.read_csv(out[0])
+    assert len(table) == len(layer.data) and "Gad1" in table.columns

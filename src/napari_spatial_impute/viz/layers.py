@@ -590,8 +590,7 @@ def ensure_umap(adata: ad.AnnData, key: str = "X_umap", seed: int = 0) -> np.nda
 
     from napari_spatial_impute.io.files import describe_values
 
-    tmp = ad.AnnData(X=adata.X.copy(), obs=pd.DataFrame(index=adata.obs_names.copy()))
-    tmp.X = tmp.X.astype(np.float32)
+    tmp = ad.AnnData(X=_umap_input(adata.X), obs=pd.DataFrame(index=adata.obs_names.copy()))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if describe_values(tmp.X) != "log-transformed":
@@ -603,6 +602,17 @@ def ensure_umap(adata: ad.AnnData, key: str = "X_umap", seed: int = 0) -> np.nda
         sc.tl.umap(tmp, random_state=seed)
     adata.obsm[key] = np.asarray(tmp.obsm["X_umap"], dtype=np.float32)
     return adata.obsm[key]
+
+
+def _umap_input(X: Any) -> Any:
+    """A float32 copy of ``X`` that scanpy takes: a ``csr_matrix`` for any sparse matrix or array
+    (scanpy 1.11 fails on scipy's ``csr_array``: no ``getnnz``), else a dense array (a lazy
+    matrix is read here)."""
+    import scipy.sparse as sp
+
+    if sp.issparse(X):
+        return sp.csr_matrix(X, dtype=np.float32, copy=True)
+    return np.array(X, dtype=np.float32, copy=True)
 
 
 def adata_layers(
