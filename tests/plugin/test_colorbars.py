@@ -1,4 +1,5 @@
-"""One titled colour bar at a time: the selected layer's (issue 12)."""
+"""Titled colour bars: napari's for colormap layers (issue 12), the Explore widget's own
+scales for its directly coloured layers (issue 24)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from _explore_data import explore_in
 
 from napari_spatial_impute.plugin.widgets.colorbars import _text_overlay, get_colorbar_controller
 from napari_spatial_impute.viz.colorbars import colorbar_title, value_units
+from napari_spatial_impute.viz.layers import plugin_meta
 
 
 def test_titles_name_the_value_the_kind_and_the_units():
@@ -43,27 +45,48 @@ def explored(make_napari_viewer_proxy, qtbot):
     return viewer, model, w, w.show_gene()
 
 
-def test_only_the_selected_layers_bar_is_shown_with_its_title(explored):
+def test_one_titled_bar_per_shown_role_following_each_switch(explored):
+    """Issue 24 (7): titles stayed on the previous gene or cluster, several untitled bars at
+    once, the title over the bar, none after an unmeasured gene. The layers are coloured
+    directly; the Explore widget's colour scales title one bar per shown role, rebuilt at every
+    switch, each title on its own row above its bar."""
     viewer, model, w, layers = explored
-    ctl = get_colorbar_controller(viewer)
-    overlay = _text_overlay(viewer)
-    assert len(layers) == 4  # imputed and measured, one layer per sample each
-    for layer in layers:
-        viewer.layers.selection.active = layer
-        assert [lay.name for lay in layers if lay.face_colorbar.visible] == [layer.name]
-        assert overlay.visible and overlay.text == ctl.title
-        assert overlay.text.startswith("Gad1 · ")
-        kind = "imputed" if "imputed" in layer.name else "measured"
-        assert f"· {kind} (" in overlay.text
-    # a layer without a colour map selected: the last bar and title stay
-    other = viewer.add_points(np.zeros((1, 2)), name="mine")
-    viewer.layers.selection.active = other
-    assert [lay.name for lay in layers if lay.face_colorbar.visible] == [layers[-1].name]
-    assert overlay.visible
-    # the shown layer removed: no bar, and the plugin's own title is cleared
-    for layer in layers:
-        viewer.layers.remove(layer)
-    assert not overlay.visible and overlay.text == ""
+    assert len(layers) == 2  # imputed and measured, both samples in each
+    # napari's own bars (untitled, needing the colormap path) are not drawn, nor its overlay
+    assert not any(lay.face_colorbar.visible for lay in layers)
+    assert not _text_overlay(viewer).visible
+    rows = w.scales.shown
+    assert [r["title"].split(" (")[0] for r in rows] == ["Gad1 · imputed", "Gad1 · measured"]
+    for r, layer in zip(rows, sorted(layers, key=lambda lay: lay.name), strict=True):
+        assert np.allclose(r["limits"], plugin_meta(layer)["limits"])
+    w.show_gene("Slc17a6")
+    assert [r["title"].split(" (")[0] for r in w.scales.shown] == [
+        "Slc17a6 · imputed",
+        "Slc17a6 · measured",
+    ]
+    cluster = w.cluster_combo.itemText(0)
+    w.show_cluster(cluster)
+    w.show_cluster(w.cluster_combo.itemText(1))
+    titles = [r["title"] for r in w.scales.shown]
+    assert f"{w.cluster_combo.itemText(1)} · probability (0-1)" in titles
+    assert not any(t.startswith(f"{cluster} ·") for t in titles)
+    # a gene that was not measured: the imputed bar stays, titled with it
+    model.result.var.loc["Sp9", "is_shared"] = False
+    model.result.var.loc["Sp9", "measured_name"] = ""
+    w.show_gene("Sp9")
+    assert [r["title"].split(" (")[0] for r in w.scales.shown] == [
+        "Sp9 · imputed",
+        f"{w.cluster_combo.itemText(1)} · probability",
+    ]
+    # each title sits on its own grid row, above its bar (never over it)
+    grid = w.scales._grid
+    for i in range(len(w.scales.shown)):
+        title = grid.itemAtPosition(2 * i, 0).widget()
+        bar = grid.itemAtPosition(2 * i + 1, 1).widget()
+        assert title.text() == w.scales.shown[i]["title"] and not bar.pixmap().isNull()
+    # the layers gone: no bar left
+    viewer.layers.clear()
+    assert w.scales.shown == [] and w.scales.isHidden()
 
 
 def test_someone_elses_overlay_text_is_left_alone(make_napari_viewer_proxy, qtbot):
@@ -78,3 +101,31 @@ def test_someone_elses_overlay_text_is_left_alone(make_napari_viewer_proxy, qtbo
     viewer.layers.selection.active = a
     viewer.layers.remove(a)
     assert overlay.text == "my note" and overlay.visible
+
+
+def test_a_colormap_layer_keeps_napari_s_titled_bar(explored):
+    """A plugin layer coloured through napari's colormap path (not the Explore widget's) still
+    gets napari's bar, one at a time, and the title."""
+    import pandas as pd
+
+    from napari_spatial_impute.viz.layers import make_meta
+
+    viewer, model, w, layers = explored
+    ctl = get_colorbar_controller(viewer)
+    made = [
+        viewer.add_points(
+            np.random.default_rng(0).random((5, 2)),
+            features=pd.DataFrame({"v": np.arange(5.0)}),
+            face_color="v",
+            face_colormap="viridis",
+            metadata=make_meta("imputed", value=gene),
+            name=f"mine {gene}",
+        )
+        for gene in ("Sst", "Oxtr")
+    ]
+    for layer in made:
+        viewer.layers.selection.active = layer
+        assert [lay.name for lay in made if lay.face_colorbar.visible] == [layer.name]
+        assert _text_overlay(viewer).text == ctl.title
+        assert ctl.title.startswith(plugin_meta(layer)["value"] + " · imputed")
+    assert not any(lay.face_colorbar.visible for lay in layers)

@@ -1,5 +1,5 @@
-"""Explore widget on the MERFISH pair: two samples of two FOVs each (one layer per role per
-sample, the FOVs navigated)."""
+"""Explore widget on the MERFISH pair: two samples of two FOVs each (one layer per role for
+both samples, the FOVs navigated)."""
 
 from __future__ import annotations
 
@@ -30,43 +30,74 @@ def test_lists_filled_from_model(widget):
     assert ", 2 samples, 4 FOVs;" in w.info.text()
 
 
-def test_gene_layers_one_per_sample_with_shared_limits(widget):
+def test_gene_layers_one_per_role_for_every_sample(widget):
+    """Issue 24: one layer per role holds every sample, coloured directly (an RGBA array) with
+    the colormap and quantile limits of the value, the sample and FOV as features."""
+    from napari.utils.colormaps import ensure_colormap
+
     viewer, model, w = widget
     w.gene_edit.setText("gad1")  # any case
     layers = w.show_gene()
-    names = sorted(layer.name for layer in viewer.layers)
-    assert names == [
-        "Gad1 imputed · A",
-        "Gad1 imputed · B",
-        "Gad1 measured · A",
-        "Gad1 measured · B",
-    ]
-    imputed = [lay for lay in layers if plugin_meta(lay)["kind"] == "imputed"]
-    measured = [lay for lay in layers if plugin_meta(lay)["kind"] == "measured"]
-    assert len(imputed) == 2 and len(measured) == 2
-    assert imputed[0].face_contrast_limits == imputed[1].face_contrast_limits
-    assert measured[0].face_contrast_limits == measured[1].face_contrast_limits
+    assert sorted(layer.name for layer in viewer.layers) == ["Gad1 imputed", "Gad1 measured"]
+    imputed, measured = (
+        next(lay for lay in layers if plugin_meta(lay)["kind"] == k)
+        for k in ("imputed", "measured")
+    )
     lo, hi = robust_limits(values(model.result, "imputed", "Gad1"))
-    assert np.allclose(imputed[0].face_contrast_limits, (lo, hi))
+    assert np.allclose(plugin_meta(imputed)["limits"], (lo, hi))
     for layer in layers:
-        assert layer.face_color_mode == "colormap"
+        assert layer.face_color_mode == "direct"
         assert "Gad1" in layer.features.columns
         assert layer.features["Gad1"].dtype == np.float32
-        assert {"cell", "fov", "top cluster", "p"} <= set(layer.features.columns)
-    # the FOV is a feature, two FOVs in each sample's layer
-    by_sample = {plugin_meta(lay)["sample"]: lay for lay in imputed}
-    assert set(by_sample["A"].features["fov"].astype(str)) == {"1", "2"}
-    assert set(by_sample["B"].features["fov"].astype(str)) == {"3", "4"}
-    # issue 12: one colour bar, the selected layer's, titled with the gene, kind and units
-    shown = [lay.name for lay in layers if lay.face_colorbar.visible]
-    assert shown == [viewer.layers.selection.active.name]
-    n = sum(len(layer.data) for layer in imputed)
-    assert n == model.result.n_obs
+        assert {"cell", "fov", "sample", "top cluster", "p"} <= set(layer.features.columns)
+        assert len(layer.data) == model.result.n_obs
+    # the colours are napari's own colormap at those limits (to a 256-step table's precision)
+    vals = imputed.features["Gad1"].to_numpy()
+    expected = ensure_colormap("viridis").map(np.clip((vals - lo) / (hi - lo), 0, 1))
+    assert np.abs(np.asarray(imputed.face_color) - expected).max() < 0.02
+    # the FOV and sample are features: two FOVs in each sample
+    feats = imputed.features
+    assert set(feats["fov"][feats["sample"] == "A"].astype(str)) == {"1", "2"}
+    assert set(feats["fov"][feats["sample"] == "B"].astype(str)) == {"3", "4"}
     # the values are those of the cells at those positions
-    rows = plugin_meta(imputed[0])["rows"]
-    assert np.allclose(imputed[0].features["Gad1"], values(model.result, "imputed", "Gad1")[rows])
-    assert np.allclose(imputed[0].data[:, ::-1], model.result.obsm["spatial"][rows])
-    assert np.allclose(imputed[0].translate, 0)  # samples apart in space stay where they are
+    rows = plugin_meta(imputed)["rows"]
+    assert sorted(rows) == list(range(model.result.n_obs))
+    assert np.allclose(imputed.features["Gad1"], values(model.result, "imputed", "Gad1")[rows])
+    assert np.allclose(imputed.data[:, ::-1], model.result.obsm["spatial"][rows])
+    assert np.allclose(imputed.translate, 0)  # samples apart in space stay where they are
+    # what is shown is told to the model: values and exact colours per result row
+    shown = model.shown
+    assert shown.kind == "imputed" and shown.name == "Gad1" and shown.colormap == "viridis"
+    assert np.allclose(shown.values[rows], vals) and np.allclose(shown.limits, (lo, hi))
+    assert np.array_equal(shown.rgba[rows], np.asarray(imputed.face_color, dtype=np.float32))
+
+
+def test_a_switch_recolours_with_one_colour_setter(widget):
+    """Issue 24: a gene switch recolours each layer with one face_color setter and no
+    features reset (napari's colormap path recolours every point per setter)."""
+    viewer, model, w = widget
+    layers = w.show_gene("Gad1")
+    events = {"features": 0, "face_color": 0, "contrast": 0}
+    for layer in layers:
+        layer.events.features.connect(
+            lambda e: events.__setitem__("features", events["features"] + 1)
+        )
+        layer.events.current_face_color.connect(lambda e: None)
+        layer.events.face_color.connect(
+            lambda e: events.__setitem__("face_color", events["face_color"] + 1)
+        )
+    w.show_gene("Slc17a6")
+    assert events["features"] == 0
+    assert events["face_color"] == len(layers)  # one setter per layer
+    imputed = next(lay for lay in layers if plugin_meta(lay)["kind"] == "imputed")
+    assert "Gad1" not in imputed.features.columns
+    rows = plugin_meta(imputed)["rows"]
+    assert np.allclose(
+        imputed.features["Slc17a6"], values(model.result, "imputed", "Slc17a6")[rows]
+    )
+    # the hover reads the new value
+    pos = tuple(np.asarray(imputed.data[0]))
+    assert "Slc17a6:" in imputed.get_status(pos, world=True)["coordinates"]
 
 
 def test_switching_genes_recolours_and_keeps_the_layer_count(widget):
@@ -75,7 +106,7 @@ def test_switching_genes_recolours_and_keeps_the_layer_count(widget):
     ids = {id(layer) for layer in first}
     for gene in ("Slc17a6", "Sp9", "Gad1", "Oxtr"):
         again = w.show_gene(gene)
-        assert len(viewer.layers) == 4
+        assert len(viewer.layers) == 2
         assert {id(layer) for layer in again} == ids
     assert sorted(layer.name for layer in viewer.layers)[0].startswith("Oxtr")
     imputed = [lay for lay in again if plugin_meta(lay)["kind"] == "imputed"]
@@ -92,12 +123,11 @@ def test_recolour_to_unmeasured_removes_measured(widget):
     model.result.var.loc["Slc17a6", "is_shared"] = False
     model.result.var.loc["Slc17a6", "measured_name"] = ""
     w.show_gene("Gad1")
-    assert len(viewer.layers) == 4
+    assert len(viewer.layers) == 2
     w.show_gene("Slc17a6")
-    assert sorted(lay.name for lay in viewer.layers) == [
-        "Slc17a6 imputed · A",
-        "Slc17a6 imputed · B",
-    ]
+    assert [lay.name for lay in viewer.layers] == ["Slc17a6 imputed"]
+    # issue 24 (7): the colour scales follow: one, titled with the new gene
+    assert [r["title"].split(" · ")[0] for r in w.scales.shown] == ["Slc17a6"]
 
 
 def test_add_new_layers_when_recolour_off(widget):
@@ -106,30 +136,45 @@ def test_add_new_layers_when_recolour_off(widget):
     w.measured_check.setChecked(False)
     w.show_gene("Gad1")
     w.show_gene("Slc17a6")
-    assert len(viewer.layers) == 4
+    assert len(viewer.layers) == 2
     w.show_gene("Slc17a6")  # the same gene again: recoloured, not duplicated
-    assert len(viewer.layers) == 4
+    assert len(viewer.layers) == 2
 
 
 def test_cluster_probability_and_most_likely_cluster(widget):
     viewer, model, w = widget
     cluster = w.cluster_combo.itemText(0)
     layers = w.show_cluster(cluster)
-    assert [layer.name for layer in layers] == [
-        f"{cluster} probability · A",
-        f"{cluster} probability · B",
-    ]
-    lo, hi = layers[0].face_contrast_limits
+    assert [layer.name for layer in layers] == [f"{cluster} probability"]
+    lo, hi = plugin_meta(layers[0])["limits"]
     assert lo == 0.0 and 0 < hi <= 1.0
+    assert model.shown.kind == "probability" and model.shown.name == cluster
     pred = w.show_predicted()
-    assert [p.name for p in pred] == ["most likely cell_type · A", "most likely cell_type · B"]
+    assert [p.name for p in pred] == ["most likely cell_type"]
     assert pred[0].face_color_mode == "cycle"
     assert str(pred[0].features["cell_type"].dtype) == "category"
-    # a second cluster recolours the probability layers
+    shown = model.shown
+    assert shown.kind == "predicted" and shown.categories is not None
+    rows = plugin_meta(pred[0])["rows"]
+    assert np.allclose(shown.rgba[rows], np.asarray(pred[0].face_color), atol=1e-6)
+    # a second cluster recolours the probability layer
     other = w.cluster_combo.itemText(1)
     again = w.show_cluster(other)
-    assert again[0] is layers[0] and again[0].name == f"{other} probability · A"
-    assert len(viewer.layers) == 4
+    assert again[0] is layers[0] and again[0].name == f"{other} probability"
+    assert len(viewer.layers) == 2
+
+
+def test_second_cluster_leaves_one_probability_layer(widget):
+    """Issue 24 (6): cluster 0 then cluster 1 gave 7 probability layers at the seed's shape,
+    three stale; also with a probability layer selected, or after a new result."""
+    viewer, model, w = widget
+    for i in (0, 1, 0, 2):
+        w.show_cluster(w.cluster_combo.itemText(i))
+        probs = [lay for lay in viewer.layers if plugin_meta(lay).get("kind") == "probability"]
+        assert [p.name for p in probs] == [f"{w.cluster_combo.itemText(i)} probability"]
+    viewer.layers.selection.active = probs[0]
+    w.show_cluster(w.cluster_combo.itemText(3))
+    assert len(viewer.layers) == 1
 
 
 def test_unknown_gene_is_notified_not_added(widget, monkeypatch):
@@ -208,20 +253,37 @@ def test_other_fovs_dimmed_or_hidden_by_one_outline_layer(widget):
     assert np.all(np.asarray(outlines[0].face_color)[is_fov & ~chosen, 3] == 1)
     w.navigator.show_all()
     assert np.all(np.asarray(outlines[0].face_color)[:, 3] == 0) and w.navigator.focus is None
-    assert len(viewer.layers) == 3  # 2 gene layers and the one outline layer
+    assert len(viewer.layers) == 2  # the gene layer and the one outline layer
 
 
 def test_side_by_side_grid_one_cell_per_role(widget):
     viewer, model, w = widget
     w.show_gene("Gad1")
     w.grid_check.setChecked(True)
-    assert viewer.grid.enabled and viewer.grid.stride == -2
+    assert viewer.grid.enabled and viewer.grid.stride == -1
     top = [plugin_meta(lay)["kind"] for lay in list(viewer.layers)[::-1]]
-    assert top[:4] == ["imputed", "imputed", "measured", "measured"]  # cells: imputed, measured
+    assert top[:2] == ["imputed", "measured"]  # cells: imputed, measured
     w.show_gene("Slc17a6")  # recoloured in place, still one cell per role
-    assert [plugin_meta(lay)["kind"] for lay in list(viewer.layers)[::-1]][:4] == top[:4]
+    assert [plugin_meta(lay)["kind"] for lay in list(viewer.layers)[::-1]][:2] == top[:2]
     w.grid_check.setChecked(False)
     assert not viewer.grid.enabled
+
+
+def test_side_by_side_fits_the_tissue_not_the_reference(widget):
+    """Issue 24 (8): side by side with the reference UMAP loaded, each grid cell fitted the
+    UMAP's extent too (napari's grid fits every layer): the tissue at ~1/5 of the canvas."""
+    viewer, model, w = widget
+    far = np.asarray(model.result.obsm["spatial"])[:, ::-1].max(axis=0) + 20_000
+    viewer.add_points(np.array([far, far + 5000.0]), name="reference UMAP beside")
+    w.show_gene("Gad1")  # measured beside imputed: the grid comes on
+    assert viewer.grid.enabled
+    rows, cols = viewer.grid.actual_shape(list(viewer.layers))
+    cell = np.asarray(viewer.canvas.size) / np.array([rows, cols])
+    yx = display_yx(model.result, None, "sample")
+    lo, hi = np.nanmin(yx, axis=0), np.nanmax(yx, axis=0)
+    on_screen = (hi - lo) * viewer.camera.zoom
+    assert np.all(on_screen <= cell + 1) and np.any(on_screen >= 0.8 * cell)
+    assert np.allclose(viewer.camera.center[-2:], (lo + hi) / 2, rtol=1e-3)
 
 
 def test_no_result_disables(make_napari_viewer_proxy, qtbot):
@@ -259,8 +321,8 @@ def test_large_fovs_build_in_a_worker(widget, qtbot, monkeypatch):
     monkeypatch.setattr("napari_spatial_impute.plugin.widgets.explore_widget.ASYNC_CELLS", 10)
     assert w.show_gene("Gad1") == []  # returns at once, the layers come later
     assert not w.gene_button.isEnabled()
-    qtbot.waitUntil(lambda: len(viewer.layers) == 4 and w.gene_button.isEnabled(), timeout=20_000)
-    assert w.status.text() == "Gad1: 4 layers"  # imputed and measured, 2 samples
+    qtbot.waitUntil(lambda: len(viewer.layers) == 2 and w.gene_button.isEnabled(), timeout=20_000)
+    assert w.status.text() == "Gad1: imputed, measured"
     # an error in the worker is a notification and adds nothing
     seen = []
     monkeypatch.setattr(
@@ -269,7 +331,7 @@ def test_large_fovs_build_in_a_worker(widget, qtbot, monkeypatch):
     w.show_gene("NotAGene")
     qtbot.waitUntil(lambda: bool(seen) and w.gene_button.isEnabled(), timeout=20_000)
     assert "NotAGene" in str(seen[0])
-    assert len(viewer.layers) == 4
+    assert len(viewer.layers) == 2
 
 
 @pytest.mark.parametrize("display_name", ["Explore", "Diagnostics", "Label images"])
@@ -298,7 +360,7 @@ def test_layers_follow_a_new_result(widget):
     layer = gene_layers[0]
     rows = plugin_meta(layer)["rows"]
     assert np.allclose(layer.features["Gad1"], values(new, "imputed", "Gad1")[rows])
-    assert np.allclose(layer.face_contrast_limits, robust_limits(values(new, "imputed", "Gad1")))
+    assert np.allclose(plugin_meta(layer)["limits"], robust_limits(values(new, "imputed", "Gad1")))
     cl = plugin_meta(prob[0])["value"]
     assert np.allclose(
         prob[0].features[cl], values(new, "probability", cl)[plugin_meta(prob[0])["rows"]]
@@ -337,7 +399,7 @@ def test_second_result_keeps_the_first_results_layers(widget, tmp_path):
     first = model.result
     gad1 = w.show_gene("Gad1")
     sst = w.show_gene("Sp9")  # recolours the Gad1 layers: keep references to both
-    assert sst == gad1 and len(viewer.layers) == 4  # imputed + measured, 2 samples
+    assert sst == gad1 and len(viewer.layers) == 2  # imputed + measured
     before = {layer.name: layer.features.copy() for layer in viewer.layers}
     second = first[:, [g for g in first.var_names if g != "Sp9"]].copy()
     path = tmp_path / "second.h5ad"
@@ -346,7 +408,7 @@ def test_second_result_keeps_the_first_results_layers(widget, tmp_path):
     opened = viewer.open(str(path), plugin="napari-spatial-impute")
     assert model.result is not first and "Sp9" not in model.result.var_names
     kept = [layer for layer in viewer.layers if layer not in opened]
-    assert len(kept) == 4, "the first result's gene layers are still there"
+    assert len(kept) == 2, "the first result's gene layers are still there"
     for layer in kept:
         assert layer.name.endswith(" (previous result)")
         old_name = layer.name.removesuffix(" (previous result)")
@@ -356,7 +418,7 @@ def test_second_result_keeps_the_first_results_layers(widget, tmp_path):
     notes = notification_manager.records[n_notes:]
     assert any(
         n.severity == NotificationSeverity.WARNING
-        and "4 layers of the previous result kept" in str(n.message)
+        and "2 layers of the previous result kept" in str(n.message)
         for n in notes
     )
     # the kept layers are not recoloured by later genes or results
@@ -379,11 +441,11 @@ def test_renamed_layers_are_still_recoloured(widget):
     layers = w.show_gene("Gad1")
     layers[0].name = "my Gad1"
     again = w.show_gene("Gad1")
-    assert again[0] is layers[0] and len(viewer.layers) == 4
+    assert again[0] is layers[0] and len(viewer.layers) == 2
     pred = w.show_predicted()
     pred[0].name = "renamed"
     again = w.show_predicted()
-    assert len(viewer.layers) == 6 and "renamed" not in [layer.name for layer in viewer.layers]
+    assert len(viewer.layers) == 3 and "renamed" not in [layer.name for layer in viewer.layers]
 
 
 def test_fov_outlines_are_one_shapes_layer_with_names(widget):
@@ -422,15 +484,17 @@ def test_samples_sharing_coordinates_are_laid_out_side_by_side(widget):
     viewer, model, w = widget
     res = _overlapping_samples(model)
     layers = w.show_gene("Gad1")
-    imputed = {
-        plugin_meta(lay)["sample"]: lay for lay in layers if plugin_meta(lay)["kind"] == "imputed"
-    }
+    imputed = next(lay for lay in layers if plugin_meta(lay)["kind"] == "imputed")
+    # one layer: the layout is in its coordinates (where display_yx draws each cell)
+    rows = plugin_meta(imputed)["rows"]
+    assert np.allclose(imputed.data, display_yx(res, rows, "sample"))
+    assert np.allclose(imputed.translate, 0)
+    sample = imputed.features["sample"].astype(str).to_numpy()
     boxes = {}
-    for sample, lay in imputed.items():
-        drawn = np.asarray(lay.data) + np.asarray(lay.translate)
-        boxes[sample] = (drawn.min(0), drawn.max(0))
-        # the layer keeps the file's coordinates; only its translate moves it
-        assert np.allclose(lay.data[:, ::-1], res.obsm["spatial"][plugin_meta(lay)["rows"]])
+    for s in ("A", "B"):
+        drawn = np.asarray(imputed.data)[sample == s]
+        boxes[s] = (drawn.min(0), drawn.max(0))
+        assert np.all(res.obs["sample"].to_numpy()[rows[sample == s]] == s)
     (a_lo, a_hi), (b_lo, b_hi) = boxes["A"], boxes["B"]
     assert a_hi[1] < b_lo[1] or b_hi[1] < a_lo[1] or a_hi[0] < b_lo[0] or b_hi[0] < a_lo[0]
     # the samples are named in the outline layer, added with the first layers
@@ -483,7 +547,7 @@ def test_measured_beside_imputed_and_data_layers_hidden_under_them(widget):
         viewer.add_points(data, **kw)
     own = list(viewer.layers)
     w.show_gene("Gad1")
-    assert all(not lay.visible for lay in own) and len(viewer.layers) == len(own) + 4
+    assert all(not lay.visible for lay in own) and len(viewer.layers) == len(own) + 2
     assert viewer.grid.enabled and w.grid_check.isChecked()
     model.result.var.loc["Slc17a6", "is_shared"] = False  # pretend it was not measured
     model.result.var.loc["Slc17a6", "measured_name"] = ""

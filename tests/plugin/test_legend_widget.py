@@ -24,13 +24,10 @@ def legend(make_napari_viewer_proxy, qtbot):
 def test_lists_each_category_with_its_count_and_colour(legend):
     viewer, model, w, layers = legend
     assert w.layer is not None and w.column == "cell_type"
-    assert len(w.layers) == len(layers) == 2  # the samples' layers are listed together
-    assert sorted(lay.name for lay in w.layers) == [
-        "most likely cell_type · A",
-        "most likely cell_type · B",
-    ]
+    assert len(w.layers) == len(layers) == 1  # one layer holds both samples
+    assert [lay.name for lay in w.layers] == ["most likely cell_type"]
     values = np.concatenate([np.asarray(lay.features["cell_type"].astype(str)) for lay in layers])
-    # the two samples' layers hold every cell of the result once
+    # the layer holds every cell of the result once
     assert sorted(values) == sorted(model.result.obs["cell_type_predicted"].astype(str))
     cats, counts = np.unique(values, return_counts=True)
     assert sorted(w.categories()) == sorted(cats)

@@ -189,3 +189,31 @@ def test_cells_of_a_store_stay_over_its_images():
     b = _cells(2, 200, 2)
     b.uns["spatialdata"] = {"store": "/x.zarr", "coordinate_system": "global"}
     assert all(np.allclose(v, 0) for v in sec.sample_offsets(b, "sample").values())
+
+
+def test_sample_names_sit_clear_of_the_fov_names():
+    """Issue 24 (10): a sample's name (at its outline's upper left corner) was drawn on the
+    name of its top-left FOV (the same corner). The sample's outline now has a margin: its
+    corner is outside every FOV's outline, and the outlines of samples side by side stay apart."""
+    a = _cells(4, 300, 3)
+    shapes, feats = sec.outline_data(a, "fov", "sample")
+    kinds = feats["kind"].astype(str).to_numpy()
+    names = feats["name"].astype(str).to_numpy()
+    fov_boxes = [
+        (np.min(b, 0), np.max(b, 0)) for b, k in zip(shapes, kinds, strict=True) if k == "fov"
+    ]
+    fov_names = names[kinds == "fov"]
+    sample_boxes = {}
+    for box, kind, name in zip(shapes, kinds, names, strict=True):
+        if kind != "sample":
+            continue
+        lo, hi = np.min(box, 0), np.max(box, 0)
+        sample_boxes[name] = (lo, hi)
+        own = [fb for fb, f in zip(fov_boxes, fov_names, strict=True) if f.startswith(name)]
+        size = np.max(hi - lo)
+        for f_lo, f_hi in own:  # the FOVs inside, the corner clear of each by a margin
+            assert np.all(lo < f_lo - 0.01 * size) and np.all(hi > f_hi + 0.01 * size)
+    boxes = list(sample_boxes.values())
+    for i, (lo1, hi1) in enumerate(boxes):
+        for lo2, hi2 in boxes[i + 1 :]:
+            assert np.any(hi1 < lo2) or np.any(hi2 < lo1)  # never overlapping

@@ -11,8 +11,7 @@ Older results (or results of the clusters and constrained modes) lack them: ever
 reports "nothing" (empty list, ``None``) instead of failing, so the widgets can hide their
 controls.
 
-Interval layers (one per sample) are named ``"<gene> <level>% interval width"`` (with
-``" · <sample>"`` when there are samples); their value is the
+The interval layer (one for all samples) is named ``"<gene> <level>% interval width"``; its value is the
 full width ``2 x halfwidth`` and their metadata dict holds ``kind = "interval"`` and ``level``
 (e.g. ``"90"``) beside the usual entries (:func:`napari_spatial_impute.viz.layers.plugin_meta`).
 """
@@ -33,7 +32,7 @@ from napari_spatial_impute.io.schema import (
     interval_levels,
     resolve_gene,
 )
-from napari_spatial_impute.viz.explore import sample_points_specs
+from napari_spatial_impute.viz.explore import colorize, section_points_spec
 from napari_spatial_impute.viz.layers import PointsSpec, layer_name, robust_limits
 
 INTERVAL_ROLE = "interval"
@@ -78,7 +77,8 @@ def interval_layer_specs(
     size: float | None = None,
     hover: bool = True,
 ) -> list[PointsSpec]:
-    """Interval-width Points layers of one gene, one per sample, sharing one colour range.
+    """The interval-width Points layer of one gene (every sample in it; a list of one), coloured
+    directly like the imputed layer (:func:`~napari_spatial_impute.viz.explore.colorize`).
 
     Parameters
     ----------
@@ -102,19 +102,27 @@ def interval_layer_specs(
     level = interval_level(result, level)
     widths = interval_widths(result, gene, level)
     column = f"{gene} {level}% interval width"
-    return sample_points_specs(
-        result,
-        column,
-        lambda rows: pd.DataFrame({column: widths[rows]}),
-        samples=samples,
-        fov_key=fov_key,
-        sample_key=sample_key,
-        size=size,
-        hover=hover,
-        style={"face_colormap": INTERVAL_COLORMAP, "face_contrast_limits": robust_limits(widths)},
-        meta={"kind": INTERVAL_ROLE, "level": level, "value": gene},
-        layer_name_of=lambda sample: interval_layer_name(gene, level, sample),
-    )
+    limits = robust_limits(widths)
+    return [
+        section_points_spec(
+            result,
+            lambda rows: pd.DataFrame({column: widths[rows]}),
+            samples=samples,
+            fov_key=fov_key,
+            sample_key=sample_key,
+            size=size,
+            hover=hover,
+            colors=lambda feats: colorize(feats[column].to_numpy(), INTERVAL_COLORMAP, limits),
+            meta={
+                "kind": INTERVAL_ROLE,
+                "level": level,
+                "value": gene,
+                "colormap": INTERVAL_COLORMAP,
+                "limits": limits,
+            },
+            name=interval_layer_name(gene, level),
+        )
+    ]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -7,9 +7,10 @@ role per sample. A *field of view* (FOV) is a tile of a section; FOVs are a feat
 those layers, navigated with the camera, never layers of their own.
 
 Sections imaged separately usually share coordinates and would be drawn on top of each other;
-:func:`sample_offsets` lays them out side by side on a grid (each sample layer gets its offset as
-its napari ``translate``; the data keep the file's coordinates). Everything drawn across samples
-(FOV outlines, link highlights) uses the same offsets through :func:`display_yx`.
+:func:`sample_offsets` lays them out side by side on a grid. The exploration layers hold every
+sample in one layer, drawn where :func:`display_yx` puts each cell (the offsets baked into the
+layer's coordinates); everything else drawn across samples (FOV outlines, link highlights) uses
+the same positions.
 """
 
 from __future__ import annotations
@@ -37,6 +38,9 @@ from napari_spatial_impute.viz.coords import point_size, to_napari
 
 #: Gap between samples laid out side by side, as a share of the largest sample's size.
 GAP = 0.08
+#: Margin of a sample's outline around its cells, as a share of the sample's size (less than
+#: half of :data:`GAP`, so outlines of samples laid out side by side never touch).
+SAMPLE_MARGIN = 0.03
 #: ``sample_key`` that means "no sample column" (``None`` means "find one").
 NO_SAMPLES = ""
 
@@ -277,13 +281,20 @@ def display_yx(
 ) -> np.ndarray:
     """``(y, x)`` of cells where they are drawn: the file's coordinates plus their sample's offset."""
     rows = np.arange(adata.n_obs) if rows is None else np.asarray(rows, dtype=np.int64)
-    yx = _yx(adata, rows)
+    return _yx(adata, rows) + row_offsets(adata, rows, sample_key)
+
+
+def row_offsets(adata: ad.AnnData, rows: np.ndarray, sample_key: str | None) -> np.ndarray:
+    """``(len(rows), 2)``: the offset of each cell's sample (:func:`sample_offsets`; zeros when
+    the samples stay where they are). Added to a layer's ``(y, x)``, it bakes the side-by-side
+    layout into the data of one layer holding every sample."""
+    rows = np.asarray(rows, dtype=np.int64)
     if not laid_out(adata, sample_key):
-        return yx
+        return np.zeros((len(rows), 2))
     offsets = sample_offsets(adata, sample_key)
     labels = sample_labels(adata, sample_key)
     table = np.array([offsets.get(str(c), np.zeros(2)) for c in labels.categories])
-    return yx + table[np.asarray(labels.codes)[rows]]
+    return table[np.asarray(labels.codes)[rows]]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -322,7 +333,13 @@ def sample_boxes(adata: ad.AnnData, sample_key: str | None) -> tuple[list[np.nda
     if sample_key is None:
         return [], []
     yx = display_yx(adata, None, sample_key)
-    out = [(_rectangle(_box(yx[rows])), s) for s, rows in sample_rows(adata, sample_key).items()]
+    out = []
+    for s, rows in sample_rows(adata, sample_key).items():
+        box = _box(yx[rows])
+        # a margin around the sample: its name (drawn at the upper left corner) sits above the
+        # first FOV's name instead of on it
+        pad = SAMPLE_MARGIN * float(max(np.max(box[2:] - box[:2]), 1e-9))
+        out.append((_rectangle(box + np.array([-pad, -pad, pad, pad])), s))
     return [b for b, _ in out], [s for _, s in out]
 
 

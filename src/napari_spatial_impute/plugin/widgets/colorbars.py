@@ -60,7 +60,13 @@ class ColorbarController:
             return
         layers = list(viewer.layers)
         params = self._params()
-        titles = {_key(lay): colorbar_title(plugin_meta(lay), params) for lay in layers}
+        # napari's bar is drawn only for layers coloured through its colormap path; the Explore
+        # widget's layers are coloured directly and titled in its own colour-scale panel
+        titles = {
+            _key(lay): colorbar_title(plugin_meta(lay), params)
+            for lay in layers
+            if str(getattr(lay, "face_color_mode", "")) == "colormap"
+        }
         titled = {k: v for k, v in titles.items() if v}
         active = viewer.layers.selection.active
         if active is not None and _key(active) in titled:

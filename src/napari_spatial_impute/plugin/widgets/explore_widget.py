@@ -1,12 +1,18 @@
 """Explore widget: imputed and measured genes, their prediction intervals and cluster
-probabilities, one layer per role per sample (showing another gene recolours them), and the FOV
-navigator."""
+probabilities, one layer per role for every sample (showing another gene recolours it), their
+colour scales, and the FOV navigator.
+
+Showing a value reads it, computes its limits and colours (an RGBA array) and builds the layer
+data in a worker thread (above :data:`ASYNC_CELLS` cells); the main thread only adds a layer from
+prepared arrays or recolours one with a single ``face_color`` setter, then tells the model what
+is shown (:meth:`~napari_spatial_impute.plugin.model.SpatialImputeModel.set_shown`)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 from napari.settings import get_settings
 from napari.utils.notifications import show_warning
 from qtpy.QtCore import QStringListModel, Qt
@@ -26,7 +32,9 @@ from qtpy.QtWidgets import (
 )
 
 from napari_spatial_impute.io.schema import interval_levels
+from napari_spatial_impute.plugin.model import ShownValues
 from napari_spatial_impute.plugin.widgets.base import PluginWidget
+from napari_spatial_impute.plugin.widgets.color_scales import ColorScales
 from napari_spatial_impute.plugin.widgets.layer_ops import (
     PREVIOUS_SUFFIX,
     arrange_side_by_side,
@@ -38,22 +46,25 @@ from napari_spatial_impute.plugin.widgets.layer_ops import (
     place_gene,
     place_predicted,
     refresh_layers,
+    zoom_to_section,
 )
 from napari_spatial_impute.plugin.widgets.linking import get_link_controller
 from napari_spatial_impute.plugin.widgets.navigator import OUTLINES_KIND, FovNavigator
 from napari_spatial_impute.plugin.widgets.uncertainty_controls import UncertaintyControls
 from napari_spatial_impute.viz.explore import (
+    category_rgba,
     cluster_names,
     gene_names,
     predicted_layer_specs,
     shared_genes,
     value_layer_specs,
 )
-from napari_spatial_impute.viz.layers import plugin_meta
+from napari_spatial_impute.viz.layers import PointsSpec, plugin_meta
 from napari_spatial_impute.viz.sections import drawn_point_size, laid_out, sample_rows
 
-#: Above this many cells layer data is built in a worker thread.
-ASYNC_CELLS = 100_000
+#: Above this many cells layer data is built in a worker thread (below, it takes a few ms and the
+#: layers are returned at once).
+ASYNC_CELLS = 10_000
 
 
 class ExploreWidget(PluginWidget):
@@ -121,6 +132,7 @@ class ExploreWidget(PluginWidget):
 
         self.uncertainty = UncertaintyControls(napari_viewer, self.model)
         self.navigator = FovNavigator(napari_viewer, self.model)
+        self.scales = ColorScales(napari_viewer, self.model)
 
         # tabs, so that the Load, Map and Explore docks fit a 1080p screen together
         values = QWidget()
@@ -157,6 +169,7 @@ class ExploreWidget(PluginWidget):
         layout.addWidget(self.info)
         layout.addWidget(self.tabs)
         layout.addWidget(self.status)
+        layout.addWidget(self.scales)
         layout.addStretch(1)
 
         self.model.result_changed.connect(self._on_result)
@@ -231,7 +244,7 @@ class ExploreWidget(PluginWidget):
         arrange_side_by_side(self.viewer, bool(on))
         if not on and self.navigator.outline_layer() is not None:
             self.navigator.apply_focus()  # the outlines back on top of the cells
-        self.viewer.reset_view()  # each grid cell (or the one view) shows the whole data
+        self.fit_view()  # each grid cell (or the one view) shows the whole data
 
     def _follow_measured(self, layers: list) -> None:
         """Measured beside imputed: the side-by-side grid comes on when measured layers are
@@ -244,7 +257,7 @@ class ExploreWidget(PluginWidget):
             self.grid_check.blockSignals(False)
             self._auto_grid = True
             arrange_side_by_side(self.viewer)
-            self.viewer.reset_view()  # each grid cell shows the whole data
+            self.fit_view()  # each grid cell shows the whole data
         elif not measured and self._auto_grid and self.grid_check.isChecked():
             if any(plugin_meta(lay).get("kind") == "imputed" for lay in layers):
                 self.grid_check.blockSignals(True)
@@ -254,7 +267,19 @@ class ExploreWidget(PluginWidget):
                 arrange_side_by_side(self.viewer, False)
                 if self.navigator.outline_layer() is not None:
                     self.navigator.apply_focus()  # the outlines back on top of the cells
-                self.viewer.reset_view()
+                self.fit_view()
+
+    def fit_view(self) -> None:
+        """Fit the section(s) in view, in each grid cell when side by side: napari's reset_view
+        fits every layer (a reference UMAP beside would shrink the tissue to a corner)."""
+        result = self.model.result
+        if result is None:
+            self.viewer.reset_view()
+            return
+        try:
+            zoom_to_section(self.viewer, result, *self.navigator.keys())
+        except Exception:  # no finite coordinates: napari's own fit
+            self.viewer.reset_view()
 
     def _set_linking(self, on: bool) -> None:
         self.links.enabled = bool(on)
@@ -270,7 +295,8 @@ class ExploreWidget(PluginWidget):
         ]
         if selected:
             return selected
-        return find_layers(self.viewer, role, value=last) if last else []
+        found = find_layers(self.viewer, role, value=last) if last else []
+        return found or [lay for lay in find_layers(self.viewer, role) if _explore(lay)][-1:]
 
     # ------------------------------------------------------------------ actions
     def _n_cells(self) -> int:
@@ -280,12 +306,15 @@ class ExploreWidget(PluginWidget):
     def _dispatch(
         self, build: Callable[[], Any], place: Callable[[Any], list], done: Callable[[list], None]
     ) -> list:
-        """Build layer data, then add it. Above :data:`ASYNC_CELLS` cells the building runs in a
-        worker thread (the widget stays responsive; the layers appear when it returns) and an
-        empty list is returned; errors become notifications and add nothing.
+        """Build layer data, then add it. ``build`` returns ``(data, shown)``: the layer data and
+        the :class:`ShownValues` (colours included) of what it shows. Above :data:`ASYNC_CELLS`
+        cells the building runs in a worker thread (the widget stays responsive; the layers
+        appear when it returns) and an empty list is returned; errors become notifications and
+        add nothing.
         """
 
-        def finish(data: Any) -> list:
+        def finish(built: Any) -> list:
+            data, shown = built
             first = self.navigator.outline_layer() is None
             try:
                 layers = place(data)
@@ -298,22 +327,25 @@ class ExploreWidget(PluginWidget):
                 self.model.result, self.navigator.keys()[1]
             ):  # name the samples moved side by side
                 self.navigator.show_outlines()
-                self.viewer.reset_view()  # napari fitted the view to the first sample only
+                self.fit_view()  # every sample in view
             elif self.navigator.outline_layer() is not None:
                 self.navigator.apply_focus()  # keep the outlines above the new layers
             self._follow_measured(layers)
             if self.grid_check.isChecked():
                 arrange_side_by_side(self.viewer)
             done(layers)
+            self.scales.refresh()
+            if shown is not None:
+                self.model.set_shown(shown)
             return layers
 
         if self._n_cells() <= ASYNC_CELLS:
             try:
-                data = build()
+                built = build()
             except Exception as exc:  # shown to the user, never half-added
                 notify_error(exc)
                 return []
-            return finish(data)
+            return finish(built)
         from napari.qt.threading import create_worker
 
         # no napari progress bar: opening its activity panel forces full canvas draws (seconds
@@ -346,7 +378,8 @@ class ExploreWidget(PluginWidget):
         size, level = self.size_spin.value(), self.uncertainty.interval_level()
 
         def build() -> Any:
-            return gene_specs(result, gene, **keys, measured=measured, size=size, interval=level)
+            specs = gene_specs(result, gene, **keys, measured=measured, size=size, interval=level)
+            return specs, shown_values(result, specs[0][0]) if specs[0] else None
 
         def place(specs: Any) -> list:
             imputed, measured_specs, interval_specs = specs
@@ -356,7 +389,8 @@ class ExploreWidget(PluginWidget):
 
         def done(layers: list) -> None:
             self._last_gene = plugin_meta(layers[0])["value"] if layers else gene
-            self.status.setText(f"{self._last_gene}: {_count(len(layers), 'layer')}")
+            names = ", ".join(str(plugin_meta(lay).get("kind")) for lay in layers)
+            self.status.setText(f"{self._last_gene}: {names}")
             self.uncertainty.gene_shown(self._last_gene)
 
         return self._dispatch(build, place, done)
@@ -371,7 +405,8 @@ class ExploreWidget(PluginWidget):
         size = self.size_spin.value()
 
         def build() -> Any:
-            return value_layer_specs(result, "probability", cluster, **keys, size=size)
+            specs = value_layer_specs(result, "probability", cluster, **keys, size=size)
+            return specs, shown_values(result, specs[0])
 
         def place(specs: Any) -> list:
             return place_cluster(
@@ -380,7 +415,7 @@ class ExploreWidget(PluginWidget):
 
         def done(layers: list) -> None:
             self._last_cluster = cluster
-            self.status.setText(f"{cluster} probability: {_count(len(layers), 'layer')}")
+            self.status.setText(f"{cluster} probability")
 
         return self._dispatch(build, place, done)
 
@@ -393,13 +428,14 @@ class ExploreWidget(PluginWidget):
         size = self.size_spin.value()
 
         def build() -> Any:
-            return predicted_layer_specs(result, **keys, size=size)
+            specs = predicted_layer_specs(result, **keys, size=size)
+            return specs, shown_values(result, specs[0])
 
         def place(specs: Any) -> list:
             return place_predicted(self.viewer, specs, result)
 
         def done(layers: list) -> None:
-            self.status.setText(f"most likely cluster: {_count(len(layers), 'layer')}")
+            self.status.setText("most likely cluster")
 
         return self._dispatch(build, place, done)
 
@@ -419,7 +455,38 @@ class ExploreWidget(PluginWidget):
 
     def closeEvent(self, event: Any) -> None:
         self.navigator.close_viewer_hooks()
+        self.scales.close_viewer_hooks()
         super().closeEvent(event)
+
+
+def _explore(layer: Any) -> bool:
+    return bool(plugin_meta(layer).get("explore"))
+
+
+def shown_values(result: Any, spec: PointsSpec) -> ShownValues:
+    """What a layer spec shows, per result row (values, the exact colours, limits): what
+    :meth:`~napari_spatial_impute.plugin.model.SpatialImputeModel.set_shown` carries. Rows the
+    layer does not draw are NaN (code -1) and transparent. Safe in a worker thread."""
+    md = spec.meta
+    rows = np.asarray(md["rows"], dtype=np.int64)
+    n = int(result.n_obs)
+    rgba = np.zeros((n, 4), dtype=np.float32)
+    column = spec.features[str(md["value"])]
+    if md.get("kind") == "predicted":
+        cats = [str(c) for c in column.cat.categories]
+        codes = np.full(n, -1, dtype=np.int32)
+        codes[rows] = np.asarray(column.cat.codes)
+        colors = category_rgba(spec.kwargs["face_color_cycle"], cats)
+        drawn = codes[rows] >= 0
+        rgba[rows[drawn]] = colors[codes[rows][drawn]]
+        return ShownValues("predicted", "", codes, rgba, categories=tuple(cats))
+    vals = np.full(n, np.nan, dtype=np.float32)
+    vals[rows] = column.to_numpy(dtype=np.float32)
+    rgba[rows] = spec.kwargs["face_color"]
+    limits = tuple(float(v) for v in md["limits"])
+    return ShownValues(
+        str(md["kind"]), str(md["value"]), vals, rgba, (limits[0], limits[1]), md["colormap"]
+    )
 
 
 def _count(n: int, noun: str) -> str:

@@ -1,5 +1,9 @@
 """Adding, finding and recolouring the exploration layers of a viewer (shared by the widgets).
 
+One layer per role (imputed, measured, interval width, probability, most likely cluster) holds
+every sample; showing another gene recolours it in place (:func:`recolor_values`: the value's
+feature columns, then one ``face_color`` setter with colours prepared off the main thread).
+
 Only public napari API: ``napari.layers.Points``, ``viewer.layers``, ``layer.metadata``.
 """
 
@@ -25,7 +29,6 @@ from napari_spatial_impute.viz.layers import (
     PREDICTED_ROLE,
     PointsSpec,
     plugin_meta,
-    recolor,
     set_meta,
     source_adata,
 )
@@ -68,22 +71,46 @@ def layer_identity(metadata: Any) -> tuple[Any, ...] | None:
     return (md.get("kind"), str(md.get("value")), str(md.get("sample")), md.get("level"))
 
 
-def _make_layer(spec: PointsSpec, colorbar: bool = True) -> Points:
-    layer = Points(spec.data, **spec.add_kwargs())
-    if "face_colormap" in spec.kwargs:
-        layer.face_colorbar.visible = colorbar
-    return layer
+def recolor_values(layer: Points, spec: PointsSpec) -> None:
+    """Give a value layer (imputed, measured, probability, interval) the values and colours of
+    ``spec`` in place: its value columns replaced in the layer's feature table (the hover text;
+    no full features reset), then one ``face_color`` setter with the prepared RGBA array.
+
+    The layer keeps its other feature columns (cell, FOV, sample, top clusters: the same
+    cells); columns of the old value (and of a mask, listed in the metadata's ``columns``) go.
+    """
+    md = plugin_meta(layer)
+    rows = md.get("rows")
+    if len(layer.data) != len(spec.data) or (
+        rows is not None and not np.array_equal(rows, spec.meta["rows"])
+    ):
+        raise ValueError(
+            f"layer {layer.name!r} shows other cells than the new values; it is rebuilt instead."
+        )
+    own = list(spec.meta.get("columns", [spec.meta.get("value")]))
+    feats = layer.features  # napari's own table: edited in place, read by the hover text
+    stale = [c for c in md.get("columns", []) if c in feats.columns and c not in own]
+    if stale:
+        feats.drop(columns=stale, inplace=True)
+    for i, col in enumerate(own):
+        vals = spec.features[col].to_numpy()
+        if col in feats.columns:
+            feats[col] = vals
+        else:
+            feats.insert(min(i, len(feats.columns)), col, vals)
+    layer.face_color = spec.kwargs["face_color"]  # the one colour setter
+    layer.metadata = {**layer.metadata, META_KEY: dict(spec.meta)}
+    if layer.name != spec.name:
+        layer.name = spec.name
+    if not np.all(layer.shown):  # a mask hid cells of the old values
+        layer.shown = np.ones(len(layer.data), dtype=bool)
 
 
-def _first_of_each_value(specs: Sequence[PointsSpec]) -> list[bool]:
-    """One colour bar per value and kind: the samples share its limits, so the first shows it."""
-    seen: set[tuple[Any, Any]] = set()
-    out = []
-    for s in specs:
-        key = (s.meta.get("kind"), s.meta.get("value"))
-        out.append(key not in seen)
-        seen.add(key)
-    return out
+def _replace_layer(viewer: Any, old: Layer, new: Layer) -> None:
+    """``new`` where ``old`` was in the layer list (``old`` removed)."""
+    index = list(viewer.layers).index(old)
+    viewer.layers.insert(index, new)
+    viewer.layers.remove(old)
 
 
 def apply_specs(
@@ -92,8 +119,9 @@ def apply_specs(
     """Add the layers of ``specs`` (or recolour the matching ``replace`` layers), all or nothing.
 
     A layer already showing what a spec shows (same :func:`layer_identity`) is recoloured
-    instead of duplicated. New layers are all built before any is added; if adding fails, the
-    ones already added are removed again.
+    instead of duplicated; a layer of other cells (another result's samples) is rebuilt in its
+    place. New layers are all built before any is added; if adding fails, the ones already
+    added are removed again.
     """
     replace = list(replace) if replace is not None else [None] * len(specs)
     shown = {
@@ -104,19 +132,22 @@ def apply_specs(
         ident = layer_identity(spec.kwargs["metadata"])
         same = shown.get(ident) if ident is not None else None
         target = same if isinstance(same, Points) else old
-        if target is not None and len(target.data) != len(spec.data):
+        if target is not None and not _recolorable(target, spec):
             target = None
         targets.append(target)
-    bars = _first_of_each_value(specs)
     new_layers = {
-        i: _make_layer(s, bars[i])
+        i: Points(s.data, **s.add_kwargs())
         for i, (s, t) in enumerate(zip(specs, targets, strict=True))
         if t is None
     }
     added: list[Points] = []
     try:
-        for layer in new_layers.values():
-            viewer.layers.append(layer)
+        for i, layer in new_layers.items():
+            old = replace[i]
+            if old is not None and old in viewer.layers and old not in targets:
+                _replace_layer(viewer, old, layer)  # other cells: rebuilt where it was
+            else:
+                viewer.layers.append(layer)
             added.append(layer)
     except Exception:
         for layer in added:
@@ -128,9 +159,20 @@ def apply_specs(
         if target is None:
             out.append(new_layers[i])
         else:
-            recolor(target, spec, colorbar=bars[i])
+            recolor_values(target, spec)
             out.append(target)
     return out
+
+
+def _recolorable(layer: Layer, spec: PointsSpec) -> bool:
+    """Whether ``layer`` can take ``spec``'s colours in place: the same cells, direct colours."""
+    rows = plugin_meta(layer).get("rows")
+    return (
+        isinstance(layer, Points)
+        and "face_color" in spec.kwargs
+        and len(layer.data) == len(spec.data)
+        and (rows is None or np.array_equal(rows, spec.meta["rows"]))
+    )
 
 
 def gene_specs(
@@ -166,43 +208,6 @@ def gene_specs(
     return specs, m_specs, i_specs
 
 
-def _companions(
-    viewer: Any,
-    specs: Sequence[PointsSpec],
-    replace: Sequence[Layer | None],
-    role: str,
-    companion_specs: Sequence[PointsSpec],
-) -> tuple[list[PointsSpec], list[Layer | None], list[Layer]]:
-    """Pair the measured or interval specs with the same-sample layers of the replaced genes.
-
-    Returns the specs to apply, the layers they recolour (or ``None``) and the old companion
-    layers that have no new spec (to remove).
-    """
-    by_sample = {s.meta["sample"]: s for s in companion_specs}
-    todo: list[PointsSpec] = []
-    todo_replace: list[Layer | None] = []
-    stale: list[Layer] = []
-    for spec, old in zip(specs, replace, strict=True):
-        sample = spec.meta["sample"]
-        old_layers = (
-            find_layers(viewer, role, sample, plugin_meta(old).get("value"))
-            if old is not None
-            else []
-        )
-        if sample in by_sample:
-            todo.append(by_sample[sample])
-            todo_replace.append(old_layers[0] if old_layers else None)
-        else:
-            stale.extend(old_layers)
-    return todo, todo_replace, stale
-
-
-def _by_sample(layers: Sequence[Layer], specs: Sequence[PointsSpec]) -> list[Layer | None]:
-    """The layer of ``layers`` with each spec's sample (``None`` where there is none)."""
-    found = {str(plugin_meta(layer).get("sample")): layer for layer in layers}
-    return [found.get(str(s.meta["sample"])) for s in specs]
-
-
 def place_gene(
     viewer: Any,
     specs: Sequence[PointsSpec],
@@ -212,19 +217,23 @@ def place_gene(
 ) -> list[Points]:
     """Add or recolour a gene's layers (see :func:`open_gene`); main thread only.
 
-    Measured (and, when ``i_specs`` is not ``None``, interval-width) layers of the recoloured
-    layers' old gene are recoloured too, or removed when the new gene has none.
+    The measured (and, when ``i_specs`` is not ``None``, interval-width) layers of the
+    recoloured layer's old gene are recoloured too, or removed when the new gene has none.
     """
-    replace = _by_sample(recolor_layers, specs)
-    all_specs, all_replace, stale = list(specs), list(replace), []
-    companions = [("measured", m_specs)]
+    old = next(iter(recolor_layers), None)
+    old_value = plugin_meta(old).get("value") if old is not None else None
+    all_specs: list[PointsSpec] = list(specs)
+    all_replace: list[Layer | None] = [old] + [None] * (len(specs) - 1)
+    stale: list[Layer] = []
+    companions: list[tuple[str, Sequence[PointsSpec]]] = [("measured", m_specs)]
     if i_specs is not None:
         companions.append((INTERVAL_ROLE, i_specs))
     for role, comp in companions:
-        todo, todo_replace, old = _companions(viewer, specs, replace, role, comp)
-        all_specs += todo
-        all_replace += todo_replace
-        stale += old
+        olds = find_layers(viewer, role, value=old_value) if old_value is not None else []
+        for i, spec in enumerate(comp):
+            all_specs.append(spec)
+            all_replace.append(olds[i] if i < len(olds) else None)
+        stale += olds[len(comp) :]
     layers = apply_specs(viewer, all_specs, all_replace)
     for layer in stale:
         if layer in viewer.layers and layer not in layers:
@@ -266,8 +275,10 @@ def open_gene(
 def place_cluster(
     viewer: Any, specs: Sequence[PointsSpec], recolor_layers: Sequence[Layer] = ()
 ) -> list[Points]:
-    """Add or recolour probability layers, matching ``recolor_layers`` by sample; main thread."""
-    return apply_specs(viewer, specs, _by_sample(recolor_layers, specs))
+    """Add or recolour the probability layer (recolouring the first of ``recolor_layers``);
+    main thread only."""
+    old = list(recolor_layers)[: len(specs)]
+    return apply_specs(viewer, specs, old + [None] * (len(specs) - len(old)))
 
 
 def open_cluster(
@@ -330,7 +341,7 @@ def _fresh_spec(
     keys: dict[str, Any] = {
         "fov_key": fov_key,
         "sample_key": sample_key,
-        "samples": [md.get("sample")],
+        "samples": [md["sample"]] if md.get("sample") else None,
         "size": size,
     }
     if role == PREDICTED_ROLE:
@@ -396,13 +407,14 @@ def refresh_layers(
             detach_layer(layer)
             detached.append(layer)
             continue
-        layer.data = spec.data
-        layer.translate = spec.kwargs["translate"]
+        if not np.array_equal(layer.data, spec.data):
+            layer.data = spec.data
         if md.get("kind") == PREDICTED_ROLE:  # categorical: same colour column, new values
             layer.features = spec.features
             layer.metadata = {**layer.metadata, META_KEY: dict(spec.meta)}
         else:
-            recolor(layer, spec, colorbar=bool(getattr(layer.face_colorbar, "visible", True)))
+            md["rows"] = spec.meta["rows"]  # the same number of cells: recoloured in place
+            recolor_values(layer, spec)
         kept.append(layer)
     return kept, detached
 

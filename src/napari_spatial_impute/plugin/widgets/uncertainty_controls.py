@@ -2,10 +2,11 @@
 
 The mask is a change of the imputed layers themselves, never a new layer:
 
-* *grey out*: a column ``"<gene> (narrow interval)"`` (the values, NaN where the interval is wider
-  than the threshold) colours the layer, with the imputed colormap whose NaN colour is grey; the
-  colour range stays that of the gene;
-* *hide*: the same, with a transparent NaN colour, and ``layer.shown`` is ``False`` for those
+* *grey out*: the layer's colours (its colormap and limits, computed directly like the
+  Explore widget's, :func:`~napari_spatial_impute.viz.explore.colorize`) with grey for the cells
+  whose interval is wider than the threshold; a column ``"<gene> (narrow interval)"`` (the
+  values, NaN there) joins the hover text;
+* *hide*: the same, transparent instead of grey, and ``layer.shown`` is ``False`` for those
   cells (napari 0.9 draws every point of a layer whose dimensions are all displayed whatever
   ``shown`` says, so the colour does the hiding in 2D).
 
@@ -20,7 +21,6 @@ from typing import Any
 
 import numpy as np
 from napari.layers import Points
-from napari.utils.colormaps import Colormap, ensure_colormap
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -33,9 +33,9 @@ from qtpy.QtWidgets import (
 
 from napari_spatial_impute.io.schema import interval_levels
 from napari_spatial_impute.plugin.widgets.layer_ops import find_layers, notify_error
-from napari_spatial_impute.viz.explore import COLORMAPS
+from napari_spatial_impute.viz.explore import COLORMAPS, colorize
 from napari_spatial_impute.viz.intervals import GREY, interval_widths, masked_values, wide_mask
-from napari_spatial_impute.viz.layers import plugin_meta, set_meta
+from napari_spatial_impute.viz.layers import plugin_meta, robust_limits, set_meta
 
 MASK_KEY = "mask"
 WIDE_COLUMN = "wide interval"
@@ -47,16 +47,11 @@ def masked_column(gene: str) -> str:
     return f"{gene} (narrow interval)"
 
 
-def grey_nan_colormap(name: str, hide: bool = False) -> Colormap:
-    """The colormap ``name`` with grey (``hide``: transparent) for NaN values (the masked cells)."""
-    base = ensure_colormap(name)
-    return Colormap(
-        colors=base.colors,
-        controls=base.controls,
-        interpolation=base.interpolation,
-        name=f"{base.name} ({'hidden' if hide else 'grey'}: wide interval)",
-        nan_color=(0.0, 0.0, 0.0, 0.0) if hide else GREY,
-    )
+def _colors(layer: Points, vals: np.ndarray, nan_color: Any = (0.0, 0.0, 0.0, 0.0)) -> np.ndarray:
+    """The layer's values coloured with its own colormap and limits (metadata), NaN ``nan_color``."""
+    md = plugin_meta(layer)
+    limits = md.get("limits") or robust_limits(vals)
+    return colorize(vals, str(md.get("colormap", COLORMAPS["imputed"])), tuple(limits), nan_color)
 
 
 def unmask_layer(layer: Points) -> None:
@@ -64,25 +59,27 @@ def unmask_layer(layer: Points) -> None:
     md = plugin_meta(layer)
     if MASK_KEY not in md:
         return
-    gene, state = md["value"], md[MASK_KEY]
-    limits = tuple(layer.face_contrast_limits)
+    gene = md["value"]
     feats = layer.features
     if gene in feats.columns:  # both modes recoloured the layer
-        layer.face_color = gene
-        layer.face_colormap = state.get("colormap") or COLORMAPS["imputed"]
-        layer.face_contrast_limits = limits
+        layer.face_color = _colors(layer, feats[gene].to_numpy())
     drop = [c for c in (masked_column(gene), WIDE_COLUMN) if c in feats.columns]
-    if drop:
-        layer.features = feats.drop(columns=drop)
+    if drop:  # napari's table edited in place: no full features reset
+        feats.drop(columns=drop, inplace=True)
     if not np.all(layer.shown):
         layer.shown = np.ones(len(layer.data), dtype=bool)
-    set_meta(layer, **{MASK_KEY: None})
+    columns = [c for c in md.get("columns", []) if c not in drop]
+    set_meta(layer, **{MASK_KEY: None, "columns": columns})
 
 
 def mask_layer(
     layer: Points, result: Any, level: str, threshold: float, mode: str = "grey out"
 ) -> np.ndarray:
     """Grey out (or hide) the cells of an imputed layer whose interval is wider than ``threshold``.
+
+    The colours are the layer's own (its colormap and limits) with grey, or transparent, for the
+    wide cells: one ``face_color`` setter. The hover text gains ``"wide interval"`` and the
+    masked values (``"<gene> (narrow interval)"``).
 
     Parameters
     ----------
@@ -103,32 +100,26 @@ def mask_layer(
     """
     if mode not in MASK_MODES:
         raise ValueError(f"mask mode {mode!r} is not known; use one of {MASK_MODES}.")
-    unmask_layer(layer)
     md = plugin_meta(layer)
     gene = md["value"]
     rows = np.asarray(md.get("rows", np.arange(len(layer.data))), dtype=np.int64)
     widths = interval_widths(result, gene, level, rows)
     wide = wide_mask(widths, threshold)
-    feats = layer.features.copy()
+    feats = layer.features  # napari's table, edited in place (the hover text)
+    masked = masked_values(feats[gene].to_numpy(), widths, threshold)
     feats[WIDE_COLUMN] = wide
-    limits = tuple(layer.face_contrast_limits)
-    colormap = str(layer.face_colormap.name)
-    feats[masked_column(gene)] = masked_values(feats[gene].to_numpy(), widths, threshold)
-    layer.features = feats
-    layer.face_colormap = grey_nan_colormap(colormap, hide=mode == "hide")
-    layer.face_color = masked_column(gene)
-    layer.face_contrast_limits = limits
+    feats[masked_column(gene)] = masked
+    layer.face_color = _colors(layer, masked, (0.0, 0.0, 0.0, 0.0) if mode == "hide" else GREY)
     if mode == "hide":
         layer.shown = ~wide
+    elif not np.all(layer.shown):
+        layer.shown = np.ones(len(layer.data), dtype=bool)
+    columns = [c for c in md.get("columns", []) if c not in (WIDE_COLUMN, masked_column(gene))]
     set_meta(
         layer,
         **{
-            MASK_KEY: {
-                "level": str(level),
-                "threshold": float(threshold),
-                "mode": mode,
-                "colormap": colormap,
-            },
+            MASK_KEY: {"level": str(level), "threshold": float(threshold), "mode": mode},
+            "columns": [*columns, WIDE_COLUMN, masked_column(gene)],
         },
     )
     return wide
@@ -295,7 +286,6 @@ __all__ = [
     "MASK_MODES",
     "WIDE_COLUMN",
     "UncertaintyControls",
-    "grey_nan_colormap",
     "mask_layer",
     "masked_column",
     "unmask_layer",
