@@ -723,3 +723,81 @@ def test_map_during_a_store_write_says_what_runs(
     qtbot.waitUntil(lambda: not w.busy, timeout=120_000)
     assert w.run() is not None
     qtbot.waitUntil(lambda: w.worker is None, timeout=120_000)
+
+
+def _batch_threads():
+    import threading
+
+    return [t for t in threading.enumerate() if t.name == "spatial-impute-batches"]
+
+
+@pytest.mark.parametrize("how", ["viewer", "widget", "quit"])
+def test_closing_stops_a_batched_write(make_napari_viewer, qtbot, merfish, tmp_path, how):
+    """Issue 24 (10e): closing the viewer during a batched run said "cancelled" but the batch
+    went on mapping and writing (a 1 GB temporary file left). The cancel reaches the batch's
+    mapping and the writer: the thread ends, the temporary file is removed and an earlier output
+    is left as it was."""
+    viewer = make_napari_viewer()
+    ref, spa = merfish
+    x = spa.obsm["spatial"][:, 0]
+    spa.obs["sample"] = pd.Categorical(np.where(x < np.median(x), "left", "right"))
+    model = viewer_model(viewer)
+    model.set_reference(ref)
+    model.set_spatial(spa)
+    model.set_keys(cluster_key="cell_type", fov_key=None)
+    w = MapWidget(viewer)
+    viewer.window.add_dock_widget(w, name="Map")
+    out = tmp_path / "atlas.h5ad"
+    out.write_bytes(b"an earlier result")
+    w.batch_key.value = "sample"
+    w.batch_out.value = str(out)
+    w.form.method.value = "tangram"
+    w.form.epochs.value = 1_000_000  # the first batch maps for a long time
+    w.settings_widgets["tol"].value = 0  # no plateau stop
+    assert w.run() is not None
+    cancel = w._run.cancel
+    # the run is writing: its temporary file is there
+    qtbot.waitUntil(
+        lambda: any(p.name.endswith(".tmp") for p in tmp_path.iterdir()), timeout=60_000
+    )
+    if how == "viewer":
+        viewer.close()
+    elif how == "widget":
+        viewer.window.remove_dock_widget(w)  # the dock's close button
+    else:  # what napari's quitting calls (QApplication.aboutToQuit): it waits for the end
+        w._run.end_on_quit()
+        assert not _batch_threads() and w._run.ended.is_set()
+    assert cancel.is_set()
+    qtbot.waitUntil(lambda: not _batch_threads(), timeout=60_000)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["atlas.h5ad"], "no temporary file left"
+    assert out.read_bytes() == b"an earlier result"
+
+
+def test_the_batch_writer_stops_between_arrays(tmp_path):
+    """Issue 24 (10e): a cancel reaches the writer between the arrays of a batch and before the
+    end's obs/var/uns (a batch's arrays can be gigabytes)."""
+    from napari_spatial_impute._errors import MappingCancelled
+    from napari_spatial_impute.core.batches import BatchOutput
+    from napari_spatial_impute.io.batch_out import BatchResultWriter
+
+    obs = pd.DataFrame(index=[f"c{i}" for i in range(6)])
+    asked = []
+    stop_at = [3]
+
+    def stop():
+        asked.append(1)
+        return len(asked) >= stop_at[0]
+
+    writer = BatchResultWriter(tmp_path / "out.h5ad", obs, {}, ["a", "b"], zarr=False, stop=stop)
+    rows = np.arange(3)
+    lay = {"interval_90_halfwidth": np.ones((3, 2)), "interval_67_halfwidth": np.ones((3, 2))}
+    out = BatchOutput(0, "first", rows, X=np.ones((3, 2)), layers=lay)
+    with pytest.raises(MappingCancelled):
+        writer.write(out)
+    assert len(asked) == 3, "asked before each array, stopped at the third"
+    stop_at[0] = 10**6
+    writer.write(BatchOutput(1, "second", rows + 3, X=np.ones((3, 2)), layers=lay))
+    stop_at[0] = 0
+    with pytest.raises(MappingCancelled):
+        writer.finish(obs, pd.DataFrame(index=["a", "b"]), {})
+    writer.close()

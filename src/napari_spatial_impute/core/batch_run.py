@@ -477,6 +477,7 @@ def map_batches(
                 {k: v for k, v in light.obsm.items()},
                 names,
                 zarr=zarr_out,
+                stop=lambda: is_cancelled(cancel),
             )
 
             def accept(output: BatchOutput) -> None:
@@ -503,7 +504,9 @@ def map_batches(
                 for batch in batches:
                     if is_cancelled(cancel):
                         raise MappingCancelled(f"cancelled after {len(records)} batches")
-                    accept(map_batch(reference, source.take(batch.rows), batch, **options))
+                    # the cancel reaches the batch's own epochs (one can map for many minutes)
+                    here = {**options, "map_kwargs": {**options["map_kwargs"], "cancel": cancel}}
+                    accept(map_batch(reference, source.take(batch.rows), batch, **here))
             else:
                 n_workers = _run_dask(
                     reference,

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
-from napari_spatial_impute._errors import InputError
+from napari_spatial_impute._errors import InputError, MappingCancelled
 
 #: Rows per chunk of the written arrays.
 CHUNK_ROWS = 8192
@@ -64,6 +64,10 @@ class BatchResultWriter:
         Names of the imputed genes (the file's columns).
     zarr
         Write an AnnData zarr store (version 3) instead of ``.h5ad``.
+    stop
+        Asked between the arrays and row runs a batch writes, and before the end's ``obs``,
+        ``var`` and ``uns``: ``True`` stops the writing with
+        :class:`~napari_spatial_impute.MappingCancelled` (the caller removes the file).
     """
 
     def __init__(
@@ -74,9 +78,11 @@ class BatchResultWriter:
         genes: list[str],
         *,
         zarr: bool,
+        stop: Callable[[], bool] | None = None,
     ) -> None:
         self.path = Path(path)
         self.zarr = zarr
+        self._stop = stop
         self.n_obs = len(obs)
         self.genes = list(genes)
         self.written: list[int] = []
@@ -158,6 +164,10 @@ class BatchResultWriter:
                 )
 
     # ------------------------------------------------------------------ writing
+    def _check_stop(self) -> None:
+        if self._stop is not None and self._stop():
+            raise MappingCancelled(f"writing {self.path.name} was cancelled")
+
     def write(self, output: Any) -> None:
         """Write one mapped batch's rows (a :class:`~napari_spatial_impute.core.batches.BatchOutput`)."""
         if output.index in self.written:
@@ -178,6 +188,7 @@ class BatchResultWriter:
         for start, stop in row_runs(output.rows):
             n = stop - start
             for name, block in blocks.items():
+                self._check_stop()
                 target = self._arrays.get(name)
                 if target is None:
                     raise RuntimeError(f"batch {output.name!r} has {name!r}, the first had not")
@@ -196,6 +207,7 @@ class BatchResultWriter:
 
         if not self._arrays:  # nothing mapped: the caller refuses before this
             raise RuntimeError("no batch was mapped")
+        self._check_stop()
         with _quiet():
             write_elem(self._root, "obs", obs)
             write_elem(self._root, "var", var)

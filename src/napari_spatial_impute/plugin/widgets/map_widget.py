@@ -30,6 +30,7 @@ from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import QEvent
 from qtpy.QtGui import QCloseEvent
 from qtpy.QtWidgets import (
+    QApplication,
     QHBoxLayout,
     QLabel,
     QProgressBar,
@@ -86,6 +87,11 @@ def batch_key_choices(obs: Any) -> list[str]:
     return out
 
 
+#: Seconds napari's quitting waits for a cancelled run to end (the cancel reaches it between
+#: epochs, batches and written arrays).
+QUIT_WAIT_S = 60.0
+
+
 class _Run:
     """The running mapping of one widget: what stopping it needs, without touching Qt objects.
 
@@ -104,6 +110,9 @@ class _Run:
         self.shown: set[str] = set()
         #: Whether this widget shows the worker's warnings itself (napari does not relay them).
         self.relay = False
+        #: Set when the run's worker thread is done (its output's temporary file removed).
+        self.ended = threading.Event()
+        self.ended.set()
 
     def close_pbar(self) -> None:
         pbar, self.pbar = self.pbar, None
@@ -123,6 +132,12 @@ class _Run:
         self.stop()
         self.close_pbar()
         show_info("mapping cancelled: the Map widget was closed.")
+
+    def end_on_quit(self) -> None:
+        """napari is quitting: stop the run and wait (a while) for its thread to end, so that a
+        batched run removes its temporary file before the process exits."""
+        self.abandon()
+        self.ended.wait(QUIT_WAIT_S)
 
 
 def prepared_layers(value: Any) -> Any:
@@ -280,6 +295,9 @@ class MapWidget(PluginWidget):
         self._had_parent = False
         # deleting the widget (or its dock with it) stops the run: the closure keeps no Qt object
         self.destroyed.connect(self._run.abandon)
+        app = QApplication.instance()
+        if app is not None:  # quitting napari stops the run too, and waits for it to end
+            app.aboutToQuit.connect(self._run.end_on_quit)
 
         self.data_label = QLabel()
         self.data_label.setWordWrap(True)
@@ -505,6 +523,7 @@ class MapWidget(PluginWidget):
         state = self._run
         state.cancel = threading.Event()
         state.abandoned = False
+        state.ended = threading.Event()
         cancel = state.cancel
         n = params["epochs"]
         state.epochs = max(n, 1)
@@ -516,12 +535,16 @@ class MapWidget(PluginWidget):
         # shown here already (the input checks) or from the result (a weak imputation, once per
         # run): the worker does not relay them as napari warnings a second time
         silence = [re.escape(line) + r"\Z" for line in shown] + [WEAK_WARNING]
+        ended = state.ended
 
         def mapping() -> Any:
-            value = yield from guarded(
-                iter_mapping(ref, spa, cancel, finish, silence=silence, **params)
-            )
-            return prepared_layers(value)
+            try:
+                value = yield from guarded(
+                    iter_mapping(ref, spa, cancel, finish, silence=silence, **params)
+                )
+                return prepared_layers(value)
+            finally:
+                ended.set()
 
         worker = self._new_worker(mapping, cancel)
         self.progress.setVisible(True)
@@ -581,25 +604,28 @@ class MapWidget(PluginWidget):
         self, ref: ad.AnnData, spa: ad.AnnData, batch_key: str, out: str, params: dict[str, Any]
     ) -> Any:
         """Map each batch on its own into ``out``; the result is read back and shown."""
-        cancel = self._run.cancel
+        cancel, ended = self._run.cancel, self._run.ended
         workers = int(self.batch_workers.value)
         fov_key, sample_key = self.model.fov_key, self.model.sample_key
 
         def mapping() -> Any:
-            value = yield from guarded(
-                iter_batch_mapping(
-                    ref,
-                    spa,
-                    batch_key,
-                    out,
-                    cancel,
-                    workers=workers,
-                    fov_key=fov_key,
-                    sample_key=sample_key,
-                    **params,
+            try:
+                value = yield from guarded(
+                    iter_batch_mapping(
+                        ref,
+                        spa,
+                        batch_key,
+                        out,
+                        cancel,
+                        workers=workers,
+                        fov_key=fov_key,
+                        sample_key=sample_key,
+                        **params,
+                    )
                 )
-            )
-            return prepared_layers(value)
+                return prepared_layers(value)
+            finally:
+                ended.set()
 
         worker = self._new_worker(mapping, cancel)
         n_batches = max(1, spa.obs[batch_key].nunique())
@@ -791,6 +817,7 @@ class MapWidget(PluginWidget):
     def _on_finished(self) -> None:
         state = self._run
         state.close_pbar()
+        state.ended.set()  # also a worker quit before its generator ran
         cancelled = state.cancel.is_set() or bool(getattr(state.worker, "abort_requested", False))
         state.worker = None
         if state.abandoned:
