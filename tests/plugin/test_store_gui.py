@@ -202,3 +202,36 @@ def test_load_widget_bad_store_is_one_notification(
     qtbot.waitUntil(lambda: not w.busy, timeout=60_000)
     assert len(shown) == 1 and "has no tables" in shown[0] and "\n" not in shown[0]
     assert len(viewer.layers) == 0 and viewer_model(viewer).spatial is None
+
+
+def test_opened_results_table_has_its_measured_values(tmp_path, make_napari_viewer_proxy, qtbot):
+    """Issue 24 (4): a store's results table opened by File > Open had no ``obsm['measured']``
+    (the table leaves the measured values in the store's cell table), so Explore's "measured
+    beside imputed" refused a gene the info line counted as measured."""
+    import napari_spatial_impute as nsi
+    from napari_spatial_impute.core.export import result_to_anndata, write_result_to_store
+    from napari_spatial_impute.io.sdata import read_spatial
+    from napari_spatial_impute.plugin.widgets.explore_widget import ExploreWidget
+    from napari_spatial_impute.viz.layers import source_adata
+
+    path, ref = make_store(tmp_path / "cells.zarr")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = nsi.map_cells_to_space(ref, read_spatial(path), cluster_key="cell_type")
+        write_result_to_store(result, path)
+    expected = result_to_anndata(result).obsm["measured"]
+    viewer = make_napari_viewer_proxy()
+    viewer.open(str(path), plugin="napari-spatial-impute")
+    opened = [a for a in map(source_adata, viewer.layers) if a is not None]
+    assert opened and "spatial_impute" in opened[0].uns, "the results table is shown"
+    measured = opened[0].obsm["measured"]
+    assert list(measured.columns) == list(expected.columns)
+    np.testing.assert_array_equal(measured.to_numpy(), expected.loc[opened[0].obs_names].to_numpy())
+    w = ExploreWidget(viewer)
+    qtbot.addWidget(w)
+    gene = str(opened[0].var_names[opened[0].var["is_shared"].to_numpy(dtype=bool)][0])
+    w.measured_check.setChecked(True)
+    w.show_gene(gene)
+    qtbot.waitUntil(lambda: not w.busy, timeout=60_000)
+    kinds = [plugin_meta(lay).get("kind") for lay in viewer.layers]
+    assert "measured" in kinds and "imputed" in kinds

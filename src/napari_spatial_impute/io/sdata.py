@@ -598,6 +598,8 @@ def read_spatial(
     adata.obsm["spatial"] = xy[placed]
     adata.uns.pop("spatialdata_attrs", None)
     _fov_from_region(adata, region_key, len(used))
+    if UNS_KEY in adata.uns and "measured" not in adata.obsm:  # a results table of this plugin
+        _restore_measured(sdata, adata, adata.uns.get(SDATA_KEY), region_key, instance_key)
     adata.uns[SDATA_KEY] = {
         "store": str(Path(info.path).resolve()) if info.path else "",
         "table": chosen.name,
@@ -607,6 +609,35 @@ def read_spatial(
         "regions": list(used),
     }
     return adata
+
+
+def _restore_measured(
+    sdata: SpatialData, adata: ad.AnnData, source: Any, region_key: str, instance_key: str
+) -> None:
+    """``obsm['measured']`` of a results table read back: the results table leaves the measured
+    values in the cell table it was mapped from (``uns['spatialdata']['table']``); they are read
+    from there, cell by cell (region and instance id), as :func:`result_to_anndata` holds them
+    (float32, one column per spatial gene). Nothing is added when that table is gone or lacks a
+    cell."""
+    name = source.get("table") if isinstance(source, dict) else None
+    if not name or (name not in sdata.tables and name not in _stored_tables(sdata)):
+        return
+    try:
+        cells = load_table(sdata, str(name))
+        keys = [cells.obs[region_key].astype(str), cells.obs[instance_key].to_numpy()]
+        wanted = [adata.obs[region_key].astype(str), adata.obs[instance_key].to_numpy()]
+        pos = pd.MultiIndex.from_arrays(keys).get_indexer(pd.MultiIndex.from_arrays(wanted))
+    except (KeyError, ValueError, InputError):
+        return
+    if (pos < 0).any():
+        return
+    X = cells.X[pos]
+    values = X.toarray() if hasattr(X, "toarray") else np.asarray(X)
+    adata.obsm["measured"] = pd.DataFrame(
+        values.astype(np.float32, copy=False),
+        index=adata.obs_names.copy(),
+        columns=list(map(str, cells.var_names)),
+    )
 
 
 def _rows_by_region(regions: np.ndarray) -> dict[str, np.ndarray]:
