@@ -13,7 +13,7 @@ import scipy.sparse as sp
 from napari_spatial_impute._errors import InputError
 from napari_spatial_impute.core.genes import resolve_gene_names
 from napari_spatial_impute.core.preprocess import cluster_profiles
-from napari_spatial_impute.io._sparse import is_sparse
+from napari_spatial_impute.io._sparse import is_sparse, sparse_product
 
 if TYPE_CHECKING:
     from napari_spatial_impute.core.result import MappingResult
@@ -163,8 +163,7 @@ def project_values(
         idx = col_idx[a : a + GENE_CHUNK]
         if method == "neighbours":
             assert W is not None  # resolve_method refuses "neighbours" without the ensemble
-            block = W @ result.reference_values.X[:, idx]
-            block = block.toarray() if is_sparse(block) else block
+            block = sparse_product(W, result.reference_values.X[:, idx])
         elif method == "probabilistic":
             U = _unit_matrix(result, idx)
             if is_sparse(P):

@@ -33,7 +33,7 @@ import pandas as pd
 
 from napari_spatial_impute._errors import InputError
 from napari_spatial_impute.core.preprocess import dense_columns
-from napari_spatial_impute.io._sparse import is_sparse
+from napari_spatial_impute.io._sparse import is_sparse, sparse_product
 
 if TYPE_CHECKING:
     from napari_spatial_impute.core.maps.base import Operator
@@ -122,6 +122,8 @@ def _product(A: Operator, X: np.ndarray | SparseMatrix) -> np.ndarray:
     """``A @ X`` as a dense array, for dense or sparse ``A`` and ``X``."""
     if not is_sparse(A) and is_sparse(X):
         out = (X.T @ A.T).T
+    elif is_sparse(A):
+        return sparse_product(A, X)
     else:
         out = A @ X
     return out.toarray() if is_sparse(out) else np.asarray(out)
