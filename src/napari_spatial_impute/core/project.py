@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import anndata as ad
 import numpy as np
@@ -148,7 +148,8 @@ def project_values(
     for ``"argmax"`` (computed when not given).
     """
     col_idx = np.asarray(col_idx, dtype=np.int64)
-    P = result.probabilities
+    P: Any = result.probabilities
+    block: Any
     n_sp = P.shape[1] if cells is None else len(cells)
     out = np.empty((n_sp, len(col_idx)), dtype=np.float32)
     if method == "argmax" and unit_idx is None:
@@ -173,6 +174,7 @@ def project_values(
                 block = (U.T @ P).T if is_sparse(U) else P.T @ np.asarray(U, dtype=np.float32)
         else:
             U = _unit_matrix(result, idx, mean=True)
+            assert unit_idx is not None  # computed above for "argmax"
             # rows by index: CSR (other sparse formats, e.g. COO, cannot be indexed)
             block = sp.csr_matrix(U)[unit_idx].toarray() if is_sparse(U) else U[unit_idx]
         out[:, a : a + len(idx)] = np.asarray(block, dtype=np.float32)

@@ -24,11 +24,12 @@ import uuid
 import warnings
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
+import scipy.sparse as sp
 
 from napari_spatial_impute._errors import InputError, first_line
 from napari_spatial_impute.io._sparse import is_sparse
@@ -81,7 +82,7 @@ def lazy_array(
         (name, 0, k): (reader.block, slice(a, a + w))
         for k, (a, w) in enumerate(zip(starts, widths, strict=True))
     }
-    arr = da.Array(graph, name, chunks=((n_obs,), widths), dtype=dtype)
+    arr = da.Array(graph, name, chunks=((n_obs,), widths), dtype=dtype)  # type: ignore[no-untyped-call]
     _READERS[name] = reader
     return arr
 
@@ -106,7 +107,7 @@ def column(array: Any, j: int) -> np.ndarray:
     j = int(j)
     if not is_lazy(array):
         if is_sparse(array):
-            return np.asarray(array[:, [j]].toarray()).ravel()
+            return np.asarray(array[:, [j]].toarray()).ravel()  # type: ignore[index]
         return np.array(array[:, j]).ravel()
     key = (str(array.name), j)
     with _LOCK:
@@ -141,7 +142,7 @@ def rows(array: Any, idx: np.ndarray) -> np.ndarray:
     if is_lazy(array):
         return np.asarray(array[idx].compute())
     if is_sparse(array):
-        return np.asarray(array[idx].toarray())
+        return np.asarray(sp.csr_matrix(array)[idx].toarray())
     if type(array).__module__.startswith(("h5py", "zarr")):
         return _sorted_rows(lambda sel: np.asarray(array[sel]), idx)
     return np.asarray(array[idx])
@@ -151,6 +152,7 @@ def mean_of_columns(array: Any) -> float:
     """Mean of the array's values ignoring NaN (NaN when empty or all NaN), a lazy array one
     block of genes at a time."""
     total, count = 0.0, 0
+    blocks: Iterator[Any]
     if is_lazy(array):
         blocks = (array.blocks[:, k].compute() for k in range(array.numblocks[1]))
     else:
