@@ -80,7 +80,7 @@ def test_reference_selection_shows_cluster_probability(setup, qtbot):
     ctl = get_link_controller(viewer)
     ctl.flush()
     names = [lay.name for lay in viewer.layers]
-    assert f"{cluster} probability · A" in names and f"{cluster} probability · B" in names
+    assert f"{cluster} probability" in names  # one layer, both samples
     hl = viewer.layers[SPATIAL_HIGHLIGHT]
     rows = spatial_rows_for_reference(model.result, model.reference, chosen)
     assert len(hl.data) == len(rows)
@@ -101,7 +101,7 @@ def test_reference_selection_shows_cluster_probability(setup, qtbot):
     ctl.flush()
     assert len(viewer.layers) == n_layers
     names = [lay.name for lay in viewer.layers]
-    assert f"{other} probability · A" in names and f"{other} probability · B" in names
+    assert f"{other} probability" in names
 
 
 def test_linking_can_be_switched_off(setup, qtbot):
@@ -129,7 +129,7 @@ def test_hover_status_shows_value_interval_fov_and_top_clusters(setup):
     probs = res.obsm["cluster_probabilities"]
     j = res.var_names.get_loc("Gad1")
     layers = [lay for lay in w.show_gene("Gad1") if plugin_meta(lay)["kind"] == "imputed"]
-    assert sorted(plugin_meta(lay)["sample"] for lay in layers) == ["A", "B"]
+    assert sorted(set(layers[0].features["sample"].astype(str))) == ["A", "B"]  # one layer
     fovs_seen = set()
     for layer in layers:  # a cell of each FOV of each sample, hovered where it is drawn
         fov_of_point = layer.features["fov"].astype(str).to_numpy()
