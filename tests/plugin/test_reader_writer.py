@@ -334,3 +334,26 @@ def test_napari_csv_writer_saves_an_explore_layer(make_widget, tmp_path):
     assert out == [str(tmp_path / "gad1.csv")]
     table = pd.read_csv(out[0])
     assert len(table) == len(layer.data) and "Gad1" in table.columns
+
+
+def test_opening_a_shown_result_again_adds_no_copy(result_file, tmp_path, make_napari_viewer_proxy):
+    """Issue 24 (10a): opening the same result twice added "most likely cell_type [1]"; the
+    layers shown are kept (and selected); a file changed on disk replaces them."""
+    import os
+    import shutil
+
+    path = tmp_path / "again.h5ad"
+    shutil.copy(result_file, path)
+    viewer = make_napari_viewer_proxy()
+    viewer.open(str(path), plugin="napari-spatial-impute")
+    first = list(viewer.layers)
+    names = [lay.name for lay in first]
+    assert names == ["most likely cell_type · A", "most likely cell_type · B"]
+    viewer.open(str(path), plugin="napari-spatial-impute")
+    assert list(viewer.layers) == first, "the same layers, no copy"
+    assert set(viewer.layers.selection) == set(first)
+    st = path.stat()  # rewritten since: the file as it is now, in place of the old layers
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 2_000_000_000))
+    viewer.open(str(path), plugin="napari-spatial-impute")
+    assert [lay.name for lay in viewer.layers] == names
+    assert not any(lay in first for lay in viewer.layers)

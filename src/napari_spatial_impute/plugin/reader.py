@@ -19,7 +19,13 @@ from pathlib import Path
 from typing import Any
 
 from napari_spatial_impute._errors import first_line
-from napari_spatial_impute.viz.layers import META_KEY, LayerData, adata_layers, source_of
+from napari_spatial_impute.viz.layers import (
+    META_KEY,
+    LayerData,
+    adata_layers,
+    plugin_meta,
+    source_of,
+)
 
 ReaderFunction = Callable[[Any], list[LayerData]]
 
@@ -35,21 +41,6 @@ def _looks_like_anndata(path: Path) -> bool:
             obsm = f.get("obsm")
             keys = set(obsm.keys()) if obsm is not None else set()
             return bool(keys & {"spatial", "X_umap"})
-    except Exception:
-        return False
-
-
-def _is_result_file(path: Path) -> bool:
-    """Whether ``path`` is a mapping result of this plugin (``uns['spatial_impute']``) with a
-    dense ``X`` (cheap check: nothing read but the keys)."""
-    import h5py
-
-    from napari_spatial_impute.io.schema import UNS_KEY
-
-    try:
-        with h5py.File(path, "r") as f:
-            X = f.get("X")
-            return f"uns/{UNS_KEY}" in f and isinstance(X, h5py.Dataset) and X.ndim == 2
     except Exception:
         return False
 
@@ -82,24 +73,77 @@ def read_h5ad_layers(path: str | list[str]) -> list[Any]:
 
     from napari_spatial_impute._errors import InputError
     from napari_spatial_impute.io.files import read_h5ad
-    from napari_spatial_impute.io.lazy import read_result_lazy
+    from napari_spatial_impute.io.lazy import is_result_file, read_result_lazy
     from napari_spatial_impute.plugin.sync import hook_current_viewer
 
     hook_current_viewer()
     paths = [path] if isinstance(path, str | Path) else list(path)
     out: list[LayerData] = []
     for p in paths:
+        if already_shown(p):
+            continue
         try:
             # a mapping result's genes stay in the file: read one when shown (io.lazy)
-            adata = read_result_lazy(p) if _is_result_file(Path(p)) else read_h5ad(p)
+            adata = read_result_lazy(p) if is_result_file(p) else read_h5ad(p)
             layers = adata_layers(adata, name=Path(p).stem)
         except InputError as exc:
             show_error(f"{Path(p).name}: {first_line(exc)}")
             continue
         for _, kwargs, _ in layers:
-            kwargs["metadata"][META_KEY].update(source=source_of(p), origin="reader")
+            kwargs["metadata"][META_KEY].update(
+                source=source_of(p), origin="reader", stamp=file_stamp(p)
+            )
         out.extend(layers)
     return out if out else [(None,)]
+
+
+def file_stamp(path: str | Path) -> tuple[int, int] | None:
+    """``(modification time in ns, size)`` of a file (of a store: its root folder's), or
+    ``None``: what tells a file opened again from one changed on disk."""
+    p = Path(path)
+    parts = [p, p / "tables", p / "zarr.json", p / ".zmetadata"] if p.is_dir() else [p]
+    stats = [q.stat() for q in parts if q.exists()]
+    if not stats:
+        return None
+    return (max(int(st.st_mtime_ns) for st in stats), int(stats[0].st_size))
+
+
+def already_shown(path: str | Path) -> bool:
+    """Whether the current viewer shows ``path``'s data, unchanged on disk, already.
+
+    Opening a file already shown adds no copy (napari would name it ``"... [1]"``): its layers
+    are selected and one line says so. A file changed on disk since it was opened (or its
+    layers' data changed) is opened again, its earlier layers replaced, so the viewer shows
+    the file as it is now.
+    """
+    from napari_spatial_impute.plugin.sync import current_viewer
+
+    viewer = current_viewer()
+    source = source_of(path)
+    if viewer is None or source is None:
+        return False
+    shown = [
+        lay
+        for lay in viewer.layers
+        if ("adata" in (md := plugin_meta(lay)) and md.get("source") == source)
+        or md.get("store") == source
+    ]
+    if not shown:
+        return False
+    stamp = file_stamp(path)
+    if stamp is not None and all(
+        plugin_meta(lay).get("stamp") in (stamp, list(stamp))
+        for lay in shown
+        if "adata" in plugin_meta(lay)
+    ):
+        from napari.utils.notifications import show_info
+
+        viewer.layers.selection = set(shown)
+        show_info(f"{Path(path).name} is open already (layer {shown[-1].name!r}): nothing added.")
+        return True
+    for lay in shown:  # changed on disk: the file as it is now replaces them
+        viewer.layers.remove(lay)
+    return False
 
 
 def store_layers(
@@ -128,7 +172,9 @@ def store_layers(
     rasters = raster_layers(sdata, cs, store=str(Path(path).resolve()))
     cells = adata_layers(adata, name=Path(path).stem)
     for _, kwargs, _ in cells:
-        kwargs["metadata"][META_KEY].update(source=source_of(path), origin="reader")
+        kwargs["metadata"][META_KEY].update(
+            source=source_of(path), origin="reader", stamp=file_stamp(path)
+        )
     return [*rasters, *cells]
 
 
@@ -141,6 +187,8 @@ def read_store_layers(path: str | list[str]) -> list[Any]:
 
     hook_current_viewer()
     p = path[0] if isinstance(path, list) else path
+    if already_shown(p):
+        return [(None,)]
     try:
         return store_layers(p)
     except InputError as exc:

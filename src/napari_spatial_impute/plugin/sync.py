@@ -80,6 +80,16 @@ def connect_model(viewer: Any) -> SpatialImputeModel:
     return model
 
 
+def current_viewer() -> Any:
+    """napari's current viewer, or ``None`` (none open, or napari not importable)."""
+    try:
+        import napari
+
+        return napari.current_viewer()
+    except Exception:
+        return None
+
+
 def hook_current_viewer() -> None:
     """Connect the model of napari's current viewer, if any, so layers about to be added are adopted.
 
@@ -87,12 +97,7 @@ def hook_current_viewer() -> None:
     viewer after they return, and the model then learns their data sets even before any of the
     plugin's widgets is opened. Does nothing without a viewer (e.g. in scripts).
     """
-    try:
-        import napari
-
-        viewer = napari.current_viewer()
-    except Exception:
-        return
+    viewer = current_viewer()
     if viewer is not None:
         connect_model(viewer)
 
@@ -101,12 +106,7 @@ def open_results() -> list[Any]:
     """The mapping results open in the plugin: the current viewer's first, then every other
     connected viewer's (the writer saves the result a value layer shows from here)."""
     models: list[SpatialImputeModel] = []
-    try:
-        import napari
-
-        viewer = napari.current_viewer()
-    except Exception:
-        viewer = None
+    viewer = current_viewer()
     if viewer is not None:
         models.append(viewer_model(viewer))
     models.extend(m for m in list(_CONNECTED) if m not in models)
