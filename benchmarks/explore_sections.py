@@ -7,11 +7,14 @@ state are its own:
 * ``plugin`` (in the benchmark's process): the Load widget draws the spatial data
   (``LoadWidget.show_spatial`` after the shared model got the data and keys), the Map widget maps
   in a worker (``MapWidget.run``), the Explore widget shows a gene, switches genes, shows a
-  cluster probability and goes to a FOV with the other FOVs dimmed;
+  cluster probability, the next one, the most likely cluster, a gene with its interval width
+  beside, (``--key-change``) changes the Load widget's sample key and goes to a FOV with the
+  other FOVs dimmed;
 * ``bare`` (``python explore_sections.py bare --input X.pkl``): the same layers (same points,
   features, translate and drawing options, captured from the plugin's layers) added with napari's
-  public API, and the gene switch done with public setters (features, face_color, contrast limits):
-  the floor any plugin on napari pays;
+  public API, and the gene switch done with public setters (the same RGBA array into
+  ``face_color`` when the plugin's layers colour directly, else features, face_color column and
+  contrast limits): the floor any plugin on napari pays;
 * ``spatialdata`` (``/work/venv-sd/bin/python explore_sections.py spatialdata --input X.npz``):
   napari-spatialdata's ``Interactive`` on a SpatialData object with the same cells as circles
   and a table with the shown genes, colouring through its View widget's lists as a click does.
@@ -306,8 +309,9 @@ def _capture(layers: list[Any], column_of: Any) -> list[dict[str, Any]]:
             "features": layer.features,
             "style": _style_of(layer),
             "color_column": col,
+            "rgba": np.asarray(layer.face_color, dtype=np.float32),
         }
-        if col is not None:
+        if col is not None and str(layer.face_color_mode) == "colormap":
             entry["colormap"] = getattr(layer.face_colormap, "name", "viridis")
             entry["contrast_limits"] = tuple(float(v) for v in layer.face_contrast_limits)
         out.append(entry)
@@ -473,6 +477,36 @@ def run_plugin(args: argparse.Namespace, sizes: dict[str, int], out_dir: Path) -
         [lay for lay in viewer.layers if plugin_meta(lay).get("kind") == "probability"],
         value_column,
     )
+    clusters = cluster_names(result)
+    cluster2 = clusters[1] if len(clusters) > 1 else None
+    meta["cluster2"] = cluster2
+    if cluster2 is not None:
+        shown, row = m.action(
+            f"explore: show next cluster probability ({cluster2})",
+            lambda: explore.show_cluster(cluster2),
+            busy,
+            key="cluster2",
+        )
+        row["async"] = shown == []
+    shown, row = m.action(
+        "explore: most likely cluster", lambda: explore.show_predicted(), busy, key="predicted"
+    )
+    row["async"] = shown == []
+    level = explore.uncertainty.level()
+    meta["interval_level"] = level
+    if level is not None:
+        explore.uncertainty.interval_check.setChecked(True)
+        shown, row = m.action(
+            f"explore: gene with interval width beside ({genes[0]}, {level}%)",
+            lambda: explore.show_gene(genes[0]),
+            busy,
+            key="interval",
+        )
+        row["async"] = shown == []
+        explore.uncertainty.interval_check.setChecked(False)
+    key_change = getattr(args, "key_change", None)
+    if key_change is not None:
+        key_change(m, load, meta)
     explore.navigator.others.setCurrentText("dimmed")
     items = [
         explore.navigator.fov_list.item(i).text() for i in range(explore.navigator.fov_list.count())
@@ -514,9 +548,30 @@ def run_plugin(args: argparse.Namespace, sizes: dict[str, int], out_dir: Path) -
         "fov_categories": np.asarray([str(c) for c in result.obs["fov"].cat.categories], dtype=str),
         "point_size": meta["point_size"],
     }
+    if cluster2 is not None:
+        captured["table"]["cluster2"] = cluster2
+        captured["table"]["cluster2_values"] = values(result, "probability", cluster2)
+    predicted = _predicted_codes(result)
+    if predicted is not None:
+        captured["table"]["predicted_codes"], captured["table"]["predicted_categories"] = predicted
+    if level is not None:
+        from napari_spatial_impute.io.schema import halfwidths
+
+        captured["table"]["interval_values"] = 2 * halfwidths(result, genes[0], level)
     viewer.close()
     app.processEvents()
     return {"rows": rows, "meta": meta, "captured": captured}
+
+
+def _predicted_codes(result: Any) -> tuple[np.ndarray, np.ndarray] | None:
+    """The most likely cluster of each cell as codes and categories (for the peer's table)."""
+    from napari_spatial_impute.viz.explore import cluster_names, values
+
+    names = cluster_names(result)
+    if not names:
+        return None
+    probs = np.stack([values(result, "probability", c) for c in names], axis=1)
+    return probs.argmax(axis=1).astype(np.int32), np.asarray(names, dtype=str)
 
 
 # --------------------------------------------------------------------------------------------
@@ -547,6 +602,8 @@ def peer_bare(path: Path) -> dict[str, Any]:
             kw: dict[str, Any] = dict(e["style"])
             if e["color_column"] is None:
                 kw["face_color"] = "#b0b0b0"
+            elif "contrast_limits" not in e:  # the plugin's direct colours: the same array
+                kw["face_color"] = e["rgba"]
             else:
                 kw.update(
                     face_color=e["color_column"],
@@ -564,6 +621,9 @@ def peer_bare(path: Path) -> dict[str, Any]:
 
         def switch(entries: list[dict[str, Any]] = entries) -> None:
             for layer, e in zip(layers, entries, strict=True):
+                if "contrast_limits" not in e:  # direct colours: one setter, as the plugin
+                    layer.face_color = e["rgba"]
+                    continue
                 layer.features = e["features"]
                 layer.face_color = e["color_column"]
                 layer.face_contrast_limits = e["contrast_limits"]
@@ -623,15 +683,27 @@ def peer_spatialdata(path: Path) -> dict[str, Any]:
     )
     circles = ShapesModel.parse(gdf)
     fov = pd.Categorical.from_codes(z["fov_codes"], categories=list(z["fov_categories"]))
-    obs = pd.DataFrame(
-        {
-            "region": pd.Categorical(["cells"] * n),
-            "cell_id": np.arange(n),
-            "fov": fov,
-            cluster_col: z["cluster_values"],
-        },
-        index=[str(i) for i in range(n)],
-    )
+    columns: dict[str, Any] = {
+        "region": pd.Categorical(["cells"] * n),
+        "cell_id": np.arange(n),
+        "fov": fov,
+        cluster_col: z["cluster_values"],
+    }
+    # the other actions of issue 24, where the plugin run captured them (older inputs lack them)
+    extra = {
+        "cluster2": f"{z['cluster2']}_probability" if "cluster2" in z else None,
+        "predicted": "most_likely" if "predicted_codes" in z else None,
+        "interval": f"{genes[0]}_interval_width" if "interval_values" in z else None,
+    }
+    if extra["cluster2"]:
+        columns[extra["cluster2"]] = z["cluster2_values"]
+    if extra["predicted"]:
+        columns["most_likely"] = pd.Categorical.from_codes(
+            z["predicted_codes"], categories=[str(c) for c in z["predicted_categories"]]
+        )
+    if extra["interval"]:
+        columns[extra["interval"]] = z["interval_values"]
+    obs = pd.DataFrame(columns, index=[str(i) for i in range(n)])
     table = TableModel.parse(
         ad.AnnData(X=gv.astype(np.float32), obs=obs, var=pd.DataFrame(index=genes)),
         region="cells",
@@ -702,6 +774,25 @@ def peer_spatialdata(path: Path) -> dict[str, Any]:
         lambda: view.obs_widget._onAction([cluster_col]),
         key="cluster",
     )
+    for key, label in (
+        ("cluster2", "show next cluster probability"),
+        ("predicted", "show most likely cluster (categorical)"),
+        ("interval", "show interval width"),
+    ):
+        col = extra[key]
+        if col:
+            m.action(
+                f"{label} ({col}): View obs list",
+                lambda col=col: view.obs_widget._onAction([col]),
+                key=key,
+            )
+    # a key change in the plugin's Load widget recolours the cells by that column: here the
+    # same as colouring by the categorical FOV column
+    m.action(
+        "colour by the FOV column: View obs list",
+        lambda: view.obs_widget._onAction(["fov"]),
+        key="keys",
+    )
     _, row = m.action(
         "load points element: Interactive.add_element('cells_points')",
         lambda: inter.add_element("cells_points", "global"),
@@ -728,6 +819,16 @@ def run_peer(kind: str, input_path: Path, python: str, timeout: float) -> dict[s
     return out
 
 
+#: Columns of the peers' table that a plugin run adds when it ran those actions.
+_OPTIONAL_TABLE = (
+    "cluster2",
+    "cluster2_values",
+    "predicted_codes",
+    "predicted_categories",
+    "interval_values",
+)
+
+
 def write_peer_inputs(captured: dict[str, Any], out_dir: Path, tag: str) -> tuple[Path, Path]:
     pkl = out_dir / f"_peer_{tag}.pkl"
     with open(pkl, "wb") as fh:
@@ -748,6 +849,7 @@ def write_peer_inputs(captured: dict[str, Any], out_dir: Path, tag: str) -> tupl
         fov_codes=t["fov_codes"],
         fov_categories=t["fov_categories"],
         point_size=np.float64(t["point_size"]),
+        **{k: t[k] for k in _OPTIONAL_TABLE if k in t},
     )
     return pkl, npz
 

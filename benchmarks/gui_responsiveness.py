@@ -65,8 +65,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from napari_spatial_impute.core.export import result_to_anndata
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common
@@ -277,6 +275,8 @@ def run_once(
         th.join()
         if "err" in box:
             raise box["err"]
+        from napari_spatial_impute.core.export import result_to_anndata
+
         return result_to_anndata(box["res"], genes=genes)
 
     def on_yield(info: Any) -> None:
