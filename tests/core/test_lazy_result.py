@@ -206,3 +206,32 @@ def test_sparse_product_gives_the_numbers_of_sparse_times_sparse(density):
     assert isinstance(got, np.ndarray) and got.dtype == np.float32
     np.testing.assert_array_equal(got, (A @ X).toarray())
     np.testing.assert_array_equal(sparse_product(A, X.toarray()), got)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_store_table_of_lazy_result_written_whole_and_read_lazily(tmp_path):
+    """Write to store from the viewer's (lazy) result writes every gene block by block; the
+    store's results table opens with its genes left in the store."""
+    import warnings
+
+    from _data import make_store
+    from napari_spatial_impute.core.export import store_table
+    from napari_spatial_impute.io.sdata import read_spatial
+    from napari_spatial_impute.io.sdata_write import write_table
+
+    path, ref = make_store(tmp_path / "cells.zarr")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        spa = read_spatial(path)
+    result = nsi.map_cells_to_space(ref, spa, cluster_key="cell_type", method="ensemble", seed=0)
+    eager = result_to_anndata(result)
+    write_table(store_table(lazy_result(result, step=4)), path, "spatial_impute")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        back = read_spatial(path, table="spatial_impute")
+    # before: the table's X and interval layers were read whole (numpy) when the store opened
+    assert lazy.is_lazy(back.X) and all(lazy.is_lazy(back.layers[k]) for k in LAYERS)
+    np.testing.assert_array_equal(np.asarray(back.X.compute()), eager.X)
+    np.testing.assert_array_equal(lazy.column(back.X, 5), eager.X[:, 5])
+    for key in LAYERS:
+        np.testing.assert_array_equal(np.asarray(back.layers[key].compute()), eager.layers[key])

@@ -230,6 +230,29 @@ def _disk_step(elem: Any) -> int:
     return max(own, (fit // own) * own) if 0 < own <= fit else fit
 
 
+def is_result_file(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` (an ``.h5ad`` file, or an AnnData zarr group such as a store's table)
+    is a mapping result of this plugin (``uns['spatial_impute']``) with a dense ``X``; cheap:
+    nothing is read but the keys. ``False`` for anything unreadable."""
+    from napari_spatial_impute.io.schema import UNS_KEY
+
+    p = Path(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if p.is_dir():
+                import zarr
+
+                root: Any = zarr.open_group(str(p), mode="r")
+                return f"uns/{UNS_KEY}" in root and "X" in root and _is_dense(root["X"])
+            import h5py
+
+            with h5py.File(p, "r") as f:
+                return f"uns/{UNS_KEY}" in f and "X" in f and _is_dense(f["X"])
+    except Exception:
+        return False
+
+
 def read_result_lazy(path: str | os.PathLike[str], role: str = "result") -> Any:
     """A result file (``.h5ad`` or AnnData ``.zarr``) with ``X`` and the dense ``layers`` left on
     disk: dask arrays read block by block, one gene by :func:`column`. Everything else (``obs``,

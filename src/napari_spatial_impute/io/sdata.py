@@ -215,10 +215,14 @@ def load_table(sdata: SpatialData, name: str) -> ad.AnnData:
     if name in sdata.tables:
         return sdata.tables[name]
     assert sdata.path is not None
+    from napari_spatial_impute.io.lazy import is_result_file, read_result_lazy
+
+    group = Path(sdata.path) / "tables" / name
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            table = ad.read_zarr(Path(sdata.path) / "tables" / name)
+            # a results table's genes stay in the store: read one when shown (io.lazy)
+            table = read_result_lazy(group) if is_result_file(group) else ad.read_zarr(group)
     except MemoryError:
         raise
     except Exception as exc:  # numcodecs/zarr/anndata raise many types for a damaged table
