@@ -188,3 +188,20 @@ def test_real_cosmx_labels_coloured_by_a_gene(
             assert (drawn[tile == ids[row]] == key).all()
             colour = cells.colormap.map(np.array([key], dtype=np.int64))[0]
             np.testing.assert_array_equal(colour, rgba[row])
+
+
+def test_label_lookups_are_compiled_in_a_worker_once_when_a_store_opens(
+    store, make_napari_viewer_proxy, qtbot, monkeypatch
+):
+    calls = []
+    monkeypatch.setattr(painter_mod, "_WARMED", False)
+    monkeypatch.setattr(painter_mod, "_warm_up", lambda: calls.append(threading.current_thread()))
+    viewer = make_napari_viewer_proxy()
+    connect_model(viewer)
+    painter = connect_cell_painter(viewer)
+    assert painter.worker is None  # nothing started without a store
+    _open(viewer, store)
+    qtbot.waitUntil(lambda: len(calls) == 1, timeout=30_000)
+    _open(viewer, store)  # a second store's labels: compiled already
+    qtbot.waitUntil(lambda: not painter.worker.is_running, timeout=30_000)
+    assert len(calls) == 1 and calls[0] is not threading.main_thread()

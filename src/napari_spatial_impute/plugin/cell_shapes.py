@@ -92,6 +92,20 @@ class CellPainter:
         self._shapes: dict[int, CellShapes | str] = {}  # result id -> shapes or why not
         self._result: Any = _none
         self.model.shown_changed.connect(self.on_shown)
+        viewer.layers.events.inserted.connect(self._on_inserted)
+
+    def _on_inserted(self, event: Any) -> None:
+        """A store's labels layer came in: compile napari's label lookups in a worker now, so
+        the first gene shown over its cells does not wait for the compiler (once a process)."""
+        global _WARMED
+        if _WARMED or plugin_meta(event.value).get("kind") != LABELS_KIND:
+            return
+        from napari.qt.threading import create_worker
+
+        _WARMED = True
+        worker = create_worker(_warm_up, _start_thread=False)
+        self.worker = worker
+        worker.start()
 
     # ------------------------------------------------------------------ main thread
     def on_shown(self, shown: ShownValues | None) -> None:
@@ -241,6 +255,16 @@ class CellPainter:
         for layer in viewer.layers:
             if plugin_meta(layer).get("kind") in (CELL_LABELS_KIND, CELL_SHAPES_KIND):
                 layer.visible = False
+
+
+_WARMED = False
+
+
+def _warm_up() -> None:
+    """Map a label of each wide dtype through a direct colormap once (numba compiles napari's
+    value-to-texture lookups on first use, seconds)."""
+    for dtype in (np.int64, np.uint32, np.int32):
+        _label_colormap(np.array([1], dtype=np.int64), np.ones((1, 4), np.float32), np.dtype(dtype))
 
 
 def _none() -> None:
