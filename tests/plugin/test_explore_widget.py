@@ -318,11 +318,26 @@ def test_rendered_points_are_colour_mapped(make_napari_viewer, qtbot):
 
 def test_large_fovs_build_in_a_worker(widget, qtbot, monkeypatch):
     viewer, model, w = widget
+    import threading
+
+    from napari_spatial_impute.viz import explore
+
     monkeypatch.setattr("napari_spatial_impute.plugin.widgets.explore_widget.ASYNC_CELLS", 10)
+    readers = []
+    read = explore.values
+
+    def values_seen(*args, **kwargs):
+        readers.append(threading.current_thread())
+        return read(*args, **kwargs)
+
+    monkeypatch.setattr(explore, "values", values_seen)
     assert w.show_gene("Gad1") == []  # returns at once, the layers come later
     assert not w.gene_button.isEnabled()
     qtbot.waitUntil(lambda: len(viewer.layers) == 2 and w.gene_button.isEnabled(), timeout=20_000)
     assert w.status.text() == "Gad1: imputed, measured"
+    # the values were read (and coloured) in the worker, never on the main thread
+    assert readers and threading.main_thread() not in readers
+    assert model.shown.name == "Gad1"  # told on the main thread once placed
     # an error in the worker is a notification and adds nothing
     seen = []
     monkeypatch.setattr(
