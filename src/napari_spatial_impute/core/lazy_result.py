@@ -32,12 +32,19 @@ if TYPE_CHECKING:
     from napari_spatial_impute.core.result import MappingResult
 
 
-def lean_result(result: MappingResult) -> MappingResult:
-    """The parts of ``result`` that projection and intervals read: the spatial data's values and
-    their transformed copy are left out (the spatial ``obs_names`` kept), so a lazy result does
-    not hold a second copy of the measured values."""
+def lean_result(result: MappingResult, method: str) -> MappingResult:
+    """The parts of ``result`` that projection ``method`` and intervals read: the spatial data's
+    values and their transformed copy are left out (the spatial ``obs_names`` kept), and for the
+    ensemble's ``W S`` (``"neighbours"``) the map's transposed copy ``probabilities`` too (an
+    empty matrix of its shape), so a lazy result holds the map once and no second copy of the
+    measured values."""
+    import scipy.sparse as sp
+
     cells = ad.AnnData(obs=result.spatial.obs.iloc[:, :0].copy())
-    return dataclasses.replace(result, spatial=cells, spatial_values=cells)
+    P = result.probabilities
+    if method == "neighbours":
+        P = sp.csr_matrix(P.shape, dtype=P.dtype)
+    return dataclasses.replace(result, spatial=cells, spatial_values=cells, probabilities=P)
 
 
 class ImputedColumns:
@@ -96,7 +103,7 @@ def lazy_result(
     method = resolve_method(result, method)
     names = resolve_reference_genes(result, genes)
     adata = result_to_anndata(result, genes=names, method=method, impute=False)
-    lean = lean_result(result)
+    lean = lean_result(result, method)
     n_obs = result.spatial.n_obs
     step = step or block_genes(n_obs)
     shape = (n_obs, len(names))

@@ -158,7 +158,8 @@ def project_values(
     if cells is not None:
         cells = np.asarray(cells, dtype=np.int64)
         W = None if W is None else W[cells]
-        P = sp.csc_matrix(P)[:, cells] if is_sparse(P) else P[:, cells]
+        if method != "neighbours":  # the ensemble's W S reads no P
+            P = sp.csc_matrix(P)[:, cells] if is_sparse(P) else P[:, cells]
         unit_idx = None if unit_idx is None else unit_idx[cells]
     for a in range(0, len(col_idx), GENE_CHUNK):
         idx = col_idx[a : a + GENE_CHUNK]
