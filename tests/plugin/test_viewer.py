@@ -90,3 +90,45 @@ def test_docked_widgets_share_one_model(make_napari_viewer, qtbot, merfish):
     assert mapw.run_button.isEnabled(), "the Map widget sees what the Load widget loaded"
     text = mapw.data_label.text()
     assert "1,308 reference" in text and "750 spatial cells" in text
+
+
+#: The widest a dock of ours may ask to be (px): the canvas keeps most of a 1920 px screen.
+DOCK_MAX = 450
+
+
+def _widths(dock):
+    return dock.minimumSizeHint().width(), dock.sizeHint().width()
+
+
+def test_docks_keep_a_reasonable_width(make_napari_viewer, qtbot):
+    """Issue 24 (9): Diagnostics, Label images or Map's advanced settings pushed the window to
+    1,262-1,451 px (long unwrapped labels, a row of spin boxes and buttons, figure canvases
+    asking for their figure's size). Each dock asks for at most DOCK_MAX px, with every part
+    unfolded and every tab shown, over a result."""
+    from _explore_data import load_into
+    from qtpy.QtWidgets import QApplication
+
+    from napari_spatial_impute.plugin.widgets.diagnostics_widget import DiagnosticsWidget
+    from napari_spatial_impute.plugin.widgets.image_widget import ImageWidget
+    from napari_spatial_impute.plugin.widgets.map_widget import MapWidget
+
+    viewer = make_napari_viewer(show=True)
+    load_into(viewer)
+    docks = {}
+    for cls in (MapWidget, DiagnosticsWidget, ImageWidget):
+        widget = cls(viewer)
+        docks[cls.__name__] = (widget, viewer.window.add_dock_widget(widget, name=cls.__name__))
+    mapw = docks["MapWidget"][0]
+    mapw.advanced_button.setChecked(True)
+    mapw.batches_button.setChecked(True)
+    diag = docks["DiagnosticsWidget"][0]
+    seen = {}
+    for i in range(diag.tabs.count()):
+        diag.tabs.setCurrentIndex(i)
+        QApplication.processEvents()
+        for name, (_, dock) in docks.items():
+            seen[f"{name} ({diag.tabs.tabText(i)} tab)"] = _widths(dock)
+    wide = {k: v for k, v in seen.items() if max(v) > DOCK_MAX}
+    assert not wide, f"(minimum, preferred) widths over {DOCK_MAX} px: {wide}"
+    # the Diagnostics pages lay their parts out for the width they get (no cut-off text)
+    assert diag.cv_info.wordWrap() and diag.markers_info.wordWrap()

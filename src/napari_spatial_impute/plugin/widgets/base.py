@@ -5,11 +5,17 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from qtpy.QtCore import QSize
 from qtpy.QtWidgets import QDockWidget, QWidget
 
 from napari_spatial_impute.plugin.model import SpatialImputeModel
 from napari_spatial_impute.plugin.sync import connect_model
 from napari_spatial_impute.plugin.widgets.colorbars import get_colorbar_controller
+
+#: The widest a dock of ours asks to be at first (px): a figure canvas asks for its figure's
+#: size and a table for all its columns, which pushed a 1920 px window's docks to 900 px and
+#: more (issue 24). Wider parts scroll, wrap or lay out for the width they get.
+DOCK_WIDTH = 420
 
 
 class PluginWidget(QWidget):
@@ -39,6 +45,12 @@ class PluginWidget(QWidget):
         get_colorbar_controller(napari_viewer)
         self.worker: Any = None
         self._running: list[Any] = []
+
+    def sizeHint(self) -> QSize:
+        """Qt's preferred size, at most :data:`DOCK_WIDTH` wide (never below the minimum)."""
+        hint = super().sizeHint()
+        width = min(hint.width(), max(DOCK_WIDTH, self.minimumSizeHint().width()))
+        return QSize(width, hint.height())
 
     # ------------------------------------------------------------------ workers
     def start_worker(

@@ -135,6 +135,7 @@ class DiagnosticsWidget(PluginWidget):
         self.tabs.addTab(page, "Cell-type validation")
 
         self.cv_info = QLabel("No cross-validation was run.")
+        self.cv_info.setWordWrap(True)  # a long summary never widens the dock (issue 24)
         self.cv_table = gene_table(CV_COLUMNS)
         self.cv_table.cellClicked.connect(self._on_cv_clicked)
         self.folds_spin = QSpinBox()
@@ -159,11 +160,15 @@ class DiagnosticsWidget(PluginWidget):
         self._cv_cancel = threading.Event()
         page = QWidget()
         lay = QVBoxLayout(page)
+        # two rows (settings, then actions): one row of all of them widened the dock to 575 px
         row = QHBoxLayout()
         row.addWidget(QLabel("folds"))
         row.addWidget(self.folds_spin)
         row.addWidget(QLabel("epochs"))
         row.addWidget(self.cv_epochs_spin)
+        row.addStretch(1)
+        lay.addLayout(row)
+        row = QHBoxLayout()
         row.addWidget(self.cv_run_button)
         row.addWidget(self.cv_stop_button)
         row.addWidget(self.cv_open_button)

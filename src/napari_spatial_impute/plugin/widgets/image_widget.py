@@ -16,7 +16,6 @@ from qtpy.QtWidgets import (
     QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
-    QGridLayout,
     QHBoxLayout,
     QLabel,
     QLineEdit,
@@ -58,6 +57,8 @@ from napari_spatial_impute.viz.sections import (
 LABELS_ROLE = "labels"
 PAINT_ROLE = "painted"
 ALIGN_MODES = ("fit to cell ids", "FOV offsets file", "manual")
+#: Smallest width of a number box (px).
+SPIN_WIDTH = 80
 
 
 def _spin(
@@ -67,6 +68,8 @@ def _spin(
     box.setDecimals(decimals)
     box.setRange(lo, hi)
     box.setValue(value)
+    # Qt sizes a spin box for its longest value (-1e9 with 6 decimals: 200 px); it scrolls
+    box.setMinimumWidth(SPIN_WIDTH)
     return box
 
 
@@ -128,24 +131,19 @@ class ImageWidget(PluginWidget):
         form.addRow("FOV", self.fov_combo)
         form.addRow("Alignment", self.mode_combo)
         form.addRow("Offsets", self.positions_edit)
-        row = QHBoxLayout()
-        row.addWidget(self.flip_check)
-        row.addWidget(QLabel("FOV height"))
-        row.addWidget(self.height_spin)
-        form.addRow("", row)
+        # one setting or one (y, x) pair a row: a row of the flip, its height and four labelled
+        # spin boxes widened the dock to 480 px (issue 24)
+        form.addRow("", self.flip_check)
+        form.addRow("FOV height", self.height_spin)
         form.addRow("Pixel size", self.pixel_spin)
-        grid = QGridLayout()
-        for i, (label, box) in enumerate(
-            (
-                ("scale y", self.sy),
-                ("scale x", self.sx),
-                ("translate y", self.ty),
-                ("translate x", self.tx),
-            )
+        for label, pair in (
+            ("Scale y, x", (self.sy, self.sx)),
+            ("Translate y, x", (self.ty, self.tx)),
         ):
-            grid.addWidget(QLabel(label), i // 2, 2 * (i % 2))
-            grid.addWidget(box, i // 2, 2 * (i % 2) + 1)
-        form.addRow(grid)
+            row = QHBoxLayout()
+            for box in pair:
+                row.addWidget(box, 1)
+            form.addRow(label, row)
         form.addRow("", self.align_button)
         form.addRow("", self.align_info)
         row = QHBoxLayout()
