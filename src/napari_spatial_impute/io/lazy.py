@@ -211,7 +211,7 @@ class FileColumns:
         return _sorted_rows(lambda sel: self._read((sel, slice(None))), idx)
 
 
-def _is_dense(elem: Any) -> bool:
+def is_dense(elem: Any) -> bool:
     """A 2-D dense array of the AnnData encoding (not a group: sparse, DataFrame, dict)."""
     return (
         str(elem.attrs.get("encoding-type", "array")) == "array"
@@ -228,29 +228,6 @@ def _disk_step(elem: Any) -> int:
     chunks = getattr(elem, "chunks", None)
     own = int(chunks[1]) if chunks else 0
     return max(own, (fit // own) * own) if 0 < own <= fit else fit
-
-
-def is_result_file(path: str | os.PathLike[str]) -> bool:
-    """Whether ``path`` (an ``.h5ad`` file, or an AnnData zarr group such as a store's table)
-    is a mapping result of this plugin (``uns['spatial_impute']``) with a dense ``X``; cheap:
-    nothing is read but the keys. ``False`` for anything unreadable."""
-    from napari_spatial_impute.io.schema import UNS_KEY
-
-    p = Path(path)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            if p.is_dir():
-                import zarr
-
-                root: Any = zarr.open_group(str(p), mode="r")
-                return f"uns/{UNS_KEY}" in root and "X" in root and _is_dense(root["X"])
-            import h5py
-
-            with h5py.File(p, "r") as f:
-                return f"uns/{UNS_KEY}" in f and "X" in f and _is_dense(f["X"])
-    except Exception:
-        return False
 
 
 def read_result_lazy(path: str | os.PathLike[str], role: str = "result") -> Any:
@@ -288,7 +265,7 @@ def read_result_lazy(path: str | os.PathLike[str], role: str = "result") -> Any:
                     if key not in root:
                         continue
                     elem = root[key]
-                    if _is_dense(elem):
+                    if is_dense(elem):
                         reader = FileColumns(p, key, zarr_store)
                         lazy[key] = lazy_array(
                             reader, tuple(elem.shape), elem.dtype, _disk_step(elem), "read"

@@ -14,7 +14,11 @@ Every module that writes or reads these names takes them from here.
 
 from __future__ import annotations
 
+import os
 import re
+import warnings
+from pathlib import Path
+from typing import Any
 
 import anndata as ad
 import numpy as np
@@ -94,6 +98,29 @@ def halfwidths(
     j = result.var_names.get_loc(resolve_gene(result, gene))
     col = column(result.layers[interval_layer(name)], j).astype(np.float32, copy=False)
     return col if rows is None else col[np.asarray(rows, dtype=np.int64)]
+
+
+def is_result_file(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` (an ``.h5ad`` file, or an AnnData zarr group such as a store's table)
+    is a mapping result of this plugin (``uns['spatial_impute']``) with a dense ``X``; cheap:
+    nothing is read but the keys. ``False`` for anything unreadable."""
+    from napari_spatial_impute.io.lazy import is_dense
+
+    p = Path(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if p.is_dir():
+                import zarr
+
+                root: Any = zarr.open_group(str(p), mode="r")
+                return f"uns/{UNS_KEY}" in root and "X" in root and is_dense(root["X"])
+            import h5py
+
+            with h5py.File(p, "r") as f:
+                return f"uns/{UNS_KEY}" in f and "X" in f and is_dense(f["X"])
+    except Exception:
+        return False
 
 
 def history_frame(adata: ad.AnnData) -> pd.DataFrame:

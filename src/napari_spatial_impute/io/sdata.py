@@ -215,7 +215,8 @@ def load_table(sdata: SpatialData, name: str) -> ad.AnnData:
     if name in sdata.tables:
         return sdata.tables[name]
     assert sdata.path is not None
-    from napari_spatial_impute.io.lazy import is_result_file, read_result_lazy
+    from napari_spatial_impute.io.lazy import read_result_lazy
+    from napari_spatial_impute.io.schema import is_result_file
 
     group = Path(sdata.path) / "tables" / name
     try:

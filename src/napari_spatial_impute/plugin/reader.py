@@ -73,7 +73,8 @@ def read_h5ad_layers(path: str | list[str]) -> list[Any]:
 
     from napari_spatial_impute._errors import InputError
     from napari_spatial_impute.io.files import read_h5ad
-    from napari_spatial_impute.io.lazy import is_result_file, read_result_lazy
+    from napari_spatial_impute.io.lazy import read_result_lazy
+    from napari_spatial_impute.io.schema import is_result_file
     from napari_spatial_impute.plugin.sync import hook_current_viewer
 
     hook_current_viewer()
