@@ -182,11 +182,11 @@ def run_plugin(store: Path, genes: list[str], screenshot: Path | None) -> dict[s
     cells = [lay for lay in viewer.layers if plugin_meta(lay).get("kind") == CELL_LABELS_KIND]
     meta["cell_layers"] = [lay.name for lay in cells]
     if screenshot is not None:
-        for lay in viewer.layers:  # the masks, not the discs over them
-            if type(lay).__name__ == "Points":
-                lay.visible = False
-        viewer.reset_view()
+        viewer.reset_view()  # zoomed to the masks: the painter hides the cells' points
         m.screenshot(screenshot)
+        meta["points_visible_in_screenshot"] = [
+            lay.name for lay in viewer.layers if type(lay).__name__ == "Points" and lay.visible
+        ]
         meta["screenshot"] = str(screenshot)
     m.hb.stop()
     rows = m.finish()

@@ -205,3 +205,30 @@ def test_label_lookups_are_compiled_in_a_worker_once_when_a_store_opens(
     _open(viewer, store)  # a second store's labels: compiled already
     qtbot.waitUntil(lambda: not painter.worker.is_running, timeout=30_000)
     assert len(calls) == 1 and calls[0] is not threading.main_thread()
+
+
+def test_zoomed_in_the_masks_replace_the_points_and_zoomed_out_the_points_return(
+    store, make_napari_viewer_proxy, qtbot
+):
+    from napari_spatial_impute.plugin.cell_shapes import _camera
+
+    viewer = make_napari_viewer_proxy()
+    model = _open(viewer, store)
+    model.set_result(model.spatial)
+    (cells_points,) = [lay for lay in viewer.layers if type(lay).__name__ == "Points"]
+    other = viewer.add_points(np.zeros((1, 2)), name="mine")  # not the cells: left alone
+    camera = _camera(viewer)
+    camera.zoom = 100.0
+    assert cells_points.visible  # nothing coloured yet: the points stay
+    _show(qtbot, viewer, model, _shown(model.spatial.n_obs))
+    assert not cells_points.visible and other.visible
+    camera.zoom = 0.01
+    assert cells_points.visible
+    cells_points.visible = False  # the user hides them: zooming does not bring them back
+    camera.zoom = 100.0
+    camera.zoom = 0.01
+    assert not cells_points.visible
+    cells_points.visible = True
+    camera.zoom = 100.0
+    model.set_shown(None)  # nothing shown in the masks: the points return at any zoom
+    assert cells_points.visible

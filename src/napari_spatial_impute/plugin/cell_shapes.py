@@ -15,8 +15,10 @@ viewer by their metadata (never by name), and colours the cells:
 The colour table, the colormap (with napari's value-to-texture lookup warmed) and the hover
 table are built in a worker; the main thread only adds a layer or runs the setters
 (``layer.colormap = ...``, ``layer.features = ...``, ``layer.face_color = ...``). A newer value
-shown while a worker runs wins: the older one's colours are dropped. The points stay: the
-fallback where the data have no shapes, and what a zoomed-out view of 10^6 cells draws fast.
+shown while a worker runs wins: the older one's colours are dropped. The points stay the
+fallback where the data have no shapes and what a zoomed-out view draws; once a cell spans
+:data:`~napari_spatial_impute.viz.cell_shapes.MASKS_FROM_PX` screen pixels the cells' points are
+hidden so the coloured masks show (shown again when zoomed out; never one the user hid).
 """
 
 from __future__ import annotations
@@ -35,8 +37,10 @@ from napari_spatial_impute.viz.cell_shapes import (
     CellShapes,
     cell_ids,
     cell_labels_layer,
+    cell_spacing,
     colour_table,
     label_keys,
+    masks_readable,
     same_store,
     shape_colours,
     shape_layer,
@@ -93,6 +97,9 @@ class CellPainter:
         self._result: Any = _none
         self.model.shown_changed.connect(self.on_shown)
         viewer.layers.events.inserted.connect(self._on_inserted)
+        self._hidden: weakref.WeakSet[Any] = weakref.WeakSet()  # points hidden for the masks
+        self._spacing: tuple[int, float] = (0, float("nan"))  # (result id, cell size)
+        _camera(viewer).events.zoom.connect(self.points_or_masks)
 
     def _on_inserted(self, event: Any) -> None:
         """A store's labels layer came in: compile napari's label lookups in a worker now, so
@@ -232,6 +239,31 @@ class CellPainter:
             layer.face_color = prepared.shape_faces
             layer.visible = True
         self.applied += 1
+        self.points_or_masks()
+
+    def points_or_masks(self, event: Any = None) -> None:
+        """Zoomed in so far that cells are readable masks: hide the cells' points over them;
+        zoomed out: show again the points hidden here (never one the user hid)."""
+        viewer = self._viewer()
+        if viewer is None:
+            return
+        coloured = any(
+            layer.visible and plugin_meta(layer).get("kind") in (CELL_LABELS_KIND, CELL_SHAPES_KIND)
+            for layer in viewer.layers
+        )
+        result = self.model.result
+        if coloured and result is not None and self._spacing[0] != id(result):
+            self._spacing = (id(result), cell_spacing(result.obsm["spatial"]))
+        masks = coloured and masks_readable(self._spacing[1], float(_camera(viewer).zoom))
+        for layer in viewer.layers:
+            if type(layer).__name__ != "Points" or not _cell_points(layer):
+                continue
+            if masks and layer.visible:
+                self._hidden.add(layer)
+                layer.visible = False
+            elif not masks and layer in self._hidden:
+                self._hidden.discard(layer)
+                layer.visible = True
 
     def _shapes_layer(self, viewer: Any, shapes: CellShapes) -> Any:
         """The viewer's layer of these shapes, added above the store's rasters the first time."""
@@ -255,9 +287,21 @@ class CellPainter:
         for layer in viewer.layers:
             if plugin_meta(layer).get("kind") in (CELL_LABELS_KIND, CELL_SHAPES_KIND):
                 layer.visible = False
+        self.points_or_masks()
 
 
 _WARMED = False
+
+
+def _camera(viewer: Any) -> Any:
+    """``viewer.scene.camera`` (napari >= 0.9), else ``viewer.camera``."""
+    return getattr(getattr(viewer, "scene", None), "camera", None) or viewer.camera
+
+
+def _cell_points(layer: Any) -> bool:
+    """Whether a Points layer draws the cells (an exploration layer or a data set's cells)."""
+    meta = plugin_meta(layer)
+    return bool(meta.get("explore")) or meta.get("role") in ("spatial", "result")
 
 
 def _warm_up() -> None:

@@ -296,3 +296,25 @@ def shape_colours(rows: np.ndarray, rgba: np.ndarray) -> np.ndarray:
     mine = rows >= 0
     out[mine] = np.asarray(rgba, dtype=np.float32)[rows[mine]]
     return out
+
+
+# --------------------------------------------------------------------------- points or masks
+#: Masks are drawn instead of points once a cell spans this many screen pixels; below it the
+#: points (fast at 10^6 cells, and visible where a mask is a pixel) are drawn over them.
+MASKS_FROM_PX = 8.0
+
+
+def cell_spacing(xy: np.ndarray) -> float:
+    """A typical cell's size in data units: the side of the bounding box's area per cell."""
+    xy = np.asarray(xy, dtype=np.float64)
+    xy = xy[np.isfinite(xy).all(axis=1)]
+    if len(xy) < 2:
+        return float("nan")
+    area = float(np.prod(np.ptp(xy, axis=0)))
+    return float(np.sqrt(area / len(xy))) if area > 0 else float("nan")
+
+
+def masks_readable(spacing: float, zoom: float, min_px: float = MASKS_FROM_PX) -> bool:
+    """Whether cells ``spacing`` data units wide span ``min_px`` screen pixels at ``zoom``
+    (screen pixels per data unit)."""
+    return bool(np.isfinite(spacing)) and spacing * zoom >= min_px
