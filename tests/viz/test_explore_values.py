@@ -109,3 +109,23 @@ def test_unknown_gene_is_one_line(mapped):
     with pytest.raises(nsi.InputError, match="not among the 15 imputed genes"):
         ex.values(lazy_result(result), "imputed", "NoSuchGene")
     lazy.clear_cache()
+
+
+def test_a_clicked_cell_computes_that_cell_alone(mapped, counted):
+    """values(..., rows) of a few cells of a lazy result: those cells, not the whole column
+    (the cell summary on a click); a shown gene's cached column serves them too."""
+    result, eager = mapped
+    lz = lazy_result(result, step=5)
+    rows = np.array([7, 2])
+    want = eager[:, "Gene4"].X.ravel()
+    np.testing.assert_array_equal(ex.values(lz, "imputed", "Gene4", rows), want[rows])
+    assert counted == [("values", eager.n_vars, 2)]  # the two cells' genes, no column
+    mask = np.zeros(eager.n_obs, dtype=bool)
+    mask[[1, 3]] = True
+    np.testing.assert_array_equal(ex.values(lz, "imputed", "Gene4", mask), want[mask])
+    ex.values(lz, "imputed", "Gene4")  # shown: the column, cached
+    counted.clear()
+    np.testing.assert_array_equal(ex.values(lz, "imputed", "Gene4", rows), want[rows])
+    assert counted == []
+    many = np.arange(eager.n_obs)
+    np.testing.assert_array_equal(ex.values(lz, "imputed", "Gene4", many), want)

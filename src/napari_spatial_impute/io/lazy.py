@@ -131,6 +131,29 @@ def column(array: Any, j: int) -> np.ndarray:
     return col.copy()
 
 
+#: At most this many cells are read from a lazy array's rows by :func:`column_at` (more: the
+#: whole column, cached).
+FEW_CELLS = 64
+
+
+def column_at(array: Any, j: int, idx: np.ndarray) -> np.ndarray:
+    """Column ``j`` at the cells ``idx`` (1-D): a cached column, else, for a few cells of a lazy
+    array whose reader gives rows, those cells alone (a clicked cell's value), else
+    :func:`column`. ``idx``: row numbers, or a boolean mask of the rows."""
+    idx = np.asarray(idx)
+    idx = np.flatnonzero(idx) if idx.dtype == bool else idx.astype(np.int64, copy=False)
+    if is_lazy(array) and len(idx) <= FEW_CELLS:
+        with _LOCK:
+            hit = _CACHE.get((str(array.name), int(j)))
+        if hit is not None:
+            return hit[idx]
+        reader = reader_of(array)
+        got = reader.rows(idx) if reader is not None else None
+        if got is not None:
+            return np.asarray(got)[:, int(j)]
+    return column(array, j)[idx]
+
+
 def rows(array: Any, idx: np.ndarray) -> np.ndarray:
     """Rows ``idx`` x every column as a dense 2-D array (a lazy array's other cells untouched
     when its reader can give rows; otherwise its blocks are computed one by one)."""

@@ -111,7 +111,10 @@ def values(result: ad.AnnData, kind: str, name: str, rows: np.ndarray | None = N
     never another result's).
     """
     if kind == "imputed":
-        col = gene_column(result, resolve_gene(result, name))
+        gene = resolve_gene(result, name)
+        if rows is not None:  # a few cells of a lazy X: those cells alone (a clicked cell)
+            return gene_column(result, gene, rows).astype(np.float32, copy=False)
+        col = gene_column(result, gene)
     elif kind == "measured":
         gene = resolve_gene(result, name)
         measured_name = (
@@ -664,13 +667,15 @@ def hover_interval(
 # reading the imputed matrix one gene or a few cells at a time
 
 
-def gene_column(result: ad.AnnData, gene: str) -> np.ndarray:
-    """The imputed values of ``gene`` (reference name) at every cell, as read from ``X`` alone:
-    one column of a dense, sparse, backed or lazy ``X`` (see :mod:`napari_spatial_impute.io.lazy`;
-    a lazy one's recent columns are cached)."""
-    from napari_spatial_impute.io.lazy import column
+def gene_column(result: ad.AnnData, gene: str, rows: np.ndarray | None = None) -> np.ndarray:
+    """The imputed values of ``gene`` (reference name) at every cell (or at ``rows``), as read
+    from ``X`` alone: one column of a dense, sparse, backed or lazy ``X`` (see
+    :mod:`napari_spatial_impute.io.lazy`; a lazy one's recent columns are cached, and a few
+    cells of it are computed alone)."""
+    from napari_spatial_impute.io.lazy import column, column_at
 
-    return column(result.X, result.var_names.get_loc(gene))
+    j = result.var_names.get_loc(gene)
+    return column(result.X, j) if rows is None else column_at(result.X, j, rows)
 
 
 def cell_rows(result: ad.AnnData, rows: np.ndarray) -> np.ndarray:
