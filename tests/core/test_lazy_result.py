@@ -247,3 +247,37 @@ def test_lazy_result_holds_the_map_once_and_no_measured_copy(ensemble):
     assert lazy.reader_of(lz.layers[LAYERS[0]]).result is held
     rows = np.array([4, 2])
     np.testing.assert_array_equal(lazy.rows(lz.X, rows), result_to_anndata(ensemble).X[rows])
+
+
+def test_blocks_computed_at_once_are_bounded():
+    """dask computes a lazy array with as many threads as cores (16 blocks of intervals at 10^6
+    cells would hold about 10 GB); at most MAX_BLOCKS blocks are computed at once."""
+    import threading
+
+    import dask
+
+    active, most = [0], [0]
+    lock, crowded = threading.Lock(), threading.Event()
+
+    class Slow:
+        def block(self, cols):
+            with lock:
+                active[0] += 1
+                most[0] = max(most[0], active[0])
+                if active[0] > lazy.MAX_BLOCKS:
+                    crowded.set()
+            crowded.wait(0.2)  # give more threads the chance to crowd in
+            with lock:
+                active[0] -= 1
+            return np.zeros((3, cols.stop - cols.start), dtype=np.float32)
+
+        def column(self, j):
+            return np.zeros(3, dtype=np.float32)
+
+        def rows(self, idx):
+            return None
+
+    arr = lazy.lazy_array(Slow(), (3, 16), np.float32, 1)
+    with dask.config.set(scheduler="threads", num_workers=2 * lazy.MAX_BLOCKS):
+        assert np.asarray(arr.compute()).shape == (3, 16)
+    assert most[0] <= lazy.MAX_BLOCKS and not crowded.is_set()
