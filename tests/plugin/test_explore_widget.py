@@ -72,29 +72,53 @@ def test_gene_layers_one_per_role_for_every_sample(widget):
     assert np.array_equal(shown.rgba[rows], np.asarray(imputed.face_color, dtype=np.float32))
 
 
-def test_a_switch_recolours_with_one_colour_setter(widget):
-    """Issue 24: a gene switch recolours each layer with one face_color setter and no
-    features reset (napari's colormap path recolours every point per setter)."""
+def test_a_switch_recolours_with_one_colour_setter(widget, monkeypatch):
+    """Issue 24: a gene switch recolours each layer with one face_color setter, no features
+    reset and no colormap or contrast-limit setter (napari's colormap path recolours every
+    point per setter); the outlines are not recoloured (nothing was added)."""
+    from napari.layers import Points, Shapes
+
     viewer, model, w = widget
+    w.navigator.others.setCurrentText("dimmed")
+    w.go_to_fov("2")
     layers = w.show_gene("Gad1")
-    events = {"features": 0, "face_color": 0, "contrast": 0}
-    for layer in layers:
-        layer.events.features.connect(
-            lambda e: events.__setitem__("features", events["features"] + 1)
-        )
-        layer.events.current_face_color.connect(lambda e: None)
-        layer.events.face_color.connect(
-            lambda e: events.__setitem__("face_color", events["face_color"] + 1)
-        )
+    calls = {"face_color": 0, "features": 0, "face_colormap": 0, "face_contrast_limits": 0}
+
+    def counting(cls, name):
+        prop = getattr(cls, name)
+
+        def setter(self, value):
+            calls[name] += 1
+            prop.fset(self, value)
+
+        monkeypatch.setattr(cls, name, property(prop.fget, setter))
+
+    for name in calls:
+        counting(Points, name)
+    shapes = {"face_color": 0}
+    face = Shapes.face_color
+    monkeypatch.setattr(
+        Shapes,
+        "face_color",
+        property(face.fget, lambda self, v: (shapes.update(n=1), face.fset(self, v))),
+    )
     w.show_gene("Slc17a6")
-    assert events["features"] == 0
-    assert events["face_color"] == len(layers)  # one setter per layer
+    assert calls == {
+        "face_color": len(layers),  # one setter per layer
+        "features": 0,
+        "face_colormap": 0,
+        "face_contrast_limits": 0,
+    }
+    assert shapes == {"face_color": 0}
     imputed = next(lay for lay in layers if plugin_meta(lay)["kind"] == "imputed")
     assert "Gad1" not in imputed.features.columns
     rows = plugin_meta(imputed)["rows"]
-    assert np.allclose(
-        imputed.features["Slc17a6"], values(model.result, "imputed", "Slc17a6")[rows]
-    )
+    new = values(model.result, "imputed", "Slc17a6")[rows]
+    assert np.allclose(imputed.features["Slc17a6"], new)
+    lo, hi = plugin_meta(imputed)["limits"]
+    from napari_spatial_impute.viz.explore import colorize
+
+    assert np.array_equal(imputed.face_color, colorize(new, "viridis", (lo, hi)))
     # the hover reads the new value
     pos = tuple(np.asarray(imputed.data[0]))
     assert "Slc17a6:" in imputed.get_status(pos, world=True)["coordinates"]
@@ -314,6 +338,11 @@ def test_rendered_points_are_colour_mapped(make_napari_viewer, qtbot):
         len(np.unique(rgb[(np.abs(rgb - rgb.mean(-1, keepdims=True)).max(-1) > 30)] // 32, axis=0))
         > 3
     )
+    # a switch is drawn: the canvas takes the new colours (one setter, its second refresh
+    # blocked, must still reach the screen)
+    w.show_gene("Slc17a6")
+    again = viewer.screenshot(canvas_only=True, flash=False)[..., :3].astype(int)
+    assert np.abs(again - rgb).sum(-1).astype(bool).sum() > 500
 
 
 def test_large_fovs_build_in_a_worker(widget, qtbot, monkeypatch):

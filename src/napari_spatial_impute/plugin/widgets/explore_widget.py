@@ -316,11 +316,13 @@ class ExploreWidget(PluginWidget):
         def finish(built: Any) -> list:
             data, shown = built
             first = self.navigator.outline_layer() is None
+            before = len(self.viewer.layers)
             try:
                 layers = place(data)
             except Exception as exc:
                 notify_error(exc)
                 return []
+            added = len(self.viewer.layers) != before  # a recolour adds none
             # the same cells drawn under these layers by the Load or Map widget: hidden
             hide_data_layers(self.viewer, self.model.result, self.model.spatial)
             if first and laid_out(
@@ -328,7 +330,7 @@ class ExploreWidget(PluginWidget):
             ):  # name the samples moved side by side
                 self.navigator.show_outlines()
                 self.fit_view()  # every sample in view
-            elif self.navigator.outline_layer() is not None:
+            elif added and self.navigator.outline_layer() is not None:
                 self.navigator.apply_focus()  # keep the outlines above the new layers
             self._follow_measured(layers)
             if self.grid_check.isChecked():

@@ -98,12 +98,20 @@ def recolor_values(layer: Points, spec: PointsSpec) -> None:
             feats[col] = vals
         else:
             feats.insert(min(i, len(feats.columns)), col, vals)
-    layer.face_color = spec.kwargs["face_color"]  # the one colour setter
+    set_face_colors(layer, spec.kwargs["face_color"])
     layer.metadata = {**layer.metadata, META_KEY: dict(spec.meta)}
     if layer.name != spec.name:
         layer.name = spec.name
     if not np.all(layer.shown):  # a mask hid cells of the old values
         layer.shown = np.ones(len(layer.data), dtype=bool)
+
+
+def set_face_colors(layer: Points, rgba: np.ndarray) -> None:
+    """``layer.face_color = rgba``, the one colour setter, drawn once: napari's setter has the
+    canvas take every point again twice (when the colours change, then on its ``face_color``
+    event, to which only the canvas listens); the second is blocked."""
+    with layer.events.face_color.blocker():
+        layer.face_color = rgba
 
 
 def _replace_layer(viewer: Any, old: Layer, new: Layer) -> None:

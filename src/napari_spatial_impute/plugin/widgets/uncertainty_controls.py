@@ -32,7 +32,11 @@ from qtpy.QtWidgets import (
 )
 
 from napari_spatial_impute.io.schema import interval_levels
-from napari_spatial_impute.plugin.widgets.layer_ops import find_layers, notify_error
+from napari_spatial_impute.plugin.widgets.layer_ops import (
+    find_layers,
+    notify_error,
+    set_face_colors,
+)
 from napari_spatial_impute.viz.explore import COLORMAPS, colorize
 from napari_spatial_impute.viz.intervals import GREY, interval_widths, masked_values, wide_mask
 from napari_spatial_impute.viz.layers import plugin_meta, robust_limits, set_meta
@@ -62,7 +66,7 @@ def unmask_layer(layer: Points) -> None:
     gene = md["value"]
     feats = layer.features
     if gene in feats.columns:  # both modes recoloured the layer
-        layer.face_color = _colors(layer, feats[gene].to_numpy())
+        set_face_colors(layer, _colors(layer, feats[gene].to_numpy()))
     drop = [c for c in (masked_column(gene), WIDE_COLUMN) if c in feats.columns]
     if drop:  # napari's table edited in place: no full features reset
         feats.drop(columns=drop, inplace=True)
@@ -109,7 +113,7 @@ def mask_layer(
     masked = masked_values(feats[gene].to_numpy(), widths, threshold)
     feats[WIDE_COLUMN] = wide
     feats[masked_column(gene)] = masked
-    layer.face_color = _colors(layer, masked, (0.0, 0.0, 0.0, 0.0) if mode == "hide" else GREY)
+    set_face_colors(layer, _colors(layer, masked, (0.0, 0.0, 0.0, 0.0) if mode == "hide" else GREY))
     if mode == "hide":
         layer.shown = ~wide
     elif not np.all(layer.shown):
