@@ -352,8 +352,12 @@ class ExploreWidget(PluginWidget):
 
         # no napari progress bar: opening its activity panel forces full canvas draws (seconds
         # each with 10^6 points in software OpenGL); the status line says it is working
+        def build_warm() -> Any:
+            warm_napari()  # once: napari's one-time costs here, not in the main thread
+            return build()
+
         worker = create_worker(
-            build,
+            build_warm,
             _connect={"errored": lambda exc: notify_error(exc), "returned": finish},
             _start_thread=False,
         )
@@ -459,6 +463,24 @@ class ExploreWidget(PluginWidget):
         self.navigator.close_viewer_hooks()
         self.scales.close_viewer_hooks()
         super().closeEvent(event)
+
+
+_WARM: list[bool] = []
+
+
+def warm_napari() -> None:
+    """Pay napari's one-time costs of a first Points and Shapes layer (its units registry, the
+    compiled triangulation of shapes: about 2 s at first use, measured here) in the calling
+    worker thread, once per process, so that the main thread only adds prepared layers. The
+    layers made are thrown away (layer models hold no Qt objects)."""
+    if _WARM:
+        return
+    _WARM.append(True)
+    from napari.layers import Points, Shapes
+
+    box = np.array([[0.0, 0.0], [0.0, 1.0], [1.0, 1.0], [1.0, 0.0]])
+    Points(np.zeros((1, 2)))
+    Shapes([box], shape_type="rectangle", text={"string": "{name}"}, features={"name": ["a"]})
 
 
 def _explore(layer: Any) -> bool:
