@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import anndata as ad
 import numpy as np
 import pandas as pd
@@ -23,6 +25,13 @@ def _wait(qtbot, worker, timeout=180_000):
     if worker is not None and worker.is_running:
         with qtbot.waitSignal(worker.finished, timeout=timeout):
             pass
+
+
+def _choose(qtbot, w, combo, text):
+    """Choose ``text`` in a key combo and wait for its worker to be applied."""
+    combo.setCurrentText(text)
+    _wait(qtbot, w.key_worker, timeout=60_000)
+    qtbot.waitUntil(lambda: not w.busy, timeout=60_000)
 
 
 def _world_bounds(layer):
@@ -71,11 +80,17 @@ def test_load_bundled_pair(viewer_widget, qtbot):
     assert np.isclose(u_hi[0] - u_lo[0], t_hi[0] - t_lo[0], rtol=0.05)
     assert plugin_meta(umap)["adata"] is model.reference
 
+    # after Load the view shows the tissue and the UMAP beside it (issue 24, 8: off-screen)
+    lo, hi = viewer.layers.extent.world[:, -2:]
+    span = float(np.max(hi - lo))  # napari adds the points' size to the extent: within 1 %
+    np.testing.assert_allclose(viewer.camera.center[-2:], (lo + hi) / 2, atol=0.01 * span)
+    assert lo[1] <= t_lo[1] and hi[1] >= u_hi[1] - 1e-6
+
     # changing the cluster key recolours the same layer (no new layer)
-    w.cluster_combo.setCurrentText(NONE)
+    _choose(qtbot, w, w.cluster_combo, NONE)
     assert model.cluster_key is None and len(viewer.layers) == 2
     assert len(np.unique(umap.face_color, axis=0)) == 1
-    w.cluster_combo.setCurrentText("cell_type")
+    _choose(qtbot, w, w.cluster_combo, "cell_type")
     assert len(np.unique(umap.face_color, axis=0)) == 14
 
 
@@ -103,17 +118,18 @@ def test_fovs_are_a_feature_samples_are_layers(viewer_widget, qtbot, merfish):
     # a sample column: one layer per sample, each with its FOVs
     spa.obs["section"] = pd.Categorical(np.where(spa.obs["fov"].astype(int) < 2, "s1", "s2"))
     w._fill_keys()
-    w.sample_combo.setCurrentText("section")
+    _choose(qtbot, w, w.sample_combo, "section")
     assert model.sample_key == "section"
     assert [lay.name for lay in viewer.layers] == ["spatial · s1", "spatial · s2"]
     assert sum(len(lay.data) for lay in viewer.layers) == 750
     assert "in 2 samples" in w.summary.text()
-    w.sample_combo.setCurrentText("area")  # per-cell numbers: refused, nothing rebuilt
+    _choose(qtbot, w, w.sample_combo, "area")  # per-cell numbers: refused, nothing rebuilt
     assert "distinct values" in w.status.text() and model.sample_key == "section"
     assert w.sample_combo.currentText() == "section" and len(viewer.layers) == 2
-    w.sample_combo.setCurrentText(NONE)
+    _choose(qtbot, w, w.sample_combo, NONE)
+    assert "Error" not in w.status.text(), "a valid choice clears the refused one's line"
     assert [lay.name for lay in viewer.layers] == ["spatial"] and model.sample_key == ""
-    w.fov_combo.setCurrentText(NONE)
+    _choose(qtbot, w, w.fov_combo, NONE)
     assert [lay.name for lay in viewer.layers] == ["spatial"]
     assert model.fov_key is None
 
@@ -195,6 +211,7 @@ def test_load_again_replaces_its_layers(viewer_widget, qtbot, tmp_path, merfish)
     _load(qtbot, w)
     # a "slice" column holds sections: a layer each (and each its own FOV to navigate)
     names = ["spatial · slice1", "spatial · slice2", "reference UMAP"]
+    names_opened = ["sp · slice1", "sp · slice2"]
     assert [layer.name for layer in viewer.layers] == names
     assert set(viewer.layers[0].features["slice"].astype(str)) == {"slice1"}
     first = list(viewer.layers)
@@ -206,16 +223,22 @@ def test_load_again_replaces_its_layers(viewer_widget, qtbot, tmp_path, merfish)
     held = [plugin_meta(layer)["adata"] for layer in viewer.layers]
     assert held[0] is model.spatial and held[1] is model.spatial and held[2] is model.reference
 
-    # renamed by the user, or opened again with File > Open (napari then renames the copies
-    # "spatial [1]"...): the next Load still replaces them, as they hold that file
+    # renamed by the user, then opened again with File > Open: no copy is added (issue 24, 10a)
     viewer.layers[0].name = "my tissue"
+    shown = list(viewer.layers)
+    assert read_h5ad_layers(str(sp_path)) == [(None,)]
+    assert list(viewer.layers) == shown
+    # changed on disk since: File > Open shows it as it is now, in place of Load's layers
+    st = sp_path.stat()
+    os.utime(sp_path, ns=(st.st_atime_ns, st.st_mtime_ns + 2_000_000_000))
     for data, kw, _ in read_h5ad_layers(str(sp_path)):
         viewer.add_points(data, **kw)
-    assert len(viewer.layers) == 5
+    assert [layer.name for layer in viewer.layers] == ["reference UMAP", *names_opened]
     choices = [
         w.spatial_row.layer_combo.itemText(i) for i in range(w.spatial_row.layer_combo.count())
     ]
-    assert choices == [FROM_FILE, "my tissue (+1 more layer)", "sp · slice1 (+1 more layer)"]
+    assert choices == [FROM_FILE, "sp · slice1 (+1 more layer)"]
+    # the next Load still replaces them, as they hold that file
     _load(qtbot, w)
     assert [layer.name for layer in viewer.layers] == names
 
@@ -233,7 +256,7 @@ def test_layer_choice_survives_renaming(viewer_widget, qtbot):
     assert w._chosen(w.spatial_row) is spa, "the data is found by identity, not by the old name"
 
 
-def test_per_cell_fov_key_is_refused_at_once(viewer_widget, merfish):
+def test_per_cell_fov_key_is_refused_at_once(viewer_widget, qtbot, merfish):
     """Issue 12: choosing a numeric per-cell column as FOV key made one layer per value (a 13 min
     freeze at 3,962 values); it is refused with one line and the earlier FOV key stays (FOVs
     are a feature now, but a per-cell column would still make thousands of outlines)."""
@@ -246,7 +269,7 @@ def test_per_cell_fov_key_is_refused_at_once(viewer_widget, merfish):
     w._on_loaded((None, spa, False, True))
     assert model.fov_key == "fov" and len(viewer.layers) == 1
     before = viewer.layers[0]
-    w.fov_combo.setCurrentText("total")
+    _choose(qtbot, w, w.fov_combo, "total")
     assert "per-cell measurement" in w.status.text()
     assert model.fov_key == "fov" and w.fov_combo.currentText() == "fov"
     assert list(viewer.layers) == [before]  # refused before any layer was built
@@ -278,3 +301,61 @@ def test_reference_umap_of_a_csr_array(viewer_widget, qtbot):
     assert w.reference_points is not None and len(w.reference_points.data) == 300
     assert ref.obsm["X_umap"].shape == (300, 2) and np.isfinite(ref.obsm["X_umap"]).all()
     assert isinstance(ref.X, sp.csr_array), "the user's matrix is left as it was"
+
+
+def test_key_changes_work_off_the_main_thread_and_the_latest_wins(
+    viewer_widget, qtbot, merfish, monkeypatch
+):
+    """Issue 24: choosing a sample or FOV column froze the window 4.9-13.6 s at the seed's
+    shape (the check, the layers' data and the summary on the main thread). The check and the
+    layer data are made in a worker; a choice made while an earlier one still runs supersedes
+    it (the earlier one's result is never applied); the main thread refills the layers."""
+    import threading
+
+    from napari_spatial_impute.plugin.widgets import load_widget
+
+    viewer, w = viewer_widget
+    _, spa = merfish
+    x = spa.obsm["spatial"][:, 0]
+    spa.obs["halves"] = pd.Categorical(np.where(x < np.median(x), "s1", "s2"))
+    spa.obs["thirds"] = pd.Categorical(np.digitize(x, np.quantile(x, [1 / 3, 2 / 3])).astype(str))
+    model = viewer_model(viewer)
+    model.set_spatial(spa)
+    w._on_loaded((None, spa, False, True))
+    assert [lay.name for lay in viewer.layers] == ["spatial"]
+
+    threads: list[threading.Thread] = []
+    gate = threading.Event()
+    real_check, real_build = load_widget.find_sample_key, w._spatial_layer_data
+
+    def check(*args, **kwargs):
+        threads.append(threading.current_thread())
+        if len(threads) == 1:  # the first choice still runs when the second is made (or, with
+            gate.wait(10)  # no free thread in the pool, is held a while: it is superseded anyway)
+        return real_check(*args, **kwargs)
+
+    def build(*args, **kwargs):
+        threads.append(threading.current_thread())
+        return real_build(*args, **kwargs)
+
+    applied = []
+    real_show = w._show_layer_data
+    monkeypatch.setattr(load_widget, "find_sample_key", check)
+    monkeypatch.setattr(w, "_spatial_layer_data", build)
+    monkeypatch.setattr(w, "_show_layer_data", lambda data: applied.append(data) or real_show(data))
+    w.sample_combo.setCurrentText("halves")
+    first = w.key_worker
+    w.sample_combo.setCurrentText("thirds")
+    qtbot.waitUntil(lambda: model.sample_key == "thirds", timeout=60_000)
+    assert [lay.name for lay in viewer.layers] == ["spatial · 0", "spatial · 1", "spatial · 2"]
+    gate.set()  # the superseded choice now finishes: nothing of it is applied
+    qtbot.waitUntil(lambda: not w.busy and not first.is_running, timeout=60_000)
+    assert model.sample_key == "thirds" and len(applied) == 1
+    assert [lay.name for lay in viewer.layers] == ["spatial · 0", "spatial · 1", "spatial · 2"]
+    assert len(threads) == 4 and threading.main_thread() not in threads
+    # the FOV is a feature column: a FOV key change rebuilds no layer
+    before = list(viewer.layers)
+    _choose(qtbot, w, w.fov_combo, "halves")
+    assert list(viewer.layers) == before and model.fov_key == "halves"
+    assert all(plugin_meta(lay)["fov_key"] == "halves" for lay in viewer.layers)
+    assert len(applied) == 1

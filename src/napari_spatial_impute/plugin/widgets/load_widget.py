@@ -9,9 +9,12 @@ becomes a Points layer at its UMAP (computed in a worker when absent), placed ri
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import anndata as ad
+import numpy as np
 from napari.layers import Points
 from napari.qt.threading import thread_worker
 from napari.utils.notifications import show_error
@@ -38,7 +41,9 @@ from napari_spatial_impute.io.files import (
     sample_labels,
     validate_adata,
 )
+from napari_spatial_impute.io.palette import stored_palette
 from napari_spatial_impute.io.sdata import is_store, open_store, read_spatial
+from napari_spatial_impute.plugin.reader import file_stamp
 from napari_spatial_impute.plugin.widgets.base import PluginWidget
 from napari_spatial_impute.plugin.widgets.store_picker import StorePicker
 from napari_spatial_impute.plugin.workers import Failed
@@ -53,6 +58,7 @@ from napari_spatial_impute.viz.layers import (
     point_size,
     recolor,
     reference_layer,
+    set_meta,
     source_of,
     spatial_layers,
 )
@@ -151,6 +157,11 @@ class LoadWidget(PluginWidget):
     def __init__(self, napari_viewer: Any) -> None:
         super().__init__(napari_viewer)
         self.umap_worker: Any = None
+        #: The worker of the latest key choice (tests wait on it); a later choice supersedes it.
+        self.key_worker: Any = None
+        self._key_workers: list[Any] = []
+        self._key_generation = 0
+        self._last_key_kind = ""
         #: The file each role's data was last loaded from here (layer metadata ``source``).
         self._sources: dict[str, str | None] = {}
 
@@ -410,7 +421,8 @@ class LoadWidget(PluginWidget):
     def _mark(self, kwargs: dict[str, Any], role: str) -> dict[str, Any]:
         meta = kwargs["metadata"][META_KEY]
         meta["origin"] = ORIGIN
-        meta["source"] = self._sources.get(role)
+        meta["source"] = source = self._sources.get(role)
+        meta["stamp"] = file_stamp(source) if source else None  # File > Open adds no copy
         return kwargs
 
     @property
@@ -429,23 +441,73 @@ class LoadWidget(PluginWidget):
         spa = self.model.spatial
         if spa is None:
             return []
-        data = spatial_layers(
+        data = self._spatial_layer_data(
             spa,
-            fov_key=self.model.fov_key,
-            sample_key=self.model.sample_key,
-            color_by=self._key(self.color_combo.currentText()),
-            name="spatial",
-            role="spatial",
-            detect_fov=False,
+            self.model.fov_key,
+            self.model.sample_key,
+            self._key(self.color_combo.currentText()),
         )
         new = [Points(d, **self._mark(kw, "spatial")) for d, kw, _ in data]
-        for old in self._replaced(spa, "spatial"):
-            self.viewer.layers.remove(old)
+        with self.viewer.layers.batched_update():  # napari cleans up once, not per layer
+            for old in self._replaced(spa, "spatial"):
+                self.viewer.layers.remove(old)
         added = [self.viewer.add_layer(layer) for layer in new]
         self._place_reference()
         if len(added) > 1:
             self.viewer.reset_view()  # napari fitted the view to the first sample only
         return added
+
+    @staticmethod
+    def _spatial_layer_data(
+        spa: ad.AnnData, fov_key: str | None, sample_key: str | None, color_by: str | None
+    ) -> list[Any]:
+        """The spatial layers' data, one per sample (any thread)."""
+        return spatial_layers(
+            spa,
+            fov_key=fov_key,
+            sample_key=sample_key,
+            color_by=color_by,
+            name="spatial",
+            role="spatial",
+            detect_fov=False,
+        )
+
+    def _show_layer_data(self, data: list[Any]) -> list[Points]:
+        """Show prepared spatial layer data in the layers shown now, refilled in place (napari
+        spends most of a second per layer removed), adding or removing only the difference."""
+        old = self.spatial_layers
+        out = []
+        for (points, kw, _), layer in zip(data, old, strict=False):
+            self._refill(layer, points, self._mark(kw, "spatial"))
+            out.append(layer)
+        for points, kw, _ in data[len(old) :]:
+            out.append(self.viewer.add_layer(Points(points, **self._mark(kw, "spatial"))))
+        with self.viewer.layers.batched_update():  # napari cleans up once, not per layer
+            for layer in old[len(data) :]:
+                self.viewer.layers.remove(layer)
+        self._place_reference()
+        if len(data) != len(old):
+            self.viewer.reset_view()  # the samples are laid out anew
+        return out
+
+    def _refill(self, layer: Points, points: Any, kw: dict[str, Any]) -> None:
+        """Give ``layer`` the points, features, colours, place, name and metadata of ``kw``."""
+        if len(layer.data) != len(points) and len(layer.data):
+            layer.face_color = "#b0b0b0"  # no colour column while the rows change
+        layer.data = points
+        layer.features = kw["features"]
+        column = kw.get("face_color")
+        if isinstance(column, str) and column in kw["features"].columns:
+            md = kw["metadata"][META_KEY]
+            recolor(layer, column, stored_palette(md["adata"].uns, column))
+        else:
+            layer.face_color = column if column is not None else "#b0b0b0"
+        if not np.array_equal(layer.translate, kw.get("translate", layer.translate)):
+            layer.translate = kw["translate"]
+        if "size" in kw and not np.allclose(layer.size, kw["size"]):
+            layer.size = kw["size"]
+        layer.metadata = {**layer.metadata, **kw["metadata"]}
+        layer.name = kw["name"]
 
     def show_rasters(self, rasters: list[Any]) -> list[Any]:
         """Put a store's images and labels under every other layer (earlier ones replaced)."""
@@ -496,6 +558,7 @@ class LoadWidget(PluginWidget):
         for old in self._replaced(ref, "reference"):
             self.viewer.layers.remove(old)
         self.viewer.add_layer(layer)
+        self.viewer.reset_view()  # the UMAP is placed beside the tissue: both in view
         if not self.status.text().startswith("Error"):
             self.status.setText("Loaded.")
 
@@ -509,55 +572,134 @@ class LoadWidget(PluginWidget):
         layer.scale, layer.translate = scale, translate
 
     # ------------------------------------------------------------------ key changes
-    def _cluster_changed(self, text: str) -> None:
+    def _cluster_changed(self, text: str) -> Any:
         key = self._key(text)
-        self.model.set_keys(cluster_key=key, fov_key=self.model.fov_key)
-        layer = self.reference_points
-        if layer is not None:
-            recolor(layer, key or "")
-        self._update_summary()
 
-    def _refused(self, combo: QComboBox, check: Any, current: str | None) -> bool:
-        """Whether ``check()`` refuses the column chosen in ``combo`` (then one line says why
-        and the combo goes back to ``current``)."""
+        def prepare() -> KeyChange:
+            return KeyChange("cluster", key, summary=self._summary_of(cluster_key=key))
+
+        return self._change_key(prepare, "cluster")
+
+    def _fov_changed(self, text: str) -> Any:
+        key, spatial = self._key(text), self.model.spatial
+
+        def prepare() -> KeyChange | Failed:
+            if key is not None and spatial is not None:
+                try:  # a per-cell column would make thousands of FOVs
+                    check_fov_key(spatial, key)
+                except InputError as exc:
+                    return Failed(first_line(exc))
+            return KeyChange("fov", key, summary=self._summary_of(fov_key=key))
+
+        return self._change_key(prepare, "fov")
+
+    def _sample_changed(self, text: str) -> Any:
+        key, spatial = self._key(text), self.model.spatial
+        fov_key = self.model.fov_key
+        color_by = self._key(self.color_combo.currentText())
+        rebuild = bool(self.spatial_layers)
+
+        def prepare() -> KeyChange | Failed:
+            if key is not None and spatial is not None:
+                try:  # at most MAX_SAMPLES
+                    find_sample_key(spatial, fov_key, key)
+                except InputError as exc:
+                    return Failed(first_line(exc))
+            layers = (
+                self._spatial_layer_data(spatial, fov_key, key or "", color_by)
+                if rebuild and spatial is not None
+                else None
+            )
+            summary = self._summary_of(sample_key=key or "")
+            return KeyChange("sample", key or "", summary=summary, layers=layers)
+
+        return self._change_key(prepare, "sample")
+
+    def _summary_of(self, **keys: Any) -> str:
+        """The summary text with ``keys`` changed (worker thread: it counts FOVs and samples)."""
+        m = self.model
+        now = {
+            "cluster_key": m.cluster_key,
+            "fov_key": m.fov_key,
+            "sample_key": m.sample_key,
+            **keys,
+        }
         try:
-            check()
+            return data_summary(m.reference, m.spatial, **now)
         except InputError as exc:
-            self.status.setText(f"Error: {exc}")
-            show_error(str(exc))
+            return f"Error: {first_line(exc)}"
+
+    def _change_key(self, prepare: Callable[[], KeyChange | Failed], kind: str) -> Any:
+        """Run ``prepare`` (the check of the chosen column, the layer data and summary it needs)
+        in a worker; its result is applied on the main thread with cheap setters only, and only
+        when no later choice was made meanwhile (a later choice supersedes a running one).
+        Returns the worker."""
+        from napari.qt.threading import create_worker
+
+        self._key_generation += 1
+        self._last_key_kind = kind
+        generation = self._key_generation
+        for worker in self._key_workers:
+            worker.quit()
+        worker = create_worker(prepare, _start_thread=False)
+        worker.returned.connect(lambda value: self._apply_key(generation, value))
+        worker.errored.connect(
+            lambda exc: (
+                self.status.setText(f"Error: {first_line(exc)}")
+                if generation == self._key_generation
+                else None
+            )
+        )
+        self._key_workers.append(worker)
+        self.key_worker = worker
+        self.start_worker(worker, lambda: self._key_workers.remove(worker), current=False)
+        return worker
+
+    def _apply_key(self, generation: int, value: KeyChange | Failed) -> None:
+        """Apply a prepared key change (main thread), unless a later choice superseded it."""
+        if generation != self._key_generation:
+            return
+        m = self.model
+        if isinstance(value, Failed):
+            self.status.setText(f"Error: {value.message}")
+            show_error(value.message)
+            combo, current = {
+                "fov": (self.fov_combo, m.fov_key),
+                "sample": (self.sample_combo, m.sample_key),
+            }.get(self._last_key_kind, (self.cluster_combo, m.cluster_key))
             combo.blockSignals(True)
             combo.setCurrentText(current or NONE)
             combo.blockSignals(False)
-            return True
-        return False
-
-    def _fov_changed(self, text: str) -> None:
-        key, spatial = self._key(text), self.model.spatial
-        if key is not None and spatial is not None:
-            # a per-cell column would make thousands of FOVs
-            if self._refused(
-                self.fov_combo, lambda: check_fov_key(spatial, key), self.model.fov_key
-            ):
-                return
-        self.model.set_keys(cluster_key=self.model.cluster_key, fov_key=key)
-        if self.spatial_layers:
-            self.show_spatial()
-        self._update_summary()
-
-    def _sample_changed(self, text: str) -> None:
-        key, spatial = self._key(text), self.model.spatial
-        if key is not None and spatial is not None:
-            check = lambda: find_sample_key(spatial, self.model.fov_key, key)  # noqa: E731
-            if self._refused(self.sample_combo, check, self.model.sample_key):  # <= MAX_SAMPLES
-                return
-        self.model.set_keys(
-            cluster_key=self.model.cluster_key, fov_key=self.model.fov_key, sample_key=key or ""
-        )
-        if self.spatial_layers:
-            self.show_spatial()
-        self._update_summary()
+            return
+        if self.status.text().startswith("Error"):  # the refused choice's line goes
+            self.status.setText("")
+        if value.kind == "cluster":
+            m.set_keys(cluster_key=value.key, fov_key=m.fov_key)
+            layer = self.reference_points
+            if layer is not None:
+                recolor(layer, value.key or "")
+        elif value.kind == "fov":
+            m.set_keys(cluster_key=m.cluster_key, fov_key=value.key)
+            for layer in self.spatial_layers:  # the FOV is a feature column: nothing rebuilt
+                set_meta(layer, fov_key=value.key)
+        else:
+            m.set_keys(cluster_key=m.cluster_key, fov_key=m.fov_key, sample_key=value.key)
+            if value.layers is not None:
+                self._show_layer_data(value.layers)
+        self.summary.setText(value.summary)
 
     def _color_changed(self, text: str) -> None:
         key = self._key(text)
         for layer in self.spatial_layers:
             recolor(layer, key or "")
+
+
+@dataclass
+class KeyChange:
+    """A key choice prepared in a worker: the column (``None``/``""``: none), the summary text
+    and, for a sample key, the spatial layers' data (one per sample)."""
+
+    kind: str
+    key: str | None
+    summary: str
+    layers: list[Any] | None = None
