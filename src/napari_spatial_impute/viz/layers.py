@@ -611,7 +611,8 @@ def _umap_input(X: Any) -> Any:
     import scipy.sparse as sp
 
     if sp.issparse(X):
-        return sp.csr_matrix(X, dtype=np.float32, copy=True)
+        sparse: Any = X  # any scipy sparse matrix or array
+        return sp.csr_matrix(sparse, dtype=np.float32, copy=True)
     return np.array(X, dtype=np.float32, copy=True)
 
 
