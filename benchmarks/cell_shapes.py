@@ -8,9 +8,10 @@ Two stores: the real CosMx lung store (two FOVs, per-FOV label images; built fro
 * **plugin** (this process, the project's ``.venv``): File > Open of the store (image, labels,
   cells), the result = the store's cells, then ``model.set_shown`` of a gene as the Explore widget
   does; timed: the whole recolour until its colours are set (``wall_s``), the worker part (from
-  ``set_shown`` to the colours reaching the main thread), the main-thread setter (``layer.colormap``
-  + ``layer.features``), and the first frame drawn after it (``frame_s``); the first gene (adds the
-  cell labels layer) and a switch to another gene.
+  ``set_shown`` to the colours reaching the main thread), the main-thread setter (the values
+  image's lookup swap and refresh + ``layer.features``), and the first frame drawn after it
+  (``frame_s``); the first gene (adds the cell labels layer and its values image) and a switch to
+  another gene. The screenshot shows the gene chosen in the Explore dock (its colour scale).
 * **napari-spatialdata** (its own venv, ``--sd-python``, a subprocess): ``Interactive`` on the same
   store, each labels element added, then coloured through its View widget's var list as a click
   does (it sets a ``DirectLabelColormap`` on the selected labels layer), first gene and switch.
@@ -182,6 +183,14 @@ def run_plugin(store: Path, genes: list[str], screenshot: Path | None) -> dict[s
     cells = [lay for lay in viewer.layers if plugin_meta(lay).get("kind") == CELL_LABELS_KIND]
     meta["cell_layers"] = [lay.name for lay in cells]
     if screenshot is not None:
+        # as a user gets there: the Explore dock shows the gene (its colour scale beside)
+        from napari_spatial_impute.plugin.widgets.explore_widget import ExploreWidget
+
+        explore = ExploreWidget(viewer)
+        viewer.window.add_dock_widget(explore, name="Explore", area="right")
+        target = painter.applied + 1
+        explore.show_gene(genes[0])
+        m.wait(lambda: not explore.busy and painter.applied >= target, 300)
         viewer.reset_view()  # zoomed to the masks: the painter hides the cells' points
         m.screenshot(screenshot)
         meta["points_visible_in_screenshot"] = [

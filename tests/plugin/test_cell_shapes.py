@@ -12,7 +12,12 @@ from napari_spatial_impute.plugin import cell_shapes as painter_mod
 from napari_spatial_impute.plugin.cell_shapes import connect_cell_painter
 from napari_spatial_impute.plugin.model import ShownValues
 from napari_spatial_impute.plugin.sync import connect_model
-from napari_spatial_impute.viz.cell_shapes import CELL_LABELS_KIND, CELL_SHAPES_KIND
+from napari_spatial_impute.viz.cell_shapes import (
+    CELL_LABELS_KIND,
+    CELL_SHAPES_KIND,
+    CELL_VALUES_KIND,
+    LookupArray,
+)
 from napari_spatial_impute.viz.layers import plugin_meta
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -48,9 +53,23 @@ def _show(qtbot, viewer, model, shown):
     return painter
 
 
-def _colour_at(layer, world_yx):
-    key = layer.get_value(tuple(world_yx), world=True)
-    return key, np.asarray(layer.colormap.map(np.array([key], dtype=np.int64)))[0]
+def _colour_of(image, value):
+    """The colour napari gives a value of the values image (its colormap over its limits)."""
+    lo, hi = image.contrast_limits
+    return np.asarray(image.colormap.map(np.array([(value - lo) / (hi - lo)], np.float32)))[0]
+
+
+def _colour_at(viewer, world_yx):
+    """The cell's label key and the colour its pixel is drawn with, read through the layers."""
+    (cells,) = _of_kind(viewer, CELL_LABELS_KIND)
+    (image,) = _of_kind(viewer, CELL_VALUES_KIND)
+    key = cells.get_value(tuple(world_yx), world=True)
+    data = image.data[0] if image.multiscale else image.data
+    pixel = np.round(image.world_to_data(tuple(world_yx))).astype(int)
+    value = data[tuple(pixel)]
+    # the label layer's colours are all transparent: the values image alone colours the cells
+    assert cells.colormap.map(np.array([key], dtype=np.int64))[0][3] == 0
+    return key, _colour_of(image, float(value))
 
 
 def test_each_cell_gets_exactly_its_rows_colour_and_others_stay_clear(
@@ -70,7 +89,7 @@ def test_each_cell_gets_exactly_its_rows_colour_and_others_stay_clear(
     world = spatial.obsm["spatial"][:, ::-1]
     rows = np.cumsum(keep) - 1
     for i, yx in enumerate(world):
-        key, colour = _colour_at(cells, yx)
+        key, colour = _colour_at(viewer, yx)
         assert key > 0
         if keep[i]:
             np.testing.assert_array_equal(colour, shown.rgba[rows[i]])
@@ -78,7 +97,10 @@ def test_each_cell_gets_exactly_its_rows_colour_and_others_stay_clear(
             np.testing.assert_array_equal(colour, [0, 0, 0, 0])
     # two FOVs' cells with the same id get their own colours
     same_id = np.flatnonzero(result.obs["cell_ID"].to_numpy() == 2)
-    assert len({_colour_at(cells, world[np.flatnonzero(keep)[r]])[0] for r in same_id}) == 3
+    assert len({_colour_at(viewer, world[np.flatnonzero(keep)[r]])[0] for r in same_id}) == 3
+    (image,) = _of_kind(viewer, CELL_VALUES_KIND)
+    assert viewer.layers.index(image) == viewer.layers.index(cells) - 1
+    assert viewer.layers.selection.active.name == cells.name  # the hover reads its table
 
 
 def test_hover_on_a_mask_reads_the_cells_value_fov_and_id(store, make_napari_viewer_proxy, qtbot):
@@ -102,13 +124,13 @@ def test_the_latest_shown_value_wins_and_the_work_is_off_the_main_thread(
     model = _open(viewer, store)
     model.set_result(model.spatial)
     threads = []
-    real = painter_mod._label_colormap
+    real = painter_mod.value_colours
 
     def spy(*args):
         threads.append(threading.current_thread())
         return real(*args)
 
-    monkeypatch.setattr(painter_mod, "_label_colormap", spy)
+    monkeypatch.setattr(painter_mod, "value_colours", spy)
     painter = connect_cell_painter(viewer)
     first, second = _shown(model.spatial.n_obs, 1), _shown(model.spatial.n_obs, 2, "g1")
     model.set_shown(first)
@@ -118,14 +140,42 @@ def test_the_latest_shown_value_wins_and_the_work_is_off_the_main_thread(
     qtbot.wait(50)
     assert painter.applied == 1  # the first one's colours were dropped
     (cells,) = _of_kind(viewer, CELL_LABELS_KIND)
-    _, colour = _colour_at(cells, model.spatial.obsm["spatial"][5, ::-1])
+    _, colour = _colour_at(viewer, model.spatial.obsm["spatial"][5, ::-1])
     np.testing.assert_array_equal(colour, second.rgba[5])
     assert threads and threading.main_thread() not in threads
     # showing nothing hides the coloured cells; the next value shows them again, same layer
+    (image,) = _of_kind(viewer, CELL_VALUES_KIND)
     model.set_shown(None)
-    assert not cells.visible
+    assert not cells.visible and not image.visible
     _show(qtbot, viewer, model, first)
     assert cells.visible and _of_kind(viewer, CELL_LABELS_KIND) == [cells]
+    assert image.visible and _of_kind(viewer, CELL_VALUES_KIND) == [image]
+
+
+def test_a_switch_swaps_the_lookup_reads_no_label_pixels_again_and_keeps_no_per_cell_table(
+    store, make_napari_viewer_proxy, qtbot
+):
+    # a DirectLabelColormap of one entry per cell took seconds of per-label Python work a
+    # switch at 10^5 cells: the colours are now a lookup swapped under the same image
+    viewer = make_napari_viewer_proxy()
+    model = _open(viewer, store)
+    model.set_result(model.spatial)
+    n = model.spatial.n_obs
+    _show(qtbot, viewer, model, _shown(n, 1))
+    (cells,) = _of_kind(viewer, CELL_LABELS_KIND)
+    (image,) = _of_kind(viewer, CELL_VALUES_KIND)
+    views = list(image.data) if image.multiscale else [image.data]
+    assert all(isinstance(v, LookupArray) for v in views)
+    reads = [v.reads for v in views]
+    assert sum(reads) > 0  # napari read the view through the lookup
+    second = _shown(n, 2, "g1")
+    _show(qtbot, viewer, model, second)
+    assert _of_kind(viewer, CELL_VALUES_KIND) == [image]
+    assert [v.reads for v in views] == reads  # the same view again: its label pixels kept
+    assert len(cells.colormap.color_dict) <= 2  # default and background: no per-cell table
+    for row in (0, n // 2, n - 1):
+        _, colour = _colour_at(viewer, model.spatial.obsm["spatial"][row, ::-1])
+        np.testing.assert_array_equal(colour, second.rgba[row])
 
 
 def test_a_result_not_from_a_store_colours_nothing(make_napari_viewer_proxy, qtbot):
@@ -172,10 +222,12 @@ def test_real_cosmx_labels_coloured_by_a_gene(
     rgba[:, 3] = 1
     _show(qtbot, viewer, model, ShownValues("measured", "COL1A1", values, rgba, (0, 1), "magma"))
     (cells,) = _of_kind(viewer, CELL_LABELS_KIND)
+    (image,) = _of_kind(viewer, CELL_VALUES_KIND)
     data = cells.data[0] if cells.multiscale else cells.data
+    shown_px = np.asarray((image.data[0] if image.multiscale else image.data)[...])
     offsets = plugin_meta(cells)["id_offsets"]
     elements = plugin_meta(cells)["elements"]
-    # every pixel of every cell of the table: its key, and that key's colour, exactly
+    # every pixel of every cell of the table: its key, and the colour it is drawn in, exactly
     regions = spatial.obs["fov_labels"].astype(str).to_numpy()
     ids = spatial.obs["cell_ID"].to_numpy()
     whole = np.asarray(data[...])
@@ -183,11 +235,13 @@ def test_real_cosmx_labels_coloured_by_a_gene(
         oy, ox = data.origins[k]
         tile = np.asarray(data.tiles[k])
         drawn = whole[oy : oy + tile.shape[0], ox : ox + tile.shape[1]]
+        values = shown_px[oy : oy + tile.shape[0], ox : ox + tile.shape[1]]
         for row in np.flatnonzero(regions == element)[:25]:
             key = int(ids[row]) + (offsets[k] if offsets else 0)
             assert (drawn[tile == ids[row]] == key).all()
-            colour = cells.colormap.map(np.array([key], dtype=np.int64))[0]
-            np.testing.assert_array_equal(colour, rgba[row])
+            cell_values = np.unique(values[drawn == key])
+            assert len(cell_values) == 1  # one value over the whole mask
+            np.testing.assert_array_equal(_colour_of(image, cell_values[0]), rgba[row])
 
 
 def test_label_lookups_are_compiled_in_a_worker_once_when_a_store_opens(

@@ -12,14 +12,17 @@ from napari_spatial_impute.viz.cell_shapes import (
     INDEX_COLUMN,
     MAX_POLYGONS,
     CellShapes,
+    LookupArray,
     cell_ids,
     cell_labels_layer,
     colour_table,
+    key_lookup,
     label_keys,
     shape_colours,
     shape_layer,
     shown_features,
     tile_id_offsets,
+    value_colours,
 )
 from napari_spatial_impute.viz.layers import META_KEY
 from napari_spatial_impute.viz.rasters import raster_layers
@@ -86,6 +89,87 @@ def test_colour_table_has_one_colour_per_drawn_cell_and_skips_the_others(store):
     lookup = dict(zip(k.tolist(), colours, strict=True))
     for row in np.flatnonzero(keys):
         np.testing.assert_array_equal(lookup[int(keys[row])], rgba[row])
+
+
+@pytest.mark.parametrize("shift", [0, 1 << 32])  # one image; per-FOV ids shifted by 2**32
+def test_key_lookup_gives_each_key_its_last_rows_value_and_nan_elsewhere(shift):
+    keys = np.array([3, 0, 5, 3, 9], dtype=np.int64)
+    keys[keys > 0] += shift
+    values = np.array([1.0, 2.0, 3.0, 4.0, 5.0], dtype=np.float32)
+    lookup = key_lookup(keys, values)
+    assert (lookup.keys is None) == (shift == 0)  # a dense vector when the keys are small
+    pixels = np.array([[0, 3 + shift, 5 + shift], [9 + shift, 4 + shift, 10**12]], np.int64)
+    got = lookup(pixels)
+    assert got.dtype == np.float32 and got.shape == pixels.shape
+    np.testing.assert_array_equal(got, [[np.nan, 4.0, 3.0], [5.0, np.nan, np.nan]])
+
+
+def _napari_colours(colours, pixel_values):
+    """What napari draws for image values: its step colormap over the contrast limits."""
+    from napari.utils.colormaps import Colormap
+
+    cmap = Colormap(colours.colors, controls=colours.controls, interpolation="zero")
+    lo, hi = colours.limits
+    return cmap.map((np.asarray(pixel_values, np.float32) - lo) / (hi - lo))
+
+
+def test_values_drawn_through_a_step_colormap_get_exactly_their_rows_colours():
+    from napari_spatial_impute.viz.explore import colorize
+
+    rng = np.random.default_rng(0)
+    values = rng.gamma(2.0, 1.0, 5000).astype(np.float32)
+    values[::7] = np.nan
+    rgba = colorize(values, "magma", (0.5, 4.0))  # a 256-colour lookup, clipped, NaN clear
+    colours = value_colours(values, rgba)
+    assert colours.by_value  # the image holds the values: a hover reads them
+    assert len(colours.colors) <= 256
+    np.testing.assert_array_equal(colours.values, values)
+    np.testing.assert_array_equal(_napari_colours(colours, colours.values), rgba)
+    # categories by code (-1: none, clear)
+    codes = rng.integers(-1, 4, 300).astype(np.float32)
+    palette = rng.random((4, 4)).astype(np.float32)
+    cat_rgba = np.where(codes[:, None] >= 0, palette[codes.astype(int)], 0).astype(np.float32)
+    cats = value_colours(codes, cat_rgba)
+    assert cats.by_value
+    np.testing.assert_array_equal(_napari_colours(cats, cats.values), cat_rgba)
+
+
+@pytest.mark.parametrize("case", ["one value two colours", "coloured nan"])
+def test_colours_not_a_function_of_the_value_are_drawn_by_index_exactly(case):
+    values = np.array([1.0, 1.0, 2.0, np.nan], dtype=np.float32)
+    rgba = np.array([[1, 0, 0, 1], [0, 1, 0, 1], [0, 0, 1, 1], [0, 0, 0, 0]], dtype=np.float32)
+    if case == "one value two colours":  # e.g. wide intervals greyed out
+        pass
+    else:
+        values[1] = 5.0
+        rgba[3] = [0.5, 0.5, 0.5, 1.0]
+    colours = value_colours(values, rgba)
+    assert not colours.by_value
+    np.testing.assert_array_equal(_napari_colours(colours, colours.values), rgba)
+    assert _napari_colours(colours, [np.nan])[0][3] == 0  # background stays clear
+
+
+def test_lookup_array_maps_label_pixels_lazily_and_a_new_lookup_reuses_them():
+    labels = np.arange(24, dtype=np.uint32).reshape(4, 6) % 5
+    keys = np.arange(5, dtype=np.int64)
+    view = LookupArray(labels, key_lookup(keys, keys * 10.0))
+    assert view.shape == labels.shape and view.dtype == np.float32 and view.reads == 0
+    window = (slice(1, 3), slice(0, 6))
+    np.testing.assert_array_equal(
+        view[window], np.where(labels[window] > 0, labels[window] * 10.0, np.nan)
+    )
+    view.lookup = key_lookup(keys, keys * -1.0)  # a gene switch
+    np.testing.assert_array_equal(
+        view[window], np.where(labels[window] > 0, -1.0 * labels[window], np.nan)
+    )
+    assert view.reads == 1  # the same window: its label pixels were kept
+    view[0, 0]
+    view[window]  # the most recent again
+    view[...]  # a third window: (0, 0), the least recent, goes
+    view[window]
+    assert view.reads == 3
+    view[0, 0]
+    assert view.reads == 4  # two windows kept at most
 
 
 def test_hover_table_is_indexed_by_label_value(store):

@@ -7,14 +7,21 @@ viewer by their metadata (never by name), and colours the cells:
 
 * **labels**: a *cell labels* layer over the same pixels, just below the store's outlined labels
   (per-FOV tiles read with unique ids, :func:`~napari_spatial_impute.viz.cell_shapes.cell_labels_data`),
-  coloured with a ``DirectLabelColormap`` keyed by label value; its ``features`` give the same
-  hover readout as a point (value, cell, FOV, most likely clusters);
+  drawn transparent: its ``features`` give the same hover readout as a point (value, cell, FOV,
+  most likely clusters). The colours are an *Image* layer just below it whose data is a lazy
+  view of the same label pixels through a lookup from label key to value
+  (:class:`~napari_spatial_impute.viz.cell_shapes.LookupArray`), drawn with a step colormap that
+  gives each cell exactly its row's colour
+  (:func:`~napari_spatial_impute.viz.cell_shapes.value_colours`). A gene switch swaps the lookup
+  and refreshes the layer: its cost follows the pixels in view (the label pixels read for the
+  view are kept), not the number of cells (a ``DirectLabelColormap`` of 10^5 cells took seconds
+  of per-label Python work);
 * **shapes** (polygons, circles): a Shapes (or Points) layer of the cells' own shapes coloured by
   ``face_color``.
 
-The colour table, the colormap (with napari's value-to-texture lookup warmed) and the hover
-table are built in a worker; the main thread only adds a layer or runs the setters
-(``layer.colormap = ...``, ``layer.features = ...``, ``layer.face_color = ...``). A newer value
+The lookup, the colormap and the hover table are built in a worker; the main thread only adds
+a layer or runs the setters (the lookup swap and ``refresh``, ``layer.colormap = ...``,
+``layer.features = ...``, ``layer.face_color = ...``). A newer value
 shown while a worker runs wins: the older one's colours are dropped. The points stay the
 fallback where the data have no shapes and what a zoomed-out view draws; once a cell spans
 :data:`~napari_spatial_impute.viz.cell_shapes.MASKS_FROM_PX` screen pixels the cells' points are
@@ -31,22 +38,29 @@ import numpy as np
 
 from napari_spatial_impute.plugin.model import ShownValues, get_model, per_viewer
 from napari_spatial_impute.viz.cell_shapes import (
+    CELL_KINDS,
     CELL_LABELS_KIND,
+    CELL_OPACITY,
     CELL_SHAPES_KIND,
+    CELL_VALUES_KIND,
     CellIds,
     CellShapes,
+    KeyLookup,
+    LookupArray,
+    ValueColours,
     cell_ids,
     cell_labels_layer,
     cell_spacing,
-    colour_table,
+    key_lookup,
     label_keys,
     masks_readable,
     same_store,
     shape_colours,
     shape_layer,
     shown_features,
+    value_colours,
 )
-from napari_spatial_impute.viz.layers import plugin_meta
+from napari_spatial_impute.viz.layers import META_KEY, plugin_meta
 from napari_spatial_impute.viz.rasters import LABELS_KIND, RASTER_KINDS
 
 
@@ -62,11 +76,22 @@ class _LabelsJob:
 
 
 @dataclass
+class _Painted:
+    """What one cell labels layer gets: the values image's lookup and colormap, the hover table."""
+
+    layer_id: int
+    lookup: KeyLookup
+    colours: ValueColours
+    colormap: Any
+    features: Any
+
+
+@dataclass
 class _Prepared:
-    """What the main thread sets: per labels layer its colormap and features; shapes colours."""
+    """What the main thread sets: per labels layer its values and features; shapes colours."""
 
     generation: int
-    labels: list[tuple[int, Any, Any]] = field(default_factory=list)  # (layer id, cmap, feats)
+    labels: list[_Painted] = field(default_factory=list)
     shapes: CellShapes | None = None
     shape_faces: np.ndarray | None = None
     note: str | None = None
@@ -98,6 +123,7 @@ class CellPainter:
         self.model.shown_changed.connect(self.on_shown)
         viewer.layers.events.inserted.connect(self._on_inserted)
         self._hidden: weakref.WeakSet[Any] = weakref.WeakSet()  # points hidden for the masks
+        self._values_of: dict[int, weakref.ref[Any]] = {}  # labels layer id -> values image
         self._spacing: tuple[int, float] = (0, float("nan"))  # (result id, cell size)
         _camera(viewer).events.zoom.connect(self.points_or_masks)
 
@@ -168,7 +194,9 @@ class CellPainter:
                 **kwargs,
             )
             viewer.layers.move(viewer.layers.index(target), viewer.layers.index(source))
-        target.visible = True
+            target.colormap = _clear_colormap()  # the values image below draws the colours
+        if not target.visible:  # (setting it again refreshes the layer)
+            target.visible = True
         level0 = target.data[0] if target.multiscale else target.data
         tmeta = plugin_meta(target)
         return _LabelsJob(
@@ -191,7 +219,8 @@ class CellPainter:
                 if key not in keys_cache:
                     keys_cache[key] = label_keys(ids, job.elements, job.offsets)
                 keys = keys_cache[key]
-                cmap = _label_colormap(keys, shown.rgba, job.dtype)
+                colours = value_colours(shown.values, shown.rgba)
+                lookup = key_lookup(keys, colours.values)
                 feats = shown_features(
                     result,
                     keys,
@@ -204,7 +233,8 @@ class CellPainter:
                     instance=(ids.instance_key, ids.instances),
                 )
                 _prefetch(job.data)
-                out.labels.append((job.layer_id, cmap, feats))
+                cmap = _step_colormap(colours)
+                out.labels.append(_Painted(job.layer_id, lookup, colours, cmap, feats))
             if rest:
                 shapes = shapes_cache.get(id(result))
                 if shapes is None:
@@ -228,11 +258,11 @@ class CellPainter:
         if viewer is None or prepared.generation != self._generation:
             return
         by_id = {id(layer): layer for layer in viewer.layers}
-        for layer_id, cmap, feats in prepared.labels:
-            layer = by_id.get(layer_id)
+        for painted in prepared.labels:
+            layer = by_id.get(painted.layer_id)
             if layer is not None:
-                layer.colormap = cmap
-                layer.features = feats
+                self._paint_values(viewer, layer, painted)
+                layer.features = painted.features
         self.note = prepared.note
         if prepared.shapes is not None and prepared.shape_faces is not None:
             layer = self._shapes_layer(viewer, prepared.shapes)
@@ -248,7 +278,7 @@ class CellPainter:
         if viewer is None:
             return
         coloured = any(
-            layer.visible and plugin_meta(layer).get("kind") in (CELL_LABELS_KIND, CELL_SHAPES_KIND)
+            layer.visible and plugin_meta(layer).get("kind") in CELL_KINDS
             for layer in viewer.layers
         )
         result = self.model.result
@@ -264,6 +294,48 @@ class CellPainter:
             elif not masks and layer in self._hidden:
                 self._hidden.discard(layer)
                 layer.visible = True
+
+    def _paint_values(self, viewer: Any, labels: Any, painted: _Painted) -> None:
+        """The values image of a cell labels layer: added just below it the first time (the
+        labels layer, with the hover table, stays the active one); later the lookup of each
+        level is swapped and the layer refreshed once."""
+        image = self._values_layer(viewer, labels)
+        limits = painted.colours.limits
+        if image is None:
+            levels = labels.data if labels.multiscale else [labels.data]
+            views = [LookupArray(level, painted.lookup) for level in levels]
+            meta = {**plugin_meta(labels), "kind": CELL_VALUES_KIND, "labels_layer": labels.name}
+            image = viewer.add_image(
+                views if labels.multiscale else views[0],
+                name=labels.name.replace("cells ·", "cells values ·", 1),
+                multiscale=labels.multiscale,
+                affine=labels.affine.affine_matrix,
+                scale=labels.scale,
+                translate=labels.translate,
+                colormap=painted.colormap,
+                contrast_limits=limits,
+                opacity=CELL_OPACITY,
+                blending="translucent",
+                interpolation2d="nearest",
+                metadata={META_KEY: meta},
+            )
+            self._values_of[id(labels)] = weakref.ref(image)
+            viewer.layers.move(viewer.layers.index(image), viewer.layers.index(labels))
+            viewer.layers.selection.active = labels
+            return
+        if not image.visible:
+            image.visible = True
+        for view in image.data if image.multiscale else [image.data]:
+            view.lookup = painted.lookup
+        image.colormap = painted.colormap
+        image.contrast_limits = limits
+        image.refresh()
+
+    def _values_layer(self, viewer: Any, labels: Any) -> Any:
+        """The values image of ``labels`` if it is still in the viewer."""
+        ref = self._values_of.get(id(labels))
+        image = ref() if ref is not None else None
+        return image if image is not None and image in viewer.layers else None
 
     def _shapes_layer(self, viewer: Any, shapes: CellShapes) -> Any:
         """The viewer's layer of these shapes, added above the store's rasters the first time."""
@@ -285,7 +357,7 @@ class CellPainter:
 
     def _hide(self, viewer: Any) -> None:
         for layer in viewer.layers:
-            if plugin_meta(layer).get("kind") in (CELL_LABELS_KIND, CELL_SHAPES_KIND):
+            if plugin_meta(layer).get("kind") in CELL_KINDS:
                 layer.visible = False
         self.points_or_masks()
 
@@ -306,9 +378,9 @@ def _cell_points(layer: Any) -> bool:
 
 def _warm_up() -> None:
     """Map a label of each wide dtype through a direct colormap once (numba compiles napari's
-    value-to-texture lookups on first use, seconds)."""
+    value-to-texture lookups on first use, seconds; the cell labels layer draws through one)."""
     for dtype in (np.int64, np.uint32, np.int32):
-        _label_colormap(np.array([1], dtype=np.int64), np.ones((1, 4), np.float32), np.dtype(dtype))
+        _clear_colormap().map(np.zeros(1, dtype=dtype))
 
 
 def _none() -> None:
@@ -324,19 +396,25 @@ def _of_store(layer: Any, ids: CellIds, kind: str) -> bool:
     )
 
 
-def _label_colormap(keys: np.ndarray, rgba: np.ndarray, dtype: np.dtype) -> Any:
-    """A ``DirectLabelColormap`` of the drawn rows' colours (others transparent), with napari's
-    lookup from label values to texture values built here (its public ``map`` caches it), so
-    the first frame after the setter does not build it on the main thread."""
+def _clear_colormap() -> Any:
+    """A direct label colormap drawing every label transparent (the cell labels layer carries
+    the hover table; the values image below it draws the colours)."""
     from napari.utils.colormaps import DirectLabelColormap
 
-    k, colours = colour_table(keys, rgba)
-    color_dict: dict[int | None, Any] = dict(zip(k.tolist(), colours, strict=True))
-    color_dict[None] = np.zeros(4, dtype=np.float32)
-    cmap = DirectLabelColormap(color_dict=color_dict)
-    if np.issubdtype(dtype, np.integer):
-        cmap.map(np.zeros(1, dtype=dtype))
-    return cmap
+    return DirectLabelColormap(color_dict={None: np.zeros(4, dtype=np.float32)})
+
+
+def _step_colormap(colours: ValueColours) -> Any:
+    """napari's step colormap of :func:`~napari_spatial_impute.viz.cell_shapes.value_colours`
+    (NaN transparent: background and cells of no row)."""
+    from napari.utils.colormaps import Colormap
+
+    return Colormap(
+        colors=colours.colors,
+        controls=colours.controls,
+        interpolation="zero",
+        name=f"cell values {id(colours):x}",
+    )
 
 
 def _prefetch(data: Any) -> None:

@@ -39,7 +39,8 @@ from napari_spatial_impute.viz.sections import resolve_sample_key
 #: ``metadata[META_KEY]["kind"]`` of the layers built here.
 CELL_LABELS_KIND = "cell_labels"
 CELL_SHAPES_KIND = "cell_shapes"
-CELL_KINDS = (CELL_LABELS_KIND, CELL_SHAPES_KIND)
+CELL_VALUES_KIND = "cell_values"
+CELL_KINDS = (CELL_LABELS_KIND, CELL_SHAPES_KIND, CELL_VALUES_KIND)
 #: More polygons than this are not drawn as shapes (napari's Shapes layer triangulates each
 #: polygon in Python: minutes at 10^5); the cells stay points, with a note.
 MAX_POLYGONS = 20_000
@@ -161,16 +162,210 @@ def label_keys(ids: CellIds, elements: Sequence[str], offsets: Sequence[int] | N
     return keys
 
 
-def colour_table(keys: np.ndarray, rgba: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``(keys, colours)`` of the rows drawn in a layer (key > 0), one entry per key.
-
-    A key met twice (two rows naming one cell) keeps its last row's colour, as napari would.
-    """
+def last_rows(keys: np.ndarray) -> np.ndarray:
+    """The rows drawn in a layer (key > 0), one per key: a key met twice (two rows naming one
+    cell) keeps its last row, as a colour table set row after row would."""
     drawn = np.flatnonzero(keys > 0)
-    k = keys[drawn]
-    _, last = np.unique(k[::-1], return_index=True)
-    pick = drawn[len(k) - 1 - last]
+    _, last = np.unique(keys[drawn][::-1], return_index=True)
+    return drawn[len(drawn) - 1 - last]
+
+
+def colour_table(keys: np.ndarray, rgba: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(keys, colours)`` of the rows drawn in a layer (key > 0), one entry per key (the last
+    row's colour, :func:`last_rows`)."""
+    pick = last_rows(keys)
     return keys[pick], np.asarray(rgba, dtype=np.float32)[pick]
+
+
+#: A lookup from label key to value is a dense vector up to this many keys (16 MiB of
+#: float32), a sorted search above (per-FOV ids shifted by 2**32 a tile).
+DENSE_LOOKUP_MAX = 1 << 22
+
+
+@dataclass(frozen=True)
+class KeyLookup:
+    """One float32 per label key, NaN for any other key (background 0, cells of no row).
+
+    ``keys is None``: ``table[key]`` (a dense vector whose first and last entries are NaN);
+    else ``table[j]`` is the value of ``keys[j]`` (sorted). Calling it maps a labels array
+    pixel by pixel (cost proportional to the pixels, not to the number of cells).
+    """
+
+    table: np.ndarray
+    keys: np.ndarray | None = None
+
+    def __call__(self, labels: Any) -> np.ndarray:
+        lab = np.asarray(labels)
+        if self.keys is None:  # out of range (negative, beyond the last key): a NaN end
+            return np.take(self.table, lab, mode="clip")
+        if not len(self.keys):
+            return np.full(lab.shape, np.nan, dtype=np.float32)
+        flat = lab.astype(np.int64, copy=False)
+        pos = np.minimum(np.searchsorted(self.keys, flat), len(self.keys) - 1)
+        return np.where(self.keys[pos] == flat, self.table[pos], np.float32(np.nan))
+
+
+def key_lookup(keys: np.ndarray, values: np.ndarray) -> KeyLookup:
+    """The :class:`KeyLookup` of each drawn row's value (key > 0; a key's last row wins)."""
+    pick = last_rows(keys)
+    k = keys[pick].astype(np.int64)
+    v = np.asarray(values, dtype=np.float32)[pick]
+    top = int(k.max()) if len(k) else 0
+    if top < DENSE_LOOKUP_MAX:
+        table = np.full(top + 2, np.nan, dtype=np.float32)
+        table[k] = v
+        return KeyLookup(table)
+    order = np.argsort(k)
+    return KeyLookup(v[order], k[order])
+
+
+@dataclass(frozen=True)
+class ValueColours:
+    """How the cells' values become exactly their rows' colours in an image: ``values`` per row
+    (what the image holds, NaN transparent), ``colors`` ``(n, 4)`` one per bin, ``controls``
+    ``n + 1`` bin edges from 0 to 1 (a step colormap, napari's ``interpolation='zero'``) and
+    the contrast ``limits`` mapping values onto 0..1. ``by_value``: the values are the shown
+    values (a hover reads them); else they are indices into ``colors``."""
+
+    values: np.ndarray
+    colors: np.ndarray
+    controls: np.ndarray
+    limits: tuple[float, float]
+    by_value: bool
+
+
+#: At most this many bins in a step colormap of values (a 256-colour lookup gives <= 256).
+MAX_BINS = 1024
+
+
+def value_colours(values: np.ndarray, rgba: np.ndarray, max_bins: int = MAX_BINS) -> ValueColours:
+    """A step colormap giving every row exactly its colour from the value an image holds.
+
+    When a row's colour is a function of its value (a colormap lookup, categories by code) and
+    rows without a finite value are transparent, the image holds the values themselves: the
+    rows sorted by value form runs of one colour, each run a bin, edges half-way between runs.
+    Otherwise (two colours for one value, a coloured NaN, more than ``max_bins`` runs) it holds
+    each row's index into its distinct colours, one bin each.
+    """
+    vals = np.asarray(values, dtype=np.float32).ravel()
+    colours = np.asarray(rgba, dtype=np.float32).reshape(-1, 4)
+    by_value = _value_bins(vals, colours, max_bins)
+    if by_value is not None:
+        return by_value
+    palette, index = np.unique(colours, axis=0, return_inverse=True)
+    n = max(len(palette), 1)
+    controls = np.linspace(0.0, 1.0, n + 1).astype(np.float32)
+    if not len(palette):
+        palette = np.zeros((1, 4), dtype=np.float32)
+    return ValueColours(
+        index.ravel().astype(np.float32) + np.float32(0.5),
+        palette,
+        controls,
+        (0.0, float(n)),
+        False,
+    )
+
+
+def _value_bins(vals: np.ndarray, colours: np.ndarray, max_bins: int) -> ValueColours | None:
+    finite = np.isfinite(vals)
+    if (colours[~finite] != 0).any():  # NaN (and background) must stay transparent
+        return None
+    order = np.argsort(vals[finite], kind="stable")
+    v, c = vals[finite][order], colours[finite][order]
+    if not len(v):
+        return ValueColours(
+            vals, np.zeros((1, 4), np.float32), np.array([0, 1], np.float32), (0.0, 1.0), True
+        )
+    step = np.flatnonzero((c[1:] != c[:-1]).any(axis=1)) + 1
+    if (v[step] == v[step - 1]).any() or len(step) + 1 > max_bins:
+        return None
+    lo, hi = float(v[0]), float(v[-1])
+    if hi <= lo:
+        lo, hi = lo - 0.5, hi + 0.5
+    norm = ((v.astype(np.float64) - lo) / (hi - lo)).astype(np.float32)
+    edges = ((norm[step - 1].astype(np.float64) + norm[step]) / 2).astype(np.float32)
+    controls = np.concatenate([[0.0], edges, [1.0]]).astype(np.float32)
+    # napari's step lookup (searchsorted, side right) must put each value in its own run
+    runs = np.searchsorted(controls, norm, side="right") - 1
+    if not np.array_equal(np.clip(runs, 0, len(step)), np.cumsum(np.isin(np.arange(len(v)), step))):
+        return None
+    return ValueColours(vals, c[np.concatenate([[0], step])], controls, (lo, hi), True)
+
+
+class LookupArray:
+    """A lazy view of a labels array (a level) through a :class:`KeyLookup`: pixel ``p`` reads
+    ``lookup(labels[p])`` as float32. Nothing is read ahead or copied whole: each read maps
+    the labels read for it, and the last ``cache`` reads' label pixels are kept, so swapping
+    ``lookup`` and reading the same view again (a gene switch, napari's refresh) maps pixels
+    already read, without reading the store again."""
+
+    def __init__(self, labels: Any, lookup: KeyLookup, cache: int = 2) -> None:
+        self.labels = labels
+        self.lookup = lookup
+        self._cache: dict[Any, np.ndarray] = {}
+        self._size = int(cache)
+        self.reads = 0  # label reads (not served from the cache)
+
+    @property
+    def dtype(self) -> np.dtype:
+        """float32."""
+        return np.dtype(np.float32)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """The labels' shape."""
+        return tuple(int(s) for s in self.labels.shape)
+
+    @property
+    def ndim(self) -> int:
+        """Number of axes."""
+        return len(self.shape)
+
+    @property
+    def size(self) -> int:
+        """Number of pixels."""
+        return int(np.prod(self.shape))
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
+        arr = self[...]
+        return arr if dtype is None else arr.astype(dtype, copy=False)
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        ck = _hashable(key)
+        labels = self._cache.pop(ck, None) if ck is not None else None
+        if labels is not None:
+            self._cache[ck] = labels  # the most recent last
+        else:
+            labels = np.asarray(self.labels[key])
+            self.reads += 1
+            if ck is not None:
+                self._cache[ck] = labels
+                while len(self._cache) > self._size:
+                    del self._cache[next(iter(self._cache))]
+        return self.lookup(labels)
+
+
+def _hashable(key: Any) -> Any:
+    """A cache key of an index of ints, slices and ``...`` (``None`` for anything else)."""
+    parts = key if isinstance(key, tuple) else (key,)
+    out: list[Any] = []
+    for part in parts:
+        if isinstance(part, slice):
+            out.append(("s", part.start, part.stop, part.step))
+        elif part is Ellipsis or part is None:
+            out.append(repr(part))
+        elif isinstance(part, (int, np.integer)):
+            out.append(int(part))
+        else:
+            return None
+    try:
+        hash(tuple(out))
+    except TypeError:
+        return None
+    return tuple(out)
 
 
 def shown_column(kind: str, name: str) -> str:
