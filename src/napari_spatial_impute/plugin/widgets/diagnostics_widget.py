@@ -133,6 +133,9 @@ class DiagnosticsWidget(PluginWidget):
         lay.addWidget(self.markers_info)
         lay.addWidget(self.val_panel, 1)
         self.tabs.addTab(page, "Cell-type validation")
+        self._val_page = page
+        self._validation_stale = False
+        self.tabs.currentChanged.connect(self._tab_shown)
 
         self.cv_info = QLabel("No cross-validation was run.")
         self.cv_info.setWordWrap(True)  # a long summary never widens the dock (issue 24)
@@ -234,7 +237,14 @@ class DiagnosticsWidget(PluginWidget):
             notify_error(exc)
         if not self.markers_edit.text().strip():
             self.markers_edit.setText(", ".join(default_markers(result)))
-        self.update_validation()
+        # out of sight (another tab): computed and drawn when its tab is shown
+        self._validation_stale = True
+        if not self.val_panel._out_of_sight():
+            self.update_validation()
+
+    def _tab_shown(self, index: int) -> None:
+        if self.tabs.widget(index) is self._val_page and self._validation_stale:
+            self.update_validation()
 
     def _draw_training(self, fig: Figure, ncols: int) -> None:
         result = self.model.result
@@ -258,6 +268,7 @@ class DiagnosticsWidget(PluginWidget):
         result = self.model.result
         if result is None:
             return None
+        self._validation_stale = False
         self._val_table, self._val_message = None, ""
         if result_cluster_key(result) is None:  # nothing to validate against: say so, no pop-up
             self._val_message = "no cell types: map with a cluster key"

@@ -10,7 +10,7 @@ from typing import Any
 from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
 from matplotlib.figure import Figure
 from qtpy.QtCore import QTimer
-from qtpy.QtGui import QResizeEvent
+from qtpy.QtGui import QResizeEvent, QShowEvent
 from qtpy.QtWidgets import (
     QFileDialog,
     QHBoxLayout,
@@ -84,6 +84,7 @@ class FigurePanel(QWidget):
         self._n_panels = n_panels
         self.name = name
         self.ncols = 0
+        self._pending = False
         self.fig = Figure(dpi=90, layout="tight")
         self.canvas = FigureCanvasQTAgg(self.fig)
         self.scroll_area = QScrollArea()
@@ -125,6 +126,10 @@ class FigurePanel(QWidget):
             self.fig.clear()
             return
         if force or ncols != self.ncols:
+            if self._out_of_sight():  # drawn when shown: never for a tab nobody looks at
+                self._pending = True
+                return
+            self._pending = False
             self.ncols = ncols
             self.fig.clear()
             with warnings.catch_warnings():  # a panel too small for its labels says so once
@@ -134,6 +139,24 @@ class FigurePanel(QWidget):
             # the panels are laid out again at every size the canvas takes
             self.fig.set_layout_engine("tight")
         self.canvas.draw_idle()
+
+    def _out_of_sight(self) -> bool:
+        """Whether the panel is hidden in a shown window (another tab, a folded part): a new
+        result then draws only the figure in sight, not every panel of every tab on the main
+        thread (issue 24: 1.4 s for the cell-type validation at 75,000 cells, unseen)."""
+        window = self.window()
+        return window is not self and window.isVisible() and not self.isVisible()
+
+    @property
+    def pending(self) -> bool:
+        """Whether a drawing waits for the panel to be shown."""
+        return self._pending
+
+    def showEvent(self, event: QShowEvent | None) -> None:
+        """Draw what was left while the panel was out of sight."""
+        super().showEvent(event)
+        if self._pending:
+            self.relayout(force=True)
 
     def redraw(self) -> None:
         """Draw the figure again (new data), laid out for the current width."""
