@@ -145,7 +145,12 @@ class FigurePanel(QWidget):
         result then draws only the figure in sight, not every panel of every tab on the main
         thread (issue 24: 1.4 s for the cell-type validation at 75,000 cells, unseen)."""
         window = self.window()
-        return window is not self and window.isVisible() and not self.isVisible()
+        return (
+            window is not None
+            and window is not self
+            and window.isVisible()
+            and not self.isVisible()
+        )
 
     @property
     def pending(self) -> bool:
