@@ -61,8 +61,9 @@ def gradient_pixmap(colormap: str, size: tuple[int, int] = BAR_SIZE) -> QPixmap:
     rgba = np.ascontiguousarray(
         np.repeat((lut[None, :, :] * 255).round().astype(np.uint8), h, axis=0)
     )
-    image = QImage(rgba.data, w, h, 4 * w, QImage.Format.Format_RGBA8888)
-    return QPixmap.fromImage(image.copy())  # copy: the pixmap outlives the array
+    buffer = rgba.tobytes()  # held until the image is copied out of it
+    image = QImage(buffer, w, h, 4 * w, QImage.Format.Format_RGBA8888)
+    return QPixmap.fromImage(image.copy())
 
 
 def _number(v: float) -> str:
