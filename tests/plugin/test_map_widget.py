@@ -78,7 +78,7 @@ def test_cancel_leaves_no_layers(widget, qtbot):
     w.cancel()
     with qtbot.waitSignal(worker.finished, timeout=30_000):
         pass
-    qtbot.wait(200)
+    qtbot.waitUntil(lambda: w.worker is None, timeout=30_000)  # the widget's finished handler
     assert len(viewer.layers) == 0
     assert model.result is None
     assert w.progress.value() < 100_000
