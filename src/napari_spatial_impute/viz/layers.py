@@ -598,7 +598,8 @@ def ensure_umap(adata: ad.AnnData, key: str = "X_umap", seed: int = 0) -> np.nda
             sc.pp.log1p(tmp)
         n_comps = int(min(50, tmp.n_vars - 1, tmp.n_obs - 1))
         sc.pp.pca(tmp, n_comps=max(n_comps, 2), random_state=seed)
-        sc.pp.neighbors(tmp, n_neighbors=min(15, tmp.n_obs - 1), random_state=seed)
+        k = min(15, tmp.n_obs - 1)
+        sc.pp.neighbors(tmp, n_neighbors=k, random_state=seed, transformer=_knn(tmp.n_obs, k, seed))
         sc.tl.umap(tmp, random_state=seed)
     adata.obsm[key] = np.asarray(tmp.obsm["X_umap"], dtype=np.float32)
     return adata.obsm[key]
@@ -614,6 +615,46 @@ def _umap_input(X: Any) -> Any:
         sparse: Any = X  # any scipy sparse matrix or array
         return sp.csr_matrix(sparse, dtype=np.float32, copy=True)
     return np.array(X, dtype=np.float32, copy=True)
+
+
+#: Below this many cells the UMAP's neighbours are searched exactly (scanpy's threshold).
+EXACT_KNN_CELLS = 4096
+
+
+class _CsrMatrixGraph:
+    """A kNN transformer (scikit-learn's interface) whose graph is a ``csr_matrix``: scanpy 1.11
+    reads the graph with ``getnnz``, which the ``csr_array`` pynndescent and scikit-learn return
+    with scipy 1.17 lacks ("'csr_array' object has no attribute 'getnnz'")."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        return dict(self.inner.get_params(deep))
+
+    def fit_transform(self, X: Any, y: Any = None) -> Any:
+        import scipy.sparse as sp
+
+        return sp.csr_matrix(self.inner.fit_transform(X))
+
+
+def _knn(n_obs: int, k: int, seed: int) -> _CsrMatrixGraph:
+    """scanpy's own choice of kNN search (exact below :data:`EXACT_KNN_CELLS` cells, else
+    pynndescent with UMAP's defaults), its graph as a ``csr_matrix``."""
+    if n_obs < EXACT_KNN_CELLS:
+        from sklearn.neighbors import KNeighborsTransformer
+
+        return _CsrMatrixGraph(KNeighborsTransformer(n_neighbors=k, algorithm="brute"))
+    from pynndescent import PyNNDescentTransformer
+
+    return _CsrMatrixGraph(
+        PyNNDescentTransformer(
+            n_neighbors=k,
+            random_state=seed,
+            n_trees=min(64, 5 + round(n_obs**0.5 / 20.0)),
+            n_iters=max(5, round(float(np.log2(n_obs)))),
+        )
+    )
 
 
 def adata_layers(
