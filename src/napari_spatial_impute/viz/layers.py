@@ -642,10 +642,10 @@ def _knn(n_obs: int, k: int, seed: int) -> _CsrMatrixGraph:
     """scanpy's own choice of kNN search (exact below :data:`EXACT_KNN_CELLS` cells, else
     pynndescent with UMAP's defaults), its graph as a ``csr_matrix``."""
     if n_obs < EXACT_KNN_CELLS:
-        from sklearn.neighbors import KNeighborsTransformer
+        from sklearn.neighbors import KNeighborsTransformer  # type: ignore[import-untyped]
 
         return _CsrMatrixGraph(KNeighborsTransformer(n_neighbors=k, algorithm="brute"))
-    from pynndescent import PyNNDescentTransformer
+    from pynndescent import PyNNDescentTransformer  # type: ignore[import-untyped]
 
     return _CsrMatrixGraph(
         PyNNDescentTransformer(
