@@ -16,7 +16,12 @@ Two stores: the real CosMx lung store (two FOVs, per-FOV label images; built fro
   store, each labels element added, then coloured through its View widget's var list as a click
   does (it sets a ``DirectLabelColormap`` on the selected labels layer), first gene and switch.
 
-Results: ``/tmp/bench_cell_shapes/cell_shapes_<store>.json`` (rows of both and the ratios
+Both viewers show the same camera: by default (``--view masks``) zoomed in until a cell spans
+1.25 x ``MASKS_FROM_PX`` screen pixels, where the painter hides the cells' points so the masks
+show; ``--view whole`` keeps the whole store in view, where the plugin draws the cells' points
+over the masks (10^5 points cost seconds a frame under xvfb's software OpenGL).
+
+Results: ``/tmp/bench_cell_shapes/cell_shapes_<store>[_whole].json`` (rows of both and the ratios
 plugin / peer). Also writes ``--screenshot`` (the CosMx store coloured by COL1A1) when given.
 
     xvfb-run -a -s "-screen 0 1920x1080x24" .venv/bin/python benchmarks/cell_shapes.py \
@@ -126,7 +131,33 @@ def _shown(adata: Any, gene: str) -> Any:
     )
 
 
-def run_plugin(store: Path, genes: list[str], screenshot: Path | None) -> dict[str, Any]:
+def _camera(viewer: Any) -> Any:
+    return getattr(getattr(viewer, "scene", None), "camera", None) or viewer.camera
+
+
+def _demo_result(spatial: Any) -> Any:
+    """A mapped result of the store's cells for the screenshot: the ensemble map onto every cell
+    of a reference made of a seeded half of them (renamed, no coordinates; the store has no
+    single-cell reference), so the Explore dock shows an imputed gene with its colour scale."""
+    import warnings
+
+    from napari_spatial_impute import map_cells_to_space
+    from napari_spatial_impute.core.export import result_to_anndata
+
+    rng = np.random.default_rng(0)
+    ref = spatial[np.sort(rng.permutation(spatial.n_obs)[: spatial.n_obs // 2])].copy()
+    ref.obs_names = [f"ref_{n}" for n in ref.obs_names]
+    del ref.obsm["spatial"]
+    ref.uns.clear()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = map_cells_to_space(ref, spatial, method="ensemble", uncertainty=False)
+    return result_to_anndata(res)
+
+
+def run_plugin(
+    store: Path, genes: list[str], screenshot: Path | None, view: str = "masks"
+) -> dict[str, Any]:
     from explore_sections import Meter, canvas_info, shown_viewer
 
     from napari_spatial_impute.plugin.cell_shapes import connect_cell_painter
@@ -149,6 +180,15 @@ def run_plugin(store: Path, genes: list[str], screenshot: Path | None) -> dict[s
     model.set_result(model.spatial)
     meta["n_cells"] = int(model.spatial.n_obs)
     painter = connect_cell_painter(viewer)
+    camera = _camera(viewer)
+    viewer.reset_view()
+    if view == "masks":  # zoomed in until a cell spans MASKS_FROM_PX (x 1.25) screen pixels
+        from napari_spatial_impute.viz.cell_shapes import MASKS_FROM_PX, cell_spacing
+
+        need = 1.25 * MASKS_FROM_PX / cell_spacing(model.spatial.obsm["spatial"])
+        camera.zoom = max(float(camera.zoom), need)
+    meta["view"] = view
+    meta["camera"] = {"zoom": float(camera.zoom), "center": [float(c) for c in camera.center]}
     # the store's labels start the label lookups' compile in a worker (a user reaches Explore
     # seconds later): wait for it, idle, and record how long it took
     t0 = time.perf_counter()
@@ -186,8 +226,11 @@ def run_plugin(store: Path, genes: list[str], screenshot: Path | None) -> dict[s
         # as a user gets there: the Explore dock shows the gene (its colour scale beside)
         from napari_spatial_impute.plugin.widgets.explore_widget import ExploreWidget
 
+        model.set_result(_demo_result(model.spatial))
         explore = ExploreWidget(viewer)
         viewer.window.add_dock_widget(explore, name="Explore", area="right")
+        # imputed alone: "measured beside imputed" puts the layers in a grid, one a cell
+        explore.measured_check.setChecked(False)
         target = painter.applied + 1
         explore.show_gene(genes[0])
         m.wait(lambda: not explore.busy and painter.applied >= target, 300)
@@ -204,7 +247,7 @@ def run_plugin(store: Path, genes: list[str], screenshot: Path | None) -> dict[s
 
 
 # --------------------------------------------------------------------------- the peer
-def run_peer(store: Path, genes: list[str]) -> dict[str, Any]:
+def run_peer(store: Path, genes: list[str], camera: list[float] | None = None) -> dict[str, Any]:
     """napari-spatialdata: Interactive on the store, each labels element, View var list."""
     from importlib.metadata import version
 
@@ -239,6 +282,11 @@ def run_peer(store: Path, genes: list[str]) -> dict[str, Any]:
         )
         layers.append(viewer.layers[-1])
     view = viewer.window._qt_window.findChildren(QtAdataViewWidget)[0]
+    if camera:  # the plugin's camera: the same pixels in view
+        cam = _camera(viewer)
+        cam.center = tuple(camera[1:])
+        cam.zoom = camera[0]
+        meta["camera"] = {"zoom": float(cam.zoom), "center": [float(c) for c in cam.center]}
     for i, gene in enumerate(genes):
 
         def colour(gene: str = gene) -> None:
@@ -261,7 +309,9 @@ def run_peer(store: Path, genes: list[str]) -> dict[str, Any]:
 _KEEP: list[Any] = []
 
 
-def _peer_process(python: str, store: Path, genes: list[str], timeout: float) -> dict[str, Any]:
+def _peer_process(
+    python: str, store: Path, genes: list[str], timeout: float, camera: dict[str, Any]
+) -> dict[str, Any]:
     import common
 
     cmd = [
@@ -272,6 +322,8 @@ def _peer_process(python: str, store: Path, genes: list[str], timeout: float) ->
         str(store),
         "--genes",
         *genes,
+        "--camera",
+        *(str(v) for v in [camera["zoom"], *camera["center"]]),
     ]
     # the meter's heartbeat module imports this package (pure Python): its sources, not its venv
     src = str(Path(__file__).resolve().parents[1] / "src")
@@ -309,11 +361,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--peer", action="store_true", help="(internal) run napari-spatialdata")
     p.add_argument("--sd-python", default="/work/venv-sd/bin/python")
     p.add_argument("--screenshot", type=Path)
+    p.add_argument(
+        "--view",
+        choices=["masks", "whole"],
+        default="masks",
+        help="masks: zoomed in until the masks are readable (the cells' points hidden, both "
+        "viewers at the same camera); whole: the whole store (the points drawn over the masks)",
+    )
+    p.add_argument("--camera", nargs="+", type=float, help="(internal) zoom, center")
     p.add_argument("--timeout", type=float, default=900)
     args = p.parse_args(argv)
     if args.peer:
         try:
-            out = run_peer(args.store, args.genes)
+            out = run_peer(args.store, args.genes, args.camera)
         except Exception as exc:
             import traceback
 
@@ -338,15 +398,17 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{which}: not run (no shared data folder)")
             continue
         info: dict[str, Any] = {"machine": common.machine_info(), "store": which}
-        info["plugin"] = run_plugin(store, genes, shot)
+        info["plugin"] = run_plugin(store, genes, shot, args.view)
         if Path(args.sd_python).exists():
-            info["peer"] = _peer_process(args.sd_python, store, genes, args.timeout)
+            camera = info["plugin"]["meta"]["camera"]
+            info["peer"] = _peer_process(args.sd_python, store, genes, args.timeout, camera)
         else:
             info["peer"] = {"not_run": f"{args.sd_python} does not exist"}
         peer_rows = info["peer"].get("rows", [])
         info["ratios"] = _ratios(info["plugin"]["rows"], peer_rows)
         info["loadavg_at_end"] = list(os.getloadavg())
-        common.write_json(info, OUT / f"cell_shapes_{which}.json")
+        suffix = "" if args.view == "masks" else f"_{args.view}"
+        common.write_json(info, OUT / f"cell_shapes_{which}{suffix}.json")
         print(json.dumps({"store": which, "ratios": info["ratios"]}, indent=1, default=str))
         for r in info["plugin"]["rows"]:
             print(

@@ -134,6 +134,14 @@ def test_values_drawn_through_a_step_colormap_get_exactly_their_rows_colours():
     np.testing.assert_array_equal(_napari_colours(cats, cats.values), cat_rgba)
 
 
+def test_one_colour_for_every_cell_is_two_bins_for_the_gpu():
+    values = np.array([1.0, 2.0, np.nan], dtype=np.float32)
+    rgba = np.array([[1, 0, 0, 1], [1, 0, 0, 1], [0, 0, 0, 0]], dtype=np.float32)
+    colours = value_colours(values, rgba)
+    assert len(colours.colors) == 2 == len(colours.controls) - 1  # vispy's step map asserts 2
+    np.testing.assert_array_equal(_napari_colours(colours, colours.values), rgba)
+
+
 @pytest.mark.parametrize("case", ["one value two colours", "coloured nan"])
 def test_colours_not_a_function_of_the_value_are_drawn_by_index_exactly(case):
     values = np.array([1.0, 1.0, 2.0, np.nan], dtype=np.float32)

@@ -70,7 +70,6 @@ class _LabelsJob:
 
     layer_id: int
     data: Any
-    dtype: np.dtype
     elements: list[str]
     offsets: list[int] | None
 
@@ -123,7 +122,6 @@ class CellPainter:
         self.model.shown_changed.connect(self.on_shown)
         viewer.layers.events.inserted.connect(self._on_inserted)
         self._hidden: weakref.WeakSet[Any] = weakref.WeakSet()  # points hidden for the masks
-        self._values_of: dict[int, weakref.ref[Any]] = {}  # labels layer id -> values image
         self._spacing: tuple[int, float] = (0, float("nan"))  # (result id, cell size)
         _camera(viewer).events.zoom.connect(self.points_or_masks)
 
@@ -197,11 +195,7 @@ class CellPainter:
             target.colormap = _clear_colormap()  # the values image below draws the colours
         if not target.visible:  # (setting it again refreshes the layer)
             target.visible = True
-        level0 = target.data[0] if target.multiscale else target.data
-        tmeta = plugin_meta(target)
-        return _LabelsJob(
-            id(target), target.data, np.dtype(level0.dtype), elements, tmeta.get("id_offsets")
-        )
+        return _LabelsJob(id(target), target.data, elements, plugin_meta(target).get("id_offsets"))
 
     def _start(
         self, result: Any, ids: CellIds, shown: ShownValues, jobs: list[_LabelsJob], rest: list[str]
@@ -319,7 +313,6 @@ class CellPainter:
                 interpolation2d="nearest",
                 metadata={META_KEY: meta},
             )
-            self._values_of[id(labels)] = weakref.ref(image)
             viewer.layers.move(viewer.layers.index(image), viewer.layers.index(labels))
             viewer.layers.selection.active = labels
             return
@@ -332,10 +325,17 @@ class CellPainter:
         image.refresh()
 
     def _values_layer(self, viewer: Any, labels: Any) -> Any:
-        """The values image of ``labels`` if it is still in the viewer."""
-        ref = self._values_of.get(id(labels))
-        image = ref() if ref is not None else None
-        return image if image is not None and image in viewer.layers else None
+        """The values image over the same elements of the same store as ``labels``, if any
+        (found by its metadata: a cell labels layer added again reuses it)."""
+        meta = plugin_meta(labels)
+        for layer in viewer.layers:
+            m = plugin_meta(layer)
+            if m.get("kind") == CELL_VALUES_KIND and m.get("elements") == meta.get("elements"):
+                if m.get("coordinate_system") == meta.get("coordinate_system") and same_store(
+                    m.get("store"), meta.get("store")
+                ):
+                    return layer
+        return None
 
     def _shapes_layer(self, viewer: Any, shapes: CellShapes) -> Any:
         """The viewer's layer of these shapes, added above the store's rasters the first time."""

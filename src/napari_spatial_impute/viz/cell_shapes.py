@@ -251,19 +251,30 @@ def value_colours(values: np.ndarray, rgba: np.ndarray, max_bins: int = MAX_BINS
     colours = np.asarray(rgba, dtype=np.float32).reshape(-1, 4)
     by_value = _value_bins(vals, colours, max_bins)
     if by_value is not None:
-        return by_value
+        return _two_bins_at_least(by_value)
     palette, index = np.unique(colours, axis=0, return_inverse=True)
     n = max(len(palette), 1)
     controls = np.linspace(0.0, 1.0, n + 1).astype(np.float32)
     if not len(palette):
         palette = np.zeros((1, 4), dtype=np.float32)
-    return ValueColours(
-        index.ravel().astype(np.float32) + np.float32(0.5),
-        palette,
-        controls,
-        (0.0, float(n)),
-        False,
+    return _two_bins_at_least(
+        ValueColours(
+            index.ravel().astype(np.float32) + np.float32(0.5),
+            palette,
+            controls,
+            (0.0, float(n)),
+            False,
+        )
     )
+
+
+def _two_bins_at_least(colours: ValueColours) -> ValueColours:
+    """One colour as two equal bins (the GPU's step colormap needs two colours)."""
+    if len(colours.colors) > 1:
+        return colours
+    two = np.repeat(colours.colors[:1], 2, axis=0)
+    controls = np.array([0.0, 0.5, 1.0], dtype=np.float32)
+    return ValueColours(colours.values, two, controls, colours.limits, colours.by_value)
 
 
 def _value_bins(vals: np.ndarray, colours: np.ndarray, max_bins: int) -> ValueColours | None:
