@@ -310,6 +310,26 @@ def test_side_by_side_fits_the_tissue_not_the_reference(widget):
     assert np.allclose(viewer.camera.center[-2:], (lo + hi) / 2, rtol=1e-3)
 
 
+def test_side_by_side_gives_the_reference_umap_no_empty_cell(widget):
+    """Issue 24 (8): with the reference UMAP loaded, the grid gave it a cell of its own, which
+    (the camera fitted to the tissue) showed nothing and took half of the canvas; it is hidden
+    while the grid is on and shown again when it goes off."""
+    from napari_spatial_impute.viz.layers import REFERENCE_ROLE, make_meta
+
+    viewer, model, w = widget
+    umap = viewer.add_points(
+        np.array([[0.0, 0.0], [5.0, 5.0]]),
+        name="reference UMAP",
+        metadata=make_meta(REFERENCE_ROLE),
+    )
+    w.show_gene("Gad1")  # measured beside imputed: the grid comes on
+    assert viewer.grid.enabled
+    assert not umap.visible
+    assert viewer.grid.actual_shape(list(viewer.layers)) == (1, 2)  # imputed | measured
+    w.grid_check.setChecked(False)
+    assert umap.visible
+
+
 def test_no_result_disables(make_napari_viewer_proxy, qtbot):
     viewer = make_napari_viewer_proxy()
     w = ExploreWidget(viewer)

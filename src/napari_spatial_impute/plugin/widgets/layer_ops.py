@@ -27,6 +27,7 @@ from napari_spatial_impute.viz.intervals import INTERVAL_ROLE, interval_layer_sp
 from napari_spatial_impute.viz.layers import (
     META_KEY,
     PREDICTED_ROLE,
+    REFERENCE_ROLE,
     PointsSpec,
     plugin_meta,
     set_meta,
@@ -521,14 +522,18 @@ def arrange_side_by_side(viewer: Any, on: bool = True) -> list[list[Layer]]:
     napari's grid fills cells from the top of the layer list in groups of ``|stride|`` layers;
     the exploration layers are moved to the top, role by role, and the stride is the number of
     samples, so every cell shows one role of the whole section(s). Other layers (a store's
-    image, the reference) fill the cells after them, the image beside the values with the same
-    camera; the FOV outline layer and a store's cell outlines (labels) are hidden while the grid
-    is on (they would outline an empty cell). ``on=False`` turns the grid off.
+    image) fill the cells after them, the image beside the values with the same camera; the FOV
+    outline layer and a store's cell outlines (labels) are hidden while the grid is on (they
+    would outline an empty cell), and so is the reference UMAP (its cell, with the camera fitted
+    to the tissue, would show nothing and shrink the others). ``on=False`` turns the grid off
+    and shows them again.
 
     Returns the role groups placed (top-left cell first).
     """
     outlines = [
-        lay for lay in viewer.layers if plugin_meta(lay).get("kind") in (OUTLINES_KIND, LABELS_KIND)
+        lay
+        for lay in viewer.layers
+        if plugin_meta(lay).get("kind") in (OUTLINES_KIND, LABELS_KIND, REFERENCE_ROLE)
     ]
     if not on:
         viewer.grid.enabled = False
