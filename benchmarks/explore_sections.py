@@ -371,12 +371,12 @@ def run_plugin(args: argparse.Namespace, sizes: dict[str, int], out_dir: Path) -
 
     # 1. load: the shared model gets the data and keys (as LoadWidget._on_loaded does after
     # reading the files), then the Load widget draws the spatial data
-    def set_model() -> None:
-        model.set_reference(ref)
-        model.set_spatial(spa)
+    def set_model() -> None:  # what the Load widget does with the data it read
+        load._on_loaded((ref, spa, None, None))
         model.set_keys(cluster_key="cell_type", fov_key="fov", sample_key="sample")
+        load._fill_keys()
 
-    m.action("load: model.set_reference/set_spatial/set_keys", set_model, key="model")
+    m.action("load: LoadWidget._on_loaded (model and key lists)", set_model, key="model")
     layers, row = m.action("load: LoadWidget.show_spatial", load.show_spatial, key="load")
     row["n_layers_added"] = len(layers)
     log(f"[{tag}] load: {row['wall_s']:.2f} s, frame {row['frame_s']:.2f} s")
@@ -504,9 +504,26 @@ def run_plugin(args: argparse.Namespace, sizes: dict[str, int], out_dir: Path) -
         )
         row["async"] = shown == []
         explore.uncertainty.interval_check.setChecked(False)
-    key_change = getattr(args, "key_change", None)
-    if key_change is not None:
-        key_change(m, load, meta)
+    # key changes in the Load widget (the 4.9-13.6 s freezes): the sample key off and
+    # back on (the spatial layers are refilled), a wrong FOV column and back
+    from napari_spatial_impute.plugin.widgets.load_widget import NONE
+
+    load_busy = lambda: load.busy  # noqa: E731
+    for i, (combo, text, what) in enumerate(
+        (
+            (load.sample_combo, NONE, "sample key: none"),
+            (load.sample_combo, "sample", "sample key: sample"),
+            (load.fov_combo, "sample", "FOV key: a wrong column (sample)"),
+            (load.fov_combo, "fov", "FOV key: fov"),
+        )
+    ):
+        _, row = m.action(
+            f"load: {what}",
+            lambda combo=combo, text=text: combo.setCurrentText(text),
+            load_busy,
+            key="keys" if i == 0 else f"keys{i + 1}",
+        )
+        row["status"] = load.status.text()
     explore.navigator.others.setCurrentText("dimmed")
     items = [
         explore.navigator.fov_list.item(i).text() for i in range(explore.navigator.fov_list.count())

@@ -450,7 +450,18 @@ def _peer_md(plugin: list[dict[str, Any]], peers: dict[str, Any]) -> tuple[str, 
         head += f" {k} wall s | {k} painted s | plugin/{k} wall | plugin/{k} painted |"
         sep += "---|---|---|---|"
     lines, out = [head, sep], []
-    for key in ("load", "gene", *[k for k in by_key if k.startswith("switch")], "cluster", "fov"):
+    keys = (
+        "load",
+        "gene",
+        *[k for k in by_key if k.startswith("switch")],
+        "cluster",
+        "cluster2",
+        "predicted",
+        "interval",
+        *[k for k in by_key if k.startswith("keys")],
+        "fov",
+    )
+    for key in keys:
         if key not in by_key:
             continue
         pr = by_key[key]
@@ -462,7 +473,8 @@ def _peer_md(plugin: list[dict[str, Any]], peers: dict[str, Any]) -> tuple[str, 
             "plugin_painted_s": painted,
         }
         for k, v in ok.items():
-            other = {r["key"]: r for r in v["rows"]}.get(key)
+            # every key change compares with the peer's one recolouring by a category column
+            other = {r["key"]: r for r in v["rows"]}.get("keys" if key.startswith("keys") else key)
             if other is None:
                 line += " | | | |"
                 continue
