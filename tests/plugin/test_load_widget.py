@@ -1,4 +1,5 @@
-"""Load widget: files and plugin layers into the model, per-FOV layers, reference UMAP beside."""
+"""Load widget: files and plugin layers into the model, one spatial layer (samples and FOVs as
+features), reference UMAP beside."""
 
 from __future__ import annotations
 
@@ -94,7 +95,7 @@ def test_load_bundled_pair(viewer_widget, qtbot):
     assert len(np.unique(umap.face_color, axis=0)) == 14
 
 
-def test_fovs_are_a_feature_samples_are_layers(viewer_widget, qtbot, merfish):
+def test_fovs_and_samples_are_features_of_one_layer(viewer_widget, qtbot, merfish):
     viewer, w = viewer_widget
     _, spa = merfish
     x = spa.obsm["spatial"][:, 0]
@@ -115,20 +116,22 @@ def test_fovs_are_a_feature_samples_are_layers(viewer_widget, qtbot, merfish):
     w.color_combo.setCurrentText("fov")
     assert layer.face_color_mode == "cycle"
     assert len(np.unique(np.round(layer.face_color, 3), axis=0)) == 4, "a colour per FOV"
-    # a sample column: one layer per sample, each with its FOVs
+    # a sample column: still one layer, every sample in it, the sample a feature
     spa.obs["section"] = pd.Categorical(np.where(spa.obs["fov"].astype(int) < 2, "s1", "s2"))
     w._fill_keys()
     _choose(qtbot, w, w.sample_combo, "section")
     assert model.sample_key == "section"
-    assert [lay.name for lay in viewer.layers] == ["spatial · s1", "spatial · s2"]
-    assert sum(len(lay.data) for lay in viewer.layers) == 750
+    assert list(viewer.layers) == [layer] and layer.name == "spatial"
+    assert len(layer.data) == 750 and plugin_meta(layer)["sample_key"] == "section"
+    rows = plugin_meta(layer)["rows"]
+    np.testing.assert_array_equal(layer.features["section"], spa.obs["section"].to_numpy()[rows])
     assert "in 2 samples" in w.summary.text()
     _choose(qtbot, w, w.sample_combo, "area")  # per-cell numbers: refused, nothing rebuilt
     assert "distinct values" in w.status.text() and model.sample_key == "section"
-    assert w.sample_combo.currentText() == "section" and len(viewer.layers) == 2
+    assert w.sample_combo.currentText() == "section" and list(viewer.layers) == [layer]
     _choose(qtbot, w, w.sample_combo, NONE)
     assert "Error" not in w.status.text(), "a valid choice clears the refused one's line"
-    assert [lay.name for lay in viewer.layers] == ["spatial"] and model.sample_key == ""
+    assert list(viewer.layers) == [layer] and model.sample_key == ""
     _choose(qtbot, w, w.fov_combo, NONE)
     assert [lay.name for lay in viewer.layers] == ["spatial"]
     assert model.fov_key is None
@@ -209,11 +212,11 @@ def test_load_again_replaces_its_layers(viewer_widget, qtbot, tmp_path, merfish)
     w.reference_row.path.setText(str(ref_path))
     w.spatial_row.path.setText(str(sp_path))
     _load(qtbot, w)
-    # a "slice" column holds sections: a layer each (and each its own FOV to navigate)
-    names = ["spatial · slice1", "spatial · slice2", "reference UMAP"]
-    names_opened = ["sp · slice1", "sp · slice2"]
+    # a "slice" column holds sections: one layer, the slice (also its FOV) a feature
+    names = ["spatial", "reference UMAP"]
+    names_opened = ["sp"]
     assert [layer.name for layer in viewer.layers] == names
-    assert set(viewer.layers[0].features["slice"].astype(str)) == {"slice1"}
+    assert set(viewer.layers[0].features["slice"].astype(str)) == {"slice1", "slice2"}
     first = list(viewer.layers)
     model = viewer_model(viewer)
 
@@ -221,7 +224,7 @@ def test_load_again_replaces_its_layers(viewer_widget, qtbot, tmp_path, merfish)
     assert [layer.name for layer in viewer.layers] == names
     assert all(layer not in first for layer in viewer.layers)
     held = [plugin_meta(layer)["adata"] for layer in viewer.layers]
-    assert held[0] is model.spatial and held[1] is model.spatial and held[2] is model.reference
+    assert held[0] is model.spatial and held[1] is model.reference
 
     # renamed by the user, then opened again with File > Open: no copy is added (issue 24, 10a)
     viewer.layers[0].name = "my tissue"
@@ -237,7 +240,7 @@ def test_load_again_replaces_its_layers(viewer_widget, qtbot, tmp_path, merfish)
     choices = [
         w.spatial_row.layer_combo.itemText(i) for i in range(w.spatial_row.layer_combo.count())
     ]
-    assert choices == [FROM_FILE, "sp · slice1 (+1 more layer)"]
+    assert choices == [FROM_FILE, "sp"]
     # the next Load still replaces them, as they hold that file
     _load(qtbot, w)
     assert [layer.name for layer in viewer.layers] == names
@@ -352,11 +355,12 @@ def test_key_changes_work_off_the_main_thread_and_the_latest_wins(
     first = w.key_worker
     w.sample_combo.setCurrentText("thirds")
     qtbot.waitUntil(lambda: model.sample_key == "thirds", timeout=60_000)
-    assert [lay.name for lay in viewer.layers] == ["spatial · 0", "spatial · 1", "spatial · 2"]
+    (layer,) = viewer.layers
+    assert layer.name == "spatial" and plugin_meta(layer)["sample_key"] == "thirds"
     gate.set()  # the superseded choice now finishes: nothing of it is applied
     qtbot.waitUntil(lambda: not w.busy and not first.is_running, timeout=60_000)
     assert model.sample_key == "thirds" and len(applied) == 1
-    assert [lay.name for lay in viewer.layers] == ["spatial · 0", "spatial · 1", "spatial · 2"]
+    assert list(viewer.layers) == [layer] and plugin_meta(layer)["sample_key"] == "thirds"
     assert len(threads) == 4 and threading.main_thread() not in threads
     # the FOV is a feature column: a FOV key change rebuilds no layer
     before = list(viewer.layers)
@@ -364,3 +368,49 @@ def test_key_changes_work_off_the_main_thread_and_the_latest_wins(
     assert list(viewer.layers) == before and model.fov_key == "halves"
     assert all(plugin_meta(lay)["fov_key"] == "halves" for lay in viewer.layers)
     assert len(applied) == 1
+
+
+def test_four_samples_are_one_layer_and_a_sample_key_change_refills_it(
+    viewer_widget, qtbot, merfish
+):
+    """Issue 24: the spatial data were one layer per sample ("spatial · s0", ...); a sample key
+    change removed and added layers (napari collects garbage for each removal: ~1 s of freeze).
+    At four sections sharing coordinates: one layer, the layout in its coordinates; a sample key
+    change refills that layer in place: no layer removed, none added."""
+    from napari_spatial_impute.viz.sections import display_yx
+
+    viewer, w = viewer_widget
+    _, one = merfish
+    parts = []
+    for i in range(4):  # four sections imaged separately: the same coordinates
+        part = one.copy()
+        part.obs_names = [f"{c}-{i}" for c in one.obs_names]
+        part.obs["section"] = f"s{i}"
+        parts.append(part)
+    spa = ad.concat(parts)
+    spa.obs["section"] = spa.obs["section"].astype("category")
+    spa.obs["half"] = pd.Categorical(np.where(spa.obs["section"].isin(["s0", "s1"]), "a", "b"))
+    model = viewer_model(viewer)
+    model.set_spatial(spa)
+    w._on_loaded((None, spa, False, True))
+    assert model.sample_key == "section"
+    (layer,) = w.spatial_layers
+    assert list(viewer.layers) == [layer] and len(layer.data) == 4 * one.n_obs
+    rows = plugin_meta(layer)["rows"]
+    np.testing.assert_allclose(layer.data, display_yx(spa, rows, "section"))  # side by side
+    assert layer.features["section"].nunique() == 4
+
+    removed, inserted = [], []
+    viewer.layers.events.removed.connect(removed.append)
+    viewer.layers.events.inserted.connect(inserted.append)
+    _choose(qtbot, w, w.sample_combo, "half")
+    assert model.sample_key == "half" and w.spatial_layers == [layer]
+    rows = plugin_meta(layer)["rows"]
+    np.testing.assert_allclose(layer.data, display_yx(spa, rows, "half"))  # laid out anew
+    assert list(layer.features["obs_name"]) == list(spa.obs_names[rows])
+    _choose(qtbot, w, w.sample_combo, NONE)
+    np.testing.assert_array_equal(layer.data, spa.obsm["spatial"][:, ::-1])  # all on top
+    _choose(qtbot, w, w.sample_combo, "section")
+    np.testing.assert_allclose(layer.data, display_yx(spa, plugin_meta(layer)["rows"], "section"))
+    assert removed == [] and inserted == [], "a sample key change refills the one layer"
+    assert list(viewer.layers) == [layer]

@@ -50,42 +50,41 @@ def _assert_same(a: ad.AnnData, b: ad.AnnData) -> None:
         np.testing.assert_array_equal(v, ib["history"][k])
 
 
-def test_reader_opens_result_per_sample(result_file):
+def test_reader_opens_result_in_one_layer_for_all_samples(result_file):
     reader = napari_get_reader(str(result_file))
     assert callable(reader)
     layers = reader(str(result_file))
-    assert [kw["name"] for _, kw, _ in layers] == [
-        "most likely cell_type · A",
-        "most likely cell_type · B",
-    ]
-    adata = source_adata(layers[0][1]["metadata"])
+    ((data, kw, _),) = layers  # one layer for both samples, not one per sample
+    assert kw["name"] == "most likely cell_type"
+    adata = source_adata(kw["metadata"])
     assert adata.n_vars == 134 and "cluster_probabilities" in adata.obsm, (
         "imputed genes come with the layers"
     )
-    assert all(
-        isinstance(kw["features"]["cell_type_predicted"].dtype, pd.CategoricalDtype)
-        for _, kw, _ in layers
-    )
-    assert sum(len(d) for d, _, _ in layers) == 750
-    fovs_of = {}
-    for data, kw, _ in layers:
-        md = kw["metadata"][META_KEY]
-        rows = np.asarray(md["rows"])
-        # each layer holds exactly its sample's cells, where they are
-        assert np.array_equal(np.sort(rows), np.flatnonzero(adata.obs["sample"] == md["sample"]))
-        np.testing.assert_array_equal(data, adata.obsm["spatial"][rows][:, ::-1])
-        assert list(kw["features"]["obs_name"]) == list(adata.obs_names[rows])
-        # the FOV is a feature column of the sample's layer, never a layer of its own
-        fovs = kw["features"]["fov"].astype(str).to_numpy()
-        np.testing.assert_array_equal(fovs, adata.obs["fov"].astype(str).to_numpy()[rows])
-        fovs_of[md["sample"]] = sorted(set(fovs))
-        # apart in space: drawn where they are
-        assert np.allclose(kw.get("translate", 0.0), 0.0)
+    assert isinstance(kw["features"]["cell_type_predicted"].dtype, pd.CategoricalDtype)
+    assert len(data) == 750
+    md = kw["metadata"][META_KEY]
+    rows = np.asarray(md["rows"])
+    assert md["sample"] == "" and md["sample_key"] == "sample"
+    assert np.array_equal(np.sort(rows), np.arange(adata.n_obs))  # every cell once
+    # apart in space: drawn where they are (no offset, no translate)
+    np.testing.assert_array_equal(data, adata.obsm["spatial"][rows][:, ::-1])
+    assert "translate" not in kw
+    assert list(kw["features"]["obs_name"]) == list(adata.obs_names[rows])
+    # the sample and the FOV are feature columns, never layers of their own
+    feats = kw["features"]
+    samples = feats["sample"].astype(str).to_numpy()
+    np.testing.assert_array_equal(samples, adata.obs["sample"].astype(str).to_numpy()[rows])
+    fovs = feats["fov"].astype(str).to_numpy()
+    np.testing.assert_array_equal(fovs, adata.obs["fov"].astype(str).to_numpy()[rows])
+    fovs_of = {s: sorted(set(fovs[samples == s])) for s in ("A", "B")}
     assert fovs_of == {"A": ["1", "2"], "B": ["3", "4"]}
 
 
 def test_reader_lays_out_samples_sharing_coordinates(tmp_path, merfish_pair):
-    """Sections imaged separately share coordinates: drawn side by side, saved as they were."""
+    """Sections imaged separately share coordinates: drawn side by side in one layer, saved
+    with the file's own coordinates (a cell the user moved: where it was moved to)."""
+    from napari_spatial_impute.viz.sections import display_yx
+
     _, spa = merfish_pair
     spa = spa.copy()
     x = spa.obsm["spatial"][:, 0]
@@ -100,22 +99,43 @@ def test_reader_lays_out_samples_sharing_coordinates(tmp_path, merfish_pair):
     path = tmp_path / "two_sections.h5ad"
     both.write_h5ad(path)
     layers = napari_get_reader(str(path))(str(path))
-    assert [kw["name"] for _, kw, _ in layers] == ["two_sections · s1", "two_sections · s2"]
-    (d1, k1, _), (d2, k2, _) = layers
-    # the file's coordinates, the same in both, each cell's FOV a feature
-    np.testing.assert_array_equal(d1, spa.obsm["spatial"][:, ::-1])
-    np.testing.assert_array_equal(d2, spa.obsm["spatial"][:, ::-1])
-    np.testing.assert_array_equal(k2["features"]["fov"].astype(str), spa.obs["fov"])
-    world1 = d1 + np.asarray(k1["translate"])
-    world2 = d2 + np.asarray(k2["translate"])
-    # drawn apart: the two sections' boxes do not overlap
-    lo1, hi1, lo2, hi2 = world1.min(0), world1.max(0), world2.min(0), world2.max(0)
+    ((data, kw, _),) = layers  # one layer for both sections
+    assert kw["name"] == "two_sections" and len(data) == 2 * spa.n_obs
+    feats = kw["features"]
+    first = (feats["section"].astype(str) == "s1").to_numpy()
+    # each cell's FOV and section are features
+    np.testing.assert_array_equal(feats["fov"].astype(str)[~first], spa.obs["fov"])
+    # drawn where display_yx puts them: the second section moved, the two boxes apart
+    rows = np.asarray(kw["metadata"][META_KEY]["rows"])
+    adata = source_adata(kw["metadata"])
+    np.testing.assert_allclose(data, display_yx(adata, rows, "section"))
+    np.testing.assert_array_equal(data[first], spa.obsm["spatial"][:, ::-1])
+    assert not np.allclose(data[~first], spa.obsm["spatial"][:, ::-1])
+    lo1, hi1 = data[first].min(0), data[first].max(0)
+    lo2, hi2 = data[~first].min(0), data[~first].max(0)
     assert (hi1 < lo2).any() or (hi2 < lo1).any()
-    # saving writes the file's coordinates back, not where the sections are drawn
+    # saving writes the file's coordinates back, exactly, not where the sections are drawn
     out = write_points_h5ad(str(tmp_path / "saved.h5ad"), layers)[0]
     back = ad.read_h5ad(out)
     assert list(back.obs_names) == list(both.obs_names)
     np.testing.assert_array_equal(back.obsm["spatial"], both.obsm["spatial"])
+    # read back: the same layer, drawn where it was
+    ((again, kw_again, _),) = napari_get_reader(out)(out)
+    np.testing.assert_array_equal(again, data)
+    pd.testing.assert_frame_equal(kw_again["features"], feats)
+    # a cell of the second section moved by the user is saved where it was moved to, in the
+    # file's coordinates (its section's offset taken off)
+    moved = data.copy()
+    i = int(np.flatnonzero(~first)[0])
+    moved[i] += (7.0, -3.0)
+    out2 = write_points_h5ad(str(tmp_path / "moved.h5ad"), [(moved, kw, "points")])[0]
+    back2 = ad.read_h5ad(out2)
+    cell = back2.obs_names.get_loc(feats["obs_name"].iloc[i])
+    stored = both.obsm["spatial"][both.obs_names.get_loc(feats["obs_name"].iloc[i])]
+    np.testing.assert_allclose(back2.obsm["spatial"][cell], stored + (-3.0, 7.0))
+    others = np.ones(back2.n_obs, dtype=bool)
+    others[cell] = False
+    np.testing.assert_array_equal(back2.obsm["spatial"][others], both.obsm["spatial"][others])
 
 
 def test_read_write_read_round_trip(result_file, tmp_path):
@@ -131,20 +151,20 @@ def test_read_write_read_round_trip(result_file, tmp_path):
 
 
 def test_writer_saves_moved_points_and_new_features(result_file, tmp_path):
-    layers = napari_get_reader(str(result_file))(str(result_file))
-    data, kw, t = layers[1]
-    assert kw["metadata"][META_KEY]["sample"] == "B"
-    data = data + np.array([1.0, 0.0])  # move sample B down by 1 (y)
-    kw = dict(kw, features=kw["features"].assign(checked=True))
-    out = write_points_h5ad(str(tmp_path / "edited.h5ad"), [layers[0], (data, kw, t)])[0]
+    ((data, kw, t),) = napari_get_reader(str(result_file))(str(result_file))
+    in_b = (kw["features"]["sample"] == "B").to_numpy()
+    data = data + np.where(in_b[:, None], [1.0, 0.0], 0.0)  # move sample B down by 1 (y)
+    checked = np.where(in_b, True, None)  # a column the user filled for sample B only
+    kw = dict(kw, features=kw["features"].assign(checked=checked))
+    out = write_points_h5ad(str(tmp_path / "edited.h5ad"), [(data, kw, t)])[0]
     back = ad.read_h5ad(out)
     orig = ad.read_h5ad(result_file)
     in2 = (orig.obs["sample"] == "B").to_numpy()
     np.testing.assert_allclose(back.obsm["spatial"][in2, 1], orig.obsm["spatial"][in2, 1] + 1.0)
     np.testing.assert_array_equal(back.obsm["spatial"][~in2], orig.obsm["spatial"][~in2])
     checked = back.obs["checked"].astype(object)
-    assert (checked[in2] == "True").all(), "a column only one layer has is saved as text"
-    assert checked[~in2].isna().all(), "with missing values for the other layers' cells"
+    assert (checked[in2] == "True").all(), "a column of mixed values is saved as text"
+    assert checked[~in2].isna().all(), "with missing values for the cells left empty"
     np.testing.assert_array_equal(back.X, orig.X)
 
 
@@ -180,21 +200,20 @@ def test_shared_data_with_fovs(shared_data):
     if not path.exists():
         pytest.skip("merfish_mop is not in the shared data folder")
     layers = napari_get_reader(str(path))(str(path))
-    # only a "slice" column: each slice is a section (and its one FOV), drawn as its own layer
-    assert len(layers) == 4, "one layer per slice"
-    adata = source_adata(layers[0][1]["metadata"])
-    assert sum(len(d) for d, _, _ in layers) == adata.n_obs
+    # only a "slice" column: each slice is a section (and its one FOV), all in one layer
+    ((data, kw, _),) = layers
+    adata = source_adata(kw["metadata"])
+    assert len(data) == adata.n_obs
     slices = adata.obs["slice"].astype(str).to_numpy()
-    boxes = []
-    for data, kw, _ in layers:
-        md = kw["metadata"][META_KEY]
-        assert md["sample_key"] == "slice" and kw["name"] == f"spatial · {md['sample']}"
-        assert np.array_equal(np.sort(md["rows"]), np.flatnonzero(slices == md["sample"]))
-        # the slice is the FOV feature of its layer
-        assert set(kw["features"]["slice"].astype(str)) == {md["sample"]}
-        world = data + np.asarray(kw.get("translate", np.zeros(2)))
-        boxes.append(np.r_[world.min(0), world.max(0)])
-    assert sorted(kw["metadata"][META_KEY]["sample"] for _, kw, _ in layers) == sorted(set(slices))
+    md = kw["metadata"][META_KEY]
+    assert md["sample_key"] == "slice" and kw["name"] == "spatial"
+    rows = np.asarray(md["rows"])
+    assert np.array_equal(np.sort(rows), np.arange(adata.n_obs))
+    # the slice is a feature column
+    shown = kw["features"]["slice"].astype(str).to_numpy()
+    np.testing.assert_array_equal(shown, slices[rows])
+    boxes = [np.r_[data[shown == s].min(0), data[shown == s].max(0)] for s in sorted(set(slices))]
+    assert len(boxes) == 4
     # the slices share coordinates in part: laid out so that none covers another
     for i, a in enumerate(boxes):
         for b in boxes[i + 1 :]:
@@ -348,7 +367,7 @@ def test_opening_a_shown_result_again_adds_no_copy(result_file, tmp_path, make_n
     viewer.open(str(path), plugin="napari-spatial-impute")
     first = list(viewer.layers)
     names = [lay.name for lay in first]
-    assert names == ["most likely cell_type · A", "most likely cell_type · B"]
+    assert names == ["most likely cell_type"]  # one layer, both samples in it
     viewer.open(str(path), plugin="napari-spatial-impute")
     assert list(viewer.layers) == first, "the same layers, no copy"
     assert set(viewer.layers.selection) == set(first)

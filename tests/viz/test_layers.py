@@ -44,7 +44,9 @@ def test_point_size_is_neighbour_spacing():
     assert point_size(g) == pytest.approx(4.5)
 
 
-def test_spatial_layers_one_per_sample_fov_a_feature(merfish):
+def test_spatial_layers_one_for_all_samples_fov_and_sample_features(merfish):
+    from napari_spatial_impute.viz.sections import display_yx
+
     _, spa = merfish
     spa.obs["fov"] = np.where(np.arange(spa.n_obs) % 3 == 0, "b", "a")  # text, not categorical
     spa.obs["count"] = np.arange(spa.n_obs, dtype=np.float32)
@@ -53,27 +55,29 @@ def test_spatial_layers_one_per_sample_fov_a_feature(merfish):
     assert isinstance(kw["features"]["fov"].dtype, pd.CategoricalDtype)
     spa.obs["section"] = pd.Categorical(np.where(np.arange(spa.n_obs) < 400, "s2", "s1"))
     out = spatial_layers(spa, color_by="fov", name="sp")  # "section" is found as the sample
-    assert [kw["name"] for _, kw, _ in out] == ["sp · s1", "sp · s2"]
-    assert sum(len(d) for d, _, _ in out) == spa.n_obs
-    for data, kw, kind in out:
-        assert kind == "points"
-        f = kw["features"]
-        assert isinstance(f["fov"].dtype, pd.CategoricalDtype)
-        assert f["count"].dtype == np.float32
-        rows = spa.obs_names.get_indexer(f[CELL_COLUMN])
-        np.testing.assert_array_equal(data, spa.obsm["spatial"][rows][:, ::-1])
-        np.testing.assert_array_equal(kw["metadata"][META_KEY]["rows"], rows)
-        assert kw["face_color"] == "fov" and set(kw["face_color_cycle"]) == {"a", "b"}
-        assert kw["metadata"][META_KEY]["adata"] is spa
-        assert kw["metadata"][META_KEY]["sample_key"] == "section"
-    # the two sections share coordinates, so they are drawn side by side, never overlapping
-    (d1, k1, _), (d2, k2, _) = out
-    box1 = np.r_[d1.min(0) + k1["translate"], d1.max(0) + k1["translate"]]
-    box2 = np.r_[d2.min(0) + k2["translate"], d2.max(0) + k2["translate"]]
+    ((data, kw, kind),) = out  # one layer for both samples, not one per sample
+    assert kind == "points" and kw["name"] == "sp" and len(data) == spa.n_obs
+    assert "translate" not in kw  # the layout is in the coordinates
+    f = kw["features"]
+    assert isinstance(f["fov"].dtype, pd.CategoricalDtype)
+    assert isinstance(f["section"].dtype, pd.CategoricalDtype)  # the sample: a feature column
+    assert f["count"].dtype == np.float32
+    rows = spa.obs_names.get_indexer(f[CELL_COLUMN])
+    np.testing.assert_array_equal(kw["metadata"][META_KEY]["rows"], rows)
+    np.testing.assert_array_equal(f["section"].astype(str), spa.obs["section"].astype(str)[rows])
+    assert kw["face_color"] == "fov" and set(kw["face_color_cycle"]) == {"a", "b"}
+    md = kw["metadata"][META_KEY]
+    assert md["adata"] is spa and md["sample_key"] == "section" and md["sample"] == ""
+    # drawn where display_yx puts each cell: the two sections share coordinates, so they are
+    # side by side, never overlapping
+    np.testing.assert_allclose(data, display_yx(spa, rows, "section"))
+    s1, s2 = ((f["section"].astype(str) == s).to_numpy() for s in ("s1", "s2"))
+    box1 = np.r_[data[s1].min(0), data[s1].max(0)]
+    box2 = np.r_[data[s2].min(0), data[s2].max(0)]
     assert box1[3] < box2[1] or box2[3] < box1[1] or box1[2] < box2[0] or box2[2] < box1[0]
     one = spatial_layers(spa, fov_key=None, sample_key="", detect_fov=False)
     assert len(one) == 1 and len(one[0][0]) == spa.n_obs
-    assert np.allclose(one[0][1]["translate"], 0)
+    np.testing.assert_array_equal(one[0][0], spa.obsm["spatial"][:, ::-1])  # as in the file
 
 
 def test_3d_coordinates(merfish):

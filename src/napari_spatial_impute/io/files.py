@@ -204,7 +204,7 @@ SAMPLE_CANDIDATES: tuple[str, ...] = (
 )
 #: Candidates that name sections only when every FOV lies within one of their values.
 WEAK_SAMPLE_NAMES: frozenset[str] = frozenset({"batch", "donor", "specimen", "replicate"})
-#: Most samples laid out side by side (one layer per role per sample).
+#: Most samples laid out side by side (in one layer per role).
 MAX_SAMPLES = 64
 
 

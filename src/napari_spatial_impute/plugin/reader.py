@@ -1,6 +1,6 @@
 """napari reader: an AnnData ``.h5ad`` file or a SpatialData ``.zarr`` store becomes layers.
 
-An ``.h5ad`` file becomes Points layers, one per sample (FOVs a feature). A SpatialData store
+An ``.h5ad`` file becomes one Points layer, every sample in it (samples and FOVs features). A SpatialData store
 becomes its images and labels (one coordinate system, lazily read, per-FOV tiles stitched into one
 layer each) under the cells of its table: the results table written by this plugin when there is
 one (imputed genes to explore), else the store's table of cells.

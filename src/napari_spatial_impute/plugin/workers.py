@@ -213,7 +213,8 @@ def warm_up() -> None:
 def result_layers(
     result: MappingResult, fov_key: str | None = None, sample_key: str | None = None
 ) -> tuple[ad.AnnData, list[Any]]:
-    """The result AnnData of a mapping and its most-likely-cluster layer data, one per sample.
+    """The result AnnData of a mapping and its most-likely-cluster layer data (a list of one:
+    every sample in one layer).
 
     Runs in the worker thread; the layers are added on the main thread. The imputed genes and
     their intervals are computed from the map when shown or written

@@ -13,13 +13,14 @@ import pandas as pd
 
 from napari_spatial_impute.io.files import write_h5ad_atomic
 from napari_spatial_impute.plugin.sync import open_results
-from napari_spatial_impute.viz.coords import from_napari
+from napari_spatial_impute.viz.coords import from_napari, to_napari
 from napari_spatial_impute.viz.layers import (
     CELL_COLUMN,
     PREDICTED_ROLE,
     plugin_meta,
     source_adata,
 )
+from napari_spatial_impute.viz.sections import row_offsets
 
 
 def write_points_h5ad(
@@ -158,6 +159,7 @@ def _plugin_points_to_anndata(
 ) -> ad.AnnData:
     names: list[np.ndarray] = [np.zeros(0, dtype=str)]
     coords: list[np.ndarray] = []
+    moved: list[np.ndarray] = []
     frames: list[pd.DataFrame] = []
     coord_key = "spatial"
     for data, meta, _ in holding:
@@ -175,7 +177,9 @@ def _plugin_points_to_anndata(
                 stacklevel=3,
             )
         names.append(feats[CELL_COLUMN].to_numpy()[keep].astype(str))
-        coords.append(from_napari(np.asarray(data)[keep]))
+        xy, by_user = _file_coords(src, np.asarray(data)[keep], names[-1], pm, coord_key)
+        coords.append(xy)
+        moved.append(by_user)
         frames.append(feats.loc[keep].drop(columns=[CELL_COLUMN]))
     all_names = np.concatenate(names)
     pos = src.obs_names.get_indexer(all_names)
@@ -194,10 +198,11 @@ def _plugin_points_to_anndata(
     order = np.argsort(pos, kind="stable")
     at = np.searchsorted(keep, pos[order])  # the row of out of each held point, in that order
     xy = np.concatenate(coords, axis=0)[order]
+    by_user = np.concatenate(moved)[order]
     old = np.asarray(out.obsm[coord_key])
-    if old.shape[1] == xy.shape[1]:
+    if old.shape[1] == xy.shape[1]:  # cells left where they were keep their stored coordinates
         new_xy = old.copy()
-        new_xy[at] = xy.astype(old.dtype, copy=False)
+        new_xy[at[by_user]] = xy[by_user].astype(old.dtype, copy=False)
     else:
         new_xy = xy
     out.obsm[coord_key] = new_xy
@@ -221,6 +226,33 @@ def _plugin_points_to_anndata(
             else pd.Categorical(new)
         )
     return out
+
+
+def _file_coords(
+    src: ad.AnnData, data: np.ndarray, names: np.ndarray, pm: Mapping[str, Any], coord_key: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """A data-set layer's points in the file's axes (``(x, y[, z])``), and which of them the user
+    moved.
+
+    A layer drawn across samples holds each cell at its sample's side-by-side offset
+    (:func:`~napari_spatial_impute.viz.layers.section_spec`, metadata ``sample_key``): the offset
+    is taken off here, so the file keeps its own coordinates. A point still where the layer put
+    it is not moved: its stored coordinates are kept exactly (no rounding of adding and taking
+    off the offset).
+    """
+    pts = np.array(data, dtype=np.float64)
+    pos = src.obs_names.get_indexer(names)
+    known = pos >= 0  # unknown cells are refused by the caller
+    moved = np.ones(len(pts), dtype=bool)
+    offsets = np.zeros((int(known.sum()), 2))
+    if coord_key == "spatial" and pm.get("sample_key"):
+        offsets = row_offsets(src, pos[known], str(pm["sample_key"]))
+    stored = to_napari(src.obsm[coord_key], pos[known])
+    if stored.shape[1] == pts.shape[1]:
+        stored[:, -2:] += offsets  # where the layer drew them (the builder's own sum)
+        moved[known] = ~(stored == pts[known]).all(axis=1)
+    pts[known, -2:] -= offsets
+    return from_napari(pts), moved
 
 
 def _subset(src: ad.AnnData, keep: np.ndarray) -> ad.AnnData:

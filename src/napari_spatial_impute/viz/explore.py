@@ -17,7 +17,8 @@ Conventions shared with the rest of the plugin:
   and handed to napari as an RGBA array: napari's colormap path recolours every point on each
   of its setters (tens of ms at 40,000 points, a second at 10^6); one direct array costs a
   fraction of a millisecond per 40,000 points.
-* Layers are built with :func:`napari_spatial_impute.viz.layers.points_spec`; their metadata
+* Layers are built with :func:`napari_spatial_impute.viz.layers.section_spec` (the builder of
+  the data sets' own layers too); their metadata
   dict (:func:`~napari_spatial_impute.viz.layers.plugin_meta`) holds ``kind`` (``"imputed"``,
   ``"measured"``, ``"probability"``, ``"predicted"``, ``"interval"``), ``sample`` (``""``: all),
   ``value`` (gene or cluster), ``rows`` (int64 row of each point in the result AnnData),
@@ -41,24 +42,21 @@ from napari_spatial_impute._errors import InputError
 from napari_spatial_impute.io.files import categorical_from_codes, sample_labels
 from napari_spatial_impute.io.palette import stored_palette
 from napari_spatial_impute.io.schema import halfwidths, interval_levels, resolve_gene
-from napari_spatial_impute.viz.coords import to_napari
 from napari_spatial_impute.viz.layers import (
     FOV_COLUMN,
     PREDICTED_ROLE,
     PointsSpec,
     category_colors,
     layer_name,
-    points_spec,
     predicted_layer_name,
     robust_limits,
+    section_spec,
 )
 from napari_spatial_impute.viz.sections import (
-    drawn_point_size,
     fov_names,
     resolve_fov_key,
     resolve_sample_key,
-    row_offsets,
-    sample_rows,
+    section_rows,
 )
 
 ValueKind = Literal["imputed", "measured", "probability"]
@@ -342,23 +340,6 @@ def category_rgba(colors: dict[Any, str], categories: Sequence[str]) -> np.ndarr
 # layer specs: one layer per role, every sample in it
 
 
-def section_rows(
-    result: ad.AnnData, sample_key: str | None, samples: Iterable[str] | None = None
-) -> np.ndarray:
-    """Rows of the chosen samples (all when ``None``), sample after sample, int64."""
-    by_sample = sample_rows(result, sample_key)
-    chosen = list(by_sample) if samples is None else [str(s) for s in samples]
-    missing = [s for s in chosen if s not in by_sample]
-    if missing:
-        raise InputError(
-            f"sample {missing[0]!r} is not in the result; samples are {list(by_sample)}."
-        )
-    if len(chosen) == len(by_sample) and len(chosen) == 1:
-        return by_sample[chosen[0]]
-    parts = [by_sample[s] for s in chosen]
-    return np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
-
-
 def value_layer_specs(
     result: ad.AnnData,
     kind: str,
@@ -464,7 +445,8 @@ def section_points_spec(
     fov_key, sample_key
         FOV and sample columns (see :func:`value_layer_specs`).
     size
-        Point size in data units (default from the cell spacing, :func:`drawn_point_size`).
+        Point size in data units (default from the cell spacing,
+        :func:`~napari_spatial_impute.viz.sections.drawn_point_size`).
     hover
         Append the hover columns (:func:`hover_features`, and the sample).
     colors
@@ -479,7 +461,6 @@ def section_points_spec(
     fov_key = resolve_fov_key(result, fov_key)
     sample_key = resolve_sample_key(result, sample_key, fov_key)
     rows = section_rows(result, sample_key, samples)
-    size = drawn_point_size(result, sample_key) if size is None else size
     own = features(rows)
     feats = own
     if hover:
@@ -496,24 +477,22 @@ def section_points_spec(
                 )
             )
         feats = pd.concat(parts, axis=1)
-    data = to_napari(result, rows, ndim=2) + row_offsets(result, rows, sample_key)
     face = colors(own)
     column = face if isinstance(face, str) else None
-    spec = points_spec(
+    return section_spec(
+        result,
         name,
-        data,
         feats,
         column,
+        rows=rows,
+        sample_key=sample_key,
         kind=meta["kind"],
         size=size,
         style={**(style or {}), **({} if column else {"face_color": face})},
         **{k: v for k, v in meta.items() if k != "kind"},
         columns=list(own.columns),
-        sample="",
-        rows=rows,
         explore=True,
     )
-    return spec
 
 
 def predicted_layer_specs(

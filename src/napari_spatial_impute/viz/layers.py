@@ -5,20 +5,23 @@ Conventions
 * ``obsm["spatial"]`` holds ``(x, y)`` or ``(x, y, z)`` per cell, as written by scanpy/squidpy.
   napari orders axes from slowest to fastest, so a layer's data is the reversed columns:
   ``(y, x)`` or ``(z, y, x)``. :func:`to_napari` and :func:`from_napari` convert.
-* One Points layer per role per sample (section), never one per field of view (FOV): the FOV
-  is a feature column; samples sharing coordinates are laid out side by side with each layer's
-  ``translate`` (:mod:`~napari_spatial_impute.viz.sections`). A data-set layer's ``features``
-  are its ``obs`` columns (text columns become pandas Categorical) plus :data:`CELL_COLUMN`, the
-  cell name, which keeps points tied to their cells when points are deleted.
+* One Points layer per role for all samples (sections), never one per sample or field of view
+  (FOV): the sample and the FOV are feature columns; samples sharing coordinates are laid out
+  side by side in the layer's coordinates (:func:`section_spec`,
+  :mod:`~napari_spatial_impute.viz.sections`; the writer takes the offsets off again). A
+  data-set layer's ``features`` are its ``obs`` columns (text columns become pandas
+  Categorical) plus :data:`CELL_COLUMN`, the cell name, which keeps points tied to their cells
+  when points are deleted.
 * Every plugin layer is built by :func:`points_spec` from the rows of a data set it shows (any
-  rows: one sample, several, all), and carries one metadata dict, ``layer.metadata[META_KEY]``,
+  rows: one sample, several, all; across samples with :func:`section_spec`), and carries one
+  metadata dict, ``layer.metadata[META_KEY]``,
   read with :func:`plugin_meta` (its entries are listed there): ``kind`` (what the layer shows),
   ``rows``, ``fov``, ``value``; a data-set layer also holds the whole AnnData (``"adata"``) and
   its ``"role"`` (``"spatial"``, ``"result"`` or ``"reference"``), so other widgets read imputed
   genes from it and the writer saves it back with nothing lost. The plugin finds its layers by
   this metadata, never by their names (napari renames a layer whose name is taken, and the user
-  may rename any layer). A result's layers are named like the Explore widget's
-  most-likely-cluster layers (``"most likely <key>"``, ``" · <sample>"`` with samples).
+  may rename any layer). A result's layer is named like the Explore widget's
+  most-likely-cluster layer (``"most likely <key>"``).
 * Style: :func:`points_style` (size, no border), :func:`color_kwargs` / :func:`category_colors`
   / :func:`robust_limits` (colour), :func:`recolor` (in place).
 """
@@ -41,8 +44,8 @@ from napari_spatial_impute.viz.coords import checked_coords, point_size, to_napa
 from napari_spatial_impute.viz.sections import (
     drawn_point_size,
     resolve_sample_key,
-    sample_rows,
-    translate_of,
+    row_offsets,
+    section_rows,
 )
 
 #: Key of the plugin's entry in ``layer.metadata``: one dict, read with :func:`plugin_meta`.
@@ -299,7 +302,8 @@ def plugin_meta(layer_or_metadata: Any) -> dict[str, Any]:
     ``adata``, ``role``
         On the layers of a whole data set only: the AnnData and its role (``"spatial"``,
         ``"result"``, ``"reference"``); see :func:`source_adata`. Also ``coords`` (the obsm
-        key), ``fov_key``, ``sample_key``, ``color_by``, ``cluster_key``, ``source`` (the file,
+        key), ``fov_key``, ``sample_key`` (also on every layer drawn across samples: the samples
+        laid out side by side in its coordinates), ``color_by``, ``cluster_key``, ``source`` (the file,
         :func:`source_of`) and ``origin`` (what made the layer).
     Widgets add their own entries (``mask``, ``previous``, ``highlight``, ``labels_id``...).
     """
@@ -378,11 +382,12 @@ def spatial_layers(
     size: float | None = None,
     detect_fov: bool = True,
 ) -> list[LayerData]:
-    """One Points layer-data tuple per sample (section) of a spatial (or result) AnnData.
+    """The Points layer-data tuple of a spatial (or result) AnnData: every sample in one layer.
 
-    The FOV is a feature column of each layer (never a layer of its own); samples that share
-    coordinates are laid out side by side (each layer's ``translate``, see
-    :func:`~napari_spatial_impute.viz.sections.sample_offsets`).
+    The FOV and the sample are feature columns (the AnnData's own ``obs`` columns, as every obs
+    column); samples that share coordinates are laid out side by side in the layer's coordinates
+    (:func:`section_spec`, :func:`~napari_spatial_impute.viz.sections.sample_offsets`; no
+    ``translate``), which the writer takes off again.
 
     Parameters
     ----------
@@ -396,14 +401,18 @@ def spatial_layers(
     color_by
         obs column to colour by; for a result the predicted cluster is the default.
     name
-        Layer name (``"<name> · <sample>"`` when there are several samples); ``None`` gives
-        ``"spatial"``, or for a result with clusters ``"most likely <key>"``.
+        Layer name; ``None`` gives ``"spatial"``, or for a result with clusters
+        ``"most likely <key>"``.
     role
         ``"spatial"`` or ``"result"``; guessed from ``adata`` when ``None``.
     size
         Point diameter in data units; ``None`` uses the median nearest-neighbour distance.
     detect_fov
         With ``fov_key=None``, look for a usual FOV column; ``False`` makes all cells one FOV.
+
+    Returns
+    -------
+    A list of one layer-data tuple (a list, as napari readers return).
     """
     role = role or role_of(adata)
     if fov_key is None and role == "result":
@@ -421,38 +430,88 @@ def spatial_layers(
     )
     if fov_key is not None:
         fov_labels(adata, fov_key)  # refuses a per-cell column before anything is built
+    rows = section_rows(adata, samples)
     feats = features_frame(adata.obs)
-    pal = stored_palette(adata.uns, color_by)
-    if size is None:  # cached per AnnData: computed once (here, often in a worker thread)
-        size = drawn_point_size(adata, samples) if coords.shape[1] == 2 else point_size(coords)
-    out: list[LayerData] = []
-    for sample, idx in sample_rows(adata, samples).items():
-        if name is None and key:
-            lname = predicted_layer_name(key, sample)
-        else:
-            lname = layer_name(name or "spatial", "", sample)
-        f = feats.iloc[idx].reset_index(drop=True)
-        spec = points_spec(
-            lname,
-            coords[idx],
-            f,
-            color_by,
-            kind=PREDICTED_ROLE if key else role,
-            size=size,
-            style=color_kwargs(f, color_by, pal),
-            value=key or color_by,
-            sample=sample,
-            rows=idx.astype(np.int64),
-            adata=adata,
-            role=role,
-            coords="spatial",
-            fov_key=fov_key,
-            sample_key=samples,
-            color_by=color_by,
-        )
-        spec.kwargs["translate"] = translate_of(adata, samples, sample, coords.shape[1])
-        out.append(spec.layer_data())
-    return out
+    if not np.array_equal(rows, np.arange(adata.n_obs)):
+        feats = feats.iloc[rows].reset_index(drop=True)
+    if size is None and coords.shape[1] != 2:  # 3D: the spacing in space
+        size = point_size(coords)
+    spec = section_spec(
+        adata,
+        predicted_layer_name(key) if name is None and key else (name or "spatial"),
+        feats,
+        color_by,
+        rows=rows,
+        sample_key=samples,
+        positions=coords[rows],
+        kind=PREDICTED_ROLE if key else role,
+        size=size,
+        style=color_kwargs(feats, color_by, stored_palette(adata.uns, color_by)),
+        value=key or color_by,
+        adata=adata,
+        role=role,
+        coords="spatial",
+        fov_key=fov_key,
+        color_by=color_by,
+    )
+    return [spec.layer_data()]
+
+
+def section_spec(
+    adata: ad.AnnData,
+    name: str,
+    features: pd.DataFrame,
+    column: str | None,
+    /,
+    *,
+    rows: np.ndarray,
+    sample_key: str | None,
+    kind: str,
+    positions: np.ndarray | None = None,
+    size: float | None = None,
+    style: Mapping[str, Any] | None = None,
+    **meta: Any,
+) -> PointsSpec:
+    """One Points layer of the cells ``rows`` of any samples: the builder of every layer drawn
+    across samples (the data sets' layers, :func:`spatial_layers`; the exploration layers,
+    :func:`napari_spatial_impute.viz.explore.section_points_spec`).
+
+    The points are drawn where :func:`~napari_spatial_impute.viz.sections.display_yx` puts the
+    cells: each sample's side-by-side offset is added to the ``(y, x)`` of its cells (no
+    ``translate``). The metadata dict gets ``rows``, ``sample`` (``""``: every sample is in the
+    layer) and ``sample_key`` (the column whose layout is in the coordinates; the writer takes
+    the offsets off with it).
+
+    Parameters
+    ----------
+    adata
+        The data set.
+    name, features, column, kind, style, meta
+        As :func:`points_spec` (``features``: one row per row of ``rows``).
+    rows
+        int64 rows of ``adata``, one per point (:func:`~napari_spatial_impute.viz.sections.section_rows`).
+    sample_key
+        The sample column (``None``: no samples, no offsets).
+    positions
+        napari coordinates of ``rows`` as stored (2D or 3D); default ``obsm["spatial"]``'s
+        ``(y, x)`` (checked: NaN is an :class:`~napari_spatial_impute._errors.InputError`).
+    size
+        Point diameter; default the spacing where the cells are drawn (:func:`drawn_point_size`).
+    """
+    data = to_napari(adata, rows, ndim=2) if positions is None else np.array(positions, np.float64)
+    data[:, -2:] += row_offsets(adata, rows, sample_key)
+    size = drawn_point_size(adata, sample_key) if size is None else size
+    return points_spec(
+        name,
+        data,
+        features,
+        column,
+        kind=kind,
+        size=size,
+        style=style,
+        **{"sample": "", "sample_key": sample_key, **meta},
+        rows=rows,
+    )
 
 
 def points_spec(
@@ -660,7 +719,8 @@ def _knn(n_obs: int, k: int, seed: int) -> _CsrMatrixGraph:
 def adata_layers(
     adata: ad.AnnData, *, name: str = "data", cluster_key: str | None = None
 ) -> list[LayerData]:
-    """Layers for any plugin AnnData: spatial/result cells per sample, or a reference at its UMAP.
+    """Layers for any plugin AnnData: spatial/result cells (one layer, every sample in it), or a
+    reference at its UMAP.
 
     A reference without ``obsm['X_umap']`` gives no layers (computing one is too slow here).
     """

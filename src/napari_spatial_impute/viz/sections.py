@@ -3,14 +3,16 @@ the camera goes (pure functions: no Qt, no viewer).
 
 A *sample* is one tissue section (obs column found by
 :func:`~napari_spatial_impute.io.files.find_sample_key`); the plugin draws one Points layer per
-role per sample. A *field of view* (FOV) is a tile of a section; FOVs are a feature column of
-those layers, navigated with the camera, never layers of their own.
+role for all samples (the sample a feature column). A *field of view* (FOV) is a tile of a
+section; FOVs are a feature column of those layers, navigated with the camera, never layers of
+their own.
 
 Sections imaged separately usually share coordinates and would be drawn on top of each other;
 :func:`sample_offsets` lays them out side by side on a grid. The exploration layers hold every
-sample in one layer, drawn where :func:`display_yx` puts each cell (the offsets baked into the
-layer's coordinates); everything else drawn across samples (FOV outlines, link highlights) uses
-the same positions.
+sample in one layer, and so do the data sets' own layers, drawn where :func:`display_yx` puts
+each cell (the offsets baked into the layer's coordinates); everything else drawn across samples
+(FOV outlines, link highlights) uses the same positions, and the writer takes the offsets off
+again (:func:`row_offsets`).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import math
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 import anndata as ad
@@ -147,6 +149,24 @@ def sample_rows(adata: ad.AnnData, sample_key: str | None) -> dict[str, np.ndarr
     )
 
 
+def section_rows(
+    adata: ad.AnnData, sample_key: str | None, samples: Iterable[str] | None = None
+) -> np.ndarray:
+    """Rows of the chosen samples (all when ``None``), sample after sample, int64: the points of
+    one layer holding every sample (:func:`~napari_spatial_impute.viz.layers.section_spec`)."""
+    by_sample = sample_rows(adata, sample_key)
+    chosen = list(by_sample) if samples is None else [str(s) for s in samples]
+    missing = [s for s in chosen if s not in by_sample]
+    if missing:
+        raise InputError(
+            f"sample {missing[0]!r} is not in the data; samples are {list(by_sample)}."
+        )
+    if len(chosen) == len(by_sample) and len(chosen) == 1:
+        return by_sample[chosen[0]]
+    parts = [by_sample[s] for s in chosen]
+    return np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
+
+
 def fov_names(adata: ad.AnnData, fov_key: str | None, sample_key: str | None) -> pd.Categorical:
     """FOV of each cell; ``"<sample> · <fov>"`` when FOV ids repeat across samples."""
 
@@ -241,14 +261,6 @@ def sample_offsets(adata: ad.AnnData, sample_key: str | None) -> dict[str, np.nd
         }
 
     return _cached(adata, ("offsets", sample_key), compute)
-
-
-def translate_of(
-    adata: ad.AnnData, sample_key: str | None, sample: str, ndim: int = 2
-) -> np.ndarray:
-    """The napari ``translate`` of a sample's layer (``ndim`` long; a 3D layer's ``z`` is 0)."""
-    offset = sample_offsets(adata, sample_key).get(str(sample), np.zeros(2))
-    return np.concatenate([np.zeros(max(ndim - 2, 0)), offset])
 
 
 def laid_out(adata: ad.AnnData, sample_key: str | None) -> bool:

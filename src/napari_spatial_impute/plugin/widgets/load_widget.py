@@ -3,7 +3,8 @@
 The spatial data may also be a SpatialData ``.zarr`` store: its cell table and coordinate system
 are chosen under the path (:class:`~napari_spatial_impute.plugin.widgets.store_picker.StorePicker`)
 and its images and labels of that coordinate system are shown under the cells.
-The spatial cells become one Points layer per sample (the FOV a feature), coloured by a chosen obs column; the reference
+The spatial cells become one Points layer for all samples (the sample and the FOV features,
+samples sharing coordinates laid out side by side), coloured by a chosen obs column; the reference
 becomes a Points layer at its UMAP (computed in a worker when absent), placed right of the tissue.
 """
 
@@ -179,8 +180,8 @@ class LoadWidget(PluginWidget):
         )
         self.sample_combo = QComboBox()
         self.sample_combo.setToolTip(
-            "spatial obs column with the sample/section: one layer per sample, laid out side by "
-            "side when samples share coordinates"
+            "spatial obs column with the sample/section: samples are laid out side by side "
+            "when they share coordinates"
         )
         self.color_combo = QComboBox()
         self.color_combo.setToolTip("spatial obs column that colours the cells")
@@ -437,7 +438,7 @@ class LoadWidget(PluginWidget):
         return found[0] if found else None
 
     def show_spatial(self) -> list[Points]:
-        """(Re)build the spatial layers, one per sample, coloured by the chosen column."""
+        """(Re)build the spatial layer (every sample in it), coloured by the chosen column."""
         spa = self.model.spatial
         if spa is None:
             return []
@@ -459,7 +460,7 @@ class LoadWidget(PluginWidget):
     def _spatial_layer_data(
         spa: ad.AnnData, fov_key: str | None, sample_key: str | None, color_by: str | None
     ) -> list[Any]:
-        """The spatial layers' data, one per sample (any thread)."""
+        """The spatial layer's data: a list of one, every sample in it (any thread)."""
         return spatial_layers(
             spa,
             fov_key=fov_key,
@@ -472,8 +473,10 @@ class LoadWidget(PluginWidget):
 
     def _show_layer_data(self, data: list[Any]) -> list[Points]:
         """Show prepared spatial layer data in the layers shown now, refilled in place (napari
-        spends most of a second per layer removed), adding or removing only the difference."""
+        spends most of a second per layer removed), adding or removing only the difference: a
+        sample key change refills the one layer (the samples' layout is in its coordinates)."""
         old = self.spatial_layers
+        extents = [np.asarray(layer.extent.data) for layer in old]
         out = []
         for (points, kw, _), layer in zip(data, old, strict=False):
             self._refill(layer, points, self._mark(kw, "spatial"))
@@ -482,7 +485,9 @@ class LoadWidget(PluginWidget):
             out.append(self.viewer.add_layer(Points(points, **self._mark(kw, "spatial"))))
         self._remove(old[len(data) :])
         self._place_reference()
-        if len(data) != len(old):
+        if len(data) != len(old) or any(
+            not np.array_equal(e, layer.extent.data) for e, layer in zip(extents, out, strict=False)
+        ):
             self.viewer.reset_view()  # the samples are laid out anew
         return out
 
@@ -702,7 +707,7 @@ class LoadWidget(PluginWidget):
 @dataclass
 class KeyChange:
     """A key choice prepared in a worker: the column (``None``/``""``: none), the summary text
-    and, for a sample key, the spatial layers' data (one per sample)."""
+    and, for a sample key, the spatial layer's data (a list of one, every sample in it)."""
 
     kind: str
     key: str | None

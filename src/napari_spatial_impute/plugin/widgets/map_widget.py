@@ -290,9 +290,10 @@ class MapWidget(PluginWidget):
     Tangram map the progress bar and the score plot follow its epochs, updated at most every
     75 ms (the last epoch always shown), for the ensemble and while ``auto`` chooses a busy bar
     runs. Cancel, or closing the widget, stops it before the next epoch and adds nothing. On
-    success the result AnnData goes into the model and one most-likely-cluster layer per sample
-    is added, replacing the layers of this widget's previous run; the status names the map made
-    and the held-out scores it was chosen on, and a weak imputation is one napari warning. Input
+    success the result AnnData goes into the model and one most-likely-cluster layer (every
+    sample in it) is added, replacing the layer of this widget's previous run; the status names
+    the map made and the held-out scores it was chosen on, and a weak imputation is one napari
+    warning. Input
     problems that do not stop a mapping (the reference given as spatial data, a per-cell number
     as cluster key) are shown above the settings and as napari warnings when the run starts.
 
