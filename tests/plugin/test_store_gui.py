@@ -140,11 +140,14 @@ def test_map_widget_writes_results_back(tmp_path, make_napari_viewer_proxy, qtbo
     assert len(errors) == 1
 
 
-def test_grid_keeps_the_image_and_hides_the_cell_outlines(
+def test_measured_over_a_store_image_keeps_the_cells_over_the_image(
     tmp_path, make_napari_viewer_proxy, qtbot
 ):
-    """Measured beside imputed: the store's image is a cell of its own (same camera), the labels'
-    outlines (which would outline an empty cell) are hidden while the grid is on, then back."""
+    """Measured beside imputed over a store's image: napari's grid would put the image, the
+    coloured masks and each role in cells of their own, parting the cells from the tissue (issue
+    24: cells coloured over the image). The grid stays off and the measured layer is added
+    hidden, the status saying why; ticking side by side gives the grid (the image a cell of its
+    own, the labels' outlines hidden while it is on, back when it goes off)."""
     import napari_spatial_impute as nsi
     from napari_spatial_impute.core.export import result_to_anndata
     from napari_spatial_impute.plugin.widgets.explore_widget import ExploreWidget
@@ -163,12 +166,16 @@ def test_grid_keeps_the_image_and_hides_the_cell_outlines(
         warnings.simplefilter("ignore")
         result = nsi.map_cells_to_space(ref, viewer_model(viewer).spatial, cluster_key="cell_type")
     viewer_model(viewer).set_result(result_to_anndata(result))
-    explore.show_gene("Gene3")  # measured too: the grid comes on
+    explore.show_gene("Gene3")  # a measured gene
     qtbot.waitUntil(lambda: not explore.busy, timeout=60_000)
+    assert not viewer.grid.enabled and image.visible
+    by_kind = {plugin_meta(lay).get("kind"): lay for lay in viewer.layers}
+    assert by_kind["imputed"].visible and not by_kind["measured"].visible
+    assert "measured layer hidden" in explore.status.text()
+    explore.grid_check.setChecked(True)  # the user asks for the grid
     assert viewer.grid.enabled
     assert image.visible and not labels.visible
-    explore.show_gene("Gene13")  # imputed only: the grid goes off, outlines back
-    qtbot.waitUntil(lambda: not explore.busy, timeout=60_000)
+    explore.grid_check.setChecked(False)
     assert not viewer.grid.enabled and labels.visible
 
 

@@ -51,6 +51,7 @@ from napari_spatial_impute.plugin.widgets.layer_ops import (
 from napari_spatial_impute.plugin.widgets.linking import get_link_controller
 from napari_spatial_impute.plugin.widgets.navigator import OUTLINES_KIND, FovNavigator
 from napari_spatial_impute.plugin.widgets.uncertainty_controls import UncertaintyControls
+from napari_spatial_impute.viz.cell_shapes import CELL_LABELS_KIND, CELL_VALUES_KIND
 from napari_spatial_impute.viz.explore import (
     category_rgba,
     cluster_names,
@@ -60,6 +61,7 @@ from napari_spatial_impute.viz.explore import (
     value_layer_specs,
 )
 from napari_spatial_impute.viz.layers import PointsSpec, plugin_meta
+from napari_spatial_impute.viz.rasters import IMAGE_KIND, LABELS_KIND
 from napari_spatial_impute.viz.sections import drawn_point_size, laid_out, sample_rows
 
 #: Above this many cells layer data is built in a worker thread (below, it takes a few ms and the
@@ -82,6 +84,8 @@ class ExploreWidget(PluginWidget):
         self._last_cluster: str | None = None
         #: The side-by-side grid was turned on for measured layers (not by the user).
         self._auto_grid = False
+        #: What the last gene's status line adds (e.g. why its measured layer is hidden).
+        self._note = ""
 
         self.info = QLabel("No mapping result yet: run a mapping or open a result file.")
         self.info.setWordWrap(True)
@@ -251,7 +255,18 @@ class ExploreWidget(PluginWidget):
         shown (drawn in the same place, they would hide the imputed ones) and goes off again
         when a gene without them follows, unless the user set the grid themselves."""
         measured = any(plugin_meta(lay).get("kind") == "measured" for lay in layers)
-        if measured and not self.grid_check.isChecked():
+        self._note = ""
+        if measured and not self.grid_check.isChecked() and _store_rasters_shown(self.viewer):
+            # napari's grid puts every layer in a cell of its own: the tissue image and the
+            # cells coloured in their masks would leave each other; measured waits, hidden
+            for lay in layers:
+                if plugin_meta(lay).get("kind") == "measured":
+                    lay.visible = False
+            self._note = (
+                "; measured layer hidden over the store's image (side by side, in Display, "
+                "would part the image from the cells): show it or tick side by side to compare"
+            )
+        elif measured and not self.grid_check.isChecked():
             self.grid_check.blockSignals(True)
             self.grid_check.setChecked(True)
             self.grid_check.blockSignals(False)
@@ -396,7 +411,7 @@ class ExploreWidget(PluginWidget):
         def done(layers: list) -> None:
             self._last_gene = plugin_meta(layers[0])["value"] if layers else gene
             names = ", ".join(str(plugin_meta(lay).get("kind")) for lay in layers)
-            self.status.setText(f"{self._last_gene}: {names}")
+            self.status.setText(f"{self._last_gene}: {names}{self._note}")
             self.uncertainty.gene_shown(self._last_gene)
 
         return self._dispatch(build, place, done)
@@ -511,6 +526,12 @@ def shown_values(result: Any, spec: PointsSpec) -> ShownValues:
     return ShownValues(
         str(md["kind"]), str(md["value"]), vals, rgba, (limits[0], limits[1]), md["colormap"]
     )
+
+
+def _store_rasters_shown(viewer: Any) -> bool:
+    """Whether a store's image or its cells' masks are shown (the cells drawn over them)."""
+    kinds = (IMAGE_KIND, LABELS_KIND, CELL_LABELS_KIND, CELL_VALUES_KIND)
+    return any(lay.visible and plugin_meta(lay).get("kind") in kinds for lay in viewer.layers)
 
 
 def _count(n: int, noun: str) -> str:
