@@ -181,15 +181,17 @@ def test_core_layers_take_part(setup, qtbot):
     ref.obsm["X_umap"] = np.random.default_rng(0).random((ref.n_obs, 2)) * 10
     data, kwargs, _ = reference_layer(ref, cluster_key="cell_type")
     viewer.add_points(data, **kwargs)
-    tuples = spatial_layers(model.spatial, fov_key="fov", role="spatial")  # one per sample
-    assert [kw["name"] for _, kw, _ in tuples] == ["spatial · A", "spatial · B"]
-    layers = [viewer.add_points(data, **kwargs) for data, kwargs, _ in tuples]
-    layer = layers[1]  # cells of sample B: their rows in the data set, not in the layer
-    layer.selected_data = {0, 1}
+    tuples = spatial_layers(model.spatial, fov_key="fov", role="spatial")  # every sample
+    assert [kw["name"] for _, kw, _ in tuples] == ["spatial"]
+    (layer,) = [viewer.add_points(data, **kwargs) for data, kwargs, _ in tuples]
+    # cells of sample B: their rows in the data set, not their points in the layer
+    in_b = np.flatnonzero(layer.features["sample"].astype(str) == "B")
+    assert in_b[0] > 0
+    layer.selected_data = set(in_b[:2].tolist())
     ctl = get_link_controller(viewer)
     ctl.flush()
     hl = viewer.layers[REFERENCE_HIGHLIGHT]
-    rows = plugin_meta(layer)["rows"][[0, 1]]
+    rows = plugin_meta(layer)["rows"][in_b[:2]]
     assert (model.spatial.obs["sample"].iloc[rows] == "B").all()
     shown = reference_weights(model.result, model.reference, rows).iloc[: ctl.max_reference_cells]
     assert len(hl.data) == len(shown) > 0

@@ -30,7 +30,9 @@ def widget(make_napari_viewer_proxy, qtbot, merfish):
     return viewer, w, model
 
 
-def test_map_adds_predicted_layers_per_sample(widget, qtbot):
+def test_map_adds_one_predicted_layer_for_all_samples(widget, qtbot):
+    """Issue 24: one most-likely-cluster layer for every sample (it was one per sample), the
+    sample and FOV feature columns."""
     viewer, w, model = widget
     w.form.method.value = "tangram"
     w.form.epochs.value = 20
@@ -49,20 +51,20 @@ def test_map_adds_predicted_layers_per_sample(widget, qtbot):
     assert result.uns["spatial_impute"]["params"]["epochs"] == 20
     assert result.uns["spatial_impute"]["fov_key"] == "fov"
     assert result.uns["spatial_impute"]["sample_key"] == "sample"  # found by its usual name
-    names = sorted(layer.name for layer in viewer.layers)
-    assert names == ["most likely cell_type · left", "most likely cell_type · right"]
-    total = 0
-    for layer in viewer.layers:
-        feats = layer.features
-        assert isinstance(feats["cell_type_predicted"].dtype, pd.CategoricalDtype)
-        assert layer.face_color_mode == "cycle"
-        assert plugin_meta(layer)["adata"] is result
-        # each point sits where its cell is (napari order y, x)
-        rows = result.obs_names.get_indexer(feats["obs_name"].astype(str))
-        np.testing.assert_allclose(layer.data, result.obsm["spatial"][rows][:, ::-1])
-        assert set(feats["fov"].astype(str)) == ({"0", "1"} if "left" in layer.name else {"2", "3"})
-        total += len(layer.data)
-    assert total == 750
+    (layer,) = viewer.layers  # one layer, both samples in it
+    assert layer.name == "most likely cell_type" and len(layer.data) == 750
+    feats = layer.features
+    assert isinstance(feats["cell_type_predicted"].dtype, pd.CategoricalDtype)
+    assert layer.face_color_mode == "cycle"
+    md = plugin_meta(layer)
+    assert md["adata"] is result and md["sample"] == "" and md["sample_key"] == "sample"
+    # each point sits where its cell is (napari order y, x: samples apart in space stay put)
+    rows = result.obs_names.get_indexer(feats["obs_name"].astype(str))
+    np.testing.assert_array_equal(md["rows"], rows)
+    np.testing.assert_allclose(layer.data, result.obsm["spatial"][rows][:, ::-1])
+    # the sample and the FOV are feature columns
+    for sample, fovs in (("left", {"0", "1"}), ("right", {"2", "3"})):
+        assert set(feats["fov"][feats["sample"] == sample].astype(str)) == fovs
     assert "training score" in w.status.text()
     assert "all 20 epochs" in w.status.text()  # how the training ended
     assert w.run_button.isEnabled() and not w.cancel_button.isEnabled()
@@ -479,7 +481,7 @@ def test_rerun_replaces_its_own_layers_only(widget, qtbot):
     w.run()
     qtbot.waitUntil(lambda: w.worker is None, timeout=120_000)
     first = list(viewer.layers)
-    assert len(first) == 2
+    assert len(first) == 1  # one layer for both samples
     first[0].name = "renamed by the user"
     opened = model.result.copy()
     data, kw, _ = spatial_layers(opened, name="opened")[0]
@@ -488,8 +490,8 @@ def test_rerun_replaces_its_own_layers_only(widget, qtbot):
     qtbot.waitUntil(lambda: w.worker is None, timeout=120_000)
     assert all(layer not in viewer.layers for layer in first)
     assert sum(plugin_meta(layer)["adata"] is opened for layer in viewer.layers) == 1
-    assert sum(plugin_meta(layer)["adata"] is model.result for layer in viewer.layers) == 2
-    assert "Replaced 2 layers of the previous run" in w.status.text()
+    assert sum(plugin_meta(layer)["adata"] is model.result for layer in viewer.layers) == 1
+    assert "Replaced 1 layer of the previous run" in w.status.text()
 
 
 def _start_long_run(qtbot, w):
@@ -628,10 +630,7 @@ def test_batches_are_mapped_one_by_one_into_a_file(widget, qtbot, tmp_path):
     )
     np.testing.assert_allclose(written.X[left], alone.X, rtol=1e-6, atol=1e-7)
     assert "2 of 2 batches mapped" in w.status.text()
-    assert sorted(layer.name for layer in viewer.layers) == [
-        "most likely cell_type · left",
-        "most likely cell_type · right",
-    ]
+    assert [layer.name for layer in viewer.layers] == ["most likely cell_type"]
 
 
 def test_batch_status_names_the_workers_the_run_will_have(widget, qtbot, tmp_path, monkeypatch):

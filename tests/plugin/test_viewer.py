@@ -26,20 +26,14 @@ def test_open_result_docks_widgets(make_napari_viewer, monkeypatch, tmp_path, me
     ref.obsm["X_umap"] = np.random.default_rng(0).normal(size=(ref.n_obs, 2)).astype(np.float32)
     out = open_result_in_napari(path, reference=ref, run=False)
     assert out is viewer
-    # one result layer per sample, then the reference
-    assert [layer.name for layer in viewer.layers] == [
-        "most likely cell_type · A",
-        "most likely cell_type · B",
-        "reference UMAP",
-    ]
-    for layer in list(viewer.layers)[:2]:
-        md = plugin_meta(layer)
-        assert np.array_equal(
-            np.sort(md["rows"]), np.flatnonzero(spa.obs["sample"] == md["sample"])
-        )
-        fovs = layer.features["fov"].astype(str).to_numpy()  # the FOV: a feature, not a layer
-        np.testing.assert_array_equal(fovs, spa.obs["fov"].to_numpy()[md["rows"]])
-    assert sum(len(layer.data) for layer in list(viewer.layers)[:2]) == res.n_obs
+    # one result layer for both samples, then the reference
+    assert [layer.name for layer in viewer.layers] == ["most likely cell_type", "reference UMAP"]
+    layer = viewer.layers[0]
+    md = plugin_meta(layer)
+    assert np.array_equal(np.sort(md["rows"]), np.arange(res.n_obs)) and md["sample"] == ""
+    for column in ("fov", "sample"):  # features, not layers
+        shown = layer.features[column].astype(str).to_numpy()
+        np.testing.assert_array_equal(shown, spa.obs[column].to_numpy()[md["rows"]])
     model = viewer_model(viewer)
     assert model.result is not None and model.result.n_vars == 134
     assert model.reference is ref and model.cluster_key == "cell_type"
