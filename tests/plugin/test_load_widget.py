@@ -390,6 +390,7 @@ def test_four_samples_are_one_layer_and_a_sample_key_change_refills_it(
     spa = ad.concat(parts)
     spa.obs["section"] = spa.obs["section"].astype("category")
     spa.obs["half"] = pd.Categorical(np.where(spa.obs["section"].isin(["s0", "s1"]), "a", "b"))
+    spa.obs["value"] = np.random.default_rng(0).random(spa.n_obs).astype(np.float32)
     model = viewer_model(viewer)
     model.set_spatial(spa)
     w._on_loaded((None, spa, False, True))
@@ -400,14 +401,29 @@ def test_four_samples_are_one_layer_and_a_sample_key_change_refills_it(
     np.testing.assert_allclose(layer.data, display_yx(spa, rows, "section"))  # side by side
     assert layer.features["section"].nunique() == 4
 
-    removed, inserted = [], []
+    w.color_combo.setCurrentText("section")
+    colours = {s: layer.face_color[layer.features["section"] == s][0] for s in ("s0", "s3")}
+    assert not np.allclose(colours["s0"], colours["s3"])
+
+    removed, inserted, painted = [], [], []
     viewer.layers.events.removed.connect(removed.append)
     viewer.layers.events.inserted.connect(inserted.append)
+    layer.events.face_color.connect(painted.append)
     _choose(qtbot, w, w.sample_combo, "half")
+    # the same column colours the reordered cells: no colour setter (each redraws every point)
+    assert painted == []
     assert model.sample_key == "half" and w.spatial_layers == [layer]
     rows = plugin_meta(layer)["rows"]
     np.testing.assert_allclose(layer.data, display_yx(spa, rows, "half"))  # laid out anew
     assert list(layer.features["obs_name"]) == list(spa.obs_names[rows])
+    for section, colour in colours.items():  # each cell keeps its section's colour
+        np.testing.assert_allclose(
+            layer.face_color[layer.features["section"] == section], [colour] * one.n_obs
+        )
+    w.color_combo.setCurrentText("value")
+    before = layer.face_color[np.argsort(plugin_meta(layer)["rows"])].copy()
+    _choose(qtbot, w, w.sample_combo, "section")
+    np.testing.assert_allclose(layer.face_color[np.argsort(plugin_meta(layer)["rows"])], before)
     _choose(qtbot, w, w.sample_combo, NONE)
     np.testing.assert_array_equal(layer.data, spa.obsm["spatial"][:, ::-1])  # all on top
     _choose(qtbot, w, w.sample_combo, "section")

@@ -492,13 +492,22 @@ class LoadWidget(PluginWidget):
         return out
 
     def _refill(self, layer: Points, points: Any, kw: dict[str, Any]) -> None:
-        """Give ``layer`` the points, features, colours, place, name and metadata of ``kw``."""
+        """Give ``layer`` the points, features, colours, place, name and metadata of ``kw``.
+
+        The same cells in another order (a sample key change) coloured by the same column keep
+        their colouring: napari recolours them from the new features (each colour setter
+        redraws every point: about 0.3 s at 400,000 cells)."""
+        column = kw.get("face_color")
+        same = len(layer.data) == len(points) and plugin_meta(layer).get("color_by") == (
+            column if isinstance(column, str) and column in kw["features"].columns else None
+        )
         if len(layer.data) != len(points) and len(layer.data):
             layer.face_color = "#b0b0b0"  # no colour column while the rows change
         layer.data = points
         layer.features = kw["features"]
-        column = kw.get("face_color")
-        if isinstance(column, str) and column in kw["features"].columns:
+        if same:
+            pass  # the features setter recoloured the points by the same column
+        elif isinstance(column, str) and column in kw["features"].columns:
             md = kw["metadata"][META_KEY]
             recolor(layer, column, stored_palette(md["adata"].uns, column))
         else:
