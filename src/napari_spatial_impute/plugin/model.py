@@ -6,8 +6,8 @@ Widgets never find each other; they read and write this model and connect to its
 from __future__ import annotations
 
 import weakref
-from dataclasses import dataclass
 from collections.abc import Callable
+from dataclasses import dataclass
 from types import EllipsisType
 from typing import Any, TypeVar
 
