@@ -64,7 +64,8 @@ class SpatialImputeModel:
     fov_key
         Spatial obs column with fields of view, or ``None`` (one FOV).
     sample_key
-        Spatial obs column with samples (sections, one layer per role each), ``""`` for none,
+        Spatial obs column with samples (sections, laid out side by side when they share
+        coordinates; a feature column of the layers), ``""`` for none,
         or ``None`` to find one by its usual names
         (:func:`~napari_spatial_impute.io.files.find_sample_key`).
     cv_table

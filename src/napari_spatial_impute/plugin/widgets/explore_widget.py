@@ -388,7 +388,7 @@ class ExploreWidget(PluginWidget):
             self.status.setText("building layers...")
 
     def show_gene(self, gene: str | None = None) -> list:
-        """Show ``gene`` (default: the typed one): one imputed layer per sample (and measured
+        """Show ``gene`` (default: the typed one): one imputed layer for all samples (and measured
         and interval ones), recolouring those shown; returns the layers."""
         result = self.model.result
         gene = gene if isinstance(gene, str) else self.gene_edit.text().strip()
@@ -417,7 +417,7 @@ class ExploreWidget(PluginWidget):
         return self._dispatch(build, place, done)
 
     def show_cluster(self, cluster: str | None = None) -> list:
-        """Show the probability of ``cluster`` (default: the chosen one), one layer per sample."""
+        """Show the probability of ``cluster`` (default: the chosen one), one layer for all samples."""
         result = self.model.result
         cluster = cluster if isinstance(cluster, str) else self.cluster_combo.currentText()
         if result is None or not cluster:
@@ -441,7 +441,7 @@ class ExploreWidget(PluginWidget):
         return self._dispatch(build, place, done)
 
     def show_predicted(self) -> list:
-        """Show the most likely cluster of each cell, one layer per sample."""
+        """Show the most likely cluster of each cell, one layer for all samples."""
         result = self.model.result
         if result is None:
             return []

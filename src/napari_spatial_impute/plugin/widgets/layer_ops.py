@@ -194,7 +194,7 @@ def gene_specs(
     size: float | None = None,
     interval: str | None = None,
 ) -> tuple[list[PointsSpec], list[PointsSpec], list[PointsSpec] | None]:
-    """Layer data of one gene, one layer per sample and role (no viewer; safe in a worker thread).
+    """Layer data of one gene, one layer per role for all samples (no viewer; safe in a worker thread).
 
     Returns
     -------
@@ -262,7 +262,7 @@ def open_gene(
     size: float | None = None,
     interval: str | None = None,
 ) -> list[Points]:
-    """Show one gene: its imputed layer per sample and, for shared genes, the measured one.
+    """Show one gene: its imputed layer and, for shared genes, the measured one.
 
     ``recolor_layers`` are existing imputed layers (any gene) to recolour instead of adding new
     ones, matched by sample; measured layers of those layers' old gene are recoloured too, or
@@ -300,7 +300,7 @@ def open_cluster(
     recolor_layers: Sequence[Layer] = (),
     size: float | None = None,
 ) -> list[Points]:
-    """Show one cluster's probability per sample (recolouring ``recolor_layers``)."""
+    """Show one cluster's probability (recolouring ``recolor_layers``)."""
     specs = value_layer_specs(
         result, "probability", cluster, fov_key=fov_key, sample_key=sample_key, size=size
     )
@@ -337,7 +337,7 @@ def open_predicted(
     sample_key: str | None = None,
     size: float | None = None,
 ) -> list[Points]:
-    """Show the most likely cluster per sample (categorical colours)."""
+    """Show the most likely cluster (categorical colours)."""
     specs = predicted_layer_specs(result, fov_key=fov_key, sample_key=sample_key, size=size)
     return place_predicted(viewer, specs, result)
 

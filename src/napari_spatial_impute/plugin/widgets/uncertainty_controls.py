@@ -151,7 +151,7 @@ class UncertaintyControls(QGroupBox):
         self._gene: str | None = None
         self.interval_check = QCheckBox("interval width beside imputed")
         self.interval_check.setToolTip(
-            "a '<gene> 90% interval width' layer per sample: the imputed value's "
+            "a '<gene> 90% interval width' layer: the imputed value's "
             "prediction interval is value ± half this width"
         )
         self.level_combo = QComboBox()
