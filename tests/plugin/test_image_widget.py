@@ -110,6 +110,23 @@ def test_paint_values_onto_labels(widget):
     assert prob.contrast_limits[0] == 0.0
 
 
+def test_painted_labels_bar_is_titled(widget):
+    """Issue 24 (7): the painted labels' colour bar had no title (the controller titled Points
+    layers only); it gets the value's title, and one bar shows at a time."""
+    from napari_spatial_impute.plugin.widgets.colorbars import _text_overlay
+
+    viewer, model, w, path, rows = widget
+    w.open_labels(path)
+    first = w.paint("Gad1", "imputed")
+    viewer.layers.selection.active = first
+    assert _text_overlay(viewer).text.startswith("Gad1 · imputed")
+    cluster = model.result.obsm["cluster_probabilities"].columns[0]
+    prob = w.paint(cluster, "probability")
+    viewer.layers.selection.active = prob
+    assert _text_overlay(viewer).text == f"{cluster} · probability (0-1)"
+    assert prob.colorbar.visible and not first.colorbar.visible
+
+
 def test_bad_file_is_notified(widget, tmp_path, monkeypatch):
     viewer, model, w, path, rows = widget
     seen = []

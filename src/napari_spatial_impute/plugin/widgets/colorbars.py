@@ -35,6 +35,24 @@ def _key(layer: Any) -> Any:
     return getattr(layer, "unique_id", None) or id(layer)
 
 
+def _titled_meta(layer: Any) -> dict[str, Any] | None:
+    """The metadata a layer's bar is titled from, ``None`` for a layer without napari's bar: a
+    Points layer coloured through napari's colormap path, or a label image painted with values
+    (Label images widget: its ``value_kind`` is what the values are)."""
+    meta = plugin_meta(layer)
+    if str(getattr(layer, "face_color_mode", "")) == "colormap":
+        return meta
+    if meta.get("value_kind") and getattr(layer, "colorbar", None) is not None:
+        return {**meta, "kind": meta["value_kind"]}
+    return None
+
+
+def _bar(layer: Any) -> Any:
+    """napari's colour bar overlay of a layer (Points: ``face_colorbar``; Image: ``colorbar``)."""
+    bar = getattr(layer, "face_colorbar", None)
+    return bar if bar is not None else getattr(layer, "colorbar", None)
+
+
 class ColorbarController:
     """Keeps one plugin colour bar visible (the selected layer's) and titles it."""
 
@@ -63,9 +81,9 @@ class ColorbarController:
         # napari's bar is drawn only for layers coloured through its colormap path; the Explore
         # widget's layers are coloured directly and titled in its own colour-scale panel
         titles = {
-            _key(lay): colorbar_title(plugin_meta(lay), params)
+            _key(lay): colorbar_title(meta, params)
             for lay in layers
-            if str(getattr(lay, "face_color_mode", "")) == "colormap"
+            if (meta := _titled_meta(lay)) is not None
         }
         titled = {k: v for k, v in titles.items() if v}
         active = viewer.layers.selection.active
@@ -74,7 +92,7 @@ class ColorbarController:
         elif self.shown not in titled:
             self.shown = None
         for layer in layers:
-            bar = getattr(layer, "face_colorbar", None)
+            bar = _bar(layer)
             if (
                 bar is not None
                 and _key(layer) in titled
