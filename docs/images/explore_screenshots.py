@@ -18,6 +18,7 @@ ones (the widget alone).
 from __future__ import annotations
 
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -25,6 +26,7 @@ import anndata as ad
 import napari
 import numpy as np
 import scanpy as sc
+from qtpy.QtCore import QEvent
 from qtpy.QtWidgets import QApplication
 
 from napari_spatial_impute import cross_validate, load_merfish_hypothalamus, map_cells_to_space
@@ -35,7 +37,12 @@ from napari_spatial_impute.plugin.widgets.diagnostics_widget import DiagnosticsW
 from napari_spatial_impute.plugin.widgets.explore_widget import ExploreWidget
 from napari_spatial_impute.plugin.widgets.image_widget import ImageWidget
 from napari_spatial_impute.plugin.widgets.linking import get_link_controller
-from napari_spatial_impute.viz.layers import category_colors, drawn_points, point_size
+from napari_spatial_impute.viz.layers import (
+    category_colors,
+    drawn_points,
+    plugin_meta,
+    point_size,
+)
 from napari_spatial_impute.viz.sections import display_yx
 
 OUT = Path(__file__).resolve().parent
@@ -51,8 +58,11 @@ def show_tab(explore: ExploreWidget, title: str) -> None:
 
 
 def settle(n: int = 10) -> None:
+    """Process Qt events, widgets deleted later included (processEvents alone leaves them: the
+    Explore dock's old colour scales would be drawn under the new ones)."""
     for _ in range(n):
         QApplication.processEvents()
+        QApplication.sendPostedEvents(None, QEvent.Type.DeferredDelete)
 
 
 def new_viewer(title: str) -> napari.Viewer:
@@ -105,6 +115,23 @@ def explore_viewer(title: str, ref, spa, res, fov_key: str | None, sample_key: s
     return viewer, explore
 
 
+def wait_idle(explore: ExploreWidget) -> None:
+    """Process Qt events until the Explore widget's worker (above its async size) is done."""
+    while explore.busy:
+        QApplication.processEvents()
+        time.sleep(0.02)
+    settle()
+
+
+def layer_of(viewer: napari.Viewer, kind: str):
+    """The Explore layer of ``kind`` (``"imputed"``, ``"measured"``...): one for all samples."""
+    return next(
+        lay
+        for lay in viewer.layers
+        if plugin_meta(lay).get("kind") == kind and plugin_meta(lay).get("explore")
+    )
+
+
 def hover(viewer: napari.Viewer, layer, index: int) -> None:
     """Put the cursor on point ``index`` of ``layer`` (where it is drawn) and update the status."""
     viewer.layers.selection.active = layer
@@ -124,8 +151,9 @@ def shot_sections() -> None:
     # coordinates (half the spacing within a section here); the Display tab's size fits one
     explore.size_spin.setValue(point_size(display_yx(res, None, "sample")))
     explore.gene_edit.setText(gene)
-    layers = explore.show_gene()  # one layer per sample; the outline layer comes with them
-    viewer.layers.selection.active = layers[0]
+    explore.show_gene()  # one layer for all samples; the FOV outline layer comes with it
+    wait_idle(explore)
+    viewer.layers.selection.active = layer_of(viewer, "imputed")
     save(viewer, "explore_gene_samples.png", reset=True)
 
     # the navigator: find FOVs of sample s1, go to one, the others dimmed; hover a cell there
@@ -135,7 +163,7 @@ def shot_sections() -> None:
     nav.search.setText("s1_")
     explore.go_to_fov("s1_4")
     viewer.camera.zoom *= 0.6  # zoomed out a little: the neighbouring FOVs, dimmed
-    layer = next(lay for lay in viewer.layers if lay.name == f"{gene} imputed · s1")
+    layer = layer_of(viewer, "imputed")  # all samples in one layer, side by side
     fovs = layer.features["fov"].astype(str).to_numpy()
     inside = np.flatnonzero(fovs == "s1_4")
     center = drawn_points(layer)[inside].mean(0)
@@ -215,9 +243,8 @@ def shot_merfish() -> None:
     diag = DiagnosticsWidget(viewer)
     diag.resize(1300, 560)
     diag.show()
-    for i, name in enumerate(
-        ["diagnostics_training.png", "diagnostics_validation.png", "diagnostics_cv.png"]
-    ):
+    # diagnostics_cv.png (with the intervals' columns) comes from uncertainty_screenshots.py
+    for i, name in enumerate(["diagnostics_training.png", "diagnostics_validation.png"]):
         diag.tabs.setCurrentIndex(i)
         settle(20)
         diag.grab().save(str(OUT / name))

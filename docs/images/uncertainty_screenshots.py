@@ -15,7 +15,16 @@ import warnings
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from explore_screenshots import OUT, explore_viewer, merfish, save, settle, show_tab
+from explore_screenshots import (
+    OUT,
+    explore_viewer,
+    layer_of,
+    merfish,
+    save,
+    settle,
+    show_tab,
+    wait_idle,
+)
 
 from napari_spatial_impute import cross_validate
 from napari_spatial_impute.plugin.sync import connect_model
@@ -34,14 +43,16 @@ def main() -> None:
     explore.uncertainty.mask_check.setChecked(True)
     explore.grid_check.setChecked(True)
     explore.gene_edit.setText("Gad1")
-    layers = explore.show_gene()
-    viewer.layers.selection.active = layers[0]
+    explore.show_gene()
+    wait_idle(explore)
+    viewer.layers.selection.active = layer_of(viewer, "imputed")
     show_tab(explore, "Uncertainty")
     save(viewer, "explore_uncertainty.png", reset=True)
 
     # diagnostics: reliability tab (with a cross-validation to compare against) and the CV table
     viewer.layers.clear()
-    connect_model(viewer).set_cv_table(cross_validate(ref, spa, folds=5))
+    # the intervals' coverage and predicted Pearson come with uncertainty=True
+    connect_model(viewer).set_cv_table(cross_validate(ref, spa, folds=5, uncertainty=True))
     diag = DiagnosticsWidget(viewer)
     for name, tab, size in (
         ("diagnostics_reliability.png", "Reliability", (1300, 820)),
