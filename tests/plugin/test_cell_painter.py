@@ -253,11 +253,12 @@ def test_label_lookups_are_compiled_in_a_worker_once_when_a_store_opens(
     viewer = make_napari_viewer_proxy()
     connect_model(viewer)
     painter = connect_cell_painter(viewer)
-    assert painter.worker is None  # nothing started without a store
+    assert painter.warm_thread is None  # nothing started without a store
     _open(viewer, store)
     qtbot.waitUntil(lambda: len(calls) == 1, timeout=30_000)
     _open(viewer, store)  # a second store's labels: compiled already
-    qtbot.waitUntil(lambda: not painter.worker.is_running, timeout=30_000)
+    painter.warm_thread.join(30)
+    assert not painter.warm_thread.is_alive()
     assert len(calls) == 1 and calls[0] is not threading.main_thread()
 
 

@@ -30,6 +30,7 @@ hidden so the coloured masks show (shown again when zoomed out; never one the us
 
 from __future__ import annotations
 
+import threading
 import weakref
 from dataclasses import dataclass, field
 from typing import Any
@@ -113,6 +114,8 @@ class CellPainter:
         self._viewer = weakref.ref(viewer)
         self.model = get_model(viewer)
         self.worker: Any = None
+        #: The thread compiling napari's label lookups (started when a store's labels open).
+        self.warm_thread: threading.Thread | None = None
         self.applied = 0
         self.note: str | None = None
         self._generation = 0
@@ -131,12 +134,13 @@ class CellPainter:
         global _WARMED
         if _WARMED or plugin_meta(event.value).get("kind") != LABELS_KIND:
             return
-        from napari.qt.threading import create_worker
-
         _WARMED = True
-        worker = create_worker(_warm_up, _start_thread=False)
-        self.worker = worker
-        worker.start()
+        # a plain daemon thread: nothing comes back to the GUI, and a Qt worker outliving a
+        # closed viewer printed "WorkerBaseSignals has been deleted" when it finished
+        self.warm_thread = threading.Thread(
+            target=_warm_up, name="napari-spatial-impute label lookups", daemon=True
+        )
+        self.warm_thread.start()
 
     # ------------------------------------------------------------------ main thread
     def on_shown(self, shown: ShownValues | None) -> None:
