@@ -4,6 +4,10 @@ Run under a display::
 
     xvfb-run -a -s "-screen 0 1920x1080x24" .venv/bin/python docs/images/make_core_screenshots.py
 
+Arguments pick the parts (default both): ``widgets`` (the bundled pair: ``load_widget.png``,
+``map_widget.png``, ``map_widget_running.png``) and ``samples`` (``load_widget_samples.png``, the
+four merfish_mop slices in one layer; needs ../shared/data).
+
 Every screenshot is the whole 1920 x 1080 window (``_qt_window.grab()``).
 """
 
@@ -53,6 +57,16 @@ def save(viewer, name: str) -> None:
 
 
 def main() -> int:
+    which = set(sys.argv[1:]) or {"widgets", "samples"}
+    if "widgets" in which:
+        widgets()
+    if "samples" in which:
+        samples()
+    return 0
+
+
+def widgets() -> None:
+    """Load and Map of the bundled pair: load_widget.png, map_widget.png, map_widget_running.png."""
     viewer = new_viewer()
     _, load = viewer.window.add_plugin_dock_widget(PLUGIN, "Load data")
     ref_path, sp_path = bundled_paths()
@@ -85,8 +99,12 @@ def main() -> int:
     wait(lambda: mapw.worker is None)
     assert len(viewer.layers) == n_layers, "cancel added a layer"
     print("cancelled:", mapw.status.text())
+    viewer.close()
 
-    # four sections in the same coordinates: one layer each, laid out side by side
+
+def samples() -> None:
+    """Four sections in the same coordinates: one layer, laid out side by side, coloured by
+    slice (load_widget_samples.png; needs ../shared/data/merfish_mop)."""
     data = shared_data_dir()
     mop = data / "merfish_mop" / "spatial.h5ad" if data else None
     if mop is not None and mop.exists():
@@ -95,12 +113,11 @@ def main() -> int:
         load2.spatial_row.path.setText(str(mop))
         load2.load()
         wait(lambda: load2.status.text() == "Loaded." and len(v2.layers) > 0)
-        load2.color_combo.setCurrentText("slice")
+        load2.color_combo.setCurrentText("slice")  # recoloured in a worker
+        wait(lambda: not load2.busy)
         v2.reset_view()
         save(v2, "load_widget_samples.png")
         v2.close()
-    viewer.close()
-    return 0
 
 
 if __name__ == "__main__":

@@ -6,8 +6,9 @@ The real CosMx lung crops (``../shared/data/cosmx_lung``) become a SpatialData s
 (:func:`~napari_spatial_impute.io.demo_stores.build_cosmx_lung_store`); the reference is a cell
 split of the same table (every other cell, all 980 genes). Through the widgets, as a user would:
 Load (the store: table and coordinate system), Map (the ensemble map), Explore (an imputed gene
-over the composite image with the cell outlines), and Write to store. Each screenshot is the
-whole 1920 x 1080 window.
+with measured beside it: over the store's image the grid stays off and the measured layer is
+added hidden; then the imputed gene alone over the composite image and the cell outlines), and
+Write to store. Each screenshot is the whole 1920 x 1080 window.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import anndata as ad
 import napari
+from qtpy.QtCore import QEvent
 from qtpy.QtWidgets import QApplication
 
 from napari_spatial_impute.io.datasets import shared_data_dir
@@ -27,6 +29,7 @@ from napari_spatial_impute.io.demo_stores import build_cosmx_lung_store
 from napari_spatial_impute.plugin.widgets.explore_widget import ExploreWidget
 from napari_spatial_impute.plugin.widgets.load_widget import LoadWidget
 from napari_spatial_impute.plugin.widgets.map_widget import MapWidget
+from napari_spatial_impute.viz.layers import plugin_meta
 
 OUT = Path(__file__).resolve().parent
 SIZE = (1920, 1080)
@@ -35,8 +38,19 @@ warnings.simplefilter("ignore")
 
 
 def settle(n: int = 10) -> None:
+    """Process Qt events, widgets deleted later included (the dock's old colour scales)."""
     for _ in range(n):
         QApplication.processEvents()
+        QApplication.sendPostedEvents(None, QEvent.Type.DeferredDelete)
+
+
+def layer_of(viewer: napari.Viewer, kind: str):
+    """The Explore layer of ``kind`` (``"imputed"``, ``"measured"``): one for all samples."""
+    return next(
+        lay
+        for lay in viewer.layers
+        if plugin_meta(lay).get("kind") == kind and plugin_meta(lay).get("explore")
+    )
 
 
 def grab(viewer: napari.Viewer, name: str) -> None:
@@ -89,6 +103,8 @@ def main() -> int:
     viewer.window.add_dock_widget(load, name="Load data", area="right")
     viewer.window.add_dock_widget(mapw, name="Map cells to space", area="right")
     viewer.window.add_dock_widget(explore, name="Explore", area="right")
+    # the ensemble map: auto shows (and may choose) Tangram, whose settings overflow 1080 px
+    mapw.form.method.value = "ensemble"
     load.reference_row.path.setText(str(tmp / "reference.h5ad"))
     load.spatial_row.path.setText(str(store))
     wait(lambda: load.store_picker.info is not None)
@@ -102,23 +118,26 @@ def main() -> int:
     mapw.run()
     wait(lambda: not mapw.busy)
     load.files_button.setChecked(False)
+    # measured beside imputed over the store's image: the grid stays off (it would part the
+    # image from the cells), the measured layer comes hidden and the status says why
     explore.show_gene(GENE)
     wait(lambda: not explore.busy)
+    viewer.layers.selection.active = layer_of(viewer, "measured")
+    explore.navigator.show_all()  # Explore > FOVs > Whole section
     settle(30)
     grab(viewer, "store_measured_beside_imputed.png")
-    explore.grid_check.setChecked(False)  # one view: the imputed gene over image and outlines
-    for layer in viewer.layers:  # the imputed gene over the image, as one view
-        if type(layer).__name__ == "Points":
-            layer.visible = "imputed" in layer.name
-    viewer.layers.selection.active = next(
-        layer for layer in viewer.layers if layer.name.endswith("imputed")
-    )
-    explore.navigator.show_all()  # Explore > FOVs > Whole section
+
+    # the imputed gene alone (measured unticked), written to the store
+    explore.measured_check.setChecked(False)
+    explore.show_gene(GENE)
+    wait(lambda: not explore.busy)
+    viewer.layers.selection.active = layer_of(viewer, "imputed")
     mapw.store_writer.write()
     wait(lambda: not mapw.busy)
     settle(30)
     grab(viewer, "store_imputed_over_composite.png")
-    print("wrote", OUT / "store_loaded.png", OUT / "store_imputed_over_composite.png")
+    for name in ("loaded", "measured_beside_imputed", "imputed_over_composite"):
+        print("wrote", OUT / f"store_{name}.png")
     viewer.close()
     return 0
 
