@@ -16,6 +16,7 @@ from napari_spatial_impute.viz.cell_shapes import (
     CELL_LABELS_KIND,
     CELL_SHAPES_KIND,
     CELL_VALUES_KIND,
+    HIDDEN_FOR_MASKS,
     LookupArray,
 )
 from napari_spatial_impute.viz.layers import plugin_meta
@@ -277,8 +278,9 @@ def test_zoomed_in_the_masks_replace_the_points_and_zoomed_out_the_points_return
     assert cells_points.visible  # nothing coloured yet: the points stay
     _show(qtbot, viewer, model, _shown(model.spatial.n_obs))
     assert not cells_points.visible and other.visible
+    assert plugin_meta(cells_points).get(HIDDEN_FOR_MASKS)  # still shown, as masks
     camera.zoom = 0.01
-    assert cells_points.visible
+    assert cells_points.visible and not plugin_meta(cells_points).get(HIDDEN_FOR_MASKS)
     cells_points.visible = False  # the user hides them: zooming does not bring them back
     camera.zoom = 100.0
     camera.zoom = 0.01

@@ -129,3 +129,22 @@ def test_a_colormap_layer_keeps_napari_s_titled_bar(explored):
         assert _text_overlay(viewer).text == ctl.title
         assert ctl.title.startswith(plugin_meta(layer)["value"] + " · imputed")
     assert not any(lay.face_colorbar.visible for lay in layers)
+
+
+def test_a_layer_drawn_as_masks_keeps_its_scale(explored):
+    """A gene's points hidden because its cells are drawn in their masks (zoomed in over a
+    store) are still what is shown: the dock's scale stayed empty (seen in the store
+    screenshots); a layer the user hid has none."""
+    from napari_spatial_impute.plugin.widgets.color_scales import scale_rows
+    from napari_spatial_impute.viz.cell_shapes import HIDDEN_FOR_MASKS
+    from napari_spatial_impute.viz.layers import plugin_meta, set_meta
+
+    viewer = explored[0]
+    (imputed,) = [lay for lay in viewer.layers if plugin_meta(lay).get("kind") == "imputed"]
+    shown = [r["kind"] for r in scale_rows(viewer)]
+    assert "imputed" in shown
+    set_meta(imputed, **{HIDDEN_FOR_MASKS: True})
+    imputed.visible = False
+    assert [r["kind"] for r in scale_rows(viewer)] == shown
+    set_meta(imputed, **{HIDDEN_FOR_MASKS: None})
+    assert "imputed" not in [r["kind"] for r in scale_rows(viewer)]

@@ -44,6 +44,7 @@ from napari_spatial_impute.viz.cell_shapes import (
     CELL_OPACITY,
     CELL_SHAPES_KIND,
     CELL_VALUES_KIND,
+    HIDDEN_FOR_MASKS,
     CellIds,
     CellShapes,
     KeyLookup,
@@ -61,7 +62,7 @@ from napari_spatial_impute.viz.cell_shapes import (
     shown_features,
     value_colours,
 )
-from napari_spatial_impute.viz.layers import META_KEY, plugin_meta
+from napari_spatial_impute.viz.layers import META_KEY, plugin_meta, set_meta
 from napari_spatial_impute.viz.rasters import LABELS_KIND, RASTER_KINDS
 
 
@@ -288,9 +289,11 @@ class CellPainter:
                 continue
             if masks and layer.visible:
                 self._hidden.add(layer)
+                set_meta(layer, **{HIDDEN_FOR_MASKS: True})
                 layer.visible = False
             elif not masks and layer in self._hidden:
                 self._hidden.discard(layer)
+                set_meta(layer, **{HIDDEN_FOR_MASKS: None})
                 layer.visible = True
 
     def _paint_values(self, viewer: Any, labels: Any, painted: _Painted) -> None:

@@ -40,6 +40,9 @@ from napari_spatial_impute.viz.sections import resolve_sample_key
 CELL_LABELS_KIND = "cell_labels"
 CELL_SHAPES_KIND = "cell_shapes"
 CELL_VALUES_KIND = "cell_values"
+#: Metadata flag of a cells' Points layer hidden because its cells are drawn as masks (zoomed
+#: in): still what is shown, so its colour scale stays.
+HIDDEN_FOR_MASKS = "hidden_for_masks"
 CELL_KINDS = (CELL_LABELS_KIND, CELL_SHAPES_KIND, CELL_VALUES_KIND)
 #: More polygons than this are not drawn as shapes (napari's Shapes layer triangulates each
 #: polygon in Python: minutes at 10^5); the cells stay points, with a note.

@@ -20,6 +20,7 @@ from qtpy.QtGui import QImage, QPixmap
 from qtpy.QtWidgets import QGridLayout, QLabel, QWidget
 
 from napari_spatial_impute.plugin.widgets.layer_ops import SIDE_BY_SIDE_ROLES
+from napari_spatial_impute.viz.cell_shapes import HIDDEN_FOR_MASKS
 from napari_spatial_impute.viz.colorbars import TITLED_KINDS, colorbar_title
 from napari_spatial_impute.viz.explore import colormap_lut
 from napari_spatial_impute.viz.layers import plugin_meta
@@ -29,8 +30,9 @@ BAR_SIZE = (160, 12)
 
 
 def scale_rows(viewer: Any, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-    """``title``, ``colormap``, ``limits`` of every visible colour-mapped exploration layer, in
-    the side-by-side order of roles (one row per layer)."""
+    """``title``, ``colormap``, ``limits`` of every visible colour-mapped exploration layer (or
+    one hidden because its cells are drawn in their masks, coloured the same), in the
+    side-by-side order of roles (one row per layer)."""
     rows = []
     for layer in viewer.layers:
         md = plugin_meta(layer)
@@ -39,7 +41,7 @@ def scale_rows(viewer: Any, params: dict[str, Any] | None = None) -> list[dict[s
             or not md.get("explore")
             or md.get("kind") not in TITLED_KINDS
             or "limits" not in md
-            or not layer.visible
+            or not (layer.visible or md.get(HIDDEN_FOR_MASKS))
         ):
             continue
         rows.append(
@@ -106,6 +108,7 @@ class ColorScales(QWidget):
             return rows
         for w in self._widgets:
             self._grid.removeWidget(w)
+            w.hide()  # deleted later: until then it would still be drawn under the new ones
             w.deleteLater()
         self._widgets = []
         for i, row in enumerate(rows):
