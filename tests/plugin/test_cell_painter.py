@@ -287,5 +287,10 @@ def test_zoomed_in_the_masks_replace_the_points_and_zoomed_out_the_points_return
     assert not cells_points.visible
     cells_points.visible = True
     camera.zoom = 100.0
+    assert not cells_points.visible
+    viewer.grid.enabled = True  # side by side the masks are a grid cell of their own
+    assert cells_points.visible
+    viewer.grid.enabled = False
+    assert not cells_points.visible
     model.set_shown(None)  # nothing shown in the masks: the points return at any zoom
     assert cells_points.visible

@@ -128,6 +128,7 @@ class CellPainter:
         self._hidden: weakref.WeakSet[Any] = weakref.WeakSet()  # points hidden for the masks
         self._spacing: tuple[int, float] = (0, float("nan"))  # (result id, cell size)
         _camera(viewer).events.zoom.connect(self.points_or_masks)
+        viewer.grid.events.enabled.connect(self.points_or_masks)
 
     def _on_inserted(self, event: Any) -> None:
         """A store's labels layer came in: compile napari's label lookups in a worker now, so
@@ -283,7 +284,12 @@ class CellPainter:
         result = self.model.result
         if coloured and result is not None and self._spacing[0] != id(result):
             self._spacing = (id(result), cell_spacing(result.obsm["spatial"]))
-        masks = coloured and masks_readable(self._spacing[1], float(_camera(viewer).zoom))
+        # side by side, napari's grid gives the masks a cell of their own: the points stay
+        masks = (
+            coloured
+            and not viewer.grid.enabled
+            and masks_readable(self._spacing[1], float(_camera(viewer).zoom))
+        )
         for layer in viewer.layers:
             if type(layer).__name__ != "Points" or not _cell_points(layer):
                 continue
