@@ -206,6 +206,23 @@ def test_polygons_of_a_shapes_store_are_coloured(tmp_path, make_napari_viewer_pr
     assert viewer.layers.index(shapes) < min(viewer.layers.index(p) for p in points)
 
 
+def test_too_many_polygons_are_said_once(tmp_path, make_napari_viewer_proxy, qtbot, monkeypatch):
+    """Above MAX_POLYGONS the cells stay points: the reason was stored but never shown."""
+    import napari_spatial_impute.viz.cell_shapes as shapes_mod
+
+    said: list[str] = []
+    monkeypatch.setattr(shapes_mod, "MAX_POLYGONS", 2)
+    monkeypatch.setattr(painter_mod, "show_info", said.append)
+    path = make_shapes_store(tmp_path, "polygons")
+    viewer = make_napari_viewer_proxy()
+    model = _open(viewer, path)
+    model.set_result(model.spatial)
+    _show(qtbot, viewer, model, _shown(model.spatial.n_obs))
+    _show(qtbot, viewer, model, _shown(model.spatial.n_obs))  # another gene: not said again
+    assert not _of_kind(viewer, CELL_SHAPES_KIND)
+    assert len(said) == 1 and "polygons (over 2)" in said[0] and "stay points" in said[0]
+
+
 def test_real_cosmx_labels_coloured_by_a_gene(
     shared_data, tmp_path, make_napari_viewer_proxy, qtbot
 ):

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from napari.utils.notifications import show_info
 
 from napari_spatial_impute.plugin.model import ShownValues, get_model, per_viewer
 from napari_spatial_impute.viz.cell_shapes import (
@@ -263,6 +264,8 @@ class CellPainter:
             if layer is not None:
                 self._paint_values(viewer, layer, painted)
                 layer.features = painted.features
+        if prepared.note and prepared.note != self.note:  # said once, not at every gene
+            show_info(prepared.note)
         self.note = prepared.note
         if prepared.shapes is not None and prepared.shape_faces is not None:
             layer = self._shapes_layer(viewer, prepared.shapes)

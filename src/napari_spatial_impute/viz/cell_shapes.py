@@ -486,8 +486,9 @@ def shape_layer(sdata: Any, ids: CellIds, elements: Sequence[str], name: str) ->
         return CellShapes((np.concatenate(centres), kwargs, "points"), all_rows)
     if len(polys) > MAX_POLYGONS:
         return (
-            f"{len(polys):,} polygons (over {MAX_POLYGONS:,}): the cells are drawn as points; "
-            "zoom to a FOV of fewer cells or use a labels element."
+            f"{len(polys):,} polygons (over {MAX_POLYGONS:,}): the cells stay points (napari "
+            "triangulates each polygon in Python, minutes at this size); a labels element of "
+            "the same cells is coloured in its masks."
         )
     kwargs = {**base, "shape_type": "polygon", "edge_width": 0}
     return CellShapes((polys, kwargs, "shapes"), all_rows)
