@@ -126,7 +126,6 @@ class CellPainter:
         self._result: Any = _none
         self.model.shown_changed.connect(self.on_shown)
         viewer.layers.events.inserted.connect(self._on_inserted)
-        self._hidden: weakref.WeakSet[Any] = weakref.WeakSet()  # points hidden for the masks
         self._spacing: tuple[int, float] = (0, float("nan"))  # (result id, cell size)
         _camera(viewer).events.zoom.connect(self.points_or_masks)
         viewer.grid.events.enabled.connect(self.points_or_masks)
@@ -296,12 +295,10 @@ class CellPainter:
         for layer in viewer.layers:
             if type(layer).__name__ != "Points" or not _cell_points(layer):
                 continue
-            if masks and layer.visible:
-                self._hidden.add(layer)
+            if masks and layer.visible:  # the flag: hidden here (and still what is shown)
                 set_meta(layer, **{HIDDEN_FOR_MASKS: True})
                 layer.visible = False
-            elif not masks and layer in self._hidden:
-                self._hidden.discard(layer)
+            elif not masks and plugin_meta(layer).get(HIDDEN_FOR_MASKS):
                 set_meta(layer, **{HIDDEN_FOR_MASKS: None})
                 layer.visible = True
 

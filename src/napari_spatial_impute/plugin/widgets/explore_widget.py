@@ -61,7 +61,7 @@ from napari_spatial_impute.viz.explore import (
     value_layer_specs,
 )
 from napari_spatial_impute.viz.layers import PointsSpec, plugin_meta
-from napari_spatial_impute.viz.rasters import IMAGE_KIND, LABELS_KIND
+from napari_spatial_impute.viz.rasters import RASTER_KINDS
 from napari_spatial_impute.viz.sections import drawn_point_size, laid_out, sample_rows
 
 #: Above this many cells layer data is built in a worker thread (below, it takes a few ms and the
@@ -530,7 +530,7 @@ def shown_values(result: Any, spec: PointsSpec) -> ShownValues:
 
 def _store_rasters_shown(viewer: Any) -> bool:
     """Whether a store's image or its cells' masks are shown (the cells drawn over them)."""
-    kinds = (IMAGE_KIND, LABELS_KIND, CELL_LABELS_KIND, CELL_VALUES_KIND)
+    kinds = (*RASTER_KINDS, CELL_LABELS_KIND, CELL_VALUES_KIND)
     return any(lay.visible and plugin_meta(lay).get("kind") in kinds for lay in viewer.layers)
 
 
