@@ -188,6 +188,17 @@ def test_default_run_chooses_the_map_with_a_busy_bar(widget, qtbot):
     assert len(viewer.layers) >= 1
 
 
+def _docked_on(viewer, ref, spa):
+    """``(model, widget)``: a docked Map widget over ``ref`` and ``spa`` (cell_type clusters)."""
+    model = viewer_model(viewer)
+    model.set_reference(ref)
+    model.set_spatial(spa)
+    model.set_keys(cluster_key="cell_type", fov_key=None)
+    w = MapWidget(viewer)
+    viewer.window.add_dock_widget(w, name="Map")
+    return model, w
+
+
 def _notified(text: str, since: int) -> list[str]:
     from napari.utils.notifications import NotificationSeverity, notification_manager
 
@@ -400,13 +411,7 @@ def test_fast_clusters_run_keeps_the_window_responsive(
     from napari_spatial_impute.plugin.widgets import map_widget
 
     viewer = make_napari_viewer()
-    ref, spa = merfish
-    model = viewer_model(viewer)
-    model.set_reference(ref)
-    model.set_spatial(spa)
-    model.set_keys(cluster_key="cell_type", fov_key=None)
-    w = MapWidget(viewer)
-    viewer.window.add_dock_widget(w, name="Map")
+    model, w = _docked_on(viewer, *merfish)
     monkeypatch.setattr(workers, "UPDATE_INTERVAL", 1e6)
     main = threading.main_thread()
     threads: dict[str, set] = {}
@@ -747,12 +752,7 @@ def test_closing_stops_a_batched_write(make_napari_viewer, qtbot, merfish, tmp_p
     ref, spa = merfish
     x = spa.obsm["spatial"][:, 0]
     spa.obs["sample"] = pd.Categorical(np.where(x < np.median(x), "left", "right"))
-    model = viewer_model(viewer)
-    model.set_reference(ref)
-    model.set_spatial(spa)
-    model.set_keys(cluster_key="cell_type", fov_key=None)
-    w = MapWidget(viewer)
-    viewer.window.add_dock_widget(w, name="Map")
+    model, w = _docked_on(viewer, ref, spa)
     qtbot.waitUntil(lambda: w.checked, timeout=30_000)
     out = tmp_path / "atlas.h5ad"
     out.write_bytes(b"an earlier result")
