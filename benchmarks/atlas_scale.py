@@ -69,6 +69,10 @@ def _time_v(text: str) -> dict[str, float]:
         line = line.strip()
         if line.startswith("Maximum resident set size (kbytes):"):
             found["client_peak_rss_gib"] = int(line.rsplit(":", 1)[1]) / 1024**2
+        if line.startswith(("User time (seconds):", "System time (seconds):")):
+            # the process and the children it waited for (a LocalCluster's workers too)
+            key = "tree_user_s" if line.startswith("User") else "tree_sys_s"
+            found[key] = float(line.rsplit(":", 1)[1])
         if line.startswith("Elapsed (wall clock) time"):
             clock = line.rsplit(" ", 1)[1].split(":")
             found["wall_s"] = sum(float(x) * 60**i for i, x in enumerate(reversed(clock)))
@@ -151,7 +155,11 @@ def run(args: argparse.Namespace) -> int:
         method = str(result.uns["spatial_impute"]["params"].get("method", "auto"))
         alone = result_to_anndata(
             nsi.map_cells_to_space(
-                ref, alone_sp, cluster_key="cell_type", uncertainty=uncertainty, method=method
+                ref,
+                alone_sp,
+                cluster_key="cell_type",
+                uncertainty=uncertainty,
+                method=method,  # type: ignore[arg-type]
             )
         )
         row["single_process_section_s"] = time.perf_counter() - t1

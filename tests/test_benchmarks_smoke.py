@@ -301,3 +301,42 @@ def test_atlas_scale_tiny(tmp_path):
     assert row["max_abs_diff"] <= 1e-5 * max(1.0, row["max_value"])
     assert row["predicted_agreement"] == 1.0
     assert row["client_peak_rss_gib"] > 0
+
+
+def test_batched_vs_whole_tiny(tmp_path, capsys):
+    """Issue 25's comparison: the whole map, then the batches (in process), measured and removed."""
+    if not Path("/usr/bin/time").exists():
+        pytest.skip("GNU time (/usr/bin/time) is not installed: every run is timed with it")
+    seed_shape = _load("seed_shape")
+    data = tmp_path / "pair"
+    shape = ["--cells", "600", "--fovs", "6", "--samples", "3", "--reference-cells", "120"]
+    assert seed_shape.main(shape + ["--genes", "40", "--panel", "12", "--out", str(data)]) == 0
+    bvw = _load("batched_vs_whole")
+    results, work = tmp_path / "results.jsonl", tmp_path / "work"
+    work.mkdir()
+    base = ["--data", str(data), "--batch-key", "sample", "--results", str(results)]
+    base += ["--tmp-dir", str(work), "--map-args=--no-uncertainty"]
+    # --workers 0 maps the batches in the client process: no LocalCluster, seconds not minutes
+    assert bvw.main(base + ["--workers-list", "0"]) == 0
+    whole, batched = (json.loads(x) for x in results.read_text().splitlines())
+    assert [whole["run"], batched["run"]] == ["whole", "batched_w0"]
+    assert whole["compare_id"] == batched["compare_id"] and whole["map_args"] == "--no-uncertainty"
+    for row in (whole, batched):
+        assert row["status"] == "ok" and row["cells"] == 600
+        assert row["wall_s"] > 0 and row["client_peak_rss_gib"] > 0
+        assert row["client_cpu_source"] in ("uns", "psutil") and row["client_cpu_s"] > 0
+        assert row["client_cpu_share"] == pytest.approx(row["client_cpu_s"] / row["wall_s"])
+    assert "sections" not in whole and batched["sections"] == 3
+    assert batched["section_s_min"] <= batched["section_s_median"] <= batched["section_s_max"]
+    assert batched["ms_per_cell"] == pytest.approx(1e3 * batched["section_s_sum"] / 600)
+    assert batched["x_whole"] == pytest.approx(batched["wall_s"] / whole["wall_s"])
+    assert len(batched["worker_peak_rss_gib"]) == 1
+    assert list(work.iterdir()) == []  # each run's result removed
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0].startswith("| run |") and printed[2].startswith("| whole | 600 |")
+    assert printed[3].startswith("| batched_w0 | 600 |")
+    # a run that fails is recorded with its error line, the others still run
+    bad = ["--skip-whole", "--workers-list", "0", "--map-args=--method nonsense"]
+    assert bvw.main(base[:-1] + bad) == 1
+    row = json.loads(results.read_text().splitlines()[-1])
+    assert row["status"] == "failed" and "nonsense" in row["error"]
