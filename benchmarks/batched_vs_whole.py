@@ -17,10 +17,12 @@ row is printed:
 * ``client_peak_rss_gib``: the client process (the batch table's own record when batched, else
   ``/usr/bin/time``'s maximum, which is the client's when no workers run);
 * ``client_cpu_s`` and ``client_cpu_share`` (of the wall): the client's own CPU, not its
-  children's: ``uns["spatial_impute"]["batches"]["client_cpu_s"]`` when the run recorded it,
-  else the client pid's user+system times sampled from /proc (psutil) every ``--sample-s``
-  (the last interval before it exits is missed); ``tree_cpu_s``: user+sys of the process and the
-  children it waited for;
+  children's, over the whole process: its pid's user+system times sampled from /proc (psutil)
+  every ``--sample-s`` (the last interval before it exits is missed); where sampling got nothing,
+  the run's own record. ``client_cpu_s_uns``: that record,
+  ``uns["spatial_impute"]["batches"]["client_cpu_s"]``, when the run made one; it is taken when
+  uns is built, so it leaves out writing the result. ``tree_cpu_s``: user+sys of the process and
+  the children it waited for; ``children_cpu_s``: the tree's less the client's;
 * ``worker_peak_rss_gib``: each worker process's peak (the batch table's ``peak_rss_gib``);
 * ``section_s``: median, min, max of the batches' seconds; ``ms_per_cell``: their sum / cells;
 * ``parallel_efficiency``: t(1 worker) / (W x t(W)) on whole-process walls.
@@ -162,7 +164,6 @@ def run_one(args: argparse.Namespace, workers: int | None, cells: int) -> dict[s
         row["process_tree_peak_rss_gib"] = timed.get("client_peak_rss_gib")
         row["tree_cpu_s"] = timed.get("tree_user_s", np.nan) + timed.get("tree_sys_s", np.nan)
         row["client_peak_rss_gib_sampled"] = sampler.peak_rss / GIB
-        row["client_cpu_s_sampled"] = sampler.cpu_s  # kept beside the run's own record
         row["client_cpu_s"], row["client_cpu_source"] = sampler.cpu_s, "psutil"
         info = _uns(out).get("spatial_impute", {})
         batches = info.get("batches")
@@ -170,6 +171,8 @@ def run_one(args: argparse.Namespace, workers: int | None, cells: int) -> dict[s
             row["client_peak_rss_gib"] = row["process_tree_peak_rss_gib"]
         else:
             row.update(_batch_columns(batches))
+            if not np.isfinite(row["client_cpu_s"]) and "client_cpu_s_uns" in row:
+                row["client_cpu_s"], row["client_cpu_source"] = row["client_cpu_s_uns"], "uns"
         row["client_cpu_share"] = row["client_cpu_s"] / row["wall_s"]
         # the workers' (and any other waited-for children's) CPU: the tree's less the client's
         row["children_cpu_s"] = row["tree_cpu_s"] - row["client_cpu_s"]
@@ -196,9 +199,8 @@ def _batch_columns(batches: dict[str, Any]) -> dict[str, Any]:
         "ms_per_cell": 1e3 * float(np.sum(seconds)) / float(table["n_cells"].sum()),
         "section_seconds": [float(x) for x in seconds],
     }
-    if "client_cpu_s" in batches:  # the run's own record beats sampling
-        cols["client_cpu_s"] = float(batches["client_cpu_s"])
-        cols["client_cpu_source"] = "uns"
+    if "client_cpu_s" in batches:  # the run's own record (up to building uns)
+        cols["client_cpu_s_uns"] = float(batches["client_cpu_s"])
     return cols
 
 
@@ -222,7 +224,8 @@ def md_row(row: dict[str, Any]) -> str:
         f"{row['wall_s']:.1f}",
         _fmt(row.get("x_whole"), ".2f"),
         f"{row['client_peak_rss_gib']:.2f}",
-        f"{row['client_cpu_s']:.1f} ({row['client_cpu_share']:.0%}, {row['client_cpu_source']})",
+        f"{row['client_cpu_s']:.1f} ({row['client_cpu_share']:.0%}, {row['client_cpu_source']})"
+        + (f" [uns {row['client_cpu_s_uns']:.1f}]" if "client_cpu_s_uns" in row else ""),
         ", ".join(f"{p:.2f}" for p in peaks.values()) or "-",
         section,
         _fmt(row["ms_per_cell"], ".3f")
