@@ -585,6 +585,16 @@ def _map_batches(args: argparse.Namespace) -> int:
     finally:
         batch_log.removeHandler(handler)
         batch_log.setLevel(level)
+    try:
+        _print_batch_report(run, out, seen)
+    except SystemExit as exc:  # SIGTERM while reporting: the output is complete
+        raise CommittedInterrupt(f"stopped after the result was written to {out}", 15) from exc
+    except KeyboardInterrupt:
+        raise CommittedInterrupt(f"stopped after the result was written to {out}") from None
+    return 0
+
+
+def _print_batch_report(run: Any, out: Path, seen: set[str]) -> None:
     for name, text in run.warnings:
         if text not in seen:
             seen.add(text)
@@ -599,7 +609,6 @@ def _map_batches(args: argparse.Namespace) -> int:
     for skipped, row in run.skipped.iterrows():
         print(f"skipped batch {str(skipped)!r} ({row['n_cells']:,} cells): {row['reason']}")
     print(f"wrote {out}")
-    return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:

@@ -118,3 +118,35 @@ class _Client:
 def test_every_worker_is_counted():
     assert count_workers(_Client()) == 8
     assert cluster.worker_memory_limits(_Client()) == [2**30] * 8
+
+
+def test_a_stopped_run_kills_its_local_workers_and_logs_nothing(caplog):
+    """Issue 25: a run stopped while its batches map (here a cancel: ``MappingCancelled`` out of
+    the client's block) closes the local cluster by killing its busy workers first; no worker
+    process is left once the block has ended, and distributed logs nothing of their end (lost
+    scattered data, closed connections)."""
+    import logging
+    import time
+
+    import numpy as np
+    import psutil
+
+    from napari_spatial_impute._errors import MappingCancelled
+
+    caplog.set_level(logging.DEBUG)
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    workers: list[psutil.Process] = []
+    with pytest.raises(MappingCancelled), cluster.dask_client(workers=2) as client:
+        data = client.scatter(np.zeros(1000), broadcast=True, hash=False)
+        futures = [client.submit(time.sleep, 600, key=f"busy-{i}", pure=False) for i in range(2)]
+        workers = [
+            p
+            for p in psutil.Process().children(recursive=True)
+            if p.pid not in before and "resource_tracker" not in " ".join(p.cmdline())
+        ]
+        assert len(workers) == 2 and data is not None and futures
+        raise MappingCancelled("stopped while the batches mapped")
+    _, alive = psutil.wait_procs(workers, timeout=60)  # a hang guard: they are gone at once
+    assert not alive
+    logged = [r for r in caplog.records if r.name.split(".")[0] in ("distributed", "asyncio")]
+    assert not [r for r in logged if r.levelno >= logging.WARNING], [r.getMessage() for r in logged]

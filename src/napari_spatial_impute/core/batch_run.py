@@ -50,6 +50,7 @@ from napari_spatial_impute.core.batches import (
 from napari_spatial_impute.core.engine.mapper import CancelFlag, is_cancelled
 from napari_spatial_impute.core.engine.resources import GIB, estimate_ensemble_map
 from napari_spatial_impute.core.settings import MappingSettings
+from napari_spatial_impute.core.stopping import stops_on_signals
 
 if TYPE_CHECKING:
     from napari_spatial_impute.core.maps.choose import MapChoice
@@ -60,6 +61,8 @@ log = logging.getLogger(__name__)
 PROJECTIONS = ("auto", "neighbours", "probabilistic", "argmax")
 #: ``var`` columns that differ between batches (stored per batch in ``uns``, their median in ``var``).
 PER_BATCH_VAR = ("train_score", "sparsity_sp", "sparsity_diff", "predicted_pearson")
+#: Seconds between two looks at the cancel flag while waiting for a cluster's results.
+POLL_S = 0.1
 
 
 @dataclass(frozen=True)
@@ -296,6 +299,7 @@ def batch_needs(
     return int(2 * ref_bytes + mapping + 2 * block)
 
 
+@stops_on_signals  # Ctrl-C / SIGTERM: the run's cancel flag, raised once it has stopped
 def map_batches(
     reference: ad.AnnData,
     spatial: ad.AnnData | str | os.PathLike[str],
@@ -651,13 +655,20 @@ def _run_dask(
                 running[future.key] = batch
                 queue.add(future)
 
+            if is_cancelled(cancel):  # stopped while the reference was sent
+                raise MappingCancelled("cancelled before any batch")
             for _ in range(min(len(pending), n_workers + 1)):
                 submit()
             try:
-                for future in queue:
-                    batch = running.pop(future.key)
+                # polled, not blocked on: the cancel flag (a signal's too) is read every POLL_S
+                while not queue.is_empty():
                     if is_cancelled(cancel):
                         raise MappingCancelled(f"cancelled after {len(done)} batches")
+                    if not queue.has_ready():
+                        time.sleep(POLL_S)
+                        continue
+                    future = next(queue)
+                    batch = running.pop(future.key)
                     try:
                         output = future.result()
                     except KilledWorker:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from numbers import Integral
 from typing import Any
@@ -172,6 +172,7 @@ def dask_client(
         return
     from napari_spatial_impute.io.files import _SignalGuard
 
+    before = _child_pids()
     with _SignalGuard() as guard:
         # Ctrl-C / SIGTERM while the cluster starts waits until it has started (a cluster stopped
         # half-way fails in distributed's exit handler with a traceback), then closes it
@@ -184,7 +185,7 @@ def dask_client(
             dashboard_address=":0",  # any free port: no "port 8787 in use" note
             silence_logs=logging.CRITICAL,  # a batch's error is reported by the run, once
         )
-    quieted: list[tuple[logging.Logger, int]] = []
+    stopped = False
     try:
         guard.check()
         client = Client(cluster)
@@ -192,19 +193,72 @@ def dask_client(
             yield client
         finally:
             client.close()
-    except (KeyboardInterrupt, SystemExit):
-        # stopped: the scheduler and workers shut down without logging lost data or connections
-        for name in ("distributed", "asyncio"):
-            logger = logging.getLogger(name)
-            quieted.append((logger, logger.level))
-            logger.setLevel(logging.CRITICAL)
+    except BaseException:
+        stopped = True  # cancelled, interrupted or failed: the workers' work is of no use
         raise
     finally:
+        if stopped:
+            close_fast(cluster, before)
+        else:
+            cluster.close()
+
+
+def _child_pids() -> set[int]:
+    """The processes this process started with multiprocessing and that still run."""
+    import multiprocessing
+
+    return {p.pid for p in multiprocessing.active_children() if p.pid is not None}
+
+
+def _worker_pids(cluster: Any) -> list[int]:
+    """The process ids of a local cluster's workers (each Nanny's child process)."""
+    pids = []
+    for nanny in list(getattr(cluster, "workers", {}).values()):
+        pid = getattr(getattr(getattr(nanny, "process", None), "process", None), "pid", None)
+        if isinstance(pid, int):
+            pids.append(pid)
+    return pids
+
+
+def _kill(pids: Iterable[int]) -> None:
+    import signal
+
+    for pid in pids:
+        try:
+            os.kill(pid, getattr(signal, "SIGKILL", signal.SIGTERM))
+        except OSError:  # already gone
+            pass
+
+
+def close_fast(cluster: Any, before: Iterable[int] = ()) -> None:
+    """Close a local cluster whose work is no longer wanted, in about a second.
+
+    Its worker processes are killed first (a worker busy in a batch can take many seconds to
+    answer a polite close), then the scheduler and nannies close; distributed's reports of the
+    workers' end ("lost scattered data", broken connections) are not logged. Processes started
+    since ``before`` (the children of this process before the cluster) that are still there
+    after the close are killed (multiprocessing's resource tracker is not one of them: it ends
+    with this process).
+    """
+    quieted = []
+    for name in ("distributed", "asyncio", "tornado"):
+        logger = logging.getLogger(name)
+        quieted.append((logger, logger.level))
+        logger.setLevel(logging.CRITICAL + 1)
+    try:
+        _kill(_worker_pids(cluster))
         try:
             cluster.close()
-        finally:
-            for logger, level in quieted:
-                logger.setLevel(level)
+        except Exception:  # closing a cluster whose workers were killed: nothing left to report
+            pass
+        _kill(_leftover(before))
+    finally:
+        for logger, level in quieted:
+            logger.setLevel(level)
+
+
+def _leftover(before: Iterable[int]) -> list[int]:
+    return sorted(_child_pids() - set(before))
 
 
 def worker_memory_limits(client: Any) -> list[int]:

@@ -564,6 +564,10 @@ class _SignalGuard:
     library makes of it is not printed (it is raised again, once). With ``deferring`` set signals
     are only recorded and raised at :meth:`check` (never inside a library's event loop), or after
     the rename (:class:`CommittedInterrupt`): the output is then complete.
+    Inside a handler that only records (a run's signal flag,
+    :class:`~napari_spatial_impute.core.stopping.SignalStop`) the guard defers from the start and
+    passes each signal on to it: the run stops through its cancel flag (between chunk writes), never
+    by an exception raised inside the writing library.
     Only the main thread can own signal handlers; elsewhere the guard does nothing.
     """
 
@@ -573,10 +577,14 @@ class _SignalGuard:
         self.received: int | None = None
         self.deferring = False
         self._old: dict[int, object] = {}
+        self._forward: dict[int, Any] = {}
         self._hook = sys.unraisablehook
 
     def _handler(self, signum: int, frame: object) -> None:
         self.received = signum
+        outer = self._forward.get(signum)
+        if outer is not None:
+            outer(signum, frame)  # records only: the run reads it as its cancel flag
         if not self.deferring:
             self._raise(signum)
 
@@ -592,6 +600,9 @@ class _SignalGuard:
                 num = getattr(signal, name, None)
                 if num is not None:
                     self._old[num] = signal.signal(num, self._handler)
+                    if getattr(self._old[num], "records_signals", False):
+                        self._forward[num] = self._old[num]
+                        self.deferring = True
             self._hook = sys.unraisablehook
             sys.unraisablehook = self._unraisable
         return self
