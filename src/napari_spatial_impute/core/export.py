@@ -28,13 +28,12 @@ from napari_spatial_impute._version import __version__
 from napari_spatial_impute.core.project import (
     mapped_units,
     project_cell_annotations,
-    project_genes,
     resolve_method,
     resolve_reference_genes,
     top_mapped_units,
 )
 from napari_spatial_impute.io._sparse import is_sparse
-from napari_spatial_impute.io.schema import SDATA_KEY, UNS_KEY, interval_layer
+from napari_spatial_impute.io.schema import SDATA_KEY, UNS_KEY, interval_layer, level_name
 
 if TYPE_CHECKING:
     from napari_spatial_impute.core.result import MappingResult
@@ -46,6 +45,7 @@ def result_to_anndata(
     method: str = "auto",
     top_k: int = 10,
     impute: bool = True,
+    summaries: tuple[pd.Series, dict[float, float]] | None = None,
 ) -> ad.AnnData:
     """Assemble the spatial result AnnData (see the module docstring for its layout).
 
@@ -61,17 +61,25 @@ def result_to_anndata(
         Best reference units kept per spatial cell in ``obsm``.
     impute
         ``False`` leaves ``X`` empty (``None``) for :func:`write_result` to fill in chunks.
+    summaries
+        The per-gene summaries of :func:`~napari_spatial_impute.core.uncertainty.gene_summaries`
+        when computed already (:func:`~napari_spatial_impute.core.section_output.impute_in_chunks`
+        gives them with the values).
     """
     method = resolve_method(result, method)
     spatial = result.spatial
+    names = resolve_reference_genes(result, genes)
+    var = result.reference.var.loc[names].copy()
+    var["is_training"] = np.isin(names, result.genes.training_reference)
+    cal = result.calibration if method == resolve_method(result, "auto") else None
+    X = None
+    layers: dict[float, np.ndarray] = {}
     if impute:
-        imputed = project_genes(result, genes=genes, method=method)
-        X, var = imputed.X, imputed.var.copy()
-    else:
-        names = resolve_reference_genes(result, genes)
-        X = None
-        var = result.reference.var.loc[names].copy()
-        var["is_training"] = np.isin(names, result.genes.training_reference)
+        # filled a block of genes and cells at a time: no array beyond the output and one block
+        shape = (spatial.n_obs, len(names))
+        X = np.empty(shape, dtype=np.float32)
+        layers = {lv: np.empty(shape, dtype=np.float32) for lv in (cal.levels if cal else ())}
+        _fill_imputed(result, names, method, _chunk_step(shape[0]), _into(X, layers))
     out = ad.AnnData(X=X, obs=spatial.obs.copy(), var=var)
     if SDATA_KEY in spatial.uns:  # read from a SpatialData store: where its cells came from
         out.uns[SDATA_KEY] = dict(spatial.uns[SDATA_KEY])
@@ -79,13 +87,12 @@ def result_to_anndata(
         out.obsm[k] = v.copy() if hasattr(v, "copy") else v
     measured = spatial.X.toarray() if is_sparse(spatial.X) else np.asarray(spatial.X)
     out.obsm["measured"] = pd.DataFrame(
-        measured.astype(np.float32),
+        measured.astype(np.float32, copy=False),
         index=spatial.obs_names.copy(),
         columns=list(map(str, spatial.var_names)),
     )
 
     plan = result.genes
-    names = list(map(str, out.var_names))
     sp_name = dict(zip(plan.shared_reference, plan.shared_spatial, strict=True))
     out.var["is_shared"] = [g in sp_name for g in names]
     out.var["measured_name"] = [sp_name.get(g, "") for g in names]
@@ -93,19 +100,18 @@ def result_to_anndata(
     for col in ("train_score", "sparsity_sc", "sparsity_sp", "sparsity_diff"):
         out.var[col] = tdf[col].reindex(names).to_numpy(dtype=np.float64)
     out.var["dropped_reason"] = [plan.dropped.get(g, "") for g in names]
-    cal = result.calibration if method == resolve_method(result, "auto") else None
     if cal is not None:
-        from napari_spatial_impute.core.uncertainty import gene_summaries, intervals
-        from napari_spatial_impute.io.schema import level_name
+        from napari_spatial_impute.core.uncertainty import gene_summaries
 
-        predicted, widths = gene_summaries(result, cal, names)
+        predicted, widths = (
+            summaries if summaries is not None else gene_summaries(result, cal, names)
+        )
         out.var["predicted_pearson"] = predicted.to_numpy(dtype=np.float64)
         out.obs["uncertainty_group"] = pd.Categorical.from_codes(
             cal.groups, categories=cal.group_names
         )
-        if impute:
-            for lv, hw in intervals(result, cal, names).items():
-                out.layers[interval_layer(level_name(lv))] = hw
+        for lv, hw in layers.items():
+            out.layers[interval_layer(level_name(lv))] = hw
 
     key = result.cluster_key
     if key:
@@ -166,8 +172,13 @@ def result_to_anndata(
     return out
 
 
-#: Imputed outputs larger than this are written gene chunk by gene chunk.
-CHUNKED_WRITE_BYTES = 1 << 30
+#: Imputed outputs larger than this are written in blocks (of genes and cells): the imputed
+#: values and intervals of all of them at once hold several float64 copies of this size.
+CHUNKED_WRITE_BYTES = 1 << 28
+
+#: Values (cells x genes) of one block of :func:`imputed_blocks`: its float32 values and the
+#: intervals' float64 arrays are a small multiple of this (about 0.2 GiB at 4 M values).
+BLOCK_VALUES = 1 << 22
 
 
 def write_result(
@@ -230,12 +241,95 @@ def write_result(
 
 
 def _chunk_step(n_obs: int) -> int:
-    """Genes imputed per chunk so that a chunk (values and intervals) stays near 1/16 GiB x 16."""
-    return max(1, CHUNKED_WRITE_BYTES // (16 * max(n_obs, 1)))
+    """Genes imputed per chunk: a multiple of the h5ad chunks' 64 columns, more when the cells
+    are few (a block of cells then holds :data:`BLOCK_VALUES` values; :func:`imputed_blocks`)."""
+    return max(64, BLOCK_VALUES // max(n_obs, 1) // 64 * 64)
 
 
 def _chunks(shape: tuple[int, int]) -> tuple[int, int]:
     return (max(1, min(shape[0], 4096)), max(1, min(shape[1], 64)))
+
+
+def gene_block(result: MappingResult, names: Sequence[str]) -> MappingResult:
+    """``result`` with its reference reduced to genes ``names`` (their values copied once):
+    the cell blocks of :func:`imputed_blocks` then read those columns, not the reference's."""
+    import dataclasses
+
+    idx = result.reference.var_names.get_indexer(list(names))
+    X = result.reference_values.X[:, idx]
+    var = result.reference.var.iloc[idx]
+    values = ad.AnnData(X=X, obs=result.reference.obs, var=var)
+    return dataclasses.replace(result, reference=values, reference_values=values)
+
+
+def cell_rows(n_genes: int, rows: int | None = None) -> int:
+    """Cells per block of :func:`imputed_blocks` for ``n_genes`` genes."""
+    return max(1, rows or BLOCK_VALUES // max(n_genes, 1))
+
+
+def imputed_blocks(
+    result: MappingResult,
+    names: Sequence[str],
+    method: str,
+    intervals: bool = True,
+    rows: int | None = None,
+    unit_idx: np.ndarray | None = None,
+    values: bool = True,
+) -> Any:
+    """Imputed values (and interval half-widths of each level) of genes ``names``, a block of
+    cells at a time: yields ``(start, stop, values, {level: half-widths})``.
+
+    Each cell's numbers are computed from its own row of the map, so the blocks give the values
+    of :func:`~napari_spatial_impute.core.project.project_values` and
+    :func:`~napari_spatial_impute.core.uncertainty.intervals` over all cells; a block holds
+    ``rows`` cells (default: :data:`BLOCK_VALUES` values), never all cells x genes.
+    ``intervals=False`` or a projection other than the map's own: no half-widths (empty dict);
+    ``values=False``: ``None`` for the values (the half-widths alone).
+    """
+    import dataclasses
+
+    import scipy.sparse as sp
+
+    from napari_spatial_impute.core.project import project_values
+
+    cal = result.calibration if method == resolve_method(result, "auto") else None
+    cal = cal if intervals else None
+    sub = gene_block(result, names)
+    col_idx = np.arange(len(names))
+    n_obs = result.spatial.n_obs
+    step = cell_rows(len(names), rows)
+    if method == "argmax" and unit_idx is None:
+        unit_idx = mapped_units(result)[0]
+    P: Any = result.probabilities
+    W = result.neighbours
+    if method != "neighbours" and is_sparse(P) and not isinstance(P, sp.csc_matrix):
+        P = sp.csc_matrix(P)  # column blocks of the map
+    for a in range(0, n_obs, step):
+        b = min(n_obs, a + step)
+        part = dataclasses.replace(
+            sub,
+            probabilities=P if method == "neighbours" else P[:, a:b],
+            neighbours=None if W is None else W[a:b],
+        )
+        block = None
+        if values:
+            block = project_values(
+                part, col_idx, method, unit_idx=None if unit_idx is None else unit_idx[a:b]
+            )
+        widths: dict[float, np.ndarray] = {}
+        if cal is not None:
+            from napari_spatial_impute.core.uncertainty import intervals as half_widths
+
+            cal_part = dataclasses.replace(cal, groups=cal.groups[a:b])
+            widths = half_widths(part, cal_part, list(names))
+        yield a, b, block, widths
+
+
+def _into(X: np.ndarray, layers: dict[float, np.ndarray]) -> Callable[[str | None, str], Any]:
+    """``create`` of :func:`_fill_imputed` handing out arrays made already (``X``, each level's
+    half-widths)."""
+    by_name = {interval_layer(level_name(lv)): a for lv, a in layers.items()}
+    return lambda group, name: X if group is None else by_name[name]
 
 
 def _fill_imputed(
@@ -249,28 +343,31 @@ def _fill_imputed(
     """Impute ``names`` ``step`` genes at a time into arrays made by ``create(group, name)``.
 
     ``X`` and, with intervals, ``layers/interval_<level>_halfwidth`` (same for ``.h5ad`` files
-    through h5py and for SpatialData tables through zarr). ``check`` is called before each chunk
-    (it raises an interrupt received meanwhile).
+    through h5py and for SpatialData tables through zarr), a block of cells at a time
+    (:func:`imputed_blocks`). ``check`` is called before each block (it raises an interrupt
+    received meanwhile).
     """
     X = create(None, "X")
     cal = result.calibration if method == resolve_method(result, "auto") else None
     layer_arrays: dict[float, Any] = {}
     if cal is not None:
-        from napari_spatial_impute.io.schema import level_name
-
         for lv in cal.levels:
             layer_arrays[lv] = create("layers", interval_layer(level_name(lv)))
-    for a in range(0, len(names), step):
-        if check is not None:
-            check()
-        chunk_names = list(names[a : a + step])
-        block = project_genes(result, genes=chunk_names, method=method).X
-        X[:, a : a + block.shape[1]] = block
-        if cal is not None:
-            from napari_spatial_impute.core.uncertainty import intervals
-
-            for lv, hw in intervals(result, cal, chunk_names).items():
-                layer_arrays[lv][:, a : a + hw.shape[1]] = hw
+    unit_idx = mapped_units(result)[0] if method == "argmax" else None
+    for g in range(0, len(names), step):
+        chunk_names = list(names[g : g + step])
+        k = len(chunk_names)
+        blocks = imputed_blocks(result, chunk_names, method, unit_idx=unit_idx)
+        while True:
+            if check is not None:
+                check()
+            got = next(blocks, None)
+            if got is None:
+                break
+            a, b, values, widths = got
+            X[a:b, g : g + k] = values
+            for lv, hw in widths.items():
+                layer_arrays[lv][a:b, g : g + k] = hw
 
 
 # --------------------------------------------------------------------------- SpatialData stores

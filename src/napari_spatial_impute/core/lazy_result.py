@@ -78,9 +78,16 @@ class IntervalColumns:
         self.level = level
 
     def block(self, cols: slice) -> np.ndarray:
-        from napari_spatial_impute.core.uncertainty import intervals
+        # a block of cells at a time: the intervals' float64 arrays are one block's, not all
+        # cells x these genes (the same numbers, each cell from its own row of the map)
+        from napari_spatial_impute.core.export import imputed_blocks
 
-        return intervals(self.result, self.result.calibration, self.names[cols])[self.level]
+        names = self.names[cols]
+        out = np.empty((self.result.spatial.n_obs, len(names)), dtype=np.float32)
+        method = resolve_method(self.result, "auto")
+        for a, b, _, widths in imputed_blocks(self.result, names, method, values=False):
+            out[a:b] = widths[self.level]
+        return out
 
     def column(self, j: int) -> np.ndarray:
         return self.block(slice(j, j + 1))[:, 0]

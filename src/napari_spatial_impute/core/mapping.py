@@ -315,14 +315,12 @@ def assemble_result(
     if problem.mode == "constrained":
         if built.filter_probabilities is None:  # constrained mode always learns the filter
             raise RuntimeError("constrained mapping without filter probabilities")
-        pred = np.asarray(P.T @ (S * built.filter_probabilities[:, None]))
-    else:
-        pred = np.asarray(P.T @ S)
+        S = S * built.filter_probabilities[:, None]
     sp_sc = gene_sparsity(problem.S_cells)
     sp_sp = gene_sparsity(G)
     train_df = pd.DataFrame(
         {
-            "train_score": cosine_per_gene(pred, G).astype(np.float64),
+            "train_score": training_scores(P, S, G),
             "sparsity_sc": sp_sc,
             "sparsity_sp": sp_sp,
             "sparsity_diff": sp_sp - sp_sc,
@@ -366,6 +364,39 @@ def assemble_result(
         neighbours=built.neighbours,
         choice=choice.record() if choice is not None else None,
     )
+
+
+#: Spatial cells per block of :func:`training_scores` (its float64 arrays are this many cells x
+#: the training genes; above it, the scores are sums over blocks).
+SCORE_ROWS = 1 << 16
+
+
+def training_scores(P: Any, S: np.ndarray, G: np.ndarray, rows: int | None = None) -> np.ndarray:
+    """Cosine of each training gene's imputed values ``Pᵀ S`` with its measured values ``G``.
+
+    Computed over blocks of ``rows`` spatial cells (default :data:`SCORE_ROWS`): no array of
+    all spatial cells x genes beyond ``G``. Up to that many cells, one block, as
+    :func:`~napari_spatial_impute.core.metrics.cosine_per_gene` of the whole; above it the
+    per-gene sums are added over blocks (equal to float64 rounding).
+    """
+    rows = rows or SCORE_ROWS
+    n_sp = G.shape[0]
+    if n_sp <= rows:
+        return cosine_per_gene(np.asarray(P.T @ S), G).astype(np.float64)
+    num = np.zeros(G.shape[1], dtype=np.float64)
+    pp, gg = np.zeros_like(num), np.zeros_like(num)
+    PT = P.T  # spatial x units (a view: CSR of a CSC map, or a dense transpose)
+    for a in range(0, n_sp, rows):
+        b = min(n_sp, a + rows)
+        pred = np.asarray(PT[a:b] @ S, dtype=np.float64)
+        meas = np.asarray(G[a:b], dtype=np.float64)
+        num += (pred * meas).sum(0)
+        pp += (pred * pred).sum(0)
+        gg += (meas * meas).sum(0)
+    den = np.sqrt(pp) * np.sqrt(gg)
+    out = np.full(num.shape, np.nan)
+    np.divide(num, den, out=out, where=den > 0)
+    return out
 
 
 def calibrate_map(

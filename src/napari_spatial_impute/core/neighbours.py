@@ -71,16 +71,30 @@ def _zscore(X: torch.Tensor) -> torch.Tensor:
     return Z
 
 
-def similarity_values(X: np.ndarray, raw_counts: bool) -> np.ndarray:
-    """Values used to compare cells: log1p of median-total-normalised counts for raw counts."""
+def similarity_values(
+    X: np.ndarray, raw_counts: bool, rows: np.ndarray | None = None
+) -> np.ndarray:
+    """Values used to compare cells: log1p of median-total-normalised counts for raw counts.
+
+    ``rows``: only these rows (normalised to the median total of all rows, as when all are
+    transformed and then indexed).
+    """
     if not raw_counts:
-        return X
-    tot = X.sum(1, keepdims=True)
-    target = float(np.median(tot[tot > 0])) if np.any(tot > 0) else 1.0
-    scale = np.zeros_like(tot)
-    np.divide(target, tot, out=scale, where=tot > 0)
+        return X if rows is None else X[rows]
+    scale = count_scale(X)
+    if rows is not None:
+        X, scale = X[rows], scale[rows]
     values: np.ndarray = np.log1p(X * scale)
     return values
+
+
+def count_scale(X: np.ndarray) -> np.ndarray:
+    """Each row's factor to the median total count of the rows with counts (0 for empty rows)."""
+    tot = np.asarray(X.sum(1, keepdims=True))
+    target = float(np.median(tot[tot > 0])) if np.any(tot > 0) else 1.0
+    scale: np.ndarray = np.zeros_like(tot)
+    np.divide(target, tot, out=scale, where=tot > 0)
+    return scale
 
 
 def effective_k(k: int, n: int) -> int:
@@ -96,6 +110,7 @@ def neighbour_weights(
     cancel: CancelFlag = None,
     search: str = "auto",
     seed: int = 0,
+    spatial_raw: bool = False,
 ) -> sp.csr_matrix:
     """The ensemble's weight matrix.
 
@@ -120,6 +135,9 @@ def neighbour_weights(
         10^9 pairs, so small data give the same weights as the exact search, bit for bit.
     seed
         Seed of the approximate search's index.
+    spatial_raw
+        ``G`` holds raw counts: its cells are compared on their log-normalised values
+        (:func:`similarity_values`), made a block of cells at a time.
 
     Returns
     -------
@@ -131,6 +149,9 @@ def neighbour_weights(
     within one of the sets (a set of one cell, or of identical cells) its z-scores are all zero and
     say nothing about which cells are alike; those members then compare the values as given (the
     ``"raw"`` space) instead.
+
+    Memory: besides ``S``, ``G`` and the weights, one block of spatial cells at a time in each
+    space (:class:`SpatialSpaces`), never a second copy of all spatial cells x genes.
     """
     n, s = S.shape[0], G.shape[0]
     if n == 0 or s == 0:
@@ -138,11 +159,11 @@ def neighbour_weights(
             f"neighbour_weights needs cells on both sides, got {n} reference and {s} spatial."
         )
     St = torch.as_tensor(np.asarray(S, dtype=np.float32))
-    Gt = torch.as_tensor(np.asarray(G, dtype=np.float32))
-    Sz = Gz = None
+    spatial = SpatialSpaces(G, raw_counts=spatial_raw)
+    Sz = None
     if any(m.space in ("z", "pca") for m in members):
-        Sz, Gz = _zscore(St), _zscore(Gt)
-        if not (bool(Sz.any()) and bool(Gz.any())):
+        Sz = _zscore(St)
+        if not (bool(Sz.any()) and spatial.varies):
             members = tuple(
                 m._replace(space="raw") if m.space in ("z", "pca") else m for m in members
             )
@@ -150,35 +171,34 @@ def neighbour_weights(
     # and the order of the blocks below sets the order of the float sums
     spaces = list(dict.fromkeys(m.space for m in members))
     ref_space: dict[str, torch.Tensor] = {}
-    sp_space: dict[str, torch.Tensor] = {}
     if "raw" in spaces:
-        ref_space["raw"], sp_space["raw"] = _unit_rows(St), Gt
-    if Sz is not None and Gz is not None:
+        ref_space["raw"] = _unit_rows(St)
+    if Sz is not None:
         if "z" in spaces:
-            ref_space["z"], sp_space["z"] = _unit_rows(Sz), Gz
+            ref_space["z"] = _unit_rows(Sz)
         if "pca" in spaces:
-            cov = (Sz.t() @ Sz + Gz.t() @ Gz) / float(n + s)
+            cov = (Sz.t() @ Sz + spatial.gram()) / float(n + s)
             _, vecs = torch.linalg.eigh(cov.double())
             V = vecs[:, -min(PCA_COMPONENTS, S.shape[1]) :].float()
-            ref_space["pca"], sp_space["pca"] = _unit_rows(Sz @ V), Gz @ V
+            ref_space["pca"] = _unit_rows(Sz @ V)
+            spatial.pca = V
+    del St, Sz
     if resolve_search(search, n, s) == "approximate":
-        del St, Gt, Sz, Gz
-        return _approximate_weights(ref_space, sp_space, members, spaces, n, s, seed, cancel)
+        return _approximate_weights(ref_space, spatial, members, spaces, n, s, seed, cancel)
     chunk = chunk or max(256, (1 << 25) // max(n, 1))
     counts, cols, vals = [], [], []
     for a in range(0, s, chunk):
         if is_cancelled(cancel):
             raise MappingCancelled(f"mapping cancelled after {a} of {s} spatial cells")
         b = min(s, a + chunk)
+        rows = spatial.rows(a, b, spaces)
         # the members' weights summed into one dense block (the size of the similarities): its
         # nonzeros, read row by row, are the block's CSR rows with sorted columns
         acc = torch.zeros((b - a, n), dtype=torch.float32)
         for space in spaces:
             mine = [m for m in members if m.space == space]
             kmax = max(effective_k(m.k, n) for m in mine)
-            top_v, top_i = exact_top_k(
-                ref_space[space], _unit_rows(sp_space[space][a:b]), kmax, chunk=b - a
-            )
+            top_v, top_i = exact_top_k(ref_space[space], rows[space], kmax, chunk=b - a)
             for m in mine:
                 k = effective_k(m.k, n)
                 acc.scatter_add_(1, top_i[:, :k], _member_weights(top_v[:, :k], m, len(members)))
@@ -186,8 +206,111 @@ def neighbour_weights(
         counts.append(torch.bincount(r, minlength=b - a).numpy())
         cols.append(c.numpy().astype(np.int32))
         vals.append(acc[r, c].numpy())
-        del acc
+        del acc, rows
     return _csr_from_blocks(counts, cols, vals, (s, n))
+
+
+#: Spatial cells per block when the spatial spaces are made (z-scores, PCA scores, unit rows):
+#: no copy of all spatial cells x genes is made beyond the values given.
+SPACE_ROWS = 1 << 16
+
+
+class SpatialSpaces:
+    """The spatial cells in each space of the ensemble, made a block of rows at a time.
+
+    The statistics over all cells (each gene's mean and standard deviation for the z-scores,
+    the z-scores' Gram matrix for the PCA, the median total for raw counts) are computed once;
+    then :meth:`rows` gives a block's unit rows in each space. Each value of a block is computed
+    as it was over all cells at once (elementwise from the same statistics), so the blocks give
+    the same numbers whatever their size; the Gram matrix is summed over blocks of
+    :data:`SPACE_ROWS` cells (one block, and the same sum as before, up to that many cells).
+    """
+
+    def __init__(self, G: np.ndarray, raw_counts: bool = False, block: int | None = None) -> None:
+        self.G = np.asarray(G, dtype=np.float32)
+        self.block = block or SPACE_ROWS
+        self.scale = count_scale(self.G) if raw_counts else None
+        self.pca: torch.Tensor | None = None
+        s = self.G.shape[0]
+        if self.scale is None:
+            X = torch.as_tensor(self.G)
+            self._stats(X)
+        else:
+            # the statistics of the log-normalised values, a block at a time (float64 sums)
+            self._stats_blocks()
+        self.varies = s > 1 and bool((self.hi != self.lo).any())
+
+    def _stats(self, X: torch.Tensor) -> None:
+        s = X.shape[0]
+        sd = X.std(dim=0, keepdim=True) if s > 1 else torch.ones_like(X[:1])
+        self.sd = torch.where(torch.isfinite(sd) & (sd > 0), sd, torch.ones_like(sd))
+        self.mean = X.mean(dim=0, keepdim=True)
+        self.hi, self.lo = X.amax(dim=0), X.amin(dim=0)
+
+    def _stats_blocks(self) -> None:
+        s = self.G.shape[0]
+        if s <= self.block:
+            self._stats(torch.as_tensor(self.values(0, s)))
+            return
+        g = self.G.shape[1]
+        total = np.zeros(g, dtype=np.float64)
+        hi = np.full(g, -np.inf, dtype=np.float32)
+        lo = np.full(g, np.inf, dtype=np.float32)
+        for a in range(0, s, self.block):
+            V = self.values(a, min(s, a + self.block))
+            total += V.sum(0, dtype=np.float64)
+            np.maximum(hi, V.max(0), out=hi)
+            np.minimum(lo, V.min(0), out=lo)
+        mean = total / s
+        sq = np.zeros(g, dtype=np.float64)
+        for a in range(0, s, self.block):
+            V = self.values(a, min(s, a + self.block))
+            sq += ((V - mean) ** 2).sum(0)
+        sd = torch.as_tensor(np.sqrt(sq / (s - 1)).astype(np.float32))[None, :]
+        self.sd = torch.where(torch.isfinite(sd) & (sd > 0), sd, torch.ones_like(sd))
+        self.mean = torch.as_tensor(mean.astype(np.float32))[None, :]
+        self.hi, self.lo = torch.as_tensor(hi), torch.as_tensor(lo)
+
+    def values(self, a: int, b: int) -> np.ndarray:
+        """Rows ``a:b`` as cells are compared (:func:`similarity_values`)."""
+        if self.scale is None:
+            return self.G[a:b]
+        out: np.ndarray = np.log1p(self.G[a:b] * self.scale[a:b])
+        return out
+
+    def z(self, a: int, b: int) -> torch.Tensor:
+        """Rows ``a:b`` z-scored with the statistics of all cells (as :func:`_zscore`)."""
+        X = torch.as_tensor(self.values(a, b))
+        if self.G.shape[0] <= 1:
+            return torch.zeros_like(X)
+        Z = (X - self.mean) / self.sd
+        Z[:, self.hi == self.lo] = 0.0
+        return Z
+
+    def gram(self) -> torch.Tensor:
+        """``Zᵀ Z`` over all cells' z-scores (summed over blocks of :data:`SPACE_ROWS`)."""
+        s = self.G.shape[0]
+        total = None
+        for a in range(0, s, self.block):
+            Z = self.z(a, min(s, a + self.block))
+            part = Z.t() @ Z
+            total = part if total is None else total + part
+        assert total is not None
+        return total
+
+    def rows(self, a: int, b: int, spaces: list[str]) -> dict[str, torch.Tensor]:
+        """Unit rows ``a:b`` in each of ``spaces``."""
+        out: dict[str, torch.Tensor] = {}
+        if "raw" in spaces:
+            out["raw"] = _unit_rows(torch.as_tensor(self.values(a, b)))
+        if "z" in spaces or "pca" in spaces:
+            Z = self.z(a, b)
+            if "z" in spaces:
+                out["z"] = _unit_rows(Z)
+            if "pca" in spaces:
+                assert self.pca is not None
+                out["pca"] = _unit_rows(Z @ self.pca)
+        return out
 
 
 def _member_weights(v: torch.Tensor, m: Member, n_members: int) -> torch.Tensor:
@@ -202,7 +325,7 @@ def _member_weights(v: torch.Tensor, m: Member, n_members: int) -> torch.Tensor:
 
 def _approximate_weights(
     ref_space: dict[str, torch.Tensor],
-    sp_space: dict[str, torch.Tensor],
+    spatial: SpatialSpaces,
     members: tuple[Member, ...],
     spaces: list[str],
     n: int,
@@ -231,14 +354,13 @@ def _approximate_weights(
     for a in range(0, s, chunk):
         done[0] = a
         b = min(s, a + chunk)
+        rows = spatial.rows(a, b, spaces)
         local = torch.arange(b - a, dtype=torch.int64)[:, None] * n
         keys, weights = [], []
         for space in spaces:
             mine = [m for m in members if m.space == space]
             kmax = max(effective_k(m.k, n) for m in mine)
-            top_v, top_i = indexes[space].search(
-                _unit_rows(sp_space[space][a:b]), kmax, cancel=check
-            )
+            top_v, top_i = indexes[space].search(rows.pop(space), kmax, cancel=check)
             for m in mine:
                 k = effective_k(m.k, n)
                 keys.append((local + top_i[:, :k]).reshape(-1))
@@ -260,8 +382,22 @@ def _csr_from_blocks(
     """The weight matrix from its blocks of rows (nonzeros per row, sorted columns, values)."""
     indptr = np.zeros(shape[0] + 1, dtype=np.int64)
     np.cumsum(np.concatenate(counts), out=indptr[1:])
-    W = sp.csr_matrix(
-        (np.concatenate(vals), np.concatenate(cols), indptr), shape=shape, dtype=np.float32
-    )
+    # each list emptied as it is joined: the blocks and the joined arrays are never all held
+    data = _join(vals)
+    indices = _join(cols)
+    W = sp.csr_matrix((data, indices, indptr), shape=shape, dtype=np.float32, copy=False)
     W.has_sorted_indices = True
     return W
+
+
+def _join(parts: list[np.ndarray]) -> np.ndarray:
+    """``np.concatenate(parts)``, emptying ``parts`` block by block as it is copied."""
+    total = sum(len(p) for p in parts)
+    out = np.empty(total, dtype=parts[0].dtype if parts else np.float32)
+    at = 0
+    parts.reverse()
+    while parts:
+        p = parts.pop()
+        out[at : at + len(p)] = p
+        at += len(p)
+    return out

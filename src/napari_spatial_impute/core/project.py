@@ -150,11 +150,14 @@ def project_values(
     col_idx = np.asarray(col_idx, dtype=np.int64)
     P: Any = result.probabilities
     block: Any
-    n_sp = P.shape[1] if cells is None else len(cells)
+    W = result.neighbours
+    if cells is not None:
+        n_sp = len(cells)
+    else:  # the ensemble's W S reads no P (a lean result's P may be empty)
+        n_sp = W.shape[0] if method == "neighbours" and W is not None else P.shape[1]
     out = np.empty((n_sp, len(col_idx)), dtype=np.float32)
     if method == "argmax" and unit_idx is None:
         unit_idx, _ = mapped_units(result)
-    W = result.neighbours
     if cells is not None:
         cells = np.asarray(cells, dtype=np.int64)
         W = None if W is None else W[cells]
@@ -295,7 +298,7 @@ def top_mapped_units(result: MappingResult, k: int = 10) -> tuple[np.ndarray, np
 
 #: Rows of the map handled at once by :func:`_top_sparse` (its arrays are rows x the longest
 #: row: at 10^6 cells x 117 neighbours at once they held 6 GiB).
-TOP_ROWS = 65_536
+TOP_ROWS = 16_384
 
 
 def _top_sparse(

@@ -68,7 +68,7 @@ class MappingResult:
         (:meth:`~napari_spatial_impute.core.maps.choose.MapChoice.record`), else ``None``.
     """
 
-    probabilities: np.ndarray | sp.csr_matrix
+    probabilities: np.ndarray | sp.csr_matrix | sp.csc_matrix
     mode: str
     reference: ad.AnnData
     spatial: ad.AnnData

@@ -57,7 +57,7 @@ class BuiltMap:
     """
 
     name: str
-    probabilities: np.ndarray | sp.csr_matrix
+    probabilities: np.ndarray | sp.csr_matrix | sp.csc_matrix
     neighbours: sp.csr_matrix | None = None
     history: dict[str, list[float]] = field(default_factory=dict)
     epochs_done: int = 0

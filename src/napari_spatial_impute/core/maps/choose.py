@@ -260,10 +260,8 @@ def choose_map(
     else:
         inner_problem = problem
     # the values as cells are compared, once for every candidate and the size baseline
-    S, G = problem.similarity()
-    given = problem.G
-    if cells is not None:
-        G, given = G[cells], given[cells]
+    S, G = problem.similarity(cells)
+    given = problem.G if cells is None else problem.G[cells]
     for name in candidates:
         if progress is not None:
             progress(name)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-import scipy.sparse as sp
 import torch
 
 from napari_spatial_impute.core.engine.engines import threads_for
@@ -14,7 +13,7 @@ from napari_spatial_impute.core.engine.resources import check_fits, estimate_ens
 from napari_spatial_impute.core.engine.search import resolve_search
 from napari_spatial_impute.core.maps.base import BuiltMap
 from napari_spatial_impute.core.maps.problem import Problem
-from napari_spatial_impute.core.neighbours import neighbour_weights
+from napari_spatial_impute.core.neighbours import neighbour_weights, similarity_values
 
 
 class EnsembleMap:
@@ -40,17 +39,23 @@ class EnsembleMap:
                 problem.mode,
                 options="use fewer reference cells, or map one FOV or section at a time",
             )
-        S, G = problem.similarity()
+        # the spatial values as given: neighbour_weights log-normalises raw counts a block of
+        # cells at a time (no second copy of every spatial cell)
+        ref_raw, sp_raw = problem.similarity_raw
+        S = similarity_values(problem.S_cells, ref_raw)
         search = problem.settings.search
         # small searches on one torch thread (threads_for): identical weights, and no waiting on
         # a second thread that another process has descheduled
         with threads_for(n_ref * n_sp):
-            W = neighbour_weights(S, G, cancel=cancel, search=search, seed=problem.seed)
+            W = neighbour_weights(
+                S, problem.G, cancel=cancel, search=search, seed=problem.seed, spatial_raw=sp_raw
+            )
         return BuiltMap(
             name=self.name,
             # the map, reference cells x spatial cells: each spatial cell's column holds the
             # weights of its matched reference cells and sums to 1
-            probabilities=sp.csr_matrix(W.T),  # float32 as W
+            # W.T: W's arrays read as CSC (no copy of the map)
+            probabilities=W.T,
             neighbours=W,
             n_pairs=int(W.nnz),
             ran={"search": resolve_search(search, n_ref, n_sp)},

@@ -163,10 +163,11 @@ class Problem:
             none and self.spatial_kind == "raw counts",
         )
 
-    def similarity(self) -> tuple[np.ndarray, np.ndarray]:
-        """``(S_cells, G)`` as cells are compared (:func:`similarity_values` per data set)."""
+    def similarity(self, cells: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """``(S_cells, G)`` as cells are compared (:func:`similarity_values` per data set);
+        ``cells``: those spatial rows only (the same values, no copy of all rows made)."""
         ref_raw, sp_raw = self.similarity_raw
-        return similarity_values(self.S_cells, ref_raw), similarity_values(self.G, sp_raw)
+        return similarity_values(self.S_cells, ref_raw), similarity_values(self.G, sp_raw, cells)
 
     def restrict(self, columns: Sequence[int], cells: np.ndarray | None = None) -> Problem:
         """The same problem on some training genes (column positions) and spatial cells."""
