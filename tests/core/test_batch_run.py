@@ -50,14 +50,23 @@ def _chosen(result):
     return chosen
 
 
-def _assert_batches_as_alone(result, ref, sp, rtol=0.0, atol=0.0):
-    """Each batch's rows are the mapping of that batch alone with the chosen method."""
+def _alone(ref, cells, method, calibration):
+    """The mapping of ``cells`` alone with ``method``, its intervals from the run's calibration
+    (made once for every batch)."""
+    from napari_spatial_impute.core.uncertainty import for_cells
+
+    result = nsi.map_cells_to_space(ref, cells, method=method, uncertainty=False, **MAP)
+    result.calibration = for_cells(calibration, result)
+    return result_to_anndata(result)
+
+
+def _assert_batches_as_alone(result, ref, sp, calibration, rtol=0.0, atol=0.0):
+    """Each batch's rows are the mapping of that batch alone with the chosen method, and its
+    intervals those of the calibration made once for the run."""
     method = _chosen(result)
     for name in ("s1", "s2", "s3"):
         rows = np.flatnonzero(sp.obs["section"].to_numpy() == name)
-        alone = result_to_anndata(
-            nsi.map_cells_to_space(ref, sp[rows].copy(), method=method, **MAP)
-        )
+        alone = _alone(ref, sp[rows].copy(), method, calibration)
         np.testing.assert_allclose(result.X[rows], alone.X, rtol=rtol, atol=atol)
         for layer, values in alone.layers.items():
             np.testing.assert_allclose(result.layers[layer][rows], values, rtol=rtol, atol=atol)
@@ -92,7 +101,7 @@ def test_each_batch_is_its_own_mapping_in_one_file(tmp_path, suffix, caplog):
     result = _read(tmp_path / f"out{suffix}")
     assert result.shape == (sp.n_obs, ref.n_vars)
     assert list(result.obs_names) == list(sp.obs_names)  # the input's row order
-    _assert_batches_as_alone(result, ref, sp)
+    _assert_batches_as_alone(result, ref, sp, run.calibration)
     assert [p.done for p in seen] == [1, 2, 3]
     # the choice, made once before any batch, in one logged line (all 240 cells drawn; the
     # synthetic data have a few without counts, left out)
@@ -117,8 +126,10 @@ def test_backed_h5ad_is_read_batch_by_batch(tmp_path):
     ref, sp = _pair(interleaved=False)
     sp.write_h5ad(tmp_path / "spatial.h5ad")
     before = (tmp_path / "spatial.h5ad").read_bytes()
-    map_batches(ref, tmp_path / "spatial.h5ad", "section", tmp_path / "out.h5ad", workers=0, **MAP)
-    _assert_batches_as_alone(_read(tmp_path / "out.h5ad"), ref, sp)
+    run = map_batches(
+        ref, tmp_path / "spatial.h5ad", "section", tmp_path / "out.h5ad", workers=0, **MAP
+    )
+    _assert_batches_as_alone(_read(tmp_path / "out.h5ad"), ref, sp, run.calibration)
     assert (tmp_path / "spatial.h5ad").read_bytes() == before
 
 
@@ -229,17 +240,32 @@ def test_a_batch_without_counts_is_skipped_and_reported(tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("method", "match"),
+    ("method", "uncertainty", "match"),
     [
-        ("ensemble", "no batch could be mapped.*no counts"),
-        ("auto", "240 cells drawn across the 3 sections to choose the map have no counts"),
+        ("ensemble", False, "no batch could be mapped.*no counts"),
+        (
+            "ensemble",
+            True,
+            "240 cells drawn across the 3 sections to calibrate the prediction intervals have no "
+            "counts",
+        ),
+        ("auto", True, "240 cells drawn across the 3 sections to choose the map have no counts"),
     ],
 )
-def test_nothing_is_written_when_no_batch_maps(tmp_path, method, match):
+def test_nothing_is_written_when_no_batch_maps(tmp_path, method, uncertainty, match):
     ref, sp = _pair()
     sp.X = sp.X * 0
     with pytest.raises(InputError, match=match):
-        map_batches(ref, sp, "section", tmp_path / "out.h5ad", workers=0, method=method, **MAP)
+        map_batches(
+            ref,
+            sp,
+            "section",
+            tmp_path / "out.h5ad",
+            workers=0,
+            method=method,
+            uncertainty=uncertainty,
+            **MAP,
+        )
     assert list(tmp_path.iterdir()) == []
 
 
@@ -303,7 +329,7 @@ def test_dask_cluster_gives_the_batches_own_mappings(tmp_path, cluster):
     run = map_batches(ref, sp, "section", tmp_path / "out.zarr", scheduler=cluster, **MAP)
     result = _read(tmp_path / "out.zarr")
     # worker processes run torch on one thread: sums may round differently in the last bits
-    _assert_batches_as_alone(result, ref, sp, rtol=1e-5, atol=1e-6)
+    _assert_batches_as_alone(result, ref, sp, run.calibration, rtol=1e-5, atol=1e-6)
     workers = {w.rsplit(":", 1)[1] for w in run.batches["worker"]}
     assert str(os.getpid()) not in workers  # the batches ran in the worker processes
 
@@ -335,11 +361,21 @@ def test_a_killed_worker_is_replaced_and_its_batch_written_once(tmp_path, cluste
     index = int(str(killed["key"]).rsplit("-", 1)[1])
     rerun_by = run.batches["worker"].iloc[index].rsplit(":", 1)[1]
     assert rerun_by != str(killed["pid"])
-    _assert_batches_as_alone(_read(tmp_path / "out.h5ad"), ref, sp, rtol=1e-5, atol=1e-6)
+    _assert_batches_as_alone(
+        _read(tmp_path / "out.h5ad"), ref, sp, run.calibration, rtol=1e-5, atol=1e-6
+    )
 
 
 #: What differs from run to run whatever the result: times, processes, memory.
-VOLATILE = {"timings", "seconds", "worker", "peak_rss_gib", "client_peak_rss_gib", "workers"}
+VOLATILE = {
+    "timings",
+    "seconds",
+    "worker",
+    "peak_rss_gib",
+    "client_peak_rss_gib",
+    "client_cpu_s",
+    "workers",
+}
 
 
 def _stable(value):

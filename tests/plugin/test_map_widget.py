@@ -780,36 +780,6 @@ def test_closing_stops_a_batched_write(make_napari_viewer, qtbot, merfish, tmp_p
     assert out.read_bytes() == b"an earlier result"
 
 
-def test_the_batch_writer_stops_between_arrays(tmp_path):
-    """Issue 24 (10e): a cancel reaches the writer between the arrays of a batch and before the
-    end's obs/var/uns (a batch's arrays can be gigabytes)."""
-    from napari_spatial_impute._errors import MappingCancelled
-    from napari_spatial_impute.core.batches import BatchOutput
-    from napari_spatial_impute.io.batch_out import BatchResultWriter
-
-    obs = pd.DataFrame(index=[f"c{i}" for i in range(6)])
-    asked = []
-    stop_at = [3]
-
-    def stop():
-        asked.append(1)
-        return len(asked) >= stop_at[0]
-
-    writer = BatchResultWriter(tmp_path / "out.h5ad", obs, {}, ["a", "b"], zarr=False, stop=stop)
-    rows = np.arange(3)
-    lay = {"interval_90_halfwidth": np.ones((3, 2)), "interval_67_halfwidth": np.ones((3, 2))}
-    out = BatchOutput(0, "first", rows, X=np.ones((3, 2)), layers=lay)
-    with pytest.raises(MappingCancelled):
-        writer.write(out)
-    assert len(asked) == 3, "asked before each array, stopped at the third"
-    stop_at[0] = 10**6
-    writer.write(BatchOutput(1, "second", rows + 3, X=np.ones((3, 2)), layers=lay))
-    stop_at[0] = 0
-    with pytest.raises(MappingCancelled):
-        writer.finish(obs, pd.DataFrame(index=["a", "b"]), {})
-    writer.close()
-
-
 def test_input_checks_run_off_the_main_thread(widget, qtbot, monkeypatch):
     """Issue 24: the input warnings and batch keys (0.6 s and 0.3 s at 10^6 cells) were
     computed on the main thread at each data change, at Map's click and again at its end. They

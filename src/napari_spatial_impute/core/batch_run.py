@@ -54,6 +54,8 @@ from napari_spatial_impute.core.stopping import stops_on_signals
 
 if TYPE_CHECKING:
     from napari_spatial_impute.core.maps.choose import MapChoice
+    from napari_spatial_impute.core.maps.problem import Problem
+    from napari_spatial_impute.core.uncertainty import Calibration
 
 #: The map chosen once for a run is logged here (INFO) before any batch; the CLI prints it.
 log = logging.getLogger(__name__)
@@ -93,7 +95,8 @@ class BatchRun:
     """What :func:`map_batches` did: the file it wrote and one row per batch.
 
     ``choice`` is the map choice made once for every batch (``uns["spatial_impute"]["map_choice"]``
-    of the file), ``None`` when the method was given.
+    of the file), ``None`` when the method was given; ``calibration`` the prediction intervals'
+    calibration made once for every batch (:func:`calibrate_once`), ``None`` without intervals.
     """
 
     path: Path
@@ -102,6 +105,7 @@ class BatchRun:
     workers: int
     warnings: list[tuple[str, str]] = field(default_factory=list)
     choice: dict[str, Any] | None = None
+    calibration: Calibration | None = None
 
     @property
     def skipped(self) -> pd.DataFrame:
@@ -219,35 +223,45 @@ def _with_counts(X: Any) -> np.ndarray:
     return keep
 
 
-def choose_once(
+@dataclass
+class RunSample:
+    """The seeded sample of cells drawn across the batches (:func:`~napari_spatial_impute.core.batches.sample_rows`),
+    prepared as one mapping problem against the whole reference: the map is chosen on it
+    (:func:`choose_once`) and calibrated on it (:func:`calibrate_once`), once for every batch."""
+
+    problem: Problem
+    rows: np.ndarray
+    n_drawn: int
+    counts: np.ndarray
+
+
+def draw_sample(
     reference: ad.AnnData,
     source: SpatialSource,
     batches: Sequence[Batch],
     settings: MappingSettings,
-    cancel: CancelFlag = None,
-) -> BatchChoice:
-    """Choose the map once for every batch: :func:`~napari_spatial_impute.core.maps.choose.choose_map`
-    on a seeded sample of at most :data:`~napari_spatial_impute.core.maps.choose.CHOICE_CELLS`
-    cells drawn across the batches (:func:`~napari_spatial_impute.core.batches.sample_rows`; only
-    those rows are read), against the whole reference, with the run's settings.
+    what: str = "choose the map",
+) -> RunSample:
+    """Read at most :data:`~napari_spatial_impute.core.maps.choose.CHOICE_CELLS` cells drawn
+    across ``batches`` (seeded by the run's seed; only those rows are read) and prepare them as a
+    problem against the whole reference, with the run's settings.
 
-    Cells without counts (or with values that are not finite) are left out of the sample: they
-    would not map in their batch either. The input warnings of the sample are not shown (each
-    batch reports its own).
+    Cells without counts (or with values that are not finite) are left out: they would not map
+    in their batch either. The input warnings of the sample are not shown (each batch reports
+    its own).
     """
-    from napari_spatial_impute.core.maps.choose import CHOICE_CELLS, choose_map
+    from napari_spatial_impute.core.maps.choose import CHOICE_CELLS
     from napari_spatial_impute.core.maps.problem import prepare_problem
 
-    t0 = time.perf_counter()
     seed = 0 if settings.seed is None else int(settings.seed)
     rows = sample_rows(batches, CHOICE_CELLS, seed)
     cells = source.take(rows)
     keep = _with_counts(cells.X)
     if not keep.any():
         raise InputError(
-            f"the {rows.size:,} cells drawn across the {len(batches)} sections to choose the map "
-            "have no counts (every value 0, or not finite): check the spatial values, or give the "
-            "map (--method ensemble or tangram)."
+            f"the {rows.size:,} cells drawn across the {len(batches)} sections to {what} have no "
+            "counts (every value 0, or not finite): check the spatial values, or give the map "
+            "(--method ensemble or tangram) and leave out the intervals (--no-uncertainty)."
         )
     if not keep.all():
         rows, cells = rows[keep], cells[keep].copy()
@@ -257,23 +271,60 @@ def choose_once(
             problem = prepare_problem(reference, cells, settings)
         except InputError as exc:
             raise InputError(
-                f"the map could not be chosen on {rows.size:,} cells drawn across the sections: "
-                f"{first_line(exc).rstrip('.')}; or give the map (--method ensemble or tangram)."
+                f"the map could not be prepared on {rows.size:,} cells drawn across the sections: "
+                f"{first_line(exc).rstrip('.')}."
             ) from None
-        choice = choose_map(problem, cancel=cancel)
     labels = np.empty(source.adata.n_obs, dtype=np.int64)
     for b in batches:
         labels[b.rows] = b.index
     counts = np.bincount(labels[rows], minlength=len(batches))
-    drawn = [b for b in batches if counts[b.index]]
+    return RunSample(problem, rows, int(keep.size), counts)
+
+
+def choose_once(
+    sample: RunSample,
+    batches: Sequence[Batch],
+    cancel: CancelFlag = None,
+) -> BatchChoice:
+    """Choose the map once for every batch: :func:`~napari_spatial_impute.core.maps.choose.choose_map`
+    on the run's sample of cells drawn across the batches (:func:`draw_sample`), against the
+    whole reference, with the run's settings."""
+    from napari_spatial_impute.core.maps.choose import choose_map
+
+    t0 = time.perf_counter()
+    choice = choose_map(sample.problem, cancel=cancel)
+    drawn = [b for b in batches if sample.counts[b.index]]
     return BatchChoice(
         choice,
         len(batches),
         [b.name for b in drawn],
-        [int(counts[b.index]) for b in drawn],
-        int(keep.size),
+        [int(sample.counts[b.index]) for b in drawn],
+        sample.n_drawn,
         time.perf_counter() - t0,
     )
+
+
+def calibrate_once(
+    sample: RunSample,
+    method: str,
+    choice: MapChoice | None = None,
+    cancel: CancelFlag = None,
+) -> Calibration:
+    """The prediction intervals and per-gene reliability of map ``method``, calibrated once for
+    every batch on the run's sample: the map made on the sample and calibrated as a run on those
+    cells alone would be (:func:`~napari_spatial_impute.core.mapping.calibrate_map`; the
+    choice's inner map reused). Each batch applies it to its own cells
+    (:func:`~napari_spatial_impute.core.uncertainty.for_cells`) instead of calibrating again: a
+    batch then costs its map and its genes, not four inner maps more."""
+    from napari_spatial_impute.core.mapping import assemble_result, calibrate_map
+    from napari_spatial_impute.core.maps.registry import get_map
+
+    problem = sample.problem
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # each batch reports its own input warnings
+        built = get_map(method).build(problem, cancel=cancel)
+        result = assemble_result(problem, built, choice)
+        return calibrate_map(problem, result, built, choice, cancel=cancel)
 
 
 def _small_obsm(value: Any) -> bool:
@@ -284,8 +335,10 @@ def batch_needs(
     reference: ad.AnnData, n_cells: int, n_genes: int, n_train: int, n_layers: int = 2
 ) -> int:
     """Bytes a worker needs to map ``n_cells`` spatial cells and impute ``n_genes``: the reference
-    (a copy of its values), the ensemble map, and the imputed block with its interval layers, held
-    twice while it is sent back."""
+    (a copy of its values), the ensemble map, and one block of cells x genes at a time with its
+    interval layers (:mod:`~napari_spatial_impute.core.section_output`: the section's values
+    are written to the staging files, never held)."""
+    from napari_spatial_impute.core.section_output import BAND_GENES, CHUNK_CELLS
     from napari_spatial_impute.io._sparse import is_sparse
 
     X = reference.X
@@ -295,7 +348,7 @@ def batch_needs(
         else np.asarray(X).nbytes
     )
     mapping = estimate_ensemble_map(reference.n_obs, n_cells, n_train).total_bytes
-    block = 4 * n_cells * n_genes * (1 + n_layers)
+    block = 8 * min(n_cells, CHUNK_CELLS) * min(n_genes, BAND_GENES) * (4 + n_layers)
     return int(2 * ref_bytes + mapping + 2 * block)
 
 
@@ -445,19 +498,32 @@ def map_batches(
         "top_k": top_k,
     }
     chosen: BatchChoice | None = None
+    timings: dict[str, float] = {}
 
-    def choose() -> None:
-        """Before any batch is submitted: with method auto, the map every batch makes."""
+    def prepare() -> None:
+        """Before any batch is submitted, on a sample of cells drawn across the batches: with
+        method auto, the map every batch makes; with intervals, their calibration."""
         nonlocal chosen
-        if resolve_map_method(settings.method, settings.mode) != "auto":
+        method = resolve_map_method(settings.method, settings.mode)
+        calibrates = bool(settings.uncertainty) and settings.mode == "cells"
+        if method != "auto" and not calibrates:
             return
         if is_cancelled(cancel):
             raise MappingCancelled("cancelled before the map was chosen")
-        chosen = choose_once(reference, source, batches, settings, cancel=cancel)
-        options["map_kwargs"]["method"] = chosen.chosen
-        log.info("%s", chosen.describe())
-        if chosen.choice.weak():
-            warnings.warn(chosen.choice.weak(), InputWarning, stacklevel=3)
+        what = "choose the map" if method == "auto" else "calibrate the prediction intervals"
+        sample = draw_sample(reference, source, batches, settings, what)
+        if method == "auto":
+            chosen = choose_once(sample, batches, cancel=cancel)
+            method = chosen.chosen
+            options["map_kwargs"]["method"] = method
+            log.info("%s", chosen.describe())
+            if chosen.choice.weak():
+                warnings.warn(chosen.choice.weak(), InputWarning, stacklevel=3)
+        if calibrates:
+            t_cal = time.perf_counter()
+            choice = chosen.choice if chosen is not None else None
+            options["calibration"] = calibrate_once(sample, method, choice, cancel=cancel)
+            timings["calibration_s"] = time.perf_counter() - t_cal
 
     records: list[dict[str, Any]] = []
     notes: list[tuple[str, str]] = []
@@ -469,17 +535,24 @@ def map_batches(
         from napari_spatial_impute.core.engine.resources import available_bytes
 
         _check_memory(need, int(available_bytes(torch.device("cpu")) * 0.9), largest, "")
-        choose()
+        prepare()
     with atomic_output(out, folder=zarr_out) as tmp:
         writer = None
+        stage = None
         try:
             from napari_spatial_impute.io.batch_out import BatchResultWriter
+            from napari_spatial_impute.io.batch_stage import make_stage_folder
 
+            run_id = uuid.uuid4().hex
+            stage = make_stage_folder(out, run_id)
+            options.update(stage=str(stage), run_id=run_id)
             writer = BatchResultWriter(
                 tmp,
                 source.obs.copy(),
                 {k: v for k, v in light.obsm.items()},
                 names,
+                batches=[b.rows for b in batches],
+                stage=stage,
                 zarr=zarr_out,
                 stop=lambda: is_cancelled(cancel),
             )
@@ -525,19 +598,29 @@ def map_batches(
                     cancel=cancel,
                     need=need,
                     largest=largest,
-                    before=choose,
+                    before=prepare,
                 )
             table = pd.DataFrame(records).sort_values("index").set_index("name")
             if (table["status"] != "mapped").all():
                 first = table["reason"].iloc[0]
                 raise InputError(f"no batch could be mapped (first: {first}); nothing was written.")
             uns = collector.uns(
-                table, batch_key, time.perf_counter() - t0, n_workers, extra_uns, chosen
+                table,
+                batch_key,
+                time.perf_counter() - t0,
+                n_workers,
+                extra_uns,
+                chosen,
+                {**timings, "assembly_s": writer.seconds},
+                "calibration" in options,
             )
             writer.finish(collector.obs(), collector.var(), uns)
         finally:
             if writer is not None:
                 writer.close()
+            from napari_spatial_impute.io.batch_stage import remove_stage_folder
+
+            remove_stage_folder(stage)
     table = pd.DataFrame(records).sort_values("index").set_index("name")
     return BatchRun(
         out,
@@ -546,6 +629,7 @@ def map_batches(
         n_workers,
         notes,
         chosen.record() if chosen is not None else None,
+        options.get("calibration"),
     )
 
 
@@ -801,6 +885,8 @@ class _Collector:
         n_workers: int,
         extra: dict[str, Any] | None,
         chosen: BatchChoice | None = None,
+        timings: dict[str, float] | None = None,
+        calibrated_once: bool = False,
     ) -> dict[str, Any]:
         from napari_spatial_impute.io.schema import UNS_KEY
 
@@ -808,7 +894,7 @@ class _Collector:
         info = {k: v for k, v in first.items() if k not in ("timings",)}
         mapped = table[table["status"] == "mapped"]
         info["training_score"] = float(np.nanmean(mapped["training_score"].to_numpy()))
-        info["timings"] = {"total_s": float(seconds)}
+        info["timings"] = {"total_s": float(seconds), **(timings or {})}
         if chosen is not None:  # every batch made the map chosen once
             info["params"] = {**info.get("params", {}), "map_choice": chosen.describe()}
             info["map_choice"] = chosen.record()
@@ -818,9 +904,26 @@ class _Collector:
             "table": table.reset_index().astype({"reason": str, "worker": str}),
             "workers": int(n_workers),
             "client_peak_rss_gib": peak_rss_gib(),
+            "client_cpu_s": client_cpu_s(),
             "runs": {str(i): self.infos[int(b)] for i, b in enumerate(mapped["index"])},
             **self.per_batch(),
         }
+        if calibrated_once and "uncertainty" in info:
+            info["uncertainty"] = {
+                **info["uncertainty"],
+                "scope": "calibrated once for all batches, on the cells the map was chosen on",
+            }
         if extra:
             info.update(extra)
         return {UNS_KEY: info}
+
+
+def client_cpu_s() -> float:
+    """CPU seconds (user and system) of this process so far, its children not counted."""
+    try:
+        import resource
+
+        use = resource.getrusage(resource.RUSAGE_SELF)
+        return float(use.ru_utime + use.ru_stime)
+    except (ImportError, OSError):
+        return float("nan")

@@ -21,7 +21,7 @@ import time
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anndata as ad
 import numpy as np
@@ -29,7 +29,11 @@ import pandas as pd
 
 from napari_spatial_impute._errors import InputError, InputWarning, first_line
 from napari_spatial_impute.io._sparse import is_sparse
+from napari_spatial_impute.io.batch_stage import Staged
 from napari_spatial_impute.io.schema import UNS_KEY
+
+if TYPE_CHECKING:
+    from napari_spatial_impute.core.uncertainty import Calibration
 
 #: A batch maps against the reference on its own: fewer cells than this are refused.
 MIN_BATCH_CELLS = 20
@@ -133,7 +137,10 @@ class BatchOutput:
     """What one batch gives back: everything the result file holds for its cells.
 
     ``status`` is ``"mapped"`` or ``"skipped"`` (with ``reason``; the arrays are then empty).
-    Per-cell arrays have one row per cell of the batch, in the batch's row order.
+    Per-cell arrays have one row per cell of the batch, in the batch's row order: ``staged``
+    (:class:`~napari_spatial_impute.io.batch_stage.Staged`: the imputed genes, intervals and
+    ``obsm`` arrays, written beside the output or carried in memory), or ``X``, ``layers`` and
+    ``obsm`` as arrays.
     """
 
     index: int
@@ -151,12 +158,7 @@ class BatchOutput:
     worker: str = ""
     peak_rss_gib: float = float("nan")
     warnings: list[str] = field(default_factory=list)
-
-    @property
-    def nbytes(self) -> int:
-        """Bytes of the imputed arrays."""
-        arrays = [self.X, *self.layers.values()]
-        return int(sum(a.nbytes for a in arrays if a is not None))
+    staged: list[Staged] = field(default_factory=list)
 
 
 def _no_counts(spatial: ad.AnnData) -> bool:
@@ -175,14 +177,24 @@ def map_batch(
     projection: str = "auto",
     top_k: int = 10,
     threads: int | None = None,
+    calibration: Calibration | None = None,
+    stage: str | None = None,
+    run_id: str = "",
 ) -> BatchOutput:
     """Map one batch (``spatial`` holds its cells only) and impute ``genes`` there.
 
     The same as :func:`~napari_spatial_impute.map_cells_to_space` on these cells (with
     ``map_kwargs``: a batched run gives the map it chose once as ``method``) followed by
-    :func:`~napari_spatial_impute.result_to_anndata`. A batch that cannot be mapped (no counts,
-    or input the mapping refuses) is returned as ``"skipped"`` with the one-line reason, never
-    silently.
+    :func:`~napari_spatial_impute.result_to_anndata`, except for the prediction intervals when
+    a ``calibration`` made once for the whole run is given: the batch's map is then not
+    calibrated again, and its cells take that calibration's quantiles
+    (:func:`~napari_spatial_impute.core.uncertainty.for_cells`). The imputed genes and intervals
+    are computed a chunk of cells at a time
+    (:func:`~napari_spatial_impute.core.section_output.impute_in_chunks`) into the run's staging
+    folder ``stage`` when this process sees it (``run_id`` names the run), else into arrays
+    returned in memory (:attr:`BatchOutput.staged` either way). A batch that cannot be mapped
+    (no counts, or input the mapping refuses) is returned as ``"skipped"`` with the one-line
+    reason, never silently.
 
     ``threads`` sets torch's threads for the call (a Dask worker with one thread per process).
     """
@@ -190,6 +202,10 @@ def map_batch(
 
     from napari_spatial_impute.core.export import result_to_anndata
     from napari_spatial_impute.core.mapping import map_cells_to_space
+    from napari_spatial_impute.core.project import resolve_method, resolve_reference_genes
+    from napari_spatial_impute.core.section_output import impute_in_chunks, output_arrays
+    from napari_spatial_impute.core.uncertainty import for_cells
+    from napari_spatial_impute.io.batch_stage import BatchStage, usable_folder
 
     t0 = time.perf_counter()
     out = BatchOutput(batch.index, batch.name, batch.rows, worker=_where())
@@ -200,14 +216,36 @@ def map_batch(
     if _no_counts(spatial):
         out.status, out.reason = "skipped", "no counts (every value is 0)"
         return out
+    kwargs = dict(map_kwargs)
+    calibrated_once = calibration is not None and kwargs.get("mode", "cells") == "cells"
+    if calibrated_once:
+        kwargs["uncertainty"] = False
+    cancel = kwargs.get("cancel")
     old_threads = torch.get_num_threads()
     if threads:
         torch.set_num_threads(int(threads))
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", InputWarning)
-            result = map_cells_to_space(reference, spatial, **map_kwargs)
-            adata = result_to_anndata(result, genes=genes, method=projection, top_k=top_k)
+            result = map_cells_to_space(reference, spatial, **kwargs)
+            if calibrated_once and calibration is not None:
+                result.calibration = for_cells(calibration, result)
+            method = resolve_method(result, projection)
+            names = resolve_reference_genes(result, genes)
+            t_map = time.perf_counter()
+            stage_ = BatchStage(usable_folder(stage, run_id), batch.index)
+            arrays = {
+                name: stage_.create(name, (batch.n_cells, len(names)), np.float32)
+                for name in output_arrays(result, method)
+            }
+
+            def put(name: str, cells: slice, band: slice, block: np.ndarray) -> None:
+                arrays[name][cells, band] = block
+
+            summaries = impute_in_chunks(result, names, method, put, check=_checker(cancel))
+            adata = result_to_anndata(
+                result, genes=names, method=method, top_k=top_k, impute=False, summaries=summaries
+            )
     except InputError as exc:
         out.status, out.reason = "skipped", first_line(exc)
         out.seconds = time.perf_counter() - t0
@@ -215,16 +253,39 @@ def map_batch(
     finally:
         torch.set_num_threads(old_threads)
     out.warnings = sorted({str(w.message) for w in caught if issubclass(w.category, InputWarning)})
-    out.X = np.asarray(adata.X, dtype=np.float32)
-    out.layers = {k: np.asarray(v, dtype=np.float32) for k, v in adata.layers.items()}
+    for key, value in adata.obsm.items():
+        if key in spatial.obsm:
+            continue
+        if isinstance(value, pd.DataFrame):
+            stage_.put(f"frame:{key}", value.to_numpy(), list(map(str, value.columns)))
+        else:
+            stage_.put(f"obsm/{key}", np.asarray(value))
+    out.staged = stage_.staged()
     new_cols = [c for c in adata.obs.columns if c not in spatial.obs.columns]
     out.obs = adata.obs[new_cols].copy()
-    out.obsm = {k: v for k, v in adata.obsm.items() if k not in spatial.obsm}
     out.var = adata.var.copy()
     out.info = dict(adata.uns[UNS_KEY])
+    out.info["timings"] = {
+        **out.info.get("timings", {}),
+        "impute_and_stage_s": time.perf_counter() - t_map,
+    }
     out.seconds = time.perf_counter() - t0
     out.peak_rss_gib = peak_rss_gib()
     return out
+
+
+def _checker(cancel: Any) -> Any:
+    """A check that raises :class:`~napari_spatial_impute.MappingCancelled` once ``cancel`` is set."""
+    if cancel is None:
+        return None
+    from napari_spatial_impute._errors import MappingCancelled
+    from napari_spatial_impute.core.engine.mapper import is_cancelled
+
+    def check() -> None:
+        if is_cancelled(cancel):
+            raise MappingCancelled("cancelled while imputing")
+
+    return check
 
 
 def peak_rss_gib() -> float:

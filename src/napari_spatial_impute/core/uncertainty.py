@@ -24,6 +24,7 @@ the mapping was trained on.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -76,6 +77,12 @@ class Calibration:
         Platform factor ``c``: measured spatial values are about ``c`` times the imputed
         (reference-unit) values; intervals cover ``measured / c``, i.e. the measured value in
         the imputed value's units.
+    pooled
+        The quantile of each level over all calibration cells (a group with fewer than ten
+        cells, or cells of a group the calibration did not see, use it).
+    centres
+        The spatial blocks' centres (k-means, one row per group) when the groups are blocks
+        (no cluster key); ``None`` for cluster groups.
     """
 
     groups: np.ndarray
@@ -87,6 +94,8 @@ class Calibration:
     calibration_genes: list[str]
     inner_pearson: np.ndarray
     scale: float = 1.0
+    pooled: np.ndarray | None = None
+    centres: np.ndarray | None = None
 
 
 def map_operator(result: MappingResult) -> Operator:
@@ -112,13 +121,13 @@ def _spread(A: Operator, X: np.ndarray | SparseMatrix) -> tuple[np.ndarray, np.n
     spread is ``r · sqrt(w X² - (w X)²)``, the weighted standard deviation of the matched
     reference cells in the imputed values' units.
     """
-    mean = _product(A, X)
-    sq = _product(A, X.multiply(X) if is_sparse(X) else X * X)
+    mean = map_product(A, X)
+    sq = map_product(A, X.multiply(X) if is_sparse(X) else X * X)
     r = np.asarray(A.sum(axis=1), dtype=np.float64).reshape(-1, 1)
     return mean, np.sqrt(np.clip(r * sq - mean * mean, 0, None))
 
 
-def _product(A: Operator, X: np.ndarray | SparseMatrix) -> np.ndarray:
+def map_product(A: Operator, X: np.ndarray | SparseMatrix) -> np.ndarray:
     """``A @ X`` as a dense array, for dense or sparse ``A`` and ``X``."""
     if not is_sparse(A) and is_sparse(X):
         out = (X.T @ A.T).T
@@ -131,31 +140,72 @@ def _product(A: Operator, X: np.ndarray | SparseMatrix) -> np.ndarray:
 
 def _cell_groups(
     result: MappingResult, n_groups: int = 4, seed: int = 0
-) -> tuple[np.ndarray, list[str]]:
+) -> tuple[np.ndarray, list[str], np.ndarray | None]:
+    """Each spatial cell's group, the groups' names and (spatial blocks) their centres."""
     key = result.cluster_key
     if key:
-        from napari_spatial_impute.core.project import project_cell_annotations
-
-        probs = project_cell_annotations(result, key)
-        labels = probs.to_numpy().argmax(1)
-        cats = list(probs.columns)
+        labels, cats = _cluster_labels(result, key)
         counts = np.bincount(labels, minlength=len(cats))
         # tiny groups borrow the pooled quantile: merge groups under 30 cells into "other"
         small = counts < 30
         if small.any():
-            names = [c for c, s_ in zip(cats, small, strict=True) if not s_] + ["other"]
+            names = [c for c, s_ in zip(cats, small, strict=True) if not s_] + [OTHER]
             remap = np.cumsum(~small) - 1
             remap[small] = len(names) - 1
-            return remap[labels], names
-        return labels, cats
+            return remap[labels], names, None
+        return labels, cats, None
     from scipy.cluster.vq import kmeans2
 
-    xy = np.asarray(result.spatial.obsm["spatial"], dtype=np.float64)[:, :2]
+    xy = _coordinates(result)
     k = max(1, min(n_groups, xy.shape[0] // 50))
     if k == 1:
-        return np.zeros(xy.shape[0], dtype=np.int64), ["all"]
-    _, labels = kmeans2(xy, k, seed=seed, minit="++")
-    return labels.astype(np.int64), [f"block {i}" for i in range(k)]
+        return np.zeros(xy.shape[0], dtype=np.int64), ["all"], None
+    centres, labels = kmeans2(xy, k, seed=seed, minit="++")
+    return labels.astype(np.int64), [f"block {i}" for i in range(k)], np.asarray(centres)
+
+
+#: The group of the clusters too small for a quantile of their own.
+OTHER = "other"
+
+
+def _cluster_labels(result: MappingResult, key: str) -> tuple[np.ndarray, list[str]]:
+    from napari_spatial_impute.core.project import project_cell_annotations
+
+    probs = project_cell_annotations(result, key)
+    return probs.to_numpy().argmax(1), [str(c) for c in probs.columns]
+
+
+def _coordinates(result: MappingResult) -> np.ndarray:
+    return np.asarray(result.spatial.obsm["spatial"], dtype=np.float64)[:, :2]
+
+
+def for_cells(calibration: Calibration, result: MappingResult) -> Calibration:
+    """``calibration`` (made on other cells, e.g. a sample drawn across an atlas' sections)
+    applied to the cells of ``result``: each cell joins the calibration's group it would have
+    joined there (its most likely cluster, ``"other"`` for the clusters merged there, or the
+    nearest spatial block's centre); the cells of a cluster the calibration never saw get the
+    pooled quantile (a group ``"other"`` added when the calibration has none)."""
+    cal = calibration
+    n = result.spatial.n_obs
+    quantiles = np.asarray(cal.quantiles)
+    names = list(cal.group_names)
+    pooled = cal.pooled if cal.pooled is not None else quantiles.max(axis=0)
+    if cal.centres is not None:
+        xy = _coordinates(result)
+        d = ((xy[:, None, :] - np.asarray(cal.centres)[None, :, :]) ** 2).sum(axis=2)
+        groups = d.argmin(axis=1).astype(np.int64)
+    elif result.cluster_key and names != ["all"]:
+        labels, cats = _cluster_labels(result, result.cluster_key)
+        where = {c: i for i, c in enumerate(names)}
+        if OTHER not in where and not all(c in where for c in cats):
+            names.append(OTHER)
+            quantiles = np.vstack([quantiles, np.asarray(pooled)[None, :]])
+            where[OTHER] = len(names) - 1
+        lookup = np.asarray([where.get(c, where.get(OTHER, 0)) for c in cats], dtype=np.int64)
+        groups = lookup[labels] if n else np.zeros(0, dtype=np.int64)
+    else:
+        groups = np.zeros(n, dtype=np.int64)
+    return dataclasses.replace(cal, groups=groups, group_names=names, quantiles=quantiles)
 
 
 def _conformal_quantile(scores: np.ndarray, level: float) -> float:
@@ -189,6 +239,19 @@ def gene_features(
     """Per-gene features for the reliability model, one row per gene column of ``ref_values``
     (``spread``: :func:`_spread`'s ``(W X, spread)`` when computed already)."""
     X = ref_values
+    pred, spread_ = _spread(W, X) if spread is None else spread
+    return np.column_stack(
+        [
+            reference_features(X),
+            np.log1p(spread_.mean(axis=0) / (offset + 1e-12)),
+            np.log1p(pred.std(axis=0)),
+        ]
+    )
+
+
+def reference_features(X: np.ndarray | SparseMatrix) -> np.ndarray:
+    """The reference's part of :func:`gene_features` (genes x 3): log mean, detection rate and
+    log variance of each gene column of ``X``."""
     if is_sparse(X):
         # scipy-stubs type mean(axis=...) on sparray and spmatrix, not on their common base
         mean = np.asarray(X.mean(axis=0)).ravel()  # type: ignore[call-overload]
@@ -199,16 +262,7 @@ def gene_features(
         mean = np.asarray(X.mean(axis=0)).ravel()
         det = np.asarray(X != 0).mean(axis=0)
         var = X.var(axis=0)
-    pred, spread_ = _spread(W, X) if spread is None else spread
-    return np.column_stack(
-        [
-            np.log1p(mean),
-            det,
-            np.log1p(np.clip(var, 0, None)),
-            np.log1p(spread_.mean(axis=0) / (offset + 1e-12)),
-            np.log1p(pred.std(axis=0)),
-        ]
-    )
+    return np.column_stack([np.log1p(mean), det, np.log1p(np.clip(var, 0, None))])
 
 
 def calibrate(
@@ -247,7 +301,7 @@ def calibrate(
         raise InputError("calibration needs held-out training genes; none were given.")
     S_all = dense_columns(result.reference_values, train)
     G_all = dense_columns(result.spatial_values, [sp_name[train[i]] for i in held])
-    groups, names = _cell_groups(result, seed=seed)
+    groups, names, centres = _cell_groups(result, seed=seed)
     cal_groups = groups if cells is None else groups[cells]
     if cells is not None:
         G_all = G_all[cells]
@@ -297,6 +351,8 @@ def calibrate(
         [train[i] for i in held],
         inner_r,
         scale,
+        np.asarray(pooled, dtype=np.float64),
+        centres,
     )
 
 
