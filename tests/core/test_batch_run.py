@@ -220,7 +220,12 @@ def test_cancel_stops_the_choice_and_writes_nothing(tmp_path, monkeypatch):
             cancel=flag,
             **MAP,
         )
-    assert calls[0][1] is flag, "the run's cancel flag reaches the choice"
+    from napari_spatial_impute.core.engine.mapper import is_cancelled
+
+    given = calls[0][1]  # the run's flag (with the signals' when run in the main thread)
+    assert given is not None and is_cancelled(given), "the run's cancel flag reaches the choice"
+    flag.clear()
+    assert not is_cancelled(given)
     assert seen == [] and list(tmp_path.iterdir()) == []
 
 
