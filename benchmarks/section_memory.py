@@ -9,7 +9,9 @@ Data from ``atlas_scale.py make --sections 1`` (a reference and one spatial sect
 
 Runs what ``napari-spatial-impute map`` runs (``--path cli``: read both files,
 ``map_cells_to_space`` with its defaults, ``write_result``) or what the Map widget's worker runs
-(``--path gui``: ``map_cells_to_space``, ``lazy_result``, one gene read), in this process. A
+(``--path gui``: ``map_cells_to_space``, ``lazy_result``, the layer data of
+``plugin.workers.layers_of_result`` without a viewer, one gene read), or both (``--path
+both``: the GUI's objects dropped before the write), in this process. A
 thread samples the resident set size (``/proc/self/statm``) every 10 ms; each step of the
 mapping (the functions ``map_cells_to_space`` calls, wrapped here) is labelled, and the peak RSS
 seen during each step is recorded with the step's seconds. Appends one JSON object to
@@ -75,6 +77,13 @@ class Sampler:
         self._t = now
         if step not in self.order:
             self.order.append(step)
+        # progress on stderr: the step ended, its peak so far, the process's peak
+        print(
+            f"[{time.strftime('%H:%M:%S')}] {prev}: peak {self.peaks.get(prev, 0) / 1024**3:.3f} "
+            f"GiB, {self.seconds[prev]:.1f} s; -> {step}",
+            file=sys.stderr,
+            flush=True,
+        )
         self.step = step
         self._note()
         return prev
@@ -112,7 +121,7 @@ def wrap(sampler: Sampler, module: Any, name: str, step: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", required=True, help="folder with reference.h5ad and spatial.h5ad")
-    p.add_argument("--path", choices=("cli", "gui"), default="cli")
+    p.add_argument("--path", choices=("cli", "gui", "both"), default="cli")
     p.add_argument("--out", default=None, help="the CLI path's output .h5ad (default: a temp)")
     p.add_argument("--no-save", action="store_true")
     p.add_argument("--note", default="")
@@ -157,7 +166,21 @@ def main(argv: list[str] | None = None) -> int:
     result = mapping.map_cells_to_space(reference, spatial)
     t_map = time.perf_counter() - t0
     tmp = None
-    if args.path == "cli":
+    if args.path in ("gui", "both"):
+        from napari_spatial_impute.core.lazy_result import lazy_result
+        from napari_spatial_impute.io.lazy import clear_cache, column
+        from napari_spatial_impute.plugin.workers import layers_of_result
+
+        sampler.enter("lazy_result")
+        adata = lazy_result(result)
+        sampler.enter("layers_of_result")  # the worker's layer data (no viewer)
+        _, layers = layers_of_result(adata)
+        sampler.enter("read_one_gene")
+        column(adata.X, 0)
+        sampler.enter("gui_done")
+        del adata, layers
+        clear_cache()
+    if args.path in ("cli", "both"):
         from napari_spatial_impute.core.export import write_result
 
         sampler.enter("write_result")
@@ -166,14 +189,6 @@ def main(argv: list[str] | None = None) -> int:
             tmp = tempfile.TemporaryDirectory()
             out = os.path.join(tmp.name, "out.h5ad")
         write_result(result, out)
-    else:
-        from napari_spatial_impute.core.lazy_result import lazy_result
-        from napari_spatial_impute.io.lazy import column
-
-        sampler.enter("lazy_result")
-        adata = lazy_result(result)
-        sampler.enter("read_one_gene")
-        column(adata.X, 0)
     sampler.stop()
     if tmp is not None:
         tmp.cleanup()

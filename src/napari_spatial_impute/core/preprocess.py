@@ -54,7 +54,8 @@ def describe_transform(reference: ad.AnnData, spatial: ad.AnnData, transform: Tr
 
 
 def apply_transform(adata: ad.AnnData, transform: Transform, role: str = "data") -> ad.AnnData:
-    """Return a copy of ``adata`` (X only, float32 CSR or dense) with ``transform`` applied.
+    """Return ``adata``'s X (only; float32 CSR or dense) with ``transform`` applied, in a new
+    AnnData (``"none"`` on float32 values: the same arrays, not a copy).
 
     ``"none"`` keeps values as given (tangram-sc's behaviour). ``"normalize_log1p"`` scales each
     cell to the median total count of the data set over its own genes, then takes ``log1p``; it
@@ -64,7 +65,9 @@ def apply_transform(adata: ad.AnnData, transform: Transform, role: str = "data")
     """
     done = resolve_transform(adata, transform)
     X = adata.X
-    X = X.astype(np.float32) if is_sparse(X) else np.asarray(X, dtype=np.float32)
+    # float32 CSR as given is not copied (``"none"``: the values are the data's own, read only;
+    # ``"normalize_log1p"`` makes new arrays): a copy of the data is not held twice
+    X = X.astype(np.float32, copy=False) if is_sparse(X) else np.asarray(X, dtype=np.float32)
     if is_sparse(X):
         X = sp.csr_matrix(X)
     if done == "normalize_log1p":
