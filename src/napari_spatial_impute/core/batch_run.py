@@ -535,7 +535,6 @@ def map_batches(
         from napari_spatial_impute.core.engine.resources import available_bytes
 
         _check_memory(need, int(available_bytes(torch.device("cpu")) * 0.9), largest, "")
-        prepare()
     with atomic_output(out, folder=zarr_out) as tmp:
         writer = None
         stage = None
@@ -578,6 +577,7 @@ def map_batches(
                     )
 
             if in_process:
+                prepare()
                 for batch in batches:
                     if is_cancelled(cancel):
                         raise MappingCancelled(f"cancelled after {len(records)} batches")
