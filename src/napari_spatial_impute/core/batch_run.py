@@ -46,6 +46,7 @@ from napari_spatial_impute.core.batches import (
     peak_rss_gib,
     plan_batches,
     sample_rows,
+    warm_up,
 )
 from napari_spatial_impute.core.engine.mapper import CancelFlag, is_cancelled
 from napari_spatial_impute.core.engine.resources import GIB, estimate_ensemble_map
@@ -716,6 +717,9 @@ def _run_dask(
         if limits:
             _check_memory(need, min(limits), largest, "a worker of the cluster has")
         n_workers = max(1, min(count_workers(client), len(batches)))
+        # the workers import what a batch needs while this process chooses and calibrates the map
+        # (torch alone takes seconds; else each worker's first batch pays it)
+        client.run(warm_up, wait=False, on_error="ignore")
         before()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "large object in the task graph": the batch's cells

@@ -288,6 +288,14 @@ def _checker(cancel: Any) -> Any:
     return check
 
 
+def warm_up() -> None:
+    """Import what :func:`map_batch` needs (a worker process runs it before its first batch)."""
+    import torch  # noqa: F401
+
+    from napari_spatial_impute.core import export, mapping, section_output  # noqa: F401
+    from napari_spatial_impute.io import batch_stage  # noqa: F401
+
+
 def peak_rss_gib() -> float:
     """Peak resident memory of this process so far (the worker's, on a cluster)."""
     try:
