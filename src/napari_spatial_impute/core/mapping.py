@@ -368,7 +368,7 @@ def assemble_result(
 
 #: Spatial cells per block of :func:`training_scores` (its float64 arrays are this many cells x
 #: the training genes; above it, the scores are sums over blocks).
-SCORE_ROWS = 1 << 16
+SCORE_ROWS = 1 << 14
 
 
 def training_scores(P: Any, S: np.ndarray, G: np.ndarray, rows: int | None = None) -> np.ndarray:
