@@ -21,6 +21,7 @@ seen during each step is recorded with the step's seconds. Appends one JSON obje
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import sys
@@ -180,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
         sampler.enter("gui_done")
         del adata, layers
         clear_cache()
+        gc.collect()  # an AnnData is in reference cycles (its axis arrays point back at it)
     if args.path in ("cli", "both"):
         from napari_spatial_impute.core.export import write_result
 
