@@ -115,7 +115,8 @@ def test_each_batch_is_its_own_mapping_in_one_file(tmp_path, suffix, caplog):
     assert info["batch_key"] == "section"
     table = info["batches"]["table"]
     assert list(table["name"]) == ["s1", "s2", "s3"]
-    assert info["batches"]["train_score"].shape == (3, ref.n_vars)
+    assert info["batches"]["train_score"].shape == (ref.n_vars, 3)  # genes x batches
+    assert list(info["batches"]["train_score"].columns) == ["s1", "s2", "s3"]
     # the file reads as any result: the reader's checks pass
     from napari_spatial_impute.io.schema import interval_levels
 
@@ -449,7 +450,7 @@ def test_the_file_is_the_same_whatever_order_the_batches_finish_in(tmp_path, mon
     assert list(late.obs["cell_type_predicted"].cat.categories) == ["T0", "T1", "T2"]
     units = list(late.obs["mapped_unit"].cat.categories)
     assert units == sorted(units)
-    assert list(late.uns["spatial_impute"]["batches"]["train_score"].index) == ["s1", "s2", "s3"]
+    assert list(late.uns["spatial_impute"]["batches"]["train_score"].columns) == ["s1", "s2", "s3"]
 
 
 def test_output_options_that_cannot_work_are_refused_before_any_work(tmp_path, monkeypatch):

@@ -870,7 +870,8 @@ class _Collector:
         return var
 
     def per_batch(self) -> dict[str, pd.DataFrame]:
-        """Batches (plan order) x genes of each per-batch ``var`` column."""
+        """Genes x batches (plan order) of each per-batch ``var`` column (a column per batch: a
+        file stores a table column by column, and an atlas has far fewer batches than genes)."""
         out = {}
         order = sorted(self.per_gene)
         for col in PER_BATCH_VAR:
@@ -878,7 +879,7 @@ class _Collector:
                 out[col] = pd.DataFrame(
                     {self.names[i]: self.per_gene[i][col].to_numpy(np.float64) for i in order},
                     index=pd.Index(self.genes, name="gene"),
-                ).T
+                )
         return out
 
     def uns(
