@@ -9,6 +9,7 @@ import torch
 
 from napari_spatial_impute.core.engine.engines import threads_for
 from napari_spatial_impute.core.engine.mapper import CancelFlag, EpochInfo
+from napari_spatial_impute.core.engine.memory import trim
 from napari_spatial_impute.core.engine.resources import check_fits, estimate_ensemble_map
 from napari_spatial_impute.core.engine.search import resolve_search
 from napari_spatial_impute.core.maps.base import BuiltMap
@@ -50,6 +51,9 @@ class EnsembleMap:
             W = neighbour_weights(
                 S, problem.G, cancel=cancel, search=search, seed=problem.seed, spatial_raw=sp_raw
             )
+        # the searches' blocks of cells leave free pages in the C heap (0.22 GiB of 1.5 at
+        # 250,000 cells, measured here): handed back before the next steps add their own
+        trim()
         return BuiltMap(
             name=self.name,
             # the map, reference cells x spatial cells: each spatial cell's column holds the
