@@ -179,3 +179,36 @@ def test_a_stop_is_asked_between_blocks_and_before_the_end(tmp_path):
 def test_the_batches_must_cover_every_row(tmp_path):
     with pytest.raises(ValueError, match="cover every row"):
         _writer(tmp_path, 5, [np.arange(0, 3)])
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    n=st.integers(1, 40),
+    width=st.integers(1, 23),
+    band=st.integers(1, 8),
+    chunk=st.integers(1, 12),
+    lo=st.integers(0, 39),
+    g0=st.integers(0, 22),
+    on_disk=st.booleans(),
+)
+def test_a_staged_array_written_in_blocks_reads_back_any_rectangle(
+    tmp_path_factory, n, width, band, chunk, lo, g0, on_disk
+):
+    """Blocks of cells x whole bands, written with plain file calls in any order, read back
+    as any rows x columns (what the writer asks for)."""
+    folder = tmp_path_factory.mktemp("s") if on_disk else None
+    values = np.random.default_rng(n * width).random((n, width), dtype=np.float32)
+    stage = BatchStage(None if folder is None else str(folder), 3)
+    stage.create("X", (n, width), np.float32, band)
+    blocks = [(a, b) for a in range(0, n, chunk) for b in range(0, width, band)]
+    for a, b in reversed(blocks):
+        cells, genes = slice(a, min(a + chunk, n)), slice(b, min(b + band, width))
+        stage.write("X", cells, genes, values[cells, genes])
+    (staged,) = stage.staged()
+    assert (staged.path is not None) == on_disk
+    lo, g0 = min(lo, n - 1), min(g0, width - 1)
+    np.testing.assert_array_equal(staged.rows(lo, n, g0, width), values[lo:, g0:])
+    np.testing.assert_array_equal(staged.read(), values)
+    if on_disk:
+        with pytest.raises(ValueError, match="not one band"):
+            stage.write("X", slice(0, 1), slice(0, min(width, band) + 1), values[:1, :2])

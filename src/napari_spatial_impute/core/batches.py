@@ -203,7 +203,11 @@ def map_batch(
     from napari_spatial_impute.core.export import result_to_anndata
     from napari_spatial_impute.core.mapping import map_cells_to_space
     from napari_spatial_impute.core.project import resolve_method, resolve_reference_genes
-    from napari_spatial_impute.core.section_output import impute_in_chunks, output_arrays
+    from napari_spatial_impute.core.section_output import (
+        BAND_GENES,
+        impute_in_chunks,
+        output_arrays,
+    )
     from napari_spatial_impute.core.uncertainty import for_cells
     from napari_spatial_impute.io.batch_stage import BatchStage, usable_folder
 
@@ -234,15 +238,11 @@ def map_batch(
             names = resolve_reference_genes(result, genes)
             t_map = time.perf_counter()
             stage_ = BatchStage(usable_folder(stage, run_id), batch.index)
-            arrays = {
-                name: stage_.create(name, (batch.n_cells, len(names)), np.float32)
-                for name in output_arrays(result, method)
-            }
-
-            def put(name: str, cells: slice, band: slice, block: np.ndarray) -> None:
-                arrays[name][cells, band] = block
-
-            summaries = impute_in_chunks(result, names, method, put, check=_checker(cancel))
+            for name in output_arrays(result, method):
+                stage_.create(name, (batch.n_cells, len(names)), np.float32, BAND_GENES)
+            summaries = impute_in_chunks(
+                result, names, method, stage_.write, check=_checker(cancel), band_genes=BAND_GENES
+            )
             adata = result_to_anndata(
                 result, genes=names, method=method, top_k=top_k, impute=False, summaries=summaries
             )
