@@ -300,11 +300,11 @@ def calibrate(
     if not held:
         raise InputError("calibration needs held-out training genes; none were given.")
     S_all = dense_columns(result.reference_values, train)
-    G_all = dense_columns(result.spatial_values, [sp_name[train[i]] for i in held])
+    # the calibration cells' rows only (not every spatial cell's, then indexed)
+    measured = result.spatial_values if cells is None else result.spatial_values[cells]
+    G_all = dense_columns(measured, [sp_name[train[i]] for i in held])
     groups, names, centres = _cell_groups(result, seed=seed)
     cal_groups = groups if cells is None else groups[cells]
-    if cells is not None:
-        G_all = G_all[cells]
     col = {g: j for j, g in enumerate(held)}
     preds = np.zeros_like(G_all)
     spreads = np.zeros_like(G_all)
@@ -333,7 +333,7 @@ def calibrate(
     inner_r = pearson_per_gene(preds, G_all)
     if G_all.shape[0] < MIN_RELIABILITY_CELLS:
         inner_r = np.full_like(inner_r, np.nan)
-    feats = gene_features(A, S_all[:, held], offset)
+    feats = chunked_features(A, S_all[:, held], offset)
     ok = np.isfinite(inner_r)
     X = np.column_stack([np.ones(ok.sum()), feats[ok]])
     coef, *_ = (
@@ -384,8 +384,22 @@ def reliability(
     return gene_summaries(result, calibration, genes)[0]
 
 
-#: Bytes of the float64 arrays of one gene chunk in :func:`gene_summaries`.
-SUMMARY_BYTES = 256 << 20
+#: Bytes of the float64 arrays of one gene chunk in :func:`gene_summaries` and
+#: :func:`chunked_features` (a few such arrays are held at once).
+SUMMARY_BYTES = 64 << 20
+
+
+def summary_step(n_cells: int) -> int:
+    """Genes per chunk of :func:`gene_summaries` / :func:`chunked_features`."""
+    return max(1, SUMMARY_BYTES // (16 * max(n_cells, 1)))
+
+
+def chunked_features(W: Operator, X: np.ndarray | SparseMatrix, offset: float) -> np.ndarray:
+    """:func:`gene_features` of the columns of ``X`` over all spatial cells, in gene chunks of
+    :func:`summary_step` (each gene's features are its own: the same numbers as at once)."""
+    step = summary_step(W.shape[0])
+    parts = [gene_features(W, X[:, a : a + step], offset) for a in range(0, X.shape[1], step)]
+    return np.concatenate(parts) if parts else gene_features(W, X, offset)
 
 
 def gene_summaries(
@@ -401,7 +415,7 @@ def gene_summaries(
     idx = result.reference.var_names.get_indexer(names)
     A = map_operator(result)
     n_cells = A.shape[0]
-    step = max(1, SUMMARY_BYTES // (16 * max(n_cells, 1)))
+    step = summary_step(n_cells)
     feats, per_cell = [], np.zeros(n_cells, dtype=np.float64)
     for a in range(0, len(idx), step):
         X = result.reference_values.X[:, idx[a : a + step]]
