@@ -29,12 +29,18 @@ def ensemble():
     return nsi.map_cells_to_space(ref, spa, cluster_key="cell_type", seed=0)
 
 
-def _assert_same(lazy_ad: ad.AnnData, eager: ad.AnnData) -> None:
-    np.testing.assert_array_equal(np.asarray(lazy_ad.X.compute()), eager.X)
+def _assert_same(lazy_ad: ad.AnnData, eager: ad.AnnData, exact: bool = True) -> None:
+    # a dense (Tangram) map: BLAS sums a block of one gene in another order than a wider one
+    same = np.testing.assert_array_equal if exact else _close
+    same(np.asarray(lazy_ad.X.compute()), eager.X)
     for key in eager.layers:
-        np.testing.assert_array_equal(np.asarray(lazy_ad.layers[key].compute()), eager.layers[key])
+        same(np.asarray(lazy_ad.layers[key].compute()), eager.layers[key])
     for j in range(eager.n_vars):
-        np.testing.assert_array_equal(lazy.column(lazy_ad.X, j), eager.X[:, j])
+        same(lazy.column(lazy_ad.X, j), eager.X[:, j])
+
+
+def _close(a: np.ndarray, b: np.ndarray) -> None:
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
 @settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -51,9 +57,10 @@ def test_lazy_genes_equal_eager_genes_exactly(seed, n_sp, step, dense):
     lz = lazy_result(result, step=step)
     assert lz.X.chunks[1][0] == min(step, eager.n_vars)
     assert set(lz.layers) == set(eager.layers) == set(LAYERS)
-    _assert_same(lz, eager)
+    exact = result.neighbours is not None  # the ensemble's sparse map (else Tangram's, dense)
+    _assert_same(lz, eager, exact)
     rows = np.array([n_sp - 1, 0, 3, 0])
-    np.testing.assert_array_equal(lazy.rows(lz.X, rows), eager.X[rows])
+    (np.testing.assert_array_equal if exact else _close)(lazy.rows(lz.X, rows), eager.X[rows])
     for key in ("obs", "var"):
         assert getattr(lz, key).equals(getattr(eager, key))
 

@@ -11,12 +11,13 @@ import scipy.sparse as sp
 
 import napari_spatial_impute as nsi
 from _data import make_synthetic
-from napari_spatial_impute.core import export, neighbours
-from napari_spatial_impute.core.export import imputed_blocks, result_to_anndata
+from napari_spatial_impute.core import neighbours, section_output
+from napari_spatial_impute.core.export import result_to_anndata
 from napari_spatial_impute.core.lazy_result import lazy_result
 from napari_spatial_impute.core.mapping import training_scores
 from napari_spatial_impute.core.neighbours import neighbour_weights, similarity_values
 from napari_spatial_impute.core.project import project_values
+from napari_spatial_impute.core.section_output import impute_in_chunks, output_arrays
 from napari_spatial_impute.core.uncertainty import intervals
 from napari_spatial_impute.io.lazy import column
 from napari_spatial_impute.io.schema import interval_layer, level_name
@@ -76,29 +77,31 @@ def section():
     return nsi.map_cells_to_space(ref, spa, method="ensemble", cluster_key="cell_type", seed=0)
 
 
-def test_imputed_blocks_equal_the_whole(section):
+def test_blocks_of_cells_equal_the_whole(section):
     names = list(section.reference.var_names)
     idx = section.reference.var_names.get_indexer(names)
     values = project_values(section, idx, "neighbours")
     widths = intervals(section, section.calibration, names)
-    got = np.empty_like(values)
-    got_w = {lv: np.empty_like(values) for lv in widths}
+    arrays = {a: np.full(values.shape, np.nan, np.float32) for a in output_arrays(section, "neighbours")}
     starts = []
-    for a, b, v, w in imputed_blocks(section, names, "neighbours", rows=3_001):
-        starts.append(a)
-        got[a:b] = v
-        for lv, hw in w.items():
-            got_w[lv][a:b] = hw
+
+    def put(name, cells, genes, block):
+        if name == "X":
+            starts.append(cells.start)
+        arrays[name][cells, genes] = block
+
+    impute_in_chunks(section, names, "neighbours", put, chunk_cells=3_001)
     assert starts == list(range(0, 20_000, 3_001))
-    np.testing.assert_allclose(got, values, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(arrays["X"], values, rtol=1e-6, atol=1e-7)
     for lv in widths:
-        np.testing.assert_allclose(got_w[lv], widths[lv], rtol=1e-5, atol=1e-6)
+        got = arrays[f"layers/{interval_layer(level_name(lv))}"]
+        np.testing.assert_allclose(got, widths[lv], rtol=1e-5, atol=1e-6)
 
 
 def test_result_anndata_and_lazy_intervals_equal_the_whole(section, monkeypatch):
     names = list(section.reference.var_names)[:10]
     widths = intervals(section, section.calibration, names)
-    monkeypatch.setattr(export, "BLOCK_VALUES", 5_000)  # 500 cells per block of 10 genes
+    monkeypatch.setattr(section_output, "CHUNK_CELLS", 500)  # 40 blocks of 500 cells
     out = result_to_anndata(section, genes=names)
     idx = section.reference.var_names.get_indexer(names)
     np.testing.assert_allclose(out.X, project_values(section, idx, "neighbours"), rtol=1e-6)
@@ -139,7 +142,7 @@ def test_interval_layer_memory_is_one_block(section, monkeypatch):
     names = list(section.reference.var_names)
     n, g = section.spatial.n_obs, len(names)
     whole = n * g * 8  # one float64 array of all cells x these genes
-    monkeypatch.setattr(export, "BLOCK_VALUES", 20_000)  # 500 cells per block
+    monkeypatch.setattr(section_output, "CHUNK_CELLS", 500)  # 500 cells per block
     lazy = lazy_result(section, genes=names, step=g)
     reader = lazy.layers[interval_layer(level_name(section.calibration.levels[0]))]
     from napari_spatial_impute.io.lazy import reader_of

@@ -32,6 +32,12 @@ from napari_spatial_impute.core.project import (
     resolve_reference_genes,
     top_mapped_units,
 )
+from napari_spatial_impute.core.section_output import (
+    fill_outputs,
+    pending_summaries,
+    set_summaries,
+    write_summaries,
+)
 from napari_spatial_impute.io._sparse import is_sparse
 from napari_spatial_impute.io.schema import SDATA_KEY, UNS_KEY, interval_layer, level_name
 
@@ -64,7 +70,7 @@ def result_to_anndata(
     summaries
         The per-gene summaries of :func:`~napari_spatial_impute.core.uncertainty.gene_summaries`
         when computed already (:func:`~napari_spatial_impute.core.section_output.impute_in_chunks`
-        gives them with the values).
+        gives them with the values: ``impute=True`` takes them from its own pass).
     """
     method = resolve_method(result, method)
     spatial = result.spatial
@@ -77,9 +83,14 @@ def result_to_anndata(
     if impute:
         # filled a block of genes and cells at a time: no array beyond the output and one block
         shape = (spatial.n_obs, len(names))
-        X = np.empty(shape, dtype=np.float32)
-        layers = {lv: np.empty(shape, dtype=np.float32) for lv in (cal.levels if cal else ())}
-        _fill_imputed(result, names, method, _chunk_step(shape[0]), _into(X, layers))
+        arrays: dict[str, np.ndarray] = {}
+        got = fill_outputs(
+            result, names, method, lambda a: arrays.setdefault(a, np.empty(shape, np.float32))
+        )
+        summaries = got if summaries is None else summaries
+        X = arrays["X"]
+        for lv in cal.levels if cal else ():
+            layers[lv] = arrays[f"layers/{interval_layer(level_name(lv))}"]
     out = ad.AnnData(X=X, obs=spatial.obs.copy(), var=var)
     if SDATA_KEY in spatial.uns:  # read from a SpatialData store: where its cells came from
         out.uns[SDATA_KEY] = dict(spatial.uns[SDATA_KEY])
@@ -176,10 +187,6 @@ def result_to_anndata(
 #: values and intervals of all of them at once hold several float64 copies of this size.
 CHUNKED_WRITE_BYTES = 1 << 28
 
-#: Values (cells x genes) of one block of :func:`imputed_blocks`: its float32 values and the
-#: intervals' float64 arrays are a small multiple of this (about 0.2 GiB at 4 M values).
-BLOCK_VALUES = 1 << 22
-
 
 def write_result(
     result: MappingResult,
@@ -189,11 +196,14 @@ def write_result(
     chunk_genes: int | None = None,
     extra_uns: dict[str, Any] | None = None,
 ) -> ad.AnnData:
-    """Write the result to ``.h5ad`` atomically, imputing in gene chunks when it is large.
+    """Write the result to ``.h5ad`` atomically, imputing in blocks of cells and genes when large.
 
     A dense spatial cells x all-genes matrix is never held in memory when it is larger than
-    :data:`CHUNKED_WRITE_BYTES` (or when ``chunk_genes`` is given): ``X`` is created on disk
-    and filled ``chunk_genes`` genes at a time. The file is an ordinary AnnData file.
+    :data:`CHUNKED_WRITE_BYTES` (or when ``chunk_genes`` is given): ``X`` and the interval layers
+    are created on disk and filled a block of cells x ``chunk_genes`` genes at a time
+    (:func:`~napari_spatial_impute.core.section_output.fill_outputs`; one pass over the map gives
+    the values, the intervals and the per-gene summaries, written last). The file is an ordinary
+    AnnData file.
 
     Returns
     -------
@@ -213,8 +223,9 @@ def write_result(
             adata.uns[UNS_KEY].update(extra_uns)
         write_h5ad_atomic(adata, path)
         return adata
-    step = chunk_genes or _chunk_step(n_obs)
-    adata = result_to_anndata(result, genes=names, method=method, impute=False)
+    levels = _levels(result, method)
+    pending = pending_summaries(names, levels)
+    adata = result_to_anndata(result, genes=names, method=method, impute=False, summaries=pending)
     if extra_uns:
         adata.uns[UNS_KEY].update(extra_uns)
     with atomic_output(path) as tmp:
@@ -223,151 +234,33 @@ def write_result(
             if "X" in f:
                 del f["X"]
 
-            def create(group: str | None, name: str) -> Any:
-                parent = f if group is None else f.require_group(group)
-                if group is not None:
+            def create(name: str) -> Any:
+                group, _, key = name.rpartition("/")
+                parent = f.require_group(group) if group else f
+                if group:
                     parent.attrs.setdefault("encoding-type", "dict")
                     parent.attrs.setdefault("encoding-version", "0.1.0")
                 shape = (n_obs, len(names))
-                ds = parent.create_dataset(
-                    name, shape=shape, dtype="float32", chunks=_chunks(shape)
-                )
+                ds = parent.create_dataset(key, shape=shape, dtype="float32", chunks=_chunks(shape))
                 ds.attrs["encoding-type"] = "array"
                 ds.attrs["encoding-version"] = "0.2.0"
                 return ds
 
-            _fill_imputed(result, names, method, step, create)
+            summaries = fill_outputs(result, names, method, create, band_genes=chunk_genes)
+            if summaries is not None and levels is not None:
+                write_summaries(f, summaries, levels)
+                set_summaries(adata, summaries, levels)
     return adata
 
 
-def _chunk_step(n_obs: int) -> int:
-    """Genes imputed per chunk: a multiple of the h5ad chunks' 64 columns, more when the cells
-    are few (a block of cells then holds :data:`BLOCK_VALUES` values; :func:`imputed_blocks`)."""
-    return max(64, BLOCK_VALUES // max(n_obs, 1) // 64 * 64)
+def _levels(result: MappingResult, method: str) -> list[float] | None:
+    """The interval levels of the result's calibration for projection ``method`` (its own)."""
+    cal = result.calibration if method == resolve_method(result, "auto") else None
+    return None if cal is None else list(cal.levels)
 
 
 def _chunks(shape: tuple[int, int]) -> tuple[int, int]:
     return (max(1, min(shape[0], 4096)), max(1, min(shape[1], 64)))
-
-
-def gene_block(result: MappingResult, names: Sequence[str]) -> MappingResult:
-    """``result`` with its reference reduced to genes ``names`` (their values copied once):
-    the cell blocks of :func:`imputed_blocks` then read those columns, not the reference's."""
-    import dataclasses
-
-    idx = result.reference.var_names.get_indexer(list(names))
-    X = result.reference_values.X[:, idx]
-    var = result.reference.var.iloc[idx]
-    values = ad.AnnData(X=X, obs=result.reference.obs, var=var)
-    return dataclasses.replace(result, reference=values, reference_values=values)
-
-
-def cell_rows(n_genes: int, rows: int | None = None) -> int:
-    """Cells per block of :func:`imputed_blocks` for ``n_genes`` genes."""
-    return max(1, rows or BLOCK_VALUES // max(n_genes, 1))
-
-
-def imputed_blocks(
-    result: MappingResult,
-    names: Sequence[str],
-    method: str,
-    intervals: bool = True,
-    rows: int | None = None,
-    unit_idx: np.ndarray | None = None,
-    values: bool = True,
-) -> Any:
-    """Imputed values (and interval half-widths of each level) of genes ``names``, a block of
-    cells at a time: yields ``(start, stop, values, {level: half-widths})``.
-
-    Each cell's numbers are computed from its own row of the map, so the blocks give the values
-    of :func:`~napari_spatial_impute.core.project.project_values` and
-    :func:`~napari_spatial_impute.core.uncertainty.intervals` over all cells; a block holds
-    ``rows`` cells (default: :data:`BLOCK_VALUES` values), never all cells x genes.
-    ``intervals=False`` or a projection other than the map's own: no half-widths (empty dict);
-    ``values=False``: ``None`` for the values (the half-widths alone).
-    """
-    import dataclasses
-
-    import scipy.sparse as sp
-
-    from napari_spatial_impute.core.project import project_values
-
-    cal = result.calibration if method == resolve_method(result, "auto") else None
-    cal = cal if intervals else None
-    sub = gene_block(result, names)
-    col_idx = np.arange(len(names))
-    n_obs = result.spatial.n_obs
-    step = cell_rows(len(names), rows)
-    if method == "argmax" and unit_idx is None:
-        unit_idx = mapped_units(result)[0]
-    P: Any = result.probabilities
-    W = result.neighbours
-    if method != "neighbours" and is_sparse(P) and not isinstance(P, sp.csc_matrix):
-        P = sp.csc_matrix(P)  # column blocks of the map
-    for a in range(0, n_obs, step):
-        b = min(n_obs, a + step)
-        part = dataclasses.replace(
-            sub,
-            probabilities=P if method == "neighbours" else P[:, a:b],
-            neighbours=None if W is None else W[a:b],
-        )
-        block = None
-        if values:
-            block = project_values(
-                part, col_idx, method, unit_idx=None if unit_idx is None else unit_idx[a:b]
-            )
-        widths: dict[float, np.ndarray] = {}
-        if cal is not None:
-            from napari_spatial_impute.core.uncertainty import intervals as half_widths
-
-            cal_part = dataclasses.replace(cal, groups=cal.groups[a:b])
-            widths = half_widths(part, cal_part, list(names))
-        yield a, b, block, widths
-
-
-def _into(X: np.ndarray, layers: dict[float, np.ndarray]) -> Callable[[str | None, str], Any]:
-    """``create`` of :func:`_fill_imputed` handing out arrays made already (``X``, each level's
-    half-widths)."""
-    by_name = {interval_layer(level_name(lv)): a for lv, a in layers.items()}
-    return lambda group, name: X if group is None else by_name[name]
-
-
-def _fill_imputed(
-    result: MappingResult,
-    names: Sequence[str],
-    method: str,
-    step: int,
-    create: Any,
-    check: Callable[[], None] | None = None,
-) -> None:
-    """Impute ``names`` ``step`` genes at a time into arrays made by ``create(group, name)``.
-
-    ``X`` and, with intervals, ``layers/interval_<level>_halfwidth`` (same for ``.h5ad`` files
-    through h5py and for SpatialData tables through zarr), a block of cells at a time
-    (:func:`imputed_blocks`). ``check`` is called before each block (it raises an interrupt
-    received meanwhile).
-    """
-    X = create(None, "X")
-    cal = result.calibration if method == resolve_method(result, "auto") else None
-    layer_arrays: dict[float, Any] = {}
-    if cal is not None:
-        for lv in cal.levels:
-            layer_arrays[lv] = create("layers", interval_layer(level_name(lv)))
-    unit_idx = mapped_units(result)[0] if method == "argmax" else None
-    for g in range(0, len(names), step):
-        chunk_names = list(names[g : g + step])
-        k = len(chunk_names)
-        blocks = imputed_blocks(result, chunk_names, method, unit_idx=unit_idx)
-        while True:
-            if check is not None:
-                check()
-            got = next(blocks, None)
-            if got is None:
-                break
-            a, b, values, widths = got
-            X[a:b, g : g + k] = values
-            for lv, hw in widths.items():
-                layer_arrays[lv][a:b, g : g + k] = hw
 
 
 # --------------------------------------------------------------------------- SpatialData stores
@@ -472,23 +365,32 @@ def write_result_to_store(
     method = resolve_method(result, method)
     n_obs = result.spatial.n_obs
     chunked = chunk_genes is not None or 4 * n_obs * len(names) > CHUNKED_WRITE_BYTES
-    adata = result_to_anndata(result, genes=names, method=method, impute=not chunked)
+    levels = _levels(result, method)
+    pending = pending_summaries(names, levels) if chunked else None
+    adata = result_to_anndata(
+        result, genes=names, method=method, impute=not chunked, summaries=pending
+    )
     if extra_uns:
         adata.uns[UNS_KEY].update(extra_uns)
     table = store_table(adata)
     fill = None
     if chunked:
-        step = chunk_genes or _chunk_step(n_obs)
 
         def fill(group: Any, check: Callable[[], None]) -> None:
-            def create(sub: str | None, key: str) -> Any:
-                parent = group if sub is None else group.require_group(sub)
+            def create(name: str) -> Any:
+                sub, _, key = name.rpartition("/")
+                parent = group.require_group(sub) if sub else group
                 shape = (n_obs, len(names))
                 arr = parent.create_array(key, shape=shape, dtype="float32", chunks=_chunks(shape))
                 arr.attrs.update({"encoding-type": "array", "encoding-version": "0.2.0"})
                 return arr
 
-            _fill_imputed(result, names, method, step, create, check)
+            summaries = fill_outputs(
+                result, names, method, create, check=check, band_genes=chunk_genes
+            )
+            if summaries is not None and levels is not None:  # from the same pass
+                write_summaries(group, summaries, levels)
+                set_summaries(table, summaries, levels)
 
     write_table(table, store, name, out=out, overwrite=overwrite, fill=fill)
     return table

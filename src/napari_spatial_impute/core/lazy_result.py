@@ -3,8 +3,8 @@
 :func:`lazy_result` gives the layout of :func:`~napari_spatial_impute.core.export.result_to_anndata`
 with ``X`` (imputed genes) and the interval layers as dask arrays over the map: a block is a few
 genes at every cell, computed by the same projection as the eager result
-(:func:`~napari_spatial_impute.core.project.project_values`,
-:func:`~napari_spatial_impute.core.uncertainty.intervals`), and
+(:func:`~napari_spatial_impute.core.project.project_values`, the intervals of
+:func:`~napari_spatial_impute.core.section_output.impute_in_chunks`), and
 :func:`napari_spatial_impute.io.lazy.column` computes one gene alone. A viewer holding it holds
 the map, not 10^6 cells x 2,000 genes; writing it (``write_h5ad``, a store's table) goes block by
 block.
@@ -80,13 +80,26 @@ class IntervalColumns:
     def block(self, cols: slice) -> np.ndarray:
         # a block of cells at a time: the intervals' float64 arrays are one block's, not all
         # cells x these genes (the same numbers, each cell from its own row of the map)
-        from napari_spatial_impute.core.export import imputed_blocks
+        from napari_spatial_impute.core import section_output
 
         names = self.names[cols]
         out = np.empty((self.result.spatial.n_obs, len(names)), dtype=np.float32)
+        layer = f"layers/{interval_layer(level_name(self.level))}"
+
+        def put(name: str, cells: slice, genes: slice, block: np.ndarray) -> None:
+            if name == layer:
+                out[cells, genes] = block
+
         method = resolve_method(self.result, "auto")
-        for a, b, _, widths in imputed_blocks(self.result, names, method, values=False):
-            out[a:b] = widths[self.level]
+        section_output.impute_in_chunks(
+            self.result,
+            names,
+            method,
+            put,
+            chunk_cells=section_output.CHUNK_CELLS,
+            band_genes=max(1, len(names)),
+            values=False,
+        )
         return out
 
     def column(self, j: int) -> np.ndarray:
@@ -106,10 +119,14 @@ def lazy_result(
     ``X`` and interval layers computed from the map when read (``step`` genes per block; by
     default a block of all cells is near :data:`~napari_spatial_impute.io.lazy.BLOCK_BYTES`)."""
     from napari_spatial_impute.core.export import result_to_anndata
+    from napari_spatial_impute.core.section_output import impute_in_chunks
 
     method = resolve_method(result, method)
     names = resolve_reference_genes(result, genes)
-    adata = result_to_anndata(result, genes=names, method=method, impute=False)
+    # the per-gene summaries of the eager result's own pass (the same numbers), its values not
+    # kept: a block of cells at a time
+    summaries = impute_in_chunks(result, names, method, lambda *_: None, values=False)
+    adata = result_to_anndata(result, genes=names, method=method, impute=False, summaries=summaries)
     lean = lean_result(result, method)
     n_obs = result.spatial.n_obs
     step = step or block_genes(n_obs)

@@ -58,12 +58,14 @@ def impute_in_chunks(
     check: Callable[[], None] | None = None,
     chunk_cells: int = CHUNK_CELLS,
     band_genes: int = BAND_GENES,
+    values: bool = True,
 ) -> tuple[pd.Series, dict[float, float]] | None:
     """Impute ``names`` (reference genes) with projection ``method`` (resolved) into ``put``.
 
     Returns the per-gene summaries of :func:`~napari_spatial_impute.core.uncertainty.gene_summaries`
     (predicted Pearson per gene, mean interval width per level) when the result is calibrated,
-    else ``None``. ``check`` is called before each block (it raises to stop).
+    else ``None``. ``check`` is called before each block (it raises to stop). ``values=False``
+    leaves ``X`` out (the interval layers alone).
     """
     from napari_spatial_impute.core.uncertainty import map_operator, map_product, reference_features
 
@@ -74,12 +76,11 @@ def impute_in_chunks(
     unit_idx = mapped_units(result)[0] if method == "argmax" else None
     chunks = [slice(a, min(a + chunk_cells, n_cells)) for a in range(0, n_cells, chunk_cells)]
     A = map_operator(result) if cal is not None else None
-    parts = [] if A is None else [A[c] for c in chunks]
-    r = (
-        []
-        if A is None
-        else [np.asarray(p.sum(axis=1), dtype=np.float64).reshape(-1, 1) for p in parts]
-    )
+    # the map's rows of each chunk, kept for the next bands when there are several (one band:
+    # each chunk's rows taken when used, so that no copy of the whole map is held)
+    keep = A is not None and len(idx) > band_genes
+    parts = [A[c] for c in chunks] if A is not None and keep else []
+    r = [np.asarray(p.sum(axis=1), dtype=np.float64).reshape(-1, 1) for p in parts]
     layers = [f"layers/{interval_layer(level_name(lv))}" for lv in (cal.levels if cal else ())]
     q = None if cal is None else np.asarray(cal.quantiles)
     # per-gene sums over the cells (reliability features) and per-level width sums
@@ -96,26 +97,34 @@ def impute_in_chunks(
             S = ref[:, cols]
             ref_feats.append(reference_features(S))
             # dense: a chunk's sparse rows times a dense band (the same sums as sparse x sparse,
-            # :func:`~napari_spatial_impute.io._sparse.sparse_product`, about 3x faster)
-            S = S.toarray() if is_sparse(S) else np.asarray(S)
-            S2 = S * S
+            # :func:`~napari_spatial_impute.io._sparse.sparse_product`, about 3x faster). A dense
+            # (Tangram) map keeps a sparse band: sparse x dense sums each value in one order,
+            # whatever the band's width, where BLAS's order depends on the shapes
+            if is_sparse(S) and is_sparse(A):
+                S = S.toarray()
+            S = S if is_sparse(S) else np.asarray(S)
+            S2 = S.multiply(S) if is_sparse(S) else S * S
         for ci, cells in enumerate(chunks):
             if check is not None:
                 check()
             if A is None:
-                rows = np.arange(cells.start, cells.stop)
-                put("X", cells, band, project_values(result, cols, method, rows, unit_idx))
+                if values:
+                    rows = np.arange(cells.start, cells.stop)
+                    put("X", cells, band, project_values(result, cols, method, rows, unit_idx))
                 continue
             assert cal is not None and q is not None and S is not None and S2 is not None
-            mean = map_product(parts[ci], S)
-            sq = map_product(parts[ci], S2)
-            spread = np.sqrt(np.clip(r[ci] * sq - mean * mean, 0, None))
-            if method == "neighbours":
-                values = np.asarray(mean, dtype=np.float32)
+            part = parts[ci] if keep else A[cells]
+            r_ci = r[ci] if keep else np.asarray(part.sum(axis=1), dtype=np.float64).reshape(-1, 1)
+            mean = map_product(part, S)
+            sq = map_product(part, S2)
+            spread = np.sqrt(np.clip(r_ci * sq - mean * mean, 0, None))
+            if not values:
+                pass
+            elif method == "neighbours":
+                put("X", cells, band, np.asarray(mean, dtype=np.float32))
             else:
                 rows = np.arange(cells.start, cells.stop)
-                values = project_values(result, cols, method, rows, unit_idx)
-            put("X", cells, band, values)
+                put("X", cells, band, project_values(result, cols, method, rows, unit_idx))
             scale = spread + cal.offset
             groups = cal.groups[cells]
             for li, name in enumerate(layers):
@@ -143,3 +152,82 @@ def impute_in_chunks(
     widths = {lv: float(2.0 * width_sum[li] / total) for li, lv in enumerate(cal.levels)}
     series = pd.Series(np.clip(pred_r, -1, 1), index=list(names), name="predicted_pearson")
     return series, widths
+
+
+#: ``create(name)``: the array ``name`` of :func:`output_arrays` (cells x genes, float32), made
+#: where the blocks go (an ``np.ndarray``, an h5py dataset, a zarr array).
+Create = Callable[[str], Any]
+
+
+def fill_outputs(
+    result: MappingResult,
+    names: Sequence[str],
+    method: str,
+    create: Create,
+    *,
+    check: Callable[[], None] | None = None,
+    band_genes: int | None = None,
+) -> tuple[pd.Series, dict[float, float]] | None:
+    """:func:`impute_in_chunks` into the arrays ``create`` makes (``array[cells, genes] = block``,
+    :data:`CHUNK_CELLS` cells x ``band_genes`` genes at a time, default :data:`BAND_GENES`: the
+    chunks of the output files divide them); returns its per-gene summaries."""
+    arrays = {name: create(name) for name in output_arrays(result, method)}
+
+    def put(name: str, cells: slice, genes: slice, block: np.ndarray) -> None:
+        arrays[name][cells, genes] = block
+
+    return impute_in_chunks(
+        result,
+        names,
+        method,
+        put,
+        check=check,
+        chunk_cells=CHUNK_CELLS,
+        band_genes=band_genes or BAND_GENES,
+    )
+
+
+def pending_summaries(
+    names: Sequence[str], levels: Sequence[float] | None
+) -> tuple[pd.Series, dict[float, float]] | None:
+    """Placeholder summaries (NaN) for an AnnData written before its genes are imputed: the
+    pass that fills them gives the numbers (:func:`set_summaries`, :func:`write_summaries`)."""
+    if levels is None:
+        return None
+    nan = pd.Series(np.nan, index=list(names), name="predicted_pearson", dtype=np.float64)
+    return nan, {lv: float("nan") for lv in levels}
+
+
+def _summary_arrays(
+    summaries: tuple[pd.Series, dict[float, float]], levels: Sequence[float]
+) -> tuple[np.ndarray, np.ndarray]:
+    predicted, widths = summaries
+    return predicted.to_numpy(dtype=np.float64), np.asarray(
+        [widths[lv] for lv in levels], dtype=np.float64
+    )
+
+
+def set_summaries(
+    adata: Any, summaries: tuple[pd.Series, dict[float, float]], levels: Sequence[float]
+) -> None:
+    """Put the summaries into a result AnnData: ``var['predicted_pearson']`` and the uncertainty's
+    ``mean_width`` (as :func:`~napari_spatial_impute.core.export.result_to_anndata` lays out)."""
+    from napari_spatial_impute.io.schema import UNS_KEY
+
+    predicted, widths = _summary_arrays(summaries, levels)
+    adata.var["predicted_pearson"] = predicted
+    adata.uns[UNS_KEY]["uncertainty"]["mean_width"] = widths
+
+
+def write_summaries(
+    group: Any, summaries: tuple[pd.Series, dict[float, float]], levels: Sequence[float]
+) -> None:
+    """Rewrite those two entries of a result AnnData written already to ``group`` (an h5py file
+    or a zarr group of a table), with anndata's ``write_elem``."""
+    from anndata.io import write_elem
+
+    from napari_spatial_impute.io.schema import UNS_KEY
+
+    predicted, widths = _summary_arrays(summaries, levels)
+    write_elem(group["var"], "predicted_pearson", predicted)
+    write_elem(group["uns"][UNS_KEY]["uncertainty"], "mean_width", widths)
