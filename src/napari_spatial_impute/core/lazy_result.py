@@ -90,15 +90,12 @@ class IntervalColumns:
             if name == layer:
                 out[cells, genes] = block
 
+        # bands of BAND_GENES genes: one band of the reference is made dense at a time, however
+        # many genes a block has
         method = resolve_method(self.result, "auto")
+        chunk = section_output.CHUNK_CELLS
         section_output.impute_in_chunks(
-            self.result,
-            names,
-            method,
-            put,
-            chunk_cells=section_output.CHUNK_CELLS,
-            band_genes=max(1, len(names)),
-            values=False,
+            self.result, names, method, put, chunk_cells=chunk, values=False
         )
         return out
 
