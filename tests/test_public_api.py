@@ -48,7 +48,9 @@ FUNCTIONS = {
     "project_cell_annotations": "result, key=None, source='auto'",
     "project_genes": "result, genes=None, method='auto'",
     "read_h5ad": "path, role='data', backed=False",
-    "result_to_anndata": "result, genes=None, method='auto', top_k=10, impute=True",
+    "result_to_anndata": (
+        "result, genes=None, method='auto', top_k=10, impute=True, summaries=None"
+    ),
     "summarize_cv": "df",
     "validate_adata": "adata, role, kw:require_spatial=False",
     "validate_cell_types": "result, spatial=None, markers=None, cell_type_key=None, n_markers=1",

@@ -546,7 +546,7 @@ def _map_batches(args: argparse.Namespace) -> int:
                 "--table and --coordinate-system are for a SpatialData store; --spatial "
                 f"{args.spatial!r} is not one."
             )
-        from napari_spatial_impute.core.batch_run import SpatialSource
+        from napari_spatial_impute.core.batches import SpatialSource
 
         source = SpatialSource(args.spatial)
         spatial, obs_source = source.adata, source.light()

@@ -82,7 +82,9 @@ def test_blocks_of_cells_equal_the_whole(section):
     idx = section.reference.var_names.get_indexer(names)
     values = project_values(section, idx, "neighbours")
     widths = intervals(section, section.calibration, names)
-    arrays = {a: np.full(values.shape, np.nan, np.float32) for a in output_arrays(section, "neighbours")}
+    arrays = {
+        a: np.full(values.shape, np.nan, np.float32) for a in output_arrays(section, "neighbours")
+    }
     starts = []
 
     def put(name, cells, genes, block):

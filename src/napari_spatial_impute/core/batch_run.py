@@ -15,7 +15,7 @@ before any batch is submitted, on a seeded sample of cells drawn across the batc
 map, and the file records the choice and its sample. A worker that dies mid-batch is replaced and its batch run
 again (Dask reschedules it; a batch that kills ``allowed-failures`` workers stops the run with
 what it needs); every batch is written exactly once. The file does not depend on the order the
-batches finish in (:class:`_Collector`): its ``uns``, ``var`` and the categories of the per-cell
+batches finish in (:class:`~napari_spatial_impute.core.batch_collect.Collector`): its ``uns``, ``var`` and the categories of the per-cell
 labels follow the batches' plan order, whatever the number of workers.
 The output appears only when every batch is done (a temporary file renamed at the end); an
 earlier output is never touched before that.
@@ -38,14 +38,20 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
-from napari_spatial_impute._errors import InputError, InputWarning, MappingCancelled, first_line
+from napari_spatial_impute._errors import InputError, InputWarning, MappingCancelled
+from napari_spatial_impute.core.batch_collect import Collector
+from napari_spatial_impute.core.batch_sample import (
+    BatchChoice,
+    calibrate_once,
+    choose_once,
+    draw_sample,
+)
 from napari_spatial_impute.core.batches import (
     Batch,
     BatchOutput,
+    SpatialSource,
     map_batch,
-    peak_rss_gib,
     plan_batches,
-    sample_rows,
     warm_up,
 )
 from napari_spatial_impute.core.engine.mapper import CancelFlag, is_cancelled
@@ -54,16 +60,12 @@ from napari_spatial_impute.core.settings import MappingSettings
 from napari_spatial_impute.core.stopping import stops_on_signals
 
 if TYPE_CHECKING:
-    from napari_spatial_impute.core.maps.choose import MapChoice
-    from napari_spatial_impute.core.maps.problem import Problem
     from napari_spatial_impute.core.uncertainty import Calibration
 
 #: The map chosen once for a run is logged here (INFO) before any batch; the CLI prints it.
 log = logging.getLogger(__name__)
 
 PROJECTIONS = ("auto", "neighbours", "probabilistic", "argmax")
-#: ``var`` columns that differ between batches (stored per batch in ``uns``, their median in ``var``).
-PER_BATCH_VAR = ("train_score", "sparsity_sp", "sparsity_diff", "predicted_pearson")
 #: Seconds between two looks at the cancel flag while waiting for a cluster's results.
 POLL_S = 0.1
 
@@ -112,224 +114,6 @@ class BatchRun:
     def skipped(self) -> pd.DataFrame:
         """The batches that were not mapped, with why."""
         return self.batches[self.batches["status"] != "mapped"]
-
-
-class SpatialSource:
-    """The spatial cells, read batch by batch: an AnnData in memory, or an ``.h5ad`` opened backed."""
-
-    def __init__(self, spatial: ad.AnnData | str | os.PathLike[str]) -> None:
-        if isinstance(spatial, ad.AnnData):
-            self.adata = spatial
-            self.path: Path | None = Path(spatial.filename) if spatial.isbacked else None
-        else:
-            from napari_spatial_impute.io.files import read_h5ad
-
-            self.path = Path(spatial)
-            self.adata = read_h5ad(self.path, "spatial", backed=True)
-
-    @property
-    def obs(self) -> pd.DataFrame:
-        """The cells' ``obs`` (in memory also when the file is backed)."""
-        obs: pd.DataFrame = self.adata.obs
-        return obs
-
-    def take(self, rows: np.ndarray) -> ad.AnnData:
-        """The cells at ``rows`` (sorted), in memory."""
-        sub = self.adata[rows]
-        return sub.to_memory() if self.adata.isbacked else sub.copy()
-
-    def light(self) -> ad.AnnData:
-        """``obs``, ``var`` and ``obsm`` without ``X`` (for checks that read no values)."""
-        return ad.AnnData(
-            obs=self.adata.obs,
-            var=pd.DataFrame(index=self.adata.var_names.copy()),
-            obsm={k: np.asarray(v) for k, v in self.adata.obsm.items() if _small_obsm(v)},
-        )
-
-
-@dataclass
-class BatchChoice:
-    """The map chosen once for every batch of a run, and the sample it was chosen on.
-
-    Attributes
-    ----------
-    choice
-        What :func:`~napari_spatial_impute.core.maps.choose.choose_map` measured and chose.
-    n_batches
-        Batches of the run.
-    sections
-        Names of the batches the sample drew cells from.
-    cells_per_section
-        Cells of each of ``sections`` the map was chosen on.
-    n_drawn
-        Cells drawn (those without counts are left out).
-    seconds
-        Time to read the sample and choose.
-    """
-
-    choice: MapChoice
-    n_batches: int
-    sections: list[str]
-    cells_per_section: list[int]
-    n_drawn: int
-    seconds: float
-
-    @property
-    def chosen(self) -> str:
-        """The map every batch makes."""
-        return self.choice.chosen
-
-    @property
-    def n_cells(self) -> int:
-        """Cells the map was chosen on."""
-        return int(sum(self.cells_per_section))
-
-    def describe(self) -> str:
-        """One line: the choice, for all the batches, and the sample it was made on."""
-        left = self.n_drawn - self.n_cells
-        out = f", {left:,} drawn without counts left out" if left else ""
-        k = len(self.sections)
-        where = "each of them" if k == self.n_batches else f"{k} of them"
-        return (
-            f"map chosen once for all {self.n_batches} sections on {self.n_cells:,} cells drawn "
-            f"from {where} (seeded, in proportion to their cells{out}): "
-            f"{self.choice.describe().removeprefix('map: ')}"
-        )
-
-    def record(self) -> dict[str, Any]:
-        """The single run's ``map_choice`` record, with the sample (``uns``)."""
-        from napari_spatial_impute.core.maps.choose import CHOICE_CELLS
-
-        return {
-            **self.choice.record(),
-            "scope": "once for all batches",
-            "batch_summary": self.describe(),
-            "n_batches": int(self.n_batches),
-            "sample_sections": np.asarray(self.sections, dtype=object),
-            "sample_cells_per_section": np.asarray(self.cells_per_section, dtype=np.int64),
-            "sample_n_cells": int(self.n_cells),
-            "sample_n_drawn": int(self.n_drawn),
-            "sample_rule": (
-                f"at most {CHOICE_CELLS:,} cells, seeded (the run's seed), each section's share "
-                "in proportion to its cells; cells without counts left out"
-            ),
-            "seconds": float(self.seconds),
-        }
-
-
-def _with_counts(X: Any) -> np.ndarray:
-    """Rows with some counts and only finite values."""
-    totals = np.asarray(abs(X).sum(axis=1, dtype=np.float64), dtype=np.float64).ravel()
-    keep: np.ndarray = np.isfinite(totals) & (totals > 0)
-    return keep
-
-
-@dataclass
-class RunSample:
-    """The seeded sample of cells drawn across the batches (:func:`~napari_spatial_impute.core.batches.sample_rows`),
-    prepared as one mapping problem against the whole reference: the map is chosen on it
-    (:func:`choose_once`) and calibrated on it (:func:`calibrate_once`), once for every batch."""
-
-    problem: Problem
-    rows: np.ndarray
-    n_drawn: int
-    counts: np.ndarray
-
-
-def draw_sample(
-    reference: ad.AnnData,
-    source: SpatialSource,
-    batches: Sequence[Batch],
-    settings: MappingSettings,
-    what: str = "choose the map",
-) -> RunSample:
-    """Read at most :data:`~napari_spatial_impute.core.maps.choose.CHOICE_CELLS` cells drawn
-    across ``batches`` (seeded by the run's seed; only those rows are read) and prepare them as a
-    problem against the whole reference, with the run's settings.
-
-    Cells without counts (or with values that are not finite) are left out: they would not map
-    in their batch either. The input warnings of the sample are not shown (each batch reports
-    its own).
-    """
-    from napari_spatial_impute.core.maps.choose import CHOICE_CELLS
-    from napari_spatial_impute.core.maps.problem import prepare_problem
-
-    seed = 0 if settings.seed is None else int(settings.seed)
-    rows = sample_rows(batches, CHOICE_CELLS, seed)
-    cells = source.take(rows)
-    keep = _with_counts(cells.X)
-    if not keep.any():
-        raise InputError(
-            f"the {rows.size:,} cells drawn across the {len(batches)} sections to {what} have no "
-            "counts (every value 0, or not finite): check the spatial values, or give the map "
-            "(--method ensemble or tangram) and leave out the intervals (--no-uncertainty)."
-        )
-    if not keep.all():
-        rows, cells = rows[keep], cells[keep].copy()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # each batch reports its own input warnings
-        try:
-            problem = prepare_problem(reference, cells, settings)
-        except InputError as exc:
-            raise InputError(
-                f"the map could not be prepared on {rows.size:,} cells drawn across the sections: "
-                f"{first_line(exc).rstrip('.')}."
-            ) from None
-    labels = np.empty(source.adata.n_obs, dtype=np.int64)
-    for b in batches:
-        labels[b.rows] = b.index
-    counts = np.bincount(labels[rows], minlength=len(batches))
-    return RunSample(problem, rows, int(keep.size), counts)
-
-
-def choose_once(
-    sample: RunSample,
-    batches: Sequence[Batch],
-    cancel: CancelFlag = None,
-) -> BatchChoice:
-    """Choose the map once for every batch: :func:`~napari_spatial_impute.core.maps.choose.choose_map`
-    on the run's sample of cells drawn across the batches (:func:`draw_sample`), against the
-    whole reference, with the run's settings."""
-    from napari_spatial_impute.core.maps.choose import choose_map
-
-    t0 = time.perf_counter()
-    choice = choose_map(sample.problem, cancel=cancel)
-    drawn = [b for b in batches if sample.counts[b.index]]
-    return BatchChoice(
-        choice,
-        len(batches),
-        [b.name for b in drawn],
-        [int(sample.counts[b.index]) for b in drawn],
-        sample.n_drawn,
-        time.perf_counter() - t0,
-    )
-
-
-def calibrate_once(
-    sample: RunSample,
-    method: str,
-    choice: MapChoice | None = None,
-    cancel: CancelFlag = None,
-) -> Calibration:
-    """The prediction intervals and per-gene reliability of map ``method``, calibrated once for
-    every batch on the run's sample: the map made on the sample and calibrated as a run on those
-    cells alone would be (:func:`~napari_spatial_impute.core.mapping.calibrate_map`; the
-    choice's inner map reused). Each batch applies it to its own cells
-    (:func:`~napari_spatial_impute.core.uncertainty.for_cells`) instead of calibrating again: a
-    batch then costs its map and its genes, not four inner maps more."""
-    from napari_spatial_impute.core.mapping import assemble_result, calibrate_map
-    from napari_spatial_impute.core.maps.registry import get_map
-
-    problem = sample.problem
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # each batch reports its own input warnings
-        built = get_map(method).build(problem, cancel=cancel)
-        result = assemble_result(problem, built, choice)
-        return calibrate_map(problem, result, built, choice, cancel=cancel)
-
-
-def _small_obsm(value: Any) -> bool:
-    return not isinstance(value, pd.DataFrame) and np.ndim(value) == 2 and np.shape(value)[1] <= 3
 
 
 def batch_needs(
@@ -528,7 +312,7 @@ def map_batches(
 
     records: list[dict[str, Any]] = []
     notes: list[tuple[str, str]] = []
-    collector = _Collector(source, names)
+    collector = Collector(source, names)
     n_workers = 1
     if in_process:
         import torch
@@ -780,155 +564,3 @@ def _run_dask(
     if missing:
         raise RuntimeError(f"batches not done: {missing}")
     return n_workers
-
-
-class _Collector:
-    """The small per-cell and per-gene parts of the result, gathered batch by batch.
-
-    What it gives does not depend on the order the batches arrive in (on a cluster, the order
-    they finish): the run's ``var`` and ``uns`` start from the first mapped batch of the plan,
-    per-batch tables are in plan order, and a categorical column's categories are those of every
-    batch when all have the same (the reference's cluster order), else their union, sorted.
-    """
-
-    def __init__(self, source: SpatialSource, genes: list[str]) -> None:
-        self.source = source
-        self.n = source.adata.n_obs
-        self.genes = genes
-        #: Per-cell values; for a categorical column, each cell's code among its batch's categories.
-        self.columns: dict[str, np.ndarray] = {}
-        #: Categorical column -> batch index -> that batch's categories.
-        self.categories: dict[str, dict[int, list[str]]] = {}
-        self.rows: dict[int, np.ndarray] = {}
-        self.names: dict[int, str] = {}
-        self.per_gene: dict[int, pd.DataFrame] = {}
-        self.infos: dict[int, dict[str, Any]] = {}
-
-    def add(self, output: BatchOutput) -> None:
-        if output.status != "mapped" or output.obs is None:
-            return
-        rows = output.rows
-        for name, col in output.obs.items():
-            if isinstance(col.dtype, pd.CategoricalDtype):
-                cats = self.categories.setdefault(str(name), {})
-                cats[output.index] = [str(c) for c in col.cat.categories]
-                target = self.columns.setdefault(str(name), np.full(self.n, -1, dtype=np.int64))
-                target[rows] = col.cat.codes.to_numpy()
-            else:
-                values = col.to_numpy()
-                if str(name) not in self.columns:
-                    fill = np.nan if values.dtype.kind == "f" else -1
-                    self.columns[str(name)] = np.full(self.n, fill, dtype=values.dtype)
-                self.columns[str(name)][rows] = values
-        self.rows[output.index] = rows
-        self.names[output.index] = output.name
-        if output.var is not None:
-            self.per_gene[output.index] = output.var
-        self.infos[output.index] = output.info
-
-    def _categorical(self, name: str) -> pd.Categorical:
-        """A categorical column over all cells, its categories in a fixed order."""
-        per_batch = self.categories[name]
-        lists = [per_batch[i] for i in sorted(per_batch)]
-        same = all(cats == lists[0] for cats in lists)
-        categories = lists[0] if same else sorted(set().union(*lists))
-        position = {c: i for i, c in enumerate(categories)}
-        local = self.columns[name]
-        codes = np.full(self.n, -1, dtype=np.int64)
-        for index, cats in per_batch.items():
-            rows = self.rows[index]
-            if not cats:
-                continue
-            lookup = np.asarray([position[c] for c in cats], dtype=np.int64)
-            batch_codes = local[rows]
-            codes[rows] = np.where(batch_codes >= 0, lookup[np.maximum(batch_codes, 0)], -1)
-        return pd.Categorical.from_codes(codes, categories=pd.Index(categories))  # type: ignore[arg-type]
-
-    def obs(self) -> pd.DataFrame:
-        obs = self.source.obs.copy()
-        for name, values in self.columns.items():
-            obs[name] = self._categorical(name) if name in self.categories else values
-        return obs
-
-    def _frames(self) -> list[pd.DataFrame]:
-        """Each mapped batch's ``var``, in plan order."""
-        return [self.per_gene[i] for i in sorted(self.per_gene)]
-
-    def var(self) -> pd.DataFrame:
-        """The first mapped batch's ``var`` (in plan order); per-batch scores as their median over
-        the batches, ``is_training`` when the gene trained any batch (each batch's values:
-        :meth:`per_batch`)."""
-        frames = self._frames()
-        var = frames[0].copy()
-        var["is_training"] = np.any([f["is_training"].to_numpy(bool) for f in frames], axis=0)
-        for col in PER_BATCH_VAR:
-            if col in var:
-                stacked = np.vstack([f[col].to_numpy(np.float64) for f in frames])
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN genes stay NaN
-                    var[col] = np.nanmedian(stacked, axis=0)
-        return var
-
-    def per_batch(self) -> dict[str, pd.DataFrame]:
-        """Genes x batches (plan order) of each per-batch ``var`` column (a column per batch: a
-        file stores a table column by column, and an atlas has far fewer batches than genes)."""
-        out = {}
-        order = sorted(self.per_gene)
-        for col in PER_BATCH_VAR:
-            if all(col in self.per_gene[i] for i in order):
-                out[col] = pd.DataFrame(
-                    {self.names[i]: self.per_gene[i][col].to_numpy(np.float64) for i in order},
-                    index=pd.Index(self.genes, name="gene"),
-                )
-        return out
-
-    def uns(
-        self,
-        table: pd.DataFrame,
-        batch_key: str,
-        seconds: float,
-        n_workers: int,
-        extra: dict[str, Any] | None,
-        chosen: BatchChoice | None = None,
-        timings: dict[str, float] | None = None,
-        calibrated_once: bool = False,
-    ) -> dict[str, Any]:
-        from napari_spatial_impute.io.schema import UNS_KEY
-
-        first = self.infos[min(self.infos)]  # the first mapped batch of the plan
-        info = {k: v for k, v in first.items() if k not in ("timings",)}
-        mapped = table[table["status"] == "mapped"]
-        info["training_score"] = float(np.nanmean(mapped["training_score"].to_numpy()))
-        info["timings"] = {"total_s": float(seconds), **(timings or {})}
-        if chosen is not None:  # every batch made the map chosen once
-            info["params"] = {**info.get("params", {}), "map_choice": chosen.describe()}
-            info["map_choice"] = chosen.record()
-            info["timings"]["choice_s"] = float(chosen.seconds)
-        info["batch_key"] = batch_key
-        info["batches"] = {
-            "table": table.reset_index().astype({"reason": str, "worker": str}),
-            "workers": int(n_workers),
-            "client_peak_rss_gib": peak_rss_gib(),
-            "client_cpu_s": client_cpu_s(),
-            "runs": {str(i): self.infos[int(b)] for i, b in enumerate(mapped["index"])},
-            **self.per_batch(),
-        }
-        if calibrated_once and "uncertainty" in info:
-            info["uncertainty"] = {
-                **info["uncertainty"],
-                "scope": "calibrated once for all batches, on the cells the map was chosen on",
-            }
-        if extra:
-            info.update(extra)
-        return {UNS_KEY: info}
-
-
-def client_cpu_s() -> float:
-    """CPU seconds (user and system) of this process so far, its children not counted."""
-    try:
-        import resource
-
-        use = resource.getrusage(resource.RUSAGE_SELF)
-        return float(use.ru_utime + use.ru_stime)
-    except (ImportError, OSError):
-        return float("nan")

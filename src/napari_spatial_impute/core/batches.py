@@ -9,8 +9,9 @@ of cells drawn across the batches (:func:`sample_rows`), so that every section u
 :func:`plan_batches` checks the key before any work. Running the batches (in this process or on a
 Dask cluster) and writing their results is :mod:`napari_spatial_impute.core.batch_run`.
 
-Nothing here imports Dask: a batch is plain data in, plain data out, so it runs the same in a
-worker process on another machine.
+:class:`SpatialSource` reads the spatial cells batch by batch (an ``.h5ad`` opened backed). Nothing
+here imports Dask: a batch is plain data in, plain data out, so it runs the same in a worker
+process on another machine.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import time
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anndata as ad
@@ -107,6 +109,43 @@ def plan_batches(
         Batch(i, str(name), np.sort(order[bounds[i] : bounds[i + 1]]).astype(np.int64))
         for i, name in enumerate(labels.categories)
     ]
+
+
+class SpatialSource:
+    """The spatial cells, read batch by batch: an AnnData in memory, or an ``.h5ad`` opened backed."""
+
+    def __init__(self, spatial: ad.AnnData | str | os.PathLike[str]) -> None:
+        if isinstance(spatial, ad.AnnData):
+            self.adata = spatial
+            self.path: Path | None = Path(spatial.filename) if spatial.isbacked else None
+        else:
+            from napari_spatial_impute.io.files import read_h5ad
+
+            self.path = Path(spatial)
+            self.adata = read_h5ad(self.path, "spatial", backed=True)
+
+    @property
+    def obs(self) -> pd.DataFrame:
+        """The cells' ``obs`` (in memory also when the file is backed)."""
+        obs: pd.DataFrame = self.adata.obs
+        return obs
+
+    def take(self, rows: np.ndarray) -> ad.AnnData:
+        """The cells at ``rows`` (sorted), in memory."""
+        sub = self.adata[rows]
+        return sub.to_memory() if self.adata.isbacked else sub.copy()
+
+    def light(self) -> ad.AnnData:
+        """``obs``, ``var`` and ``obsm`` without ``X`` (for checks that read no values)."""
+        return ad.AnnData(
+            obs=self.adata.obs,
+            var=pd.DataFrame(index=self.adata.var_names.copy()),
+            obsm={k: np.asarray(v) for k, v in self.adata.obsm.items() if _small_obsm(v)},
+        )
+
+
+def _small_obsm(value: Any) -> bool:
+    return not isinstance(value, pd.DataFrame) and np.ndim(value) == 2 and np.shape(value)[1] <= 3
 
 
 def sample_rows(batches: Sequence[Batch], limit: int, seed: int) -> np.ndarray:

@@ -394,8 +394,8 @@ def summary_step(n_cells: int) -> int:
     return max(1, SUMMARY_BYTES // (16 * max(n_cells, 1)))
 
 
-def chunked_features(W: Operator, X: np.ndarray | SparseMatrix, offset: float) -> np.ndarray:
-    """:func:`gene_features` of the columns of ``X`` over all spatial cells, in gene chunks of
+def chunked_features(W: Operator, X: np.ndarray, offset: float) -> np.ndarray:
+    """:func:`gene_features` of the columns of dense ``X`` over all spatial cells, in gene chunks of
     :func:`summary_step` (each gene's features are its own: the same numbers as at once)."""
     step = summary_step(W.shape[0])
     parts = [gene_features(W, X[:, a : a + step], offset) for a in range(0, X.shape[1], step)]
